@@ -1,0 +1,3 @@
+"""peerage: one address for chat, calls and mail."""
+
+__version__ = "0.1.0"

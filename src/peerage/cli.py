@@ -1,0 +1,313 @@
+"""The `peerage` command line: init, user, serve, dns, and the operator tools of each protocol.
+
+This module is in charge of parsing arguments, loading the configuration, and turning every expected
+failure (bad configuration, unknown user, port in use) into one clear line on stderr and exit code 1.
+The work itself lives in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from peerage.config import Config, ConfigError, default_config_path, load_config
+
+log = logging.getLogger("peerage")
+
+INIT_TEMPLATE = """\
+# peerage configuration. Every key not written here takes its built-in default;
+# see README.md ("Configuration reference") for all of them.
+
+[server]
+data_dir = "data"
+log_level = "info"
+
+[[domain]]
+name = "{domain}"
+cert = "certs/{domain}.crt"
+key = "certs/{domain}.key"
+
+# [database]
+# url = "postgresql+asyncpg://peerage:secret@localhost/peerage"
+
+# [xmpp.federation]
+# level = "encrypted"   # permissive | verified | encrypted | trusted (XEP-0238)
+"""
+
+
+class CliError(Exception):
+    pass
+
+
+def _run(coro_factory: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(coro_factory())  # type: ignore[arg-type]
+
+
+def _config(args: argparse.Namespace, *, check_files: bool = True) -> Config:
+    return load_config(args.config or default_config_path(), check_files=check_files)
+
+
+def _read_password(args: argparse.Namespace, address: str) -> str:
+    source = getattr(args, "password_file", None)
+    if source == "-":
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif source:
+        password = Path(source).read_text(encoding="utf-8").rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {address}: ")
+        if getpass.getpass("Again: ") != password:
+            raise CliError("the passwords differ; nothing was changed")
+    if not password:
+        raise CliError("the password is empty; nothing was changed")
+    return password
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from peerage.identity.address import normalize_domain
+    from peerage.net.tls import generate_self_signed
+
+    domain = normalize_domain(args.domain)
+    folder = Path(args.dir or ".").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "peerage.toml"
+    if config_path.exists():
+        raise CliError(f"{config_path} already exists; edit it to add a domain, or choose another --dir")
+    cert, key = folder / "certs" / f"{domain}.crt", folder / "certs" / f"{domain}.key"
+    if not cert.exists():
+        generate_self_signed(domain, cert, key)
+    config_path.write_text(INIT_TEMPLATE.format(domain=domain), encoding="utf-8")
+    config = load_config(config_path)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.chmod(0o700)
+    _generate_domain_keys(config, domain)
+    _run(lambda: _migrate(config))
+    print(f"Created {config_path}")
+    print(f"  data folder  {config.data_dir}")
+    print(f"  certificate  {cert} (self-signed; replace it with a CA-issued one for federation)")
+    print("Next steps:")
+    print(f"  peerage --config {config_path} user add alice@{domain}")
+    print(f"  peerage --config {config_path} dns {domain}      # records to publish")
+    print(f"  peerage --config {config_path} serve")
+    return 0
+
+
+def _generate_domain_keys(config: Config, domain: str) -> None:
+    """Keys other protocols need per domain (DKIM), when that protocol is part of this build."""
+    try:
+        from peerage.mail.auth import dkim
+    except ImportError:
+        return
+    generate = getattr(dkim, "generate_keys", None)
+    if generate is not None:
+        generate(config.data_dir, domain)
+
+
+async def _migrate(config: Config) -> None:
+    from peerage.store import Store
+
+    store = Store(config.database_url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+# --- user ----------------------------------------------------------------------------------------
+
+
+async def _with_accounts(config: Config, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from peerage.identity.accounts import AccountService
+    from peerage.store import Store
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.database_url)
+    try:
+        await store.migrate()
+        return await action(AccountService(store, config.domains))
+    finally:
+        await store.close()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from peerage.identity.address import parse_address
+
+    config = _config(args, check_files=False)
+    if args.user_command == "list":
+        for address in _run(lambda: _with_accounts(config, lambda acc: acc.list(args.domain))):
+            print(address)
+        return 0
+    address = str(parse_address(args.address))
+    if args.user_command == "add":
+        password = _read_password(args, address)
+        _run(lambda: _with_accounts(config, lambda acc: acc.add(address, password)))
+        print(f"Created {address}: the same password logs in to chat (XMPP), calls (SIP) and mail.")
+    elif args.user_command == "passwd":
+        password = _read_password(args, address)
+        _run(lambda: _with_accounts(config, lambda acc: acc.passwd(address, password)))
+        print(f"Changed the password of {address}.")
+    elif args.user_command == "del":
+        _run(lambda: _with_accounts(config, lambda acc: acc.delete(address)))
+        print(f"Deleted {address}.")
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from peerage.server import Host
+
+    config = _config(args)
+    logging.getLogger().setLevel(config.server.log_level.upper())
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None  # type: ignore[assignment]
+    host = Host(config)
+    if uvloop is not None:
+        uvloop.run(host.run_until_stopped())
+    else:
+        asyncio.run(host.run_until_stopped())
+    return 0
+
+
+# --- dns -----------------------------------------------------------------------------------------
+
+
+def xmpp_dns_records(config: Config, domain: str) -> list[str]:
+    target = config.server.public_hostname or domain
+    records = []
+    for service, setting in (
+        ("_xmpp-client._tcp", config.xmpp.c2s_listen),
+        ("_xmpps-client._tcp", config.xmpp.c2s_direct_tls_listen),
+        ("_xmpp-server._tcp", config.xmpp.s2s_listen),
+        ("_xmpps-server._tcp", config.xmpp.s2s_direct_tls_listen),
+    ):
+        if not setting:
+            continue
+        from peerage.config import parse_listen
+
+        port = parse_listen(setting[0])[1]
+        records.append(f"{service}.{domain}. 3600 IN SRV 5 0 {port} {target}.")
+    return records
+
+
+def host_dns_records(config: Config, domain: str) -> list[str]:
+    target = config.server.public_hostname or domain
+    return [
+        f"{target}. 3600 IN A {config.server.public_ipv4 or '<public IPv4 address>'}",
+        f"{target}. 3600 IN AAAA {config.server.public_ipv6 or '<public IPv6 address>'}",
+    ]
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    from importlib import import_module
+
+    from peerage.identity.address import normalize_domain
+
+    config = _config(args)
+    domain = normalize_domain(args.domain)
+    if domain not in config.domains:
+        raise CliError(f"{domain} is not hosted here; the configured domains are: {', '.join(config.domains)}")
+    sections: list[tuple[str, list[str]]] = [("Host", host_dns_records(config, domain))]
+    if config.xmpp.enabled:
+        sections.append(("XMPP (RFC 6120 §3.2, XEP-0368)", xmpp_dns_records(config, domain)))
+    for title, module, enabled in (
+        ("SIP (RFC 3263)", "peerage.sip.dnsrecords", config.sip.enabled),
+        ("Mail (RFC 5321, 6376, 7208, 7489, 8461, 8460, 6186)", "peerage.mail.dnsrecords", config.smtp.enabled),
+    ):
+        if not enabled:
+            continue
+        try:
+            records = import_module(module).records(domain, config)
+        except ModuleNotFoundError:
+            continue
+        sections.append((title, list(records)))
+    print(f"; DNS records for {domain}. Publish them in the {domain} zone.")
+    for title, records in sections:
+        print(f"\n; {title}")
+        for record in records:
+            print(record)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peerage", description="One address for chat, calls and mail.")
+    parser.add_argument("--config", "-c", help="configuration file (default ./peerage.toml or $PEERAGE_CONFIG)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create a configuration, data folder and certificate for DOMAIN")
+    init.add_argument("domain")
+    init.add_argument("--dir", help="folder to create it in (default: the current folder)")
+    init.set_defaults(func=cmd_init)
+
+    user = commands.add_parser("user", help="add, change, delete and list accounts")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    for name, text in (("add", "create an account"), ("passwd", "change an account's password")):
+        sub = user_commands.add_parser(name, help=text)
+        sub.add_argument("address")
+        sub.add_argument("--password-file", help="read the password from FILE, or stdin with '-'")
+    delete = user_commands.add_parser("del", help="delete an account")
+    delete.add_argument("address")
+    listing = user_commands.add_parser("list", help="list accounts")
+    listing.add_argument("domain", nargs="?")
+    user.set_defaults(func=cmd_user)
+
+    serve = commands.add_parser("serve", help="run every enabled service")
+    serve.set_defaults(func=cmd_serve)
+
+    dns = commands.add_parser("dns", help="print the DNS records DOMAIN needs")
+    dns.add_argument("domain")
+    dns.set_defaults(func=cmd_dns)
+
+    _add_protocol_commands(commands)
+    return parser
+
+
+def _add_protocol_commands(commands: Any) -> None:
+    """Let each protocol add its operator commands (s2s status, check federation, mail queue)."""
+    from importlib import import_module
+
+    for module in ("peerage.xmpp.cli", "peerage.mail.cli"):
+        try:
+            register = import_module(module).register
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        register(commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from peerage.identity.accounts import AccountError
+    from peerage.identity.address import AddressError
+    from peerage.identity.credentials import PasswordError
+    from peerage.net.listen import ListenError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CliError, AccountError, AddressError, PasswordError, ListenError) as exc:
+        print(f"peerage: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

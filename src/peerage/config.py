@@ -1,0 +1,372 @@
+"""Configuration: one TOML file into typed, frozen settings.
+
+This module is in charge of reading `peerage.toml`, checking every key against the dataclasses below,
+and turning relative paths into absolute ones (relative to the file's folder). An unknown key, a value
+of the wrong type or a missing certificate file is a `ConfigError` whose message names the key (as
+`[section] key`) and says how to fix it.
+
+Each protocol owns one section dataclass here; adding a setting is adding a typed field with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+DEFAULT_CONFIG_NAME = "peerage.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path("data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where `peerage serve` writes runtime status (s2s levels, queue state) for the CLI to read.
+    status_file: str = "status.json"
+    # The host name SRV and MX records point to (`peerage dns`); empty means the domain itself.
+    public_hostname: str = ""
+    # Public addresses for the A/AAAA records `peerage dns` prints; empty leaves a placeholder.
+    public_ipv4: str = ""
+    public_ipv6: str = ""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # Empty means SQLite in the data folder. "postgresql+asyncpg://user:pw@host/db" selects PostgreSQL.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    # Empty means the system resolver configuration (/etc/resolv.conf).
+    nameservers: list[str] = field(default_factory=list)
+    port: int = 53
+    timeout: float = 5.0
+    # Upper bound on how long an answer is cached, whatever its TTL says (RFC 2308 suggests 1-3 hours
+    # for negative answers; unbound's cache-max-ttl defaults to one day).
+    cache_max_ttl: int = 3600
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    # Trust anchors for verifying peers' certificates (XEP-0238 "trusted", MTA-STS, SIPS). Empty means
+    # the system store.
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    name: str
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Prosody's default for c2s per-IP is unlimited; ejabberd's max_user_sessions is 10 per account.
+    # 64 concurrent connections from one address covers a NAT'ed office while stopping a single host
+    # from exhausting file descriptors.
+    connections_per_ip: int = 64
+    # Authentication failures allowed per window before the address or account is throttled.
+    # fail2ban's default for Dovecot/Postfix is 5 failures in 10 minutes; we answer slower rather than ban.
+    auth_failures_per_ip: int = 10
+    auth_failures_per_account: int = 5
+    auth_failure_window: float = 600.0
+    # Idle connections are closed after this many seconds (Prosody's c2s_timeout is 300 for
+    # unauthenticated streams; Dovecot's IMAP autologout is 30 minutes).
+    idle_timeout_unauthenticated: float = 60.0
+    idle_timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class FederationDomainPolicy:
+    level: Literal["permissive", "verified", "encrypted", "trusted"] | None = None
+    # Speak only pre-1.0 dialback without stream features (XEP-0238 service Type 1).
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    # XEP-0238 level required of every remote domain unless overridden in `domains`.
+    level: Literal["permissive", "verified", "encrypted", "trusted"] = "encrypted"
+    # Behave as an XEP-0238 Type 1 (pre-RFC 3920) server: no version='1.0', no features, dialback only.
+    legacy: bool = False
+    allow: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    domains: dict[str, FederationDomainPolicy] = field(default_factory=dict)
+    # Seconds an outbound stanza may wait for a connection before the sender gets an error.
+    connect_timeout: float = 30.0
+    # Seconds an idle s2s connection stays open (Prosody closes idle s2s after 5 minutes... by
+    # default it keeps them; ejabberd's s2s_timeout is 10 minutes).
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class XmppConfig:
+    enabled: bool = True
+    c2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5222", "[::]:5222"])
+    c2s_direct_tls_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5223", "[::]:5223"])
+    s2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5269", "[::]:5269"])
+    s2s_direct_tls_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5270", "[::]:5270"])
+    # RFC 6120 §13.12 requires at least 10000 bytes; Prosody's c2s_stanza_size_limit is 256 KiB and
+    # ejabberd's max_stanza_size is 256 KiB for c2s.
+    max_stanza_size: int = 262144
+    # Messages kept per offline user before new ones bounce (Prosody mod_offline has no cap; ejabberd's
+    # max_user_offline_messages defaults to 5000).
+    max_offline_messages: int = 5000
+    # Days of MAM history kept (Prosody's archive_expires_after defaults to one week).
+    archive_expires_days: int = 7
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    enabled: bool = True
+    udp_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5060"])
+    tcp_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5060"])
+    tls_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5061"])
+    # The address advertised in Via/Record-Route when listening on a wildcard.
+    advertised_host: str = ""
+    # Kamailio's default maximum message size is 65535 bytes (BUF_SIZE); UDP cannot carry more.
+    max_message_size: int = 65535
+    # Per source IP, requests per second before a temporary ban, as Kamailio's pike module does.
+    flood_requests_per_second: int = 200
+    flood_ban_seconds: int = 300
+    allow_domains: list[str] = field(default_factory=list)
+    deny_domains: list[str] = field(default_factory=list)
+    # Registration expiry bounds (RFC 3261 §10.2.8; Kamailio's registrar default max_expires is 3600).
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    enabled: bool = True
+    mx_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:25"])
+    submission_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:587"])
+    submissions_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:465"])
+    # Postfix's message_size_limit defaults to 10240000 bytes; we follow it.
+    max_message_size: int = 10240000
+    # The name this server announces in EHLO and Received headers; empty means the first domain.
+    hostname: str = ""
+    # Postfix's maximal_queue_lifetime is 5 days, its delay_warning_time is off by default (4h in docs).
+    queue_lifetime_hours: float = 120.0
+    delay_warning_hours: float = 4.0
+    # Port remote MTAs are contacted on; only tests change this.
+    remote_port: int = 25
+    # Per client IP: messages per minute accepted on the MX port.
+    mx_messages_per_minute: int = 600
+    # First retry delay of the outbound queue, doubled after each failure (Mox: 7.5 minutes).
+    first_retry_seconds: float = 450.0
+    # Local address outbound SMTP connections are made from; empty lets the system choose.
+    source_address: str = ""
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    enabled: bool = True
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:143"])
+    tls_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:993"])
+    # Largest APPEND accepted (RFC 7889 APPENDLIMIT); the same as the SMTP size limit.
+    append_limit: int = 10240000
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    database: DatabaseConfig
+    dns: DnsConfig
+    tls: TlsConfig
+    domains: dict[str, DomainConfig]
+    limits: LimitsConfig
+    xmpp: XmppConfig
+    sip: SipConfig
+    smtp: SmtpConfig
+    imap: ImapConfig
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'peerage.db'}"
+
+    def domain(self, name: str) -> DomainConfig | None:
+        return self.domains.get(name.lower())
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "database": DatabaseConfig,
+    "dns": DnsConfig,
+    "tls": TlsConfig,
+    "limits": LimitsConfig,
+    "xmpp": XmppConfig,
+    "sip": SipConfig,
+    "smtp": SmtpConfig,
+    "imap": ImapConfig,
+}
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("PEERAGE_CONFIG", DEFAULT_CONFIG_NAME))
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Read and validate `path`. With `check_files`, certificate files must exist."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such configuration file; create one with `peerage init DOMAIN` "
+            "or pass --config FILE (or set PEERAGE_CONFIG)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(raw, path, check_files=check_files)
+
+
+def config_from_dict(raw: dict[str, Any], path: Path, *, check_files: bool = True) -> Config:
+    base = path.parent
+    known = {*_SECTIONS, "domain"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(
+                f"{path}: unknown section or key '{key}'; valid ones are: {', '.join(sorted(known))}"
+            )
+    sections = {
+        name: _build(cls, raw.get(name, {}), f"[{name}]", path, base) for name, cls in _SECTIONS.items()
+    }
+    domains_raw = raw.get("domain", [])
+    if not isinstance(domains_raw, list):
+        raise ConfigError(f"{path}: 'domain' must be an array of tables: write [[domain]] sections")
+    domains: dict[str, DomainConfig] = {}
+    from peerage.identity.address import AddressError, normalize_domain
+
+    for index, entry in enumerate(domains_raw):
+        where = f"[[domain]] #{index + 1}"
+        domain = _build(DomainConfig, entry, where, path, base)
+        try:
+            name = normalize_domain(domain.name)
+        except AddressError as exc:
+            raise ConfigError(f"{path}: {where} name: {exc}") from None
+        if name in domains:
+            raise ConfigError(f"{path}: {where}: domain '{name}' is configured twice")
+        if (domain.cert is None) != (domain.key is None):
+            raise ConfigError(f"{path}: {where} ({name}): set both 'cert' and 'key', or neither")
+        if check_files:
+            for attr in ("cert", "key"):
+                file = getattr(domain, attr)
+                if file is not None and not file.is_file():
+                    raise ConfigError(
+                        f"{path}: {where} ({name}) {attr}: file {file} does not exist; "
+                        f"point '{attr}' at a PEM file or run `peerage init {name}` to create a "
+                        "self-signed one"
+                    )
+        domains[name] = dataclasses.replace(domain, name=name)
+    tls: TlsConfig = sections["tls"]
+    if check_files and tls.ca_file is not None and not tls.ca_file.is_file():
+        raise ConfigError(f"{path}: [tls] ca_file: file {tls.ca_file} does not exist")
+    return Config(path=path, domains=domains, **sections)
+
+
+def _build(cls: type, raw: Any, where: str, path: Path, base: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {where} must be a table, not {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{path}: {where} unknown key '{key}'; valid keys are: {', '.join(sorted(fields))}"
+            )
+        values[key] = _convert(hints[key], value, f"{where} {key}", path, base)
+    for name, spec in fields.items():
+        if name not in values and isinstance(spec.default, Path):
+            values[name] = (base / spec.default).resolve()  # relative defaults live beside the file
+        if (
+            name not in values
+            and spec.default is dataclasses.MISSING
+            and spec.default_factory is dataclasses.MISSING
+        ):
+            raise ConfigError(f"{path}: {where} is missing the required key '{name}'")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str, path: Path, base: Path) -> Any:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value == "" and type(None) in get_args(hint):
+            return None
+        return _convert(options[0], value, where, path, base)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{path}: {where} = {value!r} is not allowed; use one of: "
+                + ", ".join(repr(c) for c in choices)
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: {where} must be a list, e.g. [\"...\"]")
+        (item,) = get_args(hint)
+        return [_convert(item, v, f"{where}[{i}]", path, base) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {where} must be a table")
+        _, item = get_args(hint)
+        return {str(k).lower(): _convert(item, v, f"{where}.{k}", path, base) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{where}", path, base)  # type: ignore[arg-type]
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: {where} must be a file or folder path (a string)")
+        return (base / value).resolve()
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: {where} must be a whole number, not {value!r}")
+        if value < 0:
+            raise ConfigError(f"{path}: {where} must not be negative")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: {where} must be a number, not {value!r}")
+        if value < 0:
+            raise ConfigError(f"{path}: {where} must not be negative")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {where} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{path}: {where}: unsupported setting type {hint!r}")
+
+
+def parse_listen(spec: str) -> tuple[str, int]:
+    """'0.0.0.0:5222' or '[::1]:5222' -> (host, port)."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address {spec!r} must be HOST:PORT, e.g. 0.0.0.0:5222 or [::]:5222")
+    host = host.strip("[]")
+    return host, int(port)

@@ -1,0 +1,1 @@
+"""Identity: addresses, accounts and the per-protocol secrets derived from one password."""

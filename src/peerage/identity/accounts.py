@@ -1,0 +1,150 @@
+"""The account service: the one place every protocol asks about users.
+
+This module is in charge of creating, changing and deleting accounts, and of answering the questions
+protocols ask during authentication and routing: does this address exist, is this domain ours, what is
+the SCRAM credential or SIP HA1 for this user, is this PLAIN/web password right. Protocols never store
+users of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from peerage.identity.address import Address, AddressError, normalize_domain, parse_address
+from peerage.identity.credentials import Credentials, ScramCredential, derive_credentials, verify_argon2
+from peerage.store import Store
+from peerage.store.schema import accounts
+
+
+class AccountError(Exception):
+    """An account operation cannot be done; the message says why."""
+
+
+class AccountService:
+    def __init__(self, store: Store, domains: Iterable[str]) -> None:
+        self.store = store
+        self.domains = frozenset(normalize_domain(d) for d in domains)
+
+    def is_local_domain(self, domain: str) -> bool:
+        try:
+            return normalize_domain(domain) in self.domains
+        except AddressError:
+            return False
+
+    def _local_address(self, address: str | Address) -> Address:
+        addr = parse_address(address) if isinstance(address, str) else address
+        if addr.domain not in self.domains:
+            raise AccountError(
+                f"{addr.domain} is not a domain this server hosts; add a [[domain]] section for it "
+                "to the configuration"
+            )
+        return addr
+
+    async def add(self, address: str | Address, password: str) -> Address:
+        addr = self._local_address(address)
+        creds = await asyncio.to_thread(derive_credentials, addr, password)
+        async with self.store.begin() as conn:
+            exists = (await conn.execute(select(accounts.c.address).where(accounts.c.address == str(addr)))).first()
+            if exists:
+                raise AccountError(f"{addr} already exists; use `peerage user passwd {addr}` to change its password")
+            await conn.execute(insert(accounts).values(address=str(addr), domain=addr.domain, local=addr.local,
+                                                       **_credential_columns(creds)))
+        return addr
+
+    async def passwd(self, address: str | Address, password: str) -> None:
+        addr = self._local_address(address)
+        creds = await asyncio.to_thread(derive_credentials, addr, password)
+        async with self.store.begin() as conn:
+            result = await conn.execute(
+                update(accounts).where(accounts.c.address == str(addr)).values(**_credential_columns(creds))
+            )
+            if result.rowcount == 0:
+                raise AccountError(f"{addr} does not exist; create it with `peerage user add {addr}`")
+
+    async def delete(self, address: str | Address) -> None:
+        addr = self._local_address(address)
+        async with self.store.begin() as conn:
+            result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
+            if result.rowcount == 0:
+                raise AccountError(f"{addr} does not exist")
+
+    async def list(self, domain: str | None = None) -> list[str]:
+        query = select(accounts.c.address).order_by(accounts.c.domain, accounts.c.local)
+        if domain:
+            query = query.where(accounts.c.domain == normalize_domain(domain))
+        async with self.store.begin() as conn:
+            return [row[0] for row in await conn.execute(query)]
+
+    async def exists(self, address: str | Address) -> bool:
+        try:
+            addr = parse_address(address) if isinstance(address, str) else address
+        except AddressError:
+            return False
+        if addr.domain not in self.domains:
+            return False
+        async with self.store.begin() as conn:
+            row = (await conn.execute(select(accounts.c.address).where(accounts.c.address == str(addr)))).first()
+        return row is not None
+
+    async def scram(self, address: str | Address, hash_name: str) -> ScramCredential | None:
+        prefix = {"SHA-1": "scram_sha1", "SHA-256": "scram_sha256"}.get(hash_name)
+        if prefix is None:
+            return None
+        row = await self._row(address)
+        if row is None:
+            return None
+        return ScramCredential(
+            hash_name,
+            bytes(row.scram_salt),
+            row.scram_iterations,
+            bytes(getattr(row, f"{prefix}_stored_key")),
+            bytes(getattr(row, f"{prefix}_server_key")),
+        )
+
+    async def sip_ha1(self, address: str | Address, algorithm: str) -> str | None:
+        column = {"MD5": "sip_ha1_md5", "SHA-256": "sip_ha1_sha256"}.get(algorithm.upper())
+        if column is None:
+            return None
+        row = await self._row(address)
+        return None if row is None else str(getattr(row, column))
+
+    async def verify_password(self, address: str | Address, password: str) -> bool:
+        row = await self._row(address)
+        if row is None:
+            # Spend comparable time so that timing does not reveal which addresses exist.
+            await asyncio.to_thread(verify_argon2, _DUMMY_HASH, password)
+            return False
+        return await asyncio.to_thread(verify_argon2, row.argon2, password)
+
+    async def _row(self, address: str | Address) -> Any:
+        try:
+            addr = parse_address(address) if isinstance(address, str) else address
+        except AddressError:
+            return None
+        if addr.domain not in self.domains:
+            return None
+        async with self.store.begin() as conn:
+            return (await conn.execute(select(accounts).where(accounts.c.address == str(addr)))).first()
+
+
+def _credential_columns(creds: Credentials) -> dict[str, object]:
+    sha1, sha256 = creds.scram["SHA-1"], creds.scram["SHA-256"]
+    return {
+        "scram_salt": sha256.salt,
+        "scram_iterations": sha256.iterations,
+        "scram_sha1_stored_key": sha1.stored_key,
+        "scram_sha1_server_key": sha1.server_key,
+        "scram_sha256_stored_key": sha256.stored_key,
+        "scram_sha256_server_key": sha256.server_key,
+        "sip_ha1_md5": creds.sip_ha1["MD5"],
+        "sip_ha1_sha256": creds.sip_ha1["SHA-256"],
+        "argon2": creds.argon2,
+    }
+
+
+# An argon2id hash of a random string, checked against when the account does not exist.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$0n5H3tXWm0Yj5b1m0Zk1m8M4nLzq7Yb6b0m7QvQ9f2w"

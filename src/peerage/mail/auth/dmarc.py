@@ -1,0 +1,89 @@
+"""DMARC (RFC 7489): policy discovery and identifier alignment, given SPF and DKIM results.
+
+This module is in charge of deciding whether a message's From domain is authenticated by an aligned
+SPF or DKIM pass, and of reporting the published policy so the MX can act on it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from authheaders.dmarc_lookup import get_org_domain
+
+from peerage.mail.auth.dkim import DkimResult
+from peerage.mail.auth.dnsquery import SyncLookup, TemporaryDnsError
+from peerage.mail.auth.spf import SpfResult
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcResult:
+    result: str  # pass, fail, none, temperror, permerror
+    from_domain: str
+    policy: str = "none"  # p= (or sp= for a subdomain): none, quarantine, reject
+
+
+@functools.lru_cache(maxsize=4096)
+def organizational_domain(domain: str) -> str:
+    """RFC 7489 §3.2 via the Public Suffix List bundled with authheaders."""
+    try:
+        return str(get_org_domain(domain)).lower()
+    except Exception:
+        return domain
+
+
+def parse_record(text: str) -> dict[str, str] | None:
+    """Tags of a DMARC record, or None when it is not one (RFC 7489 §6.3: v=DMARC1 first)."""
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags[name.strip().lower()] = value.strip()
+    if tags.get("v") != "DMARC1" or not text.strip().startswith("v"):
+        return None
+    return tags
+
+
+def _aligned(identifier: str, from_domain: str, mode: str) -> bool:
+    identifier = identifier.lower()
+    if mode == "s":
+        return identifier == from_domain
+    return organizational_domain(identifier) == organizational_domain(from_domain)
+
+
+def check(from_domain: str, spf: SpfResult, dkim: list[DkimResult], lookup: SyncLookup) -> DmarcResult:
+    """Blocking: run in a worker thread."""
+    from_domain = from_domain.lower()
+    if not from_domain:
+        return DmarcResult("permerror", from_domain)
+    org = organizational_domain(from_domain)
+    try:
+        tags = _find_record(from_domain, lookup)
+        is_subdomain = False
+        if tags is None and org != from_domain:
+            tags = _find_record(org, lookup)
+            is_subdomain = True
+    except TemporaryDnsError:
+        return DmarcResult("temperror", from_domain)
+    if tags is None:
+        return DmarcResult("none", from_domain)
+    policy = tags.get("p", "none").lower()
+    if is_subdomain:
+        policy = tags.get("sp", policy).lower()
+    if policy not in ("none", "quarantine", "reject"):
+        policy = "none"
+    spf_ok = spf.result == "pass" and _aligned(spf.domain, from_domain, tags.get("aspf", "r").lower())
+    dkim_ok = any(
+        d.result == "pass" and _aligned(d.domain, from_domain, tags.get("adkim", "r").lower()) for d in dkim
+    )
+    return DmarcResult("pass" if spf_ok or dkim_ok else "fail", from_domain, policy)
+
+
+def _find_record(domain: str, lookup: SyncLookup) -> dict[str, str] | None:
+    records = [
+        tags
+        for raw in lookup.txt(f"_dmarc.{domain}")
+        if (tags := parse_record(raw.decode("utf-8", "replace"))) is not None
+    ]
+    # RFC 7489 §6.6.3: more than one record means none applies.
+    return records[0] if len(records) == 1 else None

@@ -1,0 +1,406 @@
+"""MIME as IMAP sees it: sections, BODYSTRUCTURE, ENVELOPE, BINARY and decoded text for SEARCH.
+
+Parts are located on the raw bytes (boundaries found, never re-generated), so BODY[1.2] returns
+exactly the octets that were stored, as RFC 9051 §6.4.5 requires. Header parameters, addresses and
+encoded words are interpreted with the standard library's ``email`` package; transfer encodings
+(base64, quoted-printable) and charsets are undone for BINARY and SEARCH.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import quopri
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+from peerage.mail.imap.parser import format_list, nstring, quoted_or_literal
+
+# Nesting of multiparts and message/rfc822 followed at most; Dovecot's mail_max_mime_parts-like
+# protections (and its parser's max nesting depth of 100) guard against the same bomb.
+MAX_MIME_DEPTH = 50
+# Parts per message examined at most (Dovecot: message_max_mime_parts = 10000 in 2.3.x).
+MAX_MIME_PARTS = 10000
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+
+
+@dataclass
+class Part:
+    header: bytes
+    body: bytes
+    message: Message
+    children: list[Part] = field(default_factory=list)
+    encapsulated: Part | None = None  # the message inside a message/rfc822 part
+
+    @property
+    def content_type(self) -> tuple[str, str]:
+        maintype, _, subtype = self.message.get_content_type().partition("/")
+        return maintype, subtype
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.content_type[0] == "multipart" and bool(self.children)
+
+    @property
+    def is_message(self) -> bool:
+        return self.content_type == ("message", "rfc822") and self.encapsulated is not None
+
+
+def split_header_body(raw: bytes) -> tuple[bytes, bytes]:
+    if raw.startswith(b"\r\n"):
+        return b"\r\n", raw[2:]
+    if raw.startswith(b"\n"):
+        return b"\n", raw[1:]
+    match = _HEADER_END.search(raw)
+    if not match:
+        return raw, b""
+    return raw[: match.end()], raw[match.end() :]
+
+
+def _parse_header(header: bytes) -> Message:
+    return BytesHeaderParser(policy=compat32).parsebytes(header)
+
+
+def parse(raw: bytes) -> Part:
+    counter = [0]
+    return _parse(raw, 0, counter, None)
+
+
+def _parse(raw: bytes, depth: int, counter: list[int], default_type: str | None) -> Part:
+    counter[0] += 1
+    header, body = split_header_body(raw)
+    message = _parse_header(header)
+    if default_type and "content-type" not in message:
+        message.set_default_type(default_type)
+    part = Part(header, body, message)
+    if depth >= MAX_MIME_DEPTH or counter[0] >= MAX_MIME_PARTS:
+        return part
+    maintype, subtype = part.content_type
+    if maintype == "multipart":
+        boundary = message.get_param("boundary")
+        if isinstance(boundary, str) and boundary:
+            child_default = "message/rfc822" if subtype == "digest" else None
+            for chunk in _split_multipart(body, boundary.encode("utf-8", "replace")):
+                if counter[0] >= MAX_MIME_PARTS:
+                    break
+                part.children.append(_parse(chunk, depth + 1, counter, child_default))
+    elif (maintype, subtype) == ("message", "rfc822"):
+        part.encapsulated = _parse(body, depth + 1, counter, None)
+    return part
+
+
+def _split_multipart(body: bytes, boundary: bytes) -> Iterator[bytes]:
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)")
+    matches = list(delimiter.finditer(body))
+    for index, match in enumerate(matches):
+        if match.group(1):  # close delimiter
+            return
+        start = match.end()
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(body)
+        yield body[start:end]
+
+
+def find_part(root: Part, numbers: tuple[int, ...]) -> Part | None:
+    """Part ``1.2.3`` of a message (RFC 9051 §6.4.5 numbering)."""
+    part = root
+    for number in numbers:
+        if part.is_message and part is not root:
+            assert part.encapsulated is not None
+            part = part.encapsulated
+        if part.is_multipart:
+            if number < 1 or number > len(part.children):
+                return None
+            part = part.children[number - 1]
+        elif number == 1:
+            # A non-multipart message's part 1 is its body (same headers for MIME purposes).
+            continue
+        else:
+            return None
+    return part
+
+
+def _unfolded(header: bytes) -> list[tuple[str, bytes]]:
+    fields: list[tuple[str, bytes]] = []
+    for line in re.split(rb"\r?\n(?![ \t])", header):
+        if not line.strip():
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon:
+            continue
+        fields.append((name.strip().decode("ascii", "replace"), line))
+    return fields
+
+
+def header_fields(header: bytes, names: tuple[str, ...], exclude: bool) -> bytes:
+    """HEADER.FIELDS / HEADER.FIELDS.NOT: the chosen fields in their original form plus CRLF."""
+    wanted = {name.lower() for name in names}
+    lines = []
+    for line in re.split(rb"(?<=\n)(?![ \t])", header):
+        if not line.strip():
+            continue
+        name = line.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+        if (name in wanted) != exclude:
+            lines.append(line if line.endswith(b"\n") else line + b"\r\n")
+    return b"".join(lines) + b"\r\n"
+
+
+def section_bytes(raw: bytes, part_numbers: tuple[int, ...], text: str, fields: tuple[str, ...]) -> bytes | None:
+    """The octets of BODY[section] (None when the part does not exist)."""
+    if not part_numbers and text in ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT"):
+        if text == "":
+            return raw
+        header, body = split_header_body(raw)
+        if text == "TEXT":
+            return body
+        if text == "HEADER":
+            return header
+        return header_fields(header, fields, text == "HEADER.FIELDS.NOT")
+    root = parse(raw)
+    part = find_part(root, part_numbers)
+    if part is None:
+        return None
+    if text == "MIME":
+        return part.header if part is not root else None
+    if text in ("HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        if part is not root and not part.is_message:
+            return None
+        inner = part.encapsulated if part is not root and part.encapsulated else part
+        if text == "TEXT":
+            return inner.body
+        if text == "HEADER":
+            return inner.header
+        return header_fields(inner.header, fields, text == "HEADER.FIELDS.NOT")
+    return part.body
+
+
+def decode_transfer(part: Part) -> bytes | None:
+    """The part's body with its Content-Transfer-Encoding undone (None if the encoding is unknown)."""
+    encoding = (part.message.get("content-transfer-encoding") or "7bit").strip().lower()
+    if encoding == "base64":
+        cleaned = re.sub(rb"[^A-Za-z0-9+/=]", b"", part.body)
+        cleaned = cleaned.split(b"=", 1)[0]
+        cleaned += b"=" * (-len(cleaned) % 4)
+        try:
+            return base64.b64decode(cleaned)
+        except (binascii.Error, ValueError):
+            return None
+    if encoding == "quoted-printable":
+        return quopri.decodestring(part.body)
+    if encoding in ("7bit", "8bit", "binary", ""):
+        return part.body
+    return None
+
+
+def binary_section(raw: bytes, part_numbers: tuple[int, ...]) -> bytes | None:
+    root = parse(raw)
+    part = find_part(root, part_numbers) if part_numbers else root
+    if part is None or part.is_multipart:
+        return None
+    if part is root and part_numbers == ():
+        return raw
+    return decode_transfer(part)
+
+
+def _charset_decode(data: bytes, charset: str | None) -> str:
+    name = (charset or "us-ascii").strip().strip('"').lower()
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        name = "latin-1"
+    if name in ("us-ascii", "ascii"):
+        name = "utf-8"  # 8-bit text mislabelled as ASCII is common; UTF-8 is the best guess
+    return data.decode(name, errors="replace")
+
+
+def decode_header_value(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, binascii.Error):
+        return value
+
+
+def header_text(header: bytes) -> dict[str, list[str]]:
+    """Field name (lower case) -> decoded values (encoded words undone)."""
+    message = _parse_header(header)
+    result: dict[str, list[str]] = {}
+    for name, value in message.items():
+        text = value if isinstance(value, str) else str(value)
+        result.setdefault(name.lower(), []).append(decode_header_value(text))
+    return result
+
+
+def body_text(raw: bytes) -> str:
+    """All text of a message a BODY search looks at: text parts decoded, joined."""
+    root = parse(raw)
+    pieces: list[str] = []
+    _collect_text(root, pieces, 0)
+    return "\n".join(pieces)
+
+
+def _collect_text(part: Part, pieces: list[str], depth: int) -> None:
+    if depth > MAX_MIME_DEPTH:
+        return
+    if part.is_multipart:
+        for child in part.children:
+            _collect_text(child, pieces, depth + 1)
+        return
+    if part.is_message:
+        assert part.encapsulated is not None
+        for values in header_text(part.encapsulated.header).values():
+            pieces.extend(values)
+        _collect_text(part.encapsulated, pieces, depth + 1)
+        return
+    maintype = part.content_type[0]
+    if maintype not in ("text", "message"):
+        return
+    data = decode_transfer(part)
+    if data is None:
+        return
+    pieces.append(_charset_decode(data, part.message.get_content_charset()))
+
+
+# -- ENVELOPE and BODYSTRUCTURE ---------------------------------------------------------------
+
+
+def _raw_field(message: Message, name: str) -> str | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    return re.sub(r"\r?\n(?=[ \t])", "", str(value)).strip()
+
+
+def _addresses(message: Message, name: str, fallback: str | None = None) -> bytes:
+    values = message.get_all(name)
+    if not values and fallback:
+        values = message.get_all(fallback)
+    if not values:
+        return b"NIL"
+    items = []
+    for display, address in getaddresses([re.sub(r"\r?\n(?=[ \t])", "", str(v)) for v in values]):
+        if not address and not display:
+            continue
+        mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+        items.append(
+            format_list(
+                [
+                    nstring(display or None),
+                    b"NIL",
+                    nstring(mailbox if "@" in address else address),
+                    nstring(host or None),
+                ]
+            )
+        )
+    return format_list(items) if items else b"NIL"
+
+
+def envelope(header: bytes) -> bytes:
+    message = _parse_header(header)
+    return format_list(
+        [
+            nstring(_raw_field(message, "date")),
+            nstring(_raw_field(message, "subject")),
+            _addresses(message, "from"),
+            _addresses(message, "sender", "from"),
+            _addresses(message, "reply-to", "from"),
+            _addresses(message, "to"),
+            _addresses(message, "cc"),
+            _addresses(message, "bcc"),
+            nstring(_raw_field(message, "in-reply-to")),
+            nstring(_raw_field(message, "message-id")),
+        ]
+    )
+
+
+def _params(message: Message, header: str = "content-type") -> bytes:
+    params = message.get_params(header=header, failobj=None)
+    if not params:
+        return b"NIL"
+    items: list[bytes] = []
+    for index, (name, value) in enumerate(params):
+        if index == 0 and header == "content-type":
+            continue  # the type itself
+        if isinstance(value, tuple):
+            value = str(value[2])
+        items += [quoted_or_literal(name.upper()), quoted_or_literal(str(value))]
+    return format_list(items) if items else b"NIL"
+
+
+def _disposition(message: Message) -> bytes:
+    value = message.get("content-disposition")
+    if value is None:
+        return b"NIL"
+    kind = str(value).split(";", 1)[0].strip().upper() or "ATTACHMENT"
+    return format_list([quoted_or_literal(kind), _params_disposition(message)])
+
+
+def _params_disposition(message: Message) -> bytes:
+    params = message.get_params(header="content-disposition", failobj=None)
+    if not params or len(params) < 2:
+        return b"NIL"
+    items: list[bytes] = []
+    for name, value in params[1:]:
+        if isinstance(value, tuple):
+            value = str(value[2])
+        items += [quoted_or_literal(name.upper()), quoted_or_literal(str(value))]
+    return format_list(items)
+
+
+def _language(message: Message) -> bytes:
+    value = _raw_field(message, "content-language")
+    if not value:
+        return b"NIL"
+    return format_list([quoted_or_literal(tag.strip()) for tag in value.split(",") if tag.strip()])
+
+
+def body_structure(raw: bytes, extended: bool = True) -> bytes:
+    return _structure(parse(raw), extended, 0)
+
+
+def _count_lines(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def _structure(part: Part, extended: bool, depth: int) -> bytes:
+    message = part.message
+    maintype, subtype = part.content_type
+    if part.is_multipart and depth < MAX_MIME_DEPTH:
+        items = b"".join(_structure(child, extended, depth + 1) for child in part.children)
+        fields = [items, quoted_or_literal(subtype.upper())]
+        if extended:
+            fields += [_params(message), _disposition(message), _language(message), nstring(_raw_field(message, "content-location"))]
+        return b"(" + b" ".join(fields) + b")"
+    fields = [
+        quoted_or_literal(maintype.upper()),
+        quoted_or_literal(subtype.upper()),
+        _params(message),
+        nstring(_raw_field(message, "content-id")),
+        nstring(_raw_field(message, "content-description")),
+        quoted_or_literal((_raw_field(message, "content-transfer-encoding") or "7BIT").upper()),
+        str(len(part.body)).encode(),
+    ]
+    if part.is_message and depth < MAX_MIME_DEPTH:
+        assert part.encapsulated is not None
+        fields += [
+            envelope(part.encapsulated.header),
+            _structure(part.encapsulated, extended, depth + 1),
+            str(_count_lines(part.body)).encode(),
+        ]
+    elif maintype == "text":
+        fields.append(str(_count_lines(part.body)).encode())
+    if extended:
+        fields += [
+            nstring(_raw_field(message, "content-md5")),
+            _disposition(message),
+            _language(message),
+            nstring(_raw_field(message, "content-location")),
+        ]
+    return b"(" + b" ".join(fields) + b")"

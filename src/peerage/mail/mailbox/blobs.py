@@ -1,0 +1,81 @@
+"""Message bodies as immutable files under the data directory.
+
+A blob is written to a temporary name in its final directory, fsynced, renamed into place and the
+directory fsynced, so that once ``write`` returns the bytes survive a crash. The database row that
+points at the blob is committed only afterwards: a crash in between leaves an orphan file that no
+mailbox refers to, never a row without its body. Copies are hard links, so COPY costs no bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+# Two hex digits of fan-out keep each directory at a few thousand entries for a million messages,
+# as Dovecot's sdbox/mdbox and git's object store do.
+FANOUT_DIGITS = 2
+
+
+class BlobStore:
+    """Reads, writes, links and removes message files below ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        return self.root / name[:FANOUT_DIGITS] / name
+
+    def _new_name(self) -> str:
+        return secrets.token_hex(16)
+
+    def write(self, data: bytes, durable: bool = True) -> str:
+        name = self._new_name()
+        final = self.path(name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.with_name(name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, final)
+        if durable:
+            self._sync_directory(final.parent)
+        return name
+
+    def link(self, name: str, durable: bool = True) -> str:
+        copy = self._new_name()
+        target = self.path(copy)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.path(name), target)
+        except OSError:
+            # A file system without hard links: copy the bytes instead.
+            return self.write(self.read(name), durable)
+        if durable:
+            self._sync_directory(target.parent)
+        return copy
+
+    def read(self, name: str) -> bytes:
+        with open(self.path(name), "rb") as handle:
+            return handle.read()
+
+    def remove(self, name: str) -> None:
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def _sync_directory(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,761 @@
+"""The mailbox store: per-user folders, UIDs, UIDVALIDITY, flags, MODSEQ, and message files.
+
+Every change is one database transaction that bumps the mailbox's HIGHESTMODSEQ and gives the changed
+messages that mod-sequence (RFC 7162 §3.1), so a reader can always ask "what changed since N". UIDs
+are allocated by an atomic ``UPDATE ... RETURNING`` on the mailbox row, which SQLite serialises and
+PostgreSQL row-locks. Bodies are written (and fsynced) before the row that refers to them commits.
+After each commit the mailbox id is published on ``notifier`` so that IDLE sessions wake at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from peerage.mail.mailbox import flags as flaglib
+from peerage.mail.mailbox.blobs import BlobStore
+from peerage.mail.mailbox.notify import MailboxNotifier
+from peerage.mail.tables import mail_expunged, mail_mailboxes, mail_messages
+
+INBOX = "INBOX"
+# RFC 6154 special-use folders every account gets on first use, with the names Dovecot's and
+# Thunderbird's defaults use.
+DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
+    (INBOX, None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+)
+# RFC 9051 §5.1: the hierarchy delimiter this server uses.
+HIERARCHY_DELIMITER = "/"
+# Rows per IN (...) list: well under SQLite's 32766 bound-variable limit and PostgreSQL's 65535.
+SQL_BATCH = 500
+# Above this share of a mailbox, reading all rows and filtering beats IN (...) lists.
+FULL_SCAN_THRESHOLD = 400
+
+_HEADER_END = re.compile(rb"\r\n\r\n")
+_BARE_LINE_ENDING = re.compile(rb"\r?\n")
+_ENCODED_CONTENT = re.compile(rb"content-transfer-encoding:[ \t]*(base64|quoted-printable)", re.I)
+
+
+class MailboxError(Exception):
+    """A mailbox operation cannot be done; the message says why."""
+
+
+class NoSuchMailbox(MailboxError):
+    pass
+
+
+class MailboxExists(MailboxError):
+    pass
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    id: int
+    owner: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass
+class MessageRow:
+    uid: int
+    modseq: int
+    flags: tuple[str, ...]
+    internal_date: int
+    internal_zone: int
+    size: int
+    blob: str
+    header: bytes = b""
+    plain: bool = False
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a mailbox after a mod-sequence."""
+
+    changed: list[tuple[int, tuple[str, ...], int]]  # (uid, flags, modseq), uid ascending
+    expunged: list[int]
+    highestmodseq: int
+    uidnext: int
+
+
+def normalize_line_endings(raw: bytes) -> bytes:
+    """IMAP messages use CRLF (RFC 9051 §2.3.4 size is of the CRLF form); fix bare LF."""
+    if b"\n" not in raw.replace(b"\r\n", b""):
+        return raw
+    return _BARE_LINE_ENDING.sub(b"\r\n", raw)
+
+
+def split_header(raw: bytes) -> bytes:
+    """The header block including the blank line that ends it (all of ``raw`` if it has no body)."""
+    if raw.startswith(b"\r\n"):
+        return b"\r\n"
+    match = _HEADER_END.search(raw)
+    return raw[: match.end()] if match else raw
+
+
+def is_plain(raw: bytes, header: bytes) -> bool:
+    if b"=?" in header or _ENCODED_CONTENT.search(raw):
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _row(record: object, with_header: bool) -> MessageRow:
+    r = record._mapping  # type: ignore[attr-defined]
+    return MessageRow(
+        uid=r["uid"],
+        modseq=r["modseq"],
+        flags=flaglib.parse(r["flags"]),
+        internal_date=r["internal_date"],
+        internal_zone=r["internal_zone"],
+        size=r["size"],
+        blob=r["blob"],
+        header=r["header"] if with_header else b"",
+        plain=bool(r["plain"]) if with_header else False,
+    )
+
+
+def _mailbox(record: object) -> MailboxInfo:
+    r = record._mapping  # type: ignore[attr-defined]
+    return MailboxInfo(
+        id=r["id"],
+        owner=r["owner"],
+        name=r["name"],
+        uidvalidity=r["uidvalidity"],
+        uidnext=r["uidnext"],
+        highestmodseq=r["highestmodseq"],
+        special_use=r["special_use"],
+        subscribed=bool(r["subscribed"]),
+    )
+
+
+def canonical_name(name: str) -> str:
+    """INBOX is case-insensitive (RFC 9051 §5.1); every other name is kept as given."""
+    if name.upper() == INBOX:
+        return INBOX
+    if name.upper().startswith(INBOX + HIERARCHY_DELIMITER):
+        return INBOX + name[len(INBOX) :]
+    return name
+
+
+def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), SQL_BATCH):
+        yield items[start : start + SQL_BATCH]
+
+
+_ROW_COLUMNS = (
+    mail_messages.c.uid,
+    mail_messages.c.modseq,
+    mail_messages.c.flags,
+    mail_messages.c.internal_date,
+    mail_messages.c.internal_zone,
+    mail_messages.c.size,
+    mail_messages.c.blob,
+)
+_ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain)
+
+
+class MailboxStore:
+    """All mailboxes of all users of one host."""
+
+    def __init__(self, engine: AsyncEngine, data_dir: Path) -> None:
+        self.engine = engine
+        self.blobs = BlobStore(Path(data_dir) / "mail" / "blobs")
+        self.notifier = MailboxNotifier()
+        self._defaults_done: set[str] = set()
+        self._defaults_lock = asyncio.Lock()
+
+    # -- folders ---------------------------------------------------------------------------------
+
+    async def ensure_defaults(self, owner: str) -> None:
+        """Create INBOX and the special-use folders the first time an account is used."""
+        if owner in self._defaults_done:
+            return
+        async with self._defaults_lock:
+            if owner in self._defaults_done:
+                return
+            async with self.engine.begin() as conn:
+                existing = {
+                    row[0]
+                    for row in await conn.execute(
+                        select(mail_mailboxes.c.name).where(mail_mailboxes.c.owner == owner)
+                    )
+                }
+                if not existing:
+                    for name, special in DEFAULT_FOLDERS:
+                        await self._insert_mailbox(conn, owner, name, special)
+            self._defaults_done.add(owner)
+
+    async def _insert_mailbox(
+        self, conn: AsyncConnection, owner: str, name: str, special_use: str | None
+    ) -> int:
+        # RFC 9051 §2.3.1.1: UIDVALIDITY must change when a name is reused; strictly above every
+        # value this owner has had, and tied to the clock like Dovecot's.
+        highest = (
+            await conn.execute(
+                select(func.max(mail_mailboxes.c.uidvalidity)).where(mail_mailboxes.c.owner == owner)
+            )
+        ).scalar()
+        uidvalidity = max(int(time.time()) & 0x7FFFFFFF, (highest or 0) + 1)
+        result = await conn.execute(
+            insert(mail_mailboxes).values(
+                owner=owner,
+                name=name,
+                uidvalidity=uidvalidity,
+                uidnext=1,
+                highestmodseq=1,
+                special_use=special_use,
+                subscribed=True,
+            )
+        )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    async def list_mailboxes(self, owner: str) -> list[MailboxInfo]:
+        await self.ensure_defaults(owner)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(mail_mailboxes)
+                .where(mail_mailboxes.c.owner == owner)
+                .order_by(mail_mailboxes.c.name)
+            )
+            return [_mailbox(row) for row in rows]
+
+    async def get_mailbox(self, owner: str, name: str) -> MailboxInfo | None:
+        await self.ensure_defaults(owner)
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(mail_mailboxes).where(
+                        and_(
+                            mail_mailboxes.c.owner == owner,
+                            mail_mailboxes.c.name == canonical_name(name),
+                        )
+                    )
+                )
+            ).first()
+            return _mailbox(row) if row else None
+
+    async def mailbox_by_id(self, mailbox_id: int) -> MailboxInfo | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))
+            ).first()
+            return _mailbox(row) if row else None
+
+    async def create_mailbox(
+        self, owner: str, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        await self.ensure_defaults(owner)
+        name = canonical_name(name)
+        async with self.engine.begin() as conn:
+            exists = (
+                await conn.execute(
+                    select(mail_mailboxes.c.id).where(
+                        and_(mail_mailboxes.c.owner == owner, mail_mailboxes.c.name == name)
+                    )
+                )
+            ).first()
+            if exists:
+                raise MailboxExists(f"mailbox {name!r} already exists")
+            # RFC 9051 §6.3.4: create the superior hierarchy levels that do not exist yet.
+            parts = name.split(HIERARCHY_DELIMITER)
+            for depth in range(1, len(parts)):
+                parent = HIERARCHY_DELIMITER.join(parts[:depth])
+                if not parent:
+                    continue
+                found = (
+                    await conn.execute(
+                        select(mail_mailboxes.c.id).where(
+                            and_(mail_mailboxes.c.owner == owner, mail_mailboxes.c.name == parent)
+                        )
+                    )
+                ).first()
+                if not found:
+                    await self._insert_mailbox(conn, owner, parent, None)
+            await self._insert_mailbox(conn, owner, name, special_use)
+        info = await self.get_mailbox(owner, name)
+        assert info is not None
+        return info
+
+    async def delete_mailbox(self, owner: str, name: str) -> None:
+        name = canonical_name(name)
+        if name == INBOX:
+            raise MailboxError("INBOX cannot be deleted")
+        info = await self.get_mailbox(owner, name)
+        if info is None:
+            raise NoSuchMailbox(f"no mailbox {name!r}")
+        async with self.engine.begin() as conn:
+            blobs = [
+                row[0]
+                for row in await conn.execute(
+                    select(mail_messages.c.blob).where(mail_messages.c.mailbox_id == info.id)
+                )
+            ]
+            await conn.execute(delete(mail_messages).where(mail_messages.c.mailbox_id == info.id))
+            await conn.execute(delete(mail_expunged).where(mail_expunged.c.mailbox_id == info.id))
+            await conn.execute(delete(mail_mailboxes).where(mail_mailboxes.c.id == info.id))
+        await asyncio.to_thread(self._remove_blobs, blobs)
+        self.notifier.publish(info.id)
+
+    async def rename_mailbox(self, owner: str, old: str, new: str) -> None:
+        old, new = canonical_name(old), canonical_name(new)
+        source = await self.get_mailbox(owner, old)
+        if source is None:
+            raise NoSuchMailbox(f"no mailbox {old!r}")
+        if await self.get_mailbox(owner, new) is not None:
+            raise MailboxExists(f"mailbox {new!r} already exists")
+        if old == INBOX:
+            # RFC 9051 §6.3.6: renaming INBOX moves its messages to the new name and leaves it empty.
+            target = await self.create_mailbox(owner, new)
+            uids = await self.uids(source.id)
+            if uids:
+                await self.move(source.id, uids, target.id)
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(mail_mailboxes).where(mail_mailboxes.c.id == source.id).values(name=new)
+            )
+            prefix = old + HIERARCHY_DELIMITER
+            children = await conn.execute(
+                select(mail_mailboxes.c.id, mail_mailboxes.c.name).where(
+                    and_(mail_mailboxes.c.owner == owner, mail_mailboxes.c.name.startswith(prefix, autoescape=True))
+                )
+            )
+            for child_id, child_name in list(children):
+                await conn.execute(
+                    update(mail_mailboxes)
+                    .where(mail_mailboxes.c.id == child_id)
+                    .values(name=new + child_name[len(old) :])
+                )
+
+    async def set_subscribed(self, owner: str, name: str, subscribed: bool) -> None:
+        info = await self.get_mailbox(owner, name)
+        if info is None:
+            raise NoSuchMailbox(f"no mailbox {name!r}")
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(mail_mailboxes)
+                .where(mail_mailboxes.c.id == info.id)
+                .values(subscribed=subscribed)
+            )
+
+    async def status(self, mailbox_id: int) -> dict[str, int]:
+        """MESSAGES, UNSEEN, DELETED, SIZE, UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ of one mailbox."""
+        async with self.engine.connect() as conn:
+            box = (
+                await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))
+            ).first()
+            if box is None:
+                raise NoSuchMailbox("mailbox vanished")
+            rows = (
+                await conn.execute(
+                    select(mail_messages.c.flags, mail_messages.c.size).where(
+                        mail_messages.c.mailbox_id == mailbox_id
+                    )
+                )
+            ).all()
+        unseen = sum(1 for flags, _ in rows if "\\Seen" not in flags.split())
+        deleted = sum(1 for flags, _ in rows if "\\Deleted" in flags.split())
+        info = _mailbox(box)
+        return {
+            "MESSAGES": len(rows),
+            "UNSEEN": unseen,
+            "DELETED": deleted,
+            "SIZE": sum(size for _, size in rows),
+            "UIDNEXT": info.uidnext,
+            "UIDVALIDITY": info.uidvalidity,
+            "HIGHESTMODSEQ": info.highestmodseq,
+        }
+
+    # -- messages --------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        mailbox_id: int,
+        raw: bytes,
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+        durable: bool = True,
+    ) -> tuple[int, int]:
+        """Store one message; returns (uid, uidvalidity) once the file and the row are durable."""
+        result = await self.append_many(
+            mailbox_id, [(raw, tuple(flags), internal_date, internal_zone)], durable
+        )
+        return result[0]
+
+    async def append_many(
+        self,
+        mailbox_id: int,
+        messages: Sequence[tuple[bytes, tuple[str, ...], float | None, int]],
+        durable: bool = True,
+    ) -> list[tuple[int, int]]:
+        prepared = []
+        for raw, flags, internal_date, zone in messages:
+            raw = normalize_line_endings(raw)
+            header = split_header(raw)
+            prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone))
+        blobs = await asyncio.to_thread(
+            lambda: [self.blobs.write(item[0], durable) for item in prepared]
+        )
+        try:
+            async with self.engine.begin() as conn:
+                allocated = (
+                    await conn.execute(
+                        update(mail_mailboxes)
+                        .where(mail_mailboxes.c.id == mailbox_id)
+                        .values(
+                            uidnext=mail_mailboxes.c.uidnext + len(prepared),
+                            highestmodseq=mail_mailboxes.c.highestmodseq + 1,
+                        )
+                        .returning(
+                            mail_mailboxes.c.uidnext,
+                            mail_mailboxes.c.highestmodseq,
+                            mail_mailboxes.c.uidvalidity,
+                        )
+                    )
+                ).first()
+                if allocated is None:
+                    raise NoSuchMailbox("mailbox vanished")
+                uidnext, modseq, uidvalidity = allocated
+                first_uid = uidnext - len(prepared)
+                now = time.time()
+                await conn.execute(
+                    insert(mail_messages),
+                    [
+                        {
+                            "mailbox_id": mailbox_id,
+                            "uid": first_uid + index,
+                            "modseq": modseq,
+                            "flags": flaglib.serialize(flaglib.normalize(item[3])),
+                            "internal_date": int(item[4] if item[4] is not None else now),
+                            "internal_zone": item[5],
+                            "size": len(item[0]),
+                            "blob": blobs[index],
+                            "header": item[1],
+                            "plain": item[2],
+                        }
+                        for index, item in enumerate(prepared)
+                    ],
+                )
+        except BaseException:
+            await asyncio.to_thread(self._remove_blobs, blobs)
+            raise
+        self.notifier.publish(mailbox_id)
+        return [(first_uid + index, uidvalidity) for index in range(len(prepared))]
+
+    async def uids(self, mailbox_id: int) -> list[int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(mail_messages.c.uid)
+                .where(mail_messages.c.mailbox_id == mailbox_id)
+                .order_by(mail_messages.c.uid)
+            )
+            return [row[0] for row in rows]
+
+    async def messages(
+        self, mailbox_id: int, uids: Sequence[int] | None, with_header: bool = False
+    ) -> list[MessageRow]:
+        """Rows for ``uids`` (all when None), in UID order, read in batches."""
+        columns = _ROW_COLUMNS_WITH_HEADER if with_header else _ROW_COLUMNS
+        base = select(*columns).where(mail_messages.c.mailbox_id == mailbox_id)
+        async with self.engine.connect() as conn:
+            if uids is None or len(uids) > FULL_SCAN_THRESHOLD:
+                query = base
+                if uids:
+                    query = query.where(
+                        mail_messages.c.uid.between(min(uids), max(uids))
+                    )
+                rows = [_row(r, with_header) for r in await conn.execute(query.order_by(mail_messages.c.uid))]
+                if uids is not None:
+                    wanted = set(uids)
+                    rows = [row for row in rows if row.uid in wanted]
+                return rows
+            result: list[MessageRow] = []
+            for chunk in _chunks(sorted(uids)):
+                result.extend(
+                    _row(r, with_header)
+                    for r in await conn.execute(
+                        base.where(mail_messages.c.uid.in_(chunk)).order_by(mail_messages.c.uid)
+                    )
+                )
+            return result
+
+    def read_blob(self, name: str) -> bytes:
+        return self.blobs.read(name)
+
+    async def read_message(self, name: str) -> bytes:
+        return await asyncio.to_thread(self.blobs.read, name)
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: str,
+        flags: Iterable[str],
+        unchanged_since: int | None = None,
+    ) -> tuple[list[tuple[int, tuple[str, ...], int]], list[int]]:
+        """Set ("set"), add ("add") or remove ("remove") flags.
+
+        Returns ((uid, flags, modseq) for every existing message asked for, uids that failed the
+        UNCHANGEDSINCE test of RFC 7162 §3.1.3). All changed messages share one new mod-sequence.
+        """
+        wanted = flaglib.normalize(flags)
+        wanted_lower = {flag.lower() for flag in wanted}
+        async with self.engine.begin() as conn:
+            rows = await self._select_rows(conn, mailbox_id, uids)
+            result: list[tuple[int, tuple[str, ...], int]] = []
+            failed: list[int] = []
+            updates: list[tuple[int, tuple[str, ...]]] = []
+            for row in rows:
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    failed.append(row.uid)
+                    result.append((row.uid, row.flags, row.modseq))
+                    continue
+                if mode == "set":
+                    new = wanted
+                elif mode == "add":
+                    new = flaglib.normalize((*row.flags, *wanted))
+                else:
+                    new = tuple(f for f in row.flags if f.lower() not in wanted_lower)
+                if {f.lower() for f in new} != {f.lower() for f in row.flags}:
+                    updates.append((row.uid, new))
+                else:
+                    result.append((row.uid, row.flags, row.modseq))
+            if updates:
+                modseq = await self._bump_modseq(conn, mailbox_id)
+                await conn.execute(
+                    update(mail_messages)
+                    .where(
+                        and_(
+                            mail_messages.c.mailbox_id == mailbox_id,
+                            mail_messages.c.uid == bindparam("b_uid"),
+                        )
+                    )
+                    .values(flags=bindparam("b_flags"), modseq=modseq),
+                    [{"b_uid": uid, "b_flags": flaglib.serialize(new)} for uid, new in updates],
+                )
+                result.extend((uid, new, modseq) for uid, new in updates)
+        if updates:
+            self.notifier.publish(mailbox_id)
+        result.sort()
+        return result, failed
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (only among ``uids`` if given); returns their UIDs."""
+        async with self.engine.begin() as conn:
+            rows = await self._select_rows(conn, mailbox_id, uids)
+            doomed = [row for row in rows if flaglib.DELETED in row.flags]
+            if not doomed:
+                return []
+            modseq = await self._bump_modseq(conn, mailbox_id)
+            gone = [row.uid for row in doomed]
+            await self._delete_rows(conn, mailbox_id, gone, modseq)
+        await asyncio.to_thread(self._remove_blobs, [row.blob for row in doomed])
+        self.notifier.publish(mailbox_id)
+        return gone
+
+    async def copy(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Copy messages; returns (target uidvalidity, [(source uid, target uid)])."""
+        rows = await self.messages(source_id, uids, with_header=True)
+        if not rows:
+            box = await self.mailbox_by_id(target_id)
+            return (box.uidvalidity if box else 0), []
+        blobs = await asyncio.to_thread(lambda: [self.blobs.link(row.blob) for row in rows])
+        try:
+            async with self.engine.begin() as conn:
+                uidvalidity, first_uid, modseq = await self._allocate(conn, target_id, len(rows))
+                await conn.execute(
+                    insert(mail_messages),
+                    [
+                        {
+                            "mailbox_id": target_id,
+                            "uid": first_uid + index,
+                            "modseq": modseq,
+                            "flags": flaglib.serialize(row.flags),
+                            "internal_date": row.internal_date,
+                            "internal_zone": row.internal_zone,
+                            "size": row.size,
+                            "blob": blobs[index],
+                            "header": row.header,
+                            "plain": row.plain,
+                        }
+                        for index, row in enumerate(rows)
+                    ],
+                )
+        except BaseException:
+            await asyncio.to_thread(self._remove_blobs, blobs)
+            raise
+        self.notifier.publish(target_id)
+        return uidvalidity, [(row.uid, first_uid + index) for index, row in enumerate(rows)]
+
+    async def move(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Move messages atomically (RFC 6851): the rows change mailbox, the files stay put."""
+        async with self.engine.begin() as conn:
+            rows = await self._select_rows(conn, source_id, uids)
+            if not rows:
+                box = (
+                    await conn.execute(
+                        select(mail_mailboxes.c.uidvalidity).where(mail_mailboxes.c.id == target_id)
+                    )
+                ).first()
+                return (box[0] if box else 0), []
+            uidvalidity, first_uid, modseq = await self._allocate(conn, target_id, len(rows))
+            await conn.execute(
+                update(mail_messages)
+                .where(
+                    and_(
+                        mail_messages.c.mailbox_id == source_id,
+                        mail_messages.c.uid == bindparam("b_old"),
+                    )
+                )
+                .values(mailbox_id=target_id, uid=bindparam("b_new"), modseq=modseq),
+                [{"b_old": row.uid, "b_new": first_uid + i} for i, row in enumerate(rows)],
+            )
+            source_modseq = await self._bump_modseq(conn, source_id)
+            await conn.execute(
+                insert(mail_expunged),
+                [
+                    {"mailbox_id": source_id, "uid": row.uid, "modseq": source_modseq}
+                    for row in rows
+                ],
+            )
+        self.notifier.publish(source_id)
+        self.notifier.publish(target_id)
+        return uidvalidity, [(row.uid, first_uid + i) for i, row in enumerate(rows)]
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+        async with self.engine.connect() as conn:
+            box = (
+                await conn.execute(
+                    select(mail_mailboxes.c.highestmodseq, mail_mailboxes.c.uidnext).where(
+                        mail_mailboxes.c.id == mailbox_id
+                    )
+                )
+            ).first()
+            if box is None:
+                return Changes([], [], modseq, 0)
+            if box[0] <= modseq:
+                return Changes([], [], box[0], box[1])
+            changed = [
+                (row[0], flaglib.parse(row[1]), row[2])
+                for row in await conn.execute(
+                    select(mail_messages.c.uid, mail_messages.c.flags, mail_messages.c.modseq)
+                    .where(
+                        and_(
+                            mail_messages.c.mailbox_id == mailbox_id,
+                            mail_messages.c.modseq > modseq,
+                        )
+                    )
+                    .order_by(mail_messages.c.uid)
+                )
+            ]
+            expunged = sorted(
+                row[0]
+                for row in await conn.execute(
+                    select(mail_expunged.c.uid).where(
+                        and_(
+                            mail_expunged.c.mailbox_id == mailbox_id,
+                            mail_expunged.c.modseq > modseq,
+                        )
+                    )
+                )
+            )
+            return Changes(changed, expunged, box[0], box[1])
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _select_rows(
+        self, conn: AsyncConnection, mailbox_id: int, uids: Sequence[int] | None
+    ) -> list[MessageRow]:
+        base = select(*_ROW_COLUMNS).where(mail_messages.c.mailbox_id == mailbox_id)
+        if uids is None or len(uids) > FULL_SCAN_THRESHOLD:
+            rows = [_row(r, False) for r in await conn.execute(base.order_by(mail_messages.c.uid))]
+            if uids is not None:
+                wanted = set(uids)
+                rows = [row for row in rows if row.uid in wanted]
+            return rows
+        result: list[MessageRow] = []
+        for chunk in _chunks(sorted(uids)):
+            result.extend(
+                _row(r, False)
+                for r in await conn.execute(
+                    base.where(mail_messages.c.uid.in_(chunk)).order_by(mail_messages.c.uid)
+                )
+            )
+        return result
+
+    async def _bump_modseq(self, conn: AsyncConnection, mailbox_id: int) -> int:
+        row = (
+            await conn.execute(
+                update(mail_mailboxes)
+                .where(mail_mailboxes.c.id == mailbox_id)
+                .values(highestmodseq=mail_mailboxes.c.highestmodseq + 1)
+                .returning(mail_mailboxes.c.highestmodseq)
+            )
+        ).first()
+        if row is None:
+            raise NoSuchMailbox("mailbox vanished")
+        return int(row[0])
+
+    async def _allocate(
+        self, conn: AsyncConnection, mailbox_id: int, count: int
+    ) -> tuple[int, int, int]:
+        row = (
+            await conn.execute(
+                update(mail_mailboxes)
+                .where(mail_mailboxes.c.id == mailbox_id)
+                .values(
+                    uidnext=mail_mailboxes.c.uidnext + count,
+                    highestmodseq=mail_mailboxes.c.highestmodseq + 1,
+                )
+                .returning(
+                    mail_mailboxes.c.uidvalidity,
+                    mail_mailboxes.c.uidnext,
+                    mail_mailboxes.c.highestmodseq,
+                )
+            )
+        ).first()
+        if row is None:
+            raise NoSuchMailbox("mailbox vanished")
+        return int(row[0]), int(row[1]) - count, int(row[2])
+
+    async def _delete_rows(
+        self, conn: AsyncConnection, mailbox_id: int, uids: Sequence[int], modseq: int
+    ) -> None:
+        for chunk in _chunks(list(uids)):
+            await conn.execute(
+                delete(mail_messages).where(
+                    and_(mail_messages.c.mailbox_id == mailbox_id, mail_messages.c.uid.in_(chunk))
+                )
+            )
+        await conn.execute(
+            insert(mail_expunged),
+            [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq} for uid in uids],
+        )
+
+    def _remove_blobs(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.blobs.remove(name)

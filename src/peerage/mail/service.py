@@ -1,0 +1,206 @@
+"""MailService: the mail side of a peerage host.
+
+This module is in charge of wiring the mail pieces to the host: it opens the SMTP listeners (MX on 25,
+submission on 587 and 465), runs the outbound queue, offers the shared operations the SMTP handlers
+need (authenticate an arriving message, DKIM-sign a submitted one, accept a message durably), and
+starts the IMAP listeners when the IMAP service is part of this build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+from peerage.config import parse_listen
+from peerage.mail.auth import dkim
+from peerage.mail.auth.dnsquery import SyncLookup
+from peerage.mail.auth.results import AuthenticationResults, authenticate
+from peerage.mail.smtp.client import Deliverer, Outcome
+from peerage.mail.smtp.queue import OutboundQueue
+from peerage.mail.smtp.schedule import Schedule
+from peerage.mail.smtp.server import MxHandler, SubmissionHandler, make_server_factory
+from peerage.net.limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_MINUTE = 60.0
+
+
+class MailService:
+    def __init__(self) -> None:
+        self.host: Any = None
+        self.servers: list[asyncio.base_events.Server] = []
+        self.queue: OutboundQueue | None = None
+        self.imap: Any = None
+        self._keys: dict[str, dkim.DomainKeys | None] = {}
+
+    # --- shared state the handlers use ---------------------------------------------------------------
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.host.config.domains)
+
+    def is_hosted(self, domain: str) -> bool:
+        return bool(self.host.accounts.is_local_domain(domain))
+
+    async def authenticate(self, data: bytes, ip: str, mail_from: str, helo: str) -> AuthenticationResults | None:
+        try:
+            return await asyncio.to_thread(authenticate, data, ip, mail_from, helo, self.lookup)
+        except Exception:
+            log.exception("message authentication failed for a message from %s", ip)
+            return None
+
+    def keys(self, domain: str) -> dkim.DomainKeys | None:
+        domain = domain.lower()
+        if domain not in self._keys:
+            self._keys[domain] = dkim.load_keys(self.host.config.data_dir, domain) if self.is_hosted(domain) else None
+        return self._keys[domain]
+
+    async def sign(self, domain: str, data: bytes) -> bytes:
+        keys = self.keys(domain)
+        if keys is None:
+            return data
+        try:
+            return await asyncio.to_thread(dkim.sign, data, keys)
+        except Exception:
+            log.exception("DKIM signing for %s failed; sending unsigned", domain)
+            return data
+
+    async def deliver_local(self, address: str, data: bytes, folder: str = "INBOX") -> None:
+        from peerage.mail import mailbox
+
+        await mailbox.deliver(self.host, address, data, folder=folder)
+
+    async def accept(
+        self,
+        *,
+        mail_from: str,
+        local: list[str],
+        remote: list[str],
+        data: bytes,
+        prefix: Callable[[str], bytes],
+        folder: str,
+        smtputf8: bool,
+    ) -> None:
+        """Make the message durable for every recipient; raise if that cannot be done.
+
+        Local recipients get it in their mailbox at once (atomic per recipient). If one of those fails,
+        it and the ones after it go through the queue instead. Remote recipients go to the queue.
+        """
+        assert self.queue is not None
+        pending = list(local)
+        while pending:
+            rcpt = pending[0]
+            try:
+                await self.deliver_local(rcpt, prefix(rcpt) + data, folder)
+            except Exception:
+                log.exception("direct delivery to %s failed; queueing", rcpt)
+                break
+            pending.pop(0)
+        for rcpt in pending:
+            await self.queue.enqueue(mail_from, [rcpt], prefix(rcpt) + data, smtputf8=smtputf8)
+        if remote:
+            stamped = prefix(remote[0] if len(remote) == 1 else "") + data
+            await self.queue.enqueue(mail_from, remote, stamped, smtputf8=smtputf8)
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    async def start(self, host: Any) -> None:
+        self.host = host
+        config = host.config
+        smtp = config.smtp
+        self.hostname = smtp.hostname or config.server.public_hostname or (self.domains[0] if self.domains else "localhost")
+        self.connections = host.limits.connections
+        per_minute = max(smtp.mx_messages_per_minute, 1)
+        self.mx_rate = RateLimiter(per_minute / SECONDS_PER_MINUTE, per_minute)
+        self.lookup = SyncLookup(list(config.dns.nameservers), config.dns.port, config.dns.timeout)
+        if smtp.enabled:
+            await self._start_smtp()
+        if config.imap.enabled:
+            await self._start_imap()
+
+    async def _start_smtp(self) -> None:
+        config = self.host.config
+        smtp = config.smtp
+        self.deliverer = Deliverer(
+            dns=self.host.dns,
+            hostname=self.hostname,
+            port=smtp.remote_port,
+            ca_file=str(config.tls.ca_file) if config.tls.ca_file else None,
+            source_address=smtp.source_address or None,
+        )
+        schedule = Schedule(
+            first_retry=smtp.first_retry_seconds,
+            lifetime=smtp.queue_lifetime_hours * 3600.0,
+            delay_warning=smtp.delay_warning_hours * 3600.0,
+        )
+        self.queue = OutboundQueue(
+            store=self.host.store,
+            spool_dir=config.data_dir / "queue",
+            schedule=schedule,
+            is_local=self.is_hosted,
+            deliver_local=self.deliver_local,
+            deliver_remote=self._deliver_remote,
+            reporting_mta=self.hostname,
+        )
+        await self.queue.recover()
+        tls_context = self.host.tls.server_context() if self.host.tls.available else None
+        loop = asyncio.get_running_loop()
+        mx = MxHandler(self)
+        submission = SubmissionHandler(self)
+        plans: list[tuple[str, list[str], Callable[[], Any], Any]] = [
+            ("smtp", smtp.mx_listen, make_server_factory(mx, hostname=self.hostname, tls_context=tls_context,
+                                                         max_size=smtp.max_message_size), None),
+        ]
+        if tls_context is not None:
+            plans.append(("submission", smtp.submission_listen, make_server_factory(
+                submission, hostname=self.hostname, tls_context=tls_context, max_size=smtp.max_message_size,
+                submission=True), None))
+            plans.append(("submissions", smtp.submissions_listen, make_server_factory(
+                submission, hostname=self.hostname, tls_context=tls_context, max_size=smtp.max_message_size,
+                submission=True, implicit_tls=True), tls_context))
+        else:
+            log.warning("no certificate configured: SMTP submission (587/465) is disabled, MX has no STARTTLS")
+        for proto, listens, factory, ssl_context in plans:
+            for spec in listens:
+                address, port = parse_listen(spec)
+                server = await loop.create_server(factory, address, port, ssl=ssl_context, reuse_address=True)
+                self.servers.append(server)
+                log.info("listening %s on %s:%d", proto, address, port)
+        self.queue.start()
+
+    async def _deliver_remote(
+        self, domain: str, mail_from: str, recipients: list[str], data: bytes, smtputf8: bool
+    ) -> dict[str, Outcome]:
+        if not mail_from:
+            # A DSN we generate: sign it with our own name's keys when we have them.
+            data = await self.sign(self.hostname, data)
+        return await self.deliverer.deliver(domain, mail_from, recipients, data, smtputf8=smtputf8)
+
+    async def _start_imap(self) -> None:
+        try:
+            module = import_module("peerage.mail.imap.service")
+        except ModuleNotFoundError as exc:
+            if exc.name != "peerage.mail.imap.service":
+                raise
+            return
+        service_class = getattr(module, "ImapService", None)
+        if service_class is None:
+            return
+        self.imap = service_class()
+        await self.imap.start(self.host)
+
+    async def stop(self) -> None:
+        if self.imap is not None:
+            await self.imap.stop()
+            self.imap = None
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+        if self.queue is not None:
+            await self.queue.stop()

@@ -1,0 +1,255 @@
+"""Outbound SMTP: deliver one message to the recipients of one remote domain.
+
+This module is in charge of finding where a domain's mail goes (MX, then the domain's own A/AAAA as
+RFC 5321 §5.1 says, honouring a null MX of RFC 7505), of choosing how much TLS to require (opportunistic
+STARTTLS; verified TLS when the domain publishes an MTA-STS policy in enforce mode; a TLSA match when
+the MX publishes DANE records), and of reporting a per-recipient outcome the queue can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+
+from peerage.mail.auth import dane
+from peerage.mail.auth.mtasts import PolicyFetcher
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 §4.5.3.2 gives per-command timeouts of 5 minutes (DATA end: 10); Postfix uses 300 s for
+# most and 600 s for the end of DATA. We keep the RFC's figure for the whole exchange of one command.
+COMMAND_TIMEOUT_SECONDS = 300.0
+# Postfix's smtp_connect_timeout is 30 s.
+CONNECT_TIMEOUT_SECONDS = 30.0
+# At most this many MX hosts are tried per attempt (Postfix's smtp_mx_address_limit is 5).
+MAX_MX_TRIED = 5
+
+DELIVERED = "delivered"
+TEMPORARY = "temporary"
+PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: str  # DELIVERED, TEMPORARY or PERMANENT
+    reply: str  # the remote reply or our explanation
+    status: str  # enhanced status code, e.g. "5.1.1"
+    remote_mta: str = ""
+    tls: str = ""  # "none", "opportunistic", "mta-sts", "dane": what the connection reached
+
+
+def _status_of(code: int, message: str, default_class: str) -> str:
+    first = message.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return first
+    return f"{str(code)[0] if code else default_class}.0.0"
+
+
+class Deliverer:
+    """Delivers to remote domains. `dns` is `host.dns`; `client_context` builds TLS contexts."""
+
+    def __init__(
+        self,
+        *,
+        dns: Any,
+        hostname: str,
+        port: int = 25,
+        ca_file: str | None = None,
+        source_address: str | None = None,
+    ) -> None:
+        self.dns = dns
+        self.hostname = hostname
+        self.port = port
+        self.ca_file = ca_file
+        self.source_address = source_address
+        self.mta_sts = PolicyFetcher(dns, ca_file)
+
+    async def _mx_hosts(self, domain: str) -> list[str] | None:
+        """MX targets in preference order; [] for a null MX; None when the domain does not exist."""
+        try:
+            answer = await self.dns.mx(domain)
+        except Exception as exc:
+            log.info("MX lookup for %s failed: %s", domain, exc)
+            answer = []
+        records: list[tuple[int, str]] = []
+        for item in answer or []:
+            if isinstance(item, tuple):
+                preference, host = item[0], item[1]
+            else:
+                preference = getattr(item, "preference", 0)
+                host = getattr(item, "exchange", None) or getattr(item, "host", None) or getattr(item, "target", "")
+            records.append((int(preference), str(host).rstrip(".").lower()))
+        records.sort(key=lambda r: r[0])
+        if len(records) == 1 and records[0][1] in ("", "."):
+            return []  # RFC 7505 null MX: the domain accepts no mail
+        if records:
+            return [host for _, host in records if host][:MAX_MX_TRIED]
+        return [domain]  # RFC 5321 §5.1: no MX, the domain itself is the host
+
+    async def _addresses(self, host: str) -> list[str]:
+        found: list[str] = []
+        for lookup in (self.dns.a, self.dns.aaaa):
+            try:
+                found.extend(str(a) for a in (await lookup(host)) or [])
+            except Exception as exc:
+                log.debug("address lookup for %s failed: %s", host, exc)
+        return found
+
+    async def _tlsa(self, mx_host: str) -> list[dane.Tlsa]:
+        try:
+            answer, secure = await self.dns.tlsa(f"_{self.port}._tcp.{mx_host}")
+        except Exception:
+            return []
+        if not secure:
+            # RFC 7672 §2.2: TLSA records from an unsigned or unvalidated zone are unusable.
+            return []
+        records = []
+        for item in answer or []:
+            if isinstance(item, tuple):
+                records.append(dane.Tlsa(int(item[0]), int(item[1]), int(item[2]), bytes(item[3])))
+            else:
+                records.append(dane.Tlsa(int(item.usage), int(item.selector), int(item.mtype), bytes(item.data)))
+        return dane.usable(records)
+
+    async def deliver(
+        self, domain: str, mail_from: str, recipients: list[str], data: bytes, *, smtputf8: bool = False
+    ) -> dict[str, Outcome]:
+        """Try every MX in turn; the first one that gives a definite answer decides."""
+        hosts = await self._mx_hosts(domain)
+        if hosts == []:
+            return dict.fromkeys(
+                recipients, Outcome(PERMANENT, f"{domain} accepts no mail (null MX, RFC 7505)", "5.1.10")
+            )
+        policy = await self.mta_sts.policy(domain)
+        enforce = policy is not None and policy.mode == "enforce"
+        last = Outcome(TEMPORARY, f"no reachable mail server for {domain}", "4.4.1")
+        for host in hosts or []:
+            if enforce and policy is not None and not policy.matches(host):
+                last = Outcome(TEMPORARY, f"MX {host} is not allowed by the MTA-STS policy of {domain}", "4.7.5")
+                continue
+            tlsa = await self._tlsa(host)
+            for address in await self._addresses(host):
+                outcome = await self._deliver_to(
+                    host, address, mail_from, recipients, data, smtputf8=smtputf8, mta_sts=enforce, tlsa=tlsa
+                )
+                if isinstance(outcome, dict):
+                    return outcome
+                last = outcome
+        return dict.fromkeys(recipients, last)
+
+    def _tls_context(self, verify: bool) -> ssl.SSLContext:
+        if verify:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    async def _deliver_to(
+        self,
+        host: str,
+        address: str,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        *,
+        smtputf8: bool,
+        mta_sts: bool,
+        tlsa: list[dane.Tlsa],
+    ) -> dict[str, Outcome] | Outcome:
+        """One connection. A dict is a definite answer per recipient; a single Outcome means 'try the
+        next host'."""
+        client = aiosmtplib.SMTP(
+            hostname=address,
+            port=self.port,
+            local_hostname=self.hostname,
+            source_address=(self.source_address, 0) if self.source_address else None,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            start_tls=False,
+            use_tls=False,
+        )
+        tls_level = "none"
+        try:
+            await client.connect(timeout=CONNECT_TIMEOUT_SECONDS)
+            await client.ehlo()
+            if client.supports_extension("starttls"):
+                verify = mta_sts and not tlsa
+                await client.starttls(tls_context=self._tls_context(verify), server_hostname=host)
+                tls_level = "mta-sts" if verify else "opportunistic"
+                if tlsa:
+                    transport = client.transport
+                    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+                    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                    if not der or not dane.matches(der, tlsa):
+                        await client.quit()
+                        return Outcome(TEMPORARY, f"{host}: certificate does not match its TLSA records", "4.7.5", host)
+                    tls_level = "dane"
+                await client.ehlo()
+            elif mta_sts or tlsa:
+                await client.quit()
+                return Outcome(TEMPORARY, f"{host} does not offer STARTTLS, which its domain requires", "4.7.4", host)
+            options = ["SMTPUTF8"] if smtputf8 and client.supports_extension("smtputf8") else []
+            if smtputf8 and not options:
+                await client.quit()
+                return dict.fromkeys(
+                    recipients, Outcome(PERMANENT, f"{host} does not support SMTPUTF8", "5.6.7", host, tls_level)
+                )
+            if client.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            try:
+                await client.mail(mail_from, options=options)
+            except aiosmtplib.SMTPResponseException as exc:
+                kind = PERMANENT if exc.code >= 500 else TEMPORARY
+                await _quietly_quit(client)
+                return dict.fromkeys(
+                    recipients,
+                    Outcome(kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level),
+                )
+            results: dict[str, Outcome] = {}
+            accepted: list[str] = []
+            for recipient in recipients:
+                try:
+                    await client.rcpt(recipient)
+                    accepted.append(recipient)
+                except aiosmtplib.SMTPResponseException as exc:
+                    kind = PERMANENT if exc.code >= 500 else TEMPORARY
+                    results[recipient] = Outcome(
+                        kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level
+                    )
+            if accepted:
+                try:
+                    response = await client.data(data)
+                    for recipient in accepted:
+                        results[recipient] = Outcome(
+                            DELIVERED, f"{response.code} {response.message}", "2.0.0", host, tls_level
+                        )
+                except aiosmtplib.SMTPResponseException as exc:
+                    kind = PERMANENT if exc.code >= 500 else TEMPORARY
+                    for recipient in accepted:
+                        results[recipient] = Outcome(
+                            kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level
+                        )
+            await _quietly_quit(client)
+            return results
+        except aiosmtplib.SMTPResponseException as exc:
+            await _quietly_quit(client)
+            if exc.code >= 500 and exc.code != 554:
+                return Outcome(TEMPORARY, f"{host}: {exc.code} {exc.message}", "4.4.2", host)
+            return Outcome(TEMPORARY, f"{host}: {exc.code} {exc.message}", "4.4.2", host)
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            client.close()
+            return Outcome(TEMPORARY, f"{host} [{address}]: {exc}", "4.4.1", host)
+
+
+async def _quietly_quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except Exception:
+        client.close()

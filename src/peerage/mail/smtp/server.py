@@ -1,0 +1,584 @@
+"""SMTP server: the inbound MX (port 25) and submission (587 with STARTTLS, 465 with implicit TLS).
+
+This module is in charge of the policy around aiosmtpd's protocol engine, written as its handler hooks:
+who may send what to whom (hosted domains and existing users only on the MX, no relaying, a user sends
+only as their own addresses), SPF/DKIM/DMARC on arrival, SMTP AUTH (SCRAM-SHA-256 and PLAIN, over TLS
+only, throttled), per-IP limits, refusal of bare CR/LF, and making every accepted message durable
+before the 250 goes out (local recipients straight into their mailbox, others into the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from peerage.mail.smtp import policy
+from peerage.mail.smtp.replies import with_enhanced_code
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients; Postfix's smtpd_recipient_limit is
+# 1000. We take the RFC's figure: mailing lists expand on their own servers.
+MAX_RECIPIENTS = 100
+# RFC 5321 §4.5.3.2.7: the server should wait 5 minutes for a command; Postfix's smtpd_timeout is 300 s.
+COMMAND_TIMEOUT_SECONDS = 300.0
+# Authentication failures within one connection before it is closed (Postfix's
+# smtpd_hard_error_limit is 20 errors; Dovecot closes after 3 failed AUTHs by default).
+MAX_AUTH_FAILURES_PER_CONNECTION = 3
+# Messages one client IP may submit per minute on the MX port before getting 450 (Postfix's anvil
+# smtpd_client_message_rate_limit is off by default; Mox limits 200 messages per minute per IP).
+DEFAULT_MX_MESSAGES_PER_MINUTE = 600
+# Extensions aiosmtpd does not announce by itself but supports (RFC 2920, RFC 2034).
+EXTRA_EXTENSIONS = ("PIPELINING", "ENHANCEDSTATUSCODES")
+
+OK = "250 2.0.0 Ok"
+SENDER_OK = "250 2.1.0 Ok"
+RECIPIENT_OK = "250 2.1.5 Ok"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_THROTTLED = "454 4.7.0 Too many failed authentications from your address or for this account; try later"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+RATE_LIMITED = "450 4.7.1 Too many messages from your address; try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address; try again later"
+NOT_OWN_SENDER = "553 5.7.1 Sender address is not one of your addresses"
+NOT_OWN_FROM = "550 5.7.1 From header is not one of your addresses"
+DMARC_REJECT = "550 5.7.1 Message rejected: DMARC policy of the From domain says to reject it"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure storing the message; try again later"
+
+
+@dataclass
+class SessionState:
+    """What the policy remembers about one connection, beyond aiosmtpd's Session."""
+
+    ip: str
+    auth_failures: int = 0
+    authenticated_as: str | None = None
+    local_recipients: list[str] = field(default_factory=list)
+    remote_recipients: list[str] = field(default_factory=list)
+
+
+class PeerageSMTP(SMTP):
+    """aiosmtpd's engine with enhanced status codes, per-IP connection caps and a TLS flag for 465."""
+
+    def __init__(self, handler: Any, *, implicit_tls: bool = False, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._raw_replies = False
+        self._implicit_tls = implicit_tls
+        self._counted_ip: str | None = None
+        self._refusal: str | None = None
+        self.peer_state: SessionState | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the STARTTLS re-wrap of an existing connection
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else "unknown"
+        self.peer_state = SessionState(ip=ip)
+        counter = self.event_handler.connections
+        if counter is not None:
+            if counter.acquire(ip):
+                self._counted_ip = ip
+            else:
+                self._refusal = TOO_MANY_CONNECTIONS
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted_ip is not None and self.event_handler.connections is not None:
+            self.event_handler.connections.release(self._counted_ip)
+            self._counted_ip = None
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            await self.push(self._refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    @property
+    def tls_active(self) -> bool:
+        return self._implicit_tls or self._tls_protocol is not None
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        transport = self.transport
+        return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._raw_replies:
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._raw_replies = True
+        try:
+            if self._implicit_tls and self._tls_protocol is None:
+                # Announce AUTH on port 465: aiosmtpd only knows about TLS it started itself.
+                saved = self._auth_require_tls
+                self._auth_require_tls = False
+                try:
+                    await super().smtp_EHLO(hostname)
+                finally:
+                    self._auth_require_tls = saved
+            else:
+                await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self._implicit_tls and self._tls_protocol is None:
+            saved = self._auth_require_tls
+            self._auth_require_tls = False
+            try:
+                await super().smtp_AUTH(arg)
+            finally:
+                self._auth_require_tls = saved
+            return
+        await super().smtp_AUTH(arg)
+
+
+def _state(server: SMTP) -> SessionState:
+    state = getattr(server, "peer_state", None)
+    assert state is not None
+    return state
+
+
+def _header_block(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    return data[: end + 2] if end >= 0 else data
+
+
+def header_values(data: bytes, name: str) -> list[str]:
+    """Unfolded values of header `name`, decoded as UTF-8 (RFC 6532 allows it in headers)."""
+    target = name.lower().encode() + b":"
+    values: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    for line in _header_block(data).split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line.strip())
+            continue
+        current = None
+        if line[: len(target)].lower() == target:
+            current = [line[len(target):].strip()]
+            values.append(current)
+    return [b" ".join(parts).decode("utf-8", "replace") for parts in values]
+
+
+def remove_headers(data: bytes, names: set[bytes], keep: Callable[[bytes], bool] | None = None) -> bytes:
+    """Drop the named headers (with their continuation lines) unless `keep(full_header)` says so."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data
+    head, body = data[: end + 2], data[end + 2 :]
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and pending:
+            pending.append(line)
+            continue
+        if pending and not dropping:
+            out.extend(pending)
+        pending = [line]
+        field_name = line.split(b":", 1)[0].strip().lower()
+        dropping = field_name in names
+        if dropping and keep is not None:
+            dropping = not keep(line)
+    if pending and not dropping:
+        out.extend(pending)
+    return b"\r\n".join(out) + b"\r\n" + body
+
+
+class BaseHandler:
+    """Hooks shared by the MX and submission listeners."""
+
+    submission = False
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.connections = service.connections
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        responses = [r for r in responses if r.strip() != "250-AUTH"]
+        responses.extend(f"250-{ext}" for ext in EXTRA_EXTENSIONS)
+        responses.append(last)
+        return responses
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        state = _state(server)
+        state.local_recipients.clear()
+        state.remote_recipients.clear()
+        return OK
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        return OK
+
+    async def handle_VRFY(self, server: SMTP, session: Session, envelope: Envelope, address: str) -> str:
+        # RFC 5321 §3.5.3: 252 when we will not say; answering would hand out the user list.
+        return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+
+    def _received(self, server: PeerageSMTP, session: Session, envelope: Envelope, recipient: str) -> bytes:
+        state = _state(server)
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if server.tls_active:
+            protocol += "S"
+        if state.authenticated_as:
+            protocol += "A"  # RFC 3848
+        tls = ""
+        ssl_object = server.ssl_object()
+        if ssl_object is not None:
+            tls = f"\r\n\t(using {ssl_object.version()} with cipher {ssl_object.cipher()[0]})"  # type: ignore[index]
+        helo = (session.host_name or "unknown").replace("(", "").replace(")", "")
+        stamp = email.utils.format_datetime(email.utils.localtime())
+        for_clause = f"\r\n\tfor <{recipient}>" if recipient else ""
+        return (
+            f"Received: from {helo} ([{state.ip}]){tls}\r\n\tby {self.service.hostname} (peerage) with {protocol}"
+            f" id {secrets.token_hex(8)}{for_clause};\r\n\t{stamp}\r\n"
+        ).encode("utf-8", "replace")
+
+    def _check_body(self, envelope: Envelope) -> tuple[bytes, str | None]:
+        data = envelope.original_content or b""
+        if policy.has_bare_line_ending(data):
+            return data, "550 5.5.2 Bare <CR> or <LF> received; only <CR><LF> may end a line (RFC 5321 2.3.8)"
+        return data, None
+
+    async def _recipient_exists(self, mailbox: policy.Mailbox) -> bool:
+        return bool(await self.service.host.accounts.exists(str(mailbox)))
+
+
+class MxHandler(BaseHandler):
+    """Port 25: mail from anywhere to hosted domains' existing users."""
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        state = _state(server)
+        if address != "<>":
+            try:
+                policy.parse_mailbox(address, refusal=policy.BAD_SENDER)
+            except policy.PathRefused:
+                return policy.BAD_SENDER
+        if not self.service.mx_rate.allow(state.ip):
+            return RATE_LIMITED
+        state.local_recipients.clear()
+        state.remote_recipients.clear()
+        envelope.mail_from = "" if address == "<>" else address
+        envelope.mail_options.extend(mail_options)
+        return SENDER_OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        state = _state(server)
+        if envelope.mail_from is None:
+            return "503 5.5.1 Error: need MAIL command"
+        try:
+            mailbox = policy.parse_mailbox(address)
+        except policy.PathRefused as refused:
+            return refused.reply
+        if not self.service.is_hosted(mailbox.domain):
+            return policy.RELAY_DENIED
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return TOO_MANY_RECIPIENTS
+        if not await self._recipient_exists(mailbox):
+            return policy.NO_SUCH_USER
+        envelope.rcpt_tos.append(str(mailbox))
+        state.local_recipients.append(str(mailbox))
+        return RECIPIENT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, PeerageSMTP)
+        state = _state(server)
+        data, refusal = self._check_body(envelope)
+        if refusal:
+            return refusal
+        mail_from = envelope.mail_from or ""
+        results = await self.service.authenticate(data, state.ip, mail_from, session.host_name or "")
+        folder = "INBOX"
+        if results is not None:
+            if results.dmarc.result == "fail" and results.dmarc.policy == "reject":
+                return DMARC_REJECT
+            if results.dmarc.result == "fail" and results.dmarc.policy == "quarantine":
+                folder = "Junk"
+        authserv_id = self.service.hostname.encode()
+        # RFC 8601 §5: remove Authentication-Results that claim to be ours; they are forgeries.
+        data = remove_headers(
+            data,
+            {b"authentication-results"},
+            keep=lambda line: line.split(b":", 1)[1].strip().split(b";", 1)[0].strip().lower() != authserv_id.lower(),
+        )
+        prefix = results.header(self.service.hostname) if results is not None else b""
+        try:
+            await self.service.accept(
+                mail_from=mail_from,
+                local=list(state.local_recipients),
+                remote=[],
+                data=data,
+                prefix=lambda rcpt: self._received(server, session, envelope, rcpt) + prefix,
+                folder=folder,
+                smtputf8=envelope.smtp_utf8,
+            )
+        except Exception:
+            log.exception("storing a message from %s failed", state.ip)
+            return TEMPORARY_FAILURE
+        return OK
+
+
+class SubmissionHandler(BaseHandler):
+    """Ports 587 and 465: authenticated users send to anyone, only as themselves."""
+
+    submission = True
+
+    async def _authorise(self, server: SMTP, state: SessionState, username: str) -> str | None:
+        """The canonical address for `username`, or None (a plain local part works with one domain)."""
+        if "@" not in username and len(self.service.domains) == 1:
+            username = f"{username}@{self.service.domains[0]}"
+        try:
+            mailbox = policy.parse_mailbox(username)
+        except policy.PathRefused:
+            return None
+        return str(mailbox) if self.service.is_hosted(mailbox.domain) else None
+
+    async def _throttle(self, server: SMTP, state: SessionState, account: str | None) -> str | None:
+        delay = self.service.host.limits.auth.check(state.ip, account)
+        if delay is None:
+            return AUTH_THROTTLED
+        if delay > 0:
+            # Deliberately slow the next answer down: the throttle's whole point.
+            await asyncio.sleep(delay)
+        return None
+
+    def _failed(self, server: SMTP, state: SessionState, account: str | None) -> AuthResult:
+        self.service.host.limits.auth.failure(state.ip, account)
+        state.auth_failures += 1
+        if state.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION and server.transport is not None:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return AuthResult(success=False, handled=False, message=AUTH_INVALID)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        state = _state(server)
+        if (refusal := await self._throttle(server, state, None)) is not None:
+            return AuthResult(success=False, handled=False, message=refusal)
+        if len(args) == 2:
+            blob = args[1].encode("ascii", "replace")
+            if blob == b"=":
+                blob = b""
+            try:
+                decoded = base64.b64decode(blob, validate=True)
+            except ValueError:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
+        else:
+            answer = await server.challenge_auth("", encode_to_b64=False)
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            decoded = answer
+        parts = decoded.split(b"\x00")
+        if len(parts) != 3:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Malformed PLAIN response")
+        authzid, authcid, password = (p.decode("utf-8", "replace") for p in parts)
+        address = await self._authorise(server, state, authcid)
+        if authzid and address is not None and authzid != address and authzid != authcid:
+            return self._failed(server, state, address)
+        if (refusal := await self._throttle(server, state, address)) is not None:
+            return AuthResult(success=False, handled=False, message=refusal)
+        if address is None or not await self.service.host.accounts.verify_password(address, password):
+            return self._failed(server, state, address)
+        self.service.host.limits.auth.success(state.ip, address)
+        state.authenticated_as = address
+        return AuthResult(success=True, auth_data=address)
+
+    async def auth_SCRAM__SHA__256(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._scram(server, args, plus=False)
+
+    async def auth_SCRAM__SHA__256__PLUS(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._scram(server, args, plus=True)
+
+    async def _scram(self, server: SMTP, args: list[str], *, plus: bool) -> AuthResult:
+        from peerage.identity.scram import ScramError, ScramServer
+        from peerage.net.tls import channel_bindings
+
+        assert isinstance(server, PeerageSMTP)
+        state = _state(server)
+        if (refusal := await self._throttle(server, state, None)) is not None:
+            return AuthResult(success=False, handled=False, message=refusal)
+        if len(args) == 2:
+            try:
+                first = base64.b64decode(args[1].encode("ascii", "replace"), validate=True)
+            except ValueError:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
+        else:
+            answer = await server.challenge_auth("", encode_to_b64=False)
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            first = answer
+        ssl_object = server.ssl_object()
+        bindings = channel_bindings(ssl_object, self.service.host.tls.certificate_der(self.service.domains[0]))
+        exchange = ScramServer("SHA-256", plus=plus, channel_bindings=bindings, offered_plus=bool(bindings))
+        address: str | None = None
+        try:
+            username = exchange.client_first(first)
+            address = await self._authorise(server, state, username)
+            if (refusal := await self._throttle(server, state, address)) is not None:
+                return AuthResult(success=False, handled=False, message=refusal)
+            credential = await self.service.host.accounts.scram(address, "SHA-256") if address else None
+            final = await server.challenge_auth(exchange.server_first(credential))
+            if not isinstance(final, bytes):
+                return AuthResult(success=False, handled=True)
+            server_final = exchange.client_final(final)
+        except ScramError:
+            return self._failed(server, state, address)
+        if exchange.authzid and exchange.authzid != address:
+            return self._failed(server, state, address)
+        # RFC 4954 §4: server-final travels in a 334 challenge; the client answers with an empty line.
+        closing = await server.challenge_auth(server_final)
+        if closing != b"":
+            return AuthResult(success=False, handled=True)
+        self.service.host.limits.auth.success(state.ip, address)
+        state.authenticated_as = address
+        return AuthResult(success=True, auth_data=address)
+
+    def _own_addresses(self, state: SessionState) -> set[str]:
+        assert state.authenticated_as is not None
+        return {state.authenticated_as.lower()}
+
+    def _is_own(self, state: SessionState, address: str) -> bool:
+        address = address.strip().lower()
+        own = self._own_addresses(state)
+        if address in own:
+            return True
+        # Subaddressing (RFC 5233): alice+tag@example.org belongs to alice@example.org.
+        local, _, domain = address.rpartition("@")
+        base = local.split("+", 1)[0]
+        return f"{base}@{domain}" in own
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        state = _state(server)
+        if not session.authenticated or state.authenticated_as is None:
+            return AUTH_REQUIRED
+        if address == "<>":
+            return NOT_OWN_SENDER
+        try:
+            mailbox = policy.parse_mailbox(address, refusal=policy.BAD_SENDER)
+        except policy.PathRefused:
+            return policy.BAD_SENDER
+        if not self._is_own(state, str(mailbox)):
+            return NOT_OWN_SENDER
+        state.local_recipients.clear()
+        state.remote_recipients.clear()
+        envelope.mail_from = str(mailbox)
+        envelope.mail_options.extend(mail_options)
+        return SENDER_OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        state = _state(server)
+        if envelope.mail_from is None:
+            return "503 5.5.1 Error: need MAIL command"
+        try:
+            mailbox = policy.parse_mailbox(address)
+        except policy.PathRefused as refused:
+            return refused.reply
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return TOO_MANY_RECIPIENTS
+        if self.service.is_hosted(mailbox.domain):
+            if not await self._recipient_exists(mailbox):
+                return policy.NO_SUCH_USER
+            state.local_recipients.append(str(mailbox))
+        else:
+            state.remote_recipients.append(str(mailbox))
+        envelope.rcpt_tos.append(str(mailbox))
+        return RECIPIENT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, PeerageSMTP)
+        state = _state(server)
+        data, refusal = self._check_body(envelope)
+        if refusal:
+            return refusal
+        from_values = header_values(data, "From")
+        if len(from_values) != 1:
+            return "550 5.6.0 The message needs exactly one From header (RFC 5322 3.6)"
+        authors = [addr for _, addr in email.utils.getaddresses(from_values) if addr]
+        if not authors or not all(self._is_own(state, a) for a in authors):
+            return NOT_OWN_FROM
+        # Fill in what RFC 5322 §3.6 requires and MUAs sometimes leave to the submission server
+        # (RFC 6409 §8.2, 8.3).
+        additions = b""
+        if not header_values(data, "Date"):
+            additions += f"Date: {email.utils.format_datetime(email.utils.localtime())}\r\n".encode()
+        if not header_values(data, "Message-ID"):
+            sender_domain = (envelope.mail_from or "").rpartition("@")[2] or self.service.hostname
+            additions += f"Message-ID: <{secrets.token_hex(12)}@{sender_domain}>\r\n".encode()
+        data = additions + data
+        sender = envelope.mail_from or ""
+        if state.remote_recipients:
+            data = await self.service.sign(sender.rpartition("@")[2], data)
+        try:
+            await self.service.accept(
+                mail_from=sender,
+                local=list(state.local_recipients),
+                remote=list(state.remote_recipients),
+                data=data,
+                prefix=lambda rcpt: self._received(server, session, envelope, rcpt),
+                folder="INBOX",
+                smtputf8=envelope.smtp_utf8,
+            )
+        except Exception:
+            log.exception("storing a submitted message from %s failed", state.authenticated_as)
+            return TEMPORARY_FAILURE
+        return OK
+
+
+def make_server_factory(
+    handler: BaseHandler,
+    *,
+    hostname: str,
+    tls_context: ssl.SSLContext | None,
+    max_size: int,
+    implicit_tls: bool = False,
+    submission: bool = False,
+) -> Callable[[], PeerageSMTP]:
+    def factory() -> PeerageSMTP:
+        return PeerageSMTP(
+            handler,
+            implicit_tls=implicit_tls,
+            hostname=hostname,
+            ident="peerage ESMTP",
+            data_size_limit=max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=None if implicit_tls else tls_context,
+            require_starttls=submission and not implicit_tls and tls_context is not None,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            auth_required=submission,
+            auth_require_tls=True,
+            auth_exclude_mechanism=["LOGIN"] if submission else ["LOGIN", "PLAIN"],
+        )
+
+    return factory
+

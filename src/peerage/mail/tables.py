@@ -1,0 +1,91 @@
+"""Mailbox tables: folders, message metadata and the expunge log that QRESYNC reads.
+
+Message bodies live as files under the data directory (see ``peerage.mail.mailbox.blobs``); the
+database holds what IMAP needs without opening them: UID, MODSEQ, flags, internal date, size, the raw
+header block (so FETCH of headers and header SEARCH never touch the disk) and whether a plain byte
+search over the file is exact.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from peerage.store.schema import metadata
+
+# RFC 5321 §4.5.3.1.3: a path is at most 256 octets; an address fits well within 320.
+ADDRESS_LENGTH = 320
+# Dovecot limits a mailbox name to 255 characters per hierarchy level (MAILBOX_LIST_NAME_MAX_LENGTH
+# is 4096 for the full path); 1024 is ample for real folder trees.
+MAILBOX_NAME_LENGTH = 1024
+
+mail_mailboxes = Table(
+    "mail_mailboxes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(ADDRESS_LENGTH), nullable=False),
+    Column("name", String(MAILBOX_NAME_LENGTH), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    # The next UID to assign (RFC 9051 §2.3.1.1); only ever grows.
+    Column("uidnext", BigInteger, nullable=False),
+    # RFC 7162 §3.1.2: the highest mod-sequence of any change in the mailbox, including expunges.
+    Column("highestmodseq", BigInteger, nullable=False),
+    # RFC 6154 attribute such as "\\Sent", or NULL.
+    Column("special_use", String(32)),
+    Column("subscribed", Boolean, nullable=False, default=True),
+    UniqueConstraint("owner", "name", name="uq_mail_mailboxes_owner_name"),
+)
+
+mail_messages = Table(
+    "mail_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "mailbox_id",
+        Integer,
+        ForeignKey("mail_mailboxes.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("uid", BigInteger, nullable=False),
+    Column("modseq", BigInteger, nullable=False),
+    # Space-separated system flags and keywords, as IMAP spells them.
+    Column("flags", Text, nullable=False, default=""),
+    # Seconds since the epoch (UTC) and the zone offset in minutes it was given in.
+    Column("internal_date", BigInteger, nullable=False),
+    Column("internal_zone", Integer, nullable=False, default=0),
+    Column("size", BigInteger, nullable=False),
+    Column("blob", String(64), nullable=False),
+    Column("header", LargeBinary, nullable=False),
+    # True when the message has no encoded words, no base64/quoted-printable part and is valid UTF-8,
+    # so a case-insensitive search over the raw bytes gives the same answer as decoding the MIME.
+    Column("plain", Boolean, nullable=False, default=False),
+    UniqueConstraint("mailbox_id", "uid", name="uq_mail_messages_mailbox_uid"),
+)
+Index("ix_mail_messages_mailbox_modseq", mail_messages.c.mailbox_id, mail_messages.c.modseq)
+
+# One row per expunged UID, kept for QRESYNC's VANISHED (EARLIER) (RFC 7162 §3.2.10).
+mail_expunged = Table(
+    "mail_expunged",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "mailbox_id",
+        Integer,
+        ForeignKey("mail_mailboxes.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("uid", BigInteger, nullable=False),
+    Column("modseq", BigInteger, nullable=False),
+)
+Index("ix_mail_expunged_mailbox_modseq", mail_expunged.c.mailbox_id, mail_expunged.c.modseq)

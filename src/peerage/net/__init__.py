@@ -1,0 +1,1 @@
+"""Network base shared by every protocol: TLS, DNS, limits and listeners."""

@@ -1,0 +1,212 @@
+"""TLS contexts built from the configuration: SNI per hosted domain, TLS 1.2 or later only.
+
+This module is in charge of the server context (one certificate per hosted domain, chosen by SNI, the
+first domain's when the client sends no SNI), client contexts (verifying against the configured CA file
+or the system store, or not verifying for opportunistic TLS), self-signed certificates for `peerage
+init`, and channel-binding data (RFC 5929 tls-server-end-point, RFC 9266 tls-exporter).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import ipaddress
+import logging
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from peerage.config import Config
+
+log = logging.getLogger(__name__)
+
+# RFC 8996 deprecates TLS 1.0 and 1.1; RFC 9325 §3.1.1 requires 1.2 or later.
+MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+# Mozilla's "intermediate" profile for TLS 1.2: forward secrecy and AEAD ciphers only.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    ctx.minimum_version = MINIMUM_TLS_VERSION
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    return ctx
+
+
+class TLSContexts:
+    """Server and client SSL contexts for all hosted domains."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._by_domain: dict[str, ssl.SSLContext] = {}
+        self._cert_der: dict[str, bytes] = {}
+        self._default: ssl.SSLContext | None = None
+        for name, domain in config.domains.items():
+            if domain.cert is None or domain.key is None:
+                continue
+            ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+            ctx.load_cert_chain(str(domain.cert), str(domain.key))
+            self._by_domain[name] = ctx
+            pem = domain.cert.read_bytes()
+            self._cert_der[name] = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+            if self._default is None:
+                self._default = ctx
+        if self._default is not None:
+            self._default.sni_callback = self._select
+
+    @property
+    def available(self) -> bool:
+        return self._default is not None
+
+    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name:
+            ctx = self._by_domain.get(server_name.lower().rstrip("."))
+            if ctx is not None:
+                sslobj.context = ctx
+
+    def server_context(self, alpn: list[str] | None = None) -> ssl.SSLContext:
+        if self._default is None:
+            raise RuntimeError("no hosted domain has a certificate; TLS cannot be offered")
+        if alpn:
+            for ctx in self._by_domain.values():
+                ctx.set_alpn_protocols(alpn)
+        return self._default
+
+    def has_certificate(self, domain: str) -> bool:
+        return domain.lower() in self._by_domain
+
+    def certificate_der(self, domain: str) -> bytes | None:
+        return self._cert_der.get(domain.lower())
+
+    def client_context(self, verify: bool = True, cafile: Path | None = None, *, domain: str | None = None) -> ssl.SSLContext:
+        """A client context. `domain` presents that hosted domain's certificate (s2s, SASL EXTERNAL)."""
+        ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        if verify:
+            ca = cafile or self.config.tls.ca_file
+            if ca is not None:
+                ctx.load_verify_locations(cafile=str(ca))
+            else:
+                ctx.load_default_certs()
+            # Name checks are done by the protocol (RFC 6125 DNS-ID/SRV-ID/xmppAddr), not by OpenSSL.
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if domain is not None:
+            conf = self.config.domain(domain)
+            if conf is not None and conf.cert is not None and conf.key is not None:
+                ctx.load_cert_chain(str(conf.cert), str(conf.key))
+        return ctx
+
+
+def generate_self_signed(domain: str, cert_path: Path, key_path: Path, *, days: int = 825) -> None:
+    """Write a self-signed P-256 certificate for `domain` (and `*.domain`) with an xmppAddr-free DNS-ID."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    now = datetime.datetime.now(datetime.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName(domain), x509.DNSName(f"*.{domain}")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))  # CA/B forum's old 825-day cap
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+# --- channel binding -----------------------------------------------------------------------------
+# CPython's ssl module exposes only tls-unique, which RFC 9266 retires for TLS 1.3. tls-exporter needs
+# SSL_export_keying_material, which we reach through the SSL* pointer that _ssl._SSLSocket holds right
+# after its PyObject header and Socket pointer (Modules/_ssl.c, PySSLSocket). If that ever fails, the
+# exporter binding is simply not offered.
+_libssl: ctypes.CDLL | None = None
+
+
+def _load_libssl() -> ctypes.CDLL | None:
+    global _libssl
+    if _libssl is None:
+        import _ssl
+
+        try:
+            lib = ctypes.CDLL(_ssl.__file__)
+            fn = lib.SSL_export_keying_material
+        except (OSError, AttributeError):
+            try:
+                lib = ctypes.CDLL("libssl.so.3")
+                fn = lib.SSL_export_keying_material
+            except (OSError, AttributeError):
+                return None
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+                       ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        _libssl = lib
+    return _libssl
+
+
+def tls_exporter(sslobj: ssl.SSLObject | ssl.SSLSocket) -> bytes | None:
+    """RFC 9266: 32 bytes of keying material with label "EXPORTER-Channel-Binding" and empty context."""
+    lib = _load_libssl()
+    if lib is None:
+        return None
+    inner = getattr(sslobj, "_sslobj", None)
+    if inner is None:
+        return None
+    try:
+        pointer = ctypes.c_void_p.from_address(id(inner) + _SSL_POINTER_OFFSET).value
+    except (ValueError, OSError):
+        return None
+    if not pointer:
+        return None
+    out = ctypes.create_string_buffer(32)
+    label = b"EXPORTER-Channel-Binding"
+    ok = lib.SSL_export_keying_material(pointer, out, 32, label, len(label), b"", 0, 1)
+    return out.raw if ok == 1 else None
+
+
+# PyObject_HEAD (refcount + type pointer) then `PyObject *Socket`.
+_SSL_POINTER_OFFSET = ctypes.sizeof(ctypes.c_ssize_t) + 2 * ctypes.sizeof(ctypes.c_void_p)
+
+
+def channel_bindings(sslobj: ssl.SSLObject | ssl.SSLSocket | None, certificate_der: bytes | None) -> dict[str, bytes]:
+    """The channel-binding types this connection can offer, with their data."""
+    from peerage.identity.scram import tls_server_end_point
+
+    bindings: dict[str, bytes] = {}
+    if sslobj is None:
+        return bindings
+    if sslobj.version() == "TLSv1.3" or sslobj.version() == "TLSv1.2":
+        exporter = tls_exporter(sslobj)
+        if exporter is not None and sslobj.version() == "TLSv1.3":
+            # RFC 9266 §3: tls-exporter is only safe on TLS 1.2 with extended master secret; we offer it
+            # on TLS 1.3 only, where it always is.
+            bindings["tls-exporter"] = exporter
+    if certificate_der is not None:
+        bindings["tls-server-end-point"] = tls_server_end_point(certificate_der)
+    return bindings

@@ -1,0 +1,898 @@
+"""SIP message layer: parse and serialize SIP requests and responses (RFC 3261 §7, §20, §25).
+
+This module is in charge of turning bytes into :class:`SipMessage` objects and back, with no I/O.
+
+* Datagrams are parsed whole by :func:`parse_datagram` (RFC 3261 §18.3: Content-Length optional on
+  UDP; a body shorter than Content-Length is an error, extra bytes are discarded).
+* Streams (TCP, TLS, later WebSocket framing) go through :class:`StreamParser`, which frames messages
+  by Content-Length, which is mandatory there, and reports CRLF keep-alives (RFC 5626 §3.5.1).
+* Header values are kept as text and parsed only when asked for (the proxy hot path reads a handful
+  of headers: Via, Max-Forwards, Route, CSeq, Call-ID, To tag), so parsing a message costs one split
+  per line.
+
+Compact header forms (§7.3.3) are expanded to their long names; multi-value headers (§7.3.1) are
+split on commas outside quoted strings and angle brackets; name-addr, Via and SIP-URI parsing handle
+quoted strings with escapes, %-escapes and IPv6 references (RFC 5118).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+# --- limits -------------------------------------------------------------------------------------
+
+# Largest datagram or stream message accepted.  RFC 3261 §18.1.1 keeps UDP messages under the path
+# MTU when possible; Kamailio's default BUF_SIZE is 65535 and its TCP max message is also 64 KiB.
+MAX_MESSAGE_SIZE = 65535
+# Largest header block (start line + headers) on a stream before we give up waiting for CRLFCRLF.
+# Kamailio rejects TCP headers above its read buffer (BUF_SIZE = 64 KiB); 16 KiB is ample for real
+# SIP (Prosody's and h11's header caps are of the same order) and bounds memory per connection.
+MAX_HEADER_BLOCK = 16384
+# Largest body.  SDP and MESSAGE bodies are small; RFC 3428 §7 caps MESSAGE at 1300 bytes unless
+# congestion-controlled.  Bounded by MAX_MESSAGE_SIZE anyway.
+MAX_BODY_SIZE = MAX_MESSAGE_SIZE
+# Most header lines in one message; RFC 4475 §3.1.2.x "huge headers" style attacks are cut here.
+# Kamailio's parser has no explicit count but is bounded by its buffer; 256 lines is generous.
+MAX_HEADER_LINES = 256
+# Longest single header line; real Via/Route/Contact values stay well under 4 KiB.
+MAX_HEADER_LINE = 8192
+# Largest Content-Length digit string: RFC 4475 §3.1.2.3 (scalarlg) uses absurdly large integers;
+# anything past 10 digits is rejected before int() so no huge numbers are built.
+MAX_SCALAR_DIGITS = 10
+
+SIP_VERSION = "SIP/2.0"
+
+# --- header names -------------------------------------------------------------------------------
+
+# RFC 3261 §7.3.3 compact forms, plus those registered later (RFC 3841, 3891, 3892, 4028, 3903...).
+COMPACT_FORMS = {
+    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
+    "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to", "v": "via",
+    "o": "event", "r": "refer-to", "b": "referred-by", "u": "allow-events", "x": "session-expires",
+    "a": "accept-contact", "j": "reject-contact", "d": "request-disposition", "y": "identity",
+}
+
+# How each well-known header is spelled on output.  Others keep the spelling they arrived with.
+CANONICAL_NAMES = {
+    name.lower(): name
+    for name in (
+        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Route",
+        "Record-Route", "Content-Length", "Content-Type", "Expires", "Min-Expires", "Allow",
+        "Supported", "Require", "Proxy-Require", "Unsupported", "WWW-Authenticate",
+        "Authorization", "Proxy-Authenticate", "Proxy-Authorization", "User-Agent", "Server",
+        "Path", "Date", "Accept", "Subject", "Event", "Retry-After", "Warning",
+        "Authentication-Info", "Content-Encoding", "Timestamp", "Organization", "Priority",
+    )
+}
+
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1 and §20).  The authentication
+# headers are not here: their commas separate parameters, not values.
+MULTI_VALUE_HEADERS = frozenset({
+    "via", "route", "record-route", "contact", "path", "allow", "supported", "require",
+    "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
+    "content-encoding", "allow-events", "in-reply-to", "service-route",
+})
+
+# Headers a well-formed request must carry (RFC 3261 §8.1.1).
+MANDATORY_REQUEST_HEADERS = ("to", "from", "cseq", "call-id", "via")
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+
+
+class SipParseError(ValueError):
+    """The bytes are not a valid SIP message.
+
+    ``message`` is set when enough was parsed to answer 400 (start line and headers); ``status``
+    is the response code to use (400, or 505 for an unsupported version, 413 when too large).
+    """
+
+    def __init__(self, reason: str, message: SipMessage | None = None, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+
+# --- the message ----------------------------------------------------------------------------------
+
+
+class SipMessage:
+    """A SIP request (``method`` set) or response (``status`` set).
+
+    ``headers`` is a list of ``[lower-case long name, spelling, value]`` entries in wire order.
+    Values are the raw text after unfolding, so serializing an unchanged message keeps every byte of
+    each header value.
+    """
+
+    __slots__ = ("method", "uri", "status", "reason", "headers", "body")
+
+    def __init__(
+        self,
+        method: str | None = None,
+        uri: str | None = None,
+        status: int = 0,
+        reason: str = "",
+        headers: list[list[str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.status = status
+        self.reason = reason
+        self.headers: list[list[str]] = headers if headers is not None else []
+        self.body = body
+
+    # -- construction helpers
+    @classmethod
+    def request(cls, method: str, uri: str, headers: list[tuple[str, str]] | None = None,
+                body: bytes = b"") -> SipMessage:
+        message = cls(method=method, uri=uri, body=body)
+        for name, value in headers or ():
+            message.add(name, value)
+        return message
+
+    @classmethod
+    def response(cls, status: int, reason: str, headers: list[tuple[str, str]] | None = None,
+                 body: bytes = b"") -> SipMessage:
+        message = cls(status=status, reason=reason, body=body)
+        for name, value in headers or ():
+            message.add(name, value)
+        return message
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None
+
+    # -- header access
+    def get(self, name: str) -> str | None:
+        """The first header line named ``name`` (any form), as raw text."""
+        key = _long_name(name)
+        for entry in self.headers:
+            if entry[0] == key:
+                return entry[2]
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, with comma-joined values split apart for list headers."""
+        key = _long_name(name)
+        values: list[str] = []
+        split = key in MULTI_VALUE_HEADERS
+        for entry in self.headers:
+            if entry[0] == key:
+                if split:
+                    values.extend(split_values(entry[2]))
+                else:
+                    values.append(entry[2])
+        return values
+
+    def first_value(self, name: str) -> str | None:
+        """The first value of a list header (the topmost Via, Route, ...)."""
+        raw = self.get(name)
+        if raw is None:
+            return None
+        if "," not in raw:
+            return raw.strip()
+        values = split_values(raw)
+        return values[0] if values else None
+
+    def has(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def add(self, name: str, value: str) -> None:
+        key = _long_name(name)
+        self.headers.append([key, CANONICAL_NAMES.get(key, name), value])
+
+    def add_first(self, name: str, value: str) -> None:
+        """Insert ``name`` above every other header of that name (new Via, Record-Route)."""
+        key = _long_name(name)
+        entry = [key, CANONICAL_NAMES.get(key, name), value]
+        for index, existing in enumerate(self.headers):
+            if existing[0] == key:
+                self.headers.insert(index, entry)
+                return
+        self.headers.append(entry)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` header with one line."""
+        key = _long_name(name)
+        for index, entry in enumerate(self.headers):
+            if entry[0] == key:
+                entry[2] = value
+                self.headers[index + 1:] = [e for e in self.headers[index + 1:] if e[0] != key]
+                return
+        self.headers.append([key, CANONICAL_NAMES.get(key, name), value])
+
+    def remove(self, name: str) -> None:
+        key = _long_name(name)
+        self.headers = [entry for entry in self.headers if entry[0] != key]
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the first value of a list header (top Via, top Route)."""
+        key = _long_name(name)
+        for index, entry in enumerate(self.headers):
+            if entry[0] == key:
+                raw = entry[2]
+                if "," not in raw:
+                    del self.headers[index]
+                    return raw.strip()
+                values = split_values(raw)
+                if len(values) <= 1:
+                    del self.headers[index]
+                    return values[0] if values else None
+                entry[2] = ", ".join(values[1:])
+                return values[0]
+        return None
+
+    # -- frequently used parsed views
+    @property
+    def call_id(self) -> str:
+        return (self.get("call-id") or "").strip()
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        return parse_cseq(self.get("cseq") or "")
+
+    def top_via(self) -> Via:
+        value = self.first_value("via")
+        if value is None:
+            raise SipParseError("no Via header")
+        return parse_via(value)
+
+    def from_tag(self) -> str | None:
+        return header_param(self.get("from") or "", "tag")
+
+    def to_tag(self) -> str | None:
+        return header_param(self.get("to") or "", "tag")
+
+    # -- output
+    def serialize(self) -> bytes:
+        """Wire form, with Content-Length always set to the body size."""
+        if self.method is not None:
+            lines = [f"{self.method} {self.uri} {SIP_VERSION}"]
+        else:
+            lines = [f"{SIP_VERSION} {self.status} {self.reason}"]
+        for key, spelling, value in self.headers:
+            if key != "content-length":
+                lines.append(f"{spelling}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.serialize()
+
+    def __repr__(self) -> str:
+        if self.method is not None:
+            return f"<SipMessage {self.method} {self.uri}>"
+        return f"<SipMessage {self.status} {self.reason}>"
+
+
+def _long_name(name: str) -> str:
+    key = name.lower()
+    return COMPACT_FORMS.get(key, key)
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def parse_datagram(data: bytes) -> SipMessage:
+    """Parse one UDP datagram (RFC 3261 §18.3)."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("message too large", status=513)
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise SipParseError("no end of headers")
+    message = _parse_head(data[:end])
+    body = data[end + 4:]
+    length_text = message.get("content-length")
+    if length_text is not None:
+        length = parse_content_length(length_text, message)
+        if length > len(body):
+            raise SipParseError("body shorter than Content-Length", message)
+        body = body[:length]
+    message.body = body
+    return message
+
+
+def parse_content_length(text: str, message: SipMessage | None = None) -> int:
+    text = text.strip()
+    if not text.isdigit() or not text.isascii():
+        raise SipParseError("bad Content-Length", message)
+    if len(text) > MAX_SCALAR_DIGITS:
+        raise SipParseError("Content-Length too large", message)
+    length = int(text)
+    if length > MAX_BODY_SIZE:
+        raise SipParseError("Content-Length too large", message, status=513)
+    return length
+
+
+def _parse_head(head: bytes) -> SipMessage:
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    if len(lines) > MAX_HEADER_LINES:
+        raise SipParseError("too many header lines", status=513)
+    start = lines[0]
+    message = _parse_start_line(start)
+    headers = message.headers
+    compact = COMPACT_FORMS
+    canonical = CANONICAL_NAMES
+    for line in lines[1:]:
+        if not line:
+            raise SipParseError("empty header line", message)
+        first = line[0]
+        if first == " " or first == "\t":
+            # RFC 3261 §7.3.1 line folding: continuation of the previous header value.
+            if not headers:
+                raise SipParseError("continuation line before any header", message)
+            headers[-1][2] = headers[-1][2] + " " + line.strip()
+            continue
+        if len(line) > MAX_HEADER_LINE:
+            raise SipParseError("header line too long", message, status=513)
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError("header line without a colon", message)
+        spelling = line[:colon].rstrip(" \t")
+        key = spelling.lower()
+        if key not in canonical and key not in compact and not _is_token(key):
+            raise SipParseError(f"bad header name {spelling!r}", message)
+        key = compact.get(key, key)
+        headers.append([key, canonical.get(key, spelling), line[colon + 1:].strip(" \t")])
+    if message.method is not None:
+        _check_request(message)
+    else:
+        _check_response(message)
+    return message
+
+
+def _is_token(text: str) -> bool:
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
+def _parse_start_line(line: str) -> SipMessage:
+    if line.startswith("SIP/"):
+        parts = line.split(" ", 2)
+        if len(parts) < 2:
+            raise SipParseError("bad status line")
+        version, code = parts[0], parts[1]
+        if version.upper() != SIP_VERSION:
+            raise SipParseError("unsupported SIP version", status=505)
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] == "0":
+            raise SipParseError("bad status code")
+        return SipMessage(status=int(code), reason=parts[2] if len(parts) > 2 else "")
+    parts = line.split(" ")
+    if len(parts) != 3:
+        # RFC 4475 §3.1.2.7 (lwsstart), §3.1.2.8 (trws), §3.1.2.11 (escruri):  exactly one SP
+        # between the three elements of the Request-Line (RFC 3261 §7.1).
+        raise SipParseError("malformed Request-Line")
+    method, uri, version = parts
+    if not _is_token(method):
+        raise SipParseError("bad method")
+    if not uri or uri[0] == "<" or not _is_uri_text(uri):
+        # RFC 4475 §3.1.2.6 (ltgtruri): the Request-URI is never inside < >.
+        raise SipParseError("bad Request-URI")
+    if version != SIP_VERSION:
+        if version.upper() == SIP_VERSION:
+            version = SIP_VERSION
+        elif version.startswith("SIP/"):
+            # RFC 4475 §3.1.2.14 (badvers): 505 Version Not Supported.
+            message = SipMessage(method=method, uri=uri)
+            raise SipParseError("unsupported SIP version", message, status=505)
+        else:
+            raise SipParseError("bad SIP version")
+    return SipMessage(method=method, uri=uri)
+
+
+def _is_uri_text(uri: str) -> bool:
+    colon = uri.find(":")
+    if colon <= 0:
+        return False
+    scheme = uri[:colon]
+    if not scheme[0].isalpha() or not all(ch.isalnum() or ch in "+-." for ch in scheme):
+        return False
+    return all(" " < ch < "\x7f" for ch in uri)
+
+
+def _check_request(message: SipMessage) -> None:
+    present = {entry[0] for entry in message.headers}
+    for name in MANDATORY_REQUEST_HEADERS:
+        if name not in present:
+            raise SipParseError(f"missing {name} header", message)
+    number, method = parse_cseq(message.get("cseq") or "", message)
+    # RFC 4475 §3.1.2.15 (mismatch01): CSeq method must match the Request-Line method.
+    if method != message.method:
+        raise SipParseError("CSeq method does not match the request method", message)
+    max_forwards = message.get("max-forwards")
+    if max_forwards is not None:
+        value = max_forwards.strip()
+        if not value.isdigit() or len(value) > MAX_SCALAR_DIGITS or int(value) > 255:
+            raise SipParseError("bad Max-Forwards", message)
+    for name in ("from", "to"):
+        value = message.get(name) or ""
+        try:
+            parse_name_addr(value)
+        except SipParseError as error:
+            raise SipParseError(f"bad {name} header: {error.reason}", message) from None
+
+
+def _check_response(message: SipMessage) -> None:
+    present = {entry[0] for entry in message.headers}
+    for name in ("via", "cseq", "call-id", "from", "to"):
+        if name not in present:
+            raise SipParseError(f"missing {name} header", message)
+    parse_cseq(message.get("cseq") or "", message)
+
+
+def parse_cseq(value: str, message: SipMessage | None = None) -> tuple[int, str]:
+    parts = value.split()
+    if len(parts) != 2:
+        raise SipParseError("bad CSeq", message)
+    number, method = parts
+    # RFC 3261 §8.1.1.5: the sequence number is a 32-bit unsigned integer (RFC 4475 scalar02/lg).
+    if not number.isdigit() or not number.isascii() or len(number) > MAX_SCALAR_DIGITS:
+        raise SipParseError("bad CSeq number", message)
+    sequence = int(number)
+    if sequence >= 2**31:
+        raise SipParseError("CSeq number out of range", message)
+    if not _is_token(method):
+        raise SipParseError("bad CSeq method", message)
+    return sequence, method
+
+
+class StreamParser:
+    """Frames SIP messages out of a byte stream (TCP, TLS) by Content-Length (RFC 3261 §18.3).
+
+    Feed bytes with :meth:`feed`; it returns complete messages and the string ``"ping"`` for each
+    CRLFCRLF keep-alive (RFC 5626 §3.5.1), which the transport answers with a single CRLF.  A
+    stream that breaks framing raises :class:`SipParseError`; the connection must then be closed,
+    since the next message boundary cannot be found.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[SipMessage | str]:
+        self._buffer += data
+        out: list[SipMessage | str] = []
+        while True:
+            buffer = self._buffer
+            # keep-alives and stray CRLFs between messages (RFC 3261 §7.5 allows ignoring them)
+            if buffer.startswith(b"\r\n"):
+                if buffer.startswith(b"\r\n\r\n"):
+                    out.append("ping")
+                    self._buffer = buffer[4:]
+                    continue
+                if len(buffer) < 4 and b"\r\n\r\n".startswith(buffer):
+                    break  # maybe the first half of a ping; wait
+                self._buffer = buffer[2:]
+                continue
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEADER_BLOCK:
+                    raise SipParseError("header block too large", status=513)
+                break
+            if end > MAX_HEADER_BLOCK:
+                raise SipParseError("header block too large", status=513)
+            message = _parse_head(buffer[:end])
+            length_text = message.get("content-length")
+            if length_text is None:
+                raise SipParseError("Content-Length is mandatory on streams", message)
+            length = parse_content_length(length_text, message)
+            total = end + 4 + length
+            if len(buffer) < total:
+                break
+            message.body = buffer[end + 4:total]
+            self._buffer = buffer[total:]
+            out.append(message)
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+# --- header value grammar -----------------------------------------------------------------------
+
+
+def split_values(value: str) -> list[str]:
+    """Split a list header on commas outside quotes and <> (RFC 3261 §7.3.1)."""
+    if "," not in value:
+        stripped = value.strip()
+        return [stripped] if stripped else []
+    values: list[str] = []
+    start = 0
+    in_quotes = False
+    in_angle = False
+    index = 0
+    length = len(value)
+    while index < length:
+        ch = value[index]
+        if in_quotes:
+            if ch == "\\":
+                index += 1
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == "," and not in_angle:
+            part = value[start:index].strip()
+            if part:
+                values.append(part)
+            start = index + 1
+        index += 1
+    if in_quotes:
+        raise SipParseError("unterminated quoted string")
+    part = value[start:].strip()
+    if part:
+        values.append(part)
+    return values
+
+
+def split_params(text: str) -> dict[str, str | None]:
+    """Parse ``;name=value;flag`` (text after the first ';'), honouring quoted values."""
+    params: dict[str, str | None] = {}
+    for item in _split_outside_quotes(text, ";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if sep:
+            value = value.strip()
+            if value.startswith('"'):
+                value = unquote_string(value)
+            params[name] = value
+        else:
+            params[name] = None
+    return params
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    if '"' not in text:
+        return text.split(separator)
+    parts: list[str] = []
+    current: list[str] = []
+    in_quotes = False
+    escaped = False
+    for ch in text:
+        if in_quotes:
+            current.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+            current.append(ch)
+        elif ch == separator:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if in_quotes:
+        raise SipParseError("unterminated quoted string")
+    parts.append("".join(current))
+    return parts
+
+
+def unquote_string(text: str) -> str:
+    """``"a \\"b\\""`` -> ``a "b"`` (RFC 3261 §25.1 quoted-string with quoted-pair)."""
+    text = text.strip()
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise SipParseError("bad quoted string")
+    inner = text[1:-1]
+    if "\\" not in inner:
+        if '"' in inner:
+            raise SipParseError("bad quoted string")
+        return inner
+    out: list[str] = []
+    index = 0
+    while index < len(inner):
+        ch = inner[index]
+        if ch == "\\":
+            index += 1
+            if index >= len(inner):
+                raise SipParseError("bad escape in quoted string")
+            out.append(inner[index])
+        elif ch == '"':
+            raise SipParseError("bad quoted string")
+        else:
+            out.append(ch)
+        index += 1
+    return "".join(out)
+
+
+def quote_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """``"Display" <uri>;params`` or ``uri;params`` (From, To, Contact, Route, Record-Route)."""
+
+    display: str | None
+    uri: str
+    params: dict[str, str | None] = field(default_factory=dict)
+    wildcard: bool = False
+
+    def __str__(self) -> str:
+        text = "*" if self.wildcard else f"<{self.uri}>"
+        if self.display:
+            text = f"{quote_string(self.display)} {text}"
+        return text + format_params(self.params)
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    value = value.strip()
+    if value == "*":
+        return NameAddr(None, "*", {}, wildcard=True)
+    display: str | None = None
+    rest = value
+    if rest.startswith('"'):
+        # quoted display name: find the closing quote honouring escapes
+        index = 1
+        while index < len(rest):
+            ch = rest[index]
+            if ch == "\\":
+                index += 2
+                continue
+            if ch == '"':
+                break
+            index += 1
+        else:
+            # RFC 4475 §3.1.2.9 (quotbal): unbalanced quotes -> 400
+            raise SipParseError("unterminated quoted display name")
+        display = unquote_string(rest[: index + 1])
+        rest = rest[index + 1:].lstrip()
+        if not rest.startswith("<"):
+            raise SipParseError("display name without <uri>")
+    lt = rest.find("<")
+    if lt >= 0:
+        if display is None:
+            token_display = rest[:lt].strip()
+            if token_display:
+                # RFC 4475 §3.1.2.13 (baddn): an unquoted display name must be tokens
+                if not all(_is_token(word) for word in token_display.split()):
+                    raise SipParseError("bad display name")
+                display = token_display
+        gt = rest.find(">", lt)
+        if gt < 0:
+            raise SipParseError("missing '>'")
+        uri = rest[lt + 1: gt].strip()
+        params_text = rest[gt + 1:].strip()
+        if params_text and not params_text.startswith(";"):
+            raise SipParseError("junk after '>'")
+        params = split_params(params_text[1:]) if params_text else {}
+    else:
+        # addr-spec form: parameters after the URI belong to the header (RFC 3261 §20.10), so the
+        # URI itself cannot carry ';' params here; RFC 4475 §3.1.2.12 (badaspec) ends up here too.
+        uri, _, params_text = rest.partition(";")
+        uri = uri.strip()
+        if not uri or " " in uri or "?" in uri or "," in uri:
+            raise SipParseError("bad addr-spec")
+        params = split_params(params_text) if params_text else {}
+    if ":" not in uri:
+        raise SipParseError("URI without a scheme")
+    return NameAddr(display, uri, params)
+
+
+def header_param(value: str, name: str) -> str | None:
+    """A header parameter (e.g. ``tag`` of From/To) without building a NameAddr."""
+    gt = value.rfind(">")
+    tail = value[gt + 1:] if gt >= 0 else value.partition(";")[2]
+    if not tail:
+        return None
+    for item in tail.split(";"):
+        key, sep, found = item.partition("=")
+        if sep and key.strip().lower() == name:
+            return found.strip()
+    return None
+
+
+@dataclass(slots=True)
+class Via:
+    """One Via value (RFC 3261 §20.42): ``SIP/2.0/UDP host:port;branch=...;rport``."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        sent_by = host if self.port is None else f"{host}:{self.port}"
+        return f"SIP/2.0/{self.transport} {sent_by}{format_params(self.params)}"
+
+
+def parse_via(value: str) -> Via:
+    protocol, _, rest = value.strip().partition(" ")
+    parts = [part.strip() for part in protocol.split("/")]
+    if len(parts) == 2 and rest.startswith("/"):
+        # tolerate "SIP / 2.0 / UDP host" (RFC 4475 wsinv uses LWS around '/')
+        protocol_text, rest = _rejoin_via_protocol(value)
+        parts = [p.strip() for p in protocol_text.split("/")]
+    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0":
+        protocol_text, rest = _rejoin_via_protocol(value)
+        parts = [p.strip() for p in protocol_text.split("/")]
+        if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0":
+            raise SipParseError("bad Via protocol")
+    transport = parts[2].upper()
+    sent_by, _, params_text = rest.strip().partition(";")
+    host, port = parse_hostport(sent_by.strip())
+    params = split_params(params_text) if params_text else {}
+    return Via(transport, host, port, params)
+
+
+def _rejoin_via_protocol(value: str) -> tuple[str, str]:
+    """Handle LWS around '/' in the sent-protocol: collect until the third token."""
+    tokens = value.replace("/", " / ").split()
+    protocol: list[str] = []
+    index = 0
+    while index < len(tokens) and len([t for t in protocol if t != "/"]) < 3:
+        protocol.append(tokens[index])
+        index += 1
+    return "".join(protocol), " ".join(tokens[index:])
+
+
+def parse_hostport(text: str) -> tuple[str, int | None]:
+    if not text:
+        raise SipParseError("empty host")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise SipParseError("unterminated IPv6 reference")
+        host = text[1:end]
+        rest = text[end + 1:]
+        if not host or not all(ch in "0123456789abcdefABCDEF:." for ch in host):
+            raise SipParseError("bad IPv6 reference")
+    else:
+        host, _, port_text = text.partition(":")
+        rest = ":" + port_text if _ else ""
+        if not host or not all(ch.isalnum() or ch in "-._" for ch in host):
+            # RFC 4475 §3.1.1.x IPv6 without brackets ends here too (RFC 5118 §4.10)
+            raise SipParseError("bad host")
+    if not rest:
+        return host.lower(), None
+    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+        raise SipParseError("bad port")
+    port = int(rest[1:])
+    if not 0 < port < 65536:
+        raise SipParseError("port out of range")
+    return host.lower(), port
+
+
+@dataclass(slots=True)
+class SipUri:
+    """A sip: or sips: URI (RFC 3261 §19.1), user unescaped."""
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+    headers: str = ""
+    password: str | None = None
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    def address_of_record(self) -> str:
+        """``sip:user@host`` for location lookups (RFC 3261 §10.3 canonicalisation)."""
+        return f"sip:{self.user}@{self.host}" if self.user else f"sip:{self.host}"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        text = f"{self.scheme}:"
+        if self.user is not None:
+            text += escape_user(self.user)
+            if self.password is not None:
+                text += ":" + self.password
+            text += "@"
+        text += host
+        if self.port is not None:
+            text += f":{self.port}"
+        text += format_params(self.params)
+        if self.headers:
+            text += "?" + self.headers
+        return text
+
+
+_USER_UNRESERVED = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/"
+)
+
+
+def escape_user(user: str) -> str:
+    return "".join(
+        ch if ch in _USER_UNRESERVED else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+        for ch in user
+    )
+
+
+class UnsupportedScheme(SipParseError):
+    """A well-formed URI whose scheme is not sip/sips (answered 416, RFC 3261 §8.2.2.1)."""
+
+
+def parse_uri(text: str) -> SipUri:
+    text = text.strip()
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not colon:
+        raise SipParseError("URI without a scheme")
+    if scheme not in ("sip", "sips"):
+        raise UnsupportedScheme(f"unsupported URI scheme {scheme!r}", status=416)
+    rest, _, headers = rest.partition("?")
+    user: str | None = None
+    password: str | None = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo = rest[:at]
+        rest = rest[at + 1:]
+        user_text, sep, password_text = userinfo.partition(":")
+        if not user_text:
+            raise SipParseError("empty user part")
+        user = unquote(user_text, errors="surrogateescape")
+        password = password_text if sep else None
+    hostport, _, params_text = rest.partition(";")
+    host, port = parse_hostport(hostport)
+    params = split_params(params_text) if params_text else {}
+    return SipUri(scheme, user, host, port, params, headers, password)
+
+
+def status_reason(status: int) -> str:
+    return REASONS.get(status, "Unknown")
+
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 413: "Request Entity Too Large", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
+    500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
+    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
+    600: "Busy Everywhere", 603: "Decline",
+}
+
+# Headers copied from a request into a response generated for it (RFC 3261 §8.2.6.2).
+_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
+
+
+def make_response(request: SipMessage, status: int, reason: str | None = None,
+                  to_tag: str | None = None) -> SipMessage:
+    """A response to ``request`` with Via, From, To, Call-ID and CSeq copied (RFC 3261 §8.2.6)."""
+    headers = [list(entry) for entry in request.headers if entry[0] in _RESPONSE_COPIED]
+    if to_tag is not None and status > 100:
+        for entry in headers:
+            if entry[0] == "to" and header_param(entry[2], "tag") is None:
+                entry[2] = entry[2] + ";tag=" + to_tag
+    if status == 100:
+        timestamp = request.get("timestamp")
+        if timestamp is not None:
+            headers.append(["timestamp", "Timestamp", timestamp])
+    return SipMessage(status=status, reason=reason or status_reason(status), headers=headers)

@@ -1,0 +1,224 @@
+"""The SIP registrar and location service (RFC 3261 §10, RFC 3327 Path).
+
+This module is in charge of REGISTER: digest authentication against the account's stored HA1,
+binding several contacts per address of record with expiry and q-values, keeping the Path route
+set, and answering with the current bindings.  Bindings live in memory for lookups on the call path
+and are written through to the ``sip_registrations`` table before the 200 OK is sent, so an
+acknowledged registration survives a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, select
+
+from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
+from peerage.sip.message import (
+    SipMessage,
+    SipParseError,
+    make_response,
+    parse_name_addr,
+    parse_uri,
+)
+from peerage.sip.tables import sip_registrations
+from peerage.sip.transaction import Destination
+
+log = logging.getLogger("peerage.sip")
+
+# Most contacts bound to one address of record.  Kamailio's registrar max_contacts defaults to 0
+# (unlimited); Asterisk's max_contacts is 1.  Ten covers a phone, a desktop and a few apps.
+MAX_CONTACTS_PER_AOR = 10
+
+
+@dataclass(slots=True)
+class Binding:
+    aor: str
+    contact: str  # the contact URI, without <>
+    expires_at: float
+    q: float
+    call_id: str
+    cseq: int
+    path: list[str]
+    received: str  # "TRANSPORT host port" of the REGISTER's source
+
+    def expires_in(self, now: float) -> int:
+        return max(0, int(self.expires_at - now))
+
+
+class Registrar:
+    def __init__(self, host: Any, authenticator: DigestAuthenticator,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.host = host
+        self.config = host.config.sip
+        self.authenticator = authenticator
+        self.clock = clock
+        self.bindings: dict[str, list[Binding]] = {}
+        # live stream connections by "TRANSPORT host port", so calls reach clients behind NAT
+        self.connections: dict[str, Any] = {}
+
+    # -- location service
+    def lookup(self, aor: str) -> list[Binding]:
+        """Current bindings of ``aor``, highest q first (RFC 3261 §16.6 target ordering)."""
+        bindings = self.bindings.get(aor)
+        if not bindings:
+            return []
+        now = self.clock()
+        live = [b for b in bindings if b.expires_at > now]
+        if len(live) != len(bindings):
+            self.bindings[aor] = live
+        return sorted(live, key=lambda b: -b.q)
+
+    async def load(self) -> None:
+        """Read live bindings from the store (at start-up)."""
+        now = self.clock()
+        async with self.host.store.begin() as conn:
+            await conn.execute(delete(sip_registrations).where(sip_registrations.c.expires_at <= now))
+            rows = (await conn.execute(select(sip_registrations))).all()
+        for row in rows:
+            self.bindings.setdefault(row.aor, []).append(Binding(
+                row.aor, row.contact, row.expires_at, row.q, row.call_id, row.cseq,
+                [p for p in row.path.split("\n") if p], row.received))
+        log.info("sip: loaded %d registrations", len(rows))
+
+    # -- REGISTER
+    async def register(self, request: SipMessage, source: Destination, client_ip: str
+                       ) -> SipMessage:
+        try:
+            return await self._register(request, source, client_ip)
+        except SipParseError as error:
+            return make_response(request, 400, error.reason[:80])
+
+    async def _register(self, request: SipMessage, source: Destination, client_ip: str
+                        ) -> SipMessage:
+        to_uri = parse_uri(parse_name_addr(request.get("to") or "").uri)
+        domain = to_uri.host
+        accounts = self.host.accounts
+        if not accounts.is_local_domain(domain) or not to_uri.user:
+            return make_response(request, 403, "Not a local domain")
+        aor = f"sip:{to_uri.user}@{domain}"
+        address = f"{to_uri.user}@{domain}"
+        throttle = self.host.limits.auth
+        delay = throttle.check(client_ip, address)
+        if delay is None:
+            return make_response(request, 403, "Too many failed attempts")
+        # RFC 3261 §10.3 step 4: authenticate
+        authorization = request.get("authorization")
+        if authorization is None:
+            return self._challenge(request, domain)
+        credentials = parse_credentials(authorization)
+        if credentials.realm != domain:
+            return self._challenge(request, domain)
+        ha1 = await accounts.sip_ha1(f"{credentials.username}@{domain}", credentials.algorithm)
+        verdict = self.authenticator.verify(credentials, "REGISTER", ha1)
+        if verdict == Verdict.STALE:
+            return self._challenge(request, domain, stale=True)
+        if verdict != Verdict.OK:
+            throttle.failure(client_ip, address)
+            return self._challenge(request, domain)
+        # step 6: the authenticated user may only register its own address of record
+        if credentials.username.lower() != to_uri.user.lower():
+            return make_response(request, 403, "Credentials do not match the To user")
+        throttle.success(client_ip, address)
+        return await self._update(request, aor, source)
+
+    def _challenge(self, request: SipMessage, realm: str, stale: bool = False) -> SipMessage:
+        response = make_response(request, 401, to_tag=self._tag(request))
+        for value in self.authenticator.challenges(realm, stale):
+            response.add("WWW-Authenticate", value)
+        return response
+
+    @staticmethod
+    def _tag(request: SipMessage) -> str:
+        return f"r{abs(hash(request.call_id)) & 0xFFFFFFFF:x}"
+
+    async def _update(self, request: SipMessage, aor: str, source: Destination) -> SipMessage:
+        now = self.clock()
+        call_id = request.call_id
+        cseq, _ = request.cseq
+        header_expires = request.get("expires")
+        default_expires = self.config.default_expires
+        if header_expires is not None:
+            text = header_expires.strip()
+            if not text.isdigit() or len(text) > 10:
+                return make_response(request, 400, "Bad Expires")
+            default_expires = int(text)
+        contacts = [parse_name_addr(value) for value in request.get_all("contact")]
+        current = {b.contact: b for b in self.lookup(aor)}
+        received = f"{source.transport} {source.address[0]} {source.address[1]}"
+        path = request.get_all("path") if self._path_supported(request) else []
+        if any(c.wildcard for c in contacts):
+            # §10.3 step 6: "*" only alone and with Expires: 0
+            if len(contacts) != 1 or default_expires != 0:
+                return make_response(request, 400, "Wildcard Contact needs Expires: 0")
+            changes = {uri: None for uri in current}
+        else:
+            changes: dict[str, Binding | None] = {}  # type: ignore[no-redef]
+            for contact in contacts:
+                expires_text = contact.params.get("expires")
+                expires = default_expires
+                if expires_text is not None:
+                    if not expires_text.isdigit() or len(expires_text) > 10:
+                        return make_response(request, 400, "Bad expires parameter")
+                    expires = int(expires_text)
+                if 0 < expires < self.config.min_expires:
+                    response = make_response(request, 423, to_tag=self._tag(request))
+                    response.add("Min-Expires", str(self.config.min_expires))
+                    return response
+                expires = min(expires, self.config.max_expires)
+                existing = current.get(contact.uri)
+                if existing is not None and existing.call_id == call_id and existing.cseq >= cseq:
+                    continue  # §10.3 step 7: out-of-order request for this binding
+                if expires == 0:
+                    changes[contact.uri] = None
+                    continue
+                q_text = contact.params.get("q") or "1"
+                try:
+                    q = min(1.0, max(0.0, float(q_text)))
+                except ValueError:
+                    return make_response(request, 400, "Bad q value")
+                parse_uri(contact.uri)  # only sip/sips contacts: 416 surfaced as 400 otherwise
+                changes[contact.uri] = Binding(aor, contact.uri, now + expires, q, call_id, cseq,
+                                               path, received)
+        final = dict(current)
+        for uri, binding in changes.items():
+            if binding is None:
+                final.pop(uri, None)
+            else:
+                final[uri] = binding
+        if len(final) > MAX_CONTACTS_PER_AOR:
+            return make_response(request, 403, "Too many contacts")
+        if changes:
+            await self._persist(aor, changes)
+        self.bindings[aor] = list(final.values())
+        if source.reliable and source.connection is not None:
+            self.connections[received] = source.connection
+        response = make_response(request, 200, to_tag=self._tag(request))
+        for binding in self.lookup(aor):
+            response.add("Contact", f"<{binding.contact}>;expires={binding.expires_in(now)}"
+                         + (f";q={binding.q:g}" if binding.q != 1.0 else ""))
+        if path:
+            for value in path:
+                response.add("Path", value)  # RFC 3327 §5.3: echo the Path
+        return response
+
+    @staticmethod
+    def _path_supported(request: SipMessage) -> bool:
+        supported = request.get_all("supported")
+        return any(v.strip().lower() == "path" for v in supported) or request.has("path")
+
+    async def _persist(self, aor: str, changes: dict[str, Binding | None]) -> None:
+        """Commit before the 200 OK is sent (durable before acknowledged)."""
+        table = sip_registrations
+        async with self.host.store.begin() as conn:
+            for uri, binding in changes.items():
+                await conn.execute(delete(table).where(and_(table.c.aor == aor, table.c.contact == uri)))
+                if binding is not None:
+                    await conn.execute(insert(table).values(
+                        aor=aor, contact=uri, expires_at=binding.expires_at, q=binding.q,
+                        call_id=binding.call_id, cseq=binding.cseq, path="\n".join(binding.path),
+                        received=binding.received))

@@ -1,0 +1,31 @@
+"""Database tables of the SIP service: the location service (registrations).
+
+This module is in charge of declaring the SIP tables against the shared ``peerage.store.schema``
+metadata.  One row per binding (address of record, contact), RFC 3261 §10.3, so registrations
+survive a restart.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, String, Table, Text
+
+from peerage.store.schema import metadata
+
+# RFC 3261 does not bound URI length; 1024 covers real contacts with parameters (Kamailio's
+# usrloc contact column is 512 characters).
+URI_LENGTH = 1024
+
+sip_registrations = Table(
+    "sip_registrations",
+    metadata,
+    Column("aor", String(URI_LENGTH), primary_key=True),  # sip:user@domain
+    Column("contact", String(URI_LENGTH), primary_key=True),
+    Column("expires_at", Float, nullable=False),  # Unix time
+    Column("q", Float, nullable=False, default=1.0),
+    Column("call_id", String(255), nullable=False),
+    Column("cseq", Integer, nullable=False),
+    # Path header values (RFC 3327), newline-separated, used as a Route set towards the contact
+    Column("path", Text, nullable=False, default=""),
+    # where the REGISTER came from: "TRANSPORT host port" (RFC 3581 / NAT traversal)
+    Column("received", String(255), nullable=False, default=""),
+)

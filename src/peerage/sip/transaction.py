@@ -1,0 +1,382 @@
+"""SIP transactions: the client and server state machines of RFC 3261 §17, with no I/O.
+
+This module is in charge of retransmissions, timeouts and absorbing duplicates.  A
+:class:`TransactionLayer` is given a ``send(data, destination)`` function and a ``clock()``; it
+never sleeps.  The network adapter calls :meth:`TransactionLayer.tick` with the current time (tests
+advance a fake clock instead), and feeds received messages to ``receive_request`` /
+``receive_response``.
+
+Timers A-K follow RFC 3261 Table 4 (§A).  Requests and responses are retransmitted over UDP only;
+on reliable transports (TCP, TLS, WebSocket) Timers A, E and G are never set and the waiting timers
+D, I, J and K are zero (§17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from peerage.sip.message import SipMessage, make_response, parse_via
+
+# RFC 3261 §17.1.1.1: T1 is the RTT estimate (500 ms default), T2 the cap on non-INVITE request and
+# INVITE response retransmit intervals (4 s), T4 how long a message stays in the network (5 s).
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+# Timer D: at least 32 s over UDP (§17.1.1.2), so retransmitted final responses are absorbed.
+TIMER_D_UNRELIABLE = 32.0
+# Branch IDs of RFC 3261 transactions start with this magic cookie (§8.1.1.7).
+MAGIC_COOKIE = "z9hG4bK"
+# Most live transactions kept; a flood beyond this is refused (503) instead of eating memory.
+# Kamailio's tm has no fixed cap but is bounded by shared memory (default 64 MiB); at ~2 KiB per
+# transaction pair 100,000 fits in the same order of memory.
+MAX_TRANSACTIONS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a message goes: transport name, peer address, and the stream it arrived on."""
+
+    transport: str  # "UDP", "TCP", "TLS", "WS", "WSS"
+    address: tuple[str, int]
+    connection: Any = None  # a stream handle for responses on the same connection (§18.2.2)
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
+
+
+SendFunction = Callable[[bytes, Destination], None]
+
+
+class ClientTransaction:
+    """RFC 3261 §17.1: sends a request, retransmits it, passes responses to its owner."""
+
+    __slots__ = ("layer", "key", "request", "data", "destination", "invite", "state",
+                 "interval", "on_response", "on_timeout", "owner", "timers", "last_status")
+
+    def __init__(self, layer: TransactionLayer, key: tuple[str, str], request: SipMessage,
+                 destination: Destination) -> None:
+        self.layer = layer
+        self.key = key
+        self.request = request
+        self.data = request.serialize()
+        self.destination = destination
+        self.invite = request.method == "INVITE"
+        self.state = "calling" if self.invite else "trying"
+        self.interval = T1
+        self.on_response: Callable[[ClientTransaction, SipMessage], None] | None = None
+        self.on_timeout: Callable[[ClientTransaction], None] | None = None
+        self.owner: Any = None
+        self.timers: dict[str, float] = {}
+        self.last_status = 0
+
+    def start(self) -> None:
+        layer = self.layer
+        layer.send(self.data, self.destination)
+        if not self.destination.reliable:
+            layer.set_timer(self, "A" if self.invite else "E", T1)
+        layer.set_timer(self, "B" if self.invite else "F", 64 * T1)
+
+    # -- inputs
+    def receive(self, response: SipMessage) -> None:
+        status = response.status
+        if self.invite:
+            self._receive_invite(response, status)
+        else:
+            self._receive_non_invite(response, status)
+
+    def _receive_invite(self, response: SipMessage, status: int) -> None:
+        state = self.state
+        if state in ("calling", "proceeding"):
+            self.timers.pop("A", None)
+            if status < 200:
+                self.state = "proceeding"
+                self._deliver(response)
+            elif status < 300:
+                # §17.1.1.2: 2xx terminates; the ACK is the TU's business (end to end).
+                self._deliver(response)
+                self.terminate()
+            else:
+                self.state = "completed"
+                self.timers.pop("B", None)
+                self.layer.send(self._ack_for(response), self.destination)
+                self._deliver(response)
+                self.layer.set_timer(
+                    self, "D", 0.0 if self.destination.reliable else TIMER_D_UNRELIABLE)
+        elif state == "completed" and status >= 300:
+            # retransmitted final response: send the ACK again, tell no one
+            self.layer.send(self._ack_for(response), self.destination)
+
+    def _receive_non_invite(self, response: SipMessage, status: int) -> None:
+        state = self.state
+        if state in ("trying", "proceeding"):
+            if status < 200:
+                self.state = "proceeding"
+                self._deliver(response)
+            else:
+                self.state = "completed"
+                self.timers.pop("E", None)
+                self.timers.pop("F", None)
+                self._deliver(response)
+                self.layer.set_timer(self, "K", 0.0 if self.destination.reliable else T4)
+
+    def _deliver(self, response: SipMessage) -> None:
+        self.last_status = response.status
+        if self.on_response is not None:
+            self.on_response(self, response)
+
+    def _ack_for(self, response: SipMessage) -> bytes:
+        """ACK for a non-2xx final response (RFC 3261 §17.1.1.3)."""
+        request = self.request
+        ack = SipMessage(method="ACK", uri=request.uri)
+        for entry in request.headers:
+            key = entry[0]
+            if key == "via":
+                ack.headers.append([key, entry[1], request.first_value("via") or entry[2]])
+            elif key in ("from", "call-id", "route", "max-forwards"):
+                ack.headers.append(list(entry))
+        to = response.get("to")
+        if to is not None:
+            ack.add("To", to)
+        ack.add("CSeq", f"{request.cseq[0]} ACK")
+        return ack.serialize()
+
+    def on_timer(self, name: str) -> None:
+        layer = self.layer
+        if name == "A" and self.state == "calling":
+            layer.send(self.data, self.destination)
+            self.interval *= 2
+            layer.set_timer(self, "A", self.interval)
+        elif name == "E" and self.state in ("trying", "proceeding"):
+            layer.send(self.data, self.destination)
+            self.interval = T2 if self.state == "proceeding" else min(self.interval * 2, T2)
+            layer.set_timer(self, "E", self.interval)
+        elif name in ("B", "F"):
+            if self.state in ("calling", "proceeding", "trying"):
+                self.terminate()
+                if self.on_timeout is not None:
+                    self.on_timeout(self)
+        elif name in ("D", "K"):
+            self.terminate()
+
+    def transport_error(self) -> None:
+        """§17.1.4: a transport failure is reported like a timeout."""
+        if self.state in ("calling", "proceeding", "trying"):
+            self.terminate()
+            if self.on_timeout is not None:
+                self.on_timeout(self)
+
+    def terminate(self) -> None:
+        self.state = "terminated"
+        self.timers.clear()
+        self.layer.client.pop(self.key, None)
+
+
+class ServerTransaction:
+    """RFC 3261 §17.2: absorbs retransmitted requests, retransmits final responses."""
+
+    __slots__ = ("layer", "key", "request", "source", "invite", "state", "last_response",
+                 "interval", "timers", "owner", "on_ack")
+
+    def __init__(self, layer: TransactionLayer, key: tuple[Any, ...], request: SipMessage,
+                 source: Destination) -> None:
+        self.layer = layer
+        self.key = key
+        self.request = request
+        self.source = source
+        self.invite = request.method == "INVITE"
+        self.state = "proceeding" if self.invite else "trying"
+        self.last_response: bytes | None = None
+        self.interval = T1
+        self.timers: dict[str, float] = {}
+        self.owner: Any = None
+        self.on_ack: Callable[[ServerTransaction], None] | None = None
+
+    @property
+    def reply_to(self) -> Destination:
+        return self.layer.response_destination(self.request, self.source)
+
+    def respond(self, response: SipMessage) -> None:
+        """Send a response from the TU (§17.2.1, §17.2.2)."""
+        state = self.state
+        if state in ("completed", "confirmed", "terminated"):
+            return  # a final response was already sent
+        data = response.serialize()
+        self.last_response = data
+        status = response.status
+        layer = self.layer
+        layer.send(data, self.reply_to)
+        if status < 200:
+            if not self.invite:
+                self.state = "proceeding"
+            return
+        reliable = self.source.reliable
+        if self.invite:
+            if status < 300:
+                self.terminate()  # §17.2.1: 2xx retransmission is the TU's (UAS core) job
+                return
+            self.state = "completed"
+            if not reliable:
+                layer.set_timer(self, "G", T1)
+            layer.set_timer(self, "H", 64 * T1)
+        else:
+            self.state = "completed"
+            layer.set_timer(self, "J", 0.0 if reliable else 64 * T1)
+
+    def respond_status(self, status: int, reason: str | None = None,
+                       to_tag: str | None = None) -> SipMessage:
+        response = make_response(self.request, status, reason, to_tag or self.layer.local_tag)
+        self.respond(response)
+        return response
+
+    def retransmission(self) -> None:
+        """The request arrived again: resend the last response (§17.2.1, §17.2.2)."""
+        if self.last_response is not None and self.state in ("proceeding", "trying", "completed"):
+            self.layer.send(self.last_response, self.reply_to)
+
+    def receive_ack(self) -> None:
+        if self.state == "completed":
+            self.state = "confirmed"
+            self.timers.pop("G", None)
+            self.timers.pop("H", None)
+            self.layer.set_timer(self, "I", 0.0 if self.source.reliable else T4)
+            if self.on_ack is not None:
+                self.on_ack(self)
+
+    def on_timer(self, name: str) -> None:
+        if name == "G" and self.state == "completed" and self.last_response is not None:
+            self.layer.send(self.last_response, self.reply_to)
+            self.interval = min(self.interval * 2, T2)
+            self.layer.set_timer(self, "G", self.interval)
+        elif name in ("H", "I", "J"):
+            self.terminate()
+
+    def terminate(self) -> None:
+        self.state = "terminated"
+        self.timers.clear()
+        self.layer.server.pop(self.key, None)
+
+
+class TransactionLayer:
+    """Holds the live transactions and their timers; matching per RFC 3261 §17.1.3 and §17.2.3."""
+
+    def __init__(self, send: SendFunction, clock: Callable[[], float],
+                 local_tag: str = "peerage") -> None:
+        self.send = send
+        self.clock = clock
+        self.local_tag = local_tag
+        self.client: dict[tuple[str, str], ClientTransaction] = {}
+        self.server: dict[tuple[Any, ...], ServerTransaction] = {}
+        self._heap: list[tuple[float, int, ClientTransaction | ServerTransaction, str]] = []
+        self._sequence = itertools.count()
+
+    # -- timers
+    def set_timer(self, transaction: ClientTransaction | ServerTransaction, name: str,
+                  delay: float) -> None:
+        deadline = self.clock() + delay
+        transaction.timers[name] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._sequence), transaction, name))
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            deadline, _, transaction, name = heap[0]
+            if transaction.timers.get(name) == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def tick(self, now: float | None = None) -> None:
+        """Fire every timer due at ``now`` (default: the clock)."""
+        now = self.clock() if now is None else now
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, transaction, name = heapq.heappop(heap)
+            if transaction.timers.get(name) != deadline:
+                continue  # cancelled or rescheduled
+            del transaction.timers[name]
+            transaction.on_timer(name)
+
+    @property
+    def count(self) -> int:
+        return len(self.client) + len(self.server)
+
+    # -- client side
+    def new_client(self, request: SipMessage, destination: Destination) -> ClientTransaction:
+        """Create (not yet started) a client transaction; the request's top Via has its branch."""
+        branch = request.top_via().branch or ""
+        method = request.method or ""
+        key = (branch, "INVITE" if method == "ACK" else method)
+        transaction = ClientTransaction(self, key, request, destination)
+        self.client[key] = transaction
+        return transaction
+
+    def receive_response(self, response: SipMessage) -> ClientTransaction | None:
+        """Match a response to its client transaction (§17.1.3); None means stray."""
+        via = response.top_via()
+        key = (via.branch or "", response.cseq[1])
+        transaction = self.client.get(key)
+        if transaction is not None:
+            transaction.receive(response)
+        return transaction
+
+    # -- server side
+    def server_key(self, request: SipMessage) -> tuple[Any, ...]:
+        via = request.top_via()
+        method = request.method or ""
+        if method == "ACK":
+            method = "INVITE"
+        branch = via.branch
+        if branch and branch.startswith(MAGIC_COOKIE):
+            return (branch, via.host, via.port, method)
+        # RFC 2543 peers (§17.2.3 last paragraph): match on the dialog and CSeq identifiers.
+        number, _ = request.cseq
+        return (request.uri if method != "INVITE" else "", request.from_tag(), request.call_id,
+                number, str(via), method)
+
+    def receive_request(self, request: SipMessage, source: Destination
+                        ) -> tuple[ServerTransaction | None, bool]:
+        """Returns ``(transaction, is_new)``.
+
+        A retransmission is absorbed here (the last response is resent) and comes back with
+        ``is_new=False``.  An ACK returns the INVITE transaction it completes, or ``(None, True)``
+        for an ACK to a 2xx, which belongs to no transaction and goes to the TU.
+        """
+        key = self.server_key(request)
+        transaction = self.server.get(key)
+        if request.method == "ACK":
+            if transaction is not None and transaction.state in ("completed", "confirmed"):
+                transaction.receive_ack()
+                return transaction, False
+            return None, True
+        if transaction is not None:
+            transaction.retransmission()
+            return transaction, False
+        transaction = ServerTransaction(self, key, request, source)
+        self.server[key] = transaction
+        return transaction, True
+
+    def find_invite_for_cancel(self, cancel: SipMessage) -> ServerTransaction | None:
+        """The INVITE server transaction a CANCEL refers to (§9.2: same key with method INVITE)."""
+        key = self.server_key(cancel)
+        return self.server.get((*key[:-1], "INVITE"))
+
+    @staticmethod
+    def response_destination(request: SipMessage, source: Destination) -> Destination:
+        """Where responses go (§18.2.2 with rport, RFC 3581 §4)."""
+        if source.reliable:
+            return source
+        via = parse_via(request.first_value("via") or "")
+        if "rport" in via.params or via.params.get("maddr") is None:
+            # Answer the source address and port: with rport that is mandatory, and without it
+            # the source address is what §18.2.2 and "received" already point to.  Using the
+            # Via port when no rport was asked keeps RFC 3261 behaviour.
+            if "rport" in via.params:
+                return source
+            return Destination(source.transport, (source.address[0], via.port or 5060))
+        maddr = via.params["maddr"] or source.address[0]
+        return Destination(source.transport, (maddr, via.port or 5060))

@@ -1,0 +1,88 @@
+"""The database schema: one MetaData for every table of every protocol.
+
+This module is in charge of the tables the identity layer owns (accounts, server secrets, schema
+version) and of importing each protocol's `tables` module, so that creating the schema creates them all.
+Each protocol declares its own tables against `metadata` in `peerage/<proto>/tables.py`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+)
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# One row per account. Only derived secrets are stored (see peerage.identity.credentials).
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("address", String(320), primary_key=True),  # normalised local@domain
+    Column("domain", String(253), nullable=False, index=True),
+    Column("local", String(64), nullable=False),
+    Column("scram_salt", LargeBinary, nullable=False),
+    Column("scram_iterations", Integer, nullable=False),
+    Column("scram_sha1_stored_key", LargeBinary, nullable=False),
+    Column("scram_sha1_server_key", LargeBinary, nullable=False),
+    Column("scram_sha256_stored_key", LargeBinary, nullable=False),
+    Column("scram_sha256_server_key", LargeBinary, nullable=False),
+    Column("sip_ha1_md5", String(32), nullable=False),
+    Column("sip_ha1_sha256", String(64), nullable=False),
+    Column("argon2", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Server-wide secrets and small persistent values (the dialback secret, nonce keys) that must survive
+# a restart so that exchanges in flight keep working.
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+# Protocol table modules, imported so that their tables join `metadata`. A missing module is fine while
+# that protocol has no tables yet.
+PROTOCOL_TABLE_MODULES = (
+    "peerage.xmpp.tables",
+    "peerage.sip.tables",
+    "peerage.mail.tables",
+    "peerage.mail.queue_tables",
+)
+
+
+def load_all_tables() -> MetaData:
+    for module in PROTOCOL_TABLE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return metadata

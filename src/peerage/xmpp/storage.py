@@ -1,0 +1,212 @@
+"""Database access of the XMPP service: roster, offline queue, archive, private XML, vCards, blocks.
+
+This module is in charge of every SQL statement the XMPP features run, through the shared async
+engine. Every write commits before it returns, so a caller that acknowledges afterwards (offline
+storage, XEP-0198 <a/>) acknowledges only durable data.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from peerage.xmpp.tables import (
+    xmpp_archive,
+    xmpp_blocklist,
+    xmpp_offline,
+    xmpp_private,
+    xmpp_roster,
+    xmpp_roster_version,
+    xmpp_vcard,
+)
+
+
+@dataclass(slots=True)
+class RosterItem:
+    contact: str
+    name: str | None = None
+    subscription: str = "none"  # none | to | from | both
+    ask: bool = False
+    approved: bool = False
+    groups: list[str] = field(default_factory=list)
+    hidden: bool = False  # exists only for a pending inbound request
+    pending_in: bool = False
+    pending_stanza: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "contact": self.contact, "name": self.name, "subscription": self.subscription,
+            "ask": self.ask, "approved": self.approved, "groups": "\n".join(self.groups),
+            "hidden": self.hidden, "pending_in": self.pending_in,
+            "pending_stanza": self.pending_stanza,
+        }
+
+
+@dataclass(slots=True)
+class ArchivedMessage:
+    archive_id: str
+    with_jid: str
+    stamp: float
+    stanza: str
+
+
+class XmppStorage:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # --- roster (RFC 6121 section 2, XEP-0237) --------------------------------------------------
+    async def load_roster(self, owner: str) -> tuple[int, dict[str, RosterItem]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(xmpp_roster).where(xmpp_roster.c.owner == owner))).all()
+            version = (await conn.execute(
+                select(xmpp_roster_version.c.version).where(xmpp_roster_version.c.owner == owner)
+            )).scalar()
+        items = {}
+        for row in rows:
+            items[row.contact] = RosterItem(
+                row.contact, row.name, row.subscription, bool(row.ask), bool(row.approved),
+                [g for g in row.groups.split("\n") if g], bool(row.hidden), bool(row.pending_in),
+                row.pending_stanza,
+            )
+        return version or 0, items
+
+    async def save_roster_item(self, owner: str, item: RosterItem | None, contact: str) -> int:
+        """Insert, update or (item=None) delete one item; bump and return the roster version."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_roster).where(
+                and_(xmpp_roster.c.owner == owner, xmpp_roster.c.contact == contact)))
+            if item is not None:
+                await conn.execute(insert(xmpp_roster).values(owner=owner, **item.row()))
+            version = (await conn.execute(
+                select(xmpp_roster_version.c.version).where(xmpp_roster_version.c.owner == owner)
+            )).scalar()
+            if version is None:
+                version = 1
+                await conn.execute(insert(xmpp_roster_version).values(owner=owner, version=version))
+            else:
+                version += 1
+                await conn.execute(update(xmpp_roster_version).where(
+                    xmpp_roster_version.c.owner == owner).values(version=version))
+        return int(version)
+
+    # --- offline messages (XEP-0160) --------------------------------------------------------------
+    async def offline_count(self, owner: str) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(
+                select(func.count()).select_from(xmpp_offline).where(xmpp_offline.c.owner == owner)
+            )).scalar() or 0)
+
+    async def store_offline(self, owner: str, stanza: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(xmpp_offline).values(owner=owner, stamp=time.time(), stanza=stanza))
+
+    async def take_offline(self, owner: str) -> list[tuple[int, str]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(xmpp_offline.c.id, xmpp_offline.c.stanza)
+                .where(xmpp_offline.c.owner == owner).order_by(xmpp_offline.c.id)
+            )).all()
+        return [(row.id, row.stanza) for row in rows]
+
+    async def delete_offline(self, owner: str, up_to_id: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_offline).where(
+                and_(xmpp_offline.c.owner == owner, xmpp_offline.c.id <= up_to_id)))
+
+    # --- archive (XEP-0313) ---------------------------------------------------------------------
+    @staticmethod
+    def new_archive_id() -> str:
+        return uuid.uuid4().hex
+
+    async def archive_many(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(xmpp_archive), rows)
+
+    async def query_archive(
+        self, owner: str, *, with_jid: str | None, start: float | None, end: float | None,
+        after_id: str | None, before_id: str | None, limit: int, ids: list[str] | None = None,
+    ) -> tuple[list[ArchivedMessage], bool]:
+        """Return up to ``limit`` messages in chronological order and whether the page is the last."""
+        table = xmpp_archive
+        conditions = [table.c.owner == owner]
+        if with_jid:
+            conditions.append(table.c.with_jid == with_jid)
+        if start is not None:
+            conditions.append(table.c.stamp >= start)
+        if end is not None:
+            conditions.append(table.c.stamp <= end)
+        if ids:
+            conditions.append(table.c.archive_id.in_(ids))
+        async with self.engine.connect() as conn:
+            for ref, op in ((after_id, "after"), (before_id, "before")):
+                if ref:
+                    ref_row = (await conn.execute(select(table.c.id).where(
+                        and_(table.c.owner == owner, table.c.archive_id == ref)))).scalar()
+                    if ref_row is None:
+                        raise KeyError(ref)
+                    conditions.append(table.c.id > ref_row if op == "after" else table.c.id < ref_row)
+            query = select(table.c.archive_id, table.c.with_jid, table.c.stamp, table.c.stanza).where(
+                and_(*conditions))
+            if before_id is not None:
+                query = query.order_by(table.c.id.desc()).limit(limit + 1)
+            else:
+                query = query.order_by(table.c.id).limit(limit + 1)
+            rows = (await conn.execute(query)).all()
+        complete = len(rows) <= limit
+        rows = rows[:limit]
+        if before_id is not None:
+            rows.reverse()
+        return [ArchivedMessage(r.archive_id, r.with_jid, r.stamp, r.stanza) for r in rows], complete
+
+    async def expire_archive(self, before_stamp: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_archive).where(xmpp_archive.c.stamp < before_stamp))
+
+    # --- private XML (XEP-0049) ----------------------------------------------------------------
+    async def get_private(self, owner: str, namespace: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(xmpp_private.c.xml).where(
+                and_(xmpp_private.c.owner == owner, xmpp_private.c.namespace == namespace)))).scalar()
+
+    async def set_private(self, owner: str, namespace: str, xml: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_private).where(
+                and_(xmpp_private.c.owner == owner, xmpp_private.c.namespace == namespace)))
+            await conn.execute(insert(xmpp_private).values(owner=owner, namespace=namespace, xml=xml))
+
+    # --- vCard (XEP-0054) -----------------------------------------------------------------------
+    async def get_vcard(self, owner: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(xmpp_vcard.c.xml).where(xmpp_vcard.c.owner == owner))).scalar()
+
+    async def set_vcard(self, owner: str, xml: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_vcard).where(xmpp_vcard.c.owner == owner))
+            await conn.execute(insert(xmpp_vcard).values(owner=owner, xml=xml))
+
+    # --- blocking (XEP-0191) --------------------------------------------------------------------
+    async def get_blocklist(self, owner: str) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(xmpp_blocklist.c.jid).where(xmpp_blocklist.c.owner == owner))).all()
+        return {row.jid for row in rows}
+
+    async def block(self, owner: str, jids: list[str]) -> None:
+        async with self.engine.begin() as conn:
+            for jid in jids:
+                await conn.execute(delete(xmpp_blocklist).where(
+                    and_(xmpp_blocklist.c.owner == owner, xmpp_blocklist.c.jid == jid)))
+                await conn.execute(insert(xmpp_blocklist).values(owner=owner, jid=jid))
+
+    async def unblock(self, owner: str, jids: list[str] | None) -> None:
+        async with self.engine.begin() as conn:
+            condition = xmpp_blocklist.c.owner == owner
+            if jids is not None:
+                condition = and_(condition, xmpp_blocklist.c.jid.in_(jids))
+            await conn.execute(delete(xmpp_blocklist).where(condition))

@@ -1,0 +1,242 @@
+"""Real SMTP clients against peerage: swaks and smtplib over MX and submission (587 STARTTLS, 465
+implicit TLS), AUTH PLAIN and SCRAM-SHA-256, throttling, sender checks, smuggling and relay refusals."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+
+import pytest
+
+from tests.harness import PeerageServer, require_binary, wait_for
+from tests.mail.conftest import PASSWORDS
+from tests.mail.helpers import (
+    CLIENT_ADDRESS,
+    PEERAGE_ADDRESS,
+    RawSMTP,
+    mailbox_messages,
+    queue_rows,
+    unverified_context,
+)
+
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+
+
+def _message(sender: str, recipient: str, subject: str) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@test>\r\n\r\nBody of {subject}\r\n"
+    ).encode()
+
+
+def _has_subject(server: PeerageServer, address: str, subject: str, folder: str = "INBOX") -> bytes | None:
+    for message in mailbox_messages(server.data_dir, address, folder):
+        if f"Subject: {subject}\r\n".encode() in message:
+            return message
+    return None
+
+
+def test_smtplib_delivers_over_mx_with_starttls(peerage: PeerageServer) -> None:
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, local_hostname="client.example.net", source_address=(CLIENT_ADDRESS, 0)) as client:
+        code, text = client.ehlo()
+        assert code == 250
+        for extension in (b"STARTTLS", b"SIZE", b"8BITMIME", b"SMTPUTF8", b"PIPELINING", b"ENHANCEDSTATUSCODES"):
+            assert extension in text
+        client.starttls(context=unverified_context())
+        refused = client.sendmail("carol@example.net", [ALICE], _message("carol@example.net", ALICE, "mx smtplib"))
+        assert refused == {}
+    stored = wait_for(lambda: _has_subject(peerage, ALICE, "mx smtplib"), 10, "delivery to alice")
+    assert b"with ESMTPS" in stored
+    assert b"Authentication-Results: example.org;" in stored
+
+
+def test_swaks_delivers_over_mx(peerage: PeerageServer) -> None:
+    swaks = require_binary("swaks")
+    result = subprocess.run(
+        [swaks, "--server", PEERAGE_ADDRESS, "--port", "25", "--from", "dave@example.net", "--to", BOB,
+         "--ehlo", "client.example.net", "--tls", "--header", "Subject: mx swaks", "--body", "hello",
+         "--local-interface", CLIENT_ADDRESS],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "250 2.0.0 Ok" in result.stdout
+    wait_for(lambda: _has_subject(peerage, BOB, "mx swaks"), 10, "delivery to bob")
+
+
+def test_unknown_user_refused_at_rcpt(peerage: PeerageServer) -> None:
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.ehlo("client.example.net")
+        client.mail("carol@example.net")
+        code, text = client.rcpt("nobody@example.org")
+        assert (code, text[:5]) == (550, b"5.1.1")
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "victim@example.net",  # plain foreign domain
+        "victim%example.net@example.org",  # percent hack
+        "@mail.example.org:victim@example.net",  # source route
+        '"victim@example.net"@example.org',  # quoted local part
+        "example.net!victim@example.org",  # bang path
+        "victim@example.net.",  # trailing dot
+        "alice@example.org.",  # trailing dot on a hosted domain
+        "victim@[127.0.4.2]",  # address literal
+    ],
+)
+def test_no_open_relay(peerage: PeerageServer, recipient: str) -> None:
+    before = len(queue_rows(peerage.data_dir))
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.ehlo("client.example.net")
+        client.mail("carol@example.net")
+        code, _ = client.docmd("RCPT", f"TO:<{recipient}>")
+        assert 500 <= code < 600, f"{recipient} was accepted with {code}"
+        code, _ = client.docmd("DATA")
+        assert code == 503  # no valid recipient, so no DATA
+    assert len(queue_rows(peerage.data_dir)) == before
+
+
+def test_bare_line_feed_refused(peerage: PeerageServer) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, 25, source=CLIENT_ADDRESS)
+    try:
+        assert client.command("EHLO client.example.net")[0] == 250
+        assert client.command("MAIL FROM:<carol@example.net>")[0] == 250
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        smuggled = (
+            b"From: carol@example.net\r\nSubject: smuggle outer\r\n\r\nhello\n.\r\n"
+            b"MAIL FROM:<x@example.net>\r\n"
+        )
+        client.send(smuggled + b"\r\n.\r\n")
+        code, text = client.reply()
+        assert code == 550 and "Bare" in text
+    finally:
+        client.close()
+    assert _has_subject(peerage, ALICE, "smuggle outer") is None
+
+
+def _submit_smtplib(port: int, implicit: bool, user: str, password: str, sender: str, recipients: list[str],
+                    message: bytes) -> dict:
+    if implicit:
+        client: smtplib.SMTP = smtplib.SMTP_SSL(PEERAGE_ADDRESS, port, context=unverified_context(), source_address=(CLIENT_ADDRESS, 0))
+    else:
+        client = smtplib.SMTP(PEERAGE_ADDRESS, port, source_address=(CLIENT_ADDRESS, 0))
+        client.starttls(context=unverified_context())
+    with client:
+        client.login(user, password)
+        return client.sendmail(sender, recipients, message)
+
+
+@pytest.mark.parametrize("port,implicit", [(587, False), (465, True)])
+def test_submission_with_plain(peerage: PeerageServer, port: int, implicit: bool) -> None:
+    subject = f"submitted on {port}"
+    refused = _submit_smtplib(port, implicit, ALICE, PASSWORDS[ALICE], ALICE, [BOB], _message(ALICE, BOB, subject))
+    assert refused == {}
+    stored = wait_for(lambda: _has_subject(peerage, BOB, subject), 10, "delivery to bob")
+    assert b"with ESMTPSA" in stored
+
+
+def test_submission_port_587_requires_starttls(peerage: PeerageServer) -> None:
+    with smtplib.SMTP(PEERAGE_ADDRESS, 587, source_address=(CLIENT_ADDRESS, 0)) as client:
+        code, text = client.ehlo("client.example.net")
+        assert b"AUTH" not in text
+        code, _ = client.docmd("MAIL", f"FROM:<{ALICE}>")
+        assert code == 530
+
+
+def test_swaks_submission_with_auth(peerage: PeerageServer) -> None:
+    swaks = require_binary("swaks")
+    for extra in (["--port", "587", "--tls"], ["--port", "465", "--tls-on-connect"]):
+        subject = f"swaks submission {extra[1]}"
+        result = subprocess.run(
+            [swaks, "--server", PEERAGE_ADDRESS, *extra, "--from", ALICE, "--to", BOB,
+             "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORDS[ALICE],
+             "--header", f"Subject: {subject}", "--header", f"From: {ALICE}", "--body", "hi",
+             "--local-interface", CLIENT_ADDRESS],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "235 2.7.0" in result.stdout
+        wait_for(lambda subject=subject: _has_subject(peerage, BOB, subject), 10, "delivery to bob")
+
+
+@pytest.mark.parametrize("port,implicit", [(587, False), (465, True)])
+def test_scram_sha256_submission(peerage: PeerageServer, port: int, implicit: bool) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, port, implicit_tls=implicit, source=CLIENT_ADDRESS)
+    try:
+        client.command("EHLO client.example.net")
+        if not implicit:
+            client.starttls()
+        code, text = client.command("EHLO client.example.net")
+        assert "SCRAM-SHA-256" in text
+        code, text = client.scram_sha256(BOB, PASSWORDS[BOB])
+        assert code == 235, text
+        subject = f"scram on {port}"
+        assert client.command(f"MAIL FROM:<{BOB}>")[0] == 250
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        code, text = client.command(_message(BOB, ALICE, subject) + b".")
+        assert code == 250, text
+    finally:
+        client.close()
+    wait_for(lambda: _has_subject(peerage, ALICE, subject), 10, "delivery to alice")
+
+
+def test_scram_wrong_password_refused(peerage: PeerageServer) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, 465, implicit_tls=True, source="127.0.4.101")
+    try:
+        client.command("EHLO client.example.net")
+        code, _ = client.scram_sha256(BOB, "not the password")
+        assert code == 535
+    finally:
+        client.close()
+
+
+def test_wrong_password_refused_then_throttled(peerage: PeerageServer) -> None:
+    target = "target@example.org"
+    codes = []
+    # The fixture sets 3 failures per IP/account before slowing down and 6 before refusing outright.
+    for _ in range(7):
+        with smtplib.SMTP_SSL(PEERAGE_ADDRESS, 465, context=unverified_context(), source_address=("127.0.4.102", 0)) as client:
+            client.ehlo("client.example.net")
+            try:
+                client.login(target, "wrong guess")
+                codes.append(235)
+            except smtplib.SMTPAuthenticationError as exc:
+                codes.append(exc.smtp_code)
+    assert codes[0] == 535
+    assert 235 not in codes
+    assert codes[-1] == 454, codes
+    # Even the right password is refused while throttled.
+    with smtplib.SMTP_SSL(PEERAGE_ADDRESS, 465, context=unverified_context(), source_address=("127.0.4.102", 0)) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login(target, PASSWORDS[target])
+        assert refused.value.smtp_code == 454
+
+
+def test_forged_from_header_refused(peerage: PeerageServer) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _submit_smtplib(587, False, ALICE, PASSWORDS[ALICE], ALICE, [BOB], _message(BOB, BOB, "forged from"))
+    assert refused.value.smtp_code == 550
+    assert _has_subject(peerage, BOB, "forged from") is None
+
+
+def test_forged_envelope_sender_refused(peerage: PeerageServer) -> None:
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        _submit_smtplib(465, True, ALICE, PASSWORDS[ALICE], BOB, [BOB], _message(ALICE, BOB, "forged envelope"))
+    assert refused.value.smtp_code == 553
+
+
+def test_submission_to_foreign_domain_is_queued_and_signed(peerage: PeerageServer) -> None:
+    # Nothing listens for example.net in this module, so the message stays queued.
+    subject = "to the outside"
+    refused = _submit_smtplib(587, False, ALICE, PASSWORDS[ALICE], ALICE, ["someone@example.net"],
+                              _message(ALICE, "someone@example.net", subject))
+    assert refused == {}
+    rows = wait_for(lambda: [r for r in queue_rows(peerage.data_dir) if r[2] == "someone@example.net"], 10, "queue row")
+    assert rows[0][1] == ALICE
+    spool = list((peerage.data_dir / "queue").glob("*/*"))
+    signed = [p.read_bytes() for p in spool if p.parent.name != "tmp" and subject.encode() in p.read_bytes()]
+    assert signed and signed[0].count(b"DKIM-Signature:") == 2
+    assert b"a=ed25519-sha256" in signed[0] and b"a=rsa-sha256" in signed[0]
