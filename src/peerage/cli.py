@@ -168,6 +168,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logging.getLogger().setLevel(config.server.log_level.upper())
+    # Driver chatter drowns protocol debugging; they stay at INFO whatever the level.
+    for noisy in ("aiosqlite", "asyncio", "sqlalchemy.engine"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         import uvloop
     except ImportError:
@@ -281,7 +284,7 @@ def _add_protocol_commands(commands: Any) -> None:
     """Let each protocol add its operator commands (s2s status, check federation, mail queue)."""
     from importlib import import_module
 
-    for module in ("peerage.xmpp.cli", "peerage.mail.cli"):
+    for module in ("peerage.xmpp.cli", "peerage.xmpp.s2s_cli", "peerage.mail.cli"):
         try:
             register = import_module(module).register
         except ModuleNotFoundError as exc:

@@ -108,6 +108,8 @@ class FederationConfig:
     # Seconds an idle s2s connection stays open (Prosody closes idle s2s after 5 minutes... by
     # default it keeps them; ejabberd's s2s_timeout is 10 minutes).
     idle_timeout: float = 600.0
+    # Offer and request bidirectional streams (XEP-0288), so one connection carries both directions.
+    bidi: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class XmppConfig:
     max_offline_messages: int = 5000
     # Days of MAM history kept (Prosody's archive_expires_after defaults to one week).
     archive_expires_days: int = 7
+    # XEP-0313 one-to-one archive on or off (Prosody loads mod_mam only when listed in modules_enabled).
+    archive_enabled: bool = True
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 
@@ -147,6 +151,9 @@ class SipConfig:
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
+    # Digest algorithms offered, most preferred first (RFC 8760 §2.4). Some clients (SIPp 3.6) only
+    # read the first challenge, so the order is configurable.
+    digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA(tmp_path_factory.mktemp("ca"))
 
 
-def make_peerage(workdir: Path, dns: LocalDNS, ca: TestCA, config: dict | None = None) -> PeerageServer:
+def make_peerage(workdir: Path, dns: LocalDNS, ca: TestCA, config: dict[str, dict[str, object]] | None = None) -> PeerageServer:
     cert = ca.issue("example.org", dns_ids=["example.org", "mail.example.org"])
-    base = {
+    base: dict[str, dict[str, object]] = {
         "smtp": {"source_address": PEERAGE_ADDRESS, "first_retry_seconds": 1.0},
         "limits": {"auth_failures_per_ip": 3, "auth_failures_per_account": 3},
     }

@@ -4,6 +4,7 @@ folder, and speak SMTP where the standard clients cannot (SCRAM, bare line endin
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import sqlite3
@@ -116,8 +117,44 @@ class RawSMTP:
         return self.command(b"")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.command("QUIT")
-        except OSError:
-            pass
         self.sock.close()
+
+
+class PolicyServer:
+    """An HTTPS server for MTA-STS policies (RFC 8461 §3.3), keyed by the Host header."""
+
+    def __init__(self, address: str, cert: tuple[Path, Path], policies: dict[str, str]) -> None:
+        import http.server
+        import threading
+
+        served = policies
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = served.get((self.headers.get("Host") or "").split(":")[0].lower())
+                if self.path != "/.well-known/mta-sts.txt" or body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((address, 443), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.harness import PeerageServer, require_binary, wait_for
+from tests.harness import LocalDNS, PeerageServer, require_binary, wait_for
 from tests.mail.conftest import PASSWORDS
 from tests.mail.helpers import (
     CLIENT_ADDRESS,
@@ -37,6 +37,12 @@ def _has_subject(server: PeerageServer, address: str, subject: str, folder: str 
     return None
 
 
+def _wait_subject(server: PeerageServer, address: str, subject: str, folder: str = "INBOX") -> bytes:
+    found = wait_for(lambda: _has_subject(server, address, subject, folder), 10, f"{subject!r} in {address}/{folder}")
+    assert found is not None
+    return found
+
+
 def test_smtplib_delivers_over_mx_with_starttls(peerage: PeerageServer) -> None:
     with smtplib.SMTP(PEERAGE_ADDRESS, 25, local_hostname="client.example.net", source_address=(CLIENT_ADDRESS, 0)) as client:
         code, text = client.ehlo()
@@ -46,7 +52,7 @@ def test_smtplib_delivers_over_mx_with_starttls(peerage: PeerageServer) -> None:
         client.starttls(context=unverified_context())
         refused = client.sendmail("carol@example.net", [ALICE], _message("carol@example.net", ALICE, "mx smtplib"))
         assert refused == {}
-    stored = wait_for(lambda: _has_subject(peerage, ALICE, "mx smtplib"), 10, "delivery to alice")
+    stored = _wait_subject(peerage, ALICE, "mx smtplib")
     assert b"with ESMTPS" in stored
     assert b"Authentication-Results: example.org;" in stored
 
@@ -61,7 +67,7 @@ def test_swaks_delivers_over_mx(peerage: PeerageServer) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "250 2.0.0 Ok" in result.stdout
-    wait_for(lambda: _has_subject(peerage, BOB, "mx swaks"), 10, "delivery to bob")
+    _wait_subject(peerage, BOB, "mx swaks")
 
 
 def test_unknown_user_refused_at_rcpt(peerage: PeerageServer) -> None:
@@ -133,7 +139,7 @@ def test_submission_with_plain(peerage: PeerageServer, port: int, implicit: bool
     subject = f"submitted on {port}"
     refused = _submit_smtplib(port, implicit, ALICE, PASSWORDS[ALICE], ALICE, [BOB], _message(ALICE, BOB, subject))
     assert refused == {}
-    stored = wait_for(lambda: _has_subject(peerage, BOB, subject), 10, "delivery to bob")
+    stored = _wait_subject(peerage, BOB, subject)
     assert b"with ESMTPSA" in stored
 
 
@@ -158,7 +164,7 @@ def test_swaks_submission_with_auth(peerage: PeerageServer) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "235 2.7.0" in result.stdout
-        wait_for(lambda subject=subject: _has_subject(peerage, BOB, subject), 10, "delivery to bob")
+        _wait_subject(peerage, BOB, subject)
 
 
 @pytest.mark.parametrize("port,implicit", [(587, False), (465, True)])
@@ -180,7 +186,7 @@ def test_scram_sha256_submission(peerage: PeerageServer, port: int, implicit: bo
         assert code == 250, text
     finally:
         client.close()
-    wait_for(lambda: _has_subject(peerage, ALICE, subject), 10, "delivery to alice")
+    _wait_subject(peerage, ALICE, subject)
 
 
 def test_scram_wrong_password_refused(peerage: PeerageServer) -> None:
@@ -240,3 +246,90 @@ def test_submission_to_foreign_domain_is_queued_and_signed(peerage: PeerageServe
     signed = [p.read_bytes() for p in spool if p.parent.name != "tmp" and subject.encode() in p.read_bytes()]
     assert signed and signed[0].count(b"DKIM-Signature:") == 2
     assert b"a=ed25519-sha256" in signed[0] and b"a=rsa-sha256" in signed[0]
+
+
+def test_submission_adds_missing_date_and_message_id(peerage: PeerageServer) -> None:
+    bare = f"From: {ALICE}\r\nTo: {BOB}\r\nSubject: no date\r\n\r\nhello\r\n".encode()
+    assert _submit_smtplib(587, False, ALICE, PASSWORDS[ALICE], ALICE, [BOB], bare) == {}
+    stored = _wait_subject(peerage, BOB, "no date")
+    assert b"\r\nDate: " in stored and b"\r\nMessage-ID: <" in stored
+
+
+def _send_mx(sender: str, recipient: str, message: bytes, source: str = CLIENT_ADDRESS) -> None:
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(source, 0)) as client:
+        client.ehlo("client.example.net")
+        client.sendmail(sender, [recipient], message)
+
+
+def test_dmarc_reject_policy_refuses_spoofed_mail(peerage: PeerageServer, local_dns: LocalDNS) -> None:
+    local_dns.add_txt("spoofed.example", "v=spf1 -all")
+    local_dns.add_txt("_dmarc.spoofed.example", "v=DMARC1; p=reject")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send_mx("ceo@spoofed.example", ALICE, _message("ceo@spoofed.example", ALICE, "spoofed reject"))
+    assert refused.value.smtp_code == 550 and b"DMARC" in refused.value.smtp_error
+    assert _has_subject(peerage, ALICE, "spoofed reject") is None
+
+
+def test_dmarc_quarantine_policy_files_into_junk(peerage: PeerageServer, local_dns: LocalDNS) -> None:
+    local_dns.add_txt("dubious.example", "v=spf1 -all")
+    local_dns.add_txt("_dmarc.dubious.example", "v=DMARC1; p=quarantine")
+    _send_mx("ceo@dubious.example", ALICE, _message("ceo@dubious.example", ALICE, "dubious mail"))
+    stored = _wait_subject(peerage, ALICE, "dubious mail", "Junk")
+    assert b"dmarc=fail (p=quarantine)" in stored
+    assert _has_subject(peerage, ALICE, "dubious mail") is None
+
+
+def test_forged_authentication_results_removed(peerage: PeerageServer) -> None:
+    forged = (b"Authentication-Results: example.org; spf=pass smtp.mailfrom=boss@example.org; dmarc=pass\r\n"
+              b"Authentication-Results: other.example; dkim=pass\r\n"
+              + _message("carol@example.net", ALICE, "forged results"))
+    _send_mx("carol@example.net", ALICE, forged)
+    stored = _wait_subject(peerage, ALICE, "forged results")
+    assert b"smtp.mailfrom=boss@example.org" not in stored
+    assert b"Authentication-Results: other.example; dkim=pass" in stored
+    assert stored.count(b"Authentication-Results: example.org;") == 1
+
+
+def test_smtputf8_sender_and_headers(peerage: PeerageServer) -> None:
+    sender = "émile@example.net"
+    message = f"From: Émile <{sender}>\r\nTo: {ALICE}\r\nSubject: utf8 ünïcode\r\n\r\nçà et là\r\n".encode()
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.ehlo("client.example.net")
+        assert client.has_extn("smtputf8")
+        assert client.sendmail(sender, [ALICE], message, mail_options=["SMTPUTF8", "BODY=8BITMIME"]) == {}
+    stored = _wait_subject(peerage, ALICE, "utf8 ünïcode")
+    assert "çà et là".encode() in stored
+
+
+def test_pipelined_transaction(peerage: PeerageServer) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, 25, source=CLIENT_ADDRESS)
+    try:
+        assert "PIPELINING" in client.command("EHLO client.example.net")[1]
+        client.send(f"MAIL FROM:<carol@example.net>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<ghost@example.org>\r\nDATA\r\n".encode())
+        codes = [client.reply()[0] for _ in range(4)]
+        assert codes == [250, 250, 550, 354]
+        code, _ = client.command(_message("carol@example.net", ALICE, "pipelined") + b".")
+        assert code == 250
+    finally:
+        client.close()
+    _wait_subject(peerage, ALICE, "pipelined")
+
+
+def test_size_limit_announced_and_enforced(peerage: PeerageServer) -> None:
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.ehlo("client.example.net")
+        limit = int(client.esmtp_features["size"])
+        assert limit > 0
+        code, _ = client.docmd("MAIL", f"FROM:<carol@example.net> SIZE={limit + 1}")
+        assert code == 552
+
+
+def test_replies_carry_enhanced_status_codes(peerage: PeerageServer) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, 25, source=CLIENT_ADDRESS)
+    try:
+        client.command("EHLO client.example.net")
+        for command in ("NOOP", "RCPT TO:<alice@example.org>", "MAIL FROM:<carol@example.net>", "RSET", "VRFY alice"):
+            code, text = client.command(command)
+            assert text.split(" ", 1)[0].count(".") == 2, f"{command}: {code} {text}"
+    finally:
+        client.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from peerage.sip.message import SipMessage, make_response, parse_datagram
 from peerage.sip.transaction import T1, T2, T4, Destination, TransactionLayer
 
@@ -54,7 +56,7 @@ def test_invite_client_timer_a_doubles_then_timer_b_times_out() -> None:
         advance(layer, clock, 0.25)
         if len(sent) > before:
             times.append(clock.now)
-    gaps = [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)]
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
     assert gaps[:4] == [0.5, 1.0, 2.0, 4.0]  # Timer A: T1, 2T1, 4T1...
     assert timeouts == [tx] and tx.state == "terminated"
     assert layer.count == 0
@@ -164,7 +166,7 @@ def test_non_invite_server_timer_j_and_absorb() -> None:
 
 
 def test_server_tcp_timers_zero_and_ack_for_2xx_goes_to_tu() -> None:
-    layer, clock, _ = setup()
+    layer, _clock, _ = setup()
     tx, _ = layer.receive_request(request(), TCP)
     assert tx is not None
     tx.respond_status(200, to_tag="x")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any
@@ -17,16 +18,27 @@ from typing import Any
 from peerage.config import parse_listen
 from peerage.mail.auth import dkim
 from peerage.mail.auth.dnsquery import SyncLookup
-from peerage.mail.auth.results import AuthenticationResults, authenticate
+from peerage.mail.auth.results import AuthenticationResults, authenticate_async
+from peerage.mail.auth.spf import SpfResult
+from peerage.mail.auth.spf import check as spf_check
 from peerage.mail.smtp.client import Deliverer, Outcome
+from peerage.mail.smtp.delivery import LocalDelivery
 from peerage.mail.smtp.queue import OutboundQueue
 from peerage.mail.smtp.schedule import Schedule
 from peerage.mail.smtp.server import MxHandler, SubmissionHandler, make_server_factory
 from peerage.net.limits import RateLimiter
 
 log = logging.getLogger(__name__)
+# aiosmtpd logs every command and reply at INFO on "mail.log"; that is debugging detail for us, and
+# costs a measurable share of the time per message.
+ENGINE_LOGGER = "mail.log"
 
 SECONDS_PER_MINUTE = 60.0
+# How long "this account exists" is believed without asking the database again. Postfix's proxymap
+# and address-verify caches trade the same freshness for speed; a deleted account may receive mail
+# for this long, which then waits in its (orphaned) mailbox.
+RECIPIENT_CACHE_SECONDS = 10.0
+RECIPIENT_CACHE_ENTRIES = 10000
 
 
 class MailService:
@@ -36,6 +48,7 @@ class MailService:
         self.queue: OutboundQueue | None = None
         self.imap: Any = None
         self._keys: dict[str, dkim.DomainKeys | None] = {}
+        self._known_recipients: dict[str, float] = {}
 
     # --- shared state the handlers use ---------------------------------------------------------------
 
@@ -46,9 +59,30 @@ class MailService:
     def is_hosted(self, domain: str) -> bool:
         return bool(self.host.accounts.is_local_domain(domain))
 
-    async def authenticate(self, data: bytes, ip: str, mail_from: str, helo: str) -> AuthenticationResults | None:
+    async def recipient_exists(self, address: str) -> bool:
+        """Whether a local account exists; positive answers are cached for a few seconds, since one
+        busy sender asks about the same recipients again and again."""
+        now = time.monotonic()
+        expires = self._known_recipients.get(address)
+        if expires is not None and expires > now:
+            return True
+        exists = bool(await self.host.accounts.exists(address))
+        if exists:
+            if len(self._known_recipients) >= RECIPIENT_CACHE_ENTRIES:
+                self._known_recipients.clear()
+            self._known_recipients[address] = now + RECIPIENT_CACHE_SECONDS
+        return exists
+
+    def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Task[SpfResult]:
+        """Begin the SPF check at MAIL FROM, so it runs while the client sends recipients and data."""
+        return asyncio.create_task(asyncio.to_thread(spf_check, ip, mail_from, helo, self.lookup))
+
+    async def authenticate(
+        self, data: bytes, ip: str, mail_from: str, helo: str, spf_task: asyncio.Task[SpfResult] | None = None
+    ) -> AuthenticationResults | None:
         try:
-            return await asyncio.to_thread(authenticate, data, ip, mail_from, helo, self.lookup)
+            spf_result = await spf_task if spf_task is not None else None
+            return await authenticate_async(data, ip, mail_from, helo, self.lookup, self.host.dns, spf_result)
         except Exception:
             log.exception("message authentication failed for a message from %s", ip)
             return None
@@ -70,9 +104,7 @@ class MailService:
             return data
 
     async def deliver_local(self, address: str, data: bytes, folder: str = "INBOX") -> None:
-        from peerage.mail import mailbox
-
-        await mailbox.deliver(self.host, address, data, folder=folder)
+        await self.local.deliver(address, data, folder)
 
     async def accept(
         self,
@@ -111,6 +143,10 @@ class MailService:
     async def start(self, host: Any) -> None:
         self.host = host
         config = host.config
+        self.local = LocalDelivery(host)
+        engine_log = logging.getLogger(ENGINE_LOGGER)
+        if not log.isEnabledFor(logging.DEBUG):
+            engine_log.setLevel(logging.WARNING)
         smtp = config.smtp
         self.hostname = smtp.hostname or config.server.public_hostname or (self.domains[0] if self.domains else "localhost")
         self.connections = host.limits.connections
@@ -147,6 +183,7 @@ class MailService:
             reporting_mta=self.hostname,
         )
         await self.queue.recover()
+        self.local.start()
         tls_context = self.host.tls.server_context() if self.host.tls.available else None
         loop = asyncio.get_running_loop()
         mx = MxHandler(self)
@@ -204,3 +241,4 @@ class MailService:
         self.servers.clear()
         if self.queue is not None:
             await self.queue.stop()
+        await self.local.stop()

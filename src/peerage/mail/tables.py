@@ -47,6 +47,15 @@ mail_mailboxes = Table(
     UniqueConstraint("owner", "name", name="uq_mail_mailboxes_owner_name"),
 )
 
+# The last UIDVALIDITY handed out per user; it outlives deleted mailboxes, so a re-created name never
+# gets a value it had before (RFC 9051 §2.3.1.1).
+mail_uidvalidity = Table(
+    "mail_uidvalidity",
+    metadata,
+    Column("owner", String(ADDRESS_LENGTH), primary_key=True),
+    Column("last", BigInteger, nullable=False),
+)
+
 mail_messages = Table(
     "mail_messages",
     metadata,

@@ -67,6 +67,11 @@ CANONICAL_NAMES = {
     )
 }
 
+# Every spelling we look headers up by -> its lower-case long name, so lookups skip lower().
+_KNOWN_KEYS = {name: name for name in CANONICAL_NAMES}
+_KNOWN_KEYS.update({spelling: name for name, spelling in CANONICAL_NAMES.items()})
+_KNOWN_KEYS.update(COMPACT_FORMS)
+
 # Headers whose value is a comma-separated list (RFC 3261 §7.3.1 and §20).  The authentication
 # headers are not here: their commas separate parameters, not values.
 MULTI_VALUE_HEADERS = frozenset({
@@ -78,6 +83,10 @@ MULTI_VALUE_HEADERS = frozenset({
 # Headers a well-formed request must carry (RFC 3261 §8.1.1).
 MANDATORY_REQUEST_HEADERS = ("to", "from", "cseq", "call-id", "via")
 
+# RFC 3261 §25.1 hostname / IPv4address (IPv6 references are handled separately)
+_HOST_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*)")
+# scheme ":" then visible ASCII only (no spaces or controls) for the Request-URI (§25.1)
+_URI_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
@@ -109,7 +118,7 @@ class SipMessage:
     each header value.
     """
 
-    __slots__ = ("method", "uri", "status", "reason", "headers", "body")
+    __slots__ = ("_top_via", "body", "headers", "method", "reason", "status", "uri")
 
     def __init__(
         self,
@@ -126,6 +135,7 @@ class SipMessage:
         self.reason = reason
         self.headers: list[list[str]] = headers if headers is not None else []
         self.body = body
+        self._top_via: Via | None = None
 
     # -- construction helpers
     @classmethod
@@ -170,25 +180,30 @@ class SipMessage:
                     values.append(entry[2])
         return values
 
+    def get_all_raw(self, name: str) -> list[str]:
+        """Every header line named ``name``, unsplit (for Authorization-style headers)."""
+        key = _long_name(name)
+        return [entry[2] for entry in self.headers if entry[0] == key]
+
     def first_value(self, name: str) -> str | None:
         """The first value of a list header (the topmost Via, Route, ...)."""
         raw = self.get(name)
         if raw is None:
             return None
-        if "," not in raw:
-            return raw.strip()
-        values = split_values(raw)
-        return values[0] if values else None
+        comma = _first_comma(raw)
+        return raw.strip() if comma < 0 else raw[:comma].strip()
 
     def has(self, name: str) -> bool:
         return self.get(name) is not None
 
     def add(self, name: str, value: str) -> None:
+        self._top_via = None
         key = _long_name(name)
         self.headers.append([key, CANONICAL_NAMES.get(key, name), value])
 
     def add_first(self, name: str, value: str) -> None:
         """Insert ``name`` above every other header of that name (new Via, Record-Route)."""
+        self._top_via = None
         key = _long_name(name)
         entry = [key, CANONICAL_NAMES.get(key, name), value]
         for index, existing in enumerate(self.headers):
@@ -199,6 +214,7 @@ class SipMessage:
 
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line."""
+        self._top_via = None
         key = _long_name(name)
         for index, entry in enumerate(self.headers):
             if entry[0] == key:
@@ -208,6 +224,7 @@ class SipMessage:
         self.headers.append([key, CANONICAL_NAMES.get(key, name), value])
 
     def remove(self, name: str) -> None:
+        self._top_via = None
         key = _long_name(name)
         self.headers = [entry for entry in self.headers if entry[0] != key]
 
@@ -216,17 +233,23 @@ class SipMessage:
         key = _long_name(name)
         for index, entry in enumerate(self.headers):
             if entry[0] == key:
+                self._top_via = None
                 raw = entry[2]
-                if "," not in raw:
+                comma = _first_comma(raw)
+                if comma < 0:
                     del self.headers[index]
                     return raw.strip()
-                values = split_values(raw)
-                if len(values) <= 1:
+                rest = raw[comma + 1:].strip()
+                if rest:
+                    entry[2] = rest
+                else:
                     del self.headers[index]
-                    return values[0] if values else None
-                entry[2] = ", ".join(values[1:])
-                return values[0]
+                return raw[:comma].strip()
         return None
+
+    def headers_changed(self) -> None:
+        """Call after editing ``headers`` entries in place, so cached parses are redone."""
+        self._top_via = None
 
     # -- frequently used parsed views
     @property
@@ -238,10 +261,14 @@ class SipMessage:
         return parse_cseq(self.get("cseq") or "")
 
     def top_via(self) -> Via:
-        value = self.first_value("via")
-        if value is None:
-            raise SipParseError("no Via header")
-        return parse_via(value)
+        """The topmost Via, parsed once (the cache is dropped when headers change)."""
+        via = self._top_via
+        if via is None:
+            value = self.first_value("via")
+            if value is None:
+                raise SipParseError("no Via header")
+            via = self._top_via = parse_via(value)
+        return via
 
     def from_tag(self) -> str | None:
         return header_param(self.get("from") or "", "tag")
@@ -273,7 +300,37 @@ class SipMessage:
         return f"<SipMessage {self.status} {self.reason}>"
 
 
+def _first_comma(value: str) -> int:
+    """Index of the first comma separating list values (outside quotes and <>), or -1."""
+    comma = value.find(",")
+    if comma < 0 or ('"' not in value and "<" not in value):
+        return comma
+    in_quotes = in_angle = False
+    index = 0
+    length = len(value)
+    while index < length:
+        ch = value[index]
+        if in_quotes:
+            if ch == "\\":
+                index += 1
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == "," and not in_angle:
+            return index
+        index += 1
+    return -1
+
+
 def _long_name(name: str) -> str:
+    known = _KNOWN_KEYS.get(name)
+    if known is not None:
+        return known
     key = name.lower()
     return COMPACT_FORMS.get(key, key)
 
@@ -315,10 +372,21 @@ def parse_content_length(text: str, message: SipMessage | None = None) -> int:
 def _parse_head(head: bytes) -> SipMessage:
     text = head.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
-    if len(lines) > MAX_HEADER_LINES:
-        raise SipParseError("too many header lines", status=513)
+    too_many = len(lines) > MAX_HEADER_LINES
+    if too_many:
+        lines = lines[:MAX_HEADER_LINES]  # keep enough to answer 513 (Via, From, To, ...)
     start = lines[0]
-    message = _parse_start_line(start)
+    start_error: SipParseError | None = None
+    try:
+        message = _parse_start_line(start)
+    except SipParseError as error:
+        if start.startswith("SIP/") or " " not in start:
+            raise
+        # A bad Request-Line (RFC 4475 ltgtruri, lwsstart, badvers...): parse the headers anyway so
+        # the request can be answered 400/505 (RFC 4475 §3.1.2 expects an answer, not silence).
+        start_error = error
+        method = start.split(" ", 1)[0]
+        message = SipMessage(method=method if _is_token(method) else "INVALID", uri="")
     headers = message.headers
     compact = COMPACT_FORMS
     canonical = CANONICAL_NAMES
@@ -343,6 +411,10 @@ def _parse_head(head: bytes) -> SipMessage:
             raise SipParseError(f"bad header name {spelling!r}", message)
         key = compact.get(key, key)
         headers.append([key, canonical.get(key, spelling), line[colon + 1:].strip(" \t")])
+    if start_error is not None:
+        raise SipParseError(start_error.reason, message, start_error.status)
+    if too_many:
+        raise SipParseError("too many header lines", message, status=513)
     if message.method is not None:
         _check_request(message)
     else:
@@ -389,13 +461,7 @@ def _parse_start_line(line: str) -> SipMessage:
 
 
 def _is_uri_text(uri: str) -> bool:
-    colon = uri.find(":")
-    if colon <= 0:
-        return False
-    scheme = uri[:colon]
-    if not scheme[0].isalpha() or not all(ch.isalnum() or ch in "+-." for ch in scheme):
-        return False
-    return all(" " < ch < "\x7f" for ch in uri)
+    return _URI_TEXT_RE.fullmatch(uri) is not None
 
 
 def _check_request(message: SipMessage) -> None:
@@ -403,7 +469,7 @@ def _check_request(message: SipMessage) -> None:
     for name in MANDATORY_REQUEST_HEADERS:
         if name not in present:
             raise SipParseError(f"missing {name} header", message)
-    number, method = parse_cseq(message.get("cseq") or "", message)
+    _number, method = parse_cseq(message.get("cseq") or "", message)
     # RFC 4475 §3.1.2.15 (mismatch01): CSeq method must match the Request-Line method.
     if method != message.method:
         raise SipParseError("CSeq method does not match the request method", message)
@@ -506,6 +572,9 @@ def split_values(value: str) -> list[str]:
     if "," not in value:
         stripped = value.strip()
         return [stripped] if stripped else []
+    if '"' not in value and "<" not in value:
+        # the common case (Via lists joined by a UA): commas can only separate values
+        return [part for part in (piece.strip() for piece in value.split(",")) if part]
     values: list[str] = []
     start = 0
     in_quotes = False
@@ -767,9 +836,9 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         if not host or not all(ch in "0123456789abcdefABCDEF:." for ch in host):
             raise SipParseError("bad IPv6 reference")
     else:
-        host, _, port_text = text.partition(":")
-        rest = ":" + port_text if _ else ""
-        if not host or not all(ch.isalnum() or ch in "-._" for ch in host):
+        host, colon, port_text = text.partition(":")
+        rest = ":" + port_text if colon else ""
+        if _HOST_RE.fullmatch(host) is None:
             # RFC 4475 §3.1.1.x IPv6 without brackets ends here too (RFC 5118 §4.10)
             raise SipParseError("bad host")
     if not rest:

@@ -151,13 +151,13 @@ class Registrar:
         current = {b.contact: b for b in self.lookup(aor)}
         received = f"{source.transport} {source.address[0]} {source.address[1]}"
         path = request.get_all("path") if self._path_supported(request) else []
+        changes: dict[str, Binding | None] = {}
         if any(c.wildcard for c in contacts):
             # §10.3 step 6: "*" only alone and with Expires: 0
             if len(contacts) != 1 or default_expires != 0:
                 return make_response(request, 400, "Wildcard Contact needs Expires: 0")
-            changes = {uri: None for uri in current}
+            changes = dict.fromkeys(current)
         else:
-            changes: dict[str, Binding | None] = {}  # type: ignore[no-redef]
             for contact in contacts:
                 expires_text = contact.params.get("expires")
                 expires = default_expires

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peerage.sip.message import SipMessage, make_response, parse_via
+from peerage.sip.message import SipMessage, make_response
 
 # RFC 3261 §17.1.1.1: T1 is the RTT estimate (500 ms default), T2 the cap on non-INVITE request and
 # INVITE response retransmit intervals (4 s), T4 how long a message stays in the network (5 s).
@@ -55,8 +55,21 @@ SendFunction = Callable[[bytes, Destination], None]
 class ClientTransaction:
     """RFC 3261 §17.1: sends a request, retransmits it, passes responses to its owner."""
 
-    __slots__ = ("layer", "key", "request", "data", "destination", "invite", "state",
-                 "interval", "on_response", "on_timeout", "owner", "timers", "last_status")
+    __slots__ = (
+        "data",
+        "destination",
+        "interval",
+        "invite",
+        "key",
+        "last_status",
+        "layer",
+        "on_response",
+        "on_timeout",
+        "owner",
+        "request",
+        "state",
+        "timers",
+    )
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, str], request: SipMessage,
                  destination: Destination) -> None:
@@ -157,30 +170,56 @@ class ClientTransaction:
             layer.set_timer(self, "E", self.interval)
         elif name in ("B", "F"):
             if self.state in ("calling", "proceeding", "trying"):
-                self.terminate()
-                if self.on_timeout is not None:
-                    self.on_timeout(self)
+                self._time_out()
         elif name in ("D", "K"):
             self.terminate()
 
     def transport_error(self) -> None:
         """§17.1.4: a transport failure is reported like a timeout."""
         if self.state in ("calling", "proceeding", "trying"):
-            self.terminate()
-            if self.on_timeout is not None:
-                self.on_timeout(self)
+            self._time_out()
+
+    def _time_out(self) -> None:
+        callback = self.on_timeout
+        self.state = "terminated"
+        self.timers.clear()
+        self.layer.client.pop(self.key, None)
+        if callback is not None:
+            callback(self)
+        self._release()
 
     def terminate(self) -> None:
         self.state = "terminated"
         self.timers.clear()
         self.layer.client.pop(self.key, None)
+        self._release()
+
+    def _release(self) -> None:
+        # Break the owner <-> transaction reference cycle so the call's objects are freed by
+        # reference counting at once, not by a cyclic garbage collection pass (which stalls the
+        # event loop for long at thousands of calls per second).
+        self.owner = None
+        self.on_response = None
+        self.on_timeout = None
 
 
 class ServerTransaction:
     """RFC 3261 §17.2: absorbs retransmitted requests, retransmits final responses."""
 
-    __slots__ = ("layer", "key", "request", "source", "invite", "state", "last_response",
-                 "interval", "timers", "owner", "on_ack")
+    __slots__ = (
+        "_reply_to",
+        "interval",
+        "invite",
+        "key",
+        "last_response",
+        "layer",
+        "on_ack",
+        "owner",
+        "request",
+        "source",
+        "state",
+        "timers",
+    )
 
     def __init__(self, layer: TransactionLayer, key: tuple[Any, ...], request: SipMessage,
                  source: Destination) -> None:
@@ -195,10 +234,13 @@ class ServerTransaction:
         self.timers: dict[str, float] = {}
         self.owner: Any = None
         self.on_ack: Callable[[ServerTransaction], None] | None = None
+        self._reply_to: Destination | None = None
 
     @property
     def reply_to(self) -> Destination:
-        return self.layer.response_destination(self.request, self.source)
+        if self._reply_to is None:
+            self._reply_to = self.layer.response_destination(self.request, self.source)
+        return self._reply_to
 
     def respond(self, response: SipMessage) -> None:
         """Send a response from the TU (§17.2.1, §17.2.2)."""
@@ -259,6 +301,8 @@ class ServerTransaction:
         self.state = "terminated"
         self.timers.clear()
         self.layer.server.pop(self.key, None)
+        self.owner = None  # see ClientTransaction._release
+        self.on_ack = None
 
 
 class TransactionLayer:
@@ -370,7 +414,7 @@ class TransactionLayer:
         """Where responses go (§18.2.2 with rport, RFC 3581 §4)."""
         if source.reliable:
             return source
-        via = parse_via(request.first_value("via") or "")
+        via = request.top_via()
         if "rport" in via.params or via.params.get("maddr") is None:
             # Answer the source address and port: with rport that is mandatory, and without it
             # the source address is what §18.2.2 and "received" already point to.  Using the

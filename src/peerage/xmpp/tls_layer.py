@@ -26,7 +26,7 @@ TLS_READ_CHUNK = 65536
 class TlsLayer:
     """One TLS session driven by memory BIOs."""
 
-    __slots__ = ("_incoming", "_outgoing", "sslobj", "handshake_done")
+    __slots__ = ("_incoming", "_outgoing", "sslobj", "handshake_done", "peer_closed")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool = True,
                  server_hostname: str | None = None) -> None:
@@ -35,6 +35,7 @@ class TlsLayer:
         self.sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
                                        server_hostname=server_hostname)
         self.handshake_done = False
+        self.peer_closed = False  # the peer sent close_notify
 
     def receive(self, data: bytes) -> bytes:
         """Feed ciphertext; return any plaintext now available. Raises ``ssl.SSLError``."""
@@ -52,6 +53,7 @@ class TlsLayer:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
+                self.peer_closed = True
                 break
             if not chunk:
                 break

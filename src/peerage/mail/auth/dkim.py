@@ -171,8 +171,10 @@ def verify(message: bytes, lookup: SyncLookup) -> list[DkimResult]:
             outcome = "pass" if ok else "fail"
         except TemporaryDnsError:
             outcome = "temperror"
-        except dkim.ValidationError:
-            outcome = "permerror"
+        except dkim.ValidationError as exc:
+            # A body hash mismatch is a failed verification (RFC 6376 §6.3); other validation errors
+            # are malformed signatures or keys (RFC 8601 §2.7.1 permerror).
+            outcome = "fail" if "mismatch" in str(exc) else "permerror"
         except Exception:
             outcome = "fail"
         if not fields:

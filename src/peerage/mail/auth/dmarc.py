@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 from authheaders.dmarc_lookup import get_org_domain
 
@@ -65,6 +66,30 @@ def check(from_domain: str, spf: SpfResult, dkim: list[DkimResult], lookup: Sync
             is_subdomain = True
     except TemporaryDnsError:
         return DmarcResult("temperror", from_domain)
+    return evaluate(from_domain, tags, is_subdomain, spf, dkim)
+
+
+async def check_async(from_domain: str, spf: SpfResult, dkim: list[DkimResult], dns: Any) -> DmarcResult:
+    """The same as `check`, with the policy looked up through `host.dns` (async, cached)."""
+    from_domain = from_domain.lower()
+    if not from_domain:
+        return DmarcResult("permerror", from_domain)
+    org = organizational_domain(from_domain)
+    try:
+        tags = _only_record(await dns.txt(f"_dmarc.{from_domain}"))
+        is_subdomain = False
+        if tags is None and org != from_domain:
+            tags = _only_record(await dns.txt(f"_dmarc.{org}"))
+            is_subdomain = True
+    except Exception:
+        return DmarcResult("temperror", from_domain)
+    return evaluate(from_domain, tags, is_subdomain, spf, dkim)
+
+
+def evaluate(
+    from_domain: str, tags: dict[str, str] | None, is_subdomain: bool, spf: SpfResult, dkim: list[DkimResult]
+) -> DmarcResult:
+    """Sans-I/O: the DMARC result for a From domain given its policy record (or None) and the checks."""
     if tags is None:
         return DmarcResult("none", from_domain)
     policy = tags.get("p", "none").lower()
@@ -79,11 +104,16 @@ def check(from_domain: str, spf: SpfResult, dkim: list[DkimResult], lookup: Sync
     return DmarcResult("pass" if spf_ok or dkim_ok else "fail", from_domain, policy)
 
 
-def _find_record(domain: str, lookup: SyncLookup) -> dict[str, str] | None:
+def _only_record(texts: list[Any]) -> dict[str, str] | None:
     records = [
         tags
-        for raw in lookup.txt(f"_dmarc.{domain}")
-        if (tags := parse_record(raw.decode("utf-8", "replace"))) is not None
+        for raw in texts
+        if (tags := parse_record(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)))
+        is not None
     ]
     # RFC 7489 §6.6.3: more than one record means none applies.
     return records[0] if len(records) == 1 else None
+
+
+def _find_record(domain: str, lookup: SyncLookup) -> dict[str, str] | None:
+    return _only_record(list(lookup.txt(f"_dmarc.{domain}")))

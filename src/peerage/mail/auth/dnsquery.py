@@ -12,6 +12,9 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
+# Same bound as peerage.net.dns: about a megabyte of cached answers.
+DNS_CACHE_ENTRIES = 10000
+
 
 class TemporaryDnsError(Exception):
     """The nameserver did not answer; callers map this to a `temperror` result."""
@@ -29,6 +32,8 @@ class SyncLookup:
             self.resolver = dns.resolver.Resolver()
         self.resolver.lifetime = timeout
         self.resolver.timeout = timeout
+        # Answers are cached up to their TTL (dnspython honours it), as host.dns does.
+        self.resolver.cache = dns.resolver.LRUCache(DNS_CACHE_ENTRIES)
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         try:

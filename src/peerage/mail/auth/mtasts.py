@@ -15,6 +15,8 @@ from typing import Any
 
 # RFC 8461 §3.3: senders may limit the policy body to 64 KiB.
 MAX_POLICY_BYTES = 64 * 1024
+# Room for the HTTP status line and headers in front of the policy body.
+MAX_RESPONSE_HEAD = 8192
 # RFC 8461 §3.3: the fetch should time out after a minute or so (Mox uses 1 minute).
 FETCH_TIMEOUT_SECONDS = 60.0
 # RFC 8461 §3.2: max_age is at most 31557600 seconds (one year).
@@ -132,7 +134,12 @@ class PolicyFetcher:
             )
             writer.write(request.encode("ascii"))
             await writer.drain()
-            response = await reader.read(MAX_POLICY_BYTES + 8192)
+            response = b""
+            while len(response) <= MAX_POLICY_BYTES + MAX_RESPONSE_HEAD:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                response += chunk
         finally:
             writer.close()
         head, _, body = response.partition(b"\r\n\r\n")

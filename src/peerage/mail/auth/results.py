@@ -7,10 +7,12 @@ since the libraries block) and of rendering their outcome for the stored message
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import email.utils
 from dataclasses import dataclass
+from typing import Any
 
 from peerage.mail.auth import dkim, dmarc, spf
 from peerage.mail.auth.dnsquery import SyncLookup
@@ -66,9 +68,40 @@ def from_domain(message: bytes) -> str:
     return addresses[0][1].rpartition("@")[2].lower()
 
 
-def authenticate(message: bytes, ip: str, mail_from: str, helo: str, lookup: SyncLookup) -> AuthenticationResults:
-    """Blocking: run in a worker thread (asyncio.to_thread copies the context pyspf's lookup needs)."""
-    spf_result = spf.check(ip, mail_from, helo, lookup)
+def authenticate(
+    message: bytes, ip: str, mail_from: str, helo: str, lookup: SyncLookup, spf_result: spf.SpfResult | None = None
+) -> AuthenticationResults:
+    """Blocking: run in a worker thread (asyncio.to_thread copies the context pyspf's lookup needs).
+    `spf_result` may be computed earlier (the MX starts SPF at MAIL FROM, while the client sends on)."""
+    if spf_result is None:
+        spf_result = spf.check(ip, mail_from, helo, lookup)
     dkim_results = dkim.verify(message, lookup)
     dmarc_result = dmarc.check(from_domain(message), spf_result, dkim_results, lookup)
+    return AuthenticationResults(spf_result, dkim_results, dmarc_result, mail_from, helo)
+
+
+def has_dkim_signature(message: bytes) -> bool:
+    header_end = message.find(b"\r\n\r\n")
+    head = (message[: header_end + 2] if header_end >= 0 else message).lower()
+    return head.startswith(b"dkim-signature:") or b"\ndkim-signature:" in head
+
+
+async def authenticate_async(
+    message: bytes,
+    ip: str,
+    mail_from: str,
+    helo: str,
+    lookup: SyncLookup,
+    dns: Any,
+    spf_result: spf.SpfResult | None = None,
+) -> AuthenticationResults:
+    """SPF and DKIM in a worker thread where they need one (the libraries block); DMARC's policy
+    through the async resolver. An unsigned message costs no thread at all once SPF is known."""
+    if spf_result is None:
+        spf_result = await asyncio.to_thread(spf.check, ip, mail_from, helo, lookup)
+    if has_dkim_signature(message):
+        dkim_results = await asyncio.to_thread(dkim.verify, message, lookup)
+    else:
+        dkim_results = [dkim.DkimResult("none")]
+    dmarc_result = await dmarc.check_async(from_domain(message), spf_result, dkim_results, dns)
     return AuthenticationResults(spf_result, dkim_results, dmarc_result, mail_from, helo)

@@ -33,6 +33,9 @@ MAX_TOKENS = 100000
 # Sequence-set ranges per command (mbsync and offlineimap send a few hundred at most).
 MAX_SEQUENCE_RANGES = 100000
 
+# Commands after which the bytes that follow are not commands (or must be discarded, for STARTTLS).
+STREAM_CHANGING_COMMANDS = frozenset({"AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS"})
+
 _LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})(\+|-)?\}$")
 _TAG = re.compile(r"^[\x21-\x7e]+$")
 _TAG_FORBIDDEN = set('(){%*"\\+')
@@ -100,6 +103,12 @@ class CommandReader:
         self._skip_to_newline = False
         self._command_size = 0
 
+    def detach_buffer(self) -> bytes:
+        """Hand back the bytes received but not yet parsed (their meaning is about to change)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
     def receive(self, data: bytes) -> list[Event]:
         self._buffer += data
         events: list[Event] = []
@@ -110,6 +119,9 @@ class CommandReader:
             if event is not _NOTHING:
                 events.append(event)  # type: ignore[arg-type]
             if isinstance(event, Line):
+                break
+            if isinstance(event, Command) and event.name in STREAM_CHANGING_COMMANDS:
+                # What follows is not a command (SASL lines, DONE) or must not be read yet (TLS).
                 break
         return events
 
@@ -413,13 +425,13 @@ def parse_sequence_set(token: object) -> SequenceSet:
         raise ParseError("expected a sequence set")
     if token == "$":
         return SequenceSet((), saved=True)
-    ranges = []
+    ranges: list[tuple[int, int]] = []
     for part in token.split(","):
         if len(ranges) >= MAX_SEQUENCE_RANGES:
             raise ParseError("sequence set too long")
-        low_text, _, high_text = part.partition(":")
+        low_text, colon, high_text = part.partition(":")
         low = _seq_number(low_text)
-        high = _seq_number(high_text) if high_text else low
+        high = _seq_number(high_text) if colon else low
         ranges.append((low, high))
     return SequenceSet(tuple(ranges))
 
@@ -712,8 +724,10 @@ def _search_key(tokens: Sequence[object], position: int, depth: int) -> tuple[Se
     if name == "UID":
         return SearchKey(name, [parse_sequence_set(take())]), position
     if name == "NOT":
-        inner, position = _search_key(tokens, position, depth + 1) if position < len(tokens) else _missing()
-        return SearchKey(name, [inner]), position
+        if position >= len(tokens):
+            raise ParseError("NOT needs a key")
+        negated, position = _search_key(tokens, position, depth + 1)
+        return SearchKey(name, [negated]), position
     if name == "OR":
         if position >= len(tokens):
             raise ParseError("OR needs two keys")
@@ -734,10 +748,6 @@ def _search_key(tokens: Sequence[object], position: int, depth: int) -> tuple[Se
     if name == "$" or name[0].isdigit() or name[0] == "*":
         return SearchKey("SEQ", [parse_sequence_set(token)]), position
     raise ParseError(f"unknown search key {token[:40]}")
-
-
-def _missing() -> tuple[SearchKey, int]:
-    raise ParseError("NOT needs a key")
 
 
 # -- response writer -------------------------------------------------------------------------

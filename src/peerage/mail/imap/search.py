@@ -106,14 +106,14 @@ class Needle:
         self.text = text
         self.folded = text.casefold()
         self.ascii = text.isascii()
-        self.pattern = re.compile(re.escape(text.encode("utf-8")), re.I) if self.ascii else None
+        self.ascii_lower = text.lower().encode("ascii") if self.ascii else b""
 
     def in_text(self, haystack: str) -> bool:
         return self.folded in haystack.casefold()
 
     def in_plain_bytes(self, data: bytes) -> bool:
-        if self.pattern is not None:
-            return self.pattern.search(data) is not None
+        if self.ascii:
+            return self.ascii_lower in data.lower()
         return self.folded in data.decode("utf-8", "replace").casefold()
 
 
@@ -172,6 +172,8 @@ def matches(key: SearchKey, message: Candidate, needles: dict[str, Needle]) -> b
         return args[0].contains(message.seq, message.largest_seq)  # type: ignore[attr-defined]
     if op == "UID":
         return args[0].contains(message.row.uid, message.largest_uid)  # type: ignore[attr-defined]
+    if op == "UIDIN":
+        return message.row.uid in args[0]  # type: ignore[operator]
     if op == "LARGER":
         return message.row.size > int(args[0])  # type: ignore[call-overload]
     if op == "SMALLER":
@@ -306,13 +308,72 @@ _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 
 
 class _Container:
-    __slots__ = ("message", "parent", "children", "ident")
+    __slots__ = ("children", "ident", "message", "parent")
 
     def __init__(self, ident: str) -> None:
         self.ident = ident
         self.message: Candidate | None = None
         self.parent: _Container | None = None
         self.children: list[_Container] = []
+
+
+def _subject_of(node: _Container) -> tuple[str, bool]:
+    """(base subject, is a reply) of a thread root, looking into a dummy's first child."""
+    message = node.message
+    if message is None and node.children:
+        message = node.children[0].message
+    if message is None:
+        return "", False
+    subject = (message.headers.get("subject") or [""])[0]
+    base = base_subject(subject)
+    return base, base != " ".join(subject.split()).casefold()
+
+
+def _group_by_subject(roots: list[_Container]) -> list[_Container]:
+    """RFC 5256 REFERENCES step (5): gather roots that share a base subject under one thread."""
+    table: dict[str, _Container] = {}
+    for root in roots:
+        subject, is_reply = _subject_of(root)
+        if not subject:
+            continue
+        current = table.get(subject)
+        if current is None:
+            table[subject] = root
+            continue
+        current_reply = _subject_of(current)[1]
+        # Prefer a dummy, then a message that is not a reply, as the thread's representative.
+        if (root.message is None and current.message is not None) or (
+            current.message is not None and current_reply and not is_reply
+        ):
+            table[subject] = root
+    result: list[_Container] = []
+    for root in roots:
+        if root.parent is not None:
+            continue  # already gathered under a subject dummy
+        subject, is_reply = _subject_of(root)
+        holder = table.get(subject) if subject else None
+        if holder is None or holder is root:
+            result.append(root)
+            continue
+        if holder.message is None and root.message is None:
+            holder.children.extend(root.children)
+            for child in root.children:
+                child.parent = holder
+        elif holder.message is None or (is_reply and not _subject_of(holder)[1]):
+            holder.children.append(root)
+            root.parent = holder
+        else:
+            dummy = _Container(f"<subject-{subject}>")
+            index = result.index(holder) if holder in result else -1
+            for node in (holder, root):
+                node.parent = dummy
+                dummy.children.append(node)
+            table[subject] = dummy
+            if index >= 0:
+                result[index] = dummy
+            else:
+                result.append(dummy)
+    return result
 
 
 def thread_references(messages: list[Candidate], use_uid: bool) -> str:
@@ -373,6 +434,7 @@ def thread_references(messages: list[Candidate], use_uid: bool) -> str:
         return result
 
     roots = prune(roots, True)
+    roots = _group_by_subject(roots)
 
     def first_date(node: _Container) -> float:
         if node.message is not None:
@@ -395,7 +457,7 @@ def thread_references(messages: list[Candidate], use_uid: bool) -> str:
         if len(node.children) == 1:
             inner = render(node.children[0])
             if label:
-                return f"{label} {inner}" if not inner.startswith("(") else f"{label} {inner}"
+                return f"{label} {inner}"
             return inner
         branches = "".join(f"({render(child)})" for child in node.children)
         return f"{label} {branches}" if label else branches

@@ -16,13 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from peerage.mail.mailbox import flags as flaglib
 from peerage.mail.mailbox.blobs import BlobStore
 from peerage.mail.mailbox.notify import MailboxNotifier
-from peerage.mail.tables import mail_expunged, mail_mailboxes, mail_messages
+from peerage.mail.tables import mail_expunged, mail_mailboxes, mail_messages, mail_uidvalidity
 
 INBOX = "INBOX"
 # RFC 6154 special-use folders every account gets on first use, with the names Dovecot's and
@@ -209,12 +209,18 @@ class MailboxStore:
     ) -> int:
         # RFC 9051 §2.3.1.1: UIDVALIDITY must change when a name is reused; strictly above every
         # value this owner has had, and tied to the clock like Dovecot's.
-        highest = (
+        last = (
             await conn.execute(
-                select(func.max(mail_mailboxes.c.uidvalidity)).where(mail_mailboxes.c.owner == owner)
+                select(mail_uidvalidity.c.last).where(mail_uidvalidity.c.owner == owner)
             )
         ).scalar()
-        uidvalidity = max(int(time.time()) & 0x7FFFFFFF, (highest or 0) + 1)
+        uidvalidity = max(int(time.time()) & 0x7FFFFFFF, (last or 0) + 1)
+        if last is None:
+            await conn.execute(insert(mail_uidvalidity).values(owner=owner, last=uidvalidity))
+        else:
+            await conn.execute(
+                update(mail_uidvalidity).where(mail_uidvalidity.c.owner == owner).values(last=uidvalidity)
+            )
         result = await conn.execute(
             insert(mail_mailboxes).values(
                 owner=owner,
@@ -413,9 +419,7 @@ class MailboxStore:
             raw = normalize_line_endings(raw)
             header = split_header(raw)
             prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone))
-        blobs = await asyncio.to_thread(
-            lambda: [self.blobs.write(item[0], durable) for item in prepared]
-        )
+        blobs = await asyncio.to_thread(self.blobs.write_many, [item[0] for item in prepared], durable)
         try:
             async with self.engine.begin() as conn:
                 allocated = (
@@ -461,6 +465,23 @@ class MailboxStore:
             raise
         self.notifier.publish(mailbox_id)
         return [(first_uid + index, uidvalidity) for index in range(len(prepared))]
+
+    async def view(self, mailbox_id: int) -> tuple[MailboxInfo, list[int], list[str]]:
+        """What SELECT needs, read in one transaction: the mailbox, its UIDs and their flags."""
+        async with self.engine.connect() as conn:
+            box = (
+                await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))
+            ).first()
+            if box is None:
+                raise NoSuchMailbox("mailbox vanished")
+            rows = (
+                await conn.execute(
+                    select(mail_messages.c.uid, mail_messages.c.flags)
+                    .where(mail_messages.c.mailbox_id == mailbox_id)
+                    .order_by(mail_messages.c.uid)
+                )
+            ).all()
+        return _mailbox(box), [row[0] for row in rows], [row[1] for row in rows]
 
     async def uids(self, mailbox_id: int) -> list[int]:
         async with self.engine.connect() as conn:
@@ -512,15 +533,17 @@ class MailboxStore:
         mode: str,
         flags: Iterable[str],
         unchanged_since: int | None = None,
-    ) -> tuple[list[tuple[int, tuple[str, ...], int]], list[int]]:
+    ) -> tuple[list[tuple[int, tuple[str, ...], int]], list[int], int]:
         """Set ("set"), add ("add") or remove ("remove") flags.
 
         Returns ((uid, flags, modseq) for every existing message asked for, uids that failed the
-        UNCHANGEDSINCE test of RFC 7162 §3.1.3). All changed messages share one new mod-sequence.
+        UNCHANGEDSINCE test of RFC 7162 §3.1.3, the new mod-sequence or 0 when nothing changed). All
+        changed messages share one new mod-sequence, one above the mailbox's previous HIGHESTMODSEQ.
         """
         wanted = flaglib.normalize(flags)
         wanted_lower = {flag.lower() for flag in wanted}
         async with self.engine.begin() as conn:
+            await self._lock(conn, mailbox_id)
             rows = await self._select_rows(conn, mailbox_id, uids)
             result: list[tuple[int, tuple[str, ...], int]] = []
             failed: list[int] = []
@@ -540,6 +563,7 @@ class MailboxStore:
                     updates.append((row.uid, new))
                 else:
                     result.append((row.uid, row.flags, row.modseq))
+            modseq = 0
             if updates:
                 modseq = await self._bump_modseq(conn, mailbox_id)
                 await conn.execute(
@@ -557,11 +581,12 @@ class MailboxStore:
         if updates:
             self.notifier.publish(mailbox_id)
         result.sort()
-        return result, failed
+        return result, failed, modseq
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only among ``uids`` if given); returns their UIDs."""
         async with self.engine.begin() as conn:
+            await self._lock(conn, mailbox_id)
             rows = await self._select_rows(conn, mailbox_id, uids)
             doomed = [row for row in rows if flaglib.DELETED in row.flags]
             if not doomed:
@@ -614,6 +639,9 @@ class MailboxStore:
     ) -> tuple[int, list[tuple[int, int]]]:
         """Move messages atomically (RFC 6851): the rows change mailbox, the files stay put."""
         async with self.engine.begin() as conn:
+            # Both rows locked in id order, so two opposite MOVEs cannot deadlock.
+            for locked in sorted({source_id, target_id}):
+                await self._lock(conn, locked)
             rows = await self._select_rows(conn, source_id, uids)
             if not rows:
                 box = (
@@ -692,7 +720,10 @@ class MailboxStore:
     ) -> list[MessageRow]:
         base = select(*_ROW_COLUMNS).where(mail_messages.c.mailbox_id == mailbox_id)
         if uids is None or len(uids) > FULL_SCAN_THRESHOLD:
-            rows = [_row(r, False) for r in await conn.execute(base.order_by(mail_messages.c.uid))]
+            query = base
+            if uids:
+                query = query.where(mail_messages.c.uid.between(min(uids), max(uids)))
+            rows = [_row(r, False) for r in await conn.execute(query.order_by(mail_messages.c.uid))]
             if uids is not None:
                 wanted = set(uids)
                 rows = [row for row in rows if row.uid in wanted]
@@ -706,6 +737,19 @@ class MailboxStore:
                 )
             )
         return result
+
+    async def _lock(self, conn: AsyncConnection, mailbox_id: int) -> None:
+        """Take the mailbox's write lock before reading what will be changed.
+
+        A no-op UPDATE of the mailbox row: PostgreSQL locks the row until commit, SQLite takes its
+        write lock (waiting up to the busy timeout), so a read-modify-write such as +FLAGS never
+        works from a stale read and loses another session's change.
+        """
+        await conn.execute(
+            update(mail_mailboxes)
+            .where(mail_mailboxes.c.id == mailbox_id)
+            .values(highestmodseq=mail_mailboxes.c.highestmodseq)
+        )
 
     async def _bump_modseq(self, conn: AsyncConnection, mailbox_id: int) -> int:
         row = (

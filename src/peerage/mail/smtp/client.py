@@ -40,6 +40,7 @@ class Outcome:
     status: str  # enhanced status code, e.g. "5.1.1"
     remote_mta: str = ""
     tls: str = ""  # "none", "opportunistic", "mta-sts", "dane": what the connection reached
+    tls_failed: bool = False  # the TLS handshake itself failed (opportunistic TLS may retry in clear)
 
 
 def _status_of(code: int, message: str, default_class: str) -> str:
@@ -137,6 +138,13 @@ class Deliverer:
                 outcome = await self._deliver_to(
                     host, address, mail_from, recipients, data, smtputf8=smtputf8, mta_sts=enforce, tlsa=tlsa
                 )
+                if isinstance(outcome, Outcome) and outcome.tls_failed and not enforce and not tlsa:
+                    # RFC 7435 §3 (opportunistic security): a failed handshake with a server no policy
+                    # protects falls back to a cleartext session, as Postfix's "may" level does.
+                    outcome = await self._deliver_to(
+                        host, address, mail_from, recipients, data, smtputf8=smtputf8, mta_sts=False, tlsa=[],
+                        cleartext=True,
+                    )
                 if isinstance(outcome, dict):
                     return outcome
                 last = outcome
@@ -163,6 +171,7 @@ class Deliverer:
         smtputf8: bool,
         mta_sts: bool,
         tlsa: list[dane.Tlsa],
+        cleartext: bool = False,
     ) -> dict[str, Outcome] | Outcome:
         """One connection. A dict is a definite answer per recipient; a single Outcome means 'try the
         next host'."""
@@ -179,9 +188,13 @@ class Deliverer:
         try:
             await client.connect(timeout=CONNECT_TIMEOUT_SECONDS)
             await client.ehlo()
-            if client.supports_extension("starttls"):
+            if client.supports_extension("starttls") and not cleartext:
                 verify = mta_sts and not tlsa
-                await client.starttls(tls_context=self._tls_context(verify), server_hostname=host)
+                try:
+                    await client.starttls(tls_context=self._tls_context(verify), server_hostname=host)
+                except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+                    client.close()
+                    return Outcome(TEMPORARY, f"{host}: TLS handshake failed: {exc}", "4.7.5", host, tls_failed=True)
                 tls_level = "mta-sts" if verify else "opportunistic"
                 if tlsa:
                     transport = client.transport

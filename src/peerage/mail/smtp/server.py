@@ -64,6 +64,14 @@ class SessionState:
     authenticated_as: str | None = None
     local_recipients: list[str] = field(default_factory=list)
     remote_recipients: list[str] = field(default_factory=list)
+    spf_task: asyncio.Task[Any] | None = None
+
+    def reset(self) -> None:
+        self.local_recipients.clear()
+        self.remote_recipients.clear()
+        if self.spf_task is not None:
+            self.spf_task.cancel()
+            self.spf_task = None
 
 
 class PeerageSMTP(SMTP):
@@ -227,9 +235,7 @@ class BaseHandler:
         return responses
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        state = _state(server)
-        state.local_recipients.clear()
-        state.remote_recipients.clear()
+        _state(server).reset()
         return OK
 
     async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
@@ -265,7 +271,7 @@ class BaseHandler:
         return data, None
 
     async def _recipient_exists(self, mailbox: policy.Mailbox) -> bool:
-        return bool(await self.service.host.accounts.exists(str(mailbox)))
+        return bool(await self.service.recipient_exists(str(mailbox)))
 
 
 class MxHandler(BaseHandler):
@@ -282,9 +288,9 @@ class MxHandler(BaseHandler):
                 return policy.BAD_SENDER
         if not self.service.mx_rate.allow(state.ip):
             return RATE_LIMITED
-        state.local_recipients.clear()
-        state.remote_recipients.clear()
+        state.reset()
         envelope.mail_from = "" if address == "<>" else address
+        state.spf_task = self.service.start_spf(state.ip, envelope.mail_from, session.host_name or "")
         envelope.mail_options.extend(mail_options)
         return SENDER_OK
 
@@ -315,7 +321,8 @@ class MxHandler(BaseHandler):
         if refusal:
             return refusal
         mail_from = envelope.mail_from or ""
-        results = await self.service.authenticate(data, state.ip, mail_from, session.host_name or "")
+        spf_task, state.spf_task = state.spf_task, None
+        results = await self.service.authenticate(data, state.ip, mail_from, session.host_name or "", spf_task)
         folder = "INBOX"
         if results is not None:
             if results.dmarc.result == "fail" and results.dmarc.policy == "reject":
@@ -487,8 +494,7 @@ class SubmissionHandler(BaseHandler):
             return policy.BAD_SENDER
         if not self._is_own(state, str(mailbox)):
             return NOT_OWN_SENDER
-        state.local_recipients.clear()
-        state.remote_recipients.clear()
+        state.reset()
         envelope.mail_from = str(mailbox)
         envelope.mail_options.extend(mail_options)
         return SENDER_OK

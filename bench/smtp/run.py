@@ -1,0 +1,174 @@
+"""SMTP acceptance benchmark: Postfix's smtp-source against peerage and against Postfix, in one run.
+
+Both servers receive the same load (message count, size, parallel sessions) on loopback and deliver to
+a local mailbox: peerage into its mailbox store, Postfix through virtual(8) into a Maildir. Reported
+for each: messages per second accepted (smtp-source's wall time) and durable (until the last message
+is in the mailbox; for peerage these are the same, since it answers 250 only after the mailbox commit),
+and the ratio peerage / Postfix. Appends a section to bench/RESULTS.md.
+
+Usage: python bench/smtp/run.py [--messages N] [--sessions S] [--size BYTES]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from tests.harness import LocalDNS, PeerageServer, TestCA  # noqa: E402
+from tests.mail.postfix import Postfix  # noqa: E402
+
+DNS_ADDRESS = "127.0.4.153"
+PEERAGE_ADDRESS = "127.0.4.151"
+POSTFIX_ADDRESS = "127.0.4.152"
+# Bounds: the load is finite and every wait has a deadline.
+MAX_MESSAGES = 20000
+DURABLE_TIMEOUT = 300.0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _smtp_source(address: str, messages: int, sessions: int, size: int, sender: str, recipient: str) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        ["smtp-source", "-c", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+         "-f", sender, "-t", recipient, "-M", "bench.example.net", f"{address}:25"],
+        check=True, capture_output=True, timeout=DURABLE_TIMEOUT,
+    )
+    return time.monotonic() - started
+
+
+def _peerage_count(data_dir: Path, owner: str) -> int:
+    with sqlite3.connect(data_dir / "peerage.db", timeout=30) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM mail_messages m JOIN mail_mailboxes b ON b.id = m.mailbox_id "
+            "WHERE b.owner = ? AND b.name = 'INBOX'", (owner,)).fetchone()
+    return int(row[0])
+
+
+def _wait_count(count: Callable[[], int], target: int, started: float) -> float:
+    deadline = time.monotonic() + DURABLE_TIMEOUT
+    while count() < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {count()} of {target} messages became durable in {DURABLE_TIMEOUT}s")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    args = parser.parse_args()
+    messages = min(args.messages, MAX_MESSAGES)
+    if shutil.which("smtp-source") is None:
+        print("smtp-source (Debian package postfix) is required", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
+    dns = LocalDNS(DNS_ADDRESS, 53).start()
+    # The sending domain publishes SPF and DMARC, as real senders do; both servers see the same zone.
+    for domain, address in (("example.org", PEERAGE_ADDRESS), ("example.net", POSTFIX_ADDRESS)):
+        dns.add_mx(domain, 10, f"mx.{domain}")
+        dns.add_a(f"mx.{domain}", address)
+        dns.add_txt(domain, "v=spf1 ip4:127.0.0.0/8 -all")
+        dns.add_txt(f"_dmarc.{domain}", "v=DMARC1; p=none")
+    ca = TestCA(workdir / "ca")
+    peerage = PeerageServer(
+        workdir / "peerage", "example.org", PEERAGE_ADDRESS, dns=dns, services=("smtp",),
+        config={
+            "server": {"log_level": "info"},
+            "smtp": {"mx_messages_per_minute": 10_000_000, "max_message_size": 10_240_000},
+            "limits": {"connections_per_ip": 10_000},
+        },
+        certs={"example.org": ca.issue("example.org")},
+    )
+    peerage.add_user("alice@example.org", "bench password")
+    postfix = Postfix(workdir / "postfix", domain="example.net", hostname="mx.example.net", address=POSTFIX_ADDRESS,
+                      dns_address=DNS_ADDRESS, users=["carol"], cert=ca.issue("mx.example.net"),
+                      extra={"smtpd_client_connection_count_limit": "1000", "default_process_limit": "200"})
+    results: dict[str, tuple[float, float]] = {}
+    try:
+        peerage.start()
+        postfix.start()
+        # Warm both up (TLS session caches, first table creation) with a few messages.
+        _smtp_source(PEERAGE_ADDRESS, 20, 2, args.size, "warm@example.net", "alice@example.org")
+        _smtp_source(POSTFIX_ADDRESS, 20, 2, args.size, "warm@example.org", "carol@example.net")
+        _wait_count(lambda: _peerage_count(peerage.data_dir, "alice@example.org"), 20, time.monotonic())
+        _wait_count(lambda: len(postfix.maildir_messages("carol")), 20, time.monotonic())
+
+        base = _peerage_count(peerage.data_dir, "alice@example.org")
+        started = time.monotonic()
+        accepted = _smtp_source(PEERAGE_ADDRESS, messages, args.sessions, args.size, "load@example.net",
+                                "alice@example.org")
+        durable = _wait_count(lambda: _peerage_count(peerage.data_dir, "alice@example.org"), base + messages, started)
+        results["peerage"] = (messages / accepted, messages / durable)
+
+        base = len(postfix.maildir_messages("carol"))
+        maildir = postfix.mail_dir / "carol" / "new"
+        started = time.monotonic()
+        accepted = _smtp_source(POSTFIX_ADDRESS, messages, args.sessions, args.size, "load@example.org",
+                                "carol@example.net")
+        durable = _wait_count(lambda: len(os.listdir(maildir)), base + messages, started)
+        results["postfix"] = (messages / accepted, messages / durable)
+    finally:
+        postfix.stop()
+        peerage.stop()
+        dns.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    peer_acc, peer_dur = results["peerage"]
+    pf_acc, pf_dur = results["postfix"]
+    lines = [
+        f"messages={messages} size={args.size} sessions={args.sessions}",
+        f"peerage  accepted {peer_acc:8.1f} msg/s   durable {peer_dur:8.1f} msg/s",
+        f"postfix  accepted {pf_acc:8.1f} msg/s   durable {pf_dur:8.1f} msg/s",
+        f"ratio peerage/postfix: accepted {peer_acc / pf_acc:.2f}x   durable {peer_dur / pf_dur:.2f}x",
+    ]
+    print("\n".join(lines))
+    if not args.no_results:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        section = [
+            f"\n## smtp: smtp-source, peerage vs Postfix ({stamp})\n",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}. "
+            "Other work may have shared the cores during this run.\n",
+            f"Load: {messages} messages of {args.size} bytes over {args.sessions} parallel sessions, "
+            "one recipient each, delivered to a local mailbox (peerage: mailbox store; "
+            "Postfix 3.7: virtual(8) Maildir).\n",
+            "| server | accepted msg/s | durable msg/s |",
+            "| --- | ---: | ---: |",
+            f"| peerage | {peer_acc:.1f} | {peer_dur:.1f} |",
+            f"| Postfix | {pf_acc:.1f} | {pf_dur:.1f} |",
+            f"| ratio | {peer_acc / pf_acc:.2f}x | {peer_dur / pf_dur:.2f}x |",
+            "",
+        ]
+        results_path = ROOT / "bench" / "RESULTS.md"
+        with results_path.open("a") as out:
+            out.write("\n".join(section))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

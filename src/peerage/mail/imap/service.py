@@ -1,0 +1,83 @@
+"""The IMAP listeners: port 143 (STARTTLS required before login) and port 993 (implicit TLS).
+
+``ImapService`` binds the addresses of the ``[imap]`` section, enforces the per-IP connection cap of
+``[limits]`` and runs one ``ImapSession`` per connection; ``stop`` closes listeners and sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from peerage.mail.imap.server import ImapSession
+from peerage.mail.mailbox import store_for
+from peerage.net.listen import start_listeners
+
+log = logging.getLogger("peerage.imap")
+
+
+class ImapService:
+    def __init__(self) -> None:
+        self.host: Any = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sessions: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: Any) -> None:
+        self.host = host
+        config = host.config.imap
+        tls_context = host.tls.server_context() if host.tls.available else None
+        self._servers += await start_listeners(
+            "imap", "[imap] listen", config.listen, stream_handler=self._plain
+        )
+        if config.tls_listen:
+            if tls_context is None:
+                log.warning("no certificate: IMAP over implicit TLS (993) is not offered")
+            else:
+                self._servers += await start_listeners(
+                    "imaps", "[imap] tls_listen", config.tls_listen,
+                    stream_handler=self._implicit_tls, ssl_context=tls_context,
+                )
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        if self._sessions:
+            await asyncio.gather(*self._sessions, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def _plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, implicit_tls=False)
+
+    async def _implicit_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, implicit_tls=True)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool
+    ) -> None:
+        host = self.host
+        peer = writer.get_extra_info("peername")
+        ip = peer[0] if peer else "unknown"
+        if not host.limits.connections.acquire(ip):
+            writer.write(b"* BYE Too many connections from your address\r\n")
+            try:
+                await writer.drain()
+            finally:
+                writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            tls_context = host.tls.server_context() if host.tls.available else None
+            session = ImapSession(host, store_for(host), reader, writer, implicit_tls, tls_context)
+            await session.run()
+        except asyncio.CancelledError:
+            writer.close()
+        finally:
+            self._sessions.discard(task)
+            host.limits.connections.release(ip)

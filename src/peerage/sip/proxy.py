@@ -1,0 +1,784 @@
+"""The stateful SIP proxy core (RFC 3261 §16) with the peering policy applied.
+
+This module is in charge of what happens to each request once it is parsed: validation (§16.3:
+Max-Forwards 483, loops 482, Proxy-Require 420), route processing (§16.4, loose routing with our
+Record-Route), target selection (location service for local addresses of record, RFC 3263 for
+foreign domains), parallel forking (§16.6), best-response selection (§16.7), CANCEL (§16.10), and
+stateless forwarding of ACKs for 2xx and of stray responses (§16.11).
+
+It sits on the transaction layer and sends through an injected ``send`` function; it awaits only
+when a request needs the database (REGISTER, digest HA1) or the DNS (foreign domains), so calls to
+registered local users take a synchronous path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import itertools
+import logging
+import os
+import re
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
+from peerage.sip.locate import Locator, Target
+from peerage.sip.message import (
+    SipMessage,
+    SipParseError,
+    UnsupportedScheme,
+    make_response,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+)
+from peerage.sip.policy import (
+    AUTHENTICATE_OUTBOUND,
+    DELIVER_LOCAL,
+    REFUSE_DOMAIN,
+    REFUSE_RELAY,
+    FloodGuard,
+    PeeringPolicy,
+)
+from peerage.sip.registrar import Registrar
+from peerage.sip.transaction import (
+    MAGIC_COOKIE,
+    ClientTransaction,
+    Destination,
+    ServerTransaction,
+    TransactionLayer,
+)
+
+log = logging.getLogger("peerage.sip")
+
+# RFC 3261 §16.6 step 3 / §8.1.1.6: Max-Forwards starts at 70.
+DEFAULT_MAX_FORWARDS = 70
+# Extensions we support as a proxy (Proxy-Require values outside this set get 420).
+SUPPORTED_PROXY_EXTENSIONS: frozenset[str] = frozenset()
+# Methods that can create a dialog: we Record-Route them so in-dialog requests come back (§16.6.4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, INFO, UPDATE, PRACK, " \
+                  "SUBSCRIBE, NOTIFY, REFER"
+# Most branches one request forks to (bounded by the registrar's contact cap anyway).
+MAX_FORK_BRANCHES = 16
+# Failover targets (RFC 3263 §4.3) tried per branch, bounded by locate.MAX_TARGETS as well.
+MAX_FAILOVER = 8
+
+
+class Branch:
+    __slots__ = (
+        "cancel_pending",
+        "cancelled",
+        "done",
+        "provisional",
+        "request",
+        "response",
+        "route_via_connection",
+        "targets",
+        "transaction",
+    )
+
+    def __init__(self, request: SipMessage, targets: list[Target] | None) -> None:
+        self.request = request  # the forwarded request before our Via is added
+        self.targets = targets or []
+        self.transaction: ClientTransaction | None = None
+        self.provisional = False
+        self.done = False
+        self.cancel_pending = False
+        self.cancelled = False
+        self.response: SipMessage | None = None
+        self.route_via_connection: Destination | None = None
+
+
+class ProxyContext:
+    """One proxied request: its server transaction and the branches it forked into."""
+
+    __slots__ = ("branches", "cancelled", "final_sent", "forwarded", "request", "server")
+
+    def __init__(self, server: ServerTransaction, request: SipMessage) -> None:
+        self.server = server
+        self.request = request
+        self.branches: list[Branch] = []
+        self.final_sent = False
+        self.cancelled = False
+        self.forwarded = False
+
+
+class ProxyCore:
+    def __init__(self, *, host: Any, layer: TransactionLayer, send: Callable[[bytes, Destination], None],
+                 registrar: Registrar, authenticator: DigestAuthenticator, locator: Locator,
+                 policy: PeeringPolicy, flood: FloodGuard, local_endpoints: dict[str, tuple[str, int]],
+                 local_hosts: set[str], secret: bytes | None = None) -> None:
+        self.host = host
+        self.layer = layer
+        self.send = send
+        self.registrar = registrar
+        self.authenticator = authenticator
+        self.locator = locator
+        self.policy = policy
+        self.flood = flood
+        # transport name -> (advertised host, port) used in Via / Record-Route
+        self.local_endpoints = local_endpoints
+        self.local_hosts = {h.lower() for h in local_hosts}
+        self.local_ports = {port for _, port in local_endpoints.values()} | {5060, 5061}
+        self.secret = secret or os.urandom(16)
+        self._branch_counter = itertools.count(1)
+        self._branch_prefix = os.urandom(3).hex()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.accounts = host.accounts
+        # a Request-URI naming one of our addresses with a user part means that user of our
+        # (first) domain, as Kamailio's is_myself() treats listen addresses as aliases
+        self.primary_domain = next(iter(host.config.domains), "")
+        self.max_message_size = host.config.sip.max_message_size
+        via_markers = set()
+        for _name, (address, port) in local_endpoints.items():
+            via_markers.add(f"{address}:{port}")
+        self._via_markers = via_markers
+
+    # ------------------------------------------------------------------ entry points
+    def receive(self, message: SipMessage, source: Destination) -> None:
+        try:
+            if message.method is None:
+                self.receive_response(message)
+            else:
+                self.receive_request(message, source)
+        except SipParseError as error:
+            if message.method is not None and message.method != "ACK":
+                self._reply_stateless(message, source, error.status, error.reason)
+        except Exception:
+            log.exception("sip: error handling %r", message)
+            if message.method is not None and message.method != "ACK":
+                self._reply_stateless(message, source, 500, None)
+
+    def _reply_stateless(self, request: SipMessage, source: Destination, status: int,
+                         reason: str | None) -> None:
+        try:
+            response = make_response(request, status, reason[:80] if reason else None, "pg400")
+            self.send(response.serialize(), self.layer.response_destination(request, source))
+        except Exception:  # not even enough to answer; drop (RFC 3261 §16.3 allows it)
+            log.debug("sip: could not answer malformed request", exc_info=True)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sip: task failed", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ requests
+    def receive_request(self, request: SipMessage, source: Destination) -> None:
+        method = request.method
+        if method == "ACK":
+            transaction, _ = self.layer.receive_request(request, source)
+            if transaction is None:
+                self._forward_ack(request, source)
+            return
+        if method == "CANCEL":
+            self._receive_cancel(request, source)
+            return
+        transaction, new = self.layer.receive_request(request, source)
+        if not new or transaction is None:
+            return  # retransmission, absorbed by the transaction layer
+        if method == "INVITE":
+            transaction.respond_status(100)  # §16.2: quench upstream retransmissions now
+        # §16.3 request validation
+        uri_text = request.uri or ""
+        try:
+            uri = parse_uri(uri_text)
+        except UnsupportedScheme:
+            transaction.respond_status(416)
+            return
+        max_forwards_text = request.get("max-forwards")
+        max_forwards = int(max_forwards_text) if max_forwards_text is not None else DEFAULT_MAX_FORWARDS
+        if max_forwards == 0 and not (method == "OPTIONS" and self._is_us(uri)):
+            transaction.respond_status(483)
+            return
+        proxy_require = request.get("proxy-require")
+        if proxy_require is not None:
+            unsupported = [tag for tag in request.get_all("proxy-require")
+                           if tag.lower() not in SUPPORTED_PROXY_EXTENSIONS]
+            if unsupported:
+                response = make_response(request, 420, to_tag=self.layer.local_tag)
+                response.add("Unsupported", ", ".join(unsupported))
+                transaction.respond(response)
+                return
+        if self._looped(request):
+            transaction.respond_status(482)
+            return
+        # §16.4 route information preprocessing
+        if "pr" in uri.params and self._is_us(uri):
+            # a strict router put our Record-Route in the Request-URI: restore the real target
+            last_route = request.get_all("route")
+            if not last_route:
+                transaction.respond_status(404)
+                return
+            request.uri = parse_name_addr(last_route[-1]).uri
+            self._remove_last_route(request)
+            uri = parse_uri(request.uri)
+        own_route = self._pop_own_routes(request)
+        if own_route is False:
+            transaction.respond_status(403, "Route not issued here")
+            return
+        routes = request.get("route")
+        context = ProxyContext(transaction, request)
+        transaction.owner = context
+        if routes is not None and (own_route or request.to_tag() is not None):
+            if not own_route and request.to_tag() is not None:
+                # in-dialog request whose route set does not go through us: not our dialog
+                transaction.respond_status(403, "Not routed through this proxy")
+                return
+            self._forward_by_route(context, max_forwards)
+            return
+        if own_route and routes is None and not self._is_us(uri):
+            # we were the last route: deliver to the Request-URI (in-dialog request)
+            self._forward_to_uri(context, uri, max_forwards)
+            return
+        if request.to_tag() is not None and not own_route:
+            # RFC 3261 §16.4/§12.2: in-dialog requests not routed through us are not ours
+            if self._is_us(uri) and method == "OPTIONS":
+                self._answer_options(transaction)
+            else:
+                transaction.respond_status(481 if self._is_us(uri) else 403)
+            return
+        if self._is_us(uri) or (uri.user is None and self.accounts.is_local_domain(uri.host)):
+            if method == "REGISTER":
+                self._spawn(self._register(context, source))
+            elif method == "OPTIONS":
+                self._answer_options(transaction)
+            else:
+                transaction.respond_status(404 if method != "INVITE" else 480)
+            return
+        if method == "REGISTER":
+            transaction.respond_status(403, "Not a registrar for this domain")
+            return
+        self._route_new(context, uri, max_forwards, source)
+
+    def _answer_options(self, transaction: ServerTransaction) -> None:
+        response = make_response(transaction.request, 200, to_tag=self.layer.local_tag)
+        response.add("Allow", ALLOWED_METHODS)
+        response.add("Accept", "application/sdp, text/plain")
+        response.add("Supported", "path")
+        transaction.respond(response)
+
+    # -- validation helpers
+    def _is_us(self, uri: Any) -> bool:
+        if uri.user is not None:
+            return False
+        host = uri.host
+        if host in self.local_hosts:
+            return uri.port is None or uri.port in self.local_ports
+        return self.accounts.is_local_domain(host) and uri.port is None
+
+    def _loop_key(self, request: SipMessage) -> str:
+        text = "|".join((request.uri or "", request.from_tag() or "", request.call_id,
+                         str(request.cseq[0]), request.get("proxy-require") or "",
+                         request.get("proxy-authorization") or "", request.get("route") or ""))
+        return f"{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
+
+    def _looped(self, request: SipMessage) -> bool:
+        """§16.3 step 4: our own Via with the same loop hash means the request came back unchanged."""
+        markers = self._via_markers
+        if not any(marker in entry[2] for entry in request.headers if entry[0] == "via"
+                   for marker in markers):
+            return False
+        key = self._loop_key(request)
+        for value in request.get_all("via"):
+            via = parse_via(value)
+            branch = via.branch or ""
+            if (f"{via.host}:{via.port}" in markers and branch.startswith(MAGIC_COOKIE + "-pg-")
+                    and branch.split("-")[2] == key):
+                return True
+        return False
+
+    # -- Record-Route / Route handling
+    def _route_mac(self, call_id: str) -> str:
+        return hmac.new(self.secret, call_id.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()[:16]
+
+    def _record_route(self, transport: str, call_id: str) -> str:
+        address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
+        host = f"[{address}]" if ":" in address else address
+        suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"<sip:{host}:{port};lr;pr={self._route_mac(call_id)}{suffix}>"
+
+    def _pop_own_routes(self, request: SipMessage) -> bool | None:
+        """Remove our Route values from the top (§16.4).
+
+        Returns True when at least one was ours and carried a valid mark, None when none was ours,
+        False when a Route claims to be ours but was not issued for this dialog (forged route set:
+        refusing it keeps us from being an open relay).
+        """
+        popped: bool | None = None
+        while True:
+            value = request.first_value("route")
+            if value is None:
+                return popped
+            try:
+                uri = parse_uri(parse_name_addr(value).uri)
+            except SipParseError:
+                return popped
+            if uri.user is not None or not (uri.host in self.local_hosts or
+                                            self.accounts.is_local_domain(uri.host)):
+                return popped
+            if uri.port is not None and uri.port not in self.local_ports:
+                return popped
+            mark = uri.params.get("pr")
+            if mark is not None and not hmac.compare_digest(mark, self._route_mac(request.call_id)):
+                return False
+            request.pop_first_value("route")
+            popped = True
+
+    @staticmethod
+    def _remove_last_route(request: SipMessage) -> None:
+        values = request.get_all("route")
+        request.remove("route")
+        for value in values[:-1]:
+            request.add("Route", value)
+
+    # ------------------------------------------------------------------ routing decisions
+    def _route_new(self, context: ProxyContext, uri: Any, max_forwards: int, source: Destination) -> None:
+        request = context.request
+        transaction = context.server
+        try:
+            from_uri = parse_uri(parse_name_addr(request.get("from") or "").uri)
+            from_domain = from_uri.host
+        except UnsupportedScheme:
+            from_domain, from_uri = "", None
+        target_domain = self.primary_domain if uri.host in self.local_hosts else uri.host
+        decision = self.policy.decide(target_domain, from_domain)
+        if decision == DELIVER_LOCAL:
+            self._deliver_local(context, uri, target_domain, max_forwards)
+        elif decision == AUTHENTICATE_OUTBOUND:
+            self._spawn(self._outbound(context, uri, from_uri, max_forwards, source))
+        elif decision == REFUSE_RELAY:
+            transaction.respond_status(403, "Relaying denied")
+        elif decision == REFUSE_DOMAIN:
+            transaction.respond_status(403, "Domain not allowed")
+
+    def _deliver_local(self, context: ProxyContext, uri: Any, domain: str, max_forwards: int) -> None:
+        aor = f"sip:{uri.user}@{domain}"
+        bindings = self.registrar.lookup(aor)
+        if not bindings:
+            self._spawn(self._no_binding(context, f"{uri.user}@{domain}"))
+            return
+        request = context.request
+        for binding in bindings[:MAX_FORK_BRANCHES]:
+            forwarded = self._copy_for_forwarding(request, binding.contact, max_forwards)
+            for value in reversed(binding.path):
+                forwarded.add_first("Route", value)
+            connection = self.registrar.connections.get(binding.received)
+            branch = Branch(forwarded, None)
+            if connection is not None and not getattr(connection, "closed", False):
+                transport, address, port = binding.received.split(" ")
+                branch.route_via_connection = Destination(transport, (address, int(port)), connection)
+            context.branches.append(branch)
+        for branch in list(context.branches):
+            self._start_branch(context, branch)
+
+    async def _no_binding(self, context: ProxyContext, address: str) -> None:
+        try:
+            exists = await self.accounts.exists(address)
+        except Exception:  # an address the identity layer cannot even parse is not an account
+            exists = False
+        context.server.respond_status(480 if exists else 404)
+
+    async def _outbound(self, context: ProxyContext, uri: Any, from_uri: Any, max_forwards: int,
+                        source: Destination) -> None:
+        """(b): authenticate the local caller (407), then route by RFC 3263."""
+        request = context.request
+        transaction = context.server
+        realm = from_uri.host
+        throttle = self.host.limits.auth
+        client_ip = source.address[0]
+        user = f"{from_uri.user}@{realm}"
+        if throttle.check(client_ip, user) is None:
+            transaction.respond_status(403, "Too many failed attempts")
+            return
+        credentials = None
+        for value in request.get_all_raw("proxy-authorization"):
+            try:
+                candidate = parse_credentials(value)
+            except SipParseError:
+                continue
+            if candidate.realm == realm:
+                credentials = candidate
+                break
+        if credentials is None:
+            self._challenge(transaction, realm)
+            return
+        ha1 = await self.accounts.sip_ha1(f"{credentials.username}@{realm}", credentials.algorithm)
+        verdict = self.authenticator.verify(credentials, request.method or "", ha1)
+        if verdict != Verdict.OK:
+            if verdict == Verdict.FAILED:
+                throttle.failure(client_ip, user)
+            self._challenge(transaction, realm, stale=verdict == Verdict.STALE)
+            return
+        if credentials.username.lower() != (from_uri.user or "").lower():
+            transaction.respond_status(403, "From does not match the credentials")
+            return
+        throttle.success(client_ip, user)
+        # consume our credentials (they are for us, not for the next hop)
+        kept = [v for v in request.get_all_raw("proxy-authorization") if f'realm="{realm}"' not in v]
+        request.remove("proxy-authorization")
+        for value in kept:
+            request.add("Proxy-Authorization", value)
+        await self._forward_located(context, uri, request.uri or "", max_forwards)
+
+    def _challenge(self, transaction: ServerTransaction, realm: str, stale: bool = False) -> None:
+        response = make_response(transaction.request, 407, to_tag=self.layer.local_tag)
+        for value in self.authenticator.challenges(realm, stale):
+            response.add("Proxy-Authenticate", value)
+        transaction.respond(response)
+
+    async def _forward_located(self, context: ProxyContext, next_hop: Any, target_uri: str,
+                               max_forwards: int) -> None:
+        targets = await self.locator.locate(next_hop)
+        if context.cancelled:
+            return
+        if not targets:
+            context.server.respond_status(404 if next_hop.user else 503, "Destination not found")
+            return
+        forwarded = self._copy_for_forwarding(context.request, target_uri, max_forwards)
+        branch = Branch(forwarded, targets[:MAX_FAILOVER])
+        context.branches.append(branch)
+        self._start_branch(context, branch)
+
+    def _forward_by_route(self, context: ProxyContext, max_forwards: int) -> None:
+        request = context.request
+        route_uri = parse_uri(parse_name_addr(request.first_value("route") or "").uri)
+        self._forward_to_next_hop(context, route_uri, request.uri or "", max_forwards)
+
+    def _forward_to_uri(self, context: ProxyContext, uri: Any, max_forwards: int) -> None:
+        self._forward_to_next_hop(context, uri, context.request.uri or "", max_forwards)
+
+    def _forward_to_next_hop(self, context: ProxyContext, next_hop: Any, target_uri: str,
+                             max_forwards: int) -> None:
+        numeric = numeric_target(next_hop)
+        if numeric is not None:
+            forwarded = self._copy_for_forwarding(context.request, target_uri, max_forwards)
+            branch = Branch(forwarded, numeric)
+            context.branches.append(branch)
+            self._start_branch(context, branch)
+        else:
+            self._spawn(self._forward_located(context, next_hop, target_uri, max_forwards))
+
+    def _copy_for_forwarding(self, request: SipMessage, target_uri: str, max_forwards: int) -> SipMessage:
+        """§16.6 steps 1-3: copy, new Request-URI, Max-Forwards decremented."""
+        headers = [list(entry) for entry in request.headers if entry[0] != "max-forwards"]
+        headers.insert(1, ["max-forwards", "Max-Forwards", str(max_forwards - 1)])
+        return SipMessage(method=request.method, uri=target_uri, headers=headers, body=request.body)
+
+    # ------------------------------------------------------------------ branches
+    def _start_branch(self, context: ProxyContext, branch: Branch) -> None:
+        if context.cancelled:
+            branch.done = True
+            self._maybe_finish(context)
+            return
+        if branch.route_via_connection is not None:
+            destination = branch.route_via_connection
+        elif branch.targets:
+            target = branch.targets.pop(0)
+            destination = Destination(target.transport, (target.address, target.port))
+        else:
+            # numeric contact: resolve now (registrations hold IP contacts in practice)
+            try:
+                uri = parse_uri((branch.request.first_value("route") and
+                                parse_name_addr(branch.request.first_value("route") or "").uri)
+                                or branch.request.uri or "")
+            except SipParseError:
+                branch.done = True
+                branch.response = make_response(context.request, 502, "Bad contact")
+                self._maybe_finish(context)
+                return
+            targets = numeric_target(uri)
+            if targets is None:
+                self._spawn(self._locate_branch(context, branch, uri))
+                return
+            target = targets[0]
+            destination = Destination(target.transport, (target.address, target.port))
+        self._send_branch(context, branch, destination)
+
+    async def _locate_branch(self, context: ProxyContext, branch: Branch, uri: Any) -> None:
+        branch.targets = (await self.locator.locate(uri))[:MAX_FAILOVER]
+        if not branch.targets:
+            branch.done = True
+            branch.response = make_response(context.request, 404, "Contact not resolvable")
+            self._maybe_finish(context)
+            return
+        self._start_branch(context, branch)
+
+    def _send_branch(self, context: ProxyContext, branch: Branch, destination: Destination) -> None:
+        request = context.request
+        forwarded = SipMessage(method=branch.request.method, uri=branch.request.uri,
+                               headers=[list(e) for e in branch.request.headers],
+                               body=branch.request.body)
+        transport = destination.transport
+        address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
+        host = f"[{address}]" if ":" in address else address
+        branch_id = f"{MAGIC_COOKIE}-pg-{self._loop_key(request)}-{self._branch_prefix}" \
+                    f"{next(self._branch_counter):x}"
+        forwarded.add_first("Via", f"SIP/2.0/{transport} {host}:{port};branch={branch_id};rport")
+        if request.method in DIALOG_CREATING and request.to_tag() is None:
+            forwarded.add_first("Record-Route", self._record_route(transport, request.call_id))
+            incoming = context.server.source.transport
+            if incoming != transport:
+                # RFC 5658 double Record-Route when the transport changes
+                values = forwarded.get_all("record-route")
+                forwarded.remove("record-route")
+                forwarded.add("Record-Route", values[0])
+                forwarded.add("Record-Route", self._record_route(incoming, request.call_id))
+                for value in values[1:]:
+                    forwarded.add("Record-Route", value)
+        if len(forwarded.body) + 2048 > self.max_message_size and not destination.reliable:
+            pass  # §18.1.1 would switch to TCP; we keep UDP and rely on the size cap upstream
+        transaction = self.layer.new_client(forwarded, destination)
+        transaction.owner = (context, branch)
+        transaction.on_response = self._on_branch_response
+        transaction.on_timeout = self._on_branch_timeout
+        branch.transaction = transaction
+        context.forwarded = True
+        transaction.start()
+
+    def _on_branch_timeout(self, transaction: ClientTransaction) -> None:
+        context, branch = transaction.owner
+        if branch.targets and not context.cancelled and not branch.cancelled:
+            self._start_branch(context, branch)  # RFC 3263 §4.3 failover
+            return
+        branch.done = True
+        if branch.response is None:
+            branch.response = make_response(context.request, 408 if not branch.provisional else 480)
+        self._maybe_finish(context)
+
+    def _on_branch_response(self, transaction: ClientTransaction, response: SipMessage) -> None:
+        context, branch = transaction.owner
+        status = response.status
+        if status < 200:
+            if not branch.provisional:
+                branch.provisional = True
+                if branch.cancel_pending:
+                    self._send_cancel(branch)
+            if status == 100 or context.final_sent:
+                return
+            self._forward_upstream(context, response)
+            return
+        branch.done = True
+        if status < 300:
+            self._forward_upstream(context, response)
+            context.final_sent = True
+            self._cancel_branches(context, except_branch=branch)
+            return
+        if status == 503 and branch.targets and not context.cancelled:
+            branch.done = False
+            branch.provisional = False
+            self._start_branch(context, branch)  # RFC 3263 §4.3 failover on 503
+            return
+        branch.response = response
+        if status >= 600:
+            self._cancel_branches(context, except_branch=branch)
+        self._maybe_finish(context)
+
+    def _maybe_finish(self, context: ProxyContext) -> None:
+        if context.final_sent or not all(b.done for b in context.branches):
+            return
+        responses = [b.response for b in context.branches if b.response is not None]
+        if context.cancelled and not responses:
+            context.server.respond_status(487)
+            context.final_sent = True
+            return
+        if not responses:
+            context.server.respond_status(480)
+            context.final_sent = True
+            return
+        best = min(responses, key=_response_rank)
+        if best.status in (401, 407):
+            # §16.7 step 7: gather every challenge
+            for other in responses:
+                if other is not best and other.status in (401, 407):
+                    for name in ("www-authenticate", "proxy-authenticate"):
+                        for value in other.get_all_raw(name):
+                            best.add(name, value)
+        if best.status == 503:
+            best.status, best.reason = 500, "Server Internal Error"  # §16.7 step 6
+        if best.get("via") is not None and len(best.get_all("via")) > len(context.request.get_all("via")):
+            self._forward_upstream(context, best)
+        else:
+            context.server.respond(_as_upstream(best, context.request))
+        context.final_sent = True
+
+    def _forward_upstream(self, context: ProxyContext, response: SipMessage) -> None:
+        """§16.7 step 9: remove our Via and send through the server transaction."""
+        upstream = SipMessage(status=response.status, reason=response.reason,
+                              headers=[list(e) for e in response.headers], body=response.body)
+        upstream.pop_first_value("via")
+        server = context.server
+        if server.state == "terminated":
+            # a further 2xx after the first ended the INVITE server transaction (§16.7 step 10)
+            self.send(upstream.serialize(), server.reply_to)
+            return
+        server.respond(upstream)
+
+    def _cancel_branches(self, context: ProxyContext, except_branch: Branch | None = None) -> None:
+        for branch in context.branches:
+            if branch is except_branch or branch.done or branch.cancelled:
+                continue
+            if branch.transaction is None or not branch.transaction.invite:
+                continue
+            branch.cancelled = True
+            if branch.provisional:
+                self._send_cancel(branch)
+            else:
+                branch.cancel_pending = True  # §9.1: wait for a provisional before CANCEL
+
+    def _send_cancel(self, branch: Branch) -> None:
+        invite_tx = branch.transaction
+        if invite_tx is None:
+            return
+        invite = invite_tx.request
+        cancel = SipMessage(method="CANCEL", uri=invite.uri)
+        for entry in invite.headers:
+            key = entry[0]
+            if key == "via":
+                if not cancel.has("via"):
+                    cancel.headers.append(["via", "Via", invite.first_value("via") or entry[2]])
+            elif key in ("from", "to", "call-id", "route", "max-forwards"):
+                cancel.headers.append(list(entry))
+        cancel.add("CSeq", f"{invite.cseq[0]} CANCEL")
+        transaction = self.layer.new_client(cancel, invite_tx.destination)
+        transaction.start()
+
+    # ------------------------------------------------------------------ CANCEL and ACK
+    def _receive_cancel(self, cancel: SipMessage, source: Destination) -> None:
+        transaction, new = self.layer.receive_request(cancel, source)
+        if not new or transaction is None:
+            return
+        invite_tx = self.layer.find_invite_for_cancel(cancel)
+        if invite_tx is None or invite_tx.owner is None:
+            # §16.10: no matching transaction: forward statelessly? We answer 481 like Kamailio.
+            transaction.respond_status(481)
+            return
+        transaction.respond_status(200)
+        context: ProxyContext = invite_tx.owner
+        if context.final_sent:
+            return
+        context.cancelled = True
+        if not context.forwarded:
+            context.server.respond_status(487)
+            context.final_sent = True
+            return
+        self._cancel_branches(context)
+        # branches still waiting for a provisional: stop here, answer 487 (§16.10, §9.1)
+
+    def _forward_ack(self, ack: SipMessage, source: Destination) -> None:
+        """ACK for a 2xx: end to end, forwarded statelessly along the route set (§16.11)."""
+        own = self._pop_own_routes(ack)
+        if own is not True:
+            return  # not routed through us: drop (ACKs get no response)
+        route = ack.first_value("route")
+        try:
+            next_hop = parse_uri(parse_name_addr(route).uri) if route else parse_uri(ack.uri or "")
+        except SipParseError:
+            return
+        max_forwards_text = ack.get("max-forwards")
+        max_forwards = int(max_forwards_text) if max_forwards_text else DEFAULT_MAX_FORWARDS
+        if max_forwards <= 0:
+            return
+        forwarded = self._copy_for_forwarding(ack, ack.uri or "", max_forwards)
+        targets = numeric_target(next_hop)
+        if targets is not None:
+            self._send_stateless(forwarded, targets[0])
+        else:
+            self._spawn(self._forward_ack_located(forwarded, next_hop))
+
+    async def _forward_ack_located(self, ack: SipMessage, next_hop: Any) -> None:
+        targets = await self.locator.locate(next_hop)
+        if targets:
+            self._send_stateless(ack, targets[0])
+
+    def _send_stateless(self, request: SipMessage, target: Target) -> None:
+        address, port = self.local_endpoints.get(target.transport) or self.local_endpoints["UDP"]
+        host = f"[{address}]" if ":" in address else address
+        # §16.11: the branch of a stateless forward is derived from the request, so a retransmitted
+        # ACK gets the same branch.
+        seed = f"{request.call_id}|{request.cseq[0]}|{request.uri}|{request.first_value('via')}"
+        branch = f"{MAGIC_COOKIE}-pgs-{zlib.crc32(seed.encode('utf-8', 'surrogateescape')):08x}"
+        request.add_first("Via", f"SIP/2.0/{target.transport} {host}:{port};branch={branch};rport")
+        self.send(request.serialize(), Destination(target.transport, (target.address, target.port)))
+
+    # ------------------------------------------------------------------ responses
+    def receive_response(self, response: SipMessage) -> None:
+        transaction = self.layer.receive_response(response)
+        if transaction is not None:
+            return
+        # stray response (e.g. 2xx retransmission): forward statelessly if the top Via is ours
+        via = response.top_via()
+        if not (via.branch or "").startswith(MAGIC_COOKIE + "-pg"):
+            return
+        upstream = SipMessage(status=response.status, reason=response.reason,
+                              headers=[list(e) for e in response.headers], body=response.body)
+        upstream.pop_first_value("via")
+        next_via_text = upstream.first_value("via")
+        if next_via_text is None:
+            return
+        next_via = parse_via(next_via_text)
+        host = next_via.params.get("received") or next_via.host
+        rport = next_via.params.get("rport")
+        port = int(rport) if rport and rport.isdigit() else (next_via.port or 5060)
+        self.send(upstream.serialize(), Destination(next_via.transport, (host, port)))
+
+    # ------------------------------------------------------------------ registrar
+    async def _register(self, context: ProxyContext, source: Destination) -> None:
+        response = await self.registrar.register(context.request, source, source.address[0])
+        context.server.respond(response)
+
+
+def numeric_target(uri: Any) -> list[Target] | None:
+    """Targets for a URI with an IP host, without DNS (RFC 3263 §4.2 numeric case)."""
+    host = uri.params.get("maddr") or uri.host
+    if not _looks_numeric(host):
+        return None
+    transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).upper()
+    if transport not in ("UDP", "TCP", "TLS"):
+        return None
+    port = uri.port or (5061 if transport == "TLS" else 5060)
+    return [Target(transport, host, host, port)]
+
+
+_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+
+
+def _looks_numeric(host: str) -> bool:
+    if _IPV4.fullmatch(host):
+        return True
+    if ":" in host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _response_rank(response: SipMessage) -> tuple[int, int, int]:
+    status = response.status
+    klass = 0 if status >= 600 else status // 100
+    # among equals prefer a definite answer over "try later" ones (RFC 3261 §16.7 step 6 leaves
+    # the choice within a class to the proxy)
+    vague = 1 if status in (408, 480, 500, 503) else 0
+    return (klass, vague, status)
+
+
+def _as_upstream(response: SipMessage, request: SipMessage) -> SipMessage:
+    """A locally generated branch response (408/480) rebuilt for the original request."""
+    fresh = make_response(request, response.status, response.reason, "pg")
+    return fresh

@@ -1,0 +1,351 @@
+"""SIP transports (RFC 3261 §18): UDP and TCP on 5060, TLS on 5061, as asyncio adapters.
+
+This module is in charge of moving bytes: receiving datagrams and stream data, framing them with
+:mod:`peerage.sip.message`, stamping the top Via of requests with ``received`` and ``rport``
+(RFC 3581 §4), answering CRLF keep-alives (RFC 5626 §3.5.1), answering malformed requests with 400
+where enough was parsed (RFC 4475), and sending: datagrams from our listening socket, stream data on
+an existing connection to the peer when there is one (responses go back on the connection the
+request came in on, §18.2.2), otherwise on a new one.
+
+A stream connection is anything with ``write(bytes)`` and ``closed``; a WebSocket adapter
+(RFC 7118) can plug in the same way, framing one SIP message per WebSocket message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from peerage.config import parse_listen
+from peerage.sip.message import (
+    SipMessage,
+    SipParseError,
+    StreamParser,
+    make_response,
+    parse_datagram,
+    split_values,
+)
+from peerage.sip.transaction import Destination
+
+log = logging.getLogger("peerage.sip")
+
+# Bytes queued on one outgoing stream before we consider the peer stuck and drop the connection.
+# Kamailio's tcp_conn_wq_max defaults to 32 KiB per connection (with async writes enabled); we allow
+# a little more since we write whole messages.
+MAX_STREAM_WRITE_BUFFER = 256 * 1024
+# Concurrent stream connections kept (incoming + outgoing). Kamailio's tcp_max_connections is 2048.
+MAX_STREAM_CONNECTIONS = 2048
+# Seconds to wait for an outgoing TCP/TLS connection (RFC 3261 leaves it open; Timer B/F still cap
+# the transaction at 32 s).  Kamailio's tcp_connect_timeout is 10 s.
+CONNECT_TIMEOUT = 10.0
+# Seconds an idle stream connection stays open; Kamailio's tcp_connection_lifetime is 120 s, but a
+# registered client keeps its flow open with CRLF keep-alives (RFC 5626) well within that.
+STREAM_IDLE_TIMEOUT = 600.0
+
+# Receive buffer asked for on UDP sockets: absorbs bursts while the loop is busy.  Kamailio raises
+# its UDP buffers up to udp4_raw_buffer/maxbuffer (256 KiB by default); the kernel caps the request
+# at net.core.rmem_max.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+# Datagrams read per readiness callback before yielding to other work (fairness with streams).
+UDP_READ_BATCH = 64
+# The largest UDP payload (65,535 minus IP and UDP headers).
+UDP_MAX_DATAGRAM = 65535
+
+MessageHandler = Callable[[SipMessage, Destination], None]
+
+
+def stamp_via(message: SipMessage, ip: str, port: int) -> None:
+    """RFC 3261 §18.2.1 ``received`` and RFC 3581 §4 ``rport`` on the top Via of a request."""
+    for entry in message.headers:
+        if entry[0] != "via":
+            continue
+        raw = entry[2]
+        if "," in raw:
+            values = split_values(raw)
+            top, rest = values[0], values[1:]
+        else:
+            top, rest = raw.strip(), []
+        sent_by_end = top.find(";")
+        head = top if sent_by_end < 0 else top[:sent_by_end]
+        params = "" if sent_by_end < 0 else top[sent_by_end:]
+        param_names = [p.split("=", 1)[0].strip().lower() for p in params.split(";") if p.strip()]
+        changed = False
+        if "rport" in param_names:
+            params = ";".join(
+                f"rport={port}" if p.strip().lower() == "rport" else p for p in params.split(";"))
+            changed = True
+        host = head.rsplit(" ", 1)[-1]
+        host = host[1:host.find("]")] if host.startswith("[") else host.split(":", 1)[0]
+        if (host != ip or "rport" in param_names) and "received" not in param_names:
+            params += f";received={ip}"
+            changed = True
+        if changed:
+            top = head + params
+            entry[2] = ", ".join([top, *rest]) if rest else top
+            message.headers_changed()
+        return
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection, incoming or outgoing."""
+
+    def __init__(self, owner: SipTransport, transport_name: str) -> None:
+        self.owner = owner
+        self.transport_name = transport_name
+        self.parser = StreamParser()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.closed = False
+        self.key: tuple[str, str, int] | None = None
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.key = (self.transport_name, self.peer[0], self.peer[1])
+        self.owner.register_connection(self)
+        self._touch()
+
+    def _touch(self) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.idle_handle = asyncio.get_running_loop().call_later(STREAM_IDLE_TIMEOUT, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._touch()
+        try:
+            items = self.parser.feed(data)
+        except SipParseError as error:
+            if error.message is not None and error.message.method not in (None, "ACK"):
+                self.write(_error_response(error))
+            self.close()  # framing is lost: RFC 3261 §18.3 says close the connection
+            return
+        source = Destination(self.transport_name, self.peer, self)
+        for item in items:
+            if isinstance(item, str):
+                self.write(b"\r\n")  # pong (RFC 5626 §3.5.1)
+                continue
+            self.owner.deliver(item, source)
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        if transport.get_write_buffer_size() > MAX_STREAM_WRITE_BUFFER:
+            log.warning("sip: %s peer %s not reading; closing", self.transport_name, self.peer)
+            self.close()
+            return
+        transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.owner.unregister_connection(self)
+
+
+class UdpEndpoint:
+    """A UDP socket read in batches straight from the event loop's reader callback.
+
+    Plain non-blocking ``recvfrom``/``sendto`` calls cost a few microseconds each, less than a
+    datagram transport's per-packet machinery; at thousands of messages a second that matters.
+    """
+
+    def __init__(self, owner: SipTransport, host: str, port: int) -> None:
+        self.owner = owner
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        self.sock.setblocking(False)
+        self.sock.bind((host, port))
+        self.closed = False
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        receive = self.sock.recvfrom
+        deliver = self.owner.datagram
+        for _ in range(UDP_READ_BATCH):
+            try:
+                data, address = receive(UDP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # ICMP errors reported on the socket
+                log.debug("sip: UDP error %s", error)
+                continue
+            try:
+                deliver(data, (address[0], address[1]))
+            except Exception:
+                log.exception("sip: error on a datagram from %s", address)
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass  # full send buffer: UDP is lossy, the transaction layer retransmits
+        except OSError as error:
+            log.debug("sip: UDP send to %s failed: %s", address, error)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+def _error_response(error: SipParseError) -> bytes:
+    assert error.message is not None
+    return make_response(error.message, error.status, error.reason[:80], "pg400").serialize()
+
+
+class SipTransport:
+    """All listening sockets and stream connections of the SIP service."""
+
+    def __init__(self, handler: MessageHandler, *, max_message_size: int,
+                 admit: Callable[[str], bool] = lambda ip: True,
+                 client_context: Callable[[str], ssl.SSLContext] | None = None,
+                 on_unreachable: Callable[[Destination], None] | None = None) -> None:
+        self.handler = handler
+        self.on_unreachable = on_unreachable
+        self.max_message_size = max_message_size
+        self.admit = admit
+        self.client_context = client_context
+        self.udp: list[UdpEndpoint] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.connections: dict[tuple[str, str, int], StreamConnection] = {}
+        self._pending: dict[tuple[str, str, int], list[bytes]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.endpoints: dict[str, tuple[str, int]] = {}
+
+    async def start(self, udp: list[str], tcp: list[str], tls: list[str],
+                    server_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in udp:
+            host, port = parse_listen(spec)
+            self.udp.append(UdpEndpoint(self, host, port))
+            self.endpoints.setdefault("UDP", (host, port))
+            log.info("listening sip-udp on %s:%d", host, port)
+        for name, specs, context in (("TCP", tcp, None), ("TLS", tls, server_context)):
+            if name == "TLS" and context is None:
+                continue
+            for spec in specs:
+                host, port = parse_listen(spec)
+                server = await loop.create_server(
+                    lambda name=name: StreamConnection(self, name), host, port, ssl=context,
+                    reuse_address=True, backlog=1024)
+                self.servers.append(server)
+                self.endpoints.setdefault(name, (host, port))
+                log.info("listening sip-%s on %s:%d", name.lower(), host, port)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for connection in list(self.connections.values()):
+            connection.close()
+        for endpoint in self.udp:
+            endpoint.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- receiving
+    def datagram(self, data: bytes, address: tuple[str, int]) -> None:
+        ip = address[0]
+        if len(data) <= 4 and not data.strip(b"\r\n"):
+            return  # CRLF keep-alive on UDP (RFC 5626 uses STUN there; ignore the CRLFs)
+        if not self.admit(ip):
+            return  # flood ban: drop silently, as pike does
+        if len(data) > self.max_message_size:
+            return
+        try:
+            message = parse_datagram(data)
+        except SipParseError as error:
+            if error.message is not None and error.message.method not in (None, "ACK"):
+                self.sendto(_error_response(error), address)
+            return
+        self.deliver(message, Destination("UDP", address))
+
+    def deliver(self, message: SipMessage, source: Destination) -> None:
+        if message.method is not None:
+            if source.transport != "UDP" and not self.admit(source.address[0]):
+                return
+            try:
+                stamp_via(message, source.address[0], source.address[1])
+            except SipParseError:
+                return
+        self.handler(message, source)
+
+    # -- sending
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        if self.udp:
+            self.udp[0].sendto(data, address)
+
+    def send(self, data: bytes, destination: Destination) -> None:
+        transport = destination.transport
+        if transport == "UDP":
+            self.sendto(data, destination.address)
+            return
+        connection = destination.connection
+        if connection is not None and not connection.closed:
+            connection.write(data)
+            return
+        key = (transport, destination.address[0], destination.address[1])
+        existing = self.connections.get(key)
+        if existing is not None and not existing.closed:
+            existing.write(data)
+            return
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._pending[key] = [data]
+        task = asyncio.ensure_future(self._connect(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, key: tuple[str, str, int]) -> None:
+        transport_name, host, port = key
+        loop = asyncio.get_running_loop()
+        context = None
+        if transport_name == "TLS":
+            if self.client_context is None:
+                self._pending.pop(key, None)
+                return
+            context = self.client_context(host)
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: StreamConnection(self, transport_name), host, port,
+                                       ssl=context, server_hostname=host if context else None),
+                CONNECT_TIMEOUT)
+        except (TimeoutError, OSError, ssl.SSLError) as error:
+            log.info("sip: cannot connect to %s %s:%d: %s", transport_name, host, port, error)
+            self._pending.pop(key, None)
+            if self.on_unreachable is not None:
+                # §17.1.4: report the transport error so the proxy fails over now, not after Timer B
+                self.on_unreachable(Destination(transport_name, (host, port)))
+            return
+        for data in self._pending.pop(key, []):
+            connection.write(data)
+
+    def register_connection(self, connection: StreamConnection) -> None:
+        if len(self.connections) >= MAX_STREAM_CONNECTIONS:
+            connection.close()
+            return
+        assert connection.key is not None
+        self.connections[connection.key] = connection
+
+    def unregister_connection(self, connection: StreamConnection) -> None:
+        if connection.key is not None and self.connections.get(connection.key) is connection:
+            del self.connections[connection.key]

@@ -1,0 +1,37 @@
+"""XEP-0054 vcard-temp: store and serve each account's vCard."""
+
+from __future__ import annotations
+
+from peerage.xmpp.features import Feature, IqContext, IqHandler, result
+from peerage.xmpp.stream import Element, error_reply, serialize
+
+VCARD_NS = "vcard-temp"
+#: Largest vCard stored, in bytes of XML. Avatars go in XEP-0084 today, but vcard-temp PHOTO is
+#: still common; Prosody's mod_vcard_legacy limits nothing beyond the stanza size, which bounds it.
+MAX_VCARD_BYTES = 256 * 1024
+
+
+class VCard(Feature):
+    server_features = (VCARD_NS,)
+    account_features = (VCARD_NS,)
+
+    def account_iq(self) -> dict[tuple[str, str], IqHandler]:
+        return {("vCard", VCARD_NS): self._vcard}
+
+    async def _vcard(self, ctx: IqContext) -> Element | None:
+        from peerage.xmpp.core import parse_stored
+
+        owner = ctx.owner
+        assert owner is not None
+        if ctx.iq.attrs.get("type") == "get":
+            xml = await self.core.storage.get_vcard(owner)
+            if xml is None:
+                return result(ctx, Element("vCard", VCARD_NS))
+            return result(ctx, parse_stored(xml))
+        if not ctx.is_owner:
+            return error_reply(ctx.iq, "forbidden")
+        xml = serialize(ctx.payload)
+        if len(xml.encode()) > MAX_VCARD_BYTES:
+            return error_reply(ctx.iq, "not-acceptable", "the vCard is too large")
+        await self.core.storage.set_vcard(owner, xml)
+        return result(ctx)

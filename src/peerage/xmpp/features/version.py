@@ -1,0 +1,32 @@
+"""XEP-0092 Software Version: the server's name and version."""
+
+from __future__ import annotations
+
+from peerage.xmpp.features import Feature, IqContext, IqHandler, result
+from peerage.xmpp.stream import Element, error_reply
+
+VERSION_NS = "jabber:iq:version"
+
+
+def _peerage_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("peerage")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "0"
+
+
+class Version(Feature):
+    server_features = (VERSION_NS,)
+
+    def server_iq(self) -> dict[tuple[str, str], IqHandler]:
+        return {("query", VERSION_NS): self._version}
+
+    async def _version(self, ctx: IqContext) -> Element | None:
+        if ctx.iq.attrs.get("type") != "get":
+            return error_reply(ctx.iq, "bad-request")
+        query = Element("query", VERSION_NS)
+        query.add("name", text="peerage")
+        query.add("version", text=_peerage_version())
+        return result(ctx, query)

@@ -1,0 +1,1285 @@
+"""Server-to-server XMPP streams (RFC 6120), inbound and outbound, at the XEP-0238 levels.
+
+This module is in charge of the network side of federation: finding a remote domain's servers
+(``_xmpps-server._tcp`` for XEP-0368 Direct TLS, then ``_xmpp-server._tcp``, then the domain's A/AAAA
+on port 5269), connecting, negotiating STARTTLS, SASL EXTERNAL (XEP-0178) or dialback (XEP-0220,
+with piggybacked domain pairs), bidirectional streams (XEP-0288), queueing stanzas while a
+connection is set up, reusing connections and closing idle ones, and bouncing stanzas with
+``remote-server-not-found`` / ``remote-server-timeout`` when a domain cannot be reached in time.
+
+Every decision about *whether* to trust a peer is delegated to ``peerage.xmpp.federation`` (the
+same functions that predict the XEP-0238 table), certificate checks to ``peerage.xmpp.x509`` and keys
+to ``peerage.xmpp.dialback``. Every connection records the level it reached (U/P/V/E/T) and why; the
+records are logged and published in the status file (``[server] status_file`` in the data folder)
+that ``peerage s2s status`` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import itertools
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from peerage.net.dns import DnsTimeout
+from peerage.net.limits import AuthThrottle, ConnectionCounter
+from peerage.xmpp import dialback
+from peerage.xmpp.dialback import DialbackError, DialbackSecret, PairTable
+from peerage.xmpp.federation import (
+    CertificateKind,
+    FederationPolicy,
+    Level,
+    ServerProfile,
+    TlsChoice,
+    accepts_receiver_certificate,
+    initiator_starttls,
+    initiator_uses_sasl_external,
+    level_reached,
+    offers_dialback,
+    presents_certificate,
+    receiver_offers_sasl_external,
+    receiver_offers_starttls,
+    receiver_requires_starttls,
+    requires_peer_certificate,
+)
+from peerage.xmpp.jid import JidError, normalize_jid, split_jid
+from peerage.xmpp.s2s_tls import S2STlsContexts
+from peerage.xmpp.stream import (
+    SERVER_NS,
+    Element,
+    StreamClosed,
+    StreamFailure,
+    StreamOpened,
+    XmlStreamParser,
+    serialize,
+    stream_error,
+)
+from peerage.xmpp.x509 import CertificateCheck, TrustStore, check_certificate, own_certificate_trusted
+
+log = logging.getLogger(__name__)
+
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIDI_NS = "urn:xmpp:bidi"
+BIDI_FEATURE_NS = "urn:xmpp:features:bidi"
+STREAM_NS = "http://etherx.jabber.org/streams"
+
+#: RFC 6120 section 3.2.3 fallback port when a domain has no SRV records.
+DEFAULT_S2S_PORT = 5269
+#: Seconds for one step of stream negotiation (a header, features, a TLS handshake, a dialback
+#: answer). Prosody's s2s_timeout (whole setup) is 90 s; a step is much shorter.
+NEGOTIATION_STEP_TIMEOUT = 20.0
+#: Seconds for one TCP connect; a loopback or LAN peer answers in milliseconds, the Internet in < 3 s.
+CONNECT_TIMEOUT = 10.0
+#: Seconds the receiving server waits for the authoritative server's db:verify answer (XEP-0220
+#: section 2.1.2); beyond it, the originating server gets ``remote-server-timeout``.
+VERIFY_TIMEOUT = 15.0
+#: Stanzas queued per remote domain while its connection is set up. Prosody's s2s send queue is
+#: unbounded; a bound keeps a dead domain from eating memory (the excess bounces with
+#: ``resource-constraint``).
+MAX_QUEUED_STANZAS = 10000
+#: Delays between connection attempts within the bounded wait (seconds, then the last one repeats).
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
+#: Connection records kept for ``peerage s2s status`` (most recent first).
+STATUS_HISTORY = 200
+#: Seconds between status file writes at most (changes are batched).
+STATUS_WRITE_DELAY = 0.2
+#: Inbound s2s connections accepted from one IP address. A large provider may open one connection
+#: per virtual host pair; 256 covers that while bounding file descriptors per peer.
+S2S_CONNECTIONS_PER_IP = 256
+#: Bytes read per socket read.
+READ_CHUNK = 65536
+#: Stream errors that say "try again later" (RFC 6120 section 4.9.3); any other refusal is final
+#: for this attempt and the waiting stanzas bounce at once.
+TRANSIENT_STREAM_ERRORS = frozenset(("connection-timeout", "system-shutdown", "reset",
+                                     "resource-constraint", "internal-server-error", "see-other-host"))
+#: Seconds between idle sweeps.
+IDLE_SWEEP_INTERVAL = 5.0
+
+
+class NegotiationFailed(Exception):
+    """The peers have no level in common (the connection is U); stanzas bounce at once."""
+
+
+class DomainNotFound(Exception):
+    """DNS knows no server for the domain (``remote-server-not-found``)."""
+
+
+class Unreachable(Exception):
+    """No server of the domain answered; worth retrying until the bound."""
+
+
+class StreamError(Exception):
+    def __init__(self, condition: str, text: str = "") -> None:
+        super().__init__(f"{condition}: {text}")
+        self.condition = condition
+        self.text = text
+
+
+@dataclass
+class ConnectionRecord:
+    """What operators see for one connection (or one domain pair on a piggybacked connection)."""
+
+    id: int
+    direction: str            # "out" or "in"
+    local: str
+    remote: str
+    peer: str                 # IP:port
+    level: str = "U"
+    reason: str = "negotiating"
+    tls: str = ""             # TLS version, "" when clear
+    authentication: str = ""  # sasl-external / dialback / none
+    bidi: bool = False
+    state: str = "negotiating"  # negotiating / open / closed / failed
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    stanzas: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    direct_tls: bool
+
+
+# --- one XML stream over asyncio streams -----------------------------------------------------------
+
+class XmlConnection:
+    """Reader/writer plus the sans-I/O parser; restartable after STARTTLS and SASL."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_stanza_bytes: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.max_stanza_bytes = max_stanza_bytes
+        self.parser = XmlStreamParser(max_stanza_bytes)
+        self.events: collections.deque[Any] = collections.deque()
+        self.closed = False
+        self.header_sent = False
+        self.last_activity = time.monotonic()
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer_ip = str(peer[0])
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        sslobj: ssl.SSLObject | None = self.writer.get_extra_info("ssl_object")
+        return sslobj
+
+    @property
+    def tls_version(self) -> str:
+        sslobj = self.ssl_object
+        return (sslobj.version() or "TLS") if sslobj is not None else ""
+
+    def peer_certificate(self) -> bytes | None:
+        sslobj = self.ssl_object
+        if sslobj is None:
+            return None
+        try:
+            return sslobj.getpeercert(binary_form=True)
+        except ValueError:
+            return None
+
+    def restart(self) -> None:
+        self.parser = XmlStreamParser(self.max_stanza_bytes)
+        self.events.clear()
+        self.header_sent = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            try:
+                self.writer.write(data)
+            except RuntimeError:  # the transport is already closed
+                self.closed = True
+                return
+            self.last_activity = time.monotonic()
+
+    def write_header(self, data: bytes) -> None:
+        self.write(data)
+        self.header_sent = True
+
+    def send(self, element: Element) -> None:
+        self.write(serialize(element, SERVER_NS).encode())
+
+    async def event(self, timeout: float | None = NEGOTIATION_STEP_TIMEOUT) -> Any:
+        while not self.events:
+            if self.parser.failed or self.closed:
+                raise ConnectionError("stream is closed")
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                raise StreamError("connection-timeout", "the peer did not answer in time") from None
+            if not data:
+                raise ConnectionError("connection closed by the peer")
+            self.last_activity = time.monotonic()
+            self.events.extend(self.parser.feed(data))
+        return self.events.popleft()
+
+    async def element(self, timeout: float | None = NEGOTIATION_STEP_TIMEOUT) -> Element:
+        event = await self.event(timeout)
+        if isinstance(event, Element):
+            if event.name == "error" and event.xmlns == STREAM_NS:
+                condition = next((c.name for c in event.elements() if c.name != "text"),
+                                 "undefined-condition")
+                raise StreamError(condition, "the peer sent a stream error: "
+                                  + (event.find_text("text") or condition))
+            return event
+        if isinstance(event, StreamFailure):
+            raise StreamError(event.condition, event.text)
+        if isinstance(event, StreamClosed):
+            raise ConnectionError("the peer closed the stream")
+        raise StreamError("not-well-formed", f"unexpected {event!r}")
+
+    async def header(self, timeout: float = NEGOTIATION_STEP_TIMEOUT) -> StreamOpened:
+        event = await self.event(timeout)
+        if isinstance(event, StreamOpened):
+            if event.content_ns != SERVER_NS:
+                raise StreamError("invalid-namespace", "server streams use jabber:server")
+            return event
+        if isinstance(event, StreamFailure):
+            raise StreamError(event.condition, event.text)
+        raise StreamError("not-well-formed", "expected a stream header")
+
+    async def starttls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        await asyncio.wait_for(
+            self.writer.start_tls(context, server_hostname=server_hostname),
+            NEGOTIATION_STEP_TIMEOUT)
+        self.restart()
+
+    async def starttls_server(self, context: ssl.SSLContext) -> None:
+        # Called right after writing <proceed/>, with no await in between and no wait_for (which
+        # would run it in a new task): the transport must pause reading before the ClientHello can
+        # land in the plaintext buffer.
+        await self.writer.start_tls(context, ssl_handshake_timeout=NEGOTIATION_STEP_TIMEOUT)
+        self.restart()
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.writer.drain()
+
+    def fail(self, condition: str, text: str = "") -> None:
+        """Send a stream error and close (RFC 6120 section 4.9); callers send a header first."""
+        if self.header_sent:
+            self.write(stream_error(condition, text))
+        self.close()
+
+    def close(self, graceful: bool = False) -> None:
+        if self.closed:
+            return
+        if graceful and self.header_sent:
+            self.write(b"</stream:stream>")
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+def _header(from_: str | None, to: str | None, stream_id: str | None, legacy: bool) -> bytes:
+    """A jabber:server stream header; legacy (pre-1.0) peers get no version attribute."""
+    parts = ["<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='", STREAM_NS,
+             "'", dialback.STREAM_DIALBACK_DECLARATION]
+    if stream_id is not None:
+        parts.append(f" id='{stream_id}'")
+    if from_:
+        parts.append(f" from='{from_}'")
+    if to:
+        parts.append(f" to='{to}'")
+    if not legacy:
+        parts.append(" version='1.0'")
+    parts.append(">")
+    return "".join(parts).encode()
+
+
+def _is_1_0(attrs: dict[str, str]) -> bool:
+    version = attrs.get("version", "")
+    try:
+        return int(version.split(".")[0]) >= 1
+    except ValueError:
+        return False
+
+
+def _features_of(element: Element) -> dict[str, Element]:
+    return {child.xmlns: child for child in element.elements()}
+
+
+def _domain(jid: str) -> str:
+    return split_jid(jid)[1]
+
+
+# --- outbound ---------------------------------------------------------------------------------------
+
+class OutboundStream:
+    """An authenticated stream that carries our stanzas to one remote domain."""
+
+    def __init__(self, service: S2SService, connection: XmlConnection, local: str, remote: str,
+                 record: ConnectionRecord, bidi: bool) -> None:
+        self.service = service
+        self.connection = connection
+        self.local = local
+        self.remote = remote
+        self.record = record
+        self.bidi = bidi
+        self.reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return not self.connection.closed
+
+    def send(self, stanza: Element) -> None:
+        self.connection.send(stanza)
+        self.record.stanzas += 1
+
+    async def run(self) -> None:
+        """Read what the receiver sends on an established outbound stream until it closes."""
+        connection = self.connection
+        try:
+            while True:
+                event = await connection.event(timeout=None)
+                if isinstance(event, StreamClosed):
+                    connection.close(graceful=True)
+                    break
+                if isinstance(event, StreamFailure):
+                    connection.fail(event.condition, event.text)
+                    break
+                # XEP-0288: the receiver may send stanzas back on this stream, from its own domain;
+                # we reached it through DNS (and its certificate, where checked).
+                if (isinstance(event, Element) and self.bidi and event.xmlns == ""
+                        and event.name in ("message", "presence", "iq")
+                        and not await self.service.accept_stanza(connection, event, {self.remote},
+                                                                 {self.local})):
+                    break
+        except (ConnectionError, StreamError, OSError):
+            connection.close()
+        finally:
+            self.service.stream_closed(self)
+
+
+class OutboundRoute:
+    """Stanzas from one local domain to one remote domain: a queue and at most one stream."""
+
+    def __init__(self, service: S2SService, local: str, remote: str) -> None:
+        self.service = service
+        self.local = local
+        self.remote = remote
+        self.queue: collections.deque[tuple[Element, float]] = collections.deque()
+        self.stream: OutboundStream | None = None
+        self.bidi_stream: InboundStream | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def usable_stream(self) -> OutboundStream | InboundStream | None:
+        if self.stream is not None and self.stream.alive:
+            return self.stream
+        if self.bidi_stream is not None and self.bidi_stream.alive:
+            return self.bidi_stream
+        return None
+
+    def submit(self, stanza: Element) -> Awaitable[None] | None:
+        stream = self.usable_stream()
+        if stream is not None and not self.queue:
+            stream.send(stanza)
+            return None
+        if len(self.queue) >= MAX_QUEUED_STANZAS:
+            return self.service.router.bounce(stanza, "resource-constraint",
+                                              "too many stanzas waiting for this domain")
+        self.queue.append((stanza, time.monotonic() + self.service.connect_timeout))
+        if stream is not None:
+            self.flush(stream)
+        elif self.task is None:
+            self.task = asyncio.ensure_future(self._connect())
+        return None
+
+    def flush(self, stream: OutboundStream | InboundStream) -> None:
+        while self.queue and stream.alive:
+            stanza, _ = self.queue.popleft()
+            stream.send(stanza)
+
+    async def _bounce_all(self, condition: str, text: str) -> None:
+        while self.queue:
+            stanza, _ = self.queue.popleft()
+            await self.service.router.bounce(stanza, condition, text)
+
+    async def _connect(self) -> None:
+        delays = itertools.chain(RETRY_DELAYS, itertools.repeat(RETRY_DELAYS[-1]))
+        last_error = "no attempt"
+        try:
+            while self.queue:
+                now = time.monotonic()
+                while self.queue and self.queue[0][1] <= now:
+                    stanza, _ = self.queue.popleft()
+                    await self.service.router.bounce(
+                        stanza, "remote-server-timeout", f"{self.remote} unreachable: {last_error}")
+                if not self.queue:
+                    break
+                remaining = self.queue[0][1] - now
+                try:
+                    stream = await asyncio.wait_for(
+                        self.service.connect_out(self.local, self.remote), remaining)
+                except DomainNotFound as error:
+                    await self._bounce_all("remote-server-not-found", str(error))
+                    break
+                except NegotiationFailed as error:
+                    # XEP-0238 flows: a policy mismatch reaches the sender as remote-server-timeout.
+                    await self._bounce_all("remote-server-timeout", str(error))
+                    break
+                except (Unreachable, OSError, ConnectionError, StreamError, DnsTimeout, TimeoutError, ssl.SSLError) as error:
+                    last_error = str(error) or type(error).__name__
+                    wait = min(next(delays), max(0.0, self.queue[0][1] - time.monotonic()))
+                    await asyncio.sleep(wait)
+                    continue
+                self.stream = stream
+                self.flush(stream)
+                break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("outbound connection to %s failed", self.remote)
+            await self._bounce_all("remote-server-not-found", "internal error")
+        finally:
+            self.task = None
+
+
+# --- inbound ------------------------------------------------------------------------------------------
+
+class InboundStream:
+    """One stream a remote server opened to us; may carry several domain pairs."""
+
+    def __init__(self, service: S2SService, connection: XmlConnection, direct_tls: bool) -> None:
+        self.service = service
+        self.connection = connection
+        self.direct_tls = direct_tls
+        self.pairs = PairTable()
+        self.external_domain: str | None = None
+        self.records: dict[tuple[str, str], ConnectionRecord] = {}
+        self.stream_id = ""
+        self.header_from = ""
+        self.header_to = ""
+        self.peer_legacy = False
+        self.bidi = False
+        self.verification_only = False
+        self.certificate: CertificateCheck | None = None
+        #: After a TLS handshake, the peer's certificate is judged once our next header is out, so
+        #: that a refusal is a proper stream error (RFC 6120 section 4.9.1.1).
+        self.check_certificate_pending = direct_tls
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def alive(self) -> bool:
+        return not self.connection.closed
+
+    @property
+    def tls(self) -> bool:
+        return self.connection.ssl_object is not None
+
+    def send(self, stanza: Element) -> None:
+        """XEP-0288: stanzas back to the initiator on a bidirectional stream."""
+        self.connection.send(stanza)
+
+    def profile(self, remote: str | None, local: str) -> ServerProfile:
+        return self.service.policy.profile(remote or "", self.service.certificate_kind(local))
+
+    async def run(self) -> None:
+        connection = self.connection
+        service = self.service
+        try:
+            while True:
+                restart = await self._negotiate_header()
+                while not restart:
+                    event = await connection.event(timeout=None)
+                    if isinstance(event, StreamClosed):
+                        self._fail_records("the peer closed the stream")
+                        connection.close(graceful=True)
+                        return
+                    if isinstance(event, StreamFailure):
+                        connection.fail(event.condition, event.text)
+                        return
+                    if isinstance(event, StreamOpened):
+                        raise StreamError("not-well-formed", "unexpected stream header")
+                    restart = await self._element(event)
+                    if connection.closed:
+                        return
+        except StreamError as error:
+            self._fail_records(f"stream error {error.condition}: {error.text}")
+            connection.fail(error.condition, error.text)
+        except (ConnectionError, OSError, ssl.SSLError) as error:
+            self._fail_records(f"closed by the peer ({error})")
+            connection.close()
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            service.inbound_closed(self)
+
+    def _fail_records(self, reason: str) -> None:
+        if not self.records and not self.verification_only and self.header_from:
+            record = self.service.new_record("in", self.header_to, self.header_from, self.connection)
+            record.tls = self.connection.tls_version
+            self.service.finish_record(record, Level.UNSUCCESSFUL,
+                                       f"no authentication before the stream ended: {reason}")
+
+    async def _negotiate_header(self) -> bool:
+        """Read a stream header, answer it with ours and the features. Returns False."""
+        connection = self.connection
+        service = self.service
+        opened = await connection.header()
+        attrs = opened.attrs
+        to = attrs.get("to", "").lower().rstrip(".")
+        from_ = attrs.get("from", "").lower().rstrip(".")
+        self.header_from = from_ or self.header_from
+        self.stream_id = secrets.token_urlsafe(16)
+        local_legacy = service.policy.legacy
+        self.peer_legacy = not _is_1_0(attrs)
+        if to and not service.router.is_hosted(to):
+            connection.write_header(_header(None, None, self.stream_id, local_legacy or self.peer_legacy))
+            raise StreamError("host-unknown", f"{to} is not served here")
+        if to:
+            self.header_to = to
+        local = to or service.default_domain
+        profile = self.profile(from_ or None, local)
+        legacy = profile.legacy or self.peer_legacy
+        connection.write_header(_header(to or None, from_ or None, self.stream_id, legacy))
+        if self.check_certificate_pending:
+            self.check_certificate_pending = False
+            self._check_client_certificate()
+        if legacy:
+            return False  # pre-1.0: no features (XEP-0238 Type 1)
+        features = Element("features", STREAM_NS)
+        if not self.tls:
+            if receiver_offers_starttls(profile) and service.tls.available:
+                starttls = features.add("starttls", TLS_NS)
+                if receiver_requires_starttls(profile):
+                    starttls.add("required")
+        else:
+            self.certificate = check_certificate(connection.peer_certificate(), from_ or local,
+                                                 service.trust)
+            if (self.external_domain is None and from_
+                    and receiver_offers_sasl_external(profile, self.certificate.trusted)):
+                mechanisms = features.add("mechanisms", SASL_NS)
+                mechanisms.add("mechanism", text="EXTERNAL")
+        if offers_dialback(profile) and self.external_domain is None:
+            features.append(dialback.features_element())
+        if service.bidi_enabled and not self.bidi:
+            features.add("bidi", BIDI_FEATURE_NS)
+        connection.write(serialize_features(features))
+        return False
+
+    async def _element(self, element: Element) -> bool:
+        """Handle one first-level element. Returns True when the stream restarts."""
+        connection = self.connection
+        service = self.service
+        if element.xmlns == TLS_NS and element.name == "starttls":
+            return await self._starttls()
+        if element.xmlns == SASL_NS and element.name == "auth":
+            return self._sasl(element)
+        if element.xmlns == BIDI_NS and element.name == "bidi":
+            self.bidi = service.bidi_enabled
+            return False
+        if element.xmlns == dialback.DIALBACK_NS:
+            await self._dialback(element)
+            return False
+        if element.xmlns == "" and element.name in ("message", "presence", "iq"):
+            self._permissive(element)
+            remotes = set(self.pairs.remote_domains())
+            locals_: set[str] | None = None
+            if self.external_domain is not None:
+                remotes.add(self.external_domain)
+            if not await service.accept_stanza(connection, element, remotes, locals_, self):
+                return False
+            return False
+        raise StreamError("unsupported-stanza-type", f"unexpected <{element.name}/>")
+
+    def _permissive(self, stanza: Element) -> None:
+        """A permissive receiver takes stanzas from a domain that never verified (XEP-0238 section 1)."""
+        try:
+            remote, local = _domain(stanza.attrs.get("from", "")), _domain(stanza.attrs.get("to", ""))
+        except JidError:
+            return
+        if self.pairs.authorised(remote, local) or remote == self.external_domain:
+            return
+        if not self.service.router.is_hosted(local):
+            return
+        if self.service.policy.for_domain(remote).required is not Level.PERMISSIVE:
+            return
+        if not self.service.policy.for_domain(remote).allowed:
+            return
+        if self.pairs.request(remote, local) is not None:
+            return
+        self.pairs.settle(remote, local, True)
+        record = self.service.new_record("in", local, remote, self.connection)
+        record.tls = self.connection.tls_version
+        record.authentication = "none"
+        self.records[(remote, local)] = record
+        self.service.finish_record(record, Level.PERMISSIVE,
+                                   "permissive: stanzas accepted without any verification", open_=True)
+
+    async def _starttls(self) -> bool:
+        connection = self.connection
+        service = self.service
+        if self.tls or not service.tls.available:
+            raise StreamError("policy-violation", "TLS is not available on this stream")
+        connection.write(f"<proceed xmlns='{TLS_NS}'/>".encode())
+        await connection.starttls_server(service.tls.server())
+        self.check_certificate_pending = True
+        return True
+
+    def _check_client_certificate(self) -> None:
+        """After the TLS handshake: does our policy accept what the peer presented?"""
+        connection = self.connection
+        service = self.service
+        local = self.header_to or service.default_domain
+        profile = self.profile(self.header_from or None, local)
+        presented = connection.peer_certificate()
+        self.certificate = check_certificate(presented, self.header_from or local, service.trust)
+        # A missing client certificate at the encrypted level is refused when the peer tries to
+        # authenticate (``_verify_pair``), not here: a stream that only carries db:verify requests
+        # claims no identity and needs none.
+        if profile.required >= Level.TRUSTED and not self.certificate.trusted:
+            record = service.new_record("in", local, self.header_from or "?", connection)
+            record.tls = connection.tls_version
+            service.finish_record(record, Level.UNSUCCESSFUL,
+                                  "the trusted level needs a CA-issued certificate naming the peer: "
+                                  + self.certificate.explain(self.header_from or "?"))
+            self.verification_only = True
+            raise StreamError("policy-violation", "a certificate from a trusted CA is required")
+
+    def _sasl(self, element: Element) -> bool:
+        connection = self.connection
+        service = self.service
+        local = self.header_to or service.default_domain
+        remote = self.header_from
+        failure = f"<failure xmlns='{SASL_NS}'><not-authorized/></failure>".encode()
+        if element.attrs.get("mechanism") != "EXTERNAL" or not self.tls or not remote:
+            connection.write(f"<failure xmlns='{SASL_NS}'><invalid-mechanism/></failure>".encode())
+            return False
+        if service.auth_throttle.check(connection.peer_ip) is None:
+            connection.write(failure)
+            return False
+        text = element.text.strip()
+        try:
+            authzid = base64.b64decode(text, validate=True).decode() if text not in ("", "=") else ""
+        except (binascii.Error, UnicodeDecodeError):
+            connection.write(f"<failure xmlns='{SASL_NS}'><incorrect-encoding/></failure>".encode())
+            return False
+        check = check_certificate(connection.peer_certificate(), remote, service.trust)
+        profile = self.profile(remote, local)
+        allowed = service.policy.for_domain(remote)
+        if (authzid and authzid.lower() != remote) or not check.trusted or not allowed.allowed or \
+                not receiver_offers_sasl_external(profile, check.trusted):
+            service.auth_throttle.failure(connection.peer_ip)
+            connection.write(failure)
+            record = service.new_record("in", local, remote, connection)
+            record.tls = connection.tls_version
+            service.finish_record(record, Level.UNSUCCESSFUL, "SASL EXTERNAL refused: " + (
+                allowed.why_refused or check.explain(remote)))
+            self.verification_only = True
+            return False
+        connection.write(f"<success xmlns='{SASL_NS}'/>".encode())
+        connection.restart()
+        self.external_domain = remote
+        record = service.new_record("in", local, remote, connection)
+        record.tls = connection.tls_version
+        record.authentication = "sasl-external"
+        record.bidi = self.bidi
+        self.records[(remote, local)] = record
+        service.finish_record(record, level_reached(True, "sasl-external"),
+                              "SASL EXTERNAL with a certificate " + check.explain(remote), open_=True)
+        if self.bidi:
+            for hosted in service.hosted_domains:
+                service.attach_bidi(hosted, remote, self)
+        return True
+
+    async def _dialback(self, element: Element) -> None:
+        service = self.service
+        connection = self.connection
+        try:
+            message = dialback.parse(element)
+        except dialback.DialbackParseError as error:
+            raise StreamError("invalid-xml", str(error)) from None
+        if message.kind == "verify":
+            if message.is_request:
+                self.verification_only = not self.records
+                valid = service.router.is_hosted(message.to) and service.secret.check(
+                    message.from_, message.to, message.stream_id, message.key)
+                connection.send(dialback.verify_response(element, valid))
+            return
+        if not message.is_request:
+            return  # results come to the originating side, not here
+        remote, local = message.from_, message.to
+        if not service.router.is_hosted(local):
+            connection.send(dialback.error_response("result", local, remote, DialbackError.ITEM_NOT_FOUND))
+            return
+        refusal = self.pairs.request(remote, local)
+        if refusal is not None:
+            connection.send(dialback.error_response("result", local, remote, DialbackError.POLICY_VIOLATION))
+            return
+        task = asyncio.ensure_future(self._verify_pair(remote, local, message.key))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _verify_pair(self, remote: str, local: str, key: str) -> None:
+        service = self.service
+        connection = self.connection
+        record = service.new_record("in", local, remote, connection)
+        record.tls = connection.tls_version
+        record.authentication = "dialback"
+        profile = self.profile(remote, local)
+        allowed = service.policy.for_domain(remote)
+        problem: str | None = None
+        if not allowed.allowed:
+            problem = allowed.why_refused
+        elif not offers_dialback(profile):
+            problem = "our policy for this domain is trusted: dialback is not enough (SASL EXTERNAL needed)"
+        elif receiver_requires_starttls(profile) and not self.tls:
+            problem = "our policy for this domain requires TLS before dialback"
+        elif requires_peer_certificate(profile) and self.tls and not connection.peer_certificate():
+            problem = "our policy asks for a TLS client certificate and none was presented"
+        if problem is not None:
+            self.pairs.settle(remote, local, False)
+            connection.send(dialback.error_response("result", local, remote, DialbackError.POLICY_VIOLATION))
+            service.finish_record(record, Level.UNSUCCESSFUL, problem)
+            return
+        if profile.required is Level.PERMISSIVE:
+            outcome: bool | DialbackError = True
+            how = "permissive: accepted without verification"
+        else:
+            if service.auth_throttle.check(connection.peer_ip) is None:
+                outcome = DialbackError.POLICY_VIOLATION
+            else:
+                outcome = await service.verify_with_authoritative(local, remote, self.stream_id, key)
+            how = "dialback key confirmed by the authoritative server of " + remote
+        if outcome is True:
+            self.pairs.settle(remote, local, True)
+            connection.send(dialback.result_response(local, remote, True))
+            self.records[(remote, local)] = record
+            record.bidi = self.bidi
+            level = (Level.PERMISSIVE if profile.required is Level.PERMISSIVE
+                     else level_reached(self.tls, "dialback"))
+            if level is Level.PERMISSIVE:
+                record.authentication = "none"
+            service.finish_record(record, level, ("TLS, " if self.tls else "clear stream, ") + how,
+                                  open_=True)
+            if self.bidi:
+                service.attach_bidi(local, remote, self)
+            return
+        self.pairs.settle(remote, local, False)
+        if outcome is False:
+            service.auth_throttle.failure(connection.peer_ip)
+            connection.send(dialback.result_response(local, remote, False))
+            service.finish_record(record, Level.UNSUCCESSFUL,
+                                  "wrong dialback key: the authoritative server of " + remote
+                                  + " did not confirm it")
+            # XEP-0220 section 2.1.4: after an invalid result, close the stream.
+            connection.write(b"</stream:stream>")
+            await connection.drain()
+            connection.close()
+            return
+        assert isinstance(outcome, DialbackError)
+        connection.send(dialback.error_response("result", local, remote, outcome))
+        service.finish_record(record, Level.UNSUCCESSFUL,
+                              f"could not verify the dialback key: {outcome.condition}")
+
+
+def serialize_features(features: Element) -> bytes:
+    body = "".join(serialize(child, SERVER_NS, STREAM_NS) for child in features.elements())
+    return f"<stream:features>{body}</stream:features>".encode()
+
+
+# --- the service ----------------------------------------------------------------------------------
+
+class S2SService:
+    """Federation for every hosted domain; installed as the router's remote sender."""
+
+    def __init__(self, host: Any, router: Any) -> None:
+        self.host = host
+        self.router = router
+        config = host.config
+        self.federation = config.xmpp.federation
+        self.policy = FederationPolicy.from_config(self.federation)
+        self.connect_timeout = float(self.federation.connect_timeout)
+        self.idle_timeout = float(self.federation.idle_timeout)
+        self.bidi_enabled = bool(getattr(self.federation, "bidi", True))
+        self.hosted_domains = list(config.domains)
+        self.default_domain = self.hosted_domains[0] if self.hosted_domains else "localhost"
+        self.trust = TrustStore(config.tls.ca_file)
+        certificates = {name: (d.cert, d.key) for name, d in config.domains.items()
+                        if d.cert is not None and d.key is not None}
+        self.tls = S2STlsContexts(certificates, config.tls.ca_file)
+        self._certificate_kinds = {
+            name: (CertificateKind.NONE if name not in certificates or self.policy.legacy
+                   else CertificateKind.CA_ISSUED if own_certificate_trusted(certificates[name][0], self.trust)
+                   else CertificateKind.SELF_SIGNED)
+            for name in self.hosted_domains}
+        self.secret = DialbackSecret.load_or_create(config.data_dir)
+        self.max_stanza = config.xmpp.max_stanza_size
+        self.routes: dict[tuple[str, str], OutboundRoute] = {}
+        self.inbound: set[InboundStream] = set()
+        self.outbound: set[OutboundStream] = set()
+        self.auth_throttle = AuthThrottle(config.limits)
+        self.connections_per_ip = ConnectionCounter(S2S_CONNECTIONS_PER_IP)
+        self.records: collections.deque[ConnectionRecord] = collections.deque(maxlen=STATUS_HISTORY)
+        self._record_ids = itertools.count(1)
+        self.servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._status_pending = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from peerage.net.listen import start_listeners
+
+        xmpp = self.host.config.xmpp
+        self.servers += await start_listeners(
+            "xmpp-server", "[xmpp] s2s_listen", xmpp.s2s_listen,
+            stream_handler=lambda r, w: self._accept(r, w, direct_tls=False))
+        if self.tls.available and not self.policy.legacy:
+            self.servers += await start_listeners(
+                "xmpps-server", "[xmpp] s2s_direct_tls_listen", xmpp.s2s_direct_tls_listen,
+                stream_handler=lambda r, w: self._accept(r, w, direct_tls=True),
+                ssl_context=self.tls.server())
+        self.router.set_remote_sender(self.send)
+        for domain, kind in self._certificate_kinds.items():
+            log.info("s2s: %s federates at level %s by default (certificate: %s%s)", domain,
+                     self.policy.default.name.lower(), kind.value,
+                     ", legacy pre-1.0 dialback only" if self.policy.legacy else "")
+        self._sweeper = asyncio.ensure_future(self._sweep())
+        self._publish()
+
+    async def stop(self) -> None:
+        self.router.set_remote_sender(None)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self.servers:
+            server.close()
+        for route in self.routes.values():
+            if route.task is not None:
+                route.task.cancel()
+            while route.queue:
+                stanza, _ = route.queue.popleft()
+                await self.router.bounce(stanza, "remote-server-timeout", "the server is shutting down")
+        for stream in list(self.outbound):
+            stream.connection.close(graceful=True)
+        for inbound in list(self.inbound):
+            inbound.connection.write(stream_error("system-shutdown", "the server is shutting down"))
+            inbound.connection.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self._write_status()
+
+    # --- sending ----------------------------------------------------------------------------------
+    async def send(self, stanza: Element, to_domain: str) -> None:
+        """Router hook: queue ``stanza`` for ``to_domain`` (returns once queued)."""
+        from_ = stanza.attrs.get("from", "")
+        local = _domain(from_) if from_ else self.default_domain
+        if not self.router.is_hosted(local):
+            local = self.default_domain
+        policy = self.policy.for_domain(to_domain)
+        if not policy.allowed:
+            await self.router.bounce(stanza, "remote-server-not-found", policy.why_refused)
+            return
+        route = self.routes.get((local, to_domain))
+        if route is None:
+            route = self.routes[(local, to_domain)] = OutboundRoute(self, local, to_domain)
+        result = route.submit(stanza)
+        if result is not None:
+            await result
+
+    def attach_bidi(self, local: str, remote: str, stream: InboundStream) -> None:
+        route = self.routes.get((local, remote))
+        if route is None:
+            route = self.routes[(local, remote)] = OutboundRoute(self, local, remote)
+        route.bidi_stream = stream
+        if route.queue and route.usable_stream() is stream:
+            route.flush(stream)
+
+    # --- receiving --------------------------------------------------------------------------------
+    async def accept_stanza(self, connection: XmlConnection, stanza: Element, remotes: set[str],
+                            locals_: set[str] | None, inbound: InboundStream | None = None) -> bool:
+        """Check the addresses of a stanza received from a peer and deliver it. False when the
+        stream was closed for it."""
+        from_ = stanza.attrs.get("from")
+        to = stanza.attrs.get("to")
+        if not from_ or not to:
+            connection.fail("improper-addressing", "stanzas between servers need 'from' and 'to'")
+            return False
+        try:
+            from_ = normalize_jid(from_)
+            to = normalize_jid(to)
+        except JidError:
+            connection.fail("improper-addressing", "malformed address")
+            return False
+        from_domain, to_domain = _domain(from_), _domain(to)
+        authorised = from_domain in remotes
+        if authorised and inbound is not None and inbound.external_domain != from_domain:
+            authorised = inbound.pairs.authorised(from_domain, to_domain)
+        if locals_ is not None and to_domain not in locals_:
+            authorised = False
+        if not authorised:
+            # RFC 6120 section 4.9.3.9: a 'from' the stream has not authenticated.
+            connection.fail("invalid-from", f"{from_domain} is not authenticated on this stream")
+            return False
+        stanza.attrs["from"] = from_
+        stanza.attrs["to"] = to
+        if inbound is not None:
+            record = inbound.records.get((from_domain, to_domain)) or (
+                inbound.records.get((from_domain, inbound.header_to)))
+            if record is not None:
+                record.stanzas += 1
+        if not await self.router.deliver_from_remote(stanza):
+            await self.router.bounce(stanza, "item-not-found", f"{to_domain} is not served here")
+        return True
+
+    # --- connections ------------------------------------------------------------------------------
+    def certificate_kind(self, local: str) -> CertificateKind:
+        return self._certificate_kinds.get(local, CertificateKind.NONE)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      direct_tls: bool) -> None:
+        connection = XmlConnection(reader, writer, self.max_stanza)
+        if not self.connections_per_ip.acquire(connection.peer_ip):
+            connection.fail("policy-violation", "too many connections from your address")
+            return
+        inbound = InboundStream(self, connection, direct_tls)
+        self.inbound.add(inbound)
+        try:
+            await inbound.run()
+        finally:
+            self.connections_per_ip.release(connection.peer_ip)
+
+    def inbound_closed(self, inbound: InboundStream) -> None:
+        self.inbound.discard(inbound)
+        for record in inbound.records.values():
+            self._close_record(record)
+        for route in self.routes.values():
+            if route.bidi_stream is inbound:
+                route.bidi_stream = None
+
+    def stream_closed(self, stream: OutboundStream) -> None:
+        self.outbound.discard(stream)
+        self._close_record(stream.record)
+        route = self.routes.get((stream.local, stream.remote))
+        if route is not None and route.stream is stream:
+            route.stream = None
+
+    async def discover(self, remote: str, allow_direct_tls: bool) -> list[Target]:
+        """XEP-0368 then RFC 6120 section 3.2: SRV _xmpps-server, SRV _xmpp-server, then A/AAAA:5269."""
+        targets: list[Target] = []
+        if allow_direct_tls:
+            targets += [Target(t.host, t.port, True)
+                        for t in await self.host.dns.srv(f"_xmpps-server._tcp.{remote}")]
+        targets += [Target(t.host, t.port, False)
+                    for t in await self.host.dns.srv(f"_xmpp-server._tcp.{remote}")]
+        if not targets:
+            targets = [Target(remote, DEFAULT_S2S_PORT, False)]
+        return targets
+
+    async def _open(self, remote: str, local: str, allow_direct_tls: bool, present: bool
+                    ) -> tuple[XmlConnection, Target]:
+        """TCP (or Direct TLS) to the first target that answers."""
+        targets = await self.discover(remote, allow_direct_tls)
+        resolved_any = False
+        errors: list[str] = []
+        for target in targets:
+            addresses = await self._addresses(target.host)
+            resolved_any = resolved_any or bool(addresses)
+            for address in addresses:
+                try:
+                    context = self.tls.client(local, present, direct_tls=True) if target.direct_tls else None
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                        address, target.port, ssl=context,
+                        server_hostname=remote if context is not None else None,
+                        limit=READ_CHUNK * 4), CONNECT_TIMEOUT)
+                except (OSError, TimeoutError, ssl.SSLError) as error:
+                    errors.append(f"{address}:{target.port}: {error or type(error).__name__}")
+                    continue
+                return XmlConnection(reader, writer, self.max_stanza), target
+        if not resolved_any:
+            raise DomainNotFound(f"no address for {remote} (SRV _xmpps-server/_xmpp-server, A/AAAA)")
+        raise Unreachable("; ".join(errors) or f"cannot connect to {remote}")
+
+    async def _addresses(self, host: str) -> list[str]:
+        from peerage.net.tls import is_ip_literal
+
+        if is_ip_literal(host):
+            return [host.strip("[]")]
+        return list(await self.host.dns.addresses(host))
+
+    async def connect_out(self, local: str, remote: str) -> OutboundStream:
+        """Connect and authenticate a stream for (local -> remote) stanzas."""
+        profile = self.policy.profile(remote, self.certificate_kind(local))
+        skip_tls = False
+        while True:
+            connection, target = await self._open(remote, local, not profile.legacy,
+                                                  presents_certificate(profile))
+            record = self.new_record("out", local, remote, connection)
+            try:
+                stream = await self._negotiate_out(connection, target, profile, local, remote, record,
+                                                   skip_tls)
+            except _FallBackToClear as fallback:
+                connection.close(graceful=True)
+                self.finish_record(record, Level.UNSUCCESSFUL, str(fallback))
+                skip_tls = True
+                continue
+            except NegotiationFailed as error:
+                self.finish_record(record, Level.UNSUCCESSFUL, str(error))
+                connection.close(graceful=True)
+                raise
+            except asyncio.CancelledError:
+                self.finish_record(record, Level.UNSUCCESSFUL, "gave up: the bounded wait ran out")
+                connection.close()
+                raise
+            except (StreamError, ssl.SSLError) as error:
+                # The peer refused us (a stream error, a failed handshake): retrying will not help.
+                transient = isinstance(error, StreamError) and error.condition in TRANSIENT_STREAM_ERRORS
+                self.finish_record(record, Level.UNSUCCESSFUL, f"refused by the peer: {error}")
+                connection.close()
+                if transient:
+                    raise Unreachable(str(error)) from None
+                raise NegotiationFailed(str(error)) from None
+            except (ConnectionError, OSError) as error:
+                self.finish_record(record, Level.UNSUCCESSFUL, f"connection lost: {error}")
+                connection.close()
+                raise Unreachable(str(error)) from None
+            self.outbound.add(stream)
+            stream.reader_task = asyncio.ensure_future(stream.run())
+            return stream
+
+    async def _negotiate_out(self, connection: XmlConnection, target: Target, profile: ServerProfile,
+                             local: str, remote: str, record: ConnectionRecord, skip_tls: bool
+                             ) -> OutboundStream:
+        receiver_verified: CertificateCheck | None = None
+        if target.direct_tls:
+            receiver_verified = self._check_receiver(connection, profile, remote)
+        bidi = False
+        authenticated = ""
+        while True:
+            connection.write_header(_header(local, remote, None, profile.legacy))
+            opened = await connection.header()
+            stream_id = opened.attrs.get("id", "")
+            if profile.legacy or not _is_1_0(opened.attrs):
+                if profile.required >= Level.ENCRYPTED and connection.ssl_object is None:
+                    raise NegotiationFailed("the peer speaks pre-1.0 XMPP (no stream features, no TLS) "
+                                            "and our policy requires encryption")
+                authenticated = "dialback"
+                break
+            features = _features_of(await connection.element())
+            tls_feature = features.get(TLS_NS)
+            if connection.ssl_object is None and tls_feature is not None and not skip_tls:
+                required = tls_feature.find("required") is not None
+                choice = initiator_starttls(profile, True, required)
+                if choice is not TlsChoice.NO:
+                    connection.write(f"<starttls xmlns='{TLS_NS}'/>".encode())
+                    answer = await connection.element()
+                    if answer.name != "proceed":
+                        raise NegotiationFailed("the peer refused STARTTLS")
+                    await connection.starttls(
+                        self.tls.client(local, presents_certificate(profile)), remote)
+                    receiver_verified = self._check_receiver(connection, profile, remote)
+                    if choice is TlsChoice.IF_AUTHENTICATED and not receiver_verified.trusted:
+                        raise _FallBackToClear(
+                            "TLS was optional and the receiver's certificate is not trusted ("
+                            + receiver_verified.explain(remote) + "); reconnecting without TLS")
+                    continue
+            if connection.ssl_object is None:
+                if tls_feature is not None and tls_feature.find("required") is not None:
+                    raise NegotiationFailed("the receiver requires TLS")
+                if profile.required >= Level.ENCRYPTED:
+                    raise NegotiationFailed("our policy requires TLS and the receiver offers none")
+            if BIDI_FEATURE_NS in features and self.bidi_enabled and not bidi:
+                connection.write(f"<bidi xmlns='{BIDI_NS}'/>".encode())
+                bidi = True
+            mechanisms = features.get(SASL_NS)
+            external = mechanisms is not None and any(
+                m.text.strip() == "EXTERNAL" for m in mechanisms.find_all("mechanism"))
+            dialback_offered = dialback.DIALBACK_FEATURE_NS in features
+            if connection.ssl_object is not None and initiator_uses_sasl_external(
+                    profile, external, dialback_offered):
+                authzid = base64.b64encode(local.encode()).decode()
+                connection.write(f"<auth xmlns='{SASL_NS}' mechanism='EXTERNAL'>{authzid}</auth>".encode())
+                answer = await connection.element()
+                if answer.name != "success":
+                    raise NegotiationFailed("the receiver refused SASL EXTERNAL: "
+                                            + ",".join(c.name for c in answer.elements()))
+                connection.restart()
+                connection.write_header(_header(local, remote, None, False))
+                await connection.header()
+                await connection.element()  # the (empty) features after SASL
+                authenticated = "sasl-external"
+                break
+            if profile.required >= Level.TRUSTED:
+                raise NegotiationFailed("our policy for this domain requires SASL EXTERNAL, and the "
+                                        "receiver did not offer it (it could not verify our certificate "
+                                        "or its own is not CA-issued)")
+            if not dialback_offered:
+                raise NegotiationFailed("the receiver offers neither SASL EXTERNAL (usable by us) nor "
+                                        "dialback")
+            authenticated = "dialback"
+            break
+        if authenticated == "dialback":
+            key = self.secret.key(remote, local, stream_id)
+            connection.send(dialback.result_request(local, remote, key))
+            while True:
+                element = await connection.element(VERIFY_TIMEOUT + NEGOTIATION_STEP_TIMEOUT)
+                if element.xmlns != dialback.DIALBACK_NS or element.name != "result":
+                    continue
+                try:
+                    message = dialback.parse(element)
+                except dialback.DialbackParseError:
+                    continue
+                if message.from_ != remote or message.to != local:
+                    continue
+                if message.type == "valid":
+                    break
+                if message.type == "error":
+                    raise NegotiationFailed(f"dialback error from the receiver: {message.error}")
+                raise NegotiationFailed("the receiver could not verify our dialback key")
+        encrypted = connection.ssl_object is not None
+        level = level_reached(encrypted, authenticated)
+        record.tls = connection.tls_version
+        record.authentication = authenticated
+        record.bidi = bidi
+        why = {
+            "sasl-external": "TLS with a CA-issued certificate on both sides; SASL EXTERNAL",
+            "dialback": ("TLS" + (" (receiver certificate: " + receiver_verified.explain(remote) + ")"
+                                  if receiver_verified is not None else "") + ", then dialback")
+            if encrypted else "dialback on a clear stream",
+        }[authenticated]
+        if target.direct_tls:
+            why = "Direct TLS (XEP-0368); " + why
+        self.finish_record(record, level, why, open_=True)
+        return OutboundStream(self, connection, local, remote, record, bidi)
+
+    def _check_receiver(self, connection: XmlConnection, profile: ServerProfile, remote: str
+                        ) -> CertificateCheck:
+        check = check_certificate(connection.peer_certificate(), remote, self.trust)
+        if not accepts_receiver_certificate(profile, check.trusted):
+            raise NegotiationFailed("our policy for this domain requires a trusted certificate: "
+                                    + check.explain(remote))
+        return check
+
+    async def verify_with_authoritative(self, local: str, remote: str, stream_id: str, key: str
+                                        ) -> bool | DialbackError:
+        """XEP-0220 section 2.1.2: ask ``remote``'s authoritative server whether ``key`` is its own."""
+        profile = self.policy.profile(remote, self.certificate_kind(local))
+        try:
+            return await asyncio.wait_for(self._verify(local, remote, stream_id, key, profile),
+                                          VERIFY_TIMEOUT)
+        except DomainNotFound:
+            return DialbackError.REMOTE_SERVER_NOT_FOUND
+        except (Unreachable, OSError, ConnectionError, StreamError, DnsTimeout, ssl.SSLError, TimeoutError) as error:
+            log.info("s2s: dialback verification with %s failed: %s", remote, error)
+            return DialbackError.REMOTE_SERVER_TIMEOUT
+
+    async def _verify(self, local: str, remote: str, stream_id: str, key: str,
+                      profile: ServerProfile) -> bool:
+        present = presents_certificate(profile)
+        connection, _ = await self._open(remote, local, not profile.legacy, present)
+        try:
+            while True:
+                connection.write_header(_header(local, remote, None, profile.legacy))
+                opened = await connection.header()
+                if profile.legacy or not _is_1_0(opened.attrs):
+                    break
+                features = _features_of(await connection.element())
+                tls_feature = features.get(TLS_NS)
+                if (connection.ssl_object is None and tls_feature is not None
+                        and tls_feature.find("required") is not None):
+                    connection.write(f"<starttls xmlns='{TLS_NS}'/>".encode())
+                    answer = await connection.element()
+                    if answer.name != "proceed":
+                        raise StreamError("policy-violation", "STARTTLS refused")
+                    await connection.starttls(self.tls.client(local, present), remote)
+                    continue
+                break
+            connection.send(dialback.verify_request(local, remote, stream_id, key))
+            while True:
+                element = await connection.element()
+                if element.xmlns != dialback.DIALBACK_NS or element.name != "verify":
+                    continue
+                message = dialback.parse(element)
+                if message.stream_id != stream_id:
+                    continue
+                return message.type == "valid"
+        finally:
+            connection.close(graceful=True)
+
+    # --- records and status -----------------------------------------------------------------------
+    def new_record(self, direction: str, local: str, remote: str, connection: XmlConnection
+                   ) -> ConnectionRecord:
+        record = ConnectionRecord(next(self._record_ids), direction, local, remote, connection.peer)
+        self.records.appendleft(record)
+        return record
+
+    def finish_record(self, record: ConnectionRecord, level: Level, reason: str, open_: bool = False
+                      ) -> None:
+        record.level = level.letter
+        record.reason = reason
+        record.state = "open" if open_ else "failed"
+        if not open_:
+            record.ended = time.time()
+        arrow = "->" if record.direction == "out" else "<-"
+        log.info("s2s %s %s %s %s: level %s (%s)", record.direction, record.local, arrow, record.remote,
+                 record.level, reason)
+        self._publish()
+
+    def _close_record(self, record: ConnectionRecord) -> None:
+        if record.state == "open":
+            record.state = "closed"
+            record.ended = time.time()
+            log.info("s2s %s %s %s closed after %d stanzas", record.direction, record.local,
+                     record.remote, record.stanzas)
+            self._publish()
+
+    def _publish(self) -> None:
+        if self._status_pending:
+            return
+        self._status_pending = True
+        try:
+            asyncio.get_running_loop().call_later(STATUS_WRITE_DELAY, self._write_status)
+        except RuntimeError:
+            self._write_status()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "updated": time.time(),
+            "policy": {"default": self.policy.default.name.lower(), "legacy": self.policy.legacy,
+                       "allow": sorted(self.policy.allow), "deny": sorted(self.policy.deny)},
+            "certificates": {d: k.value for d, k in self._certificate_kinds.items()},
+            "queues": {f"{local}->{remote}": len(route.queue)
+                       for (local, remote), route in self.routes.items() if route.queue},
+            "connections": [r.as_dict() for r in self.records],
+        }
+
+    def _write_status(self) -> None:
+        self._status_pending = False
+        try:
+            self.host.publish_status("s2s", self.status())
+        except OSError:
+            log.exception("cannot write the s2s status file")
+
+    async def _sweep(self) -> None:
+        """Close streams idle for longer than ``[xmpp.federation] idle_timeout``."""
+        while True:
+            await asyncio.sleep(min(IDLE_SWEEP_INTERVAL, self.idle_timeout))
+            now = time.monotonic()
+            for stream in list(self.outbound):
+                if now - stream.connection.last_activity > self.idle_timeout:
+                    log.info("s2s: closing idle stream %s -> %s", stream.local, stream.remote)
+                    stream.connection.close(graceful=True)
+                    self.stream_closed(stream)
+            for inbound in list(self.inbound):
+                if now - inbound.connection.last_activity > self.idle_timeout:
+                    inbound.connection.close(graceful=True)
+
+
+class _FallBackToClear(Exception):
+    """Rule 1 of ``peerage.xmpp.federation``: optional TLS did not authenticate the receiver."""

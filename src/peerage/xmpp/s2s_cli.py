@@ -1,0 +1,74 @@
+"""Operator commands for federation: ``peerage s2s status`` and ``peerage check federation DOMAIN``.
+
+``s2s status`` prints what the running server published in its status file (``[server] status_file``
+in the data folder): every recent s2s connection with its direction, domains, the level reached
+(U/P/V/E/T) and why, TLS and authentication, and the stanzas waiting per remote domain.
+``check federation`` runs a real negotiation (see ``peerage.xmpp.s2s_check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    s2s = commands.add_parser("s2s", help="XMPP federation: connections and their levels")
+    actions = s2s.add_subparsers(dest="s2s_command", required=True, metavar="status")
+    status = actions.add_parser("status", help="show s2s connections, the level each reached, and why")
+    status.add_argument("--all", action="store_true", help="include closed and failed connections")
+    status.set_defaults(func=cmd_status)
+
+    check = commands.add_parser("check", help="check interoperability with a remote domain")
+    kinds = check.add_subparsers(dest="check_command", required=True, metavar="federation")
+    federation = kinds.add_parser("federation", help="negotiate with DOMAIN step by step and explain")
+    federation.add_argument("domain")
+    federation.add_argument("--from", dest="local", help="the local domain to federate as "
+                                                          "(default: the first configured one)")
+    federation.set_defaults(func=cmd_check_federation)
+
+
+def _time(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    return datetime.datetime.fromtimestamp(stamp).strftime("%H:%M:%S")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from peerage.cli import _config
+    from peerage.server import read_status
+
+    config = _config(args)
+    status = read_status(config).get("s2s")
+    if not status:
+        print("no s2s status: is `peerage serve` running with this configuration?")
+        return 1
+    policy = status.get("policy", {})
+    print(f"policy: default level {policy.get('default')}"
+          + (", legacy pre-1.0 dialback only" if policy.get("legacy") else "")
+          + (f", allow {policy['allow']}" if policy.get("allow") else "")
+          + (f", deny {policy['deny']}" if policy.get("deny") else ""))
+    for domain, kind in status.get("certificates", {}).items():
+        print(f"certificate for {domain}: {kind}")
+    queues = status.get("queues", {})
+    for route, count in queues.items():
+        print(f"queued: {count} stanzas for {route}")
+    rows = [r for r in status.get("connections", []) if args.all or r.get("state") in ("open", "negotiating")]
+    if not rows:
+        print("no open connections" + ("" if args.all else " (use --all for recent history)"))
+        return 0
+    print(f"{'dir':3} {'local':24} {'remote':24} {'lvl':3} {'state':7} {'tls':8} {'auth':13} "
+          f"{'since':8} {'stanzas':>7}  why")
+    for r in rows:
+        print(f"{r['direction']:3} {r['local']:24} {r['remote']:24} {r['level']:3} {r['state']:7} "
+              f"{r.get('tls') or 'clear':8} {r.get('authentication') or '-':13} {_time(r.get('started')):8} "
+              f"{r.get('stanzas', 0):>7}  {r.get('reason', '')}")
+    return 0
+
+
+def cmd_check_federation(args: argparse.Namespace) -> int:
+    from peerage.cli import _config
+    from peerage.xmpp.s2s_check import run_check
+
+    return run_check(_config(args), args.domain, args.local)

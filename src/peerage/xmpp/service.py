@@ -1,0 +1,164 @@
+"""The XMPP service: builds the router, the IM core and its features, and runs the c2s listeners.
+
+This module is in charge of wiring the XMPP pieces to the Host (configuration, store, accounts, TLS,
+limits), listening on the client ports (``[xmpp] c2s_listen`` with STARTTLS and
+``[xmpp] c2s_direct_tls_listen`` with TLS from the first byte, XEP-0368), closing idle connections,
+expiring the archive, and shutting everything down cleanly.
+
+Federation: if ``peerage.xmpp.s2s`` defines ``S2SService``, it is built as ``S2SService(host, router)``
+after the router exists, then ``await s2s.start()``; ``await s2s.stop()`` runs before the client
+listeners close. It plugs into the router through ``Router.set_remote_sender`` and
+``Router.deliver_from_remote`` (see ``peerage.xmpp.router``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import ssl
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from peerage.xmpp.c2s import C2SConnection
+from peerage.xmpp.core import XmppCore
+from peerage.xmpp.features.blocking import Blocking
+from peerage.xmpp.features.caps import Caps
+from peerage.xmpp.features.carbons import Carbons
+from peerage.xmpp.features.csi import ClientStateIndication
+from peerage.xmpp.features.disco import Disco
+from peerage.xmpp.features.mam import Mam
+from peerage.xmpp.features.offline import Offline
+from peerage.xmpp.features.ping import Ping
+from peerage.xmpp.features.private import PrivateStorage
+from peerage.xmpp.features.sm import StreamManagement
+from peerage.xmpp.features.vcard import VCard
+from peerage.xmpp.features.version import Version
+from peerage.xmpp.router import MAX_RESOURCES_PER_ACCOUNT, Router
+from peerage.xmpp.storage import XmppStorage
+
+log = logging.getLogger(__name__)
+
+FEATURES = (Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons, Offline, Mam,
+            StreamManagement, ClientStateIndication)
+#: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
+IDLE_SWEEP_INTERVAL = 10.0
+#: Seconds between archive expiry runs.
+ARCHIVE_EXPIRY_INTERVAL = 3600.0
+
+
+class XmppService:
+    def __init__(self) -> None:
+        self.host: Any = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.connections: set[C2SConnection] = set()
+        self.resumable: dict[str, C2SConnection] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.s2s: Any = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self, host: Any) -> None:
+        from peerage.net.listen import start_listeners
+
+        self.host = host
+        config = host.config.xmpp
+        self.limits = host.limits
+        self.max_stanza_size = config.max_stanza_size
+        self.max_resources = MAX_RESOURCES_PER_ACCOUNT
+        self.idle_unauthenticated = host.config.limits.idle_timeout_unauthenticated
+        self.idle_authenticated = host.config.limits.idle_timeout
+        self.archive_days = config.archive_expires_days
+        self.default_domain = next(iter(host.config.domains), "localhost")
+        self.router = Router(host.config.domains)
+        self.storage = XmppStorage(host.store.engine)
+        self.core = XmppCore(
+            router=self.router, storage=self.storage, accounts=host.accounts,
+            archive_enabled=getattr(config, "archive_enabled", True),
+            max_offline_messages=config.max_offline_messages, feature_classes=FEATURES,
+        )
+        self.tls_available = host.tls.available
+        self._tls_context = host.tls.server_context() if self.tls_available else None
+        await self._start_federation()
+        self.servers += await start_listeners(
+            "xmpp-client", "[xmpp] c2s_listen", config.c2s_listen,
+            protocol_factory=lambda: C2SConnection(self, direct_tls=False))
+        if self.tls_available:
+            self.servers += await start_listeners(
+                "xmpps-client", "[xmpp] c2s_direct_tls_listen", config.c2s_direct_tls_listen,
+                protocol_factory=lambda: C2SConnection(self, direct_tls=True))
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _start_federation(self) -> None:
+        try:
+            module = importlib.import_module("peerage.xmpp.s2s")
+        except ModuleNotFoundError as error:
+            if error.name != "peerage.xmpp.s2s":
+                raise
+            return
+        factory = getattr(module, "S2SService", None)
+        if factory is None:
+            return
+        self.s2s = factory(self.host, self.router)
+        await self.s2s.start()
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self.servers:
+            server.close()
+        if self.s2s is not None:
+            try:
+                await self.s2s.stop()
+            except Exception:
+                log.exception("error stopping federation")
+        # RFC 6120 section 4.9.3.20: tell clients why the stream ends.
+        for connection in list(self.connections):
+            if connection.sm is not None:
+                connection.sm.resumable = False
+            connection._stream_error("system-shutdown", "the server is shutting down")
+        for connection in list(self.resumable.values()):
+            if connection.hibernation is not None:
+                connection.hibernation.cancel()
+                connection.hibernation = None
+        await self.core.flush_archive()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+        self.servers.clear()
+
+    # --- helpers used by connections ------------------------------------------------------------
+    def tls_context(self) -> ssl.SSLContext:
+        assert self._tls_context is not None
+        return self._tls_context
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def replace_session(self, previous: C2SConnection) -> None:
+        await previous.replaced()
+
+    async def _sweep(self) -> None:
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                limit = self.idle_authenticated if connection.bound else self.idle_unauthenticated
+                if now - connection.last_activity > limit:
+                    connection._stream_error("connection-timeout", "idle for too long")
+            if self.core.archive_enabled and now - last_expiry > ARCHIVE_EXPIRY_INTERVAL:
+                last_expiry = now
+                try:
+                    await self.storage.expire_archive(time.time() - self.archive_days * 86400)
+                except Exception:
+                    log.exception("archive expiry failed")
+

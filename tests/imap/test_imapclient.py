@@ -1,0 +1,204 @@
+"""IMAPClient (PyPI) against the IMAP service: SCRAM-SHA-256 and PLAIN, IDLE woken by local delivery
+and by another session, CONDSTORE and QRESYNC resynchronisation after a parallel session's changes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import imaplib
+import threading
+
+from imapclient import IMAPClient
+
+from peerage.identity.scram import scram_client_proof
+from peerage.mail.mailbox import deliver
+from tests.harness import async_wait_for
+from tests.imap.conftest import PASSWORD, USER, ImapHost
+
+
+def message(number: int) -> bytes:
+    return (
+        f"From: dave@example.net\r\nTo: alice@example.org\r\nSubject: note {number}\r\n"
+        f"Message-ID: <n{number}@example.net>\r\n\r\nText {number}\r\n"
+    ).encode()
+
+
+def connect(imap: ImapHost) -> IMAPClient:
+    client = IMAPClient(imap.address, port=993, ssl=True, ssl_context=imap.client_context(), timeout=20)
+    client.login(USER, PASSWORD)
+    return client
+
+
+async def test_authenticate_scram_sha_256_and_plain(imap: ImapHost) -> None:
+    def run() -> None:
+        client = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
+        state: dict[str, bytes] = {}
+        nonce = base64.b64encode(b"client-nonce-123").decode()
+
+        def step(challenge: bytes) -> bytes:
+            if "first" not in state:
+                state["first"] = f"n={USER},r={nonce}".encode()
+                return b"n,," + state["first"]
+            if "server_first" not in state:
+                state["server_first"] = challenge
+                fields = dict(item.split("=", 1) for item in challenge.decode().split(","))
+                without_proof = f"c=biws,r={fields['r']}".encode()
+                auth_message = state["first"] + b"," + challenge + b"," + without_proof
+                proof, signature = scram_client_proof(
+                    "SHA-256", PASSWORD, base64.b64decode(fields["s"]), int(fields["i"]), auth_message
+                )
+                state["signature"] = b"v=" + base64.b64encode(signature)
+                return without_proof + b",p=" + base64.b64encode(proof)
+            assert challenge == state["signature"], "server signature does not verify"
+            state["verified"] = b"yes"
+            return b""
+
+        typ, _ = client.authenticate("SCRAM-SHA-256", step)
+        assert typ == "OK"
+        assert state.get("verified") == b"yes"
+        client.logout()
+
+        plain = IMAPClient(imap.address, port=993, ssl=True, ssl_context=imap.client_context(), timeout=20)
+        plain.plain_login(USER, PASSWORD)
+        assert plain.list_folders()
+        plain.logout()
+
+        bad = IMAPClient(imap.address, port=993, ssl=True, ssl_context=imap.client_context(), timeout=20)
+        try:
+            bad.plain_login(USER, "not the password")
+            raise AssertionError("a wrong PLAIN password was accepted")
+        except Exception as exc:  # IMAPClient raises LoginError
+            assert "AUTHENTICATIONFAILED" in str(exc) or "failed" in str(exc).lower()
+        bad.shutdown()
+
+    await asyncio.to_thread(run)
+
+
+async def test_special_use_and_namespace(imap: ImapHost) -> None:
+    def run() -> None:
+        client = connect(imap)
+        caps = client.capabilities()
+        for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"CONDSTORE", b"QRESYNC", b"SPECIAL-USE", b"ESEARCH",
+                    b"SORT", b"THREAD=REFERENCES", b"NAMESPACE", b"ENABLE", b"UNSELECT", b"LITERAL+"):
+            assert cap in caps, cap
+        uses = {name: flags for flags, _, name in client.list_folders()}
+        assert b"\\Sent" in uses["Sent"] and b"\\Trash" in uses["Trash"] and b"\\Junk" in uses["Junk"]
+        assert client.find_special_folder(b"\\Drafts") == "Drafts"
+        namespace = client.namespace()
+        assert namespace.personal[0][1] == "/"
+        client.create_folder("Projects/2026")
+        names = [name for _, _, name in client.list_folders()]
+        assert "Projects" in names and "Projects/2026" in names
+        client.rename_folder("Projects/2026", "Projects/Done")
+        assert "Projects/Done" in [name for _, _, name in client.list_folders()]
+        client.logout()
+
+    await asyncio.to_thread(run)
+
+
+async def test_idle_sees_local_delivery_and_other_sessions(imap: ImapHost) -> None:
+    idle_started = threading.Event()
+    seen: list[object] = []
+    done = threading.Event()
+
+    def idler() -> None:
+        client = connect(imap)
+        client.select_folder("INBOX")
+        client.idle()
+        idle_started.set()
+        deadline_rounds = 20
+        while deadline_rounds and len([r for r in seen if r[1] == b"EXISTS"]) < 2:  # type: ignore[index]
+            seen.extend(client.idle_check(timeout=0.5))
+            deadline_rounds -= 1
+        flag_updates = 0
+        for _ in range(20):
+            responses = client.idle_check(timeout=0.5)
+            seen.extend(responses)
+            flag_updates += sum(1 for r in responses if r[1] == b"FETCH")
+            if flag_updates:
+                break
+        client.idle_done()
+        client.logout()
+        done.set()
+
+    thread = threading.Thread(target=idler)
+    thread.start()
+    try:
+        await async_wait_for(idle_started.is_set, timeout=10)
+        uid = await deliver(imap.host, USER, message(1))
+        assert uid == 1
+        await async_wait_for(lambda: any(r[1] == b"EXISTS" for r in seen), timeout=5)  # type: ignore[index]
+
+        def other() -> None:
+            client = connect(imap)
+            client.append("INBOX", message(2))
+            client.select_folder("INBOX")
+            client.add_flags([1], [b"\\Flagged"])
+            client.logout()
+
+        await asyncio.to_thread(other)
+        await async_wait_for(done.is_set, timeout=20)
+    finally:
+        thread.join(timeout=20)
+    exists = [r for r in seen if r[1] == b"EXISTS"]  # type: ignore[index]
+    assert [r[0] for r in exists] == [1, 2]  # type: ignore[index]
+    fetches = [r for r in seen if r[1] == b"FETCH"]  # type: ignore[index]
+    assert fetches
+    items = fetches[0][2]  # type: ignore[index]
+    flags = dict(zip(items[::2], items[1::2], strict=True))[b"FLAGS"]
+    assert b"\\Flagged" in flags
+
+
+async def test_condstore_and_qresync_resync(imap: ImapHost) -> None:
+    def run() -> None:
+        client = connect(imap)
+        for number in range(1, 11):
+            client.append("INBOX", message(number))
+        client.enable("QRESYNC")
+        info = client.select_folder("INBOX")
+        uidvalidity = info[b"UIDVALIDITY"]
+        modseq = info[b"HIGHESTMODSEQ"]
+        client.logout()
+
+        other = connect(imap)
+        other.select_folder("INBOX")
+        other.add_flags([2, 3], [b"\\Seen"])
+        other.delete_messages([5])
+        other.expunge()
+        other.append("INBOX", message(11))
+        other.logout()
+
+        client = connect(imap)
+        client.enable("CONDSTORE")
+        client.select_folder("INBOX")
+        changed = client.fetch(list(range(1, 12)), ["FLAGS"], modifiers=[f"CHANGEDSINCE {modseq}"])
+        uids_changed = sorted(changed)
+        assert uids_changed == [2, 3, 11], uids_changed
+        assert all(b"MODSEQ" in data for data in changed.values())
+        client.logout()
+
+        # QRESYNC: SELECT with the old state reports VANISHED (EARLIER) and the changed flags
+        raw = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
+        raw.login(USER, PASSWORD)
+        raw._simple_command("ENABLE", "QRESYNC")  # type: ignore[attr-defined]
+        typ, _ = raw._simple_command(  # type: ignore[attr-defined]
+            "SELECT", "INBOX", f"(QRESYNC ({uidvalidity} {modseq} 1:10))"
+        )
+        assert typ == "OK"
+        raw.state = "SELECTED"
+        vanished = raw.untagged_responses.get("VANISHED")
+        assert vanished == [b"(EARLIER) 5"], vanished
+        fetched = b" ".join(f for f in raw.untagged_responses.get("FETCH", []) if isinstance(f, bytes))
+        assert b"UID 2 " in fetched and b"UID 3 " in fetched and b"\\Seen" in fetched
+        # UNCHANGEDSINCE with the old mod-sequence fails for the messages changed since (seq 2, 3)
+        typ, data = raw._simple_command(  # type: ignore[attr-defined]
+            "STORE", "1:3", f"(UNCHANGEDSINCE {modseq})", "+FLAGS", "(\\Answered)"
+        )
+        assert typ == "OK"
+        assert data == [b"[MODIFIED 2:3] Conditional STORE failed"], data
+        typ, data = raw.fetch("1:3", "(FLAGS)")
+        answered = [line for line in data if b"\\Answered" in line]
+        assert answered and all(line.startswith(b"1 ") for line in answered), answered
+        raw.logout()
+
+    await asyncio.to_thread(run)

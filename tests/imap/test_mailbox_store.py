@@ -1,0 +1,186 @@
+"""The mailbox store: default folders, UIDs, UIDVALIDITY, MODSEQ, flags, copy/move/expunge, change
+reads for QRESYNC, notifications, on SQLite and PostgreSQL; and atomic delivery across a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from peerage.mail.mailbox import MailboxExists, MailboxStore, deliver, mailbox_owner, store_for
+from peerage.mail.tables import mail_messages
+from peerage.store.schema import load_all_tables
+from tests.harness import async_wait_for
+from tests.imap.conftest import USER, ImapHost
+
+OWNER = "alice@example.org"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MailboxStore]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'mail.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = create_async_engine(url)
+    metadata = load_all_tables()
+    mine = {"mail_mailboxes", "mail_messages", "mail_expunged", "mail_uidvalidity"}
+    tables = [t for t in metadata.sorted_tables if t.name in mine]
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: metadata.drop_all(sync, tables=list(reversed(tables))))
+        await conn.run_sync(lambda sync: metadata.create_all(sync, tables=tables))
+    try:
+        yield MailboxStore(engine, tmp_path)
+    finally:
+        await engine.dispose()
+
+
+async def test_default_folders_uids_and_modseq(store: MailboxStore) -> None:
+    boxes = {box.name: box for box in await store.list_mailboxes(OWNER)}
+    assert {name: box.special_use for name, box in boxes.items()} == {
+        "INBOX": None, "Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+    }
+    inbox = boxes["INBOX"]
+    assert len({box.uidvalidity for box in boxes.values()}) == 5
+    uid1, validity = await store.append(inbox.id, b"Subject: a\n\nbare LF body\n", ["\\seen", "$Work"])
+    uid2, _ = await store.append(inbox.id, b"Subject: b\r\n\r\nbody\r\n")
+    assert (uid1, uid2) == (1, 2) and validity == inbox.uidvalidity
+    rows = await store.messages(inbox.id, None, with_header=True)
+    assert rows[0].flags == ("\\Seen", "$Work")
+    assert store.read_blob(rows[0].blob) == b"Subject: a\r\n\r\nbare LF body\r\n"
+    assert rows[0].header == b"Subject: a\r\n\r\n" and rows[0].size == 28
+    before = (await store.mailbox_by_id(inbox.id)).highestmodseq  # type: ignore[union-attr]
+
+    result, failed, modseq = await store.store_flags(inbox.id, [1, 2], "add", ["\\Flagged"])
+    assert not failed and modseq == before + 1
+    assert [(uid, flags) for uid, flags, _ in result] == [
+        (1, ("\\Seen", "$Work", "\\Flagged")), (2, ("\\Flagged",))
+    ]
+    result, failed, _ = await store.store_flags(inbox.id, [1, 2], "remove", ["\\Seen"], unchanged_since=before)
+    assert failed == [1, 2]
+
+    trash = await store.get_mailbox(OWNER, "Trash")
+    assert trash is not None
+    _, mapping = await store.move(inbox.id, [2], trash.id)
+    assert mapping == [(2, 1)]
+    _, mapping = await store.copy(inbox.id, [1], trash.id)
+    assert mapping == [(1, 2)]
+    await store.store_flags(inbox.id, [1], "add", ["\\Deleted"])
+    assert await store.expunge(inbox.id) == [1]
+    changes = await store.changes_since(inbox.id, before)
+    assert changes.expunged == [1, 2] and changes.changed == []
+    assert (await store.status(trash.id))["MESSAGES"] == 2
+    copied = await store.messages(trash.id, [2])
+    assert store.read_blob(copied[0].blob).startswith(b"Subject: a")
+
+    with pytest.raises(MailboxExists):
+        await store.create_mailbox(OWNER, "Sent")
+    await store.create_mailbox(OWNER, "Lists/python")
+    await store.rename_mailbox(OWNER, "Lists", "Archive")
+    names = {box.name for box in await store.list_mailboxes(OWNER)}
+    assert {"Archive", "Archive/python"} <= names and "Lists" not in names
+    old = await store.get_mailbox(OWNER, "Archive/python")
+    await store.delete_mailbox(OWNER, "Archive/python")
+    again = await store.create_mailbox(OWNER, "Archive/python")
+    assert old is not None and again.uidvalidity > old.uidvalidity
+
+
+async def test_rename_inbox_moves_its_messages(store: MailboxStore) -> None:
+    inbox = await store.get_mailbox(OWNER, "inbox")
+    assert inbox is not None
+    await store.append(inbox.id, b"Subject: 1\r\n\r\nx\r\n")
+    await store.rename_mailbox(OWNER, "INBOX", "Old")
+    old = await store.get_mailbox(OWNER, "Old")
+    assert old is not None and await store.uids(old.id) == [1]
+    assert await store.uids(inbox.id) == []
+    assert (await store.get_mailbox(OWNER, "INBOX")) is not None
+
+
+async def test_notifier_wakes_watchers_after_commit(store: MailboxStore) -> None:
+    inbox = await store.get_mailbox(OWNER, "INBOX")
+    assert inbox is not None
+    with store.notifier.watch(inbox.id) as watch:
+        await store.append(inbox.id, b"Subject: x\r\n\r\ny\r\n")
+        assert watch.event.is_set()
+        changes = await store.changes_since(inbox.id, 0)
+        assert [uid for uid, _, _ in changes.changed] == [1]
+
+
+async def test_deliver_creates_folder_and_notifies(imap: ImapHost) -> None:
+    store = store_for(imap.host)
+    uid = await deliver(imap.host, "Alice@Example.org", b"Subject: hi\r\n\r\nx\r\n", folder="Lists/ietf")
+    assert uid == 1
+    box = await store.get_mailbox(mailbox_owner(USER), "Lists/ietf")
+    assert box is not None and await store.uids(box.id) == [1]
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from peerage.mail.mailbox import MailboxStore
+    from peerage.store.schema import load_all_tables
+
+    async def main():
+        engine = create_async_engine(sys.argv[1])
+        async with engine.begin() as conn:
+            await conn.run_sync(load_all_tables().create_all)
+        store = MailboxStore(engine, sys.argv[2])
+        inbox = await store.get_mailbox("alice@example.org", "INBOX")
+        number = 0
+        while True:
+            number += 1
+            uid, _ = await store.append(inbox.id, b"Subject: %d\\r\\n\\r\\n" % number + b"x" * 20000)
+            print(uid, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_delivery_is_atomic_across_kill_9(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'mail.db'}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, url, str(tmp_path), stdout=asyncio.subprocess.PIPE, env=env
+    )
+    acknowledged: list[int] = []
+
+    async def read_some() -> bool:
+        assert child.stdout is not None
+        line = await child.stdout.readline()
+        if line:
+            acknowledged.append(int(line))
+        return len(acknowledged) >= 40
+
+    try:
+        await async_wait_for(read_some, timeout=60)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(mail_messages.c.uid, mail_messages.c.blob,
+                                              mail_messages.c.size))).all()
+    finally:
+        await engine.dispose()
+    store = MailboxStore(engine, tmp_path)
+    uids = [row[0] for row in rows]
+    assert set(acknowledged) <= set(uids), "an acknowledged delivery was lost"
+    assert uids == list(range(1, len(uids) + 1))
+    for _, blob, size in rows:
+        assert len(store.read_blob(blob)) == size, "a stored row points at a partial message"
+    # Files that no row refers to are the only trace a crash can leave.
+    files = {path.name for path in (tmp_path / "mail" / "blobs").rglob("*") if path.is_file()}
+    referenced = {row[1] for row in rows}
+    assert referenced <= files
+    assert len(files - referenced) <= 2

@@ -1,0 +1,66 @@
+"""Outages: the remote server stops; stanzas queue, then arrive once it is back, or come back to the
+sender as errors after the bound. Every stanza is counted: none lost, none duplicated."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.s2s.helpers import Federation, login, read_stanza
+
+pytestmark = pytest.mark.slow
+
+#: Seconds a stanza may wait for its connection ([xmpp.federation] connect_timeout in these tests).
+BOUND = 6.0
+
+
+@pytest.fixture(scope="module")
+def pair(federation: Federation):
+    sender = federation.server("home.s2s.test", "127.0.2.41", level="verified", users=("ann",),
+                               federation={"connect_timeout": BOUND})
+    remote = federation.server("away.s2s.test", "127.0.2.42", level="verified", users=("ben",),
+                               federation={"connect_timeout": BOUND})
+    federation.start_all([sender, remote])
+    return sender, remote
+
+
+async def test_queued_stanzas_arrive_after_restart_or_bounce_after_the_bound(pair) -> None:
+    sender, remote = pair
+    ann = await login(sender, "ann@home.s2s.test")
+    try:
+        # Establish the connection, then take the remote down.
+        await ann.send("<message to='ben@away.s2s.test' id='warm'><body>warm-up</body></message>")
+        ben = await login(remote, "ben@away.s2s.test")
+        await read_stanza(ben, r"<message[^>]*id='warm'.*?</message>")
+        await ben.close()
+        remote.stop()
+
+        # Phase 1: the remote comes back within the bound; every queued message arrives once.
+        first = [f"q{i}" for i in range(20)]
+        for stanza_id in first:
+            await ann.send(f"<message to='ben@away.s2s.test' id='{stanza_id}'><body>{stanza_id}</body></message>")
+        remote.start()
+        ben = await login(remote, "ben@away.s2s.test")
+        received = await read_stanza(ben, r"<message[^>]*id='q19'.*?</message>", timeout=BOUND * 3)
+        await ben.send("<message to='ben@away.s2s.test' id='end1'><body>end</body></message>")
+        received += await read_stanza(ben, r"<message[^>]*id='end1'.*?</message>")
+        ids = re.findall(r"<message[^>]*id='(q\d+)'", received)
+        assert sorted(ids, key=lambda s: int(s[1:])) == first, ids
+        await ben.close()
+
+        # Phase 2: the remote stays down; every message comes back as an error after the bound.
+        remote.stop()
+        second = [f"b{i}" for i in range(10)]
+        for stanza_id in second:
+            await ann.send(f"<message to='ben@away.s2s.test' id='{stanza_id}'><body>{stanza_id}</body></message>")
+        errors = await read_stanza(ann, r"<message[^>]*id='b9'[^>]*type='error'.*?</message>|"
+                                        r"<message[^>]*type='error'[^>]*id='b9'.*?</message>",
+                                   timeout=BOUND * 3)
+        await ann.send("<message to='ann@home.s2s.test' id='end2'><body>end</body></message>")
+        errors += await read_stanza(ann, r"<message[^>]*id='end2'.*?</message>")
+        bounced = re.findall(r"<message[^>]*id='(b\d+)'", errors)
+        assert sorted(bounced, key=lambda s: int(s[1:])) == second, bounced
+        assert errors.count("remote-server-timeout") == len(second)
+    finally:
+        await ann.close()
