@@ -15,6 +15,7 @@ Usage: python3 bench/sip/run.py [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -44,9 +45,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CALL_RATES = (250, 500, 1000, 1500, 2000, 2500, 3000)
 # Seconds of load per step (calls = rate x this), bounded.
 STEP_SECONDS = 5
+# Longest a SIPp load run may take (seconds): a collapsed run ends here and counts as failed.
+SIPP_RUN_LIMIT = 40
+# A step that fails is tried again once: other work on the shared machine can stall a run.
+STEP_ATTEMPTS = 2
 # Rate at which CPU per call is compared (both proxies must sustain it).
-CPU_RATE = 400
-CPU_CALLS = 4000
+CPU_RATE = 1000
+CPU_CALLS = 10000
 REGISTER_RATES = (100, 200, 400, 800, 1200)
 
 
@@ -80,13 +85,15 @@ def sipp(workdir: Path, scenario: str, ip: str, port: int, server: str | None, *
          background: bool = False) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     others = ",".join(str(c) for c in range(1, os.cpu_count() or 2)) or "0"
     command = ["taskset", "-c", others, "sipp", "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port),
-               "-nostdin", "-timeout_error", "-max_socket", "50000", "-buff_size", "4194304", *args]
+               "-nostdin", "-max_socket", "50000", "-buff_size", "4194304", *args]
+    if not background:  # a load run ends by itself even if the proxy collapses
+        command += ["-timeout", f"{SIPP_RUN_LIMIT}s", "-timeout_error"]
     if server:
         command.append(server)
     if background:
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                                 cwd=workdir, start_new_session=True)
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=SIPP_RUN_LIMIT + 30)
 
 
 def counts(output: str) -> tuple[int, int]:
@@ -100,10 +107,8 @@ def stop_session(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> No
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Peerage:
@@ -200,12 +205,19 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
         # highest rate with zero failed calls
         best = 0
         for rate in CALL_RATES[: 3 if quick else None]:
-            run = sipp(workdir, "uac_call.xml", UAC_IP, 5401, proxy.address, *keys, "-r", str(rate),
-                       "-m", str(rate * STEP_SECONDS), "-l", str(rate * 4))
-            assert isinstance(run, subprocess.CompletedProcess)
-            ok, failed = counts(run.stdout)
-            print(f"  {proxy.name}: {rate} calls/s offered -> {ok} ok, {failed} failed", flush=True)
-            if failed != 0 or ok < rate * STEP_SECONDS:
+            passed = False
+            for attempt in range(STEP_ATTEMPTS):
+                run = sipp(workdir, "uac_call.xml", UAC_IP, 5401, proxy.address, *keys, "-r", str(rate),
+                           "-m", str(rate * STEP_SECONDS), "-l", str(rate * 4))
+                assert isinstance(run, subprocess.CompletedProcess)
+                ok, failed = counts(run.stdout)
+                print(f"  {proxy.name}: {rate} calls/s offered (try {attempt + 1}) -> {ok} ok, {failed} failed",
+                      flush=True)
+                if failed == 0 and ok >= rate * STEP_SECONDS:
+                    passed = True
+                    break
+                time.sleep(STEP_SECONDS)  # let retransmissions of the failed step drain
+            if not passed:
                 break
             best = rate
         result["calls_per_second"] = best
@@ -268,6 +280,8 @@ def main() -> int:
         f"{k['calls_per_second']:.0f} | {p['calls_per_second'] / max(k['calls_per_second'], 1):.2f} |",
         f"| proxy CPU-seconds per 1,000 calls (at {CPU_RATE} calls/s) | {p['cpu_per_1000']:.3f} | "
         f"{k['cpu_per_1000']:.3f} | {ratio:.2f} |",
+        f"| one-core capacity implied by CPU per call (calls/s) | {1000 / max(p['cpu_per_1000'], 1e-9):.0f} | "
+        f"{1000 / max(k['cpu_per_1000'], 1e-9):.0f} | {1 / ratio if ratio else 0:.2f} |",
         f"| REGISTER with digest /s, zero failures (max tried {REGISTER_RATES[-1]}) | "
         f"{p['registers_per_second']:.0f} | {k['registers_per_second']:.0f} | "
         f"{p['registers_per_second'] / max(k['registers_per_second'], 1):.2f} |",

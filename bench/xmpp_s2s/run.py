@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import platform
 import subprocess
@@ -92,10 +93,8 @@ async def measure(a_addr: str, a_dom: str, b_addr: str, b_dom: str, pairs: int, 
 
     start = time.perf_counter()
     await asyncio.gather(*(blast(i, s) for i, s in enumerate(senders)))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in counters)), RUN_TIMEOUT)
-    except TimeoutError:
-        pass
     elapsed = time.perf_counter() - start
     received = sum(c.count for c in counters)
     for task in tasks:

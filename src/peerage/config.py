@@ -177,6 +177,9 @@ class SmtpConfig:
     first_retry_seconds: float = 450.0
     # Local address outbound SMTP connections are made from; empty lets the system choose.
     source_address: str = ""
+    # Extra processes sharing the MX port (SO_REUSEPORT) to spread SMTP sessions over CPUs; storage
+    # stays in the main process. 0 keeps everything in one process.
+    mx_workers: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ class Raw:
         data = text.encode() if isinstance(text, str) else text
         self.writer.write(tag + b" " + data + b"\r\n")
         await self.writer.drain()
-        untagged = []
+        untagged: list[bytes] = []
         while True:
             line = await asyncio.wait_for(self.reader.readline(), 10)
             assert line, "connection closed"
@@ -171,3 +171,21 @@ async def test_compress_deflate(imap: ImapHost) -> None:
     assert b"c1 OK [APPENDUID" in received and b"c2 OK [READ-WRITE]" in received
     assert body in received
     raw.writer.close()
+
+
+async def test_mailbox_names_utf8_in_rev2_and_modified_utf7_in_rev1(imap: ImapHost) -> None:
+    rev2 = await login(imap)
+    await rev2.command("ENABLE IMAP4rev2")
+    _, done = await rev2.command('CREATE "Entwürfe/Ärger"'.encode())
+    assert b"OK" in done
+    untagged, _ = await rev2.command('LIST "" "Entw*"')
+    assert untagged == ['* LIST (\\HasChildren) "/" "Entwürfe"'.encode(),
+                        '* LIST (\\HasNoChildren) "/" "Entwürfe/Ärger"'.encode()]
+    rev1 = await login(imap)
+    untagged, _ = await rev1.command('LIST "" "Entw*"')
+    assert untagged == [b'* LIST (\\HasChildren) "/" Entw&APw-rfe',
+                        b'* LIST (\\HasNoChildren) "/" Entw&APw-rfe/&AMQ-rger']
+    untagged, done = await rev1.command("SELECT Entw&APw-rfe/&AMQ-rger")
+    assert b"OK [READ-WRITE]" in done
+    rev1.writer.close()
+    rev2.writer.close()

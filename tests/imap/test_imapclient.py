@@ -1,3 +1,5 @@
+# imaplib's stubs type every response as a union of bytes, tuples and None; the tests index them.
+# mypy: disable-error-code="assignment,operator,attr-defined,index,union-attr,return-value,arg-type"
 """IMAPClient (PyPI) against the IMAP service: SCRAM-SHA-256 and PLAIN, IDLE woken by local delivery
 and by another session, CONDSTORE and QRESYNC resynchronisation after a parallel session's changes."""
 
@@ -74,6 +76,64 @@ async def test_authenticate_scram_sha_256_and_plain(imap: ImapHost) -> None:
     await asyncio.to_thread(run)
 
 
+def scram_exchange(user: str, password: str, gs2_header: bytes, binding: bytes) -> tuple[object, dict[str, bytes]]:
+    """An imaplib authenticate() callback running the client side of SCRAM-SHA-256(-PLUS)."""
+    state: dict[str, bytes] = {}
+    nonce = base64.b64encode(b"client-nonce-456").decode()
+
+    def step(challenge: bytes) -> bytes:
+        if "first" not in state:
+            state["first"] = f"n={user},r={nonce}".encode()
+            return gs2_header + state["first"]
+        if "signature" not in state:
+            fields = dict(item.split("=", 1) for item in challenge.decode().split(","))
+            channel = base64.b64encode(gs2_header + binding).decode()
+            without_proof = f"c={channel},r={fields['r']}".encode()
+            auth_message = state["first"] + b"," + challenge + b"," + without_proof
+            proof, signature = scram_client_proof(
+                "SHA-256", password, base64.b64decode(fields["s"]), int(fields["i"]), auth_message
+            )
+            state["signature"] = b"v=" + base64.b64encode(signature)
+            return without_proof + b",p=" + base64.b64encode(proof)
+        state["verified"] = b"yes" if challenge == state["signature"] else b"no"
+        return b""
+
+    return step, state
+
+
+async def test_authenticate_scram_sha_256_plus_with_tls_exporter(imap: ImapHost) -> None:
+    from peerage.net.tls import tls_exporter
+
+    def run() -> None:
+        client = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
+        assert "AUTH=SCRAM-SHA-256-PLUS" in client.capabilities
+        binding = tls_exporter(client.sock)
+        assert binding is not None
+        step, state = scram_exchange(USER, PASSWORD, b"p=tls-exporter,,", binding)
+        typ, _ = client.authenticate("SCRAM-SHA-256-PLUS", step)
+        assert typ == "OK" and state["verified"] == b"yes"
+        client.logout()
+
+        # Wrong binding data (as a man in the middle would have) is refused.
+        client = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
+        step, state = scram_exchange(USER, PASSWORD, b"p=tls-exporter,,", b"\0" * 32)
+        try:
+            client.authenticate("SCRAM-SHA-256-PLUS", step)
+            raise AssertionError("a wrong channel binding was accepted")
+        except imaplib.IMAP4.error as exc:
+            assert "AUTHENTICATIONFAILED" in str(exc)
+        # A client that could bind but was not offered to ("y") means a downgrade: refused.
+        step, state = scram_exchange(USER, PASSWORD, b"y,,", b"")
+        try:
+            client.authenticate("SCRAM-SHA-256", step)
+            raise AssertionError("a channel-binding downgrade was accepted")
+        except imaplib.IMAP4.error as exc:
+            assert "AUTHENTICATIONFAILED" in str(exc)
+        client.shutdown()
+
+    await asyncio.to_thread(run)
+
+
 async def test_special_use_and_namespace(imap: ImapHost) -> None:
     def run() -> None:
         client = connect(imap)
@@ -107,7 +167,7 @@ async def test_idle_sees_local_delivery_and_other_sessions(imap: ImapHost) -> No
         client.idle()
         idle_started.set()
         deadline_rounds = 20
-        while deadline_rounds and len([r for r in seen if r[1] == b"EXISTS"]) < 2:  # type: ignore[index]
+        while deadline_rounds and len([r for r in seen if r[1] == b"EXISTS"]) < 2:
             seen.extend(client.idle_check(timeout=0.5))
             deadline_rounds -= 1
         flag_updates = 0
@@ -127,7 +187,7 @@ async def test_idle_sees_local_delivery_and_other_sessions(imap: ImapHost) -> No
         await async_wait_for(idle_started.is_set, timeout=10)
         uid = await deliver(imap.host, USER, message(1))
         assert uid == 1
-        await async_wait_for(lambda: any(r[1] == b"EXISTS" for r in seen), timeout=5)  # type: ignore[index]
+        await async_wait_for(lambda: any(r[1] == b"EXISTS" for r in seen), timeout=5)
 
         def other() -> None:
             client = connect(imap)
@@ -140,11 +200,11 @@ async def test_idle_sees_local_delivery_and_other_sessions(imap: ImapHost) -> No
         await async_wait_for(done.is_set, timeout=20)
     finally:
         thread.join(timeout=20)
-    exists = [r for r in seen if r[1] == b"EXISTS"]  # type: ignore[index]
-    assert [r[0] for r in exists] == [1, 2]  # type: ignore[index]
-    fetches = [r for r in seen if r[1] == b"FETCH"]  # type: ignore[index]
+    exists = [r for r in seen if r[1] == b"EXISTS"]
+    assert [r[0] for r in exists] == [1, 2]
+    fetches = [r for r in seen if r[1] == b"FETCH"]
     assert fetches
-    items = fetches[0][2]  # type: ignore[index]
+    items = fetches[0][2]
     flags = dict(zip(items[::2], items[1::2], strict=True))[b"FLAGS"]
     assert b"\\Flagged" in flags
 
@@ -180,8 +240,8 @@ async def test_condstore_and_qresync_resync(imap: ImapHost) -> None:
         # QRESYNC: SELECT with the old state reports VANISHED (EARLIER) and the changed flags
         raw = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
         raw.login(USER, PASSWORD)
-        raw._simple_command("ENABLE", "QRESYNC")  # type: ignore[attr-defined]
-        typ, _ = raw._simple_command(  # type: ignore[attr-defined]
+        raw._simple_command("ENABLE", "QRESYNC")
+        typ, _ = raw._simple_command(
             "SELECT", "INBOX", f"(QRESYNC ({uidvalidity} {modseq} 1:10))"
         )
         assert typ == "OK"
@@ -191,7 +251,7 @@ async def test_condstore_and_qresync_resync(imap: ImapHost) -> None:
         fetched = b" ".join(f for f in raw.untagged_responses.get("FETCH", []) if isinstance(f, bytes))
         assert b"UID 2 " in fetched and b"UID 3 " in fetched and b"\\Seen" in fetched
         # UNCHANGEDSINCE with the old mod-sequence fails for the messages changed since (seq 2, 3)
-        typ, data = raw._simple_command(  # type: ignore[attr-defined]
+        typ, data = raw._simple_command(
             "STORE", "1:3", f"(UNCHANGEDSINCE {modseq})", "+FLAGS", "(\\Answered)"
         )
         assert typ == "OK"

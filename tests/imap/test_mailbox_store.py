@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -104,6 +105,20 @@ async def test_rename_inbox_moves_its_messages(store: MailboxStore) -> None:
     assert (await store.get_mailbox(OWNER, "INBOX")) is not None
 
 
+async def test_orphaned_files_are_swept_only_when_old(store: MailboxStore) -> None:
+    inbox = await store.get_mailbox(OWNER, "INBOX")
+    assert inbox is not None
+    await store.append(inbox.id, b"Subject: kept\r\n\r\nx\r\n")
+    old_orphan = store.blobs.path(store.blobs.write(b"crashed before commit"))
+    young_orphan = store.blobs.path(store.blobs.write(b"commit in flight"))
+    an_hour_ago = time.time() - 7200
+    os.utime(old_orphan, (an_hour_ago, an_hour_ago))
+    assert await store.collect_orphans() == 1
+    assert not old_orphan.exists() and young_orphan.exists()
+    rows = await store.messages(inbox.id, None)
+    assert store.read_blob(rows[0].blob).startswith(b"Subject: kept")
+
+
 async def test_notifier_wakes_watchers_after_commit(store: MailboxStore) -> None:
     inbox = await store.get_mailbox(OWNER, "INBOX")
     assert inbox is not None
@@ -120,6 +135,11 @@ async def test_deliver_creates_folder_and_notifies(imap: ImapHost) -> None:
     assert uid == 1
     box = await store.get_mailbox(mailbox_owner(USER), "Lists/ietf")
     assert box is not None and await store.uids(box.id) == [1]
+    # BODYSTRUCTURE is parsed once at delivery and kept with the row.
+    (row,) = await store.messages(box.id, None, with_header=True, with_structure=True)
+    assert row.structure == b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 3 1 NIL NIL NIL NIL)'
+    assert row.basic_structure == b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 3 1)'
+    assert row.header == b"Subject: hi\r\n\r\n"
 
 
 CHILD = textwrap.dedent(

@@ -51,6 +51,12 @@ def test_non_synchronising_literal_and_split_input() -> None:
     ]
 
 
+def test_empty_literals() -> None:
+    reader = CommandReader(append_limit=100)
+    assert feed(reader, b"a LOGIN {0}\r\n") == [Continue()]
+    assert feed(reader, b" {0+}\r\n\r\n") == [Command("a", "LOGIN", [b"", b""])]
+
+
 def test_oversized_literal_is_refused_before_it_is_read() -> None:
     reader = CommandReader(append_limit=100)
     events = feed(reader, b"a APPEND INBOX {101}\r\n")
@@ -115,7 +121,8 @@ def test_search_keys() -> None:
     command = parse_command([b'a SEARCH OR FROM bob (SUBJECT "x y" UNSEEN) NOT 1:5 SINCE 1-Feb-2026'])
     key = parse_search(command.args)
     assert key.op == "AND" and [k.op for k in key.args] == ["OR", "NOT", "SINCE"]  # type: ignore[attr-defined]
-    for bad in (["FROM"], ["OR", "SEEN"], ["SINCE", "31-Foo-2020"], ["BOGUS"], [[]]):
+    cases: list[list[object]] = [["FROM"], ["OR", "SEEN"], ["SINCE", "31-Foo-2020"], ["BOGUS"], [[]]]
+    for bad in cases:
         with pytest.raises(ParseError):
             parse_search(bad)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import os
+import re
 
 from tests.imap.conftest import PASSWORD, USER, ImapHost
 
@@ -88,3 +89,52 @@ async def test_garbage_does_not_affect_other_sessions(imap: ImapHost) -> None:
         return typ
 
     assert await asyncio.to_thread(still_serving) == "OK"
+
+
+_COMMANDS = ["FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH", "COPY", "MOVE", "UID MOVE",
+             "EXPUNGE", "SELECT", "EXAMINE", "STATUS", "LIST", "SORT", "THREAD", "NOOP", "CREATE", "DELETE",
+             "RENAME", "UNSELECT", "CLOSE", "APPEND", "ENABLE", "ID", "NAMESPACE", "CHECK", "LSUB", "IDLE"]
+_ARGUMENTS = ["1", "1:*", "*", "2:3", "$", "INBOX", "Trash", '""', '"*"', "%", "(FLAGS)", "(BODY[])",
+              "(BODY.PEEK[1.2.MIME])", "(BINARY[1])", "(BINARY.SIZE[2])", "(BODYSTRUCTURE ENVELOPE)", "+FLAGS",
+              "-FLAGS.SILENT", "(\\Seen)", "(\\Deleted)", "ALL", "TEXT", "hello", "OR", "NOT", "UID", "(SUBJECT)",
+              "UTF-8", "REFERENCES", "(MESSAGES UNSEEN)", "(CHANGEDSINCE 1)", "(UNCHANGEDSINCE 1)", "RETURN",
+              "(SAVE)", "(MIN MAX)", "CONDSTORE", "QRESYNC", "IMAP4rev2", "(QRESYNC (1 1))", "NIL", "SINCE",
+              "1-Jan-2020", "HEADER", "X"]
+# Random commands per run: enough to reach every handler with odd arguments, bounded for CI time.
+FUZZ_COMMANDS = 400
+
+
+async def test_random_commands_never_hit_an_internal_error(imap: ImapHost) -> None:
+    import random
+
+    from tests.imap.test_extensions import Raw, append, login
+
+    rng = random.Random(20261125)
+    raw: Raw = await login(imap)
+    for number in range(5):
+        await append(raw, (
+            f"Subject: s{number}\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+            "Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n"
+        ).encode())
+    answers = 0
+    for _ in range(FUZZ_COMMANDS):
+        command = rng.choice(_COMMANDS) + " " + " ".join(rng.choice(_ARGUMENTS) for _ in range(rng.randint(0, 4)))
+        if command.startswith("IDLE"):
+            raw.writer.write(b"i IDLE\r\n")
+            await raw.writer.drain()
+            assert (await asyncio.wait_for(raw.reader.readline(), 10)).startswith(b"+")
+            raw.writer.write(b"DONE\r\n")
+            await raw.writer.drain()
+            while not (await asyncio.wait_for(raw.reader.readline(), 10)).startswith(b"i "):
+                pass
+            continue
+        try:
+            _, done = await raw.command(command)
+        except AssertionError:  # closed after too many invalid commands in a row
+            raw = await login(imap)
+            continue
+        answers += 1
+        assert b"SERVERBUG" not in done, (command, done)
+        assert re.match(rb"x\d+ (OK|NO|BAD)", done), (command, done)
+    assert answers > FUZZ_COMMANDS // 2
+    raw.writer.close()

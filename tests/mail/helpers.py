@@ -97,15 +97,26 @@ class RawSMTP:
         assert code == 220
         self.sock = unverified_context().wrap_socket(self.sock)
 
-    def scram_sha256(self, username: str, password: str) -> tuple[int, str]:
+    def scram_sha256(self, username: str, password: str, *, plus: bool = False) -> tuple[int, str]:
+        """SCRAM-SHA-256, or SCRAM-SHA-256-PLUS bound to the TLS session with tls-exporter (RFC 9266)."""
         nonce = base64.b64encode(os.urandom(18)).decode()
         client_first_bare = f"n={username},r={nonce}"
-        code, text = self.command("AUTH SCRAM-SHA-256 " + base64.b64encode(f"n,,{client_first_bare}".encode()).decode())
+        gs2 = "p=tls-exporter,," if plus else "n,,"
+        binding = b""
+        if plus:
+            from peerage.net.tls import tls_exporter
+
+            assert isinstance(self.sock, ssl.SSLSocket)
+            exported = tls_exporter(self.sock)
+            assert exported is not None
+            binding = exported
+        mechanism = "SCRAM-SHA-256-PLUS" if plus else "SCRAM-SHA-256"
+        code, text = self.command(f"AUTH {mechanism} " + base64.b64encode(f"{gs2}{client_first_bare}".encode()).decode())
         if code != 334:
             return code, text
         server_first = base64.b64decode(text)
         fields = dict(part.split("=", 1) for part in server_first.decode().split(","))
-        without_proof = f"c={base64.b64encode(b'n,,').decode()},r={fields['r']}"
+        without_proof = f"c={base64.b64encode(gs2.encode() + binding).decode()},r={fields['r']}"
         auth_message = f"{client_first_bare},{server_first.decode()},{without_proof}".encode()
         proof, server_signature = scram_client_proof(
             "SHA-256", password, base64.b64decode(fields["s"]), int(fields["i"]), auth_message

@@ -333,3 +333,50 @@ def test_replies_carry_enhanced_status_codes(peerage: PeerageServer) -> None:
             assert text.split(" ", 1)[0].count(".") == 2, f"{command}: {code} {text}"
     finally:
         client.close()
+
+
+def test_scram_sha256_plus_with_tls_exporter(peerage: PeerageServer) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, 465, implicit_tls=True, source=CLIENT_ADDRESS)
+    try:
+        code, text = client.command("EHLO client.example.net")
+        assert "SCRAM-SHA-256-PLUS" in text
+        code, text = client.scram_sha256(BOB, PASSWORDS[BOB], plus=True)
+        assert code == 235, text
+    finally:
+        client.close()
+
+
+def test_null_mx_domain_bounces_at_once(peerage: PeerageServer, local_dns: LocalDNS) -> None:
+    local_dns.add_mx("nomail.example", 0, ".")
+    subject = "to a null mx"
+    assert _submit_smtplib(587, False, ALICE, PASSWORDS[ALICE], ALICE, ["x@nomail.example"],
+                           _message(ALICE, "x@nomail.example", subject)) == {}
+
+    def bounce() -> bytes | None:
+        for item in mailbox_messages(peerage.data_dir, ALICE):
+            if b"multipart/report" in item and b"x@nomail.example" in item:
+                return item
+        return None
+
+    report = wait_for(bounce, 15, "a DSN for the null MX domain")
+    assert report is not None and b"Status: 5.1.10" in report and b"Action: failed" in report
+
+
+def test_garbage_input_gets_errors_not_crashes(peerage: PeerageServer) -> None:
+    client = RawSMTP(PEERAGE_ADDRESS, 25, source=CLIENT_ADDRESS)
+    try:
+        assert client.command("EHLO client.example.net")[0] == 250
+        assert client.command(b"X" * 5000)[0] == 500
+        assert client.command(b"MAIL FROM:<\xff\xfe@example.net>")[0] in (250, 501, 553)
+        client.command("RSET")
+        assert client.command(b"RCPT TO:<alice@example.org>\x00")[0] >= 500
+        assert client.command("MAIL FROM:<<<>>>")[0] >= 500
+        assert client.command("BDAT 10")[0] >= 500  # CHUNKING is not offered
+        assert client.command("MAIL FROM:<carol@example.net>")[0] == 250
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        client.send(b"Subject: long line\r\n\r\n" + b"y" * 3000 + b"\r\n.\r\n")
+        assert client.reply()[0] == 500  # RFC 5321 4.5.3.1.6: 1000 octets per line
+        assert client.command("NOOP")[0] == 250  # the session carries on
+    finally:
+        client.close()

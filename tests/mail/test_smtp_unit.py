@@ -172,3 +172,16 @@ def test_dane_matching(tmp_path: Path) -> None:
     # PKIX usages are unusable for SMTP (RFC 7672 §3.1.3).
     assert dane.usable([dane.Tlsa(1, 1, 1, b"x")]) == []
     assert base64.b64encode(spki)  # sanity: the key serialises
+
+
+def test_header_helpers_unfold_and_remove() -> None:
+    from peerage.mail.smtp.headers import header_values, remove_headers
+
+    message = (b"Authentication-Results:\r\n example.org; spf=pass\r\nFrom: a@example.org\r\n"
+               b"Authentication-Results: other.example;\r\n\tdkim=pass\r\nSubject: s\r\n\r\n"
+               b"Authentication-Results: example.org; in the body\r\n")
+    assert header_values(message, "authentication-results") == ["example.org; spf=pass", "other.example; dkim=pass"]
+    cleaned = remove_headers(message, {b"authentication-results"},
+                             keep=lambda value: not value.startswith(b"example.org;"))
+    assert cleaned == (b"From: a@example.org\r\nAuthentication-Results: other.example;\r\n\tdkim=pass\r\n"
+                       b"Subject: s\r\n\r\nAuthentication-Results: example.org; in the body\r\n")

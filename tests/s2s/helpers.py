@@ -34,24 +34,27 @@ class Federation:
     def server(self, domain: str, address: str, *, level: str = "verified", certificate: str = "ca",
                legacy: bool = False, srv: bool = True, direct_tls_srv: bool = False,
                federation: dict[str, Any] | None = None, users: tuple[str, ...] = ("user",),
-               config: dict[str, Any] | None = None) -> PeerageServer:
+               config: dict[str, Any] | None = None, extra_domains: tuple[str, ...] = ()
+               ) -> PeerageServer:
+        domains = [domain, *extra_domains]
         if certificate == "ca":
-            certs = {domain: self.ca.issue(domain)}
+            certs = {d: self.ca.issue(d) for d in domains}
         else:
-            certs = {domain: self.ca.self_signed(domain)}
+            certs = {d: self.ca.self_signed(d) for d in domains}
         settings: dict[str, Any] = {"level": level, "legacy": legacy, "connect_timeout": 8.0,
                                     "bidi": False}
         settings.update(federation or {})
-        server = PeerageServer(self.workdir / domain, [domain], address, dns=self.dns, certs=certs,
+        server = PeerageServer(self.workdir / domain, domains, address, dns=self.dns, certs=certs,
                                ca_file=self.ca.cert_path,
                                config={"server": {"log_level": "info"},
                                        "xmpp": {"federation": settings}, **(config or {})})
-        self.dns.add_a(domain, address)
-        if srv:
-            self.dns.add_srv(f"_xmpp-server._tcp.{domain}", 0, 5, 5269, domain)
-        if direct_tls_srv:
-            self.dns.add_srv(f"_xmpps-server._tcp.{domain}", 0, 5, 5270, domain)
-        server.users = [f"{name}@{domain}" for name in users]  # type: ignore[attr-defined]
+        for name in domains:
+            self.dns.add_a(name, address)
+            if srv:
+                self.dns.add_srv(f"_xmpp-server._tcp.{name}", 0, 5, 5269, name)
+            if direct_tls_srv:
+                self.dns.add_srv(f"_xmpps-server._tcp.{name}", 0, 5, 5270, name)
+        server.users = [f"{name}@{d}" for d in domains for name in users]  # type: ignore[attr-defined]
         self.servers.append(server)
         return server
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests.harness import async_wait_for
 from tests.s2s.helpers import Federation, login, read_stanza
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,10 @@ async def test_queued_stanzas_arrive_after_restart_or_bounce_after_the_bound(pai
         second = [f"b{i}" for i in range(10)]
         for stanza_id in second:
             await ann.send(f"<message to='ben@away.s2s.test' id='{stanza_id}'><body>{stanza_id}</body></message>")
+        # While the bound runs, the operator sees the queue.
+        await async_wait_for(
+            lambda: "queued: 10 stanzas for home.s2s.test->away.s2s.test" in sender.cli("s2s", "status").stdout,
+            BOUND, "the queue in `peerage s2s status`")
         errors = await read_stanza(ann, r"<message[^>]*id='b9'[^>]*type='error'.*?</message>|"
                                         r"<message[^>]*type='error'[^>]*id='b9'.*?</message>",
                                    timeout=BOUND * 3)

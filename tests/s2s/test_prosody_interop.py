@@ -10,7 +10,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import async_wait_for
-from tests.s2s.helpers import DNS_ADDRESS, FEDERATION_TIMEOUT, PASSWORD, Federation, best_level, login, read_stanza, records
+from tests.s2s.helpers import (
+    DNS_ADDRESS,
+    FEDERATION_TIMEOUT,
+    PASSWORD,
+    Federation,
+    best_level,
+    login,
+    read_stanza,
+    records,
+)
 from tests.s2s.prosody import ProsodyServer
 from tests.xmpp.rawclient import RawClient
 
@@ -96,7 +105,7 @@ async def test_encrypted_level_messages_presence_iq(encrypted) -> None:
         await bob.close()
     await async_wait_for(lambda: best_level(peerage, "out", "pe.s2s.test") == "E", FEDERATION_TIMEOUT,
                          "level E towards Prosody")
-    out = [r for r in records(peerage, "out", "pe.s2s.test") if r["level"] == "E"][0]
+    out = next(r for r in records(peerage, "out", "pe.s2s.test") if r["level"] == "E")
     assert out["authentication"] == "dialback" and out["tls"].startswith("TLS")
     # Prosody's own stream to us (it asked for XEP-0288 bidi on ours, and we on its) is E as well.
     await async_wait_for(lambda: best_level(peerage, "in", "pe.s2s.test") == "E", FEDERATION_TIMEOUT,
@@ -116,10 +125,22 @@ async def test_trusted_level_sasl_external_and_direct_tls(trusted) -> None:
         await tom.close()
     await async_wait_for(lambda: best_level(peerage, "out", "pt.s2s.test") == "T", FEDERATION_TIMEOUT,
                          "level T towards Prosody")
-    out = [r for r in records(peerage, "out", "pt.s2s.test") if r["level"] == "T"][0]
+    out = next(r for r in records(peerage, "out", "pt.s2s.test") if r["level"] == "T")
     assert out["authentication"] == "sasl-external"
     assert out["reason"].startswith("Direct TLS (XEP-0368)")
     await async_wait_for(lambda: best_level(peerage, "in", "pt.s2s.test") == "T", FEDERATION_TIMEOUT,
                          "level T from Prosody")
-    incoming = [r for r in records(peerage, "in", "pt.s2s.test") if r["level"] == "T"][0]
+    incoming = next(r for r in records(peerage, "in", "pt.s2s.test") if r["level"] == "T")
     assert incoming["authentication"] == "sasl-external"
+
+
+def test_check_federation_against_prosody(trusted) -> None:
+    peerage, _ = trusted
+    result = peerage.cli("check", "federation", "pt.s2s.test", check=False)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "_xmpps-server._tcp.pt.s2s.test -> pt.s2s.test:5270 (Direct TLS, XEP-0368)" in out
+    assert "with Direct TLS" in out
+    assert "chain: chains to a trusted CA" in out
+    assert "authenticated as pb.s2s.test by our certificate" in out
+    assert "RESULT level T" in out

@@ -112,3 +112,20 @@ async def test_missing_addresses_are_improper(servers) -> None:
         assert "<improper-addressing" in await peer.read_to_eof()
     finally:
         await peer.close()
+
+
+async def test_dialback_errors_for_several_pairs_on_one_stream(servers) -> None:
+    _, verified, _ = servers
+    peer = RawPeer(verified.address, "nxdomain.s2s.test", "strict.s2s.test")
+    try:
+        await peer.connect()
+        # Two pairs on one stream (XEP-0220 section 2.3), each answered with its own dialback error
+        # (section 2.4): a receiving domain not served here, and an originating domain DNS knows not.
+        await peer.send("<db:result from='nxdomain.s2s.test' to='elsewhere.s2s.test'>" + "1" * 64 + "</db:result>")
+        unknown = await peer.read_until(r"<(db:)?result[^>]*type='error'.*?</(db:)?result>")
+        assert "item-not-found" in unknown and "elsewhere.s2s.test" in unknown
+        await peer.send("<db:result from='nxdomain.s2s.test' to='strict.s2s.test'>" + "2" * 64 + "</db:result>")
+        missing = await peer.read_until(r"<(db:)?result[^>]*type='error'.*?</(db:)?result>")
+        assert "remote-server-not-found" in missing and "strict.s2s.test" in missing
+    finally:
+        await peer.close()

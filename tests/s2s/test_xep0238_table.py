@@ -9,8 +9,6 @@ domain; both servers' reported level for that connection must equal the table's 
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.harness import async_wait_for
@@ -57,7 +55,6 @@ async def test_connection_success_table(typed_servers) -> None:
             return all(None not in cell(i, r) for i in TYPES for r in TYPES)
 
         await async_wait_for(settled, FEDERATION_TIMEOUT * 2, "every connection attempt to finish")
-        await asyncio.sleep(0)  # the last status writes are batched; settled() already saw them
         initiator_view = {(i, r): cell(i, r)[0] or "?" for i in TYPES for r in TYPES}
         receiver_view = {(i, r): cell(i, r)[1] or "?" for i in TYPES for r in TYPES}
         print("\nXEP-0238 connection success, as the initiating servers report it:\n"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import subprocess
 from pathlib import Path
 
-from tests.harness import require_binary
+from tests.harness import require_binary, wait_for
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 # Processes started by start_sipp() and not yet reaped; tests/sip/conftest.py kills leftovers.
@@ -41,7 +43,23 @@ def start_sipp(workdir: Path, scenario: str, **kwargs: object) -> subprocess.Pop
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=workdir)
     STARTED.append(process)
+    if kwargs.get("server") is None:  # a UAS: ready once its socket is bound
+        wait_until_listening(str(kwargs["local_ip"]), int(kwargs["port"]))  # type: ignore[call-overload]
     return process
+
+
+def wait_until_listening(ip: str, port: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until a SIPp instance has bound its UDP socket on ip:port."""
+
+    def bound() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((ip, port))
+            except OSError as error:
+                return error.errno == errno.EADDRINUSE
+            return False
+
+    wait_for(bound, timeout=timeout, message=f"SIPp listening on {ip}:{port}")
 
 
 def kill_leftovers() -> None:

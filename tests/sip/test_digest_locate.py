@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,19 @@ async def test_locate_fallbacks() -> None:
     assert await locator.locate(parse_uri("sip:x@127.0.3.5:5099;transport=tcp")) == [
         Target("TCP", "127.0.3.5", "127.0.3.5", 5099)]
     assert await locator.locate(parse_uri("sip:x@nowhere.test")) == []
+
+
+def test_dns_records_for_peerage_dns(tmp_path: Path) -> None:
+    from peerage.config import load_config
+    from peerage.sip.dnsrecords import records
+
+    path = tmp_path / "peerage.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "{tmp_path}"\npublic_hostname = "sip.example.org"\n'
+        '[sip]\nudp_listen = ["0.0.0.0:5060"]\ntcp_listen = ["0.0.0.0:5060"]\ntls_listen = ["0.0.0.0:5061"]\n'
+        '[[domain]]\nname = "example.org"\n')
+    lines = records("example.org", load_config(path))
+    assert 'example.org. 3600 IN NAPTR 10 10 "s" "SIPS+D2T" "" _sips._tcp.example.org.' in lines
+    assert any(line.startswith('example.org. 3600 IN NAPTR 30 10 "s" "SIP+D2U"') for line in lines)
+    assert "_sip._tcp.example.org. 3600 IN SRV 10 0 5060 sip.example.org." in lines
+    assert "_sips._tcp.example.org. 3600 IN SRV 10 0 5061 sip.example.org." in lines

@@ -12,17 +12,19 @@ import glob
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.harness import LocalDNS, PeerageServer, private_resolv_conf, require_binary, wait_for
+from tests.harness import LocalDNS, PeerageServer, TestCA, private_resolv_conf, require_binary, wait_for
 from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_sipp
+from tests.sip.ua import UdpUA
 
 DNS_IP = "127.0.3.53"
 A_IP, B_IP, DEAD_IP, K_IP = "127.0.3.101", "127.0.3.102", "127.0.3.103", "127.0.3.120"
+C_IP, D_IP = "127.0.3.104", "127.0.3.105"  # SIPS only: c.test has a trusted certificate, d.test not
 PASSWORD = "peering password"
 
 
@@ -39,6 +41,11 @@ def dns() -> Iterator[LocalDNS]:
     server.add_srv("_sip._tcp.b.test", 20, 0, 5060, "sip.b.test")
     server.add_a("dead.b.test", DEAD_IP)
     server.add_a("sip.b.test", B_IP)
+    # c.test and d.test: SIPS over TLS only
+    for domain, address in (("c.test", C_IP), ("d.test", D_IP)):
+        server.add_naptr(domain, 10, 10, "s", "SIPS+D2T", "", f"_sips._tcp.{domain}")
+        server.add_srv(f"_sips._tcp.{domain}", 10, 0, 5061, f"sip.{domain}")
+        server.add_a(f"sip.{domain}", address)
     # k.test: Kamailio over UDP
     server.add_naptr("k.test", 10, 10, "s", "SIP+D2U", "", "_sip._udp.k.test")
     server.add_srv("_sip._udp.k.test", 10, 0, 5060, "sip.k.test")
@@ -48,9 +55,10 @@ def dns() -> Iterator[LocalDNS]:
     server.stop()
 
 
-def _peerage(workdir: Path, domain: str, address: str, dns: LocalDNS) -> PeerageServer:
+def _peerage(workdir: Path, domain: str, address: str, dns: LocalDNS,
+             **kwargs: Any) -> PeerageServer:
     server = PeerageServer(workdir, [domain], address, dns=dns, services=("sip",),
-                           config={"sip": {"digest_algorithms": ["MD5", "SHA-256"]}})
+                           config={"sip": {"digest_algorithms": ["MD5", "SHA-256"]}}, **kwargs)
     for user in ("alice", "bob", "carol"):
         server.add_user(f"{user}@{domain}", PASSWORD)
     return server
@@ -59,9 +67,13 @@ def _peerage(workdir: Path, domain: str, address: str, dns: LocalDNS) -> Peerage
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS) -> Iterator[dict[str, PeerageServer]]:
     require_binary("sipp")
+    ca = TestCA(tmp_path_factory.mktemp("ca"))
     servers = {
-        "a.test": _peerage(tmp_path_factory.mktemp("peer_a"), "a.test", A_IP, dns),
+        "a.test": _peerage(tmp_path_factory.mktemp("peer_a"), "a.test", A_IP, dns, ca_file=ca.cert_path),
         "b.test": _peerage(tmp_path_factory.mktemp("peer_b"), "b.test", B_IP, dns),
+        "c.test": _peerage(tmp_path_factory.mktemp("peer_c"), "c.test", C_IP, dns,
+                           certs={"c.test": ca.issue("c.test")}),
+        "d.test": _peerage(tmp_path_factory.mktemp("peer_d"), "d.test", D_IP, dns),  # self-signed
     }
     try:
         for server in servers.values():
@@ -84,7 +96,6 @@ def test_a_calls_b_through_naptr_srv_with_failover(domains: dict[str, PeerageSer
     _register(tmp_path, "bob", "b.test", "127.0.3.111", 5090, f"{B_IP}:5060")
     uas = start_sipp(tmp_path, "uas_call.xml", local_ip="127.0.3.111", port=5090, server=None,
                      extra=["-d", "0"])
-    time.sleep(0.3)
     uac = run_sipp(tmp_path, "uac_call_auth.xml", local_ip="127.0.3.110", port=5091, server=f"{A_IP}:5060",
                    service="bob", keys={"domain": "b.test", "caller": "alice", "caller_domain": "a.test"},
                    extra=["-au", "alice", "-ap", PASSWORD])
@@ -102,13 +113,34 @@ def test_a_calls_b_through_naptr_srv_with_failover(domains: dict[str, PeerageSer
 def test_foreign_caller_needs_no_account(domains: dict[str, PeerageServer], tmp_path: Path) -> None:
     _register(tmp_path, "carol", "b.test", "127.0.3.112", 5092, f"{B_IP}:5060")
     uas = start_sipp(tmp_path, "uas_message.xml", local_ip="127.0.3.112", port=5092, server=None)
-    time.sleep(0.3)
     # a caller from a domain b.test has never heard of, sending straight to b.test's proxy
     uac = run_sipp(tmp_path, "uac_message.xml", local_ip="127.0.3.113", port=5093, server=f"{B_IP}:5060",
                    service="carol", keys={"domain": "b.test", "caller": "stranger", "caller_domain": "c.test"})
     assert uac.returncode == 0, failure_report(tmp_path, uac)
     code = finish(uas)
     assert code[0] == 0, failure_report(tmp_path, code)
+
+
+def test_sips_peering_verifies_the_domain_certificate(domains: dict[str, PeerageServer], tmp_path: Path) -> None:
+    _register(tmp_path, "carol", "c.test", "127.0.3.116", 5098, f"{C_IP}:5060")
+    uas = start_sipp(tmp_path, "uas_message.xml", local_ip="127.0.3.116", port=5098, server=None)
+    uac = run_sipp(tmp_path, "uac_message_auth.xml", local_ip="127.0.3.117", port=5099, server=f"{A_IP}:5060",
+                   service="carol", keys={"domain": "c.test", "caller": "alice", "caller_domain": "a.test"},
+                   extra=["-au", "alice", "-ap", PASSWORD])
+    assert uac.returncode == 0, failure_report(tmp_path, uac)
+    code = finish(uas)
+    assert code[0] == 0, failure_report(tmp_path, code)
+    trace = message_log(tmp_path, "uas_message.xml", uas.pid)
+    assert f"SIP/2.0/TLS {A_IP}:5061" in trace  # a.test -> c.test went over TLS
+    # d.test presents a certificate nobody vouches for: a.test refuses to send it anything
+    ua = UdpUA("127.0.3.118", (A_IP, 5060), "alice", "a.test", PASSWORD)
+    try:
+        refused = ua.request_with_auth("MESSAGE", "sip:dave@d.test", to="<sip:dave@d.test>",
+                                       body=b"secret", extra=[("Content-Type", "text/plain")])
+        assert refused is not None and refused.status >= 400 and refused.status != 407
+    finally:
+        ua.close()
+    assert "d.test" in domains["a.test"].log_text() and "certificate verify failed" in domains["a.test"].log_text()
 
 
 # --- Kamailio -----------------------------------------------------------------------------------
@@ -168,7 +200,6 @@ def test_calls_and_messages_with_kamailio(domains: dict[str, PeerageServer], kam
                                        ("uas_message.xml", "uac_message_auth.xml")):
         uas = start_sipp(tmp_path, uas_scenario, local_ip="127.0.3.121", port=5094, server=None,
                          extra=["-d", "0"])
-        time.sleep(0.3)
         uac = run_sipp(tmp_path, uac_scenario, local_ip="127.0.3.115", port=5096, server=a_proxy,
                        service="kate", keys={"domain": "k.test", "caller": "alice", "caller_domain": "a.test"},
                        extra=["-au", "alice", "-ap", PASSWORD])
@@ -185,7 +216,6 @@ def test_calls_and_messages_with_kamailio(domains: dict[str, PeerageServer], kam
                                        ("uas_message.xml", "uac_message.xml")):
         uas = start_sipp(tmp_path, uas_scenario, local_ip="127.0.3.114", port=5095, server=None,
                          extra=["-d", "0"])
-        time.sleep(0.3)
         uac = run_sipp(tmp_path, uac_scenario, local_ip="127.0.3.122", port=5097, server=k_proxy,
                        service="alice", keys={"domain": "a.test", "caller": "kate", "caller_domain": "k.test"})
         assert uac.returncode == 0, failure_report(tmp_path, uac)

@@ -8,13 +8,15 @@ restart) and flood banning.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from peerage.sip.message import parse_datagram
+from peerage.sip.message import SipMessage, StreamParser, parse_datagram
 from tests.harness import PeerageServer, require_binary
 from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_sipp
 from tests.sip.ua import UdpUA
@@ -79,7 +81,6 @@ def test_call_through_record_routing_proxy(a_test: PeerageServer, tmp_path: Path
     register(tmp_path, "bob", "127.0.3.11", 5070)
     uas = start_sipp(tmp_path, "uas_call.xml", local_ip="127.0.3.11", port=5070, server=None,
                      extra=["-d", "0"])
-    time.sleep(0.3)  # SIPp opens its socket at once; this only lets the process start
     uac = run_sipp(tmp_path, "uac_call.xml", local_ip="127.0.3.10", port=5071, server=SERVER,
                    service="bob", keys=caller_keys())
     assert uac.returncode == 0, failure_report(tmp_path, uac)
@@ -95,7 +96,6 @@ def test_call_through_record_routing_proxy(a_test: PeerageServer, tmp_path: Path
 def test_cancelled_call(a_test: PeerageServer, tmp_path: Path) -> None:
     register(tmp_path, "cathy", "127.0.3.13", 5072)
     uas = start_sipp(tmp_path, "uas_ring.xml", local_ip="127.0.3.13", port=5072, server=None)
-    time.sleep(0.3)
     uac = run_sipp(tmp_path, "uac_cancel.xml", local_ip="127.0.3.10", port=5073, server=SERVER,
                    service="cathy", keys=caller_keys())
     assert uac.returncode == 0, failure_report(tmp_path, uac)
@@ -106,7 +106,6 @@ def test_cancelled_call(a_test: PeerageServer, tmp_path: Path) -> None:
 def test_busy_callee(a_test: PeerageServer, tmp_path: Path) -> None:
     register(tmp_path, "dan", "127.0.3.14", 5074)
     uas = start_sipp(tmp_path, "uas_busy.xml", local_ip="127.0.3.14", port=5074, server=None)
-    time.sleep(0.3)
     uac = run_sipp(tmp_path, "uac_expect_486.xml", local_ip="127.0.3.10", port=5075, server=SERVER,
                    service="dan", keys=caller_keys())
     assert uac.returncode == 0, failure_report(tmp_path, uac)
@@ -129,7 +128,6 @@ def test_fork_to_two_contacts(a_test: PeerageServer, tmp_path: Path) -> None:
     answering = start_sipp(tmp_path, "uas_call.xml", local_ip="127.0.3.15", port=5078, server=None,
                            extra=["-d", "400"])
     ringing = start_sipp(tmp_path, "uas_ring.xml", local_ip="127.0.3.16", port=5078, server=None)
-    time.sleep(0.3)
     uac = run_sipp(tmp_path, "uac_call.xml", local_ip="127.0.3.10", port=5080, server=SERVER,
                    service="fred", keys=caller_keys())
     assert uac.returncode == 0, failure_report(tmp_path, uac)
@@ -248,3 +246,96 @@ def test_flood_ban(tmp_path: Path) -> None:
 
 
 _ = parse_datagram  # re-exported for debugging sessions
+
+
+def _stream_request(conn: socket.socket, request: SipMessage, timeout: float = 5.0) -> SipMessage | None:
+    conn.sendall(request.serialize())
+    parser = StreamParser()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = conn.recv(65535)
+        except TimeoutError:
+            return None
+        if not data:
+            return None
+        for item in parser.feed(data):
+            if isinstance(item, SipMessage) and item.status >= 200:
+                return item
+    return None
+
+
+def _stream_message(ua: UdpUA, method: str, uri: str, transport: str, **kwargs: object) -> SipMessage:
+    message = ua.build(method, uri, **kwargs)  # type: ignore[arg-type]
+    top = message.first_value("via") or ""
+    message.set("Via", top.replace("SIP/2.0/UDP", f"SIP/2.0/{transport}"))
+    return message
+
+
+def test_tcp_and_tls_transports_reuse_the_connection(a_test: PeerageServer) -> None:
+    # OPTIONS over TLS (SIPS port 5061), TLS 1.2 or later only
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    helper = UdpUA("127.0.3.21", (SERVER_IP, 5060), "hank", "a.test", PASSWORD)
+    try:
+        with socket.create_connection((SERVER_IP, 5061), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="a.test") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            answer = _stream_request(tls, _stream_message(helper, "OPTIONS", "sip:a.test", "TLS"))
+            assert answer is not None and answer.status == 200
+        # a client registered over TCP receives its calls on the same connection (it may sit
+        # behind NAT, where nobody could connect to it)
+        with socket.create_connection((SERVER_IP, 5060), timeout=5) as conn:
+            register = _stream_message(helper, "REGISTER", "sip:a.test", "TCP",
+                                       extra=[("Contact", "<sip:hank@198.51.100.7:5999;transport=tcp>")])
+            challenge = _stream_request(conn, register)
+            assert challenge is not None and challenge.status == 401
+            www = next(c for c in challenge.get_all_raw("www-authenticate") if "SHA-256" in c)
+            from peerage.sip.digest import client_authorization
+            authorized = _stream_message(helper, "REGISTER", "sip:a.test", "TCP", extra=[
+                ("Contact", "<sip:hank@198.51.100.7:5999;transport=tcp>"),
+                ("Authorization", client_authorization(www, "REGISTER", "sip:a.test", "hank", PASSWORD))])
+            ok = _stream_request(conn, authorized)
+            assert ok is not None and ok.status == 200
+            caller = UdpUA("127.0.3.22", (SERVER_IP, 5060), "zed", "elsewhere.test")
+            try:
+                caller.send_raw(caller.build("MESSAGE", "sip:hank@a.test", to="<sip:hank@a.test>",
+                                             body=b"over tcp").serialize())
+                parser = StreamParser()
+                conn.settimeout(5)
+                received: list[SipMessage | str] = []
+                while not any(isinstance(m, SipMessage) for m in received):
+                    data = conn.recv(65535)
+                    assert data, "connection closed"
+                    received += parser.feed(data)
+                message = next(m for m in received if isinstance(m, SipMessage))
+                assert message.method == "MESSAGE" and message.body == b"over tcp"
+                assert message.top_via().transport == "TCP"
+            finally:
+                caller.close()
+    finally:
+        helper.close()
+
+
+def test_no_relay_through_forged_or_preloaded_routes(a_test: PeerageServer) -> None:
+    ua = UdpUA("127.0.3.23", (SERVER_IP, 5060), "mallory", "evil.test")
+    try:
+        # naming us as outbound proxy does not bypass the policy: foreign -> foreign is 403
+        outbound = ua.build("MESSAGE", "sip:victim@far.test", to="<sip:victim@far.test>",
+                            extra=[("Route", f"<sip:{SERVER_IP};lr>")])
+        assert (ua.final_response(outbound) or outbound).status == 403
+        # an initial request may not steer us onwards
+        preloaded = ua.build("MESSAGE", "sip:bob@a.test", to="<sip:bob@a.test>",
+                             extra=[("Route", "<sip:victim.far.test;lr>")])
+        assert (ua.final_response(preloaded) or preloaded).status == 403
+        # an in-dialog request with a route mark we never issued
+        forged = ua.build("BYE", "sip:victim@far.test", to="<sip:victim@far.test>;tag=x",
+                          extra=[("Route", f"<sip:{SERVER_IP}:5060;lr;pr=0123456789abcdef>")])
+        assert (ua.final_response(forged) or forged).status == 403
+        # an in-dialog request that does not route through us at all
+        stray = ua.build("BYE", "sip:victim@far.test", to="<sip:victim@far.test>;tag=x")
+        assert (ua.final_response(stray) or stray).status == 403
+    finally:
+        ua.close()

@@ -47,7 +47,7 @@ def advance(layer: TransactionLayer, clock: Clock, seconds: float) -> None:
 def test_invite_client_timer_a_doubles_then_timer_b_times_out() -> None:
     layer, clock, sent = setup()
     tx = layer.new_client(request(), UDP)
-    timeouts = []
+    timeouts: list[object] = []
     tx.on_timeout = timeouts.append
     tx.start()
     times = [clock.now]
@@ -113,7 +113,7 @@ def test_non_invite_client_timer_e_caps_at_t2_and_timer_k() -> None:
 def test_non_invite_client_timeout_timer_f() -> None:
     layer, clock, _ = setup()
     tx = layer.new_client(request("MESSAGE"), UDP)
-    timeouts = []
+    timeouts: list[object] = []
     tx.on_timeout = timeouts.append
     tx.start()
     advance(layer, clock, 64 * T1 - 0.1)

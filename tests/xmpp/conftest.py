@@ -7,6 +7,7 @@ accounts so they do not see each other's traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -89,10 +90,8 @@ class Client(slixmpp.ClientXMPP):
     async def close(self) -> None:
         if self.transport is not None:
             self.disconnect()
-            try:
+            with contextlib.suppress(TimeoutError, Exception):
                 await asyncio.wait_for(self.disconnected, 5)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - best effort at teardown
-                pass
 
 
 @pytest.fixture

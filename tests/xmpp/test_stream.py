@@ -235,3 +235,63 @@ def test_token_soup_never_crashes(tokens: list[bytes]) -> None:
         parser.feed(token)
         if parser.failed:
             break
+
+
+# --- compaction (idle connections drop their expat parser) ------------------------------------
+
+def test_compact_only_between_stanzas_and_parsing_continues() -> None:
+    parser = opened_parser()
+    assert parser.compact()  # right after the header
+    assert parser.feed(b"<message><body>one</body></message>")[0].name == "message"  # type: ignore[union-attr]
+    assert parser.compact()
+    assert parser.feed(b"<message><bo") == []
+    assert not parser.compact()  # mid-stanza
+    (message,) = parser.feed(b"dy>two</body></message>  ")
+    assert isinstance(message, Element) and message.find_text("body") == "two"
+    assert parser.compact()
+    closing = parser.feed(b"</stream:stream>")
+    assert isinstance(closing[0], StreamClosed)
+
+
+def test_compact_keeps_extra_namespace_prefixes_and_limits() -> None:
+    parser = XmlStreamParser(max_stanza_bytes=500)
+    parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                b"xmlns:x='urn:extra'>")
+    assert parser.compact()
+    (el,) = parser.feed(b"<x:thing a='1'/>")
+    assert isinstance(el, Element) and el.xmlns == "urn:extra"
+    assert parser.compact()
+    events = parser.feed(b"<message>" + b"z" * 1000 + b"</message>")
+    assert isinstance(events[-1], StreamFailure) and events[-1].condition == "policy-violation"
+
+
+def test_attribute_with_gt_is_still_a_boundary() -> None:
+    parser = opened_parser()
+    parser.feed(b"<presence><status>a</status></presence><iq a='x>y' id='1'/>")
+    assert parser.compact()
+    assert parser.feed(b"<iq id='2'/>")[0].attrs["id"] == "2"  # type: ignore[union-attr]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(elements(), min_size=1, max_size=4), st.integers(1, 40), st.lists(st.booleans(), max_size=200))
+def test_compaction_never_changes_what_is_parsed(els: list[Element], chunk: int, compact_at: list[bool]) -> None:
+    data = b"".join(serialize(el).encode() + b" " for el in els)
+    plain = opened_parser(limit=1 << 20).feed(data)
+    parser = opened_parser(limit=1 << 20)
+    events: list = []
+    for index, start in enumerate(range(0, len(data), chunk)):
+        if index < len(compact_at) and compact_at[index]:
+            parser.compact()
+        events += parser.feed(data[start:start + chunk])
+    assert [_normalise(e) for e in events] == [_normalise(e) for e in plain]  # type: ignore[arg-type]
+
+
+def test_partial_start_tag_with_gt_in_attribute_is_not_a_boundary() -> None:
+    parser = opened_parser()
+    parser.feed(b"<iq id='1'/><message a='x>y'")
+    assert not parser.compact()
+    parser = opened_parser()
+    parser.feed(b"<iq id='1'></iq><message a='x>y'")
+    assert not parser.compact()
+    (message,) = parser.feed(b"><body>ok</body></message>")
+    assert isinstance(message, Element) and message.attrs["a"] == "x>y"

@@ -13,14 +13,16 @@ import logging
 import time
 from collections.abc import Callable
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from peerage.config import parse_listen
 from peerage.mail.auth import dkim
-from peerage.mail.auth.dnsquery import SyncLookup
+from peerage.mail.auth.dnsquery import CacheMiss, SyncLookup, cache_only
 from peerage.mail.auth.results import AuthenticationResults, authenticate_async
 from peerage.mail.auth.spf import SpfResult
 from peerage.mail.auth.spf import check as spf_check
+from peerage.mail.smtp import channel
 from peerage.mail.smtp.client import Deliverer, Outcome
 from peerage.mail.smtp.delivery import LocalDelivery
 from peerage.mail.smtp.queue import OutboundQueue
@@ -49,6 +51,9 @@ class MailService:
         self.imap: Any = None
         self._keys: dict[str, dkim.DomainKeys | None] = {}
         self._known_recipients: dict[str, float] = {}
+        # Set in an MX worker process: accepted messages travel to the main process to be stored.
+        self.worker_channel: channel.WorkerChannel | None = None
+        self.workers: channel.WorkerPool | None = None
 
     # --- shared state the handlers use ---------------------------------------------------------------
 
@@ -73,12 +78,22 @@ class MailService:
             self._known_recipients[address] = now + RECIPIENT_CACHE_SECONDS
         return exists
 
-    def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Task[SpfResult]:
-        """Begin the SPF check at MAIL FROM, so it runs while the client sends recipients and data."""
-        return asyncio.create_task(asyncio.to_thread(spf_check, ip, mail_from, helo, self.lookup))
+    def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Future[SpfResult]:
+        """Begin the SPF check at MAIL FROM, so it runs while the client sends recipients and data.
+        When every answer it needs is cached it completes at once, without a thread."""
+        with cache_only():
+            try:
+                result = spf_check(ip, mail_from, helo, self.lookup)
+            except CacheMiss:
+                pass
+            else:
+                done: asyncio.Future[SpfResult] = asyncio.get_running_loop().create_future()
+                done.set_result(result)
+                return done
+        return asyncio.ensure_future(asyncio.to_thread(spf_check, ip, mail_from, helo, self.lookup))
 
     async def authenticate(
-        self, data: bytes, ip: str, mail_from: str, helo: str, spf_task: asyncio.Task[SpfResult] | None = None
+        self, data: bytes, ip: str, mail_from: str, helo: str, spf_task: asyncio.Future[SpfResult] | None = None
     ) -> AuthenticationResults | None:
         try:
             spf_result = await spf_task if spf_task is not None else None
@@ -119,28 +134,47 @@ class MailService:
     ) -> None:
         """Make the message durable for every recipient; raise if that cannot be done.
 
-        Local recipients get it in their mailbox at once (atomic per recipient). If one of those fails,
-        it and the ones after it go through the queue instead. Remote recipients go to the queue.
+        `prefix(recipient)` gives the trace fields (Received, Authentication-Results) for one copy.
+        In an MX worker process, the message goes to the main process, which stores it and answers.
         """
+        request = channel.Delivery(
+            mail_from=mail_from,
+            local=[(rcpt, prefix(rcpt)) for rcpt in local],
+            remote=list(remote),
+            remote_prefix=prefix(remote[0] if len(remote) == 1 else "") if remote else b"",
+            folder=folder,
+            smtputf8=smtputf8,
+            data=data,
+        )
+        if self.worker_channel is not None:
+            await self.worker_channel.deliver(request)
+        else:
+            await self.store_delivery(request)
+
+    async def store_delivery(self, request: channel.Delivery) -> None:
+        """Local recipients get the message in their mailbox at once (atomic per recipient); if one of
+        those fails, it and the ones after it go through the queue instead. Remote ones are queued."""
         assert self.queue is not None
-        pending = list(local)
+        pending = list(request.local)
         while pending:
-            rcpt = pending[0]
+            rcpt, trace = pending[0]
             try:
-                await self.deliver_local(rcpt, prefix(rcpt) + data, folder)
+                await self.deliver_local(rcpt, trace + request.data, request.folder)
             except Exception:
                 log.exception("direct delivery to %s failed; queueing", rcpt)
                 break
             pending.pop(0)
-        for rcpt in pending:
-            await self.queue.enqueue(mail_from, [rcpt], prefix(rcpt) + data, smtputf8=smtputf8)
-        if remote:
-            stamped = prefix(remote[0] if len(remote) == 1 else "") + data
-            await self.queue.enqueue(mail_from, remote, stamped, smtputf8=smtputf8)
+        for rcpt, trace in pending:
+            await self.queue.enqueue(request.mail_from, [rcpt], trace + request.data, smtputf8=request.smtputf8)
+        if request.remote:
+            await self.queue.enqueue(
+                request.mail_from, request.remote, request.remote_prefix + request.data, smtputf8=request.smtputf8
+            )
 
     # --- life cycle --------------------------------------------------------------------------------
 
-    async def start(self, host: Any) -> None:
+    def _prepare(self, host: Any) -> None:
+        """State the handlers need, in the main process and in MX workers alike."""
         self.host = host
         config = host.config
         self.local = LocalDelivery(host)
@@ -153,14 +187,38 @@ class MailService:
         per_minute = max(smtp.mx_messages_per_minute, 1)
         self.mx_rate = RateLimiter(per_minute / SECONDS_PER_MINUTE, per_minute)
         self.lookup = SyncLookup(list(config.dns.nameservers), config.dns.port, config.dns.timeout)
-        if smtp.enabled:
+
+    async def start(self, host: Any) -> None:
+        self._prepare(host)
+        if host.config.smtp.enabled:
             await self._start_smtp()
-        if config.imap.enabled:
+        if host.config.imap.enabled:
             await self._start_imap()
+
+    async def start_worker(self, host: Any, socket_path: Path) -> None:
+        """Run as an MX worker process: SMTP sessions here, storage in the main process."""
+        self._prepare(host)
+        self.worker_channel = channel.WorkerChannel(socket_path)
+        await self.worker_channel.open()
+        smtp = host.config.smtp
+        tls_context = host.tls.server_context() if host.tls.available else None
+        factory = make_server_factory(
+            MxHandler(self), hostname=self.hostname, tls_context=tls_context, max_size=smtp.max_message_size
+        )
+        loop = asyncio.get_running_loop()
+        for spec in smtp.mx_listen:
+            address, port = parse_listen(spec)
+            server = await loop.create_server(factory, address, port, reuse_address=True, reuse_port=True)
+            self.servers.append(server)
+        self.worker_channel.send_ready()
 
     async def _start_smtp(self) -> None:
         config = self.host.config
         smtp = config.smtp
+        # `peerage init` creates each domain's DKIM keys; a domain added to the configuration later
+        # gets them here, so outgoing mail is never left unsigned.
+        for domain in self.domains:
+            await asyncio.to_thread(dkim.generate_keys, config.data_dir, domain)
         self.deliverer = Deliverer(
             dns=self.host.dns,
             hostname=self.hostname,
@@ -201,6 +259,14 @@ class MailService:
                 submission=True, implicit_tls=True), tls_context))
         else:
             log.warning("no certificate configured: SMTP submission (587/465) is disabled, MX has no STARTTLS")
+        if smtp.mx_workers > 0:
+            # The workers own the MX port; this process stores what they accept.
+            plans = [plan for plan in plans if plan[0] != "smtp"]
+            self.workers = channel.WorkerPool(config.data_dir / "run" / "mx.sock", self.store_delivery)
+            await self.workers.start(smtp.mx_workers, config.path)
+            for spec in smtp.mx_listen:
+                address, port = parse_listen(spec)
+                log.info("listening smtp on %s:%d (%d worker processes)", address, port, smtp.mx_workers)
         for proto, listens, factory, ssl_context in plans:
             for spec in listens:
                 address, port = parse_listen(spec)
@@ -231,6 +297,9 @@ class MailService:
         await self.imap.start(self.host)
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
         if self.imap is not None:
             await self.imap.stop()
             self.imap = None
@@ -242,3 +311,5 @@ class MailService:
         if self.queue is not None:
             await self.queue.stop()
         await self.local.stop()
+        if self.worker_channel is not None:
+            await self.worker_channel.close()

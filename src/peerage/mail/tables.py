@@ -2,8 +2,8 @@
 
 Message bodies live as files under the data directory (see ``peerage.mail.mailbox.blobs``); the
 database holds what IMAP needs without opening them: UID, MODSEQ, flags, internal date, size, the raw
-header block (so FETCH of headers and header SEARCH never touch the disk) and whether a plain byte
-search over the file is exact.
+header block (so FETCH of headers, ENVELOPE and header SEARCH never touch the disk), the parsed
+BODYSTRUCTURE, and whether a plain byte search over the file is exact.
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ mail_messages = Table(
     # True when the message has no encoded words, no base64/quoted-printable part and is valid UTF-8,
     # so a case-insensitive search over the raw bytes gives the same answer as decoding the MIME.
     Column("plain", Boolean, nullable=False, default=False),
+    # FETCH BODYSTRUCTURE and BODY answers, computed once at delivery (NULL if not computed).
+    Column("structure", LargeBinary),
+    Column("basic_structure", LargeBinary),
     UniqueConstraint("mailbox_id", "uid", name="uq_mail_messages_mailbox_uid"),
 )
 Index("ix_mail_messages_mailbox_modseq", mail_messages.c.mailbox_id, mail_messages.c.modseq)

@@ -103,5 +103,7 @@ class FloodGuard:
         return False
 
     def is_banned(self, ip: str) -> bool:
+        if not self._banned:
+            return False
         until = self._banned.get(ip)
         return until is not None and self.clock() < until

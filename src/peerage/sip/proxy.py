@@ -67,6 +67,10 @@ ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, INFO, U
 MAX_FORK_BRANCHES = 16
 # Failover targets (RFC 3263 §4.3) tried per branch, bounded by locate.MAX_TARGETS as well.
 MAX_FAILOVER = 8
+# Timer C (RFC 3261 §16.6 step 11): a proxied INVITE still unanswered after this many seconds is
+# CANCELled.  The RFC asks for more than 3 minutes; Kamailio's fr_inv_timer defaults to 120 s, and
+# 180 s matches the RFC.
+TIMER_C = 180.0
 
 
 class Branch:
@@ -78,7 +82,9 @@ class Branch:
         "request",
         "response",
         "route_via_connection",
+        "server_name",
         "targets",
+        "timer_c",
         "transaction",
     )
 
@@ -92,6 +98,14 @@ class Branch:
         self.cancelled = False
         self.response: SipMessage | None = None
         self.route_via_connection: Destination | None = None
+        self.timer_c: asyncio.TimerHandle | None = None
+        self.server_name: str | None = None  # the SIP domain a TLS next hop must prove
+
+    def finish(self) -> None:
+        self.done = True
+        if self.timer_c is not None:
+            self.timer_c.cancel()  # drops its references to this branch at once
+            self.timer_c = None
 
 
 class ProxyContext:
@@ -233,23 +247,28 @@ class ProxyCore:
         routes = request.get("route")
         context = ProxyContext(transaction, request)
         transaction.owner = context
-        if routes is not None and (own_route or request.to_tag() is not None):
-            if not own_route and request.to_tag() is not None:
-                # in-dialog request whose route set does not go through us: not our dialog
-                transaction.respond_status(403, "Not routed through this proxy")
-                return
-            self._forward_by_route(context, max_forwards)
-            return
-        if own_route and routes is None and not self._is_us(uri):
-            # we were the last route: deliver to the Request-URI (in-dialog request)
-            self._forward_to_uri(context, uri, max_forwards)
-            return
-        if request.to_tag() is not None and not own_route:
-            # RFC 3261 §16.4/§12.2: in-dialog requests not routed through us are not ours
-            if self._is_us(uri) and method == "OPTIONS":
+        if request.to_tag() is not None:
+            # In-dialog request (§16.4, §12.2): it may only follow a route set we signed when we
+            # Record-Routed the dialog; anything else would make us a relay for strangers.
+            if own_route is True:
+                if routes is not None:
+                    self._forward_by_route(context, max_forwards)
+                elif not self._is_us(uri):
+                    self._forward_to_uri(context, uri, max_forwards)
+                elif method == "OPTIONS":
+                    self._answer_options(transaction)
+                else:
+                    transaction.respond_status(481)
+            elif self._is_us(uri) and method == "OPTIONS":
                 self._answer_options(transaction)
             else:
-                transaction.respond_status(481 if self._is_us(uri) else 403)
+                transaction.respond_status(481 if self._is_us(uri) else 403,
+                                           None if self._is_us(uri) else "Not routed through this proxy")
+            return
+        if routes is not None:
+            # Kamailio's default configuration answers the same: an initial request may name us
+            # as its outbound proxy, but may not steer us onwards with a preloaded route set.
+            transaction.respond_status(403, "Preloaded Route denied")
             return
         if self._is_us(uri) or (uri.user is None and self.accounts.is_local_domain(uri.host)):
             if method == "REGISTER":
@@ -303,8 +322,9 @@ class ProxyCore:
 
     # -- Record-Route / Route handling
     def _route_mac(self, call_id: str) -> str:
-        return hmac.new(self.secret, call_id.encode("utf-8", "surrogateescape"),
-                        hashlib.sha256).hexdigest()[:16]
+        """A keyed hash of the Call-ID (BLAKE2s in keyed mode is a MAC, RFC 7693 §2.5)."""
+        return hashlib.blake2s(call_id.encode("utf-8", "surrogateescape"), key=self.secret[:32],
+                               digest_size=8).hexdigest()
 
     def _record_route(self, transport: str, call_id: str) -> str:
         address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
@@ -312,14 +332,15 @@ class ProxyCore:
         suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
         return f"<sip:{host}:{port};lr;pr={self._route_mac(call_id)}{suffix}>"
 
-    def _pop_own_routes(self, request: SipMessage) -> bool | None:
+    def _pop_own_routes(self, request: SipMessage) -> bool | str | None:
         """Remove our Route values from the top (§16.4).
 
-        Returns True when at least one was ours and carried a valid mark, None when none was ours,
-        False when a Route claims to be ours but was not issued for this dialog (forged route set:
-        refusing it keeps us from being an open relay).
+        Returns True when one of them carried our valid mark (we Record-Routed this dialog),
+        "plain" when they were ours but unmarked (a UA using us as its outbound proxy), None when
+        none was ours, and False when a Route claims to be ours with a mark not issued for this
+        Call-ID (a forged route set: refusing it keeps us from being an open relay).
         """
-        popped: bool | None = None
+        popped: bool | str | None = None
         while True:
             value = request.first_value("route")
             if value is None:
@@ -334,10 +355,13 @@ class ProxyCore:
             if uri.port is not None and uri.port not in self.local_ports:
                 return popped
             mark = uri.params.get("pr")
-            if mark is not None and not hmac.compare_digest(mark, self._route_mac(request.call_id)):
-                return False
+            if mark is not None:
+                if not hmac.compare_digest(mark, self._route_mac(request.call_id)):
+                    return False
+                popped = True
+            elif popped is None:
+                popped = "plain"
             request.pop_first_value("route")
-            popped = True
 
     @staticmethod
     def _remove_last_route(request: SipMessage) -> None:
@@ -402,9 +426,12 @@ class ProxyCore:
         throttle = self.host.limits.auth
         client_ip = source.address[0]
         user = f"{from_uri.user}@{realm}"
-        if throttle.check(client_ip, user) is None:
+        delay = throttle.check(client_ip, user)
+        if delay is None:
             transaction.respond_status(403, "Too many failed attempts")
             return
+        if delay:
+            await asyncio.sleep(delay)  # slowed down after repeated failures (AuthThrottle)
         credentials = None
         for value in request.get_all_raw("proxy-authorization"):
             try:
@@ -451,6 +478,7 @@ class ProxyCore:
             return
         forwarded = self._copy_for_forwarding(context.request, target_uri, max_forwards)
         branch = Branch(forwarded, targets[:MAX_FAILOVER])
+        branch.server_name = next_hop.host
         context.branches.append(branch)
         self._start_branch(context, branch)
 
@@ -475,21 +503,22 @@ class ProxyCore:
 
     def _copy_for_forwarding(self, request: SipMessage, target_uri: str, max_forwards: int) -> SipMessage:
         """§16.6 steps 1-3: copy, new Request-URI, Max-Forwards decremented."""
-        headers = [list(entry) for entry in request.headers if entry[0] != "max-forwards"]
-        headers.insert(1, ["max-forwards", "Max-Forwards", str(max_forwards - 1)])
+        headers = [entry for entry in request.headers if entry[0] != "max-forwards"]
+        headers.insert(1, ("max-forwards", "Max-Forwards", str(max_forwards - 1)))
         return SipMessage(method=request.method, uri=target_uri, headers=headers, body=request.body)
 
     # ------------------------------------------------------------------ branches
     def _start_branch(self, context: ProxyContext, branch: Branch) -> None:
         if context.cancelled:
-            branch.done = True
+            branch.finish()
             self._maybe_finish(context)
             return
         if branch.route_via_connection is not None:
             destination = branch.route_via_connection
         elif branch.targets:
             target = branch.targets.pop(0)
-            destination = Destination(target.transport, (target.address, target.port))
+            name = (branch.server_name or target.host) if target.transport == "TLS" else None
+            destination = Destination(target.transport, (target.address, target.port), name=name)
         else:
             # numeric contact: resolve now (registrations hold IP contacts in practice)
             try:
@@ -497,7 +526,7 @@ class ProxyCore:
                                 parse_name_addr(branch.request.first_value("route") or "").uri)
                                 or branch.request.uri or "")
             except SipParseError:
-                branch.done = True
+                branch.finish()
                 branch.response = make_response(context.request, 502, "Bad contact")
                 self._maybe_finish(context)
                 return
@@ -512,7 +541,7 @@ class ProxyCore:
     async def _locate_branch(self, context: ProxyContext, branch: Branch, uri: Any) -> None:
         branch.targets = (await self.locator.locate(uri))[:MAX_FAILOVER]
         if not branch.targets:
-            branch.done = True
+            branch.finish()
             branch.response = make_response(context.request, 404, "Contact not resolvable")
             self._maybe_finish(context)
             return
@@ -521,7 +550,7 @@ class ProxyCore:
     def _send_branch(self, context: ProxyContext, branch: Branch, destination: Destination) -> None:
         request = context.request
         forwarded = SipMessage(method=branch.request.method, uri=branch.request.uri,
-                               headers=[list(e) for e in branch.request.headers],
+                               headers=list(branch.request.headers),
                                body=branch.request.body)
         transport = destination.transport
         address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
@@ -540,8 +569,6 @@ class ProxyCore:
                 forwarded.add("Record-Route", self._record_route(incoming, request.call_id))
                 for value in values[1:]:
                     forwarded.add("Record-Route", value)
-        if len(forwarded.body) + 2048 > self.max_message_size and not destination.reliable:
-            pass  # §18.1.1 would switch to TCP; we keep UDP and rely on the size cap upstream
         transaction = self.layer.new_client(forwarded, destination)
         transaction.owner = (context, branch)
         transaction.on_response = self._on_branch_response
@@ -549,13 +576,24 @@ class ProxyCore:
         branch.transaction = transaction
         context.forwarded = True
         transaction.start()
+        if transaction.invite and branch.timer_c is None:
+            branch.timer_c = asyncio.get_running_loop().call_later(TIMER_C, self._timer_c, context, branch)
+
+    def _timer_c(self, context: ProxyContext, branch: Branch) -> None:
+        """§16.8: the branch rang too long: CANCEL it (its 487 then completes the request)."""
+        if not branch.done and not branch.cancelled and not context.final_sent:
+            branch.cancelled = True
+            if branch.provisional:
+                self._send_cancel(branch)
+            else:
+                branch.cancel_pending = True
 
     def _on_branch_timeout(self, transaction: ClientTransaction) -> None:
         context, branch = transaction.owner
         if branch.targets and not context.cancelled and not branch.cancelled:
             self._start_branch(context, branch)  # RFC 3263 §4.3 failover
             return
-        branch.done = True
+        branch.finish()
         if branch.response is None:
             branch.response = make_response(context.request, 408 if not branch.provisional else 480)
         self._maybe_finish(context)
@@ -572,7 +610,7 @@ class ProxyCore:
                 return
             self._forward_upstream(context, response)
             return
-        branch.done = True
+        branch.finish()
         if status < 300:
             self._forward_upstream(context, response)
             context.final_sent = True
@@ -601,6 +639,11 @@ class ProxyCore:
             context.final_sent = True
             return
         best = min(responses, key=_response_rank)
+        if context.cancelled and best.status < 600 and not 200 <= best.status < 300:
+            # §16.10: a CANCELled request ends in 487 whatever the branches timed out with
+            context.server.respond_status(487)
+            context.final_sent = True
+            return
         if best.status in (401, 407):
             # §16.7 step 7: gather every challenge
             for other in responses:
@@ -619,7 +662,7 @@ class ProxyCore:
     def _forward_upstream(self, context: ProxyContext, response: SipMessage) -> None:
         """§16.7 step 9: remove our Via and send through the server transaction."""
         upstream = SipMessage(status=response.status, reason=response.reason,
-                              headers=[list(e) for e in response.headers], body=response.body)
+                              headers=list(response.headers), body=response.body)
         upstream.pop_first_value("via")
         server = context.server
         if server.state == "terminated":
@@ -650,9 +693,9 @@ class ProxyCore:
             key = entry[0]
             if key == "via":
                 if not cancel.has("via"):
-                    cancel.headers.append(["via", "Via", invite.first_value("via") or entry[2]])
+                    cancel.headers.append(("via", "Via", invite.first_value("via") or entry[2]))
             elif key in ("from", "to", "call-id", "route", "max-forwards"):
-                cancel.headers.append(list(entry))
+                cancel.headers.append(entry)
         cancel.add("CSeq", f"{invite.cseq[0]} CANCEL")
         transaction = self.layer.new_client(cancel, invite_tx.destination)
         transaction.start()
@@ -683,7 +726,7 @@ class ProxyCore:
         """ACK for a 2xx: end to end, forwarded statelessly along the route set (§16.11)."""
         own = self._pop_own_routes(ack)
         if own is not True:
-            return  # not routed through us: drop (ACKs get no response)
+            return  # not a dialog we Record-Routed: drop (ACKs get no response)
         route = ack.first_value("route")
         try:
             next_hop = parse_uri(parse_name_addr(route).uri) if route else parse_uri(ack.uri or "")
@@ -725,7 +768,7 @@ class ProxyCore:
         if not (via.branch or "").startswith(MAGIC_COOKIE + "-pg"):
             return
         upstream = SipMessage(status=response.status, reason=response.reason,
-                              headers=[list(e) for e in response.headers], body=response.body)
+                              headers=list(response.headers), body=response.body)
         upstream.pop_first_value("via")
         next_via_text = upstream.first_value("via")
         if next_via_text is None:

@@ -9,6 +9,7 @@ acknowledged registration survives a restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -106,6 +107,8 @@ class Registrar:
         delay = throttle.check(client_ip, address)
         if delay is None:
             return make_response(request, 403, "Too many failed attempts")
+        if delay:
+            await asyncio.sleep(delay)  # slowed down after repeated failures (AuthThrottle)
         # RFC 3261 §10.3 step 4: authenticate
         authorization = request.get("authorization")
         if authorization is None:

@@ -14,7 +14,6 @@ import socket
 import time
 from typing import Any
 
-from peerage.config import parse_listen
 from peerage.sip.digest import DigestAuthenticator
 from peerage.sip.locate import Locator
 from peerage.sip.message import SipMessage
@@ -49,10 +48,11 @@ class SipService:
         self.registrar = registrar
         transport = SipTransport(
             self._receive, max_message_size=config.max_message_size,
-            client_context=lambda name: host.tls.client_context(verify=True, domain=None),
+            client_context=lambda name: host.tls.client_context(verify=True),
             on_unreachable=self._unreachable)
         flood = FloodGuard(config.flood_requests_per_second, config.flood_ban_seconds)
         transport.admit = flood.allow
+        transport.banned = flood.is_banned
         self.transport = transport
         server_context = None
         if config.tls_listen and host.tls.available:
@@ -88,7 +88,8 @@ class SipService:
     def _unreachable(self, destination: Destination) -> None:
         assert self.layer is not None
         for transaction in list(self.layer.client.values()):
-            if transaction.destination == destination:
+            target = transaction.destination
+            if target.transport == destination.transport and target.address == destination.address:
                 transaction.transport_error()
 
     async def _tick(self) -> None:
@@ -121,5 +122,3 @@ def _primary_address() -> str:
         except OSError:
             return "127.0.0.1"
 
-
-__all__ = ["SipService", "parse_listen"]

@@ -13,8 +13,7 @@ D, I, J and K are zero (§17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2).
 
 from __future__ import annotations
 
-import heapq
-import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,8 @@ class Destination:
     transport: str  # "UDP", "TCP", "TLS", "WS", "WSS"
     address: tuple[str, int]
     connection: Any = None  # a stream handle for responses on the same connection (§18.2.2)
+    # the domain a TLS server must prove it is (RFC 5922 §4: the domain of the SIP URI)
+    name: str | None = None
 
     @property
     def reliable(self) -> bool:
@@ -149,9 +150,9 @@ class ClientTransaction:
         for entry in request.headers:
             key = entry[0]
             if key == "via":
-                ack.headers.append([key, entry[1], request.first_value("via") or entry[2]])
+                ack.headers.append((key, entry[1], request.first_value("via") or entry[2]))
             elif key in ("from", "call-id", "route", "max-forwards"):
-                ack.headers.append(list(entry))
+                ack.headers.append(entry)
         to = response.get("to")
         if to is not None:
             ack.add("To", to)
@@ -168,8 +169,11 @@ class ClientTransaction:
             layer.send(self.data, self.destination)
             self.interval = T2 if self.state == "proceeding" else min(self.interval * 2, T2)
             layer.set_timer(self, "E", self.interval)
-        elif name in ("B", "F"):
-            if self.state in ("calling", "proceeding", "trying"):
+        elif name == "B":
+            if self.state == "calling":  # §17.1.1.2: once ringing, only the TU's Timer C applies
+                self._time_out()
+        elif name == "F":
+            if self.state in ("trying", "proceeding"):
                 self._time_out()
         elif name in ("D", "K"):
             self.terminate()
@@ -201,6 +205,8 @@ class ClientTransaction:
         self.owner = None
         self.on_response = None
         self.on_timeout = None
+        self.request = None  # type: ignore[assignment]
+        self.data = b""
 
 
 class ServerTransaction:
@@ -257,6 +263,10 @@ class ServerTransaction:
                 self.state = "proceeding"
             return
         reliable = self.source.reliable
+        # A final answer is out: keep only what retransmissions need (the bytes and where they go),
+        # so the request and the proxy's state are freed now rather than after Timer H/J.
+        self.owner = None
+        self.request = None  # type: ignore[assignment]
         if self.invite:
             if status < 300:
                 self.terminate()  # §17.2.1: 2xx retransmission is the TU's (UAS core) job
@@ -270,7 +280,9 @@ class ServerTransaction:
             layer.set_timer(self, "J", 0.0 if reliable else 64 * T1)
 
     def respond_status(self, status: int, reason: str | None = None,
-                       to_tag: str | None = None) -> SipMessage:
+                       to_tag: str | None = None) -> SipMessage | None:
+        if self.request is None:
+            return None  # a final response was already sent
         response = make_response(self.request, status, reason, to_tag or self.layer.local_tag)
         self.respond(response)
         return response
@@ -305,6 +317,10 @@ class ServerTransaction:
         self.on_ack = None
 
 
+def _deadline(entry: tuple[float, Any, str]) -> float:
+    return entry[0]
+
+
 class TransactionLayer:
     """Holds the live transactions and their timers; matching per RFC 3261 §17.1.3 and §17.2.3."""
 
@@ -315,35 +331,49 @@ class TransactionLayer:
         self.local_tag = local_tag
         self.client: dict[tuple[str, str], ClientTransaction] = {}
         self.server: dict[tuple[Any, ...], ServerTransaction] = {}
-        self._heap: list[tuple[float, int, ClientTransaction | ServerTransaction, str]] = []
-        self._sequence = itertools.count()
+        # One FIFO per timer duration: every timer of the same duration is due in the order it was
+        # set, so each queue stays sorted with O(1) appends and pops (a timing wheel with one
+        # slot per RFC 3261 duration; there are only a handful: T1 multiples, T2, T4, 64*T1, 32 s).
+        self._queues: dict[float, deque[tuple[float, ClientTransaction | ServerTransaction, str]]] = {}
 
     # -- timers
     def set_timer(self, transaction: ClientTransaction | ServerTransaction, name: str,
                   delay: float) -> None:
         deadline = self.clock() + delay
         transaction.timers[name] = deadline
-        heapq.heappush(self._heap, (deadline, next(self._sequence), transaction, name))
+        queue = self._queues.get(delay)
+        if queue is None:
+            queue = self._queues[delay] = deque()
+        queue.append((deadline, transaction, name))
 
     def next_deadline(self) -> float | None:
-        heap = self._heap
-        while heap:
-            deadline, _, transaction, name = heap[0]
-            if transaction.timers.get(name) == deadline:
-                return deadline
-            heapq.heappop(heap)
-        return None
+        earliest: float | None = None
+        for queue in self._queues.values():
+            while queue:
+                deadline, transaction, name = queue[0]
+                if transaction.timers.get(name) == deadline:
+                    if earliest is None or deadline < earliest:
+                        earliest = deadline
+                    break
+                queue.popleft()  # cancelled or rescheduled
+        return earliest
 
     def tick(self, now: float | None = None) -> None:
-        """Fire every timer due at ``now`` (default: the clock)."""
+        """Fire every timer due at ``now`` (default: the clock), earliest first."""
         now = self.clock() if now is None else now
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, _, transaction, name = heapq.heappop(heap)
-            if transaction.timers.get(name) != deadline:
-                continue  # cancelled or rescheduled
-            del transaction.timers[name]
-            transaction.on_timer(name)
+        while True:
+            due: list[tuple[float, ClientTransaction | ServerTransaction, str]] = []
+            for queue in self._queues.values():
+                while queue and queue[0][0] <= now:
+                    due.append(queue.popleft())
+            if not due:
+                return
+            due.sort(key=_deadline)
+            for deadline, transaction, name in due:
+                if transaction.timers.get(name) != deadline:
+                    continue  # cancelled or rescheduled
+                del transaction.timers[name]
+                transaction.on_timer(name)
 
     @property
     def count(self) -> int:

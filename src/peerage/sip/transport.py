@@ -61,7 +61,7 @@ MessageHandler = Callable[[SipMessage, Destination], None]
 
 def stamp_via(message: SipMessage, ip: str, port: int) -> None:
     """RFC 3261 §18.2.1 ``received`` and RFC 3581 §4 ``rport`` on the top Via of a request."""
-    for entry in message.headers:
+    for position, entry in enumerate(message.headers):
         if entry[0] != "via":
             continue
         raw = entry[2]
@@ -86,7 +86,7 @@ def stamp_via(message: SipMessage, ip: str, port: int) -> None:
             changed = True
         if changed:
             top = head + params
-            entry[2] = ", ".join([top, *rest]) if rest else top
+            message.headers[position] = (entry[0], entry[1], ", ".join([top, *rest]) if rest else top)
             message.headers_changed()
         return
 
@@ -103,6 +103,7 @@ class StreamConnection(asyncio.Protocol):
         self.closed = False
         self.key: tuple[str, str, int] | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.verified_name: str | None = None  # the domain an outgoing TLS peer proved
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -216,12 +217,14 @@ class SipTransport:
 
     def __init__(self, handler: MessageHandler, *, max_message_size: int,
                  admit: Callable[[str], bool] = lambda ip: True,
+                 banned: Callable[[str], bool] = lambda ip: False,
                  client_context: Callable[[str], ssl.SSLContext] | None = None,
                  on_unreachable: Callable[[Destination], None] | None = None) -> None:
         self.handler = handler
         self.on_unreachable = on_unreachable
         self.max_message_size = max_message_size
         self.admit = admit
+        self.banned = banned
         self.client_context = client_context
         self.udp: list[UdpEndpoint] = []
         self.servers: list[asyncio.AbstractServer] = []
@@ -265,7 +268,7 @@ class SipTransport:
         ip = address[0]
         if len(data) <= 4 and not data.strip(b"\r\n"):
             return  # CRLF keep-alive on UDP (RFC 5626 uses STUN there; ignore the CRLFs)
-        if not self.admit(ip):
+        if self.banned(ip):
             return  # flood ban: drop silently, as pike does
         if len(data) > self.max_message_size:
             return
@@ -279,8 +282,8 @@ class SipTransport:
 
     def deliver(self, message: SipMessage, source: Destination) -> None:
         if message.method is not None:
-            if source.transport != "UDP" and not self.admit(source.address[0]):
-                return
+            if not self.admit(source.address[0]):
+                return  # requests count towards the flood limit (pike_check_req)
             try:
                 stamp_via(message, source.address[0], source.address[1])
             except SipParseError:
@@ -303,6 +306,9 @@ class SipTransport:
             return
         key = (transport, destination.address[0], destination.address[1])
         existing = self.connections.get(key)
+        if existing is not None and transport == "TLS" and destination.name is not None \
+                and existing.verified_name != destination.name.lower():
+            existing = None  # a connection proven for another domain does not prove this one
         if existing is not None and not existing.closed:
             existing.write(data)
             return
@@ -311,31 +317,39 @@ class SipTransport:
             pending.append(data)
             return
         self._pending[key] = [data]
-        task = asyncio.ensure_future(self._connect(key))
+        task = asyncio.ensure_future(self._connect(key, destination.name))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _connect(self, key: tuple[str, str, int]) -> None:
+    async def _connect(self, key: tuple[str, str, int], name: str | None) -> None:
         transport_name, host, port = key
         loop = asyncio.get_running_loop()
         context = None
+        server_name = None
         if transport_name == "TLS":
             if self.client_context is None:
                 self._pending.pop(key, None)
                 return
-            context = self.client_context(host)
+            context = self.client_context(name or host)
+            server_name = name or host
+            # RFC 5922 §4: the certificate must name the SIP domain we are trying to reach
+            # (checked by OpenSSL against its subjectAltName), and chain to a trusted root.
+            context.check_hostname = context.verify_mode == ssl.CERT_REQUIRED
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(lambda: StreamConnection(self, transport_name), host, port,
-                                       ssl=context, server_hostname=host if context else None),
+                                       ssl=context, server_hostname=server_name),
                 CONNECT_TIMEOUT)
         except (TimeoutError, OSError, ssl.SSLError) as error:
-            log.info("sip: cannot connect to %s %s:%d: %s", transport_name, host, port, error)
+            log.info("sip: cannot connect to %s %s:%d%s: %s", transport_name, host, port,
+                     f" ({server_name})" if server_name else "", error)
             self._pending.pop(key, None)
             if self.on_unreachable is not None:
                 # §17.1.4: report the transport error so the proxy fails over now, not after Timer B
                 self.on_unreachable(Destination(transport_name, (host, port)))
             return
+        if server_name is not None:
+            connection.verified_name = server_name.lower()
         for data in self._pending.pop(key, []):
             connection.write(data)
 

@@ -71,6 +71,45 @@ STANZA_NAMES = frozenset(("message", "presence", "iq"))
 class C2SConnection(asyncio.Protocol):
     """One client connection and, once bound, the session it carries."""
 
+    # Slots keep an idle connection small (thousands of these live at once).
+    __slots__ = (
+        "_busy",
+        "_counted",
+        "_flush_scheduled",
+        "_out",
+        "_queue",
+        "_reading_paused",
+        "authenticated",
+        "available",
+        "bare_jid",
+        "blocklist_requested",
+        "bound",
+        "carbons",
+        "closed_cleanly",
+        "closing",
+        "csi",
+        "direct_tls",
+        "directed",
+        "domain",
+        "full_jid",
+        "header_sent",
+        "hibernation",
+        "last_activity",
+        "last_presence",
+        "parser",
+        "peer_ip",
+        "priority",
+        "resource",
+        "roster_requested",
+        "sasl",
+        "sasl_failures",
+        "service",
+        "sm",
+        "superseded",
+        "tls",
+        "transport",
+    )
+
     def __init__(self, service: XmppService, *, direct_tls: bool) -> None:
         self.service = service
         self.direct_tls = direct_tls
@@ -88,7 +127,7 @@ class C2SConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._queue: deque[Element] = deque()
+        self._queue: deque[Element] | None = None
         self._busy = False
         self._reading_paused = False
         self._counted = False
@@ -151,12 +190,14 @@ class C2SConnection(asyncio.Protocol):
                 break  # the stream was restarted or closed: later events belong to no stream
             if event.__class__ is Element:
                 if self._busy:
-                    self._queue.append(event)  # type: ignore[arg-type]
+                    if self._queue is None:
+                        self._queue = deque()
+                    self._queue.append(event)
                     if len(self._queue) >= MAX_QUEUED_STANZAS and not self._reading_paused and self.transport:
                         self._reading_paused = True
                         self.transport.pause_reading()
                 else:
-                    self._process(event)  # type: ignore[arg-type]
+                    self._process(event)
             elif isinstance(event, StreamOpened):
                 self._stream_opened(event)
             elif isinstance(event, StreamClosed):
@@ -199,7 +240,13 @@ class C2SConnection(asyncio.Protocol):
         if sm is not None:
             sm.sent(data, stanza if stanza.name == "message" else None)
             if sm.overflowing:
-                self._stream_error("resource-constraint", "too many unacknowledged stanzas")
+                if self.transport is None:  # hibernating and the queue is full: end the session
+                    if self.hibernation is not None:
+                        self.hibernation.cancel()
+                        self.hibernation = None
+                    self.service.spawn(self._terminate())
+                else:
+                    self._stream_error("resource-constraint", "too many unacknowledged stanzas")
                 return
             if self.transport is None:
                 return  # hibernating: kept for resumption
@@ -359,7 +406,7 @@ class C2SConnection(asyncio.Protocol):
                 self.sm.count_handled()
             while self._queue:
                 if self.closing:
-                    self._queue.clear()
+                    self._queue = None
                     break
                 element = self._queue.popleft()
                 try:
@@ -387,7 +434,8 @@ class C2SConnection(asyncio.Protocol):
         name = element.name
         if self.tls is None:
             if name == "starttls" and ns == TLS_NS:
-                return self._starttls()
+                self._starttls()
+                return None
             if ns == sasl.SASL_NS and name == "auth":
                 self._write(_serialize_stream_element(_sasl_failure("encryption-required")))
                 self._stream_error("policy-violation", "TLS is required")
@@ -662,13 +710,17 @@ class C2SConnection(asyncio.Protocol):
         self.superseded = True
         router = self.service.router
         router.unbind(self)
-        if self.sm is not None and self.sm.resume_id:
-            if self.service.resumable.get(self.sm.resume_id) is self:
-                del self.service.resumable[self.sm.resume_id]
+        if self.sm is not None and self.sm.resume_id and self.service.resumable.get(self.sm.resume_id) is self:
+            del self.service.resumable[self.sm.resume_id]
         try:
             await self.service.core.session_ended(self)
         except Exception:
             log.exception("error ending the session of %s", self.full_jid)
+        await self._reroute_unacked()
+
+    async def _reroute_unacked(self) -> None:
+        """Deliver messages the client never acknowledged by bare-JID rules (XEP-0198 section 4)."""
+        router = self.service.router
         if self.sm is not None:
             unacked, self.sm.unacked = list(self.sm.unacked), deque()
             for _, stanza in unacked:
@@ -698,6 +750,7 @@ class C2SConnection(asyncio.Protocol):
             self.service.resumable.pop(self.sm.resume_id, None)
         if self.transport is not None:
             self._stream_error("conflict", "another client bound this resource")
+        await self._reroute_unacked()
 
     # --- XEP-0352 -------------------------------------------------------------------------------
     def _client_state(self, active: bool) -> None:

@@ -14,6 +14,7 @@ Anything that touches storage returns an awaitable that callers await before ack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -70,9 +71,7 @@ def is_blocked(blocklist: set[str], jid: str) -> bool:
     bare = f"{local}@{domain}" if local else domain
     if bare in blocklist or domain in blocklist:
         return True
-    if resource and (f"{bare}/{resource}" in blocklist or f"{domain}/{resource}" in blocklist):
-        return True
-    return False
+    return bool(resource and (f"{bare}/{resource}" in blocklist or f"{domain}/{resource}" in blocklist))
 
 
 def parse_stored(xml: str) -> Element:
@@ -91,7 +90,7 @@ def parse_stored(xml: str) -> Element:
 class UserState:
     """What the core keeps about one account: roster, roster version, blocklist."""
 
-    __slots__ = ("bare", "roster", "version", "blocklist", "lock")
+    __slots__ = ("bare", "blocklist", "lock", "roster", "version")
 
     def __init__(self, bare: str, version: int, roster: dict[str, RosterItem], blocklist: set[str]) -> None:
         self.bare = bare
@@ -204,6 +203,11 @@ class XmppCore:
         if not await self.accounts.exists(bare):
             if stanza.name in ("message", "iq") and stanza.attrs.get("type") not in ("error", "result"):
                 await self.router.bounce(stanza, "service-unavailable")
+            elif stanza.name == "presence" and stanza.attrs.get("type") == "subscribe" and stanza.attrs.get("from"):
+                # RFC 6121 section 3.1.3: a request to a non-existent account is answered unsubscribed.
+                refusal = Element("presence", "", {"from": bare, "to": stanza.attrs["from"].partition("/")[0],
+                                                   "type": "unsubscribed"})
+                await _wait(self.router.route(refusal))
             return
         state = await self.user(bare)
         if state.blocklist and is_blocked(state.blocklist, stanza.attrs.get("from", "")):
@@ -264,7 +268,7 @@ class XmppCore:
             return False
         children = stanza.children
         for child in children:
-            if child.__class__ is Element and child.name == "body":  # type: ignore[union-attr]
+            if child.__class__ is Element and child.name == "body":
                 break
         else:
             return False
@@ -372,7 +376,7 @@ class XmppCore:
             return False
         for child in stanza.children:
             if child.__class__ is Element and child.name in ("private", "no-copy") and \
-                    child.xmlns in (CARBONS_NS, HINTS_NS):  # type: ignore[union-attr]
+                    child.xmlns in (CARBONS_NS, HINTS_NS):
                 return False
         return True
 
@@ -479,11 +483,10 @@ class XmppCore:
                         if session.available:
                             await _wait(self.router.route(Element(
                                 "presence", "", {"from": session.full_jid, "to": contact, "type": "unavailable"})))
-            elif ptype == "unsubscribed":
-                if item.ask or item.subscription in ("to", "both"):
-                    item.ask = False
-                    item.subscription = {"to": "none", "both": "from"}.get(item.subscription, item.subscription)
-                    changed = True
+            elif ptype == "unsubscribed" and (item.ask or item.subscription in ("to", "both")):
+                item.ask = False
+                item.subscription = {"to": "none", "both": "from"}.get(item.subscription, item.subscription)
+                changed = True
             if not changed:
                 return
             if item.hidden and not item.pending_in:
@@ -660,10 +663,8 @@ class XmppCore:
                 session.send(with_to(other.last_presence, session.full_jid))
         for item in list(state.roster.values()):
             if item.pending_in and item.pending_stanza:
-                try:
+                with contextlib.suppress(ValueError):
                     session.send(with_to(parse_stored(item.pending_stanza), session.full_jid))
-                except ValueError:
-                    pass
         if session.priority >= 0:
             await self.deliver_offline(session)
 
@@ -711,27 +712,25 @@ class XmppCore:
                     route = False
                 else:
                     route = item.subscription in ("from", "both")
-            elif ptype == "unsubscribe":
-                if item is not None:
-                    item.ask = False
-                    item.subscription = {"to": "none", "both": "from"}.get(item.subscription, item.subscription)
+            elif ptype == "unsubscribe" and item is not None:
+                item.ask = False
+                item.subscription = {"to": "none", "both": "from"}.get(item.subscription, item.subscription)
+                await self._save_and_push(state, item)
+            elif ptype == "unsubscribed" and item is not None:
+                was_from = item.subscription in ("from", "both")
+                item.pending_in = False
+                item.pending_stanza = None
+                item.approved = False
+                item.subscription = {"from": "none", "both": "to"}.get(item.subscription, item.subscription)
+                if item.hidden:
+                    await self._remove_item(state, contact, push=False)
+                else:
                     await self._save_and_push(state, item)
-            elif ptype == "unsubscribed":
-                if item is not None:
-                    was_from = item.subscription in ("from", "both")
-                    item.pending_in = False
-                    item.pending_stanza = None
-                    item.approved = False
-                    item.subscription = {"from": "none", "both": "to"}.get(item.subscription, item.subscription)
-                    if item.hidden:
-                        await self._remove_item(state, contact, push=False)
-                    else:
-                        await self._save_and_push(state, item)
-                    if was_from:
-                        for other in list(self.router.resources(bare).values()):
-                            if other.available:
-                                await _wait(self.router.route(Element(
-                                    "presence", "", {"from": other.full_jid, "to": contact, "type": "unavailable"})))
+                if was_from:
+                    for other in list(self.router.resources(bare).values()):
+                        if other.available:
+                            await _wait(self.router.route(Element(
+                                "presence", "", {"from": other.full_jid, "to": contact, "type": "unavailable"})))
         if route:
             await _wait(self.router.route(outbound))
         if ptype == "subscribed" and route:
@@ -801,23 +800,22 @@ class XmppCore:
         if contact == ctx.owner:
             return error_reply(ctx.iq, "not-allowed", "you cannot add yourself")
         async with state.lock:
-            item = state.roster.get(contact)
+            existing = state.roster.get(contact)
             if element.attrs.get("subscription") == "remove":
-                if item is None:
+                if existing is None:
                     return error_reply(ctx.iq, "item-not-found")
                 bare = ctx.owner
                 assert bare is not None
-                if item.subscription in ("to", "both") or item.ask:
+                if existing.subscription in ("to", "both") or existing.ask:
                     await _wait(self.router.route(Element("presence", "", {"from": bare, "to": contact, "type": "unsubscribe"})))
-                if item.subscription in ("from", "both") or item.pending_in:
+                if existing.subscription in ("from", "both") or existing.pending_in:
                     await _wait(self.router.route(Element("presence", "", {"from": bare, "to": contact, "type": "unsubscribed"})))
                 await self._remove_item(state, contact)
                 return _result_to_session(ctx, None)
             groups = [g.text for g in element.find_all("group", ROSTER_NS)]
             if len(set(groups)) != len(groups) or any(not g for g in groups):
                 return error_reply(ctx.iq, "bad-request", "duplicate or empty group")
-            if item is None:
-                item = RosterItem(contact)
+            item = existing if existing is not None else RosterItem(contact)
             item.name = element.attrs.get("name") or None
             item.groups = groups
             item.hidden = False

@@ -61,6 +61,8 @@ class RoutedSession(Protocol):
     #: Sent initial presence and not yet unavailable (RFC 6121 section 4.2).
     available: bool
     priority: int
+    #: The last available presence broadcast (RFC 6121 section 4.2), None when unavailable.
+    last_presence: Element | None
 
     def send(self, stanza: Element) -> None: ...
 
@@ -135,7 +137,7 @@ class Router:
             return
         try:
             await sender(stanza, domain)
-        except Exception:  # noqa: BLE001 - any failure of the remote side is a bounce, not a crash
+        except Exception:
             log.exception("remote sender failed for %s", domain)
             await self.bounce(stanza, "remote-server-not-found")
 
@@ -169,7 +171,7 @@ class Router:
         if result is not None:
             try:
                 await result
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not bounce a stanza")
 
 

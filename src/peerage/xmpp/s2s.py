@@ -102,6 +102,14 @@ READ_CHUNK = 65536
 #: for this attempt and the waiting stanzas bounce at once.
 TRANSIENT_STREAM_ERRORS = frozenset(("connection-timeout", "system-shutdown", "reset",
                                      "resource-constraint", "internal-server-error", "see-other-host"))
+#: Dialback verifications (connections to authoritative servers) running at once. Each costs a
+#: connection and a TLS handshake; the bound keeps a flood of db:result requests from turning this
+#: server into a connection amplifier.
+MAX_CONCURRENT_VERIFICATIONS = 64
+#: Bytes an s2s connection may hold unsent before senders wait for it to drain. A slow peer then
+#: slows its senders instead of growing our memory (Prosody's send buffer is unbounded; 1 MiB is a
+#: few thousand stanzas in flight).
+WRITE_BUFFER_LIMIT = 1024 * 1024
 #: Seconds between idle sweeps.
 IDLE_SWEEP_INTERVAL = 5.0
 
@@ -266,6 +274,11 @@ class XmlConnection:
         await self.writer.start_tls(context, ssl_handshake_timeout=NEGOTIATION_STEP_TIMEOUT)
         self.restart()
 
+    def buffered(self) -> int:
+        """Bytes written but not yet sent to the peer."""
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     async def drain(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.writer.drain()
@@ -324,22 +337,61 @@ class OutboundStream:
     """An authenticated stream that carries our stanzas to one remote domain."""
 
     def __init__(self, service: S2SService, connection: XmlConnection, local: str, remote: str,
-                 record: ConnectionRecord, bidi: bool) -> None:
+                 record: ConnectionRecord, bidi: bool, stream_id: str = "") -> None:
         self.service = service
         self.connection = connection
         self.local = local
         self.remote = remote
         self.record = record
         self.bidi = bidi
+        self.stream_id = stream_id
+        #: Local domains authenticated on this stream: ours first, then piggybacked ones.
+        self.locals: dict[str, ConnectionRecord] = {local: record}
+        #: Piggybacked db:result requests waiting for the receiver's answer, by local domain.
+        self.pending: dict[str, asyncio.Future[dialback.DialbackMessage]] = {}
         self.reader_task: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
         return not self.connection.closed
 
+    @property
+    def can_piggyback(self) -> bool:
+        """XEP-0220 section 2.3: more domain pairs may ride on a dialback-authenticated stream."""
+        return self.alive and self.record.authentication == "dialback" and bool(self.stream_id)
+
     def send(self, stanza: Element) -> None:
         self.connection.send(stanza)
-        self.record.stanzas += 1
+        from_ = stanza.attrs.get("from", "")
+        record = self.locals.get(from_.partition("@")[2].partition("/")[0] if "@" in from_
+                                 else from_.partition("/")[0], self.record)
+        record.stanzas += 1
+
+    async def piggyback(self, local: str) -> ConnectionRecord:
+        """Authenticate ``local`` -> remote on this stream with another db:result."""
+        future: asyncio.Future[dialback.DialbackMessage] = asyncio.get_running_loop().create_future()
+        self.pending[local] = future
+        record = self.service.new_record("out", local, self.remote, self.connection)
+        record.tls = self.record.tls
+        record.authentication = "dialback"
+        self.connection.send(dialback.result_request(
+            local, self.remote, self.service.secret.key(self.remote, local, self.stream_id)))
+        try:
+            message = await asyncio.wait_for(future, VERIFY_TIMEOUT + NEGOTIATION_STEP_TIMEOUT)
+        except (TimeoutError, ConnectionError) as error:
+            self.service.finish_record(record, Level.UNSUCCESSFUL, f"piggybacked dialback failed: {error}")
+            raise Unreachable(str(error) or "no dialback answer") from None
+        finally:
+            self.pending.pop(local, None)
+        if message.type != "valid":
+            self.service.finish_record(record, Level.UNSUCCESSFUL, "piggybacked dialback refused: "
+                                       + (message.error or message.type))
+            raise NegotiationFailed(f"the receiver refused {local} on the shared stream")
+        self.locals[local] = record
+        self.service.finish_record(record, Level.from_letter(self.record.level),
+                                   f"piggybacked on connection #{self.record.id} (XEP-0220 section 2.3): "
+                                   + self.record.reason, open_=True)
+        return record
 
     async def run(self) -> None:
         """Read what the receiver sends on an established outbound stream until it closes."""
@@ -353,17 +405,33 @@ class OutboundStream:
                 if isinstance(event, StreamFailure):
                     connection.fail(event.condition, event.text)
                     break
+                if isinstance(event, Element) and event.xmlns == dialback.DIALBACK_NS:
+                    self._dialback_answer(event)
+                    continue
                 # XEP-0288: the receiver may send stanzas back on this stream, from its own domain;
                 # we reached it through DNS (and its certificate, where checked).
                 if (isinstance(event, Element) and self.bidi and event.xmlns == ""
                         and event.name in ("message", "presence", "iq")
                         and not await self.service.accept_stanza(connection, event, {self.remote},
-                                                                 {self.local})):
+                                                                 set(self.locals))):
                     break
         except (ConnectionError, StreamError, OSError):
             connection.close()
         finally:
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the stream closed"))
             self.service.stream_closed(self)
+
+    def _dialback_answer(self, element: Element) -> None:
+        try:
+            message = dialback.parse(element)
+        except dialback.DialbackParseError:
+            return
+        if message.kind == "result" and message.from_ == self.remote and not message.is_request:
+            future = self.pending.get(message.to)
+            if future is not None and not future.done():
+                future.set_result(message)
 
 
 class OutboundRoute:
@@ -389,6 +457,8 @@ class OutboundRoute:
         stream = self.usable_stream()
         if stream is not None and not self.queue:
             stream.send(stanza)
+            if stream.connection.buffered() > WRITE_BUFFER_LIMIT:
+                return stream.connection.drain()  # back-pressure on whoever is sending
             return None
         if len(self.queue) >= MAX_QUEUED_STANZAS:
             return self.service.router.bounce(stanza, "resource-constraint",
@@ -425,7 +495,7 @@ class OutboundRoute:
                 remaining = self.queue[0][1] - now
                 try:
                     stream = await asyncio.wait_for(
-                        self.service.connect_out(self.local, self.remote), remaining)
+                        self.service.connect_or_piggyback(self.local, self.remote), remaining)
                 except DomainNotFound as error:
                     await self._bounce_all("remote-server-not-found", str(error))
                     break
@@ -433,13 +503,16 @@ class OutboundRoute:
                     # XEP-0238 flows: a policy mismatch reaches the sender as remote-server-timeout.
                     await self._bounce_all("remote-server-timeout", str(error))
                     break
-                except (Unreachable, OSError, ConnectionError, StreamError, DnsTimeout, TimeoutError, ssl.SSLError) as error:
+                except (Unreachable, OSError, ConnectionError, StreamError, DnsTimeout, TimeoutError,
+                        ssl.SSLError) as error:
                     last_error = str(error) or type(error).__name__
                     wait = min(next(delays), max(0.0, self.queue[0][1] - time.monotonic()))
                     await asyncio.sleep(wait)
                     continue
                 self.stream = stream
                 self.flush(stream)
+                if self.queue:
+                    continue  # the stream died while flushing: the rest waits for the next one
                 break
         except asyncio.CancelledError:
             raise
@@ -511,6 +584,10 @@ class InboundStream:
                         return
         except StreamError as error:
             self._fail_records(f"stream error {error.condition}: {error.text}")
+            if not connection.header_sent:
+                # RFC 6120 section 4.9.1.1: a stream error needs our header first.
+                connection.write_header(_header(None, None, self.stream_id or secrets.token_urlsafe(16),
+                                                False))
             connection.fail(error.condition, error.text)
         except (ConnectionError, OSError, ssl.SSLError) as error:
             self._fail_records(f"closed by the peer ({error})")
@@ -748,24 +825,20 @@ class InboundStream:
             connection.send(dialback.error_response("result", local, remote, DialbackError.POLICY_VIOLATION))
             service.finish_record(record, Level.UNSUCCESSFUL, problem)
             return
-        if profile.required is Level.PERMISSIVE:
-            outcome: bool | DialbackError = True
-            how = "permissive: accepted without verification"
+        # Even a permissive receiver verifies a key it is offered: permissive means stanzas from a
+        # peer that never asks are taken (``_permissive``), not that a wrong key is.
+        outcome: bool | DialbackError
+        if service.auth_throttle.check(connection.peer_ip) is None:
+            outcome = DialbackError.POLICY_VIOLATION
         else:
-            if service.auth_throttle.check(connection.peer_ip) is None:
-                outcome = DialbackError.POLICY_VIOLATION
-            else:
-                outcome = await service.verify_with_authoritative(local, remote, self.stream_id, key)
-            how = "dialback key confirmed by the authoritative server of " + remote
+            outcome = await service.verify_with_authoritative(local, remote, self.stream_id, key)
+        how = "dialback key confirmed by the authoritative server of " + remote
         if outcome is True:
             self.pairs.settle(remote, local, True)
             connection.send(dialback.result_response(local, remote, True))
             self.records[(remote, local)] = record
             record.bidi = self.bidi
-            level = (Level.PERMISSIVE if profile.required is Level.PERMISSIVE
-                     else level_reached(self.tls, "dialback"))
-            if level is Level.PERMISSIVE:
-                record.authentication = "none"
+            level = level_reached(self.tls, "dialback")
             service.finish_record(record, level, ("TLS, " if self.tls else "clear stream, ") + how,
                                   open_=True)
             if self.bidi:
@@ -807,6 +880,8 @@ class S2SService:
         self.policy = FederationPolicy.from_config(self.federation)
         self.connect_timeout = float(self.federation.connect_timeout)
         self.idle_timeout = float(self.federation.idle_timeout)
+        self.idle_unauthenticated = min(self.idle_timeout,
+                                        float(config.limits.idle_timeout_unauthenticated))
         self.bidi_enabled = bool(getattr(self.federation, "bidi", True))
         self.hosted_domains = list(config.domains)
         self.default_domain = self.hosted_domains[0] if self.hosted_domains else "localhost"
@@ -832,6 +907,9 @@ class S2SService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status_pending = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._verifications = asyncio.Semaphore(MAX_CONCURRENT_VERIFICATIONS)
+        #: Why the current attempt for (local, remote) is on a clear stream (rule 1 fallback).
+        self.fallback_notes: dict[tuple[str, str], str] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -965,10 +1043,26 @@ class S2SService:
 
     def stream_closed(self, stream: OutboundStream) -> None:
         self.outbound.discard(stream)
-        self._close_record(stream.record)
-        route = self.routes.get((stream.local, stream.remote))
-        if route is not None and route.stream is stream:
-            route.stream = None
+        for local, record in stream.locals.items():
+            self._close_record(record)
+            route = self.routes.get((local, stream.remote))
+            if route is not None and route.stream is stream:
+                route.stream = None
+                if route.queue and route.task is None:
+                    route.task = asyncio.ensure_future(route._connect())
+
+    async def connect_or_piggyback(self, local: str, remote: str) -> OutboundStream:
+        """Reuse a dialback stream another local domain has with ``remote`` when the policy for it is
+        the same (XEP-0220 section 2.3), else open a new one."""
+        for stream in list(self.outbound):
+            if (stream.remote == remote and stream.can_piggyback and local not in stream.locals
+                    and self.certificate_kind(local) is self.certificate_kind(stream.local)):
+                try:
+                    await stream.piggyback(local)
+                except Unreachable:
+                    break
+                return stream
+        return await self.connect_out(local, remote)
 
     async def discover(self, remote: str, allow_direct_tls: bool) -> list[Target]:
         """XEP-0368 then RFC 6120 section 3.2: SRV _xmpps-server, SRV _xmpp-server, then A/AAAA:5269."""
@@ -1025,8 +1119,11 @@ class S2SService:
                 stream = await self._negotiate_out(connection, target, profile, local, remote, record,
                                                    skip_tls)
             except _FallBackToClear as fallback:
+                # Not a failure of its own: the next connection's record says why it is clear.
                 connection.close(graceful=True)
-                self.finish_record(record, Level.UNSUCCESSFUL, str(fallback))
+                with contextlib.suppress(ValueError):
+                    self.records.remove(record)
+                self.fallback_notes[(local, remote)] = str(fallback)
                 skip_tls = True
                 continue
             except NegotiationFailed as error:
@@ -1155,8 +1252,12 @@ class S2SService:
         }[authenticated]
         if target.direct_tls:
             why = "Direct TLS (XEP-0368); " + why
+        note = self.fallback_notes.pop((local, remote), None)
+        if note is not None and not encrypted:
+            why = f"{why} ({note.replace('; reconnecting without TLS', '')})"
         self.finish_record(record, level, why, open_=True)
-        return OutboundStream(self, connection, local, remote, record, bidi)
+        return OutboundStream(self, connection, local, remote, record, bidi,
+                              stream_id if authenticated == "dialback" else "")
 
     def _check_receiver(self, connection: XmlConnection, profile: ServerProfile, remote: str
                         ) -> CertificateCheck:
@@ -1171,8 +1272,9 @@ class S2SService:
         """XEP-0220 section 2.1.2: ask ``remote``'s authoritative server whether ``key`` is its own."""
         profile = self.policy.profile(remote, self.certificate_kind(local))
         try:
-            return await asyncio.wait_for(self._verify(local, remote, stream_id, key, profile),
-                                          VERIFY_TIMEOUT)
+            async with self._verifications:
+                return await asyncio.wait_for(self._verify(local, remote, stream_id, key, profile),
+                                              VERIFY_TIMEOUT)
         except DomainNotFound:
             return DialbackError.REMOTE_SERVER_NOT_FOUND
         except (Unreachable, OSError, ConnectionError, StreamError, DnsTimeout, ssl.SSLError, TimeoutError) as error:
@@ -1277,7 +1379,9 @@ class S2SService:
                     stream.connection.close(graceful=True)
                     self.stream_closed(stream)
             for inbound in list(self.inbound):
-                if now - inbound.connection.last_activity > self.idle_timeout:
+                # Streams that never authenticated get the shorter unauthenticated limit.
+                limit = self.idle_timeout if inbound.records else self.idle_unauthenticated
+                if now - inbound.connection.last_activity > limit:
                     inbound.connection.close(graceful=True)
 
 

@@ -14,6 +14,7 @@ listeners close. It plugs into the router through ``Router.set_remote_sender`` a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import ssl
@@ -43,7 +44,16 @@ log = logging.getLogger(__name__)
 FEATURES = (Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons, Offline, Mam,
             StreamManagement, ClientStateIndication)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
-IDLE_SWEEP_INTERVAL = 10.0
+IDLE_SWEEP_INTERVAL = 5.0
+#: A connection quiet for this long releases its XML parser until its next byte (an expat parser
+#: and its buffers are about 20 KiB, half of an idle TLS connection's memory).
+PARSER_RELEASE_AFTER = 5.0
+#: Parsers released in one sweep before the C allocator is asked to return free pages to the
+#: system (glibc malloc_trim); below this, the freed memory is simply reused.
+TRIM_AFTER_RELEASES = 256
+#: Seconds stop() waits for closed connections to finish their cleanup (unavailable presence,
+#: offline storage of unacknowledged messages) before the store closes.
+SHUTDOWN_GRACE = 3.0
 #: Seconds between archive expiry runs.
 ARCHIVE_EXPIRY_INTERVAL = 3600.0
 
@@ -118,18 +128,23 @@ class XmppService:
             if connection.sm is not None:
                 connection.sm.resumable = False
             connection._stream_error("system-shutdown", "the server is shutting down")
+        # Sessions waiting for resumption end now: what they never acknowledged goes to offline
+        # storage rather than being lost with the process.
         for connection in list(self.resumable.values()):
             if connection.hibernation is not None:
                 connection.hibernation.cancel()
                 connection.hibernation = None
+                self.spawn(connection._terminate())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)  # connection_lost() of each closed connection schedules its cleanup
         await self.core.flush_archive()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for server in self.servers:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 2)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
         self.servers.clear()
 
     # --- helpers used by connections ------------------------------------------------------------
@@ -151,10 +166,16 @@ class XmppService:
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
             now = time.monotonic()
+            released = 0
             for connection in list(self.connections):
+                idle = now - connection.last_activity
                 limit = self.idle_authenticated if connection.bound else self.idle_unauthenticated
-                if now - connection.last_activity > limit:
+                if idle > limit:
                     connection._stream_error("connection-timeout", "idle for too long")
+                elif idle > PARSER_RELEASE_AFTER and connection.parser.compact():
+                    released += 1
+            if released >= TRIM_AFTER_RELEASES:
+                _trim_heap()
             if self.core.archive_enabled and now - last_expiry > ARCHIVE_EXPIRY_INTERVAL:
                 last_expiry = now
                 try:
@@ -162,3 +183,20 @@ class XmppService:
                 except Exception:
                     log.exception("archive expiry failed")
 
+
+_libc: Any = None
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the system (glibc); a no-op elsewhere."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)

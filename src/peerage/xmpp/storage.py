@@ -160,7 +160,7 @@ class XmppStorage:
                 query = query.order_by(table.c.id).limit(limit + 1)
             rows = (await conn.execute(query)).all()
         complete = len(rows) <= limit
-        rows = rows[:limit]
+        rows = list(rows[:limit])
         if before_id is not None:
             rows.reverse()
         return [ArchivedMessage(r.archive_id, r.with_jid, r.stamp, r.stanza) for r in rows], complete

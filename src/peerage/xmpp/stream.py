@@ -58,7 +58,7 @@ class Element:
     are plain names, ``xml:lang`` for the XML namespace, and ``{uri}name`` for any other namespace.
     """
 
-    __slots__ = ("name", "xmlns", "attrs", "children")
+    __slots__ = ("attrs", "children", "name", "xmlns")
 
     def __init__(
         self,
@@ -219,25 +219,59 @@ def _attr_key(expanded: str) -> str:
     return "{" + ns + "}" + local
 
 
+_NO_EVENTS: list[Any] = []
+
+
 class XmlStreamParser:
     """Incremental parser for one XML stream (one direction, until the next stream restart).
 
     Create a new parser after each stream restart (after STARTTLS and after SASL success).
+
+    ``compact()`` releases the expat parser while the stream rests between stanzas (an expat parser
+    with its buffers costs about 20 KiB, the largest part of an idle connection's memory). The next
+    ``feed()`` builds a fresh one and replays a header with the stream's namespace declarations.
     """
+
+    __slots__ = (
+        "_base",
+        "_closed",
+        "_content_ns",
+        "_depth",
+        "_events",
+        "_failed",
+        "_fed",
+        "_header_mark",
+        "_mark",
+        "_parser",
+        "_quiescent",
+        "_replaying",
+        "_root_ns",
+        "_stack",
+        "_stanza_start",
+        "max_stanza_bytes",
+    )
 
     def __init__(self, max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES) -> None:
         self.max_stanza_bytes = max_stanza_bytes
-        self._events: list[Event] = []
+        self._events: list[Event] = _NO_EVENTS
         self._stack: list[Element] = []
         self._depth = 0
         self._failed = False
         self._closed = False
-        self._fed = 0
+        self._fed = 0  # bytes of the real stream consumed so far
+        self._base = 0  # absolute offset of byte 0 of the current expat document
         self._stanza_start = 0
+        self._mark = -1  # absolute offset of the last top-level tag (header, stanza end)
+        self._header_mark = -2  # absolute offset of the stream header
+        self._quiescent = False  # the stream rests between stanzas with no partial input
         self._content_ns = ""
+        self._root_ns: list[tuple[str | None, str]] = []
+        self._replaying = False
+        self._parser: Any = self._new_expat()
+
+    def _new_expat(self) -> Any:
         parser = expat.ParserCreate(namespace_separator=" ")
         parser.buffer_text = True
-        parser.buffer_size = 65536
         # Never read external DTD subsets or parameter entities (billion laughs / XXE).
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         if hasattr(parser, "SetReparseDeferralEnabled"):  # expat >= 2.6: deliver events promptly
@@ -254,30 +288,78 @@ class XmlStreamParser:
         parser.ProcessingInstructionHandler = self._restricted_pi
         parser.CommentHandler = self._restricted_comment
         parser.DefaultHandler = self._default
-        self._parser = parser
+        return parser
 
     @property
     def failed(self) -> bool:
         return self._failed
+
+    def compact(self) -> bool:
+        """Release the expat parser if the stream is between stanzas; return whether it did."""
+        if self._parser is None or self._failed or self._closed or not self._quiescent:
+            return False
+        if self._replay_header() is None:
+            return False
+        self._parser = None
+        return True
+
+    def _replay_header(self) -> bytes | None:
+        """A stream header declaring the original namespaces, or None if it cannot be rebuilt."""
+        stream_prefixes = [prefix for prefix, uri in self._root_ns if uri == STREAM_NS]
+        if len(stream_prefixes) != 1 or not stream_prefixes[0]:
+            return None
+        decls = "".join(
+            f" xmlns='{escape_attr(uri)}'" if prefix is None else f" xmlns:{prefix}='{escape_attr(uri)}'"
+            for prefix, uri in self._root_ns
+        )
+        return f"<{stream_prefixes[0]}:stream{decls}>".encode()
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume bytes; return the events they complete."""
         if self._failed or self._closed:
             return []
         events = self._events = []
+        fed_before = self._fed
         try:
+            if self._parser is None:
+                header = self._replay_header()
+                assert header is not None
+                self._parser = self._new_expat()
+                self._base = fed_before - len(header)
+                self._depth = 0
+                self._replaying = True
+                try:
+                    self._parser.Parse(header, False)
+                finally:
+                    self._replaying = False
+            mark_before = self._mark
             self._parser.Parse(data, False)
             self._fed += len(data)
             if self._depth >= 2 and self._fed - self._stanza_start > self.max_stanza_bytes:
                 raise _Refused("policy-violation", "stanza exceeds the size limit")
             if self._depth == 0 and self._fed > MAX_STREAM_HEADER_BYTES:
                 raise _Refused("policy-violation", "stream header too long")
+            if self._depth != 1:
+                self._quiescent = False
+            elif self._mark != mark_before and self._mark >= fed_before:
+                # The mark is the start of the last end tag "</...>" (or the header), or the end of
+                # an empty-element tag "<.../>": the stream rests if nothing but the rest of that
+                # tag and whitespace follows it.
+                index = self._mark - fed_before
+                tail = data[index:].rstrip()
+                if data[index:index + 2] == b"</" or self._mark == self._header_mark:
+                    self._quiescent = tail.endswith(b">") and tail.count(b"<") == 1
+                else:
+                    self._quiescent = not tail
+            elif data.strip():
+                self._quiescent = False
         except _Refused as refused:
             self._fail(events, refused.condition, refused.text)
         except expat.ExpatError as error:
             self._fail(events, "not-well-formed", expat.ErrorString(error.code))
         except RecursionError:  # pragma: no cover - depth is bounded before this can happen
             self._fail(events, "policy-violation", "too deeply nested")
+        self._events = _NO_EVENTS  # do not keep the last stanzas alive
         return events
 
     def _fail(self, events: list[Event], condition: str, text: str) -> None:
@@ -285,12 +367,14 @@ class XmlStreamParser:
         self._stack.clear()
         events.append(StreamFailure(condition, text))
         # Drop handler references so the parser and this object do not keep each other alive.
-        self._parser = None  # type: ignore[assignment]
+        self._parser = None
 
     # --- expat handlers -------------------------------------------------------------------------
     def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
-        if prefix is None and self._depth == 0:
-            self._content_ns = uri or ""
+        if self._depth == 0 and not self._replaying:
+            self._root_ns.append((prefix, uri or ""))
+            if prefix is None:
+                self._content_ns = uri or ""
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         depth = self._depth
@@ -298,6 +382,9 @@ class XmlStreamParser:
             if name != STREAM_NS + " stream":
                 raise _Refused("invalid-namespace", "the root element must be stream:stream")
             self._depth = 1
+            if self._replaying:
+                return
+            self._mark = self._header_mark = self._base + self._parser.CurrentByteIndex
             self._events.append(
                 StreamOpened({_attr_key(k): v for k, v in attrs.items()}, self._content_ns)
             )
@@ -309,8 +396,8 @@ class XmlStreamParser:
             attrs = {(k if " " not in k else _attr_key(k)): v for k, v in attrs.items()}
         element = Element(local, ns, attrs, [])
         if depth == 1:
-            # CurrentByteIndex is the absolute offset of this start tag in the stream.
-            self._stanza_start = self._parser.CurrentByteIndex
+            # CurrentByteIndex is the offset of this start tag in the current expat document.
+            self._stanza_start = self._base + self._parser.CurrentByteIndex
         else:
             self._stack[-1].children.append(element)
         self._stack.append(element)
@@ -325,9 +412,10 @@ class XmlStreamParser:
             return
         element = self._stack.pop()
         if depth == 1:
-            size = self._parser.CurrentByteIndex - self._stanza_start
-            if size > self.max_stanza_bytes:
+            position = self._base + self._parser.CurrentByteIndex
+            if position - self._stanza_start > self.max_stanza_bytes:
                 raise _Refused("policy-violation", "stanza exceeds the size limit")
+            self._mark = position
             self._events.append(element)
 
     def _text(self, data: str) -> None:
@@ -404,7 +492,7 @@ def _write(el: Element, parent_ns: str, content_ns: str, out: list[str]) -> None
     out.append(">")
     for child in children:
         if child.__class__ is str:
-            out.append(escape_text(child))  # type: ignore[arg-type]
+            out.append(escape_text(child))
         else:
             _write(child, ns, content_ns, out)  # type: ignore[arg-type]
     out.append("</" + el.name + ">")

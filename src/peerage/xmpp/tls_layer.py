@@ -11,6 +11,7 @@ access to the SSL object for channel binding:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 
@@ -18,15 +19,15 @@ from peerage.net.tls import channel_bindings
 
 log = logging.getLogger(__name__)
 
-#: Plaintext read per SSL_read call. One TLS record carries at most 16 KiB (RFC 8446 section 5.1);
-#: reading a few records per call keeps calls few without a per-connection buffer.
-TLS_READ_CHUNK = 65536
+#: Plaintext read per SSL_read call: one TLS record carries at most 16 KiB (RFC 8446 section 5.1).
+#: The buffer is temporary (no per-connection read buffer is kept).
+TLS_READ_CHUNK = 16384
 
 
 class TlsLayer:
     """One TLS session driven by memory BIOs."""
 
-    __slots__ = ("_incoming", "_outgoing", "sslobj", "handshake_done", "peer_closed")
+    __slots__ = ("_incoming", "_outgoing", "handshake_done", "peer_closed", "sslobj")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool = True,
                  server_hostname: str | None = None) -> None:
@@ -62,19 +63,15 @@ class TlsLayer:
 
     def start(self) -> None:
         """Client side: produce the ClientHello."""
-        try:
+        with contextlib.suppress(ssl.SSLWantReadError):
             self.sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
 
     def send(self, plaintext: bytes) -> None:
         self.sslobj.write(plaintext)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ssl.SSLError, ValueError):
             self.sslobj.unwrap()
-        except (ssl.SSLError, ValueError):
-            pass
 
     def take_output(self) -> bytes:
         """Ciphertext to write to the socket."""

@@ -152,13 +152,15 @@ class TrustStore:
             certs = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
         else:
             paths = ssl.get_default_verify_paths()
-            warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
             for candidate in (paths.cafile, paths.openssl_cafile):
                 if candidate and Path(candidate).is_file():
-                    try:
-                        certs = x509.load_pem_x509_certificates(Path(candidate).read_bytes())
-                    except ValueError:
-                        certs = []
+                    # Some system roots have non-positive serial numbers, which cryptography warns about.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                        try:
+                            certs = x509.load_pem_x509_certificates(Path(candidate).read_bytes())
+                        except ValueError:
+                            certs = []
                     break
         self.anchors = certs
         self._store = verification.Store(certs) if certs else None

@@ -8,12 +8,36 @@ that use it run in a worker thread, so the event loop is not blocked.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import dns.exception
+import dns.name
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
 # Same bound as peerage.net.dns: about a megabyte of cached answers.
 DNS_CACHE_ENTRIES = 10000
+
+
+class CacheMiss(Exception):
+    """A lookup in cache-only mode needed the network; the caller retries in a worker thread."""
+
+
+# While set, lookups answer from the cache or raise CacheMiss: a check can then run on the event
+# loop without ever blocking it, and moves to a thread only when it needs the network.
+_cache_only: contextvars.ContextVar[bool] = contextvars.ContextVar("peerage_dns_cache_only", default=False)
+
+
+@contextlib.contextmanager
+def cache_only() -> Iterator[None]:
+    token = _cache_only.set(True)
+    try:
+        yield
+    finally:
+        _cache_only.reset(token)
 
 
 class TemporaryDnsError(Exception):
@@ -36,6 +60,12 @@ class SyncLookup:
         self.resolver.cache = dns.resolver.LRUCache(DNS_CACHE_ENTRIES)
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+        if _cache_only.get():
+            key = (dns.name.from_text(name), dns.rdatatype.from_text(rdtype), dns.rdataclass.IN)
+            cached = self.resolver.cache.get(key)
+            if cached is None:
+                raise CacheMiss(f"{name} {rdtype}")
+            return list(cached.rrset or [])
         try:
             answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):

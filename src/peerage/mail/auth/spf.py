@@ -13,7 +13,7 @@ from typing import Any
 
 import spf
 
-from peerage.mail.auth.dnsquery import SyncLookup, TemporaryDnsError
+from peerage.mail.auth.dnsquery import CacheMiss, SyncLookup, TemporaryDnsError
 
 # RFC 7208 §4.6.4 suggests at least 20 seconds for the whole evaluation; pyspf's default is 20.
 SPF_TOTAL_SECONDS = 20.0
@@ -56,12 +56,15 @@ class SpfResult:
 
 
 def check(ip: str, mail_from: str, helo: str, lookup: SyncLookup) -> SpfResult:
-    """Evaluate SPF for a message. Blocking: run in a worker thread."""
+    """Evaluate SPF for a message. Blocking: run in a worker thread, or on the event loop inside
+    `dnsquery.cache_only()`, where a lookup that would need the network raises CacheMiss instead."""
     sender = mail_from or f"postmaster@{helo}"
     domain = sender.rpartition("@")[2].lower()
     token = _current_lookup.set(lookup)
     try:
         result, explanation = spf.check2(i=ip, s=sender, h=helo, querytime=SPF_TOTAL_SECONDS)
+    except CacheMiss:
+        raise
     except Exception as exc:  # a malformed record must not take the session down
         return SpfResult("permerror", domain, str(exc))
     finally:

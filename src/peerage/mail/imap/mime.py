@@ -455,6 +455,12 @@ def body_structure(raw: bytes, extended: bool = True) -> bytes:
     return _structure(parse(raw), extended, 0)
 
 
+def cached_structures(raw: bytes) -> tuple[bytes, bytes]:
+    """(BODYSTRUCTURE, BODY) of a message, parsed once, for the mailbox store to keep."""
+    root = parse(raw)
+    return _structure(root, True, 0), _structure(root, False, 0)
+
+
 def _count_lines(data: bytes) -> int:
     return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
 
@@ -468,10 +474,13 @@ def _structure(part: Part, extended: bool, depth: int) -> bytes:
         if extended:
             fields += [_params(message), _disposition(message), _language(message), nstring(_raw_field(message, "content-location"))]
         return b"(" + b" ".join(fields) + b")"
+    params = _params(message)
+    if params == b"NIL" and maintype == "text" and message.get("content-type") is None:
+        params = b'("CHARSET" "us-ascii")'  # RFC 2045 §5.2: the default content type
     fields = [
         quoted_or_literal(maintype.upper()),
         quoted_or_literal(subtype.upper()),
-        _params(message),
+        params,
         nstring(_raw_field(message, "content-id")),
         nstring(_raw_field(message, "content-description")),
         quoted_or_literal((_raw_field(message, "content-transfer-encoding") or "7BIT").upper()),

@@ -188,12 +188,11 @@ class CommandReader:
                 self._discard = size
                 self._discarding_command = True
             return LiteralRefused(tag, command, size, limit, synchronising)
-        self._literal_needed = size
-        if synchronising:
-            if size == 0:
-                return Continue()
-            return Continue()
-        return _NOTHING
+        if size == 0:
+            self._segments.append(b"")
+        else:
+            self._literal_needed = size
+        return Continue() if synchronising else _NOTHING
 
 
 _NOTHING = object()

@@ -64,6 +64,7 @@ from peerage.mail.mailbox.store import (
     MessageRow,
     NoSuchMailbox,
 )
+from peerage.net.tls import channel_bindings
 
 log = logging.getLogger("peerage.imap")
 
@@ -73,6 +74,9 @@ READ_CHUNK = 65536
 # Responses are flushed to the socket once this much is buffered (keeps FETCH of 10k headers from
 # holding the whole answer in memory).
 WRITE_FLUSH = 262144
+# Seconds a client may leave our responses unread before the connection is dropped (Postfix's
+# smtpd_timeout and Dovecot's client output timeouts are of the same order: 300 s).
+WRITE_TIMEOUT = 300.0
 # Messages read from disk per thread hop in FETCH and SEARCH.
 BLOB_BATCH = 200
 # Bytes of message files held in memory at once by one FETCH (a few large attachments, not a
@@ -90,6 +94,10 @@ IDLE_LIMIT_SECONDS = 1800.0
 MAX_INFLATE_STEP = 65536
 # zlib level for server output; Dovecot's imap_zlib_compress_level defaults to 6.
 DEFLATE_LEVEL = 6
+# An IDLE session also looks for changes this often, for those committed by another process on
+# the same database, which the in-process notifier does not see (Dovecot's mailbox_idle_check_interval
+# is 30 s).
+IDLE_POLL_SECONDS = 30.0
 # SASL responses are one line of base64; 12 KiB is far above any SCRAM or PLAIN exchange.
 MAX_SASL_LINE = 12288
 
@@ -98,7 +106,7 @@ PERMANENT_FLAGS = (*flaglib.SYSTEM_FLAGS, "\\*")
 BASE_FLAGS = (*flaglib.SYSTEM_FLAGS, *flaglib.WELL_KNOWN_KEYWORDS)
 # Mailbox names written as bare atoms (as Dovecot does); anything else is quoted.
 _ATOM_SAFE = re.compile(r"[A-Za-z0-9_.\-/&+,:]+")
-ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
+ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
 
 
 class Bad(Exception):
@@ -167,6 +175,7 @@ class ImapSession:
         self._inflater: Any = None
         self._deflater: Any = None
         self._compressed_tail = b""
+        self._bindings: dict[str, bytes] | None = None
         # UIDs saved by SEARCH RETURN (SAVE) for "$" (RFC 5182); reset when a mailbox is selected.
         self.saved_result: list[int] = []
 
@@ -185,7 +194,12 @@ class ImapSession:
             if self._deflater is not None:
                 payload = self._deflater.compress(payload) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
             self.writer.write(payload)
-        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+        except TimeoutError:
+            # A client that stops reading would otherwise hold the session (and our buffers) forever.
+            self.writer.transport.abort()
+            raise CloseConnection() from None
 
     async def maybe_flush(self) -> None:
         if len(self._out) >= WRITE_FLUSH:
@@ -264,8 +278,15 @@ class ImapSession:
             pass
         finally:
             self._deselect()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, RuntimeError):
-                await self.flush()
+            # Hand the last words (BYE, the LOGOUT answer) to the transport without waiting on a
+            # client that may not read; close() sends them before the FIN.
+            with contextlib.suppress(ConnectionError, ssl.SSLError, RuntimeError, zlib.error):
+                payload = bytes(self._out)
+                self._out.clear()
+                if payload and self._deflater is not None:
+                    payload = self._deflater.compress(payload) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+                if payload:
+                    self.writer.write(payload)
             self.writer.close()
 
     async def _refuse_literal(self, event: LiteralRefused) -> None:
@@ -419,7 +440,7 @@ class ImapSession:
 
     @property
     def utf8(self) -> bool:
-        return "IMAP4REV2" in self.enabled or "UTF8=ACCEPT" in self.enabled
+        return "IMAP4REV2" in self.enabled
 
     def mailbox_arg(self, token: object) -> str:
         name = astring(token)
@@ -442,6 +463,8 @@ class ImapSession:
         if not self.tls:
             caps += ["STARTTLS", "LOGINDISABLED"]
         elif self.user is None:
+            if self.channel_bindings():
+                caps.append("AUTH=SCRAM-SHA-256-PLUS")
             caps += ["AUTH=SCRAM-SHA-256", "AUTH=PLAIN", "SASL-IR"]
         caps += [
             "LITERAL+",
@@ -609,7 +632,9 @@ class ImapSession:
         if mechanism == "PLAIN":
             return await self._auth_plain(initial)
         if mechanism == "SCRAM-SHA-256":
-            return await self._auth_scram(initial)
+            return await self._auth_scram(initial, plus=False)
+        if mechanism == "SCRAM-SHA-256-PLUS" and self.channel_bindings():
+            return await self._auth_scram(initial, plus=True)
         raise No("Unsupported authentication mechanism")
 
     async def _sasl_response(self, challenge: bytes) -> bytes:
@@ -649,8 +674,16 @@ class ImapSession:
         await self._failed(account)
         return None
 
-    async def _auth_scram(self, initial: bytes | None) -> str | None:
-        server = ScramServer("SHA-256", plus=False, channel_bindings={}, offered_plus=False)
+    def channel_bindings(self) -> dict[str, bytes]:
+        """RFC 9266 tls-exporter for this connection (TLS 1.3 only), for SCRAM-SHA-256-PLUS."""
+        if self._bindings is None:
+            sslobj = self.writer.get_extra_info("ssl_object") if self.tls else None
+            self._bindings = channel_bindings(sslobj, None) if sslobj is not None else {}
+        return self._bindings
+
+    async def _auth_scram(self, initial: bytes | None, plus: bool) -> str | None:
+        bindings = self.channel_bindings()
+        server = ScramServer("SHA-256", plus=plus, channel_bindings=bindings, offered_plus=bool(bindings))
         first = self._b64(initial) if initial is not None else await self._sasl_response(b"")
         account: str | None = None
         try:
@@ -985,34 +1018,39 @@ class ImapSession:
                 if watch is not None:
                     event_task = asyncio.ensure_future(watch.event.wait())
                     waiters.add(event_task)
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        read_task.cancel()
-                        if event_task:
-                            event_task.cancel()
-                        self.untagged("BYE IDLE for too long")
-                        await self.flush()
-                        raise CloseConnection()
-                    done, _ = await asyncio.wait(
-                        waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if event_task is not None and event_task in done:
-                        assert watch is not None
-                        watch.event.clear()
-                        await self.report_changes(True)
-                        await self.flush()
-                        waiters.discard(event_task)
-                        event_task = asyncio.ensure_future(watch.event.wait())
-                        waiters.add(event_task)
-                    if read_task in done:
-                        if event_task:
-                            event_task.cancel()
-                        data = read_task.result()
-                        if not data:
+                try:
+                    while True:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            self.untagged("BYE IDLE for too long")
+                            await self.flush()
                             raise CloseConnection()
-                        self._events = self.commands.receive(self._inflate(data))
-                        break
+                        done, _ = await asyncio.wait(
+                            waiters,
+                            timeout=min(remaining, IDLE_POLL_SECONDS),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if not done or (event_task is not None and event_task in done):
+                            # Woken by this process's notifier, or polling for changes another
+                            # process (another node on the same database) committed.
+                            if watch is not None:
+                                watch.event.clear()
+                            await self.report_changes(True)
+                            await self.flush()
+                            if event_task is not None and event_task in done:
+                                assert watch is not None
+                                waiters.discard(event_task)
+                                event_task = asyncio.ensure_future(watch.event.wait())
+                                waiters.add(event_task)
+                        if read_task in done:
+                            data = read_task.result()
+                            if not data:
+                                raise CloseConnection()
+                            self._events = self.commands.receive(self._inflate(data))
+                            break
+                finally:
+                    for task in waiters:
+                        task.cancel()
         finally:
             self.commands.line_mode = False
 
@@ -1104,23 +1142,32 @@ class ImapSession:
             or (a.section is not None and not a.section.part and a.section.text.startswith("HEADER"))
             for a in attributes
         )
+        need_structure = any(
+            a.name == "BODYSTRUCTURE" or (a.name == "BODY" and a.section is None) for a in attributes
+        )
         need_body = any(
-            a.name in ("RFC822", "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "BINARY", "BINARY.SIZE")
-            and not (
-                a.section is not None and not a.section.part and a.section.text.startswith("HEADER")
+            a.name in ("RFC822", "RFC822.TEXT", "BINARY", "BINARY.SIZE")
+            or (
+                a.name == "BODY"
+                and a.section is not None
+                and not (not a.section.part and a.section.text.startswith("HEADER"))
             )
             for a in attributes
         )
         sets_seen = not selected.read_only and any(a.sets_seen for a in attributes)
         for start in range(0, len(uids), FETCH_ROW_BATCH):
             batch = uids[start : start + FETCH_ROW_BATCH]
-            rows = await self.store.messages(selected.info.id, batch, with_header=need_header)
+            rows = await self.store.messages(
+                selected.info.id, batch, with_header=need_header, with_structure=need_structure
+            )
             if changed_since is not None:
                 rows = [row for row in rows if row.modseq > changed_since]
             if sets_seen:
                 await self._mark_seen(rows)
-            for group in _read_groups(rows) if need_body else [rows]:
-                blobs = await self._read_blobs(group) if need_body else {}
+            for group in _read_groups(rows) if (need_body or need_structure) else [rows]:
+                # Files are read for body sections, and for structures not cached at delivery.
+                wanted = group if need_body else [row for row in group if need_structure and row.structure is None]
+                blobs = await self._read_blobs(wanted) if wanted else {}
                 for row in group:
                     seq = selected.seq_of(row.uid)
                     if not seq:
@@ -1174,9 +1221,15 @@ class ImapSession:
             elif name == "RFC822.TEXT":
                 parts.append(b"RFC822.TEXT " + literal(mime.split_header_body(raw or b"")[1]))
             elif name == "BODYSTRUCTURE":
-                parts.append(b"BODYSTRUCTURE " + mime.body_structure(raw or b"", extended=True))
+                structure = row.structure
+                if structure is None:
+                    structure = mime.body_structure(raw or b"", extended=True)
+                parts.append(b"BODYSTRUCTURE " + structure)
             elif name == "BODY" and attribute.section is None:
-                parts.append(b"BODY " + mime.body_structure(raw or b"", extended=False))
+                basic = row.basic_structure
+                if basic is None:
+                    basic = mime.body_structure(raw or b"", extended=False)
+                parts.append(b"BODY " + basic)
             elif name == "BODY":
                 section = attribute.section
                 assert section is not None

@@ -1,12 +1,14 @@
 """The IMAP listeners: port 143 (STARTTLS required before login) and port 993 (implicit TLS).
 
 ``ImapService`` binds the addresses of the ``[imap]`` section, enforces the per-IP connection cap of
-``[limits]`` and runs one ``ImapSession`` per connection; ``stop`` closes listeners and sessions.
+``[limits]`` and runs one ``ImapSession`` per connection; ``stop`` closes listeners and sessions. At
+start it also sweeps message files orphaned by a crash between file write and commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -22,6 +24,7 @@ class ImapService:
         self.host: Any = None
         self._servers: list[asyncio.AbstractServer] = []
         self._sessions: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: Any) -> None:
         self.host = host
@@ -38,8 +41,22 @@ class ImapService:
                     "imaps", "[imap] tls_listen", config.tls_listen,
                     stream_handler=self._implicit_tls, ssl_context=tls_context,
                 )
+        self._sweeper = asyncio.create_task(self._sweep_orphans())
+
+    async def _sweep_orphans(self) -> None:
+        try:
+            removed = await store_for(self.host).collect_orphans()
+        except Exception:
+            log.exception("sweeping orphaned message files failed")
+            return
+        if removed:
+            log.info("removed %d orphaned message files", removed)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for server in self._servers:
             server.close()
         for task in list(self._sessions):

@@ -43,7 +43,10 @@ def store_for(host: Any) -> MailboxStore:
     """The one ``MailboxStore`` of ``host`` (created on first use)."""
     store = _stores.get(host)
     if store is None:
-        store = MailboxStore(host.store.engine, host.config.data_dir)
+        # IMAP's BODYSTRUCTURE is computed once, at delivery, and kept with the message.
+        from peerage.mail.imap.mime import cached_structures
+
+        store = MailboxStore(host.store.engine, host.config.data_dir, describe=cached_structures)
         _stores[host] = store
     return store
 

@@ -10,13 +10,15 @@ After each commit the mailbox id is published on ``notifier`` so that IDLE sessi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from peerage.mail.mailbox import flags as flaglib
@@ -40,6 +42,10 @@ HIERARCHY_DELIMITER = "/"
 SQL_BATCH = 500
 # Above this share of a mailbox, reading all rows and filtering beats IN (...) lists.
 FULL_SCAN_THRESHOLD = 400
+
+# A message file this old with no row is an orphan: a delivery commits its row milliseconds after the
+# file is written, so an hour leaves a wide margin even on a stalled disk.
+ORPHAN_MIN_AGE = 3600.0
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
 _BARE_LINE_ENDING = re.compile(rb"\r?\n")
@@ -81,6 +87,8 @@ class MessageRow:
     blob: str
     header: bytes = b""
     plain: bool = False
+    structure: bytes | None = None
+    basic_structure: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,7 @@ def is_plain(raw: bytes, header: bytes) -> bool:
     return True
 
 
-def _row(record: object, with_header: bool) -> MessageRow:
+def _row(record: object, with_header: bool, with_structure: bool = False) -> MessageRow:
     r = record._mapping  # type: ignore[attr-defined]
     return MessageRow(
         uid=r["uid"],
@@ -130,6 +138,8 @@ def _row(record: object, with_header: bool) -> MessageRow:
         blob=r["blob"],
         header=r["header"] if with_header else b"",
         plain=bool(r["plain"]) if with_header else False,
+        structure=r["structure"] if with_structure else None,
+        basic_structure=r["basic_structure"] if with_structure else None,
     )
 
 
@@ -171,13 +181,18 @@ _ROW_COLUMNS = (
     mail_messages.c.blob,
 )
 _ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain)
+_STRUCTURE_COLUMNS = (mail_messages.c.structure, mail_messages.c.basic_structure)
+
+# Computes (BODYSTRUCTURE, BODY) for a message at delivery; None when they are not cached.
+Describe = Callable[[bytes], tuple[bytes, bytes]]
 
 
 class MailboxStore:
     """All mailboxes of all users of one host."""
 
-    def __init__(self, engine: AsyncEngine, data_dir: Path) -> None:
+    def __init__(self, engine: AsyncEngine, data_dir: Path, describe: Describe | None = None) -> None:
         self.engine = engine
+        self.describe = describe
         self.blobs = BlobStore(Path(data_dir) / "mail" / "blobs")
         self.notifier = MailboxNotifier()
         self._defaults_done: set[str] = set()
@@ -192,17 +207,21 @@ class MailboxStore:
         async with self._defaults_lock:
             if owner in self._defaults_done:
                 return
-            async with self.engine.begin() as conn:
-                existing = {
-                    row[0]
-                    for row in await conn.execute(
-                        select(mail_mailboxes.c.name).where(mail_mailboxes.c.owner == owner)
-                    )
-                }
-                if not existing:
-                    for name, special in DEFAULT_FOLDERS:
-                        await self._insert_mailbox(conn, owner, name, special)
+            with contextlib.suppress(IntegrityError):  # another process did it first
+                await self._create_defaults(owner)
             self._defaults_done.add(owner)
+
+    async def _create_defaults(self, owner: str) -> None:
+        async with self.engine.begin() as conn:
+            existing = {
+                row[0]
+                for row in await conn.execute(
+                    select(mail_mailboxes.c.name).where(mail_mailboxes.c.owner == owner)
+                )
+            }
+            if not existing:
+                for name, special in DEFAULT_FOLDERS:
+                    await self._insert_mailbox(conn, owner, name, special)
 
     async def _insert_mailbox(
         self, conn: AsyncConnection, owner: str, name: str, special_use: str | None
@@ -271,6 +290,16 @@ class MailboxStore:
     ) -> MailboxInfo:
         await self.ensure_defaults(owner)
         name = canonical_name(name)
+        try:
+            await self._create(owner, name, special_use)
+        except IntegrityError:
+            # Created at the same moment by another session or process.
+            raise MailboxExists(f"mailbox {name!r} already exists") from None
+        info = await self.get_mailbox(owner, name)
+        assert info is not None
+        return info
+
+    async def _create(self, owner: str, name: str, special_use: str | None) -> None:
         async with self.engine.begin() as conn:
             exists = (
                 await conn.execute(
@@ -297,9 +326,6 @@ class MailboxStore:
                 if not found:
                     await self._insert_mailbox(conn, owner, parent, None)
             await self._insert_mailbox(conn, owner, name, special_use)
-        info = await self.get_mailbox(owner, name)
-        assert info is not None
-        return info
 
     async def delete_mailbox(self, owner: str, name: str) -> None:
         name = canonical_name(name)
@@ -418,7 +444,13 @@ class MailboxStore:
         for raw, flags, internal_date, zone in messages:
             raw = normalize_line_endings(raw)
             header = split_header(raw)
-            prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone))
+            structure: tuple[bytes | None, bytes | None] = (None, None)
+            if self.describe is not None:
+                try:
+                    structure = self.describe(raw)
+                except Exception:  # a message that defeats the parser is still stored
+                    structure = (None, None)
+            prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure))
         blobs = await asyncio.to_thread(self.blobs.write_many, [item[0] for item in prepared], durable)
         try:
             async with self.engine.begin() as conn:
@@ -456,6 +488,8 @@ class MailboxStore:
                             "blob": blobs[index],
                             "header": item[1],
                             "plain": item[2],
+                            "structure": item[6][0],
+                            "basic_structure": item[6][1],
                         }
                         for index, item in enumerate(prepared)
                     ],
@@ -493,10 +527,16 @@ class MailboxStore:
             return [row[0] for row in rows]
 
     async def messages(
-        self, mailbox_id: int, uids: Sequence[int] | None, with_header: bool = False
+        self,
+        mailbox_id: int,
+        uids: Sequence[int] | None,
+        with_header: bool = False,
+        with_structure: bool = False,
     ) -> list[MessageRow]:
         """Rows for ``uids`` (all when None), in UID order, read in batches."""
         columns = _ROW_COLUMNS_WITH_HEADER if with_header else _ROW_COLUMNS
+        if with_structure:
+            columns = (*columns, *_STRUCTURE_COLUMNS)
         base = select(*columns).where(mail_messages.c.mailbox_id == mailbox_id)
         async with self.engine.connect() as conn:
             if uids is None or len(uids) > FULL_SCAN_THRESHOLD:
@@ -505,7 +545,10 @@ class MailboxStore:
                     query = query.where(
                         mail_messages.c.uid.between(min(uids), max(uids))
                     )
-                rows = [_row(r, with_header) for r in await conn.execute(query.order_by(mail_messages.c.uid))]
+                rows = [
+                    _row(r, with_header, with_structure)
+                    for r in await conn.execute(query.order_by(mail_messages.c.uid))
+                ]
                 if uids is not None:
                     wanted = set(uids)
                     rows = [row for row in rows if row.uid in wanted]
@@ -513,7 +556,7 @@ class MailboxStore:
             result: list[MessageRow] = []
             for chunk in _chunks(sorted(uids)):
                 result.extend(
-                    _row(r, with_header)
+                    _row(r, with_header, with_structure)
                     for r in await conn.execute(
                         base.where(mail_messages.c.uid.in_(chunk)).order_by(mail_messages.c.uid)
                     )
@@ -602,7 +645,7 @@ class MailboxStore:
         self, source_id: int, uids: Sequence[int], target_id: int
     ) -> tuple[int, list[tuple[int, int]]]:
         """Copy messages; returns (target uidvalidity, [(source uid, target uid)])."""
-        rows = await self.messages(source_id, uids, with_header=True)
+        rows = await self.messages(source_id, uids, with_header=True, with_structure=True)
         if not rows:
             box = await self.mailbox_by_id(target_id)
             return (box.uidvalidity if box else 0), []
@@ -624,6 +667,8 @@ class MailboxStore:
                             "blob": blobs[index],
                             "header": row.header,
                             "plain": row.plain,
+                            "structure": row.structure,
+                            "basic_structure": row.basic_structure,
                         }
                         for index, row in enumerate(rows)
                     ],
@@ -712,6 +757,38 @@ class MailboxStore:
                 )
             )
             return Changes(changed, expunged, box[0], box[1])
+
+    async def collect_orphans(self, min_age: float = ORPHAN_MIN_AGE) -> int:
+        """Remove message files no row refers to, left by a crash between file and commit.
+
+        Only files older than ``min_age`` are touched, so a delivery whose file is written but
+        whose row is not committed yet is never mistaken for an orphan. Returns the number removed.
+        """
+        async with self.engine.connect() as conn:
+            referenced = {row[0] for row in await conn.execute(select(mail_messages.c.blob))}
+
+        def sweep() -> int:
+            removed = 0
+            now = time.time()
+            root = self.blobs.root
+            if not root.is_dir():
+                return 0
+            for directory in root.iterdir():
+                if not directory.is_dir():
+                    continue
+                for path in directory.iterdir():
+                    if path.name.removesuffix(".tmp") in referenced:
+                        continue
+                    try:
+                        if now - path.stat().st_mtime < min_age:
+                            continue
+                        path.unlink()
+                        removed += 1
+                    except FileNotFoundError:
+                        continue
+            return removed
+
+        return await asyncio.to_thread(sweep)
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from peerage.mail.smtp import policy
+from peerage.mail.smtp.headers import header_values, remove_headers
 from peerage.mail.smtp.replies import with_enhanced_code
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class SessionState:
     authenticated_as: str | None = None
     local_recipients: list[str] = field(default_factory=list)
     remote_recipients: list[str] = field(default_factory=list)
-    spf_task: asyncio.Task[Any] | None = None
+    spf_task: asyncio.Future[Any] | None = None
 
     def reset(self) -> None:
         self.local_recipients.clear()
@@ -168,53 +169,6 @@ def _state(server: SMTP) -> SessionState:
     return state
 
 
-def _header_block(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data[: end + 2] if end >= 0 else data
-
-
-def header_values(data: bytes, name: str) -> list[str]:
-    """Unfolded values of header `name`, decoded as UTF-8 (RFC 6532 allows it in headers)."""
-    target = name.lower().encode() + b":"
-    values: list[list[bytes]] = []
-    current: list[bytes] | None = None
-    for line in _header_block(data).split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line.strip())
-            continue
-        current = None
-        if line[: len(target)].lower() == target:
-            current = [line[len(target):].strip()]
-            values.append(current)
-    return [b" ".join(parts).decode("utf-8", "replace") for parts in values]
-
-
-def remove_headers(data: bytes, names: set[bytes], keep: Callable[[bytes], bool] | None = None) -> bytes:
-    """Drop the named headers (with their continuation lines) unless `keep(full_header)` says so."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data
-    head, body = data[: end + 2], data[end + 2 :]
-    out: list[bytes] = []
-    pending: list[bytes] = []
-    dropping = False
-    for line in head.split(b"\r\n")[:-1]:
-        if line[:1] in (b" ", b"\t") and pending:
-            pending.append(line)
-            continue
-        if pending and not dropping:
-            out.extend(pending)
-        pending = [line]
-        field_name = line.split(b":", 1)[0].strip().lower()
-        dropping = field_name in names
-        if dropping and keep is not None:
-            dropping = not keep(line)
-    if pending and not dropping:
-        out.extend(pending)
-    return b"\r\n".join(out) + b"\r\n" + body
-
-
 class BaseHandler:
     """Hooks shared by the MX and submission listeners."""
 
@@ -237,6 +191,11 @@ class BaseHandler:
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         _state(server).reset()
         return OK
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default names the exception to the client; say less and log the rest.
+        log.exception("SMTP session error", exc_info=error)
+        return "451 4.3.0 Internal error; try again later"
 
     async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
         return OK
@@ -334,7 +293,7 @@ class MxHandler(BaseHandler):
         data = remove_headers(
             data,
             {b"authentication-results"},
-            keep=lambda line: line.split(b":", 1)[1].strip().split(b";", 1)[0].strip().lower() != authserv_id.lower(),
+            keep=lambda value: value.split(b";", 1)[0].strip().lower() != authserv_id.lower(),
         )
         prefix = results.header(self.service.hostname) if results is not None else b""
         try:

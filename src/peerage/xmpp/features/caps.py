@@ -24,7 +24,7 @@ class Caps(Feature):
     def verification_string(self) -> str:
         features = sorted({f for feat in self.core.features for f in feat.server_features})
         text = "server/im//peerage<" + "".join(f + "<" for f in features)
-        return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()  # noqa: S324 - XEP-0115 mandates SHA-1
+        return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
 
     def stream_features(self, session: Any) -> list[Element]:
         return [Element("c", CAPS_NS, {"hash": "sha-1", "node": CAPS_NODE, "ver": self.verification_string()})]

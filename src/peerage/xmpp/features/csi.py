@@ -24,10 +24,7 @@ def is_urgent(stanza: Element) -> bool:
     if stanza.name == "presence":
         return stanza.attrs.get("type") in ("subscribe", "subscribed", "unsubscribe", "unsubscribed", "error")
     if stanza.name == "message":
-        for child in stanza.elements():
-            if child.xmlns != CHATSTATES_NS:
-                return True
-        return False
+        return any(child.xmlns != CHATSTATES_NS for child in stanza.elements())
     return True
 
 

@@ -75,9 +75,9 @@ class Mam(Feature):
         if not self.core.archive_enabled:
             return error_reply(ctx.iq, "service-unavailable", "archiving is disabled on this server")
         fields: dict[str, list[str]] = {}
-        form = ctx.payload.find("x", DATA_NS)
-        if form is not None:
-            for field in form.find_all("field", DATA_NS):
+        submitted = ctx.payload.find("x", DATA_NS)
+        if submitted is not None:
+            for field in submitted.find_all("field", DATA_NS):
                 fields[field.attrs.get("var", "")] = [v.text for v in field.find_all("value", DATA_NS)]
         try:
             with_jid = bare_of(fields["with"][0]) if fields.get("with") else None

@@ -31,7 +31,7 @@ H_MODULO = 2 ** 32
 class StreamManagementState:
     """Counters and queue of one managed session."""
 
-    __slots__ = ("resume_id", "resumable", "handled", "sent_count", "unacked", "acked")
+    __slots__ = ("acked", "handled", "resumable", "resume_id", "sent_count", "unacked")
 
     def __init__(self, resumable: bool) -> None:
         self.resume_id = secrets.token_urlsafe(18) if resumable else None

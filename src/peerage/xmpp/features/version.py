@@ -13,7 +13,7 @@ def _peerage_version() -> str:
         from importlib.metadata import version
 
         return version("peerage")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except Exception:
         return "0"
 
 
