@@ -52,7 +52,12 @@ STEP_ATTEMPTS = 2
 # Rate at which CPU per call is compared (both proxies must sustain it).
 CPU_RATE = 1000
 CPU_CALLS = 10000
-REGISTER_RATES = (100, 200, 400, 800, 1200)
+REGISTER_RATES = (100, 200, 400, 800, 1200, 1600, 2000)
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def session_cpu(session_id: int) -> float:
@@ -125,12 +130,14 @@ class Peerage:
         self.address = f"{PEERAGE_IP}:5060"
         self.register_scenario = "register.xml"
 
-    def start(self) -> int:
+    def start(self) -> None:
         self.server.start()
         assert self.server.process is not None
-        pid = self.server.process.pid
-        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], capture_output=True)
-        return os.getsid(pid)
+        self.pid = self.server.process.pid
+        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(self.pid)], capture_output=True)
+
+    def cpu(self) -> float:
+        return process_cpu(self.pid)  # one process: peerage is single-threaded
 
     def stop(self) -> None:
         self.server.stop()
@@ -159,7 +166,11 @@ class Kamailio:
         (self.workdir / "kamailio.cfg").write_text(config)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> int:
+    def cpu(self) -> float:
+        assert self.process is not None
+        return session_cpu(self.process.pid)  # the main process and every worker it forked
+
+    def start(self) -> None:
         command = ["kamailio", "-f", str(self.workdir / "kamailio.cfg"), "-DD", "-E", "-Y", str(self.workdir),
                    "-P", str(self.workdir / "k.pid"), "-m", "256", "-M", "16", "-w", str(self.workdir)]
         log = open(self.workdir / "kamailio.log", "wb")  # noqa: SIM115
@@ -172,7 +183,6 @@ class Kamailio:
             time.sleep(0.1)
         time.sleep(0.5)
         pin(self.process.pid, "0")
-        return self.process.pid
 
     def stop(self) -> None:
         if self.process is not None:
@@ -180,7 +190,7 @@ class Kamailio:
 
 
 def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[str, float]:
-    session = proxy.start()
+    proxy.start()
     result: dict[str, float] = {}
     uas = None
     try:
@@ -190,16 +200,17 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
         if reg.returncode != 0:
             raise RuntimeError(f"{proxy.name}: UAS registration failed: {reg.stderr[-500:]}")
         uas = sipp(workdir, "uas_call.xml", UAS_IP, 5400, None, "-d", "0", background=True)
+        assert isinstance(uas, subprocess.Popen)
         time.sleep(0.5)
         keys = ["-s", "uas", "-key", "domain", "bench.test", "-key", "caller", "caller",
                 "-key", "caller_domain", "elsewhere.test"]
         # CPU per call at a common rate
-        before = session_cpu(session)
+        before = proxy.cpu()
         run = sipp(workdir, "uac_call.xml", UAC_IP, 5401, proxy.address, *keys, "-r", str(CPU_RATE),
                    "-m", str(CPU_CALLS // (4 if quick else 1)))
         assert isinstance(run, subprocess.CompletedProcess)
         ok, failed = counts(run.stdout)
-        used = session_cpu(session) - before
+        used = proxy.cpu() - before
         result["cpu_per_1000"] = used / max(ok, 1) * 1000
         result["cpu_rate_failed"] = failed
         # highest rate with zero failed calls
@@ -237,7 +248,7 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
             best_register = rate
         result["registers_per_second"] = best_register
     finally:
-        if uas is not None:
+        if isinstance(uas, subprocess.Popen):
             stop_session(uas)
         proxy.stop()
     return result
@@ -261,6 +272,7 @@ def main() -> int:
             print(f"{binary} is required", file=sys.stderr)
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="bench-sip-"))
+    load_before = os.getloadavg()[0]
     results = {}
     for proxy_class in (Peerage, Kamailio):
         proxy = proxy_class(workdir)
@@ -272,7 +284,8 @@ def main() -> int:
         f"\n## SIP proxy (bench/sip) — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {machine()}. Each proxy pinned to CPU 0, SIPp on the others. "
-        "Other work may have shared the CPUs during the run.",
+        f"Other work shared the CPUs during the run (load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end), so a failed step can be the machine's, not the proxy's.",
         "",
         "| measure | peerage | Kamailio 5.6 | peerage / Kamailio |",
         "|---|---|---|---|",

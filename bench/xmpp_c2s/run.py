@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -456,45 +457,64 @@ async def open_idle(address: str, users: list[str], count: int, concurrency: int
 
 # ------------------------------------------------------------------------------------------------
 
-def bench_server(server: Server, users: list[str], args: argparse.Namespace) -> dict[str, float]:
-    server.start()
+def measure_idle_memory(server: Server, users: list[str], count: int) -> tuple[int, int]:
+    async def idle() -> tuple[int, int]:
+        warm = await open_idle(server.address, users, 200)
+        for conn in warm:
+            conn.close()
+        await asyncio.sleep(2)
+        before = server.rss_kib()
+        conns = await open_idle(server.address, users, count)
+        # Idle means idle: let both servers settle (peerage releases the parsers of connections
+        # quiet for 5 s; Prosody's Lua GC runs incrementally).
+        await asyncio.sleep(IDLE_SETTLE_SECONDS)
+        after = server.rss_kib()
+        for conn in conns:
+            conn.close()
+        return before, after
+
+    return asyncio.run(idle())
+
+
+def bench_all(servers: list[Server], users: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Run every measure on every server, interleaved round by round so that load from other work
+    on the machine hits both alike; report the median of the rounds."""
+    samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers}
+
+    def add(server: Server, key: str, value: float) -> None:
+        samples[server.name].setdefault(key, []).append(value)
+
+    for server in servers:
+        server.start()
     try:
-        results: dict[str, float] = {}
-        # Logins first, then messages; memory last (its baseline is taken after the others warmed up).
-        results["logins_per_s"] = asyncio.run(measure_logins(server.address, users, args.logins, args.concurrency))
-        cpu_before = server.cpu_seconds()
-        wall_before = time.perf_counter()
-        rate, p50, p99 = asyncio.run(measure_messages(server.address, users, args.pairs, args.window,
-                                                      args.warmup, args.seconds))
-        cpu_share = (server.cpu_seconds() - cpu_before) / (time.perf_counter() - wall_before)
-        results["server_cpu_share"] = cpu_share
-        results.update(msgs_per_s=rate, p50_ms=p50, p99_ms=p99)
-        # Messages per second of server CPU time: what one fully used core would carry when the
-        # load tool, not the server, is the limit.
-        results["msgs_per_cpu_s"] = rate / cpu_share if cpu_share > 0 else float("nan")
-
-        async def idle() -> tuple[int, int]:
-            warm = await open_idle(server.address, users, 200)
-            for conn in warm:
-                conn.close()
-            await asyncio.sleep(2)
-            before = server.rss_kib()
-            conns = await open_idle(server.address, users, args.idle)
-            # Idle means idle: let both servers settle (peerage releases parsers of connections quiet
-            # for 5 s; Prosody's Lua GC runs incrementally).
-            await asyncio.sleep(IDLE_SETTLE_SECONDS)
-            after = server.rss_kib()
-            for conn in conns:
-                conn.close()
-            return before, after
-
-        before, after = asyncio.run(idle())
-        results["rss_before_mib"] = before / 1024
-        results["rss_after_mib"] = after / 1024
-        results["kib_per_conn"] = (after - before) / args.idle
-        return results
+        for round_index in range(args.rounds):
+            for server in servers:
+                add(server, "logins_per_s",
+                    asyncio.run(measure_logins(server.address, users, args.logins, args.concurrency)))
+            for server in servers:
+                cpu_before = server.cpu_seconds()
+                wall_before = time.perf_counter()
+                rate, p50, p99 = asyncio.run(measure_messages(server.address, users, args.pairs, args.window,
+                                                              args.warmup, args.seconds))
+                cpu_share = (server.cpu_seconds() - cpu_before) / (time.perf_counter() - wall_before)
+                add(server, "msgs_per_s", rate)
+                add(server, "p50_ms", p50)
+                add(server, "p99_ms", p99)
+                add(server, "server_cpu_share", cpu_share)
+                # Messages per second of server CPU time: what one fully used core would carry when
+                # the load tool, not the server, is the limit.
+                add(server, "msgs_per_cpu_s", rate / cpu_share if cpu_share > 0 else float("nan"))
+            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+        for server in servers:
+            before, after = measure_idle_memory(server, users, args.idle)
+            add(server, "rss_before_mib", before / 1024)
+            add(server, "rss_after_mib", after / 1024)
+            add(server, "kib_per_conn", (after - before) / args.idle)
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+    return {name: {key: statistics.median(values) for key, values in measures.items()}
+            for name, measures in samples.items()}
 
 
 def machine() -> str:
@@ -515,6 +535,7 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--logins", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--only", choices=["peerage", "prosody"])
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--note", default="")
@@ -536,22 +557,17 @@ def main() -> None:
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     generate_self_signed(DOMAIN, cert, key)
     key.chmod(0o644)
-    results: dict[str, dict[str, float]] = {}
     servers: list[Server] = []
     if args.only != "prosody":
         servers.append(PeerageBench(workdir / "peerage"))
     if args.only != "peerage":
         servers.append(ProsodyBench(workdir / "prosody"))
-    try:
-        for server in servers:
-            server.workdir.mkdir(parents=True)
-            server.setup(users, cert, key)
-            print(f"running {server.name} ...", flush=True)
-            results[server.name] = bench_server(server, users, args)
-            print(server.name, {k: round(v, 3) for k, v in results[server.name].items()}, flush=True)
-    finally:
-        for server in servers:
-            server.stop()
+    for server in servers:
+        server.workdir.mkdir(parents=True)
+        server.setup(users, cert, key)
+    results = bench_all(servers, users, args)
+    for name, figures in results.items():
+        print(name, {k: round(v, 3) for k, v in figures.items()}, flush=True)
     if len(results) < 2:
         return
     report = format_report(results, args)
@@ -573,7 +589,8 @@ def format_report(results: dict[str, dict[str, float]], args: argparse.Namespace
         "",
         f"## xmpp_c2s: peerage vs Prosody {prosody_version()} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"Machine: {machine()}. Server pinned to CPU {SERVER_CPU}, load tool (Python, uvloop) on CPU {CLIENT_CPU}.",
+        f"Machine: {machine()}. Server pinned to CPU {SERVER_CPU}, load tool (Python, uvloop) on CPU {CLIENT_CPU}. "
+        f"Medians of {args.rounds} interleaved rounds (peerage, then Prosody, in each round).",
         f"Load: {args.pairs} pairs, {args.window} messages in flight per pair, {args.seconds:.0f} s measured after "
         f"{args.warmup:.0f} s warm-up; {args.idle} idle connections (STARTTLS, SCRAM-SHA-256, bound, initial presence); "
         f"{args.logins} logins, {args.concurrency} at a time. Both with TLS, SCRAM-SHA-256 from stored keys, no archive.",

@@ -168,9 +168,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logging.getLogger().setLevel(config.server.log_level.upper())
-    # Driver chatter drowns protocol debugging; they stay at INFO whatever the level.
-    for noisy in ("aiosqlite", "asyncio", "sqlalchemy.engine"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # Driver chatter (every SQL statement at INFO) drowns protocol logs; only their warnings show.
+    for noisy in ("aiosqlite", "asyncio", "sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         import uvloop
     except ImportError:

@@ -7,7 +7,9 @@ import asyncio
 import imaplib
 import os
 import re
+from pathlib import Path
 
+from tests.harness import async_wait_for
 from tests.imap.conftest import PASSWORD, USER, ImapHost
 
 
@@ -138,3 +140,34 @@ async def test_random_commands_never_hit_an_internal_error(imap: ImapHost) -> No
         assert re.match(rb"x\d+ (OK|NO|BAD)", done), (command, done)
     assert answers > FUZZ_COMMANDS // 2
     raw.writer.close()
+
+
+async def test_connections_per_address_are_capped(tmp_path: Path) -> None:
+    from tests.imap.conftest import start_host, stop_host
+
+    imap = await start_host(tmp_path, {"limits": {"connections_per_ip": 3}})
+    opened = []
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(imap.address, 143)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"* OK")
+            opened.append(writer)
+        reader, writer = await asyncio.open_connection(imap.address, 143)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"* BYE")
+        writer.close()
+        opened.pop().close()
+
+        async def admitted() -> bool:
+            reader, writer = await asyncio.open_connection(imap.address, 143)
+            line = await asyncio.wait_for(reader.readline(), 10)
+            if line.startswith(b"* OK"):
+                opened.append(writer)
+                return True
+            writer.close()
+            return False
+
+        await async_wait_for(admitted, timeout=10)
+    finally:
+        for writer in opened:
+            writer.close()
+        await stop_host(imap)

@@ -142,7 +142,8 @@ class Postfix:
         command = private_resolv_conf([self.master_bin, "-c", str(self.config_dir), "-d"], self.dns_address,
                                       self.workdir)
         log = open(self.workdir / "master.out", "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group: on SIGTERM, master signals its group (its children), never ours.
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for(lambda: self._listening() or self._died(), timeout, "postfix listening")
         if self._died():

@@ -45,8 +45,9 @@ def test_mx_workers_deliver_respawn_and_die_with_main(tmp_path: Path, local_dns:
     try:
         server.start()
         assert server.process is not None
-        workers = wait_for(lambda: len(_children(server.process.pid)) >= 2 and _children(server.process.pid), 20,
-                           "two worker processes")
+        main_pid = server.process.pid
+        workers: list[int] = wait_for(lambda: _children(main_pid) if len(_children(main_pid)) >= 2 else [], 20,
+                                      "two worker processes")
         for index in range(12):
             with smtplib.SMTP(ADDRESS, 25) as client:
                 client.ehlo("client.example.net")
@@ -58,9 +59,9 @@ def test_mx_workers_deliver_respawn_and_die_with_main(tmp_path: Path, local_dns:
         assert all(b"Authentication-Results: example.org;" in m for m in stored)
         # A worker that dies is replaced.
         os.kill(workers[0], signal.SIGKILL)
-        wait_for(lambda: workers[0] not in _children(server.process.pid)
-                 and len(_children(server.process.pid)) >= 2, 20, "a replacement worker")
-        replacement = _children(server.process.pid)
+        wait_for(lambda: workers[0] not in _children(main_pid) and len(_children(main_pid)) >= 2, 20,
+                 "a replacement worker")
+        replacement = _children(main_pid)
         with smtplib.SMTP(ADDRESS, 25) as client:
             assert client.sendmail("carol@example.net", [ALICE], b"Subject: after respawn\r\n\r\nhi\r\n") == {}
         # Killing the main process takes the workers down with it (their channel closes).

@@ -162,9 +162,9 @@ async def test_idle_connections_close_and_reopen(federation: Federation) -> None
 
 async def test_bidirectional_stream_carries_both_directions(federation: Federation) -> None:
     both = {"bidi": True}
-    west = federation.server("west.s2s.test", "127.0.2.11", level="verified", certificate="self",
+    west = federation.server("west.s2s.test", "127.0.2.17", level="verified", certificate="self",
                              users=("w",), federation=both)
-    east = federation.server("east.s2s.test", "127.0.2.12", level="verified", certificate="self",
+    east = federation.server("east.s2s.test", "127.0.2.18", level="verified", certificate="self",
                              users=("e",), federation=both)
     federation.start_all([west, east])
     w = await login(west, "w@west.s2s.test")

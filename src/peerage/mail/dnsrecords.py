@@ -7,7 +7,7 @@ client service records of RFC 6186 and RFC 8314 for submission and IMAP.
 
 from __future__ import annotations
 
-import time
+import hashlib
 from typing import Any
 
 from peerage.config import parse_listen
@@ -36,7 +36,10 @@ def _port(listens: list[str], default: int) -> int:
 
 def records(domain: str, config: Any) -> list[str]:
     mail_host = config.smtp.hostname or config.server.public_hostname or domain
-    policy_id = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    policy_lines = ["version: STSv1", "mode: enforce", f"mx: {mail_host}", f"max_age: {MTA_STS_MAX_AGE}"]
+    # RFC 8461 §3.1: the id must change whenever the policy does; deriving it from the policy keeps it
+    # stable between runs of `peerage dns`.
+    policy_id = hashlib.sha256("\n".join(policy_lines).encode()).hexdigest()[:20]
     lines = [
         f"{domain}. {TTL} IN MX 10 {mail_host}.",
         f"{domain}. {TTL} IN TXT {_txt('v=spf1 mx -all')}",
@@ -60,9 +63,6 @@ def records(domain: str, config: Any) -> list[str]:
         f"_pop3s._tcp.{domain}. {TTL} IN SRV 0 0 0 .",
         f"; Serve this MTA-STS policy at https://mta-sts.{domain}/.well-known/mta-sts.txt",
         "; with a certificate valid for that name (RFC 8461 §3.3):",
-        ";   version: STSv1",
-        ";   mode: enforce",
-        f";   mx: {mail_host}",
-        f";   max_age: {MTA_STS_MAX_AGE}",
+        *(f";   {line}" for line in policy_lines),
     ]
     return lines

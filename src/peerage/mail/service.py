@@ -3,7 +3,9 @@
 This module is in charge of wiring the mail pieces to the host: it opens the SMTP listeners (MX on 25,
 submission on 587 and 465), runs the outbound queue, offers the shared operations the SMTP handlers
 need (authenticate an arriving message, DKIM-sign a submitted one, accept a message durably), and
-starts the IMAP listeners when the IMAP service is part of this build.
+starts the IMAP listeners when the IMAP service is part of this build. With `[smtp] mx_workers`, the
+MX sessions run in worker processes (see `peerage.mail.smtp.channel`) and this process stores what
+they accept.
 """
 
 from __future__ import annotations

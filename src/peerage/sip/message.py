@@ -167,7 +167,7 @@ class SipMessage:
     # -- header access
     def get(self, name: str) -> str | None:
         """The first header line named ``name`` (any form), as raw text."""
-        key = _long_name(name)
+        key = _KNOWN_KEYS.get(name) or _long_name(name)
         for entry in self.headers:
             if entry[0] == key:
                 return entry[2]

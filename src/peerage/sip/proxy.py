@@ -47,6 +47,7 @@ from peerage.sip.policy import (
 from peerage.sip.registrar import Registrar
 from peerage.sip.transaction import (
     MAGIC_COOKIE,
+    MAX_TRANSACTIONS,
     ClientTransaction,
     Destination,
     ServerTransaction,
@@ -200,6 +201,12 @@ class ProxyCore:
             return
         if method == "CANCEL":
             self._receive_cancel(request, source)
+            return
+        if self.layer.count >= MAX_TRANSACTIONS and self.layer.server_key(request) not in self.layer.server:
+            # overloaded: shed new work statelessly (RFC 3261 §21.5.4 503 with Retry-After)
+            response = make_response(request, 503, to_tag=self.layer.local_tag)
+            response.add("Retry-After", "5")
+            self.send(response.serialize(), self.layer.response_destination(request, source))
             return
         transaction, new = self.layer.receive_request(request, source)
         if not new or transaction is None:
@@ -445,6 +452,8 @@ class ProxyCore:
             self._challenge(transaction, realm)
             return
         ha1 = await self.accounts.sip_ha1(f"{credentials.username}@{realm}", credentials.algorithm)
+        if context.cancelled or context.final_sent:
+            return
         verdict = self.authenticator.verify(credentials, request.method or "", ha1)
         if verdict != Verdict.OK:
             if verdict == Verdict.FAILED:
@@ -463,6 +472,8 @@ class ProxyCore:
         await self._forward_located(context, uri, request.uri or "", max_forwards)
 
     def _challenge(self, transaction: ServerTransaction, realm: str, stale: bool = False) -> None:
+        if transaction.request is None:
+            return  # answered meanwhile (CANCEL)
         response = make_response(transaction.request, 407, to_tag=self.layer.local_tag)
         for value in self.authenticator.challenges(realm, stale):
             response.add("Proxy-Authenticate", value)

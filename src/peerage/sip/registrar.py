@@ -34,6 +34,9 @@ log = logging.getLogger("peerage.sip")
 # Most contacts bound to one address of record.  Kamailio's registrar max_contacts defaults to 0
 # (unlimited); Asterisk's max_contacts is 1.  Ten covers a phone, a desktop and a few apps.
 MAX_CONTACTS_PER_AOR = 10
+# Stream connections remembered for registered clients before closed ones are swept out; the
+# transport itself caps open connections (transport.MAX_STREAM_CONNECTIONS = 2048).
+MAX_TRACKED_CONNECTIONS = 4096
 
 
 @dataclass(slots=True)
@@ -200,6 +203,9 @@ class Registrar:
         self.bindings[aor] = list(final.values())
         if source.reliable and source.connection is not None:
             self.connections[received] = source.connection
+            if len(self.connections) > MAX_TRACKED_CONNECTIONS:
+                self.connections = {k: c for k, c in self.connections.items()
+                                    if not getattr(c, "closed", False)}
         response = make_response(request, 200, to_tag=self._tag(request))
         for binding in self.lookup(aor):
             response.add("Contact", f"<{binding.contact}>;expires={binding.expires_in(now)}"

@@ -66,6 +66,8 @@ class SipService:
                 advertised = _primary_address()
             endpoints[name] = (advertised, port)
             local_hosts.update({advertised, address})
+        if not endpoints:
+            raise RuntimeError("[sip] is enabled but udp_listen, tcp_listen and tls_listen are all empty")
         if "UDP" not in endpoints:
             endpoints["UDP"] = next(iter(endpoints.values()))
         layer = TransactionLayer(transport.send, time.monotonic)

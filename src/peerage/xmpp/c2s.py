@@ -139,7 +139,7 @@ class C2SConnection(asyncio.Protocol):
         self.available = False
         self.priority = 0
         self.last_presence: Element | None = None
-        self.directed: set[str] = set()
+        self.directed: set[str] | None = None  # directed presences (RFC 6121 section 4.6), lazily
         self.roster_requested = False
         self.blocklist_requested = False
         self.carbons = False
@@ -733,12 +733,16 @@ class C2SConnection(asyncio.Protocol):
                 # XEP-0198 section 4: never lose them; deliver per bare-JID rules (other
                 # resources, or offline storage).
                 rerouted = Element(stanza.name, stanza.xmlns, {**stanza.attrs, "to": self.bare_jid}, stanza.children)
-                result = router.route(rerouted)
-                if result is not None:
-                    try:
+                redelivering = self.service.core.redelivering
+                redelivering.add(id(rerouted))
+                try:
+                    result = router.route(rerouted)
+                    if result is not None:
                         await result
-                    except Exception:
-                        log.exception("could not re-route an unacknowledged stanza")
+                except Exception:
+                    log.exception("could not re-route an unacknowledged stanza")
+                finally:
+                    redelivering.discard(id(rerouted))
 
     async def replaced(self) -> None:
         """Another connection bound the same full JID: this one gets <conflict/> and ends."""

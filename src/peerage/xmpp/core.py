@@ -113,6 +113,8 @@ class XmppCore:
         self.users: OrderedDict[str, UserState] = OrderedDict()
         self._loading: dict[str, asyncio.Future[UserState]] = {}
         self._archive_rows: list[dict[str, Any]] = []
+        #: ids of stanzas being re-delivered (XEP-0198 unacknowledged): already archived once.
+        self.redelivering: set[int] = set()
         self._archive_flush: asyncio.TimerHandle | None = None
         self._archive_writing: asyncio.Task[None] | None = None
         self.features: list[Feature] = [cls(self) for cls in feature_classes]
@@ -275,7 +277,7 @@ class XmppCore:
         return stanza.find("no-store", HINTS_NS) is None and stanza.find("no-permanent-store", HINTS_NS) is None
 
     def _stamp_and_archive_inbound(self, stanza: Element, bare: str, mtype: str) -> None:
-        if not self.archive_enabled or not self._archivable(stanza, mtype):
+        if not self.archive_enabled or not self._archivable(stanza, mtype) or id(stanza) in self.redelivering:
             return
         # XEP-0359 section 4: remove stanza-ids claiming to be by this account, then add ours.
         for child in stanza.find_all("stanza-id", SID_NS):
@@ -613,10 +615,13 @@ class XmppCore:
             return
         if to:
             if ptype is None:
+                if session.directed is None:
+                    session.directed = set()  # created on first use: most sessions never need it
                 if len(session.directed) < MAX_DIRECTED_PRESENCES:
                     session.directed.add(to)
             else:
-                session.directed.discard(to)
+                if session.directed:
+                    session.directed.discard(to)
             await _wait(self.router.route(stanza))
             return
         await self.broadcast_presence(session, stanza)
@@ -644,9 +649,9 @@ class XmppCore:
             if item.subscription in ("from", "both") and not (state.blocklist and is_blocked(state.blocklist, contact)):
                 await _wait(self.router.route(with_to(stanza, contact)))
         if ptype == "unavailable":
-            for to in list(session.directed):
+            for to in list(session.directed or ()):
                 await _wait(self.router.route(with_to(stanza, to)))
-            session.directed.clear()
+            session.directed = None
         for other in list(self.router.resources(bare).values()):
             if other.available or other is session:
                 other.send(with_to(stanza, other.full_jid))
@@ -682,6 +687,8 @@ class XmppCore:
             return
         contact = f"{local}@{domain}" if local else domain
         bare = session.bare_jid
+        if contact == bare:
+            return  # one's own presence needs no subscription (RFC 6121 section 4.2.2)
         # RFC 6121 section 3.1.2: stamp the user's bare JID and the contact's bare JID.
         outbound = Element("presence", "", {**stanza.attrs, "from": bare, "to": contact}, stanza.children)
         state = await self.user(bare)

@@ -37,7 +37,7 @@ at each rule say which asymmetric cells it explains:
    not itself require encryption (Types 2 and 3) upgrades an optional STARTTLS only when the
    receiver's certificate verifies against the trust list; against a self-signed receiver it falls
    back to a clear stream. So 2->3 and 3->3 are E (Type 3 has a CA certificate) while 2->2 and 3->2 are
-   V; and 4->2 is E but 2->4 is also E only because Type 4 *requires* TLS.
+   V. A *required* STARTTLS is always taken, whatever the certificate: 2->4 and 3->4 are E.
 2. Certificates are presented by those who stand behind them (``presents_certificate``). An initiator
    shows its certificate when it is CA-issued or when it requires encryption itself; a Verified-level
    server with a self-signed certificate (Type 2) authenticates by dialback only.

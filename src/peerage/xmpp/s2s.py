@@ -464,6 +464,7 @@ class OutboundRoute:
             return self.service.router.bounce(stanza, "resource-constraint",
                                               "too many stanzas waiting for this domain")
         self.queue.append((stanza, time.monotonic() + self.service.connect_timeout))
+        self.service._publish()  # the queue is part of the status operators see
         if stream is not None:
             self.flush(stream)
         elif self.task is None:
@@ -521,6 +522,7 @@ class OutboundRoute:
             await self._bounce_all("remote-server-not-found", "internal error")
         finally:
             self.task = None
+            self.service._publish()
 
 
 # --- inbound ------------------------------------------------------------------------------------------
@@ -1007,13 +1009,14 @@ class S2SService:
             return False
         stanza.attrs["from"] = from_
         stanza.attrs["to"] = to
-        if inbound is not None:
+        if not await self.router.deliver_from_remote(stanza):
+            await self.router.bounce(stanza, "item-not-found", f"{to_domain} is not served here")
+        if inbound is not None:  # counted once delivered (or stored), so the count means "handled"
             record = inbound.records.get((from_domain, to_domain)) or (
                 inbound.records.get((from_domain, inbound.header_to)))
             if record is not None:
                 record.stanzas += 1
-        if not await self.router.deliver_from_remote(stanza):
-            await self.router.bounce(stanza, "item-not-found", f"{to_domain} is not served here")
+                self._publish()
         return True
 
     # --- connections ------------------------------------------------------------------------------

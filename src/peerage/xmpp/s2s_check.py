@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from peerage.xmpp import dialback
-from peerage.xmpp.dialback import DialbackSecret
 from peerage.xmpp.federation import (
     Level,
     TlsChoice,
@@ -270,5 +269,3 @@ def run_check(config: Any, remote: str, local: str | None) -> int:
     level = asyncio.run(check_federation(config, remote, local, print))
     return 0 if level > Level.UNSUCCESSFUL else 1
 
-
-_ = DialbackSecret  # the secret is loaded by S2SService from the data folder

@@ -6,6 +6,8 @@ spread over the CPUs, as Postfix spreads it over smtpd processes. What makes a m
 one place: a worker hands each accepted message to the main process over a private Unix socket, the
 main process stores it (mailbox or queue, with the group commit and the IMAP notifications that only it
 can do) and answers; only then does the worker send its 250, as Postfix's smtpd waits for cleanup(8).
+Per-IP connection caps and message rates are counted per process, so with N workers a client may get
+up to N times the configured figures (Postfix's anvil(8) would be the fix: one shared counter).
 
 This module is in charge of the framing (sans-I/O: `encode_request`, `RequestReader`), of the
 worker's side (`WorkerChannel`) and of the main process's side (`WorkerPool`: the socket server and

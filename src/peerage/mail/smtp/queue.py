@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -167,6 +168,9 @@ class OutboundQueue:
 
     async def _scan(self) -> float:
         now = int(time.time())
+        # Attempts in flight when the rows are read: one may finish while we wait for the database and
+        # leave it stale, so these stay skipped until the next scan reads them afresh.
+        busy = set(self._in_flight)
         async with self.store.begin() as conn:
             rows = [
                 _entry(r)
@@ -180,7 +184,7 @@ class OutboundQueue:
             upcoming = (await conn.execute(select(func.min(mail_queue.c.next_attempt_at)))).scalar()
         groups: dict[tuple[str, str], list[QueueEntry]] = defaultdict(list)
         for entry in rows:
-            if entry.id not in self._in_flight:
+            if entry.id not in self._in_flight and entry.id not in busy:
                 groups[(entry.message_file, entry.recipient_domain)].append(entry)
         for group in groups.values():
             self._in_flight.update(e.id for e in group)
@@ -260,7 +264,7 @@ class OutboundQueue:
                     .where(mail_queue.c.id == entry.id)
                     .values(
                         attempts=entry.attempts + 1,
-                        next_attempt_at=int(next_at),
+                        next_attempt_at=math.ceil(next_at),
                         last_error=outcome.reply[:2000],
                         delay_notice_sent=entry.delay_notice_sent or notice,
                     )
@@ -302,7 +306,8 @@ class OutboundQueue:
         )
         await self.enqueue("", [sender], report)
 
-    # --- operator commands (also used by `peerage mail queue`) ---------------------------------------
+
+# --- operator commands, used by `peerage mail queue` beside a running server ----------------------
 
 
 async def list_entries(store: Any) -> list[QueueEntry]:

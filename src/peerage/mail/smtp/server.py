@@ -81,6 +81,7 @@ class PeerageSMTP(SMTP):
     def __init__(self, handler: Any, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._raw_replies = False
+        self._collected: list[bytes] | None = None
         self._implicit_tls = implicit_tls
         self._counted_ip: str | None = None
         self._refusal: str | None = None
@@ -126,10 +127,15 @@ class PeerageSMTP(SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._raw_replies:
             status = with_enhanced_code(status)
+        if self._collected is not None:
+            self._collected.append(status.encode("utf-8") if isinstance(status, str) else status)
+            return
         await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        # The EHLO reply is a dozen lines; aiosmtpd writes each on its own. Send them in one write.
         self._raw_replies = True
+        self._collected = []
         try:
             if self._implicit_tls and self._tls_protocol is None:
                 # Announce AUTH on port 465: aiosmtpd only knows about TLS it started itself.
@@ -143,6 +149,24 @@ class PeerageSMTP(SMTP):
                 await super().smtp_EHLO(hostname)
         finally:
             self._raw_replies = False
+            lines, self._collected = self._collected, None
+        if lines:
+            self._writer.write(b"".join(line + b"\r\n" for line in lines))
+            await self._writer.drain()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """A fast path for the usual `<local@domain> PARAMS`; anything unusual (quotes, routes,
+        spaces, comments) goes to aiosmtpd's full RFC 5322 parser."""
+        text = arg.lstrip()
+        if text.startswith("<"):
+            end = text.find(">")
+            inner = text[1:end] if end > 0 else ""
+            if end > 0 and inner.count("@") == 1 and not any(ch in inner for ch in ' "\\()<>,;:[]\t'):
+                local, _, domain = inner.partition("@")
+                if local and domain and (not self.local_part_limit or len(local) <= self.local_part_limit):
+                    return inner, text[end + 1 :].lstrip()
+        address, rest = super()._getaddr(arg)
+        return address, rest
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._raw_replies = True
