@@ -129,6 +129,8 @@ class XmppConfig:
     archive_expires_days: int = 7
     # XEP-0313 one-to-one archive on or off (Prosody loads mod_mam only when listed in modules_enabled).
     archive_enabled: bool = True
+    # Seconds a dropped XEP-0198 session waits for resumption (Prosody's smacks_hibernation_time is 600).
+    sm_resumption_timeout: float = 300.0
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 

@@ -102,4 +102,4 @@ class TestCA:
         return cert_path, key_path
 
     def self_signed(self, name: str, **kwargs: list[str]) -> tuple[Path, Path]:
-        return self.issue(name, self_signed=True, **kwargs)  # type: ignore[arg-type]
+        return self.issue(name, self_signed=True, **kwargs)

@@ -132,8 +132,8 @@ class PeerageServer:
             data["tls"] = {"ca_file": str(ca_file)}
         for service, ports in DEFAULT_PORTS.items():
             section: dict[str, Any] = {"enabled": service in services}
-            for key, port in ports.items():
-                section[key] = [f"{address}:{port}"]
+            for setting, port in ports.items():
+                section[setting] = [f"{address}:{port}"]
             data[service] = section
         data = _merge(data, config or {})
         data["domain"] = domain_entries

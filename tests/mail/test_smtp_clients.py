@@ -380,3 +380,70 @@ def test_garbage_input_gets_errors_not_crashes(peerage: PeerageServer) -> None:
         assert client.command("NOOP")[0] == 250  # the session carries on
     finally:
         client.close()
+
+
+def test_opportunistic_tls_falls_back_to_cleartext(peerage: PeerageServer, local_dns: LocalDNS,
+                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A remote MX that offers STARTTLS but cannot complete a TLS 1.2+ handshake, and publishes no
+    MTA-STS or DANE policy, still gets the mail in clear (RFC 7435 §3, Postfix's "may" level)."""
+    import asyncio
+    import ssl
+    import threading
+    import warnings
+
+    from aiosmtpd.smtp import SMTP
+
+    from peerage.net.tls import generate_self_signed
+
+    folder = tmp_path_factory.mktemp("legacy")
+    cert, key = folder / "legacy.crt", folder / "legacy.key"
+    generate_self_signed("mx.legacy.example", cert, key)
+    legacy_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    legacy_tls.load_cert_chain(str(cert), str(key))
+    legacy_tls.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        legacy_tls.maximum_version = ssl.TLSVersion.TLSv1_1  # below what peerage accepts
+    received: list[bytes] = []
+
+    class Sink:
+        async def handle_DATA(self, server: SMTP, session: object, envelope: object) -> str:
+            received.append(envelope.original_content)  # type: ignore[attr-defined]
+            return "250 2.0.0 Ok"
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(
+            loop.create_server(lambda: SMTP(Sink(), tls_context=legacy_tls), "127.0.4.4", 25))
+        started.set()
+        loop.run_forever()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    local_dns.add_mx("legacy.example", 10, "mx.legacy.example")
+    local_dns.add_a("mx.legacy.example", "127.0.4.4")
+    try:
+        subject = "to a legacy server"
+        assert _submit_smtplib(587, False, ALICE, PASSWORDS[ALICE], ALICE, ["old@legacy.example"],
+                               _message(ALICE, "old@legacy.example", subject)) == {}
+        wait_for(lambda: any(subject.encode() in m for m in received), 20, "delivery to the legacy server")
+        assert any("delivered" in line and "to old@legacy.example" in line and "tls=none" in line
+                   for line in peerage.log_text().splitlines())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_looping_message_refused(peerage: PeerageServer) -> None:
+    looping = b"".join(b"Received: from hop%d by hop%d; Mon, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1)
+                       for i in range(60)) + _message("carol@example.net", ALICE, "looping")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send_mx("carol@example.net", ALICE, looping)
+    assert refused.value.smtp_code == 554 and "5.4.6" in str(refused.value.smtp_error)
+    assert _has_subject(peerage, ALICE, "looping") is None

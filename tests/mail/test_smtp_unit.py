@@ -185,3 +185,9 @@ def test_header_helpers_unfold_and_remove() -> None:
                              keep=lambda value: not value.startswith(b"example.org;"))
     assert cleaned == (b"From: a@example.org\r\nAuthentication-Results: other.example;\r\n\tdkim=pass\r\n"
                        b"Subject: s\r\n\r\nAuthentication-Results: example.org; in the body\r\n")
+
+
+def test_received_fields_counted_for_loop_detection() -> None:
+    message = b"Received: from a\r\n\tby b\r\nRECEIVED: x\r\nSubject: s\r\n\r\nReceived: in body\r\n"
+    assert policy.count_received(message) == 2
+    assert policy.count_received(b"Received: x\r\n" * (policy.MAX_HOPS + 1) + b"\r\n") == policy.MAX_HOPS + 1

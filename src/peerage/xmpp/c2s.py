@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from peerage.identity.address import AddressError, parse_address
 from peerage.xmpp import sasl
 from peerage.xmpp.features.csi import CSI_NS, CsiQueue
-from peerage.xmpp.features.sm import RESUMPTION_TIMEOUT, SM_NS, StreamManagementState
+from peerage.xmpp.features.sm import SM_NS, StreamManagementState
 from peerage.xmpp.jid import MAX_RESOURCE_OCTETS, JidError, split_jid
 from peerage.xmpp.stream import (
     CLIENT_NS,
@@ -635,7 +635,7 @@ class C2SConnection(asyncio.Protocol):
             self.sm = StreamManagementState(resumable)
             enabled = Element("enabled", SM_NS)
             if resumable and self.sm.resume_id:
-                enabled.attrs.update({"id": self.sm.resume_id, "resume": "true", "max": str(RESUMPTION_TIMEOUT)})
+                enabled.attrs.update({"id": self.sm.resume_id, "resume": "true", "max": str(int(self.service.resumption_timeout))})
                 self.service.resumable[self.sm.resume_id] = self
             self._write(_serialize_element(enabled))
             return None
@@ -696,7 +696,7 @@ class C2SConnection(asyncio.Protocol):
 
     def _hibernate(self) -> None:
         loop = asyncio.get_running_loop()
-        self.hibernation = loop.call_later(RESUMPTION_TIMEOUT, self._hibernation_expired)
+        self.hibernation = loop.call_later(self.service.resumption_timeout, self._hibernation_expired)
 
     def _hibernation_expired(self) -> None:
         self.hibernation = None

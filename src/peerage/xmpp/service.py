@@ -33,7 +33,7 @@ from peerage.xmpp.features.mam import Mam
 from peerage.xmpp.features.offline import Offline
 from peerage.xmpp.features.ping import Ping
 from peerage.xmpp.features.private import PrivateStorage
-from peerage.xmpp.features.sm import StreamManagement
+from peerage.xmpp.features.sm import RESUMPTION_TIMEOUT, StreamManagement
 from peerage.xmpp.features.vcard import VCard
 from peerage.xmpp.features.version import Version
 from peerage.xmpp.router import MAX_RESOURCES_PER_ACCOUNT, Router
@@ -80,6 +80,7 @@ class XmppService:
         self.idle_unauthenticated = host.config.limits.idle_timeout_unauthenticated
         self.idle_authenticated = host.config.limits.idle_timeout
         self.archive_days = config.archive_expires_days
+        self.resumption_timeout = getattr(config, "sm_resumption_timeout", RESUMPTION_TIMEOUT)
         self.default_domain = next(iter(host.config.domains), "localhost")
         self.router = Router(host.config.domains)
         self.storage = XmppStorage(host.store.engine)

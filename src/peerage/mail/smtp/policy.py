@@ -20,6 +20,8 @@ MAX_PATH_OCTETS = 256
 # (user%foreign@us), UUCP bang paths (foreign!user@us) and an embedded at-sign. Postfix's
 # allow_untrusted_routing=no refuses exactly these for untrusted clients.
 ROUTING_CHARACTERS = frozenset("%!@")
+# RFC 5321 §6.3: a message with too many Received fields is looping; Postfix's hopcount_limit is 50.
+MAX_HOPS = 50
 
 RELAY_DENIED = "550 5.7.1 Relay access denied"
 BAD_ADDRESS = "553 5.1.3 Bad recipient address syntax"
@@ -94,4 +96,8 @@ def has_bare_line_ending(data: bytes) -> bool:
     return data.count(b"\n") != pairs or data.count(b"\r") != pairs
 
 
-BARE_LINE_ENDING = "521 5.5.2 Bare <CR> or <LF> received; only <CR><LF> ends a line (RFC 5321 2.3.8)"
+def count_received(data: bytes) -> int:
+    """How many Received fields the header section holds (the loop detector of RFC 5321 §6.3)."""
+    end = data.find(b"\r\n\r\n")
+    head = b"\r\n" + (data[: end + 2] if end >= 0 else data).lower()
+    return head.count(b"\r\nreceived:")

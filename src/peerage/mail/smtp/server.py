@@ -251,6 +251,8 @@ class BaseHandler:
         data = envelope.original_content or b""
         if policy.has_bare_line_ending(data):
             return data, "550 5.5.2 Bare <CR> or <LF> received; only <CR><LF> may end a line (RFC 5321 2.3.8)"
+        if policy.count_received(data) > policy.MAX_HOPS:
+            return data, "554 5.4.6 Too many hops: the message is looping (RFC 5321 6.3)"
         return data, None
 
     async def _recipient_exists(self, mailbox: policy.Mailbox) -> bool:

@@ -16,8 +16,9 @@ from peerage.xmpp.features import Feature
 from peerage.xmpp.stream import Element
 
 SM_NS = "urn:xmpp:sm:3"
-#: Seconds a detached session waits for resumption. Prosody's smacks_hibernation_time is 600,
-#: Conversations resumes within a few minutes; 300 keeps memory of dead clients short.
+#: Default seconds a detached session waits for resumption (``[xmpp] sm_resumption_timeout``).
+#: Prosody's smacks_hibernation_time is 600; Conversations resumes within a few minutes; 300 keeps
+#: the memory of dead clients short.
 RESUMPTION_TIMEOUT = 300
 #: Unacknowledged stanzas kept per session. Prosody's smacks_max_unacked_stanzas is 0 (ask after
 #: each) and smacks_max_queue_size 500; past this, the session is closed with resource-constraint.
