@@ -122,6 +122,36 @@ def test_bare_line_feed_refused(peerage: PeerageServer) -> None:
     assert _has_subject(peerage, ALICE, "smuggle outer") is None
 
 
+def test_bare_line_endings_in_commands_refused(peerage: PeerageServer) -> None:
+    """RFC 5321 2.3.8: command lines end with CRLF only. A line ending in a bare LF, or holding a bare
+    CR, gets a 500 and is not acted upon; the session goes on with well-formed commands."""
+    client = RawSMTP(PEERAGE_ADDRESS, 25, source=CLIENT_ADDRESS)
+    try:
+        client.send(b"EHLO client.example.net\n")
+        code, text = client.reply()
+        assert (code, text.split(" ", 1)[0]) == (500, "5.5.2") and "Bare" in text
+        assert client.command("EHLO client.example.net")[0] == 250
+        client.send(b"MAIL FROM:<carol@example.net>\n")
+        assert client.reply()[0] == 500
+        # The refused MAIL did not open a transaction.
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 503
+        # A bare CR inside a line (one command hiding another) is refused the same way.
+        assert client.command(b"MAIL FROM:<carol@example.net>\rRCPT TO:<alice@example.org>")[0] == 500
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 503
+        # Pipelined: a bare-LF line between two good ones is refused alone, and in order.
+        client.send(b"MAIL FROM:<carol@example.net>\r\nRCPT TO:<ghost@example.org>\nRCPT TO:<" + ALICE.encode()
+                    + b">\r\nDATA\r\n")
+        assert [client.reply()[0] for _ in range(4)] == [250, 500, 250, 354]
+        code, _ = client.command(_message("carol@example.net", ALICE, "after bare lf commands") + b".")
+        assert code == 250
+        # HELP does not reveal the internal name the refusal goes through.
+        code, text = client.command("HELP")
+        assert code == 250 and "BARE" not in text
+    finally:
+        client.close()
+    _wait_subject(peerage, ALICE, "after bare lf commands")
+
+
 def _submit_smtplib(port: int, implicit: bool, user: str, password: str, sender: str, recipients: list[str],
                     message: bytes) -> dict:
     if implicit:

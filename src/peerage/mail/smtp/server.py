@@ -54,6 +54,27 @@ NOT_OWN_SENDER = "553 5.7.1 Sender address is not one of your addresses"
 NOT_OWN_FROM = "550 5.7.1 From header is not one of your addresses"
 DMARC_REJECT = "550 5.7.1 Message rejected: DMARC policy of the From domain says to reject it"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure storing the message; try again later"
+BARE_LINE_ENDING_IN_COMMAND = (
+    "500 5.5.2 Bare <CR> or <LF> in a command line; only <CR><LF> may end a line (RFC 5321 2.3.8)"
+)
+# What a command line ending in a bare LF (or holding a bare CR) is replaced with before aiosmtpd's
+# command loop sees it: a command name no client can mean (it starts with NUL), dispatched to the
+# refusal below. The offending line itself is never interpreted.
+BARE_LINE_ENDING_COMMAND = "\x00BARE-LINE-ENDING"
+_BARE_LINE_ENDING_LINE = BARE_LINE_ENDING_COMMAND.encode("ascii") + b"\r\n"
+
+
+class CrlfCommandReader(asyncio.StreamReader):
+    """aiosmtpd reads command lines (and AUTH responses) with `readuntil(b"\\n")`, which also takes
+    a line ending in a bare LF; RFC 5321 §2.3.8 allows only CRLF. Such a line, or one holding a bare CR,
+    comes out as the refusal command above. DATA lines (read up to CRLF) are checked separately
+    (`policy.has_bare_line_ending`)."""
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        if separator == b"\n" and (not line.endswith(b"\r\n") or b"\r" in line[:-2]):
+            return _BARE_LINE_ENDING_LINE
+        return line
 
 
 @dataclass
@@ -86,6 +107,17 @@ class PeerageSMTP(SMTP):
         self._counted_ip: str | None = None
         self._refusal: str | None = None
         self.peer_state: SessionState | None = None
+        # Not an smtp_* method, so HELP does not list it.
+        self._smtp_methods[BARE_LINE_ENDING_COMMAND] = self._refuse_bare_line_ending
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The engine's own reader, with the CRLF check on command lines (the same object, so the
+        # STARTTLS re-wrap that reaches into it keeps working).
+        reader.__class__ = CrlfCommandReader
+        super()._cb_client_connected(reader, writer)
+
+    async def _refuse_bare_line_ending(self, arg: str | None) -> None:
+        await self.push(BARE_LINE_ENDING_IN_COMMAND)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
