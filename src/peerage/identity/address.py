@@ -51,7 +51,7 @@ def normalize_domain(text: str) -> str:
         domain = domain[:-1]
     if not domain:
         raise AddressError("the domain is empty")
-    if domain.startswith("[") or _is_ip(domain):
+    if domain.startswith("[") or is_ip_literal(domain):
         raise AddressError(f"'{text}' is an IP address; accounts live under domain names")
     try:
         ascii_form = domain.encode("idna").decode("ascii").lower()
@@ -102,9 +102,10 @@ def parse_address(text: str) -> Address:
     return Address(normalize_local(local), normalize_domain(domain))
 
 
-def _is_ip(text: str) -> bool:
+def is_ip_literal(text: str) -> bool:
+    """True for an IPv4 or IPv6 address, bracketed or not."""
     try:
-        ipaddress.ip_address(text)
+        ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return False
     return True

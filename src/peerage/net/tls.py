@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime
-import ipaddress
 import logging
 import ssl
 from pathlib import Path
@@ -131,14 +130,6 @@ def generate_self_signed(domain: str, cert_path: Path, key_path: Path, *, days: 
     )
     key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 # --- channel binding -----------------------------------------------------------------------------

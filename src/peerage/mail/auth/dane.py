@@ -10,10 +10,11 @@ the peer, so a TA-only record set fails closed. PKIX usages 0 and 1 are unusable
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from peerage.net.dns import Tlsa  # the resolver's record type, shared with the queue
 
 USAGE_DANE_TA = 2
 USAGE_DANE_EE = 3
@@ -22,14 +23,6 @@ SELECTOR_SPKI = 1
 MATCH_EXACT = 0
 MATCH_SHA256 = 1
 MATCH_SHA512 = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Tlsa:
-    usage: int
-    selector: int
-    mtype: int
-    data: bytes
 
 
 def usable(records: list[Tlsa]) -> list[Tlsa]:
