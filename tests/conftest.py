@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PeerageServer
+from tests.harness import PeerageServer, free_port
 from tests.harness.peers import IN_CI, require_binary
-
-POSTGRES_PORT = 54329
 
 
 @pytest.fixture
@@ -46,21 +44,23 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(message)
         pytest.skip(message)
     require_binary("runuser")
+    port = free_port("127.0.0.1")  # a fixed port collides with another run on the same machine
     base = Path(tempfile.mkdtemp(prefix="peerage-pg-"))
     base.chmod(0o755)
     data = base / "data"
     shutil.chown(base, "postgres", "postgres")
     as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(base / "log"),
-                    "-o", f"-p {POSTGRES_PORT} -k {base} -c listen_addresses=127.0.0.1 -c fsync=on",
-                    "start"], check=True, capture_output=True, timeout=90)
     try:
-        subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "peerage"],
+        subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(base / "log"),
+                        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=on",
+                        "start"], check=True, capture_output=True, timeout=90)
+        subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "peerage"],
                        check=True, capture_output=True, timeout=30)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{POSTGRES_PORT}/peerage"
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/peerage"
     finally:
-        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60)
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)

@@ -6,7 +6,12 @@ for each: messages per second accepted (smtp-source's wall time) and durable (un
 is in the mailbox; for peerage these are the same, since it answers 250 only after the mailbox commit),
 and the ratio peerage / Postfix. Appends a section to bench/RESULTS.md.
 
-Usage: python bench/smtp/run.py [--messages N] [--sessions S] [--size BYTES]
+With `--baseline-src DIR` (a copy of an earlier `src/` tree, e.g. `git archive REV src | tar -x -C DIR`),
+one more peerage runs from that tree in the same rounds, so a change is measured against its
+predecessor under the same load on the machine.
+
+Usage: python bench/smtp/run.py [--messages N] [--sessions S] [--size BYTES] [--rounds R]
+       [--mx-workers 0,2] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from tests.mail.postfix import Postfix  # noqa: E402
 DNS_ADDRESS = "127.0.4.153"
 PEERAGE_ADDRESS = "127.0.4.151"
 # One address per measured peerage configuration (all run at once).
-PEERAGE_ADDRESSES = ("127.0.4.151", "127.0.4.155", "127.0.4.156", "127.0.4.157")
+PEERAGE_ADDRESSES = ("127.0.4.151", "127.0.4.155", "127.0.4.156", "127.0.4.157", "127.0.4.158")
 POSTFIX_ADDRESS = "127.0.4.152"
 # Bounds: the load is finite and every wait has a deadline.
 MAX_MESSAGES = 20000
 DURABLE_TIMEOUT = 300.0
 MAX_ROUNDS = 10
+# How this benchmark's section of bench/RESULTS.md starts; a new run replaces it.
+SECTION_MARK = "## smtp: smtp-source,"
 
 
 def _cpu_model() -> str:
@@ -89,7 +96,9 @@ def main() -> int:
     parser.add_argument("--mx-workers", default="0,2",
                         help="comma-separated [smtp] mx_workers values to measure peerage with (default 0,2)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
-    parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also run peerage (mx_workers=0) from this earlier src/ tree, for a before/after figure")
+    parser.add_argument("--no-results", action="store_true", help="do not write to bench/RESULTS.md")
     args = parser.parse_args()
     messages = min(args.messages, MAX_MESSAGES)
     rounds = min(max(args.rounds, 1), MAX_ROUNDS)
@@ -108,9 +117,9 @@ def main() -> int:
     ca = TestCA(workdir / "ca")
     worker_counts = [int(x) for x in args.mx_workers.split(",") if x.strip()]
 
-    def make_peerage(workers: int, address: str) -> PeerageServer:
+    def make_peerage(workers: int, address: str, label: str = "") -> PeerageServer:
         server = PeerageServer(
-            workdir / f"peerage-{workers}", "example.org", address, dns=dns, services=("smtp",),
+            workdir / f"peerage-{workers}{label}", "example.org", address, dns=dns, services=("smtp",),
             config={
                 "server": {"log_level": "info"},
                 "smtp": {"mx_messages_per_minute": 10_000_000, "max_message_size": 10_240_000,
@@ -135,12 +144,25 @@ def main() -> int:
         maildir = postfix.mail_dir / "carol" / "new"
         targets.append(("postfix", POSTFIX_ADDRESS, "load@example.org", "carol@example.net",
                         lambda: len(os.listdir(maildir)) if maildir.is_dir() else 0))
-        for index, workers in enumerate(worker_counts):
+        runs: list[tuple[str, int, Path | None]] = [(f"peerage (mx_workers={w})", w, None) for w in worker_counts]
+        if args.baseline_src is not None:
+            runs.insert(0, ("peerage before (mx_workers=0)", 0, args.baseline_src.resolve()))
+        for index, (name, workers, source) in enumerate(runs[: len(PEERAGE_ADDRESSES)]):
             address = PEERAGE_ADDRESSES[index]
-            peerage = make_peerage(workers, address)
-            peerage.start()
+            peerage = make_peerage(workers, address, "-before" if source else "")
+            saved_path = os.environ.get("PYTHONPATH")
+            if source is not None:
+                # The server process (and its MX workers) import peerage from the earlier tree.
+                os.environ["PYTHONPATH"] = str(source)
+            try:
+                peerage.start()
+            finally:
+                if saved_path is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved_path
             peerages.append(peerage)
-            targets.insert(-1, (f"peerage (mx_workers={workers})", address, "load@example.net", "alice@example.org",
+            targets.insert(-1, (name, address, "load@example.net", "alice@example.org",
                                 functools.partial(_peerage_count, peerage.data_dir, "alice@example.org")))
         for _name, address, sender, recipient, count in targets:
             # Warm up (first table rows, caches, worker processes) with a few messages.
@@ -168,13 +190,13 @@ def main() -> int:
     pf_acc, pf_dur = results["postfix"]
     lines = [f"messages={messages} size={args.size} sessions={args.sessions}"]
     for name, (acc, dur) in results.items():
-        lines.append(f"{name:28s} accepted {acc:8.1f} msg/s   durable {dur:8.1f} msg/s"
+        lines.append(f"{name:30s} accepted {acc:8.1f} msg/s   durable {dur:8.1f} msg/s"
                      f"   ratio {acc / pf_acc:.2f}x / {dur / pf_dur:.2f}x")
     print("\n".join(lines))
     if not args.no_results:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = [
-            f"\n## smtp: smtp-source, peerage vs Postfix ({stamp})\n",
+            f"\n{SECTION_MARK} peerage vs Postfix ({stamp})\n",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}. "
             "Other work shared the cores during this run (load average "
             f"{os.getloadavg()[0]:.1f} at the end).\n",
@@ -183,16 +205,29 @@ def main() -> int:
             "one message per connection, delivered to a local mailbox (peerage: mailbox store, answer "
             "after the commit; Postfix 3.7: queue file, then virtual(8) into a Maildir). Accepted = "
             "smtp-source's wall time; durable = until the last message is in the mailbox.\n",
+            *(["`peerage before` runs the earlier source tree given with `--baseline-src` in the same rounds.\n"]
+              if args.baseline_src is not None else []),
             "| server | accepted msg/s | durable msg/s | ratio to Postfix (accepted / durable) |",
             "| --- | ---: | ---: | ---: |",
         ]
         for name, (acc, dur) in results.items():
             section.append(f"| {name} | {acc:.1f} | {dur:.1f} | {acc / pf_acc:.2f}x / {dur / pf_dur:.2f}x |")
         section.append("")
-        results_path = ROOT / "bench" / "RESULTS.md"
-        with results_path.open("a") as out:
-            out.write("\n".join(section))
+        _write_section(ROOT / "bench" / "RESULTS.md", "\n".join(section))
     return 0
+
+
+def _write_section(results_path: Path, section: str) -> None:
+    """Replace this benchmark's earlier section of RESULTS.md (the other benchmarks' stay as they are),
+    or append it when there is none."""
+    text = results_path.read_text() if results_path.exists() else ""
+    start = text.find(SECTION_MARK)
+    if start < 0:
+        results_path.write_text(text.rstrip("\n") + "\n" + section)
+        return
+    following = text.find("\n## ", start + len(SECTION_MARK))
+    rest = text[following:] if following >= 0 else "\n"
+    results_path.write_text(text[:start].rstrip("\n") + "\n" + section.rstrip("\n") + "\n" + rest)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,10 @@ class XmppConfig:
     archive_enabled: bool = True
     # Seconds a dropped XEP-0198 session waits for resumption (Prosody's smacks_hibernation_time is 600).
     sm_resumption_timeout: float = 300.0
+    # Resources bound at once per account; one more is refused with resource-constraint (RFC 6120
+    # §7.6.2.1). ejabberd's max_user_sessions defaults to 10; Prosody has no limit by default. A
+    # provider wants a bound so one account cannot hold thousands of sessions.
+    max_resources_per_account: int = 32
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 
@@ -180,7 +184,10 @@ class SmtpConfig:
     # Local address outbound SMTP connections are made from; empty lets the system choose.
     source_address: str = ""
     # Extra processes sharing the MX port (SO_REUSEPORT) to spread SMTP sessions over CPUs; storage
-    # stays in the main process. 0 keeps everything in one process.
+    # stays in the main process. 0 keeps everything in one process. Not the core count by default:
+    # per-IP connection caps and message rates are counted per process, so N workers would let one
+    # client have N times the configured limits; and on 2 shared cores workers gained nothing reliable
+    # (bench/RESULTS.md, smtp). Worth raising on a many-core MX that sees many sending IPs.
     mx_workers: int = 0
 
 

@@ -150,6 +150,17 @@ def test_bare_line_endings_in_commands_refused(peerage: PeerageServer) -> None:
     finally:
         client.close()
     _wait_subject(peerage, ALICE, "after bare lf commands")
+    # The same on submission over implicit TLS, including a bare-LF AUTH line.
+    client = RawSMTP(PEERAGE_ADDRESS, 465, implicit_tls=True, source=CLIENT_ADDRESS)
+    try:
+        client.send(b"EHLO client.example.net\n")
+        assert client.reply()[0] == 500
+        assert client.command("EHLO client.example.net")[0] == 250
+        client.send(b"AUTH PLAIN\n")
+        assert client.reply()[0] == 500
+        assert client.command("NOOP")[0] == 250
+    finally:
+        client.close()
 
 
 def _submit_smtplib(port: int, implicit: bool, user: str, password: str, sender: str, recipients: list[str],

@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from peerage.config import XmppConfig
 from tests.harness import PeerageServer
 from tests.xmpp.conftest import PASSWORD
 from tests.xmpp.rawclient import RawClient
 
 SERVER_ADDRESS = "127.0.1.6"
 SERVER_USERS = [f"{name}@{domain}" for domain in ("a.test", "b.test")
-                for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")]
+                for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")]
 IDS = itertools.count()
 
 
@@ -196,3 +197,45 @@ async def test_entity_capabilities_pass_through(login) -> None:  # type: ignore[
         assert "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1'" in features
     finally:
         await fresh.close()
+
+
+async def test_message_to_the_server_itself(login) -> None:  # type: ignore[no-untyped-def]
+    ivan = await login("ivan@a.test")
+    # RFC 6120 section 10.5.4: the server handles it, and it understands no chat or normal message.
+    await ivan.send("<message to='a.test' id='srv1' type='chat'><body>hello server</body></message>")
+    reply = await ivan.read_until(r"<message[^>]*id='srv1'.*?</message>")
+    assert "type='error'" in reply and "from='a.test'" in reply and "<service-unavailable" in reply, reply
+    await ivan.send("<message to='a.test' id='srv2'><body>a normal message</body></message>")
+    reply = await ivan.read_until(r"<message[^>]*id='srv2'.*?</message>")
+    assert "type='error'" in reply and "<service-unavailable" in reply, reply
+    # Groupchat, headline and error messages to the server are dropped without an answer.
+    await ivan.send("<message to='a.test' id='srv3' type='groupchat'><body>room?</body></message>"
+                    "<message to='a.test' id='srv4' type='headline'><body>news</body></message>"
+                    "<message to='a.test' id='srv5' type='error'><error type='cancel'>"
+                    "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    seen = await ivan.iq("<ping xmlns='urn:xmpp:ping'/>", to="a.test")
+    assert "type='result'" in seen
+    for ident in ("srv3", "srv4", "srv5"):
+        assert f"id='{ident}'" not in seen + ivan.buffer
+
+
+async def test_one_resource_more_than_the_limit_is_refused(login) -> None:  # type: ignore[no-untyped-def]
+    limit = XmppConfig().max_resources_per_account
+    for n in range(limit):
+        await login("judy@b.test", f"r{n}", presence=None)
+    extra = Session(SERVER_ADDRESS, "b.test")
+    try:
+        await extra.connect()
+        await extra.open_stream()
+        await extra.starttls()
+        await extra.open_stream()
+        assert "<success" in await extra.authenticate("judy", PASSWORD)
+        await extra.open_stream()
+        await extra.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                         "<resource>one-too-many</resource></bind></iq>")
+        answer = await extra.read_until(r"<iq[^>]*id='bind1'.*?</iq>")
+        # RFC 6120 section 7.6.2.1: <resource-constraint/> of type wait.
+        assert "type='error'" in answer and "<resource-constraint" in answer, answer
+        assert re.search(r"<error[^>]*type='wait'", answer), answer
+    finally:
+        await extra.close()

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from peerage.sip.message import SipMessage, make_response
 
@@ -35,9 +34,12 @@ MAGIC_COOKIE = "z9hG4bK"
 MAX_TRANSACTIONS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where a message goes: transport name, peer address, and the stream it arrived on."""
+class Destination(NamedTuple):
+    """Where a message goes: transport name, peer address, and the stream it arrived on.
+
+    A named tuple rather than a class: for UDP all its fields are atomic, so the garbage collector
+    stops tracking it, and there is one per transaction.
+    """
 
     transport: str  # "UDP", "TCP", "TLS", "WS", "WSS"
     address: tuple[str, int]
@@ -68,6 +70,7 @@ class ClientTransaction:
         "on_timeout",
         "owner",
         "request",
+        "started",
         "state",
         "timers",
     )
@@ -82,6 +85,7 @@ class ClientTransaction:
         self.invite = request.method == "INVITE"
         self.state = "calling" if self.invite else "trying"
         self.interval = T1
+        self.started = 0.0
         self.on_response: Callable[[ClientTransaction, SipMessage], None] | None = None
         self.on_timeout: Callable[[ClientTransaction], None] | None = None
         self.owner: Any = None
@@ -90,10 +94,23 @@ class ClientTransaction:
 
     def start(self) -> None:
         layer = self.layer
+        self.started = layer.clock()
         layer.send(self.data, self.destination)
         if not self.destination.reliable:
+            # Timer B/F is folded into the retransmission chain (see _arm): it is set when the
+            # next retransmission would come after it, so an answered transaction leaves no
+            # 32-second timer behind.
             layer.set_timer(self, "A" if self.invite else "E", T1)
-        layer.set_timer(self, "B" if self.invite else "F", 64 * T1)
+        else:
+            layer.set_timer(self, "B" if self.invite else "F", 64 * T1)
+
+    def _arm(self, retransmit: str, give_up: str) -> None:
+        layer = self.layer
+        give_up_at = self.started + 64 * T1
+        if layer.clock() + self.interval < give_up_at:
+            layer.set_timer(self, retransmit, self.interval)
+        else:
+            layer.set_timer_at(self, give_up, give_up_at)
 
     # -- inputs
     def receive(self, response: SipMessage) -> None:
@@ -164,11 +181,11 @@ class ClientTransaction:
         if name == "A" and self.state == "calling":
             layer.send(self.data, self.destination)
             self.interval *= 2
-            layer.set_timer(self, "A", self.interval)
+            self._arm("A", "B")
         elif name == "E" and self.state in ("trying", "proceeding"):
             layer.send(self.data, self.destination)
             self.interval = T2 if self.state == "proceeding" else min(self.interval * 2, T2)
-            layer.set_timer(self, "E", self.interval)
+            self._arm("E", "F")
         elif name == "B":
             if self.state == "calling":  # §17.1.1.2: once ringing, only the TU's Timer C applies
                 self._time_out()
@@ -334,7 +351,7 @@ class TransactionLayer:
         # One FIFO per timer duration: every timer of the same duration is due in the order it was
         # set, so each queue stays sorted with O(1) appends and pops (a timing wheel with one
         # slot per RFC 3261 duration; there are only a handful: T1 multiples, T2, T4, 64*T1, 32 s).
-        self._queues: dict[float, deque[tuple[float, ClientTransaction | ServerTransaction, str]]] = {}
+        self._queues: dict[float | str, deque[tuple[float, ClientTransaction | ServerTransaction, str]]] = {}
 
     # -- timers
     def set_timer(self, transaction: ClientTransaction | ServerTransaction, name: str,
@@ -344,6 +361,19 @@ class TransactionLayer:
         queue = self._queues.get(delay)
         if queue is None:
             queue = self._queues[delay] = deque()
+        queue.append((deadline, transaction, name))
+
+    def set_timer_at(self, transaction: ClientTransaction | ServerTransaction, name: str,
+                     deadline: float) -> None:
+        """A timer at an absolute time, queued with the others of its name.
+
+        Those are set in the order of their deadlines give or take a timer tick, so the queue
+        stays (nearly) sorted; a timer behind a later one fires at most that jitter late.
+        """
+        transaction.timers[name] = deadline
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = deque()
         queue.append((deadline, transaction, name))
 
     def next_deadline(self) -> float | None:

@@ -288,6 +288,13 @@ class C2SConnection(asyncio.Protocol):
         self._write(data)
         self._flush()
 
+    def release_buffers(self) -> bool:
+        """A quiet connection gives back its parser and TLS buffers; return whether any was freed."""
+        released = self.parser.compact()
+        if self.tls is not None and self.tls.release_buffers():
+            released = True
+        return released
+
     def _stream_error(self, condition: str, text: str = "") -> None:
         """Send a stream error and close (RFC 6120 section 4.9.1)."""
         if self.closing and self.transport is None:
@@ -581,6 +588,13 @@ class C2SConnection(asyncio.Protocol):
         reply = Element("iq", "", {"type": "result", "id": iq.attrs.get("id", "")})
         reply.add("bind", BIND_NS).add("jid", text=self.full_jid)
         self._write(_serialize_element(reply))
+        # Negotiation is over: the TLS buffers sized for the handshake flights go back (after the
+        # reply is flushed, which was scheduled first) while the next connections can reuse them.
+        asyncio.get_running_loop().call_soon(self._release_tls_buffers)
+
+    def _release_tls_buffers(self) -> None:
+        if self.tls is not None and not self.closing:
+            self.tls.release_buffers()
 
     def send_raw_error(self, iq: Element, condition: str) -> None:
         self._write(_serialize_element(error_reply(iq, condition)))

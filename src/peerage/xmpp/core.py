@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
 
 from peerage.xmpp.features import Feature, IqContext, IqHandler
@@ -100,6 +100,16 @@ class UserState:
         self.lock = asyncio.Lock()
 
 
+class _KeyedLock:
+    """A lock and the number of tasks holding or waiting for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class XmppCore:
     def __init__(
         self, *, router: Router, storage: XmppStorage, accounts: Any, archive_enabled: bool = True,
@@ -112,6 +122,7 @@ class XmppCore:
         self.max_offline_messages = max_offline_messages
         self.users: OrderedDict[str, UserState] = OrderedDict()
         self._loading: dict[str, asyncio.Future[UserState]] = {}
+        self._offline_locks: dict[str, _KeyedLock] = {}
         self._archive_rows: list[dict[str, Any]] = []
         #: ids of stanzas being re-delivered (XEP-0198 unacknowledged): already archived once.
         self.redelivering: set[int] = set()
@@ -185,7 +196,9 @@ class XmppCore:
         if not local:
             if name == "iq":
                 return self._server_iq(stanza, domain)
-            return None  # messages and presence to the server itself are not delivered (RFC 6121 8.5.1)
+            if name == "message":
+                return self._message_to_server(stanza)
+            return None  # presence to the server itself is not delivered to anyone
         bare = f"{local}@{domain}"
         resources = self.router.sessions.get(bare)
         state = self.users.get(bare) if resources else None
@@ -224,6 +237,17 @@ class XmppCore:
                 result = self._deliver_iq(stanza, bare, resource, resources)
         if result is not None:
             await result
+
+    def _message_to_server(self, stanza: Element) -> Awaitable[None] | None:
+        """A message to the domain itself (RFC 6120 section 10.5.4, RFC 6121 section 8.5).
+
+        The server handles it; it understands no message payload, so chat and normal messages get
+        <service-unavailable/> (as Prosody's unhandled-stanza rule answers), and error, groupchat and
+        headline messages are dropped (RFC 6120 section 8.3.1; RFC 6121 section 8.5.2).
+        """
+        if stanza.attrs.get("type", "normal") in ("chat", "normal"):
+            return self.router.bounce(stanza, "service-unavailable")
+        return None
 
     def _blocked_inbound(self, stanza: Element) -> Awaitable[None] | None:
         # XEP-0191 section 3.4: presence is dropped; messages and IQ get/set bounce unavailable.
@@ -343,33 +367,74 @@ class XmppCore:
         # Chat states alone are not worth storing (XEP-0085 section 5.4, XEP-0160 section 3).
         return any(child.xmlns not in (CHATSTATES_NS, HINTS_NS) for child in stanza.elements())
 
+    @contextlib.asynccontextmanager
+    async def _offline_queue(self, bare: str) -> AsyncIterator[None]:
+        """Hold ``bare``'s offline queue: storing a message and emptying the queue never overlap.
+
+        Without it, a message that found no available resource could be committed just after a
+        logging-in session read the queue, and wait there until the next login. The lock lives
+        apart from ``UserState`` (which may be evicted and rebuilt meanwhile) and is dropped when
+        nobody holds or waits for it.
+        """
+        entry = self._offline_locks.get(bare)
+        if entry is None:
+            entry = self._offline_locks[bare] = _KeyedLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._offline_locks[bare]
+
+    def _is_bound(self, session: Any) -> bool:
+        return self.router.session(session.bare_jid, session.resource) is session
+
+    def _offline_targets(self, bare: str) -> list[Any]:
+        """Sessions that take messages to the bare JID (RFC 6121 section 8.5.2.1.1)."""
+        return [s for s in self.router.resources(bare).values() if s.available and s.priority >= 0]
+
     async def _store_offline(self, stanza: Element, bare: str, mtype: str) -> None:
         if not self._offline_eligible(stanza):
             return
-        if await self.storage.offline_count(bare) >= self.max_offline_messages:
-            await self.router.bounce(stanza, "service-unavailable", "the recipient's offline storage is full")
-            return
-        self._stamp_and_archive_inbound(stanza, bare, mtype)
-        stored = Element(stanza.name, stanza.xmlns, dict(stanza.attrs), list(stanza.children))
-        domain = bare.partition("@")[2]
-        stored.add("delay", DELAY_NS, {"from": domain, "stamp": _xep82(time.time())}, "Offline Storage")
-        await self.storage.store_offline(bare, serialize(stored))
+        async with self._offline_queue(bare):
+            # Decided before the wait: a resource may have become available since. It empties the
+            # queue after setting itself available, so either it is seen here or it reads the row.
+            targets = self._offline_targets(bare)
+            if targets:
+                self._stamp_and_archive_inbound(stanza, bare, mtype)
+                for session in targets:
+                    session.send(stanza)
+                return
+            if await self.storage.offline_count(bare) >= self.max_offline_messages:
+                await self.router.bounce(stanza, "service-unavailable", "the recipient's offline storage is full")
+                return
+            self._stamp_and_archive_inbound(stanza, bare, mtype)
+            stored = Element(stanza.name, stanza.xmlns, dict(stanza.attrs), list(stanza.children))
+            domain = bare.partition("@")[2]
+            stored.add("delay", DELAY_NS, {"from": domain, "stamp": _xep82(time.time())}, "Offline Storage")
+            await self.storage.store_offline(bare, serialize(stored))
 
     async def deliver_offline(self, session: Any) -> None:
-        """Send stored messages to a session that became available with priority >= 0."""
-        rows = await self.storage.take_offline(session.bare_jid)
-        if not rows:
-            return
-        for _, xml in rows:
-            try:
-                stanza = parse_stored(xml)
-            except ValueError:
-                continue
-            stanza.attrs["to"] = session.full_jid
-            session.send(stanza)
-        # The session has the messages in its send queue (and, with XEP-0198, in its unacked queue,
-        # which goes back to offline storage if the session dies unacknowledged).
-        await self.storage.delete_offline(session.bare_jid, rows[-1][0])
+        """Send stored messages to a session that became available with priority >= 0 (XEP-0160)."""
+        bare = session.bare_jid
+        async with self._offline_queue(bare):
+            if not session.available or not self._is_bound(session):
+                return  # gone or unavailable meanwhile: the messages wait for the next one
+            rows = await self.storage.take_offline(bare)
+            if not rows:
+                return
+            for _, xml in rows:
+                try:
+                    stanza = parse_stored(xml)
+                except ValueError:
+                    continue
+                stanza.attrs["to"] = session.full_jid
+                session.send(stanza)
+            # The session has the messages in its send queue (and, with XEP-0198, in its unacked
+            # queue, which goes back to offline storage if the session dies unacknowledged).
+            await self.storage.delete_offline(bare, rows[-1][0])
 
     # --- carbons (XEP-0280) -------------------------------------------------------------------
     @staticmethod
@@ -632,6 +697,7 @@ class XmppCore:
         bare = session.bare_jid
         state = await self.user(bare)
         initial = ptype is None and not session.available
+        took_bare_messages = session.available and session.priority >= 0
         if ptype is None:
             priority_text = stanza.find_text("priority")
             try:
@@ -656,6 +722,10 @@ class XmppCore:
             if other.available or other is session:
                 other.send(with_to(stanza, other.full_jid))
         if not initial:
+            if ptype is None and session.priority >= 0 and not took_bare_messages:
+                # From a negative priority to a non-negative one: stored messages are now due
+                # (RFC 6121 section 8.5.2.1.1, as Prosody's mod_offline does on any such presence).
+                await self.deliver_offline(session)
             return
         # Initial presence: probe contacts we are subscribed to, show our other resources, pending
         # subscription requests, and offline messages.

@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 RemoteSender = Callable[[Element, str], Awaitable[None]]
 LocalHandler = Callable[[Element], "Awaitable[None] | None"]
 
-#: Resources bound at once per account. ejabberd's max_user_sessions defaults to 10; Prosody has no
-#: limit by default. A provider wants a bound so one account cannot hold thousands of sessions.
-MAX_RESOURCES_PER_ACCOUNT = 32
-
-
 class RoutedSession(Protocol):
     """What the router needs from a bound client session."""
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from peerage.config import ConfigError
 from peerage.xmpp.c2s import C2SConnection
 from peerage.xmpp.core import XmppCore
 from peerage.xmpp.features.blocking import Blocking
@@ -36,7 +37,7 @@ from peerage.xmpp.features.private import PrivateStorage
 from peerage.xmpp.features.sm import RESUMPTION_TIMEOUT, StreamManagement
 from peerage.xmpp.features.vcard import VCard
 from peerage.xmpp.features.version import Version
-from peerage.xmpp.router import MAX_RESOURCES_PER_ACCOUNT, Router
+from peerage.xmpp.router import Router
 from peerage.xmpp.storage import XmppStorage
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ FEATURES = (Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser
-#: and its buffers are about 20 KiB, half of an idle TLS connection's memory).
+#: and its buffers are about 20 KiB, half of an idle TLS connection's memory) and the buffers of
+#: its TLS memory BIOs (which otherwise keep the largest size they ever needed).
 PARSER_RELEASE_AFTER = 5.0
 #: Parsers released in one sweep before the C allocator is asked to return free pages to the
 #: system (glibc malloc_trim); below this, the freed memory is simply reused.
@@ -76,7 +78,9 @@ class XmppService:
         config = host.config.xmpp
         self.limits = host.limits
         self.max_stanza_size = config.max_stanza_size
-        self.max_resources = MAX_RESOURCES_PER_ACCOUNT
+        if config.max_resources_per_account < 1:
+            raise ConfigError("[xmpp] max_resources_per_account must be at least 1 (the default is 32)")
+        self.max_resources = config.max_resources_per_account
         self.idle_unauthenticated = host.config.limits.idle_timeout_unauthenticated
         self.idle_authenticated = host.config.limits.idle_timeout
         self.archive_days = config.archive_expires_days
@@ -173,7 +177,7 @@ class XmppService:
                 limit = self.idle_authenticated if connection.bound else self.idle_unauthenticated
                 if idle > limit:
                     connection._stream_error("connection-timeout", "idle for too long")
-                elif idle > PARSER_RELEASE_AFTER and connection.parser.compact():
+                elif idle > PARSER_RELEASE_AFTER and connection.release_buffers():
                     released += 1
             if released >= TRIM_AFTER_RELEASES:
                 _trim_heap()

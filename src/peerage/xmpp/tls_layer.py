@@ -7,13 +7,24 @@ access to the SSL object for channel binding:
 
 - ``tls-server-end-point`` (RFC 5929 section 4): a hash of our certificate;
 - ``tls-exporter`` (RFC 9266), computed by ``peerage.net.tls.channel_bindings``.
+
+Memory: an OpenSSL memory BIO never shrinks; it keeps the largest buffer it ever needed (the
+handshake flight, or a burst of stanzas: a 60 KB burst leaves 80 KB behind for the life of the
+connection). ``release_buffers()`` gives both buffers back once a connection is quiet. Python's
+``ssl.MemoryBIO`` offers no way to do it, so it is done with OpenSSL's own ``BIO_set_mem_buf``
+through the ``BIO*`` that ``_ssl`` keeps right after the object header (Modules/_ssl.c,
+PySSLMemoryBIO), after checking at first use that the pointer answers like the BIO it should be.
+With ``SSL_MODE_RELEASE_BUFFERS`` (which CPython's contexts have set) OpenSSL already frees its own
+record buffers between records; together an idle connection holds no I/O buffer at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import ssl
+from typing import Any
 
 from peerage.net.tls import channel_bindings
 
@@ -24,10 +35,67 @@ log = logging.getLogger(__name__)
 TLS_READ_CHUNK = 16384
 
 
+#: openssl/bio.h: BIO_ctrl commands and the flag that lets the BIO free the buffer it is given.
+BIO_CTRL_PENDING = 10
+BIO_C_SET_BUF_MEM = 114
+BIO_CLOSE = 1
+#: Offset of ``BIO *bio`` in CPython's PySSLMemoryBIO: right after PyObject_HEAD.
+_BIO_POINTER_OFFSET = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
+_PROBE = b"peerage-bio-probe"
+
+_libssl: Any = None
+
+
+def _bio_library() -> Any:
+    """libssl/libcrypto functions for releasing BIO buffers, or False where that cannot be done safely."""
+    global _libssl
+    if _libssl is not None:
+        return _libssl
+    _libssl = False
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)  # resolves libcrypto's symbols through _ssl's dependencies
+        lib.BIO_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.BIO_ctrl.restype = ctypes.c_long
+        lib.BUF_MEM_new.argtypes = []
+        lib.BUF_MEM_new.restype = ctypes.c_void_p
+        # The pointer must lead to the BIO: it reports exactly the bytes just written, before and
+        # after its buffer is replaced.
+        probe = ssl.MemoryBIO()
+        probe.write(_PROBE)
+        pointer = _bio_pointer(probe)
+        if not pointer or lib.BIO_ctrl(pointer, BIO_CTRL_PENDING, 0, None) != len(_PROBE):
+            return _libssl
+        probe.read()
+        if not _replace_buffer(lib, pointer):
+            return _libssl
+        probe.write(_PROBE)
+        if probe.pending != len(_PROBE) or probe.read() != _PROBE:
+            return _libssl
+        _libssl = lib
+    except (OSError, AttributeError, ImportError, ValueError):
+        log.info("TLS buffers of idle connections cannot be released on this platform")
+    return _libssl
+
+
+def _bio_pointer(bio: ssl.MemoryBIO) -> int | None:
+    return ctypes.c_void_p.from_address(id(bio) + _BIO_POINTER_OFFSET).value
+
+
+def _replace_buffer(lib: Any, pointer: int) -> bool:
+    """Give an empty memory BIO a fresh, unallocated buffer; the BIO frees the old one."""
+    fresh = lib.BUF_MEM_new()
+    if not fresh:
+        return False
+    lib.BIO_ctrl(pointer, BIO_C_SET_BUF_MEM, BIO_CLOSE, fresh)
+    return True
+
+
 class TlsLayer:
     """One TLS session driven by memory BIOs."""
 
-    __slots__ = ("_incoming", "_outgoing", "handshake_done", "peer_closed", "sslobj")
+    __slots__ = ("_buffers_used", "_incoming", "_outgoing", "handshake_done", "peer_closed", "sslobj")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool = True,
                  server_hostname: str | None = None) -> None:
@@ -37,9 +105,11 @@ class TlsLayer:
                                        server_hostname=server_hostname)
         self.handshake_done = False
         self.peer_closed = False  # the peer sent close_notify
+        self._buffers_used = True  # data went through the BIOs since release_buffers()
 
     def receive(self, data: bytes) -> bytes:
         """Feed ciphertext; return any plaintext now available. Raises ``ssl.SSLError``."""
+        self._buffers_used = True
         self._incoming.write(data)
         if not self.handshake_done:
             try:
@@ -67,7 +137,22 @@ class TlsLayer:
             self.sslobj.do_handshake()
 
     def send(self, plaintext: bytes) -> None:
+        self._buffers_used = True
         self.sslobj.write(plaintext)
+
+    def release_buffers(self) -> bool:
+        """Free both BIO buffers if they are empty (a quiet connection); return whether it did."""
+        if not self._buffers_used or self._incoming.pending or self._outgoing.pending:
+            return False
+        lib = _bio_library()
+        if not lib:
+            return False
+        for bio in (self._incoming, self._outgoing):
+            pointer = _bio_pointer(bio)
+            if not pointer or not _replace_buffer(lib, pointer):
+                return False
+        self._buffers_used = False
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(ssl.SSLError, ValueError):

@@ -25,6 +25,9 @@ MAX_BATCH = 64
 # A folder's id is reused for this long without asking again; an IMAP DELETE or RENAME in between is
 # caught by the store (the append fails and the slow path resolves the name afresh).
 MAILBOX_ID_SECONDS = 1.0
+# Addresses whose mailbox owner key (the PRECIS-normalised address) is remembered; a pure function of
+# the address, so only the memory is bounded.
+MAX_OWNER_CACHE = 10000
 
 
 @dataclass(slots=True)
@@ -42,6 +45,7 @@ class LocalDelivery:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._box_ids: dict[tuple[str, str], tuple[int, float]] = {}
+        self._owners: dict[str, str] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="local-delivery")
@@ -98,6 +102,15 @@ class LocalDelivery:
         self._box_ids[(owner, folder)] = (int(box.id), now + MAILBOX_ID_SECONDS)
         return int(box.id)
 
+    def _owner(self, address: str) -> str:
+        from peerage.mail import mailbox
+
+        owner = str(mailbox.mailbox_owner(address))
+        if len(self._owners) >= MAX_OWNER_CACHE:
+            self._owners.clear()
+        self._owners[address] = owner
+        return owner
+
     async def _commit(self, batch: list[_Pending]) -> None:
         from peerage.mail import mailbox
 
@@ -105,7 +118,7 @@ class LocalDelivery:
         groups: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
         for item in batch:
             try:
-                owner = mailbox.mailbox_owner(item.address)
+                owner = self._owners.get(item.address) or self._owner(item.address)
             except Exception as exc:
                 item.done.set_exception(exc)
                 continue

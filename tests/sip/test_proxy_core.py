@@ -1,0 +1,123 @@
+"""The proxy core driven in-process with a fake clock, fake DNS and fake accounts (no sockets):
+RFC 3263 failover on 503 and on timeout, and the 407 challenge of local callers."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from peerage.sip.digest import DigestAuthenticator, client_authorization, digest_hex
+from peerage.sip.locate import Locator
+from peerage.sip.message import SipMessage, make_response, parse_datagram
+from peerage.sip.policy import FloodGuard, PeeringPolicy
+from peerage.sip.proxy import ProxyCore
+from peerage.sip.registrar import Registrar
+from peerage.sip.transaction import T1, Destination, TransactionLayer
+from tests.harness import async_wait_for
+from tests.sip.test_digest_locate import FakeDns, Naptr, Srv
+
+UA = Destination("UDP", ("127.0.3.70", 5060))
+FIRST, SECOND = ("127.0.3.71", 5060), ("127.0.3.72", 5060)
+PASSWORD = "pw"
+
+
+class Clock:
+    now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Accounts:
+    def is_local_domain(self, domain: str) -> bool:
+        return domain == "a.test"
+
+    async def sip_ha1(self, address: str, algorithm: str) -> str | None:
+        user, _, domain = address.partition("@")
+        return digest_hex(algorithm, f"{user}:{domain}:{PASSWORD}")
+
+    async def exists(self, address: str) -> bool:
+        return True
+
+
+class Throttle:
+    def check(self, ip: str, account: str | None = None) -> float:
+        return 0.0
+
+    def failure(self, ip: str, account: str | None = None) -> None: ...
+
+    def success(self, ip: str, account: str | None = None) -> None: ...
+
+
+def build() -> tuple[ProxyCore, Clock, list[tuple[bytes, Destination]]]:
+    clock = Clock()
+    sent: list[tuple[bytes, Destination]] = []
+
+    def send(data: bytes, destination: Destination) -> None:
+        sent.append((data, destination))
+
+    dns = FakeDns()
+    dns.naptr_records["far.test"] = [Naptr(10, 10, "s", "SIP+D2U", "", "_sip._udp.far.test.")]
+    dns.srv_records["_sip._udp.far.test"] = [Srv(10, 1, 5060, "one.far.test."), Srv(20, 1, 5060, "two.far.test.")]
+    dns.a_records = {"one.far.test": [FIRST[0]], "two.far.test": [SECOND[0]]}
+    accounts = Accounts()
+    sip = types.SimpleNamespace(max_message_size=65535, min_expires=60, max_expires=3600, default_expires=3600)
+    host: Any = types.SimpleNamespace(config=types.SimpleNamespace(sip=sip, domains={"a.test": None}),
+                                      accounts=accounts, limits=types.SimpleNamespace(auth=Throttle()))
+    layer = TransactionLayer(send, clock)
+    authenticator = DigestAuthenticator(algorithms=("MD5",))
+    core = ProxyCore(host=host, layer=layer, send=send, registrar=Registrar(host, authenticator),
+                     authenticator=authenticator, locator=Locator(dns), policy=PeeringPolicy(accounts.is_local_domain),
+                     flood=FloodGuard(1e6, 1), local_endpoints={"UDP": ("127.0.3.69", 5060)},
+                     local_hosts={"127.0.3.69"})
+    return core, clock, sent
+
+
+def message(extra: list[tuple[str, str]] | None = None, cseq: int = 1) -> SipMessage:
+    return SipMessage.request("MESSAGE", "sip:bob@far.test", [
+        ("Via", f"SIP/2.0/UDP 127.0.3.70:5060;branch=z9hG4bK-core{cseq}"), ("Max-Forwards", "70"),
+        ("From", "<sip:alice@a.test>;tag=a1"), ("To", "<sip:bob@far.test>"), ("Call-ID", "core-1"),
+        ("CSeq", f"{cseq} MESSAGE"), *(extra or [])], b"hi")
+
+
+def responses_to_ua(sent: list[tuple[bytes, Destination]]) -> list[int]:
+    return [parse_datagram(d).status for d, dest in sent if dest.address == UA.address and d.startswith(b"SIP/")]
+
+
+async def authenticated(core: ProxyCore, sent: list[tuple[bytes, Destination]]) -> None:
+    core.receive(message(), UA)
+    await async_wait_for(lambda: 407 in responses_to_ua(sent), timeout=5, message="407")
+    challenge = parse_datagram(sent[-1][0]).get("proxy-authenticate") or ""
+    credentials = client_authorization(challenge, "MESSAGE", "sip:bob@far.test", "alice", PASSWORD)
+    core.receive(message([("Proxy-Authorization", credentials)], cseq=2), UA)
+
+
+def forwarded_to(sent: list[tuple[bytes, Destination]], address: tuple[str, int]) -> list[SipMessage]:
+    return [parse_datagram(d) for d, dest in sent if dest.address == address and d.startswith(b"MESSAGE")]
+
+
+async def test_failover_to_the_next_srv_target_on_503() -> None:
+    core, _, sent = build()
+    await authenticated(core, sent)
+    await async_wait_for(lambda: forwarded_to(sent, FIRST), timeout=5, message="first target")
+    first = forwarded_to(sent, FIRST)[0]
+    assert first.get("proxy-authorization") is None  # our credentials are consumed, not forwarded
+    core.receive(make_response(first, 503, to_tag="x"), Destination("UDP", FIRST))
+    second = forwarded_to(sent, SECOND)
+    assert len(second) == 1
+    core.receive(make_response(second[0], 200, to_tag="y"), Destination("UDP", SECOND))
+    assert responses_to_ua(sent)[-1] == 200
+
+
+async def test_failover_on_timeout_and_500_when_all_fail() -> None:
+    core, clock, sent = build()
+    await authenticated(core, sent)
+    await async_wait_for(lambda: forwarded_to(sent, FIRST), timeout=5, message="first target")
+    for _ in range(80):  # Timer E retransmissions, then Timer F at 64*T1
+        clock.now += T1
+        core.layer.tick()
+    assert len(forwarded_to(sent, FIRST)) > 3  # retransmitted over UDP
+    second = forwarded_to(sent, SECOND)
+    assert second, "no failover after Timer F"
+    core.receive(make_response(second[0], 503, to_tag="y"), Destination("UDP", SECOND))
+    assert responses_to_ua(sent)[-1] == 500  # §16.7 step 6: a 503 is not passed upstream as such
