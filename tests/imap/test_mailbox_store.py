@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from peerage.mail.mailbox import MailboxExists, MailboxStore, deliver, mailbox_owner, store_for
-from peerage.mail.tables import mail_messages
+from peerage.mail.tables import INLINE_BODY_LIMIT, mail_bodies, mail_messages
 from peerage.store.schema import load_all_tables
 from tests.harness import async_wait_for
 from tests.imap.conftest import USER, ImapHost
@@ -33,7 +33,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         url = request.getfixturevalue("postgres_url")
     engine = create_async_engine(url)
     metadata = load_all_tables()
-    mine = {"mail_mailboxes", "mail_messages", "mail_expunged", "mail_uidvalidity"}
+    mine = {"mail_mailboxes", "mail_messages", "mail_bodies", "mail_expunged", "mail_uidvalidity"}
     tables = [t for t in metadata.sorted_tables if t.name in mine]
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: metadata.drop_all(sync, tables=list(reversed(tables))))
@@ -56,7 +56,9 @@ async def test_default_folders_uids_and_modseq(store: MailboxStore) -> None:
     assert (uid1, uid2) == (1, 2) and validity == inbox.uidvalidity
     rows = await store.messages(inbox.id, None, with_header=True)
     assert rows[0].flags == ("\\Seen", "$Work")
-    assert store.read_blob(rows[0].blob) == b"Subject: a\r\n\r\nbare LF body\r\n"
+    assert rows[0].inline, "a small body lives in the database"
+    await store.load_bodies(rows)
+    assert store.read_body(rows[0]) == b"Subject: a\r\n\r\nbare LF body\r\n"
     assert rows[0].header == b"Subject: a\r\n\r\n" and rows[0].size == 28
     before = (await store.mailbox_by_id(inbox.id)).highestmodseq  # type: ignore[union-attr]
 
@@ -80,7 +82,9 @@ async def test_default_folders_uids_and_modseq(store: MailboxStore) -> None:
     assert changes.expunged == [1, 2] and changes.changed == []
     assert (await store.status(trash.id))["MESSAGES"] == 2
     copied = await store.messages(trash.id, [2])
-    assert store.read_blob(copied[0].blob).startswith(b"Subject: a")
+    assert (await store.read_bodies(copied))[2].startswith(b"Subject: a")
+    moved = await store.messages(trash.id, [1])
+    assert (await store.read_bodies(moved)) == {1: b"Subject: b\r\n\r\nbody\r\n"}
 
     with pytest.raises(MailboxExists):
         await store.create_mailbox(OWNER, "Sent")
@@ -116,7 +120,55 @@ async def test_orphaned_files_are_swept_only_when_old(store: MailboxStore) -> No
     assert await store.collect_orphans() == 1
     assert not old_orphan.exists() and young_orphan.exists()
     rows = await store.messages(inbox.id, None)
-    assert store.read_blob(rows[0].blob).startswith(b"Subject: kept")
+    assert (await store.read_bodies(rows))[1].startswith(b"Subject: kept")
+
+
+async def test_large_bodies_are_files_small_ones_rows(store: MailboxStore) -> None:
+    inbox = await store.get_mailbox(OWNER, "INBOX")
+    trash = await store.get_mailbox(OWNER, "Trash")
+    assert inbox is not None and trash is not None
+    small = b"Subject: small\r\n\r\n" + b"s" * (INLINE_BODY_LIMIT - 100)
+    large = b"Subject: large\r\n\r\n" + b"L" * INLINE_BODY_LIMIT
+    result = await store.append_many(inbox.id, [(small, (), None, 0), (large, (), None, 0)])
+    assert [uid for uid, _ in result] == [1, 2]
+    rows = await store.messages(inbox.id, None)
+    assert rows[0].inline and not rows[1].inline
+    file = store.blobs.path(rows[1].blob)  # type: ignore[arg-type]
+    assert file.read_bytes() == large
+    assert len(list(store.blobs.root.rglob("*"))) == 2, "only the large body has a file (and its directory)"
+    assert await store.read_bodies(rows) == {1: small, 2: large}
+
+    # COPY hard-links the file and copies the inline body; both copies read back whole.
+    _, mapping = await store.copy(inbox.id, [1, 2], trash.id)
+    assert mapping == [(1, 1), (2, 2)]
+    copies = await store.messages(trash.id, None)
+    assert copies[0].inline and copies[0].blob != rows[0].blob and copies[1].blob != rows[1].blob
+    assert os.stat(file).st_nlink == 2
+    assert await store.read_bodies(copies) == {1: small, 2: large}
+
+    # Expunging removes the file of a large body and leaves the other copy's link.
+    await store.store_flags(inbox.id, [1, 2], "add", ["\\Deleted"])
+    assert await store.expunge(inbox.id) == [1, 2]
+    assert os.stat(store.blobs.path(copies[1].blob)).st_nlink == 1  # type: ignore[arg-type]
+    assert not file.exists()
+    async with store.engine.connect() as conn:
+        names = {row[0] for row in await conn.execute(select(mail_bodies.c.name))}
+    assert names == {copies[0].blob}, "an expunged message's inline body is deleted with it"
+    # MOVE renumbers the rows and leaves the bodies where they are.
+    _, mapping = await store.move(trash.id, [1, 2], inbox.id)
+    assert mapping == [(1, 3), (2, 4)]
+    moved = await store.messages(inbox.id, None)
+    assert await store.read_bodies(moved) == {3: small, 4: large}
+    # The sweep keeps the referenced file however old it is.
+    an_hour_ago = time.time() - 7200
+    os.utime(store.blobs.path(moved[1].blob), (an_hour_ago, an_hour_ago))  # type: ignore[arg-type]
+    assert await store.collect_orphans() == 0
+    await store.delete_mailbox(OWNER, "Trash")
+    await store.store_flags(inbox.id, [3, 4], "add", ["\\Deleted"])
+    await store.expunge(inbox.id)
+    assert [p for p in store.blobs.root.rglob("*") if p.is_file()] == []
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(select(mail_bodies.c.name))).all() == []
 
 
 async def test_notifier_wakes_watchers_after_commit(store: MailboxStore) -> None:
@@ -158,7 +210,9 @@ CHILD = textwrap.dedent(
         number = 0
         while True:
             number += 1
-            uid, _ = await store.append(inbox.id, b"Subject: %d\\r\\n\\r\\n" % number + b"x" * 20000)
+            # Alternately below and above the inline limit (64 KiB): rows and files both.
+            size = 20000 if number % 2 else 70000
+            uid, _ = await store.append(inbox.id, b"Subject: %d\\r\\n\\r\\n" % number + b"x" * size)
             print(uid, flush=True)
 
     asyncio.run(main())
@@ -189,18 +243,22 @@ async def test_delivery_is_atomic_across_kill_9(tmp_path: Path) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(mail_messages.c.uid, mail_messages.c.blob,
-                                              mail_messages.c.size))).all()
+            rows = (await conn.execute(
+                select(mail_messages.c.uid, mail_messages.c.blob, mail_messages.c.size, mail_bodies.c.body)
+                .outerjoin(mail_bodies, mail_bodies.c.name == mail_messages.c.blob)
+            )).all()
     finally:
         await engine.dispose()
     store = MailboxStore(engine, tmp_path)
     uids = [row[0] for row in rows]
     assert set(acknowledged) <= set(uids), "an acknowledged delivery was lost"
     assert uids == list(range(1, len(uids) + 1))
-    for _, blob, size in rows:
-        assert len(store.read_blob(blob)) == size, "a stored row points at a partial message"
+    assert any(body is None for *_, body in rows) and any(body is not None for *_, body in rows)
+    for _, blob, size, body in rows:
+        stored = store.read_blob(blob) if body is None else body
+        assert len(stored) == size, "a stored row points at a partial message"
     # Files that no row refers to are the only trace a crash can leave.
     files = {path.name for path in (tmp_path / "mail" / "blobs").rglob("*") if path.is_file()}
-    referenced = {row[1] for row in rows}
+    referenced = {row[1] for row in rows if row[3] is None}
     assert referenced <= files
     assert len(files - referenced) <= 2

@@ -29,14 +29,16 @@ def mailbox_messages(data_dir: Path, address: str, folder: str = "INBOX") -> lis
     with sqlite3.connect(database, timeout=10) as conn:
         try:
             rows = conn.execute(
-                "SELECT m.blob FROM mail_messages m JOIN mail_mailboxes b ON b.id = m.mailbox_id "
+                "SELECT m.blob, d.body FROM mail_messages m JOIN mail_mailboxes b ON b.id = m.mailbox_id "
+                "LEFT JOIN mail_bodies d ON d.name = m.blob "
                 "WHERE b.owner = ? AND b.name = ? ORDER BY m.uid",
                 (address, folder),
             ).fetchall()
         except sqlite3.OperationalError:
             return []
+    # Small bodies are rows of mail_bodies; larger ones are files named by `blob`.
     blobs = data_dir / "mail" / "blobs"
-    return [(blobs / name[:2] / name).read_bytes() for (name,) in rows]
+    return [(blobs / name[:2] / name).read_bytes() if body is None else bytes(body) for name, body in rows]
 
 
 def queue_rows(data_dir: Path) -> list[tuple[int, str, str, int, str]]:

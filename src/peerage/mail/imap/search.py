@@ -39,12 +39,12 @@ class Candidate:
     """One message under test, with lazily computed views."""
 
     def __init__(self, seq: int, row: MessageRow, largest_seq: int, largest_uid: int,
-                 read_blob: Callable[[str], bytes]) -> None:
+                 read_body: Callable[[MessageRow], bytes]) -> None:
         self.seq = seq
         self.row = row
         self.largest_seq = largest_seq
         self.largest_uid = largest_uid
-        self._read_blob = read_blob
+        self._read_body = read_body
         self._raw: bytes | None = None
         self._headers: dict[str, list[str]] | None = None
         self._header_text: str | None = None
@@ -54,7 +54,10 @@ class Candidate:
     @property
     def raw(self) -> bytes:
         if self._raw is None:
-            self._raw = self._read_blob(self.row.blob)
+            try:
+                self._raw = self._read_body(self.row)
+            except (FileNotFoundError, LookupError):  # expunged by another session meanwhile
+                self._raw = b""
         return self._raw
 
     @property

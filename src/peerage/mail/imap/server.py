@@ -512,17 +512,9 @@ class ImapSession:
             picked.update(range(low, high + 1))
         return [selected.uids[seq - 1] for seq in sorted(picked)]
 
-    async def _read_blobs(self, rows: Sequence[MessageRow]) -> dict[str, bytes]:
-        def read_all() -> dict[str, bytes]:
-            out: dict[str, bytes] = {}
-            for row in rows:
-                try:
-                    out[row.blob] = self.store.read_blob(row.blob)
-                except FileNotFoundError:
-                    out[row.blob] = b""
-            return out
-
-        return await asyncio.to_thread(read_all)
+    async def _read_bodies(self, rows: Sequence[MessageRow]) -> dict[int, bytes]:
+        """Whole messages by UID, from the database (inline) or files; b"" for one gone meanwhile."""
+        return await self.store.read_bodies(rows)
 
     # -- any state ------------------------------------------------------------------------------
 
@@ -1165,14 +1157,14 @@ class ImapSession:
             if sets_seen:
                 await self._mark_seen(rows)
             for group in _read_groups(rows) if (need_body or need_structure) else [rows]:
-                # Files are read for body sections, and for structures not cached at delivery.
+                # Bodies are read for body sections, and for structures not cached at delivery.
                 wanted = group if need_body else [row for row in group if need_structure and row.structure is None]
-                blobs = await self._read_blobs(wanted) if wanted else {}
+                bodies = await self._read_bodies(wanted) if wanted else {}
                 for row in group:
                     seq = selected.seq_of(row.uid)
                     if not seq:
                         continue
-                    self._fetch_one(seq, row, attributes, blobs.get(row.blob), sets_seen)
+                    self._fetch_one(seq, row, attributes, bodies.get(row.uid), sets_seen)
                     await self.maybe_flush()
                 await self.flush()
         return None
@@ -1434,11 +1426,13 @@ class ImapSession:
         for row in rows:
             seq = selected.seq_of(row.uid)
             if seq:
-                candidates.append(searching.Candidate(seq, row, largest_seq, largest_uid, self.store.read_blob))
+                candidates.append(searching.Candidate(seq, row, largest_seq, largest_uid, self.store.read_body))
         matched: list[searching.Candidate] = []
         for start in range(0, len(candidates), BLOB_BATCH):
             batch = candidates[start : start + BLOB_BATCH]
             if need_body:
+                # Inline bodies come from the database a batch at a time; files are read lazily.
+                await self.store.load_bodies([c.row for c in batch])
                 matched.extend(await asyncio.to_thread(_match_batch, key, batch, needles, True))
             else:
                 matched.extend(_match_batch(key, batch, needles, False))

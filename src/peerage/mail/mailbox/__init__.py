@@ -1,4 +1,4 @@
-"""Mailboxes of local users: folders, UIDs, UIDVALIDITY, flags, MODSEQ and message files.
+"""Mailboxes of local users: folders, UIDs, UIDVALIDITY, flags, MODSEQ and message bodies.
 
 ``deliver`` is the entry point for local delivery (SMTP, LMTP-like internal paths): it stores one
 message in a user's folder atomically and wakes IMAP sessions idling on it. ``store_for(host)`` gives
@@ -67,8 +67,8 @@ async def deliver(
 ) -> int:
     """Store ``raw`` in ``address``'s ``folder`` and return its UID.
 
-    Atomic: the message file is written and fsynced, then the row is committed; a crash leaves the
-    message wholly in or wholly out. The folder is created if it does not exist. Sessions idling on
+    Atomic: a small message goes into its row, a large one's file is written and fsynced first; the
+    row's commit is the durability point, so a crash leaves the message wholly in or wholly out. The folder is created if it does not exist. Sessions idling on
     the folder are notified once the commit is done.
     """
     store = store_for(host)

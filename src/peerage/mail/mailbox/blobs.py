@@ -1,4 +1,4 @@
-"""Message bodies as immutable files under the data directory.
+"""Large message bodies (``INLINE_BODY_LIMIT`` and up) as immutable files under the data directory.
 
 A blob is written to a temporary name in its final directory, fsynced, renamed into place and the
 directory fsynced, so that once ``write`` returns the bytes survive a crash. The database row that

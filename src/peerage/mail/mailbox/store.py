@@ -3,7 +3,9 @@
 Every change is one database transaction that bumps the mailbox's HIGHESTMODSEQ and gives the changed
 messages that mod-sequence (RFC 7162 §3.1), so a reader can always ask "what changed since N". UIDs
 are allocated by an atomic ``UPDATE ... RETURNING`` on the mailbox row, which SQLite serialises and
-PostgreSQL row-locks. Bodies are written (and fsynced) before the row that refers to them commits.
+PostgreSQL row-locks. A body below ``INLINE_BODY_LIMIT`` is stored in ``mail_bodies`` in the same
+transaction as its message row, so the commit makes it durable; a larger one is written to a file
+(and fsynced) before the row that refers to it commits.
 After each commit the mailbox id is published on ``notifier`` so that IDLE sessions wake at once.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from peerage.mail.mailbox import flags as flaglib
 from peerage.mail.mailbox.blobs import BlobStore
 from peerage.mail.mailbox.notify import MailboxNotifier
-from peerage.mail.tables import mail_expunged, mail_mailboxes, mail_messages, mail_uidvalidity
+from peerage.mail.tables import (
+    INLINE_BODY_LIMIT,
+    INLINE_BODY_PREFIX,
+    mail_bodies,
+    mail_expunged,
+    mail_mailboxes,
+    mail_messages,
+    mail_uidvalidity,
+)
 
 INBOX = "INBOX"
 # RFC 6154 special-use folders every account gets on first use, with the names Dovecot's and
@@ -84,11 +95,27 @@ class MessageRow:
     internal_date: int
     internal_zone: int
     size: int
+    # The body's file, or its ``mail_bodies`` name when it starts with INLINE_BODY_PREFIX.
     blob: str
     header: bytes = b""
     plain: bool = False
     structure: bytes | None = None
     basic_structure: bytes | None = None
+    # The whole message once ``load_bodies`` read it (inline bodies only).
+    body: bytes | None = None
+
+    @property
+    def inline(self) -> bool:
+        return is_inline(self.blob)
+
+
+def is_inline(name: str) -> bool:
+    """Whether the body called ``name`` is kept in the database rather than in a file."""
+    return name.startswith(INLINE_BODY_PREFIX)
+
+
+def new_inline_name() -> str:
+    return INLINE_BODY_PREFIX + secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -341,6 +368,7 @@ class MailboxStore:
                     select(mail_messages.c.blob).where(mail_messages.c.mailbox_id == info.id)
                 )
             ]
+            await self._delete_inline_bodies(conn, blobs)
             await conn.execute(delete(mail_messages).where(mail_messages.c.mailbox_id == info.id))
             await conn.execute(delete(mail_expunged).where(mail_expunged.c.mailbox_id == info.id))
             await conn.execute(delete(mail_mailboxes).where(mail_mailboxes.c.id == info.id))
@@ -428,7 +456,7 @@ class MailboxStore:
         internal_zone: int = 0,
         durable: bool = True,
     ) -> tuple[int, int]:
-        """Store one message; returns (uid, uidvalidity) once the file and the row are durable."""
+        """Store one message; returns (uid, uidvalidity) once its body and row are durable."""
         result = await self.append_many(
             mailbox_id, [(raw, tuple(flags), internal_date, internal_zone)], durable
         )
@@ -440,6 +468,12 @@ class MailboxStore:
         messages: Sequence[tuple[bytes, tuple[str, ...], float | None, int]],
         durable: bool = True,
     ) -> list[tuple[int, int]]:
+        """Store messages in one transaction; returns (uid, uidvalidity) of each, in order.
+
+        Bodies below ``INLINE_BODY_LIMIT`` go into their rows; larger ones are written to files
+        (fsynced) first. All are in once the commit returns, or none (orphan files aside, which
+        ``collect_orphans`` removes).
+        """
         prepared = []
         for raw, flags, internal_date, zone in messages:
             raw = normalize_line_endings(raw)
@@ -451,7 +485,20 @@ class MailboxStore:
                 except Exception:  # a message that defeats the parser is still stored
                     structure = (None, None)
             prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure))
-        blobs = await asyncio.to_thread(self.blobs.write_many, [item[0] for item in prepared], durable)
+        large = [item[0] for item in prepared if len(item[0]) >= INLINE_BODY_LIMIT]
+        written = (
+            await asyncio.to_thread(self.blobs.write_many, large, durable) if large else []
+        )
+        files = iter(written)
+        blobs = [
+            next(files) if len(item[0]) >= INLINE_BODY_LIMIT else new_inline_name()
+            for item in prepared
+        ]
+        inline = [
+            {"name": name, "body": item[0]}
+            for name, item in zip(blobs, prepared, strict=True)
+            if is_inline(name)
+        ]
         try:
             async with self.engine.begin() as conn:
                 allocated = (
@@ -474,6 +521,8 @@ class MailboxStore:
                 uidnext, modseq, uidvalidity = allocated
                 first_uid = uidnext - len(prepared)
                 now = time.time()
+                if inline:
+                    await conn.execute(insert(mail_bodies), inline)
                 await conn.execute(
                     insert(mail_messages),
                     [
@@ -495,7 +544,8 @@ class MailboxStore:
                     ],
                 )
         except BaseException:
-            await asyncio.to_thread(self._remove_blobs, blobs)
+            if written:
+                await asyncio.to_thread(self._remove_blobs, written)
             raise
         self.notifier.publish(mailbox_id)
         return [(first_uid + index, uidvalidity) for index in range(len(prepared))]
@@ -533,7 +583,7 @@ class MailboxStore:
         with_header: bool = False,
         with_structure: bool = False,
     ) -> list[MessageRow]:
-        """Rows for ``uids`` (all when None), in UID order, read in batches."""
+        """Rows for ``uids`` (all when None), in UID order, read in batches (bodies: ``read_bodies``)."""
         columns = _ROW_COLUMNS_WITH_HEADER if with_header else _ROW_COLUMNS
         if with_structure:
             columns = (*columns, *_STRUCTURE_COLUMNS)
@@ -566,8 +616,56 @@ class MailboxStore:
     def read_blob(self, name: str) -> bytes:
         return self.blobs.read(name)
 
-    async def read_message(self, name: str) -> bytes:
-        return await asyncio.to_thread(self.blobs.read, name)
+    def read_body(self, row: MessageRow) -> bytes:
+        """The whole message of ``row``: its inline body (which must have been loaded) or its file.
+
+        Blocking for file bodies; raises FileNotFoundError when the file is gone, LookupError when
+        an inline body was not loaded (or was expunged before it could be).
+        """
+        if row.inline:
+            if row.body is None:
+                raise LookupError(f"inline body of UID {row.uid} not loaded")
+            return row.body
+        return self.blobs.read(row.blob)
+
+    async def load_bodies(self, rows: Sequence[MessageRow]) -> None:
+        """Fill in ``body`` for the inline rows among ``rows`` that lack it, in batched queries.
+
+        A row expunged meanwhile keeps ``body`` None.
+        """
+        missing: dict[str, list[MessageRow]] = {}
+        for row in rows:
+            if row.inline and row.body is None:
+                missing.setdefault(row.blob, []).append(row)
+        if not missing:
+            return
+        async with self.engine.connect() as conn:
+            names = sorted(missing)
+            for start in range(0, len(names), SQL_BATCH):
+                for name, body in await conn.execute(
+                    select(mail_bodies.c.name, mail_bodies.c.body).where(
+                        mail_bodies.c.name.in_(names[start : start + SQL_BATCH])
+                    )
+                ):
+                    for row in missing[name]:
+                        row.body = bytes(body)
+
+    async def read_bodies(self, rows: Sequence[MessageRow]) -> dict[int, bytes]:
+        """Whole messages of ``rows`` by UID; a message whose body is gone maps to b""."""
+        await self.load_bodies(rows)
+
+        def read_all() -> dict[int, bytes]:
+            out: dict[int, bytes] = {}
+            for row in rows:
+                try:
+                    out[row.uid] = self.read_body(row)
+                except (FileNotFoundError, LookupError):
+                    out[row.uid] = b""
+            return out
+
+        if all(row.inline for row in rows):
+            return read_all()
+        return await asyncio.to_thread(read_all)
 
     async def store_flags(
         self,
@@ -637,6 +735,7 @@ class MailboxStore:
             modseq = await self._bump_modseq(conn, mailbox_id)
             gone = [row.uid for row in doomed]
             await self._delete_rows(conn, mailbox_id, gone, modseq)
+            await self._delete_inline_bodies(conn, [row.blob for row in doomed])
         await asyncio.to_thread(self._remove_blobs, [row.blob for row in doomed])
         self.notifier.publish(mailbox_id)
         return gone
@@ -646,13 +745,26 @@ class MailboxStore:
     ) -> tuple[int, list[tuple[int, int]]]:
         """Copy messages; returns (target uidvalidity, [(source uid, target uid)])."""
         rows = await self.messages(source_id, uids, with_header=True, with_structure=True)
+        await self.load_bodies(rows)
+        # A message expunged since it was read is not copied.
+        rows = [row for row in rows if not row.inline or row.body is not None]
         if not rows:
             box = await self.mailbox_by_id(target_id)
             return (box.uidvalidity if box else 0), []
-        blobs = await asyncio.to_thread(lambda: [self.blobs.link(row.blob) for row in rows])
+        # Each copy gets its own inline body row; files are hard-linked.
+        blobs = await asyncio.to_thread(
+            lambda: [new_inline_name() if row.inline else self.blobs.link(row.blob) for row in rows]
+        )
         try:
             async with self.engine.begin() as conn:
                 uidvalidity, first_uid, modseq = await self._allocate(conn, target_id, len(rows))
+                bodies = [
+                    {"name": name, "body": row.body}
+                    for name, row in zip(blobs, rows, strict=True)
+                    if is_inline(name)
+                ]
+                if bodies:
+                    await conn.execute(insert(mail_bodies), bodies)
                 await conn.execute(
                     insert(mail_messages),
                     [
@@ -682,7 +794,7 @@ class MailboxStore:
     async def move(
         self, source_id: int, uids: Sequence[int], target_id: int
     ) -> tuple[int, list[tuple[int, int]]]:
-        """Move messages atomically (RFC 6851): the rows change mailbox, the files stay put."""
+        """Move messages atomically (RFC 6851): the rows change mailbox, the bodies stay put."""
         async with self.engine.begin() as conn:
             # Both rows locked in id order, so two opposite MOVEs cannot deadlock.
             for locked in sorted({source_id, target_id}):
@@ -877,6 +989,16 @@ class MailboxStore:
             [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq} for uid in uids],
         )
 
+    async def _delete_inline_bodies(self, conn: AsyncConnection, names: Sequence[str]) -> None:
+        """Delete the ``mail_bodies`` rows among ``names``, in the caller's transaction."""
+        inline = [name for name in names if is_inline(name)]
+        for start in range(0, len(inline), SQL_BATCH):
+            await conn.execute(
+                delete(mail_bodies).where(mail_bodies.c.name.in_(inline[start : start + SQL_BATCH]))
+            )
+
     def _remove_blobs(self, names: Iterable[str]) -> None:
+        """Remove the files of these bodies; inline ones go with their rows' transaction."""
         for name in names:
-            self.blobs.remove(name)
+            if not is_inline(name):
+                self.blobs.remove(name)
