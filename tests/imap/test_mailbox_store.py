@@ -133,7 +133,7 @@ async def test_large_bodies_are_files_small_ones_rows(store: MailboxStore) -> No
     assert [uid for uid, _ in result] == [1, 2]
     rows = await store.messages(inbox.id, None)
     assert rows[0].inline and not rows[1].inline
-    file = store.blobs.path(rows[1].blob)  # type: ignore[arg-type]
+    file = store.blobs.path(rows[1].blob)
     assert file.read_bytes() == large
     assert len(list(store.blobs.root.rglob("*"))) == 2, "only the large body has a file (and its directory)"
     assert await store.read_bodies(rows) == {1: small, 2: large}
@@ -149,7 +149,7 @@ async def test_large_bodies_are_files_small_ones_rows(store: MailboxStore) -> No
     # Expunging removes the file of a large body and leaves the other copy's link.
     await store.store_flags(inbox.id, [1, 2], "add", ["\\Deleted"])
     assert await store.expunge(inbox.id) == [1, 2]
-    assert os.stat(store.blobs.path(copies[1].blob)).st_nlink == 1  # type: ignore[arg-type]
+    assert os.stat(store.blobs.path(copies[1].blob)).st_nlink == 1
     assert not file.exists()
     async with store.engine.connect() as conn:
         names = {row[0] for row in await conn.execute(select(mail_bodies.c.name))}
@@ -161,7 +161,7 @@ async def test_large_bodies_are_files_small_ones_rows(store: MailboxStore) -> No
     assert await store.read_bodies(moved) == {3: small, 4: large}
     # The sweep keeps the referenced file however old it is.
     an_hour_ago = time.time() - 7200
-    os.utime(store.blobs.path(moved[1].blob), (an_hour_ago, an_hour_ago))  # type: ignore[arg-type]
+    os.utime(store.blobs.path(moved[1].blob), (an_hour_ago, an_hour_ago))
     assert await store.collect_orphans() == 0
     await store.delete_mailbox(OWNER, "Trash")
     await store.store_flags(inbox.id, [3, 4], "add", ["\\Deleted"])

@@ -9,11 +9,11 @@ resolver.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from peerage.identity.address import is_ip_literal
 from peerage.sip.message import SipUri
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,6 @@ class Target:
     host: str  # the name the target was reached by (for TLS server identity, RFC 5922)
     address: str
     port: int
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def transport_for_uri(uri: SipUri) -> str | None:
@@ -90,7 +82,7 @@ class Locator:
         return list(result or [])
 
     async def _addresses(self, host: str) -> list[str]:
-        if _is_ip(host):
+        if is_ip_literal(host):
             return [host]
         addresses = [str(a) for a in await self._query("a", host)]
         addresses += [str(a) for a in await self._query("aaaa", host)]
@@ -113,7 +105,7 @@ class Locator:
         if forced == "unsupported":
             return []
         targets: list[Target] = []
-        if _is_ip(host) or uri.port is not None:
+        if is_ip_literal(host) or uri.port is not None:
             # §4.1/§4.2: numeric host or explicit port: no NAPTR or SRV
             transport = forced or "UDP"
             port = uri.port or DEFAULT_PORTS[transport]

@@ -1104,7 +1104,7 @@ class S2SService:
         raise Unreachable("; ".join(errors) or f"cannot connect to {remote}")
 
     async def _addresses(self, host: str) -> list[str]:
-        from peerage.net.tls import is_ip_literal
+        from peerage.identity.address import is_ip_literal
 
         if is_ip_literal(host):
             return [host.strip("[]")]

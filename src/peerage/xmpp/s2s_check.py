@@ -56,8 +56,9 @@ class _NoRouter:
 
 async def check_federation(config: Any, remote: str, local: str | None, say: Callable[[str], None]
                            ) -> Level:
+    from peerage.identity.address import is_ip_literal
     from peerage.net.dns import DnsTimeout, Resolver
-    from peerage.net.tls import TLSContexts, is_ip_literal
+    from peerage.net.tls import TLSContexts
 
     remote = remote.lower().rstrip(".")
     host = SimpleNamespace(config=config, dns=Resolver(config.dns), tls=TLSContexts(config),
