@@ -588,13 +588,6 @@ class C2SConnection(asyncio.Protocol):
         reply = Element("iq", "", {"type": "result", "id": iq.attrs.get("id", "")})
         reply.add("bind", BIND_NS).add("jid", text=self.full_jid)
         self._write(_serialize_element(reply))
-        # Negotiation is over: the TLS buffers sized for the handshake flights go back (after the
-        # reply is flushed, which was scheduled first) while the next connections can reuse them.
-        asyncio.get_running_loop().call_soon(self._release_tls_buffers)
-
-    def _release_tls_buffers(self) -> None:
-        if self.tls is not None and not self.closing:
-            self.tls.release_buffers()
 
     def send_raw_error(self, iq: Element, condition: str) -> None:
         self._write(_serialize_element(error_reply(iq, condition)))

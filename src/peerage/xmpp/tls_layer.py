@@ -9,8 +9,8 @@ access to the SSL object for channel binding:
 - ``tls-exporter`` (RFC 9266), computed by ``peerage.net.tls.channel_bindings``.
 
 Memory: an OpenSSL memory BIO never shrinks; it keeps the largest buffer it ever needed (the
-handshake flight, or a burst of stanzas: a 60 KB burst leaves 80 KB behind for the life of the
-connection). ``release_buffers()`` gives both buffers back once a connection is quiet. Python's
+handshake flights, or a burst of stanzas: after a 60 KB burst each way, a connection holds about
+60 KiB more for the rest of its life). ``release_buffers()`` gives both buffers back once a connection is quiet. Python's
 ``ssl.MemoryBIO`` offers no way to do it, so it is done with OpenSSL's own ``BIO_set_mem_buf``
 through the ``BIO*`` that ``_ssl`` keeps right after the object header (Modules/_ssl.c,
 PySSLMemoryBIO), after checking at first use that the pointer answers like the BIO it should be.
