@@ -284,8 +284,8 @@ def main() -> int:
         f"\n## SIP proxy (bench/sip) — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {machine()}. Each proxy pinned to CPU 0, SIPp on the others. "
-        f"Other work shared the CPUs during the run (load average {load_before:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end), so a failed step can be the machine's, not the proxy's.",
+        f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; above about 1, "
+        "other work shared the CPUs, and a failed step can be the machine's, not the proxy's.",
         "",
         "| measure | peerage | Kamailio 5.6 | peerage / Kamailio |",
         "|---|---|---|---|",

@@ -198,8 +198,8 @@ def main() -> int:
         section = [
             f"\n{SECTION_MARK} peerage vs Postfix ({stamp})\n",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}. "
-            "Other work shared the cores during this run (load average "
-            f"{os.getloadavg()[0]:.1f} at the end).\n",
+            "1-minute load average "
+            f"{os.getloadavg()[0]:.1f} at the end (above about 1, other work shared the cores).\n",
             f"Load: `smtp-source -s {args.sessions} -m {messages} -l {args.size}`, {args.rounds} rounds "
             "alternating between the servers (all running throughout), median reported; one recipient per message, "
             "one message per connection, delivered to a local mailbox (peerage: mailbox store, answer "

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -179,7 +180,8 @@ def main() -> int:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = (
             f"\n## xmpp_s2s: federated messages/s, peerage vs Prosody ({stamp})\n\n"
-            f"Machine: {machine()}. Other work shared the 2 cores during this run.\n\n"
+            f"Machine: {machine()}. 1-minute load average {os.getloadavg()[0]:.1f} at the end "
+            "(above about 1, other work shared the cores).\n\n"
             f"Load: {args.pairs} senders on domain A, each sending {args.messages} chat messages (100-byte "
             "body) to its own receiver on domain B; all clients logged in and the s2s stream warmed up "
             "first. Both server pairs federate at the encrypted level (STARTTLS, self-signed "
