@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from urllib.parse import unquote
 
 # --- limits -------------------------------------------------------------------------------------
@@ -306,11 +307,10 @@ class SipMessage:
         return f"<SipMessage {self.status} {self.reason}>"
 
 
-def _first_comma(value: str) -> int:
-    """Index of the first comma separating list values (outside quotes and <>), or -1."""
-    comma = value.find(",")
-    if comma < 0 or ('"' not in value and "<" not in value):
-        return comma
+def _scan_commas(value: str, first_only: bool) -> tuple[list[int], bool]:
+    """Indexes of commas separating list values (outside quotes and <>), and whether a quoted string
+    is left open at the end. With `first_only`, stop at the first such comma."""
+    commas: list[int] = []
     in_quotes = in_angle = False
     index = 0
     length = len(value)
@@ -328,9 +328,20 @@ def _first_comma(value: str) -> int:
         elif ch == ">":
             in_angle = False
         elif ch == "," and not in_angle:
-            return index
+            commas.append(index)
+            if first_only:
+                break
         index += 1
-    return -1
+    return commas, in_quotes
+
+
+def _first_comma(value: str) -> int:
+    """Index of the first comma separating list values (outside quotes and <>), or -1."""
+    comma = value.find(",")
+    if comma < 0 or ('"' not in value and "<" not in value):
+        return comma
+    commas, _ = _scan_commas(value, first_only=True)
+    return commas[0] if commas else -1
 
 
 def _long_name(name: str) -> str:
@@ -586,37 +597,11 @@ def split_values(value: str) -> list[str]:
     if '"' not in value and "<" not in value:
         # the common case (Via lists joined by a UA): commas can only separate values
         return [part for part in (piece.strip() for piece in value.split(",")) if part]
-    values: list[str] = []
-    start = 0
-    in_quotes = False
-    in_angle = False
-    index = 0
-    length = len(value)
-    while index < length:
-        ch = value[index]
-        if in_quotes:
-            if ch == "\\":
-                index += 1
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == "<":
-            in_angle = True
-        elif ch == ">":
-            in_angle = False
-        elif ch == "," and not in_angle:
-            part = value[start:index].strip()
-            if part:
-                values.append(part)
-            start = index + 1
-        index += 1
-    if in_quotes:
+    commas, unterminated = _scan_commas(value, first_only=False)
+    if unterminated:
         raise SipParseError("unterminated quoted string")
-    part = value[start:].strip()
-    if part:
-        values.append(part)
-    return values
+    bounds = [-1, *commas, len(value)]
+    return [part for part in (value[a + 1 : b].strip() for a, b in pairwise(bounds)) if part]
 
 
 def split_params(text: str) -> dict[str, str | None]:
