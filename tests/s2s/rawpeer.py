@@ -9,18 +9,20 @@ import re
 import ssl
 from pathlib import Path
 
+from tests.harness.rawxml import RawXmlStream
+
 READ_TIMEOUT = 15.0
 
 
-class RawPeer:
+class RawPeer(RawXmlStream):
+    read_timeout = READ_TIMEOUT
+
     def __init__(self, address: str, from_domain: str, to_domain: str, port: int = 5269) -> None:
+        super().__init__()
         self.address = address
         self.port = port
         self.from_domain = from_domain
         self.to_domain = to_domain
-        self.buffer = ""
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> str:
         self.reader, self.writer = await asyncio.open_connection(self.address, self.port)
@@ -58,47 +60,3 @@ class RawPeer:
             self.buffer = ""
             await self.open_stream()
         return answer
-
-    async def send(self, data: str) -> None:
-        assert self.writer is not None
-        self.writer.write(data.encode())
-        await self.writer.drain()
-
-    async def read_until(self, pattern: str, timeout: float = READ_TIMEOUT) -> str:
-        assert self.reader is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            match = re.search(pattern, self.buffer, re.S)
-            if match:
-                consumed, self.buffer = self.buffer[:match.end()], self.buffer[match.end():]
-                return consumed
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {pattern!r}; have {self.buffer[-500:]!r}")
-            chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
-            if not chunk:
-                raise ConnectionError(f"closed while waiting for {pattern!r}; have {self.buffer[-500:]!r}")
-            self.buffer += chunk.decode("utf-8", "replace")
-
-    async def read_to_eof(self, timeout: float = READ_TIMEOUT) -> str:
-        assert self.reader is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"the stream was not closed; have {self.buffer[-500:]!r}")
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
-            except (ConnectionError, ssl.SSLError):
-                chunk = b""
-            if not chunk:
-                text, self.buffer = self.buffer, ""
-                return text
-            self.buffer += chunk.decode("utf-8", "replace")
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.transport.abort()
-            self.writer = None

@@ -15,10 +15,10 @@ import ssl
 
 from peerage.identity.scram import scram_client_proof, tls_server_end_point
 from peerage.net.tls import tls_exporter
+from tests.harness.rawxml import RawXmlStream
 
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>")
-READ_TIMEOUT = 10.0
 
 
 def client_context() -> ssl.SSLContext:
@@ -28,61 +28,19 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
-class RawClient:
+class RawClient(RawXmlStream):
     def __init__(self, address: str, domain: str, port: int = 5222, *, direct_tls: bool = False) -> None:
+        super().__init__()
         self.address = address
         self.domain = domain
         self.port = port
         self.direct_tls = direct_tls
-        self.buffer = ""
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
         self.jid = ""
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(
             self.address, self.port, ssl=client_context() if self.direct_tls else None,
             server_hostname=self.domain if self.direct_tls else None)
-
-    async def send(self, data: str | bytes) -> None:
-        assert self.writer is not None
-        self.writer.write(data.encode() if isinstance(data, str) else data)
-        await self.writer.drain()
-
-    async def read_until(self, pattern: str, timeout: float = READ_TIMEOUT) -> str:
-        """Read until ``pattern`` (a regex) matches the buffer; consume and return up to the match end."""
-        assert self.reader is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            match = re.search(pattern, self.buffer, re.S)
-            if match:
-                consumed, self.buffer = self.buffer[:match.end()], self.buffer[match.end():]
-                return consumed
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {pattern!r}; have {self.buffer[-500:]!r}")
-            chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
-            if not chunk:
-                raise ConnectionError(f"connection closed while waiting for {pattern!r}; have {self.buffer[-500:]!r}")
-            self.buffer += chunk.decode("utf-8", "replace")
-
-    async def read_to_eof(self, timeout: float = READ_TIMEOUT) -> str:
-        assert self.reader is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"connection not closed; have {self.buffer[-500:]!r}")
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
-            except (ConnectionError, ssl.SSLError):
-                chunk = b""
-            if not chunk:
-                text, self.buffer = self.buffer, ""
-                return text
-            self.buffer += chunk.decode("utf-8", "replace")
 
     async def open_stream(self) -> str:
         await self.send(HEADER.format(domain=self.domain))
@@ -166,8 +124,3 @@ class RawClient:
         features = await self.open_stream()
         assert "urn:ietf:params:xml:ns:xmpp-bind" in features
         return await self.bind(resource)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.transport.abort()
-            self.writer = None
