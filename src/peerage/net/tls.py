@@ -12,6 +12,7 @@ import ctypes
 import datetime
 import logging
 import ssl
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -32,11 +33,44 @@ TLS12_CIPHERS = (
 )
 
 
-def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+def harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """TLS 1.2 or later, AEAD ciphers with forward secrecy, no compression or renegotiation."""
     ctx.minimum_version = MINIMUM_TLS_VERSION
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     return ctx
+
+
+class SniServerContexts:
+    """One server context per hosted domain, chosen by SNI; the first domain's when the client sends none.
+
+    `configure` adjusts every context once (a protocol's ALPN, or its request for client certificates),
+    so each protocol that needs its own variant builds one of these from the same certificates.
+    """
+
+    def __init__(
+        self,
+        certificates: Mapping[str, tuple[Path, Path]],
+        configure: Callable[[ssl.SSLContext], object] | None = None,
+    ) -> None:
+        self.by_domain: dict[str, ssl.SSLContext] = {}
+        self.default: ssl.SSLContext | None = None
+        for name, (cert, key) in certificates.items():
+            ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+            ctx.load_cert_chain(str(cert), str(key))
+            if configure is not None:
+                configure(ctx)
+            self.by_domain[name.lower()] = ctx
+            if self.default is None:
+                self.default = ctx
+        if self.default is not None:
+            self.default.sni_callback = self._select
+
+    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name:
+            ctx = self.by_domain.get(server_name.lower().rstrip("."))
+            if ctx is not None:
+                sslobj.context = ctx
 
 
 class TLSContexts:
@@ -44,49 +78,38 @@ class TLSContexts:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._by_domain: dict[str, ssl.SSLContext] = {}
-        self._cert_der: dict[str, bytes] = {}
-        self._default: ssl.SSLContext | None = None
-        for name, domain in config.domains.items():
-            if domain.cert is None or domain.key is None:
-                continue
-            ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-            ctx.load_cert_chain(str(domain.cert), str(domain.key))
-            self._by_domain[name] = ctx
-            pem = domain.cert.read_bytes()
-            self._cert_der[name] = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-            if self._default is None:
-                self._default = ctx
-        if self._default is not None:
-            self._default.sni_callback = self._select
+        self.certificates = {
+            name: (domain.cert, domain.key)
+            for name, domain in config.domains.items()
+            if domain.cert is not None and domain.key is not None
+        }
+        self._server = SniServerContexts(self.certificates)
+        self._cert_der = {
+            name: x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+            for name, (cert, _key) in self.certificates.items()
+        }
 
     @property
     def available(self) -> bool:
-        return self._default is not None
-
-    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name:
-            ctx = self._by_domain.get(server_name.lower().rstrip("."))
-            if ctx is not None:
-                sslobj.context = ctx
+        return self._server.default is not None
 
     def server_context(self, alpn: list[str] | None = None) -> ssl.SSLContext:
-        if self._default is None:
+        if self._server.default is None:
             raise RuntimeError("no hosted domain has a certificate; TLS cannot be offered")
         if alpn:
-            for ctx in self._by_domain.values():
+            for ctx in self._server.by_domain.values():
                 ctx.set_alpn_protocols(alpn)
-        return self._default
+        return self._server.default
 
     def has_certificate(self, domain: str) -> bool:
-        return domain.lower() in self._by_domain
+        return domain.lower() in self._server.by_domain
 
     def certificate_der(self, domain: str) -> bytes | None:
         return self._cert_der.get(domain.lower())
 
     def client_context(self, verify: bool = True, cafile: Path | None = None, *, domain: str | None = None) -> ssl.SSLContext:
         """A client context. `domain` presents that hosted domain's certificate (s2s, SASL EXTERNAL)."""
-        ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
         if verify:
             ca = cafile or self.config.tls.ca_file
             if ca is not None:

@@ -20,7 +20,7 @@ import logging
 import ssl
 from pathlib import Path
 
-from peerage.net.tls import MINIMUM_TLS_VERSION, TLS12_CIPHERS
+from peerage.net.tls import SniServerContexts, harden
 
 log = logging.getLogger(__name__)
 
@@ -75,53 +75,34 @@ def request_any_client_certificate(context: ssl.SSLContext, fallback_ca: Path | 
     return False
 
 
-def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
-    context.minimum_version = MINIMUM_TLS_VERSION  # RFC 7590 section 3.1 / RFC 9325: TLS 1.2+
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    return context
-
-
 class S2STlsContexts:
     """Server contexts by SNI and client contexts by (local domain, present certificate, ALPN)."""
 
     def __init__(self, certificates: dict[str, tuple[Path, Path]], ca_file: Path | None) -> None:
         self.certificates = certificates
         self.ca_file = ca_file
-        self._servers: dict[str, ssl.SSLContext] = {}
         self._clients: dict[tuple[str, bool, bool], ssl.SSLContext] = {}
-        self._default: ssl.SSLContext | None = None
-        for domain, (cert, key) in certificates.items():
-            context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-            context.load_cert_chain(str(cert), str(key))
+
+        def configure(context: ssl.SSLContext) -> None:
             request_any_client_certificate(context, ca_file)
             context.set_alpn_protocols([ALPN_XMPP_SERVER])
-            self._servers[domain] = context
-            if self._default is None:
-                self._default = context
-        if self._default is not None:
-            self._default.sni_callback = self._select
+
+        self._server = SniServerContexts(certificates, configure)
 
     @property
     def available(self) -> bool:
-        return self._default is not None
-
-    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name:
-            context = self._servers.get(server_name.lower().rstrip("."))
-            if context is not None:
-                sslobj.context = context
+        return self._server.default is not None
 
     def server(self) -> ssl.SSLContext:
-        if self._default is None:
+        if self._server.default is None:
             raise RuntimeError("no hosted domain has a certificate")
-        return self._default
+        return self._server.default
 
     def client(self, local: str, present_certificate: bool, direct_tls: bool = False) -> ssl.SSLContext:
         key = (local, present_certificate, direct_tls)
         context = self._clients.get(key)
         if context is None:
-            context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+            context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE  # judged afterwards by peerage.xmpp.x509
             if present_certificate and local in self.certificates:
