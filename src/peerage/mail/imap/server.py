@@ -543,6 +543,10 @@ class ImapSession:
             raise No("TLS is not available")
         if command.args:
             raise Bad("STARTTLS takes no arguments")
+        # Stop reading before the client can see the OK: otherwise its ClientHello may be read into the
+        # plaintext buffer while the reply drains, and the handshake then waits for bytes already taken.
+        # start_tls resumes reading on the TLS side.
+        self.writer.transport.pause_reading()
         self.send(f"{command.tag} OK Begin TLS negotiation now\r\n".encode())
         await self.flush()
         # RFC 9051 §6.2.1 / CVE-2011-0411: anything pipelined after STARTTLS is discarded.
