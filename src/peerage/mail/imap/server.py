@@ -22,7 +22,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from peerage.identity.scram import ScramError, ScramServer
 from peerage.mail.imap import mime
@@ -546,7 +546,7 @@ class ImapSession:
         # Stop reading before the client can see the OK: otherwise its ClientHello may be read into the
         # plaintext buffer while the reply drains, and the handshake then waits for bytes already taken.
         # start_tls resumes reading on the TLS side.
-        self.writer.transport.pause_reading()
+        cast(asyncio.Transport, self.writer.transport).pause_reading()
         self.send(f"{command.tag} OK Begin TLS negotiation now\r\n".encode())
         await self.flush()
         # RFC 9051 §6.2.1 / CVE-2011-0411: anything pipelined after STARTTLS is discarded.
