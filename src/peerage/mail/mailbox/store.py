@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -307,10 +308,10 @@ class MailboxStore:
 
     async def mailbox_by_id(self, mailbox_id: int) -> MailboxInfo | None:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))
-            ).first()
-            return _mailbox(row) if row else None
+            try:
+                return _mailbox(await _mailbox_row(conn, mailbox_id))
+            except NoSuchMailbox:
+                return None
 
     async def create_mailbox(
         self, owner: str, name: str, special_use: str | None = None
@@ -420,11 +421,7 @@ class MailboxStore:
     async def status(self, mailbox_id: int) -> dict[str, int]:
         """MESSAGES, UNSEEN, DELETED, SIZE, UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ of one mailbox."""
         async with self.engine.connect() as conn:
-            box = (
-                await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))
-            ).first()
-            if box is None:
-                raise NoSuchMailbox("mailbox vanished")
+            box = await _mailbox_row(conn, mailbox_id)
             rows = (
                 await conn.execute(
                     select(mail_messages.c.flags, mail_messages.c.size).where(
@@ -553,11 +550,7 @@ class MailboxStore:
     async def view(self, mailbox_id: int) -> tuple[MailboxInfo, list[int], list[str]]:
         """What SELECT needs, read in one transaction: the mailbox, its UIDs and their flags."""
         async with self.engine.connect() as conn:
-            box = (
-                await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))
-            ).first()
-            if box is None:
-                raise NoSuchMailbox("mailbox vanished")
+            box = await _mailbox_row(conn, mailbox_id)
             rows = (
                 await conn.execute(
                     select(mail_messages.c.uid, mail_messages.c.flags)
@@ -1002,3 +995,11 @@ class MailboxStore:
         for name in names:
             if not is_inline(name):
                 self.blobs.remove(name)
+
+
+async def _mailbox_row(conn: AsyncConnection, mailbox_id: int) -> Any:
+    """The mailbox's row; NoSuchMailbox when it was deleted meanwhile."""
+    box = (await conn.execute(select(mail_mailboxes).where(mail_mailboxes.c.id == mailbox_id))).first()
+    if box is None:
+        raise NoSuchMailbox("mailbox vanished")
+    return box
