@@ -20,7 +20,6 @@ import asyncio
 import datetime
 import imaplib
 import os
-import platform
 import random
 import shutil
 import signal
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+from bench.machine import describe as machine  # noqa: E402
 
 PEERAGE_ADDRESS = "127.0.5.251"
 DOVECOT_ADDRESS = "127.0.5.252"
@@ -257,18 +258,6 @@ def workload(address: str, round_number: int, count: int) -> dict[str, float]:
     assert typ == "OK" and len(data) == STORE_COUNT, len(data)
     client.logout()
     return timings
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu}"
 
 
 def main() -> None:

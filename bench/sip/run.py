@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
 import re
 import shutil
 import signal
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
-
+from bench.machine import describe as machine  # noqa: E402
 from tests.harness import PeerageServer  # noqa: E402
 
 SCENARIOS = ROOT / "tests" / "sip" / "scenarios"
@@ -252,15 +251,6 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
             stop_session(uas)
         proxy.stop()
     return result
-
-
-def machine() -> str:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {model}"
 
 
 def main() -> int:

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import functools
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
-
+from bench.machine import describe as machine  # noqa: E402
 from tests.harness import LocalDNS, PeerageServer, TestCA  # noqa: E402
 from tests.mail.postfix import Postfix  # noqa: E402
 
@@ -49,16 +48,6 @@ DURABLE_TIMEOUT = 300.0
 MAX_ROUNDS = 10
 # How this benchmark's section of bench/RESULTS.md starts; a new run replaces it.
 SECTION_MARK = "## smtp: smtp-source,"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _smtp_source(address: str, messages: int, sessions: int, size: int, sender: str, recipient: str) -> float:
@@ -197,7 +186,7 @@ def main() -> int:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = [
             f"\n{SECTION_MARK} peerage vs Postfix ({stamp})\n",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}. "
+            f"Machine: {machine()}. "
             "1-minute load average "
             f"{os.getloadavg()[0]:.1f} at the end (above about 1, other work shared the cores).\n",
             f"Load: `smtp-source -s {args.sessions} -m {messages} -l {args.size}`, {args.rounds} rounds "

@@ -24,7 +24,6 @@ import base64
 import hashlib
 import hmac
 import os
-import platform
 import re
 import shutil
 import signal
@@ -38,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+from bench.machine import describe as machine  # noqa: E402
 
 DOMAIN = "bench.test"
 PASSWORD = "bench password 1"
@@ -515,15 +516,6 @@ def bench_all(servers: list[Server], users: list[str], args: argparse.Namespace)
             server.stop()
     return {name: {key: statistics.median(values) for key, values in measures.items()}
             for name, measures in samples.items()}
-
-
-def machine() -> str:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu})"
 
 
 def main() -> None:

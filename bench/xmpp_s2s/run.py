@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import datetime
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
-
+from bench.machine import describe as machine  # noqa: E402
 from tests.harness import LocalDNS, PeerageServer, TestCA  # noqa: E402
 from tests.s2s.prosody import ProsodyServer  # noqa: E402
 from tests.xmpp.rawclient import RawClient  # noqa: E402
@@ -105,19 +103,6 @@ async def measure(a_addr: str, a_dom: str, b_addr: str, b_dom: str, pairs: int, 
     if received < pairs * messages:
         print(f"  warning: only {received} of {pairs * messages} messages arrived within {RUN_TIMEOUT}s")
     return received / elapsed
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{platform.machine()}, {nproc} CPUs, {cpu}"
 
 
 def main() -> int:
