@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     logging.getLogger().setLevel(config.server.log_level.upper())
     # Driver chatter (every SQL statement at INFO) drowns protocol logs; only their warnings show.
-    for noisy in ("aiosqlite", "asyncio", "sqlalchemy.engine", "sqlalchemy.pool"):
+    for noisy in ("aiosqlite", "alembic", "asyncio", "sqlalchemy.engine", "sqlalchemy.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         import uvloop
@@ -306,10 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     from peerage.identity.address import AddressError
     from peerage.identity.credentials import PasswordError
     from peerage.net.listen import ListenError
+    from peerage.store import SchemaError
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CliError, AccountError, AddressError, PasswordError, ListenError) as exc:
+    except (ConfigError, CliError, AccountError, AddressError, PasswordError, ListenError, SchemaError) as exc:
         print(f"peerage: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from peerage.identity.accounts import AccountError, AccountService
 from peerage.identity.scram import ScramServer, scram_client_proof
-from peerage.store import SCHEMA_VERSION, Store
-from peerage.store.schema import accounts, schema_version
+from peerage.store import Store, head_revision
+from peerage.store.schema import accounts
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -28,8 +28,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_migrate_is_idempotent_and_versioned(store: Store) -> None:
     await store.migrate()
-    async with store.begin() as conn:
-        assert (await conn.execute(select(schema_version.c.version))).scalar() == SCHEMA_VERSION
+    assert await store.revision() == head_revision()
 
 
 async def test_sqlite_runs_in_wal_with_full_sync(tmp_path: Path) -> None:

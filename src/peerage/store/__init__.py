@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import Connection, event, insert, select
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -22,12 +22,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from peerage.store.schema import load_all_tables, schema_version, server_secrets
+from peerage.store.schema import server_secrets
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever a migration below is added. Version 1 is the initial schema, created from metadata.
-SCHEMA_VERSION = 1
+# pg_advisory_xact_lock key serialising migrations across processes ("peer" in ASCII).
+MIGRATION_LOCK_KEY = 0x70656572
 # SQLite waits this long for a lock held by another connection before failing (Django uses 5 s).
 SQLITE_BUSY_TIMEOUT_MS = 10000
 
@@ -56,21 +56,20 @@ class Store:
             yield conn
 
     async def migrate(self) -> None:
-        """Create missing tables and record the schema version."""
-        metadata = load_all_tables()
+        """Bring the database to the head revision of the migration chain (a no-op when it is there)."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            current = (await conn.execute(select(schema_version.c.version))).scalar()
-            if current is None:
-                await conn.execute(insert(schema_version).values(id=1, version=SCHEMA_VERSION))
-            elif current > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"the database schema is version {current}, newer than this peerage ({SCHEMA_VERSION}); "
-                    "upgrade peerage"
-                )
-            elif current < SCHEMA_VERSION:
-                # Numbered migrations go here, each taking the schema from N to N+1.
-                await conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
+            if not self.is_sqlite:
+                # Two processes starting at once (serve and a `user add`) take turns; the lock ends with
+                # the transaction.
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            await conn.run_sync(_upgrade)
+
+    async def revision(self) -> str | None:
+        """The revision the database is at (None before the first migration)."""
+        from alembic.runtime.migration import MigrationContext
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
 
     async def get_secret(self, name: str, create: int = 32) -> bytes:
         """Return a persistent server secret, creating `create` random bytes on first use."""
@@ -86,6 +85,39 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+class SchemaError(Exception):
+    """The database cannot be used by this version of peerage; the message says what to do."""
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from peerage.store.migrations import alembic_config
+
+    return str(ScriptDirectory.from_config(alembic_config()).get_current_head())
+
+
+def _upgrade(sync_conn: Connection) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from peerage.store.migrations import alembic_config
+
+    config = alembic_config(sync_conn)
+    script = ScriptDirectory.from_config(config)
+    current = MigrationContext.configure(sync_conn).get_current_revision()
+    if current == script.get_current_head():
+        return
+    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+        raise SchemaError(
+            f"the database is at schema revision {current}, newer than this peerage knows "
+            f"(head {script.get_current_head()}); run the newer peerage, or restore a backup made before upgrading"
+        )
+    log.info("upgrading the database schema from %s to %s", current or "the first release", script.get_current_head())
+    command.upgrade(config, "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,8 +1,9 @@
 """The database schema: one MetaData for every table of every protocol.
 
-This module is in charge of the tables the identity layer owns (accounts, server secrets, schema
-version) and of importing each protocol's `tables` module, so that creating the schema creates them all.
-Each protocol declares its own tables against `metadata` in `peerage/<proto>/tables.py`.
+This module is in charge of the tables the identity layer owns (accounts, server secrets) and of
+importing each protocol's `tables` module, so that the metadata holds them all. Each protocol declares its
+own tables against `metadata` in `peerage/<proto>/tables.py`; every change to a declared table also gets
+an Alembic revision in `peerage/store/migrations/versions/` (see that package).
 """
 
 from __future__ import annotations
@@ -59,13 +60,6 @@ server_secrets = Table(
     metadata,
     Column("name", String(128), primary_key=True),
     Column("value", LargeBinary, nullable=False),
-)
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("version", Integer, nullable=False),
 )
 
 # Protocol table modules, imported so that their tables join `metadata`. A missing module is fine while

@@ -1,0 +1,116 @@
+"""Alembic migrations: one linear chain, empty databases and the previous release's upgraded to head.
+
+The previous release (main at fc5df1f) created its tables straight from the metadata; its schema, as it
+created it on each database, is kept in tests/store/data/ so this test does not depend on git history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import insert, inspect, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from peerage.identity.accounts import AccountService
+from peerage.store import SchemaError, Store, head_revision
+from peerage.store.migrations import alembic_config
+from peerage.store.schema import load_all_tables
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a database with no tables at all, on each engine."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = f"peerage_mig_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.dispose()
+
+
+def _differences(sync_conn) -> list:  # type: ignore[no-untyped-def]
+    return list(compare_metadata(MigrationContext.configure(sync_conn), load_all_tables()))
+
+
+def test_one_linear_chain() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert len(script.get_heads()) == 1, "migrations branch: set down_revision to the previous head"
+    revisions = list(script.walk_revisions())
+    assert [r.down_revision for r in revisions][-1] is None
+    for rev in revisions:
+        assert not isinstance(rev.down_revision, tuple), f"{rev.revision} merges branches"
+        assert rev.module.__file__ is not None
+        assert Path(rev.module.__file__).name.startswith(f"{rev.revision}_")
+
+
+async def test_empty_database_upgrades_to_exactly_the_declared_tables(empty_url: str) -> None:
+    store = Store(empty_url)
+    try:
+        await store.migrate()
+        assert await store.revision() == head_revision()
+        async with store.begin() as conn:
+            assert await conn.run_sync(_differences) == [], "a table changed without a migration"
+        await store.migrate()  # a second run is a no-op
+        assert await store.revision() == head_revision()
+    finally:
+        await store.close()
+
+
+async def test_database_of_the_previous_release_is_upgraded(empty_url: str) -> None:
+    from peerage.xmpp.tables import xmpp_roster
+
+    dialect = "sqlite" if empty_url.startswith("sqlite") else "postgresql"
+    lines = (DATA / f"schema-fc5df1f.{dialect}.sql").read_text().splitlines()
+    ddl = "\n".join(line for line in lines if not line.startswith("--"))
+    statements = [s.strip() for s in ddl.split(";") if s.strip()]
+    store = Store(empty_url)
+    try:
+        async with store.begin() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+            await conn.execute(insert(xmpp_roster).values(
+                owner="alice@old.test", contact="bob@elsewhere.test", name="Bob", subscription="both",
+                ask=False, approved=False, groups="Friends", hidden=False, pending_in=False))
+        # An account made with the previous schema, before any migration ran.
+        await AccountService(store, ["old.test"]).add("alice@old.test", "kept across upgrades")
+        assert await store.revision() is None
+
+        await store.migrate()
+
+        assert await store.revision() == head_revision()
+        async with store.begin() as conn:
+            assert await conn.run_sync(_differences) == []
+            assert "schema_version" not in await conn.run_sync(lambda s: inspect(s).get_table_names())
+            row = (await conn.execute(select(xmpp_roster.c.name, xmpp_roster.c.groups))).one()
+        assert tuple(row) == ("Bob", "Friends")
+        assert await AccountService(store, ["old.test"]).verify_password("alice@old.test", "kept across upgrades")
+    finally:
+        await store.close()
+
+
+async def test_a_newer_database_is_refused_with_advice(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        await store.migrate()
+        async with store.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(SchemaError, match="newer than this peerage"):
+            await store.migrate()
+    finally:
+        await store.close()
