@@ -201,6 +201,35 @@ class ImapConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    # HTTPS with SNI per hosted domain; the web login, JMAP, webmail and discovery documents.
+    https_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:443", "[::]:443"])
+    # Plain HTTP: redirects to HTTPS and answers ACME HTTP-01 challenges (RFC 8555 §8.3).
+    http_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:80", "[::]:80"])
+    # Largest request body (JMAP API calls, form posts). Fastmail and Cyrus advertise JMAP
+    # maxSizeRequest of 10000000; nginx's client_max_body_size defaults to 1 MiB.
+    max_request_size: int = 10000000
+    # Largest JMAP upload (RFC 8620 maxSizeUpload); the same as the SMTP size limit by default.
+    max_upload_size: int = 10240000
+    # Seconds a client may take to send its request headers (nginx client_header_timeout is 60 s,
+    # Apache mod_reqtimeout's header=20-40): slow-header clients otherwise hold connections forever.
+    header_timeout: float = 20.0
+    # Seconds a request body may take to arrive (nginx client_body_timeout: 60 s between reads).
+    body_timeout: float = 60.0
+    # Seconds an idle keep-alive connection stays open (nginx keepalive_timeout is 75 s).
+    keepalive_timeout: float = 75.0
+    # A web session ends this many seconds after login whatever its use (14 days), or after this
+    # many seconds unused (one day), the way Roundcube's session_lifetime bounds idleness.
+    session_lifetime: float = 1209600.0
+    session_idle_timeout: float = 86400.0
+    # Strict-Transport-Security max-age (RFC 6797); one year is what hstspreload.org asks for.
+    hsts_max_age: int = 31536000
+    # Contact for security.txt (RFC 9116); empty means mailto:security@ the domain asked for.
+    security_contact: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -213,6 +242,7 @@ class Config:
     sip: SipConfig
     smtp: SmtpConfig
     imap: ImapConfig
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -238,6 +268,7 @@ _SECTIONS: dict[str, type] = {
     "sip": SipConfig,
     "smtp": SmtpConfig,
     "imap": ImapConfig,
+    "web": WebConfig,
 }
 
 

@@ -31,11 +31,13 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-# (config section that enables it, module, class). Mail covers SMTP and IMAP.
+# (config section that enables it, module, class). Mail covers SMTP and IMAP. The web service comes
+# last: the others register their routes with it (peerage.web.routes_for) while they start.
 SERVICES: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("xmpp",), "peerage.xmpp.service", "XmppService"),
     (("sip",), "peerage.sip.service", "SipService"),
     (("smtp", "imap"), "peerage.mail.service", "MailService"),
+    (("web",), "peerage.web.service", "WebService"),
 )
 
 

@@ -27,6 +27,7 @@ DEFAULT_PORTS = {
     "sip": {"udp_listen": 5060, "tcp_listen": 5060, "tls_listen": 5061},
     "smtp": {"mx_listen": 25, "submission_listen": 587, "submissions_listen": 465},
     "imap": {"listen": 143, "tls_listen": 993},
+    "web": {"https_listen": 443, "http_listen": 80},
 }
 
 

@@ -69,6 +69,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.sip.tables",
     "peerage.mail.tables",
     "peerage.mail.queue_tables",
+    "peerage.web.tables",
 )
 
 

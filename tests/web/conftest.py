@@ -1,0 +1,134 @@
+"""An in-process peerage host serving the web (HTTPS and HTTP) on 127.0.6.x, with users and a certificate.
+
+The host runs in the test's event loop; clients are aiohttp sessions trusting the self-signed
+certificate (and, for JMAP, jmapc in a thread). With ``mail=True`` the mail service (SMTP, IMAP) runs
+too, so JMAP and IMAP share the same mailbox store as `peerage serve` runs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from peerage.config import config_from_dict
+from peerage.net.tls import generate_self_signed
+from peerage.server import Host
+from peerage.web.service import WebService
+
+DOMAIN = "example.org"
+USER = "alice@example.org"
+PASSWORD = "correct horse battery staple"
+OTHER_USER = "bob@example.org"
+_addresses = itertools.cycle(range(10, 250))
+_offset = os.getpid() % 200
+
+
+def next_address() -> str:
+    return f"127.0.6.{(next(_addresses) + _offset) % 240 + 10}"
+
+
+@dataclass
+class WebHost:
+    host: Host
+    services: list[Any]
+    address: str
+    cert: Path
+    workdir: Path
+    web: WebService
+    sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"https://{self.address}"
+
+    @property
+    def origin(self) -> str:
+        return self.base
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.cert))
+        context.check_hostname = False
+        return context
+
+    def client(self, **kwargs: Any) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.client_context()),
+            cookie_jar=aiohttp.CookieJar(unsafe=True), **kwargs,
+        )
+        self.sessions.append(session)
+        return session
+
+    async def login(self, account: str = USER, password: str = PASSWORD) -> tuple[aiohttp.ClientSession, str]:
+        """A client logged in through the JSON form of /login, and its CSRF token."""
+        client = self.client()
+        async with client.post(self.base + "/login", json={"account": account, "password": password},
+                               headers={"Origin": self.origin}) as response:
+            assert response.status == 200, await response.text()
+            data = await response.json()
+        return client, data["csrf"]
+
+
+async def start_host(workdir: Path, *, mail: bool = False, extra: dict[str, Any] | None = None,
+                     address: str | None = None, before_web: Any = None) -> WebHost:
+    address = address or next_address()
+    cert, key = workdir / f"{DOMAIN}.crt", workdir / f"{DOMAIN}.key"
+    if not cert.exists():
+        generate_self_signed(DOMAIN, cert, key)
+    raw: dict[str, Any] = {
+        "server": {"data_dir": str(workdir / "data")},
+        "domain": [{"name": DOMAIN, "cert": str(cert), "key": str(key)}],
+        "dns": {"nameservers": ["127.0.0.1"], "port": 1, "timeout": 0.5},
+        "xmpp": {"enabled": False},
+        "sip": {"enabled": False},
+        "smtp": {"enabled": mail, "mx_listen": [f"{address}:25"], "submission_listen": [f"{address}:587"],
+                 "submissions_listen": [f"{address}:465"]},
+        "imap": {"enabled": mail, "listen": [f"{address}:143"], "tls_listen": [f"{address}:993"]},
+        "web": {"https_listen": [f"{address}:443"], "http_listen": [f"{address}:80"]},
+    }
+    for section, values in (extra or {}).items():
+        raw.setdefault(section, {}).update(values)
+    config = config_from_dict(raw, workdir / "peerage.toml")
+    host = Host(config)
+    await host.open()
+    for user in (USER, OTHER_USER):
+        if not await host.accounts.exists(user):
+            await host.accounts.add(user, PASSWORD)
+    services: list[Any] = []
+    if mail:
+        from peerage.mail.service import MailService
+
+        mail_service = MailService()
+        await mail_service.start(host)
+        services.append(mail_service)
+    if before_web is not None:
+        before_web(host)  # e.g. register routes, as a protocol service does in its start()
+    web = WebService()
+    await web.start(host)
+    services.append(web)
+    host.services = services
+    return WebHost(host, services, address, cert, workdir, web)
+
+
+async def stop_host(server: WebHost) -> None:
+    for session in server.sessions:
+        await session.close()
+    for service in reversed(server.services):
+        await service.stop()
+    await server.host.store.close()
+
+
+@pytest.fixture
+async def webhost(tmp_path: Path) -> AsyncIterator[WebHost]:
+    server = await start_host(tmp_path)
+    try:
+        yield server
+    finally:
+        await stop_host(server)

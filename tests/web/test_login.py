@@ -1,0 +1,255 @@
+"""The one login: form, JSON, session cookie, CSRF, logout, session list and revocation, TOTP, throttle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pyotp
+
+from peerage.web.auth import COOKIE_NAME
+from tests.web.conftest import OTHER_USER, PASSWORD, USER, WebHost
+
+
+async def test_form_login_sets_a_strict_secure_cookie(webhost: WebHost) -> None:
+    client = webhost.client()
+    async with client.get(webhost.base + "/login") as response:
+        assert response.status == 200
+        page = await response.text()
+        assert "<form" in page and 'name=password' in page
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    async with client.post(webhost.base + "/login", data={"account": USER, "password": PASSWORD, "next": "/mail/"},
+                           headers={"Origin": webhost.origin}, allow_redirects=False) as response:
+        assert response.status == 303
+        assert response.headers["Location"] == "/mail/"
+        cookie = response.headers["Set-Cookie"]
+        assert cookie.startswith(COOKIE_NAME + "=")
+        for attribute in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/"):
+            assert attribute in cookie
+        assert "Domain" not in cookie
+    async with client.get(webhost.base + "/auth/session") as response:
+        assert response.status == 200
+        data = await response.json()
+        assert data["account"] == USER and len(data["csrf"]) > 20
+
+
+async def test_session_endpoint_needs_login(webhost: WebHost) -> None:
+    async with webhost.client().get(webhost.base + "/auth/session") as response:
+        assert response.status == 401
+
+
+async def test_wrong_password_is_refused_and_throttled(webhost: WebHost) -> None:
+    client = webhost.client()
+    limit = webhost.host.config.limits.auth_failures_per_account
+    for _ in range(limit):
+        async with client.post(webhost.base + "/login", json={"account": USER, "password": "wrong"}) as response:
+            assert response.status == 401
+    started = time.monotonic()
+    async with client.post(webhost.base + "/login", json={"account": USER, "password": "wrong"}) as response:
+        assert response.status == 401
+    assert time.monotonic() - started >= 1.5  # delayed once past the limit
+    for _ in range(limit - 1):
+        async with client.post(webhost.base + "/login", json={"account": USER, "password": "wrong"}) as response:
+            pass
+    async with client.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD}) as response:
+        assert response.status == 429  # past twice the limit even the right password waits out the window
+
+
+async def test_cross_origin_login_and_state_changes_are_refused(webhost: WebHost) -> None:
+    async with webhost.client().post(webhost.base + "/login", data={"account": USER, "password": PASSWORD},
+                                     headers={"Origin": "https://evil.example"}) as response:
+        assert response.status == 403
+    client, csrf = await webhost.login()
+    async with client.post(webhost.base + "/logout", headers={"X-CSRF-Token": csrf,
+                                                            "Origin": "https://evil.example"}) as response:
+        assert response.status == 403
+    async with client.post(webhost.base + "/logout", headers={"Sec-Fetch-Site": "cross-site",
+                                                            "X-CSRF-Token": csrf}) as response:
+        assert response.status == 403
+    async with client.post(webhost.base + "/logout", headers={"Origin": webhost.origin}) as response:
+        assert response.status == 403  # no token
+    async with client.post(webhost.base + "/logout", headers={"Origin": webhost.origin,
+                                                            "X-CSRF-Token": "x" + csrf}) as response:
+        assert response.status == 403
+    async with client.get(webhost.base + "/auth/session") as response:
+        assert response.status == 200  # still logged in
+
+
+async def test_logout_ends_the_session(webhost: WebHost) -> None:
+    client, csrf = await webhost.login()
+    async with client.post(webhost.base + "/logout", headers={"X-CSRF-Token": csrf,
+                                                            "Origin": webhost.origin}) as response:
+        assert response.status == 204
+    async with client.get(webhost.base + "/auth/session") as response:
+        assert response.status == 401
+
+
+async def test_form_logout_with_csrf_field(webhost: WebHost) -> None:
+    client, csrf = await webhost.login()
+    async with client.post(webhost.base + "/logout", data={"csrf": csrf}, headers={"Origin": webhost.origin},
+                           allow_redirects=False) as response:
+        assert response.status == 303
+    async with client.get(webhost.base + "/auth/session") as response:
+        assert response.status == 401
+
+
+async def test_list_and_revoke_sessions(webhost: WebHost) -> None:
+    first, csrf = await webhost.login()
+    second, _ = await webhost.login()
+    other, _ = await webhost.login(OTHER_USER)
+    async with first.get(webhost.base + "/auth/sessions") as response:
+        sessions = (await response.json())["sessions"]
+    assert len(sessions) == 2
+    assert sum(s["current"] for s in sessions) == 1
+    victim = next(s["id"] for s in sessions if not s["current"])
+    async with first.delete(webhost.base + f"/auth/sessions/{victim}") as response:
+        assert response.status == 403  # CSRF
+    async with other.get(webhost.base + "/auth/sessions") as response:
+        other_ids = [s["id"] for s in (await response.json())["sessions"]]
+    async with first.delete(webhost.base + f"/auth/sessions/{other_ids[0]}",
+                            headers={"X-CSRF-Token": csrf}) as response:
+        assert response.status == 404  # not someone else's
+    async with first.delete(webhost.base + f"/auth/sessions/{victim}", headers={"X-CSRF-Token": csrf}) as response:
+        assert response.status == 204
+    async with second.get(webhost.base + "/auth/session") as response:
+        assert response.status == 401
+    async with other.get(webhost.base + "/auth/session") as response:
+        assert response.status == 200
+
+
+async def test_sessions_are_stored_hashed(webhost: WebHost) -> None:
+    client, _ = await webhost.login()
+    token = next(c.value for c in client.cookie_jar if c.key == COOKIE_NAME)
+    from sqlalchemy import select
+
+    from peerage.web.tables import web_sessions
+
+    async with webhost.host.store.begin() as conn:
+        hashes = [row[0] for row in await conn.execute(select(web_sessions.c.token_hash))]
+    assert hashes and token not in hashes
+
+
+async def test_open_redirect_is_refused(webhost: WebHost) -> None:
+    client = webhost.client()
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        async with client.post(webhost.base + "/login", data={"account": USER, "password": PASSWORD,
+                                                              "next": target},
+                               allow_redirects=False) as response:
+            assert response.headers["Location"] == "/mail/"
+
+
+async def test_totp_second_factor(webhost: WebHost) -> None:
+    client, csrf = await webhost.login()
+    headers = {"X-CSRF-Token": csrf}
+    async with client.post(webhost.base + "/auth/totp", headers=headers) as response:
+        secret = (await response.json())["secret"]
+    generator = pyotp.TOTP(secret)
+    async with client.post(webhost.base + "/auth/totp/confirm", json={"code": "000000"}, headers=headers) as r:
+        assert r.status == 400
+    async with client.post(webhost.base + "/auth/totp/confirm", json={"code": generator.now()},
+                           headers=headers) as response:
+        assert response.status == 200
+    fresh = webhost.client()
+    async with fresh.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD}) as response:
+        assert response.status == 401
+        assert (await response.json())["totp"] is True
+    # The code just used to confirm cannot be used again (RFC 6238 §5.2).
+    async with fresh.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD,
+                                                         "totp": generator.now()}) as response:
+        assert response.status == 401
+    next_code = generator.at(time.time() + 30)
+    async with fresh.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD,
+                                                         "totp": next_code}) as response:
+        assert response.status == 200
+
+
+async def test_unknown_host_name_is_misdirected(webhost: WebHost) -> None:
+    async with webhost.client().get(webhost.base + "/login", headers={"Host": "evil.example"}) as response:
+        assert response.status == 421
+    async with webhost.client().get(webhost.base + "/login", headers={"Host": "example.org"}) as response:
+        assert response.status == 200
+
+
+async def test_http_redirects_and_serves_acme(webhost: WebHost) -> None:
+    from peerage.web import challenges_for
+
+    challenges_for(webhost.host).set("tok123", "tok123.thumbprint")
+    client = webhost.client()
+    async with client.get(f"http://{webhost.address}/.well-known/acme-challenge/tok123",
+                          headers={"Host": "example.org"}) as response:
+        assert response.status == 200
+        assert await response.text() == "tok123.thumbprint"
+    async with client.get(f"http://{webhost.address}/.well-known/acme-challenge/nope") as response:
+        assert response.status == 404
+    async with client.get(f"http://{webhost.address}/mail/?a=1", headers={"Host": "example.org"},
+                          allow_redirects=False) as response:
+        assert response.status == 308
+        assert response.headers["Location"] == "https://example.org/mail/?a=1"
+    async with client.get(f"http://{webhost.address}/", headers={"Host": "evil.example"},
+                          allow_redirects=False) as response:
+        assert response.status == 421
+
+
+async def test_webmail_needs_login_and_says_when_not_built(webhost: WebHost, tmp_path) -> None:
+    client = webhost.client()
+    async with client.get(webhost.base + "/mail/", allow_redirects=False) as response:
+        assert response.status == 303
+        assert response.headers["Location"].startswith("/login?next=/mail/")
+    client, _ = await webhost.login()
+    from peerage.web import webmail
+
+    if not (webmail.DIST / "index.html").exists():
+        async with client.get(webhost.base + "/mail/") as response:
+            assert response.status == 503
+            assert "not built" in await response.text()
+
+
+async def test_webmail_serves_the_built_app(tmp_path) -> None:
+    from peerage.web.webmail import Webmail
+    from tests.web.conftest import start_host, stop_host
+
+    dist = tmp_path / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_text("<!doctype html><title>Mail</title>")
+    (dist / "assets" / "app.js").write_text("console.log(1)")
+    (tmp_path / "secret.txt").write_text("no")
+    server = await start_host(tmp_path)
+    try:
+        app = server.web.app
+        assert app is not None
+        for route in app.router.routes():
+            handler = getattr(route.handler, "__self__", None)
+            if isinstance(handler, Webmail):
+                handler.root = dist
+        client, _ = await server.login()
+        async with client.get(server.base + "/mail/") as response:
+            assert response.status == 200 and "<title>Mail" in await response.text()
+            assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+        async with client.get(server.base + "/mail/inbox/123") as response:
+            assert "<title>Mail" in await response.text()  # client-side route
+        async with client.get(server.base + "/mail/assets/app.js") as response:
+            assert response.status == 200 and "javascript" in response.content_type
+        async with client.get(server.base + "/mail/../secret.txt") as response:
+            assert response.status == 404 or await response.text() != "no"
+        async with client.get(server.base + "/mail/assets/missing.js") as response:
+            assert response.status == 404
+    finally:
+        await stop_host(server)
+
+
+async def test_slow_request_head_is_disconnected(tmp_path) -> None:
+    from tests.web.conftest import start_host, stop_host
+
+    server = await start_host(tmp_path, extra={"web": {"header_timeout": 0.5}})
+    try:
+        reader, writer = await asyncio.open_connection(server.address, 80)
+        writer.write(b"GET / HTTP/1.1\r\nHost: example.org\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)
+        assert data == b""  # closed without an answer
+        writer.close()
+    finally:
+        await stop_host(server)
