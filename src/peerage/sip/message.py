@@ -83,6 +83,10 @@ MULTI_VALUE_HEADERS = frozenset({
 
 # Headers a well-formed request must carry (RFC 3261 §8.1.1).
 MANDATORY_REQUEST_HEADERS = ("to", "from", "cseq", "call-id", "via")
+# Headers that may appear only once (RFC 3261 §7.3.1: only list headers repeat).  RFC 4475 §3.3.8
+# (multi01) duplicates To, From, Call-ID and CSeq, and §3.3.9 (mcl01) carries two Content-Length
+# values: both must be answered 400, since which copy is meant cannot be known.
+SINGLE_VALUE_HEADERS = frozenset({"to", "from", "call-id", "cseq", "max-forwards", "content-length"})
 
 # RFC 3261 §25.1 hostname / IPv4address (IPv6 references are handled separately)
 _HOST_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*)")
@@ -361,7 +365,11 @@ def parse_datagram(data: bytes) -> SipMessage:
         raise SipParseError("message too large", status=513)
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        raise SipParseError("no end of headers")
+        if not data.endswith(b"\r\n"):
+            raise SipParseError("no end of headers")
+        # The datagram ends where the message does: a missing empty line after the last header
+        # (RFC 4475 §3.1.2.15 baddn arrives so) leaves no doubt where the headers stop.
+        end = len(data) - 2
     message = _parse_head(data[:end])
     body = data[end + 4:]
     length_text = message.get("content-length")
@@ -486,8 +494,34 @@ def _is_uri_text(uri: str) -> bool:
     return _URI_TEXT_RE.fullmatch(uri) is not None
 
 
+def _present_once(message: SipMessage) -> set[str]:
+    """The header names present, refusing a repeated single-value header (RFC 4475 §3.3.8-9)."""
+    present: set[str] = set()
+    for entry in message.headers:
+        key = entry[0]
+        if key in present and key in SINGLE_VALUE_HEADERS:
+            raise SipParseError(f"more than one {CANONICAL_NAMES.get(key, key)} header", message)
+        present.add(key)
+    return present
+
+
+# An empty list element or parameter (",," ";;" ",;" or a trailing separator), outside quotes:
+# RFC 4475 §3.1.2.1 (badinv01) has "Via: SIP/2.0/UDP 192.0.2.15;;,;,," and a Contact ending ";;;;".
+_EMPTY_ELEMENT_RE = re.compile(r"(?:^|[,;])[ \t]*(?:[,;]|$)")
+_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETED_RE = re.compile(r"<[^>]*>")
+
+
+def _check_list_syntax(value: str, message: SipMessage, name: str) -> None:
+    text = _QUOTED_RE.sub('""', value) if '"' in value else value
+    if "<" in text:
+        text = _BRACKETED_RE.sub("<>", text)  # a URI's user part may hold ';' and ','
+    if _EMPTY_ELEMENT_RE.search(text) is not None:
+        raise SipParseError(f"empty element in {name}", message)
+
+
 def _check_request(message: SipMessage) -> None:
-    present = {entry[0] for entry in message.headers}
+    present = _present_once(message)
     for name in MANDATORY_REQUEST_HEADERS:
         if name not in present:
             raise SipParseError(f"missing {name} header", message)
@@ -506,10 +540,21 @@ def _check_request(message: SipMessage) -> None:
             parse_name_addr(value)
         except SipParseError as error:
             raise SipParseError(f"bad {name} header: {error.reason}", message) from None
+    for key, _spelling, value in message.headers:
+        if key == "via":
+            _check_list_syntax(value, message, "Via")
+        elif key == "contact":
+            # RFC 4475 §3.1.2.13 (regbadct): an addr-spec Contact with '?' must be bracketed
+            _check_list_syntax(value, message, "Contact")
+            try:
+                for item in split_values(value):
+                    parse_name_addr(item)
+            except SipParseError as error:
+                raise SipParseError(f"bad Contact header: {error.reason}", message) from None
 
 
 def _check_response(message: SipMessage) -> None:
-    present = {entry[0] for entry in message.headers}
+    present = _present_once(message)
     for name in ("via", "cseq", "call-id", "from", "to"):
         if name not in present:
             raise SipParseError(f"missing {name} header", message)
@@ -740,7 +785,10 @@ def parse_name_addr(value: str) -> NameAddr:
         gt = rest.find(">", lt)
         if gt < 0:
             raise SipParseError("missing '>'")
-        uri = rest[lt + 1: gt].strip()
+        uri = rest[lt + 1: gt]
+        if uri != uri.strip():
+            # RFC 4475 §3.1.2.14 (badaspec): no whitespace inside < > (RFC 3261 §25.1 LAQUOT, RAQUOT)
+            raise SipParseError("whitespace inside <>")
         params_text = rest[gt + 1:].strip()
         if params_text and not params_text.startswith(";"):
             raise SipParseError("junk after '>'")
@@ -909,10 +957,11 @@ def parse_uri(text: str) -> SipUri:
         raise SipParseError("URI without a scheme")
     if scheme not in ("sip", "sips"):
         raise UnsupportedScheme(f"unsupported URI scheme {scheme!r}", status=416)
-    rest, _, headers = rest.partition("?")
     user: str | None = None
     password: str | None = None
-    at = rest.rfind("@")
+    # The user part may hold '?', ';' and ',' (RFC 3261 §25.1 user-unreserved; RFC 4475 §3.1.1.2
+    # intmeth): find the userinfo first.  '@' is legal in no later part, so the first one ends it.
+    at = rest.find("@")
     if at >= 0:
         userinfo = rest[:at]
         rest = rest[at + 1:]
@@ -921,6 +970,7 @@ def parse_uri(text: str) -> SipUri:
             raise SipParseError("empty user part")
         user = unquote(user_text, errors="surrogateescape")
         password = password_text if sep else None
+    rest, _, headers = rest.partition("?")
     hostport, _, params_text = rest.partition(";")
     host, port = parse_hostport(hostport)
     params = split_params(params_text) if params_text else {}

@@ -220,6 +220,10 @@ class ProxyCore:
         except UnsupportedScheme:
             transaction.respond_status(416)
             return
+        if uri.headers:
+            # RFC 4475 §3.1.2.11 (escruri): a Request-URI cannot carry headers (RFC 3261 §19.1.5)
+            transaction.respond_status(400, "Headers in Request-URI")
+            return
         max_forwards_text = request.get("max-forwards")
         max_forwards = int(max_forwards_text) if max_forwards_text is not None else DEFAULT_MAX_FORWARDS
         if max_forwards == 0 and not (method == "OPTIONS" and self._is_us(uri)):

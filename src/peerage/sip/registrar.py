@@ -113,11 +113,16 @@ class Registrar:
         if delay:
             await asyncio.sleep(delay)  # slowed down after repeated failures (AuthThrottle)
         # RFC 3261 §10.3 step 4: authenticate
-        authorization = request.get("authorization")
-        if authorization is None:
-            return self._challenge(request, domain)
-        credentials = parse_credentials(authorization)
-        if credentials.realm != domain:
+        credentials = None
+        for value in request.get_all_raw("authorization"):
+            try:
+                candidate = parse_credentials(value)
+            except SipParseError:
+                continue  # another scheme (RFC 4475 §3.3.7): challenge with the ones we know
+            if candidate.realm == domain:
+                credentials = candidate
+                break
+        if credentials is None:
             return self._challenge(request, domain)
         ha1 = await accounts.sip_ha1(f"{credentials.username}@{domain}", credentials.algorithm)
         verdict = self.authenticator.verify(credentials, "REGISTER", ha1)

@@ -436,7 +436,11 @@ class TransactionLayer:
             method = "INVITE"
         branch = via.branch
         if branch and branch.startswith(MAGIC_COOKIE):
-            return (branch, via.host, via.port, method)
+            # RFC 3261 §17.2.3 matches branch, sent-by and method; the Call-ID is added so that
+            # user agents reusing a branch across calls (RFC 4475's messages all share one) do
+            # not have a new request taken for a retransmission.  Retransmissions, CANCEL and the
+            # ACK of a non-2xx carry the same Call-ID, so nothing that should match stops matching.
+            return (branch, via.host, via.port, request.call_id, method)
         # RFC 2543 peers (§17.2.3 last paragraph): match on the dialog and CSeq identifiers.
         number, _ = request.cseq
         return (request.uri if method != "INVITE" else "", request.from_tag(), request.call_id,

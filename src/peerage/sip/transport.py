@@ -124,7 +124,7 @@ class StreamConnection(asyncio.Protocol):
             items = self.parser.feed(data)
         except SipParseError as error:
             if error.message is not None and error.message.method not in (None, "ACK"):
-                self.write(_error_response(error))
+                self.write(_error_response(error, self.peer))
             self.close()  # framing is lost: RFC 3261 §18.3 says close the connection
             return
         source = Destination(self.transport_name, self.peer, self)
@@ -207,8 +207,12 @@ class UdpEndpoint:
             self.sock.close()
 
 
-def _error_response(error: SipParseError) -> bytes:
+def _error_response(error: SipParseError, source: tuple[str, int]) -> bytes:
+    """A stateless answer to a malformed request, its top Via stamped with ``received`` (and
+    ``rport``) as for any request (RFC 3261 §18.2.1, RFC 3581 §4)."""
     assert error.message is not None
+    with contextlib.suppress(SipParseError, ValueError):
+        stamp_via(error.message, source[0], source[1])
     return make_response(error.message, error.status, error.reason[:80], "pg400").serialize()
 
 
@@ -276,7 +280,7 @@ class SipTransport:
             message = parse_datagram(data)
         except SipParseError as error:
             if error.message is not None and error.message.method not in (None, "ACK"):
-                self.sendto(_error_response(error), address)
+                self.sendto(_error_response(error, address), address)
             return
         self.deliver(message, Destination("UDP", address))
 
