@@ -27,7 +27,7 @@ INIT_TEMPLATE = """\
 [server]
 data_dir = "data"
 log_level = "info"
-
+{listen}
 [[domain]]
 name = "{domain}"
 cert = "certs/{domain}.crt"
@@ -58,7 +58,12 @@ def _read_password(args: argparse.Namespace, address: str) -> str:
     if source == "-":
         password = sys.stdin.readline().rstrip("\r\n")
     elif source:
-        password = Path(source).read_text(encoding="utf-8").rstrip("\r\n")
+        try:
+            password = Path(source).read_text(encoding="utf-8").rstrip("\r\n")
+        except FileNotFoundError:
+            raise CliError(f"--password-file {source}: no such file; nothing was changed") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--password-file {source}: cannot read it ({exc}); nothing was changed") from None
     else:
         password = getpass.getpass(f"Password for {address}: ")
         if getpass.getpass("Again: ") != password:
@@ -76,6 +81,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from peerage.net.tls import generate_self_signed
 
     domain = normalize_domain(args.domain)
+    for address in args.listen or []:
+        _check_address(address)
     folder = Path(args.dir or ".").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "peerage.toml"
@@ -84,7 +91,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     cert, key = folder / "certs" / f"{domain}.crt", folder / "certs" / f"{domain}.key"
     if not cert.exists():
         generate_self_signed(domain, cert, key)
-    config_path.write_text(INIT_TEMPLATE.format(domain=domain), encoding="utf-8")
+    config_path.write_text(INIT_TEMPLATE.format(domain=domain, listen=_listen_line(args.listen)), encoding="utf-8")
     config = load_config(config_path)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config.data_dir.chmod(0o700)
@@ -98,6 +105,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  peerage --config {config_path} dns {domain}      # records to publish")
     print(f"  peerage --config {config_path} serve")
     return 0
+
+
+def _check_address(address: str) -> None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        raise CliError(f"--listen {address}: not an IP address (write one such as 192.0.2.10 or ::1, no port)") from None
+
+
+def _listen_line(addresses: list[str] | None) -> str:
+    if not addresses:
+        return (
+            "# Addresses every service listens on (each on its usual ports); unset, all of this host's.\n"
+            '# listen = ["192.0.2.10", "2001:db8::10"]\n'
+        )
+    quoted = ", ".join(f'"{a}"' for a in addresses)
+    return f"# Addresses every service listens on, each on its usual ports.\nlisten = [{quoted}]\n"
 
 
 def _generate_domain_keys(config: Config, domain: str) -> None:
@@ -142,6 +168,14 @@ def cmd_user(args: argparse.Namespace) -> int:
 
     config = _config(args, check_files=False)
     if args.user_command == "list":
+        if args.domain is not None:
+            from peerage.identity.address import normalize_domain
+
+            args.domain = normalize_domain(args.domain)
+            if args.domain not in config.domains:
+                raise CliError(
+                    f"{args.domain} is not hosted here; the configured domains are: {', '.join(config.domains)}"
+                )
         for address in _run(lambda: _with_accounts(config, lambda acc: acc.list(args.domain))):
             print(address)
         return 0
@@ -167,7 +201,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from peerage.server import Host
 
     config = _config(args)
-    logging.getLogger().setLevel(config.server.log_level.upper())
+    # -v wins over the configured level, so `peerage -v serve` shows debug lines.
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.server.log_level.upper())
     # Driver chatter (every SQL statement at INFO) drowns protocol logs; only their warnings show.
     for noisy in ("aiosqlite", "alembic", "asyncio", "sqlalchemy.engine", "sqlalchemy.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -175,6 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvloop
     except ImportError:
         uvloop = None  # type: ignore[assignment]
+    log.debug("configuration loaded from %s", config.path)
     host = Host(config)
     if uvloop is not None:
         uvloop.run(host.run_until_stopped())
@@ -246,15 +282,29 @@ def cmd_dns(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peerage")
+    except PackageNotFoundError:
+        from peerage import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerage", description="One address for chat, calls and mail.")
     parser.add_argument("--config", "-c", help="configuration file (default ./peerage.toml or $PEERAGE_CONFIG)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"peerage {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create a configuration, data folder and certificate for DOMAIN")
     init.add_argument("domain")
     init.add_argument("--dir", help="folder to create it in (default: the current folder)")
+    init.add_argument("--listen", action="append", metavar="ADDRESS",
+                      help="IP address every service listens on (repeat for more; default: all addresses)")
     init.set_defaults(func=cmd_init)
 
     user = commands.add_parser("user", help="add, change, delete and list accounts")
@@ -316,3 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a file or folder the command needs (permissions, a full disk)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"peerage: {exc.strerror or exc}{where}", file=sys.stderr)
+        if args.verbose:
+            log.exception("details")
+        return 1
+    except Exception as exc:
+        # Every expected failure has its own message above; anything else is still one line, with the
+        # traceback behind -v for a bug report.
+        print(f"peerage: unexpected error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        if args.verbose:
+            log.exception("details")
+        return 1

@@ -30,8 +30,12 @@ class ConfigError(Exception):
 class ServerConfig:
     data_dir: Path = Path("data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Where `peerage serve` writes runtime status (s2s levels, queue state) for the CLI to read.
-    status_file: str = "status.json"
+    # Where `peerage serve` writes runtime status (s2s levels, queue state) for the CLI to read; empty
+    # means status.json in data_dir. Like every path here, a relative one is relative to this file.
+    status_file: Path | None = None
+    # Addresses (no port) every service listens on, each on its usual ports, for every `*_listen` key
+    # not set in its own section. Empty keeps each service's own defaults (all addresses).
+    listen: list[str] = field(default_factory=list)
     # The host name SRV and MX records point to (`peerage dns`); empty means the domain itself.
     public_hostname: str = ""
     # Public addresses for the A/AAAA records `peerage dns` prints; empty leaves a placeholder.
@@ -249,6 +253,10 @@ class Config:
         return self.server.data_dir
 
     @property
+    def status_path(self) -> Path:
+        return self.server.status_file or self.data_dir / "status.json"
+
+    @property
     def database_url(self) -> str:
         if self.database.url:
             return self.database.url
@@ -329,10 +337,53 @@ def config_from_dict(raw: dict[str, Any], path: Path, *, check_files: bool = Tru
                         "self-signed one"
                     )
         domains[name] = dataclasses.replace(domain, name=name)
+    _inherit_listen(raw, sections, path)
     tls: TlsConfig = sections["tls"]
     if check_files and tls.ca_file is not None and not tls.ca_file.is_file():
         raise ConfigError(f"{path}: [tls] ca_file: file {tls.ca_file} does not exist")
     return Config(path=path, domains=domains, **sections)
+
+
+# Sections whose listeners are never moved by `[server] listen` (an operator's internal endpoints).
+LISTEN_NOT_INHERITED = frozenset({"metrics"})
+
+
+def _listen_fields(cls: type) -> list[str]:
+    if cls is ServerConfig:  # its `listen` holds bare addresses
+        return []
+    return [f.name for f in dataclasses.fields(cls) if f.name.endswith("listen")]
+
+
+def _inherit_listen(raw: dict[str, Any], sections: dict[str, Any], path: Path) -> None:
+    """Check every `*_listen` spec, and fill unset ones from `[server] listen` on their default ports."""
+    import ipaddress
+
+    server: ServerConfig = sections["server"]
+    hosts = []
+    for index, host in enumerate(server.listen):
+        bare = host.strip("[]")
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: [server] listen[{index}] = {host!r} is not an IP address; write one such as "
+                "\"192.0.2.10\", \"0.0.0.0\" or \"::\" (no port: each service keeps its own)"
+            ) from None
+        hosts.append(f"[{bare}]" if ":" in bare else bare)
+    for name, section in sections.items():
+        for key in _listen_fields(type(section)):
+            where = f"[{name}] {key}"
+            if hosts and name not in LISTEN_NOT_INHERITED and key not in raw.get(name, {}):
+                default = next(f for f in dataclasses.fields(type(section)) if f.name == key)
+                factory: Any = default.default_factory
+                ports = dict.fromkeys(parse_listen(spec)[1] for spec in factory())
+                section = dataclasses.replace(section, **{key: [f"{h}:{p}" for p in ports for h in hosts]})
+                sections[name] = section
+            for index, spec in enumerate(getattr(section, key)):
+                try:
+                    parse_listen(spec)
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: {where}[{index}]: {exc}") from None
 
 
 def _build(cls: type, raw: Any, where: str, path: Path, base: Path) -> Any:
@@ -418,5 +469,7 @@ def parse_listen(spec: str) -> tuple[str, int]:
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"listen address {spec!r} must be HOST:PORT, e.g. 0.0.0.0:5222 or [::]:5222")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {spec!r}: port {int(port)} is out of range: ports go up to 65535")
     host = host.strip("[]")
     return host, int(port)

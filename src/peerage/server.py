@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import time
 from typing import Any, Protocol
 
 from peerage.config import Config
@@ -43,6 +44,9 @@ SERVICES: tuple[tuple[tuple[str, ...], str, str], ...] = (
 
 class Host:
     def __init__(self, config: Config) -> None:
+        from peerage.ops.certs import check_certificates
+
+        check_certificates(config)  # a bad file is one clear error, not an OpenSSL traceback
         self.config = config
         self.store = Store(config.database_url)
         self.accounts = AccountService(self.store, config.domains)
@@ -86,12 +90,21 @@ class Host:
                 log.exception("error while stopping %s", type(service).__name__)
         self.services.clear()
         await self.store.close()
+        # What a stopped server published is no longer true: the CLI then says nothing is running.
+        self.config.status_path.unlink(missing_ok=True)
 
     def publish_status(self, key: str, value: Any) -> None:
-        """Record runtime status (e.g. s2s levels) where `peerage s2s status` can read it."""
+        """Record runtime status (e.g. s2s levels) where `peerage s2s status` can read it.
+
+        The file also says which process wrote it and when (`updated_at`, seconds since the epoch), so a
+        reader can tell live data from what a killed server left behind.
+        """
         self._status[key] = value
-        path = self.config.data_dir / self.config.server.status_file
-        tmp = path.with_suffix(".tmp")
+        self._status["pid"] = os.getpid()
+        self._status["updated_at"] = time.time()
+        path = self.config.status_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self._status, indent=1, default=str))
         os.replace(tmp, path)
 
@@ -111,8 +124,22 @@ class Host:
 
 
 def read_status(config: Config) -> dict[str, Any]:
-    path = config.data_dir / config.server.status_file
+    """What the running server published; empty when none runs (stopped, or killed: its pid is gone)."""
     try:
-        return dict(json.loads(path.read_text()))
-    except FileNotFoundError:
+        status = dict(json.loads(config.status_path.read_text()))
+    except (FileNotFoundError, ValueError):
         return {}
+    pid = status.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        return {}
+    return status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user (the server after dropping privileges)
+        return True
+    return True

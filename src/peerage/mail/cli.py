@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -53,9 +54,24 @@ async def _queue(config: Any, args: argparse.Namespace) -> int:
         elif action == "retry":
             count = await retry_entries(store, list(args.ids) or None)
             print(f"{count} entries will be retried now")
+            if args.ids and count < len(set(args.ids)):
+                return _unknown_ids(await list_entries(store), args.ids)
         elif action == "drop":
+            known = await list_entries(store)
             count = await drop_entries(store, Spool(config.data_dir / "queue"), list(args.ids))
             print(f"{count} entries dropped")
+            if count < len(set(args.ids)):
+                return _unknown_ids(known, args.ids)
         return 0
     finally:
         await store.close()
+
+
+def _unknown_ids(entries: list[Any], ids: list[int]) -> int:
+    """Name the ids that are not in the queue (one line on stderr) and fail, so scripts notice."""
+    missing = sorted(set(ids) - {e.id for e in entries})
+    if missing:
+        print(f"peerage: no queue entry {', '.join(map(str, missing))}; see `peerage mail queue list`",
+              file=sys.stderr)
+        return 1
+    return 0

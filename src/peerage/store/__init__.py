@@ -116,7 +116,13 @@ def _upgrade(sync_conn: Connection) -> None:
             f"the database is at schema revision {current}, newer than this peerage knows "
             f"(head {script.get_current_head()}); run the newer peerage, or restore a backup made before upgrading"
         )
-    log.info("upgrading the database schema from %s to %s", current or "the first release", script.get_current_head())
+    from sqlalchemy import inspect
+
+    if current is None and not inspect(sync_conn).get_table_names():
+        log.debug("creating the database schema at revision %s", script.get_current_head())
+    else:
+        log.info("upgrading the database schema from %s to %s", current or "the release before migrations",
+                 script.get_current_head())
     command.upgrade(config, "head")
 
 

@@ -44,6 +44,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not status:
         print("no s2s status: is `peerage serve` running with this configuration?")
         return 1
+    if status_time := read_status(config).get("updated_at"):
+        print(f"status of the running server as of {_time(status_time)}")
     policy = status.get("policy", {})
     print(f"policy: default level {policy.get('default')}"
           + (", legacy pre-1.0 dialback only" if policy.get("legacy") else "")
