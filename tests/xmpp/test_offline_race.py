@@ -1,6 +1,6 @@
 """Offline storage against logins in progress: every message to a bare JID is delivered exactly once.
 
-These tests run the real router, IM core and storage (SQLite) in-process, with hook points in the
+These tests run the real router, feature modules and storage (SQLite) in-process, with hook points in the
 storage so the interleavings that a loaded server produces now and then happen every time.
 """
 
@@ -14,10 +14,17 @@ from pathlib import Path
 import pytest
 
 from peerage.store import Store
-from peerage.xmpp.core import XmppCore
+from peerage.xmpp.context import XmppContext
+from peerage.xmpp.events import Events
+from peerage.xmpp.features.im import Im
+from peerage.xmpp.features.offline import Offline
+from peerage.xmpp.features.presence import Presence
+from peerage.xmpp.features.roster import Roster
 from peerage.xmpp.router import Router
+from peerage.xmpp.stanzas import StanzaRouter
 from peerage.xmpp.storage import XmppStorage
 from peerage.xmpp.stream import Element
+from peerage.xmpp.users import Users
 
 BARE = "alice@a.test"
 SENDER = "bob@a.test/desk"
@@ -82,7 +89,13 @@ class World:
     def __init__(self, store: Store) -> None:
         self.router = Router(["a.test"])
         self.storage = HookedStorage(store.engine)
-        self.core = XmppCore(router=self.router, storage=self.storage, accounts=Accounts(), archive_enabled=False)
+        accounts = Accounts()
+        self.users = Users(self.storage, accounts.exists, lambda bare: bool(self.router.sessions.get(bare)))
+        self.ctx = XmppContext(events=Events(), router=self.router, storage=self.storage, users=self.users,
+                               accounts=accounts, archive_enabled=False)
+        self.ctx.features.extend(cls(self.ctx) for cls in (Roster, Presence, Im, Offline))
+        self.presence_module: Presence = self.ctx.feature(Presence)
+        self.stanzas = StanzaRouter(self.ctx)
 
     def message(self, body: str) -> asyncio.Future[None]:
         """Route a chat message to the bare JID; the future ends once it is delivered or committed."""
@@ -98,7 +111,7 @@ class World:
 
     async def bind(self, resource: str) -> ClientSession:
         session = ClientSession(resource)
-        await self.core.user(BARE)
+        await self.users.load(BARE)
         self.router.bind(session)
         return session
 
@@ -106,7 +119,7 @@ class World:
         stanza = Element("presence", "", {"from": session.full_jid})
         if priority is not None:
             stanza.add("priority", text=str(priority))
-        await self.core.broadcast_presence(session, stanza)
+        await self.presence_module.broadcast(session, stanza)
 
     async def stored(self) -> int:
         return await XmppStorage.offline_count(self.storage, BARE)

@@ -1,10 +1,11 @@
-"""Client-to-server connections (RFC 6120): negotiation, sessions, and the stream's stanza pipeline.
+"""Client-to-server connections (RFC 6120): negotiation and the stream's stanza pipeline.
 
 This module is in charge of one client connection from the first byte to the last: STARTTLS on the
 plain port or TLS from the start on the Direct TLS port (XEP-0368), SASL (``peerage.xmpp.sasl``) with
-the authentication throttle, resource binding with conflict handling (the older session is replaced,
-as Prosody's default ``conflict_resolve = "kick_old"`` does), stream errors as RFC 6120 section 4.9
-specifies, XEP-0198 stream management with resumption, and XEP-0352 client state indication.
+the authentication throttle, resource binding, stream errors as RFC 6120 section 4.9 specifies, and
+the XEP-0198 and XEP-0352 elements of the stream. Once a resource is bound, the connection carries a
+``ClientSession`` (``peerage.xmpp.session``), which outlives it when the stream can be resumed;
+stanzas go to the stanza router (``peerage.xmpp.stanzas``).
 
 Incoming stanzas are processed strictly in order. Those that can be handled without waiting (a
 message to an online contact) are handled inside ``data_received``; when one needs storage, later
@@ -25,9 +26,10 @@ from typing import TYPE_CHECKING
 
 from peerage.identity.address import AddressError, parse_address
 from peerage.xmpp import sasl
-from peerage.xmpp.features.csi import CSI_NS, CsiQueue
+from peerage.xmpp.features.csi import CSI_NS
 from peerage.xmpp.features.sm import SM_NS, StreamManagementState
 from peerage.xmpp.jid import MAX_RESOURCE_OCTETS, JidError, split_jid
+from peerage.xmpp.session import ClientSession
 from peerage.xmpp.stream import (
     CLIENT_NS,
     STREAM_CLOSE,
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
-ROSTERVER_NS = "urn:xmpp:features:rosterver"
-PREAPPROVAL_NS = "urn:xmpp:features:pre-approval"
 
 #: Stanzas waiting behind one that needs storage before reading from the socket pauses. Enough to
 #: absorb a burst; small enough that a client cannot make the server buffer without bound.
@@ -80,32 +80,18 @@ class C2SConnection(asyncio.Protocol):
         "_queue",
         "_reading_paused",
         "authenticated",
-        "available",
-        "bare_jid",
-        "blocklist_requested",
-        "bound",
-        "carbons",
         "closed_cleanly",
         "closing",
-        "csi",
         "direct_tls",
-        "directed",
         "domain",
-        "full_jid",
         "header_sent",
-        "hibernation",
         "last_activity",
-        "last_presence",
         "parser",
         "peer_ip",
-        "priority",
-        "resource",
-        "roster_requested",
         "sasl",
         "sasl_failures",
         "service",
-        "sm",
-        "superseded",
+        "session",
         "tls",
         "transport",
     )
@@ -131,22 +117,22 @@ class C2SConnection(asyncio.Protocol):
         self._busy = False
         self._reading_paused = False
         self._counted = False
-        # --- session state (RoutedSession protocol, used by the router and the core) ---
-        self.bare_jid = ""
-        self.full_jid = ""
-        self.resource = ""
-        self.bound = False
-        self.available = False
-        self.priority = 0
-        self.last_presence: Element | None = None
-        self.directed: set[str] | None = None  # directed presences (RFC 6121 section 4.6), lazily
-        self.roster_requested = False
-        self.blocklist_requested = False
-        self.carbons = False
-        self.sm: StreamManagementState | None = None
-        self.csi: CsiQueue | None = None
-        self.hibernation: asyncio.TimerHandle | None = None
-        self.superseded = False
+        #: The bound resource this connection carries (None before binding and once detached).
+        self.session: ClientSession | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self.session is not None
+
+    @property
+    def sm(self) -> StreamManagementState | None:
+        session = self.session
+        return session.sm if session is not None else None
+
+    @property
+    def name(self) -> str:
+        """Who is at the other end, for logs."""
+        return self.session.full_jid if self.session is not None else self.peer_ip
 
     # ============================================================================================
     # asyncio.Protocol
@@ -215,46 +201,32 @@ class C2SConnection(asyncio.Protocol):
             self._counted = False
             self.service.limits.connections.release(self.peer_ip)
         self.service.connections.discard(self)
-        if self.bound and not self.superseded:
-            if self.sm is not None and self.sm.resumable and not self.closed_cleanly:
-                self._hibernate()
-            else:
-                self.service.spawn(self._terminate())
+        session = self.session
+        if session is not None and session.connection is self:
+            self.session = None
+            self.service.sessions.detached(session, clean=self.closed_cleanly)
+
+    def detach(self) -> None:
+        """The session was resumed on another connection: end this one without it."""
+        self.session = None
+        self._abort()
 
     # ============================================================================================
     # Output
     # ============================================================================================
     def send(self, stanza: Element) -> None:
-        """Queue ``stanza`` for the client (RoutedSession protocol)."""
-        if self.csi is not None:
-            if self.csi.hold(stanza):
-                return
-            held = self.csi.release()
-            for early in held:
-                self._send_now(early)
-        self._send_now(stanza)
+        """Send ``stanza`` to the client: through its session once bound (XEP-0198, XEP-0352)."""
+        if self.session is not None:
+            self.session.send(stanza)
+        else:
+            self._write(_serialize_element(stanza))
 
-    def _send_now(self, stanza: Element) -> None:
-        data = serialize(stanza).encode()
-        sm = self.sm
-        if sm is not None:
-            sm.sent(data, stanza if stanza.name == "message" else None)
-            if sm.overflowing:
-                if self.transport is None:  # hibernating and the queue is full: end the session
-                    if self.hibernation is not None:
-                        self.hibernation.cancel()
-                        self.hibernation = None
-                    self.service.spawn(self._terminate())
-                else:
-                    self._stream_error("resource-constraint", "too many unacknowledged stanzas")
-                return
-            if self.transport is None:
-                return  # hibernating: kept for resumption
-            self._write(data)
-            if sm.should_request():
-                self._write(b"<r xmlns='urn:xmpp:sm:3'/>")
-            return
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client (the session's way out)."""
         self._write(data)
+
+    def stream_error(self, condition: str, text: str = "") -> None:
+        self._stream_error(condition, text)
 
     def _write(self, data: bytes) -> None:
         if self.transport is None:
@@ -281,7 +253,7 @@ class C2SConnection(asyncio.Protocol):
             data = self.tls.take_output()
         transport.write(data)
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER and not self.closing:
-            log.info("%s does not read its stream; closing", self.full_jid or self.peer_ip)
+            log.info("%s does not read its stream; closing", self.name)
             self._abort()
 
     def _write_now(self, data: bytes) -> None:
@@ -361,9 +333,7 @@ class C2SConnection(asyncio.Protocol):
         else:
             features.add("bind", BIND_NS)
             features.add("session", SESSION_NS).add("optional")
-            features.add("ver", ROSTERVER_NS)
-            features.add("sub", PREAPPROVAL_NS)
-            for feature in self.service.core.features:
+            for feature in self.service.ctx.features:
                 features.children.extend(feature.stream_features(self))
         self._write(_serialize_stream_element(features))
 
@@ -391,7 +361,7 @@ class C2SConnection(asyncio.Protocol):
         try:
             result = self._handle(element)
         except Exception:
-            log.exception("error handling an element from %s", self.full_jid or self.peer_ip)
+            log.exception("error handling an element from %s", self.name)
             self._stream_error("internal-server-error")
             return
         if result is None:
@@ -406,7 +376,7 @@ class C2SConnection(asyncio.Protocol):
             try:
                 await pending
             except Exception:
-                log.exception("error handling an element from %s", self.full_jid or self.peer_ip)
+                log.exception("error handling an element from %s", self.name)
                 self._stream_error("internal-server-error")
                 return
             if self.sm is not None and element.name in STANZA_NAMES:
@@ -419,7 +389,7 @@ class C2SConnection(asyncio.Protocol):
                 try:
                     next_pending = self._handle(element)
                 except Exception:
-                    log.exception("error handling an element from %s", self.full_jid or self.peer_ip)
+                    log.exception("error handling an element from %s", self.name)
                     self._stream_error("internal-server-error")
                     return
                 if next_pending is not None:
@@ -457,7 +427,8 @@ class C2SConnection(asyncio.Protocol):
         if ns == SM_NS:
             return self._stream_management(element)
         if ns == CSI_NS and name in ("active", "inactive"):
-            self._client_state(name == "active")
+            if self.session is not None:
+                self.session.set_active(name == "active")
             return None
         if not self.bound:
             if name == "iq" and ns == "":
@@ -550,7 +521,6 @@ class C2SConnection(asyncio.Protocol):
             return
         self.service.limits.auth.success(self.peer_ip, account)
         self.authenticated = account
-        self.bare_jid = account
         self.sasl = None
         self._write_now(_serialize_stream_element(step.element))
         self._restart()
@@ -570,23 +540,18 @@ class C2SConnection(asyncio.Protocol):
             self.send_raw_error(iq, "bad-request")
             return
         resource = requested or secrets.token_hex(8)
-        bare = self.bare_jid
-        router = self.service.router
-        await self.service.core.user(bare)  # roster and blocklist cached before the session is routable
+        assert self.authenticated is not None
+        bound = await self.service.sessions.bind(self, self.authenticated, resource)
+        if isinstance(bound, str):
+            self._write(_serialize_element(error_reply(iq, bound, "too many resources bound")))
+            return
         if self.closing:
+            # Gone while binding: the session never had a carrier.
+            await self.service.sessions.end(bound)
             return
-        existing = router.resources(bare)
-        if resource not in existing and len(existing) >= self.service.max_resources:
-            self._write(_serialize_element(error_reply(iq, "resource-constraint", "too many resources bound")))
-            return
-        self.resource = resource
-        self.full_jid = f"{bare}/{resource}"
-        self.bound = True
-        previous = router.bind(self)
-        if previous is not None and previous is not self:
-            await self.service.replace_session(previous)  # type: ignore[arg-type]
+        self.session = bound
         reply = Element("iq", "", {"type": "result", "id": iq.attrs.get("id", "")})
-        reply.add("bind", BIND_NS).add("jid", text=self.full_jid)
+        reply.add("bind", BIND_NS).add("jid", text=bound.full_jid)
         self._write(_serialize_element(reply))
 
     def send_raw_error(self, iq: Element, condition: str) -> None:
@@ -594,19 +559,21 @@ class C2SConnection(asyncio.Protocol):
 
     # --- stanzas from a bound client --------------------------------------------------------------
     def _stanza(self, stanza: Element) -> Awaitable[None] | None:
+        session = self.session
+        assert session is not None
         attrs = stanza.attrs
         claimed = attrs.get("from")
-        if claimed is not None and claimed != self.full_jid and claimed != self.bare_jid:
+        if claimed is not None and claimed != session.full_jid and claimed != session.bare_jid:
             try:
                 local, domain, resource = split_jid(claimed)
                 normal = f"{local}@{domain}"
-                ok = normal == self.bare_jid and resource in ("", self.resource)
+                ok = normal == session.bare_jid and resource in ("", session.resource)
             except JidError:
                 ok = False
             if not ok:
                 self._stream_error("invalid-from", "the from address is not yours")
                 return None
-        attrs["from"] = self.full_jid
+        attrs["from"] = session.full_jid
         to = attrs.get("to")
         if to is not None:
             try:
@@ -628,36 +595,39 @@ class C2SConnection(asyncio.Protocol):
                 reply = Element("iq", "", {"type": "result", "id": attrs["id"]})
                 self.send(reply)
                 return None
-        return self.service.core.from_client(self, stanza)
+        return self.service.stanzas.from_client(session, stanza)
 
     # --- XEP-0198 -------------------------------------------------------------------------------
     def _stream_management(self, element: Element) -> Awaitable[None] | None:
         name = element.name
+        session = self.session
         if name == "enable":
-            if not self.bound or self.sm is not None:
+            if session is None or session.sm is not None:
                 self._write(_serialize_element(Element("failed", SM_NS, children=[
                     Element("unexpected-request", "urn:ietf:params:xml:ns:xmpp-stanzas")])))
                 return None
             resumable = element.attrs.get("resume") in ("true", "1")
-            self.sm = StreamManagementState(resumable)
+            session.sm = StreamManagementState(resumable)
             enabled = Element("enabled", SM_NS)
-            if resumable and self.sm.resume_id:
-                enabled.attrs.update({"id": self.sm.resume_id, "resume": "true", "max": str(int(self.service.resumption_timeout))})
-                self.service.resumable[self.sm.resume_id] = self
+            if resumable and session.sm.resume_id:
+                enabled.attrs.update({"id": session.sm.resume_id, "resume": "true",
+                                      "max": str(int(self.service.sessions.resumption_timeout))})
+                self.service.sessions.enable_resumption(session)
             self._write(_serialize_element(enabled))
             return None
+        sm = self.sm
         if name == "r":
-            if self.sm is not None:
-                self._write(f"<a xmlns='urn:xmpp:sm:3' h='{self.sm.handled}'/>".encode())
+            if sm is not None:
+                self._write(f"<a xmlns='urn:xmpp:sm:3' h='{sm.handled}'/>".encode())
             return None
         if name == "a":
-            if self.sm is not None:
+            if sm is not None:
                 try:
                     h = int(element.attrs.get("h", ""))
                 except ValueError:
                     self._stream_error("undefined-condition", "invalid h")
                     return None
-                if not self.sm.ack(h):
+                if not sm.ack(h):
                     self._stream_error("undefined-condition", "acknowledged more stanzas than were sent")
             return None
         if name == "resume":
@@ -667,112 +637,26 @@ class C2SConnection(asyncio.Protocol):
 
     def _resume(self, element: Element) -> Awaitable[None] | None:
         previd = element.attrs.get("previd", "")
-        old = self.service.resumable.get(previd)
         failed = Element("failed", SM_NS, children=[Element("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")])
-        if self.bound or old is None or old.bare_jid != self.bare_jid or old.sm is None or old.superseded:
-            self._write(_serialize_element(failed))
-            return None
         try:
             h = int(element.attrs.get("h", ""))
         except ValueError:
+            h = -1
+        session = None
+        if self.session is None and h >= 0 and self.authenticated is not None:
+            session = self.service.sessions.resume(self, self.authenticated, previd, h)
+        if session is None:
             self._write(_serialize_element(failed))
             return None
-        if not old.sm.ack(h):
-            self._write(_serialize_element(failed))
-            return None
-        # Take the old session over: its identity, state and unacknowledged stanzas.
-        if old.hibernation is not None:
-            old.hibernation.cancel()
-            old.hibernation = None
-        old.superseded = True
-        if old.transport is not None:
-            old._abort()
-        for attr in ("bare_jid", "full_jid", "resource", "available", "priority", "last_presence", "directed",
-                     "roster_requested", "blocklist_requested", "carbons", "sm", "csi"):
-            setattr(self, attr, getattr(old, attr))
-        self.bound = True
-        self.service.router.bind(self)
-        assert self.sm is not None
-        self.service.resumable[previd] = self
-        self._write(f"<resumed xmlns='urn:xmpp:sm:3' previd='{previd}' h='{self.sm.handled}'/>".encode())
-        for data, _ in self.sm.unacked:
+        self.session = session
+        sm = session.sm
+        assert sm is not None
+        self._write(f"<resumed xmlns='urn:xmpp:sm:3' previd='{previd}' h='{sm.handled}'/>".encode())
+        for data, _ in sm.unacked:
             self._write(data)
-        if self.sm.unacked:
+        if sm.unacked:
             self._write(b"<r xmlns='urn:xmpp:sm:3'/>")
         return None
-
-    def _hibernate(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.hibernation = loop.call_later(self.service.resumption_timeout, self._hibernation_expired)
-
-    def _hibernation_expired(self) -> None:
-        self.hibernation = None
-        if not self.superseded:
-            self.service.spawn(self._terminate())
-
-    async def _terminate(self) -> None:
-        """The session is over for good: unbind, go unavailable, re-route what was never acked."""
-        if self.superseded:
-            return
-        self.superseded = True
-        router = self.service.router
-        router.unbind(self)
-        if self.sm is not None and self.sm.resume_id and self.service.resumable.get(self.sm.resume_id) is self:
-            del self.service.resumable[self.sm.resume_id]
-        try:
-            await self.service.core.session_ended(self)
-        except Exception:
-            log.exception("error ending the session of %s", self.full_jid)
-        await self._reroute_unacked()
-
-    async def _reroute_unacked(self) -> None:
-        """Deliver messages the client never acknowledged by bare-JID rules (XEP-0198 section 4)."""
-        router = self.service.router
-        if self.sm is not None:
-            unacked, self.sm.unacked = list(self.sm.unacked), deque()
-            for _, stanza in unacked:
-                if stanza is None or stanza.attrs.get("type") in ("error", "groupchat", "headline"):
-                    continue
-                if stanza.find("result", "urn:xmpp:mam:2") is not None:
-                    continue
-                if stanza.find("received", "urn:xmpp:carbons:2") or stanza.find("sent", "urn:xmpp:carbons:2"):
-                    continue
-                # XEP-0198 section 4: never lose them; deliver per bare-JID rules (other
-                # resources, or offline storage).
-                rerouted = Element(stanza.name, stanza.xmlns, {**stanza.attrs, "to": self.bare_jid}, stanza.children)
-                redelivering = self.service.core.redelivering
-                redelivering.add(id(rerouted))
-                try:
-                    result = router.route(rerouted)
-                    if result is not None:
-                        await result
-                except Exception:
-                    log.exception("could not re-route an unacknowledged stanza")
-                finally:
-                    redelivering.discard(id(rerouted))
-
-    async def replaced(self) -> None:
-        """Another connection bound the same full JID: this one gets <conflict/> and ends."""
-        self.superseded = True
-        if self.hibernation is not None:
-            self.hibernation.cancel()
-            self.hibernation = None
-        if self.sm is not None and self.sm.resume_id:
-            self.service.resumable.pop(self.sm.resume_id, None)
-        if self.transport is not None:
-            self._stream_error("conflict", "another client bound this resource")
-        await self._reroute_unacked()
-
-    # --- XEP-0352 -------------------------------------------------------------------------------
-    def _client_state(self, active: bool) -> None:
-        if active:
-            if self.csi is not None:
-                held = self.csi.release()
-                self.csi = None
-                for stanza in held:
-                    self._send_now(stanza)
-        elif self.csi is None:
-            self.csi = CsiQueue()
 
 
 def _serialize_stream_element(element: Element) -> bytes:

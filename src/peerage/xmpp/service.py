@@ -1,21 +1,17 @@
-"""The XMPP service: builds the router, the IM core and its features, and runs the c2s listeners.
+"""The XMPP service: builds the event table, the router, the feature modules, and runs the listeners.
 
 This module is in charge of wiring the XMPP pieces to the Host (configuration, store, accounts, TLS,
-limits), listening on the client ports (``[xmpp] c2s_listen`` with STARTTLS and
-``[xmpp] c2s_direct_tls_listen`` with TLS from the first byte, XEP-0368), closing idle connections,
-expiring the archive, and shutting everything down cleanly.
-
-Federation: if ``peerage.xmpp.s2s`` defines ``S2SService``, it is built as ``S2SService(host, router)``
-after the router exists, then ``await s2s.start()``; ``await s2s.stop()`` runs before the client
-listeners close. It plugs into the router through ``Router.set_remote_sender`` and
-``Router.deliver_from_remote`` (see ``peerage.xmpp.router``).
+limits): the ``XmppContext`` every feature gets, the feature modules in ``FEATURES`` (each hooks its
+events when built), the stanza router, the session table, federation (``S2SService``, which plugs
+into the router through ``Router.set_remote_sender`` and ``Router.deliver_from_remote``), the client
+ports (``[xmpp] c2s_listen`` with STARTTLS and ``[xmpp] c2s_direct_tls_listen`` with TLS from the
+first byte, XEP-0368), closing idle connections, expiring the archive, and a clean shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import ssl
 import time
@@ -24,26 +20,35 @@ from typing import Any
 
 from peerage.config import ConfigError
 from peerage.xmpp.c2s import C2SConnection
-from peerage.xmpp.core import XmppCore
+from peerage.xmpp.context import XmppContext
+from peerage.xmpp.events import Events
 from peerage.xmpp.features.blocking import Blocking
 from peerage.xmpp.features.caps import Caps
 from peerage.xmpp.features.carbons import Carbons
 from peerage.xmpp.features.csi import ClientStateIndication
 from peerage.xmpp.features.disco import Disco
+from peerage.xmpp.features.im import Im
 from peerage.xmpp.features.mam import Mam
 from peerage.xmpp.features.offline import Offline
 from peerage.xmpp.features.ping import Ping
+from peerage.xmpp.features.presence import Presence
 from peerage.xmpp.features.private import PrivateStorage
-from peerage.xmpp.features.sm import RESUMPTION_TIMEOUT, StreamManagement
+from peerage.xmpp.features.roster import Roster
+from peerage.xmpp.features.sm import StreamManagement
 from peerage.xmpp.features.vcard import VCard
 from peerage.xmpp.features.version import Version
 from peerage.xmpp.router import Router
+from peerage.xmpp.s2s import S2SService
+from peerage.xmpp.session import Sessions
+from peerage.xmpp.stanzas import StanzaRouter
 from peerage.xmpp.storage import XmppStorage
+from peerage.xmpp.users import Users
 
 log = logging.getLogger(__name__)
 
-FEATURES = (Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons, Offline, Mam,
-            StreamManagement, ClientStateIndication)
+#: The feature modules, in load order (which is also the order of their stream features).
+FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
+            Offline, Mam, StreamManagement, ClientStateIndication)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser
@@ -65,10 +70,9 @@ class XmppService:
         self.host: Any = None
         self.servers: list[asyncio.AbstractServer] = []
         self.connections: set[C2SConnection] = set()
-        self.resumable: dict[str, C2SConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self.s2s: Any = None
+        self.s2s: S2SService | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self, host: Any) -> None:
@@ -84,18 +88,25 @@ class XmppService:
         self.idle_unauthenticated = host.config.limits.idle_timeout_unauthenticated
         self.idle_authenticated = host.config.limits.idle_timeout
         self.archive_days = config.archive_expires_days
-        self.resumption_timeout = getattr(config, "sm_resumption_timeout", RESUMPTION_TIMEOUT)
         self.default_domain = next(iter(host.config.domains), "localhost")
         self.router = Router(host.config.domains)
         self.storage = XmppStorage(host.store.engine)
-        self.core = XmppCore(
-            router=self.router, storage=self.storage, accounts=host.accounts,
-            archive_enabled=getattr(config, "archive_enabled", True),
-            max_offline_messages=config.max_offline_messages, feature_classes=FEATURES,
+        router = self.router
+        self.ctx = XmppContext(
+            events=Events(), router=router, storage=self.storage,
+            users=Users(self.storage, host.accounts.exists, lambda bare: bool(router.sessions.get(bare))),
+            accounts=host.accounts, archive_enabled=config.archive_enabled,
+            max_offline_messages=config.max_offline_messages, spawn=self.spawn,
         )
+        self.ctx.features.extend(feature(self.ctx) for feature in FEATURES)
+        self.mam: Mam = self.ctx.feature(Mam)
+        self.stanzas = StanzaRouter(self.ctx)
+        self.sessions = Sessions(self.ctx, max_resources=config.max_resources_per_account,
+                                 resumption_timeout=config.sm_resumption_timeout)
         self.tls_available = host.tls.available
         self._tls_context = host.tls.server_context() if self.tls_available else None
-        await self._start_federation()
+        self.s2s = S2SService(host, router)
+        await self.s2s.start()
         self.servers += await start_listeners(
             "xmpp-client", "[xmpp] c2s_listen", config.c2s_listen,
             protocol_factory=lambda: C2SConnection(self, direct_tls=False))
@@ -104,19 +115,6 @@ class XmppService:
                 "xmpps-client", "[xmpp] c2s_direct_tls_listen", config.c2s_direct_tls_listen,
                 protocol_factory=lambda: C2SConnection(self, direct_tls=True))
         self._sweeper = asyncio.ensure_future(self._sweep())
-
-    async def _start_federation(self) -> None:
-        try:
-            module = importlib.import_module("peerage.xmpp.s2s")
-        except ModuleNotFoundError as error:
-            if error.name != "peerage.xmpp.s2s":
-                raise
-            return
-        factory = getattr(module, "S2SService", None)
-        if factory is None:
-            return
-        self.s2s = factory(self.host, self.router)
-        await self.s2s.start()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -135,16 +133,17 @@ class XmppService:
             connection._stream_error("system-shutdown", "the server is shutting down")
         # Sessions waiting for resumption end now: what they never acknowledged goes to offline
         # storage rather than being lost with the process.
-        for connection in list(self.resumable.values()):
-            if connection.hibernation is not None:
-                connection.hibernation.cancel()
-                connection.hibernation = None
-                self.spawn(connection._terminate())
+        for session in self.sessions.all():
+            if session.hibernation is not None:
+                self.sessions.end_detached(session)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_GRACE
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)  # connection_lost() of each closed connection schedules its cleanup
-        await self.core.flush_archive()
+        try:
+            await asyncio.wait_for(self.mam.flush(), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.error("%d archive rows could not be written before shutdown", self.mam.buffered)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for server in self.servers:
@@ -163,9 +162,6 @@ class XmppService:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def replace_session(self, previous: C2SConnection) -> None:
-        await previous.replaced()
-
     async def _sweep(self) -> None:
         last_expiry = 0.0
         while True:
@@ -181,7 +177,7 @@ class XmppService:
                     released += 1
             if released >= TRIM_AFTER_RELEASES:
                 _trim_heap()
-            if self.core.archive_enabled and now - last_expiry > ARCHIVE_EXPIRY_INTERVAL:
+            if self.ctx.archive_enabled and now - last_expiry > ARCHIVE_EXPIRY_INTERVAL:
                 last_expiry = now
                 try:
                     await self.storage.expire_archive(time.time() - self.archive_days * 86400)

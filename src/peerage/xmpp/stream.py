@@ -598,3 +598,16 @@ def iq_result(iq: Element, payload: Element | None = None) -> Element:
     if payload is not None:
         reply.children.append(payload)
     return reply
+
+
+def parse_stored(xml: str) -> Element:
+    """Parse one stanza or fragment stored as serialized XML (client content namespace)."""
+    parser = XmlStreamParser(max_stanza_bytes=1 << 30)
+    events = parser.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+        + xml.encode()
+    )
+    for event in events:
+        if isinstance(event, Element):
+            return event
+    raise ValueError("stored stanza could not be parsed")

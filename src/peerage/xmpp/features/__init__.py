@@ -1,43 +1,26 @@
-"""XMPP features, one module per XEP, and the small interface they share with the core.
+"""XMPP features, one module per XEP, each hooking named events (``peerage.xmpp.events``).
 
-This package is in charge of the protocol extensions. Each module defines a ``Feature`` subclass that
-declares the disco features it adds and the IQ payloads it answers; ``peerage.xmpp.core`` collects
-them. An IQ handler receives an ``IqContext`` and returns the reply element (or ``None`` when it has
-sent the reply itself).
+This package is in charge of the protocol behaviour. A module defines a ``Feature`` subclass; the
+service builds one instance of each with the shared ``XmppContext``, and the instance hooks the
+events it serves in ``setup``: stanza events (``message/bare``, ``pre-presence/bare``, ...), IQ
+payload events (``iq-get/bare/jabber:iq:roster:query``, through ``hook_iq``) and session events
+(``resource-bind``, ``resource-unbind``). It also declares the disco features it adds and the
+stream features it offers after authentication.
+
+An IQ handler receives an ``IqContext`` and returns the reply element (or ``None`` when it has sent
+the reply itself); it may be a coroutine function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from peerage.xmpp.stream import Element
+from peerage.xmpp.context import XmppContext
+from peerage.xmpp.stanzas import IqContext
+from peerage.xmpp.stream import Element, iq_result
 
-if TYPE_CHECKING:
-    from peerage.xmpp.core import XmppCore
-
-
-@dataclass(slots=True)
-class IqContext:
-    """One IQ to be answered by the server.
-
-    ``owner`` is the bare JID the IQ is processed for (the account addressed, or the sender's own
-    account when the IQ has no ``to``); ``None`` when it is addressed to the domain itself.
-    ``session`` is the sender's local client session, if the sender is a local client.
-    ``is_owner`` says whether the sender is the account itself (RFC 6120 section 10.3.3).
-    """
-
-    iq: Element
-    payload: Element
-    owner: str | None
-    domain: str
-    sender: str
-    session: Any
-    is_owner: bool
-
-
-IqHandler = Callable[[IqContext], Awaitable[Element | None]]
+__all__ = ["Feature", "IqContext", "hook_iq", "result"]
 
 
 class Feature:
@@ -48,23 +31,29 @@ class Feature:
     #: features shown in disco#info of an account's bare JID
     account_features: tuple[str, ...] = ()
 
-    def __init__(self, core: XmppCore) -> None:
-        self.core = core
+    def __init__(self, ctx: XmppContext) -> None:
+        self.ctx = ctx
+        self.setup()
 
-    def server_iq(self) -> dict[tuple[str, str], IqHandler]:
-        """IQ handlers for stanzas addressed to the domain: (payload name, namespace) -> handler."""
-        return {}
-
-    def account_iq(self) -> dict[tuple[str, str], IqHandler]:
-        """IQ handlers for stanzas addressed to an account's bare JID (or with no 'to')."""
-        return {}
+    def setup(self) -> None:
+        """Hook the events this feature serves."""
 
     def stream_features(self, session: Any) -> list[Element]:
         """Elements to add to <stream:features/> after authentication."""
         return []
 
 
-def result(ctx: IqContext, payload: Element | None = None) -> Element:
-    from peerage.xmpp.stream import iq_result
+def hook_iq(ctx: XmppContext, name: str, namespace: str, handler: Callable[[IqContext], Any], *,
+            types: Iterable[str] = ("get", "set"), to: Iterable[str] = ("bare",), priority: int = 0) -> None:
+    """Hook ``handler`` for IQs of ``types`` whose payload is ``<name xmlns=namespace>``.
 
+    ``to`` says where the IQ is addressed: ``bare`` (an account, or the sender's own with no ``to``)
+    and/or ``host`` (the domain itself).
+    """
+    for itype in types:
+        for to_type in to:
+            ctx.events.hook(f"iq-{itype}/{to_type}/{namespace}:{name}", handler, priority)
+
+
+def result(ctx: IqContext, payload: Element | None = None) -> Element:
     return iq_result(ctx.iq, payload)

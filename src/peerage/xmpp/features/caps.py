@@ -22,7 +22,7 @@ class Caps(Feature):
     server_features = (CAPS_NS,)
 
     def verification_string(self) -> str:
-        features = sorted({f for feat in self.core.features for f in feat.server_features})
+        features = sorted({f for feat in self.ctx.features for f in feat.server_features})
         text = "server/im//peerage<" + "".join(f + "<" for f in features)
         return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
 

@@ -1,18 +1,31 @@
 """XEP-0313 Message Archive Management (one-to-one archives), version urn:xmpp:mam:2.
 
-This module is in charge of archive queries: the form (XEP-0313 section 4.1), filtering by
-with/start/end/ids, paging with XEP-0059 Result Set Management, and the result messages followed by
-<fin/>. Archiving itself is done by the core (write-behind, flushed before each query).
+This module is in charge of the archive, both halves:
+
+- archiving: one-to-one messages with a body, sent by the account's clients (``pre-message/*``) or
+  delivered to the account (``message/bare``, ``message/full``, stamped with a XEP-0359 stanza-id),
+  are buffered and written in batches (write-behind: MAM is not an acknowledgement). The buffer is
+  bounded: past ``ARCHIVE_BUFFER_LIMIT`` rows, senders wait for the writer. A failed write keeps its
+  rows and is retried with back-off; rows are never dropped silently.
+- queries: the form (section 4.1), filtering by with/start/end/ids, paging with XEP-0059 Result Set
+  Management, and the result messages followed by <fin/> (the buffer is flushed first).
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import logging
 import time
+from typing import Any
 
-from peerage.xmpp.features import Feature, IqContext, IqHandler, result
-from peerage.xmpp.jid import JidError, bare_of
-from peerage.xmpp.stream import Element, error_reply
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
+from peerage.xmpp.jid import JidError, bare_of, split_jid
+from peerage.xmpp.stanzas import StanzaEvent
+from peerage.xmpp.storage import XmppStorage
+from peerage.xmpp.stream import Element, error_reply, parse_stored, serialize
+
+log = logging.getLogger(__name__)
 
 MAM_NS = "urn:xmpp:mam:2"
 RSM_NS = "http://jabber.org/protocol/rsm"
@@ -23,6 +36,21 @@ DELAY_NS = "urn:xmpp:delay"
 #: mod_mam uses max_archive_query_results = 50 for both.
 DEFAULT_PAGE = 50
 MAX_PAGE = 250
+SID_NS = "urn:xmpp:sid:0"
+HINTS_NS = "urn:xmpp:hints"
+#: Messages archived per database transaction: one insert per message would cost more than the
+#: delivery itself.
+ARCHIVE_BATCH = 500
+#: Longest wait before buffered archive rows are written, in seconds.
+ARCHIVE_FLUSH_DELAY = 0.05
+#: Archive rows buffered at most (about 1 KiB each); past this, senders wait for the writer
+#: (back-pressure) instead of the buffer growing while the database is slow or away.
+ARCHIVE_BUFFER_LIMIT = 20000
+#: Back-off between attempts of a failed archive write, doubling up to the maximum (seconds).
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+#: Runs before delivery (features.im), after blocking.
+PRIORITY = 50
 
 
 def parse_stamp(text: str) -> float:
@@ -48,11 +76,130 @@ def format_stamp(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{millis:03d}Z"
 
 
-class Mam(Feature):
-    account_features = (MAM_NS, "urn:xmpp:sid:0")
+def archivable(stanza: Element) -> bool:
+    if stanza.attrs.get("type", "normal") not in ("chat", "normal"):
+        return False
+    for child in stanza.children:
+        if child.__class__ is Element and child.name == "body":
+            break
+    else:
+        return False
+    return stanza.find("no-store", HINTS_NS) is None and stanza.find("no-permanent-store", HINTS_NS) is None
 
-    def account_iq(self) -> dict[tuple[str, str], IqHandler]:
-        return {("query", MAM_NS): self._query, ("prefs", MAM_NS): self._prefs}
+
+class Mam(Feature):
+    account_features = (MAM_NS, SID_NS)
+
+    def setup(self) -> None:
+        hook_iq(self.ctx, "query", MAM_NS, self._query)
+        hook_iq(self.ctx, "prefs", MAM_NS, self._prefs)
+        self._rows: list[dict[str, Any]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._space: asyncio.Event | None = None
+        #: Failed write attempts since start (each is logged; its rows stay buffered).
+        self.failed_writes = 0
+        if not self.ctx.archive_enabled:
+            return
+        events = self.ctx.events
+        events.hook("message/full", self._inbound, PRIORITY)
+        events.hook("message/bare", self._inbound, PRIORITY)
+        for to in ("bare", "full", "host"):
+            events.hook(f"pre-message/{to}", self._outbound, PRIORITY)
+
+    # ============================================================================================
+    # Archiving
+    # ============================================================================================
+    def _inbound(self, event: StanzaEvent) -> None:
+        stanza = event.stanza
+        if event.user is None or not archivable(stanza) or id(stanza) in self.ctx.redelivering:
+            return
+        bare = event.bare
+        # XEP-0359 section 4: remove stanza-ids claiming to be by this account, then add ours.
+        for child in stanza.find_all("stanza-id", SID_NS):
+            if child.attrs.get("by") == bare:
+                stanza.children.remove(child)
+        archive_id = XmppStorage.new_archive_id()
+        self.archive(bare, stanza.attrs.get("from", ""), stanza, archive_id, event)
+        stanza.add("stanza-id", SID_NS, {"by": bare, "id": archive_id})
+
+    def _outbound(self, event: StanzaEvent) -> None:
+        stanza = event.stanza
+        if archivable(stanza):
+            self.archive(event.origin.bare_jid, stanza.attrs.get("to", ""), stanza, None, event)
+
+    def archive(self, owner: str, with_jid: str, stanza: Element, archive_id: str | None = None,
+                event: StanzaEvent | None = None) -> str:
+        """Buffer ``stanza`` for ``owner``'s archive; return its archive id.
+
+        With the buffer full, the stanza's ``event`` is made to wait for room (the sender's next
+        stanza is read only after that).
+        """
+        archive_id = archive_id or XmppStorage.new_archive_id()
+        try:
+            local, domain, _ = split_jid(with_jid)
+            with_bare = f"{local}@{domain}" if local else domain
+        except JidError:
+            with_bare = with_jid
+        rows = self._rows
+        rows.append({"owner": owner, "archive_id": archive_id, "with_jid": with_bare, "stamp": time.time(),
+                     "stanza": serialize(stanza)})
+        if len(rows) >= ARCHIVE_BATCH:
+            self._start_writer()
+        elif self._flush_timer is None and (self._writer is None or self._writer.done()):
+            self._flush_timer = asyncio.get_running_loop().call_later(ARCHIVE_FLUSH_DELAY, self._start_writer)
+        if len(rows) >= ARCHIVE_BUFFER_LIMIT and event is not None:
+            event.wait_for(self.wait_for_room())
+        return archive_id
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rows)
+
+    async def wait_for_room(self) -> None:
+        while len(self._rows) >= ARCHIVE_BUFFER_LIMIT:
+            self._start_writer()
+            if self._space is None:
+                self._space = asyncio.Event()
+            await self._space.wait()
+
+    def _start_writer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        delay = RETRY_FIRST
+        rows = self._rows
+        while rows:
+            batch = rows[:ARCHIVE_BATCH]
+            try:
+                await self.ctx.storage.archive_many(batch)
+            except Exception:
+                self.failed_writes += 1
+                log.exception("could not write %d archive rows (%d buffered); retrying in %.1f s",
+                              len(batch), len(rows), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_FIRST
+            del rows[:len(batch)]  # new rows are only ever appended, so the batch is still first
+            if self._space is not None and len(rows) < ARCHIVE_BUFFER_LIMIT:
+                self._space.set()
+                self._space = None
+
+    async def flush(self) -> None:
+        """Write every buffered archive row (before a MAM query and at shutdown)."""
+        while self._rows:
+            self._start_writer()
+            assert self._writer is not None
+            await asyncio.shield(self._writer)
+
+    # ============================================================================================
+    # Queries
+    # ============================================================================================
 
     async def _prefs(self, ctx: IqContext) -> Element | None:
         if not ctx.is_owner:
@@ -72,7 +219,7 @@ class Mam(Feature):
             query = Element("query", MAM_NS)
             query.children.append(form)
             return result(ctx, query)
-        if not self.core.archive_enabled:
+        if not self.ctx.archive_enabled:
             return error_reply(ctx.iq, "service-unavailable", "archiving is disabled on this server")
         fields: dict[str, list[str]] = {}
         submitted = ctx.payload.find("x", DATA_NS)
@@ -100,18 +247,16 @@ class Mam(Feature):
             before_el = rsm.find("before")
             if before_el is not None:
                 before = before_el.text or ""  # empty <before/> means the last page
-        await self.core.flush_archive()
+        await self.flush()
         owner = ctx.owner
         assert owner is not None
         try:
-            messages, complete = await self.core.storage.query_archive(
+            messages, complete = await self.ctx.storage.query_archive(
                 owner, with_jid=with_jid, start=start, end=end, after_id=after or None,
                 before_id=before, limit=limit, ids=ids,
             )
         except KeyError:
             return error_reply(ctx.iq, "item-not-found", "unknown archive id in the result set")
-        from peerage.xmpp.core import parse_stored
-
         query_id = ctx.payload.attrs.get("queryid")
         for message in messages:
             wrapper = Element("message", "", {"to": ctx.session.full_jid, "id": message.archive_id})

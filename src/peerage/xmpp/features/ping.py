@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peerage.xmpp.features import Feature, IqContext, IqHandler, result
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
 from peerage.xmpp.stream import Element
 
 PING_NS = "urn:xmpp:ping"
@@ -11,11 +11,8 @@ PING_NS = "urn:xmpp:ping"
 class Ping(Feature):
     server_features = (PING_NS,)
 
-    def server_iq(self) -> dict[tuple[str, str], IqHandler]:
-        return {("ping", PING_NS): self._pong}
+    def setup(self) -> None:
+        hook_iq(self.ctx, "ping", PING_NS, self._pong, to=("bare", "host"))
 
-    def account_iq(self) -> dict[tuple[str, str], IqHandler]:
-        return {("ping", PING_NS): self._pong}
-
-    async def _pong(self, ctx: IqContext) -> Element | None:
+    def _pong(self, ctx: IqContext) -> Element | None:
         return result(ctx)

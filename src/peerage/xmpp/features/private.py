@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from peerage.xmpp.features import Feature, IqContext, IqHandler, result
-from peerage.xmpp.stream import CONTENT_NAMESPACES, Element, error_reply, serialize
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
+from peerage.xmpp.stream import CONTENT_NAMESPACES, Element, error_reply, parse_stored, serialize
 
 PRIVATE_NS = "jabber:iq:private"
 #: Largest fragment stored, in bytes (Prosody bounds it by the stanza size only).
@@ -13,12 +13,10 @@ MAX_PRIVATE_BYTES = 256 * 1024
 class PrivateStorage(Feature):
     account_features = (PRIVATE_NS,)
 
-    def account_iq(self) -> dict[tuple[str, str], IqHandler]:
-        return {("query", PRIVATE_NS): self._private}
+    def setup(self) -> None:
+        hook_iq(self.ctx, "query", PRIVATE_NS, self._private)
 
     async def _private(self, ctx: IqContext) -> Element | None:
-        from peerage.xmpp.core import parse_stored
-
         if not ctx.is_owner:
             return error_reply(ctx.iq, "forbidden")
         children = list(ctx.payload.elements())
@@ -31,12 +29,12 @@ class PrivateStorage(Feature):
         owner = ctx.owner
         assert owner is not None
         if ctx.iq.attrs.get("type") == "get":
-            xml = await self.core.storage.get_private(owner, child.xmlns)
+            xml = await self.ctx.storage.get_private(owner, child.xmlns)
             query = Element("query", PRIVATE_NS)
             query.children.append(parse_stored(xml) if xml else Element(child.name, child.xmlns))
             return result(ctx, query)
         xml = serialize(child)
         if len(xml.encode()) > MAX_PRIVATE_BYTES:
             return error_reply(ctx.iq, "not-acceptable", "the fragment is too large")
-        await self.core.storage.set_private(owner, child.xmlns, xml)
+        await self.ctx.storage.set_private(owner, child.xmlns, xml)
         return result(ctx)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from peerage.xmpp.features import Feature, IqContext, IqHandler, result
-from peerage.xmpp.stream import Element, error_reply, serialize
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
+from peerage.xmpp.stream import Element, error_reply, parse_stored, serialize
 
 VCARD_NS = "vcard-temp"
 #: Largest vCard stored, in bytes of XML. Avatars go in XEP-0084 today, but vcard-temp PHOTO is
@@ -15,16 +15,14 @@ class VCard(Feature):
     server_features = (VCARD_NS,)
     account_features = (VCARD_NS,)
 
-    def account_iq(self) -> dict[tuple[str, str], IqHandler]:
-        return {("vCard", VCARD_NS): self._vcard}
+    def setup(self) -> None:
+        hook_iq(self.ctx, "vCard", VCARD_NS, self._vcard)
 
     async def _vcard(self, ctx: IqContext) -> Element | None:
-        from peerage.xmpp.core import parse_stored
-
         owner = ctx.owner
         assert owner is not None
         if ctx.iq.attrs.get("type") == "get":
-            xml = await self.core.storage.get_vcard(owner)
+            xml = await self.ctx.storage.get_vcard(owner)
             if xml is None:
                 return result(ctx, Element("vCard", VCARD_NS))
             return result(ctx, parse_stored(xml))
@@ -33,5 +31,5 @@ class VCard(Feature):
         xml = serialize(ctx.payload)
         if len(xml.encode()) > MAX_VCARD_BYTES:
             return error_reply(ctx.iq, "not-acceptable", "the vCard is too large")
-        await self.core.storage.set_vcard(owner, xml)
+        await self.ctx.storage.set_vcard(owner, xml)
         return result(ctx)

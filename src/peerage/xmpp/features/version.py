@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peerage.xmpp.features import Feature, IqContext, IqHandler, result
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
 from peerage.xmpp.stream import Element, error_reply
 
 VERSION_NS = "jabber:iq:version"
@@ -20,10 +20,10 @@ def _peerage_version() -> str:
 class Version(Feature):
     server_features = (VERSION_NS,)
 
-    def server_iq(self) -> dict[tuple[str, str], IqHandler]:
-        return {("query", VERSION_NS): self._version}
+    def setup(self) -> None:
+        hook_iq(self.ctx, "query", VERSION_NS, self._version, to=("host",))
 
-    async def _version(self, ctx: IqContext) -> Element | None:
+    def _version(self, ctx: IqContext) -> Element | None:
         if ctx.iq.attrs.get("type") != "get":
             return error_reply(ctx.iq, "bad-request")
         query = Element("query", VERSION_NS)

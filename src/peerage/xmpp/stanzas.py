@@ -1,0 +1,259 @@
+"""The stanza router: names the event for a stanza and fires it (Prosody's ``core/stanza_router``).
+
+This module is in charge of two paths and of nothing they lead to:
+
+- a stanza from a local client (``from_client``) fires ``pre-<kind>/<to>`` with the client session
+  as ``origin``; if no handler takes it, it is routed (to a local account, or to federation);
+- a stanza to an account or domain hosted here (``deliver``, the router's local handler, used for
+  local and federated senders alike) fires ``<kind>/<to>``.
+
+``<kind>`` is ``message``, ``presence`` or ``iq``; ``<to>`` is ``bare``, ``full`` or ``host``. An IQ
+get or set that no ``iq/<to>`` handler took is dispatched by its payload as
+``iq-<type>/<to>/<namespace>:<name>`` (``iq-get/bare/jabber:iq:roster:query``), with an
+``IqContext`` as the event; its handler returns the reply (or an awaitable of it). What nobody
+handles gets the RFC 6120 section 8.3 / RFC 6121 section 8.5 answer: ``service-unavailable`` for
+messages and IQ requests, silence for presence and for errors.
+
+The destination's ``UserState`` is in the event (``event.user``; None when no such account exists),
+loaded before firing when it is not cached, so handlers never wait to read a roster or blocklist.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from peerage.xmpp.context import XmppContext
+from peerage.xmpp.events import HANDLED
+from peerage.xmpp.jid import JidError, split_jid
+from peerage.xmpp.router import schedule
+from peerage.xmpp.stream import Element, error_reply
+from peerage.xmpp.users import UserState
+
+log = logging.getLogger(__name__)
+
+_EMPTY: dict[str, Any] = {}
+# Event names built once: (kind, to-type) -> name; the hot path only indexes.
+_NAMES = {(kind, to): f"{kind}/{to}" for kind in ("message", "presence", "iq") for to in ("bare", "full", "host")}
+_PRE_NAMES = {key: f"pre-{name}" for key, name in _NAMES.items()}
+
+
+class StanzaEvent:
+    """One stanza on its way: what the handlers of ``<kind>/<to>`` and ``pre-<kind>/<to>`` receive.
+
+    ``bare``/``domain``/``resource`` are the destination (``bare`` is '' for the domain itself).
+    ``user`` is the destination account's state for ``<kind>/<to>`` events and the sender's for
+    ``pre-`` events. ``resources`` are the destination's bound sessions (resource -> session).
+    A handler that lets the chain go on but needs the sender to wait (storage back-pressure)
+    calls ``wait_for(awaitable)``.
+    """
+
+    __slots__ = ("bare", "domain", "origin", "pending", "resource", "resources", "stanza", "user")
+
+    def __init__(self, stanza: Element, origin: Any, bare: str, domain: str, resource: str,
+                 user: UserState | None, resources: dict[str, Any]) -> None:
+        self.stanza = stanza
+        self.origin = origin
+        self.bare = bare
+        self.domain = domain
+        self.resource = resource
+        self.user = user
+        self.resources = resources
+        self.pending: list[Awaitable[Any]] | None = None
+
+    def wait_for(self, awaitable: Awaitable[Any]) -> None:
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(awaitable)
+
+
+@dataclass(slots=True)
+class IqContext:
+    """One IQ get or set to be answered here: the event of ``iq-<type>/<to>/<ns>:<name>``.
+
+    ``owner`` is the bare JID the IQ is processed for (the account addressed, or the sender's own
+    account when the IQ has no ``to``); ``None`` when it is addressed to the domain itself.
+    ``session`` is the sender's local client session, if the sender is a local client.
+    ``is_owner`` says whether the sender is the account itself (RFC 6120 section 10.3.3).
+    """
+
+    iq: Element
+    payload: Element
+    owner: str | None
+    domain: str
+    sender: str
+    session: Any
+    is_owner: bool
+    user: UserState | None = None
+
+
+def iq_event_name(itype: str, to_type: str, payload: Element) -> str:
+    return f"iq-{itype}/{to_type}/{payload.xmlns}:{payload.name}"
+
+
+class StanzaRouter:
+    def __init__(self, ctx: XmppContext) -> None:
+        self.ctx = ctx
+        self.events = ctx.events
+        self.router = ctx.router
+        self.users = ctx.users
+        ctx.router.set_local_handler(self.deliver)
+
+    # ============================================================================================
+    # To an account or domain hosted here
+    # ============================================================================================
+    def deliver(self, stanza: Element, origin: Any = None) -> Awaitable[None] | None:
+        try:
+            local, domain, resource = split_jid(stanza.attrs["to"])
+        except JidError:
+            return self.router.bounce(stanza, "jid-malformed")
+        if not local:
+            return self._fire(_NAMES[stanza.name, "host"],
+                              StanzaEvent(stanza, origin, "", domain, resource, None, _EMPTY))
+        bare = f"{local}@{domain}"
+        resources: dict[str, Any] | None = self.router.sessions.get(bare)
+        user = self.users.cached(bare) if resources else None
+        if user is None or resources is None:
+            return self._deliver_loading(stanza, origin, bare, domain, resource)
+        return self._fire(_NAMES[stanza.name, "full" if resource else "bare"],
+                          StanzaEvent(stanza, origin, bare, domain, resource, user, resources))
+
+    async def _deliver_loading(self, stanza: Element, origin: Any, bare: str, domain: str, resource: str) -> None:
+        """Delivery to an account whose state is not cached: load it (None if there is no account)."""
+        user = await self.users.lookup(bare)
+        resources = self.router.sessions.get(bare) or _EMPTY
+        result = self._fire(_NAMES[stanza.name, "full" if resource else "bare"],
+                            StanzaEvent(stanza, origin, bare, domain, resource, user, resources))
+        if result is not None:
+            await result
+
+    def _fire(self, name: str, event: StanzaEvent) -> Awaitable[None] | None:
+        result = self.events.fire(name, event)
+        if result is None:
+            result = self._unhandled(event)
+        elif result is HANDLED:
+            result = None
+        if event.pending is not None:
+            return _after(event.pending, result)
+        return result
+
+    def _unhandled(self, event: StanzaEvent) -> Awaitable[None] | None:
+        stanza = event.stanza
+        if stanza.name == "iq":
+            return self._dispatch_iq(event)
+        if stanza.name == "message":
+            mtype = stanza.attrs.get("type", "normal")
+            # RFC 6121 section 8.5.1 / 8.5.4 and RFC 6120 section 10.5.4: nobody takes it.
+            if mtype in ("chat", "normal") or (event.bare and mtype == "groupchat"):
+                return self.router.bounce(stanza, "service-unavailable")
+        return None  # presence, errors, headlines: dropped (RFC 6120 section 8.3.1)
+
+    # --- IQ dispatch by payload -----------------------------------------------------------------
+    def _dispatch_iq(self, event: StanzaEvent) -> Awaitable[None] | None:
+        iq = event.stanza
+        itype = iq.attrs.get("type")
+        if itype not in ("get", "set"):
+            return None  # results and errors to a bare JID or the domain go nowhere
+        if event.resource:
+            return self.router.bounce(iq, "service-unavailable")  # to an absent full JID
+        if event.bare and event.user is None:
+            return self.router.bounce(iq, "service-unavailable")  # no such account
+        sender = iq.attrs.get("from", "")
+        is_owner = False
+        if event.bare:
+            try:
+                local, domain, _ = split_jid(sender)
+                is_owner = f"{local}@{domain}" == event.bare
+            except JidError:
+                pass
+        return self._answer_iq(iq, event.bare or None, event.domain, event.origin, is_owner, event.user)
+
+    def account_iq(self, iq: Element, session: Any) -> Awaitable[None] | None:
+        """An IQ from a client to its own account (no ``to``, RFC 6120 section 10.3.3)."""
+        return self._answer_iq(iq, session.bare_jid, session.bare_jid.partition("@")[2], session, True,
+                               self.users.cached(session.bare_jid))
+
+    def _answer_iq(self, iq: Element, owner: str | None, domain: str, session: Any, is_owner: bool,
+                   user: UserState | None) -> Awaitable[None] | None:
+        payloads = list(iq.elements())
+        if len(payloads) != 1:
+            self._reply(error_reply(iq, "bad-request", "an IQ get or set carries exactly one payload"), session)
+            return None
+        payload = payloads[0]
+        ctx = IqContext(iq, payload, owner, domain, iq.attrs.get("from", ""), session, is_owner, user)
+        name = iq_event_name(iq.attrs["type"], "bare" if owner else "host", payload)
+        try:
+            result = self.events.fire(name, ctx)
+        except Exception:
+            log.exception("IQ handler for %s failed", payload.xmlns)
+            result = error_reply(iq, "internal-server-error")
+        if result is None:
+            result = error_reply(iq, "service-unavailable")
+        if isinstance(result, Element):
+            self._reply(result, session)
+            return None
+        return self._await_reply(result, ctx)
+
+    async def _await_reply(self, pending: Awaitable[Element | None], ctx: IqContext) -> None:
+        try:
+            reply = await pending
+        except Exception:
+            log.exception("IQ handler for %s failed", ctx.payload.xmlns)
+            reply = error_reply(ctx.iq, "internal-server-error")
+        if reply is not None:
+            self._reply(reply, ctx.session)
+
+    def _reply(self, reply: Element, session: Any) -> None:
+        if session is not None and reply.attrs.get("to") in (None, session.full_jid):
+            session.send(reply)
+        elif reply.attrs.get("to"):
+            schedule(self.router.route(reply))
+
+    # ============================================================================================
+    # From a local client, stamped with its full JID (``peerage.xmpp.c2s``)
+    # ============================================================================================
+    def from_client(self, session: Any, stanza: Element) -> Awaitable[None] | None:
+        name = stanza.name
+        attrs = stanza.attrs
+        to = attrs.get("to")
+        if not to:
+            if name == "message":
+                attrs["to"] = to = session.bare_jid  # RFC 6121 section 8.1.1.1
+            elif name == "iq":
+                return self.account_iq(stanza, session)
+        if to:
+            try:
+                local, domain, resource = split_jid(to)
+            except JidError:
+                session.send(error_reply(stanza, "jid-malformed"))
+                return None
+            to_type = ("full" if resource else "bare") if local else "host"
+            bare = f"{local}@{domain}" if local else ""
+        else:
+            # Presence without 'to' is the client's broadcast, about its own bare JID.
+            to_type, bare, domain, resource = "bare", session.bare_jid, session.bare_jid.partition("@")[2], ""
+        event = StanzaEvent(stanza, session, bare, domain, resource, self.users.cached(session.bare_jid), _EMPTY)
+        result = self.events.fire(_PRE_NAMES[name, to_type], event)
+        if result is None:
+            result = self._post(stanza, session, to_type, bare, domain)
+        elif result is HANDLED:
+            result = None
+        if event.pending is not None:
+            return _after(event.pending, result)
+        return result
+
+    def _post(self, stanza: Element, session: Any, to_type: str, bare: str, domain: str) -> Awaitable[None] | None:
+        """What no ``pre-`` handler took goes on its way (Prosody's ``core_post_stanza``)."""
+        if stanza.name == "iq" and ((bare == session.bare_jid and to_type == "bare")
+                                    or (to_type == "host" and self.router.is_hosted(domain))):
+            return self.deliver(stanza, session)  # answered here, replies straight to the session
+        return self.router.route(stanza)
+
+
+async def _after(pending: list[Awaitable[Any]], result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
+    for awaitable in pending:
+        await awaitable

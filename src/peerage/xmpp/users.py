@@ -1,0 +1,93 @@
+"""The per-account state the XMPP features share: roster, roster version and blocklist, cached.
+
+This module is in charge of loading an account's roster and blocklist once and keeping them in
+memory while any of its resources is online (and, bounded, a while after), so that delivery to an
+online session needs no database access. Feature modules change the cached state together with
+the stored one; nothing else keeps a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+
+from peerage.xmpp.storage import RosterItem, XmppStorage
+
+#: Accounts whose roster and blocklist stay cached while nobody of them is online. Online accounts
+#: are always cached; this bounds the rest (LRU).
+OFFLINE_USER_CACHE = 2048
+
+
+class UserState:
+    """What the features keep about one account: roster, roster version, blocklist."""
+
+    __slots__ = ("bare", "blocklist", "lock", "roster", "version")
+
+    def __init__(self, bare: str, version: int, roster: dict[str, RosterItem], blocklist: set[str]) -> None:
+        self.bare = bare
+        self.roster = roster
+        self.version = version
+        self.blocklist = blocklist
+        # Serialises read-modify-write of the roster (subscription state machine, roster sets).
+        self.lock = asyncio.Lock()
+
+
+class Users:
+    """The cache of ``UserState``, loaded on demand, one load per account at a time."""
+
+    def __init__(self, storage: XmppStorage, exists: Callable[[str], object],
+                 is_online: Callable[[str], bool]) -> None:
+        self.storage = storage
+        self._exists = exists
+        self._is_online = is_online
+        self._users: OrderedDict[str, UserState] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[UserState]] = {}
+
+    def cached(self, bare: str) -> UserState | None:
+        return self._users.get(bare)
+
+    async def load(self, bare: str) -> UserState:
+        """The state of ``bare`` (an account known to exist), from the cache or the store."""
+        state = self._users.get(bare)
+        if state is not None:
+            self._users.move_to_end(bare)
+            return state
+        pending = self._loading.get(bare)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[UserState] = asyncio.get_running_loop().create_future()
+        self._loading[bare] = future
+        try:
+            version, roster = await self.storage.load_roster(bare)
+            blocklist = await self.storage.get_blocklist(bare)
+            state = UserState(bare, version, roster, blocklist)
+            self._users[bare] = state
+            self._evict()
+            future.set_result(state)
+            return state
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: the caller gets the error
+            raise
+        finally:
+            del self._loading[bare]
+
+    async def lookup(self, bare: str) -> UserState | None:
+        """The state of ``bare``, or None when no such account exists."""
+        state = self._users.get(bare)
+        if state is not None:
+            return state
+        exists = self._exists(bare)
+        if not await exists:  # type: ignore[misc]
+            return None
+        return await self.load(bare)
+
+    def _evict(self) -> None:
+        if len(self._users) <= OFFLINE_USER_CACHE:
+            return
+        for bare in list(self._users):
+            if len(self._users) <= OFFLINE_USER_CACHE:
+                break
+            if not self._is_online(bare):
+                del self._users[bare]
