@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,7 +45,10 @@ class WebService:
         self.runners: list[web.AppRunner] = []
         self.app: web.Application | None = None
         self.auth: Authenticator | None = None
-        self._started: weakref.WeakSet[Any] = weakref.WeakSet()
+        # ids of connections that have not finished a request head yet; each leaves at its first
+        # request or when _expire runs (the timer holds the protocol, so an id is not reused meanwhile).
+        # Not a WeakSet: uvloop's transports and aiohttp's protocols take no weak references.
+        self._waiting: set[int] = set()
 
     async def start(self, host: Any) -> None:
         self.host = host
@@ -102,6 +104,7 @@ class WebService:
 
         def factory() -> asyncio.BaseProtocol:
             protocol = server()
+            self._waiting.add(id(protocol))
             loop.call_later(config.header_timeout, self._expire, protocol)
             return protocol
 
@@ -109,20 +112,21 @@ class WebService:
 
     def _expire(self, protocol: Any) -> None:
         """Close a connection that has not finished one request head within header_timeout."""
+        if id(protocol) not in self._waiting:
+            return
+        self._waiting.discard(id(protocol))
         transport = protocol.transport
-        if transport is not None and transport not in self._started and not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             transport.close()
 
     @web.middleware
     async def _mark_started(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.transport is not None:
-            self._started.add(request.transport)
+        self._waiting.discard(id(request.protocol))
         return await handler(request)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.transport is not None:
-            self._started.add(request.transport)
+        self._waiting.discard(id(request.protocol))
         name = self.names.name(request)
         if name is None:
             # RFC 9110 §15.5.20: not a name this server is configured for (and a DNS-rebinding page
