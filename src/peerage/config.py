@@ -114,6 +114,10 @@ class FederationConfig:
     idle_timeout: float = 600.0
     # Offer and request bidirectional streams (XEP-0288), so one connection carries both directions.
     bidi: bool = True
+    # Seconds an inbound s2s connection has, from its TCP accept, to authenticate (dialback or SASL
+    # EXTERNAL) before it is closed with <connection-timeout/>, however slowly it keeps sending.
+    # ejabberd's negotiation_timeout is 30 s; Prosody's s2s_timeout (whole setup) is 90 s.
+    negotiation_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,32 @@ def test_pending_pairs_are_bounded() -> None:
     for index in range(dialback.MAX_PENDING_PAIRS):
         assert table.request(f"o{index}.example", "r.example") is None
     assert "too many" in (table.request("late.example", "r.example") or "")
+
+
+def _reparse(wire: str) -> dialback.DialbackMessage:
+    """Parse ``wire`` as the first element of a stream that declares the db prefix, as ours does."""
+    parser = XmlStreamParser()
+    header = ("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+              f"{dialback.STREAM_DIALBACK_DECLARATION} version='1.0'>")
+    events = parser.feed(header.encode() + wire.encode())
+    return dialback.parse(events[-1])
+
+
+def test_elements_are_written_with_the_db_prefix() -> None:
+    # ejabberd (p1_xmpp) matches the qualified name db:result literally; Prosody writes it too.
+    request = dialback.to_wire(dialback.result_request("a.example", "b.example", "k&y"))
+    assert request == "<db:result from='a.example' to='b.example'>k&amp;y</db:result>"
+    verify = dialback.to_wire(dialback.verify_response(
+        dialback.verify_request("b.example", "a.example", "id1", "key"), True))
+    assert verify == "<db:verify from='a.example' to='b.example' id='id1' type='valid'/>"
+    message = _reparse(request)
+    assert (message.kind, message.from_, message.to, message.key) == ("result", "a.example", "b.example", "k&y")
+
+
+def test_error_child_is_unprefixed_as_in_xep0220() -> None:
+    wire = dialback.to_wire(dialback.error_response("result", "b.example", "a.example",
+                                                    DialbackError.REMOTE_SERVER_TIMEOUT))
+    assert wire.startswith("<db:result from='b.example' to='a.example' type='error'><error type='")
+    assert "<remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>" in wire
+    message = _reparse(wire)
+    assert message.type == "error" and message.error == "remote-server-timeout"

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerage.xmpp.stream import STANZAS_ERROR_NS, Element
+from peerage.xmpp.stream import SERVER_NS, STANZAS_ERROR_NS, Element, escape_attr, escape_text, serialize
 
 DIALBACK_NS = "jabber:server:dialback"
 #: Stream feature advertising dialback (XEP-0220 section 2.1.1); ``<errors/>`` inside says we
@@ -133,9 +133,39 @@ def error_response(name: str, from_: str, to: str, error: DialbackError, stream_
     if stream_id is not None:
         attrs["id"] = stream_id
     element = Element(name, DIALBACK_NS, attrs)
-    inner = element.add("error", DIALBACK_NS, {"type": error.error_type})
+    # XEP-0220 section 2.4 example: the <error/> child is unprefixed, in the stream's jabber:server.
+    inner = element.add("error", SERVER_NS, {"type": error.error_type})
     inner.add(error.condition, STANZAS_ERROR_NS)
     return element
+
+
+#: The prefix every dialback element is written with. XEP-0220 declares ``xmlns:db`` on the stream
+#: header and writes ``<db:result/>`` and ``<db:verify/>``; so do Prosody (mod_dialback) and
+#: ejabberd. ejabberd's XMPP library matches the qualified name ``db:result`` literally (xmpp_codec's
+#: ``db_result`` element is ``<<"db:result">>`` in ``jabber:server``), so an element written as
+#: ``<result xmlns='jabber:server:dialback'>``, although the same XML, is not dialback to it: the
+#: request is never answered. Hence always the prefix, declared once on our stream header.
+DIALBACK_PREFIX = "db"
+
+
+def to_wire(element: Element) -> str:
+    """Serialize a dialback element as ``<db:result/>`` or ``<db:verify/>`` with the ``db`` prefix
+    bound by the stream header (``STREAM_DIALBACK_DECLARATION``); children keep their namespaces."""
+    name = f"{DIALBACK_PREFIX}:{element.name}"
+    out = ["<", name]
+    for key, value in element.attrs.items():
+        out.append(f" {key}='{escape_attr(value)}'")
+    if not element.children:
+        out.append("/>")
+        return "".join(out)
+    out.append(">")
+    for child in element.children:
+        if isinstance(child, str):
+            out.append(escape_text(child))
+        else:
+            out.append(serialize(child, SERVER_NS, SERVER_NS))
+    out.append(f"</{name}>")
+    return "".join(out)
 
 
 def features_element() -> Element:

@@ -220,7 +220,10 @@ class XmlConnection:
         self.header_sent = True
 
     def send(self, element: Element) -> None:
-        self.write(serialize(element, SERVER_NS).encode())
+        if element.xmlns == dialback.DIALBACK_NS:
+            self.write(dialback.to_wire(element).encode())
+        else:
+            self.write(serialize(element, SERVER_NS).encode())
 
     async def event(self, timeout: float | None = NEGOTIATION_STEP_TIMEOUT) -> Any:
         while not self.events:
@@ -240,10 +243,7 @@ class XmlConnection:
         event = await self.event(timeout)
         if isinstance(event, Element):
             if event.name == "error" and event.xmlns == STREAM_NS:
-                condition = next((c.name for c in event.elements() if c.name != "text"),
-                                 "undefined-condition")
-                raise StreamError(condition, "the peer sent a stream error: "
-                                  + (event.find_text("text") or condition))
+                raise peer_stream_error(event)
             return event
         if isinstance(event, StreamFailure):
             raise StreamError(event.condition, event.text)
@@ -548,6 +548,8 @@ class InboundStream:
         #: that a refusal is a proper stream error (RFC 6120 section 4.9.1.1).
         self.check_certificate_pending = direct_tls
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.failure_recorded = False
+        self.deadline: asyncio.TimerHandle | None = None
 
     @property
     def alive(self) -> bool:
@@ -564,9 +566,33 @@ class InboundStream:
     def profile(self, remote: str | None, local: str) -> ServerProfile:
         return self.service.policy.profile(remote or "", self.service.certificate_kind(local))
 
+    @property
+    def authenticated(self) -> bool:
+        """Some domain pair was authenticated on this stream (dialback, SASL EXTERNAL, permissive)."""
+        return any(r.state == "open" for r in self.records.values())
+
+    def _negotiation_expired(self) -> None:
+        """``[xmpp.federation] negotiation_timeout`` passed since the accept and nothing authenticated.
+
+        The per-read bound (NEGOTIATION_STEP_TIMEOUT) does not stop a peer that drips a byte at a
+        time; this bound on the whole negotiation does, as ejabberd's ``negotiation_timeout`` does.
+        A stream that only carried db:verify requests is closed too: its originator opens a new one
+        for its next verification.
+        """
+        connection = self.connection
+        if self.authenticated or connection.closed:
+            return
+        seconds = self.service.negotiation_timeout
+        self._fail_records(f"not authenticated within {seconds:g} s (negotiation_timeout)")
+        if not connection.header_sent:
+            connection.write_header(_header(None, None, self.stream_id or secrets.token_urlsafe(16), False))
+        connection.fail("connection-timeout", f"authentication did not complete within {seconds:g} seconds")
+
     async def run(self) -> None:
         connection = self.connection
         service = self.service
+        self.deadline = asyncio.get_running_loop().call_later(service.negotiation_timeout,
+                                                              self._negotiation_expired)
         try:
             while True:
                 restart = await self._negotiate_header()
@@ -595,12 +621,17 @@ class InboundStream:
             self._fail_records(f"closed by the peer ({error})")
             connection.close()
         finally:
+            if self.deadline is not None:
+                self.deadline.cancel()
             for task in self.tasks:
                 task.cancel()
             service.inbound_closed(self)
 
     def _fail_records(self, reason: str) -> None:
+        if self.failure_recorded:
+            return
         if not self.records and not self.verification_only and self.header_from:
+            self.failure_recorded = True
             record = self.service.new_record("in", self.header_to, self.header_from, self.connection)
             record.tls = self.connection.tls_version
             self.service.finish_record(record, Level.UNSUCCESSFUL,
@@ -665,6 +696,18 @@ class InboundStream:
             return False
         if element.xmlns == dialback.DIALBACK_NS:
             await self._dialback(element)
+            return False
+        if element.xmlns == STREAM_NS and element.name == "error":
+            # RFC 6120 section 4.9.1.1: a stream error is followed by the close of the stream; the
+            # other side answers with its closing tag, never with an error of its own.
+            error = peer_stream_error(element)
+            reason = f"<{error.condition}/> {error.text}"
+            self._fail_records(reason)
+            for record in self.records.values():
+                if record.state == "open":
+                    record.reason += f"; closed by {reason}"
+            log.info("s2s in from %s: %s", self.header_from or connection.peer, reason)
+            connection.close(graceful=True)
             return False
         if element.xmlns == "" and element.name in ("message", "presence", "iq"):
             self._permissive(element)
@@ -864,6 +907,21 @@ class InboundStream:
                               f"could not verify the dialback key: {outcome.condition}")
 
 
+def peer_stream_error(error: Element) -> StreamError:
+    """The ``<stream:error/>`` a peer sent (RFC 6120 section 4.9), with its ``<text/>`` when any."""
+    condition = next((c.name for c in error.elements() if c.name != "text"), "undefined-condition")
+    text = (error.find_text("text") or "").strip()
+    return StreamError(condition, "the peer sent a stream error" + (f": {text}" if text else ""))
+
+
+def sasl_failure_text(failure: Element) -> str:
+    """A SASL ``<failure/>`` (RFC 6120 section 6.5) for people: the condition, then the peer's
+    ``<text/>`` when it sent one, e.g. "not-authorized: self signed certificate"."""
+    condition = next((c.name for c in failure.elements() if c.name != "text"), "") or "no condition"
+    text = (failure.find_text("text") or "").strip()
+    return f"{condition}: {text}" if text else condition
+
+
 def serialize_features(features: Element) -> bytes:
     body = "".join(serialize(child, SERVER_NS, STREAM_NS) for child in features.elements())
     return f"<stream:features>{body}</stream:features>".encode()
@@ -881,6 +939,7 @@ class S2SService:
         self.federation = config.xmpp.federation
         self.policy = FederationPolicy.from_config(self.federation)
         self.connect_timeout = float(self.federation.connect_timeout)
+        self.negotiation_timeout = float(self.federation.negotiation_timeout)
         self.idle_timeout = float(self.federation.idle_timeout)
         self.idle_unauthenticated = min(self.idle_timeout,
                                         float(config.limits.idle_timeout_unauthenticated))
@@ -1158,9 +1217,11 @@ class S2SService:
                              ) -> OutboundStream:
         receiver_verified: CertificateCheck | None = None
         if target.direct_tls:
+            record.tls = connection.tls_version
             receiver_verified = self._check_receiver(connection, profile, remote)
         bidi = False
         authenticated = ""
+        sasl_note = ""
         while True:
             connection.write_header(_header(local, remote, None, profile.legacy))
             opened = await connection.header()
@@ -1183,6 +1244,8 @@ class S2SService:
                         raise NegotiationFailed("the peer refused STARTTLS")
                     await connection.starttls(
                         self.tls.client(local, presents_certificate(profile)), remote)
+                    # A later failure still shows that TLS was reached (``peerage s2s status``).
+                    record.tls = connection.tls_version
                     receiver_verified = self._check_receiver(connection, profile, remote)
                     if choice is TlsChoice.IF_AUTHENTICATED and not receiver_verified.trusted:
                         raise _FallBackToClear(
@@ -1206,15 +1269,23 @@ class S2SService:
                 authzid = base64.b64encode(local.encode()).decode()
                 connection.write(f"<auth xmlns='{SASL_NS}' mechanism='EXTERNAL'>{authzid}</auth>".encode())
                 answer = await connection.element()
-                if answer.name != "success":
-                    raise NegotiationFailed("the receiver refused SASL EXTERNAL: "
-                                            + ",".join(c.name for c in answer.elements()))
-                connection.restart()
-                connection.write_header(_header(local, remote, None, False))
-                await connection.header()
-                await connection.element()  # the (empty) features after SASL
-                authenticated = "sasl-external"
-                break
+                if answer.name == "success":
+                    connection.restart()
+                    connection.write_header(_header(local, remote, None, False))
+                    await connection.header()
+                    await connection.element()  # the (empty) features after SASL
+                    authenticated = "sasl-external"
+                    break
+                refusal = sasl_failure_text(answer)
+                # A receiver may offer EXTERNAL whenever a certificate was shown, then refuse one it
+                # cannot verify (ejabberd answers <not-authorized/> "self signed certificate"). The
+                # stream is still unauthenticated, so, as Prosody and ejabberd do, fall back to
+                # dialback on it when the receiver offered dialback and our policy allows it.
+                if dialback_offered and profile.required < Level.TRUSTED:
+                    sasl_note = f"SASL EXTERNAL refused ({refusal}), fell back to dialback"
+                    authenticated = "dialback"
+                    break
+                raise NegotiationFailed(f"the receiver refused SASL EXTERNAL: {refusal}")
             if profile.required >= Level.TRUSTED:
                 raise NegotiationFailed("our policy for this domain requires SASL EXTERNAL, and the "
                                         "receiver did not offer it (it could not verify our certificate "
@@ -1253,6 +1324,8 @@ class S2SService:
                                   if receiver_verified is not None else "") + ", then dialback")
             if encrypted else "dialback on a clear stream",
         }[authenticated]
+        if sasl_note:
+            why = f"{why} ({sasl_note})"
         if target.direct_tls:
             why = "Direct TLS (XEP-0368); " + why
         note = self.fallback_notes.pop((local, remote), None)

@@ -39,6 +39,7 @@ from peerage.xmpp.s2s import (
     _features_of,
     _header,
     _is_1_0,
+    sasl_failure_text,
 )
 from peerage.xmpp.x509 import check_certificate
 
@@ -125,23 +126,44 @@ async def check_federation(config: Any, remote: str, local: str | None, say: Cal
             "remote firewall, and that its server listens on those ports")
         return Level.UNSUCCESSFUL
 
+    reached = Progress()
     try:
-        return await _negotiate(service, connection, profile, local, remote, direct_tls, say)
+        level = await _negotiate(service, connection, profile, local, remote, direct_tls, say, reached)
     except StreamError as error:
         say(f"FAIL  the remote server closed the stream with <{error.condition}/>: {error.text}")
+        level = Level.UNSUCCESSFUL
     except (ConnectionError, OSError, ssl.SSLError) as error:
         say(f"FAIL  the connection broke: {error}")
+        level = Level.UNSUCCESSFUL
     finally:
         connection.close(graceful=True)
-    return Level.UNSUCCESSFUL
+    if level is Level.UNSUCCESSFUL:
+        say(f"RESULT level U (unsuccessful): {reached.describe()}")
+    return level
+
+
+class Progress:
+    """How far a failed negotiation got, so the RESULT line says what worked before what did not."""
+
+    def __init__(self) -> None:
+        self.tls = ""
+        self.certificate = ""
+
+    def describe(self) -> str:
+        if not self.tls:
+            return "connected, but no level was reached before the failure above"
+        text = f"the stream was encrypted ({self.tls}"
+        if self.certificate:
+            text += f"; their certificate: {self.certificate}"
+        return text + "), but authentication failed as explained above, so no stanza can flow"
 
 
 async def _negotiate(service: S2SService, connection: XmlConnection, profile: Any, local: str, remote: str,
-                     direct_tls: bool, say: Callable[[str], None]) -> Level:
+                     direct_tls: bool, say: Callable[[str], None], reached: Progress) -> Level:
     say("3. Stream and TLS")
     certificate = None
     if direct_tls:
-        certificate = _report_tls(service, connection, remote, say)
+        certificate = _report_tls(service, connection, remote, say, reached)
     while True:
         connection.write_header(_header(local, remote, None, profile.legacy))
         opened = await connection.header()
@@ -163,7 +185,7 @@ async def _negotiate(service: S2SService, connection: XmlConnection, profile: An
                 say("FAIL  the remote server refused STARTTLS")
                 return Level.UNSUCCESSFUL
             await connection.starttls(service.tls.client(local, presents_certificate(profile)), remote)
-            certificate = _report_tls(service, connection, remote, say)
+            certificate = _report_tls(service, connection, remote, say, reached)
             if choice is TlsChoice.IF_AUTHENTICATED and not certificate.trusted:
                 say("  info  TLS is optional for both sides and the certificate is not trusted: at the "
                     "verified level the server reconnects without TLS and uses dialback (level V)")
@@ -195,8 +217,12 @@ async def _negotiate(service: S2SService, connection: XmlConnection, profile: An
             say(f"  ok    authenticated as {local} by our certificate")
             say("RESULT level T (trusted): TLS, certificates verified both ways, SASL EXTERNAL")
             return Level.TRUSTED
-        say("  FAIL  refused: " + ",".join(c.name for c in answer.elements()))
-        return Level.UNSUCCESSFUL
+        refusal = sasl_failure_text(answer)
+        if not dialback_offered or profile.required >= Level.TRUSTED:
+            say(f"  FAIL  refused: {refusal}")
+            return Level.UNSUCCESSFUL
+        say(f"  warn  refused: {refusal}; the remote server offers dialback too, so we fall back to "
+            "it on this stream (as Prosody and ejabberd do)")
     else:
         say("  info  offered, but at the verified level we use dialback when both are offered")
 
@@ -246,11 +272,13 @@ def _feature_names(features: dict[str, Any]) -> list[str]:
 
 
 def _report_tls(service: S2SService, connection: XmlConnection, remote: str,
-                say: Callable[[str], None]) -> Any:
+                say: Callable[[str], None], reached: Progress) -> Any:
     sslobj = connection.ssl_object
     cipher = sslobj.cipher() if sslobj is not None else None
     say(f"  ok    TLS {connection.tls_version}" + (f", {cipher[0]}" if cipher else ""))
+    reached.tls = connection.tls_version
     check = check_certificate(connection.peer_certificate(), remote, service.trust)
+    reached.certificate = check.explain(remote)
     if not check.present:
         say("  FAIL  no certificate")
         return check
