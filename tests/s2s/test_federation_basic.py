@@ -104,6 +104,10 @@ async def test_piggybacked_domain_pairs_share_one_connection(federation: Federat
     first = next(r for r in records(far, "in", "m1.s2s.test") if r["level"] == "V")
     second = next(r for r in records(far, "in", "m2.s2s.test") if r["level"] == "V")
     assert first["peer"] == second["peer"], "both pairs on the same TCP connection"
+    # Each server writes its status file on its own schedule (STATUS_WRITE_DELAY): wait for multi's.
+    await async_wait_for(lambda: best_level(multi, "out", "far.s2s.test") == "V" and all(
+        r["state"] != "negotiating" for r in records(multi, "out", "far.s2s.test")),
+        FEDERATION_TIMEOUT, "the piggybacked pair recorded")
     piggybacked = next(r for r in records(multi, "out", "far.s2s.test") if r["local"] == "m2.s2s.test")
     assert "piggybacked" in piggybacked["reason"] and piggybacked["level"] == "V"
 
