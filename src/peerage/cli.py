@@ -212,10 +212,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop = None  # type: ignore[assignment]
     log.debug("configuration loaded from %s", config.path)
     host = Host(config)
+    host.verbose = args.verbose
     if uvloop is not None:
         uvloop.run(host.run_until_stopped())
     else:
         asyncio.run(host.run_until_stopped())
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Signal the running server (SIGHUP) and report what it applied, as `systemctl reload` does."""
+    import os
+    import signal
+    import time
+
+    from peerage.server import read_status
+
+    config = _config(args, check_files=False)
+    status = read_status(config)
+    pid = status.get("pid")
+    if not isinstance(pid, int):
+        raise CliError(f"no running peerage found for {config.path} (no live status in {config.status_path})")
+    before = (status.get("reload") or {}).get("at", 0)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        outcome = read_status(config).get("reload") or {}
+        if outcome.get("at", 0) > before:
+            if not outcome.get("ok"):
+                raise CliError(f"reload failed, the server keeps its running configuration: {outcome.get('error')}")
+            print("reloaded: " + ", ".join(outcome.get("applied", [])))
+            if outcome.get("restart_needed"):
+                print("needs a restart to take effect: " + ", ".join(outcome["restart_needed"]))
+            return 0
+        time.sleep(0.1)
+    raise CliError(f"sent SIGHUP to peerage (pid {pid}) but it reported no reload within {args.timeout:g}s; see its log")
+
+
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    from peerage.ops.systemd import unit
+
+    print(unit(config_path=Path(args.config or default_config_path()).resolve(), user=args.user,
+               ambient=args.ambient_capabilities), end="")
     return 0
 
 
@@ -321,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run every enabled service")
     serve.set_defaults(func=cmd_serve)
+
+    reload = commands.add_parser("reload", help="reload certificates, domains and live settings (SIGHUP)")
+    reload.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the outcome")
+    reload.set_defaults(func=cmd_reload)
+
+    unit = commands.add_parser("systemd-unit", help="print a hardened systemd unit for this configuration")
+    unit.add_argument("--user", default="peerage", help="account the service runs as (default peerage)")
+    unit.add_argument("--ambient-capabilities", action="store_true",
+                      help="start as USER with CAP_NET_BIND_SERVICE instead of as root dropping to USER")
+    unit.set_defaults(func=cmd_systemd_unit)
 
     dns = commands.add_parser("dns", help="print the DNS records DOMAIN needs")
     dns.add_argument("domain")

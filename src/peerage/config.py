@@ -36,6 +36,10 @@ class ServerConfig:
     # Addresses (no port) every service listens on, each on its usual ports, for every `*_listen` key
     # not set in its own section. Empty keeps each service's own defaults (all addresses).
     listen: list[str] = field(default_factory=list)
+    # Unprivileged account to switch to once every listener is bound (when started as root); empty
+    # stays as started. `group` defaults to the user's primary group.
+    user: str = ""
+    group: str = ""
     # The host name SRV and MX records point to (`peerage dns`); empty means the domain itself.
     public_hostname: str = ""
     # Public addresses for the A/AAAA records `peerage dns` prints; empty leaves a placeholder.

@@ -16,7 +16,7 @@ import signal
 import time
 from typing import Any, Protocol
 
-from peerage.config import Config
+from peerage.config import Config, ConfigError
 from peerage.identity.accounts import AccountService
 from peerage.net.dns import Resolver
 from peerage.net.limits import Limits
@@ -56,6 +56,9 @@ class Host:
         self.services: list[Any] = []
         self._status: dict[str, Any] = {}
         self._stopping = asyncio.Event()
+        # Set by `peerage -v serve`: the configured log_level then never lowers the level on reload.
+        self.verbose = False
+        self._reloading: asyncio.Task[dict[str, Any]] | None = None
 
     @property
     def domains(self) -> list[str]:
@@ -66,6 +69,9 @@ class Host:
         await self.store.migrate()
 
     async def start(self) -> None:
+        from peerage.ops import privileges
+
+        account = privileges.resolve(self.config)
         await self.open()
         for sections, module_name, class_name in SERVICES:
             if not any(getattr(self.config, s).enabled for s in sections):
@@ -80,7 +86,61 @@ class Host:
             service = getattr(module, class_name)()
             await service.start(self)
             self.services.append(service)
+        if account is not None:
+            privileges.drop(self.config, account)
+        self.publish_status("server", {"started_at": time.time(), "config": str(self.config.path)})
         log.info("peerage ready: %s", ", ".join(self.config.domains) or "no domains")
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload once; a SIGHUP during a reload runs after it rather than alongside."""
+        previous = self._reloading
+
+        async def run() -> dict[str, Any]:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            return await self.reload()
+
+        self._reloading = asyncio.get_running_loop().create_task(run())
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply what can change live; log what needs a restart.
+
+        Certificates (renewed files, or new domains) reach new handshakes in every protocol, open
+        connections stay as they are. Domains are added and removed for accounts and every service
+        that reads them from the configuration; `log_level` applies at once. A service may also
+        define `async reload(host, old_config)` for its own live settings. A configuration that does
+        not load, or a certificate that does not, changes nothing and is logged as an error.
+        """
+        from peerage.config import load_config
+        from peerage.ops.certs import check_certificates
+        from peerage.ops.reload import apply_live, describe_changes
+
+        log.info("reloading %s", self.config.path)
+        try:
+            new = load_config(self.config.path)
+            check_certificates(new)
+            self.tls.reload(new)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)
+            outcome: dict[str, Any] = {"at": time.time(), "ok": False, "error": str(exc)}
+            self.publish_status("reload", outcome)
+            return outcome
+        old = self.config
+        live, restart = describe_changes(old, new)
+        self.config = apply_live(self, old, new)
+        for service in self.services:
+            hook = getattr(service, "reload", None)
+            if hook is not None:
+                try:
+                    await hook(self, old)
+                except Exception:
+                    log.exception("%s could not apply the new configuration", type(service).__name__)
+        if restart:
+            log.warning("reload: these settings changed but need a restart to take effect: %s", ", ".join(restart))
+        log.info("reloaded: certificates%s", "".join(f", {item}" for item in live))
+        outcome = {"at": time.time(), "ok": True, "applied": ["certificates", *live], "restart_needed": restart}
+        self.publish_status("reload", outcome)
+        return outcome
 
     async def stop(self) -> None:
         for service in reversed(self.services):
@@ -115,6 +175,7 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             await self._stopping.wait()

@@ -12,6 +12,7 @@ import ctypes
 import datetime
 import logging
 import ssl
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -46,6 +47,11 @@ class SniServerContexts:
 
     `configure` adjusts every context once (a protocol's ALPN, or its request for client certificates),
     so each protocol that needs its own variant builds one of these from the same certificates.
+
+    `reload` builds fresh contexts from new certificate files (renewed, or for domains added since) and
+    swaps them in: listeners keep the context they were given, whose SNI callback hands every new
+    handshake the current one, so new connections get the new certificate and open ones are untouched.
+    `reload_all` does that for every set in the process (each protocol's, built from the same files).
     """
 
     def __init__(
@@ -53,24 +59,58 @@ class SniServerContexts:
         certificates: Mapping[str, tuple[Path, Path]],
         configure: Callable[[ssl.SSLContext], object] | None = None,
     ) -> None:
+        self._configure = configure
+        self._alpn: list[str] | None = None
         self.by_domain: dict[str, ssl.SSLContext] = {}
         self.default: ssl.SSLContext | None = None
+        self._install(certificates)
+        _ALL_SNI_SETS.add(self)
+
+    def _install(self, certificates: Mapping[str, tuple[Path, Path]]) -> None:
+        by_domain: dict[str, ssl.SSLContext] = {}
         for name, (cert, key) in certificates.items():
             ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
             ctx.load_cert_chain(str(cert), str(key))
-            if configure is not None:
-                configure(ctx)
-            self.by_domain[name.lower()] = ctx
-            if self.default is None:
-                self.default = ctx
-        if self.default is not None:
-            self.default.sni_callback = self._select
+            if self._configure is not None:
+                self._configure(ctx)
+            if self._alpn:
+                ctx.set_alpn_protocols(self._alpn)
+            by_domain[name.lower()] = ctx
+        default = next(iter(by_domain.values()), None)
+        if default is not None:
+            default.sni_callback = self._select
+        self.by_domain = by_domain
+        if self.default is None:
+            self.default = default
+        self._current_default = default
+
+    def set_alpn(self, alpn: list[str]) -> None:
+        self._alpn = list(alpn)
+        for ctx in self.by_domain.values():
+            ctx.set_alpn_protocols(self._alpn)
+
+    def reload(self, certificates: Mapping[str, tuple[Path, Path]]) -> None:
+        """Serve `certificates` to new handshakes from now on (raises, changing nothing, on a bad file)."""
+        self._install(certificates)
+
+    @staticmethod
+    def reload_all(certificates: Mapping[str, tuple[Path, Path]]) -> int:
+        """Reload every SNI set in this process; returns how many there were."""
+        sets = list(_ALL_SNI_SETS)
+        for contexts in sets:
+            contexts.reload(certificates)
+        return len(sets)
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name:
-            ctx = self.by_domain.get(server_name.lower().rstrip("."))
-            if ctx is not None:
-                sslobj.context = ctx
+        ctx = self.by_domain.get(server_name.lower().rstrip(".")) if server_name else None
+        if ctx is None:
+            ctx = self._current_default
+        if ctx is not None and sslobj.context is not ctx:
+            sslobj.context = ctx
+
+
+# Every SNI set alive in the process, so a reload reaches each protocol's without it registering.
+_ALL_SNI_SETS: weakref.WeakSet[SniServerContexts] = weakref.WeakSet()
 
 
 class TLSContexts:
@@ -84,10 +124,25 @@ class TLSContexts:
             if domain.cert is not None and domain.key is not None
         }
         self._server = SniServerContexts(self.certificates)
-        self._cert_der = {
+        self._cert_der = self._ders(self.certificates)
+
+    @staticmethod
+    def _ders(certificates: Mapping[str, tuple[Path, Path]]) -> dict[str, bytes]:
+        return {
             name: x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
-            for name, (cert, _key) in self.certificates.items()
+            for name, (cert, _key) in certificates.items()
         }
+
+    def reload(self, config: Config) -> None:
+        """Take certificates from `config` for new handshakes in every protocol; open connections keep theirs."""
+        certificates = {
+            name: (domain.cert, domain.key)
+            for name, domain in config.domains.items()
+            if domain.cert is not None and domain.key is not None
+        }
+        ders = self._ders(certificates)
+        SniServerContexts.reload_all(certificates)
+        self.config, self.certificates, self._cert_der = config, certificates, ders
 
     @property
     def available(self) -> bool:
@@ -97,8 +152,7 @@ class TLSContexts:
         if self._server.default is None:
             raise RuntimeError("no hosted domain has a certificate; TLS cannot be offered")
         if alpn:
-            for ctx in self._server.by_domain.values():
-                ctx.set_alpn_protocols(alpn)
+            self._server.set_alpn(alpn)
         return self._server.default
 
     def has_certificate(self, domain: str) -> bool:

@@ -1,0 +1,97 @@
+"""Privilege drop: started as root, the server binds its ports and then runs as `[server] user`.
+
+Also the systemd units (`peerage systemd-unit`, contrib/systemd/) pass `systemd-analyze verify`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import PeerageServer
+from tests.xmpp.rawclient import RawClient
+
+ADDRESS = "127.0.8.20"
+PASSWORD = "correct horse"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # The unprivileged user must reach its data folder: pytest's tmp_path is under a root-only folder.
+    folder = Path(tempfile.mkdtemp(prefix="peerage-ops-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def ids(pid: int) -> tuple[int, int]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["Uid"].split()[1]), int(fields["Gid"].split()[1])  # effective ids
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a start as root")
+async def test_runs_as_the_configured_user_after_binding(workdir: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    server = PeerageServer(workdir, ["drop.test"], ADDRESS, services=("xmpp", "smtp", "imap"),
+                           config={"server": {"user": "nobody"},
+                                   # Port 25 and 143 need root to bind; the drop comes after.
+                                   "smtp": {"mx_listen": [f"{ADDRESS}:25"]}})
+    server.add_user("alice@drop.test", PASSWORD)
+    server.start()
+    try:
+        assert server.process is not None
+        assert ids(server.process.pid) == (nobody.pw_uid, nobody.pw_gid)
+        assert f"running as user nobody (uid {nobody.pw_uid}" in server.log_text()
+        assert (server.data_dir / "peerage.db").stat().st_uid == nobody.pw_uid
+        # It still works as that user: a login reads the database, the archive writes it.
+        client = RawClient(ADDRESS, "drop.test")
+        await client.login("alice", PASSWORD, resource="r")
+        await client.send("<message to='alice@drop.test/r' type='chat'><body>self</body></message>")
+        assert "self" in await client.read_until("<body>self</body>")
+        await client.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_unknown_user_is_one_line(tmp_path: Path) -> None:
+    server = PeerageServer(tmp_path, ["drop.test"], "127.0.8.21", config={"server": {"user": "no-such-user-x"}})
+    result = subprocess.run([sys.executable, "-m", "peerage", "-c", str(server.config_path), "serve"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "no such user" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("ambient", [False, True])
+def test_systemd_unit_verifies(tmp_path: Path, ambient: bool) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze (Debian package systemd) is not installed")
+    assert subprocess.run([sys.executable, "-m", "peerage", "init", "unit.test", "--dir", str(tmp_path)],
+                          capture_output=True, timeout=60).returncode == 0
+    args = ["--ambient-capabilities"] if ambient else []
+    unit = subprocess.run([sys.executable, "-m", "peerage", "-c", str(tmp_path / "peerage.toml"), "systemd-unit",
+                           *args], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit and "NoNewPrivileges=yes" in unit
+    assert ("AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit) == ambient
+    path = tmp_path / "peerage.service"
+    path.write_text(unit)
+    result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_shipped_units_are_the_generated_ones() -> None:
+    from peerage.ops.systemd import unit
+
+    for name, ambient in (("peerage.service", False), ("peerage-ambient.service", True)):
+        shipped = (ROOT / "contrib" / "systemd" / name).read_text()
+        assert shipped == unit(config_path=Path("/etc/peerage/peerage.toml"), python="/opt/peerage/venv/bin/python",
+                               ambient=ambient), f"regenerate contrib/systemd/{name}"
