@@ -172,6 +172,17 @@ class SipConfig:
     # Digest algorithms offered, most preferred first (RFC 8760 §2.4). Some clients (SIPp 3.6) only
     # read the first challenge, so the order is configurable.
     digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    # SIP over WebSocket (RFC 7118), subprotocol "sip": plain and TLS listeners (none by default;
+    # browsers use wss, e.g. ["0.0.0.0:8443"]).
+    ws_listen: list[str] = field(default_factory=list)
+    wss_listen: list[str] = field(default_factory=list)
+    # Seconds between CRLF keep-alives sent to UDP contacts behind NAT (0: none).  Kamailio's
+    # nathelper natping_interval is off by default; deployments use 20-30 s, under the 30 s that the
+    # shortest-lived NAT bindings last (RFC 4787 REQ-5 asks for 2 min, many boxes keep less).
+    nat_ping_interval: int = 25
+    # Event-loop delay in seconds beyond which new INVITEs are refused with 503 and Retry-After
+    # (RFC 3261 §21.5.4) instead of being answered late; 0 turns the shedding off.
+    overload_delay: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ registered local users take a synchronous path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -73,12 +74,36 @@ MAX_FAILOVER = 8
 # 180 s matches the RFC.
 TIMER_C = 180.0
 
+# Seconds a caller shed with 503 is asked to wait (RFC 3261 §20.33); Kamailio's sl_send_reply
+# leaves it to the script, where 5 s is a common choice.
+RETRY_AFTER = 5
+
+Flow = tuple[str, str, int]  # (transport, address, port) of a directly connected user agent
+
+
+def flow_token(flow: Flow) -> str:
+    """A flow as URI user-part text (base64url: letters, digits, '-' and '_')."""
+    raw = f"{flow[0]}/{flow[1]}/{flow[2]}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def parse_flow_token(token: str) -> Flow | None:
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        transport, address, port = text.split("/")
+        return transport, address, int(port)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
 
 class Branch:
     __slots__ = (
         "cancel_pending",
         "cancelled",
         "done",
+        "flow",
         "provisional",
         "request",
         "response",
@@ -99,6 +124,7 @@ class Branch:
         self.cancelled = False
         self.response: SipMessage | None = None
         self.route_via_connection: Destination | None = None
+        self.flow: Flow | None = None  # the callee is directly connected on this flow
         self.timer_c: asyncio.TimerHandle | None = None
         self.server_name: str | None = None  # the SIP domain a TLS next hop must prove
 
@@ -127,7 +153,8 @@ class ProxyCore:
     def __init__(self, *, host: Any, layer: TransactionLayer, send: Callable[[bytes, Destination], None],
                  registrar: Registrar, authenticator: DigestAuthenticator, locator: Locator,
                  policy: PeeringPolicy, flood: FloodGuard, local_endpoints: dict[str, tuple[str, int]],
-                 local_hosts: set[str], secret: bytes | None = None) -> None:
+                 local_hosts: set[str], secret: bytes | None = None,
+                 connection_for: Callable[[Flow], Any] | None = None) -> None:
         self.host = host
         self.layer = layer
         self.send = send
@@ -141,6 +168,11 @@ class ProxyCore:
         self.local_hosts = {h.lower() for h in local_hosts}
         self.local_ports = {port for _, port in local_endpoints.values()} | {5060, 5061}
         self.secret = secret or os.urandom(16)
+        # set by the service while the event loop runs late: new INVITEs are shed with 503
+        self.overloaded = False
+        self.shed = 0  # INVITEs refused so far
+        # the open stream connection of a flow, or None (from the transport)
+        self.connection_for = connection_for or (lambda flow: None)
         self._branch_counter = itertools.count(1)
         self._branch_prefix = os.urandom(3).hex()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -202,10 +234,15 @@ class ProxyCore:
         if method == "CANCEL":
             self._receive_cancel(request, source)
             return
-        if self.layer.count >= MAX_TRANSACTIONS and self.layer.server_key(request) not in self.layer.server:
-            # overloaded: shed new work statelessly (RFC 3261 §21.5.4 503 with Retry-After)
+        if (self.layer.count >= MAX_TRANSACTIONS or (self.overloaded and method == "INVITE"
+                                                      and request.to_tag() is None)) \
+                and self.layer.server_key(request) not in self.layer.server:
+            # Overloaded: shed new work statelessly (RFC 3261 §21.5.4 503 with Retry-After), new
+            # calls first, so calls in progress (their ACK, BYE, retransmissions) keep flowing and
+            # callers hear at once rather than retransmitting into a queue (RFC 6357 §4).
+            self.shed += 1
             response = make_response(request, 503, to_tag=self.layer.local_tag)
-            response.add("Retry-After", "5")
+            response.add("Retry-After", str(RETRY_AFTER))
             self.send(response.serialize(), self.layer.response_destination(request, source))
             return
         transaction, new = self.layer.receive_request(request, source)
@@ -251,7 +288,7 @@ class ProxyCore:
             request.uri = parse_name_addr(last_route[-1]).uri
             self._remove_last_route(request)
             uri = parse_uri(request.uri)
-        own_route = self._pop_own_routes(request)
+        own_route, flows = self._pop_own_routes(request)
         if own_route is False:
             transaction.respond_status(403, "Route not issued here")
             return
@@ -262,6 +299,9 @@ class ProxyCore:
             # In-dialog request (§16.4, §12.2): it may only follow a route set we signed when we
             # Record-Routed the dialog; anything else would make us a relay for strangers.
             if own_route is True:
+                if flows is not None and routes is None and \
+                        self._forward_by_flow(context, flows, source, max_forwards):
+                    return
                 if routes is not None:
                     self._forward_by_route(context, max_forwards)
                 elif not self._is_us(uri):
@@ -332,47 +372,89 @@ class ProxyCore:
         return False
 
     # -- Record-Route / Route handling
-    def _route_mac(self, call_id: str) -> str:
-        """A keyed hash of the Call-ID (BLAKE2s in keyed mode is a MAC, RFC 7693 §2.5)."""
-        return hashlib.blake2s(call_id.encode("utf-8", "surrogateescape"), key=self.secret[:32],
-                               digest_size=8).hexdigest()
-
-    def _record_route(self, transport: str, call_id: str) -> str:
+    def _record_route(self, transport: str, call_id: str, flows: str = "") -> str:
+        """Our Record-Route, marked for this Call-ID; ``flows`` (the user part) names the flows of
+        the directly connected caller and callee, as an RFC 5626 §5.3 flow token does, so that
+        in-dialog requests reach them on the connection or NAT binding they use."""
         address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
         host = f"[{address}]" if ":" in address else address
         suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
-        return f"<sip:{host}:{port};lr;pr={self._route_mac(call_id)}{suffix}>"
+        user = f"{flows}@" if flows else ""
+        return f"<sip:{user}{host}:{port};lr;pr={self._route_mac(call_id, flows)}{suffix}>"
 
-    def _pop_own_routes(self, request: SipMessage) -> bool | str | None:
+    def _route_mac(self, call_id: str, flows: str = "") -> str:
+        """A keyed hash of the Call-ID and flows (BLAKE2s in keyed mode is a MAC, RFC 7693 §2.5)."""
+        text = call_id if not flows else f"{call_id}|{flows}"
+        return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), key=self.secret[:32],
+                               digest_size=8).hexdigest()
+
+    def _pop_own_routes(self, request: SipMessage) -> tuple[bool | str | None, str | None]:
         """Remove our Route values from the top (§16.4).
 
         Returns True when one of them carried our valid mark (we Record-Routed this dialog),
         "plain" when they were ours but unmarked (a UA using us as its outbound proxy), None when
         none was ours, and False when a Route claims to be ours with a mark not issued for this
-        Call-ID (a forged route set: refusing it keeps us from being an open relay).
+        Call-ID (a forged route set: refusing it keeps us from being an open relay); and the
+        flows recorded in our marked route, if any.
         """
         popped: bool | str | None = None
+        flows: str | None = None
         while True:
             value = request.first_value("route")
             if value is None:
-                return popped
+                return popped, flows
             try:
                 uri = parse_uri(parse_name_addr(value).uri)
             except SipParseError:
-                return popped
-            if uri.user is not None or not (uri.host in self.local_hosts or
-                                            self.accounts.is_local_domain(uri.host)):
-                return popped
+                return popped, flows
+            if not (uri.host in self.local_hosts or self.accounts.is_local_domain(uri.host)):
+                return popped, flows
             if uri.port is not None and uri.port not in self.local_ports:
-                return popped
+                return popped, flows
             mark = uri.params.get("pr")
+            if uri.user is not None and mark is None:
+                return popped, flows  # a user's address at our domain, not a route of ours
             if mark is not None:
-                if not hmac.compare_digest(mark, self._route_mac(request.call_id)):
-                    return False
+                if not hmac.compare_digest(mark, self._route_mac(request.call_id, uri.user or "")):
+                    return False, None
                 popped = True
+                if uri.user:
+                    flows = uri.user
             elif popped is None:
                 popped = "plain"
             request.pop_first_value("route")
+
+    def _flow_destination(self, flow: Flow) -> Destination | None:
+        """Where a flow leads now: the UDP address, or the open connection (None: it failed)."""
+        transport, address, port = flow
+        if transport == "UDP":
+            return Destination("UDP", (address, port))
+        connection = self.connection_for(flow)
+        if connection is None or getattr(connection, "closed", False):
+            return None
+        return Destination(transport, (address, port), connection)
+
+    def _forward_by_flow(self, context: ProxyContext, flows: str, source: Destination,
+                         max_forwards: int) -> bool:
+        """An in-dialog request through our flow-marked route: towards the other party's flow.
+
+        A request from the caller's flow goes to the callee's and the other way round (RFC 5626
+        §5.3); False when the other side has no flow recorded, so normal routing applies.
+        """
+        target = self._other_flow(flows, source)
+        if target is None:
+            return False
+        destination = self._flow_destination(target)
+        if destination is None:
+            context.server.respond_status(430)  # RFC 5626 §5.3: the flow is gone
+            return True
+        request = context.request
+        forwarded = self._copy_for_forwarding(request, request.uri or "", max_forwards)
+        branch = Branch(forwarded, None)
+        branch.route_via_connection = destination
+        context.branches.append(branch)
+        self._start_branch(context, branch)
+        return True
 
     @staticmethod
     def _remove_last_route(request: SipMessage) -> None:
@@ -403,21 +485,44 @@ class ProxyCore:
 
     def _deliver_local(self, context: ProxyContext, uri: Any, domain: str, max_forwards: int) -> None:
         aor = f"sip:{uri.user}@{domain}"
+        instance = None
+        if "gr" in uri.params:
+            # RFC 5627 §8.4: a GRUU reaches only the instance it names
+            temporary = self.registrar.resolve_temp_gruu(uri.user or "")
+            if temporary is not None:
+                aor, instance = temporary
+            else:
+                instance = (uri.params.get("gr") or "").strip('"<>')
         bindings = self.registrar.lookup(aor)
+        if instance is not None:
+            bindings = [b for b in bindings if b.instance == instance]
         if not bindings:
             self._spawn(self._no_binding(context, f"{uri.user}@{domain}"))
             return
         request = context.request
+        failed = 0
         for binding in bindings[:MAX_FORK_BRANCHES]:
+            transport, address, port_text = binding.received.split(" ")
+            flow: Flow = (transport, address, int(port_text))
+            direct = not binding.path
+            destination = None
+            if direct and (binding.outbound or binding.nat or transport != "UDP"):
+                # reach the UA on the flow it registered from (RFC 5626 §5.3, NAT, RFC 7118)
+                destination = self._flow_destination(flow)
+                if destination is None and (binding.outbound or _unreachable_contact(binding.contact)):
+                    failed += 1
+                    continue  # the flow failed and the contact cannot be dialled
             forwarded = self._copy_for_forwarding(request, binding.contact, max_forwards)
             for value in reversed(binding.path):
                 forwarded.add_first("Route", value)
-            connection = self.registrar.connections.get(binding.received)
             branch = Branch(forwarded, None)
-            if connection is not None and not getattr(connection, "closed", False):
-                transport, address, port = binding.received.split(" ")
-                branch.route_via_connection = Destination(transport, (address, int(port)), connection)
+            branch.route_via_connection = destination
+            if direct:
+                branch.flow = flow
             context.branches.append(branch)
+        if not context.branches:
+            context.server.respond_status(430 if failed and instance is not None else 480)
+            return
         for branch in list(context.branches):
             self._start_branch(context, branch)
 
@@ -574,14 +679,15 @@ class ProxyCore:
                     f"{next(self._branch_counter):x}"
         forwarded.add_first("Via", f"SIP/2.0/{transport} {host}:{port};branch={branch_id};rport")
         if request.method in DIALOG_CREATING and request.to_tag() is None:
-            forwarded.add_first("Record-Route", self._record_route(transport, request.call_id))
+            flows = self._flows(context, branch)
+            forwarded.add_first("Record-Route", self._record_route(transport, request.call_id, flows))
             incoming = context.server.source.transport
             if incoming != transport:
                 # RFC 5658 double Record-Route when the transport changes
                 values = forwarded.get_all("record-route")
                 forwarded.remove("record-route")
                 forwarded.add("Record-Route", values[0])
-                forwarded.add("Record-Route", self._record_route(incoming, request.call_id))
+                forwarded.add("Record-Route", self._record_route(incoming, request.call_id, flows))
                 for value in values[1:]:
                     forwarded.add("Record-Route", value)
         transaction = self.layer.new_client(forwarded, destination)
@@ -593,6 +699,17 @@ class ProxyCore:
         transaction.start()
         if transaction.invite and branch.timer_c is None:
             branch.timer_c = asyncio.get_running_loop().call_later(TIMER_C, self._timer_c, context, branch)
+
+    @staticmethod
+    def _flows(context: ProxyContext, branch: Branch) -> str:
+        """The flow token of a dialog: "<caller flow>.<callee flow>", each part empty when that
+        side is not directly connected to us (it came through, or goes to, another proxy)."""
+        source = context.server.source
+        caller = ""
+        if len(context.request.get_all("via")) == 1:
+            caller = flow_token((source.transport, source.address[0], source.address[1]))
+        callee = flow_token(branch.flow) if branch.flow is not None else ""
+        return f"{caller}.{callee}" if caller or callee else ""
 
     def _timer_c(self, context: ProxyContext, branch: Branch) -> None:
         """§16.8: the branch rang too long: CANCEL it (its 487 then completes the request)."""
@@ -739,10 +856,19 @@ class ProxyCore:
 
     def _forward_ack(self, ack: SipMessage, source: Destination) -> None:
         """ACK for a 2xx: end to end, forwarded statelessly along the route set (§16.11)."""
-        own = self._pop_own_routes(ack)
+        own, flows = self._pop_own_routes(ack)
         if own is not True:
             return  # not a dialog we Record-Routed: drop (ACKs get no response)
         route = ack.first_value("route")
+        if flows is not None and route is None:
+            destination = self._ack_flow(flows, source)
+            if destination is not None:
+                max_forwards_text = ack.get("max-forwards")
+                hops = int(max_forwards_text) if max_forwards_text else DEFAULT_MAX_FORWARDS
+                if hops > 0:
+                    forwarded = self._copy_for_forwarding(ack, ack.uri or "", hops)
+                    self._send_stateless_to(forwarded, destination)
+                return
         try:
             next_hop = parse_uri(parse_name_addr(route).uri) if route else parse_uri(ack.uri or "")
         except SipParseError:
@@ -763,15 +889,38 @@ class ProxyCore:
         if targets:
             self._send_stateless(ack, targets[0])
 
+    def _ack_flow(self, flows: str, source: Destination) -> Destination | None:
+        target = self._other_flow(flows, source)
+        return self._flow_destination(target) if target is not None else None
+
+    @staticmethod
+    def _other_flow(flows: str, source: Destination) -> Flow | None:
+        """The flow at the other end of the dialog from ``source``: the callee's for a request
+        from the caller's flow and the other way round; the one recorded flow for a request from
+        elsewhere (a peer proxy); None when routing by the Request-URI should decide."""
+        caller_text, _, callee_text = flows.partition(".")
+        caller, callee = parse_flow_token(caller_text), parse_flow_token(callee_text)
+        here = (source.transport, source.address[0], source.address[1])
+        if here == caller:
+            return callee
+        if here == callee:
+            return caller
+        if caller is None or callee is None:
+            return caller or callee
+        return None
+
     def _send_stateless(self, request: SipMessage, target: Target) -> None:
-        address, port = self.local_endpoints.get(target.transport) or self.local_endpoints["UDP"]
+        self._send_stateless_to(request, Destination(target.transport, (target.address, target.port)))
+
+    def _send_stateless_to(self, request: SipMessage, destination: Destination) -> None:
+        address, port = self.local_endpoints.get(destination.transport) or self.local_endpoints["UDP"]
         host = f"[{address}]" if ":" in address else address
         # §16.11: the branch of a stateless forward is derived from the request, so a retransmitted
         # ACK gets the same branch.
         seed = f"{request.call_id}|{request.cseq[0]}|{request.uri}|{request.first_value('via')}"
         branch = f"{MAGIC_COOKIE}-pgs-{zlib.crc32(seed.encode('utf-8', 'surrogateescape')):08x}"
-        request.add_first("Via", f"SIP/2.0/{target.transport} {host}:{port};branch={branch};rport")
-        self.send(request.serialize(), Destination(target.transport, (target.address, target.port)))
+        request.add_first("Via", f"SIP/2.0/{destination.transport} {host}:{port};branch={branch};rport")
+        self.send(request.serialize(), destination)
 
     # ------------------------------------------------------------------ responses
     def receive_response(self, response: SipMessage) -> None:
@@ -798,6 +947,15 @@ class ProxyCore:
     async def _register(self, context: ProxyContext, source: Destination) -> None:
         response = await self.registrar.register(context.request, source, source.address[0])
         context.server.respond(response)
+
+
+def _unreachable_contact(contact: str) -> bool:
+    """A contact nobody can dial: a ``.invalid`` host (RFC 7118 §5) or not a SIP URI at all."""
+    try:
+        host = parse_uri(contact).host
+    except SipParseError:
+        return True
+    return host.endswith(".invalid")
 
 
 def numeric_target(uri: Any) -> list[Target] | None:

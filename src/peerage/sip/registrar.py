@@ -1,16 +1,36 @@
-"""The SIP registrar and location service (RFC 3261 §10, RFC 3327 Path).
+"""The SIP registrar and location service (RFC 3261 §10, RFC 3327 Path, RFC 5626, RFC 5627).
 
 This module is in charge of REGISTER: digest authentication against the account's stored HA1,
 binding several contacts per address of record with expiry and q-values, keeping the Path route
 set, and answering with the current bindings.  Bindings live in memory for lookups on the call path
 and are written through to the ``sip_registrations`` table before the 200 OK is sent, so an
 acknowledged registration survives a restart.
+
+Every binding remembers the flow its REGISTER arrived on (transport, source address and port).
+Calls reach a user agent through that flow rather than through its Contact when the Contact cannot
+be reached directly:
+
+* RFC 5626 outbound: a Contact with ``+sip.instance`` and ``reg-id`` (and ``Supported: outbound``)
+  is bound to its flow; a new flow for the same instance and reg-id replaces the old one, and a
+  flow whose connection has closed is not used (flow failure, §5.3).
+* Stream connections (TCP, TLS, WebSocket) without outbound: the connection stays the way in
+  while it is open (RFC 5923-style reuse), so a Contact naming an ephemeral port or a ``.invalid``
+  host (RFC 7118) still works.
+* UDP behind NAT: when the top Via's sent-by differs from the packet's source, as Kamailio's
+  ``nat_uac_test`` (flags 2 and 16) decides, requests go to the source address and port.
+
+GRUUs (RFC 5627) are handed out for Contacts with ``+sip.instance`` when ``Supported: gruu`` is
+present: the public one names the instance, the temporary one is an opaque, signed token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +69,13 @@ class Binding:
     cseq: int
     path: list[str]
     received: str  # "TRANSPORT host port" of the REGISTER's source
+    instance: str = ""  # RFC 5626 +sip.instance (a URN), "" without one
+    reg_id: int = 0  # RFC 5626 reg-id, 0 without outbound
+    nat: bool = False  # reach the contact at ``received`` (behind NAT), not at its URI
+
+    @property
+    def outbound(self) -> bool:
+        return self.reg_id > 0
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -64,6 +91,9 @@ class Registrar:
         self.bindings: dict[str, list[Binding]] = {}
         # live stream connections by "TRANSPORT host port", so calls reach clients behind NAT
         self.connections: dict[str, Any] = {}
+        # key of the temporary GRUUs (RFC 5627 §3.2: they must not reveal the AOR); a restart
+        # invalidates them, which the RFC allows (a UA learns new ones at its next REGISTER)
+        self.gruu_key = os.urandom(32)
 
     # -- location service
     def lookup(self, aor: str) -> list[Binding]:
@@ -86,7 +116,8 @@ class Registrar:
         for row in rows:
             self.bindings.setdefault(row.aor, []).append(Binding(
                 row.aor, row.contact, row.expires_at, row.q, row.call_id, row.cseq,
-                [p for p in row.path.split("\n") if p], row.received))
+                [p for p in row.path.split("\n") if p], row.received, row.instance or "",
+                row.reg_id or 0, bool(row.nat)))
         log.info("sip: loaded %d registrations", len(rows))
 
     # -- REGISTER
@@ -162,6 +193,9 @@ class Registrar:
         current = {b.contact: b for b in self.lookup(aor)}
         received = f"{source.transport} {source.address[0]} {source.address[1]}"
         path = request.get_all("path") if self._path_supported(request) else []
+        supported = {v.strip().lower() for v in request.get_all("supported")}
+        direct = len(request.get_all("via")) == 1 and not path  # the UA is the previous hop
+        nat = direct and not source.reliable and _behind_nat(request, source)
         changes: dict[str, Binding | None] = {}
         if any(c.wildcard for c in contacts):
             # §10.3 step 6: "*" only alone and with Expires: 0
@@ -193,8 +227,24 @@ class Registrar:
                 except ValueError:
                     return make_response(request, 400, "Bad q value")
                 parse_uri(contact.uri)  # only sip/sips contacts: 416 surfaced as 400 otherwise
+                instance = (contact.params.get("+sip.instance") or "").strip('"<>')
+                reg_id = 0
+                reg_id_text = contact.params.get("reg-id")
+                if reg_id_text is not None and instance and "outbound" in supported:
+                    # RFC 5626 §6: an outbound registration; reg-id is 1..2^31-1
+                    if not reg_id_text.isdigit() or not 0 < int(reg_id_text) < 2**31:
+                        return make_response(request, 400, "Bad reg-id")
+                    if not direct and not any(";ob" in p for p in path):
+                        # §6: without a flow to us (or an edge proxy's ;ob Path) it cannot be kept
+                        response = make_response(request, 439, "First Hop Lacks Outbound Support")
+                        return response
+                    reg_id = int(reg_id_text)
+                    # §6: the same instance and reg-id replaces the old flow, whatever its URI
+                    for old in current.values():
+                        if old.instance == instance and old.reg_id == reg_id and old.contact != contact.uri:
+                            changes[old.contact] = None
                 changes[contact.uri] = Binding(aor, contact.uri, now + expires, q, call_id, cseq,
-                                               path, received)
+                                               path, received, instance, reg_id, nat)
         final = dict(current)
         for uri, binding in changes.items():
             if binding is None:
@@ -212,13 +262,65 @@ class Registrar:
                 self.connections = {k: c for k, c in self.connections.items()
                                     if not getattr(c, "closed", False)}
         response = make_response(request, 200, to_tag=self._tag(request))
+        gruu = "gruu" in supported
         for binding in self.lookup(aor):
-            response.add("Contact", f"<{binding.contact}>;expires={binding.expires_in(now)}"
-                         + (f";q={binding.q:g}" if binding.q != 1.0 else ""))
+            value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
+            if binding.q != 1.0:
+                value += f";q={binding.q:g}"
+            if binding.instance:
+                value += f';+sip.instance="<{binding.instance}>"'
+                if binding.outbound:
+                    value += f";reg-id={binding.reg_id}"
+                if gruu:
+                    # RFC 5627 §5.4 (the public GRUU names the instance) and §3.2 (temporary)
+                    value += f';pub-gruu="{aor};gr={binding.instance}"'
+                    value += f';temp-gruu="{self.temp_gruu(aor, binding.instance)}"'
+            response.add("Contact", value)
+        if any(b.outbound and b.call_id == call_id for b in final.values()):
+            response.add("Require", "outbound")  # RFC 5626 §6: the registrar kept the flow
         if path:
             for value in path:
                 response.add("Path", value)  # RFC 3327 §5.3: echo the Path
+        response.add("Supported", "path, outbound, gruu")
         return response
+
+    # -- GRUU (RFC 5627)
+    def temp_gruu(self, aor: str, instance: str) -> str:
+        """``sip:tgruu.<token>@domain;gr``: the AOR and instance encrypted and signed."""
+        domain = aor.rpartition("@")[2]
+        plain = f"{aor}\n{instance}".encode()
+        nonce = os.urandom(8)
+        cipher = bytes(a ^ b for a, b in zip(plain, self._keystream(nonce, len(plain)), strict=True))
+        mac = hmac.new(self.gruu_key, nonce + cipher, hashlib.sha256).digest()[:10]
+        token = base64.b32encode(nonce + cipher + mac).decode().rstrip("=").lower()
+        return f"sip:tgruu.{token}@{domain};gr"
+
+    def resolve_temp_gruu(self, user: str) -> tuple[str, str] | None:
+        """(aor, instance) of a temporary GRUU's user part, None if not one of ours."""
+        if not user.startswith("tgruu."):
+            return None
+        text = user[len("tgruu."):].upper()
+        try:
+            raw = base64.b32decode(text + "=" * (-len(text) % 8))
+        except ValueError:
+            return None
+        if len(raw) < 19:
+            return None
+        nonce, cipher, mac = raw[:8], raw[8:-10], raw[-10:]
+        expected = hmac.new(self.gruu_key, nonce + cipher, hashlib.sha256).digest()[:10]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        plain = bytes(a ^ b for a, b in zip(cipher, self._keystream(nonce, len(cipher)), strict=True))
+        aor, _, instance = plain.decode("utf-8", "replace").partition("\n")
+        return aor, instance
+
+    def _keystream(self, nonce: bytes, length: int) -> bytes:
+        out = b""
+        counter = 0
+        while len(out) < length:
+            out += hashlib.blake2b(nonce + counter.to_bytes(4, "big"), key=self.gruu_key).digest()
+            counter += 1
+        return out[:length]
 
     @staticmethod
     def _path_supported(request: SipMessage) -> bool:
@@ -235,4 +337,15 @@ class Registrar:
                     await conn.execute(insert(table).values(
                         aor=aor, contact=uri, expires_at=binding.expires_at, q=binding.q,
                         call_id=binding.call_id, cseq=binding.cseq, path="\n".join(binding.path),
-                        received=binding.received))
+                        received=binding.received, instance=binding.instance, reg_id=binding.reg_id,
+                        nat=binding.nat))
+
+
+def _behind_nat(request: SipMessage, source: Destination) -> bool:
+    """The UA is behind NAT when its top Via's sent-by is not where the packet came from
+    (Kamailio nathelper's nat_uac_test flags 2 and 16: received and source port differ)."""
+    try:
+        via = request.top_via()
+    except SipParseError:
+        return False
+    return (via.host, via.port or 5060) != (source.address[0], source.address[1])

@@ -28,6 +28,11 @@ log = logging.getLogger("peerage.sip")
 # How often transaction timers are checked.  RFC 3261 timers are multiples of T1 = 500 ms; a 20 ms
 # tick keeps them within 4% of nominal while costing 50 wake-ups a second.
 TIMER_TICK = 0.02
+# Weight of the newest sample in the smoothed loop delay (a rise counts at once, a fall slowly, so
+# shedding does not flap on and off between ticks).
+OVERLOAD_SMOOTHING = 0.1
+# Keep-alives sent per round at most (one datagram each); past that the round ends early.
+MAX_NAT_PINGS = 100_000
 
 
 class SipService:
@@ -37,6 +42,8 @@ class SipService:
         self.proxy: ProxyCore | None = None
         self.registrar: Registrar | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self.overload_delay = 0.0
 
     async def start(self, host: Any) -> None:
         config = host.config.sip
@@ -77,8 +84,12 @@ class SipService:
         self.proxy = ProxyCore(
             host=host, layer=layer, send=transport.send, registrar=registrar,
             authenticator=authenticator, locator=Locator(host.dns), policy=policy, flood=flood,
-            local_endpoints=endpoints, local_hosts=local_hosts, secret=route_secret)
+            local_endpoints=endpoints, local_hosts=local_hosts, secret=route_secret,
+            connection_for=transport.connections.get)
+        self.overload_delay = config.overload_delay
         self._ticker = asyncio.ensure_future(self._tick())
+        if config.nat_ping_interval > 0:
+            self._pinger = asyncio.ensure_future(self._nat_pings(config.nat_ping_interval))
         # Objects alive after start-up (modules, config, loaded registrations) live as long as the
         # process: move them out of the collector's sight so its passes stay short under load.
         gc.freeze()
@@ -95,16 +106,44 @@ class SipService:
                 transaction.transport_error()
 
     async def _tick(self) -> None:
-        assert self.layer is not None
+        assert self.layer is not None and self.proxy is not None
         layer = self.layer
+        proxy = self.proxy
+        loop = asyncio.get_running_loop()
+        delay = 0.0
         while True:
+            started = loop.time()
             await asyncio.sleep(TIMER_TICK)
+            # How late the loop woke us is how long a datagram now waits before it is read: past
+            # overload_delay the proxy sheds new INVITEs (503) rather than answer them late.
+            late = max(0.0, loop.time() - started - TIMER_TICK)
+            delay = late if late > delay else delay * (1 - OVERLOAD_SMOOTHING) + late * OVERLOAD_SMOOTHING
+            proxy.overloaded = bool(self.overload_delay) and delay > self.overload_delay
             try:
                 layer.tick()
             except Exception:
                 log.exception("sip: timer error")
 
+    async def _nat_pings(self, interval: float) -> None:
+        """CRLF keep-alives to UDP contacts behind NAT, as Kamailio's nathelper natping does, so
+        their NAT bindings stay open for incoming calls."""
+        assert self.registrar is not None and self.transport is not None
+        registrar, transport = self.registrar, self.transport
+        while True:
+            await asyncio.sleep(interval)
+            sent = 0
+            for bindings in list(registrar.bindings.values()):
+                for binding in bindings:
+                    if binding.nat and binding.received.startswith("UDP "):
+                        _, address, port = binding.received.split(" ")
+                        transport.sendto(b"\r\n\r\n", (address, int(port)))
+                        sent += 1
+                if sent >= MAX_NAT_PINGS:
+                    break
+
     async def stop(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

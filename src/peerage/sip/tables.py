@@ -7,7 +7,8 @@ survive a restart.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text
+from sqlalchemy import false as sa_false
 
 from peerage.store.schema import metadata
 
@@ -28,4 +29,9 @@ sip_registrations = Table(
     Column("path", Text, nullable=False, default=""),
     # where the REGISTER came from: "TRANSPORT host port" (RFC 3581 / NAT traversal)
     Column("received", String(255), nullable=False, default=""),
+    # RFC 5626 outbound: the instance URN and reg-id of a flow-bound binding ("" and 0 without)
+    Column("instance", String(255), nullable=False, default="", server_default=""),
+    Column("reg_id", Integer, nullable=False, default=0, server_default="0"),
+    # reached at ``received`` instead of the contact URI (a UA behind NAT)
+    Column("nat", Boolean, nullable=False, default=False, server_default=sa_false()),
 )

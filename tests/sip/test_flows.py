@@ -1,0 +1,256 @@
+"""Flows: calls reach user agents on the connection or NAT binding they registered from.
+
+* baresip registered over TLS (a Contact naming a port nobody can dial back): a call reaches it
+  and the caller's BYE reaches it too, on its own TLS connection (RFC 5626 §5.3-style flow token
+  in our Record-Route).
+* A UA behind a simulated NAT (SIPp bound to one loopback address, its Via and Contact naming
+  another) receives calls, ACK and BYE at the address it sends from, and gets keep-alives.
+* RFC 5626 outbound and RFC 5627 GRUU over TCP: the registration is bound to its connection, a
+  call to either GRUU arrives on it, and once the connection is gone the flow has failed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from peerage.sip.digest import client_authorization
+from peerage.sip.message import SipMessage, StreamParser, make_response, parse_name_addr, split_params
+from tests.harness import PeerageServer, require_binary, wait_for
+from tests.sip.sipp import failure_report, finish, run_sipp, start_sipp
+from tests.sip.ua import UdpUA
+
+SERVER_IP = "127.0.3.140"
+SERVER = f"{SERVER_IP}:5060"
+DOMAIN = "f.test"
+PASSWORD = "flow-password"  # no space: baresip account lines split on them
+
+
+@pytest.fixture(scope="module")
+def f_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
+    require_binary("sipp")
+    server = PeerageServer(tmp_path_factory.mktemp("f_test"), [DOMAIN], SERVER_IP, services=("sip",),
+                           config={"dns": {"nameservers": ["127.0.3.250"], "port": 5353, "timeout": 0.5},
+                                   "sip": {"digest_algorithms": ["MD5"], "nat_ping_interval": 1}})
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        server.add_user(f"{user}@{DOMAIN}", PASSWORD)
+    server.start()
+    yield server
+    server.kill()
+
+
+def caller_keys() -> dict[str, str]:
+    return {"domain": DOMAIN, "caller": "alice", "caller_domain": DOMAIN}
+
+
+# --- baresip over TLS ------------------------------------------------------------------------------
+
+BARESIP_IP = "127.0.3.151"
+
+
+def _baresip_config(directory: Path, ca: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    modules = "/usr/lib/baresip/modules"
+    (directory / "config").write_text(
+        "poll_method\t\tepoll\n"
+        f"sip_listen\t\t{BARESIP_IP}:5070\n"
+        f"sip_cafile\t\t{ca}\n"
+        "audio_player\t\taufile,/dev/null\n"
+        "audio_source\t\tausine,440\n"
+        "ausrc_srate\t\t48000\n"  # ausine makes 48 kHz stereo only; baresip resamples
+        "ausrc_channels\t\t2\n"
+        "audio_alert\t\taufile,/dev/null\n"
+        f"module_path\t\t{modules}\n"
+        "module\t\t\tg711.so\n"
+        "module\t\t\tausine.so\n"
+        "module\t\t\taufile.so\n"
+        "module_app\t\taccount.so\n"
+        "module_app\t\tmenu.so\n"
+        f"dns_server\t\t127.0.3.250:5353\n"
+        f"net_interface\t\t{BARESIP_IP}\n")
+    (directory / "accounts").write_text(
+        f"<sip:bob@{DOMAIN};transport=tls>;auth_pass={PASSWORD};"
+        f"outbound=\"sip:{SERVER_IP}:5061;transport=tls\";answermode=auto;regint=600\n")
+    (directory / "contacts").write_text("")
+
+
+@pytest.fixture
+def baresip(f_test: PeerageServer, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    binary = require_binary("baresip")
+    config = tmp_path / "baresip"
+    _baresip_config(config, f_test.workdir / f"{DOMAIN}.crt")
+    log = tmp_path / "baresip.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([binary, "-f", str(config), "-s", "-v", "-t", "40"], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (b"200 OK" in log.read_bytes() and b"REGISTER" in log.read_bytes())
+                 or process.poll() is not None, timeout=15, message="baresip registered")
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        yield process, log
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_call_and_hang_up_with_baresip_over_tls(f_test: PeerageServer, baresip: tuple[subprocess.Popen[bytes], Path],
+                                                 tmp_path: Path) -> None:
+    _process, log = baresip
+    uac = run_sipp(tmp_path, "uac_call.xml", local_ip="127.0.3.152", port=5090, server=SERVER,
+                   service="bob", keys=caller_keys())
+    text = log.read_text(errors="replace")
+    assert uac.returncode == 0, failure_report(tmp_path, uac) + text[-4000:]
+    # the BYE went down baresip's own TLS connection and baresip answered it
+    assert "BYE sip:" in text, text[-4000:]
+
+
+# --- a UA behind NAT on UDP ---------------------------------------------------------------------------
+
+NAT_BOUND = "127.0.3.141"  # where SIPp really is
+NAT_CLAIMED = "127.0.3.142"  # what its Via and Contact say (nothing listens there)
+
+
+def test_ua_behind_nat_receives_calls(f_test: PeerageServer, tmp_path: Path) -> None:
+    register = run_sipp(tmp_path, "register_nat.xml", local_ip=NAT_BOUND, port=5080, server=SERVER,
+                        service="carol", keys={"domain": DOMAIN, "advertised": NAT_CLAIMED},
+                        extra=["-au", "carol", "-ap", PASSWORD])
+    assert register.returncode == 0, failure_report(tmp_path, register)
+    uas = start_sipp(tmp_path, "uas_nat.xml", local_ip=NAT_BOUND, port=5080, server=None,
+                     keys={"advertised": NAT_CLAIMED}, extra=["-d", "0"])
+    uac = run_sipp(tmp_path, "uac_call.xml", local_ip="127.0.3.143", port=5081, server=SERVER,
+                   service="carol", keys=caller_keys())
+    assert uac.returncode == 0, failure_report(tmp_path, uac)
+    code = finish(uas)
+    assert code[0] == 0, failure_report(tmp_path, code)
+
+
+def test_nat_binding_gets_keep_alives(f_test: PeerageServer) -> None:
+    ua = UdpUA("127.0.3.144", (SERVER_IP, 5060), "dave", DOMAIN, PASSWORD)
+    try:
+        claimed = f"127.0.3.145:{ua.port}"
+        request = ua.build("REGISTER", f"sip:{DOMAIN}", extra=[("Contact", f"<sip:dave@{claimed}>")])
+        request.set("Via", request.first_value("via").replace(f"{ua.address}:{ua.port}", claimed))  # type: ignore[union-attr]
+        response = ua.final_response(request)
+        assert response is not None and response.status == 401
+        challenge = response.get_all_raw("www-authenticate")[0]
+        retry = ua.build("REGISTER", f"sip:{DOMAIN}", extra=[
+            ("Contact", f"<sip:dave@{claimed}>"),
+            ("Authorization", client_authorization(challenge, "REGISTER", f"sip:{DOMAIN}", "dave", PASSWORD))])
+        retry.set("Via", retry.first_value("via").replace(f"{ua.address}:{ua.port}", claimed))  # type: ignore[union-attr]
+        response = ua.final_response(retry)
+        assert response is not None and response.status == 200
+        # nat_ping_interval = 1: a CRLF keep-alive arrives at the address the UA sends from
+        ua.sock.settimeout(3)
+        data, source = ua.sock.recvfrom(100)
+        assert data == b"\r\n\r\n" and source == (SERVER_IP, 5060)
+    finally:
+        ua.close()
+
+
+# --- RFC 5626 outbound and RFC 5627 GRUU over TCP ---------------------------------------------------
+
+
+class TcpUA:
+    """A user agent on one TCP connection: registers with outbound and GRUU, answers INVITEs."""
+
+    def __init__(self, address: str, user: str) -> None:
+        self.sock = socket.create_connection((SERVER_IP, 5060), timeout=5, source_address=(address, 0))
+        self.address, self.port = self.sock.getsockname()
+        self.user = user
+        self.parser = StreamParser()
+        self.queue: list[SipMessage] = []
+        self.instance = f"urn:uuid:{os.urandom(4).hex()}-0000-4000-8000-{os.urandom(6).hex()}"
+        self.cseq = 0
+
+    def request(self, authorization: str | None = None) -> SipMessage:
+        self.cseq += 1
+        headers = [
+            ("Via", f"SIP/2.0/TCP {self.address}:{self.port};branch=z9hG4bK-t{os.urandom(4).hex()}"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:{self.user}@{DOMAIN}>;tag=t{self.cseq}"),
+            ("To", f"<sip:{self.user}@{DOMAIN}>"),
+            ("Call-ID", f"reg-{self.instance}"),
+            ("CSeq", f"{self.cseq} REGISTER"),
+            ("Supported", "outbound, gruu, path"),
+            # RFC 5626 §4.2: a Contact nobody can dial, as a browser's or a phone's behind NAT
+            ("Contact", f'<sip:{self.user}@{os.urandom(4).hex()}.invalid;transport=tcp;ob>'
+                        f';reg-id=1;+sip.instance="<{self.instance}>"'),
+        ]
+        if authorization:
+            headers.append(("Authorization", authorization))
+        return SipMessage.request("REGISTER", f"sip:{DOMAIN}", headers)
+
+    def send(self, message: SipMessage) -> None:
+        self.sock.sendall(message.serialize())
+
+    def receive(self, timeout: float = 5.0) -> SipMessage:
+        deadline = time.monotonic() + timeout
+        while not self.queue:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65535)
+            assert data, "connection closed"
+            self.queue.extend(m for m in self.parser.feed(data) if isinstance(m, SipMessage))
+        return self.queue.pop(0)
+
+    def register(self) -> SipMessage:
+        self.send(self.request())
+        challenge = self.receive()
+        assert challenge.status == 401, challenge
+        header = challenge.get_all_raw("www-authenticate")[0]
+        self.send(self.request(client_authorization(header, "REGISTER", f"sip:{DOMAIN}", self.user, PASSWORD)))
+        response = self.receive()
+        assert response.status == 200, response
+        return response
+
+
+def _final(ua: UdpUA, call_id: str) -> int:
+    """The final status answering ``call_id`` (retransmissions of earlier calls skipped)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = ua.receive(deadline - time.monotonic())
+        if message is not None and message.method is None and message.call_id == call_id \
+                and message.status >= 200:
+            return message.status
+    raise AssertionError(f"no final response for {call_id}")
+
+
+def test_outbound_gruu_and_flow_failure(f_test: PeerageServer) -> None:
+    ua = TcpUA("127.0.3.146", "erin")
+    caller = UdpUA("127.0.3.147", (SERVER_IP, 5060), "alice", DOMAIN, PASSWORD)
+    try:
+        response = ua.register()
+        assert "outbound" in [v.strip() for v in response.get_all("require")]
+        contact = parse_name_addr(response.get("contact") or "")
+        assert contact.params["reg-id"] == "1"
+        pub_gruu = contact.params["pub-gruu"] or ""
+        temp_gruu = contact.params["temp-gruu"] or ""
+        assert pub_gruu == f"sip:erin@{DOMAIN};gr={ua.instance}"
+        assert temp_gruu.startswith("sip:tgruu.") and "erin" not in temp_gruu and temp_gruu.endswith(";gr")
+        assert split_params(temp_gruu.partition(";")[2]) == {"gr": None}
+
+        for target in (temp_gruu, pub_gruu, f"sip:erin@{DOMAIN}"):
+            # alice is local: her INVITE to a local user needs no credentials
+            invite = caller.build("INVITE", target, to=f"<{target}>", call_id=f"{os.urandom(4).hex()}@c")
+            caller.send_raw(invite.serialize())
+            arrived = ua.receive()
+            while arrived.method == "ACK":  # the proxy's ACK for the previous call's 486
+                arrived = ua.receive()
+            assert arrived.method == "INVITE" and arrived.call_id == invite.call_id
+            assert (arrived.uri or "").endswith(".invalid;transport=tcp;ob")  # the registered contact
+            ua.send(make_response(arrived, 486, to_tag="busy"))
+            assert _final(caller, invite.call_id) == 486
+
+        ua.sock.close()  # the flow fails
+        time.sleep(0.3)
+        invite = caller.build("INVITE", pub_gruu, to=f"<{pub_gruu}>", call_id=f"{os.urandom(4).hex()}@c")
+        caller.send_raw(invite.serialize())
+        assert _final(caller, invite.call_id) == 430  # RFC 5626 §5.3: Flow Failed
+    finally:
+        caller.close()
+        ua.sock.close()
