@@ -5,6 +5,7 @@ another site, and a fresh Chromium per test whose screenshots land in the test's
 
 from __future__ import annotations
 
+import email.policy
 import http.server
 import imaplib
 import smtplib
@@ -170,7 +171,7 @@ def browser(tmp_path: Path, browser_tools: tuple[str, str]) -> Iterator[Browser]
 def deliver(message: EmailMessage | bytes, sender: str, recipients: list[str], *,
             host: str = PEERAGE_ADDRESS) -> None:
     """Hand a message to an MX on port 25 (peerage's, or Postfix's to relay it)."""
-    data = message if isinstance(message, bytes) else message.as_bytes()
+    data = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
     with smtplib.SMTP(host, 25, source_address=(CLIENT_ADDRESS, 0), timeout=20) as client:
         client.ehlo("client.example.net")
         if client.has_extn("starttls"):

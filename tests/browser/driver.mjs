@@ -108,10 +108,19 @@ const ops = {
     await (await frameOf(cmd)).waitForSelector(cmd.selector, { state: cmd.state || 'visible', timeout: cmd.timeout ?? 10000 });
     return { ms: Date.now() - t0 };
   },
+  // Polls with evaluate (which the page's CSP does not govern) instead of page.waitForFunction, whose
+  // predicate is compiled inside the page and so needs 'unsafe-eval' there.
   async waitForFunction(cmd) {
     const t0 = Date.now();
-    await (await frameOf(cmd)).waitForFunction(cmd.expression, cmd.arg, { timeout: cmd.timeout ?? 10000, polling: 50 });
-    return { ms: Date.now() - t0 };
+    const limit = cmd.timeout ?? 10000;
+    let last = null;
+    for (;;) {
+      try {
+        if (await (await frameOf(cmd)).evaluate(cmd.expression)) return { ms: Date.now() - t0 };
+      } catch (err) { last = err; }
+      if (Date.now() - t0 > limit) throw new Error(`timeout ${limit}ms waiting for ${cmd.expression}${last ? ` (${last.message})` : ''}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
   },
   async waitForURL(cmd) { await page(cmd).waitForURL(cmd.pattern ? new RegExp(cmd.pattern) : cmd.url, { timeout: cmd.timeout ?? 10000 }); return page(cmd).url(); },
   async eval(cmd) { return (await frameOf(cmd)).evaluate(cmd.expression); },

@@ -50,6 +50,8 @@ function toLogin() {
 }
 
 const mailboxById = (id) => S.mailboxes.find((m) => m.id === id);
+// IMAP's INBOX is spelt in capitals (RFC 9051 §5.1); people expect "Inbox".
+const shownName = (m) => (m?.role === 'inbox' && m.name.toUpperCase() === 'INBOX' ? 'Inbox' : m?.name || '');
 const role = (r) => findRole(S.mailboxes, r);
 const currentMailbox = () => mailboxById(S.mailboxId);
 
@@ -68,7 +70,7 @@ function updateTitle() {
   const inbox = role('inbox');
   const unread = inbox?.unreadEmails || 0;
   const m = currentMailbox();
-  document.title = `${unread ? `(${unread}) ` : ''}${m ? m.name : 'Mail'} — peerage`;
+  document.title = `${unread ? `(${unread}) ` : ''}${m ? shownName(m) : 'Mail'} — peerage`;
 }
 
 function listFilter() {
@@ -335,7 +337,7 @@ async function moveTo(mailboxId, ids) {
     const res = await client.call('Email/set', { update });
     reportNotUpdated(res);
     const target = mailboxById(mailboxId);
-    toast(`${ids.length === 1 ? 'Message' : `${ids.length} messages`} moved to ${target?.name || 'folder'}`);
+    toast(`${ids.length === 1 ? 'Message' : `${ids.length} messages`} moved to ${shownName(target) || 'folder'}`);
     afterRemoval(ids, next);
   } catch (err) {
     fail(err);
@@ -510,7 +512,7 @@ function Sidebar() {
               onDragOver={(ev) => { ev.preventDefault(); setDragOver(m.id); }} onDragLeave={() => setDragOver(null)}
               onDrop={(ev) => onDrop(ev, m.id)}>
               <Icon name={m.role || 'folder'} />
-              <span class="name">{m.name}</span>
+              <span class="name">{shownName(m)}</span>
               {m.unreadEmails > 0 && <span class="count" title={`${m.unreadEmails} unread of ${m.totalEmails}`}>{m.unreadEmails}</span>}
             </a>
           </li>
@@ -601,7 +603,7 @@ function MessageList() {
   }
   const mailbox = currentMailbox();
   const drafts = role('drafts');
-  const heading = S.search ? `Search: “${S.search}”${S.searchAll ? ' in all folders' : ` in ${mailbox?.name || ''}`}` : mailbox?.name || '';
+  const heading = S.search ? `Search: “${S.search}”${S.searchAll ? ' in all folders' : ` in ${shownName(mailbox)}`}` : shownName(mailbox);
   return (
     <section class={`list-pane${S.reader ? ' has-reader' : ''}`} aria-label="Messages">
       <div class="list-head">
@@ -753,7 +755,7 @@ function Attachments({ email }) {
 
 function MailboxBadges({ email }) {
   return Object.keys(email.mailboxIds || {}).filter((id) => id !== S.mailboxId).map((id) => mailboxById(id)).filter(Boolean)
-    .map((m) => <span key={m.id} class="badge">{m.name}</span>);
+    .map((m) => <span key={m.id} class="badge">{shownName(m)}</span>);
 }
 
 function ThreadMessage({ email, expanded, onToggle, last }) {
@@ -808,7 +810,7 @@ function Reader() {
         <button class="ghost" id="reply-all" onClick={() => composeFromSelection('replyAll')} title="Reply all (a)"><Icon name="replyAll" /> Reply all</button>
         <button class="ghost" id="forward" onClick={() => composeFromSelection('forward')} title="Forward (f)"><Icon name="forward" /> Forward</button>
         <span class="sep" />
-        <button class="ghost" id="archive" onClick={archive} title="Archive (e)"><Icon name="archive" /></button>
+        {role('archive') && <button class="ghost" id="archive" onClick={archive} title="Archive (e)"><Icon name="archive" /></button>}
         <button class="ghost" id="move" onClick={() => { S.moveMenu = true; changed(); }} title="Move (m)"><Icon name="move" /> Move</button>
         <button class="ghost" id="delete" onClick={destroy} title="Delete (#)"><Icon name="trash" /> Delete</button>
         <button class={`ghost flag${flagged ? ' on' : ''}`} id="flag" onClick={toggleFlag} title="Flag (s)" aria-pressed={flagged}><Icon name="star" /></button>
@@ -832,7 +834,7 @@ function MoveMenu() {
   const inputRef = useRef(null);
   useEffect(() => { inputRef.current?.focus(); }, []);
   const close = () => { S.moveMenu = false; changed(); };
-  const choices = mailboxTree(S.mailboxes).filter((m) => m.id !== S.mailboxId && m.name.toLowerCase().includes(filter.toLowerCase()));
+  const choices = mailboxTree(S.mailboxes).filter((m) => m.id !== S.mailboxId && shownName(m).toLowerCase().includes(filter.toLowerCase()));
   return (
     <div class="modal-back" onClick={close}>
       <div class="modal move-menu" role="dialog" aria-label="Move to folder" onClick={(ev) => ev.stopPropagation()}>
@@ -842,7 +844,7 @@ function MoveMenu() {
         <ul>
           {choices.map((m) => (
             <li key={m.id}><button class="ghost wide" data-mailbox={m.name} onClick={() => { close(); moveTo(m.id); }} style={{ paddingLeft: `${10 + m.depth * 14}px` }}>
-              <Icon name={m.role || 'folder'} /> {m.name}</button></li>
+              <Icon name={m.role || 'folder'} /> {shownName(m)}</button></li>
           ))}
         </ul>
       </div>

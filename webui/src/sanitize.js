@@ -91,7 +91,9 @@ function installHooks() {
     if (node.hasAttribute?.('style')) {
       node.setAttribute('style', rewriteCSS(node.getAttribute('style'), current));
     }
-    for (const attr of URL_ATTRS) {
+    // href fetches on SVG <image>/<use>/<feImage>; on links it is navigation, handled below.
+    const attrs = node.tagName === 'A' || node.tagName === 'AREA' ? URL_ATTRS : [...URL_ATTRS, 'href'];
+    for (const attr of attrs) {
       if (!node.hasAttribute?.(attr)) continue;
       const value = node.getAttribute(attr);
       if (/^\s*cid:/i.test(value)) {
@@ -105,7 +107,7 @@ function installHooks() {
         node.removeAttribute(attr);
         node.setAttribute(`data-blocked-${attr.replace(':', '-')}`, value);
         current.onBlocked();
-      } else if (!/^\s*data:image\//i.test(value) && attr !== 'srcset') {
+      } else if (!/^\s*data:image\//i.test(value) && attr !== 'srcset' && !(attr === 'href' && value.trim().startsWith('#'))) {
         node.removeAttribute(attr);
       }
     }

@@ -22,10 +22,12 @@ DEFAULT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-# The webmail at /mail/: its own scripts and styles only; messages are shown in sandboxed frames
-# (srcdoc/blob:), and remote content is not loaded (img-src has no remote scheme).
+# The webmail at /mail/: its own scripts and styles only; messages are shown in sandboxed srcdoc
+# frames (no allow-scripts), which inherit this policy. img-src allows https: so that a message's remote
+# images can load once the user asks for them: until then the webmail's sanitizer removes every remote
+# URL and the frame's own policy (img-src data:) refuses any it missed.
 WEBMAIL_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob: https:; "
     "font-src 'self'; connect-src 'self'; frame-src 'self' blob: data:; child-src 'self' blob:; "
     "worker-src 'self'; manifest-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
