@@ -62,9 +62,10 @@ class SipService:
         transport.banned = flood.is_banned
         self.transport = transport
         server_context = None
-        if config.tls_listen and host.tls.available:
+        if (config.tls_listen or config.wss_listen) and host.tls.available:
             server_context = host.tls.server_context()
-        await transport.start(config.udp_listen, config.tcp_listen, config.tls_listen, server_context)
+        await transport.start(config.udp_listen, config.tcp_listen, config.tls_listen, server_context,
+                              ws=config.ws_listen, wss=config.wss_listen)
         endpoints = {}
         local_hosts = set()
         for name, (address, port) in transport.endpoints.items():

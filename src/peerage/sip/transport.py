@@ -7,8 +7,9 @@ where enough was parsed (RFC 4475), and sending: datagrams from our listening so
 an existing connection to the peer when there is one (responses go back on the connection the
 request came in on, §18.2.2), otherwise on a new one.
 
-A stream connection is anything with ``write(bytes)`` and ``closed``; a WebSocket adapter
-(RFC 7118) can plug in the same way, framing one SIP message per WebSocket message.
+A stream connection is anything with ``write(bytes)`` and ``closed``; the WebSocket adapter
+(RFC 7118, :mod:`peerage.sip.websocket`) plugs in the same way, one SIP message per WebSocket
+message.  WebSocket clients cannot be dialled: a request reaches them only on their connection.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class StreamConnection(asyncio.Protocol):
             items = self.parser.feed(data)
         except SipParseError as error:
             if error.message is not None and error.message.method not in (None, "ACK"):
-                self.write(_error_response(error, self.peer))
+                self.write(error_response(error, self.peer))
             self.close()  # framing is lost: RFC 3261 §18.3 says close the connection
             return
         source = Destination(self.transport_name, self.peer, self)
@@ -207,7 +208,7 @@ class UdpEndpoint:
             self.sock.close()
 
 
-def _error_response(error: SipParseError, source: tuple[str, int]) -> bytes:
+def error_response(error: SipParseError, source: tuple[str, int]) -> bytes:
     """A stateless answer to a malformed request, its top Via stamped with ``received`` (and
     ``rport``) as for any request (RFC 3261 §18.2.1, RFC 3581 §4)."""
     assert error.message is not None
@@ -232,13 +233,15 @@ class SipTransport:
         self.client_context = client_context
         self.udp: list[UdpEndpoint] = []
         self.servers: list[asyncio.AbstractServer] = []
-        self.connections: dict[tuple[str, str, int], StreamConnection] = {}
+        self.connections: dict[tuple[str, str, int], Any] = {}  # StreamConnection or WebSocketConnection
         self._pending: dict[tuple[str, str, int], list[bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.endpoints: dict[str, tuple[str, int]] = {}
+        self.websocket: Any = None
 
     async def start(self, udp: list[str], tcp: list[str], tls: list[str],
-                    server_context: ssl.SSLContext | None) -> None:
+                    server_context: ssl.SSLContext | None, ws: list[str] | None = None,
+                    wss: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for spec in udp:
             host, port = parse_listen(spec)
@@ -256,8 +259,15 @@ class SipTransport:
                 self.servers.append(server)
                 self.endpoints.setdefault(name, (host, port))
                 log.info("listening sip-%s on %s:%d", name.lower(), host, port)
+        if ws or wss:
+            from peerage.sip.websocket import WebSocketListener
+
+            self.websocket = WebSocketListener(self)
+            await self.websocket.start(ws or [], wss or [], server_context)
 
     async def stop(self) -> None:
+        if self.websocket is not None:
+            await self.websocket.stop()
         for server in self.servers:
             server.close()
         for connection in list(self.connections.values()):
@@ -280,7 +290,7 @@ class SipTransport:
             message = parse_datagram(data)
         except SipParseError as error:
             if error.message is not None and error.message.method not in (None, "ACK"):
-                self.sendto(_error_response(error, address), address)
+                self.sendto(error_response(error, address), address)
             return
         self.deliver(message, Destination("UDP", address))
 
@@ -315,6 +325,11 @@ class SipTransport:
             existing = None  # a connection proven for another domain does not prove this one
         if existing is not None and not existing.closed:
             existing.write(data)
+            return
+        if transport in ("WS", "WSS"):
+            # RFC 7118 §5.2: a WebSocket client is reached on its connection or not at all
+            if self.on_unreachable is not None:
+                self.on_unreachable(Destination(transport, destination.address))
             return
         pending = self._pending.get(key)
         if pending is not None:
@@ -357,13 +372,14 @@ class SipTransport:
         for data in self._pending.pop(key, []):
             connection.write(data)
 
-    def register_connection(self, connection: StreamConnection) -> None:
+    def register_connection(self, connection: Any) -> None:
         if len(self.connections) >= MAX_STREAM_CONNECTIONS:
             connection.close()
             return
         assert connection.key is not None
         self.connections[connection.key] = connection
 
-    def unregister_connection(self, connection: StreamConnection) -> None:
-        if connection.key is not None and self.connections.get(connection.key) is connection:
-            del self.connections[connection.key]
+    def unregister_connection(self, connection: Any) -> None:
+        key = connection.key
+        if key is not None and self.connections.get(key) is connection:
+            del self.connections[key]
