@@ -87,7 +87,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "peerage.toml"
     if config_path.exists():
-        raise CliError(f"{config_path} already exists; edit it to add a domain, or choose another --dir")
+        raise CliError(f"{config_path} already exists; add a domain with `peerage --config {config_path} domain add "
+                       f"{domain}`, or choose another --dir")
     cert, key = folder / "certs" / f"{domain}.crt", folder / "certs" / f"{domain}.key"
     if not cert.exists():
         generate_self_signed(domain, cert, key)
@@ -220,33 +221,111 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reload(args: argparse.Namespace) -> int:
-    """Signal the running server (SIGHUP) and report what it applied, as `systemctl reload` does."""
+def _signal_reload(config: Config, timeout: float) -> dict[str, Any] | None:
+    """SIGHUP the server running `config` and wait for its report; None when no server runs."""
     import os
     import signal
     import time
 
     from peerage.server import read_status
 
-    config = _config(args, check_files=False)
     status = read_status(config)
     pid = status.get("pid")
     if not isinstance(pid, int):
-        raise CliError(f"no running peerage found for {config.path} (no live status in {config.status_path})")
+        return None
     before = (status.get("reload") or {}).get("at", 0)
     os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         outcome = read_status(config).get("reload") or {}
         if outcome.get("at", 0) > before:
             if not outcome.get("ok"):
                 raise CliError(f"reload failed, the server keeps its running configuration: {outcome.get('error')}")
-            print("reloaded: " + ", ".join(outcome.get("applied", [])))
-            if outcome.get("restart_needed"):
-                print("needs a restart to take effect: " + ", ".join(outcome["restart_needed"]))
-            return 0
+            return dict(outcome)
         time.sleep(0.1)
-    raise CliError(f"sent SIGHUP to peerage (pid {pid}) but it reported no reload within {args.timeout:g}s; see its log")
+    raise CliError(f"sent SIGHUP to peerage (pid {pid}) but it reported no reload within {timeout:g}s; see its log")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Signal the running server (SIGHUP) and report what it applied, as `systemctl reload` does."""
+    config = _config(args, check_files=False)
+    outcome = _signal_reload(config, args.timeout)
+    if outcome is None:
+        raise CliError(f"no running peerage found for {config.path} (no live status in {config.status_path})")
+    print("reloaded: " + ", ".join(outcome.get("applied", [])))
+    if outcome.get("restart_needed"):
+        print("needs a restart to take effect: " + ", ".join(outcome["restart_needed"]))
+    return 0
+
+
+# --- domain --------------------------------------------------------------------------------------
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    from peerage.identity.address import normalize_domain
+    from peerage.ops import domains
+    from peerage.ops.certs import load_pair
+
+    config = _config(args, check_files=False)
+    if args.domain_command == "list":
+        for name, entry in config.domains.items():
+            if entry.cert is None or entry.key is None:
+                print(f"{name}  no certificate")
+                continue
+            try:
+                info = load_pair(name, entry.cert, entry.key)
+            except ConfigError as exc:
+                print(f"{name}  certificate problem: {exc}")
+                continue
+            kind = "self-signed" if info.self_signed else "CA-issued"
+            print(f"{name}  {kind} certificate, expires {info.not_after:%Y-%m-%d} ({info.days_left:.0f} days)")
+        return 0
+    name = normalize_domain(args.domain)
+    if args.domain_command == "add":
+        if (args.cert is None) != (args.key is None):
+            raise CliError("give both --cert and --key, or neither for a self-signed certificate")
+        if args.cert is not None:
+            cert, key = Path(args.cert).resolve(), Path(args.key).resolve()
+            load_pair(name, cert, key, "--cert/--key")
+        else:
+            cert, key = domains.certificate_paths(config, name)
+            existing = config.domains.get(name)
+            if existing is not None and existing.cert is not None and existing.key is not None:
+                cert, key = existing.cert, existing.key
+            if not cert.exists():
+                from peerage.net.tls import generate_self_signed
+
+                generate_self_signed(name, cert, key)
+                print(f"  certificate  {cert} (self-signed; replace it with a CA-issued one for federation)")
+        if name in config.domains:
+            print(f"{name} is already configured; created what was missing")
+        else:
+            config = domains.add_entry(config, name, cert, key)
+            print(f"Added {name} to {config.path}")
+        _generate_domain_keys(config, name)
+        _announce(config, f"{name} is served now", f"`peerage serve` will serve {name}")
+        print(f"  next: peerage --config {config.path} dns {name}      # records to publish")
+        return 0
+    # del
+    if name not in config.domains:
+        raise CliError(f"{name} is not hosted here; the configured domains are: {', '.join(config.domains)}")
+    if len(config.domains) == 1:
+        raise CliError(f"{name} is the only hosted domain; a server needs at least one")
+    accounts = _run(lambda: _with_accounts(config, lambda acc: acc.list(name)))
+    if accounts:
+        raise CliError(f"{name} still has {len(accounts)} accounts; delete them first (`peerage user list {name}`)")
+    config = domains.remove_entry(config, name)
+    print(f"Removed {name} from {config.path} (its certificate and keys stay on disk)")
+    _announce(config, f"{name} is no longer served", "")
+    return 0
+
+
+def _announce(config: Config, live: str, offline: str) -> None:
+    outcome = _signal_reload(config, 15.0)
+    if outcome is not None:
+        print(f"  the running server reloaded: {live}")
+    elif offline:
+        print(f"  no server is running; {offline}")
 
 
 def cmd_systemd_unit(args: argparse.Namespace) -> int:
@@ -294,7 +373,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
     config = _config(args)
     domain = normalize_domain(args.domain)
     if domain not in config.domains:
-        raise CliError(f"{domain} is not hosted here; the configured domains are: {', '.join(config.domains)}")
+        raise CliError(f"{domain} is not hosted here (configured: {', '.join(config.domains)}); "
+                       f"add it with `peerage domain add {domain}`")
     sections: list[tuple[str, list[str]]] = [("Host", host_dns_records(config, domain))]
     if config.xmpp.enabled:
         sections.append(("XMPP (RFC 6120 §3.2, XEP-0368)", xmpp_dns_records(config, domain)))
@@ -359,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run every enabled service")
     serve.set_defaults(func=cmd_serve)
+
+    domain = commands.add_parser("domain", help="add, list and delete hosted domains (live)")
+    domain_commands = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")
+    add = domain_commands.add_parser("add", help="host DOMAIN: certificate, DKIM keys, config entry, reload")
+    add.add_argument("domain")
+    add.add_argument("--cert", help="PEM certificate chain to use (default: a new self-signed one)")
+    add.add_argument("--key", help="its PEM private key")
+    domain_commands.add_parser("list", help="hosted domains and their certificates")
+    remove = domain_commands.add_parser("del", help="stop hosting DOMAIN (it must have no accounts)")
+    remove.add_argument("domain")
+    domain.set_defaults(func=cmd_domain)
 
     reload = commands.add_parser("reload", help="reload certificates, domains and live settings (SIGHUP)")
     reload.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the outcome")

@@ -352,7 +352,7 @@ def config_from_dict(raw: dict[str, Any], path: Path, *, check_files: bool = Tru
                 if file is not None and not file.is_file():
                     raise ConfigError(
                         f"{path}: {where} ({name}) {attr}: file {file} does not exist; "
-                        f"point '{attr}' at a PEM file or run `peerage init {name}` to create a "
+                        f"point '{attr}' at a PEM file or run `peerage domain add {name}` to create a "
                         "self-signed one"
                     )
         domains[name] = dataclasses.replace(domain, name=name)

@@ -46,7 +46,7 @@ def records(domain: str, config: Any) -> list[str]:
     ]
     keys = load_keys(config.data_dir, domain)
     if keys is None:
-        lines.append(f"; no DKIM keys for {domain} yet: run `peerage init {domain}` to create them")
+        lines.append(f"; no DKIM keys for {domain} yet: run `peerage domain add {domain}` to create them")
     else:
         for name, value in keys.dns_records():
             lines.append(f"{name}. {TTL} IN TXT {_txt(value)}")

@@ -116,6 +116,12 @@ class XmppService:
                 protocol_factory=lambda: C2SConnection(self, direct_tls=True))
         self._sweeper = asyncio.ensure_future(self._sweep())
 
+    async def reload(self, host: Any, old_config: Any) -> None:
+        """After `peerage reload`: route the hosted domains as configured now (domains added or removed)."""
+        self.router.hosted_domains = {d.lower() for d in host.config.domains}
+        if self.s2s is not None:
+            self.s2s.hosted_domains = list(host.config.domains)
+
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -1,8 +1,8 @@
 """DKIM (RFC 6376) signing with RSA-SHA256 and Ed25519-SHA256 (RFC 8463), verification, and key
 generation, over dkimpy.
 
-This module is in charge of the two signing keys each hosted domain has (created by `peerage init`),
-of signing outgoing mail with both, and of verifying every signature on incoming mail through the
+This module is in charge of the two signing keys each hosted domain has (created by `peerage init`
+and `peerage domain add`), of signing outgoing mail with both, and of verifying every signature on incoming mail through the
 configured nameservers.
 """
 
