@@ -93,6 +93,14 @@ class LimitsConfig:
     # unauthenticated streams; Dovecot's IMAP autologout is 30 minutes).
     idle_timeout_unauthenticated: float = 60.0
     idle_timeout: float = 1800.0
+    # Seconds from connect to a successful login on IMAP, SMTP submission and SIP TCP/TLS flows; a
+    # connection still anonymous then is closed however much it trickles (ejabberd's
+    # negotiation_timeout is 30 s; Postfix's smtpd_timeout of 300 s is per read, so a slow drip
+    # defeats it, which is why this is a total).
+    auth_deadline: float = 60.0
+    # Connections not yet authenticated, summed over every client protocol, before new ones are
+    # refused (Dovecot's default_client_limit is 1000 per login service).
+    max_unauthenticated: int = 1000
 
 
 @dataclass(frozen=True)
@@ -253,6 +261,26 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    # Advertise SCRAM-*-PLUS on IMAP and SMTP submission. Off by default, as Postfix's submission
+    # (whose SASL backends get no channel binding from smtpd) never lists it: clients such as neomutt
+    # with gsasl pick -PLUS when listed and then fail for want of a binding. -PLUS is still accepted
+    # when a client asks for it unlisted, and XMPP always lists it (XEP-0440 names the binding types).
+    mail_advertise_plus: bool = False
+    # SMTP AUTH LOGIN (over TLS only) for clients that know nothing else (older Outlook, many
+    # printers and scanners); Dovecot and Postfix offer it for the same reason.
+    smtp_login: bool = True
+    # Shortest password `peerage user add` / `user passwd` accept (NIST SP 800-63B §5.1.1.2: at least
+    # 8 characters, and check against lists of common passwords).
+    password_min_length: int = 8
+    # Successful password verifications remembered, so a client that logs in every minute does not pay
+    # an argon2 hash each time (Dovecot's auth_cache_size / auth_cache_ttl, default off there; we keep
+    # at most this many entries for cache_ttl seconds, and `user passwd` forgets an account's).
+    cache_size: int = 10000
+    cache_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -266,6 +294,7 @@ class Config:
     smtp: SmtpConfig
     imap: ImapConfig
     web: WebConfig = field(default_factory=WebConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -296,6 +325,7 @@ _SECTIONS: dict[str, type] = {
     "smtp": SmtpConfig,
     "imap": ImapConfig,
     "web": WebConfig,
+    "auth": AuthConfig,
 }
 
 

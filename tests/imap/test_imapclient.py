@@ -106,7 +106,8 @@ async def test_authenticate_scram_sha_256_plus_with_tls_exporter(imap: ImapHost)
 
     def run() -> None:
         client = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
-        assert "AUTH=SCRAM-SHA-256-PLUS" in client.capabilities
+        # Not listed by default ([auth] mail_advertise_plus), still accepted: see tests/auth.
+        assert "AUTH=SCRAM-SHA-256-PLUS" not in client.capabilities
         binding = tls_exporter(client.sock)
         assert binding is not None
         step, state = scram_exchange(USER, PASSWORD, b"p=tls-exporter,,", binding)
@@ -120,13 +121,6 @@ async def test_authenticate_scram_sha_256_plus_with_tls_exporter(imap: ImapHost)
         try:
             client.authenticate("SCRAM-SHA-256-PLUS", step)
             raise AssertionError("a wrong channel binding was accepted")
-        except imaplib.IMAP4.error as exc:
-            assert "AUTHENTICATIONFAILED" in str(exc)
-        # A client that could bind but was not offered to ("y") means a downgrade: refused.
-        step, state = scram_exchange(USER, PASSWORD, b"y,,", b"")
-        try:
-            client.authenticate("SCRAM-SHA-256", step)
-            raise AssertionError("a channel-binding downgrade was accepted")
         except imaplib.IMAP4.error as exc:
             assert "AUTHENTICATIONFAILED" in str(exc)
         client.shutdown()

@@ -39,10 +39,14 @@ def test_auth_throttle_delays_then_refuses_then_forgets() -> None:
     assert throttle.check("1.2.3.4", "a@x") == 0.0
 
 
-def test_auth_throttle_per_account_across_addresses() -> None:
+def test_auth_throttle_per_account_across_addresses_delays_never_refuses() -> None:
     throttle = AuthThrottle(LimitsConfig(auth_failures_per_ip=100, auth_failures_per_account=2), clock=Clock())
-    throttle.failure("10.0.0.1", "victim@x")
-    throttle.failure("10.0.0.2", "victim@x")
+    for _ in range(4):  # one address: refused after 2 * 2, and nobody else notices
+        throttle.failure("10.0.0.1", "victim@x")
+    assert throttle.check("10.0.0.1", "victim@x") is None
+    assert throttle.check("10.0.0.3", "victim@x") == 0.0
+    for n in range(100):  # many addresses: the account is slowed down, never locked
+        throttle.failure(f"10.0.1.{n}", "victim@x")
     assert throttle.check("10.0.0.3", "victim@x") == AUTH_FAILURE_DELAY
 
 

@@ -258,6 +258,46 @@ def tls_exporter(sslobj: ssl.SSLObject | ssl.SSLSocket) -> bytes | None:
     return out.raw if ok == 1 else None
 
 
+def _ssl_pointer(sslobj: ssl.SSLObject | ssl.SSLSocket) -> int | None:
+    inner = getattr(sslobj, "_sslobj", None)
+    if inner is None:
+        return None
+    try:
+        pointer = ctypes.c_void_p.from_address(id(inner) + _SSL_POINTER_OFFSET).value
+    except (ValueError, OSError):
+        return None
+    return pointer or None
+
+
+def local_certificate_der(sslobj: ssl.SSLObject | ssl.SSLSocket) -> bytes | None:
+    """The DER certificate this side presented on this connection (SSL_get_certificate): after SNI,
+    the chosen domain's, so tls-server-end-point (RFC 5929 §4) matches what the client saw."""
+    lib = _load_libssl()
+    pointer = _ssl_pointer(sslobj)
+    if lib is None or pointer is None:
+        return None
+    try:
+        get_certificate = lib.SSL_get_certificate
+        i2d = lib.i2d_X509
+    except AttributeError:
+        return None
+    get_certificate.argtypes = [ctypes.c_void_p]
+    get_certificate.restype = ctypes.c_void_p
+    i2d.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p)]
+    i2d.restype = ctypes.c_int
+    x509_pointer = get_certificate(pointer)
+    if not x509_pointer:
+        return None
+    length = i2d(x509_pointer, None)
+    if length <= 0:
+        return None
+    out = ctypes.create_string_buffer(length)
+    cursor = ctypes.c_char_p(ctypes.addressof(out))  # i2d_X509 advances the pointer it is given
+    if i2d(x509_pointer, ctypes.byref(cursor)) != length:
+        return None
+    return out.raw
+
+
 # PyObject_HEAD (refcount + type pointer) then `PyObject *Socket`.
 _SSL_POINTER_OFFSET = ctypes.sizeof(ctypes.c_ssize_t) + 2 * ctypes.sizeof(ctypes.c_void_p)
 

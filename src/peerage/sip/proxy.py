@@ -566,7 +566,7 @@ class ProxyCore:
         verdict = self.authenticator.verify(credentials, request.method or "", ha1)
         if verdict != Verdict.OK:
             if verdict == Verdict.FAILED:
-                throttle.failure(client_ip, user)
+                throttle.failure(client_ip, user, protocol="sip", mechanism="digest")
             self._challenge(transaction, realm, stale=verdict == Verdict.STALE)
             return
         if credentials.username.lower() != (from_uri.user or "").lower():

@@ -160,7 +160,7 @@ class Registrar:
         if verdict == Verdict.STALE:
             return self._challenge(request, domain, stale=True)
         if verdict != Verdict.OK:
-            throttle.failure(client_ip, address)
+            throttle.failure(client_ip, address, protocol="sip", mechanism="digest")
             return self._challenge(request, domain)
         # step 6: the authenticated user may only register its own address of record
         if credentials.username.lower() != to_uri.user.lower():

@@ -508,7 +508,8 @@ class C2SConnection(asyncio.Protocol):
     async def _sasl_failed(self, step: sasl.Failed) -> None:
         account = self._account(step.username) if step.username else None
         if step.condition != "aborted":
-            self.service.limits.auth.failure(self.peer_ip, account)
+            self.service.limits.auth.failure(self.peer_ip, account, protocol="xmpp",
+                                             mechanism=(self.sasl.mechanism if self.sasl else None) or "-")
         self.sasl_failures += 1
         self._write(_serialize_stream_element(step.element))
         if self.sasl_failures >= sasl.MAX_FAILURES_PER_STREAM:

@@ -1,11 +1,10 @@
-"""SASL negotiation for XMPP client streams (RFC 6120 section 6), sans-I/O.
+"""SASL for XMPP client streams (RFC 6120 section 6): the XML framing around ``peerage.identity.sasl``.
 
-This module is in charge of which mechanisms a stream offers and of stepping one exchange:
-SCRAM-SHA-256, SCRAM-SHA-1 and their -PLUS variants (RFC 5802, RFC 7677, channel bindings
-``tls-exporter`` RFC 9266 and ``tls-server-end-point`` RFC 5929) through ``peerage.identity.scram``,
-and PLAIN (RFC 4616) only on TLS-protected streams. It never touches sockets or the database: each
-step returns what the caller must do next (look a credential up, check a password, send a challenge,
-succeed or fail).
+This module is in charge only of turning <auth/>, <response/> and <abort/> elements into calls on the
+shared SASL server and its steps back into <challenge/>, <success/> and <failure/> elements (with
+XEP-0440's <sasl-channel-binding/> feature). Mechanisms, the login-name rule, channel binding and every
+check live in ``peerage.identity.sasl``; this is a thin layer kept under its old names so the c2s
+stream can go on importing it.
 """
 
 from __future__ import annotations
@@ -14,24 +13,20 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from peerage.identity.scram import ScramError, ScramServer
+from peerage.identity import sasl as engine
+from peerage.identity.sasl import SCRAM_MECHANISMS, LoginNames
 from peerage.xmpp.stream import Element
 
-SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+__all__ = [
+    "MAX_FAILURES_PER_STREAM", "MAX_SASL_PAYLOAD_CHARS", "SASL_NS", "SCRAM_MECHANISMS", "Failed",
+    "NeedCredential", "NeedPassword", "SaslExchange", "Send", "Step", "Succeeded", "mechanisms_feature",
+    "offered_mechanisms",
+]
 
-SCRAM_MECHANISMS = {
-    "SCRAM-SHA-256-PLUS": ("SHA-256", True),
-    "SCRAM-SHA-1-PLUS": ("SHA-1", True),
-    "SCRAM-SHA-256": ("SHA-256", False),
-    "SCRAM-SHA-1": ("SHA-1", False),
-}
-#: Largest base64 payload accepted in <auth/> or <response/>. SCRAM messages are < 4 KiB
-#: (peerage.identity.scram.MAX_SCRAM_MESSAGE); base64 grows by 4/3.
-MAX_SASL_PAYLOAD_CHARS = 8192
-#: RFC 6120 section 6.4.5: the server SHOULD allow a configurable number of retries, at least 2.
-#: Prosody allows unlimited retries (mod_saslauth); ejabberd closes after 5 failures. We close the
-#: stream after this many failures on one connection; the per-IP/account throttle applies on top.
-MAX_FAILURES_PER_STREAM = 3
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+#: Largest base64 payload accepted in <auth/> or <response/>: the engine's message bound grown by 4/3.
+MAX_SASL_PAYLOAD_CHARS = engine.MAX_CLIENT_MESSAGE * 4 // 3 + 4
+MAX_FAILURES_PER_STREAM = engine.MAX_FAILURES_PER_CONNECTION
 
 
 @dataclass(slots=True)
@@ -79,14 +74,8 @@ Step = NeedCredential | NeedPassword | Send | Succeeded | Failed
 
 
 def offered_mechanisms(*, tls: bool, channel_bindings: dict[str, bytes]) -> list[str]:
-    """Mechanisms in preference order for a stream in the given state."""
-    names = []
-    if tls and channel_bindings:
-        names += ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]
-    names += ["SCRAM-SHA-256", "SCRAM-SHA-1"]
-    if tls:
-        names.append("PLAIN")
-    return names
+    """Mechanisms in preference order for a stream in the given state (XMPP advertises -PLUS)."""
+    return engine.offered_mechanisms(secure=tls, channel_bindings=channel_bindings)
 
 
 def mechanisms_feature(mechanisms: list[str], channel_bindings: dict[str, bytes]) -> list[Element]:
@@ -123,101 +112,61 @@ class SaslExchange:
         self.channel_bindings = channel_bindings
         self.domain = domain
         self.offered = offered_mechanisms(tls=tls, channel_bindings=channel_bindings)
-        self.mechanism: str | None = None
-        self.username: str | None = None
-        self._scram: ScramServer | None = None
-        self._stage = "idle"
+        # RFC 6120 §6.4.6: the account is on the stream's domain; alice@<that domain> is accepted too.
+        self.server = engine.SaslServer(
+            mechanisms=self.offered, login=LoginNames(domain or None, [domain] if domain else []),
+            channel_bindings=channel_bindings, secure=tls,
+        )
 
-    # --- client elements -----------------------------------------------------------------------
+    @property
+    def mechanism(self) -> str | None:
+        return self.server.mechanism
+
+    @property
+    def username(self) -> str | None:
+        return self.server.username
+
     def auth(self, element: Element) -> Step:
-        mechanism = element.attrs.get("mechanism", "")
-        if self._stage != "idle":
-            return self._fail("malformed-request", "an exchange is already in progress")
-        if mechanism not in self.offered:
-            return self._fail("invalid-mechanism", f"{mechanism or 'no mechanism'} is not offered")
         payload = self._decode(element.text)
         if payload is None:
-            return self._fail("incorrect-encoding", "the payload is not valid base64")
-        self.mechanism = mechanism
-        if mechanism == "PLAIN":
-            return self._plain(payload)
-        hash_name, plus = SCRAM_MECHANISMS[mechanism]
-        self._scram = ScramServer(
-            hash_name, plus=plus, channel_bindings=self.channel_bindings,
-            offered_plus=any(m.endswith("-PLUS") for m in self.offered),
-        )
-        if not payload:
-            # RFC 6120 section 6.4.2: no initial response -> empty challenge.
-            self._stage = "scram-first"
-            return Send(Element("challenge", SASL_NS, children=["="]))
-        return self._scram_first(payload)
+            return self._failed(engine.Failure("incorrect-encoding", "the payload is not valid base64"))
+        # RFC 6120 §6.4.2: an empty element means no initial response, "=" an empty one.
+        initial = None if not element.text.strip() else payload
+        return self._wrap(self.server.start(element.attrs.get("mechanism", ""), initial))
 
     def response(self, element: Element) -> Step:
         payload = self._decode(element.text)
         if payload is None:
-            return self._fail("incorrect-encoding", "the payload is not valid base64")
-        if self._stage == "scram-first":
-            return self._scram_first(payload)
-        if self._stage == "scram-final" and self._scram is not None:
-            try:
-                server_final = self._scram.client_final(payload)
-            except ScramError as error:
-                return self._fail(error.condition, str(error))
-            self._stage = "done"
-            assert self.username is not None and self.mechanism is not None
-            return Succeeded(self.username, Element("success", SASL_NS, children=[_b64(server_final)]),
-                             self.mechanism)
-        return self._fail("malformed-request", "unexpected response")
+            return self._failed(engine.Failure("incorrect-encoding", "the payload is not valid base64"))
+        return self._wrap(self.server.respond(payload))
 
     def abort(self) -> Step:
-        self._stage = "idle"
-        return Failed(_failure("aborted"), "aborted", self.username)
+        return self._wrap(self.server.abort())
 
-    # --- results of the caller's lookups ---------------------------------------------------------
     def credential_found(self, credential: object) -> Step:
-        assert self._scram is not None
-        server_first = self._scram.server_first(credential)  # type: ignore[arg-type]
-        self._stage = "scram-final"
-        return Send(Element("challenge", SASL_NS, children=[_b64(server_first)]))
+        return self._wrap(self.server.credential_found(credential))  # type: ignore[arg-type]
 
     def password_checked(self, ok: bool) -> Step:
-        if not ok:
-            return self._fail("not-authorized", "invalid username or password")
-        self._stage = "done"
-        assert self.username is not None
-        return Succeeded(self.username, Element("success", SASL_NS), "PLAIN")
+        return self._wrap(self.server.password_checked(ok))
 
-    # --- internals --------------------------------------------------------------------------------
-    def _scram_first(self, payload: bytes) -> Step:
-        assert self._scram is not None
-        try:
-            username = self._scram.client_first(payload)
-        except ScramError as error:
-            return self._fail(error.condition, str(error))
-        if self._scram.authzid and self._scram.authzid not in (username, f"{username}@{self.domain}"):
-            return self._fail("invalid-authzid", "authorization identity differs from the account")
-        self.username = username
-        self._stage = "scram-lookup"
-        assert self.mechanism is not None
-        return NeedCredential(username, SCRAM_MECHANISMS[self.mechanism][0])
+    def _wrap(self, step: engine.Step) -> Step:
+        if isinstance(step, engine.Challenge):
+            return Send(Element("challenge", SASL_NS, children=[_b64(step.data)]))
+        if isinstance(step, engine.NeedCredential):
+            return NeedCredential(step.username, step.hash_name)
+        if isinstance(step, engine.NeedPassword):
+            return NeedPassword(step.username, step.password)
+        if isinstance(step, engine.Success):
+            success = Element("success", SASL_NS, children=[_b64(step.data)] if step.data else [])
+            return Succeeded(self.server.username or step.account, success, step.mechanism)
+        if isinstance(step, engine.Failure):
+            return self._failed(step)
+        # EXTERNAL is not offered on c2s streams.
+        return self._failed(engine.Failure("invalid-mechanism", "EXTERNAL is not offered"))
 
-    def _plain(self, payload: bytes) -> Step:
-        if not self.tls:
-            return self._fail("encryption-required", "PLAIN needs a TLS-protected stream")
-        parts = payload.split(b"\0")
-        if len(parts) != 3:
-            return self._fail("malformed-request", "PLAIN message must be authzid NUL authcid NUL passwd")
-        try:
-            authzid, authcid, password = (p.decode("utf-8") for p in parts)
-        except UnicodeDecodeError:
-            return self._fail("malformed-request", "PLAIN message is not UTF-8")
-        if not authcid or not password:
-            return self._fail("malformed-request", "empty username or password")
-        if authzid and authzid not in (authcid, f"{authcid}@{self.domain}"):
-            return self._fail("invalid-authzid", "authorization identity differs from the account")
-        self.username = authcid
-        self._stage = "plain-check"
-        return NeedPassword(authcid, password)
+    def _failed(self, failure: engine.Failure) -> Failed:
+        text = "" if failure.condition == "aborted" else failure.text
+        return Failed(_failure(failure.condition, text), failure.condition, failure.username)
 
     def _decode(self, text: str) -> bytes | None:
         text = text.strip()
@@ -229,8 +178,3 @@ class SaslExchange:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             return None
-
-    def _fail(self, condition: str, text: str) -> Failed:
-        self._stage = "idle"
-        self._scram = None
-        return Failed(_failure(condition, text), condition, self.username)

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from peerage.identity.scram import ScramError, ScramServer
+from peerage.identity.login import authenticate, login_names
+from peerage.identity.sasl import Failure, SaslServer, channel_bindings_for, offered_mechanisms
 from peerage.mail.imap import mime
 from peerage.mail.imap import search as searching
 from peerage.mail.imap.parser import (
@@ -64,7 +65,6 @@ from peerage.mail.mailbox.store import (
     MessageRow,
     NoSuchMailbox,
 )
-from peerage.net.tls import channel_bindings
 
 log = logging.getLogger("peerage.imap")
 
@@ -176,6 +176,9 @@ class ImapSession:
         self._deflater: Any = None
         self._compressed_tail = b""
         self._bindings: dict[str, bytes] | None = None
+        # The deadline to authenticate and the place in the global cap on anonymous connections.
+        self._auth_deadline = time.monotonic() + host.config.limits.auth_deadline
+        self._preauth = host.limits.preauth()
         # UIDs saved by SEARCH RETURN (SAVE) for "$" (RFC 5182); reset when a mailbox is selected.
         self.saved_result: list[int] = []
 
@@ -207,7 +210,14 @@ class ImapSession:
 
     async def _read(self) -> bytes:
         limits = self.host.config.limits
-        timeout = limits.idle_timeout if self.user else limits.idle_timeout_unauthenticated
+        if self.user:
+            timeout = limits.idle_timeout
+        else:
+            timeout = min(limits.idle_timeout_unauthenticated, self._auth_deadline - time.monotonic())
+            if timeout <= 0:
+                self.untagged("BYE Authentication deadline passed")
+                await self.flush()
+                raise CloseConnection()
         try:
             data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
         except TimeoutError:
@@ -256,6 +266,9 @@ class ImapSession:
 
     async def run(self) -> None:
         try:
+            if self._preauth is None:
+                self.untagged("BYE Too many connections waiting to log in; try again later")
+                raise CloseConnection()
             greeting = "OK [CAPABILITY " + self.capabilities() + "] peerage IMAP4rev2 ready"
             self.untagged(greeting)
             await self.flush()
@@ -277,6 +290,7 @@ class ImapSession:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
+            self._release_preauth()
             self._deselect()
             # Hand the last words (BYE, the LOGOUT answer) to the transport without waiting on a
             # client that may not read; close() sends them before the FIN.
@@ -463,9 +477,7 @@ class ImapSession:
         if not self.tls:
             caps += ["STARTTLS", "LOGINDISABLED"]
         elif self.user is None:
-            if self.channel_bindings():
-                caps.append("AUTH=SCRAM-SHA-256-PLUS")
-            caps += ["AUTH=SCRAM-SHA-256", "AUTH=PLAIN", "SASL-IR"]
+            caps += [f"AUTH={name}" for name in self._sasl_server().offered] + ["SASL-IR"]
         caps += [
             "LITERAL+",
             "ENABLE",
@@ -578,69 +590,66 @@ class ImapSession:
         if not self.tls:
             raise No("Use STARTTLS first; cleartext authentication is refused", "PRIVACYREQUIRED")
 
-    async def _throttle(self, account: str | None) -> None:
-        delay = self.host.limits.auth.check(self.peer_ip, account)
-        if delay is None:
-            raise No("Too many failed attempts; try again later", "UNAVAILABLE")
-        if delay:
-            await asyncio.sleep(delay)
+    # Authentication goes through the one SASL server (peerage.identity.sasl) and its driver
+    # (peerage.identity.login): the login-name rule, the throttle and the failure log line live there.
+    def _sasl_server(self) -> SaslServer:
+        bindings = self.channel_bindings()
+        offered = offered_mechanisms(secure=self.tls, channel_bindings=bindings,
+                                     advertise_plus=self.host.config.auth.mail_advertise_plus)
+        return SaslServer(mechanisms=offered, login=login_names(self.host, self._ssl_object()),
+                          channel_bindings=bindings, secure=self.tls)
 
-    def _account(self, username: str) -> str:
-        from peerage.identity.address import AddressError, parse_address
+    def _ssl_object(self) -> Any:
+        return self.writer.get_extra_info("ssl_object") if self.tls else None
 
-        name = username.strip()
-        if "@" not in name and len(self.host.config.domains) == 1:
-            name = f"{name}@{next(iter(self.host.config.domains))}"
-        try:
-            return str(parse_address(name))
-        except AddressError:
-            return name.lower()
-
-    async def _login(self, account: str) -> str:
-        self.host.limits.auth.success(self.peer_ip, account)
-        self.user = account
-        await self.store.ensure_defaults(account)
-        log.info("IMAP login %s from %s", account, self.peer_ip)
+    async def _authenticate(self, mechanism: str, initial: bytes | None, exchange: Any = None) -> str | None:
+        result = await authenticate(self._sasl_server(), mechanism, initial, exchange=exchange or self._sasl_response,
+                                    host=self.host, ip=self.peer_ip, protocol="imap")
+        if isinstance(result, Failure):
+            if result.condition == "temporary-auth-failure":
+                raise No("Too many failed attempts; try again later", "UNAVAILABLE")
+            if result.condition == "aborted":
+                raise Bad("Authentication cancelled")
+            if result.condition == "invalid-mechanism":
+                raise No("Unsupported authentication mechanism")
+            if result.condition in ("malformed-request", "incorrect-encoding"):
+                raise Bad(result.text)
+            raise No("Authentication failed", "AUTHENTICATIONFAILED")
+        # RFC 9051 §6.2.2: the server's final message goes in a continuation, answered empty.
+        if result.data is not None and await self._sasl_response(result.data) is None:
+            raise Bad("Authentication cancelled")
+        self.user = result.account
+        self._release_preauth()
+        await self.store.ensure_defaults(result.account)
+        log.info("IMAP login %s from %s", result.account, self.peer_ip)
         return "OK [CAPABILITY " + self.capabilities() + "] Logged in"
-
-    async def _failed(self, account: str | None) -> None:
-        self.host.limits.auth.failure(self.peer_ip, account)
-        raise No("Authentication failed", "AUTHENTICATIONFAILED")
 
     async def cmd_login(self, command: Command) -> str | None:
         self._require_tls()
         if len(command.args) != 2:
             raise Bad("LOGIN needs a user name and a password")
-        account = self._account(astring(command.args[0]))
-        password = astring(command.args[1])
-        await self._throttle(account)
-        if await self.host.accounts.verify_password(account, password):
-            return await self._login(account)
-        await self._failed(account)
-        return None
+        # LOGIN is PLAIN without the framing (RFC 9051 §6.2.3); Dovecot does the same internally.
+        user, password = astring_bytes(command.args[0]), astring_bytes(command.args[1])
+        return await self._authenticate("PLAIN", b"\0" + user + b"\0" + password)
 
     async def cmd_authenticate(self, command: Command) -> str | None:
         self._require_tls()
         if not command.args or len(command.args) > 2:
             raise Bad("AUTHENTICATE needs a mechanism")
         mechanism = astring(command.args[0]).upper()
-        initial = astring_bytes(command.args[1]) if len(command.args) == 2 else None
-        if mechanism == "PLAIN":
-            return await self._auth_plain(initial)
-        if mechanism == "SCRAM-SHA-256":
-            return await self._auth_scram(initial, plus=False)
-        if mechanism == "SCRAM-SHA-256-PLUS" and self.channel_bindings():
-            return await self._auth_scram(initial, plus=True)
-        raise No("Unsupported authentication mechanism")
+        if mechanism in ("LOGIN", "EXTERNAL"):
+            raise No("Unsupported authentication mechanism")
+        initial = self._b64(astring_bytes(command.args[1])) if len(command.args) == 2 else None
+        return await self._authenticate(mechanism, initial)
 
-    async def _sasl_response(self, challenge: bytes) -> bytes:
+    async def _sasl_response(self, challenge: bytes) -> bytes | None:
         self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
         await self.flush()
         line = await self.read_line()
         if len(line) > MAX_SASL_LINE:
             raise Bad("SASL response too long")
         if line.strip() == b"*":
-            raise Bad("Authentication cancelled")
+            return None
         return self._b64(line)
 
     @staticmethod
@@ -652,51 +661,16 @@ class ImapSession:
         except (binascii.Error, ValueError):
             raise Bad("Invalid base64") from None
 
-    async def _auth_plain(self, initial: bytes | None) -> str | None:
-        message = self._b64(initial) if initial is not None else await self._sasl_response(b"")
-        parts = message.split(b"\0")
-        if len(parts) != 3:
-            raise Bad("Malformed PLAIN response")
-        try:
-            authzid, authcid, password = (part.decode("utf-8") for part in parts)
-        except UnicodeDecodeError:
-            raise Bad("PLAIN response is not UTF-8") from None
-        account = self._account(authcid)
-        await self._throttle(account)
-        if authzid and self._account(authzid) != account:
-            await self._failed(account)
-        if await self.host.accounts.verify_password(account, password):
-            return await self._login(account)
-        await self._failed(account)
-        return None
+    def _release_preauth(self) -> None:
+        if self._preauth is not None:
+            self._preauth.release()
+            self._preauth = None
 
     def channel_bindings(self) -> dict[str, bytes]:
-        """RFC 9266 tls-exporter for this connection (TLS 1.3 only), for SCRAM-SHA-256-PLUS."""
+        """tls-exporter (TLS 1.3) and tls-server-end-point of the certificate this connection presented."""
         if self._bindings is None:
-            sslobj = self.writer.get_extra_info("ssl_object") if self.tls else None
-            self._bindings = channel_bindings(sslobj, None) if sslobj is not None else {}
+            self._bindings = channel_bindings_for(self._ssl_object())
         return self._bindings
-
-    async def _auth_scram(self, initial: bytes | None, plus: bool) -> str | None:
-        bindings = self.channel_bindings()
-        server = ScramServer("SHA-256", plus=plus, channel_bindings=bindings, offered_plus=bool(bindings))
-        first = self._b64(initial) if initial is not None else await self._sasl_response(b"")
-        account: str | None = None
-        try:
-            username = server.client_first(first)
-            account = self._account(username)
-            await self._throttle(account)
-            credential = await self.host.accounts.scram(account, "SHA-256")
-            final = await self._sasl_response(server.server_first(credential))
-            server_final = server.client_final(final)
-            if server.authzid and self._account(server.authzid) != account:
-                raise ScramError("not-authorized", "authorization identity differs")
-        except ScramError:
-            await self._failed(account)
-            return None
-        # RFC 9051 §6.2.2: the server's final message goes in a continuation, answered empty.
-        await self._sasl_response(server_final)
-        return await self._login(account)
 
     # -- authenticated ----------------------------------------------------------------------------
 

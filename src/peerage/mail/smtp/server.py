@@ -19,10 +19,12 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from peerage.identity.login import authenticate, login_names
+from peerage.identity.sasl import Failure, SaslServer, channel_bindings_for, offered_mechanisms
 from peerage.mail.smtp import policy
 from peerage.mail.smtp.headers import header_values, remove_headers
 from peerage.mail.smtp.replies import with_enhanced_code
@@ -49,6 +51,8 @@ RECIPIENT_OK = "250 2.1.5 Ok"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_THROTTLED = "454 4.7.0 Too many failed authentications from your address or for this account; try later"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+TOO_MANY_UNAUTHENTICATED = "421 4.7.0 Too many connections waiting to authenticate; try again later"
+AUTH_DEADLINE_PASSED = "421 4.4.2 Authentication deadline passed; closing connection"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 RATE_LIMITED = "450 4.7.1 Too many messages from your address; try again later"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address; try again later"
@@ -134,6 +138,8 @@ class PeerageSMTP(SMTP):
         self._counted_ip: str | None = None
         self._refusal: str | None = None
         self.peer_state: SessionState | None = None
+        self._preauth: Any = None
+        self._auth_timer: asyncio.TimerHandle | None = None
         # Not an smtp_* method, so HELP does not list it.
         self._smtp_methods[BARE_LINE_ENDING_COMMAND] = self._refuse_bare_line_ending
 
@@ -160,8 +166,35 @@ class PeerageSMTP(SMTP):
                 self._counted_ip = ip
             else:
                 self._refusal = TOO_MANY_CONNECTIONS
+        if getattr(self.event_handler, "submission", False) and self._refusal is None:
+            # Submission must authenticate within [limits] auth_deadline, and anonymous connections
+            # share one global cap (peerage.net.limits.UnauthenticatedGate).
+            limits = self.event_handler.service.host.limits
+            self._preauth = limits.preauth()
+            if self._preauth is None:
+                self._refusal = TOO_MANY_UNAUTHENTICATED
+            else:
+                self._auth_timer = asyncio.get_running_loop().call_later(
+                    limits.config.auth_deadline, self._auth_deadline_passed)
+
+    def _auth_deadline_passed(self) -> None:
+        self._auth_timer = None
+        transport = cast(asyncio.Transport | None, self.transport)  # uvloop's are not registered subclasses
+        if transport is not None and not transport.is_closing():
+            transport.write(AUTH_DEADLINE_PASSED.encode() + b"\r\n")
+            transport.close()
+
+    def authenticated(self) -> None:
+        """The client logged in: the deadline and the anonymous slot no longer apply."""
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        if self._preauth is not None:
+            self._preauth.release()
+            self._preauth = None
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.authenticated()  # releases the anonymous slot and the deadline timer
         if self._counted_ip is not None and self.event_handler.connections is not None:
             self.event_handler.connections.release(self._counted_ip)
             self._counted_ip = None
@@ -424,113 +457,93 @@ class SubmissionHandler(BaseHandler):
 
     submission = True
 
-    async def _authorise(self, server: SMTP, state: SessionState, username: str) -> str | None:
-        """The canonical address for `username`, or None (a plain local part works with one domain)."""
-        if "@" not in username and len(self.service.domains) == 1:
-            username = f"{username}@{self.service.domains[0]}"
-        try:
-            mailbox = policy.parse_mailbox(username)
-        except policy.PathRefused:
-            return None
-        return str(mailbox) if self.service.is_hosted(mailbox.domain) else None
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        # aiosmtpd lists every auth_* method; list what this connection offers, strongest first.
+        return [("250-AUTH " + " ".join(self.offered(server))) if r.startswith("250-AUTH ") else r
+                for r in responses]
 
-    async def _throttle(self, server: SMTP, state: SessionState, account: str | None) -> str | None:
-        delay = self.service.host.limits.auth.check(state.ip, account)
-        if delay is None:
-            return AUTH_THROTTLED
-        if delay > 0:
-            # Deliberately slow the next answer down: the throttle's whole point.
-            await asyncio.sleep(delay)
-        return None
-
-    def _failed(self, server: SMTP, state: SessionState, account: str | None) -> AuthResult:
-        self.service.host.limits.auth.failure(state.ip, account)
-        state.auth_failures += 1
-        if state.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION and server.transport is not None:
-            asyncio.get_running_loop().call_soon(server.transport.close)
-        return AuthResult(success=False, handled=False, message=AUTH_INVALID)
-
+    # Every mechanism goes through the one SASL server (peerage.identity.sasl) and its driver
+    # (peerage.identity.login): the login-name rule, the throttle and the failure log line live there.
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        state = _state(server)
-        if (refusal := await self._throttle(server, state, None)) is not None:
-            return AuthResult(success=False, handled=False, message=refusal)
-        if len(args) == 2:
-            blob = args[1].encode("ascii", "replace")
-            if blob == b"=":
-                blob = b""
-            try:
-                decoded = base64.b64decode(blob, validate=True)
-            except ValueError:
-                return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
-        else:
-            answer = await server.challenge_auth("", encode_to_b64=False)
-            if not isinstance(answer, bytes):
-                return AuthResult(success=False, handled=True)
-            decoded = answer
-        parts = decoded.split(b"\x00")
-        if len(parts) != 3:
-            return AuthResult(success=False, handled=False, message="501 5.5.2 Malformed PLAIN response")
-        authzid, authcid, password = (p.decode("utf-8", "replace") for p in parts)
-        address = await self._authorise(server, state, authcid)
-        if authzid and address is not None and authzid != address and authzid != authcid:
-            return self._failed(server, state, address)
-        if (refusal := await self._throttle(server, state, address)) is not None:
-            return AuthResult(success=False, handled=False, message=refusal)
-        if address is None or not await self.service.host.accounts.verify_password(address, password):
-            return self._failed(server, state, address)
-        self.service.host.limits.auth.success(state.ip, address)
-        state.authenticated_as = address
-        return AuthResult(success=True, auth_data=address)
+        return await self._sasl(server, "PLAIN", args)
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._sasl(server, "LOGIN", args)
+
+    async def auth_SCRAM__SHA__1(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._sasl(server, "SCRAM-SHA-1", args)
+
+    async def auth_SCRAM__SHA__1__PLUS(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._sasl(server, "SCRAM-SHA-1-PLUS", args)
 
     async def auth_SCRAM__SHA__256(self, server: SMTP, args: list[str]) -> AuthResult:
-        return await self._scram(server, args, plus=False)
+        return await self._sasl(server, "SCRAM-SHA-256", args)
 
     async def auth_SCRAM__SHA__256__PLUS(self, server: SMTP, args: list[str]) -> AuthResult:
-        return await self._scram(server, args, plus=True)
+        return await self._sasl(server, "SCRAM-SHA-256-PLUS", args)
 
-    async def _scram(self, server: SMTP, args: list[str], *, plus: bool) -> AuthResult:
-        from peerage.identity.scram import ScramError, ScramServer
-        from peerage.net.tls import channel_bindings
+    def offered(self, server: SMTP) -> list[str]:
+        """The mechanisms listed in EHLO (with TLS): -PLUS only if configured (see [auth])."""
+        assert isinstance(server, PeerageSMTP)
+        auth = self.service.host.config.auth
+        return offered_mechanisms(secure=True, channel_bindings=channel_bindings_for(server.ssl_object()),
+                                  advertise_plus=auth.mail_advertise_plus, login=auth.smtp_login)
 
+    async def _sasl(self, server: SMTP, mechanism: str, args: list[str]) -> AuthResult:
         assert isinstance(server, PeerageSMTP)
         state = _state(server)
-        if (refusal := await self._throttle(server, state, None)) is not None:
-            return AuthResult(success=False, handled=False, message=refusal)
+        initial: bytes | None = None
         if len(args) == 2:
+            # RFC 4954 §4: "=" is an empty initial response.
+            blob = args[1].encode("ascii", "replace")
             try:
-                first = base64.b64decode(args[1].encode("ascii", "replace"), validate=True)
+                initial = b"" if blob == b"=" else base64.b64decode(blob, validate=True)
             except ValueError:
                 return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
-        else:
-            answer = await server.challenge_auth("", encode_to_b64=False)
+        sslobj = server.ssl_object()
+        bindings = channel_bindings_for(sslobj)
+        auth = self.service.host.config.auth
+        if mechanism == "LOGIN" and not auth.smtp_login:
+            return AuthResult(success=False, handled=False, message="504 5.5.4 Unrecognized authentication type")
+        engine = SaslServer(
+            mechanisms=offered_mechanisms(secure=True, channel_bindings=bindings,
+                                          advertise_plus=auth.mail_advertise_plus, login=auth.smtp_login),
+            login=login_names(self.service.host, sslobj), channel_bindings=bindings, secure=True,
+        )
+        cancelled = False
+
+        async def exchange(challenge: bytes) -> bytes | None:
+            nonlocal cancelled
+            answer = await server.challenge_auth(challenge)
             if not isinstance(answer, bytes):
+                cancelled = True  # aiosmtpd has already answered 501
+                return None
+            return answer
+
+        result = await authenticate(engine, mechanism, initial, exchange=exchange, host=self.service.host,
+                                    ip=state.ip, protocol="smtp")
+        if isinstance(result, Failure):
+            if cancelled:
                 return AuthResult(success=False, handled=True)
-            first = answer
-        ssl_object = server.ssl_object()
-        bindings = channel_bindings(ssl_object, self.service.host.tls.certificate_der(self.service.domains[0]))
-        exchange = ScramServer("SHA-256", plus=plus, channel_bindings=bindings, offered_plus=bool(bindings))
-        address: str | None = None
-        try:
-            username = exchange.client_first(first)
-            address = await self._authorise(server, state, username)
-            if (refusal := await self._throttle(server, state, address)) is not None:
-                return AuthResult(success=False, handled=False, message=refusal)
-            credential = await self.service.host.accounts.scram(address, "SHA-256") if address else None
-            final = await server.challenge_auth(exchange.server_first(credential))
-            if not isinstance(final, bytes):
+            if result.condition == "temporary-auth-failure":
+                return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
+            if result.condition in ("malformed-request", "incorrect-encoding", "invalid-mechanism"):
+                return AuthResult(success=False, handled=False, message="501 5.5.2 " + result.text[:200])
+            state.auth_failures += 1
+            if state.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION and server.transport is not None:
+                asyncio.get_running_loop().call_soon(server.transport.close)
+            return AuthResult(success=False, handled=False, message=AUTH_INVALID)
+        if result.data is not None:
+            # RFC 4954 §4: server-final travels in a 334 challenge; the client answers with an empty line.
+            closing = await server.challenge_auth(result.data)
+            if closing != b"":
                 return AuthResult(success=False, handled=True)
-            server_final = exchange.client_final(final)
-        except ScramError:
-            return self._failed(server, state, address)
-        if exchange.authzid and exchange.authzid != address:
-            return self._failed(server, state, address)
-        # RFC 4954 §4: server-final travels in a 334 challenge; the client answers with an empty line.
-        closing = await server.challenge_auth(server_final)
-        if closing != b"":
-            return AuthResult(success=False, handled=True)
-        self.service.host.limits.auth.success(state.ip, address)
-        state.authenticated_as = address
-        return AuthResult(success=True, auth_data=address)
+        state.authenticated_as = result.account
+        server.authenticated()
+        return AuthResult(success=True, auth_data=result.account)
 
     def _own_addresses(self, state: SessionState) -> set[str]:
         assert state.authenticated_as is not None
@@ -649,7 +662,7 @@ def make_server_factory(
             timeout=COMMAND_TIMEOUT_SECONDS,
             auth_required=submission,
             auth_require_tls=True,
-            auth_exclude_mechanism=["LOGIN"] if submission else ["LOGIN", "PLAIN"],
+            auth_exclude_mechanism=[] if submission else ["LOGIN", "PLAIN"],
         )
 
     return factory
