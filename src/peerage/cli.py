@@ -381,6 +381,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     for title, module, enabled in (
         ("SIP (RFC 3263)", "peerage.sip.dnsrecords", config.sip.enabled),
         ("Mail (RFC 5321, 6376, 7208, 7489, 8461, 8460, 6186)", "peerage.mail.dnsrecords", config.smtp.enabled),
+        ("Web (RFC 8620 JMAP, autoconfig, MTA-STS policy host)", "peerage.web.dnsrecords", config.web.enabled),
     ):
         if not enabled:
             continue

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -132,3 +132,63 @@ async def webhost(tmp_path: Path) -> AsyncIterator[WebHost]:
         yield server
     finally:
         await stop_host(server)
+
+
+@pytest.fixture
+async def mailhost(tmp_path: Path) -> AsyncIterator[WebHost]:
+    """Web plus the mail service (SMTP, IMAP, JMAP) sharing one mailbox store."""
+    server = await start_host(tmp_path, mail=True)
+    try:
+        yield server
+    finally:
+        await stop_host(server)
+
+
+class Jmap:
+    """A minimal JMAP client for protocol tests: Basic auth, one account."""
+
+    USING: ClassVar[list[str]] = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission",
+             "urn:ietf:params:jmap:vacationresponse"]
+
+    def __init__(self, server: WebHost, user: str = USER, password: str = PASSWORD) -> None:
+        self.server = server
+        self.client = server.client(headers={"Authorization": aiohttp.encode_basic_auth(user, password)})
+        self.account = ""
+
+    async def session(self) -> dict[str, Any]:
+        async with self.client.get(self.server.base + "/.well-known/jmap") as response:
+            assert response.status == 200, await response.text()
+            data: dict[str, Any] = await response.json()
+        self.account = data["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+        return data
+
+    async def raw(self, body: Any, **kwargs: Any) -> tuple[int, Any]:
+        data = body if isinstance(body, bytes) else None
+        async with self.client.post(self.server.base + "/jmap/api", data=data,
+                                    json=None if data is not None else body, **kwargs) as response:
+            text = await response.text()
+            try:
+                import json
+
+                return response.status, json.loads(text)
+            except ValueError:
+                return response.status, text
+
+    async def call(self, *calls: tuple[str, dict[str, Any]]) -> list[list[Any]]:
+        if not self.account:
+            await self.session()
+        method_calls = []
+        for n, (name, args) in enumerate(calls):
+            method_calls.append([name, {"accountId": self.account, **args}, f"c{n}"])
+        status, data = await self.raw({"using": self.USING, "methodCalls": method_calls})
+        assert status == 200, data
+        return list(data["methodResponses"])
+
+    async def one(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        (response,) = await self.call((name, args))
+        assert response[0] == name, response
+        return dict(response[1])
+
+    async def mailbox(self, role: str) -> str:
+        boxes = (await self.one("Mailbox/get", {"ids": None}))["list"]
+        return next(b["id"] for b in boxes if b["role"] == role)

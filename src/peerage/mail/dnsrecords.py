@@ -34,9 +34,20 @@ def _port(listens: list[str], default: int) -> int:
     return default
 
 
+def port_of(listens: list[str], default: int) -> int:
+    """The port of the first listen address (what clients are told to use)."""
+    return _port(listens, default)
+
+
+def mta_sts_policy(domain: str, config: Any) -> list[str]:
+    """The RFC 8461 policy lines; the web service serves them at mta-sts.DOMAIN."""
+    mail_host = config.smtp.hostname or config.server.public_hostname or domain
+    return ["version: STSv1", "mode: enforce", f"mx: {mail_host}", f"max_age: {MTA_STS_MAX_AGE}"]
+
+
 def records(domain: str, config: Any) -> list[str]:
     mail_host = config.smtp.hostname or config.server.public_hostname or domain
-    policy_lines = ["version: STSv1", "mode: enforce", f"mx: {mail_host}", f"max_age: {MTA_STS_MAX_AGE}"]
+    policy_lines = mta_sts_policy(domain, config)
     # RFC 8461 §3.1: the id must change whenever the policy does; deriving it from the policy keeps it
     # stable between runs of `peerage dns`.
     policy_id = hashlib.sha256("\n".join(policy_lines).encode()).hexdigest()[:20]

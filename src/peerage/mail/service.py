@@ -192,6 +192,11 @@ class MailService:
 
     async def start(self, host: Any) -> None:
         self._prepare(host)
+        if host.config.web.enabled:
+            # JMAP and the mail discovery documents, served by the web service (which starts later).
+            from peerage.mail.jmap import register as register_jmap
+
+            register_jmap(host, self)
         if host.config.smtp.enabled:
             await self._start_smtp()
         if host.config.imap.enabled:

@@ -70,6 +70,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.mail.tables",
     "peerage.mail.queue_tables",
     "peerage.web.tables",
+    "peerage.mail.jmap.tables",
 )
 
 

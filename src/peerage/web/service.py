@@ -36,6 +36,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 MAX_HEADERS = 100
+# Seconds requests in progress get to finish when the service stops (aiohttp's default is 60; systemd
+# waits 90 s before SIGKILL, and the other services stop after this one).
+SHUTDOWN_TIMEOUT = 5.0
 
 
 class WebService:
@@ -94,7 +97,7 @@ class WebService:
     async def _serve(self, app: web.Application, name: str, setting: str, specs: list[str],
                      context: ssl.SSLContext | None) -> None:
         config = self.host.config.web
-        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
                                keepalive_timeout=config.keepalive_timeout)
         await runner.setup()
         self.runners.append(runner)

@@ -1,0 +1,383 @@
+"""An account's mail as JMAP sees it: ids, state strings and an in-memory summary of every message.
+
+This module is in charge of mapping the mailbox store (shared with IMAP) onto JMAP objects:
+
+- a Mailbox id is ``m<UIDVALIDITY>`` and an Email id ``e<UIDVALIDITY>-<UID>``; UIDVALIDITY never repeats
+  for an owner (RFC 9051 §2.3.1.1), so an id is never reused. A message that moves to another mailbox
+  gets the id of its new place, as in the store a move is an expunge here and an append there; the
+  JMAP change log reports it as one destroyed and one created Email;
+- the Email (and Thread) state is, per mailbox, UIDVALIDITY, HIGHESTMODSEQ and UIDNEXT; the Mailbox
+  state adds a checksum of name and subscription. Every IMAP change bumps HIGHESTMODSEQ (RFC 7162), so
+  JMAP state and IMAP MODSEQ agree by construction, and ``/changes`` is answered from the store's own
+  MODSEQ and expunge log (``MailboxStore.changes_since``);
+- the summary (``Summary``: flags, dates, size, addresses, subject, thread) of every message comes from
+  the header each row carries, so sorting and filtering 10,000 messages never reads a body. The index
+  is refreshed on each request from the mailboxes whose HIGHESTMODSEQ moved.
+
+Threads: a message's thread is named by the first Message-ID of its References (the root of the
+conversation, RFC 5322 §3.6.4), else its In-Reply-To, else its own Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
+
+from peerage.mail.mailbox import MailboxInfo, MailboxStore, MessageRow
+from peerage.mail.mailbox import flags as flaglib
+
+# Accounts whose index is kept in memory; the least recently used is dropped first. 10,000 messages
+# summarise to roughly 10 MB, so 64 busy accounts stay well under a gigabyte.
+MAX_CACHED_ACCOUNTS = 64
+
+# IMAP system flags and their JMAP keywords (RFC 8621 §4.1.1).
+FLAG_TO_KEYWORD = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered", "\\Draft": "$draft"}
+KEYWORD_TO_FLAG = {v: k for k, v in FLAG_TO_KEYWORD.items()}
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_header_parser = BytesHeaderParser(policy=compat32)
+
+
+def keywords_of(flags: tuple[str, ...]) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    for flag in flags:
+        if flag == flaglib.DELETED:
+            out["$deleted"] = True
+        elif flag in FLAG_TO_KEYWORD:
+            out[FLAG_TO_KEYWORD[flag]] = True
+        elif not flag.startswith("\\"):
+            out[flag.lower()] = True
+    return out
+
+
+def flags_of(keywords: dict[str, bool]) -> tuple[str, ...]:
+    out: list[str] = []
+    for keyword, on in keywords.items():
+        if not on:
+            continue
+        keyword = keyword.lower()
+        if keyword == "$deleted":
+            out.append(flaglib.DELETED)
+        else:
+            out.append(KEYWORD_TO_FLAG.get(keyword, keyword))
+    return flaglib.normalize(out)
+
+
+def decode_text(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:
+        return value
+
+
+def addresses(values: list[str] | None) -> list[dict[str, Any]] | None:
+    if not values:
+        return None
+    out = []
+    for name, address in getaddresses(values):
+        if not address and not name:
+            continue
+        out.append({"name": decode_text(name) or None, "email": address})
+    return out or None
+
+
+def message_ids(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    found = _MSGID.findall(value)
+    return found or None
+
+
+def utc_date(stamp: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def email_id(uidvalidity: int, uid: int) -> str:
+    return f"e{uidvalidity}-{uid}"
+
+
+def mailbox_id(uidvalidity: int) -> str:
+    return f"m{uidvalidity}"
+
+
+def parse_email_id(value: Any) -> tuple[int, int] | None:
+    if not isinstance(value, str) or not value.startswith("e"):
+        return None
+    uv, sep, uid = value[1:].partition("-")
+    if not sep or not uv.isdigit() or not uid.isdigit():
+        return None
+    return int(uv), int(uid)
+
+
+def parse_mailbox_id(value: Any) -> int | None:
+    if not isinstance(value, str) or not value.startswith("m") or not value[1:].isdigit():
+        return None
+    return int(value[1:])
+
+
+@dataclass
+class Summary:
+    """What queries, sorts and list views need of one message, from its header and row."""
+
+    id: str
+    box: int  # database id of its mailbox
+    uid: int
+    modseq: int
+    flags: tuple[str, ...]
+    received: int
+    size: int
+    blob: str
+    header: bytes
+    subject: str
+    sender: list[dict[str, Any]] | None
+    from_: list[dict[str, Any]] | None
+    to: list[dict[str, Any]] | None
+    cc: list[dict[str, Any]] | None
+    bcc: list[dict[str, Any]] | None
+    reply_to: list[dict[str, Any]] | None
+    message_id: list[str] | None
+    in_reply_to: list[str] | None
+    references: list[str] | None
+    sent_at: str | None
+    sent_stamp: float
+    thread: str
+    # Computed from the body the first time they are needed.
+    has_attachment: bool | None = None
+    preview: str | None = None
+
+    @property
+    def keywords(self) -> dict[str, bool]:
+        return keywords_of(self.flags)
+
+    def row(self) -> MessageRow:
+        return MessageRow(self.uid, self.modseq, self.flags, self.received, 0, self.size, self.blob, self.header)
+
+
+def summarise(box: MailboxInfo, row: MessageRow) -> Summary:
+    headers = _header_parser.parsebytes(row.header)
+    sent_at: str | None = None
+    sent_stamp = float(row.internal_date)
+    date = headers.get("Date")
+    if date:
+        try:
+            parsed = parsedate_to_datetime(str(date))
+            sent_stamp = parsed.timestamp()
+            sent_at = parsed.isoformat().replace("+00:00", "Z")
+        except (TypeError, ValueError, IndexError, OverflowError):
+            sent_at = None
+    own = message_ids(headers.get("Message-ID"))
+    parents = message_ids(headers.get("In-Reply-To"))
+    references = message_ids(headers.get("References"))
+    root = (references or parents or own or [email_id(box.uidvalidity, row.uid)])[0]
+    return Summary(
+        id=email_id(box.uidvalidity, row.uid),
+        box=box.id,
+        uid=row.uid,
+        modseq=row.modseq,
+        flags=row.flags,
+        received=row.internal_date,
+        size=row.size,
+        blob=row.blob,
+        header=row.header,
+        subject=decode_text(headers.get("Subject")),
+        sender=addresses(headers.get_all("Sender")),
+        from_=addresses(headers.get_all("From")),
+        to=addresses(headers.get_all("To")),
+        cc=addresses(headers.get_all("Cc")),
+        bcc=addresses(headers.get_all("Bcc")),
+        reply_to=addresses(headers.get_all("Reply-To")),
+        message_id=own,
+        in_reply_to=parents,
+        references=references,
+        sent_at=sent_at,
+        sent_stamp=sent_stamp,
+        thread="t" + hashlib.sha256(root.encode("utf-8", "replace")).hexdigest()[:16],
+    )
+
+
+@dataclass
+class BoxIndex:
+    info: MailboxInfo
+    emails: dict[int, Summary] = field(default_factory=dict)
+
+
+def _b36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    if value == 0:
+        return "0"
+    out = ""
+    while value:
+        value, rest = divmod(value, 36)
+        out = digits[rest] + out
+    return out
+
+
+def _from_b36(value: str) -> int:
+    return int(value, 36)
+
+
+@dataclass(frozen=True)
+class BoxState:
+    uidvalidity: int
+    modseq: int
+    uidnext: int
+    checksum: int
+
+
+def encode_state(boxes: list[BoxState], with_checksum: bool) -> str:
+    parts = []
+    for b in sorted(boxes, key=lambda b: b.uidvalidity):
+        fields = [_b36(b.uidvalidity), _b36(b.modseq), _b36(b.uidnext)]
+        if with_checksum:
+            fields.append(_b36(b.checksum))
+        parts.append(".".join(fields))
+    return "_".join(parts) or "0"
+
+
+def decode_state(value: Any, with_checksum: bool) -> list[BoxState] | None:
+    if not isinstance(value, str) or len(value) > 65536:
+        return None
+    if value == "0":
+        return []
+    out = []
+    try:
+        for part in value.split("_"):
+            fields = [_from_b36(f) for f in part.split(".")]
+            if len(fields) != (4 if with_checksum else 3):
+                return None
+            out.append(BoxState(fields[0], fields[1], fields[2], fields[3] if with_checksum else 0))
+    except ValueError:
+        return None
+    return out
+
+
+def checksum(info: MailboxInfo) -> int:
+    return zlib.crc32(f"{info.name}\0{info.subscribed}\0{info.special_use}".encode())
+
+
+class AccountIndex:
+    def __init__(self, store: MailboxStore, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+        self.boxes: dict[int, BoxIndex] = {}
+        self.by_id: dict[str, Summary] = {}
+        self._threads: dict[str, list[Summary]] | None = None
+        self.lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self.lock:
+            infos = {info.id: info for info in await self.store.list_mailboxes(self.owner)}
+            for gone in [box_id for box_id in self.boxes if box_id not in infos]:
+                for summary in self.boxes.pop(gone).emails.values():
+                    self.by_id.pop(summary.id, None)
+                self._threads = None
+            for box_id, info in infos.items():
+                current = self.boxes.get(box_id)
+                if current is None or current.info.uidvalidity != info.uidvalidity:
+                    if current is not None:
+                        for summary in current.emails.values():
+                            self.by_id.pop(summary.id, None)
+                    fresh = BoxIndex(info)
+                    for row in await self.store.messages(box_id, None, with_header=True):
+                        summary = summarise(info, row)
+                        fresh.emails[row.uid] = summary
+                        self.by_id[summary.id] = summary
+                    self.boxes[box_id] = fresh
+                    self._threads = None
+                    continue
+                if current.info.highestmodseq != info.highestmodseq:
+                    await self._apply_changes(current, info)
+                current.info = info
+
+    async def _apply_changes(self, current: BoxIndex, info: MailboxInfo) -> None:
+        changes = await self.store.changes_since(info.id, current.info.highestmodseq)
+        new_uids = []
+        for uid, flags, modseq in changes.changed:
+            summary = current.emails.get(uid)
+            if summary is None:
+                new_uids.append(uid)
+            else:
+                summary.flags = flags
+                summary.modseq = modseq
+        for uid in changes.expunged:
+            summary = current.emails.pop(uid, None)
+            if summary is not None:
+                self.by_id.pop(summary.id, None)
+                self._threads = None
+        if new_uids:
+            for row in await self.store.messages(info.id, new_uids, with_header=True):
+                summary = summarise(info, row)
+                current.emails[row.uid] = summary
+                self.by_id[summary.id] = summary
+            self._threads = None
+
+    # --- views -------------------------------------------------------------------------------------
+
+    def all(self) -> list[Summary]:
+        return list(self.by_id.values())
+
+    def mailbox_by_jmap_id(self, value: Any) -> BoxIndex | None:
+        uv = parse_mailbox_id(value)
+        if uv is None:
+            return None
+        for box in self.boxes.values():
+            if box.info.uidvalidity == uv:
+                return box
+        return None
+
+    def box_jmap_id(self, box_id: int) -> str:
+        return mailbox_id(self.boxes[box_id].info.uidvalidity)
+
+    @property
+    def threads(self) -> dict[str, list[Summary]]:
+        if self._threads is None:
+            threads: dict[str, list[Summary]] = {}
+            for summary in self.by_id.values():
+                threads.setdefault(summary.thread, []).append(summary)
+            for members in threads.values():
+                members.sort(key=lambda s: (s.received, s.id))
+            self._threads = threads
+        return self._threads
+
+    def states(self) -> list[BoxState]:
+        return [BoxState(b.info.uidvalidity, b.info.highestmodseq, b.info.uidnext, checksum(b.info))
+                for b in self.boxes.values()]
+
+    def email_state(self) -> str:
+        return encode_state(self.states(), with_checksum=False)
+
+    def mailbox_state(self) -> str:
+        return encode_state(self.states(), with_checksum=True)
+
+
+class IndexCache:
+    """One AccountIndex per owner, bounded (least recently used goes first)."""
+
+    def __init__(self, store: MailboxStore, limit: int = MAX_CACHED_ACCOUNTS) -> None:
+        self.store = store
+        self.limit = limit
+        self._indexes: OrderedDict[str, AccountIndex] = OrderedDict()
+
+    async def get(self, owner: str) -> AccountIndex:
+        index = self._indexes.get(owner)
+        if index is None:
+            index = AccountIndex(self.store, owner)
+            self._indexes[owner] = index
+            while len(self._indexes) > self.limit:
+                self._indexes.popitem(last=False)
+        else:
+            self._indexes.move_to_end(owner)
+        await index.refresh()
+        return index
