@@ -60,9 +60,9 @@ class WebRoutes:
     host_meta_links: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, name: str, setup: RouteSetup) -> None:
-        """Call `setup(ctx)` when the HTTPS app is built; `name` shows in logs and errors."""
-        if any(existing == name for existing, _ in self.setups):
-            raise ValueError(f"web routes {name!r} are registered twice")
+        """Call `setup(ctx)` when the HTTPS app is built. A second registration under the same `name`
+        (a service started again on the same host) replaces the first."""
+        self.setups = [(existing, fn) for existing, fn in self.setups if existing != name]
         self.setups.append((name, setup))
 
     def add_host_meta_link(self, rel: str, href: str) -> None:

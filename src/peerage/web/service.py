@@ -48,6 +48,7 @@ class WebService:
         self.runners: list[web.AppRunner] = []
         self.app: web.Application | None = None
         self.auth: Authenticator | None = None
+        self.contexts: SniServerContexts | None = None
         # ids of connections that have not finished a request head yet; each leaves at its first
         # request or when _expire runs (the timer holds the protocol, so an id is not reused meanwhile).
         # Not a WeakSet: uvloop's transports and aiohttp's protocols take no weak references.
@@ -65,9 +66,11 @@ class WebService:
             if not host.tls.available:
                 raise RuntimeError("[web] https_listen is set but no hosted domain has a certificate; "
                                    "set cert and key in [[domain]] or empty https_listen")
-            contexts = SniServerContexts(host.tls.certificates, lambda ctx: ctx.set_alpn_protocols(["http/1.1"]))
-            assert contexts.default is not None
-            await self._serve(self.app, "web-https", "[web] https_listen", config.https_listen, contexts.default)
+            # Kept on the service: a certificate reload (SIGHUP) reaches every live SNI set.
+            self.contexts = SniServerContexts(host.tls.certificates, lambda ctx: ctx.set_alpn_protocols(["http/1.1"]))
+            assert self.contexts.default is not None
+            await self._serve(self.app, "web-https", "[web] https_listen", config.https_listen,
+                              self.contexts.default)
         if config.http_listen:
             await self._serve(self.build_http_app(), "web-http", "[web] http_listen", config.http_listen, None)
 
