@@ -28,6 +28,10 @@ USER = "alice@example.org"
 PASSWORD = "correct horse battery staple"
 OTHER_USER = "bob@example.org"
 _addresses = itertools.cycle(range(10, 250))
+# Not 443/80: a `peerage serve` elsewhere on the machine with the default [web] listens on 0.0.0.0:443,
+# which would take these ports on every loopback address too.
+HTTPS_PORT = 6443
+HTTP_PORT = 6080
 _offset = os.getpid() % 200
 
 
@@ -47,7 +51,11 @@ class WebHost:
 
     @property
     def base(self) -> str:
-        return f"https://{self.address}"
+        return f"https://{self.address}:{HTTPS_PORT}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.address}:{HTTP_PORT}"
 
     @property
     def origin(self) -> str:
@@ -91,7 +99,7 @@ async def start_host(workdir: Path, *, mail: bool = False, extra: dict[str, Any]
         "smtp": {"enabled": mail, "mx_listen": [f"{address}:25"], "submission_listen": [f"{address}:587"],
                  "submissions_listen": [f"{address}:465"]},
         "imap": {"enabled": mail, "listen": [f"{address}:143"], "tls_listen": [f"{address}:993"]},
-        "web": {"https_listen": [f"{address}:443"], "http_listen": [f"{address}:80"]},
+        "web": {"https_listen": [f"{address}:{HTTPS_PORT}"], "http_listen": [f"{address}:{HTTP_PORT}"]},
     }
     for section, values in (extra or {}).items():
         raw.setdefault(section, {}).update(values)

@@ -204,7 +204,7 @@ async def test_oversized_request(tmp_path) -> None:
 
 
 async def test_slow_request_body_gets_408(tmp_path) -> None:
-    from tests.web.conftest import PASSWORD, start_host, stop_host
+    from tests.web.conftest import HTTPS_PORT, PASSWORD, start_host, stop_host
 
     server = await start_host(tmp_path, mail=True, extra={"web": {"body_timeout": 0.5}})
     try:
@@ -213,7 +213,7 @@ async def test_slow_request_body_gets_408(tmp_path) -> None:
 
         context = ssl.create_default_context(cafile=str(server.cert))
         context.check_hostname = False
-        reader, writer = await asyncio.open_connection(server.address, 443, ssl=context)
+        reader, writer = await asyncio.open_connection(server.address, HTTPS_PORT, ssl=context)
         auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         writer.write(f"POST /jmap/api HTTP/1.1\r\nHost: example.org\r\nAuthorization: Basic {auth}\r\n"
                      "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())

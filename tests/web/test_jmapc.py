@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from peerage.mail.mailbox import deliver
-from tests.web.conftest import DOMAIN, PASSWORD, USER, next_address, start_host, stop_host
+from tests.web.conftest import DOMAIN, HTTPS_PORT, PASSWORD, USER, next_address, start_host, stop_host
 
 jmapc = pytest.importorskip("jmapc")
 
@@ -61,7 +61,7 @@ async def test_jmapc_reads_changes_and_sends(tmp_path: Path, monkeypatch: pytest
                                           b"Subject: for jmapc\r\nMessage-ID: <j1@remote.example>\r\n\r\nbody\r\n")
 
         def scenario() -> dict[str, object]:
-            client = Client.create_with_password(host=address, user=USER, password=PASSWORD)
+            client = Client.create_with_password(host=f"{address}:{HTTPS_PORT}", user=USER, password=PASSWORD)
             out: dict[str, object] = {"account": client.account_id}
             boxes = client.request(MailboxGet(ids=None)).data
             out["roles"] = sorted(b.role or "" for b in boxes)
@@ -131,7 +131,7 @@ async def test_jmapc_event_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ready = threading.Event()
 
         def listen() -> None:
-            client = Client.create_with_password(host=address, user=USER, password=PASSWORD,
+            client = Client.create_with_password(host=f"{address}:{HTTPS_PORT}", user=USER, password=PASSWORD,
                                                  event_source_config=EventSourceConfig(closeafter="no", ping=0))
             for event in client.events:
                 got.append(event)

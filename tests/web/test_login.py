@@ -8,7 +8,7 @@ import time
 import pyotp
 
 from peerage.web.auth import COOKIE_NAME
-from tests.web.conftest import OTHER_USER, PASSWORD, USER, WebHost
+from tests.web.conftest import HTTP_PORT, HTTPS_PORT, OTHER_USER, PASSWORD, USER, WebHost
 
 
 async def test_form_login_sets_a_strict_secure_cookie(webhost: WebHost) -> None:
@@ -178,17 +178,17 @@ async def test_http_redirects_and_serves_acme(webhost: WebHost) -> None:
 
     challenges_for(webhost.host).set("tok123", "tok123.thumbprint")
     client = webhost.client()
-    async with client.get(f"http://{webhost.address}/.well-known/acme-challenge/tok123",
+    async with client.get(webhost.http_base + "/.well-known/acme-challenge/tok123",
                           headers={"Host": "example.org"}) as response:
         assert response.status == 200
         assert await response.text() == "tok123.thumbprint"
-    async with client.get(f"http://{webhost.address}/.well-known/acme-challenge/nope") as response:
+    async with client.get(webhost.http_base + "/.well-known/acme-challenge/nope") as response:
         assert response.status == 404
-    async with client.get(f"http://{webhost.address}/mail/?a=1", headers={"Host": "example.org"},
+    async with client.get(webhost.http_base + "/mail/?a=1", headers={"Host": "example.org"},
                           allow_redirects=False) as response:
         assert response.status == 308
-        assert response.headers["Location"] == "https://example.org/mail/?a=1"
-    async with client.get(f"http://{webhost.address}/", headers={"Host": "evil.example"},
+        assert response.headers["Location"] == f"https://example.org:{HTTPS_PORT}/mail/?a=1"
+    async with client.get(webhost.http_base + "/", headers={"Host": "evil.example"},
                           allow_redirects=False) as response:
         assert response.status == 421
 
@@ -245,7 +245,7 @@ async def test_slow_request_head_is_disconnected(tmp_path) -> None:
 
     server = await start_host(tmp_path, extra={"web": {"header_timeout": 0.5}})
     try:
-        reader, writer = await asyncio.open_connection(server.address, 80)
+        reader, writer = await asyncio.open_connection(server.address, HTTP_PORT)
         writer.write(b"GET / HTTP/1.1\r\nHost: example.org\r\n")
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 5)
