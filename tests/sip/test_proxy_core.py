@@ -121,3 +121,34 @@ async def test_failover_on_timeout_and_500_when_all_fail() -> None:
     assert second, "no failover after Timer F"
     core.receive(make_response(second[0], 503, to_tag="y"), Destination("UDP", SECOND))
     assert responses_to_ua(sent)[-1] == 500  # §16.7 step 6: a 503 is not passed upstream as such
+
+
+def invite(branch: str, to_tag: str | None = None) -> SipMessage:
+    to = "<sip:bob@a.test>" + (f";tag={to_tag}" if to_tag else "")
+    return SipMessage.request("INVITE", "sip:bob@a.test", [
+        ("Via", f"SIP/2.0/UDP 127.0.3.70:5060;branch=z9hG4bK-{branch}"), ("Max-Forwards", "70"),
+        ("From", "<sip:alice@a.test>;tag=a1"), ("To", to), ("Call-ID", f"call-{branch}"),
+        ("CSeq", "1 INVITE")])
+
+
+async def test_overload_sheds_new_invites_with_503_and_retry_after() -> None:
+    core, _, sent = build()
+    core.receive(invite("before"), UA)
+    assert responses_to_ua(sent)[0] == 100  # 100 Trying at once, before any lookup
+    core.overloaded = True
+    sent.clear()
+    core.receive(invite("during"), UA)
+    answer = parse_datagram(sent[-1][0])
+    assert answer.status == 503 and answer.get("retry-after") == "5"  # RFC 3261 §21.5.4
+    assert core.shed == 1
+    # work in progress goes on: a retransmission of the earlier INVITE is absorbed, not shed,
+    # and an in-dialog request is not refused either
+    sent.clear()
+    core.receive(invite("before"), UA)
+    assert 503 not in responses_to_ua(sent)
+    core.receive(invite("dialog", to_tag="b1"), UA)
+    assert 503 not in responses_to_ua(sent)
+    core.overloaded = False
+    sent.clear()
+    core.receive(invite("after"), UA)
+    assert responses_to_ua(sent)[0] == 100
