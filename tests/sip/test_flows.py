@@ -254,3 +254,19 @@ def test_outbound_gruu_and_flow_failure(f_test: PeerageServer) -> None:
     finally:
         caller.close()
         ua.sock.close()
+
+
+def test_stun_keep_alive_on_the_sip_port(f_test: PeerageServer) -> None:
+    """RFC 5626 §8: a UDP flow's keep-alive is a STUN Binding request to the SIP port; the answer
+    names the address the request came from (XOR-MAPPED-ADDRESS, RFC 5389 §15.2)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.3.148", 0))
+        transaction = os.urandom(12)
+        sock.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + transaction, (SERVER_IP, 5060))
+        sock.settimeout(3)
+        data = sock.recv(200)
+        assert data[:2] == b"\x01\x01" and data[8:20] == transaction
+        assert data[20:22] == b"\x00\x20"  # XOR-MAPPED-ADDRESS
+        port = int.from_bytes(data[26:28], "big") ^ 0x2112
+        address = bytes(b ^ m for b, m in zip(data[28:32], b"\x21\x12\xa4\x42", strict=True))
+        assert (socket.inet_ntoa(address), port) == sock.getsockname()

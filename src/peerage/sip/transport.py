@@ -59,6 +59,29 @@ UDP_MAX_DATAGRAM = 65535
 
 MessageHandler = Callable[[SipMessage, Destination], None]
 
+# STUN (RFC 5389) magic cookie: RFC 5626 §8 keep-alives on UDP are STUN Binding requests sent to
+# the SIP port, told apart from SIP by their first byte (0x00 or 0x01; SIP starts with a letter).
+STUN_MAGIC = b"\x21\x12\xa4\x42"
+
+
+def stun_binding_response(data: bytes, address: tuple[str, int]) -> bytes | None:
+    """The Binding success response (with XOR-MAPPED-ADDRESS) to a STUN Binding request, or None
+    when ``data`` is not one.  IPv4 and IPv6 sources both work (RFC 5389 §15.2)."""
+    if len(data) < 20 or data[0:2] != b"\x00\x01" or data[4:8] != STUN_MAGIC:
+        return None
+    transaction = data[8:20]
+    port = address[1] ^ 0x2112
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, address[0])
+    except OSError:
+        return None
+    mask = STUN_MAGIC + transaction
+    xored = bytes(b ^ mask[i] for i, b in enumerate(packed))
+    family = b"\x02" if len(packed) == 16 else b"\x01"
+    value = b"\x00" + family + port.to_bytes(2, "big") + xored
+    attribute = b"\x00\x20" + len(value).to_bytes(2, "big") + value
+    return b"\x01\x01" + len(attribute).to_bytes(2, "big") + STUN_MAGIC + transaction + attribute
+
 
 def stamp_via(message: SipMessage, ip: str, port: int) -> None:
     """RFC 3261 §18.2.1 ``received`` and RFC 3581 §4 ``rport`` on the top Via of a request."""
@@ -282,6 +305,11 @@ class SipTransport:
         ip = address[0]
         if len(data) <= 4 and not data.strip(b"\r\n"):
             return  # CRLF keep-alive on UDP (RFC 5626 uses STUN there; ignore the CRLFs)
+        if data[0] < 2:
+            response = stun_binding_response(data, address)  # RFC 5626 §8 keep-alive
+            if response is not None and not self.banned(ip) and self.admit(ip):
+                self.sendto(response, address)
+            return
         if self.banned(ip):
             return  # flood ban: drop silently, as pike does
         if len(data) > self.max_message_size:
