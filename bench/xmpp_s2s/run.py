@@ -1,14 +1,20 @@
 """Benchmark: messages/s from users of one domain to users of another, across federation.
 
-peerage <-> peerage and Prosody <-> Prosody (Debian's prosody 0.12) run one after the other in the
-same run, with the same load tool: PAIRS senders on domain A each send MESSAGES chat messages to
-their own receiver on domain B (all clients logged in, the s2s stream warmed up first). Both pairs of
-servers federate at the encrypted level (STARTTLS with self-signed certificates, then dialback), with
-no archiving and no offline storage in the path. The figure is messages received / seconds from the
-first send to the last receipt. Prints both figures and the ratio and appends them to
-bench/RESULTS.md.
+peerage <-> peerage, Prosody <-> Prosody (Debian's prosody 0.12) and ejabberd <-> ejabberd (Debian's
+ejabberd 23.01) run in the same run, with the same load tool: PAIRS senders on domain A each send
+MESSAGES chat messages to their own receiver on domain B (all clients logged in, the s2s stream warmed
+up first). Every pair of servers federates at the encrypted level (STARTTLS with self-signed
+certificates, then dialback), with no archiving and no offline storage in the path. The figure is
+messages received / seconds from the first send to the last receipt. Every server runs for the whole
+benchmark and the rounds alternate between the pairs, so a burst of other work on the machine hits
+them alike; the median of the rounds is reported, with the spread.
 
-Run from the repository root:  python bench/xmpp_s2s/run.py [--pairs 20] [--messages 1000]
+With ``--baseline-src DIR`` (a copy of an earlier ``src/`` tree, e.g.
+``git archive REV src | tar -x -C DIR``), a second peerage pair runs that tree in the same rounds.
+
+Run from the repository root:
+    python bench/xmpp_s2s/run.py [--pairs 20] [--messages 1000] [--rounds 3] [--baseline-src DIR]
+        [--no-prosody] [--no-ejabberd]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import datetime
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 from bench.machine import describe as machine  # noqa: E402
 from tests.harness import LocalDNS, PeerageServer, TestCA  # noqa: E402
+from tests.s2s.ejabberd import EjabberdServer  # noqa: E402
 from tests.s2s.prosody import ProsodyServer  # noqa: E402
 from tests.xmpp.rawclient import RawClient  # noqa: E402
 
@@ -105,10 +113,46 @@ async def measure(a_addr: str, a_dom: str, b_addr: str, b_dom: str, pairs: int, 
     return received / elapsed
 
 
+#: name -> (domain A, address A, domain B, address B, SASL mechanism of the load clients)
+PAIRS = {
+    "peerage before": ("qa.bench.test", "127.0.2.103", "qb.bench.test", "127.0.2.104", "SCRAM-SHA-256"),
+    "peerage": ("pa.bench.test", "127.0.2.101", "pb.bench.test", "127.0.2.102", "SCRAM-SHA-256"),
+    "Prosody 0.12": ("xa.bench.test", "127.0.2.111", "xb.bench.test", "127.0.2.112", "PLAIN"),
+    "ejabberd 23.01": ("ea.bench.test", "127.0.2.141", "eb.bench.test", "127.0.2.142", "PLAIN"),
+}
+
+
+def _peerage(work: Path, ca: TestCA, dns: LocalDNS, domain: str, address: str, users: list[str],
+             source: Path | None) -> PeerageServer:
+    server = PeerageServer(work / domain, [domain], address, dns=dns, certs={domain: ca.self_signed(domain)},
+                           config={"server": {"log_level": "info"},
+                                   "xmpp": {"archive_enabled": False,
+                                            "federation": {"level": "encrypted", "bidi": False}}})
+    saved = os.environ.get("PYTHONPATH")
+    if source is not None:
+        # The server process (and the CLI that adds users) import peerage from the earlier tree.
+        os.environ["PYTHONPATH"] = str(source)
+    try:
+        for user in users:
+            server.add_user(f"{user}@{domain}", PASSWORD)
+        return server.start()
+    finally:
+        if source is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--messages", type=int, default=1000, help="messages per pair")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="an earlier src/ tree, run as 'peerage before' in the same rounds")
+    parser.add_argument("--no-prosody", action="store_true")
+    parser.add_argument("--no-ejabberd", action="store_true")
     parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="peerage-bench-s2s-"))
@@ -116,65 +160,76 @@ def main() -> int:
     dns = LocalDNS(DNS_ADDRESS, 53).start()
     users_a = [f"s{i}" for i in range(args.pairs)]
     users_b = [f"r{i}" for i in range(args.pairs)]
-    results: dict[str, float] = {}
+    names = ["peerage"]
+    if args.baseline_src is not None:
+        names.insert(0, "peerage before")
+    if not args.no_prosody:
+        names.append("Prosody 0.12")
+    if not args.no_ejabberd:
+        names.append("ejabberd 23.01")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    stoppers: list[object] = []
+    loads: list[float] = []
     try:
-        # --- peerage <-> peerage --------------------------------------------------------------
-        servers = []
-        for domain, address, users in (("pa.bench.test", "127.0.2.101", users_a),
-                                       ("pb.bench.test", "127.0.2.102", users_b)):
-            dns.add_a(domain, address)
-            dns.add_srv(f"_xmpp-server._tcp.{domain}", 0, 5, 5269, domain)
-            server = PeerageServer(work / domain, [domain], address, dns=dns, certs={domain: ca.self_signed(domain)},
-                                   config={"server": {"log_level": "info"},
-                                           "xmpp": {"archive_enabled": False,
-                                                    "federation": {"level": "encrypted", "bidi": False}}})
-            for user in users:
-                server.add_user(f"{user}@{domain}", PASSWORD)
-            servers.append(server.start())
-        try:
-            results["peerage"] = asyncio.run(measure("127.0.2.101", "pa.bench.test", "127.0.2.102",
-                                                     "pb.bench.test", args.pairs, args.messages, "SCRAM-SHA-256"))
-        finally:
-            for server in servers:
-                server.stop()
-        print(f"peerage <-> peerage: {results['peerage']:.0f} msg/s")
-        # --- Prosody <-> Prosody --------------------------------------------------------------
-        prosodies = []
-        for domain, address, users in (("xa.bench.test", "127.0.2.111", users_a),
-                                       ("xb.bench.test", "127.0.2.112", users_b)):
-            dns.add_a(domain, address)
-            dns.add_srv(f"_xmpp-server._tcp.{domain}", 0, 5, 5269, domain)
-            cert, key = ca.self_signed(domain)
-            prosody = ProsodyServer(work / domain, domain, address, DNS_ADDRESS, cert=cert, key=key,
-                                    users={u: PASSWORD for u in users})
-            prosody.config_path.write_text(prosody.config_path.read_text().replace(
-                'levels = { min = "debug" }', 'levels = { min = "warn" }'))
-            prosodies.append(prosody.start())
-        try:
-            results["Prosody"] = asyncio.run(measure("127.0.2.111", "xa.bench.test", "127.0.2.112",
-                                                     "xb.bench.test", args.pairs, args.messages, "PLAIN"))
-        finally:
-            for prosody in prosodies:
-                prosody.stop()
-        print(f"Prosody <-> Prosody: {results['Prosody']:.0f} msg/s")
+        for name in names:
+            a_dom, a_addr, b_dom, b_addr, _ = PAIRS[name]
+            for domain, address, users in ((a_dom, a_addr, users_a), (b_dom, b_addr, users_b)):
+                dns.add_a(domain, address)
+                dns.add_srv(f"_xmpp-server._tcp.{domain}", 0, 5, 5269, domain)
+                if name.startswith("peerage"):
+                    source = args.baseline_src.resolve() if name == "peerage before" and args.baseline_src else None
+                    stoppers.append(_peerage(work, ca, dns, domain, address, users, source))
+                elif name.startswith("Prosody"):
+                    cert, key = ca.self_signed(domain)
+                    prosody = ProsodyServer(work / domain, domain, address, DNS_ADDRESS, cert=cert, key=key,
+                                            users={u: PASSWORD for u in users})
+                    prosody.config_path.write_text(prosody.config_path.read_text().replace(
+                        'levels = { min = "debug" }', 'levels = { min = "warn" }'))
+                    stoppers.append(prosody.start())
+                else:
+                    cert, key = ca.self_signed(domain)
+                    stoppers.append(EjabberdServer(work / domain, domain, address, DNS_ADDRESS, level="encrypted",
+                                                   cert=cert, key=key, users={u: PASSWORD for u in users},
+                                                   loglevel="warning").start())
+        for round_ in range(args.rounds):
+            for name in names:
+                a_dom, a_addr, b_dom, b_addr, mechanism = PAIRS[name]
+                rate = asyncio.run(measure(a_addr, a_dom, b_addr, b_dom, args.pairs, args.messages, mechanism))
+                samples[name].append(rate)
+                loads.append(os.getloadavg()[0])
+                print(f"round {round_ + 1}: {name}: {rate:.0f} msg/s (load {loads[-1]:.1f})")
     finally:
+        for server in reversed(stoppers):
+            server.stop()  # type: ignore[attr-defined]
         dns.stop()
-    ratio = results["peerage"] / results["Prosody"]
-    print(f"ratio peerage/Prosody: {ratio:.2f}x (target >= 1.0x)")
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    for name in names:
+        print(f"{name}: median {medians[name]:.0f} msg/s of {', '.join(f'{v:.0f}' for v in samples[name])}")
     if not args.no_results:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        rows = "".join(f"| {name} <-> {name} | {medians[name]:.0f} | {min(samples[name]):.0f}-"
+                       f"{max(samples[name]):.0f} |\n" for name in names)
+        ratios = []
+        if "Prosody 0.12" in medians:
+            ratios.append(f"peerage/Prosody {medians['peerage'] / medians['Prosody 0.12']:.2f}x")
+        if "ejabberd 23.01" in medians:
+            ratios.append(f"peerage/ejabberd {medians['peerage'] / medians['ejabberd 23.01']:.2f}x")
+        if "peerage before" in medians:
+            ratios.append(f"after/before {medians['peerage'] / medians['peerage before']:.3f}x")
         section = (
-            f"\n## xmpp_s2s: federated messages/s, peerage vs Prosody ({stamp})\n\n"
-            f"Machine: {machine()}. 1-minute load average {os.getloadavg()[0]:.1f} at the end "
-            "(above about 1, other work shared the cores).\n\n"
+            f"\n## xmpp_s2s: federated messages/s, peerage vs Prosody and ejabberd ({stamp})\n\n"
+            f"Machine: {machine()}. 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the "
+            "rounds (the machine was shared with other work: above about 1, the figures are lower and "
+            "noisier than on an idle machine).\n\n"
             f"Load: {args.pairs} senders on domain A, each sending {args.messages} chat messages (100-byte "
             "body) to its own receiver on domain B; all clients logged in and the s2s stream warmed up "
-            "first. Both server pairs federate at the encrypted level (STARTTLS, self-signed "
-            "certificates, dialback); no archiving, receivers online. Same load tool for both.\n\n"
-            "| servers | messages/s |\n| --- | ---: |\n"
-            f"| peerage <-> peerage | {results['peerage']:.0f} |\n"
-            f"| Prosody 0.12 <-> Prosody 0.12 | {results['Prosody']:.0f} |\n"
-            f"| ratio | {ratio:.2f}x (target >= 1.0x) |\n")
+            "first. Every server pair federates at the encrypted level (STARTTLS, self-signed "
+            "certificates, dialback); no archiving, receivers online. Same load tool for all; "
+            f"{args.rounds} alternating rounds, median reported.\n"
+            + ("`peerage before` runs the earlier source tree given with `--baseline-src` in the same "
+               "rounds.\n" if args.baseline_src is not None else "")
+            + "\n| servers | messages/s (median) | range |\n| --- | ---: | ---: |\n" + rows
+            + (f"\nRatios: {'; '.join(ratios)}.\n" if ratios else ""))
         with open(ROOT / "bench" / "RESULTS.md", "a") as file:
             file.write(section)
     return 0

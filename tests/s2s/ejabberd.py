@@ -45,7 +45,8 @@ def _yaml(value: object) -> str:
 class EjabberdServer:
     def __init__(self, workdir: Path, domain: str, address: str, dns_address: str, *, level: str,
                  cert: Path | None = None, key: Path | None = None, cafile: Path | None = None,
-                 users: dict[str, str] | None = None, negotiation_timeout: int = 20) -> None:
+                 users: dict[str, str] | None = None, negotiation_timeout: int = 20,
+                 loglevel: str = "debug") -> None:
         require_binary("ejabberdctl", "/usr/sbin/ejabberdctl")
         self.erl = require_binary("erl")
         if level not in ("verified", "encrypted", "trusted"):
@@ -61,7 +62,7 @@ class EjabberdServer:
         self.process: subprocess.Popen[bytes] | None = None
         lines = [
             f"hosts: [{_yaml(domain)}]",
-            "loglevel: debug",
+            f"loglevel: {loglevel}",
             "log_rotate_count: 0",
             "auth_method: internal",
             "auth_password_format: plain",

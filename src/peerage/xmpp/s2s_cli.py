@@ -1,8 +1,10 @@
 """Operator commands for federation: ``peerage s2s status`` and ``peerage check federation DOMAIN``.
 
 ``s2s status`` prints what the running server published in its status file (``[server] status_file``
-in the data folder): every recent s2s connection with its direction, domains, the level reached
-(U/P/V/E/T) and why, TLS and authentication, and the stanzas waiting per remote domain.
+in the data folder): the open s2s connections with their direction, domains, the level reached
+(U/P/V/E/T) and why, TLS and authentication, and the stanzas waiting per remote domain; for a domain
+pair with nothing open, its latest failure (TLS version included when the handshake completed).
+``--all`` shows the whole recent history.
 ``check federation`` runs a real negotiation (see ``peerage.xmpp.s2s_check``).
 """
 
@@ -35,6 +37,26 @@ def _time(stamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(stamp).strftime("%H:%M:%S")
 
 
+def _rows(connections: list[dict[str, Any]], everything: bool) -> list[dict[str, Any]]:
+    """The rows to print: all of them with --all; else the open and negotiating ones, plus, for a
+    direction and domain pair with nothing open, its latest failure (so a pair that cannot connect
+    shows why without --all). ``connections`` is most recent first."""
+    if everything:
+        return list(connections)
+    live = {(r["direction"], r["local"], r["remote"]) for r in connections
+            if r.get("state") in ("open", "negotiating")}
+    shown: set[tuple[str, str, str]] = set()
+    rows = []
+    for r in connections:
+        key = (r["direction"], r["local"], r["remote"])
+        if r.get("state") in ("open", "negotiating"):
+            rows.append(r)
+        elif r.get("state") == "failed" and key not in live and key not in shown:
+            shown.add(key)
+            rows.append(r)
+    return rows
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from peerage.cli import _config
     from peerage.server import read_status
@@ -56,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     queues = status.get("queues", {})
     for route, count in queues.items():
         print(f"queued: {count} stanzas for {route}")
-    rows = [r for r in status.get("connections", []) if args.all or r.get("state") in ("open", "negotiating")]
+    rows = _rows(status.get("connections", []), args.all)
     if not rows:
         print("no open connections" + ("" if args.all else " (use --all for recent history)"))
         return 0
