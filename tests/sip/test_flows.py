@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -157,11 +158,16 @@ def test_nat_binding_gets_keep_alives(f_test: PeerageServer) -> None:
 
 
 class TcpUA:
-    """A user agent on one TCP connection: registers with outbound and GRUU, answers INVITEs."""
+    """A user agent on one TCP (or TLS) connection: registers (with outbound and GRUU unless
+    ``contact`` is given), answers INVITEs."""
 
-    def __init__(self, address: str, user: str) -> None:
-        self.sock = socket.create_connection((SERVER_IP, 5060), timeout=5, source_address=(address, 0))
+    def __init__(self, address: str, user: str, tls: ssl.SSLContext | None = None,
+                 contact: str | None = None) -> None:
+        raw = socket.create_connection((SERVER_IP, 5061 if tls else 5060), timeout=5, source_address=(address, 0))
+        self.sock = tls.wrap_socket(raw, server_hostname=DOMAIN) if tls else raw
         self.address, self.port = self.sock.getsockname()
+        self.transport = "TLS" if tls else "TCP"
+        self.contact = contact
         self.user = user
         self.parser = StreamParser()
         self.queue: list[SipMessage] = []
@@ -171,7 +177,7 @@ class TcpUA:
     def request(self, authorization: str | None = None) -> SipMessage:
         self.cseq += 1
         headers = [
-            ("Via", f"SIP/2.0/TCP {self.address}:{self.port};branch=z9hG4bK-t{os.urandom(4).hex()}"),
+            ("Via", f"SIP/2.0/{self.transport} {self.address}:{self.port};branch=z9hG4bK-t{os.urandom(4).hex()}"),
             ("Max-Forwards", "70"),
             ("From", f"<sip:{self.user}@{DOMAIN}>;tag=t{self.cseq}"),
             ("To", f"<sip:{self.user}@{DOMAIN}>"),
@@ -179,7 +185,7 @@ class TcpUA:
             ("CSeq", f"{self.cseq} REGISTER"),
             ("Supported", "outbound, gruu, path"),
             # RFC 5626 §4.2: a Contact nobody can dial, as a browser's or a phone's behind NAT
-            ("Contact", f'<sip:{self.user}@{os.urandom(4).hex()}.invalid;transport=tcp;ob>'
+            ("Contact", self.contact or f'<sip:{self.user}@{os.urandom(4).hex()}.invalid;transport=tcp;ob>'
                         f';reg-id=1;+sip.instance="<{self.instance}>"'),
         ]
         if authorization:
@@ -270,3 +276,35 @@ def test_stun_keep_alive_on_the_sip_port(f_test: PeerageServer) -> None:
         port = int.from_bytes(data[26:28], "big") ^ 0x2112
         address = bytes(b ^ m for b, m in zip(data[28:32], b"\x21\x12\xa4\x42", strict=True))
         assert (socket.inet_ntoa(address), port) == sock.getsockname()
+
+
+def test_bye_reaches_a_tls_phone_whose_contact_cannot_be_dialled(f_test: PeerageServer, tmp_path: Path) -> None:
+    """The reported bug: a phone registered over TLS names its listening port in its Contact but
+    accepts no connections there; ACK and BYE must come down its own TLS connection, not a new
+    one to the Contact (which timed out: 408)."""
+    context = ssl.create_default_context(cafile=str(f_test.workdir / f"{DOMAIN}.crt"))
+    context.check_hostname = False
+    dead = "127.0.3.149:5999"  # nothing listens here
+    phone = TcpUA("127.0.3.149", "bob", tls=context, contact=f"<sip:bob@{dead};transport=tls>")
+    try:
+        phone.register()
+        uac = start_sipp(tmp_path, "uac_call.xml", local_ip="127.0.3.153", port=5092, server=SERVER,
+                         service="bob", keys=caller_keys())
+        invite = phone.receive(10)
+        assert invite.method == "INVITE", invite
+        ok = make_response(invite, 200, to_tag="phone")
+        for route in invite.get_all("record-route"):
+            ok.add("Record-Route", route)
+        ok.add("Contact", f"<sip:bob@{dead};transport=tls>")
+        ok.add("Content-Type", "application/sdp")
+        ok.body = b"v=0\r\no=- 1 1 IN IP4 127.0.3.149\r\ns=-\r\nc=IN IP4 127.0.3.149\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+        phone.send(ok)
+        ack = phone.receive(10)
+        assert ack.method == "ACK", ack
+        bye = phone.receive(10)
+        assert bye.method == "BYE", bye
+        phone.send(make_response(bye, 200))
+        code = finish(uac)
+        assert code[0] == 0, failure_report(tmp_path, code)
+    finally:
+        phone.sock.close()
