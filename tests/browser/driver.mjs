@@ -123,6 +123,11 @@ const ops = {
     }
   },
   async waitForURL(cmd) { await page(cmd).waitForURL(cmd.pattern ? new RegExp(cmd.pattern) : cmd.url, { timeout: cmd.timeout ?? 10000 }); return page(cmd).url(); },
+  async setFiles(cmd) {
+    const files = cmd.files.map((f) => ({ name: f.name, mimeType: f.type, buffer: Buffer.from(f.base64, 'base64') }));
+    await (await frameOf(cmd)).setInputFiles(cmd.selector, files, { timeout: cmd.timeout ?? 10000 });
+    return null;
+  },
   async eval(cmd) { return (await frameOf(cmd)).evaluate(cmd.expression); },
   async text(cmd) { return (await frameOf(cmd)).textContent(cmd.selector, { timeout: cmd.timeout ?? 10000 }); },
   async count(cmd) { return (await frameOf(cmd)).locator(cmd.selector).count(); },

@@ -4,6 +4,7 @@ up live, logout, and hostile HTML mail shown without running or fetching anythin
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 
@@ -287,3 +288,58 @@ def test_hostile_mail_runs_nothing_and_fetches_nothing(peerage: PeerageServer, t
     assert all(r["type"] == "image" for r in events["blocked"]), events["blocked"]
     assert events["dialogs"] == [] and browser.eval("window.pwned === undefined")
     assert tracker.hits == []  # the test's browser never reaches it: it aborts every remote request
+
+
+def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageServer, postfix: Postfix,
+                                                              browser: Browser) -> None:
+    login(browser)
+    # Identity: a signature, used by every new message.
+    browser.click("text=Settings")
+    browser.wait_for(".settings .signature")
+    browser.fill(".settings .signature", "Alice Liddell\nexample.org")
+    browser.click(".settings .modal-actions .primary")
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Identities saved')")
+    browser.press("c")
+    browser.wait_for(".compose #compose-to")
+    body = browser.eval("document.querySelector('#compose-body').value")
+    assert "\n-- \nAlice Liddell\nexample.org" in body
+    browser.fill("#compose-to", f"Carol <{CAROL}>")
+    browser.fill("#compose-subject", "The minutes, attached")
+    browser.fill("#compose-body", "Here are the minutes." + body)
+    payload = b"%PDF-1.4 minutes of the meeting\n"
+    browser.do("setFiles", selector=".compose input[type=file]",
+               files=[{"name": "minutes.pdf", "type": "application/pdf", "base64": base64.b64encode(payload).decode()}])
+    browser.wait_until("document.querySelector('.compose-attachments .att-size')?.textContent.includes('B')", timeout=15)
+    browser.click("#save-draft")
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Draft saved')")
+    wait_for(lambda: imap_find("Drafts", "The minutes, attached") or None, 10, "the draft in Drafts")
+    browser.screenshot("compose-attachment")
+    browser.click("#send")
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=20)
+    received = wait_for(lambda: _maildir_with(postfix, "carol", "The minutes, attached"), DELIVERY_TIMEOUT,
+                        "the message at Postfix")
+    assert received is not None
+    assert b"minutes.pdf" in received and base64.b64encode(payload) in received.replace(b"\n", b"")
+    assert b"Alice Liddell" in received
+    # Sending replaced the draft: Drafts no longer has it.
+    wait_for(lambda: not imap_find("Drafts", "The minutes, attached") or None, 10, "the draft gone")
+
+    # Vacation response: switched on in settings, stored on the server.
+    browser.click("text=Settings")
+    browser.click("text=Vacation response")
+    browser.wait_for("#vacation-enabled")
+    browser.click("#vacation-enabled")
+    browser.fill("#vacation-subject", "Away until Monday")
+    browser.fill("#vacation-body", "I am away and will answer on Monday.")
+    browser.click("#vacation-save")
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Vacation response on')")
+    stored = browser.eval("""(async () => {
+        const s = await (await fetch('/auth/session')).json();
+        const j = await (await fetch('/.well-known/jmap')).json();
+        const accountId = j.primaryAccounts['urn:ietf:params:jmap:mail'];
+        const r = await fetch(j.apiUrl, {method: 'POST', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': s.csrf},
+          body: JSON.stringify({using: ['urn:ietf:params:jmap:core', 'urn:ietf:params:jmap:vacationresponse'],
+                                methodCalls: [['VacationResponse/get', {accountId}, '0']]})});
+        return (await r.json()).methodResponses[0][1].list[0]; })()""")
+    assert stored["isEnabled"] is True and stored["subject"] == "Away until Monday", stored
+    browser.screenshot("vacation")

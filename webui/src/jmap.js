@@ -47,13 +47,14 @@ export class Client {
   }
 
   async connect() {
-    const who = await this.fetch(this.url('/auth/session'), { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    // Both at once: they are independent, and this is on the path from login to a drawn inbox.
+    const get = (path) => this.fetch(this.url(path), { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    const [who, res] = await Promise.all([get('/auth/session'), get('/.well-known/jmap')]);
     if (who.status === 401 || who.status === 403) throw new NotLoggedIn('not logged in');
     if (!who.ok) throw new Error(`GET /auth/session: HTTP ${who.status}`);
     const me = await who.json();
     this.csrf = me.csrf || '';
     this.login = me.account || '';
-    const res = await this.fetch(this.url('/.well-known/jmap'), { credentials: 'same-origin', headers: { Accept: 'application/json' } });
     if (res.status === 401) throw new NotLoggedIn('not logged in');
     if (!res.ok) throw new Error(`JMAP session: HTTP ${res.status}`);
     this.session = await res.json();
