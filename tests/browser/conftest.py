@@ -35,12 +35,14 @@ ALICE = "alice@example.org"
 CAROL = "carol@example.net"
 TARGET = "target@example.org"
 PASSWORD = "correct horse battery"
-ORIGIN = "https://example.org"
+# Not 443: a benchmark or a test elsewhere on this shared machine may hold the wildcard 0.0.0.0:443.
+HTTPS_PORT = 8443
+ORIGIN = f"https://example.org:{HTTPS_PORT}"
 DELIVERY_TIMEOUT = 30.0
 
 # The browser reaches these names only; every other name fails to resolve.
 BROWSER_HOSTS = {"example.org": PEERAGE_ADDRESS, "tracker.test": TRACKER_ADDRESS, "attacker.test": ATTACKER_ADDRESS}
-ALLOWED_HOSTS = ["example.org", f"attacker.test:{SIDE_PORT}"]
+ALLOWED_HOSTS = [f"example.org:{HTTPS_PORT}", f"attacker.test:{SIDE_PORT}"]
 
 
 class SideServer:
@@ -108,6 +110,7 @@ def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_
     cert = test_ca.issue("example.org", dns_ids=["example.org", "mail.example.org"])
     config: dict[str, Any] = {
         "smtp": {"source_address": PEERAGE_ADDRESS, "first_retry_seconds": 1.0},
+        "web": {"https_listen": [f"{PEERAGE_ADDRESS}:{HTTPS_PORT}"], "http_listen": [f"{PEERAGE_ADDRESS}:8081"]},
         # Per account, so the throttle test's victim does not lock the other tests' alice out.
         "limits": {"auth_failures_per_ip": 1000, "auth_failures_per_account": 3},
     }
