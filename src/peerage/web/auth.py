@@ -10,7 +10,6 @@ site starts, not even a top-level link; a page reached from another site's link 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -35,6 +34,10 @@ CSRF_FIELD = "csrf"
 # A changed password stops working for other clients within this delay.
 BASIC_CACHE_SECONDS = 60.0
 BASIC_CACHE_ENTRIES = 10000
+# RFC 5321 §4.5.3.1.3 bounds a path (so an address) at 256 octets; a password longer than 1 KiB is
+# not a password (argon2 would still hash it, at a cost an attacker chooses).
+MAX_ADDRESS_LENGTH = 320
+MAX_PASSWORD_LENGTH = 1024
 
 
 class LoginRefused(Exception):
@@ -59,27 +62,31 @@ class Authenticator:
         self.sessions = sessions
         self._basic_cache: dict[bytes, tuple[str, float]] = {}
 
-    async def check_password(self, ip: str, address: str, password: str) -> str | None:
-        """The normalised account when `password` is right; None when not. Applies the throttle
-        (delaying after repeated failures) and raises LoginRefused past twice its limit."""
-        from peerage.identity.address import AddressError, parse_address
+    async def check_password(self, ip: str, address: str, password: str, protocol: str = "web") -> str | None:
+        """The account when `password` is right, else None, through the shared authentication layer
+        (peerage.identity.login: the login-name rule, the throttle's delays, the failure log line).
+        Raises LoginRefused when the throttle refuses the attempt outright."""
+        from peerage.identity.login import authenticate, login_names
+        from peerage.identity.sasl import SaslServer, Success
 
-        try:
-            account = str(parse_address(address.strip()))
-        except AddressError:
-            account = address.strip().lower()[:320]
-        throttle = self.host.limits.auth
-        delay = throttle.check(ip, account)
-        if delay is None:
-            raise LoginRefused("too many failed logins; try again later")
-        if delay:
-            await asyncio.sleep(delay)
-        if len(password) > 1024 or not await self.host.accounts.verify_password(account, password):
-            throttle.failure(ip, account)
-            log.info("web login failed for %s from %s", account, ip)
+        if len(password) > MAX_PASSWORD_LENGTH or len(address) > MAX_ADDRESS_LENGTH:
+            self.host.limits.auth.failure(ip, None, protocol=protocol, mechanism="PLAIN")
             return None
-        throttle.success(ip, account)
-        return account
+        server = SaslServer(mechanisms=["PLAIN"], login=login_names(self.host, None), channel_bindings={},
+                            secure=True)
+        initial = b"\0" + address.strip().encode() + b"\0" + password.encode()
+
+        async def no_challenge(_challenge: bytes) -> bytes | None:
+            return None  # PLAIN with an initial response never asks again
+
+        result = await authenticate(server, "PLAIN", initial, exchange=no_challenge, host=self.host, ip=ip,
+                                    protocol=protocol)
+        if isinstance(result, Success):
+            return result.account
+        if result.condition == "temporary-auth-failure":
+            raise LoginRefused("too many failed logins; try again later")
+        log.info("web login failed for %s from %s", result.account or "-", ip)
+        return None
 
     async def basic(self, request: web.BaseRequest) -> str | None:
         header = request.headers.get("Authorization", "")
@@ -98,7 +105,7 @@ class Authenticator:
         cached = self._basic_cache.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        account = await self.check_password(client_ip(request), user, password)
+        account = await self.check_password(client_ip(request), user, password, protocol="jmap")
         if account is not None:
             if len(self._basic_cache) >= BASIC_CACHE_ENTRIES:
                 self._basic_cache.clear()
