@@ -204,6 +204,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     # -v wins over the configured level, so `peerage -v serve` shows debug lines.
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.server.log_level.upper())
+    from peerage.ops.logs import use_format
+
+    use_format(config.server.log_format)
     # Driver chatter (every SQL statement at INFO) drowns protocol logs; only their warnings show.
     for noisy in ("aiosqlite", "alembic", "asyncio", "sqlalchemy.engine", "sqlalchemy.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

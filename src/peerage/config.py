@@ -40,6 +40,8 @@ class ServerConfig:
     # stays as started. `group` defaults to the user's primary group.
     user: str = ""
     group: str = ""
+    # "json" writes one JSON object per log line (time, level, logger, message) for log collectors.
+    log_format: Literal["text", "json"] = "text"
     # The host name SRV and MX records point to (`peerage dns`); empty means the domain itself.
     public_hostname: str = ""
     # Public addresses for the A/AAAA records `peerage dns` prints; empty leaves a placeholder.
@@ -281,6 +283,14 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Where Prometheus metrics (/metrics) and the health check (/health) are served, plain HTTP; empty
+    # serves neither. Keep it on a private address: it is not behind a login. Not moved by
+    # [server] listen. (9477 is free in Prometheus's port allocation list.)
+    listen: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -295,6 +305,7 @@ class Config:
     imap: ImapConfig
     web: WebConfig = field(default_factory=WebConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -326,6 +337,7 @@ _SECTIONS: dict[str, type] = {
     "imap": ImapConfig,
     "web": WebConfig,
     "auth": AuthConfig,
+    "metrics": MetricsConfig,
 }
 
 

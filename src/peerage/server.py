@@ -65,8 +65,11 @@ class Host:
         return list(self.config.domains)
 
     async def open(self) -> None:
+        from peerage.ops import metrics
+
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.migrate()
+        metrics.instrument_host(self)
 
     async def start(self) -> None:
         from peerage.ops import privileges
@@ -86,6 +89,15 @@ class Host:
             service = getattr(module, class_name)()
             await service.start(self)
             self.services.append(service)
+        if self.config.metrics.listen:
+            from peerage.ops.metrics import MetricsServer
+
+            metrics_server = MetricsServer(self)
+            await metrics_server.start()
+            self.services.append(metrics_server)
+        from peerage.ops import metrics
+
+        metrics.instrument_services(self.services)
         if account is not None:
             privileges.drop(self.config, account)
         self.publish_status("server", {"started_at": time.time(), "config": str(self.config.path)})

@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from peerage.config import parse_listen
 
@@ -51,6 +52,10 @@ async def start_listeners(
     """Bind every spec; `setting` (e.g. "[xmpp] c2s_listen") is named in errors."""
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
+    if stream_handler is not None:
+        stream_handler = _counted_handler(name, stream_handler)
+    if protocol_factory is not None:
+        protocol_factory = _counted_factory(name, protocol_factory)
     for spec in specs:
         host, port = parse_listen(spec)
         if ":" in host and not socket.has_ipv6:
@@ -79,3 +84,62 @@ async def start_listeners(
             shown = f"[{address[0]}]:{address[1]}" if sock.family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
             log.info("listening %s on %s", name, shown)
     return servers
+
+
+def _counted_handler(name: str, handler: StreamHandler) -> StreamHandler:
+    from peerage.ops.metrics import CONNECTIONS, CONNECTIONS_OPEN
+
+    accepted, open_now = CONNECTIONS.labels(name), CONNECTIONS_OPEN.labels(name)
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.inc()
+        open_now.inc()
+        try:
+            await handler(reader, writer)
+        finally:
+            open_now.dec()
+
+    return counted
+
+
+def _counted_factory(name: str, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
+    """Count connections accepted and open (peerage_connections_total, peerage_connections_open).
+
+    Protocols are often slotted, so instead of wrapping each one, its class is swapped for a subclass
+    (same layout, no new slots) whose connection_made/connection_lost also count: STARTTLS and every
+    other path that calls the protocol directly still reach the counting methods.
+    """
+    from peerage.ops.metrics import CONNECTIONS, CONNECTIONS_OPEN
+
+    accepted, open_now = CONNECTIONS.labels(name), CONNECTIONS_OPEN.labels(name)
+    classes: dict[type, type | None] = {}
+
+    def counting_class(cls: Any) -> type | None:
+        if cls not in classes:
+            def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
+                accepted.inc()
+                open_now.inc()
+                cls.connection_made(self, transport)
+
+            def connection_lost(self: Any, exc: Exception | None) -> None:
+                open_now.dec()
+                cls.connection_lost(self, exc)
+
+            classes[cls] = type(cls.__name__, (cls,), {
+                "__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "connection_made": connection_made, "connection_lost": connection_lost})
+        return classes[cls]
+
+    def counted() -> asyncio.BaseProtocol:
+        protocol = factory()
+        counting = counting_class(type(protocol))
+        if counting is not None:
+            try:
+                protocol.__class__ = counting
+                return protocol
+            except TypeError:  # a layout that cannot take a subclass: count what we can
+                classes[type(protocol)] = None
+        accepted.inc()
+        return protocol
+
+    return counted

@@ -30,6 +30,7 @@ from peerage.mail.smtp import dsn
 from peerage.mail.smtp.client import DELIVERED, PERMANENT, Outcome
 from peerage.mail.smtp.schedule import Schedule
 from peerage.mail.smtp.spool import Spool
+from peerage.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ class OutboundQueue:
         retry: list[tuple[QueueEntry, Outcome, float, bool]] = []
         for entry in group:
             outcome = outcomes.get(entry.recipient) or Outcome("temporary", "no answer for this recipient", "4.4.0")
+            metrics.delivery(outcome.kind)
             if outcome.kind == DELIVERED:
                 log.info("delivered %s to %s (%s) tls=%s", entry.message_file, entry.recipient, outcome.reply, outcome.tls)
                 done.append(entry)
