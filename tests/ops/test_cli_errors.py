@@ -138,6 +138,10 @@ def test_init_listen_sets_one_address_for_every_service(tmp_path: Path) -> None:
     result = peerage("init", "listen.test", "--dir", str(tmp_path), "--listen", "127.0.8.5")
     assert result.returncode == 0, result.stderr
     config = tmp_path / "peerage.toml"
+    # Ports 80/443 may be held on the wildcard address by another run on this machine; the web
+    # service's inheritance is checked without binding below.
+    config.write_text(config.read_text() + '\n[web]\nhttps_listen = ["127.0.8.5:8443"]\n'
+                      'http_listen = ["127.0.8.5:8080"]\n')
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "peerage", "-c", str(config), "serve"],
@@ -164,3 +168,5 @@ def test_listen_default_does_not_move_explicit_keys(tmp_path: Path) -> None:
     assert config.xmpp.c2s_listen == ["127.0.8.6:5222", "[::1]:5222"]
     assert config.imap.tls_listen == ["127.0.8.6:993", "[::1]:993"]
     assert config.sip.tls_listen == ["127.0.8.7:5061"]
+    assert config.web.https_listen == ["127.0.8.6:443", "[::1]:443"]
+    assert config.metrics.listen == []  # never moved onto a public address
