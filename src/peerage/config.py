@@ -190,8 +190,10 @@ class SipConfig:
     # nathelper natping_interval is off by default; deployments use 20-30 s, under the 30 s that the
     # shortest-lived NAT bindings last (RFC 4787 REQ-5 asks for 2 min, many boxes keep less).
     nat_ping_interval: int = 25
-    # Event-loop delay in seconds beyond which new INVITEs are refused with 503 and Retry-After
-    # (RFC 3261 §21.5.4) instead of being answered late; 0 turns the shedding off.
+    # Seconds requests may wait unread (the event loop running late, or UDP datagrams queueing in
+    # the kernel) before new INVITEs are refused with 503 and Retry-After (RFC 3261 §21.5.4)
+    # instead of being answered late; 0 turns the shedding off.  Callers retransmit an unanswered
+    # INVITE after T1 = 500 ms, so answering within 200 ms keeps retransmissions away.
     overload_delay: float = 0.2
 
 

@@ -232,6 +232,7 @@ def test_outbound_gruu_and_flow_failure(f_test: PeerageServer) -> None:
     try:
         response = ua.register()
         assert "outbound" in [v.strip() for v in response.get_all("require")]
+        assert response.get("flow-timer") == "120"  # RFC 5626 §4.4.1
         contact = parse_name_addr(response.get("contact") or "")
         assert contact.params["reg-id"] == "1"
         pub_gruu = contact.params["pub-gruu"] or ""

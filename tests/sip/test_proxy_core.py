@@ -152,3 +152,26 @@ async def test_overload_sheds_new_invites_with_503_and_retry_after() -> None:
     sent.clear()
     core.receive(invite("after"), UA)
     assert responses_to_ua(sent)[0] == 100
+
+
+async def test_udp_backlog_is_seen_until_the_socket_is_emptied() -> None:
+    """Overload is measured where requests wait: datagrams left unread after a full batch."""
+    import socket
+    import time
+
+    from peerage.sip.transport import UDP_READ_BATCH, UdpEndpoint
+
+    owner: Any = types.SimpleNamespace(datagram=lambda data, address: None)
+    endpoint = UdpEndpoint(owner, "127.0.3.249", 0)
+    try:
+        address = endpoint.sock.getsockname()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(UDP_READ_BATCH + 10):
+                sender.sendto(b"OPTIONS", address)
+        time.sleep(0.05)
+        endpoint._readable()  # one batch: more are waiting
+        assert endpoint.busy_since > 0
+        endpoint._readable()  # the rest, then empty
+        assert endpoint.busy_since == 0.0
+    finally:
+        endpoint.close()

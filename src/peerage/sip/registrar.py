@@ -57,6 +57,11 @@ MAX_CONTACTS_PER_AOR = 10
 # Stream connections remembered for registered clients before closed ones are swept out; the
 # transport itself caps open connections (transport.MAX_STREAM_CONNECTIONS = 2048).
 MAX_TRACKED_CONNECTIONS = 4096
+# Keep-alive interval asked of outbound UAs (RFC 5626 §4.4.1 Flow-Timer): streams idle out after
+# transport.STREAM_IDLE_TIMEOUT (600 s) here, but NATs and proxies in between drop idle TCP sooner,
+# so 120 s as the RFC's §4.4.1 example; UDP NAT bindings can last only 30 s, so 25 s there.
+FLOW_TIMER_STREAM = 120
+FLOW_TIMER_UDP = 25
 
 
 @dataclass(slots=True)
@@ -278,6 +283,8 @@ class Registrar:
             response.add("Contact", value)
         if any(b.outbound and b.call_id == call_id for b in final.values()):
             response.add("Require", "outbound")  # RFC 5626 §6: the registrar kept the flow
+            # §4.4.1: how often the UA should send keep-alives on this flow
+            response.add("Flow-Timer", str(FLOW_TIMER_STREAM if source.reliable else FLOW_TIMER_UDP))
         if path:
             for value in path:
                 response.add("Path", value)  # RFC 3327 §5.3: echo the Path

@@ -107,9 +107,10 @@ class SipService:
                 transaction.transport_error()
 
     async def _tick(self) -> None:
-        assert self.layer is not None and self.proxy is not None
+        assert self.layer is not None and self.proxy is not None and self.transport is not None
         layer = self.layer
         proxy = self.proxy
+        transport = self.transport
         loop = asyncio.get_running_loop()
         delay = 0.0
         while True:
@@ -117,9 +118,12 @@ class SipService:
             await asyncio.sleep(TIMER_TICK)
             # How late the loop woke us is how long a datagram now waits before it is read: past
             # overload_delay the proxy sheds new INVITEs (503) rather than answer them late.
-            late = max(0.0, loop.time() - started - TIMER_TICK)
+            now = loop.time()
+            late = max(0.0, now - started - TIMER_TICK)
             delay = late if late > delay else delay * (1 - OVERLOAD_SMOOTHING) + late * OVERLOAD_SMOOTHING
-            proxy.overloaded = bool(self.overload_delay) and delay > self.overload_delay
+            # ... and how long datagrams have been queueing in the kernel unread
+            waiting = max(delay, transport.udp_backlog(time.monotonic()))
+            proxy.overloaded = bool(self.overload_delay) and waiting > self.overload_delay
             try:
                 layer.tick()
             except Exception:

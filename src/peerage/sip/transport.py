@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -197,6 +198,9 @@ class UdpEndpoint:
         self.sock.setblocking(False)
         self.sock.bind((host, port))
         self.closed = False
+        # When the socket was last found with datagrams still waiting after a full batch, and not
+        # emptied since (0.0: it was emptied): how long arrivals have outpaced us.
+        self.busy_since = 0.0
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -206,6 +210,7 @@ class UdpEndpoint:
             try:
                 data, address = receive(UDP_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
+                self.busy_since = 0.0
                 return
             except OSError as error:  # ICMP errors reported on the socket
                 log.debug("sip: UDP error %s", error)
@@ -214,6 +219,8 @@ class UdpEndpoint:
                 deliver(data, (address[0], address[1]))
             except Exception:
                 log.exception("sip: error on a datagram from %s", address)
+        if not self.busy_since:
+            self.busy_since = time.monotonic()  # a full batch read and the socket still not empty
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
         try:
@@ -287,6 +294,12 @@ class SipTransport:
 
             self.websocket = WebSocketListener(self)
             await self.websocket.start(ws or [], wss or [], server_context)
+
+    def udp_backlog(self, now: float) -> float:
+        """Seconds the UDP sockets have gone without being emptied (0: they keep up).  Datagrams
+        wait in the kernel's buffer that long before they are read, which the event loop's own
+        lateness does not show."""
+        return max((now - endpoint.busy_since for endpoint in self.udp if endpoint.busy_since), default=0.0)
 
     async def stop(self) -> None:
         if self.websocket is not None:
