@@ -179,9 +179,14 @@ class SipConfig:
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
-    # Digest algorithms offered, most preferred first (RFC 8760 §2.4). Some clients (SIPp 3.6) only
-    # read the first challenge, so the order is configurable.
-    digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    # Digest algorithms offered in one 401/407, most preferred first (RFC 8760 §2.4). MD5 first: sipsak,
+    # baresip and SIPp read only the first challenge and JsSIP knows only MD5 (see peerage.sip.digest).
+    digest_algorithms: list[str] = field(default_factory=lambda: ["MD5", "SHA-256"])
+    # User-Agent prefixes that get the SHA-256 challenge listed first (clients known to support it).
+    digest_sha256_first_user_agents: list[str] = field(default_factory=list)
+    # User-Agent prefixes that get the MD5 challenge alone: baresip 1.0 (libre) refuses a 401 that lists
+    # any other algorithm, wherever it stands.
+    digest_md5_only_user_agents: list[str] = field(default_factory=lambda: ["baresip"])
     # SIP over WebSocket (RFC 7118), subprotocol "sip": plain and TLS listeners (none by default;
     # browsers use wss, e.g. ["0.0.0.0:8443"]).
     ws_listen: list[str] = field(default_factory=list)

@@ -169,3 +169,17 @@ def test_throttle_policy() -> None:
     throttle.success("198.51.100.1", "alice@x")
     clock.now += 601
     assert throttle.check("198.51.100.1", "alice@x") == 0.0
+
+
+def test_digest_challenge_order_per_user_agent() -> None:
+    from peerage.sip.digest import DigestAuthenticator
+
+    auth = DigestAuthenticator(sha256_first=("Linphone",))
+
+    def order(user_agent: str | None) -> list[str]:
+        return [c.split("algorithm=")[1].split(",")[0] for c in auth.challenges("example.org", False, user_agent)]
+
+    assert order(None) == ["MD5", "SHA-256"]
+    assert order("sipsak 0.9.8.1") == ["MD5", "SHA-256"]
+    assert order("baresip v1.0.0 (x86_64/linux)") == ["MD5"]
+    assert order("Linphone/5.2") == ["SHA-256", "MD5"]

@@ -30,7 +30,7 @@ def test_digest_roundtrip_replay_and_expiry(algorithm: str) -> None:
     clock = Clock()
     auth = DigestAuthenticator(clock=clock)
     challenges = auth.challenges("a.test")
-    assert [c.split("algorithm=")[1].split(",")[0] for c in challenges] == ["SHA-256", "MD5"]
+    assert [c.split("algorithm=")[1].split(",")[0] for c in challenges] == ["MD5", "SHA-256"]
     challenge = next(c for c in challenges if f"algorithm={algorithm}," in c)
     ha1 = digest_hex(algorithm, "alice:a.test:secret")
     header = client_authorization(challenge, "REGISTER", "sip:a.test", "alice", "secret")

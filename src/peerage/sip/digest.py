@@ -34,8 +34,17 @@ MAX_TRACKED_NONCES = 200_000
 MAX_CREDENTIALS_LENGTH = 4096
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
-# RFC 8760 §2.4: the challenges are listed in order of preference.
-DEFAULT_ALGORITHMS = ("SHA-256", "MD5")
+# RFC 8760 §2.4: one challenge per algorithm in one 401/407, listed in order of preference; a client
+# answers the topmost it supports. MD5 comes first by default because widely deployed clients stop at
+# the first challenge and fail on SHA-256 instead of reading the next (sipsak 0.9.8, SIPp 3.6), and
+# JsSIP reads only the first and knows MD5 only; SHA-256 stays in the same answer for clients that
+# look further, and clients proven to support it get SHA-256 first by User-Agent
+# ([sip] digest_sha256_first_user_agents). Kamailio's auth module likewise defaults to MD5.
+DEFAULT_ALGORITHMS = ("MD5", "SHA-256")
+# User-Agent prefixes that get the MD5 challenge alone. baresip's SIP stack (libre 1.x, baresip 1.0 in
+# Debian 12) walks every WWW-Authenticate header and gives up the whole 401 with ENOSYS at the first
+# algorithm other than MD5, wherever it is listed ([sip] digest_md5_only_user_agents).
+MD5_ONLY_USER_AGENTS = ("baresip",)
 
 
 def digest_hex(algorithm: str, text: str) -> str:
@@ -103,8 +112,11 @@ class DigestAuthenticator:
 
     def __init__(self, secret: bytes | None = None, clock: Callable[[], float] = time.time,
                  algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
-                 nonce_lifetime: float = NONCE_LIFETIME) -> None:
+                 nonce_lifetime: float = NONCE_LIFETIME, sha256_first: tuple[str, ...] = (),
+                 md5_only: tuple[str, ...] = MD5_ONLY_USER_AGENTS) -> None:
         self.secret = secret or os.urandom(32)
+        self.sha256_first = sha256_first
+        self.md5_only = md5_only
         self.clock = clock
         self.algorithms = tuple(a for a in algorithms if a in ALGORITHMS)
         self.nonce_lifetime = nonce_lifetime
@@ -133,13 +145,19 @@ class DigestAuthenticator:
         return Verdict.OK
 
     # -- challenges
-    def challenges(self, realm: str, stale: bool = False) -> list[str]:
-        """One WWW-/Proxy-Authenticate value per algorithm, same nonce (RFC 8760 §2.4)."""
+    def challenges(self, realm: str, stale: bool = False, user_agent: str | None = None) -> list[str]:
+        """One WWW-/Proxy-Authenticate value per algorithm, same nonce (RFC 8760 §2.4); SHA-256 first
+        for a User-Agent that starts with one of ``sha256_first``."""
         nonce = self.new_nonce()
         suffix = ", stale=true" if stale else ""
+        order = self.algorithms
+        if user_agent and "MD5" in order and any(user_agent.startswith(p) for p in self.md5_only):
+            order = ("MD5",)
+        elif user_agent and "SHA-256" in order and any(user_agent.startswith(p) for p in self.sha256_first):
+            order = ("SHA-256", *(a for a in order if a != "SHA-256"))
         return [
             f'Digest realm="{realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"{suffix}'
-            for algorithm in self.algorithms
+            for algorithm in order
         ]
 
     # -- verification

@@ -175,7 +175,7 @@ class Registrar:
 
     def _challenge(self, request: SipMessage, realm: str, stale: bool = False) -> SipMessage:
         response = make_response(request, 401, to_tag=self._tag(request))
-        for value in self.authenticator.challenges(realm, stale):
+        for value in self.authenticator.challenges(realm, stale, request.get("user-agent")):
             response.add("WWW-Authenticate", value)
         return response
 

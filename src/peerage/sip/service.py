@@ -49,7 +49,9 @@ class SipService:
         config = host.config.sip
         secret = await host.store.get_secret("sip-digest-nonce")
         authenticator = DigestAuthenticator(
-            secret=secret, algorithms=tuple(a.upper() for a in config.digest_algorithms))
+            secret=secret, algorithms=tuple(a.upper() for a in config.digest_algorithms),
+            sha256_first=tuple(config.digest_sha256_first_user_agents),
+            md5_only=tuple(config.digest_md5_only_user_agents))
         registrar = Registrar(host, authenticator)
         await registrar.load()
         self.registrar = registrar
