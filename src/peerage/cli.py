@@ -339,6 +339,42 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from peerage.ops.backup import backup
+    from peerage.store import Store
+
+    config = _config(args, check_files=False)
+
+    async def revision() -> str | None:
+        store = Store(config.database_url)
+        try:
+            return await store.revision()
+        finally:
+            await store.close()
+
+    target = Path(args.dir)
+    target.mkdir(parents=True, exist_ok=True)
+    folder = backup(config, target, _run(revision))
+    print(f"Backed up to {folder}")
+    print(f"  restore with: peerage --config {config.path} restore {folder}   (with the server stopped)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from peerage.ops.backup import restore
+    from peerage.server import read_status
+
+    config = _config(args, check_files=False)
+    pid = read_status(config).get("pid")
+    if isinstance(pid, int):
+        raise CliError(f"peerage (pid {pid}) is serving this configuration; stop it before restoring")
+    manifest = restore(config, Path(args.dir))
+    _run(lambda: _migrate(config))
+    print(f"Restored the backup of {manifest['created']} ({', '.join(manifest['domains'])}) into {config.data_dir}")
+    print(f"  its configuration and certificates are in {Path(args.dir) / 'config'}; copy them back if needed")
+    return 0
+
+
 # --- dns -----------------------------------------------------------------------------------------
 
 
@@ -455,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("domain")
     domain.set_defaults(func=cmd_domain)
 
+    backup = commands.add_parser("backup", help="snapshot the database, data files, config and keys while serving")
+    backup.add_argument("dir", help="folder to write peerage-backup-<time>/ in")
+    backup.set_defaults(func=cmd_backup)
+    restore = commands.add_parser("restore", help="restore a backup folder (with the server stopped)")
+    restore.add_argument("dir", help="a peerage-backup-<time>/ folder")
+    restore.set_defaults(func=cmd_restore)
+
     reload = commands.add_parser("reload", help="reload certificates, domains and live settings (SIGHUP)")
     reload.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the outcome")
     reload.set_defaults(func=cmd_reload)
@@ -499,12 +542,14 @@ def main(argv: list[str] | None = None) -> int:
     from peerage.identity.address import AddressError
     from peerage.identity.credentials import PasswordError
     from peerage.net.listen import ListenError
+    from peerage.ops.backup import BackupError
     from peerage.store import SchemaError
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CliError, AccountError, AddressError, PasswordError, ListenError, SchemaError) as exc:
+    except (ConfigError, CliError, AccountError, AddressError, PasswordError, ListenError, SchemaError,
+            BackupError) as exc:
         print(f"peerage: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
