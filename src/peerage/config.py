@@ -229,6 +229,16 @@ class SmtpConfig:
     # client have N times the configured limits; and on 2 shared cores workers gained nothing reliable
     # (bench/RESULTS.md, smtp). Worth raising on a many-core MX that sees many sending IPs.
     mx_workers: int = 0
+    # Outbound connections open at once to one destination domain (Postfix's
+    # initial_destination_concurrency is 5).
+    connections_per_domain: int = 5
+    # The account that receives postmaster@ and abuse@ (RFC 5321 4.5.1, RFC 2142) of every hosted domain
+    # that has no account of that name; empty means the first account created on this server.
+    postmaster: str = ""
+    # Seconds the MX port waits before its greeting; a client that talks first is refused, as Postfix's
+    # postscreen (postscreen_greet_wait) does. An address that passed is not made to wait again for a day.
+    # 0 turns the check off.
+    greeting_delay_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

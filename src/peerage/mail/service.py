@@ -43,6 +43,10 @@ SECONDS_PER_MINUTE = 60.0
 # for this long, which then waits in its (orphaned) mailbox.
 RECIPIENT_CACHE_SECONDS = 10.0
 RECIPIENT_CACHE_ENTRIES = 10000
+# Role addresses every hosted domain has, whether or not an account of that name exists: RFC 5321
+# §4.5.1 requires postmaster; RFC 2142 §2 names abuse for reports of misuse (DMARC and TLS-RPT
+# aggregate reports arrive at the addresses `peerage dns` publishes, which are postmaster@).
+ROLE_ADDRESSES = frozenset({"postmaster", "abuse"})
 
 
 class MailService:
@@ -53,6 +57,9 @@ class MailService:
         self.imap: Any = None
         self._keys: dict[str, dkim.DomainKeys | None] = {}
         self._known_recipients: dict[str, float] = {}
+        self._postmaster: tuple[str | None, float] | None = None
+        self.smtp_sessions: set[Any] = set()
+        self.greeting_passes: dict[str, float] = {}
         # Set in an MX worker process: accepted messages travel to the main process to be stored.
         self.worker_channel: channel.WorkerChannel | None = None
         self.workers: channel.WorkerPool | None = None
@@ -79,6 +86,41 @@ class MailService:
                 self._known_recipients.clear()
             self._known_recipients[address] = now + RECIPIENT_CACHE_SECONDS
         return exists
+
+    async def route_recipient(self, address: str) -> str | None:
+        """The account a hosted address is delivered to, or None when there is none.
+
+        postmaster@ (RFC 5321 §4.5.1) and abuse@ (RFC 2142 §2) exist on every hosted domain: an account
+        of that name gets its own mail, otherwise `[smtp] postmaster` does (default: the first account
+        created on this server). The role names are matched without regard to case, as RFC 5321 asks
+        for postmaster."""
+        if await self.recipient_exists(address):
+            return address
+        local, _, domain = address.rpartition("@")
+        if local.lower() not in ROLE_ADDRESSES or not self.is_hosted(domain):
+            return None
+        return await self.postmaster_account()
+
+    async def postmaster_account(self) -> str | None:
+        configured = self.host.config.smtp.postmaster
+        if configured:
+            return str(configured)
+        now = time.monotonic()
+        if self._postmaster is not None and self._postmaster[1] > now:
+            return self._postmaster[0]
+        from sqlalchemy import select
+
+        from peerage.store.schema import accounts
+
+        async with self.host.store.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts.c.address).order_by(accounts.c.created_at, accounts.c.address).limit(1)
+                )
+            ).first()
+        found = str(row[0]) if row is not None else None
+        self._postmaster = (found, now + RECIPIENT_CACHE_SECONDS)
+        return found
 
     def start_spf(self, ip: str, mail_from: str, helo: str) -> asyncio.Future[SpfResult]:
         """Begin the SPF check at MAIL FROM, so it runs while the client sends recipients and data.
@@ -210,7 +252,8 @@ class MailService:
         smtp = host.config.smtp
         tls_context = host.tls.server_context() if host.tls.available else None
         factory = make_server_factory(
-            MxHandler(self), hostname=self.hostname, tls_context=tls_context, max_size=smtp.max_message_size
+            MxHandler(self), hostname=self.hostname, tls_context=tls_context, max_size=smtp.max_message_size,
+            greeting_delay=smtp.greeting_delay_seconds,
         )
         loop = asyncio.get_running_loop()
         for spec in smtp.mx_listen:
@@ -232,6 +275,7 @@ class MailService:
             port=smtp.remote_port,
             ca_file=str(config.tls.ca_file) if config.tls.ca_file else None,
             source_address=smtp.source_address or None,
+            connections_per_destination=smtp.connections_per_domain,
         )
         schedule = Schedule(
             first_retry=smtp.first_retry_seconds,
@@ -255,7 +299,8 @@ class MailService:
         submission = SubmissionHandler(self)
         plans: list[tuple[str, list[str], Callable[[], Any], Any]] = [
             ("smtp", smtp.mx_listen, make_server_factory(mx, hostname=self.hostname, tls_context=tls_context,
-                                                         max_size=smtp.max_message_size), None),
+                                                         max_size=smtp.max_message_size,
+                                                         greeting_delay=smtp.greeting_delay_seconds), None),
         ]
         if tls_context is not None:
             plans.append(("submission", smtp.submission_listen, make_server_factory(
@@ -312,6 +357,8 @@ class MailService:
             self.imap = None
         for server in self.servers:
             server.close()
+        for session in list(self.smtp_sessions):
+            session.shut_down()
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()

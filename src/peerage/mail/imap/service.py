@@ -24,6 +24,7 @@ class ImapService:
         self.host: Any = None
         self._servers: list[asyncio.AbstractServer] = []
         self._sessions: set[asyncio.Task[None]] = set()
+        self._engines: dict[asyncio.Task[None], ImapSession] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: Any) -> None:
@@ -60,6 +61,11 @@ class ImapService:
         for server in self._servers:
             server.close()
         for task in list(self._sessions):
+            # RFC 9051 §7.1.5: the server tells every client it is closing; the session's last words
+            # (this BYE) go out before the connection closes.
+            engine = self._engines.get(task)
+            if engine is not None:
+                engine.untagged("BYE [UNAVAILABLE] Server shutting down")
             task.cancel()
         if self._sessions:
             await asyncio.gather(*self._sessions, return_exceptions=True)
@@ -92,9 +98,11 @@ class ImapService:
         try:
             tls_context = host.tls.server_context() if host.tls.available else None
             session = ImapSession(host, store_for(host), reader, writer, implicit_tls, tls_context)
+            self._engines[task] = session
             await session.run()
         except asyncio.CancelledError:
             writer.close()
         finally:
             self._sessions.discard(task)
+            self._engines.pop(task, None)
             host.limits.connections.release(ip)

@@ -8,6 +8,8 @@ the MX publishes DANE records), and of reporting a per-recipient outcome the que
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
@@ -23,10 +25,19 @@ log = logging.getLogger(__name__)
 # RFC 5321 §4.5.3.2 gives per-command timeouts of 5 minutes (DATA end: 10); Postfix uses 300 s for
 # most and 600 s for the end of DATA. We keep the RFC's figure for the whole exchange of one command.
 COMMAND_TIMEOUT_SECONDS = 300.0
+# Postfix's smtp_quit_timeout is 300 s, but nothing depends on the answer to QUIT: we wait briefly and
+# close (Exim does not wait for it at all).
+QUIT_TIMEOUT_SECONDS = 10.0
 # Postfix's smtp_connect_timeout is 30 s.
 CONNECT_TIMEOUT_SECONDS = 30.0
 # At most this many MX hosts are tried per attempt (Postfix's smtp_mx_address_limit is 5).
 MAX_MX_TRIED = 5
+# Connections open at once to one destination domain. Postfix starts a destination at
+# initial_destination_concurrency = 5 and grows to default_destination_concurrency_limit = 20 only
+# while deliveries succeed; Exim's remote_max_parallel is 2 per message. A peer that counts connections
+# per client (Postfix's smtpd_client_connection_count_limit is 50, Exim's smtp_accept_max_per_host is
+# often set to 10 or less) must never see us exceed its limit, so we keep Postfix's starting figure.
+MAX_CONNECTIONS_PER_DESTINATION = 5
 
 DELIVERED = "delivered"
 TEMPORARY = "temporary"
@@ -62,6 +73,7 @@ class Deliverer:
         port: int = 25,
         ca_file: str | None = None,
         source_address: str | None = None,
+        connections_per_destination: int = MAX_CONNECTIONS_PER_DESTINATION,
     ) -> None:
         self.dns = dns
         self.hostname = hostname
@@ -69,6 +81,11 @@ class Deliverer:
         self.ca_file = ca_file
         self.source_address = source_address
         self.mta_sts = PolicyFetcher(dns, ca_file)
+        self.connections_per_destination = max(1, connections_per_destination)
+        # One semaphore per destination domain with a delivery in progress; dropped when idle.
+        self._destinations: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        # Connections open right now, per destination domain (for tests and `peerage check`).
+        self.open_connections: dict[str, int] = {}
 
     async def _mx_hosts(self, domain: str) -> list[str] | None:
         """MX targets in preference order; [] for a null MX; None when the domain does not exist."""
@@ -120,7 +137,34 @@ class Deliverer:
     async def deliver(
         self, domain: str, mail_from: str, recipients: list[str], data: bytes, *, smtputf8: bool = False
     ) -> dict[str, Outcome]:
-        """Try every MX in turn; the first one that gives a definite answer decides."""
+        """Try every MX in turn; the first one that gives a definite answer decides. Never raises: any
+        failure, ours or the peer's, is a temporary outcome for every recipient, so the queue backs off."""
+        domain = domain.lower()
+        semaphore, users = self._destinations.get(domain) or (asyncio.Semaphore(self.connections_per_destination), 0)
+        self._destinations[domain] = (semaphore, users + 1)
+        try:
+            async with semaphore:
+                return await self._deliver(domain, mail_from, recipients, data, smtputf8=smtputf8)
+        except Exception as exc:
+            log.exception("delivery to %s failed", domain)
+            return dict.fromkeys(recipients, Outcome(TEMPORARY, f"delivery to {domain} failed: {exc!r}", "4.3.0"))
+        finally:
+            semaphore, users = self._destinations[domain]
+            if users <= 1:
+                del self._destinations[domain]
+            else:
+                self._destinations[domain] = (semaphore, users - 1)
+
+    async def _deliver(
+        self, domain: str, mail_from: str, recipients: list[str], data: bytes, *, smtputf8: bool
+    ) -> dict[str, Outcome]:
+        # RFC 6531 §3.4: SMTPUTF8 is needed when an envelope address or a header is not ASCII. A message
+        # submitted with SMTPUTF8 that needs none of it travels without (nothing to downgrade).
+        addresses_ascii = mail_from.isascii() and all(r.isascii() for r in recipients)
+        if smtputf8 and addresses_ascii and data.isascii():
+            smtputf8 = False
+        elif not addresses_ascii:
+            smtputf8 = True
         hosts = await self._mx_hosts(domain)
         if hosts == []:
             return dict.fromkeys(
@@ -185,6 +229,42 @@ class Deliverer:
             use_tls=False,
         )
         tls_level = "none"
+        domain = recipients[0].rpartition("@")[2].lower() if recipients else host
+        self.open_connections[domain] = self.open_connections.get(domain, 0) + 1
+        try:
+            return await self._session(
+                client, host, address, mail_from, recipients, data,
+                smtputf8=smtputf8, mta_sts=mta_sts, tlsa=tlsa, cleartext=cleartext,
+            )
+        except Exception as exc:
+            # Whatever went wrong (a reply we could not parse, an encoding error, a bug), the
+            # connection is closed and the attempt counts as a temporary failure of this host.
+            log.warning("delivery to %s [%s] failed: %r", host, address, exc)
+            return Outcome(TEMPORARY, f"{host} [{address}]: {exc!r}", "4.4.0", host, tls_level)
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+            left = self.open_connections.get(domain, 1) - 1
+            if left > 0:
+                self.open_connections[domain] = left
+            else:
+                self.open_connections.pop(domain, None)
+
+    async def _session(
+        self,
+        client: aiosmtplib.SMTP,
+        host: str,
+        address: str,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        *,
+        smtputf8: bool,
+        mta_sts: bool,
+        tlsa: list[dane.Tlsa],
+        cleartext: bool,
+    ) -> dict[str, Outcome] | Outcome:
+        tls_level = "none"
         try:
             await client.connect(timeout=CONNECT_TIMEOUT_SECONDS)
             await client.ehlo()
@@ -210,14 +290,24 @@ class Deliverer:
                 return Outcome(TEMPORARY, f"{host} does not offer STARTTLS, which its domain requires", "4.7.4", host)
             options = ["SMTPUTF8"] if smtputf8 and client.supports_extension("smtputf8") else []
             if smtputf8 and not options:
-                await client.quit()
+                await _quietly_quit(client)
+                # RFC 6531 §3.2: without the extension the message must not be sent; RFC 6533 §3 gives
+                # X.6.7 for a non-ASCII address and X.6.9 for UTF-8 headers the peer cannot take.
+                if mail_from.isascii() and all(r.isascii() for r in recipients):
+                    status, what = "5.6.9", "a message with UTF-8 header fields"
+                else:
+                    status, what = "5.6.7", "a non-ASCII address"
                 return dict.fromkeys(
-                    recipients, Outcome(PERMANENT, f"{host} does not support SMTPUTF8", "5.6.7", host, tls_level)
+                    recipients,
+                    Outcome(PERMANENT, f"{host} does not offer SMTPUTF8, needed for {what} (RFC 6531)", status,
+                            host, tls_level),
                 )
+            # RFC 6531 §3.3: with SMTPUTF8 the envelope travels as UTF-8.
+            encoding = "utf-8" if options else "ascii"
             if client.supports_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
             try:
-                await client.mail(mail_from, options=options)
+                await client.mail(mail_from, options=options, encoding=encoding)
             except aiosmtplib.SMTPResponseException as exc:
                 kind = PERMANENT if exc.code >= 500 else TEMPORARY
                 await _quietly_quit(client)
@@ -229,7 +319,7 @@ class Deliverer:
             accepted: list[str] = []
             for recipient in recipients:
                 try:
-                    await client.rcpt(recipient)
+                    await client.rcpt(recipient, encoding=encoding)
                     accepted.append(recipient)
                 except aiosmtplib.SMTPResponseException as exc:
                     kind = PERMANENT if exc.code >= 500 else TEMPORARY
@@ -263,6 +353,6 @@ class Deliverer:
 
 async def _quietly_quit(client: aiosmtplib.SMTP) -> None:
     try:
-        await client.quit()
+        await client.quit(timeout=QUIT_TIMEOUT_SECONDS)
     except Exception:
         client.close()

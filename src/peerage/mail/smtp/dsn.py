@@ -38,6 +38,10 @@ def compose_dsn(
 ) -> bytes:
     """The DSN message (CRLF line endings) telling `sender` what became of `recipients`."""
     delayed = all(r.action == "delayed" for r in recipients)
+    # RFC 6533 §3, §6: about a message with a UTF-8 envelope or header, the report is a
+    # message/global-delivery-status with "utf-8" address types, and the message comes back as
+    # message/global (or message/global-headers).
+    international = not (sender.isascii() and all(r.recipient.isascii() for r in recipients) and original.isascii())
     subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
     boundary = f"=_peerage_{uuid.uuid4().hex}"
     message_id = f"<{uuid.uuid4().hex}@{reporting_mta}>"
@@ -73,7 +77,7 @@ def compose_dsn(
     lines += [
         "",
         f"--{boundary}",
-        "Content-Type: message/delivery-status",
+        f"Content-Type: message/{'global-' if international else ''}delivery-status",
         "",
         f"Reporting-MTA: dns; {reporting_mta}",
         f"Arrival-Date: {email.utils.format_datetime(arrival)}",
@@ -81,7 +85,7 @@ def compose_dsn(
     for r in recipients:
         lines += [
             "",
-            f"Final-Recipient: rfc822; {r.recipient}",
+            f"Final-Recipient: {'rfc822' if r.recipient.isascii() else 'utf-8'}; {r.recipient}",
             f"Action: {r.action}",
             f"Status: {r.status}",
         ]
@@ -93,7 +97,10 @@ def compose_dsn(
     header_end = original.find(b"\r\n\r\n")
     headers_only = original[: header_end + 2] if header_end >= 0 else original[:RETURNED_CONTENT_LIMIT]
     returned = original if len(original) <= RETURNED_CONTENT_LIMIT and not delayed else headers_only
-    kind = "message/rfc822" if returned is original else "text/rfc822-headers"
+    if international:
+        kind = "message/global" if returned is original else "message/global-headers"
+    else:
+        kind = "message/rfc822" if returned is original else "text/rfc822-headers"
     lines += ["", f"--{boundary}", f"Content-Type: {kind}", ""]
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     tail = f"\r\n--{boundary}--\r\n".encode()

@@ -92,6 +92,9 @@ class OutboundQueue:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[int] = set()
+        # Rows whose attempt failed in a way the table may not record (the database itself failing):
+        # not tried again before this time, whatever the table says, so nothing is retried at once.
+        self._held: dict[int, float] = {}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
         self._workers: set[asyncio.Task[None]] = set()
 
@@ -184,7 +187,12 @@ class OutboundQueue:
             ]
             upcoming = (await conn.execute(select(func.min(mail_queue.c.next_attempt_at)))).scalar()
         groups: dict[tuple[str, str], list[QueueEntry]] = defaultdict(list)
+        held_until = min(self._held.values(), default=None)
+        if self._held:
+            self._held = {i: t for i, t in self._held.items() if t > now}
         for entry in rows:
+            if entry.id in self._held:
+                continue
             if entry.id not in self._in_flight and entry.id not in busy:
                 groups[(entry.message_file, entry.recipient_domain)].append(entry)
         for group in groups.values():
@@ -192,14 +200,28 @@ class OutboundQueue:
             worker = asyncio.create_task(self._attempt(group))
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
-        return float(upcoming) if upcoming is not None and upcoming > now else now + RESCAN_SECONDS
+        if upcoming is None or upcoming <= now:
+            upcoming = now + RESCAN_SECONDS
+        if held_until is not None and held_until > now:
+            upcoming = min(upcoming, held_until)
+        return float(upcoming)
 
     async def _attempt(self, group: list[QueueEntry]) -> None:
         try:
             async with self._slots:
                 await self._attempt_group(group)
-        except Exception:
+        except Exception as exc:
+            # Any failure of an attempt is a temporary failure with the usual back-off, never an
+            # immediate retry: the rows are held in memory for the first delay and, when the table can
+            # still be written, rescheduled there like any other deferral.
             log.exception("delivery attempt failed")
+            hold = time.time() + self.schedule.first_retry
+            for entry in group:
+                self._held[entry.id] = hold
+            try:
+                await self._defer(group, f"delivery attempt failed: {exc!r}")
+            except Exception:
+                log.exception("recording the failed attempt failed; retrying after %.0f s", self.schedule.first_retry)
         finally:
             self._in_flight.difference_update(e.id for e in group)
             self._wake.set()
@@ -221,10 +243,32 @@ class OutboundQueue:
                 except Exception as exc:
                     outcomes[entry.recipient] = Outcome("temporary", f"local delivery failed: {exc}", "4.3.0")
         else:
-            outcomes = await self.deliver_remote(
-                first.recipient_domain, first.mail_from, [e.recipient for e in group], data, first.smtputf8
-            )
+            try:
+                outcomes = await self.deliver_remote(
+                    first.recipient_domain, first.mail_from, [e.recipient for e in group], data, first.smtputf8
+                )
+            except Exception as exc:
+                log.exception("delivery to %s failed", first.recipient_domain)
+                outcomes = dict.fromkeys(
+                    (e.recipient for e in group), Outcome("temporary", f"delivery failed: {exc!r}", "4.3.0")
+                )
         await self._settle(group, outcomes, data)
+
+    async def _defer(self, group: list[QueueEntry], reason: str) -> None:
+        """Reschedule rows after a failed attempt, without notices (the message may be unreadable)."""
+        now = time.time()
+        async with self.store.begin() as conn:
+            for entry in group:
+                next_at = self.schedule.next_attempt(entry.queued_at, entry.attempts + 1, now)
+                await conn.execute(
+                    update(mail_queue)
+                    .where(mail_queue.c.id == entry.id)
+                    .values(
+                        attempts=entry.attempts + 1,
+                        next_attempt_at=math.ceil(next_at if next_at is not None else now),
+                        last_error=reason[:2000],
+                    )
+                )
 
     async def _settle(self, group: list[QueueEntry], outcomes: dict[str, Outcome], data: bytes) -> None:
         now = time.time()
@@ -306,7 +350,7 @@ class OutboundQueue:
             now=datetime.now(UTC),
             retry_until=retry_until if action == "delayed" else None,
         )
-        await self.enqueue("", [sender], report)
+        await self.enqueue("", [sender], report, smtputf8=not sender.isascii() or any(e.smtputf8 for e, _ in items))
 
 
 # --- operator commands, used by `peerage mail queue` beside a running server ----------------------

@@ -60,6 +60,13 @@ NOT_OWN_SENDER = "553 5.7.1 Sender address is not one of your addresses"
 NOT_OWN_FROM = "550 5.7.1 From header is not one of your addresses"
 DMARC_REJECT = "550 5.7.1 Message rejected: DMARC policy of the From domain says to reject it"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure storing the message; try again later"
+SHUTTING_DOWN = b"421 4.3.2 Service shutting down; try again later\r\n"
+EARLY_TALKER = "554 5.5.1 Protocol error: you spoke before the greeting"
+# How long an address that waited for the greeting is not made to wait again (postscreen's
+# postscreen_greet_ttl is 1 day).
+GREETING_PASS_SECONDS = 86400.0
+# Addresses remembered as having passed; past this the memory starts afresh.
+MAX_GREETING_PASSES = 100000
 BARE_LINE_ENDING_IN_COMMAND = (
     "500 5.5.2 Bare <CR> or <LF> in a command line; only <CR><LF> may end a line (RFC 5321 2.3.8)"
 )
@@ -130,8 +137,11 @@ class PeerageSMTP(SMTP):
         # millisecond per connection. Those tables only want these names, listed once per class.
         return _names_with_prefixes(type(self), ("smtp_", "auth_"))
 
-    def __init__(self, handler: Any, *, implicit_tls: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Any, *, implicit_tls: bool = False, greeting_delay: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
+        self._greeting_delay = greeting_delay
         self._raw_replies = False
         self._collected: list[bytes] | None = None
         self._implicit_tls = implicit_tls
@@ -160,6 +170,9 @@ class PeerageSMTP(SMTP):
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "unknown"
         self.peer_state = SessionState(ip=ip)
+        sessions = getattr(self.event_handler, "sessions", None)
+        if sessions is not None:
+            sessions.add(self)
         counter = self.event_handler.connections
         if counter is not None:
             if counter.acquire(ip):
@@ -195,6 +208,9 @@ class PeerageSMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         self.authenticated()  # releases the anonymous slot and the deadline timer
+        sessions = getattr(self.event_handler, "sessions", None)
+        if sessions is not None:
+            sessions.discard(self)
         if self._counted_ip is not None and self.event_handler.connections is not None:
             self.event_handler.connections.release(self._counted_ip)
             self._counted_ip = None
@@ -206,7 +222,45 @@ class PeerageSMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self._greeting_delay > 0 and not await self._waited_for_greeting():
+            return
         await super()._handle_client()
+
+    async def _waited_for_greeting(self) -> bool:
+        """The early-talker test of Postfix's postscreen (RFC 5321 §4.3.1: the client waits for the
+        greeting): keep quiet for a moment; a client that sends anything meanwhile is a spam engine
+        that does not read replies, and is refused. An address that passed once is trusted for a day."""
+        state = self.peer_state
+        passes: dict[str, float] | None = getattr(self.event_handler, "greeting_passes", None)
+        now = time.monotonic()
+        if state is None or passes is None:
+            return True
+        if passes.get(state.ip, 0.0) > now:
+            return True
+        try:
+            early = await asyncio.wait_for(self._reader.read(1), self._greeting_delay)
+        except TimeoutError:
+            if len(passes) >= MAX_GREETING_PASSES:
+                passes.clear()
+            passes[state.ip] = now + GREETING_PASS_SECONDS
+            return True
+        if early:
+            log.info("refusing %s: it spoke before the greeting", state.ip)
+            await self.push(EARLY_TALKER)
+        if self.transport is not None:
+            self.transport.close()
+        return False
+
+    def shut_down(self) -> None:
+        """The server is stopping: say so (RFC 5321 §3.8) and close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # uvloop's transports are not asyncio.WriteTransport subclasses, but they write.
+        write = getattr(transport, "write", None)
+        if write is not None:
+            write(SHUTTING_DOWN)
+        transport.close()
 
     @property
     def tls_active(self) -> bool:
@@ -310,6 +364,10 @@ class BaseHandler:
     def __init__(self, service: Any) -> None:
         self.service = service
         self.connections = service.connections
+        # Open sessions, told 421 when the server stops.
+        self.sessions: set[PeerageSMTP] = service.smtp_sessions
+        # Client addresses that waited for the greeting, with the time they may skip the wait until.
+        self.greeting_passes: dict[str, float] = service.greeting_passes
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -364,8 +422,17 @@ class BaseHandler:
             return data, "554 5.4.6 Too many hops: the message is looping (RFC 5321 6.3)"
         return data, None
 
-    async def _recipient_exists(self, mailbox: policy.Mailbox) -> bool:
-        return bool(await self.service.recipient_exists(str(mailbox)))
+    async def _route(self, mailbox: policy.Mailbox) -> str | None:
+        """The account this hosted mailbox is delivered to (postmaster@ and abuse@ always have one)."""
+        routed = await self.service.route_recipient(str(mailbox))
+        return str(routed) if routed is not None else None
+
+    def _recipient_path(self, address: str) -> policy.Mailbox:
+        """RFC 5321 §4.1.1.3: `RCPT TO:<Postmaster>` without a domain must be accepted; it names the
+        postmaster of this server (its first hosted domain)."""
+        if address.lower() == "postmaster" and self.service.domains:
+            return policy.Mailbox("postmaster", self.service.domains[0].lower())
+        return policy.parse_mailbox(address)
 
 
 # aiosmtpd inspects handle_EHLO's signature for every connection (to tell its old 4-argument form
@@ -400,17 +467,18 @@ class MxHandler(BaseHandler):
         if envelope.mail_from is None:
             return "503 5.5.1 Error: need MAIL command"
         try:
-            mailbox = policy.parse_mailbox(address)
+            mailbox = self._recipient_path(address)
         except policy.PathRefused as refused:
             return refused.reply
         if not self.service.is_hosted(mailbox.domain):
             return policy.RELAY_DENIED
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return TOO_MANY_RECIPIENTS
-        if not await self._recipient_exists(mailbox):
+        routed = await self._route(mailbox)
+        if routed is None:
             return policy.NO_SUCH_USER
-        envelope.rcpt_tos.append(str(mailbox))
-        state.local_recipients.append(str(mailbox))
+        envelope.rcpt_tos.append(routed)
+        state.local_recipients.append(routed)
         return RECIPIENT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -585,18 +653,21 @@ class SubmissionHandler(BaseHandler):
         if envelope.mail_from is None:
             return "503 5.5.1 Error: need MAIL command"
         try:
-            mailbox = policy.parse_mailbox(address)
+            mailbox = self._recipient_path(address)
         except policy.PathRefused as refused:
             return refused.reply
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return TOO_MANY_RECIPIENTS
+        target = str(mailbox)
         if self.service.is_hosted(mailbox.domain):
-            if not await self._recipient_exists(mailbox):
+            routed = await self._route(mailbox)
+            if routed is None:
                 return policy.NO_SUCH_USER
-            state.local_recipients.append(str(mailbox))
+            target = routed
+            state.local_recipients.append(target)
         else:
-            state.remote_recipients.append(str(mailbox))
-        envelope.rcpt_tos.append(str(mailbox))
+            state.remote_recipients.append(target)
+        envelope.rcpt_tos.append(target)
         return RECIPIENT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -647,11 +718,13 @@ def make_server_factory(
     max_size: int,
     implicit_tls: bool = False,
     submission: bool = False,
+    greeting_delay: float = 0.0,
 ) -> Callable[[], PeerageSMTP]:
     def factory() -> PeerageSMTP:
         return PeerageSMTP(
             handler,
             implicit_tls=implicit_tls,
+            greeting_delay=greeting_delay,
             hostname=hostname,
             ident="peerage ESMTP",
             data_size_limit=max_size,
