@@ -37,7 +37,7 @@ ALICE = "alice@example.org"
 JORG = "jörg@example.org"
 ZOE = "zoë@example.net"
 LEGACY_ADDRESS = "127.0.4.8"
-DELIVERY_TIMEOUT = 30.0
+DELIVERY_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
