@@ -11,6 +11,7 @@ they accept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ SECONDS_PER_MINUTE = 60.0
 # for this long, which then waits in its (orphaned) mailbox.
 RECIPIENT_CACHE_SECONDS = 10.0
 RECIPIENT_CACHE_ENTRIES = 10000
+# How long stopping waits for the listeners to close once every session was told 421.
+STOP_SECONDS = 3.0
 # Role addresses every hosted domain has, whether or not an account of that name exists: RFC 5321
 # §4.5.1 requires postmaster; RFC 2142 §2 names abuse for reports of misuse (DMARC and TLS-RPT
 # aggregate reports arrive at the addresses `peerage dns` publishes, which are postmaster@).
@@ -360,7 +363,9 @@ class MailService:
         for session in list(self.smtp_sessions):
             session.shut_down()
         for server in self.servers:
-            await server.wait_closed()
+            # uvloop's wait_closed waits for every connection; a closed one may still be draining.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), STOP_SECONDS)
         self.servers.clear()
         if self.queue is not None:
             await self.queue.stop()

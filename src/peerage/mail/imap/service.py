@@ -17,6 +17,8 @@ from peerage.mail.mailbox import store_for
 from peerage.net.listen import start_listeners
 
 log = logging.getLogger("peerage.imap")
+# How long stopping waits for sessions to finish their last words and for the listeners to close.
+STOP_SECONDS = 3.0
 
 
 class ImapService:
@@ -68,9 +70,11 @@ class ImapService:
                 engine.untagged("BYE [UNAVAILABLE] Server shutting down")
             task.cancel()
         if self._sessions:
-            await asyncio.gather(*self._sessions, return_exceptions=True)
+            # A session stuck writing to a client that does not read must not hold the shutdown.
+            await asyncio.wait(set(self._sessions), timeout=STOP_SECONDS)
         for server in self._servers:
-            await server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), STOP_SECONDS)
         self._servers.clear()
 
     async def _plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
