@@ -199,19 +199,23 @@ def _split_multipart(body: bytes, boundary: bytes) -> Iterator[bytes]:
 
 
 def find_part(root: Part, numbers: tuple[int, ...]) -> Part | None:
-    """Part ``1.2.3`` of a message (RFC 9051 §6.4.5 numbering)."""
+    """Part ``1.2.3`` of a message (RFC 9051 §6.4.5 numbering): the parts of a multipart are
+    numbered from 1; a message that is not multipart has its body as part 1; the numbers after a
+    message/rfc822 part number the parts of the message inside it, by the same two rules."""
     part = root
+    as_message = True  # `part` stands for a whole message here, not for a body part
     for number in numbers:
-        if part.is_message and part is not root:
+        if not as_message and part.is_message:
             assert part.encapsulated is not None
             part = part.encapsulated
+            as_message = True
         if part.is_multipart:
             if number < 1 or number > len(part.children):
                 return None
             part = part.children[number - 1]
-        elif number == 1:
-            # A non-multipart message's part 1 is its body (same headers for MIME purposes).
-            continue
+            as_message = False
+        elif as_message and number == 1:
+            as_message = False  # the message's one body part: the same entity
         else:
             return None
     return part
@@ -260,9 +264,11 @@ def section_bytes(raw: bytes, part_numbers: tuple[int, ...], text: str, fields: 
     if text == "MIME":
         return part.header if part is not root else None
     if text in ("HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-        if part is not root and not part.is_message:
+        # RFC 9051 §6.4.5: with a part number, these apply only to a message/rfc822 part, and
+        # mean the header and text of the message inside it.
+        if not part.is_message or part.encapsulated is None:
             return None
-        inner = part.encapsulated if part is not root and part.encapsulated else part
+        inner = part.encapsulated
         if text == "TEXT":
             return inner.body
         if text == "HEADER":
@@ -368,6 +374,54 @@ def _raw_field(message: Headers, name: str) -> str | None:
     return re.sub(r"\r?\n(?=[ \t])", "", str(value)).strip()
 
 
+def _address_segments(value: str) -> list[tuple[str, str]]:
+    """Split an address list at RFC 5322 §3.4 group syntax (`name: a, b;`), outside quoted strings,
+    comments and angle brackets: ("start", name), ("addresses", text) and ("end", "") in order."""
+    segments: list[tuple[str, str]] = []
+    start = 0
+    index = 0
+    quoted = False
+    comment = 0
+    angle = False
+    last_comma = -1
+    while index < len(value):
+        char = value[index]
+        if char == "\\" and (quoted or comment):
+            index += 2
+            continue
+        if quoted:
+            quoted = char != '"'
+        elif char == "(":
+            comment += 1
+        elif char == ")" and comment:
+            comment -= 1
+        elif comment:
+            pass
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            angle = True
+        elif char == ">":
+            angle = False
+        elif angle:
+            pass
+        elif char == ",":
+            last_comma = index
+        elif char == ":":
+            if last_comma >= start:
+                segments.append(("addresses", value[start:last_comma]))
+                start = last_comma + 1
+            segments.append(("start", value[start:index].strip().strip('"')))
+            start = index + 1
+        elif char == ";":
+            segments.append(("addresses", value[start:index]))
+            segments.append(("end", ""))
+            start = index + 1
+        index += 1
+    segments.append(("addresses", value[start:]))
+    return segments
+
+
 def _addresses(message: Headers, name: str, fallback: str | None = None) -> bytes:
     values = message.get_all(name)
     if not values and fallback:
@@ -375,20 +429,35 @@ def _addresses(message: Headers, name: str, fallback: str | None = None) -> byte
     if not values:
         return b"NIL"
     items = []
-    for display, address in getaddresses([re.sub(r"\r?\n(?=[ \t])", "", str(v)) for v in values]):
-        if not address and not display:
-            continue
-        mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
-        items.append(
-            format_list(
-                [
-                    nstring(display or None),
-                    b"NIL",
-                    nstring(mailbox if "@" in address else address),
-                    nstring(host or None),
-                ]
-            )
-        )
+    for value in values:
+        for kind, text in _address_segments(re.sub(r"\r?\n(?=[ \t])", "", str(value))):
+            if kind == "start":
+                # RFC 9051 §7.5.2: a group is a start marker (NIL NIL name NIL), its members, and an
+                # end marker (NIL NIL NIL NIL).
+                items.append(format_list([b"NIL", b"NIL", nstring(text), b"NIL"]))
+                continue
+            if kind == "end":
+                items.append(b"(NIL NIL NIL NIL)")
+                continue
+            if not text.strip():
+                continue
+            for display, address in getaddresses([text]):
+                if not address and not display:
+                    continue
+                mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+                items.append(
+                    format_list(
+                        [
+                            nstring(display or None),
+                            b"NIL",
+                            nstring(mailbox if "@" in address else address),
+                            nstring(host or None),
+                        ]
+                    )
+                )
+    if not items and fallback:
+        # RFC 9051 §7.5.2: an empty (or unparsable) Sender or Reply-To counts as absent.
+        return _addresses(message, fallback)
     return format_list(items) if items else b"NIL"
 
 

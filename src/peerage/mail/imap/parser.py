@@ -317,7 +317,17 @@ def _atom(line: bytes, position: int, end: int) -> tuple[str, int]:
             depth += 1
         position += 1
     if depth:
-        raise ParseError("unbalanced '['")
+        # `[` is an ordinary ATOM-CHAR (RFC 3501/9051 §9); only a section such as
+        # BODY[HEADER.FIELDS (A B)] holds spaces and parentheses inside brackets. An unclosed
+        # bracket is therefore part of a plain atom, which ends at the next space or parenthesis.
+        position = start
+        while position < end and line[position] not in (0x20, 0x28, 0x29, 0x22):
+            char = line[position]
+            if char < 0x20 or char == 0x7F:
+                raise ParseError("control character in atom")
+            if char == 0x7B:
+                raise ParseError("unexpected '{'")
+            position += 1
     try:
         return line[start:position].decode("utf-8"), position
     except UnicodeDecodeError as exc:

@@ -849,6 +849,12 @@ class ImapSession:
         selection: set[str] = set()
         if args and isinstance(args[0], list):
             selection = {astring(item).upper() for item in _as_list(args.pop(0))}
+            # RFC 5258 §3: an unknown selection option is an error, and RECURSIVEMATCH needs another
+            # selection option beside it.
+            if unknown := selection - LIST_SELECTION_OPTIONS:
+                raise Bad(f"Unknown LIST selection option {sorted(unknown)[0]}")
+            if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+                raise Bad("RECURSIVEMATCH needs another selection option")
         if len(args) < 2:
             raise Bad("LIST needs a reference and a pattern")
         reference = astring(args[0])
@@ -867,6 +873,8 @@ class ImapSession:
             index = 0
             while index < len(items):
                 option = astring(items[index]).upper()
+                if option not in LIST_RETURN_OPTIONS:
+                    raise Bad(f"Unknown LIST return option {option}")
                 returns.add(option)
                 if option == "STATUS":
                     index += 1
@@ -885,6 +893,23 @@ class ImapSession:
         names = {box.name for box in boxes}
         regexes = [_pattern_regex(reference + pattern) for pattern in patterns]
         verb = "LSUB" if lsub else "LIST"
+        if lsub:
+            # RFC 3501 §6.3.9: when `%` stops above a subscribed mailbox, its parent is listed with
+            # \Noselect (unless the parent is itself subscribed and listed as it is).
+            listed = {box.name for box in boxes if box.subscribed and any(r.match(box.name) for r in regexes)}
+            parents: set[str] = set()
+            for box in boxes:
+                if not box.subscribed or box.name in listed:
+                    continue
+                parts = box.name.split(HIERARCHY_DELIMITER)
+                for depth in range(1, len(parts)):
+                    parent = HIERARCHY_DELIMITER.join(parts[:depth])
+                    if parent not in listed and any(r.match(parent) for r in regexes):
+                        parents.add(parent)
+            for parent in sorted(parents):
+                self.send(
+                    b"* LSUB (\\Noselect) " + f'"{HIERARCHY_DELIMITER}" '.encode() + self.mailbox_out(parent) + b"\r\n"
+                )
         for box in boxes:
             if not any(regex.match(box.name) for regex in regexes):
                 continue
@@ -1324,9 +1349,13 @@ class ImapSession:
             raise No("Destination does not exist", "TRYCREATE")
         if move and selected.read_only:
             raise No("Mailbox is read-only", "READ-ONLY")
-        if move:
-            if target.id == selected.info.id:
-                raise No("Source and destination are the same mailbox", "CANNOT")
+        if move and target.id == selected.info.id:
+            # RFC 6851 §3.3 allows it: the messages get new UIDs at the end of the mailbox, as a COPY
+            # followed by an EXPUNGE of the originals would give them (Dovecot does the same).
+            uidvalidity, mapping = await self.store.copy(selected.info.id, uids, target.id)
+            if mapping:
+                await self.store.expunge(selected.info.id, [m[0] for m in mapping])
+        elif move:
             uidvalidity, mapping = await self.store.move(selected.info.id, uids, target.id)
         else:
             uidvalidity, mapping = await self.store.copy(selected.info.id, uids, target.id)
@@ -1457,6 +1486,13 @@ class ImapSession:
             out += f" MODSEQ {highest}"
         self.untagged(out)
         return None
+
+
+# RFC 5258 §3 selection options, RFC 6154 SPECIAL-USE; REMOTE is accepted and changes nothing (no
+# remote mailboxes here).
+LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+# RFC 5258 §3 return options, RFC 5819 STATUS, RFC 6154 SPECIAL-USE.
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"})
 
 
 class _Handled(Exception):

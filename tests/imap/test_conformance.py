@@ -1,0 +1,104 @@
+"""One test per IMAP behaviour found wrong by a conformance run, each from its RFC: `[` in an atom
+(RFC 9051 §9 ATOM-CHAR), section numbers inside a message/rfc822 part (RFC 9051 §6.4.5), address
+groups and empty Sender/Reply-To in ENVELOPE (RFC 9051 §7.5.2), LIST's unknown options (RFC 5258 §3),
+LSUB's \\Noselect parent (RFC 3501 §6.3.9) and MOVE into the selected mailbox (RFC 6851 §3.3)."""
+
+from __future__ import annotations
+
+import re
+
+from peerage.mail.imap import mime
+from peerage.mail.imap.parser import parse_command
+from tests.imap.conftest import ImapHost
+from tests.imap.test_extensions import append, login
+
+FORWARD = (
+    b"From: user@domain.org\r\nDate: Sat, 24 Mar 2007 23:00:00 +0200\r\nMime-Version: 1.0\r\n"
+    b"Content-Type: message/rfc822\r\n\r\n"
+    b"From: sub@domain.org\r\nDate: Sun, 12 Aug 2012 12:34:56 +0300\r\nSubject: submsg\r\n\r\nHello world\r\n"
+)
+
+
+def test_open_bracket_is_an_atom_char() -> None:
+    command = parse_command([b"a SELECT foo[bar"])
+    assert command.args == ["foo[bar"]
+    command = parse_command([b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*"])
+    assert command.args[1] == "!#$&'+,-.0123456789:;<=>?@^_`|[}%*"
+    # A section with spaces inside brackets still reads as one attribute.
+    command = parse_command([b"a FETCH 1 BODY[HEADER.FIELDS (FROM TO)]"])
+    assert command.args[1] == "BODY[HEADER.FIELDS (FROM TO)]"
+
+
+def test_sections_inside_a_message_rfc822_body() -> None:
+    # The message's one body part (1) is a message/rfc822: 1.1 is the inner message's body part,
+    # 1.HEADER and 1.TEXT its header and text.
+    assert mime.section_bytes(FORWARD, (1, 1), "", ()) == b"Hello world\r\n"
+    assert mime.section_bytes(FORWARD, (1,), "HEADER", ()) == (
+        b"From: sub@domain.org\r\nDate: Sun, 12 Aug 2012 12:34:56 +0300\r\nSubject: submsg\r\n\r\n"
+    )
+    assert mime.section_bytes(FORWARD, (1,), "HEADER.FIELDS", ("FROM", "SUBJECT")) == (
+        b"From: sub@domain.org\r\nSubject: submsg\r\n\r\n"
+    )
+    assert mime.section_bytes(FORWARD, (1,), "TEXT", ()) == b"Hello world\r\n"
+    assert mime.section_bytes(FORWARD, (1,), "", ()).startswith(b"From: sub@domain.org")  # type: ignore[union-attr]
+    assert mime.section_bytes(FORWARD, (1, 2), "", ()) is None
+    # HEADER of a part that is not a message does not exist.
+    plain = b"Subject: x\r\n\r\nbody\r\n"
+    assert mime.section_bytes(plain, (1,), "HEADER", ()) is None
+
+
+def test_envelope_keeps_address_groups() -> None:
+    header = (
+        b'From: "Real Name" <user@domain>\r\nTo: a@b.example, group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;\r\n'
+        b"Cc: group:;\r\nSender:\r\nReply-To: \r\n\r\n"
+    )
+    envelope = mime.envelope(header)
+    real = b'(("Real Name" NIL "user" "domain"))'
+    assert envelope == (
+        b"(NIL NIL " + real + b" " + real + b" " + real + b" "
+        b'((NIL NIL "a" "b.example") (NIL NIL "group" NIL) (NIL NIL "g1" "d1.org") (NIL NIL "g2" "d2.org") '
+        b'(NIL NIL NIL NIL) (NIL NIL "group2" NIL) (NIL NIL "g3" "d3.org") (NIL NIL NIL NIL)) '
+        b'((NIL NIL "group" NIL) (NIL NIL NIL NIL)) NIL NIL NIL)'
+    )
+
+
+async def test_list_refuses_unknown_options(imap: ImapHost) -> None:
+    raw = await login(imap)
+    for command in ('LIST (imaptest) "" ""', 'LIST (RECURSIVEMATCH) "" ""', 'LIST (RECURSIVEMATCH REMOTE) "" ""',
+                    'LIST "" "" RETURN (imaptest)'):
+        _, done = await raw.command(command)
+        assert b" BAD " in done, (command, done)
+    _, done = await raw.command('LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"')
+    assert b" OK " in done
+    _, done = await raw.command('LIST (REMOTE) "" "*" RETURN (CHILDREN SUBSCRIBED)')
+    assert b" OK " in done
+    raw.writer.close()
+
+
+async def test_lsub_lists_an_unsubscribed_parent_as_noselect(imap: ImapHost) -> None:
+    raw = await login(imap)
+    for command in ("CREATE top", "CREATE top/leaf", "CREATE other", "SUBSCRIBE top/leaf", "SUBSCRIBE other",
+                    "UNSUBSCRIBE top"):
+        _, done = await raw.command(command)
+        assert b" OK " in done, (command, done)
+    untagged, _ = await raw.command('LSUB "" %')
+    assert b'* LSUB (\\Noselect) "/" top' in untagged, untagged
+    assert any(line.startswith(b"* LSUB (") and line.endswith(b'"/" other') for line in untagged), untagged
+    assert not any(b"top/leaf" in line for line in untagged)
+    untagged, _ = await raw.command('LSUB "" *')
+    assert not any(b"\\Noselect" in line for line in untagged), untagged
+    raw.writer.close()
+
+
+async def test_move_into_the_selected_mailbox(imap: ImapHost) -> None:
+    raw = await login(imap)
+    for number in (1, 2):
+        await append(raw, f"Subject: m{number}\r\n\r\nbody\r\n".encode())
+    await raw.command("SELECT INBOX")
+    untagged, done = await raw.command("MOVE 1 INBOX")
+    assert b" OK " in done, done
+    assert any(re.match(rb"\* OK \[COPYUID \d+ 1 3\]", line) for line in untagged), untagged
+    assert b"* 1 EXPUNGE" in untagged
+    untagged, _ = await raw.command("UID FETCH 1:* (UID)")
+    assert [re.search(rb"UID (\d+)", line).group(1) for line in untagged if b"FETCH" in line] == [b"2", b"3"]  # type: ignore[union-attr]
+    raw.writer.close()
