@@ -429,11 +429,15 @@ def cmd_dns(args: argparse.Namespace) -> int:
         except ModuleNotFoundError:
             continue
         sections.append((title, list(records)))
-    print(f"; DNS records for {domain}. Publish them in the {domain} zone.")
+    from peerage.ops.dnsrecords import records as ops_records
+    from peerage.ops.dnsrecords import zone_safe
+
+    sections.append(("DANE, CAA, service names, reverse DNS (RFC 7672, 7673, 8659)", ops_records(domain, config)))
+    print(f"; DNS records for {domain}. Publish them in the {domain} zone; this output is a zone file.")
     for title, records in sections:
         print(f"\n; {title}")
         for record in records:
-            print(record)
+            print(zone_safe(record))
     return 0
 
 
