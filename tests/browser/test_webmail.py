@@ -5,7 +5,6 @@ up live, logout, and hostile HTML mail shown without running or fetching anythin
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 
 import dkim as dkimpy
@@ -33,9 +32,6 @@ from tests.harness import PeerageServer, wait_for
 from tests.mail.postfix import Postfix
 
 pytestmark = pytest.mark.slow
-
-if importlib.util.find_spec("peerage.mail.jmap") is None:
-    pytest.skip("this tree has no JMAP server (peerage.mail.jmap) for the webmail to talk to", allow_module_level=True)
 
 FRAME = ".message-frame"
 

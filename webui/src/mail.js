@@ -269,7 +269,7 @@ export class QueryWindow {
     const lo = Math.max(0, Math.floor(first / this.pageSize));
     const hi = Math.floor(Math.max(first, last) / this.pageSize);
     for (let p = lo; p <= hi; p++) {
-      if (this.total !== null && p * this.pageSize >= this.total) break;
+      if (p > 0 && this.total !== null && p * this.pageSize >= this.total) break; // page 0 always: it finds the total
       if (!this.pages.has(p)) want.push(p);
     }
     return want;

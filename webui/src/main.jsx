@@ -24,7 +24,7 @@ const client = new Client();
 // One store for the whole app; components re-render when `changed()` bumps the version.
 const S = {
   ready: false, error: '', live: 'connecting', login: '',
-  mailboxes: [], identities: [], mailboxId: null, search: '', searchAll: false,
+  mailboxes: [], identities: [], mailboxId: null, search: '', searchAll: false, searchPhase: 'done',
   win: new QueryWindow(PAGE), emails: new Map(), threads: new Map(), emailState: null,
   selectedId: null, checked: new Set(), reader: null, compose: null, settings: null,
   toast: null, allowRemote: new Set(), moveMenu: false, help: false,
@@ -73,11 +73,25 @@ function updateTitle() {
   document.title = `${unread ? `(${unread}) ` : ''}${m ? shownName(m) : 'Mail'} — peerage`;
 }
 
+// A search runs twice: first over the header fields (subject, from, to), which a server answers from its
+// index at once, then over the whole text (RFC 8621 §4.4.1 `text`, bodies included), whose results then
+// replace the first. The list is useful while the bodies are searched.
 function listFilter() {
   const text = S.search.trim();
-  if (text && S.searchAll) return { text };
-  if (text) return { operator: 'AND', conditions: [{ inMailbox: S.mailboxId }, { text }] };
-  return { inMailbox: S.mailboxId };
+  if (!text) return { inMailbox: S.mailboxId };
+  const match = S.searchPhase === 'headers'
+    ? { operator: 'OR', conditions: [{ subject: text }, { from: text }, { to: text }] }
+    : { text };
+  return S.searchAll ? match : { operator: 'AND', conditions: [{ inMailbox: S.mailboxId }, match] };
+}
+
+function startSearch(text) {
+  S.search = text;
+  S.searchPhase = text.trim() ? 'headers' : 'done';
+  S.selectedId = null;
+  S.reader = null;
+  resetList();
+  ensureRows(0, 30);
 }
 
 let listGeneration = 0;
@@ -105,6 +119,12 @@ async function loadPage(page) {
     for (const th of t.list) S.threads.set(th.id, th.emailIds);
     if (!S.emailState) S.emailState = g.state;
     win.store(q.position ?? page * PAGE, q.ids, q.total, q.queryState);
+    if (S.searchPhase === 'headers') {
+      S.searchPhase = 'full';
+      reloadVisible();
+    } else if (S.searchPhase === 'full') {
+      S.searchPhase = 'done';
+    }
     changed();
   } catch (err) {
     if (gen === listGeneration) win.pages.delete(page);
@@ -158,7 +178,10 @@ function reloadVisible() {
   S.win = new QueryWindow(PAGE);
   S.win.total = keep.total;
   S.win.ids = keep.ids.slice();
-  ensureRows(visibleRange[0], visibleRange[1]);
+  // The visible range may lie past the end of a list that just got shorter (a search): start over then.
+  const [first, last] = visibleRange;
+  if (keep.total !== null && first >= keep.total) ensureRows(0, 30);
+  else ensureRows(first, Math.max(last, first + 30));
   if (S.reader) refreshThread();
 }
 
@@ -183,6 +206,7 @@ function selectMailbox(id) {
   if (S.mailboxId === id && !S.search) return;
   S.mailboxId = id;
   S.search = '';
+  S.searchPhase = 'done';
   S.selectedId = null;
   S.reader = null;
   resetList();
@@ -534,11 +558,7 @@ function Topbar() {
   useEffect(() => { setText(S.search); }, [S.search]);
   const submit = (ev) => {
     ev.preventDefault();
-    S.search = text;
-    S.selectedId = null;
-    S.reader = null;
-    resetList();
-    ensureRows(0, 30);
+    startSearch(text);
     listScrollTo?.(0);
   };
   const logout = async () => {
@@ -608,7 +628,10 @@ function MessageList() {
     <section class={`list-pane${S.reader ? ' has-reader' : ''}`} aria-label="Messages">
       <div class="list-head">
         <h1>{heading}</h1>
-        <span class="total">{total === null ? 'Loading…' : total === 0 ? '' : `${total.toLocaleString()} ${S.search ? 'found' : 'conversations'}`}</span>
+        <span class="total" data-search={S.search ? S.searchPhase : ''}>
+          {total === null ? 'Loading…' : total === 0 && S.searchPhase !== 'done' ? '' : `${total.toLocaleString()} ${S.search ? 'found' : 'conversations'}`}
+          {S.search && S.searchPhase !== 'done' ? ' · searching message text…' : ''}
+        </span>
         {S.checked.size > 0 && (
           <div class="bulk">
             <span>{S.checked.size} selected</span>
@@ -620,7 +643,7 @@ function MessageList() {
         )}
       </div>
       <div class="list" ref={ref} onScroll={force} tabIndex={0} role="listbox" aria-label="Message list" data-total={total ?? ''}>
-        {total === 0 && <div class="empty">{S.search ? 'No messages match your search.' : 'No messages here.'}</div>}
+        {total === 0 && <div class="empty">{S.search ? (S.searchPhase === 'done' ? 'No messages match your search.' : 'Searching…') : 'No messages here.'}</div>}
         <div class="list-inner" style={{ height: `${(total || 0) * ROW_HEIGHT}px` }}>{rows}</div>
       </div>
       {drafts && S.mailboxId === drafts.id && null}

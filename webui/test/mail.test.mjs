@@ -102,6 +102,9 @@ test('query window: pages are fetched once, positions are kept, a new queryState
   assert.equal(w.idAt(9900), 'z');
   assert.equal(w.idAt(5), 'e5');
   assert.deepEqual(w.pagesFor(9990, 10500), []);
+  const empty = new QueryWindow(100);
+  empty.total = 0;
+  assert.deepEqual(empty.pagesFor(0, 30), [0], 'a list known to be empty is still asked again');
   w.store(200, ['n'], 10001, 'q2');
   assert.equal(w.idAt(5), undefined);
   assert.equal(w.total, 10001);
