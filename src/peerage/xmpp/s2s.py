@@ -26,7 +26,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ from peerage.xmpp.stream import (
     serialize,
     stream_error,
 )
+from peerage.xmpp.tls_layer import TlsLayer
 from peerage.xmpp.x509 import CertificateCheck, TrustStore, check_certificate, own_certificate_trusted
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ STATUS_WRITE_DELAY = 0.2
 #: Inbound s2s connections accepted from one IP address. A large provider may open one connection
 #: per virtual host pair; 256 covers that while bounding file descriptors per peer.
 S2S_CONNECTIONS_PER_IP = 256
-#: Bytes read per socket read.
-READ_CHUNK = 65536
+#: Parsed events an s2s connection holds before it stops reading from the socket until they are
+#: handled; a peer that sends faster than we route waits in its TCP window, not in our memory (c2s
+#: bounds its queue the same way).
+MAX_QUEUED_EVENTS = 1000
 #: Stream errors that say "try again later" (RFC 6120 section 4.9.3); any other refusal is final
 #: for this attempt and the waiting stanzas bounce at once.
 TRANSIENT_STREAM_ERRORS = frozenset(("connection-timeout", "system-shutdown", "reset",
@@ -165,27 +168,149 @@ class Target:
 
 # --- one XML stream over asyncio streams -----------------------------------------------------------
 
-class XmlConnection:
-    """Reader/writer plus the sans-I/O parser; restartable after STARTTLS and SASL."""
+class XmlConnection(asyncio.Protocol):
+    """One s2s connection: an asyncio Protocol with TLS through memory BIOs, as c2s runs.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_stanza_bytes: int) -> None:
-        self.reader = reader
-        self.writer = writer
+    The I/O model is the one ``peerage.xmpp.c2s`` uses: bytes arrive in ``data_received``, pass
+    through ``peerage.xmpp.tls_layer.TlsLayer`` when TLS is on, and feed the sans-I/O
+    ``XmlStreamParser``; writes made in one turn of the event loop are joined and go out as one TLS
+    record. The negotiation code above reads the parser's events with ``event()``/``element()``
+    (one waiter at a time); stanzas are delivered by the same coroutines. Restartable after STARTTLS
+    and SASL.
+    """
+
+    def __init__(self, max_stanza_bytes: int,
+                 on_connected: Callable[[XmlConnection], None] | None = None,
+                 tls_context: ssl.SSLContext | None = None, *, server_side: bool = True,
+                 server_hostname: str | None = None) -> None:
         self.max_stanza_bytes = max_stanza_bytes
         self.parser = XmlStreamParser(max_stanza_bytes)
         self.events: collections.deque[Any] = collections.deque()
         self.closed = False
         self.header_sent = False
         self.last_activity = time.monotonic()
-        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.peer = "?:0"
+        self.peer_ip = "?"
+        self.transport: asyncio.Transport | None = None
+        self.tls: TlsLayer | None = None
+        self.handshake: asyncio.Future[None] | None = None
+        self._on_connected = on_connected
+        self._initial_tls = (tls_context, server_side, server_hostname)
+        self._waiter: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._peer_gone = False
+        self._error: BaseException | None = None
+        self._reading_paused = False
+        self._write_paused: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
         self.peer_ip = str(peer[0])
+        context, server_side, server_hostname = self._initial_tls
+        if context is not None:
+            self._start_tls(context, server_side, server_hostname)
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = time.monotonic()
+        tls = self.tls
+        if tls is not None:
+            try:
+                data = tls.receive(data)
+            except ssl.SSLError as error:
+                self._lost(error)
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            pending = tls.take_output()
+            if pending and self.transport is not None:
+                self.transport.write(pending)
+            if tls.handshake_done and self.handshake is not None and not self.handshake.done():
+                self.handshake.set_result(None)
+            if tls.peer_closed:
+                self._lost(None)
+        if data:
+            self.events.extend(self.parser.feed(data))
+            # A peer that sends faster than we handle waits in its TCP window, not in our memory.
+            if len(self.events) >= MAX_QUEUED_EVENTS and not self._reading_paused and self.transport:
+                self._reading_paused = True
+                self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._lost(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._lost(exc)
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None or self._write_paused.done():
+            self._write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+
+    def _lost(self, error: BaseException | None) -> None:
+        self._peer_gone = True
+        if error is not None and self._error is None:
+            self._error = error
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(error if isinstance(error, ssl.SSLError)
+                                         else ConnectionError("the connection closed during the TLS handshake"))
+            self.handshake.exception()  # retrieved here; the waiter sees it through the future
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- TLS ------------------------------------------------------------------------------------
+    def _start_tls(self, context: ssl.SSLContext, server_side: bool, server_hostname: str | None) -> None:
+        """Everything written so far goes out in the clear; everything after, through TLS. The
+        parser restarts now, not after the handshake: a TLS 1.3 client's first stream header may
+        arrive in the same flight as its Finished message."""
+        self._flush()
+        self.tls = TlsLayer(context, server_side=server_side, server_hostname=server_hostname)
+        self.handshake = asyncio.get_running_loop().create_future()
+        self.restart()
+        if not server_side:
+            self.tls.start()
+            output = self.tls.take_output()
+            if output and self.transport is not None:
+                self.transport.write(output)
+
+    async def wait_handshake(self) -> None:
+        assert self.handshake is not None
+        await asyncio.wait_for(asyncio.shield(self.handshake), NEGOTIATION_STEP_TIMEOUT)
+
+    async def starttls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        self._start_tls(context, False, server_hostname)
+        await self.wait_handshake()
+
+    async def starttls_server(self, context: ssl.SSLContext) -> None:
+        # Called right after writing <proceed/>, with no await in between: the ClientHello cannot
+        # arrive before the TLS layer is in place.
+        self._start_tls(context, True, None)
+        await self.wait_handshake()
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
-        sslobj: ssl.SSLObject | None = self.writer.get_extra_info("ssl_object")
-        return sslobj
+        tls = self.tls
+        return tls.sslobj if tls is not None and tls.handshake_done else None
 
     @property
     def tls_version(self) -> str:
@@ -201,19 +326,41 @@ class XmlConnection:
         except ValueError:
             return None
 
+    # --- the stream -----------------------------------------------------------------------------
     def restart(self) -> None:
         self.parser = XmlStreamParser(self.max_stanza_bytes)
         self.events.clear()
         self.header_sent = False
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        if self.closed or self.transport is None:
+            return
+        self._out.append(data)
+        self._out_bytes += len(data)
+        self.last_activity = time.monotonic()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if not self._out:
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self._out_bytes = 0
+        if transport is None or transport.is_closing():
+            return
+        if self.tls is not None:
             try:
-                self.writer.write(data)
-            except RuntimeError:  # the transport is already closed
-                self.closed = True
+                self.tls.send(data)
+            except ssl.SSLError as error:
+                self._lost(error)
+                transport.abort()
                 return
-            self.last_activity = time.monotonic()
+            data = self.tls.take_output()
+        transport.write(data)
 
     def write_header(self, data: bytes) -> None:
         self.write(data)
@@ -226,18 +373,28 @@ class XmlConnection:
             self.write(serialize(element, SERVER_NS).encode())
 
     async def event(self, timeout: float | None = NEGOTIATION_STEP_TIMEOUT) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not self.events:
             if self.parser.failed or self.closed:
                 raise ConnectionError("stream is closed")
+            if self._peer_gone:
+                if isinstance(self._error, ssl.SSLError):
+                    raise self._error
+                raise ConnectionError("connection closed by the peer")
+            self._waiter = loop.create_future()
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait_for(self._waiter, remaining)
             except TimeoutError:
                 raise StreamError("connection-timeout", "the peer did not answer in time") from None
-            if not data:
-                raise ConnectionError("connection closed by the peer")
-            self.last_activity = time.monotonic()
-            self.events.extend(self.parser.feed(data))
-        return self.events.popleft()
+            finally:
+                self._waiter = None
+        event = self.events.popleft()
+        if self._reading_paused and len(self.events) < MAX_QUEUED_EVENTS // 2 and self.transport:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return event
 
     async def element(self, timeout: float | None = NEGOTIATION_STEP_TIMEOUT) -> Element:
         event = await self.event(timeout)
@@ -261,27 +418,17 @@ class XmlConnection:
             raise StreamError(event.condition, event.text)
         raise StreamError("not-well-formed", "expected a stream header")
 
-    async def starttls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
-        await asyncio.wait_for(
-            self.writer.start_tls(context, server_hostname=server_hostname),
-            NEGOTIATION_STEP_TIMEOUT)
-        self.restart()
-
-    async def starttls_server(self, context: ssl.SSLContext) -> None:
-        # Called right after writing <proceed/>, with no await in between and no wait_for (which
-        # would run it in a new task): the transport must pause reading before the ClientHello can
-        # land in the plaintext buffer.
-        await self.writer.start_tls(context, ssl_handshake_timeout=NEGOTIATION_STEP_TIMEOUT)
-        self.restart()
-
     def buffered(self) -> int:
         """Bytes written but not yet sent to the peer."""
-        transport = self.writer.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        transport = self.transport
+        return self._out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
 
     async def drain(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.writer.drain()
+        """Wait until the transport takes writes again (it paused above its high-water mark)."""
+        self._flush()
+        paused = self._write_paused
+        if paused is not None and not paused.done():
+            await paused
 
     def fail(self, condition: str, text: str = "") -> None:
         """Send a stream error and close (RFC 6120 section 4.9); callers send a header first."""
@@ -295,8 +442,33 @@ class XmlConnection:
         if graceful and self.header_sent:
             self.write(b"</stream:stream>")
         self.closed = True
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self._flush()
+        transport = self.transport
+        if transport is not None:
+            if self.tls is not None:
+                self.tls.close()
+                pending = self.tls.take_output()
+                if pending:
+                    transport.write(pending)
+            transport.close()
+        self._wake()
+
+
+async def open_xml_connection(address: str, port: int, max_stanza_bytes: int, *,
+                              tls_context: ssl.SSLContext | None = None,
+                              server_hostname: str | None = None) -> XmlConnection:
+    """TCP to ``address``:``port`` (Direct TLS when ``tls_context`` is given, handshake included)."""
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(
+        lambda: XmlConnection(max_stanza_bytes, tls_context=tls_context, server_side=False,
+                              server_hostname=server_hostname), address, port)
+    if tls_context is not None:
+        try:
+            await connection.wait_handshake()
+        except BaseException:
+            connection.close()
+            raise
+    return connection
 
 
 def _header(from_: str | None, to: str | None, stream_id: str | None, legacy: bool) -> bytes:
@@ -966,6 +1138,8 @@ class S2SService:
         self._record_ids = itertools.count(1)
         self.servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Accepted connections' tasks, held so that none is collected while it runs.
+        self._accepting: set[asyncio.Task[None]] = set()
         self._status_pending = False
         self._sweeper: asyncio.Task[None] | None = None
         self._verifications = asyncio.Semaphore(MAX_CONCURRENT_VERIFICATIONS)
@@ -979,12 +1153,16 @@ class S2SService:
         xmpp = self.host.config.xmpp
         self.servers += await start_listeners(
             "xmpp-server", "[xmpp] s2s_listen", xmpp.s2s_listen,
-            stream_handler=lambda r, w: self._accept(r, w, direct_tls=False))
+            protocol_factory=lambda: XmlConnection(
+                self.max_stanza, lambda connection: self._accepted(connection, False)))
         if self.tls.available and not self.policy.legacy:
+            # Direct TLS (XEP-0368) runs through the same TLS layer as STARTTLS, not asyncio's.
+            context = self.tls.server()
             self.servers += await start_listeners(
                 "xmpps-server", "[xmpp] s2s_direct_tls_listen", xmpp.s2s_direct_tls_listen,
-                stream_handler=lambda r, w: self._accept(r, w, direct_tls=True),
-                ssl_context=self.tls.server())
+                protocol_factory=lambda: XmlConnection(
+                    self.max_stanza, lambda connection: self._accepted(connection, True),
+                    tls_context=context, server_side=True))
         self.router.set_remote_sender(self.send)
         for domain, kind in self._certificate_kinds.items():
             log.info("s2s: %s federates at level %s by default (certificate: %s%s)", domain,
@@ -1082,15 +1260,25 @@ class S2SService:
     def certificate_kind(self, local: str) -> CertificateKind:
         return self._certificate_kinds.get(local, CertificateKind.NONE)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      direct_tls: bool) -> None:
-        connection = XmlConnection(reader, writer, self.max_stanza)
+    def _accepted(self, connection: XmlConnection, direct_tls: bool) -> None:
+        task = asyncio.ensure_future(self._accept(connection, direct_tls))
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+
+    async def _accept(self, connection: XmlConnection, direct_tls: bool) -> None:
         if not self.connections_per_ip.acquire(connection.peer_ip):
             connection.fail("policy-violation", "too many connections from your address")
             return
-        inbound = InboundStream(self, connection, direct_tls)
-        self.inbound.add(inbound)
         try:
+            if direct_tls:
+                try:
+                    await connection.wait_handshake()
+                except (ssl.SSLError, ConnectionError, TimeoutError) as error:
+                    log.debug("s2s: Direct TLS handshake from %s failed: %s", connection.peer, error)
+                    connection.close()
+                    return
+            inbound = InboundStream(self, connection, direct_tls)
+            self.inbound.add(inbound)
             await inbound.run()
         finally:
             self.connections_per_ip.release(connection.peer_ip)
@@ -1150,14 +1338,13 @@ class S2SService:
             for address in addresses:
                 try:
                     context = self.tls.client(local, present, direct_tls=True) if target.direct_tls else None
-                    reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                        address, target.port, ssl=context,
-                        server_hostname=remote if context is not None else None,
-                        limit=READ_CHUNK * 4), CONNECT_TIMEOUT)
+                    connection = await asyncio.wait_for(open_xml_connection(
+                        address, target.port, self.max_stanza, tls_context=context,
+                        server_hostname=remote if context is not None else None), CONNECT_TIMEOUT)
                 except (OSError, TimeoutError, ssl.SSLError) as error:
                     errors.append(f"{address}:{target.port}: {error or type(error).__name__}")
                     continue
-                return XmlConnection(reader, writer, self.max_stanza), target
+                return connection, target
         if not resolved_any:
             raise DomainNotFound(f"no address for {remote} (SRV _xmpps-server/_xmpp-server, A/AAAA)")
         raise Unreachable("; ".join(errors) or f"cannot connect to {remote}")

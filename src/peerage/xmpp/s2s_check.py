@@ -39,6 +39,7 @@ from peerage.xmpp.s2s import (
     _features_of,
     _header,
     _is_1_0,
+    open_xml_connection,
     sasl_failure_text,
 )
 from peerage.xmpp.x509 import check_certificate
@@ -109,14 +110,14 @@ async def check_federation(config: Any, remote: str, local: str | None, say: Cal
         for address in addresses:
             try:
                 context = service.tls.client(local, presents_certificate(profile), True) if is_direct else None
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    address, port, ssl=context, server_hostname=remote if context else None),
-                    CHECK_CONNECT_TIMEOUT)
+                opened = await asyncio.wait_for(open_xml_connection(
+                    address, port, config.xmpp.max_stanza_size, tls_context=context,
+                    server_hostname=remote if context else None), CHECK_CONNECT_TIMEOUT)
             except (OSError, TimeoutError, ssl.SSLError) as error:
                 say(f"  FAIL  {address}:{port} ({name}): {error or type(error).__name__}")
                 continue
             say(f"  ok    connected to {address}:{port} ({name})" + (" with Direct TLS" if is_direct else ""))
-            connection = XmlConnection(reader, writer, config.xmpp.max_stanza_size)
+            connection = opened
             direct_tls = is_direct
             break
         if connection is not None:
