@@ -102,3 +102,65 @@ async def test_move_into_the_selected_mailbox(imap: ImapHost) -> None:
     untagged, _ = await raw.command("UID FETCH 1:* (UID)")
     assert [re.search(rb"UID (\d+)", line).group(1) for line in untagged if b"FETCH" in line] == [b"2", b"3"]  # type: ignore[union-attr]
     raw.writer.close()
+
+
+def test_base_subject_follows_rfc5256() -> None:
+    from peerage.mail.imap.search import base_subject
+
+    assert base_subject("[foo] Fwd: [bar] Re: fw: b (fWd)  (fwd)") == "B"
+    assert base_subject("Re: [FWD: c]") == "C"
+    assert base_subject("[xyz]") == "[XYZ]"  # a blob that is the whole subject stays
+    assert base_subject("re: [fwd: [fwd: re: [fwd: babylon]]]") == "BABYLON"
+    assert base_subject("Ad: Re: x") == "AD: RE: X"  # only re, fw and fwd are reply markers
+    assert base_subject("b (a)") == "B (A)"
+
+
+async def _sort_and_thread(imap: ImapHost, messages: list[bytes], command: str) -> list[bytes]:
+    raw = await login(imap)
+    for data in messages:
+        await append(raw, data)
+    await raw.command("SELECT INBOX")
+    untagged, done = await raw.command(command)
+    assert b" OK " in done, done
+    raw.writer.close()
+    return untagged
+
+
+async def test_sort_by_subject_uses_base_subjects_and_ascii_casemap(imap: ImapHost) -> None:
+    subjects = ["a", "C", "b", "_", "Re: [FWD: c]", "[xyz]", "", "=?iso-8859-1?q?RE:_C?=", "Ad: Re: x"]
+    messages = [f"Subject: {s}\r\n\r\nbody\r\n".encode() for s in subjects]
+    untagged = await _sort_and_thread(imap, messages, "SORT (SUBJECT) US-ASCII ALL")
+    # "", A, AD: RE: X, B, C, C, C, [XYZ], _ (upper case: '[' and '_' sort after letters)
+    assert untagged == [b"* SORT 7 1 9 3 2 5 8 6 4"], untagged
+
+
+async def test_sort_by_cc_takes_a_group_name_as_first_address(imap: ImapHost) -> None:
+    ccs = ["user2@domain2.org (foo bar)", "user2: blah@domain1.org;", "user1@domain1.org"]
+    messages = [f"From: x@y.example\r\nCc: {cc}\r\nSubject: s\r\n\r\nbody\r\n".encode() for cc in ccs]
+    untagged = await _sort_and_thread(imap, messages, "SORT (CC) US-ASCII ALL")
+    assert untagged == [b"* SORT 3 1 2"], untagged
+
+
+async def test_thread_references_own_references_decide_and_dummies_keep_children(imap: ImapHost) -> None:
+    # RFC 5256: message 3's own References (<b@b>) decide its parent; <b@b>'s link to <c@b> would
+    # close a loop, so 3 is a root with 2 under it, and 1 stands alone.
+    messages = [
+        b"Message-ID: <a@b>\r\nDate: Fri, 22 Feb 2008 17:06:23 +0000\r\n\r\nbody\r\n",
+        b"Message-Id: <b@b>\r\nReferences: <a@b> <c@b>\r\nDate: Fri, 22 Feb 2008 15:06:23 +0000\r\n\r\nbody\r\n",
+        b"Message-Id: <c@b>\r\nReferences: <b@b>\r\nDate: Fri, 22 Feb 2008 16:06:25 +0000\r\n\r\nbody\r\n",
+        # A reply to a message that is not here, gathered by subject under its original.
+        b"Message-Id: <d@b>\r\nSubject: foo\r\nDate: Fri, 22 Feb 2008 18:00:00 +0000\r\n\r\nbody\r\n",
+        b"Message-Id: <e@b>\r\nReferences: <missing@b>\r\nSubject: Re: foo\r\n"
+        b"Date: Fri, 22 Feb 2008 18:00:01 +0000\r\n\r\nbody\r\n",
+    ]
+    untagged = await _sort_and_thread(imap, messages, "THREAD REFERENCES US-ASCII ALL")
+    assert untagged == [b"* THREAD (3 2)(1)(4 5)"], untagged
+
+
+async def test_a_name_that_is_not_modified_utf7_is_no_not_bad(imap: ImapHost) -> None:
+    raw = await login(imap)
+    _, done = await raw.command("SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}")
+    assert b" NO " in done, done
+    untagged, done = await raw.command("LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+    assert b" OK " in done and untagged == [], (untagged, done)
+    raw.writer.close()

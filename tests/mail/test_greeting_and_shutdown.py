@@ -105,3 +105,15 @@ def test_shutdown_says_421_on_smtp_and_bye_on_imap(tmp_path: Path, local_dns: Lo
         assert imap_last.startswith(b"* BYE"), imap_last
     finally:
         server.stop()
+
+
+def test_submission_login_logs_no_deprecation_notice(tmp_path: Path, local_dns: LocalDNS) -> None:
+    import smtplib
+
+    from tests.mail.helpers import unverified_context
+
+    with _server(tmp_path, local_dns) as server:
+        with smtplib.SMTP(ADDRESS, 587, source_address=("127.0.4.114", 0), timeout=15) as client:
+            client.starttls(context=unverified_context())
+            client.login(ALICE, "a password")
+        assert "Session.login_data is deprecated" not in server.log_text()

@@ -374,7 +374,7 @@ def _raw_field(message: Headers, name: str) -> str | None:
     return re.sub(r"\r?\n(?=[ \t])", "", str(value)).strip()
 
 
-def _address_segments(value: str) -> list[tuple[str, str]]:
+def address_segments(value: str) -> list[tuple[str, str]]:
     """Split an address list at RFC 5322 §3.4 group syntax (`name: a, b;`), outside quoted strings,
     comments and angle brackets: ("start", name), ("addresses", text) and ("end", "") in order."""
     segments: list[tuple[str, str]] = []
@@ -430,7 +430,7 @@ def _addresses(message: Headers, name: str, fallback: str | None = None) -> byte
         return b"NIL"
     items = []
     for value in values:
-        for kind, text in _address_segments(re.sub(r"\r?\n(?=[ \t])", "", str(value))):
+        for kind, text in address_segments(re.sub(r"\r?\n(?=[ \t])", "", str(value))):
             if kind == "start":
                 # RFC 9051 §7.5.2: a group is a start marker (NIL NIL name NIL), its members, and an
                 # end marker (NIL NIL NIL NIL).

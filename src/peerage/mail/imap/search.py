@@ -226,33 +226,52 @@ def _compare_date(op: str, value: date, limit: date) -> bool:
 
 # -- SORT (RFC 5256 §3) ---------------------------------------------------------------------
 
-_SUBJECT_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|sv)\s*(?:\[\d+\])?\s*:\s*|\[[^\]]*\]\s*)+", re.I)
-_SUBJECT_TRAILER = re.compile(r"(?:\s*\(fwd\))+\s*$", re.I)
+# RFC 5256 §5 ABNF: subj-blob = "[" *BLOBCHAR "]" *WSP; subj-refwd = ("re" / ("fw" ["d"])) *WSP
+# [subj-blob] ":"; subj-leader = (*subj-blob subj-refwd) / WSP; subj-trailer = "(fwd)" / WSP.
+_BLOB = r"\[[^\[\]]*\]\s*"
+_SUBJECT_LEADER = re.compile(rf"^(?:(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:|\s+)", re.I)
+_SUBJECT_BLOB = re.compile(rf"^{_BLOB}")
+_SUBJECT_TRAILER = re.compile(r"(?:\(fwd\)|\s)+$", re.I)
 
 
 def base_subject(subject: str) -> str:
-    """RFC 5256 §2.1 base subject, close enough: leading Re:/Fwd:/[tag], trailing (fwd) removed."""
+    """RFC 5256 §2.1 base subject (the value already decoded to Unicode), for i;ascii-casemap
+    comparison: upper case."""
     text = " ".join(subject.split())
-    previous = None
-    while previous != text:
-        previous = text
-        text = _SUBJECT_TRAILER.sub("", text)
-        text = _SUBJECT_PREFIX.sub("", text)
-        if text.lower().startswith("[fwd:") and text.endswith("]"):
-            text = text[5:-1].strip()
-    return text.casefold()
+    while True:
+        text = _SUBJECT_TRAILER.sub("", text)  # step 2
+        while True:
+            before = text
+            while (match := _SUBJECT_LEADER.match(text)) and match.end() > 0:  # step 3
+                text = text[match.end() :]
+            blob = _SUBJECT_BLOB.match(text)  # step 4: a leading blob goes unless it is all there is
+            if blob and text[blob.end() :].strip():
+                text = text[blob.end() :]
+            if text == before:  # step 5
+                break
+        if text[:5].lower() == "[fwd:" and text.endswith("]"):  # step 6
+            text = text[5:-1]
+            continue
+        break
+    return text.strip().upper()
 
 
 def _first_address(message: Candidate, field_name: str) -> str:
+    """RFC 5256 §3: the addr-mailbox (local part) of the first address; a group's first address
+    is the group itself, whose name stands in that place (as in its ENVELOPE start marker)."""
     from email.utils import getaddresses
 
     values = message.headers.get(field_name)
     if not values:
         return ""
-    addresses = getaddresses(values)
-    if not addresses:
-        return ""
-    return addresses[0][1].split("@")[0].casefold()
+    for kind, text in mime.address_segments(values[0]):
+        if kind == "start":
+            return text.upper()
+        if kind == "addresses" and text.strip():
+            addresses = [a for a in getaddresses([text]) if a[0] or a[1]]
+            if addresses:
+                return addresses[0][1].split("@")[0].upper()
+    return ""
 
 
 def _sent_timestamp(message: Candidate) -> float:
@@ -329,7 +348,7 @@ def _subject_of(node: _Container) -> tuple[str, bool]:
         return "", False
     subject = (message.headers.get("subject") or [""])[0]
     base = base_subject(subject)
-    return base, base != " ".join(subject.split()).casefold()
+    return base, base != " ".join(subject.split()).upper()
 
 
 def _group_by_subject(roots: list[_Container]) -> list[_Container]:
@@ -415,9 +434,13 @@ def thread_references(messages: list[Candidate], use_uid: bool) -> str:
                 node.parent = previous
                 previous.children.append(node)
             previous = node
+        # RFC 5256 REFERENCES step (1)(C): the message's own References decide its parent. A link
+        # made from another message's References is broken first; the new one is made unless it
+        # would close a loop, and then the message is a root.
+        if container.parent is not None:
+            container.parent.children.remove(container)
+            container.parent = None
         if previous is not None and previous is not container and not is_ancestor(previous, container):
-            if container.parent is not None:
-                container.parent.children.remove(container)
             container.parent = previous
             previous.children.append(container)
 
@@ -427,6 +450,8 @@ def thread_references(messages: list[Candidate], use_uid: bool) -> str:
         result: list[_Container] = []
         for node in nodes:
             node.children = prune(node.children, False)
+            for child in node.children:
+                child.parent = node  # promoted grandchildren now hang here
             if node.message is None:
                 if not node.children:
                     continue
@@ -437,6 +462,8 @@ def thread_references(messages: list[Candidate], use_uid: bool) -> str:
         return result
 
     roots = prune(roots, True)
+    for root in roots:
+        root.parent = None
     roots = _group_by_subject(roots)
 
     def first_date(node: _Container) -> float:

@@ -459,7 +459,12 @@ class ImapSession:
     def mailbox_arg(self, token: object) -> str:
         name = astring(token)
         if not self.utf8:
-            name = decode_mailbox_name(name)
+            try:
+                name = decode_mailbox_name(name)
+            except ParseError:
+                # A well-formed command naming a mailbox that cannot exist: NO, as for any name
+                # the server refuses (RFC 9051 §6.3), not BAD.
+                raise No("Invalid mailbox name: not modified UTF-7 (RFC 3501 5.1.3)", "CANNOT") from None
         if not name or len(name) > 1000 or any(ord(c) < 0x20 for c in name):
             raise Bad("Invalid mailbox name")
         if name.upper() == INBOX:
@@ -883,8 +888,10 @@ class ImapSession:
                     status_items = [astring(i).upper() for i in _as_list(items[index])]
                 index += 1
         if not self.utf8:
-            reference = decode_mailbox_name(reference)
-            patterns = [decode_mailbox_name(p) for p in patterns]
+            # A pattern that is not modified UTF-7 matches no name, rather than failing the command.
+            with contextlib.suppress(ParseError):
+                reference = decode_mailbox_name(reference)
+            patterns = [_decoded_or_raw(p) for p in patterns]
         if patterns == [""]:
             self.untagged(f'LIST (\\Noselect) "{HIERARCHY_DELIMITER}" ""')
             return None
@@ -1547,6 +1554,13 @@ def _uses_modseq(key: SearchKey) -> bool:
     if key.op == "MODSEQ":
         return True
     return any(isinstance(arg, SearchKey) and _uses_modseq(arg) for arg in key.args)
+
+
+def _decoded_or_raw(pattern: str) -> str:
+    try:
+        return decode_mailbox_name(pattern)
+    except ParseError:
+        return pattern
 
 
 def _pattern_regex(pattern: str) -> Any:

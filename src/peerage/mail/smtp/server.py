@@ -31,6 +31,19 @@ from peerage.mail.smtp.replies import with_enhanced_code
 
 log = logging.getLogger(__name__)
 
+
+
+class _LoginDataNotice(logging.Filter):
+    """aiosmtpd 1.4.6 itself assigns the deprecated Session.login_data after every successful AUTH
+    (smtp.py, smtp_AUTH) and logs a warning for it on its "mail.log" logger, once per login; nothing
+    here reads login_data, so that one line says nothing to an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Session.login_data is deprecated")
+
+
+logging.getLogger("mail.log").addFilter(_LoginDataNotice())
+
 # RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients; Postfix's smtpd_recipient_limit is
 # 1000. We take the RFC's figure: mailing lists expand on their own servers.
 MAX_RECIPIENTS = 100
