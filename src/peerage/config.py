@@ -300,6 +300,27 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AcmeConfig:
+    # ACME directory URL (RFC 8555 §7.1.1); empty: no ACME, certificates are the files [[domain]] names.
+    # Let's Encrypt's is "https://acme-v02.api.letsencrypt.org/directory".
+    directory: str = ""
+    # Contact address for the account (expiry notices from the CA); empty sends none.
+    email: str = ""
+    # Trust anchors for the ACME server's own HTTPS (a private CA, Pebble in tests); empty: the system's.
+    ca_file: Path | None = None
+    # Renew this many days before expiry (Let's Encrypt suggests a third of the 90-day lifetime).
+    renew_days: int = 30
+    # Names below each domain the certificate also covers (XMPP rooms and uploads, mail autoconfig,
+    # the MTA-STS policy host); each must resolve to this server for HTTP-01.
+    names: list[str] = field(default_factory=lambda: ["conference", "upload", "autoconfig", "mta-sts"])
+    # Seconds between expiry checks.
+    check_interval: float = 43200.0
+    # How the CA checks control of each name: "http-01" on port 80 (the web service's http_listen), or
+    # "tls-alpn-01" (RFC 8737) on port 443 (the web service's https_listen), for hosts without port 80.
+    challenge: Literal["http-01", "tls-alpn-01"] = "http-01"
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # Where Prometheus metrics (/metrics) and the health check (/health) are served, plain HTTP; empty
     # serves neither. Keep it on a private address: it is not behind a login. Not moved by
@@ -323,6 +344,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -355,6 +377,7 @@ _SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "auth": AuthConfig,
     "metrics": MetricsConfig,
+    "acme": AcmeConfig,
 }
 
 

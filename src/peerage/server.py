@@ -95,6 +95,12 @@ class Host:
             metrics_server = MetricsServer(self)
             await metrics_server.start()
             self.services.append(metrics_server)
+        if self.config.acme.directory:
+            from peerage.ops.acme import AcmeService
+
+            acme_service = AcmeService()
+            await acme_service.start(self)
+            self.services.append(acme_service)
         from peerage.ops import metrics
 
         metrics.instrument_services(self.services)

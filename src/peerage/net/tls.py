@@ -102,11 +102,41 @@ class SniServerContexts:
         return len(sets)
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if _ALPN_CHALLENGES and server_name:
+            challenge = _ALPN_CHALLENGES.get(server_name.lower().rstrip("."))
+            if challenge is not None:
+                sslobj.context = challenge
+                return
         ctx = self.by_domain.get(server_name.lower().rstrip(".")) if server_name else None
         if ctx is None:
             ctx = self._current_default
         if ctx is not None and sslobj.context is not ctx:
             sslobj.context = ctx
+
+
+# ACME TLS-ALPN-01 (RFC 8737): while a name is being validated, handshakes for it get the validation
+# certificate, which offers only the "acme-tls/1" protocol (a normal client's handshake then fails for
+# those few seconds, as with every TLS-ALPN-01 responder that cannot see ALPN before choosing).
+_ALPN_CHALLENGES: dict[str, ssl.SSLContext] = {}
+ACME_TLS_ALPN = "acme-tls/1"
+
+
+def set_alpn_challenge(name: str, cert_pem: bytes, key_pem: bytes) -> None:
+    import tempfile
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8737 §4
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = Path(folder) / "c.pem", Path(folder) / "k.pem"
+        cert.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols([ACME_TLS_ALPN])
+    _ALPN_CHALLENGES[name.lower()] = ctx
+
+
+def clear_alpn_challenge(name: str) -> None:
+    _ALPN_CHALLENGES.pop(name.lower(), None)
 
 
 # Every SNI set alive in the process, so a reload reaches each protocol's without it registering.

@@ -1,0 +1,241 @@
+"""ACME (RFC 8555) certificates for every hosted domain, renewed before expiry, reloaded in place.
+
+This module is in charge of the account (its key in `<data_dir>/acme/account.pem`), of ordering a
+certificate for each hosted domain and the names below it that `[acme] names` lists, of answering
+HTTP-01 challenges (RFC 8555 §8.3) through the web service's port-80 challenge registry or TLS-ALPN-01
+(RFC 8737) through the TLS layer's SNI callback on every TLS port, and of
+writing the result where `[[domain]] cert`/`key` point, then reloading the server so new connections
+get it. The domain's existing key is reused for the request, so DANE (TLSA 3 1 1) records stay valid.
+A certificate is ordered when it is self-signed, does not cover every name, or expires within
+`[acme] renew_days`. The `acme` and `josepy` libraries speak the protocol; their blocking calls run in
+a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from peerage.config import Config
+
+log = logging.getLogger("peerage.ops.acme")
+
+# How long one order may take, from creation to the issued certificate.
+ORDER_TIMEOUT = datetime.timedelta(minutes=3)
+
+
+def wanted_names(config: Config, domain: str) -> list[str]:
+    return [domain, *(f"{prefix}.{domain}" for prefix in config.acme.names)]
+
+
+def needs_certificate(config: Config, domain: str, now: datetime.datetime | None = None) -> str | None:
+    """Why `domain` needs a new certificate, or None when the one it has will do."""
+    entry = config.domain(domain)
+    if entry is None or entry.cert is None or entry.key is None:
+        return "no certificate configured"
+    try:
+        cert = x509.load_pem_x509_certificates(entry.cert.read_bytes())[0]
+    except (OSError, ValueError, IndexError):
+        return "the certificate file does not load"
+    if cert.issuer == cert.subject:
+        return "self-signed"
+    try:
+        sans = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                   .get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        sans = set()
+    missing = [n for n in wanted_names(config, domain) if n not in sans]
+    if missing:
+        return f"does not cover {', '.join(missing)}"
+    left = cert.not_valid_after_utc - (now or datetime.datetime.now(datetime.UTC))
+    if left < datetime.timedelta(days=config.acme.renew_days):
+        return f"expires in {left.days} days"
+    return None
+
+
+def _account_key(config: Config) -> Any:
+    import josepy
+
+    path = config.data_dir / "acme" / "account.pem"
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        path.chmod(0o600)
+    return josepy.JWKRSA(key=key)
+
+
+def order_certificate(config: Config, domain: str, challenges_registry: Any) -> tuple[bytes, bytes]:
+    """Run one ACME order for `domain` (blocking); return (fullchain PEM, key PEM)."""
+    from acme import challenges, client, crypto_util, messages
+
+    account_key = _account_key(config)
+    verify: bool | str = str(config.acme.ca_file) if config.acme.ca_file else True
+    network = client.ClientNetwork(account_key, user_agent="peerage", verify_ssl=verify)  # type: ignore[arg-type]
+    directory = client.ClientV2.get_directory(config.acme.directory, network)
+    acme_client = client.ClientV2(directory, net=network)
+    registration = messages.NewRegistration.from_data(
+        email=config.acme.email or None, terms_of_service_agreed=True)
+    try:
+        network.account = acme_client.new_account(registration)
+    except Exception as exc:  # an account for this key exists already: look it up
+        from acme import errors
+
+        if not isinstance(exc, errors.ConflictError):
+            raise
+        network.account = acme_client.query_registration(messages.RegistrationResource(uri=exc.location,
+                                                                                       body=messages.Registration()))
+    entry = config.domain(domain)
+    key_pem = entry.key.read_bytes() if entry is not None and entry.key is not None and entry.key.exists() else None
+    if key_pem is None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    csr = crypto_util.make_csr(key_pem, wanted_names(config, domain))
+    order = acme_client.new_order(csr)
+    tokens: list[str] = []
+    alpn_names: list[str] = []
+    kind = config.acme.challenge
+    try:
+        for authorization in order.authorizations:
+            name = authorization.body.identifier.value
+            if kind == "http-01":
+                challenge = next((c for c in authorization.body.challenges if isinstance(c.chall, challenges.HTTP01)),
+                                 None)
+            else:
+                # acme no longer models tls-alpn-01: it arrives as an UnrecognizedChallenge holding the JSON.
+                challenge = next((c for c in authorization.body.challenges
+                                  if getattr(c.chall, "jobj", {}).get("type") == "tls-alpn-01"), None)
+            if challenge is None:
+                raise RuntimeError(f"the ACME server offers no {kind} challenge for {name}")
+            if kind == "http-01":
+                response, validation = challenge.response_and_validation(account_key)
+                token = challenge.chall.encode("token")
+                challenges_registry.set(token, validation)
+                tokens.append(token)
+            else:
+                from peerage.net.tls import set_alpn_challenge
+
+                token = challenge.chall.jobj["token"]
+                set_alpn_challenge(name, *tls_alpn_certificate(name, _key_authorization(token, account_key)))
+                alpn_names.append(name)
+                # Every challenge is answered with an empty object (RFC 8555 §7.5.1).
+                response = challenges.HTTP01Response()
+            acme_client.answer_challenge(challenge, response)
+        finished = acme_client.poll_and_finalize(order, datetime.datetime.now() + ORDER_TIMEOUT)
+    finally:
+        for token in tokens:
+            challenges_registry.remove(token)
+        if alpn_names:
+            from peerage.net.tls import clear_alpn_challenge
+
+            for name in alpn_names:
+                clear_alpn_challenge(name)
+    return finished.fullchain_pem.encode(), key_pem
+
+
+def _key_authorization(token: str, account_key: Any) -> str:
+    """RFC 8555 §8.1: token "." base64url(JWK thumbprint, RFC 7638)."""
+    import josepy
+
+    thumbprint = account_key.public_key().thumbprint(hash_function=hashes.SHA256)
+    return f"{token}.{josepy.b64encode(thumbprint).decode()}"
+
+
+# RFC 8737 §3: id-pe-acmeIdentifier, an OCTET STRING holding SHA-256 of the key authorization.
+ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
+
+def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
+    """The self-signed validation certificate for `name` (RFC 8737 §3), as (cert PEM, key PEM)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode()).digest()
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        # DER OCTET STRING (tag 4, length 32) around the digest.
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+class AcmeService:
+    """Keeps every hosted domain's certificate issued and fresh while the server runs."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self.host: Any = None
+
+    async def start(self, host: Any) -> None:
+        self.host = host
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def check(self) -> list[str]:
+        """Order what is needed now; return the domains that got a new certificate."""
+        from peerage.web import challenges_for
+
+        config = self.host.config
+        renewed = []
+        for domain in list(config.domains):
+            reason = needs_certificate(config, domain)
+            if reason is None:
+                continue
+            log.info("acme: ordering a certificate for %s (%s)", domain, reason)
+            try:
+                chain, key = await asyncio.to_thread(order_certificate, config, domain, challenges_for(self.host))
+            except Exception as exc:
+                log.error("acme: no certificate for %s: %s", domain, exc)
+                continue
+            entry = config.domain(domain)
+            if entry is None or entry.cert is None or entry.key is None:
+                log.error("acme: %s has no cert/key paths in [[domain]]; add them to store the certificate", domain)
+                continue
+            _write(entry.key, key, 0o600)
+            _write(entry.cert, chain, 0o644)
+            log.info("acme: new certificate for %s", domain)
+            renewed.append(domain)
+        if renewed:
+            await self.host.reload()
+        return renewed
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                log.exception("acme: certificate check failed")
+            await asyncio.sleep(self.host.config.acme.check_interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
