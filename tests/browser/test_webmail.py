@@ -339,3 +339,21 @@ def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageSe
         return (await r.json()).methodResponses[0][1].list[0]; })()""")
     assert stored["isEnabled"] is True and stored["subject"] == "Away until Monday", stored
     browser.screenshot("vacation")
+
+
+def test_attached_message_is_read_through_email_parse(peerage: PeerageServer, browser: Browser) -> None:
+    inner = make_message("The original question", "Inner text: shall we meet on Tuesday?", sender="dave@example.net")
+    outer = make_message("Fwd: The original question", "See the attached message.")
+    outer.add_attachment(inner)  # message/rfc822
+    deliver(outer, CAROL, [ALICE])
+    wait_delivered(peerage, "Fwd: The original question")
+    login(browser)
+    open_message(browser, "Fwd: The original question")
+    browser.click(".view-attached")
+    browser.wait_for(".attached-message .message-frame")
+    browser.wait_until("document.querySelector('.attached-message .message-frame').contentDocument?.body?.innerText"
+                       ".includes('shall we meet on Tuesday')")
+    assert "The original question" in browser.text(".attached-message h3")
+    browser.screenshot("attached-message")
+    browser.press("Escape")
+    browser.wait_for(".attached-message", state="detached")

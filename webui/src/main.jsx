@@ -27,7 +27,7 @@ const S = {
   mailboxes: [], identities: [], mailboxId: null, search: '', searchAll: false, searchPhase: 'done',
   win: new QueryWindow(PAGE), emails: new Map(), threads: new Map(), emailState: null,
   selectedId: null, checked: new Set(), reader: null, compose: null, settings: null,
-  toast: null, allowRemote: new Set(), moveMenu: false, help: false,
+  toast: null, allowRemote: new Set(), moveMenu: false, help: false, attached: null,
 };
 let bump = () => {};
 const changed = () => bump();
@@ -629,7 +629,7 @@ function MessageList() {
       <div class="list-head">
         <h1>{heading}</h1>
         <span class="total" data-search={S.search ? S.searchPhase : ''}>
-          {total === null ? 'Loading…' : total === 0 && S.searchPhase !== 'done' ? '' : `${total.toLocaleString()} ${S.search ? 'found' : 'conversations'}`}
+          {total === null ? 'Loading…' : total === 0 && S.searchPhase !== 'done' ? '' : `${total.toLocaleString()} ${S.search ? 'found' : total === 1 ? 'conversation' : 'conversations'}`}
           {S.search && S.searchPhase !== 'done' ? ' · searching message text…' : ''}
         </span>
         {S.checked.size > 0 && (
@@ -758,18 +758,49 @@ function MessageFrame({ email }) {
   );
 }
 
+// RFC 8621 §4.9: a message attached to a message is read with Email/parse of its blob.
+const PARSE_PROPS = ['from', 'to', 'cc', 'replyTo', 'subject', 'sentAt', 'messageId', 'inReplyTo', 'references',
+  'bodyValues', 'textBody', 'htmlBody', 'attachments', 'preview', 'hasAttachment', 'size'];
+
+async function openAttached(a) {
+  try {
+    const res = await client.call('Email/parse', { blobIds: [a.blobId], properties: PARSE_PROPS,
+      fetchHTMLBodyValues: true, fetchTextBodyValues: true, maxBodyValueBytes: 2 * 1024 * 1024 });
+    const parsed = res.parsed?.[a.blobId];
+    if (!parsed) return toast('This attached message cannot be read', 'error');
+    S.attached = { ...parsed, id: `parsed-${a.blobId}`, blobId: a.blobId, receivedAt: parsed.sentAt };
+    changed();
+  } catch (err) { fail(err); }
+}
+
+function AttachedMessage() {
+  const e = S.attached;
+  const close = () => { S.attached = null; changed(); };
+  return (
+    <div class="modal-back" onClick={close}>
+      <div class="modal attached-message" role="dialog" aria-label="Attached message" onClick={(ev) => ev.stopPropagation()}>
+        <div class="modal-head"><h3>{e.subject || '(no subject)'}</h3><button class="ghost" onClick={close}><Icon name="close" /></button></div>
+        <div class="to-line">From {formatAddresses(e.from)} · to {formatAddresses(e.to)} · {formatFullDate(e.sentAt)}</div>
+        <MessageFrame email={e} />
+        <Attachments email={e} />
+      </div>
+    </div>
+  );
+}
+
 function Attachments({ email }) {
   const list = (email.attachments || []).filter((a) => !(a.cid && a.disposition === 'inline'));
   if (!list.length) return null;
   return (
     <ul class="attachments" aria-label="Attachments">
       {list.map((a) => (
-        <li key={a.partId || a.blobId}>
+        <li key={a.partId || a.blobId} class="attachment-item">
           <a href={client.downloadUrl(a.blobId, a.name || 'attachment', a.type || 'application/octet-stream')} download={a.name || 'attachment'} class="attachment">
             <Icon name="clip" />
-            <span class="att-name">{a.name || '(unnamed)'}</span>
+            <span class="att-name">{a.name || (a.type === 'message/rfc822' ? 'message.eml' : '(unnamed)')}</span>
             <span class="att-size">{formatSize(a.size)}</span>
           </a>
+          {a.type === 'message/rfc822' && <button class="ghost view-attached" onClick={() => openAttached(a)}>View</button>}
         </li>
       ))}
     </ul>
@@ -1081,7 +1112,7 @@ function App() {
   bump = setVersion;
   useEffect(() => {
     const onKey = (ev) => {
-      const action = keyAction(ev, { composing: !!S.compose, modal: !!(S.settings || S.moveMenu || S.help) });
+      const action = keyAction(ev, { composing: !!S.compose, modal: !!(S.settings || S.moveMenu || S.help || S.attached) });
       if (!action) return;
       ev.preventDefault();
       runAction(action);
@@ -1101,6 +1132,7 @@ function App() {
       {S.settings && <Settings />}
       {S.moveMenu && <MoveMenu />}
       {S.help && <Help />}
+      {S.attached && <AttachedMessage />}
       {S.toast && <div class={`toast ${S.toast.kind}`} role="status">{S.toast.text}</div>}
     </div>
   );
@@ -1112,7 +1144,7 @@ function runAction(action) {
     case 'next': return moveSelection(1);
     case 'prev': return moveSelection(-1);
     case 'open': if (S.selectedId) openEmail(S.selectedId); else moveSelection(0); return;
-    case 'close': if (S.moveMenu || S.settings || S.help) { S.moveMenu = false; S.settings = null; S.help = false; changed(); } else closeReader(); return;
+    case 'close': if (S.moveMenu || S.settings || S.help || S.attached) { S.moveMenu = false; S.settings = null; S.help = false; S.attached = null; changed(); } else closeReader(); return;
     case 'reply': return composeFromSelection('reply');
     case 'replyAll': return composeFromSelection('replyAll');
     case 'forward': return composeFromSelection('forward');

@@ -56,6 +56,10 @@ class Part:
         if isinstance(payload, bytes):
             return payload
         raw = self.message.get_payload()
+        if isinstance(raw, list) and raw and isinstance(raw[0], Message):
+            # message/rfc822 (RFC 2046 §5.2.1): the parser holds the attached message as a Message; its
+            # bytes are the part's content (what Email/parse and download of the part need).
+            return raw[0].as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
         return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
     def text(self) -> tuple[str, bool]:
