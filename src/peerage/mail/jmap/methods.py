@@ -922,6 +922,8 @@ class MailAccount:
     async def _email_updates(self, updates: dict[str, Any], call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         updated: dict[str, Any] = {}
         not_updated: dict[str, Any] = {}
+        flag_groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        moves: dict[tuple[int, int], list[int]] = {}
         for raw_id, patch in updates.items():
             target = call.id(raw_id)
             summary = self.index.by_id.get(target)
@@ -959,12 +961,18 @@ class MailAccount:
                 box = self._single_mailbox({k: v for k, v in mailboxes.items() if v}, call)
                 new_flags = flags_of(keywords)
                 if {f.lower() for f in new_flags} != {f.lower() for f in summary.flags}:
-                    await self.store.store_flags(summary.box, [summary.uid], "set", new_flags)
+                    flag_groups.setdefault((summary.box, tuple(sorted(new_flags))), []).append(summary.uid)
                 if box.info.id != summary.box:
-                    await self.store.move(summary.box, [summary.uid], box.info.id)
+                    moves.setdefault((summary.box, box.info.id), []).append(summary.uid)
                 updated[target] = None
             except MethodError as exc:
                 not_updated[target] = exc.response()
+        # One store transaction per mailbox and resulting flag set, and per source/target pair: 1,000
+        # keyword changes are one MODSEQ step, as an IMAP STORE 1:1000 is.
+        for (box_id, flags), uids in flag_groups.items():
+            await self.store.store_flags(box_id, uids, "set", flags)
+        for (source, target_box), uids in moves.items():
+            await self.store.move(source, uids, target_box)
         if updated:
             await self._refresh()
         return updated, not_updated
