@@ -573,7 +573,11 @@ function Topbar() {
       <div class="brand"><Icon name="mail" /> <span>peerage</span> mail</div>
       <form class="search" role="search" onSubmit={submit}>
         <Icon name="search" />
-        <input id="search" type="search" placeholder="Search mail (/)" value={text} onInput={(ev) => setText(ev.currentTarget.value)}
+        <input id="search" type="search" placeholder="Search mail (/)" value={text} onInput={(ev) => {
+            const value = ev.currentTarget.value;
+            setText(value);
+            if (!value && S.search) { startSearch(''); listScrollTo?.(0); } // the field's clear button ends the search
+          }}
           onKeyDown={(ev) => { if (ev.key === 'Escape') { ev.currentTarget.blur(); } }} aria-label="Search mail" />
         <label class="search-all" title="Search every folder">
           <input type="checkbox" checked={S.searchAll} onChange={(ev) => { S.searchAll = ev.currentTarget.checked; if (S.search) submit(ev); else changed(); }} /> all folders
