@@ -115,7 +115,8 @@ def sipp(workdir: Path, scenario: str, ip: str, port: int, server: str | None, *
     if background:
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                                 cwd=workdir, start_new_session=True)
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=SIPP_RUN_LIMIT + 30)
+    return subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=workdir,
+                          timeout=SIPP_RUN_LIMIT + 30)
 
 
 def counts(output: str) -> tuple[int, int]:
@@ -326,7 +327,8 @@ def main() -> int:
         "|---|---|---|---|",
         f"| record-routed calls/s, zero failures (max tried {CALL_RATES[-1]}) | {p['calls_per_second']:.0f} | "
         f"{k['calls_per_second']:.0f} | {p['calls_per_second'] / max(k['calls_per_second'], 1):.2f} |",
-        f"| proxy CPU-seconds per 1,000 calls (at {CPU_RATE} calls/s) | {p['cpu_per_1000']:.3f} | "
+        f"| proxy CPU-seconds per 1,000 completed calls (at {CPU_RATE} calls/s; failed calls: "
+        f"{p['cpu_rate_failed']:.0f} peerage, {k['cpu_rate_failed']:.0f} Kamailio) | {p['cpu_per_1000']:.3f} | "
         f"{k['cpu_per_1000']:.3f} | {ratio:.2f} |",
         f"| one-core capacity implied by CPU per call (calls/s) | {1000 / max(p['cpu_per_1000'], 1e-9):.0f} | "
         f"{1000 / max(k['cpu_per_1000'], 1e-9):.0f} | {1 / ratio if ratio else 0:.2f} |",

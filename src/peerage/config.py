@@ -198,8 +198,9 @@ class SipConfig:
     # Seconds requests may wait unread (the event loop running late, or UDP datagrams queueing in
     # the kernel) before new INVITEs are refused with 503 and Retry-After (RFC 3261 §21.5.4)
     # instead of being answered late; 0 turns the shedding off.  Callers retransmit an unanswered
-    # INVITE after T1 = 500 ms, so answering within 200 ms keeps retransmissions away.
-    overload_delay: float = 0.2
+    # INVITE after T1 = 500 ms: shedding past 400 ms answers before that, and leaves room for a
+    # busy shared machine's scheduling delays.
+    overload_delay: float = 0.4
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ log = logging.getLogger("peerage.sip")
 # How often transaction timers are checked.  RFC 3261 timers are multiples of T1 = 500 ms; a 20 ms
 # tick keeps them within 4% of nominal while costing 50 wake-ups a second.
 TIMER_TICK = 0.02
-# Weight of the newest sample in the smoothed loop delay (a rise counts at once, a fall slowly, so
-# shedding does not flap on and off between ticks).
+# Weight of the newest sample in the smoothed loop delay: lateness has to last (about ten ticks)
+# before it counts, so one scheduling hiccup of a shared CPU does not shed calls; a backlog that
+# lasts shows in the UDP measure (time since the socket was last emptied) anyway.
 OVERLOAD_SMOOTHING = 0.1
 # Keep-alives sent per round at most (one datagram each); past that the round ends early.
 MAX_NAT_PINGS = 100_000
@@ -122,7 +123,7 @@ class SipService:
             # overload_delay the proxy sheds new INVITEs (503) rather than answer them late.
             now = loop.time()
             late = max(0.0, now - started - TIMER_TICK)
-            delay = late if late > delay else delay * (1 - OVERLOAD_SMOOTHING) + late * OVERLOAD_SMOOTHING
+            delay = delay * (1 - OVERLOAD_SMOOTHING) + late * OVERLOAD_SMOOTHING
             # ... and how long datagrams have been queueing in the kernel unread
             waiting = max(delay, transport.udp_backlog(time.monotonic()))
             proxy.overloaded = bool(self.overload_delay) and waiting > self.overload_delay
