@@ -181,6 +181,8 @@ def cmd_user(args: argparse.Namespace) -> int:
             print(address)
         return 0
     address = str(parse_address(args.address))
+    if args.user_command in ("export", "import"):
+        return _user_transfer(config, address, args)
     if args.user_command == "add":
         password = _read_password(args, address)
         _run(lambda: _with_accounts(config, lambda acc: acc.add(address, password)))
@@ -192,6 +194,27 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.user_command == "del":
         _run(lambda: _with_accounts(config, lambda acc: acc.delete(address)))
         print(f"Deleted {address}.")
+    return 0
+
+
+def _user_transfer(config: Config, address: str, args: argparse.Namespace) -> int:
+    from peerage.ops.export import export_account, import_account
+
+    async def action(accounts: Any) -> dict[str, int]:
+        if not await accounts.exists(address):
+            raise CliError(f"{address} does not exist; create it first with `peerage user add {address}`")
+        if args.user_command == "export":
+            return await export_account(accounts.store, config, address, Path(args.dir), args.format)
+        try:
+            return await import_account(accounts.store, config, address, Path(args.dir))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+    counts = _run(lambda: _with_accounts(config, action))
+    verb = "Exported" if args.user_command == "export" else "Imported"
+    print(f"{verb} {address}: {counts['messages']} messages in {counts['folders']} folders, "
+          f"{counts['roster']} roster items, {counts['archive']} archived messages, "
+          f"{'a' if counts['vcard'] else 'no'} vCard")
     return 0
 
 
@@ -477,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--password-file", help="read the password from FILE, or stdin with '-'")
     delete = user_commands.add_parser("del", help="delete an account")
     delete.add_argument("address")
+    export = user_commands.add_parser("export", help="write an account's mail, roster, archive and vCard to DIR")
+    export.add_argument("address")
+    export.add_argument("dir")
+    export.add_argument("--format", choices=("maildir", "mbox"), default="maildir", help="mail folders as (default maildir)")
+    importing = user_commands.add_parser("import", help="read an export (from `user export`) into an account")
+    importing.add_argument("address")
+    importing.add_argument("dir")
     listing = user_commands.add_parser("list", help="list accounts")
     listing.add_argument("domain", nargs="?")
     user.set_defaults(func=cmd_user)
