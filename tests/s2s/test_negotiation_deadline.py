@@ -82,3 +82,25 @@ async def test_slow_drip_of_the_header_itself_is_closed_on_time(server) -> None:
         await peer.close()
     assert "<connection-timeout" in text, text
     assert DEADLINE - 0.5 <= took <= DEADLINE + SLACK, took
+
+
+async def test_deadline_during_a_dialback_verification_records_the_failure(federation: Federation,
+                                                                            server) -> None:
+    """The peer asks for dialback as a domain whose authoritative server accepts TCP and never
+    answers: the deadline closes the stream first, and the pending pair is recorded as failed."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.2.127", 5269)
+    federation.dns.add_a("silent.example", "127.0.2.127")
+    federation.dns.add_srv("_xmpp-server._tcp.silent.example", 0, 5, 5269, "silent.example")
+    peer = RawPeer(server.address, "silent.example", "slow.s2s.test")
+    try:
+        await peer.connect()
+        await peer.send("<db:result from='silent.example' to='slow.s2s.test'>0123456789abcdef</db:result>")
+        text, took = await _drip_until_closed(peer, b"")
+    finally:
+        await peer.close()
+        silent.close()
+    assert "<connection-timeout" in text, text
+    assert took <= DEADLINE + SLACK, took
+    await async_wait_for(lambda: any(r["state"] == "failed" for r in records(server, "in", "silent.example")),
+                         FEDERATION_TIMEOUT, "the pending pair recorded as failed")
+    assert all(r["state"] != "negotiating" for r in records(server, "in", "silent.example"))

@@ -1048,7 +1048,15 @@ class InboundStream:
         if service.auth_throttle.check(connection.peer_ip) is None:
             outcome = DialbackError.POLICY_VIOLATION
         else:
-            outcome = await service.verify_with_authoritative(local, remote, self.stream_id, key)
+            try:
+                outcome = await service.verify_with_authoritative(local, remote, self.stream_id, key)
+            except asyncio.CancelledError:
+                # The stream ended (closed by the peer, or the negotiation deadline) first: the record
+                # must not stay "negotiating" in the status for ever.
+                self.pairs.settle(remote, local, False)
+                service.finish_record(record, Level.UNSUCCESSFUL, "the stream closed while the dialback "
+                                      f"key was being verified with the authoritative server of {remote}")
+                raise
         how = "dialback key confirmed by the authoritative server of " + remote
         if outcome is True:
             self.pairs.settle(remote, local, True)
