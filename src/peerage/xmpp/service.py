@@ -42,6 +42,7 @@ from peerage.xmpp.s2s import S2SService
 from peerage.xmpp.session import Sessions
 from peerage.xmpp.stanzas import StanzaRouter
 from peerage.xmpp.storage import XmppStorage
+from peerage.xmpp.stream import Element
 from peerage.xmpp.users import Users
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class XmppService:
             raise ConfigError("[xmpp] max_resources_per_account must be at least 1 (the default is 32)")
         self.max_resources = config.max_resources_per_account
         self.idle_unauthenticated = host.config.limits.idle_timeout_unauthenticated
+        # A stream authenticates within this of connecting, however slowly it sends (the same
+        # deadline as IMAP and submission; ejabberd's negotiation_timeout is 30 s).
+        self.negotiation_timeout = host.config.limits.auth_deadline
         self.idle_authenticated = host.config.limits.idle_timeout
         self.archive_days = config.archive_expires_days
         self.default_domain = next(iter(host.config.domains), "localhost")
@@ -136,7 +140,7 @@ class XmppService:
         for connection in list(self.connections):
             if connection.sm is not None:
                 connection.sm.resumable = False
-            connection._stream_error("system-shutdown", "the server is shutting down")
+            connection.stream_error("system-shutdown", "the server is shutting down")
         # Sessions waiting for resumption end now: what they never acknowledged goes to offline
         # storage rather than being lost with the process.
         for session in self.sessions.all():
@@ -158,6 +162,10 @@ class XmppService:
         self.servers.clear()
 
     # --- helpers used by connections ------------------------------------------------------------
+    def stream_features(self) -> list[Element]:
+        """What the feature modules offer in <stream:features/> after authentication."""
+        return [element for feature in self.ctx.features for element in feature.stream_features(None)]
+
     def tls_context(self) -> ssl.SSLContext:
         assert self._tls_context is not None
         return self._tls_context
@@ -178,7 +186,7 @@ class XmppService:
                 idle = now - connection.last_activity
                 limit = self.idle_authenticated if connection.bound else self.idle_unauthenticated
                 if idle > limit:
-                    connection._stream_error("connection-timeout", "idle for too long")
+                    connection.stream_error("connection-timeout", "idle for too long")
                 elif idle > PARSER_RELEASE_AFTER and connection.release_buffers():
                     released += 1
             if released >= TRIM_AFTER_RELEASES:

@@ -511,9 +511,13 @@ def serialize(el: Element, content_ns: str = CLIENT_NS, parent_ns: str = "") -> 
 
 def stream_header(
     *, content_ns: str = CLIENT_NS, stream_id: str | None = None, from_: str | None = None,
-    to: str | None = None, version: str = "1.0", lang: str = "en", extra_ns: str = "",
+    to: str | None = None, version: str | None = "1.0", lang: str = "en", extra_ns: str = "",
 ) -> bytes:
-    """The ``<?xml?>`` declaration and opening ``<stream:stream>`` tag (RFC 6120 section 4.7)."""
+    """The ``<?xml?>`` declaration and opening ``<stream:stream>`` tag (RFC 6120 section 4.7).
+
+    ``version=None`` leaves the attribute out, as a reply to a header without one must (section
+    4.7.5).
+    """
     parts = ["<?xml version='1.0'?><stream:stream xmlns='", content_ns,
              "' xmlns:stream='", STREAM_NS, "'", extra_ns]
     if stream_id is not None:
@@ -522,7 +526,9 @@ def stream_header(
         parts.append(f" from='{escape_attr(from_)}'")
     if to is not None:
         parts.append(f" to='{escape_attr(to)}'")
-    parts.append(f" version='{version}' xml:lang='{lang}'>")
+    if version is not None:
+        parts.append(f" version='{version}'")
+    parts.append(f" xml:lang='{lang}'>")
     return "".join(parts).encode()
 
 

@@ -1,0 +1,344 @@
+"""The client stream state machine (RFC 6120 sections 4 to 7), sans-I/O, in the shape of h11.
+
+This module is in charge of what a client stream may do in each negotiation state and what the
+server answers: the stream header checks (section 4.7), STARTTLS required before anything else
+(section 5), SASL (section 6, stepping ``peerage.xmpp.sasl``) and resource binding (section 7). It is
+fed parser events (``opened``, ``element``, ``closed``, ``failure``) and the results of the lookups
+it asked for (``sasl_result``), and returns actions for the connection to carry out. It owns no
+socket, no TLS object, no clock and no database.
+
+The states, and what moves the stream from one to the next:
+
+======================  ==================================  ==========================================
+state                   element (after the header)          next state
+======================  ==================================  ==========================================
+``TLS``                 ``<starttls/>``                     ``TLS`` again, on the TLS layer (restart)
+``AUTH``                ``<auth/>`` ... ``<success/>``      ``BIND`` (restart)
+``BIND``                ``<iq><bind/></iq>``, ``<resume/>``  ``BOUND`` once the connection has bound
+``BOUND``               stanzas, XEP-0198/0352 elements     ``BOUND``
+any                     ``</stream:stream>`` or an error    ``CLOSED``
+======================  ==================================  ==========================================
+
+A state starts with the client's stream header: each restart (after TLS and after SASL) expects a
+new one. Stanzas on a bound stream do not come through here: the connection hands them to the
+stanza router directly, which keeps the hot path one branch long.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from peerage.identity.address import AddressError, parse_address
+from peerage.xmpp import sasl
+from peerage.xmpp.features.csi import CSI_NS
+from peerage.xmpp.features.sm import SM_NS
+from peerage.xmpp.jid import JidError, split_jid
+from peerage.xmpp.stream import (
+    CLIENT_NS,
+    STREAM_CLOSE,
+    STREAM_NS,
+    Element,
+    StreamOpened,
+    error_reply,
+    serialize,
+    stream_error,
+    stream_header,
+)
+
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
+#: Stream IDs: 128 bits of randomness (RFC 6120 section 4.7.3 asks for unpredictability).
+STREAM_ID_BYTES = 16
+
+
+class State(enum.Enum):
+    TLS = "tls"
+    AUTH = "auth"
+    BIND = "bind"
+    BOUND = "bound"
+    CLOSED = "closed"
+
+
+# --- actions -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Send:
+    """Write ``data`` to the client."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
+class StartTls:
+    """``<proceed/>`` is out: put the TLS layer under the stream and expect a new header."""
+
+
+@dataclass(slots=True)
+class Restart:
+    """Expect a new stream header on a fresh parser (after SASL success)."""
+
+
+@dataclass(slots=True)
+class Close:
+    """Everything to send is out (a stream error or the closing tag): close the connection."""
+
+    condition: str | None = None
+
+
+@dataclass(slots=True)
+class Lookup:
+    """A SASL step needs the account store: do ``step``, then call ``sasl_result``."""
+
+    step: sasl.NeedCredential | sasl.NeedPassword
+    account: str | None
+
+
+@dataclass(slots=True)
+class AuthFailed:
+    """One failed attempt (for the throttle); ``account`` when the client named one."""
+
+    account: str | None
+    counts: bool
+    mechanism: str | None = None
+
+
+@dataclass(slots=True)
+class Authenticated:
+    account: str
+
+
+@dataclass(slots=True)
+class Bind:
+    """Bind ``resource`` ('' for one the server picks) for ``iq``; then call ``bound`` or ``bind_failed``."""
+
+    iq: Element
+    resource: str
+
+
+@dataclass(slots=True)
+class Manage:
+    """A XEP-0198 or XEP-0352 element for the session layer."""
+
+    element: Element
+
+
+Action = Send | StartTls | Restart | Close | Lookup | AuthFailed | Authenticated | Bind | Manage
+
+
+def serialize_top(element: Element) -> bytes:
+    """Serialize a first-level element (features, SASL, TLS, SM, stanzas) on a client stream."""
+    if element.xmlns == STREAM_NS:
+        out = serialize(element, CLIENT_NS, parent_ns=STREAM_NS)
+        # <features xmlns='http://etherx...'> is valid XML but clients expect the stream: prefix.
+        return ("<stream:features>" + out[out.index(">") + 1: -len("</features>")] + "</stream:features>").encode() \
+            if out.endswith("</features>") else b"<stream:features/>"
+    return serialize(element, CLIENT_NS).encode()
+
+
+def sasl_failure(condition: str, text: str = "") -> Element:
+    failure = Element("failure", sasl.SASL_NS)
+    failure.add(condition)
+    if text:
+        failure.add("text", text=text)
+    return failure
+
+
+class C2SStream:
+    """The negotiation of one client stream."""
+
+    __slots__ = ("_features", "_hosted", "authenticated", "bindings", "default_domain", "domain", "exchange",
+                 "failures", "header_sent", "state", "tls", "tls_available", "versioned")
+
+    def __init__(self, *, tls: bool, tls_available: bool, hosted: Callable[[str], bool],
+                 features: Callable[[], list[Element]], default_domain: str = "") -> None:
+        self.tls = tls
+        self.tls_available = tls_available
+        self._hosted = hosted
+        self._features = features  # stream features of the modules, offered after authentication
+        self.default_domain = default_domain
+        #: TLS channel bindings of the connection (RFC 9266, RFC 5929), known once TLS is up.
+        self.bindings: dict[str, bytes] = {}
+        self.state = State.AUTH if tls else State.TLS
+        self.domain: str | None = None
+        self.authenticated: str | None = None  # bare JID after SASL
+        self.exchange: sasl.SaslExchange | None = None
+        self.failures = 0
+        self.header_sent = False
+        #: The client's header carried version='1.0' (our replies carry it only then).
+        self.versioned = True
+
+    # --- the stream header ----------------------------------------------------------------------
+    def opened(self, event: StreamOpened, bindings: dict[str, bytes] | None = None) -> list[Action]:
+        """The client's stream header; ``bindings`` are the TLS channel bindings, if TLS is up."""
+        if bindings is not None:
+            self.bindings = bindings
+        attrs = event.attrs
+        to = attrs.get("to", "")
+        try:
+            domain = split_jid(to)[1] if to else ""
+        except JidError:
+            domain = ""
+        # RFC 6120 section 4.7.5: a header without version is answered without one.
+        self.versioned = "version" in attrs
+        if not domain or not self._hosted(domain) or (self.domain and domain != self.domain):
+            return self.fail("host-unknown", f"this server does not serve {to or 'an unnamed domain'}")
+        self.domain = domain
+        out: list[Action] = [Send(self._header())]
+        if event.content_ns != CLIENT_NS:
+            return out + self.fail("invalid-namespace", "the stream namespace must be jabber:client")
+        if attrs.get("version", "0.9").split(".")[0] < "1":
+            return out + self.fail("unsupported-version", "this server speaks XMPP 1.0 only")
+        features = Element("features", STREAM_NS)
+        if self.state is State.TLS:
+            if not self.tls_available:
+                return out + self.fail("undefined-condition", "TLS is required but no certificate is configured")
+            features.add("starttls", TLS_NS).add("required")
+        elif self.state is State.AUTH:
+            bindings = self.bindings
+            features.children.extend(sasl.mechanisms_feature(
+                sasl.offered_mechanisms(tls=True, channel_bindings=bindings), bindings))
+        else:
+            features.add("bind", BIND_NS)
+            features.add("session", SESSION_NS).add("optional")
+            features.children.extend(self._features())
+        out.append(Send(serialize_top(features)))
+        return out
+
+    def _header(self) -> bytes:
+        self.header_sent = True
+        return stream_header(stream_id=secrets.token_hex(STREAM_ID_BYTES), from_=self.domain or self.default_domain,
+                             version="1.0" if self.versioned else None)
+
+    # --- elements before the stream is bound ----------------------------------------------------
+    def element(self, element: Element) -> list[Action]:
+        state = self.state
+        ns = element.xmlns
+        name = element.name
+        if state is State.TLS:
+            if name == "starttls" and ns == TLS_NS:
+                self.tls = True
+                self.state = State.AUTH
+                self.header_sent = False
+                return [Send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"), StartTls()]
+            if ns == sasl.SASL_NS and name == "auth":
+                return [Send(serialize_top(sasl_failure("encryption-required"))),
+                        *self.fail("policy-violation", "TLS is required")]
+            return self.fail("not-authorized", "negotiate TLS first")
+        if state is State.AUTH:
+            if ns == sasl.SASL_NS:
+                return self._sasl(element)
+            return self.fail("not-authorized", "authenticate first")
+        if ns == SM_NS or (ns == CSI_NS and name in ("active", "inactive")):
+            return [Manage(element)]
+        if state is State.BIND:
+            if name == "iq" and ns == "":
+                return self._pre_bind_iq(element)
+            return self.fail("not-authorized", "bind a resource first")
+        if state is State.CLOSED:
+            return []
+        return self.fail("unsupported-stanza-type", f"unexpected element <{name}/>")
+
+    def closed(self) -> list[Action]:
+        """The client sent ``</stream:stream>`` (RFC 6120 section 4.4)."""
+        self.state = State.CLOSED
+        return [Send(STREAM_CLOSE), Close()]
+
+    def fail(self, condition: str, text: str = "") -> list[Action]:
+        """A stream error (RFC 6120 section 4.9.1): header first if none was sent, then close."""
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        out: list[Action] = []
+        if not self.header_sent:
+            out.append(Send(self._header()))
+        out.append(Send(stream_error(condition, text)))
+        out.append(Close(condition))
+        return out
+
+    # --- SASL (RFC 6120 section 6) --------------------------------------------------------------
+    def _sasl(self, element: Element) -> list[Action]:
+        name = element.name
+        if name == "auth":
+            self.exchange = sasl.SaslExchange(tls=True, channel_bindings=self.bindings, domain=self.domain or "")
+            return self._step(self.exchange.auth(element))
+        if self.exchange is None:
+            return self.fail("policy-violation", "no SASL exchange in progress")
+        if name == "response":
+            return self._step(self.exchange.response(element))
+        if name == "abort":
+            return self._step(self.exchange.abort())
+        return self.fail("unsupported-stanza-type", f"unexpected SASL element <{name}/>")
+
+    def sasl_result(self, found: object) -> list[Action]:
+        """The answer to a ``Lookup``: the SCRAM credential (or None), or whether the password is right."""
+        assert self.exchange is not None
+        if isinstance(found, bool):
+            return self._step(self.exchange.password_checked(found))
+        return self._step(self.exchange.credential_found(found))
+
+    def throttled(self) -> list[Action]:
+        """The throttle refused another attempt from this address or for this account."""
+        return [Send(serialize_top(sasl_failure("temporary-auth-failure", "too many failed attempts; try later"))),
+                *self.fail("policy-violation", "too many failed authentication attempts")]
+
+    def _step(self, step: sasl.Step) -> list[Action]:
+        if isinstance(step, sasl.Send):
+            return [Send(serialize_top(step.element))]
+        if isinstance(step, sasl.Failed):
+            account = self.account(step.username) if step.username else None
+            return self._failed(step.element, account, counts=step.condition != "aborted")
+        if isinstance(step, sasl.Succeeded):
+            account = self.account(step.username)
+            if account is None:
+                return self._failed(sasl_failure("not-authorized"), None, counts=True)
+            self.authenticated = account
+            self.exchange = None
+            self.state = State.BIND
+            self.header_sent = False
+            return [Authenticated(account), Send(serialize_top(step.element)), Restart()]
+        return [Lookup(step, self.account(step.username))]
+
+    def _failed(self, element: Element, account: str | None, *, counts: bool) -> list[Action]:
+        self.failures += 1
+        mechanism = self.exchange.mechanism if self.exchange is not None else None
+        out: list[Action] = [AuthFailed(account, counts, mechanism), Send(serialize_top(element))]
+        if self.failures >= sasl.MAX_FAILURES_PER_STREAM:
+            out += self.fail("policy-violation", "too many failed authentication attempts")
+        return out
+
+    def account(self, username: str) -> str | None:
+        """The account a SASL username names on this stream's domain, or None."""
+        try:
+            if "@" in username:
+                address = parse_address(username)
+                if address.domain != self.domain:
+                    return None
+            else:
+                address = parse_address(f"{username}@{self.domain}")
+        except AddressError:
+            return None
+        return str(address)
+
+    # --- resource binding (RFC 6120 section 7) and the legacy session ----------------------------
+    def _pre_bind_iq(self, iq: Element) -> list[Action]:
+        payload = next(iq.elements(), None)
+        if iq.attrs.get("type") == "set" and payload is not None and payload.name == "bind" and payload.xmlns == BIND_NS:
+            return [Bind(iq, (payload.find_text("resource") or "").strip())]
+        condition = "not-authorized" if payload is None or payload.xmlns != SESSION_NS else "not-allowed"
+        return [Send(serialize_top(error_reply(iq, condition)))]
+
+    def bound(self, iq: Element, full_jid: str) -> list[Action]:
+        self.state = State.BOUND
+        reply = Element("iq", "", {"type": "result", "id": iq.attrs.get("id", "")})
+        reply.add("bind", BIND_NS).add("jid", text=full_jid)
+        return [Send(serialize_top(reply))]
+
+    def bind_failed(self, iq: Element, condition: str, text: str = "") -> list[Action]:
+        return [Send(serialize_top(error_reply(iq, condition, text)))]
+
+    def resumed(self) -> None:
+        """XEP-0198: the connection took a session over; the stream is bound."""
+        self.state = State.BOUND
