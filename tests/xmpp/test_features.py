@@ -239,3 +239,24 @@ async def test_one_resource_more_than_the_limit_is_refused(login) -> None:  # ty
         assert re.search(r"<error[^>]*type='wait'", answer), answer
     finally:
         await extra.close()
+
+
+async def test_roster_versioning_sends_only_what_changed(login) -> None:  # type: ignore[no-untyped-def]
+    # XEP-0237 section 2.4: a client with an old version gets an empty result and one push per change.
+    ivan = await login("ivan@a.test", presence=None)
+    for contact in ("one@elsewhere.test", "two@elsewhere.test", "three@elsewhere.test"):
+        await ivan.iq(f"<query xmlns='jabber:iq:roster'><item jid='{contact}'/></query>", kind="set")
+    full = await ivan.roster()
+    old = re.search(r"ver='(\d+)'", full)
+    assert old and full.count("<item ") == 3
+    await ivan.iq("<query xmlns='jabber:iq:roster'><item jid='two@elsewhere.test' subscription='remove'/></query>",
+                  kind="set")
+    await ivan.iq("<query xmlns='jabber:iq:roster'><item jid='four@elsewhere.test' name='Four'/></query>", kind="set")
+    await ivan.close()
+    again = await login("ivan@a.test", resource="later", presence=None)
+    reply = await again.iq(f"<query xmlns='jabber:iq:roster' ver='{old.group(1)}'/>")
+    assert "type='result'" in reply and "<item " not in reply
+    pushes = re.findall(r"<iq[^>]*type='set'.*?</iq>", await again.read_until(r"four@elsewhere.test.*?</iq>"))
+    items = [re.search(r"jid='([^']+)'", push).group(1) for push in pushes]  # type: ignore[union-attr]
+    assert items == ["two@elsewhere.test", "four@elsewhere.test"], pushes
+    assert "subscription='remove'" in pushes[0] and "name='Four'" in pushes[1]

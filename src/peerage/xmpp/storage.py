@@ -21,6 +21,7 @@ from peerage.xmpp.tables import (
     xmpp_offline,
     xmpp_private,
     xmpp_roster,
+    xmpp_roster_removed,
     xmpp_roster_version,
     xmpp_vcard,
 )
@@ -37,13 +38,14 @@ class RosterItem:
     hidden: bool = False  # exists only for a pending inbound request
     pending_in: bool = False
     pending_stanza: str | None = None
+    version: int = 0  # the roster version of its last change (XEP-0237)
 
     def row(self) -> dict[str, Any]:
         return {
             "contact": self.contact, "name": self.name, "subscription": self.subscription,
             "ask": self.ask, "approved": self.approved, "groups": "\n".join(self.groups),
             "hidden": self.hidden, "pending_in": self.pending_in,
-            "pending_stanza": self.pending_stanza,
+            "pending_stanza": self.pending_stanza, "version": self.version,
         }
 
 
@@ -53,6 +55,11 @@ class ArchivedMessage:
     with_jid: str
     stamp: float
     stanza: str
+
+
+#: Removal records kept per account for roster versioning (XEP-0237). A client that last synced
+#: before the oldest one is sent the full roster instead, as every client must handle.
+MAX_REMOVED_ITEMS = 1000
 
 
 class XmppStorage:
@@ -71,28 +78,65 @@ class XmppStorage:
             items[row.contact] = RosterItem(
                 row.contact, row.name, row.subscription, bool(row.ask), bool(row.approved),
                 [g for g in row.groups.split("\n") if g], bool(row.hidden), bool(row.pending_in),
-                row.pending_stanza,
+                row.pending_stanza, int(row.version or 0),
             )
         return version or 0, items
 
     async def save_roster_item(self, owner: str, item: RosterItem | None, contact: str) -> int:
-        """Insert, update or (item=None) delete one item; bump and return the roster version."""
+        """Insert, update or (item=None) delete one item; bump and return the roster version.
+
+        The item is stored with the new version; a deletion leaves a removal record with it, so a
+        client that last saw an older version can be sent just the changes (XEP-0237).
+        """
         async with self.engine.begin() as conn:
-            await conn.execute(delete(xmpp_roster).where(
-                and_(xmpp_roster.c.owner == owner, xmpp_roster.c.contact == contact)))
-            if item is not None:
-                await conn.execute(insert(xmpp_roster).values(owner=owner, **item.row()))
-            version = (await conn.execute(
-                select(xmpp_roster_version.c.version).where(xmpp_roster_version.c.owner == owner)
-            )).scalar()
-            if version is None:
+            current = (await conn.execute(
+                select(xmpp_roster_version.c.version, xmpp_roster_version.c.pruned)
+                .where(xmpp_roster_version.c.owner == owner))).first()
+            if current is None:
                 version = 1
-                await conn.execute(insert(xmpp_roster_version).values(owner=owner, version=version))
+                await conn.execute(insert(xmpp_roster_version).values(owner=owner, version=version, pruned=0))
             else:
-                version += 1
+                version = int(current.version) + 1
                 await conn.execute(update(xmpp_roster_version).where(
                     xmpp_roster_version.c.owner == owner).values(version=version))
+            await conn.execute(delete(xmpp_roster).where(
+                and_(xmpp_roster.c.owner == owner, xmpp_roster.c.contact == contact)))
+            await conn.execute(delete(xmpp_roster_removed).where(
+                and_(xmpp_roster_removed.c.owner == owner, xmpp_roster_removed.c.contact == contact)))
+            if item is not None:
+                item.version = version
+                await conn.execute(insert(xmpp_roster).values(owner=owner, **item.row()))
+            else:
+                await conn.execute(insert(xmpp_roster_removed).values(owner=owner, contact=contact, version=version))
+                await self._prune_removed(conn, owner)
         return int(version)
+
+    async def _prune_removed(self, conn: Any, owner: str) -> None:
+        count = (await conn.execute(select(func.count()).select_from(xmpp_roster_removed)
+                                    .where(xmpp_roster_removed.c.owner == owner))).scalar() or 0
+        if count <= MAX_REMOVED_ITEMS:
+            return
+        # Keep the newest records; a client older than what was dropped gets the full roster.
+        cutoff = (await conn.execute(
+            select(xmpp_roster_removed.c.version).where(xmpp_roster_removed.c.owner == owner)
+            .order_by(xmpp_roster_removed.c.version.desc()).offset(MAX_REMOVED_ITEMS).limit(1))).scalar()
+        await conn.execute(delete(xmpp_roster_removed).where(
+            and_(xmpp_roster_removed.c.owner == owner, xmpp_roster_removed.c.version <= cutoff)))
+        await conn.execute(update(xmpp_roster_version).where(
+            xmpp_roster_version.c.owner == owner).values(pruned=cutoff))
+
+    async def roster_removed_since(self, owner: str, version: int) -> list[tuple[int, str]] | None:
+        """(version, contact) of items removed after ``version``; None when that history is gone."""
+        async with self.engine.connect() as conn:
+            pruned = (await conn.execute(select(xmpp_roster_version.c.pruned)
+                                         .where(xmpp_roster_version.c.owner == owner))).scalar()
+            if pruned is not None and version < pruned:
+                return None
+            rows = (await conn.execute(
+                select(xmpp_roster_removed.c.version, xmpp_roster_removed.c.contact)
+                .where(and_(xmpp_roster_removed.c.owner == owner, xmpp_roster_removed.c.version > version))
+                .order_by(xmpp_roster_removed.c.version))).all()
+        return [(int(row.version), row.contact) for row in rows]
 
     # --- offline messages (XEP-0160) --------------------------------------------------------------
     async def offline_count(self, owner: str) -> int:

@@ -34,13 +34,26 @@ xmpp_roster = Table(
     # an inbound subscription request waits for the user's answer (pending in)
     Column("pending_in", Boolean, nullable=False, default=False),
     Column("pending_stanza", Text, nullable=True),
+    # XEP-0237: the roster version at which this item last changed
+    Column("version", Integer, nullable=False, default=0, server_default="0"),
 )
 
-# XEP-0237: the roster version of each user, bumped on every change.
+# XEP-0237: the roster version of each user, bumped on every change. ``pruned`` is the newest
+# version whose removal record was dropped: a client that saw an older version gets the full roster.
 xmpp_roster_version = Table(
     "xmpp_roster_version",
     metadata,
     Column("owner", String(JID_LENGTH), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("pruned", Integer, nullable=False, default=0, server_default="0"),
+)
+
+# XEP-0237: removed roster items, so that a client with an older version is told of the removal.
+xmpp_roster_removed = Table(
+    "xmpp_roster_removed",
+    metadata,
+    Column("owner", String(JID_LENGTH), primary_key=True),
+    Column("contact", String(JID_LENGTH), primary_key=True),
     Column("version", Integer, nullable=False),
 )
 

@@ -1,9 +1,13 @@
 """RFC 6121 section 2 rosters and XEP-0237 roster versioning: the roster IQs and roster pushes.
 
 This module is in charge of ``jabber:iq:roster`` gets and sets from the account's own clients and of
-the helpers every roster change goes through (``save_item``, ``remove_item``, ``push``), which the
-subscription state machine (``features.presence``) uses too. A change is committed before it is
+the helpers every roster change goes through (``save_item``, ``remove_item``, ``push_item``), which
+the subscription state machine (``features.presence``) uses too. A change is committed before it is
 pushed, and a push goes only to sessions that requested the roster (RFC 6121 section 2.1.6).
+
+Versioning: each item carries the roster version of its last change, and removals leave a record
+with theirs, so a client that asks with an older version gets an empty result followed by one push
+per change since (XEP-0237 section 2.4) instead of the whole roster.
 """
 
 from __future__ import annotations
@@ -86,11 +90,34 @@ class Roster(Feature):
         requested = ctx.payload.attrs.get("ver")
         if requested is not None and requested == str(state.version):
             return _to_session(ctx, None)  # XEP-0237: unchanged, pushes follow
+        if ctx.session is not None and requested and requested.isdigit() and 0 < int(requested) < state.version:
+            since = int(requested)
+            removed = await self.ctx.storage.roster_removed_since(state.bare, since)
+            if removed is not None:
+                self._send_changes(ctx, state, since, removed)
+                return None
         query = Element("query", ROSTER_NS, {"ver": str(state.version)})
         for item in state.roster.values():
             if not item.hidden:
                 query.children.append(item_element(item))
         return _to_session(ctx, query)
+
+    @staticmethod
+    def _send_changes(ctx: IqContext, state: UserState, since: int, removed: list[tuple[int, str]]) -> None:
+        """XEP-0237 section 2.4: an empty result, then a push per item changed after ``since``."""
+        session = ctx.session
+        session.send(_to_session(ctx, None))
+        changes: list[tuple[int, str, RosterItem | None]] = [
+            (item.version, item.contact, item) for item in state.roster.values()
+            if item.version > since and not item.hidden]
+        changes += [(version, contact, None) for version, contact in removed]
+        for version, contact, item in sorted(changes, key=lambda change: change[0]):
+            query = Element("query", ROSTER_NS, {"ver": str(version)})
+            if item is None:
+                query.add("item", attrs={"jid": contact, "subscription": "remove"})
+            else:
+                query.children.append(item_element(item))
+            session.send(Element("iq", "", {"type": "set", "id": f"push{version}", "to": session.full_jid}, [query]))
 
     async def _set(self, ctx: IqContext) -> Element | None:
         if not ctx.is_owner:
