@@ -447,10 +447,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     ):
         if not enabled:
             continue
-        try:
-            records = import_module(module).records(domain, config)
-        except ModuleNotFoundError:
-            continue
+        records = import_module(module).records(domain, config)
         sections.append((title, list(records)))
     from peerage.ops.dnsrecords import records as ops_records
     from peerage.ops.dnsrecords import zone_safe
@@ -552,15 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_protocol_commands(commands: Any) -> None:
     """Let each protocol add its operator commands (s2s status, check federation, mail queue)."""
-    from importlib import import_module
+    from peerage.mail import cli as mail_cli
+    from peerage.xmpp import s2s_cli
 
-    for module in ("peerage.xmpp.cli", "peerage.xmpp.s2s_cli", "peerage.mail.cli"):
-        try:
-            register = import_module(module).register
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
+    for register in (s2s_cli.register, mail_cli.register):
         register(commands)
 
 

@@ -79,13 +79,7 @@ class Host:
         for sections, module_name, class_name in SERVICES:
             if not any(getattr(self.config, s).enabled for s in sections):
                 continue
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name != module_name:
-                    raise
-                log.warning("%s is not available in this build; skipping", module_name)
-                continue
+            module = importlib.import_module(module_name)  # imported only when enabled
             service = getattr(module, class_name)()
             await service.start(self)
             self.services.append(service)

@@ -25,9 +25,9 @@ def register(commands: Any) -> None:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from peerage.cli import _config
+    from peerage.config import default_config_path, load_config
 
-    config = _config(args)
+    config = load_config(args.config or default_config_path())
     return asyncio.run(_queue(config, args))
 
 

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -339,16 +338,9 @@ class MailService:
         return await self.deliverer.deliver(domain, mail_from, recipients, data, smtputf8=smtputf8)
 
     async def _start_imap(self) -> None:
-        try:
-            module = import_module("peerage.mail.imap.service")
-        except ModuleNotFoundError as exc:
-            if exc.name != "peerage.mail.imap.service":
-                raise
-            return
-        service_class = getattr(module, "ImapService", None)
-        if service_class is None:
-            return
-        self.imap = service_class()
+        from peerage.mail.imap.service import ImapService  # loaded only when IMAP is enabled
+
+        self.imap = ImapService()
         await self.imap.start(self.host)
 
     async def stop(self) -> None:

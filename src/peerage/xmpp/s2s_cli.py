@@ -58,10 +58,10 @@ def _rows(connections: list[dict[str, Any]], everything: bool) -> list[dict[str,
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from peerage.cli import _config
+    from peerage.config import default_config_path, load_config
     from peerage.server import read_status
 
-    config = _config(args)
+    config = load_config(args.config or default_config_path())
     status = read_status(config).get("s2s")
     if not status:
         print("no s2s status: is `peerage serve` running with this configuration?")
@@ -92,7 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check_federation(args: argparse.Namespace) -> int:
-    from peerage.cli import _config
+    from peerage.config import default_config_path, load_config
     from peerage.xmpp.s2s_check import run_check
 
-    return run_check(_config(args), args.domain, args.local)
+    return run_check(load_config(args.config or default_config_path()), args.domain, args.local)
