@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
-"""bench/xmpp_c2s: peerage's client service side by side with Debian's Prosody, same load, one run.
+"""bench/xmpp_c2s: peerage's client service beside Debian's Prosody and ejabberd, same load, one run.
 
 Measures, for each server (pinned to CPU 0; the load tool runs on CPU 1):
   (a) chat messages per second across N sender/receiver pairs of logged-in clients (closed loop,
-      a fixed window of messages in flight per pair), with p50/p99 delivery latency;
+      a fixed window of messages in flight per pair), with p50/p99 delivery latency of every message;
   (b) resident memory per idle authenticated connection, with IDLE connections open;
   (c) SCRAM-SHA-256 logins per second (TCP + STARTTLS + SASL + bind), CONCURRENCY at a time.
 
-Both servers: STARTTLS with the same P-256 certificate, SCRAM-SHA-256 against stored salted keys
+The load tool writes one stanza per write, as interactive clients do. Every receiver parses whole
+stanzas only (a stanza split across reads is counted once, when complete), checks the sender and the
+per-pair sequence number, and counts lost, duplicated and reordered messages. The server's CPU share
+is taken over the counted window only.
+
+Every server: STARTTLS with the same P-256 certificate, SCRAM-SHA-256 against stored salted keys
 (Prosody internal_hashed with password_hash = "SHA-256", 10000 iterations; peerage's accounts table,
-10000 iterations), no archiving (Prosody without mod_mam; peerage with archive_enabled = false), no
-bandwidth limits (Prosody without mod_limits).
+10000 iterations; ejabberd auth_password_format scram with auth_scram_hash sha256, its default
+iterations), no archiving, no bandwidth limits. Prosody and ejabberd load the modules an operator
+would enable for the features peerage serves here (roster, presence, offline, carbons, blocking,
+private XML, vCard, stream management, CSI, ping, version, disco); see PROSODY_MODULES and
+EJABBERD_MODULES.
+
+With ``--baseline REV`` (a git revision) or ``--baseline-src DIR`` (a copy of an earlier ``src/``
+tree), one more peerage runs from that tree in the same rounds, for a before/after figure.
 
 Usage: python3 bench/xmpp_c2s/run.py [--pairs 50] [--seconds 10] [--idle 5000] [--logins 1500]
+       [--baseline REV | --baseline-src DIR] [--no-ejabberd]
 Appends a section to bench/RESULTS.md unless --no-write.
 """
 
@@ -46,6 +58,10 @@ ITERATIONS = 10000
 SALT = b"peeragebenchsalt"  # ASCII, so it can be written into Prosody's Lua account files as is
 PEERAGE_ADDRESS = "127.0.1.200"
 PROSODY_ADDRESS = "127.0.1.201"
+BASELINE_ADDRESS = "127.0.1.202"
+EJABBERD_ADDRESS = "127.0.1.203"
+EJABBERD_API_PORT = 5280
+ERL_LIBS = "/usr/lib/x86_64-linux-gnu"
 PORT = 5222
 SERVER_CPU = 0
 CLIENT_CPU = 1
@@ -59,7 +75,15 @@ STEP_TIMEOUT = 30.0
 
 HEADER = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
           f" to='{DOMAIN}' version='1.0'>").encode()
-BODY_RE = re.compile(rb"<body>(\d+) (\d+)</body>")
+#: One whole chat message of the load tool: sender, then the pair's sequence number and send time.
+MESSAGE_RE = re.compile(rb"<message\b[^>]*?\bfrom=['\"]([^'\"]+)['\"][^>]*>.*?<body>(\d+) (\d+)</body>.*?</message>", re.S)
+PROSODY_MODULES = ("disco", "roster", "saslauth", "tls", "blocklist", "carbons", "private", "smacks",
+                   "vcard_legacy", "pep", "csi_simple", "ping", "version", "offline")
+EJABBERD_MODULES = ("mod_roster", "mod_disco", "mod_ping", "mod_version", "mod_carboncopy", "mod_blocking",
+                    "mod_privacy", "mod_private", "mod_vcard", "mod_stream_mgmt", "mod_client_state",
+                    "mod_offline", "mod_caps", "mod_pubsub")
+#: Module options other than the defaults (PEP, as Prosody's mod_pep, is a pubsub plugin).
+EJABBERD_OPTIONS = {"mod_pubsub": '{plugins: ["flat", "pep"]}'}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,6 +164,14 @@ class PeerageBench(Server):
     name = "peerage"
     address = PEERAGE_ADDRESS
 
+    def __init__(self, workdir: Path, src: Path | None = None) -> None:
+        super().__init__(workdir)
+        #: The src/ tree this server runs (an earlier one for the baseline).
+        self.src = src or ROOT / "src"
+        if src is not None:
+            self.name = "peerage before"
+            self.address = BASELINE_ADDRESS
+
     def setup(self, users: list[str], cert: Path, key: Path) -> None:
         config = self.workdir / "peerage.toml"
         config.write_text(f"""
@@ -168,43 +200,18 @@ enabled = false
 [imap]
 enabled = false
 
+[web]
+enabled = false
+
 [[domain]]
 name = "{DOMAIN}"
 cert = "{cert}"
 key = "{key}"
 """)
         self.config = config
-        asyncio.run(self._create_accounts(users))
-
-    async def _create_accounts(self, users: list[str]) -> None:
-        from sqlalchemy import insert
-
-        from peerage.config import load_config
-        from peerage.identity.address import parse_address
-        from peerage.identity.credentials import derive_credentials, scram_credential
-        from peerage.store import Store
-        from peerage.store.schema import accounts
-
-        config = load_config(self.config)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(config.database_url)
-        await store.migrate()
-        # One derivation for all accounts (same password and salt): the rows are what `user add`
-        # would write, without paying argon2 thousands of times.
-        creds = derive_credentials(parse_address(f"u0@{DOMAIN}"), PASSWORD, iterations=ITERATIONS)
-        sha1 = scram_credential("SHA-1", PASSWORD, SALT, ITERATIONS)
-        sha256 = scram_credential("SHA-256", PASSWORD, SALT, ITERATIONS)
-        rows = [{
-            "address": f"{user}@{DOMAIN}", "domain": DOMAIN, "local": user,
-            "scram_salt": SALT, "scram_iterations": ITERATIONS,
-            "scram_sha1_stored_key": sha1.stored_key, "scram_sha1_server_key": sha1.server_key,
-            "scram_sha256_stored_key": sha256.stored_key, "scram_sha256_server_key": sha256.server_key,
-            "sip_ha1_md5": creds.sip_ha1["MD5"], "sip_ha1_sha256": creds.sip_ha1["SHA-256"],
-            "argon2": creds.argon2,
-        } for user in users]
-        async with store.begin() as conn:
-            await conn.execute(insert(accounts), rows)
-        await store.close()
+        # The accounts are written by the tree that serves them (its own schema and migrations).
+        subprocess.run([sys.executable, "-c", CREATE_ACCOUNTS, str(config), str(len(users))], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(self.src)), cwd=self.workdir, timeout=600)
 
     def start(self) -> None:
         log = self.workdir / "server.log"
@@ -212,7 +219,7 @@ key = "{key}"
             self.process = subprocess.Popen(
                 ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "peerage", "--config", str(self.config),
                  "serve"], stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
-                env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+                env=dict(os.environ, PYTHONPATH=str(self.src)))
         wait_port(self.address, PORT, self.process, log)
 
 
@@ -250,10 +257,7 @@ password_hash = "SHA-256"
 storage = "internal"
 c2s_require_encryption = true
 allow_registration = false
-modules_enabled = {{
-  "disco"; "roster"; "saslauth"; "tls"; "blocklist"; "carbons"; "private"; "smacks";
-  "vcard_legacy"; "pep"; "csi_simple"; "ping"; "version";
-}}
+modules_enabled = {{ {"; ".join(f'"{m}"' for m in PROSODY_MODULES)}; }}
 modules_disabled = {{ "s2s"; "s2s_auth_certs"; "dialback" }}
 ssl = {{ certificate = "{cert}"; key = "{key}" }}
 VirtualHost "{DOMAIN}"
@@ -266,6 +270,118 @@ VirtualHost "{DOMAIN}"
                 ["taskset", "-c", str(SERVER_CPU), "prosody", "--config", str(self.config), "-F"],
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
         wait_port(self.address, PORT, self.process, log)
+
+
+class EjabberdBench(Server):
+    """Debian's ejabberd, run as ``ejabberdctl foreground`` would but without Erlang distribution;
+    accounts are created through its HTTP API (mod_http_api, register allowed from loopback)."""
+
+    name = "ejabberd"
+    address = EJABBERD_ADDRESS
+
+    def setup(self, users: list[str], cert: Path, key: Path) -> None:
+        self.users = users
+        modules = "\n".join(f"  {module}: {EJABBERD_OPTIONS.get(module, '{}')}" for module in EJABBERD_MODULES)
+        self.config = self.workdir / "ejabberd.yml"
+        self.config.write_text(f"""hosts: ["{DOMAIN}"]
+loglevel: warning
+log_rotate_count: 0
+auth_method: internal
+auth_password_format: scram
+auth_scram_hash: sha256
+certfiles: ["{cert}", "{key}"]
+c2s_ciphers: "HIGH:!aNULL"
+max_fsm_queue: 100000
+shaper: {{}}
+shaper_rules: {{}}
+acl:
+  loopback:
+    ip: 127.0.0.0/8
+access_rules:
+  local:
+    allow: all
+  c2s:
+    allow: all
+listen:
+  - {{port: {PORT}, ip: "{self.address}", module: ejabberd_c2s, starttls: true, starttls_required: true,
+     max_stanza_size: 262144}}
+  - {{port: {EJABBERD_API_PORT}, ip: "{self.address}", module: ejabberd_http, request_handlers: {{/api: mod_http_api}}}}
+api_permissions:
+  "register from loopback":
+    who: {{ip: 127.0.0.0/8}}
+    what: ["register"]
+modules:
+{modules}
+""")
+
+    def start(self) -> None:
+        import json
+        import urllib.request
+
+        log = self.workdir / "server.log"
+        erl = shutil.which("erl") or "erl"
+        env = dict(os.environ, EJABBERD_CONFIG_PATH=str(self.config), EJABBERD_LOG_PATH=str(log), ERL_LIBS=ERL_LIBS)
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(
+                ["taskset", "-c", str(SERVER_CPU), erl, "-noinput", "+K", "true", "-mnesia", "dir",
+                 f'"{self.workdir / "spool"}"', "-s", "ejabberd"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=env, start_new_session=True)
+        wait_port(self.address, EJABBERD_API_PORT, self.process, self.workdir / "stdout.log")
+        wait_port(self.address, PORT, self.process, self.workdir / "stdout.log")
+        if getattr(self, "_registered", False):
+            return
+        for user in self.users:
+            body = json.dumps({"user": user, "host": DOMAIN, "password": PASSWORD}).encode()
+            request = urllib.request.Request(f"http://{self.address}:{EJABBERD_API_PORT}/api/register", data=body,
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+        self._registered = True
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.process = None
+
+
+#: Run by the interpreter of the tree under test: write the benchmark accounts as `user add` would,
+#: with one derivation for all (same password and salt) instead of paying argon2 thousands of times.
+CREATE_ACCOUNTS = f"""
+import asyncio, sys
+from sqlalchemy import insert
+from peerage.config import load_config
+from peerage.identity.address import parse_address
+from peerage.identity.credentials import derive_credentials, scram_credential
+from peerage.store import Store
+from peerage.store.schema import accounts
+
+async def main(path, count):
+    config = load_config(path)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.database_url)
+    await store.migrate()
+    creds = derive_credentials(parse_address("u0@{DOMAIN}"), {PASSWORD!r}, iterations={ITERATIONS})
+    sha1 = scram_credential("SHA-1", {PASSWORD!r}, {SALT!r}, {ITERATIONS})
+    sha256 = scram_credential("SHA-256", {PASSWORD!r}, {SALT!r}, {ITERATIONS})
+    rows = [{{
+        "address": f"u{{i}}@{DOMAIN}", "domain": "{DOMAIN}", "local": f"u{{i}}",
+        "scram_salt": {SALT!r}, "scram_iterations": {ITERATIONS},
+        "scram_sha1_stored_key": sha1.stored_key, "scram_sha1_server_key": sha1.server_key,
+        "scram_sha256_stored_key": sha256.stored_key, "scram_sha256_server_key": sha256.server_key,
+        "sip_ha1_md5": creds.sip_ha1["MD5"], "sip_ha1_sha256": creds.sip_ha1["SHA-256"],
+        "argon2": creds.argon2,
+    }} for i in range(count)]
+    async with store.begin() as conn:
+        await conn.execute(insert(accounts), rows)
+    await store.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,8 +487,43 @@ async def measure_logins(address: str, users: list[str], total: int, concurrency
     return total / (time.perf_counter() - started)
 
 
-async def measure_messages(address: str, users: list[str], pairs: int, window: int, warmup: float,
-                           seconds: float) -> tuple[float, float, float]:
+class PairCheck:
+    """What one receiver saw of its sender's sequence: delivered, lost, duplicated, reordered."""
+
+    __slots__ = ("counted", "delivered", "duplicates", "missing", "next", "reordered", "wrong_sender")
+
+    def __init__(self) -> None:
+        self.next = 1
+        self.missing: set[int] = set()  # skipped numbers that may still arrive late
+        self.counted = 0
+        self.duplicates = 0
+        self.reordered = 0
+        self.wrong_sender = 0
+        self.delivered = 0
+
+    def saw(self, number: int) -> bool:
+        """Record ``number``; True if it is a new message (not a duplicate)."""
+        if number == self.next:
+            self.next += 1
+            self.delivered += 1
+            return True
+        if number > self.next:
+            self.missing.update(range(self.next, number))
+            self.next = number + 1
+            self.delivered += 1
+            return True
+        if number in self.missing:
+            self.missing.discard(number)
+            self.reordered += 1
+            self.delivered += 1
+            return True
+        self.duplicates += 1
+        return False
+
+
+async def measure_messages(server: Server, users: list[str], pairs: int, window: int, warmup: float,
+                           seconds: float) -> dict[str, float]:
+    address = server.address
     ctx = client_context()
     senders, receivers = [], []
     for index in range(pairs):
@@ -386,18 +537,24 @@ async def measure_messages(address: str, users: list[str], pairs: int, window: i
     counting = False
     received = 0
     stop = False
-    sequence = 0
+    replying = True
+    sequences = [0] * pairs
+    checks = [PairCheck() for _ in range(pairs)]
 
-    def message(to: str) -> bytes:
-        nonlocal sequence
-        sequence += 1
-        return (f"<message to='{to}' type='chat' id='m{sequence}'><body>{sequence} {time.perf_counter_ns()}"
-                f"</body></message>").encode()
+    def send_one(index: int) -> None:
+        # One stanza per write, as an interactive client sends it.
+        sequences[index] += 1
+        writer = senders[index].writer
+        assert writer is not None
+        writer.write((f"<message to='{receivers[index].jid}' type='chat' id='m{sequences[index]}'><body>"
+                      f"{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
 
     async def receive(index: int) -> None:
         nonlocal received
-        receiver, sender = receivers[index], senders[index]
-        assert receiver.reader is not None and sender.writer is not None
+        receiver = receivers[index]
+        sender_jid = senders[index].jid.encode()
+        check = checks[index]
+        assert receiver.reader is not None
         pending = receiver.buffer
         while not stop:
             chunk = await receiver.reader.read(262144)
@@ -405,37 +562,63 @@ async def measure_messages(address: str, users: list[str], pairs: int, window: i
                 raise ConnectionError("receiver connection closed")
             pending += chunk
             now = time.perf_counter_ns()
-            matches = BODY_RE.findall(pending)
+            # Only whole stanzas count: a message split across reads is seen once, when complete.
             cut = pending.rfind(b"</message>")
-            pending = pending[cut + 10:] if cut >= 0 else pending
-            if not matches:
+            if cut < 0:
                 continue
-            if counting:
-                received += len(matches)
-                latencies.extend(now - int(sent) for _, sent in matches[:4])
-            if not stop and received < MAX_MESSAGES:
-                sender.writer.write(b"".join(message(receiver.jid) for _ in matches))
+            complete, pending = pending[:cut + 10], pending[cut + 10:]
+            replies = 0
+            for sender, number, sent in MESSAGE_RE.findall(complete):
+                if sender != sender_jid and not sender.startswith(sender_jid.split(b"/")[0] + b"/"):
+                    check.wrong_sender += 1
+                    continue
+                if not check.saw(int(number)):
+                    continue
+                replies += 1
+                if counting:
+                    received += 1
+                    check.counted += 1
+                    latencies.append(now - int(sent))
+            if replying and received < MAX_MESSAGES:
+                for _ in range(replies):
+                    send_one(index)
 
     tasks = [asyncio.ensure_future(receive(i)) for i in range(pairs)]
     for index in range(pairs):
-        assert senders[index].writer is not None
-        senders[index].writer.write(b"".join(message(receivers[index].jid) for _ in range(window)))
+        for _ in range(window):
+            send_one(index)
     await asyncio.sleep(warmup)
+    cpu_before = server.cpu_seconds()
     counting = True
     begin = time.perf_counter()
     await asyncio.sleep(seconds)
     counting = False
     elapsed = time.perf_counter() - begin
+    cpu_share = (server.cpu_seconds() - cpu_before) / elapsed
+    # Stop the loop and let what is in flight arrive: whatever was sent and never came is lost.
+    replying = False
+    await asyncio.sleep(2.0)
     stop = True
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for conn in senders + receivers:
         conn.close()
+    lost = sum(sent - check.delivered for sent, check in zip(sequences, checks, strict=True))
     latencies.sort()
-    p50 = latencies[len(latencies) // 2] / 1e6 if latencies else float("nan")
-    p99 = latencies[int(len(latencies) * 0.99)] / 1e6 if latencies else float("nan")
-    return received / elapsed, p50, p99
+    return {
+        "msgs_per_s": received / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] / 1e6 if latencies else float("nan"),
+        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1e6 if latencies else float("nan"),
+        "server_cpu_share": cpu_share,
+        # Messages per second of server CPU time: what one fully used core would carry when the
+        # load tool, not the server, is the limit.
+        "msgs_per_cpu_s": received / elapsed / cpu_share if cpu_share > 0 else float("nan"),
+        "lost": float(lost),
+        "duplicates": float(sum(c.duplicates for c in checks)),
+        "reordered": float(sum(c.reordered for c in checks)),
+        "wrong_sender": float(sum(c.wrong_sender for c in checks)),
+    }
 
 
 async def open_idle(address: str, users: list[str], count: int, concurrency: int = 50) -> list[Conn]:
@@ -485,26 +668,20 @@ def bench_all(servers: list[Server], users: list[str], args: argparse.Namespace)
     def add(server: Server, key: str, value: float) -> None:
         samples[server.name].setdefault(key, []).append(value)
 
-    for server in servers:
-        server.start()
     try:
+        for server in servers:
+            server.start()
         for round_index in range(args.rounds):
             for server in servers:
+                print(f"  {server.name}: logins", flush=True)
                 add(server, "logins_per_s",
                     asyncio.run(measure_logins(server.address, users, args.logins, args.concurrency)))
             for server in servers:
-                cpu_before = server.cpu_seconds()
-                wall_before = time.perf_counter()
-                rate, p50, p99 = asyncio.run(measure_messages(server.address, users, args.pairs, args.window,
-                                                              args.warmup, args.seconds))
-                cpu_share = (server.cpu_seconds() - cpu_before) / (time.perf_counter() - wall_before)
-                add(server, "msgs_per_s", rate)
-                add(server, "p50_ms", p50)
-                add(server, "p99_ms", p99)
-                add(server, "server_cpu_share", cpu_share)
-                # Messages per second of server CPU time: what one fully used core would carry when
-                # the load tool, not the server, is the limit.
-                add(server, "msgs_per_cpu_s", rate / cpu_share if cpu_share > 0 else float("nan"))
+                print(f"  {server.name}: messages", flush=True)
+                figures = asyncio.run(measure_messages(server, users, args.pairs, args.window, args.warmup,
+                                                       args.seconds))
+                for key, value in figures.items():
+                    add(server, key, value)
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
         for server in servers:
             before, after = measure_idle_memory(server, users, args.idle)
@@ -528,12 +705,15 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    parser.add_argument("--only", choices=["peerage", "prosody"])
+    parser.add_argument("--baseline", metavar="REV", help="also run peerage from this git revision's src/")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="also run peerage from this src/ tree")
+    parser.add_argument("--no-prosody", action="store_true")
+    parser.add_argument("--no-ejabberd", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
-    if shutil.which("prosody") is None or shutil.which("taskset") is None:
-        sys.exit("needs Debian's prosody and taskset (util-linux)")
+    if shutil.which("taskset") is None:
+        sys.exit("needs taskset (util-linux)")
     os.sched_setaffinity(0, {CLIENT_CPU})
     try:
         import uvloop
@@ -544,25 +724,37 @@ def main() -> None:
     user_count = max(2 * args.pairs, (args.idle + RESOURCES_PER_USER - 1) // RESOURCES_PER_USER, 50)
     users = usernames(user_count)
     workdir = Path(tempfile.mkdtemp(prefix="bench-xmpp-c2s-"))
+    baseline = args.baseline_src.resolve() if args.baseline_src else None
+    if args.baseline:
+        tree = workdir / "baseline"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        baseline = tree / "src"
     from peerage.net.tls import generate_self_signed
 
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     generate_self_signed(DOMAIN, cert, key)
     key.chmod(0o644)
     servers: list[Server] = []
-    if args.only != "prosody":
-        servers.append(PeerageBench(workdir / "peerage"))
-    if args.only != "peerage":
+    if baseline is not None:
+        servers.append(PeerageBench(workdir / "peerage-before", baseline))
+    servers.append(PeerageBench(workdir / "peerage"))
+    if not args.no_prosody and shutil.which("prosody"):
         servers.append(ProsodyBench(workdir / "prosody"))
+    if not args.no_ejabberd and shutil.which("erl") and Path("/usr/sbin/ejabberdctl").exists():
+        servers.append(EjabberdBench(workdir / "ejabberd"))
     for server in servers:
         server.workdir.mkdir(parents=True)
         server.setup(users, cert, key)
+    started = time.time()
+    load_before = os.getloadavg()
     results = bench_all(servers, users, args)
+    load_after = os.getloadavg()
     for name, figures in results.items():
         print(name, {k: round(v, 3) for k, v in figures.items()}, flush=True)
-    if len(results) < 2:
-        return
-    report = format_report(results, args)
+    report = format_report(results, servers, args, baseline_label(args), load_before, load_after, started)
     print(report)
     if not args.no_write:
         with open(ROOT / "bench" / "RESULTS.md", "a") as out:
@@ -570,46 +762,81 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def format_report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
-    p, q = results["peerage"], results["prosody"]
+def baseline_label(args: argparse.Namespace) -> str:
+    if args.baseline:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True,
+                             text=True).stdout.strip()
+        return f"git revision {args.baseline} ({rev})"
+    if args.baseline_src:
+        return f"the tree in {args.baseline_src}"
+    return ""
 
-    def row(label: str, key: str, fmt: str, better: str) -> str:
-        ratio = p[key] / q[key] if q[key] else float("nan")
-        return f"| {label} | {p[key]:{fmt}} | {q[key]:{fmt}} | {ratio:.2f}x ({better}) |"
 
+def format_report(results: dict[str, dict[str, float]], servers: list[Server], args: argparse.Namespace,
+                  baseline: str, load_before: tuple[float, float, float], load_after: tuple[float, float, float],
+                  started: float) -> str:
+    names = [server.name for server in servers]
+    p = results["peerage"]
+
+    def cell(name: str, key: str, fmt: str) -> str:
+        return f"{results[name][key]:{fmt}}"
+
+    def ratio(name: str, key: str) -> str:
+        other = results[name][key]
+        return f"{p[key] / other:.2f}x" if other else "-"
+
+    measures = [
+        ("messages/s", "msgs_per_s", ".0f"),
+        ("latency p50 (ms, every message)", "p50_ms", ".2f"),
+        ("latency p99 (ms, every message)", "p99_ms", ".2f"),
+        ("server CPU share in the counted window", "server_cpu_share", ".2f"),
+        ("messages per server CPU second", "msgs_per_cpu_s", ".0f"),
+        ("lost / duplicated / reordered / wrong sender", "lost", ".0f"),
+        ("RSS per idle connection (KiB)", "kib_per_conn", ".1f"),
+        ("SCRAM logins/s", "logins_per_s", ".0f"),
+    ]
+    others = [n for n in names if n != "peerage"]
+    header = "| measure | " + " | ".join(names) + " | " + " | ".join(f"peerage / {n}" for n in others) + " |"
     lines = [
         "",
-        f"## xmpp_c2s: peerage vs Prosody {prosody_version()} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"## xmpp_c2s: peerage beside {', '.join(others) or 'nothing'} "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))})",
         "",
-        f"Machine: {machine()}. Server pinned to CPU {SERVER_CPU}, load tool (Python, uvloop) on CPU {CLIENT_CPU}. "
-        f"Medians of {args.rounds} interleaved rounds (peerage, then Prosody, in each round).",
-        f"Load: {args.pairs} pairs, {args.window} messages in flight per pair, {args.seconds:.0f} s measured after "
-        f"{args.warmup:.0f} s warm-up; {args.idle} idle connections (STARTTLS, SCRAM-SHA-256, bound, initial presence); "
-        f"{args.logins} logins, {args.concurrency} at a time. Both with TLS, SCRAM-SHA-256 from stored keys, no archive.",
-        "",
-        "| measure | peerage | Prosody | ratio |",
-        "|---|---|---|---|",
-        row("messages/s", "msgs_per_s", ".0f", "higher is better; target >= 1.5x"),
-        row("latency p50 (ms)", "p50_ms", ".2f", "lower is better"),
-        row("latency p99 (ms)", "p99_ms", ".2f", "lower is better; target <= 1x"),
-        row("server CPU share during messages", "server_cpu_share", ".2f", "1.0 = one core saturated"),
-        row("messages per server CPU second", "msgs_per_cpu_s", ".0f", "higher is better"),
-        row("RSS per idle connection (KiB)", "kib_per_conn", ".1f", "lower is better; target <= 20 kB and <= 1x"),
-        row("SCRAM logins/s", "logins_per_s", ".0f", "higher is better"),
-        "",
-        f"RSS before/after idle connections: peerage {p['rss_before_mib']:.1f} -> {p['rss_after_mib']:.1f} MiB, "
-        f"Prosody {q['rss_before_mib']:.1f} -> {q['rss_after_mib']:.1f} MiB.",
+        f"Machine: {machine()}. Load average before/after the run: "
+        f"{' '.join(f'{x:.2f}' for x in load_before)} / {' '.join(f'{x:.2f}' for x in load_after)}; the machine "
+        "was shared with other work (other engineers' tests and builds) during the run. "
+        f"Server pinned to CPU {SERVER_CPU}, load tool (Python, uvloop) on CPU {CLIENT_CPU}. "
+        f"Medians of {args.rounds} interleaved rounds ({', '.join(names)} in each round).",
+        f"Load: {args.pairs} pairs, {args.window} messages in flight per pair, one stanza per write, "
+        f"{args.seconds:.0f} s counted after {args.warmup:.0f} s warm-up; receivers check sender and sequence; "
+        f"{args.idle} idle connections (STARTTLS, SCRAM-SHA-256, bound, initial presence); "
+        f"{args.logins} logins, {args.concurrency} at a time. TLS, SCRAM-SHA-256 from stored keys, no archive.",
+        f"Versions: Prosody {package_version('prosody')} with modules {', '.join(PROSODY_MODULES)}; "
+        f"ejabberd {package_version('ejabberd')} with {', '.join(EJABBERD_MODULES)}.",
     ]
+    if baseline:
+        lines.append(f"`peerage before` runs {baseline} in the same rounds; `peerage` is the working tree.")
+    lines += ["", header, "|---" * (1 + len(names) + len(others)) + "|"]
+    for label, key, fmt in measures:
+        if key == "lost":
+            cells = [" / ".join(f"{results[n][k]:.0f}" for k in ("lost", "duplicates", "reordered", "wrong_sender"))
+                     for n in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join("-" for _ in others) + " |")
+            continue
+        lines.append(f"| {label} | " + " | ".join(cell(n, key, fmt) for n in names) + " | "
+                     + " | ".join(ratio(n, key) for n in others) + " |")
+    lines += ["", "RSS before -> after the idle connections: " + "; ".join(
+        f"{n} {results[n]['rss_before_mib']:.1f} -> {results[n]['rss_after_mib']:.1f} MiB" for n in names) + "."]
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines) + "\n"
 
 
-def prosody_version() -> str:
+def package_version(package: str) -> str:
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "prosody"], capture_output=True, text=True,
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True,
                              timeout=10)
-        return out.stdout.strip()
+        return out.stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
 
