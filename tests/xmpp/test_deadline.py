@@ -1,7 +1,8 @@
 """On the wire: the deadline to authenticate, and a stream header without version.
 
 A client that trickles bytes keeps the idle timer from ever firing; the authentication deadline is
-counted from the connection, so the stream is closed with a stream error all the same (issue 10).
+counted from the connection (``[limits] auth_deadline``, shared with IMAP and submission), so the
+stream is closed with a stream error all the same.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DEADLINE = 2.0
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
     server = start_server(tmp_path_factory.mktemp("deadline"), SERVER_ADDRESS, USERS[:2],
-                          {"limits": {"idle_timeout_unauthenticated": DEADLINE}})
+                          {"limits": {"auth_deadline": DEADLINE}})
     try:
         yield server
     finally:
