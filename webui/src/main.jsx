@@ -626,11 +626,15 @@ function MessageList() {
     rows.push(e ? <Row key={id} e={e} i={i} lastChecked={lastChecked} /> : <div key={`p${i}`} class="row placeholder" style={{ top: `${i * ROW_HEIGHT}px` }}><span /><span /></div>);
   }
   const mailbox = currentMailbox();
-  const drafts = role('drafts');
   const heading = S.search ? `Search: “${S.search}”${S.searchAll ? ' in all folders' : ` in ${shownName(mailbox)}`}` : shownName(mailbox);
   return (
     <section class={`list-pane${S.reader ? ' has-reader' : ''}`} aria-label="Messages">
       <div class="list-head">
+        <select class="narrow-only folder-select" aria-label="Folder" value={S.mailboxId || ''} onChange={(ev) => selectMailbox(ev.currentTarget.value)}>
+          {mailboxTree(S.mailboxes).map((m) => (
+            <option key={m.id} value={m.id}>{'\u00a0'.repeat(m.depth * 2)}{shownName(m)}{m.unreadEmails ? ` (${m.unreadEmails})` : ''}</option>
+          ))}
+        </select>
         <h1>{heading}</h1>
         <span class="total" data-search={S.search ? S.searchPhase : ''}>
           {total === null ? 'Loading…' : total === 0 && S.searchPhase !== 'done' ? '' : `${total.toLocaleString()} ${S.search ? 'found' : total === 1 ? 'conversation' : 'conversations'}`}
@@ -650,7 +654,7 @@ function MessageList() {
         {total === 0 && <div class="empty">{S.search ? (S.searchPhase === 'done' ? 'No messages match your search.' : 'Searching…') : 'No messages here.'}</div>}
         <div class="list-inner" style={{ height: `${(total || 0) * ROW_HEIGHT}px` }}>{rows}</div>
       </div>
-      {drafts && S.mailboxId === drafts.id && null}
+      <button class="narrow-only fab" onClick={() => compose('new')} title="Compose (c)" aria-label="Compose"><Icon name="pen" /></button>
     </section>
   );
 }
