@@ -395,3 +395,29 @@ async def test_eventsource_wakes_on_delivery(mailhost: WebHost) -> None:
     assert len(events) == 2
     changed = events[1]["changed"]
     assert isinstance(changed, dict) and "Email" in changed[jmap.account]
+
+
+async def test_upload_limit_and_other_accounts(tmp_path) -> None:
+    from tests.web.conftest import OTHER_USER, start_host, stop_host
+
+    server = await start_host(tmp_path, mail=True, extra={"web": {"max_upload_size": 1000}})
+    try:
+        alice, bob = Jmap(server), Jmap(server, user=OTHER_USER)
+        session = await alice.session()
+        await bob.session()
+        upload = session["uploadUrl"].replace("{accountId}", alice.account)
+        async with alice.client.post(upload, data=b"x" * 5000) as response:
+            assert response.status == 413
+            assert (await response.json(content_type=None))["limit"] == "maxSizeUpload"
+        async with alice.client.post(upload, data=b"small") as response:
+            blob = (await response.json())["blobId"]
+        # Bob can neither upload into nor download from Alice's account, nor use her blob.
+        async with bob.client.post(upload, data=b"x") as response:
+            assert response.status == 404
+        url = f"{server.base}/jmap/download/{alice.account}/{blob}/x.bin"
+        async with bob.client.get(url) as response:
+            assert response.status == 404
+        parsed = await bob.one("Email/parse", {"blobIds": [blob]})
+        assert parsed["notFound"] == [blob]
+    finally:
+        await stop_host(server)

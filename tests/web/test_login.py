@@ -265,3 +265,12 @@ async def test_slow_request_head_is_disconnected(tmp_path) -> None:
         writer.close()
     finally:
         await stop_host(server)
+
+
+async def test_cross_site_navigation_reloads_same_site(webhost: WebHost) -> None:
+    headers = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    # A browser withholds the Strict cookie on a link from another site; the page reloads itself.
+    fresh = webhost.client()
+    async with fresh.get(webhost.base + "/mail/", headers=headers, allow_redirects=False) as response:
+        assert response.status == 200
+        assert 'http-equiv=refresh' in await response.text()
