@@ -421,3 +421,35 @@ async def test_upload_limit_and_other_accounts(tmp_path) -> None:
         assert parsed["notFound"] == [blob]
     finally:
         await stop_host(server)
+
+
+async def test_vacation_response_is_sent_once_and_not_to_lists(mailhost: WebHost) -> None:
+    from tests.web.conftest import OTHER_USER
+
+    bob = Jmap(mailhost, user=OTHER_USER)
+    await deliver(mailhost.host, OTHER_USER, message("before", sender=USER))  # already there: no reply
+    await bob.one("VacationResponse/set", {"update": {"singleton": {
+        "isEnabled": True, "subject": "Away until Monday", "textBody": "Back soon."}}})
+
+    def to_bob(subject: str, extra: str = "") -> bytes:
+        return (f"From: Alice <{USER}>\r\nTo: {OTHER_USER}\r\nSubject: {subject}\r\n"
+                f"Message-ID: <{subject.replace(' ', '.')}@example.org>\r\n{extra}\r\nhello\r\n").encode()
+
+    await deliver(mailhost.host, OTHER_USER, to_bob("first"))
+    await deliver(mailhost.host, OTHER_USER, to_bob("second"))
+    await deliver(mailhost.host, OTHER_USER, to_bob("list mail", "Precedence: list\r\nList-Id: <l.example.org>\r\n"))
+    store = store_for(mailhost.host)
+    inbox = await store.get_mailbox(USER, "INBOX")
+    assert inbox is not None
+    rows: list = []
+    for _ in range(100):
+        rows = await store.messages(inbox.id, None, with_header=True)
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    rows = await store.messages(inbox.id, None, with_header=True)
+    assert len(rows) == 1, [r.header for r in rows]
+    header = rows[0].header
+    assert b"Subject: Away until Monday" in header and b"Auto-Submitted: auto-replied" in header
+    assert b"In-Reply-To: <first@example.org>" in header

@@ -33,6 +33,7 @@ from peerage.mail.jmap.core import MethodError, RequestError
 from peerage.mail.jmap.index import IndexCache
 from peerage.mail.jmap.methods import MAX_QUERY_LIMIT, MailAccount, account_id_of, received_header
 from peerage.mail.jmap.tables import jmap_blobs
+from peerage.mail.jmap.vacation import VacationResponder
 from peerage.mail.mailbox import store_for
 from peerage.web import WebContext
 from peerage.web.security import JsonError, parse_json, read_body
@@ -64,6 +65,8 @@ class JmapRoutes:
         self.listeners: dict[str, set[asyncio.Event]] = {}
         self._active: dict[str, int] = {}
         self.store.notifier.add_listener(self._mailbox_changed)
+        self.vacation = VacationResponder(host.store, self.store, self.submit)
+        self.store.notifier.add_listener(self.vacation.mailbox_changed)
         self.box_owner: dict[int, str] = {}
         self.ctx: WebContext | None = None
         self.closing = False
@@ -164,8 +167,10 @@ class JmapRoutes:
     # --- API ---------------------------------------------------------------------------------------
 
     def _account(self, owner: str, index: Any) -> MailAccount:
-        return MailAccount(owner=owner, index=index, store=self.store, db=self.host.store,
-                           submit=lambda f, r, d: self.submit(owner, f, r, d), changed=lambda: self._wake(owner))
+        account = MailAccount(owner=owner, index=index, store=self.store, db=self.host.store,
+                              submit=lambda f, r, d: self.submit(owner, f, r, d), changed=lambda: self._wake(owner))
+        account.vacation_changed = self.vacation.set_enabled
+        return account
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         owner = await self._owner(request)

@@ -117,6 +117,8 @@ class MailAccount:
         self.submit = submit  # async (mail_from, rcpts, data) -> None, the submission path
         self.changed = changed
         self.domain = owner.rpartition("@")[2]
+        # Told when the vacation response is switched on or off (the responder keeps a set of owners).
+        self.vacation_changed: Callable[[str, bool], None] | None = None
         # Submission id -> email id, for onSuccessUpdateEmail/onSuccessDestroyEmail in the same call.
         self._submitted_email: dict[str, str] = {}
 
@@ -1243,7 +1245,7 @@ class MailAccount:
         stored = await self._settings("vacation")
         value, modseq = stored.get("", ({}, 0))
         vacation = {"id": VACATION_ID, "isEnabled": False, "fromDate": None, "toDate": None, "subject": None,
-                    "textBody": None, "htmlBody": None, **value}
+                    "textBody": None, "htmlBody": None, **{k: v for k, v in value.items() if not k.startswith("_")}}
         return vacation, f"v{modseq}"
 
     async def vacation_get(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
@@ -1280,9 +1282,16 @@ class MailAccount:
             except MethodError as exc:
                 not_updated[target] = {"type": "invalidProperties", "description": exc.description}
                 continue
-            value = {k: v for k, v in vacation.items() if k != "id"}
+            stored = (await self._settings("vacation")).get("", ({}, 0))[0]
+            value = {**{k: v for k, v in vacation.items() if k != "id"}, **stored}
             value.update(patch)
+            if value.get("isEnabled") and not vacation.get("isEnabled"):
+                # Mail from now on is answered, not what is already in the INBOX.
+                inbox = next((b for b in self.index.boxes.values() if b.info.name == INBOX), None)
+                value["_sinceUid"] = inbox.info.uidnext if inbox else 1
             await self._save_setting("vacation", value)
+            if self.vacation_changed is not None:
+                self.vacation_changed(self.owner, bool(value.get("isEnabled")))
             updated[target] = None
         _, new_state = await self._vacation()
         return {"accountId": self.account_id, "oldState": old_state, "newState": new_state,
