@@ -159,10 +159,11 @@ async def test_totp_second_factor(webhost: WebHost) -> None:
     async with client.post(webhost.base + "/auth/totp", headers=headers) as response:
         secret = (await response.json())["secret"]
     generator = pyotp.TOTP(secret)
+    confirmed_at = time.time()
+    code = generator.at(confirmed_at)
     async with client.post(webhost.base + "/auth/totp/confirm", json={"code": "000000"}, headers=headers) as r:
         assert r.status == 400
-    async with client.post(webhost.base + "/auth/totp/confirm", json={"code": generator.now()},
-                           headers=headers) as response:
+    async with client.post(webhost.base + "/auth/totp/confirm", json={"code": code}, headers=headers) as response:
         assert response.status == 200
     fresh = webhost.client()
     async with fresh.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD}) as response:
@@ -170,9 +171,10 @@ async def test_totp_second_factor(webhost: WebHost) -> None:
         assert (await response.json())["totp"] is True
     # The code just used to confirm cannot be used again (RFC 6238 §5.2).
     async with fresh.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD,
-                                                         "totp": generator.now()}) as response:
+                                                         "totp": code}) as response:
         assert response.status == 401
-    next_code = generator.at(time.time() + 30)
+    # The next step's code is within the one-step drift window and not used yet.
+    next_code = generator.at(confirmed_at + 30)
     async with fresh.post(webhost.base + "/login", json={"account": USER, "password": PASSWORD,
                                                          "totp": next_code}) as response:
         assert response.status == 200
