@@ -164,3 +164,55 @@ async def test_a_name_that_is_not_modified_utf7_is_no_not_bad(imap: ImapHost) ->
     untagged, done = await raw.command("LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*")
     assert b" OK " in done and untagged == [], (untagged, done)
     raw.writer.close()
+
+
+async def test_recent_belongs_to_the_first_session_that_selects(imap: ImapHost) -> None:
+    # RFC 3501 §2.3.2: \Recent is set in the one session that first learns of a message; EXAMINE
+    # does not take it (§6.3.2); STATUS counts it; SEARCH RECENT/NEW/OLD use it.
+    raw = await login(imap)
+    await raw.command("CREATE fresh")
+    for number in (1, 2):
+        raw.writer.write(b"a%d APPEND fresh {%d+}\r\n" % (raw.counter, 13) + b"Subject: %d\r\n\r\n\r\n" % number)
+        await raw.writer.drain()
+        while not (await raw.reader.readline()).startswith(b"a%d " % raw.counter):
+            pass
+        raw.counter += 1
+    untagged, _ = await raw.command("EXAMINE fresh")
+    assert b"* 2 RECENT" in untagged, untagged
+    untagged, _ = await raw.command("STATUS fresh (RECENT)")
+    assert untagged == [b"* STATUS fresh (RECENT 2)"], untagged
+    untagged, _ = await raw.command("SELECT fresh")
+    assert b"* 2 RECENT" in untagged, untagged
+    untagged, _ = await raw.command("FETCH 1 FLAGS")
+    assert untagged == [b"* 1 FETCH (FLAGS (\\Recent))"], untagged
+    untagged, _ = await raw.command("STORE 1 +FLAGS (\\Seen)")
+    untagged, _ = await raw.command("SEARCH NEW")
+    assert untagged == [b"* SEARCH 2"], untagged
+    untagged, _ = await raw.command("SEARCH OLD")
+    assert untagged == [b"* SEARCH"], untagged
+    # Another session selecting now finds nothing recent: this one took both.
+    other = await login(imap)
+    untagged, _ = await other.command("SELECT fresh")
+    assert b"* 0 RECENT" in untagged, untagged
+    untagged, _ = await other.command("SEARCH RECENT")
+    assert untagged == [b"* SEARCH"], untagged
+    raw.writer.close()
+    other.writer.close()
+
+
+async def test_untagged_flags_announce_a_keyword_before_it_is_used(imap: ImapHost) -> None:
+    # RFC 9051 §7.3.5: FLAGS lists the flags of the mailbox; a session must see a new keyword in a
+    # FLAGS response before a FETCH carries it, also when another session created it.
+    one = await login(imap)
+    await append(one, b"Subject: k\r\n\r\nbody\r\n")
+    await one.command("SELECT INBOX")
+    two = await login(imap)
+    await two.command("SELECT INBOX")
+    await two.command("STORE 1 +FLAGS ($Label7)")
+    untagged, _ = await one.command("NOOP")
+    flags_at = next(i for i, line in enumerate(untagged) if line.startswith(b"* FLAGS ("))
+    fetch_at = next(i for i, line in enumerate(untagged) if b"FETCH" in line)
+    assert flags_at < fetch_at and b"$Label7" in untagged[flags_at], untagged
+    assert b"$Label7" in untagged[fetch_at]
+    one.writer.close()
+    two.writer.close()

@@ -50,6 +50,7 @@ class Candidate:
         self._header_text: str | None = None
         self._body_text: str | None = None
         self._lower_flags: set[str] | None = None
+        self.recent = False  # \Recent in the searching session (IMAP4rev1 only)
 
     @property
     def raw(self) -> bytes:
@@ -163,10 +164,12 @@ def matches(key: SearchKey, message: Candidate, needles: dict[str, Needle]) -> b
     if op in _FLAG_KEYS:
         flag, wanted = _FLAG_KEYS[op]
         return message.has_flag(flag) == wanted
-    if op in ("NEW", "RECENT"):
-        return False  # no session ever sees \Recent here (RFC 9051 removed it)
+    if op == "RECENT":
+        return message.recent
+    if op == "NEW":  # RFC 3501 §6.4.4: RECENT UNSEEN
+        return message.recent and not message.has_flag("\\Seen")
     if op == "OLD":
-        return True
+        return not message.recent
     if op == "KEYWORD":
         return message.has_flag(str(args[0]))
     if op == "UNKEYWORD":

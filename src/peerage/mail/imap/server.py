@@ -19,6 +19,7 @@ import logging
 import re
 import ssl
 import time
+import weakref
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,30 @@ class CloseConnection(Exception):
     pass
 
 
+# \Recent (RFC 3501 §2.3.2) is gone from IMAP4rev2 but IMAP4rev1 clients may still ask: a message is
+# recent in the one session that first selects its mailbox after it arrived. Per mailbox, the highest
+# UID already handed out as recent. In this process's memory only: after a restart the first session
+# to select a mailbox sees its messages as recent once more (the flag is advisory; Dovecot keeps it in
+# its index files).
+# Per mailbox store (one per server; tests run several in one process), keyed by (mailbox id,
+# UIDVALIDITY): a deleted mailbox's id may be given to a new one.
+_RECENT_CLAIMED: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], int]] = weakref.WeakKeyDictionary()
+# Mailboxes remembered per store; past this the memory starts afresh (messages may be recent again).
+MAX_RECENT_MAILBOXES = 100000
+
+
+def _recent_boundary(store: Any, box: MailboxInfo) -> int:
+    return _RECENT_CLAIMED.get(store, {}).get((box.id, box.uidvalidity), 0)
+
+
+def _claim_recent(store: Any, box: MailboxInfo, uid: int) -> None:
+    claimed = _RECENT_CLAIMED.setdefault(store, {})
+    key = (box.id, box.uidvalidity)
+    if len(claimed) >= MAX_RECENT_MAILBOXES and key not in claimed:
+        claimed.clear()
+    claimed[key] = max(uid, claimed.get(key, 0))
+
+
 @dataclass
 class Selected:
     info: MailboxInfo
@@ -134,6 +159,8 @@ class Selected:
     watch: Watch
     own_modseqs: set[int] = field(default_factory=set)
     deferred_expunges: set[int] = field(default_factory=set)
+    recent: set[int] = field(default_factory=set)  # UIDs that are \Recent in this session
+    keywords: set[str] = field(default_factory=set)  # keywords the last untagged FLAGS named
 
     def seq_of(self, uid: int) -> int:
         index = bisect.bisect_left(self.uids, uid)
@@ -406,6 +433,12 @@ class ImapSession:
         if new_uids:
             selected.uids.extend(new_uids)
             self.untagged(f"{len(selected.uids)} EXISTS")
+            if "IMAP4REV2" not in self.enabled:
+                boundary = _recent_boundary(self.store, selected.info)
+                selected.recent.update(uid for uid in new_uids if uid > boundary)
+                if not selected.read_only:
+                    _claim_recent(self.store, selected.info, new_uids[-1])
+                self.untagged(f"{len(selected.recent)} RECENT")
         for uid, flags, modseq in changes.changed:
             if uid > known_max or modseq in selected.own_modseqs:
                 continue
@@ -420,6 +453,7 @@ class ImapSession:
         assert selected is not None
         if not uids:
             return
+        selected.recent.difference_update(uids)
         if "QRESYNC" in self.enabled:
             for uid in uids:
                 index = selected.seq_of(uid) - 1
@@ -439,10 +473,33 @@ class ImapSession:
         items = []
         if with_uid:
             items.append(f"UID {uid}")
-        items.append("FLAGS (" + " ".join(flags) + ")")
+        items.append("FLAGS (" + self._flag_list(uid, flags) + ")")
         if self.condstore:
             items.append(f"MODSEQ ({modseq})")
         return f"{seq} FETCH (" + " ".join(items) + ")"
+
+    def _flag_list(self, uid: int, flags: Sequence[str]) -> str:
+        selected = self.selected
+        if selected is not None:
+            new = {f for f in flags if not f.startswith("\\")} - selected.keywords - set(BASE_FLAGS)
+            if new:
+                # RFC 9051 §7.3.5 / RFC 3501 §7.2.6: the client learns of a keyword from FLAGS before a
+                # message carries it (another session may just have created it).
+                selected.keywords |= new
+                self._announce_flags()
+        if selected is not None and uid in selected.recent and "IMAP4REV2" not in self.enabled:
+            return " ".join((*flags, "\\Recent"))
+        return " ".join(flags)
+
+    def _announce_flags(self) -> None:
+        selected = self.selected
+        assert selected is not None
+        all_flags = " ".join((*BASE_FLAGS, *sorted(selected.keywords)))
+        self.untagged(f"FLAGS ({all_flags})")
+        if selected.read_only:
+            self.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
+        else:
+            self.untagged("OK [PERMANENTFLAGS (" + " ".join(PERMANENT_FLAGS) + ")] Flags permitted")
 
     def _deselect(self) -> None:
         self.saved_result = []
@@ -740,10 +797,15 @@ class ImapSession:
         self.selected = Selected(info, uids, seen_modseq, read_only, watch)
         distinct = {flag for text in set(flag_texts) for flag in text.split()}
         keywords = sorted({f for f in distinct if not f.startswith("\\")} - set(BASE_FLAGS))
+        self.selected.keywords = set(keywords)
         all_flags = " ".join((*BASE_FLAGS, *keywords))
         self.untagged(f"{len(uids)} EXISTS")
         if "IMAP4REV2" not in self.enabled:
-            self.untagged("0 RECENT")
+            boundary = _recent_boundary(self.store, info)
+            self.selected.recent = {uid for uid in uids if uid > boundary}
+            if uids and not read_only:
+                _claim_recent(self.store, info, uids[-1])  # EXAMINE leaves them recent (RFC 3501 §6.3.2)
+            self.untagged(f"{len(self.selected.recent)} RECENT")
             first_unseen = next(
                 (index + 1 for index, text in enumerate(flag_texts) if flaglib.SEEN not in text.split()), 0
             )
@@ -957,6 +1019,10 @@ class ImapSession:
     async def _status_response(self, box: MailboxInfo, items: list[str]) -> None:
         values = await self.store.status(box.id)
         values["RECENT"] = 0
+        if "RECENT" in items:
+            boundary = _recent_boundary(self.store, box)
+            _, uids, _ = await self.store.view(box.id)
+            values["RECENT"] = sum(1 for uid in uids if uid > boundary)
         parts = []
         for item in items:
             if item not in values:
@@ -1207,7 +1273,7 @@ class ImapSession:
             if name == "UID":
                 parts.append(b"UID %d" % row.uid)
             elif name == "FLAGS":
-                parts.append(b"FLAGS (" + " ".join(row.flags).encode() + b")")
+                parts.append(b"FLAGS (" + self._flag_list(row.uid, row.flags).encode() + b")")
             elif name == "MODSEQ":
                 parts.append(b"MODSEQ (%d)" % row.modseq)
             elif name == "INTERNALDATE":
@@ -1259,7 +1325,7 @@ class ImapSession:
             elif name in ("SAVEDATE",):
                 parts.append(b"SAVEDATE NIL")
         if seen_changed and "FLAGS" not in names:
-            parts.append(b"FLAGS (" + " ".join(row.flags).encode() + b")")
+            parts.append(b"FLAGS (" + self._flag_list(row.uid, row.flags).encode() + b")")
         self.send(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
 
     @staticmethod
@@ -1440,7 +1506,9 @@ class ImapSession:
         for row in rows:
             seq = selected.seq_of(row.uid)
             if seq:
-                candidates.append(searching.Candidate(seq, row, largest_seq, largest_uid, self.store.read_body))
+                candidate = searching.Candidate(seq, row, largest_seq, largest_uid, self.store.read_body)
+                candidate.recent = row.uid in selected.recent
+                candidates.append(candidate)
         matched: list[searching.Candidate] = []
         for start in range(0, len(candidates), BLOB_BATCH):
             batch = candidates[start : start + BLOB_BATCH]
