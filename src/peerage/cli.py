@@ -159,7 +159,8 @@ async def _with_accounts(config: Config, action: Callable[[Any], Awaitable[Any]]
     store = Store(config.database_url)
     try:
         await store.migrate()
-        return await action(AccountService(store, config.domains))
+        return await action(AccountService(store, config.domains,
+                                           password_min_length=config.auth.password_min_length))
     finally:
         await store.close()
 

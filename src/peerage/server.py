@@ -49,7 +49,8 @@ class Host:
         check_certificates(config)  # a bad file is one clear error, not an OpenSSL traceback
         self.config = config
         self.store = Store(config.database_url)
-        self.accounts = AccountService(self.store, config.domains)
+        self.accounts = AccountService(self.store, config.domains, cache_size=config.auth.cache_size,
+                                       cache_ttl=config.auth.cache_ttl)
         self.tls = TLSContexts(config)
         self.dns = Resolver(config.dns)
         self.limits = Limits(config.limits)

@@ -9,7 +9,12 @@ users of their own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import hashlib
+import hmac
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -24,10 +29,68 @@ class AccountError(Exception):
     """An account operation cannot be done; the message says why."""
 
 
+class VerificationCache:
+    """Successful password verifications, so a client that logs in every few minutes (Thunderbird
+    opens several IMAP connections, each logging in) does not pay an argon2id hash every time.
+
+    Dovecot's auth cache (auth_cache_size, auth_cache_ttl) does the same. An entry is an HMAC, under a
+    key that lives only in this process's memory, of (address, the stored argon2 hash, the password):
+    no password or fast hash of one is kept, and a `user passwd` from any process changes the stored
+    hash, so the old entry can no longer match. Bounded to ``size`` entries (least recently used go
+    first), each kept ``ttl`` seconds.
+    """
+
+    def __init__(self, size: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._clock = clock
+        self._key = os.urandom(32)
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def _tag(self, address: str, stored: str, password: str) -> bytes:
+        message = b"\0".join((address.encode(), stored.encode(), password.encode("utf-8", "surrogatepass")))
+        return hmac.digest(self._key, message, hashlib.sha256)
+
+    def hit(self, address: str, stored: str, password: str) -> bool:
+        entry = self._entries.get(address)
+        if entry is None:
+            return False
+        tag, expires = entry
+        if expires < self._clock():
+            del self._entries[address]
+            return False
+        if not hmac.compare_digest(tag, self._tag(address, stored, password)):
+            return False
+        self._entries.move_to_end(address)
+        return True
+
+    def remember(self, address: str, stored: str, password: str) -> None:
+        if self.size <= 0:
+            return
+        self._entries[address] = (self._tag(address, stored, password), self._clock() + self.ttl)
+        self._entries.move_to_end(address)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def forget(self, address: str) -> None:
+        self._entries.pop(address, None)
+
+
 class AccountService:
-    def __init__(self, store: Store, domains: Iterable[str]) -> None:
+    def __init__(self, store: Store, domains: Iterable[str], *, cache_size: int = 10000,
+                 cache_ttl: float = 3600.0, password_min_length: int | None = None) -> None:
         self.store = store
         self.domains = frozenset(normalize_domain(d) for d in domains)
+        self.cache = VerificationCache(cache_size, cache_ttl)
+        # When set (the command line sets it from [auth]), new passwords must pass
+        # peerage.identity.policy; None leaves them unchecked (tests, migrations, internal callers).
+        self.password_min_length = password_min_length
+
+    def _check_policy(self, addr: Address, password: str) -> None:
+        if self.password_min_length is not None:
+            from peerage.identity.policy import check_password
+
+            check_password(password, address=str(addr), min_length=self.password_min_length)
 
     def is_local_domain(self, domain: str) -> bool:
         try:
@@ -46,6 +109,7 @@ class AccountService:
 
     async def add(self, address: str | Address, password: str) -> Address:
         addr = self._local_address(address)
+        self._check_policy(addr, password)
         creds = await asyncio.to_thread(derive_credentials, addr, password)
         async with self.store.begin() as conn:
             exists = (await conn.execute(select(accounts.c.address).where(accounts.c.address == str(addr)))).first()
@@ -57,6 +121,8 @@ class AccountService:
 
     async def passwd(self, address: str | Address, password: str) -> None:
         addr = self._local_address(address)
+        self._check_policy(addr, password)
+        self.cache.forget(str(addr))
         creds = await asyncio.to_thread(derive_credentials, addr, password)
         async with self.store.begin() as conn:
             result = await conn.execute(
@@ -68,6 +134,7 @@ class AccountService:
     async def delete(self, address: str | Address) -> None:
         addr = self._local_address(address)
         async with self.store.begin() as conn:
+            self.cache.forget(str(addr))
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist")
@@ -118,7 +185,13 @@ class AccountService:
             # Spend comparable time so that timing does not reveal which addresses exist.
             await asyncio.to_thread(verify_argon2, _DUMMY_HASH, password)
             return False
-        return await asyncio.to_thread(verify_argon2, row.argon2, password)
+        stored = str(row.argon2)
+        if self.cache.hit(row.address, stored, password):
+            return True
+        ok = await asyncio.to_thread(verify_argon2, stored, password)
+        if ok:
+            self.cache.remember(row.address, stored, password)
+        return ok
 
     async def _row(self, address: str | Address) -> Any:
         try:
