@@ -14,13 +14,14 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
 from peerage.identity.address import Address, AddressError, normalize_domain, parse_address
 from peerage.identity.credentials import Credentials, ScramCredential, derive_credentials, verify_argon2
+from peerage.identity.tables import app_passwords
 from peerage.store import Store
 from peerage.store.schema import accounts
 
@@ -123,7 +124,9 @@ class AccountService:
         addr = self._local_address(address)
         self._check_policy(addr, password)
         self.cache.forget(str(addr))
-        creds = await asyncio.to_thread(derive_credentials, addr, password)
+        row = await self._row(addr)
+        salt = bytes(row.scram_salt) if row is not None else None
+        creds = await asyncio.to_thread(lambda: derive_credentials(addr, password, salt=salt))
         async with self.store.begin() as conn:
             result = await conn.execute(
                 update(accounts).where(accounts.c.address == str(addr)).values(**_credential_columns(creds))
@@ -135,6 +138,7 @@ class AccountService:
         addr = self._local_address(address)
         async with self.store.begin() as conn:
             self.cache.forget(str(addr))
+            await conn.execute(delete(app_passwords).where(app_passwords.c.account == str(addr)))
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist")
@@ -164,12 +168,17 @@ class AccountService:
         row = await self._row(address)
         if row is None:
             return None
+        async with self.store.begin() as conn:
+            devices = (await conn.execute(
+                select(app_passwords.c[f"{prefix}_stored_key"], app_passwords.c[f"{prefix}_server_key"])
+                .where(app_passwords.c.account == row.address))).all()
         return ScramCredential(
             hash_name,
             bytes(row.scram_salt),
             row.scram_iterations,
             bytes(getattr(row, f"{prefix}_stored_key")),
             bytes(getattr(row, f"{prefix}_server_key")),
+            tuple((bytes(d[0]), bytes(d[1])) for d in devices),
         )
 
     async def sip_ha1(self, address: str | Address, algorithm: str) -> str | None:
@@ -179,6 +188,19 @@ class AccountService:
         row = await self._row(address)
         return None if row is None else str(getattr(row, column))
 
+    async def sip_ha1_all(self, address: str | Address, algorithm: str) -> Sequence[str]:
+        """The account's HA1 first, then its app passwords' (a digest response says which matched)."""
+        column = {"MD5": "sip_ha1_md5", "SHA-256": "sip_ha1_sha256"}.get(algorithm.upper())
+        if column is None:
+            return []
+        row = await self._row(address)
+        if row is None:
+            return []
+        async with self.store.begin() as conn:
+            devices = (await conn.execute(select(app_passwords.c[column])
+                                          .where(app_passwords.c.account == row.address))).scalars().all()
+        return [str(getattr(row, column)), *(str(d) for d in devices)]
+
     async def verify_password(self, address: str | Address, password: str) -> bool:
         row = await self._row(address)
         if row is None:
@@ -187,6 +209,8 @@ class AccountService:
             return False
         stored = str(row.argon2)
         if self.cache.hit(row.address, stored, password):
+            return True
+        if await self._app_password_matches(row.address, password):
             return True
         ok = await asyncio.to_thread(verify_argon2, stored, password)
         if ok:
@@ -202,6 +226,80 @@ class AccountService:
             return None
         async with self.store.begin() as conn:
             return (await conn.execute(select(accounts).where(accounts.c.address == str(addr)))).first()
+
+
+    # --- app passwords (one revocable secret per device) --------------------------------------------
+
+    async def _app_password_matches(self, account: str, password: str) -> bool:
+        if not _looks_generated(password):
+            return False
+        token = _token_hash(password)
+        async with self.store.begin() as conn:
+            row = (await conn.execute(select(app_passwords.c.id).where(
+                app_passwords.c.account == account, app_passwords.c.token_sha256 == token))).first()
+        return row is not None
+
+    async def app_password_add(self, address: str | Address, name: str) -> str:
+        """Create a device secret called ``name``; return it (shown once, never stored in clear)."""
+        addr = self._local_address(address)
+        name = name.strip()
+        if not name or len(name) > 64 or not name.isprintable():
+            raise AccountError("an app password needs a name of 1 to 64 printable characters, e.g. 'phone'")
+        row = await self._row(addr)
+        if row is None:
+            raise AccountError(f"{addr} does not exist; create it with `peerage user add {addr}`")
+        password = generate_app_password()
+        salt, iterations = bytes(row.scram_salt), int(row.scram_iterations)
+        creds = await asyncio.to_thread(lambda: derive_credentials(addr, password, salt=salt, iterations=iterations))
+        async with self.store.begin() as conn:
+            taken = (await conn.execute(select(app_passwords.c.id).where(
+                app_passwords.c.account == str(addr), app_passwords.c.name == name))).first()
+            if taken:
+                raise AccountError(f"{addr} already has an app password called '{name}'; revoke it first")
+            await conn.execute(insert(app_passwords).values(
+                account=str(addr), name=name, token_sha256=_token_hash(password),
+                scram_sha1_stored_key=creds.scram["SHA-1"].stored_key,
+                scram_sha1_server_key=creds.scram["SHA-1"].server_key,
+                scram_sha256_stored_key=creds.scram["SHA-256"].stored_key,
+                scram_sha256_server_key=creds.scram["SHA-256"].server_key,
+                sip_ha1_md5=creds.sip_ha1["MD5"], sip_ha1_sha256=creds.sip_ha1["SHA-256"],
+            ))
+        return password
+
+    async def app_password_list(self, address: str | Address) -> Sequence[tuple[str, Any]]:
+        addr = self._local_address(address)
+        async with self.store.begin() as conn:
+            rows = await conn.execute(select(app_passwords.c.name, app_passwords.c.created_at)
+                                      .where(app_passwords.c.account == str(addr)).order_by(app_passwords.c.name))
+            return [(r[0], r[1]) for r in rows]
+
+    async def app_password_revoke(self, address: str | Address, name: str) -> None:
+        addr = self._local_address(address)
+        async with self.store.begin() as conn:
+            result = await conn.execute(delete(app_passwords).where(
+                app_passwords.c.account == str(addr), app_passwords.c.name == name.strip()))
+            if result.rowcount == 0:
+                raise AccountError(f"{addr} has no app password called '{name}'; see "
+                                   f"`peerage user app-password list {addr}`")
+
+
+# Generated app passwords: four groups of five from a 32-letter alphabet without look-alikes, 100 bits.
+APP_PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+def generate_app_password() -> str:
+    import secrets
+
+    return "-".join("".join(secrets.choice(APP_PASSWORD_ALPHABET) for _ in range(5)) for _ in range(4))
+
+
+def _looks_generated(password: str) -> bool:
+    parts = password.split("-")
+    return len(parts) == 4 and all(len(p) == 5 and all(c in APP_PASSWORD_ALPHABET for c in p) for p in parts)
+
+
+def _token_hash(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
 
 
 def _credential_columns(creds: Credentials) -> dict[str, object]:

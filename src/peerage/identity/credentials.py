@@ -50,6 +50,9 @@ class ScramCredential:
     iterations: int
     stored_key: bytes
     server_key: bytes
+    # (stored_key, server_key) of the account's app passwords, derived under the same salt and
+    # iteration count: the one server-first message serves them all, and the proof says which matched.
+    alternates: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +89,12 @@ def sip_ha1(algorithm: str, user: str, realm: str, password: str) -> str:
     return hashlib.new(SIP_DIGEST_HASHES[algorithm], f"{user}:{realm}:{password}".encode()).hexdigest()
 
 
-def derive_credentials(address: Address, password: str, *, iterations: int = SCRAM_ITERATIONS) -> Credentials:
+def derive_credentials(address: Address, password: str, *, iterations: int = SCRAM_ITERATIONS,
+                       salt: bytes | None = None) -> Credentials:
+    """Every protocol's secret for ``password``. ``salt`` keeps the account's SCRAM salt (a password
+    change keeps it, so app passwords derived under it stay valid); new accounts get a random one."""
     prepared = prepare_password(password)
-    salt = os.urandom(SCRAM_SALT_BYTES)
+    salt = salt or os.urandom(SCRAM_SALT_BYTES)
     return Credentials(
         scram={name: scram_credential(name, prepared, salt, iterations) for name in SCRAM_HASHES},
         sip_ha1={alg: sip_ha1(alg, address.local, address.domain, prepared) for alg in SIP_DIGEST_HASHES},

@@ -209,14 +209,16 @@ class ScramServer:
         credential = self._credential
         if credential is None:
             raise ScramError("not-authorized", "invalid username or password", "invalid-proof")
-        signature = hmac.digest(credential.stored_key, auth_message, self._algorithm)
-        if len(proof) != len(signature):
-            raise ScramError("not-authorized", "invalid username or password", "invalid-proof")
-        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
-        if not hmac.compare_digest(hashlib.new(self._algorithm, client_key).digest(), credential.stored_key):
-            raise ScramError("not-authorized", "invalid username or password", "invalid-proof")
-        server_signature = hmac.digest(credential.server_key, auth_message, self._algorithm)
-        return b"v=" + base64.b64encode(server_signature)
+        # The account's own keys first, then its app passwords' (same salt and iterations).
+        for stored_key, server_key in ((credential.stored_key, credential.server_key), *credential.alternates):
+            signature = hmac.digest(stored_key, auth_message, self._algorithm)
+            if len(proof) != len(signature):
+                break
+            client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+            if hmac.compare_digest(hashlib.new(self._algorithm, client_key).digest(), stored_key):
+                server_signature = hmac.digest(server_key, auth_message, self._algorithm)
+                return b"v=" + base64.b64encode(server_signature)
+        raise ScramError("not-authorized", "invalid username or password", "invalid-proof")
 
 
 def scram_client_proof(

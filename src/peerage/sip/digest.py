@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from peerage.sip.message import SipParseError, _split_outside_quotes, unquote_string
@@ -161,6 +161,15 @@ class DigestAuthenticator:
         ]
 
     # -- verification
+    def verify_any(self, credentials: Credentials, method: str, ha1s: Sequence[str]) -> str:
+        """`verify` against the account's HA1 and then its app passwords' (the response names none,
+        so each is tried; a wrong HA1 fails before the nonce's replay state is touched)."""
+        for ha1 in ha1s:
+            verdict = self.verify(credentials, method, ha1)
+            if verdict != Verdict.FAILED:
+                return verdict
+        return Verdict.FAILED
+
     def verify(self, credentials: Credentials, method: str, ha1: str | None) -> str:
         """Check ``credentials`` for a request with ``method`` given the user's stored HA1."""
         if ha1 is None or credentials.algorithm not in self.algorithms:

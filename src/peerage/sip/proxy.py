@@ -560,10 +560,10 @@ class ProxyCore:
         if credentials is None:
             self._challenge(transaction, realm)
             return
-        ha1 = await self.accounts.sip_ha1(f"{credentials.username}@{realm}", credentials.algorithm)
+        ha1s = await self.accounts.sip_ha1_all(f"{credentials.username}@{realm}", credentials.algorithm)
         if context.cancelled or context.final_sent:
             return
-        verdict = self.authenticator.verify(credentials, request.method or "", ha1)
+        verdict = self.authenticator.verify_any(credentials, request.method or "", ha1s)
         if verdict != Verdict.OK:
             if verdict == Verdict.FAILED:
                 throttle.failure(client_ip, user, protocol="sip", mechanism="digest")

@@ -160,8 +160,8 @@ class Registrar:
                 break
         if credentials is None:
             return self._challenge(request, domain)
-        ha1 = await accounts.sip_ha1(f"{credentials.username}@{domain}", credentials.algorithm)
-        verdict = self.authenticator.verify(credentials, "REGISTER", ha1)
+        ha1s = await accounts.sip_ha1_all(f"{credentials.username}@{domain}", credentials.algorithm)
+        verdict = self.authenticator.verify_any(credentials, "REGISTER", ha1s)
         if verdict == Verdict.STALE:
             return self._challenge(request, domain, stale=True)
         if verdict != Verdict.OK:

@@ -65,6 +65,7 @@ server_secrets = Table(
 # Protocol table modules, imported so that their tables join `metadata`. A missing module is fine while
 # that protocol has no tables yet.
 PROTOCOL_TABLE_MODULES = (
+    "peerage.identity.tables",
     "peerage.xmpp.tables",
     "peerage.sip.tables",
     "peerage.mail.tables",

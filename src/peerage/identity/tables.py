@@ -1,0 +1,29 @@
+"""The identity layer's own tables (beyond `accounts` in peerage.store.schema): app passwords."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Index, Integer, LargeBinary, String, Table, UniqueConstraint, func
+
+from peerage.store.schema import metadata
+
+# One row per device secret of an account (`peerage user app-password add`). Only derived secrets are
+# stored: the SHA-256 of the generated password (it has about 80 bits of entropy, so a fast hash is
+# enough; GitHub and GitLab store their tokens the same way), SCRAM keys under the account's own salt and
+# iteration count (so one server-first message serves the account and all its devices), and SIP HA1s.
+app_passwords = Table(
+    "app_passwords",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account", String(320), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("scram_sha1_stored_key", LargeBinary, nullable=False),
+    Column("scram_sha1_server_key", LargeBinary, nullable=False),
+    Column("scram_sha256_stored_key", LargeBinary, nullable=False),
+    Column("scram_sha256_server_key", LargeBinary, nullable=False),
+    Column("sip_ha1_md5", String(32), nullable=False),
+    Column("sip_ha1_sha256", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("account", "name", name="uq_app_passwords_account_name"),
+    Index("ix_app_passwords_token", "token_sha256"),
+)
