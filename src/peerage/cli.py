@@ -399,6 +399,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from peerage.ops.check import run
+
+    report = _run(lambda: run(_config(args)))
+    print("\n".join(report.lines).lstrip("\n"))
+    return 1 if report.problems else 0
+
+
 # --- dns -----------------------------------------------------------------------------------------
 
 
@@ -428,16 +436,10 @@ def host_dns_records(config: Config, domain: str) -> list[str]:
     ]
 
 
-def cmd_dns(args: argparse.Namespace) -> int:
+def dns_sections(config: Config, domain: str) -> list[tuple[str, list[str]]]:
+    """Every record `peerage dns` prints for `domain`, by section, as zone-file lines."""
     from importlib import import_module
 
-    from peerage.identity.address import normalize_domain
-
-    config = _config(args)
-    domain = normalize_domain(args.domain)
-    if domain not in config.domains:
-        raise CliError(f"{domain} is not hosted here (configured: {', '.join(config.domains)}); "
-                       f"add it with `peerage domain add {domain}`")
     sections: list[tuple[str, list[str]]] = [("Host", host_dns_records(config, domain))]
     if config.xmpp.enabled:
         sections.append(("XMPP (RFC 6120 §3.2, XEP-0368)", xmpp_dns_records(config, domain)))
@@ -454,11 +456,23 @@ def cmd_dns(args: argparse.Namespace) -> int:
     from peerage.ops.dnsrecords import zone_safe
 
     sections.append(("DANE, CAA, service names, reverse DNS (RFC 7672, 7673, 8659)", ops_records(domain, config)))
+    return [(title, [zone_safe(r) for r in records]) for title, records in sections]
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    from peerage.identity.address import normalize_domain
+
+    config = _config(args)
+    domain = normalize_domain(args.domain)
+    if domain not in config.domains:
+        raise CliError(f"{domain} is not hosted here (configured: {', '.join(config.domains)}); "
+                       f"add it with `peerage domain add {domain}`")
+    sections = dns_sections(config, domain)
     print(f"; DNS records for {domain}. Publish them in the {domain} zone; this output is a zone file.")
     for title, records in sections:
         print(f"\n; {title}")
         for record in records:
-            print(zone_safe(record))
+            print(record)
     return 0
 
 
@@ -545,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     dns.set_defaults(func=cmd_dns)
 
     _add_protocol_commands(commands)
+    check = commands.choices.get("check") or commands.add_parser("check")
+    check.description = "With no kind: check configuration, certificates, DNS, ports and TLS of this installation."
+    check.set_defaults(func=cmd_check)
     return parser
 
 

@@ -23,7 +23,8 @@ def register(commands: Any) -> None:
     status.set_defaults(func=cmd_status)
 
     check = commands.add_parser("check", help="check interoperability with a remote domain")
-    kinds = check.add_subparsers(dest="check_command", required=True, metavar="federation")
+    # Without a kind, `peerage check` checks the whole installation (peerage.ops.check).
+    kinds = check.add_subparsers(dest="check_command", required=False, metavar="federation")
     federation = kinds.add_parser("federation", help="negotiate with DOMAIN step by step and explain")
     federation.add_argument("domain")
     federation.add_argument("--from", dest="local", help="the local domain to federate as "
