@@ -38,6 +38,9 @@ from peerage.mail.mailbox import flags as flaglib
 # Accounts whose index is kept in memory; the least recently used is dropped first. 10,000 messages
 # summarise to roughly 10 MB, so 64 busy accounts stay well under a gigabyte.
 MAX_CACHED_ACCOUNTS = 64
+# Characters of body text cached per account for search: 10,000 messages of a few KiB each fit in
+# about 32 MB; past that the oldest entries go and are read again when searched.
+MAX_TEXT_CACHE_CHARS = 32 * 1024 * 1024
 
 # IMAP system flags and their JMAP keywords (RFC 8621 §4.1.1).
 FLAG_TO_KEYWORD = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered", "\\Draft": "$draft"}
@@ -154,6 +157,7 @@ class Summary:
     sent_stamp: float
     thread: str
     # Computed from the body the first time they are needed.
+    plain: bool = False  # no encoded part and valid UTF-8: the raw body is its text
     has_attachment: bool | None = None
     preview: str | None = None
 
@@ -191,6 +195,7 @@ def summarise(box: MailboxInfo, row: MessageRow) -> Summary:
         size=row.size,
         blob=row.blob,
         header=row.header,
+        plain=row.plain,
         subject=decode_text(headers.get("Subject")),
         sender=addresses(headers.get_all("Sender")),
         from_=addresses(headers.get_all("From")),
@@ -275,6 +280,16 @@ class AccountIndex:
         self.by_id: dict[str, Summary] = {}
         self._threads: dict[str, list[Summary]] | None = None
         self.lock = asyncio.Lock()
+        # Lower-cased body text per email id for body/text search (ids are immutable), bounded.
+        self.texts: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        self._text_chars = 0
+
+    def remember_text(self, email: str, entry: tuple[str, bool]) -> None:
+        self.texts[email] = entry
+        self._text_chars += len(entry[0])
+        while self._text_chars > MAX_TEXT_CACHE_CHARS and self.texts:
+            _, dropped = self.texts.popitem(last=False)
+            self._text_chars -= len(dropped[0])
 
     async def refresh(self) -> None:
         async with self.lock:

@@ -724,19 +724,38 @@ class MailAccount:
         return True
 
     async def _body_texts(self, summaries: list[Summary]) -> dict[str, tuple[str, bool]]:
+        """Lower-cased body text and hasAttachment per email, for body and text filters. A message
+        never changes under its id, so each is computed once and kept in the account's text cache;
+        a plain message (no encoded part, valid UTF-8: the store's own flag, as IMAP SEARCH uses it)
+        is searched as it is, without a MIME parse."""
+        cache = self.index.texts
         out: dict[str, tuple[str, bool]] = {}
-        raws = await self._parsed(summaries)
+        missing = []
         for s in summaries:
-            root = mime.tree(mime.parse(raws[s.id]))
-            texts = []
-            for part in mime.leaves(root):
-                if part.type == "text/plain":
-                    texts.append(part.text()[0])
-                elif part.type == "text/html":
-                    texts.append(mime.html_to_text(part.text()[0]))
-            attached = mime.has_attachment(root)
-            s.has_attachment = attached
-            out[s.id] = ("\n".join(texts).lower(), attached)
+            found = cache.get(s.id)
+            if found is None:
+                missing.append(s)
+            else:
+                out[s.id] = found
+        for start in range(0, len(missing), 500):
+            batch = missing[start:start + 500]
+            raws = await self._parsed(batch)
+            for s in batch:
+                raw = raws[s.id]
+                if s.plain and b"content-type: multipart" not in s.header.lower():
+                    entry = (raw[len(s.header):].decode("utf-8", "replace").lower(), False)
+                else:
+                    root = mime.tree(mime.parse(raw))
+                    texts = []
+                    for part in mime.leaves(root):
+                        if part.type == "text/plain":
+                            texts.append(part.text()[0])
+                        elif part.type == "text/html":
+                            texts.append(mime.html_to_text(part.text()[0]))
+                    entry = ("\n".join(texts).lower(), mime.has_attachment(root))
+                s.has_attachment = entry[1]
+                out[s.id] = entry
+                self.index.remember_text(s.id, entry)
         return out
 
     def _sort(self, summaries: list[Summary], sort: Any) -> list[Summary]:
