@@ -10,7 +10,10 @@ composing), and the methods are ``methods``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from peerage.web import WebContext
 
 
 def register(host: Any, mail_service: Any) -> None:
@@ -18,6 +21,11 @@ def register(host: Any, mail_service: Any) -> None:
     from peerage.mail.jmap.discovery import MailDiscovery
     from peerage.web import routes_for
 
+    def setup_jmap(ctx: WebContext) -> None:
+        # Built only when the web service builds its app, so a host without it (IMAP tests, a node
+        # with [web] disabled) does not listen for mailbox changes on JMAP's behalf.
+        JmapRoutes(host, mail_service).setup(ctx)
+
     routes = routes_for(host)
-    routes.add("jmap", JmapRoutes(host, mail_service).setup)
+    routes.add("jmap", setup_jmap)
     routes.add("mail-discovery", MailDiscovery(host).setup)
