@@ -22,7 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
     srv = make_server(tmp_path_factory.mktemp("deadline"),
                       {"limits": {"auth_deadline": DEADLINE, "idle_timeout_unauthenticated": 20.0,
                                   "max_unauthenticated": 6}},
-                      services=("smtp", "imap"))
+                      services=("smtp", "imap", "sip"))
     srv.add_user(ALICE, PASSWORD)
     srv.start()
     try:
@@ -68,6 +68,32 @@ async def test_smtp_submission_slow_drip_closed_at_deadline(server: PeerageServe
     writer.close()
     assert DEADLINE - 1 < took < DEADLINE + 3, took
     assert b"421 4.4.2" in received
+
+
+async def test_sip_tcp_slow_drip_closed_at_deadline(server: PeerageServer) -> None:
+    reader, writer = await asyncio.open_connection(ADDRESS, 5060, local_addr=("127.0.7.53", 0))
+    took, _ = await _drip_until_closed(reader, writer, b"R", 15)
+    writer.close()
+    assert DEADLINE - 0.5 < took < DEADLINE + 3, took
+
+
+async def test_sip_tcp_flow_with_a_message_outlives_the_deadline(server: PeerageServer) -> None:
+    reader, writer = await asyncio.open_connection(ADDRESS, 5060, local_addr=("127.0.7.54", 0))
+    port = writer.get_extra_info("sockname")[1]
+
+    async def options(number: int) -> bytes:
+        writer.write((
+            f"OPTIONS sip:example.org SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.7.54:{port};branch=z9hG4bK-dl-{number}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:probe@example.net>;tag={number}\r\nTo: <sip:example.org>\r\n"
+            f"Call-ID: deadline-{number}@127.0.7.54\r\nCSeq: {number} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+
+    assert (await options(1)).startswith(b"SIP/2.0 ")
+    await asyncio.sleep(DEADLINE + 1)
+    assert (await options(2)).startswith(b"SIP/2.0 ")  # still open past the deadline
+    writer.close()
 
 
 async def test_logged_in_connection_outlives_the_deadline(server: PeerageServer) -> None:

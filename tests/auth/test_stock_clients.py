@@ -141,3 +141,16 @@ async def test_baresip_registers_on_the_default_challenge(server: PeerageServer,
     # It was offered MD5 alone (libre gives up on any other algorithm); everyone else gets both.
     assert "algorithm=SHA-256" not in output and "algorithm=MD5" in output
     assert "authentication failed" not in server.log_text(offset)
+
+
+def test_smtp_auth_login_behind_tls_only(server: PeerageServer) -> None:
+    swaks = require_binary("swaks")
+    base = [swaks, "--server", ADDRESS, "--port", "587", "--from", ALICE, "--to", ALICE,
+            "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", PASSWORD,
+            "--header", "Subject: swaks AUTH LOGIN", "--body", "hi", "--local-interface", "127.0.7.29"]
+    ok = subprocess.run([*base, "--tls"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "235 2.7.0" in ok.stdout, ok.stdout + ok.stderr
+    assert re.search(r"250-AUTH [^\n]*LOGIN", ok.stdout)
+    # Without TLS no mechanism is offered at all (and submission requires STARTTLS first).
+    plain = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0 and "235 2.7.0" not in plain.stdout

@@ -60,6 +60,8 @@ class SipService:
             self._receive, max_message_size=config.max_message_size,
             client_context=lambda name: host.tls.client_context(verify=True),
             on_unreachable=self._unreachable)
+        transport.auth_deadline = host.config.limits.auth_deadline
+        transport.preauth = host.limits.preauth
         flood = FloodGuard(config.flood_requests_per_second, config.flood_ban_seconds)
         transport.admit = flood.allow
         transport.banned = flood.is_banned

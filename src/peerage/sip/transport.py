@@ -119,9 +119,15 @@ def stamp_via(message: SipMessage, ip: str, port: int) -> None:
 class StreamConnection(asyncio.Protocol):
     """One TCP or TLS connection, incoming or outgoing."""
 
-    def __init__(self, owner: SipTransport, transport_name: str) -> None:
+    def __init__(self, owner: SipTransport, transport_name: str, *, incoming: bool = False) -> None:
         self.owner = owner
         self.transport_name = transport_name
+        self.incoming = incoming
+        # An incoming connection must carry one complete SIP message within [limits] auth_deadline
+        # (a slow drip never does) and holds a place in the global cap on anonymous connections until
+        # then (peerage.net.limits). Peers and clients alike send a whole request at once.
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.preauth: Any = None
         self.parser = StreamParser()
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
@@ -137,6 +143,20 @@ class StreamConnection(asyncio.Protocol):
         self.key = (self.transport_name, self.peer[0], self.peer[1])
         self.owner.register_connection(self)
         self._touch()
+        if self.incoming and self.owner.auth_deadline is not None:
+            self.preauth = self.owner.preauth() if self.owner.preauth is not None else True
+            if self.preauth is None:
+                self.close()
+                return
+            self.deadline_handle = asyncio.get_running_loop().call_later(self.owner.auth_deadline, self.close)
+
+    def _first_message(self) -> None:
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+            self.deadline_handle = None
+        if self.preauth is not None and self.preauth is not True:
+            self.preauth.release()
+        self.preauth = None
 
     def _touch(self) -> None:
         if self.idle_handle is not None:
@@ -157,6 +177,8 @@ class StreamConnection(asyncio.Protocol):
             if isinstance(item, str):
                 self.write(b"\r\n")  # pong (RFC 5626 §3.5.1)
                 continue
+            if self.deadline_handle is not None or self.preauth is not None:
+                self._first_message()
             self.owner.deliver(item, source)
 
     def write(self, data: bytes) -> None:
@@ -178,6 +200,7 @@ class StreamConnection(asyncio.Protocol):
         self.closed = True
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        self._first_message()
         self.owner.unregister_connection(self)
 
 
@@ -256,6 +279,10 @@ class SipTransport:
                  client_context: Callable[[str], ssl.SSLContext] | None = None,
                  on_unreachable: Callable[[Destination], None] | None = None) -> None:
         self.handler = handler
+        # Set by the service from [limits]: the deadline for an incoming stream's first message and
+        # the global cap's slot factory (peerage.net.limits.Limits.preauth).
+        self.auth_deadline: float | None = None
+        self.preauth: Callable[[], Any] | None = None
         self.on_unreachable = on_unreachable
         self.max_message_size = max_message_size
         self.admit = admit
@@ -284,7 +311,7 @@ class SipTransport:
             for spec in specs:
                 host, port = parse_listen(spec)
                 server = await loop.create_server(
-                    lambda name=name: StreamConnection(self, name), host, port, ssl=context,
+                    lambda name=name: StreamConnection(self, name, incoming=True), host, port, ssl=context,
                     reuse_address=True, backlog=1024)
                 self.servers.append(server)
                 self.endpoints.setdefault(name, (host, port))
