@@ -85,14 +85,15 @@ class WebHost:
 
 
 async def start_host(workdir: Path, *, mail: bool = False, extra: dict[str, Any] | None = None,
-                     address: str | None = None, before_web: Any = None) -> WebHost:
+                     address: str | None = None, before_web: Any = None,
+                     more_domains: list[dict[str, str]] | None = None) -> WebHost:
     address = address or next_address()
     cert, key = workdir / f"{DOMAIN}.crt", workdir / f"{DOMAIN}.key"
     if not cert.exists():
         generate_self_signed(DOMAIN, cert, key)
     raw: dict[str, Any] = {
         "server": {"data_dir": str(workdir / "data")},
-        "domain": [{"name": DOMAIN, "cert": str(cert), "key": str(key)}],
+        "domain": [{"name": DOMAIN, "cert": str(cert), "key": str(key)}, *(more_domains or [])],
         "dns": {"nameservers": ["127.0.0.1"], "port": 1, "timeout": 0.5},
         "xmpp": {"enabled": False},
         "sip": {"enabled": False},

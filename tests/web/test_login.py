@@ -276,3 +276,42 @@ async def test_cross_site_navigation_reloads_same_site(webhost: WebHost) -> None
     async with fresh.get(webhost.base + "/mail/", headers=headers, allow_redirects=False) as response:
         assert response.status == 200
         assert 'http-equiv=refresh' in await response.text()
+
+
+async def test_https_is_tls12_or_later_with_a_certificate_per_domain(tmp_path) -> None:
+    import ssl
+
+    from cryptography import x509
+
+    from peerage.net.tls import generate_self_signed
+    from tests.web.conftest import start_host, stop_host
+
+    generate_self_signed("second.example", tmp_path / "second.crt", tmp_path / "second.key")
+    server = await start_host(tmp_path, more_domains=[{"name": "second.example", "cert": str(tmp_path / "second.crt"),
+                                                       "key": str(tmp_path / "second.key")}])
+    try:
+        def handshake(name: str, version: ssl.TLSVersion | None = None) -> str:
+            import socket
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            if version is not None:
+                context.minimum_version = context.maximum_version = version
+            with socket.create_connection((server.address, HTTPS_PORT), timeout=5) as raw_socket, \
+                    context.wrap_socket(raw_socket, server_hostname=name) as tls:
+                der = tls.getpeercert(binary_form=True)
+                assert der is not None
+                cert = x509.load_der_x509_certificate(der)
+                return str(cert.subject.rfc4514_string())
+
+        assert "second.example" in await asyncio.to_thread(handshake, "second.example")
+        assert "example.org" in await asyncio.to_thread(handshake, "example.org")
+        try:
+            await asyncio.to_thread(handshake, "example.org", ssl.TLSVersion.TLSv1_1)
+        except (ssl.SSLError, OSError):
+            pass
+        else:
+            raise AssertionError("TLS 1.1 was accepted")
+    finally:
+        await stop_host(server)
