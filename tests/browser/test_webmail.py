@@ -357,3 +357,40 @@ def test_attached_message_is_read_through_email_parse(peerage: PeerageServer, br
     browser.screenshot("attached-message")
     browser.press("Escape")
     browser.wait_for(".attached-message", state="detached")
+
+
+def test_keyboard_shortcuts_and_bulk_selection(peerage: PeerageServer, browser: Browser) -> None:
+    for subject in ("Keys one", "Keys two", "Keys three"):
+        deliver(make_message(subject), CAROL, [ALICE])
+    wait_delivered(peerage, "Keys three")
+    login(browser)
+    wait_row(browser, "Keys three")
+    rows = browser.eval("[...document.querySelectorAll('.row[data-id]')].filter(r => r.dataset.subject.startsWith('Keys'))"
+                        ".sort((a, b) => parseInt(a.style.top) - parseInt(b.style.top)).map(r => r.dataset.subject)")
+    assert len(rows) == 3, rows
+    browser.press("j")
+    assert browser.eval("document.querySelector('.row.selected')?.dataset.subject") == rows[0]
+    browser.press("j")
+    browser.press("Enter")
+    browser.wait_until(f"document.querySelector('#reader-subject')?.textContent.includes({json.dumps(rows[1])})")
+    # Opening marks it read; let that reach the server, as a person reading it would.
+    wait_for(lambda: "\\Seen" in _flags("INBOX", rows[1]) or None, 10, "\\Seen over IMAP")
+    browser.press("s")
+    wait_for(lambda: "\\Flagged" in _flags("INBOX", rows[1]) or None, 10, "\\Flagged over IMAP")
+    browser.wait_for("#flag.on")
+    browser.press("u")
+    wait_for(lambda: "\\Seen" not in _flags("INBOX", rows[1]) or None, 10, "unseen again over IMAP")
+    browser.press("?")
+    browser.wait_for('[aria-label="Keyboard shortcuts"]')
+    browser.press("Escape")
+    browser.wait_for('[aria-label="Keyboard shortcuts"]', state="detached")
+    # x selects the current row, a click on a checkbox another; the bulk bar acts on both.
+    browser.press("x")
+    browser.click(f'.row[data-subject="{rows[0]}"] .check')
+    assert browser.count(".row.checked") == 2
+    browser.click(".bulk >> text=Delete")
+    browser.wait_for(f'.row[data-subject="{rows[0]}"]', state="detached")
+    browser.wait_for(f'.row[data-subject="{rows[1]}"]', state="detached")
+    wait_for(lambda: len(imap_find("Trash", "Keys")) == 2 or None, 10, "two in Trash")
+    assert imap_find("INBOX", rows[2])
+    browser.screenshot("after-bulk-delete")
