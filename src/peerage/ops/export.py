@@ -22,8 +22,6 @@ from peerage.config import Config
 
 # IMAP system flags and their Maildir letters (https://cr.yp.to/proto/maildir.html).
 MAILDIR_FLAGS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
-ROSTER_FIELDS = ("contact", "name", "subscription", "ask", "approved", "groups", "hidden", "pending_in",
-                 "pending_stanza")
 
 
 def _folder_file(name: str) -> str:
@@ -66,8 +64,10 @@ async def export_account(store: Any, config: Config, address: str, target: Path,
             box.unlock()
             box.close()
     async with store.begin() as conn:
-        roster = [dict(zip(ROSTER_FIELDS, row, strict=True)) for row in await conn.execute(
-            select(*(xmpp_roster.c[f] for f in ROSTER_FIELDS)).where(xmpp_roster.c.owner == address)
+        # Every roster column but the owner, so columns added later travel too.
+        fields = [c.name for c in xmpp_roster.columns if c.name != "owner"]
+        roster = [dict(zip(fields, row, strict=True)) for row in await conn.execute(
+            select(*(xmpp_roster.c[f] for f in fields)).where(xmpp_roster.c.owner == address)
             .order_by(xmpp_roster.c.contact))]
         archive = [{"archive_id": r.archive_id, "with": r.with_jid, "stamp": r.stamp, "stanza": r.stanza}
                    for r in await conn.execute(select(xmpp_archive).where(xmpp_archive.c.owner == address)
@@ -132,7 +132,9 @@ async def import_account(store: Any, config: Config, address: str, source: Path)
         for item in roster:
             await conn.execute(delete(xmpp_roster).where((xmpp_roster.c.owner == address)
                                                          & (xmpp_roster.c.contact == item["contact"])))
-            await conn.execute(insert(xmpp_roster).values(owner=address, **item))
+            known_columns = {c.name for c in xmpp_roster.columns}
+            await conn.execute(insert(xmpp_roster).values(
+                owner=address, **{k: v for k, v in item.items() if k in known_columns and k != "owner"}))
         counts["roster"] = len(roster)
         # Archive ids are unique server-wide (XEP-0313 stanza ids): an entry already here is skipped.
         ids = [entry["archive_id"] for entry in archive]
