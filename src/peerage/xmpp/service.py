@@ -30,6 +30,7 @@ from peerage.xmpp.features.disco import Disco
 from peerage.xmpp.features.im import Im
 from peerage.xmpp.features.mam import Mam
 from peerage.xmpp.features.offline import Offline
+from peerage.xmpp.features.pep import Pep
 from peerage.xmpp.features.ping import Ping
 from peerage.xmpp.features.presence import Presence
 from peerage.xmpp.features.private import PrivateStorage
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 #: The feature modules, in load order (which is also the order of their stream features).
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
-            Offline, Mam, StreamManagement, ClientStateIndication)
+            Offline, Mam, StreamManagement, ClientStateIndication, Pep)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser

@@ -106,3 +106,27 @@ xmpp_blocklist = Table(
     Column("owner", String(JID_LENGTH), primary_key=True),
     Column("jid", String(3071), primary_key=True),
 )
+
+# XEP-0163 / XEP-0060: the PEP nodes of each account and their configuration.
+xmpp_pep_nodes = Table(
+    "xmpp_pep_nodes",
+    metadata,
+    Column("owner", String(JID_LENGTH), primary_key=True),
+    Column("node", String(1024), primary_key=True),
+    # 'presence' | 'open' | 'whitelist' (XEP-0060 section 4.5)
+    Column("access_model", String(16), nullable=False),
+    Column("max_items", Integer, nullable=False),
+)
+
+# XEP-0223: persistent PEP items, oldest first by id.
+xmpp_pep_items = Table(
+    "xmpp_pep_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(JID_LENGTH), nullable=False),
+    Column("node", String(1024), nullable=False),
+    Column("item_id", String(1024), nullable=False),
+    Column("stamp", Float, nullable=False),
+    Column("xml", Text, nullable=False),
+    Index("ix_xmpp_pep_items_owner_node", "owner", "node", "id"),
+)

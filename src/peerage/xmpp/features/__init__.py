@@ -30,6 +30,8 @@ class Feature:
     server_features: tuple[str, ...] = ()
     #: features shown in disco#info of an account's bare JID
     account_features: tuple[str, ...] = ()
+    #: (category, type) identities shown in disco#info of an account's bare JID
+    account_identities: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, ctx: XmppContext) -> None:
         self.ctx = ctx

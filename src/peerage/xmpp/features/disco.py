@@ -48,6 +48,8 @@ class Disco(Feature):
                 return error_reply(ctx.iq, "service-unavailable")
         query = Element("query", DISCO_INFO_NS)
         query.add("identity", attrs={"category": "account", "type": "registered"})
+        for category, itype in sorted({i for feat in self.ctx.features for i in feat.account_identities}):
+            query.add("identity", attrs={"category": category, "type": itype})
         for feature in sorted({f for feat in self.ctx.features for f in feat.account_features}):
             query.add("feature", attrs={"var": feature})
         return result(ctx, query)

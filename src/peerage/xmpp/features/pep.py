@@ -1,0 +1,624 @@
+"""XEP-0163 Personal Eventing Protocol over the XEP-0060 subset it needs, with XEP-0223 persistence.
+
+This module is in charge of each account's PEP service (its bare JID): nodes created on first
+publish (``publish-options`` checked against an existing node's configuration, XEP-0060 section
+7.1.5), item ids, ``max_items`` (a number or ``max``), access models ``presence`` (the default),
+``open`` and ``whitelist`` (the owner alone), retrieving, retracting and deleting, node
+configuration, and notifications (XEP-0163 section 4):
+
+- to the owner's own resources and to contacts with a presence subscription to the owner, whose
+  XEP-0115 caps list ``<node>+notify`` (filtered notifications, XEP-0163 section 4.3);
+- the features behind a caps hash are learnt with one disco#info query to the first resource that
+  shows it, from the owner's bare JID, and cached for every account (``MAX_CAPS_CACHE``);
+- the last item of each node a resource is interested in goes to it when its available presence
+  reaches the owner (XEP-0163 section 4.3.2, "last published item on presence").
+
+Items are stored as serialized XML in ``xmpp_pep_items``; node configurations in ``xmpp_pep_nodes``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
+from peerage.xmpp.jid import JidError, split_jid
+from peerage.xmpp.stanzas import StanzaEvent
+from peerage.xmpp.stream import Element, error_reply, parse_stored, serialize
+from peerage.xmpp.tables import xmpp_pep_items, xmpp_pep_nodes
+
+log = logging.getLogger(__name__)
+
+PUBSUB_NS = "http://jabber.org/protocol/pubsub"
+PUBSUB_OWNER_NS = "http://jabber.org/protocol/pubsub#owner"
+PUBSUB_EVENT_NS = "http://jabber.org/protocol/pubsub#event"
+PUBSUB_ERRORS_NS = "http://jabber.org/protocol/pubsub#errors"
+DATA_NS = "jabber:x:data"
+CAPS_NS = "http://jabber.org/protocol/caps"
+DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
+PUBLISH_OPTIONS = PUBSUB_NS + "#publish-options"
+NODE_CONFIG = PUBSUB_NS + "#node_config"
+
+#: Largest item payload, in bytes of XML. ejabberd's mod_pubsub ``max_payload_size`` is 250000;
+#: Prosody bounds items by the stanza size only (ours is 256 KiB), so this stays just under it.
+MAX_ITEM_BYTES = 250_000
+#: Items kept per node, and what ``max_items=max`` means: Prosody's mod_pep ``pep_max_items`` (256).
+MAX_ITEMS_PER_NODE = 256
+#: Nodes per account. Prosody and ejabberd leave PEP nodes unbounded; a client uses a dozen or so
+#: (OMEMO 2 needs two, legacy OMEMO one per device plus one), so 256, as for items, is plenty.
+MAX_NODES_PER_ACCOUNT = 256
+#: Caps hashes whose features are remembered (LRU), shared by all accounts (Prosody's mod_pep
+#: keeps a similar hash -> features cache).
+MAX_CAPS_CACHE = 4096
+#: Resources whose caps an account's PEP service tracks (contacts' and its own).
+MAX_TRACKED_RESOURCES = 4096
+ACCESS_MODELS = ("presence", "open", "whitelist")
+DEFAULT_MAX_ITEMS = 1  # Prosody's mod_pep default
+
+
+class PubsubError(Exception):
+    def __init__(self, condition: str, pubsub_condition: str | None = None, text: str = "") -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.pubsub_condition = pubsub_condition
+        self.text = text
+
+    def reply(self, iq: Element) -> Element:
+        reply = error_reply(iq, self.condition, self.text)
+        if self.pubsub_condition:
+            error = reply.find("error")
+            assert error is not None
+            error.add(self.pubsub_condition, PUBSUB_ERRORS_NS)
+        return reply
+
+
+class NodeConfig:
+    __slots__ = ("access_model", "max_items")
+
+    def __init__(self, access_model: str = "presence", max_items: int = DEFAULT_MAX_ITEMS) -> None:
+        self.access_model = access_model
+        self.max_items = max_items
+
+
+def _form_values(form: Element | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if form is None:
+        return values
+    for field in form.find_all("field", DATA_NS):
+        var = field.attrs.get("var")
+        if var and var != "FORM_TYPE":
+            values[var] = field.find_text("value", DATA_NS) or ""
+    return values
+
+
+def _max_items(value: str) -> int:
+    if value == "max":
+        return MAX_ITEMS_PER_NODE
+    try:
+        number = int(value)
+    except ValueError:
+        raise PubsubError("not-acceptable", "invalid-options", "pubsub#max_items must be a number or max") from None
+    if number < 1 or number > MAX_ITEMS_PER_NODE:
+        raise PubsubError("not-acceptable", "invalid-options", f"pubsub#max_items is at most {MAX_ITEMS_PER_NODE}")
+    return number
+
+
+def _true(value: str) -> bool:
+    return value in ("1", "true")
+
+
+def _apply_options(config: NodeConfig, values: dict[str, str], *, error: PubsubError) -> None:
+    """Set ``config`` from form ``values``; ``error`` for a value this service cannot have."""
+    for var, value in values.items():
+        if var == "pubsub#access_model":
+            if value not in ACCESS_MODELS:
+                raise error
+            config.access_model = value
+        elif var == "pubsub#max_items":
+            config.max_items = _max_items(value)
+        elif var == "pubsub#persist_items":
+            if not _true(value):
+                raise error  # items are always persistent (XEP-0223)
+        elif var == "pubsub#send_last_published_item":
+            if value != "on_sub_and_presence":
+                raise error
+        elif var in ("pubsub#deliver_notifications", "pubsub#deliver_payloads", "pubsub#notify_retract",
+                     "pubsub#notify_delete", "pubsub#presence_based_delivery"):
+            if not _true(value):
+                raise error
+        elif var == "pubsub#title":
+            continue
+        else:
+            raise error
+
+
+def _matches(config: NodeConfig, values: dict[str, str]) -> bool:
+    wanted = NodeConfig(config.access_model, config.max_items)
+    try:
+        _apply_options(wanted, values, error=PubsubError("conflict", "precondition-not-met"))
+    except PubsubError:
+        return False
+    return wanted.access_model == config.access_model and wanted.max_items == config.max_items
+
+
+def _config_form(node: str, config: NodeConfig) -> Element:
+    form = Element("x", DATA_NS, {"type": "form"})
+    form_type = form.add("field", attrs={"var": "FORM_TYPE", "type": "hidden"})
+    form_type.add("value", text=NODE_CONFIG)
+    access = form.add("field", attrs={"var": "pubsub#access_model", "type": "list-single"})
+    access.add("value", text=config.access_model)
+    for model in ACCESS_MODELS:
+        access.add("option").add("value", text=model)
+    max_items = form.add("field", attrs={"var": "pubsub#max_items", "type": "text-single"})
+    max_items.add("value", text=str(config.max_items))
+    persist = form.add("field", attrs={"var": "pubsub#persist_items", "type": "boolean"})
+    persist.add("value", text="true")
+    send_last = form.add("field", attrs={"var": "pubsub#send_last_published_item", "type": "list-single"})
+    send_last.add("value", text="on_sub_and_presence")
+    return form
+
+
+def caps_of(presence: Element) -> str | None:
+    """The XEP-0115 ``node#ver`` a presence shows, if any."""
+    caps = presence.find("c", CAPS_NS)
+    if caps is None or not caps.attrs.get("ver"):
+        return None
+    return f"{caps.attrs.get('node', '')}#{caps.attrs['ver']}"
+
+
+def _bare(jid: str) -> str:
+    return jid.partition("/")[0]
+
+
+class Pep(Feature):
+    account_features = (
+        PUBSUB_NS, PUBSUB_NS + "#publish", PUBSUB_NS + "#publish-options", PUBSUB_NS + "#auto-create",
+        PUBSUB_NS + "#retrieve-items", PUBSUB_NS + "#retract-items", PUBSUB_NS + "#delete-nodes",
+        PUBSUB_NS + "#delete-items", PUBSUB_NS + "#persistent-items", PUBSUB_NS + "#item-ids",
+        PUBSUB_NS + "#last-published", PUBSUB_NS + "#filtered-notifications", PUBSUB_NS + "#config-node",
+        PUBSUB_NS + "#access-presence", PUBSUB_NS + "#access-open", PUBSUB_NS + "#access-whitelist",
+        PUBSUB_NS + "#presence-notifications", PUBSUB_NS + "#auto-subscribe",
+    )
+    account_identities = (("pubsub", "pep"),)
+
+    def setup(self) -> None:
+        hook_iq(self.ctx, "pubsub", PUBSUB_NS, self._pubsub)
+        hook_iq(self.ctx, "pubsub", PUBSUB_OWNER_NS, self._pubsub_owner)
+        events = self.ctx.events
+        events.hook("pre-presence/bare", self._own_presence, 20)
+        events.hook("presence/bare", self._contact_presence, 20)
+        events.hook("iq/bare", self._iq_answer, 20)
+        events.hook("resource-unbind", self._unbound, 20)
+        #: caps node#ver -> features (LRU)
+        self.caps: OrderedDict[str, frozenset[str]] = OrderedDict()
+        #: owner -> {full JID -> caps node#ver} of available resources (own and contacts')
+        self.resources: dict[str, dict[str, str]] = {}
+        #: disco#info query id -> (node#ver, owner, full JID that was asked)
+        self.pending: dict[str, tuple[str, str, str]] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def engine(self) -> Any:
+        return self.ctx.storage.engine
+
+    # ============================================================================================
+    # IQ: pubsub and pubsub#owner
+    # ============================================================================================
+    async def _pubsub(self, ctx: IqContext) -> Element | None:
+        try:
+            return await self._pubsub_request(ctx)
+        except PubsubError as exc:
+            return exc.reply(ctx.iq)
+
+    async def _pubsub_owner(self, ctx: IqContext) -> Element | None:
+        try:
+            return await self._owner_request(ctx)
+        except PubsubError as exc:
+            return exc.reply(ctx.iq)
+
+    async def _pubsub_request(self, ctx: IqContext) -> Element | None:
+        owner = ctx.owner
+        assert owner is not None
+        itype = ctx.iq.attrs.get("type")
+        actions = list(ctx.payload.elements())
+        first = actions[0] if actions else None
+        if first is None:
+            raise PubsubError("bad-request")
+        if itype == "set" and first.name == "publish":
+            if not ctx.is_owner:
+                raise PubsubError("forbidden")
+            options = ctx.payload.find("publish-options", PUBSUB_NS)
+            form = options.find("x", DATA_NS) if options is not None else None
+            return await self._publish(ctx, owner, first, _form_values(form))
+        if itype == "set" and first.name == "retract":
+            if not ctx.is_owner:
+                raise PubsubError("forbidden")
+            return await self._retract(ctx, owner, first)
+        if itype == "get" and first.name == "items":
+            return await self._items(ctx, owner, first)
+        if itype == "set" and first.name == "subscribe":
+            # XEP-0163 section 4: interest is expressed through caps; an explicit subscription is
+            # answered as subscribed, and notifications follow the +notify rule.
+            node = first.attrs.get("node", "")
+            await self._check_access(ctx, owner, node, must_exist=False)
+            pubsub = Element("pubsub", PUBSUB_NS)
+            pubsub.add("subscription", attrs={"node": node, "jid": first.attrs.get("jid", ctx.sender),
+                                              "subscription": "subscribed"})
+            return result(ctx, pubsub)
+        if itype == "set" and first.name == "unsubscribe":
+            return result(ctx)
+        if itype == "set" and first.name == "create":
+            if not ctx.is_owner:
+                raise PubsubError("forbidden")
+            new_node = first.attrs.get("node")
+            if not new_node:
+                raise PubsubError("not-acceptable", "nodeid-required")
+            configure = ctx.payload.find("configure", PUBSUB_NS)
+            config = NodeConfig()
+            form = configure.find("x", DATA_NS) if configure is not None else None
+            _apply_options(config, _form_values(form), error=PubsubError("not-acceptable", "invalid-options"))
+            if await self._node(owner, new_node) is not None:
+                raise PubsubError("conflict")
+            await self._create(owner, new_node, config)
+            return result(ctx)
+        raise PubsubError("feature-not-implemented", "unsupported")
+
+    async def _owner_request(self, ctx: IqContext) -> Element | None:
+        owner = ctx.owner
+        assert owner is not None
+        if not ctx.is_owner:
+            raise PubsubError("forbidden")
+        itype = ctx.iq.attrs.get("type")
+        first = next(ctx.payload.elements(), None)
+        if first is None or not first.attrs.get("node"):
+            raise PubsubError("bad-request", "nodeid-required")
+        node = first.attrs["node"]
+        config = await self._node(owner, node)
+        if config is None:
+            raise PubsubError("item-not-found")
+        if first.name == "configure" and itype == "get":
+            pubsub = Element("pubsub", PUBSUB_OWNER_NS)
+            pubsub.add("configure", attrs={"node": node}).children.append(_config_form(node, config))
+            return result(ctx, pubsub)
+        if first.name == "configure" and itype == "set":
+            form = first.find("x", DATA_NS)
+            if form is not None and form.attrs.get("type") == "cancel":
+                return result(ctx)
+            _apply_options(config, _form_values(form), error=PubsubError("not-acceptable", "invalid-options"))
+            async with self.engine.begin() as conn:
+                await conn.execute(update(xmpp_pep_nodes).where(
+                    and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)
+                ).values(access_model=config.access_model, max_items=config.max_items))
+                await self._trim(conn, owner, node, config.max_items)
+            return result(ctx)
+        if first.name == "delete" and itype == "set":
+            async with self.engine.begin() as conn:
+                await conn.execute(delete(xmpp_pep_items).where(
+                    and_(xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node)))
+                await conn.execute(delete(xmpp_pep_nodes).where(
+                    and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)))
+            event = Element("event", PUBSUB_EVENT_NS)
+            event.add("delete", attrs={"node": node})
+            self._notify(owner, node, config, event)
+            return result(ctx)
+        if first.name == "purge" and itype == "set":
+            async with self.engine.begin() as conn:
+                await conn.execute(delete(xmpp_pep_items).where(
+                    and_(xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node)))
+            event = Element("event", PUBSUB_EVENT_NS)
+            event.add("purge", attrs={"node": node})
+            self._notify(owner, node, config, event)
+            return result(ctx)
+        raise PubsubError("feature-not-implemented", "unsupported")
+
+    # --- publish, retract, items ----------------------------------------------------------------
+    async def _publish(self, ctx: IqContext, owner: str, publish: Element, options: dict[str, str]) -> Element:
+        node = publish.attrs.get("node")
+        if not node:
+            raise PubsubError("bad-request", "nodeid-required")
+        items = publish.find_all("item", PUBSUB_NS)
+        if len(items) > 1:
+            raise PubsubError("bad-request", "invalid-payload", "one item per publish")
+        item = items[0] if items else None
+        payloads = list(item.elements()) if item is not None else []
+        if len(payloads) != 1:
+            raise PubsubError("bad-request", "invalid-payload" if payloads else "item-required")
+        payload = payloads[0]
+        xml = serialize(payload)
+        if len(xml.encode()) > MAX_ITEM_BYTES:
+            raise PubsubError("not-acceptable", "payload-too-big", f"items are at most {MAX_ITEM_BYTES} bytes")
+        assert item is not None
+        item_id = item.attrs.get("id") or uuid.uuid4().hex
+        if len(item_id) > 1024:
+            raise PubsubError("not-acceptable", "invalid-payload", "the item id is too long")
+        config = await self._node(owner, node)
+        if config is None:
+            config = NodeConfig()
+            _apply_options(config, options, error=PubsubError("conflict", "precondition-not-met"))
+            if await self._node_count(owner) >= MAX_NODES_PER_ACCOUNT:
+                raise PubsubError("not-allowed", "max-nodes-exceeded",
+                                  f"an account has at most {MAX_NODES_PER_ACCOUNT} nodes")
+            await self._create(owner, node, config)
+        elif options and not _matches(config, options):
+            raise PubsubError("conflict", "precondition-not-met")
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_pep_items).where(and_(
+                xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node, xmpp_pep_items.c.item_id == item_id)))
+            await conn.execute(insert(xmpp_pep_items).values(
+                owner=owner, node=node, item_id=item_id, stamp=time.time(), xml=xml))
+            await self._trim(conn, owner, node, config.max_items)
+        event = Element("event", PUBSUB_EVENT_NS)
+        event_items = event.add("items", attrs={"node": node})
+        event_item = event_items.add("item", attrs={"id": item_id, "publisher": owner})
+        event_item.children.append(payload)
+        self._notify(owner, node, config, event)
+        pubsub = Element("pubsub", PUBSUB_NS)
+        pubsub.add("publish", attrs={"node": node}).add("item", attrs={"id": item_id})
+        return result(ctx, pubsub)
+
+    async def _retract(self, ctx: IqContext, owner: str, retract: Element) -> Element:
+        node = retract.attrs.get("node")
+        if not node:
+            raise PubsubError("bad-request", "nodeid-required")
+        ids = [item.attrs.get("id", "") for item in retract.find_all("item", PUBSUB_NS)]
+        if not ids or not all(ids):
+            raise PubsubError("bad-request", "item-required")
+        config = await self._node(owner, node)
+        if config is None:
+            raise PubsubError("item-not-found")
+        async with self.engine.begin() as conn:
+            removed = (await conn.execute(delete(xmpp_pep_items).where(and_(
+                xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node,
+                xmpp_pep_items.c.item_id.in_(ids))))).rowcount
+        if not removed:
+            raise PubsubError("item-not-found")
+        if _true(retract.attrs.get("notify", "false")):
+            event = Element("event", PUBSUB_EVENT_NS)
+            event_items = event.add("items", attrs={"node": node})
+            for item_id in ids:
+                event_items.add("retract", attrs={"id": item_id})
+            self._notify(owner, node, config, event)
+        return result(ctx)
+
+    async def _items(self, ctx: IqContext, owner: str, request: Element) -> Element:
+        node = request.attrs.get("node", "")
+        if not node:
+            raise PubsubError("bad-request", "nodeid-required")
+        await self._check_access(ctx, owner, node)
+        ids = [item.attrs["id"] for item in request.find_all("item", PUBSUB_NS) if item.attrs.get("id")]
+        limit = MAX_ITEMS_PER_NODE
+        if request.attrs.get("max_items"):
+            try:
+                limit = max(0, min(MAX_ITEMS_PER_NODE, int(request.attrs["max_items"])))
+            except ValueError:
+                raise PubsubError("bad-request") from None
+        query = select(xmpp_pep_items.c.item_id, xmpp_pep_items.c.xml).where(
+            and_(xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node))
+        if ids:
+            query = query.where(xmpp_pep_items.c.item_id.in_(ids))
+        query = query.order_by(xmpp_pep_items.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        pubsub = Element("pubsub", PUBSUB_NS)
+        items = pubsub.add("items", attrs={"node": node})
+        for row in rows:  # newest first (XEP-0060 section 6.5.7)
+            item = items.add("item", attrs={"id": row.item_id})
+            item.children.append(parse_stored(row.xml))
+        return result(ctx, pubsub)
+
+    async def _check_access(self, ctx: IqContext, owner: str, node: str, *, must_exist: bool = True) -> None:
+        config = await self._node(owner, node)
+        if config is None:
+            if must_exist or not ctx.is_owner:
+                raise PubsubError("item-not-found")
+            return
+        if ctx.is_owner or config.access_model == "open":
+            return
+        if config.access_model == "whitelist":
+            raise PubsubError("not-allowed", "closed-node")
+        if not self._subscribed(owner, _bare(ctx.sender)):
+            raise PubsubError("not-authorized", "presence-subscription-required")
+
+    def _subscribed(self, owner: str, contact: str) -> bool:
+        """Whether ``contact`` has a subscription to ``owner``'s presence (RFC 6121 'from'/'both')."""
+        state = self.ctx.users.cached(owner)
+        if state is None:
+            return False
+        item = state.roster.get(contact)
+        return item is not None and item.subscription in ("from", "both")
+
+    # --- storage --------------------------------------------------------------------------------
+    async def _node(self, owner: str, node: str) -> NodeConfig | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(xmpp_pep_nodes.c.access_model, xmpp_pep_nodes.c.max_items).where(
+                and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)))).first()
+        return None if row is None else NodeConfig(row.access_model, row.max_items)
+
+    async def _node_count(self, owner: str) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(xmpp_pep_nodes).where(
+                xmpp_pep_nodes.c.owner == owner))).scalar() or 0)
+
+    async def _create(self, owner: str, node: str, config: NodeConfig) -> None:
+        await self.ctx.users.load(owner)  # roster cached for access checks and notifications
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(xmpp_pep_nodes).values(
+                owner=owner, node=node, access_model=config.access_model, max_items=config.max_items))
+
+    async def _trim(self, conn: Any, owner: str, node: str, max_items: int) -> None:
+        keep = select(xmpp_pep_items.c.id).where(and_(
+            xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node,
+        )).order_by(xmpp_pep_items.c.id.desc()).limit(max_items)
+        kept = [row.id for row in (await conn.execute(keep)).all()]
+        if kept:
+            await conn.execute(delete(xmpp_pep_items).where(and_(
+                xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node, xmpp_pep_items.c.id < min(kept))))
+
+    async def _last_items(self, owner: str) -> list[tuple[str, NodeConfig, str, str]]:
+        """(node, config, item id, xml) of the newest item of each of ``owner``'s nodes."""
+        newest = select(xmpp_pep_items.c.node, func.max(xmpp_pep_items.c.id).label("id")).where(
+            xmpp_pep_items.c.owner == owner).group_by(xmpp_pep_items.c.node).subquery()
+        query = select(xmpp_pep_items.c.node, xmpp_pep_items.c.item_id, xmpp_pep_items.c.xml,
+                       xmpp_pep_nodes.c.access_model, xmpp_pep_nodes.c.max_items).join(
+            newest, xmpp_pep_items.c.id == newest.c.id).join(
+            xmpp_pep_nodes, and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == xmpp_pep_items.c.node))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.node, NodeConfig(row.access_model, row.max_items), row.item_id, row.xml) for row in rows]
+
+    # ============================================================================================
+    # Notifications
+    # ============================================================================================
+    def _may_receive(self, owner: str, bare: str, config: NodeConfig) -> bool:
+        if bare == owner:
+            return True
+        if config.access_model == "whitelist":
+            return False
+        return self._subscribed(owner, bare)
+
+    def _interested(self, full_jid: str, ver: str, node: str) -> bool:
+        features = self.caps.get(ver)
+        return features is not None and f"{node}+notify" in features
+
+    def _notify(self, owner: str, node: str, config: NodeConfig, event: Element) -> None:
+        for full_jid, ver in list(self.resources.get(owner, {}).items()):
+            if self._may_receive(owner, _bare(full_jid), config) and self._interested(full_jid, ver, node):
+                self._send_event(owner, full_jid, event)
+
+    def _send_event(self, owner: str, to: str, event: Element) -> None:
+        message = Element("message", "", {"from": owner, "to": to, "type": "headline",
+                                          "id": f"pep-{next(self._ids)}"})
+        message.children.append(event)
+        pending = self.ctx.router.route(message)
+        if pending is not None:
+            self._spawn(pending)
+
+    def _spawn(self, awaitable: Any) -> None:
+        async def run() -> None:
+            try:
+                await awaitable
+            except Exception:
+                log.exception("PEP delivery failed")
+
+        spawn = self.ctx.spawn
+        if spawn is not None:
+            spawn(run())
+        else:
+            from peerage.xmpp.router import schedule
+
+            schedule(run())
+
+    async def _send_last_items(self, owner: str, full_jid: str, ver: str) -> None:
+        features = self.caps.get(ver)
+        if not features:
+            return
+        wanted = {feature[: -len("+notify")] for feature in features if feature.endswith("+notify")}
+        if not wanted:
+            return
+        for node, config, item_id, xml in await self._last_items(owner):
+            if node not in wanted or not self._may_receive(owner, _bare(full_jid), config):
+                continue
+            event = Element("event", PUBSUB_EVENT_NS)
+            item = event.add("items", attrs={"node": node}).add("item", attrs={"id": item_id, "publisher": owner})
+            item.children.append(parse_stored(xml))
+            self._send_event(owner, full_jid, event)
+
+    # --- presence: who is online, with which caps -----------------------------------------------
+    def _track(self, owner: str, full_jid: str, presence: Element) -> None:
+        ptype = presence.attrs.get("type")
+        tracked = self.resources.get(owner)
+        if ptype == "unavailable":
+            if tracked is not None:
+                tracked.pop(full_jid, None)
+                if not tracked:
+                    del self.resources[owner]
+            return
+        if ptype is not None:
+            return
+        ver = caps_of(presence)
+        if ver is None:
+            return
+        if tracked is None:
+            tracked = self.resources[owner] = {}
+        known = tracked.get(full_jid)
+        if known is None and len(tracked) >= MAX_TRACKED_RESOURCES:
+            return
+        tracked[full_jid] = ver
+        if known == ver:
+            return
+        if ver in self.caps:
+            self.caps.move_to_end(ver)
+            if known is None:
+                self._spawn(self._send_last_items(owner, full_jid, ver))
+            return
+        if any(pending[0] == ver for pending in self.pending.values()):
+            return  # asked already; the answer covers every resource with this hash
+        query_id = f"pep-caps-{next(self._ids)}"
+        self.pending[query_id] = (ver, owner, full_jid)
+        iq = Element("iq", "", {"type": "get", "from": owner, "to": full_jid, "id": query_id})
+        iq.add("query", DISCO_INFO_NS, {"node": ver})
+        pending = self.ctx.router.route(iq)
+        if pending is not None:
+            self._spawn(pending)
+
+    def _own_presence(self, event: StanzaEvent) -> None:
+        stanza = event.stanza
+        if stanza.attrs.get("to"):
+            return None
+        session = event.origin
+        self._track(session.bare_jid, session.full_jid, stanza)
+        return None
+
+    def _contact_presence(self, event: StanzaEvent) -> None:
+        if event.user is None or event.resource:
+            return None
+        sender = event.stanza.attrs.get("from", "")
+        if "/" not in sender:
+            return None
+        try:
+            split_jid(sender)
+        except JidError:
+            return None
+        if _bare(sender) == event.bare:
+            return None  # own resources are tracked from their broadcast
+        self._track(event.bare, sender, event.stanza)
+        return None
+
+    def _unbound(self, session: Any) -> None:
+        tracked = self.resources.get(session.bare_jid)
+        if tracked is not None:
+            tracked.pop(session.full_jid, None)
+            if not tracked:
+                del self.resources[session.bare_jid]
+        return None
+
+    def _iq_answer(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        if stanza.attrs.get("type") not in ("result", "error"):
+            return None
+        pending = self.pending.pop(stanza.attrs.get("id", ""), None)
+        if pending is None:
+            return None
+        ver, owner, full_jid = pending
+        if stanza.attrs.get("from") != full_jid or event.bare != owner:
+            self.pending[stanza.attrs.get("id", "")] = pending
+            return None
+        query = stanza.find("query", DISCO_INFO_NS)
+        if stanza.attrs["type"] == "error" or query is None:
+            return True
+        features = frozenset(f.attrs.get("var", "") for f in query.find_all("feature", DISCO_INFO_NS))
+        self.caps[ver] = features
+        while len(self.caps) > MAX_CAPS_CACHE:
+            self.caps.popitem(last=False)
+        # Every resource that showed this hash gets its last items now.
+        for tracked_owner, tracked in list(self.resources.items()):
+            for jid, jid_ver in list(tracked.items()):
+                if jid_ver == ver:
+                    self._spawn(self._send_last_items(tracked_owner, jid, ver))
+        return True
