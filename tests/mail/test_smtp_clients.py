@@ -380,7 +380,8 @@ def test_scram_sha256_plus_with_tls_exporter(peerage: PeerageServer) -> None:
     client = RawSMTP(PEERAGE_ADDRESS, 465, implicit_tls=True, source=CLIENT_ADDRESS)
     try:
         code, text = client.command("EHLO client.example.net")
-        assert "SCRAM-SHA-256-PLUS" in text
+        # Not listed by default ([auth] mail_advertise_plus: neomutt picks it and cannot bind), still accepted.
+        assert "SCRAM-SHA-256-PLUS" not in text and "SCRAM-SHA-256" in text
         code, text = client.scram_sha256(BOB, PASSWORDS[BOB], plus=True)
         assert code == 235, text
     finally:
