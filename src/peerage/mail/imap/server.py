@@ -105,6 +105,7 @@ MAX_SASL_LINE = 12288
 SERVER_ID = ("name", "peerage", "vendor", "peerage")
 PERMANENT_FLAGS = (*flaglib.SYSTEM_FLAGS, "\\*")
 BASE_FLAGS = (*flaglib.SYSTEM_FLAGS, *flaglib.WELL_KNOWN_KEYWORDS)
+_BASE_FLAG_SET = frozenset(BASE_FLAGS)
 # Mailbox names written as bare atoms (as Dovecot does); anything else is quoted.
 _ATOM_SAFE = re.compile(r"[A-Za-z0-9_.\-/&+,:]+")
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
@@ -480,8 +481,8 @@ class ImapSession:
 
     def _flag_list(self, uid: int, flags: Sequence[str]) -> str:
         selected = self.selected
-        if selected is not None:
-            new = {f for f in flags if not f.startswith("\\")} - selected.keywords - set(BASE_FLAGS)
+        if selected is not None and not all(f in selected.keywords or f in _BASE_FLAG_SET for f in flags):
+            new = {f for f in flags if not f.startswith("\\")} - selected.keywords - _BASE_FLAG_SET
             if new:
                 # RFC 9051 §7.3.5 / RFC 3501 §7.2.6: the client learns of a keyword from FLAGS before a
                 # message carries it (another session may just have created it).
