@@ -611,6 +611,10 @@ class Pep(Feature):
             return None
         query = stanza.find("query", DISCO_INFO_NS)
         if stanza.attrs["type"] == "error" or query is None:
+            # Unknown for now: forget who showed it, so that their next presence asks again.
+            for tracked in self.resources.values():
+                for jid in [jid for jid, jid_ver in tracked.items() if jid_ver == ver]:
+                    del tracked[jid]
             return True
         features = frozenset(f.attrs.get("var", "") for f in query.find_all("feature", DISCO_INFO_NS))
         self.caps[ver] = features
