@@ -27,7 +27,9 @@ from peerage.xmpp.features.caps import Caps
 from peerage.xmpp.features.carbons import Carbons
 from peerage.xmpp.features.csi import ClientStateIndication
 from peerage.xmpp.features.disco import Disco
+from peerage.xmpp.features.entity_time import EntityTime
 from peerage.xmpp.features.im import Im
+from peerage.xmpp.features.last_activity import LastActivity
 from peerage.xmpp.features.mam import Mam
 from peerage.xmpp.features.offline import Offline
 from peerage.xmpp.features.pep import Pep
@@ -50,7 +52,8 @@ log = logging.getLogger(__name__)
 
 #: The feature modules, in load order (which is also the order of their stream features).
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
-            Offline, Mam, StreamManagement, ClientStateIndication, Pep)
+            Offline, Mam, StreamManagement, ClientStateIndication, Pep,
+            EntityTime, LastActivity)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser

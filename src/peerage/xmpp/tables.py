@@ -130,3 +130,12 @@ xmpp_pep_items = Table(
     Column("xml", Text, nullable=False),
     Index("ix_xmpp_pep_items_owner_node", "owner", "node", "id"),
 )
+
+# XEP-0012: when each account last went offline, and the status it gave.
+xmpp_last_activity = Table(
+    "xmpp_last_activity",
+    metadata,
+    Column("owner", String(JID_LENGTH), primary_key=True),
+    Column("stamp", Float, nullable=False),
+    Column("status", Text, nullable=False, default=""),
+)

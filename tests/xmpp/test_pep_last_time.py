@@ -1,0 +1,63 @@
+"""XEP-0012 Last Activity and XEP-0202 Entity Time over raw XML."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from tests.harness import PeerageServer
+from tests.xmpp.conftest import PASSWORD
+from tests.xmpp.rawclient import RawClient
+from tests.xmpp.test_pep import iq
+
+SERVER_ADDRESS = "127.0.10.4"
+SERVER_USERS = ["alice@a.test", "erin@a.test"]
+
+
+@pytest.fixture
+async def raw(xmpp_server: PeerageServer) -> AsyncIterator[Callable[..., object]]:
+    made: list[RawClient] = []
+
+    async def login(user: str, resource: str = "raw") -> RawClient:
+        local, _, domain = user.partition("@")
+        client = RawClient(SERVER_ADDRESS, domain)
+        await client.login(local, PASSWORD, resource=resource)
+        made.append(client)
+        return client
+
+    yield login
+    for client in made:
+        await client.close()
+
+
+async def test_entity_time(raw: Callable[..., object]) -> None:
+    alice: RawClient = await raw("alice@a.test")  # type: ignore[misc]
+    reply = await iq(alice, "<time xmlns='urn:xmpp:time'/>", to="a.test", itype="get")
+    assert "<tzo>+00:00</tzo>" in reply
+    assert re.search(r"<utc>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z</utc>", reply), reply
+
+
+async def test_last_activity(raw: Callable[..., object]) -> None:
+    alice: RawClient = await raw("alice@a.test", "one")  # type: ignore[misc]
+    reply = await iq(alice, "<query xmlns='jabber:iq:last'/>", to="a.test", itype="get")
+    assert re.search(r"seconds=['\"]\d+['\"]", reply), reply
+    await alice.send("<presence/>")
+    reply = await iq(alice, "<query xmlns='jabber:iq:last'/>", to="alice@a.test", itype="get")
+    assert re.search(r"seconds=['\"]0['\"]", reply), reply
+    # Not a contact: refused.
+    erin: RawClient = await raw("erin@a.test")  # type: ignore[misc]
+    reply = await iq(erin, "<query xmlns='jabber:iq:last'/>", to="alice@a.test", itype="get")
+    assert "forbidden" in reply
+    # The last session ends with a status; the account's next session (not available) reads it.
+    await alice.send("<presence type='unavailable'><status>gone fishing</status></presence>")
+    await alice.close()
+    second: RawClient = await raw("alice@a.test", "two")  # type: ignore[misc]
+    for _ in range(50):
+        reply = await iq(second, "<query xmlns='jabber:iq:last'/>", to="alice@a.test", itype="get")
+        if "gone fishing" in reply:
+            break
+        await asyncio.sleep(0.1)
+    assert "gone fishing" in reply and re.search(r"seconds=['\"]\d+['\"]", reply), reply
