@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -141,6 +143,13 @@ async def test_retract_and_delete(raw: Callable[..., object]) -> None:
 CAPS = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:example:client' ver='{ver}'/>"
 
 
+def caps_ver(notify: str) -> str:
+    """The XEP-0115 verification string of what answer_caps_query answers."""
+    features = sorted(["http://jabber.org/protocol/disco#info", f"{notify}+notify"])
+    text = "client/pc//<" + "".join(f + "<" for f in features)
+    return base64.b64encode(hashlib.sha1(text.encode()).digest()).decode()
+
+
 async def answer_caps_query(client: RawClient, notify: str) -> None:
     query = await client.read_until(r"<iq[^>]*type=['\"]get['\"][^>]*>.*?</iq>")
     assert "disco#info" in query, query
@@ -157,7 +166,8 @@ async def test_notifications_follow_caps_and_last_item_on_presence(raw: Callable
     node = "urn:example:mood"
     heidi1: RawClient = await raw("heidi@a.test", "one")  # type: ignore[misc]
     heidi2: RawClient = await raw("heidi@a.test", "two")  # type: ignore[misc]
-    await heidi1.send("<presence>" + CAPS.format(ver="pep-test-1") + "</presence>")
+    ver = caps_ver(node)
+    await heidi1.send("<presence>" + CAPS.format(ver=ver) + "</presence>")
     await answer_caps_query(heidi1, node)
     await heidi2.send("<presence/>")  # no caps: no notifications
     await iq(heidi2, publish(node, "m1", "<mood xmlns='urn:example:mood'>happy</mood>"))
@@ -165,9 +175,21 @@ async def test_notifications_follow_caps_and_last_item_on_presence(raw: Callable
     assert "pubsub#event" in event and "happy" in event and "m1" in event
     # A resource that comes online later with the same caps gets the last item, with no new query.
     heidi3: RawClient = await raw("heidi@a.test", "three")  # type: ignore[misc]
-    await heidi3.send("<presence>" + CAPS.format(ver="pep-test-1") + "</presence>")
+    await heidi3.send("<presence>" + CAPS.format(ver=ver) + "</presence>")
     event = await heidi3.read_until(r"<message[^>]*>(?:(?!</message>).)*pubsub#event.*?</message>")
     assert "happy" in event
     # heidi2 (no +notify) got none.
-    await iq(heidi2, "<ping xmlns='urn:xmpp:ping'/>", itype="get")
-    assert "pubsub#event" not in heidi2.buffer
+    seen = await iq(heidi2, "<ping xmlns='urn:xmpp:ping'/>", itype="get")
+    assert "pubsub#event" not in seen + heidi2.buffer
+
+
+async def test_caps_that_do_not_hash_to_their_ver_are_not_believed(raw: Callable[..., object]) -> None:
+    node = "urn:example:forged"
+    alice1: RawClient = await raw("alice@a.test", "forger")  # type: ignore[misc]
+    alice2: RawClient = await raw("alice@a.test", "publisher")  # type: ignore[misc]
+    await alice1.send("<presence>" + CAPS.format(ver="bm90IGEgcmVhbCBoYXNo") + "</presence>")
+    await answer_caps_query(alice1, node)  # features that do not hash to the ver shown
+    await alice2.send("<presence/>")
+    await iq(alice2, publish(node, "f1", "<x xmlns='urn:example'>forged</x>"))
+    seen = await iq(alice1, "<ping xmlns='urn:xmpp:ping'/>", itype="get")
+    assert "pubsub#event" not in seen + alice1.buffer

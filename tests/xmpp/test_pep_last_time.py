@@ -61,3 +61,19 @@ async def test_last_activity(raw: Callable[..., object]) -> None:
             break
         await asyncio.sleep(0.1)
     assert "gone fishing" in reply and re.search(r"seconds=['\"]\d+['\"]", reply), reply
+
+
+async def test_pep_items_survive_a_restart(xmpp_server: PeerageServer, raw: Callable[..., object]) -> None:
+    """XEP-0223: items are in the database, not in memory (runs last: it restarts the module's server)."""
+    from tests.xmpp.test_pep import items, publish
+
+    alice: RawClient = await raw("alice@a.test", "before")  # type: ignore[misc]
+    reply = await iq(alice, publish("urn:example:kept", "k1", "<x xmlns='urn:example'>kept</x>",
+                                    {"pubsub#access_model": "open"}))
+    assert "type='result'" in reply.replace('"', "'"), reply
+    await alice.close()
+    await asyncio.get_running_loop().run_in_executor(None, xmpp_server.stop)
+    await asyncio.get_running_loop().run_in_executor(None, xmpp_server.start)
+    erin: RawClient = await raw("erin@a.test", "after")  # type: ignore[misc]
+    reply = await iq(erin, items("urn:example:kept"), to="alice@a.test", itype="get")
+    assert "kept" in reply and "k1" in reply, reply

@@ -18,6 +18,8 @@ Items are stored as serialized XML in ``xmpp_pep_items``; node configurations in
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import logging
 import time
@@ -172,6 +174,39 @@ def caps_of(presence: Element) -> str | None:
     return f"{caps.attrs.get('node', '')}#{caps.attrs['ver']}"
 
 
+_HASHES = {"sha-1": "sha1", "sha-224": "sha224", "sha-256": "sha256", "sha-384": "sha384", "sha-512": "sha512"}
+
+
+def caps_hash(query: Element, hash_name: str) -> str | None:
+    """The XEP-0115 section 5.1 verification string of a disco#info result, hashed; None if unknown."""
+    algorithm = _HASHES.get(hash_name)
+    if algorithm is None:
+        return None
+    identities = sorted(
+        "/".join((i.attrs.get("category", ""), i.attrs.get("type", ""), i.attrs.get("xml:lang", ""),
+                  i.attrs.get("name", "")))
+        for i in query.find_all("identity", DISCO_INFO_NS))
+    features = sorted(f.attrs.get("var", "") for f in query.find_all("feature", DISCO_INFO_NS))
+    text = "".join(i + "<" for i in identities) + "".join(f + "<" for f in features)
+    forms = []
+    for form in query.find_all("x", DATA_NS):
+        fields = {}
+        form_type = None
+        for field in form.find_all("field", DATA_NS):
+            values = sorted(v.text for v in field.find_all("value", DATA_NS))
+            if field.attrs.get("var") == "FORM_TYPE":
+                form_type = values[0] if values else ""
+            else:
+                fields[field.attrs.get("var", "")] = values
+        if form_type is None:
+            continue
+        forms.append((form_type, "".join(var + "<" + "".join(v + "<" for v in values)
+                                         for var, values in sorted(fields.items()))))
+    for form_type, body in sorted(forms):
+        text += form_type + "<" + body
+    return base64.b64encode(hashlib.new(algorithm, text.encode()).digest()).decode()
+
+
 def _bare(jid: str) -> str:
     return jid.partition("/")[0]
 
@@ -199,8 +234,8 @@ class Pep(Feature):
         self.caps: OrderedDict[str, frozenset[str]] = OrderedDict()
         #: owner -> {full JID -> caps node#ver} of available resources (own and contacts')
         self.resources: dict[str, dict[str, str]] = {}
-        #: disco#info query id -> (node#ver, owner, full JID that was asked)
-        self.pending: dict[str, tuple[str, str, str]] = {}
+        #: disco#info query id -> (node#ver, owner, full JID that was asked, hash name)
+        self.pending: dict[str, tuple[str, str, str, str]] = {}
         self._ids = itertools.count(1)
 
     @property
@@ -560,7 +595,8 @@ class Pep(Feature):
         if any(pending[0] == ver for pending in self.pending.values()):
             return  # asked already; the answer covers every resource with this hash
         query_id = f"pep-caps-{next(self._ids)}"
-        self.pending[query_id] = (ver, owner, full_jid)
+        caps = presence.find("c", CAPS_NS)
+        self.pending[query_id] = (ver, owner, full_jid, caps.attrs.get("hash", "") if caps is not None else "")
         iq = Element("iq", "", {"type": "get", "from": owner, "to": full_jid, "id": query_id})
         iq.add("query", DISCO_INFO_NS, {"node": ver})
         pending = self.ctx.router.route(iq)
@@ -605,11 +641,15 @@ class Pep(Feature):
         pending = self.pending.pop(stanza.attrs.get("id", ""), None)
         if pending is None:
             return None
-        ver, owner, full_jid = pending
+        ver, owner, full_jid, hash_name = pending
         if stanza.attrs.get("from") != full_jid or event.bare != owner:
             self.pending[stanza.attrs.get("id", "")] = pending
             return None
         query = stanza.find("query", DISCO_INFO_NS)
+        # XEP-0115 section 5.4: the features are cached for everyone only when they hash to the
+        # verification string (legacy caps without a hash are taken as they are).
+        if query is not None and hash_name and caps_hash(query, hash_name) != ver.rpartition("#")[2]:
+            query = None
         if stanza.attrs["type"] == "error" or query is None:
             # Unknown for now: forget who showed it, so that their next presence asks again.
             for tracked in self.resources.values():
