@@ -111,6 +111,12 @@ async def test_presence_access_model_refuses_non_contacts(raw: Callable[..., obj
     assert "not-authorized" in reply and "presence-subscription-required" in reply and "secret" not in reply
     reply = await iq(erin, items("urn:example:public"), to="dave@a.test", itype="get")
     assert "hello" in reply
+    # Node discovery lists only what the requester may read.
+    disco = "<query xmlns='http://jabber.org/protocol/disco#items'/>"
+    reply = await iq(erin, disco, to="dave@a.test", itype="get")
+    assert "urn:example:public" in reply and "urn:example:private" not in reply, reply
+    reply = await iq(dave, disco, to="dave@a.test", itype="get")
+    assert "urn:example:public" in reply and "urn:example:private" in reply, reply
     # Only the owner publishes.
     reply = await iq(erin, publish("urn:example:public", "q", "<x xmlns='urn:example'/>"), to="dave@a.test")
     assert "forbidden" in reply

@@ -44,6 +44,7 @@ PUBSUB_ERRORS_NS = "http://jabber.org/protocol/pubsub#errors"
 DATA_NS = "jabber:x:data"
 CAPS_NS = "http://jabber.org/protocol/caps"
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"
 PUBLISH_OPTIONS = PUBSUB_NS + "#publish-options"
 NODE_CONFIG = PUBSUB_NS + "#node_config"
 
@@ -225,6 +226,8 @@ class Pep(Feature):
     def setup(self) -> None:
         hook_iq(self.ctx, "pubsub", PUBSUB_NS, self._pubsub)
         hook_iq(self.ctx, "pubsub", PUBSUB_OWNER_NS, self._pubsub_owner)
+        # XEP-0060 section 5.2: an account's disco#items lists the nodes the requester may read.
+        hook_iq(self.ctx, "query", DISCO_ITEMS_NS, self._disco_items, types=("get",), priority=10)
         events = self.ctx.events
         events.hook("pre-presence/bare", self._own_presence, 20)
         events.hook("presence/bare", self._contact_presence, 20)
@@ -351,6 +354,22 @@ class Pep(Feature):
             self._notify(owner, node, config, event)
             return result(ctx)
         raise PubsubError("feature-not-implemented", "unsupported")
+
+    async def _disco_items(self, ctx: IqContext) -> Element | None:
+        owner = ctx.owner
+        if owner is None or ctx.payload.attrs.get("node"):
+            return None
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(xmpp_pep_nodes.c.node, xmpp_pep_nodes.c.access_model).where(
+                xmpp_pep_nodes.c.owner == owner).order_by(xmpp_pep_nodes.c.node))).all()
+        if not ctx.is_owner:
+            await self.ctx.users.load(owner)
+        query = Element("query", DISCO_ITEMS_NS)
+        for row in rows:
+            if ctx.is_owner or row.access_model == "open" or (
+                    row.access_model == "presence" and self._subscribed(owner, _bare(ctx.sender))):
+                query.add("item", attrs={"jid": owner, "node": row.node})
+        return result(ctx, query)
 
     # --- publish, retract, items ----------------------------------------------------------------
     async def _publish(self, ctx: IqContext, owner: str, publish: Element, options: dict[str, str]) -> Element:
