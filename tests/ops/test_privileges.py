@@ -95,3 +95,37 @@ def test_shipped_units_are_the_generated_ones() -> None:
         shipped = (ROOT / "contrib" / "systemd" / name).read_text()
         assert shipped == unit(config_path=Path("/etc/peerage/peerage.toml"), python="/opt/peerage/venv/bin/python",
                                ambient=ambient), f"regenerate contrib/systemd/{name}"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a start as root")
+def test_mx_workers_drop_privileges_too(workdir: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    address = "127.0.8.22"
+    server = PeerageServer(workdir, ["drop.test"], address, services=("smtp",),
+                           config={"server": {"user": "nobody"},
+                                   "smtp": {"mx_listen": [f"{address}:25"], "mx_workers": 1}})
+    server.start()
+    try:
+        assert server.process is not None
+        workers = [pid for pid in children(server.process.pid)
+                   if b"peerage.mail.smtp.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 1, server.log_text()
+        assert ids(workers[0]) == (nobody.pw_uid, nobody.pw_gid)
+        real = dict(line.split(":", 1) for line in Path(f"/proc/{workers[0]}/status").read_text().splitlines())
+        assert real["Uid"].split() == [str(nobody.pw_uid)] * 4  # real, effective, saved, filesystem
+        # The worker still serves the MX port after the drop.
+        import smtplib
+
+        with smtplib.SMTP(address, 25, timeout=10) as client:
+            assert client.ehlo()[0] == 250
+    finally:
+        assert server.stop() == 0

@@ -246,8 +246,11 @@ class MailService:
         if host.config.imap.enabled:
             await self._start_imap()
 
-    async def start_worker(self, host: Any, socket_path: Path) -> None:
-        """Run as an MX worker process: SMTP sessions here, storage in the main process."""
+    async def start_worker(self, host: Any, socket_path: Path, before_ready: Callable[[], Any] | None = None) -> None:
+        """Run as an MX worker process: SMTP sessions here, storage in the main process.
+
+        `before_ready` runs once the MX port is bound and before the worker says it is ready (and so
+        before any session): the privilege drop."""
         self._prepare(host)
         self.worker_channel = channel.WorkerChannel(socket_path)
         await self.worker_channel.open()
@@ -262,6 +265,8 @@ class MailService:
             address, port = parse_listen(spec)
             server = await loop.create_server(factory, address, port, reuse_address=True, reuse_port=True)
             self.servers.append(server)
+        if before_ready is not None:
+            before_ready()
         self.worker_channel.send_ready()
 
     async def _start_smtp(self) -> None:

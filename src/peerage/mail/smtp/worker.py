@@ -3,7 +3,8 @@ process when `[smtp] mx_workers` is above zero.
 
 This module is in charge of the worker's life: load the configuration, build the shared pieces (the
 account lookups, DNS, TLS, limits) without touching the schema, listen on the MX port beside the main
-process, and exit when told to (SIGTERM) or when the main process goes away (its channel closes).
+process, drop root for `[server] user` as the main process does (after binding, before serving), and
+exit when told to (SIGTERM) or when the main process goes away (its channel closes).
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ from peerage.config import load_config
 
 async def run(config_path: Path, socket_path: Path) -> None:
     from peerage.mail.service import MailService
+    from peerage.ops import privileges
     from peerage.server import Host
 
     config = load_config(config_path)
+    account = privileges.resolve(config)
     host = Host(config)
     service = MailService()
-    await service.start_worker(host, socket_path)
+
+    def drop() -> None:
+        if account is not None:
+            privileges.drop(config, account)
+
+    await service.start_worker(host, socket_path, before_ready=drop)
     assert service.worker_channel is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
