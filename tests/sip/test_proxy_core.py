@@ -36,6 +36,10 @@ class Accounts:
         user, _, domain = address.partition("@")
         return digest_hex(algorithm, f"{user}:{domain}:{PASSWORD}")
 
+    async def sip_ha1_all(self, address: str, algorithm: str) -> list[str]:
+        """The account's HA1 followed by its app passwords' (this account has none)."""
+        return [await self.sip_ha1(address, algorithm)]
+
     async def exists(self, address: str) -> bool:
         return True
 
