@@ -89,8 +89,18 @@ async def test_database_of_the_previous_release_is_upgraded(empty_url: str) -> N
                 "INSERT INTO xmpp_roster (owner, contact, name, subscription, ask, approved, groups, hidden, "
                 "pending_in) VALUES ('alice@old.test', 'bob@elsewhere.test', 'Bob', 'both', false, false, "
                 "'Friends', false, false)"))
-        # An account made with the previous schema, before any migration ran.
-        await AccountService(store, ["old.test"]).add("alice@old.test", "kept across upgrades")
+            # An account made with the previous schema, before any migration ran (its columns only).
+            from sqlalchemy import insert
+
+            from peerage.identity.accounts import _credential_columns
+            from peerage.identity.address import parse_address
+            from peerage.identity.credentials import derive_credentials
+            from peerage.store.schema import accounts
+
+            old = {k: v for k, v in _credential_columns(derive_credentials(
+                parse_address("alice@old.test"), "kept across upgrades")).items() if "_full_" not in k}
+            await conn.execute(insert(accounts).values(address="alice@old.test", domain="old.test", local="alice",
+                                                       **old))
         assert await store.revision() is None
 
         await store.migrate()
@@ -101,7 +111,11 @@ async def test_database_of_the_previous_release_is_upgraded(empty_url: str) -> N
             assert "schema_version" not in await conn.run_sync(lambda s: inspect(s).get_table_names())
             row = (await conn.execute(select(xmpp_roster.c.name, xmpp_roster.c.groups))).one()
         assert tuple(row) == ("Bob", "Friends")
-        assert await AccountService(store, ["old.test"]).verify_password("alice@old.test", "kept across upgrades")
+        service = AccountService(store, ["old.test"])
+        assert await service.verify_password("alice@old.test", "kept across upgrades")
+        # SIP digest: `alice` still works; the full-address form arrives with the next password change.
+        assert len((await service.sip_digest_ha1s("alice", "old.test", "MD5"))[1]) == 1
+        assert (await service.sip_digest_ha1s("alice@old.test", "old.test", "MD5"))[1] == []
     finally:
         await store.close()
 

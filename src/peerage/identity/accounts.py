@@ -188,18 +188,30 @@ class AccountService:
         row = await self._row(address)
         return None if row is None else str(getattr(row, column))
 
-    async def sip_ha1_all(self, address: str | Address, algorithm: str) -> Sequence[str]:
-        """The account's HA1 first, then its app passwords' (a digest response says which matched)."""
+    async def sip_ha1_all(self, address: str | Address, algorithm: str, *, full: bool = False) -> Sequence[str]:
+        """The account's HA1 first, then its app passwords' (a digest response says which matched).
+        ``full``: the HA1s for the full address as digest username (none for a password set before
+        they were stored)."""
         column = {"MD5": "sip_ha1_md5", "SHA-256": "sip_ha1_sha256"}.get(algorithm.upper())
         if column is None:
             return []
+        if full:
+            column = column.replace("sip_ha1_", "sip_ha1_full_")
         row = await self._row(address)
         if row is None:
             return []
         async with self.store.begin() as conn:
             devices = (await conn.execute(select(app_passwords.c[column])
                                           .where(app_passwords.c.account == row.address))).scalars().all()
-        return [str(getattr(row, column)), *(str(d) for d in devices)]
+        return [str(h) for h in (getattr(row, column), *devices) if h is not None]
+
+    async def sip_digest_ha1s(self, username: str, realm: str, algorithm: str) -> tuple[str | None, Sequence[str]]:
+        """The account a SIP digest username names in ``realm`` and its HA1s. The one login-name rule:
+        `alice` is alice@realm, `alice@example.org` that address (its HA1 hashes the full form)."""
+        account = digest_account(username, realm)
+        if account is None:
+            return None, []
+        return account, await self.sip_ha1_all(account, algorithm, full="@" in username)
 
     async def verify_password(self, address: str | Address, password: str) -> bool:
         row = await self._row(address)
@@ -263,6 +275,7 @@ class AccountService:
                 scram_sha256_stored_key=creds.scram["SHA-256"].stored_key,
                 scram_sha256_server_key=creds.scram["SHA-256"].server_key,
                 sip_ha1_md5=creds.sip_ha1["MD5"], sip_ha1_sha256=creds.sip_ha1["SHA-256"],
+                sip_ha1_full_md5=creds.sip_ha1_full["MD5"], sip_ha1_full_sha256=creds.sip_ha1_full["SHA-256"],
             ))
         return password
 
@@ -281,6 +294,15 @@ class AccountService:
             if result.rowcount == 0:
                 raise AccountError(f"{addr} has no app password called '{name}'; see "
                                    f"`peerage user app-password list {addr}`")
+
+
+def digest_account(username: str, realm: str) -> str | None:
+    """The canonical address a SIP digest username names: `alice` in realm example.org and
+    `alice@example.org` both give alice@example.org; None if it is no address."""
+    try:
+        return str(parse_address(username if "@" in username else f"{username}@{realm}"))
+    except AddressError:
+        return None
 
 
 # Generated app passwords: four groups of five from a 32-letter alphabet without look-alikes, 100 bits.
@@ -313,6 +335,8 @@ def _credential_columns(creds: Credentials) -> dict[str, object]:
         "scram_sha256_server_key": sha256.server_key,
         "sip_ha1_md5": creds.sip_ha1["MD5"],
         "sip_ha1_sha256": creds.sip_ha1["SHA-256"],
+        "sip_ha1_full_md5": creds.sip_ha1_full["MD5"],
+        "sip_ha1_full_sha256": creds.sip_ha1_full["SHA-256"],
         "argon2": creds.argon2,
     }
 

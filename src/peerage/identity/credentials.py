@@ -2,7 +2,9 @@
 
 This module is in charge of turning a password into:
 - SCRAM salted keys (RFC 5802, RFC 7677) for SHA-1 and SHA-256: XMPP, IMAP and SMTP AUTH;
-- SIP digest HA1 = H(user:realm:password) for MD5 and SHA-256 (RFC 8760), realm = the domain;
+- SIP digest HA1 = H(user:realm:password) for MD5 and SHA-256 (RFC 8760), realm = the domain, once
+  with the local part as digest username (`alice`) and once with the full address (`alice@example.org`,
+  which RFC 7616 §3.4.4 and RFC 8760 allow): the one login-name rule, for digest too;
 - an argon2id hash (RFC 9106) for PLAIN and web logins.
 
 Passwords are prepared with PRECIS OpaqueString (RFC 8265 §4), the successor of SASLprep that RFC 7677
@@ -60,6 +62,8 @@ class Credentials:
     scram: dict[str, ScramCredential]
     sip_ha1: dict[str, str]
     argon2: str
+    # HA1s with the full address as digest username: H("alice@example.org":realm:password).
+    sip_ha1_full: dict[str, str]
 
 
 def prepare_password(password: str) -> str:
@@ -99,6 +103,7 @@ def derive_credentials(address: Address, password: str, *, iterations: int = SCR
         scram={name: scram_credential(name, prepared, salt, iterations) for name in SCRAM_HASHES},
         sip_ha1={alg: sip_ha1(alg, address.local, address.domain, prepared) for alg in SIP_DIGEST_HASHES},
         argon2=_ARGON2.hash(prepared),
+        sip_ha1_full={alg: sip_ha1(alg, str(address), address.domain, prepared) for alg in SIP_DIGEST_HASHES},
     )
 
 

@@ -23,6 +23,8 @@ app_passwords = Table(
     Column("scram_sha256_server_key", LargeBinary, nullable=False),
     Column("sip_ha1_md5", String(32), nullable=False),
     Column("sip_ha1_sha256", String(64), nullable=False),
+    Column("sip_ha1_full_md5", String(32), nullable=True),  # full address as digest username
+    Column("sip_ha1_full_sha256", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("account", "name", name="uq_app_passwords_account_name"),
     Index("ix_app_passwords_token", "token_sha256"),

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from peerage.identity.accounts import digest_account
 from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
 from peerage.sip.locate import Locator, Target
 from peerage.sip.message import (
@@ -560,7 +561,7 @@ class ProxyCore:
         if credentials is None:
             self._challenge(transaction, realm)
             return
-        ha1s = await self.accounts.sip_ha1_all(f"{credentials.username}@{realm}", credentials.algorithm)
+        account, ha1s = await self.accounts.sip_digest_ha1s(credentials.username, realm, credentials.algorithm)
         if context.cancelled or context.final_sent:
             return
         verdict = self.authenticator.verify_any(credentials, request.method or "", ha1s)
@@ -569,7 +570,7 @@ class ProxyCore:
                 throttle.failure(client_ip, user, protocol="sip", mechanism="digest")
             self._challenge(transaction, realm, stale=verdict == Verdict.STALE)
             return
-        if credentials.username.lower() != (from_uri.user or "").lower():
+        if account is None or account != digest_account(from_uri.user or "", realm):
             transaction.respond_status(403, "From does not match the credentials")
             return
         throttle.success(client_ip, user)

@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, insert, select
 
+from peerage.identity.accounts import digest_account
 from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
 from peerage.sip.message import (
     SipMessage,
@@ -160,7 +161,7 @@ class Registrar:
                 break
         if credentials is None:
             return self._challenge(request, domain)
-        ha1s = await accounts.sip_ha1_all(f"{credentials.username}@{domain}", credentials.algorithm)
+        account, ha1s = await accounts.sip_digest_ha1s(credentials.username, domain, credentials.algorithm)
         verdict = self.authenticator.verify_any(credentials, "REGISTER", ha1s)
         if verdict == Verdict.STALE:
             return self._challenge(request, domain, stale=True)
@@ -168,7 +169,7 @@ class Registrar:
             throttle.failure(client_ip, address, protocol="sip", mechanism="digest")
             return self._challenge(request, domain)
         # step 6: the authenticated user may only register its own address of record
-        if credentials.username.lower() != to_uri.user.lower():
+        if account is None or account != digest_account(to_uri.user, domain):
             return make_response(request, 403, "Credentials do not match the To user")
         throttle.success(client_ip, address)
         return await self._update(request, aor, source)

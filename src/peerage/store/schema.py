@@ -49,6 +49,10 @@ accounts = Table(
     Column("scram_sha256_server_key", LargeBinary, nullable=False),
     Column("sip_ha1_md5", String(32), nullable=False),
     Column("sip_ha1_sha256", String(64), nullable=False),
+    # HA1s for the full address as digest username; NULL for passwords set before they were stored
+    # (such accounts register as `alice` until their next password change).
+    Column("sip_ha1_full_md5", String(32), nullable=True),
+    Column("sip_ha1_full_sha256", String(64), nullable=True),
     Column("argon2", String(255), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
