@@ -40,6 +40,12 @@ class Accounts:
         """The account's HA1 followed by its app passwords' (this account has none)."""
         return [await self.sip_ha1(address, algorithm)]
 
+    async def sip_digest_ha1s(self, username: str, realm: str, algorithm: str) -> tuple[str, list[str]]:
+        """The account a digest username names (`alice` or `alice@realm`) and its HA1s."""
+        address = username if "@" in username else f"{username}@{realm}"
+        ha1 = digest_hex(algorithm, f"{username}:{realm}:{PASSWORD}")
+        return address, [ha1]
+
     async def exists(self, address: str) -> bool:
         return True
 
