@@ -4,7 +4,9 @@ This module is in charge of looking at the installation from outside as a peer w
 `prosodyctl check` and `mox config dnscheck` do, and of printing one line per finding with a verdict
 (ok, warning, problem) and, for every problem, the fix. DNS is compared record by record with what
 `peerage dns` prints, through the configured resolver. The exit code is 1 when any problem was found;
-warnings alone exit 0. `peerage check federation DOMAIN` (the XMPP package) goes further for XMPP.
+warnings alone exit 0. Federation items: SMTP STARTTLS, our MTA-STS policy fetched over HTTPS
+as senders fetch it (RFC 8461), our TLSA records against the certificates served (RFC 7671), and
+SIP TLS on the published _sips._tcp targets (RFC 5922). `peerage check federation DOMAIN` (the XMPP package) goes further for XMPP.
 """
 
 from __future__ import annotations
@@ -196,6 +198,293 @@ async def check_smtp_starttls(config: Config, report: Report) -> None:
         report.problem(f"SMTP on {host}:{port} does not offer STARTTLS", "configure a certificate for the domain")
 
 
+def _resolver(config: Config) -> dns.asyncresolver.Resolver:
+    resolver = dns.asyncresolver.Resolver(configure=not config.dns.nameservers)
+    if config.dns.nameservers:
+        resolver.nameservers = list(config.dns.nameservers)
+    resolver.port = config.dns.port
+    resolver.lifetime = config.dns.timeout
+    return resolver
+
+
+async def _lookup(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) -> list[Any]:
+    try:
+        answer = await resolver.resolve(name, rtype, raise_on_no_answer=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoNameservers, dns.exception.Timeout):
+        return []
+    return list(answer.rrset) if answer.rrset is not None else []
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+
+def _verifying_context(config: Config) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(config.tls.ca_file) if config.tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _loose_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _https_get(address: str, port: int, host: str, path: str, ctx: ssl.SSLContext) -> tuple[int, str]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port, ssl=ctx, server_hostname=host), 5)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(128 * 1024), 5)
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            response += chunk
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    return (int(status[1]) if len(status) > 1 and status[1].isdigit() else 0), body.decode("utf-8", "replace")
+
+
+async def check_mta_sts(config: Config, domain: str, report: Report) -> None:
+    """RFC 8461: fetch our own policy over HTTPS as a sender would and compare it with the record."""
+    from peerage.mail.auth.mtasts import PolicyError, parse_policy, parse_txt
+    from peerage.mail.dnsrecords import mta_sts_policy
+
+    if not config.smtp.enabled:
+        return
+    report.section(f"Federation: MTA-STS for {domain} (RFC 8461, as sending MTAs fetch it)")
+    resolver = _resolver(config)
+    texts = [b"".join(r.strings).decode("utf-8", "replace") for r in await _lookup(resolver, f"_mta-sts.{domain}", "TXT")]
+    ids = [i for t in texts if (i := parse_txt(t)) is not None]
+    if len(ids) != 1:
+        report.problem(f"_mta-sts.{domain} TXT: {'no' if not ids else 'more than one'} v=STSv1 record, so senders "
+                       "ignore the policy", f"publish the _mta-sts record of `peerage dns {domain}`")
+        return
+    host = f"mta-sts.{domain}"
+    addresses = [r.to_text() for r in await _lookup(resolver, host, "A")] + \
+        [r.to_text() for r in await _lookup(resolver, host, "AAAA")]
+    if not addresses:
+        report.problem(f"{host} has no address, so the policy cannot be fetched",
+                       f"publish the {host} record of `peerage dns {domain}`")
+        return
+    port = parse_listen(config.web.https_listen[0])[1] if config.web.enabled and config.web.https_listen else 443
+    url = f"https://{host}/.well-known/mta-sts.txt"
+    try:
+        status, body = await _https_get(addresses[0], port, host, "/.well-known/mta-sts.txt", _verifying_context(config))
+    except ssl.SSLCertVerificationError as exc:
+        report.problem(f"{url}: the certificate does not verify ({exc.verify_message}); senders treat this as no "
+                       "policy", f"serve a CA-issued certificate covering {host} ([acme] names)")
+        try:
+            status, body = await _https_get(addresses[0], port, host, "/.well-known/mta-sts.txt", _loose_context())
+        except (TimeoutError, OSError, ssl.SSLError):
+            return
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
+        report.problem(f"{url} ({addresses[0]}:{port}): {exc or type(exc).__name__}",
+                       "enable [web] and make https_listen reachable on port 443")
+        return
+    if status != 200:
+        report.problem(f"{url} answered HTTP {status} (only 200 counts, redirects are not followed)",
+                       "serve the policy with [web] enabled on that host")
+        return
+    try:
+        policy = parse_policy(body, ids[0])
+    except PolicyError as exc:
+        report.problem(f"{url}: invalid policy: {exc}", "serve the policy `peerage dns` shows")
+        return
+    expected = parse_policy("\n".join(mta_sts_policy(domain, config)))
+    mx_hosts = [r.exchange.to_text().rstrip(".") for r in await _lookup(resolver, domain, "MX")]
+    uncovered = [m for m in mx_hosts if not policy.matches(m)]
+    if policy.mode != expected.mode:
+        report.problem(f"{url}: mode {policy.mode}, but peerage publishes mode {expected.mode}",
+                       "serve the policy from this server's [web], or update it")
+    elif set(policy.mx) != set(expected.mx):
+        report.problem(f"{url}: mx {', '.join(policy.mx)}, expected {', '.join(expected.mx)}",
+                       "serve the policy from this server's [web], or update it")
+    elif uncovered:
+        report.problem(f"{url}: the published MX {', '.join(uncovered)} is not in the policy; senders in "
+                       "enforce mode will not deliver there", "make the MX records and [smtp] hostname agree")
+    else:
+        report.ok(f"{url}: mode {policy.mode}, mx {', '.join(policy.mx)}, id {ids[0]}")
+
+
+async def _served_certificate(host: str, port: int, kind: str, name: str) -> bytes:
+    """The DER leaf certificate served on host:port; `kind` is smtp, xmpp-client, xmpp-server or tls."""
+    ctx = _loose_context()
+    if kind == "tls":
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx, server_hostname=name), 5)
+    else:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+        if kind == "smtp":
+            await asyncio.wait_for(reader.readline(), 5)
+            writer.write(b"EHLO check.invalid\r\n")
+            while (line := await asyncio.wait_for(reader.readline(), 5)) and line[3:4] == b"-":
+                pass
+            writer.write(b"STARTTLS\r\n")
+            reply = await asyncio.wait_for(reader.readline(), 5)
+            if not reply.startswith(b"220"):
+                writer.close()
+                raise OSError(f"STARTTLS refused: {reply.decode(errors='replace').strip()}")
+        else:
+            ns = "jabber:client" if kind == "xmpp-client" else "jabber:server"
+            writer.write(f"<?xml version='1.0'?><stream:stream to='{name}' xmlns='{ns}' "
+                         "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>".encode())
+            data = b""
+            while b"</stream:features>" not in data:
+                chunk = await asyncio.wait_for(reader.read(4096), 5)
+                if not chunk:
+                    raise OSError("stream closed before features")
+                data += chunk
+            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            data = b""
+            while b"<proceed" not in data:
+                chunk = await asyncio.wait_for(reader.read(4096), 5)
+                if not chunk or b"<failure" in chunk:
+                    raise OSError("STARTTLS refused")
+                data += chunk
+        await asyncio.wait_for(writer.start_tls(ctx, server_hostname=name), 5)
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    finally:
+        writer.close()
+    if not der:
+        raise OSError("no certificate")
+    return bytes(der)
+
+
+def tlsa_matches(der: bytes, usage: int, selector: int, mtype: int, data: bytes) -> bool | None:
+    """Whether a DANE-EE/DANE-TA-less TLSA record matches the leaf (RFC 6698 §2.1, RFC 7671 §5.1);
+    None for usages that need the chain or a PKIX validation (0, 1, 2), which this check leaves alone."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if usage != 3:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    content = der if selector == 0 else cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if mtype == 1:
+        content = hashlib.sha256(content).digest()
+    elif mtype == 2:
+        content = hashlib.sha512(content).digest()
+    return content == data
+
+
+async def check_dane(config: Config, domain: str, report: Report) -> None:
+    """RFC 7671/7672/7673: our published TLSA records against the certificate each port serves."""
+    target = config.server.public_hostname or domain
+    plans: list[tuple[int, str, str, str]] = []  # published port, kind, listen, label
+    if config.smtp.enabled and config.smtp.mx_listen:
+        plans.append((25, "smtp", config.smtp.mx_listen[0], "SMTP"))
+    if config.xmpp.enabled:
+        for listens, kind, label in ((config.xmpp.c2s_listen, "xmpp-client", "XMPP c2s"),
+                                     (config.xmpp.s2s_listen, "xmpp-server", "XMPP s2s")):
+            if listens:
+                plans.append((parse_listen(listens[0])[1], kind, listens[0], label))
+    if not plans:
+        return
+    report.section(f"Federation: DANE for {domain} (published TLSA vs the certificate served, RFC 7671)")
+    resolver = _resolver(config)
+    for port, kind, listen, label in plans:
+        owner = f"_{port}._tcp.{target}"
+        records = await _lookup(resolver, owner, "TLSA")
+        if not records:
+            report.warn(f"{label}: no TLSA at {owner}; DANE senders and servers use opportunistic TLS",
+                        f"publish the {owner} TLSA record of `peerage dns {domain}` (needs DNSSEC)")
+            continue
+        host, bind_port = parse_listen(listen)
+        try:
+            der = await _served_certificate(_local(host), bind_port, kind, domain)
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            report.problem(f"{label} on {listen}: could not get the certificate: {exc or type(exc).__name__}",
+                           "start `peerage serve` and configure a certificate")
+            continue
+        results = [tlsa_matches(der, r.usage, r.selector, r.mtype, r.cert) for r in records]
+        if any(results):
+            report.ok(f"{label}: {owner} TLSA matches the certificate served on {listen}")
+        elif all(r is None for r in results):
+            report.warn(f"{label}: {owner} has only PKIX/DANE-TA TLSA records, not checked here",
+                        "publish a 3 1 1 record as well (RFC 7672 §3.1)")
+        else:
+            import hashlib
+
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+
+            spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            report.problem(f"{label}: no TLSA record at {owner} matches the certificate served on {listen}; "
+                           "DANE peers will refuse to connect",
+                           f"publish: {owner}. 3600 IN TLSA 3 1 1 {hashlib.sha256(spki).hexdigest()} "
+                           "(and keep the old one until caches expire)")
+
+
+def _cert_names(der: bytes) -> list[str]:
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    # RFC 5922 §7.1: a sip: URI in the SAN names the SIP domain too.
+    names += [u.lower()[4:] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+              if u.lower().startswith("sip:")]
+    return names
+
+
+def _covers(names: list[str], domain: str) -> bool:
+    domain = domain.lower()
+    return domain in names or any(n.startswith("*.") and domain.partition(".")[2] == n[2:] for n in names)
+
+
+async def check_sip_tls(config: Config, domain: str, report: Report) -> None:
+    """RFC 5922/3263: connect to the published _sips._tcp targets with TLS 1.2 or later and check the
+    certificate's names cover the SIP domain."""
+    sip = getattr(config, "sip", None)
+    if sip is None or not sip.enabled or not sip.tls_listen:
+        return
+    report.section(f"Federation: SIP TLS for {domain} (the _sips._tcp targets, as peers see them)")
+    resolver = _resolver(config)
+    srvs = sorted(await _lookup(resolver, f"_sips._tcp.{domain}", "SRV"), key=lambda r: (r.priority, -r.weight))
+    if not srvs:
+        report.problem(f"_sips._tcp.{domain} SRV is not published, so SIP peers will not find TLS",
+                       f"publish the _sips._tcp record of `peerage dns {domain}`")
+        return
+    for srv in srvs:
+        target = srv.target.to_text().rstrip(".")
+        where = f"{target}:{srv.port}"
+        addresses = [r.to_text() for r in await _lookup(resolver, target, "A")] + \
+            [r.to_text() for r in await _lookup(resolver, target, "AAAA")]
+        if not addresses:
+            report.problem(f"SIP TLS {where}: {target} has no address", f"publish an A/AAAA record for {target}")
+            continue
+        ctx = _loose_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(
+                addresses[0], srv.port, ssl=ctx, server_hostname=domain), 5)
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            report.problem(f"SIP TLS {where} ({addresses[0]}): TLS 1.2+ handshake failed: {exc or type(exc).__name__}",
+                           "start `peerage serve` with [sip] tls_listen and a certificate, open the port")
+            continue
+        sslobj = writer.get_extra_info("ssl_object")
+        version = sslobj.version() if sslobj is not None else "?"
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        writer.close()
+        names = _cert_names(der) if der else []
+        if not _covers(names, domain):
+            report.problem(f"SIP TLS {where}: {version}, but the certificate names ({', '.join(names) or 'none'}) "
+                           f"do not cover {domain} (RFC 5922 §7.2)",
+                           f"serve a certificate for {domain} on [sip] tls_listen")
+        else:
+            report.ok(f"SIP TLS {where}: {version}, certificate covers {domain}")
+
+
 async def run(config: Config) -> Report:
     report = Report()
     report.section("Configuration")
@@ -205,6 +494,10 @@ async def run(config: Config) -> Report:
         await check_dns(config, domain, report)
     await check_ports(config, report)
     await check_smtp_starttls(config, report)
+    for domain in config.domains:
+        await check_mta_sts(config, domain, report)
+        await check_dane(config, domain, report)
+        await check_sip_tls(config, domain, report)
     if config.xmpp.enabled:
         report.section("Federation: XMPP")
         report.lines.append("  run `peerage check federation DOMAIN` to negotiate s2s with another server step by step")
