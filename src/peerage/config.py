@@ -185,8 +185,8 @@ class SipConfig:
     # User-Agent prefixes that get the SHA-256 challenge listed first (clients known to support it).
     digest_sha256_first_user_agents: list[str] = field(default_factory=list)
     # User-Agent prefixes that get the MD5 challenge alone: baresip 1.0 (libre) refuses a 401 that lists
-    # any other algorithm, wherever it stands.
-    digest_md5_only_user_agents: list[str] = field(default_factory=lambda: ["baresip"])
+    # any other algorithm, wherever it stands; JsSIP reads only the last challenge and knows only MD5.
+    digest_md5_only_user_agents: list[str] = field(default_factory=lambda: ["baresip", "JsSIP"])
     # SIP over WebSocket (RFC 7118), subprotocol "sip": plain and TLS listeners (none by default;
     # browsers use wss, e.g. ["0.0.0.0:8443"]).
     ws_listen: list[str] = field(default_factory=list)

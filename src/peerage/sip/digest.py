@@ -43,8 +43,11 @@ ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 DEFAULT_ALGORITHMS = ("MD5", "SHA-256")
 # User-Agent prefixes that get the MD5 challenge alone. baresip's SIP stack (libre 1.x, baresip 1.0 in
 # Debian 12) walks every WWW-Authenticate header and gives up the whole 401 with ENOSYS at the first
-# algorithm other than MD5, wherever it is listed ([sip] digest_md5_only_user_agents).
-MD5_ONLY_USER_AGENTS = ("baresip",)
+# algorithm other than MD5, wherever it is listed ([sip] digest_md5_only_user_agents). JsSIP (3.10 to
+# 3.13, User-Agent "JsSIP <version>") keeps only the last WWW-/Proxy-Authenticate header of a response
+# (its parser replaces the header each time) and aborts on any algorithm but MD5, so MD5 then SHA-256
+# fails it too.
+MD5_ONLY_USER_AGENTS = ("baresip", "JsSIP")
 
 
 def digest_hex(algorithm: str, text: str) -> str:

@@ -585,7 +585,8 @@ class ProxyCore:
         if transaction.request is None:
             return  # answered meanwhile (CANCEL)
         response = make_response(transaction.request, 407, to_tag=self.layer.local_tag)
-        for value in self.authenticator.challenges(realm, stale):
+        user_agent = transaction.request.get("user-agent")
+        for value in self.authenticator.challenges(realm, stale, user_agent):
             response.add("Proxy-Authenticate", value)
         transaction.respond(response)
 
