@@ -61,11 +61,13 @@ async def test_backup_while_serving_restores_identical_state(tmp_path: Path) -> 
         finally:
             ua.close()
         await asyncio.to_thread(wait_for, lambda: any((server.data_dir).rglob("*")), 5, "data")
+        # Alice logs out before the backup: her last activity (XEP-0012) is written then, not after it.
+        await alice.close()
+        await asyncio.sleep(0.5)
 
         result = server.cli("backup", str(tmp_path / "backups"))
         assert "Backed up to" in result.stdout
         folder = next((tmp_path / "backups").iterdir())
-        await alice.close()
     finally:
         assert server.stop() == 0
     before = state(server.data_dir)
