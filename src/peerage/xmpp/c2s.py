@@ -229,10 +229,6 @@ class C2SConnection(asyncio.Protocol):
         else:
             self._write(serialize_top(stanza))
 
-    def write(self, data: bytes) -> None:
-        """Queue bytes for the client (the session's way out)."""
-        self._write(data)
-
     def stream_error(self, condition: str, text: str = "") -> None:
         """Send a stream error and close (RFC 6120 section 4.9.1)."""
         if self.closing and self.transport is None:
@@ -247,6 +243,9 @@ class C2SConnection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    #: Queue bytes for the client: the session's way out (the same function, no extra call).
+    write = _write
 
     def _flush(self) -> None:
         self._flush_scheduled = False

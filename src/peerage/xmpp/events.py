@@ -29,12 +29,14 @@ HANDLED = True
 class Events:
     """A table of event names to prioritised handlers."""
 
-    __slots__ = ("_entries", "_handlers")
+    __slots__ = ("_entries", "handlers")
 
     def __init__(self) -> None:
         # name -> [(priority, order, handler)], and the derived tuple of handlers fire() walks.
         self._entries: dict[str, list[tuple[int, int, Handler]]] = {}
-        self._handlers: dict[str, tuple[Handler, ...]] = {}
+        #: name -> its handlers in calling order. Read-only for others; the dict itself is never
+        #: replaced, so a hot path may keep a reference to it and walk it as ``fire`` does.
+        self.handlers: dict[str, tuple[Handler, ...]] = {}
 
     def hook(self, name: str, handler: Handler, priority: int = 0) -> None:
         """Call ``handler(event)`` for ``fire(name, event)``; higher priorities run first."""
@@ -42,27 +44,27 @@ class Events:
         # Negated order keeps equal priorities in hook order once sorted descending.
         entries.append((priority, -len(entries), handler))
         entries.sort(key=lambda entry: (entry[0], entry[1]), reverse=True)
-        self._handlers[name] = tuple(entry[2] for entry in entries)
+        self.handlers[name] = tuple(entry[2] for entry in entries)
 
     def unhook(self, name: str, handler: Handler) -> None:
         entries = [entry for entry in self._entries.get(name, []) if entry[2] is not handler]
         if entries:
             self._entries[name] = entries
-            self._handlers[name] = tuple(entry[2] for entry in entries)
+            self.handlers[name] = tuple(entry[2] for entry in entries)
         else:
             self._entries.pop(name, None)
-            self._handlers.pop(name, None)
+            self.handlers.pop(name, None)
 
     def has(self, name: str) -> bool:
-        return name in self._handlers
+        return name in self.handlers
 
     def fire(self, name: str, event: Any) -> Any:
         """Run the handlers of ``name`` until one returns a result; return it (``None`` if none did)."""
-        for handler in self._handlers.get(name, ()):
+        for handler in self.handlers.get(name, ()):
             result = handler(event)
             if result is not None:
                 return result
         return None
 
     def names(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted(self.handlers)

@@ -79,6 +79,10 @@ class Router:
     def set_remote_sender(self, sender: RemoteSender | None) -> None:
         self._remote_sender = sender
 
+    @property
+    def local_handler(self) -> LocalHandler | None:
+        return self._local_handler
+
     def set_local_handler(self, handler: LocalHandler) -> None:
         """Install the RFC 6121 local delivery rules (``peerage.xmpp.im``)."""
         self._local_handler = handler

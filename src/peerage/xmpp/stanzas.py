@@ -38,6 +38,10 @@ _EMPTY: dict[str, Any] = {}
 # Event names built once: (kind, to-type) -> name; the hot path only indexes.
 _NAMES = {(kind, to): f"{kind}/{to}" for kind in ("message", "presence", "iq") for to in ("bare", "full", "host")}
 _PRE_NAMES = {key: f"pre-{name}" for key, name in _NAMES.items()}
+# kind -> name, for the delivery to a full JID, a bare JID and the domain.
+_FULL_NAMES = {kind: _NAMES[kind, "full"] for kind in ("message", "presence", "iq")}
+_BARE_NAMES = {kind: _NAMES[kind, "bare"] for kind in ("message", "presence", "iq")}
+_HOST_NAMES = {kind: _NAMES[kind, "host"] for kind in ("message", "presence", "iq")}
 
 
 class StanzaEvent:
@@ -99,6 +103,10 @@ class StanzaRouter:
         self.events = ctx.events
         self.router = ctx.router
         self.users = ctx.users
+        # Bound once for the hot path: the handler table, the session table, the user cache.
+        self._handlers = ctx.events.handlers
+        self._sessions = ctx.router.sessions
+        self._cached = ctx.users.cached
         ctx.router.set_local_handler(self.deliver)
 
     # ============================================================================================
@@ -109,15 +117,20 @@ class StanzaRouter:
             local, domain, resource = split_jid(stanza.attrs["to"])
         except JidError:
             return self.router.bounce(stanza, "jid-malformed")
+        return self._deliver(stanza, origin, local, domain, resource)
+
+    def _deliver(self, stanza: Element, origin: Any, local: str, domain: str,
+                 resource: str) -> Awaitable[None] | None:
+        """``deliver`` once ``to`` is split (``from_client`` has split it already)."""
         if not local:
-            return self._fire(_NAMES[stanza.name, "host"],
+            return self._fire(_HOST_NAMES[stanza.name],
                               StanzaEvent(stanza, origin, "", domain, resource, None, _EMPTY))
         bare = f"{local}@{domain}"
-        resources: dict[str, Any] | None = self.router.sessions.get(bare)
-        user = self.users.cached(bare) if resources else None
+        resources: dict[str, Any] | None = self._sessions.get(bare)
+        user = self._cached(bare) if resources else None
         if user is None or resources is None:
             return self._deliver_loading(stanza, origin, bare, domain, resource)
-        return self._fire(_NAMES[stanza.name, "full" if resource else "bare"],
+        return self._fire((_FULL_NAMES if resource else _BARE_NAMES)[stanza.name],
                           StanzaEvent(stanza, origin, bare, domain, resource, user, resources))
 
     async def _deliver_loading(self, stanza: Element, origin: Any, bare: str, domain: str, resource: str) -> None:
@@ -130,7 +143,12 @@ class StanzaRouter:
             await result
 
     def _fire(self, name: str, event: StanzaEvent) -> Awaitable[None] | None:
-        result = self.events.fire(name, event)
+        # Events.fire, inlined: the handlers in priority order until one returns a result.
+        result = None
+        for handler in self._handlers.get(name, ()):
+            result = handler(event)
+            if result is not None:
+                break
         if result is None:
             result = self._unhandled(event)
         elif result is HANDLED:
@@ -234,21 +252,34 @@ class StanzaRouter:
         else:
             # Presence without 'to' is the client's broadcast, about its own bare JID.
             to_type, bare, domain, resource = "bare", session.bare_jid, session.bare_jid.partition("@")[2], ""
-        event = StanzaEvent(stanza, session, bare, domain, resource, self.users.cached(session.bare_jid), _EMPTY)
-        result = self.events.fire(_PRE_NAMES[name, to_type], event)
+        event = StanzaEvent(stanza, session, bare, domain, resource, self._cached(session.bare_jid), _EMPTY)
+        result = None
+        for handler in self._handlers.get(_PRE_NAMES[name, to_type], ()):
+            result = handler(event)
+            if result is not None:
+                break
         if result is None:
-            result = self._post(stanza, session, to_type, bare, domain)
+            if to:
+                result = self._post(stanza, session, to_type, bare, local, domain, resource)
+            else:
+                result = self.router.route(stanza)  # presence without 'to' that no handler took
         elif result is HANDLED:
             result = None
         if event.pending is not None:
             return _after(event.pending, result)
         return result
 
-    def _post(self, stanza: Element, session: Any, to_type: str, bare: str, domain: str) -> Awaitable[None] | None:
-        """What no ``pre-`` handler took goes on its way (Prosody's ``core_post_stanza``)."""
+    def _post(self, stanza: Element, session: Any, to_type: str, bare: str, local: str, domain: str,
+              resource: str) -> Awaitable[None] | None:
+        """What no ``pre-`` handler took goes on its way (Prosody's ``core_post_stanza``).
+
+        ``local``/``domain``/``resource`` are ``to``, split by ``from_client``."""
         if stanza.name == "iq" and ((bare == session.bare_jid and to_type == "bare")
                                     or (to_type == "host" and self.router.is_hosted(domain))):
             return self.deliver(stanza, session)  # answered here, replies straight to the session
+        if domain in self.router.hosted_domains and self.router.local_handler == self.deliver:
+            # What Router.route does for a hosted domain (the local handler), with ``to`` split already.
+            return self._deliver(stanza, None, local, domain, resource)
         return self.router.route(stanza)
 
 

@@ -43,9 +43,9 @@ class Users:
         self._is_online = is_online
         self._users: OrderedDict[str, UserState] = OrderedDict()
         self._loading: dict[str, asyncio.Future[UserState]] = {}
-
-    def cached(self, bare: str) -> UserState | None:
-        return self._users.get(bare)
+        #: ``cached(bare)``: the state of ``bare`` if it is in the cache, else None (no load, no
+        #: reordering). The dictionary's own ``get``: it is on every stanza's path.
+        self.cached: Callable[[str], UserState | None] = self._users.get
 
     async def load(self, bare: str) -> UserState:
         """The state of ``bare`` (an account known to exist), from the cache or the store."""

@@ -37,6 +37,7 @@ class Carbons(Feature):
     server_features = (CARBONS_NS, "urn:xmpp:carbons:rules:0")
 
     def setup(self) -> None:
+        self._sessions = self.ctx.router.sessions
         hook_iq(self.ctx, "enable", CARBONS_NS, self._toggle)
         hook_iq(self.ctx, "disable", CARBONS_NS, self._toggle)
         self.ctx.events.hook("message/full", self._received, PRIORITY)
@@ -58,7 +59,7 @@ class Carbons(Feature):
 
     def _sent(self, event: StanzaEvent) -> None:
         session = event.origin
-        resources = self.ctx.router.sessions.get(session.bare_jid)
+        resources = self._sessions.get(session.bare_jid)
         if resources is not None and len(resources) > 1 and carbon_eligible(event.stanza):
             self._copy(event.stanza, session.bare_jid, "sent", resources, session)
 
