@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,5 +129,53 @@ def test_mx_workers_drop_privileges_too(workdir: Path) -> None:
 
         with smtplib.SMTP(address, 25, timeout=10) as client:
             assert client.ehlo()[0] == 250
+    finally:
+        assert server.stop() == 0
+
+
+def interpreter_reachable_by_others() -> bool:
+    """Whether another user may run this interpreter (not when it lives under /root, as in a container)."""
+    path = Path(os.path.realpath(sys.executable))
+    return all(part.stat().st_mode & 0o001 for part in [*path.parents, path])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a start as root")
+@pytest.mark.skipif(not interpreter_reachable_by_others(),
+                    reason="the interpreter is not executable by nobody, so no worker can start after the drop")
+def test_mx_worker_started_again_after_the_drop_serves(workdir: Path) -> None:
+    import pwd
+    import smtplib
+
+    nobody = pwd.getpwnam("nobody")
+    address = "127.0.8.23"
+    server = PeerageServer(workdir, ["drop.test"], address, services=("smtp",),
+                           config={"server": {"user": "nobody"},
+                                   "smtp": {"mx_listen": [f"{address}:25"], "mx_workers": 1}})
+    server.start()
+    try:
+        assert server.process is not None
+        workers = [pid for pid in children(server.process.pid)
+                   if b"peerage.mail.smtp.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 1, server.log_text()
+        # A worker started again after the drop needs no right to bind port 25: it inherits the socket.
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        again: list[int] = []
+        while time.monotonic() < deadline and not again:
+            time.sleep(0.2)
+            again = [pid for pid in children(server.process.pid) if pid != workers[0]
+                     and b"peerage.mail.smtp.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert again, server.log_text()
+        assert ids(again[0]) == (nobody.pw_uid, nobody.pw_gid)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with smtplib.SMTP(address, 25, timeout=10) as client:
+                    assert client.ehlo()[0] == 250
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(server.log_text())
     finally:
         assert server.stop() == 0

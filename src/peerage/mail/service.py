@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -261,10 +263,17 @@ class MailService:
             greeting_delay=smtp.greeting_delay_seconds,
         )
         loop = asyncio.get_running_loop()
-        for spec in smtp.mx_listen:
-            address, port = parse_listen(spec)
-            server = await loop.create_server(factory, address, port, reuse_address=True, reuse_port=True)
-            self.servers.append(server)
+        inherited = [int(fd) for fd in os.environ.get(channel.MX_FDS_ENV, "").split(",") if fd]
+        if inherited:  # the main process bound the MX sockets
+            for fd in inherited:
+                sock = socket.socket(fileno=fd)
+                sock.setblocking(False)
+                self.servers.append(await loop.create_server(factory, sock=sock))
+        else:
+            for spec in smtp.mx_listen:
+                address, port = parse_listen(spec)
+                server = await loop.create_server(factory, address, port, reuse_address=True, reuse_port=True)
+                self.servers.append(server)
         if before_ready is not None:
             before_ready()
         self.worker_channel.send_ready()
@@ -322,7 +331,7 @@ class MailService:
             # The workers own the MX port; this process stores what they accept.
             plans = [plan for plan in plans if plan[0] != "smtp"]
             self.workers = channel.WorkerPool(config.data_dir / "run" / "mx.sock", self.store_delivery)
-            await self.workers.start(smtp.mx_workers, config.path)
+            await self.workers.start(smtp.mx_workers, config.path, [parse_listen(spec) for spec in smtp.mx_listen])
             for spec in smtp.mx_listen:
                 address, port = parse_listen(spec)
                 log.info("listening smtp on %s:%d (%d worker processes)", address, port, smtp.mx_workers)

@@ -1,7 +1,8 @@
 """The delivery channel between MX worker processes and the main process.
 
-With `[smtp] mx_workers = N`, N extra processes share the MX port with the main process (SO_REUSEPORT)
-and run the SMTP sessions, the policy checks and SPF/DKIM/DMARC themselves, so the protocol work is
+With `[smtp] mx_workers = N`, N extra processes accept on the MX sockets, which the main process binds
+once and hands down (so a worker started again after the `[server] user` drop needs no right to bind
+port 25; each worker drops privileges itself after taking them over), and run the SMTP sessions, the policy checks and SPF/DKIM/DMARC themselves, so the protocol work is
 spread over the CPUs, as Postfix spreads it over smtpd processes. What makes a message durable stays in
 one place: a worker hands each accepted message to the main process over a private Unix socket, the
 main process stores it (mailbox or queue, with the group commit and the IMAP notifications that only it
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +47,22 @@ WORKER_RESPAWN_SECONDS = 1.0
 
 class ChannelError(Exception):
     """The main process could not store a message, or the channel is gone."""
+
+
+MX_FDS_ENV = "PEERAGE_MX_FDS"
+
+
+def bind_listening(address: str, port: int) -> socket.socket:
+    """A listening TCP socket for address:port, the way asyncio's create_server makes one."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((address, port))
+    sock.listen(100)
+    sock.set_inheritable(True)
+    return sock
 
 
 @dataclass(frozen=True)
@@ -193,11 +211,16 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._config_path = Path()
+        # The MX sockets, bound here once and inherited by every worker, so that a worker started
+        # again after the privilege drop needs no right to bind port 25.
+        self.sockets: list[socket.socket] = []
 
     async def _spawn(self) -> None:
+        fds = [sock.fileno() for sock in self.sockets]
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "peerage.mail.smtp.worker", str(self._config_path), str(self.socket_path),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, pass_fds=fds,
+            env=dict(os.environ, **{MX_FDS_ENV: ",".join(map(str, fds))}) if fds else None,
         )
         self.processes.append(process)
         watcher = asyncio.create_task(self._watch(process))
@@ -213,10 +236,16 @@ class WorkerPool:
             self.processes.remove(process)
         await asyncio.sleep(WORKER_RESPAWN_SECONDS)
         if not self._stopping:
-            await self._spawn()
+            try:
+                await self._spawn()
+            except OSError as exc:
+                # After the privilege drop, [server] user must be able to run the interpreter.
+                log.error("cannot start another MX worker as uid %d: %s (is %s readable by [server] user?)",
+                          os.getuid(), exc, sys.executable)
 
-    async def start(self, count: int, config_path: Path) -> None:
+    async def start(self, count: int, config_path: Path, listens: list[tuple[str, int]] | None = None) -> None:
         self._config_path = config_path
+        self.sockets = [bind_listening(address, port) for address, port in listens or []]
         self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.socket_path.unlink(missing_ok=True)
         self.server = await asyncio.start_unix_server(self._serve, str(self.socket_path))
@@ -262,6 +291,9 @@ class WorkerPool:
 
     async def stop(self) -> None:
         self._stopping = True
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
         for process in self.processes:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
