@@ -130,8 +130,20 @@ class StanzaRouter:
         user = self._cached(bare) if resources else None
         if user is None or resources is None:
             return self._deliver_loading(stanza, origin, bare, domain, resource)
-        return self._fire((_FULL_NAMES if resource else _BARE_NAMES)[stanza.name],
-                          StanzaEvent(stanza, origin, bare, domain, resource, user, resources))
+        # self._fire, inlined: this is every delivery to an online account.
+        event = StanzaEvent(stanza, origin, bare, domain, resource, user, resources)
+        result = None
+        for handler in self._handlers.get((_FULL_NAMES if resource else _BARE_NAMES)[stanza.name], ()):
+            result = handler(event)
+            if result is not None:
+                break
+        if result is None:
+            result = self._unhandled(event)
+        elif result is HANDLED:
+            result = None
+        if event.pending is not None:
+            return _after(event.pending, result)
+        return result
 
     async def _deliver_loading(self, stanza: Element, origin: Any, bare: str, domain: str, resource: str) -> None:
         """Delivery to an account whose state is not cached: load it (None if there is no account)."""
