@@ -107,7 +107,12 @@ class SniServerContexts:
             if challenge is not None:
                 sslobj.context = challenge
                 return
-        ctx = self.by_domain.get(server_name.lower().rstrip(".")) if server_name else None
+        ctx = None
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            # A name under a hosted domain (conference., upload., autoconfig., mta-sts.) is served
+            # with that domain's certificate, which covers them ([acme] names).
+            ctx = self.by_domain.get(name) or self.by_domain.get(name.partition(".")[2])
         if ctx is None:
             ctx = self._current_default
         if ctx is not None and sslobj.context is not ctx:

@@ -25,7 +25,12 @@ Interface for the federation layer (stable):
     same local rules as a stanza from a local user. Returns ``True`` once delivered or stored.
 
 ``router.is_hosted(domain)``
-    Whether ``domain`` is served by this process.
+    Whether ``domain`` is served by this process: a hosted domain or a hosted service JID.
+
+``router.add_service(service)`` / ``router.remove_service(jid)``
+    A service JID (``conference.example.org``, see ``peerage.xmpp.hosted``): every stanza whose
+    ``to`` domain is ``service.jid`` goes to ``service.deliver(stanza)``, from local clients and
+    from remote servers alike; ``service.parent`` is the hosted domain whose certificate it uses.
 
 Hot path: ``route()`` returns ``None`` when the stanza was handled synchronously (the common case: a
 message to an online session), or an awaitable when storage or a remote hand-off is involved. Callers
@@ -62,6 +67,15 @@ class RoutedSession(Protocol):
     def send(self, stanza: Element) -> None: ...
 
 
+class HostedServiceLike(Protocol):
+    """What the router needs from a hosted service (``peerage.xmpp.hosted.HostedService``)."""
+
+    jid: str
+    parent: str
+
+    def deliver(self, stanza: Element, origin: object = None) -> Awaitable[None] | None: ...
+
+
 class Router:
     """Routes stanzas to local sessions, to local delivery rules, or to the remote sender."""
 
@@ -71,10 +85,23 @@ class Router:
         self.sessions: dict[str, dict[str, RoutedSession]] = {}
         self._remote_sender: RemoteSender | None = None
         self._local_handler: LocalHandler | None = None
+        #: service JID -> hosted service (its stanzas fire on its own events, ``peerage.xmpp.hosted``)
+        self.services: dict[str, HostedServiceLike] = {}
 
     # --- configuration ------------------------------------------------------------------------
     def is_hosted(self, domain: str) -> bool:
-        return domain in self.hosted_domains
+        return domain in self.hosted_domains or domain in self.services
+
+    def add_service(self, service: HostedServiceLike) -> None:
+        self.services[service.jid] = service
+
+    def remove_service(self, jid: str) -> None:
+        self.services.pop(jid, None)
+
+    def certificate_domain(self, domain: str) -> str:
+        """The hosted domain whose certificate serves ``domain`` (itself, or a service's parent)."""
+        service = self.services.get(domain)
+        return service.parent if service is not None else domain
 
     def set_remote_sender(self, sender: RemoteSender | None) -> None:
         self._remote_sender = sender
@@ -127,6 +154,9 @@ class Router:
             if handler is None:
                 return self.bounce(stanza, "service-unavailable")
             return handler(stanza)
+        service = self.services.get(domain)
+        if service is not None:
+            return service.deliver(stanza)
         return self._send_remote(stanza, domain)
 
     async def _send_remote(self, stanza: Element, domain: str) -> None:
@@ -146,6 +176,12 @@ class Router:
             _, domain, _ = split_jid(to)
         except JidError:
             return False
+        service = self.services.get(domain)
+        if service is not None:
+            result = service.deliver(stanza)
+            if result is not None:
+                await result
+            return True
         if domain not in self.hosted_domains or self._local_handler is None:
             return False
         result = self._local_handler(stanza)
@@ -161,7 +197,7 @@ class Router:
             return  # presence errors other than for subscribe/available are not useful to clients
         sender_domain = split_jid(stanza.attrs["from"])[1]
         reply = error_reply(stanza, condition, text)
-        if sender_domain in self.hosted_domains:
+        if sender_domain in self.hosted_domains or sender_domain in self.services:
             result = self.route(reply)
         elif self._remote_sender is not None:
             result = self._remote_sender(reply, sender_domain)

@@ -1129,7 +1129,7 @@ class S2SService:
         self.trust = TrustStore(config.tls.ca_file)
         certificates = {name: (d.cert, d.key) for name, d in config.domains.items()
                         if d.cert is not None and d.key is not None}
-        self.tls = S2STlsContexts(certificates, config.tls.ca_file)
+        self.tls = S2STlsContexts(certificates, config.tls.ca_file, router.certificate_domain)
         self._certificate_kinds = {
             name: (CertificateKind.NONE if name not in certificates or self.policy.legacy
                    else CertificateKind.CA_ISSUED if own_certificate_trusted(certificates[name][0], self.trust)
@@ -1266,7 +1266,8 @@ class S2SService:
 
     # --- connections ------------------------------------------------------------------------------
     def certificate_kind(self, local: str) -> CertificateKind:
-        return self._certificate_kinds.get(local, CertificateKind.NONE)
+        # A hosted service JID (conference.DOMAIN) presents its parent domain's certificate.
+        return self._certificate_kinds.get(self.router.certificate_domain(local), CertificateKind.NONE)
 
     def _accepted(self, connection: XmlConnection, direct_tls: bool) -> None:
         task = asyncio.ensure_future(self._accept(connection, direct_tls))

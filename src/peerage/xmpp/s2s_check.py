@@ -55,6 +55,9 @@ class _NoRouter:
     def set_remote_sender(self, sender: object) -> None:
         return None
 
+    def certificate_domain(self, domain: str) -> str:
+        return domain
+
 
 async def check_federation(config: Any, remote: str, local: str | None, say: Callable[[str], None]
                            ) -> Level:

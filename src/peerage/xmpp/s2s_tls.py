@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from peerage.net.tls import SniServerContexts, harden
@@ -78,9 +79,12 @@ def request_any_client_certificate(context: ssl.SSLContext, fallback_ca: Path | 
 class S2STlsContexts:
     """Server contexts by SNI and client contexts by (local domain, present certificate, ALPN)."""
 
-    def __init__(self, certificates: dict[str, tuple[Path, Path]], ca_file: Path | None) -> None:
+    def __init__(self, certificates: dict[str, tuple[Path, Path]], ca_file: Path | None,
+                 certificate_domain: Callable[[str], str] | None = None) -> None:
         self.certificates = certificates
         self.ca_file = ca_file
+        #: Which hosted domain's certificate a local name presents (a service JID: its parent's).
+        self.certificate_domain = certificate_domain or (lambda name: name)
         self._clients: dict[tuple[str, bool, bool], ssl.SSLContext] = {}
 
         def configure(context: ssl.SSLContext) -> None:
@@ -105,8 +109,9 @@ class S2STlsContexts:
             context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE  # judged afterwards by peerage.xmpp.x509
-            if present_certificate and local in self.certificates:
-                cert, private_key = self.certificates[local]
+            owner = self.certificate_domain(local)
+            if present_certificate and owner in self.certificates:
+                cert, private_key = self.certificates[owner]
                 context.load_cert_chain(str(cert), str(private_key))
             if direct_tls:
                 context.set_alpn_protocols([ALPN_XMPP_SERVER])

@@ -129,6 +129,8 @@ class XmppService:
         self.router.hosted_domains = {d.lower() for d in host.config.domains}
         if self.s2s is not None:
             self.s2s.hosted_domains = list(host.config.domains)
+        # Service packages (peerage.xmpp.hosted) add or drop the service JIDs of each domain.
+        self.ctx.events.fire("xmpp-hosted-domains", set(self.router.hosted_domains))
 
     async def stop(self) -> None:
         if self._sweeper is not None:

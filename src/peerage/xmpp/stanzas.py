@@ -287,7 +287,7 @@ class StanzaRouter:
 
         ``local``/``domain``/``resource`` are ``to``, split by ``from_client``."""
         if stanza.name == "iq" and ((bare == session.bare_jid and to_type == "bare")
-                                    or (to_type == "host" and self.router.is_hosted(domain))):
+                                    or (to_type == "host" and domain in self.router.hosted_domains)):
             return self.deliver(stanza, session)  # answered here, replies straight to the session
         if domain in self.router.hosted_domains and self.router.local_handler == self.deliver:
             # What Router.route does for a hosted domain (the local handler), with ``to`` split already.
