@@ -330,6 +330,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TurnConfig:
+    # STUN/TURN servers handed to users (XEP-0215 and the web chat's ICE servers), as RFC 7064/7065 URIs:
+    # "stun:turn.example.org", "turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349".
+    # Empty: no external services are offered. peerage relays no media; coturn does (see peerage.turn).
+    servers: list[str] = field(default_factory=list)
+    # File holding the secret shared with coturn (its static-auth-secret, with use-auth-secret), one line,
+    # readable by peerage's user only. Needed when servers lists turn: or turns:.
+    secret_file: Path | None = None
+    # Seconds a TURN credential stays valid (draft-uberti-behave-turn-rest's ttl; its example and
+    # Prosody's mod_turn_external both use one day). XMPP clients get fresh ones pushed before expiry.
+    credential_lifetime: int = 86400
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -346,6 +360,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -379,6 +394,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "metrics": MetricsConfig,
     "acme": AcmeConfig,
+    "turn": TurnConfig,
 }
 
 

@@ -9,7 +9,8 @@ from peerage import config
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config.TlsConfig, config.DomainConfig,
             config.LimitsConfig, config.XmppConfig, config.FederationConfig, config.FederationDomainPolicy,
-            config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig, config.MetricsConfig, config.AcmeConfig]
+            config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig, config.MetricsConfig, config.AcmeConfig,
+            config.TurnConfig]
 NESTED = {"federation", "domains"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 

@@ -32,6 +32,8 @@ class XmppContext:
     features: list[Any] = field(default_factory=list)
     #: ids of stanzas being re-delivered (XEP-0198 unacknowledged): already archived once.
     redelivering: set[int] = field(default_factory=set)
+    #: The Host (its config, TLS, ...), for features that need a setting beyond [xmpp]; None in unit tests.
+    host: Any = None
 
     def feature(self, cls: type) -> Any:
         for feature in self.features:

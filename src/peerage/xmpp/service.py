@@ -28,6 +28,7 @@ from peerage.xmpp.features.carbons import Carbons
 from peerage.xmpp.features.csi import ClientStateIndication
 from peerage.xmpp.features.disco import Disco
 from peerage.xmpp.features.entity_time import EntityTime
+from peerage.xmpp.features.external_services import ExternalServices
 from peerage.xmpp.features.im import Im
 from peerage.xmpp.features.last_activity import LastActivity
 from peerage.xmpp.features.mam import Mam
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 #: The feature modules, in load order (which is also the order of their stream features).
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
             Offline, Mam, StreamManagement, ClientStateIndication, Pep,
-            EntityTime, LastActivity)
+            EntityTime, LastActivity, ExternalServices)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser
@@ -104,7 +105,7 @@ class XmppService:
             events=Events(), router=router, storage=self.storage,
             users=Users(self.storage, host.accounts.exists, lambda bare: bool(router.sessions.get(bare))),
             accounts=host.accounts, archive_enabled=config.archive_enabled,
-            max_offline_messages=config.max_offline_messages, spawn=self.spawn,
+            max_offline_messages=config.max_offline_messages, spawn=self.spawn, host=host,
         )
         self.ctx.features.extend(feature(self.ctx) for feature in FEATURES)
         self.mam: Mam = self.ctx.feature(Mam)

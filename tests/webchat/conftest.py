@@ -1,0 +1,99 @@
+"""Fixtures of the web chat tests (loopback block 127.0.14.0/24): a LocalDNS, coturn with the TURN REST
+shared secret, a peerage server for example.org (XMPP, SIP with WSS, the web service with /chat/, and
+[turn] pointing at the coturn), and the accounts the tests use."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import LocalDNS, PeerageServer, TestCA
+from tests.webchat.coturn import Coturn
+
+DNS_ADDRESS = "127.0.14.53"
+PEERAGE_ADDRESS = "127.0.14.1"
+OTHER_ADDRESS = "127.0.14.2"
+TURN_ADDRESS = "127.0.14.3"
+CLIENT_ADDRESS = "127.0.14.100"
+DOMAIN = "example.org"
+OTHER_DOMAIN = "example.net"
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+PASSWORD = "correct horse battery"
+# Not 443: a benchmark elsewhere on this shared machine may hold the wildcard 0.0.0.0:443.
+HTTPS_PORT = 8443
+SIP_WSS_PORT = 7443
+ORIGIN = f"https://{DOMAIN}:{HTTPS_PORT}"
+TURN_PORT = 3478
+# Short, so a test sees the push that replaces credentials and the expiry of the old ones (the floor
+# [turn] credential_lifetime accepts is 10 s).
+CREDENTIAL_LIFETIME = 10
+
+
+@pytest.fixture(scope="session")
+def turn_secret() -> str:
+    return secrets.token_hex(24)
+
+
+@pytest.fixture(scope="session")
+def local_dns() -> Iterator[LocalDNS]:
+    dns = LocalDNS(DNS_ADDRESS, 53).start()
+    try:
+        yield dns
+    finally:
+        dns.stop()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def coturn(tmp_path_factory: pytest.TempPathFactory, turn_secret: str) -> Iterator[Coturn]:
+    server = Coturn(tmp_path_factory.mktemp("coturn"), TURN_ADDRESS, turn_secret, DOMAIN, port=TURN_PORT).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def turn_section(workdir: Path, secret: str) -> dict[str, Any]:
+    secret_file = workdir / "turn-secret"
+    secret_file.write_text(secret + "\n")
+    os.chmod(secret_file, 0o600)
+    return {
+        "servers": [f"stun:{TURN_ADDRESS}:{TURN_PORT}", f"turn:{TURN_ADDRESS}:{TURN_PORT}?transport=udp",
+                    f"turn:{TURN_ADDRESS}:{TURN_PORT}?transport=tcp"],
+        "secret_file": str(secret_file), "credential_lifetime": CREDENTIAL_LIFETIME,
+    }
+
+
+@pytest.fixture(scope="session")
+def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_ca: TestCA, coturn: Coturn,
+            turn_secret: str) -> Iterator[PeerageServer]:
+    workdir = tmp_path_factory.mktemp("peerage")
+    cert = test_ca.issue(DOMAIN, dns_ids=[DOMAIN])
+    config: dict[str, Any] = {
+        "web": {"https_listen": [f"{PEERAGE_ADDRESS}:{HTTPS_PORT}"], "http_listen": []},
+        "sip": {"wss_listen": [f"{PEERAGE_ADDRESS}:{SIP_WSS_PORT}"], "tcp_listen": [], "tls_listen": []},
+        "turn": turn_section(workdir, turn_secret),
+        "limits": {"auth_failures_per_ip": 1000},
+    }
+    server = PeerageServer(workdir, DOMAIN, PEERAGE_ADDRESS, dns=local_dns, services=("xmpp", "sip", "web"),
+                           config=config, certs={DOMAIN: cert}, ca_file=test_ca.cert_path)
+    for account in (ALICE, BOB):
+        server.add_user(account, PASSWORD)
+    local_dns.add_a(DOMAIN, PEERAGE_ADDRESS)
+    local_dns.add_srv("_xmpp-client._tcp." + DOMAIN, 0, 5, 5222, DOMAIN)
+    local_dns.add_srv("_xmpp-server._tcp." + DOMAIN, 0, 5, 5269, DOMAIN)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
