@@ -135,6 +135,21 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class ContactConfig:
+    """XEP-0157 contact addresses each hosted domain lists in its disco#info ("{domain}" is replaced)."""
+
+    # RFC 2142 section 2 names abuse@ for reports of misuse; the mail service always delivers
+    # abuse@ and postmaster@ of every hosted domain ([smtp] postmaster), so those are the defaults.
+    abuse: list[str] = field(default_factory=lambda: ["mailto:abuse@{domain}"])
+    admin: list[str] = field(default_factory=lambda: ["mailto:postmaster@{domain}"])
+    feedback: list[str] = field(default_factory=list)
+    sales: list[str] = field(default_factory=list)
+    security: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    support: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class XmppConfig:
     enabled: bool = True
     c2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5222", "[::]:5222"])
@@ -158,6 +173,7 @@ class XmppConfig:
     # provider wants a bound so one account cannot hold thousands of sessions.
     max_resources_per_account: int = 32
     federation: FederationConfig = field(default_factory=FederationConfig)
+    contact: ContactConfig = field(default_factory=ContactConfig)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from peerage import config
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config.TlsConfig, config.DomainConfig,
-            config.LimitsConfig, config.XmppConfig, config.FederationConfig, config.FederationDomainPolicy,
-            config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig, config.MetricsConfig, config.AcmeConfig,
-            config.TurnConfig]
-NESTED = {"federation", "domains"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
+            config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.FederationConfig,
+            config.FederationDomainPolicy, config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig,
+            config.MetricsConfig, config.AcmeConfig, config.TurnConfig]
+NESTED = {"federation", "domains", "contact"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 
 def test_every_setting_is_documented() -> None:

@@ -1,0 +1,125 @@
+"""Fixtures for the modern-XMPP tests: two federated peerage servers on the xmppx block (127.0.12.x).
+
+``one`` hosts x1.test and x2.test on 127.0.12.2 with XMPP and the web service (HTTP upload);
+``two`` hosts y.test on 127.0.12.3, federated with ``one`` through the LocalDNS on 127.0.12.250
+and certificates from one TestCA. Both start once for the whole area (the package's tests share
+them; each test uses its own accounts so they do not see each other's traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import slixmpp
+
+from tests.harness import LocalDNS, PeerageServer, TestCA
+from tests.s2s.helpers import Federation
+
+DNS_ADDRESS = "127.0.12.250"
+ONE_ADDRESS = "127.0.12.2"
+TWO_ADDRESS = "127.0.12.3"
+PASSWORD = "federation test password"
+TIMEOUT = 20.0
+#: Small upload limits, so the tests reach them without moving megabytes.
+UPLOAD_MAX_FILE = 64 * 1024
+UPLOAD_QUOTA = 160 * 1024
+ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+             "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt")
+TWO_USERS = ("yara", "yuri", "yves", "yoko")
+
+
+@pytest.fixture(scope="session")
+def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PeerageServer, PeerageServer]]:
+    dns = LocalDNS(DNS_ADDRESS, 53)
+    dns.start()
+    workdir = Path(tmp_path_factory.mktemp("xmppx"))
+    federation = Federation(workdir, dns, TestCA(workdir / "ca"))
+    config: dict[str, Any] = {
+        "xmpp": {"contact": {"support": ["xmpp:support@{domain}", "https://{domain}/help"]}},
+    }
+    one = federation.server("x1.test", ONE_ADDRESS, level="encrypted", users=ONE_USERS,
+                            extra_domains=("x2.test",), config={**config, "web": {"enabled": True}})
+    two = federation.server("y.test", TWO_ADDRESS, level="encrypted", users=TWO_USERS, config=config)
+    try:
+        federation.start_all([one, two])
+        yield one, two
+    finally:
+        federation.stop_all()
+        dns.stop()
+
+
+@pytest.fixture(scope="session")
+def one(xmppx_servers: tuple[PeerageServer, PeerageServer]) -> PeerageServer:
+    return xmppx_servers[0]
+
+
+@pytest.fixture(scope="session")
+def two(xmppx_servers: tuple[PeerageServer, PeerageServer]) -> PeerageServer:
+    return xmppx_servers[1]
+
+
+class Client(slixmpp.ClientXMPP):
+    """slixmpp with queues the tests wait on (with bounds)."""
+
+    def __init__(self, jid: str, password: str = PASSWORD, plugins: tuple[str, ...] = ()) -> None:
+        super().__init__(jid, password)
+        self.messages: asyncio.Queue[slixmpp.Message] = asyncio.Queue()
+        self.presences: asyncio.Queue[slixmpp.Presence] = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.failed = asyncio.Event()
+        self.enable_plaintext = False
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE
+        for plugin in ("xep_0030", "xep_0199", *plugins):
+            self.register_plugin(plugin)
+        self.add_event_handler("session_start", self._on_start)
+        self.add_event_handler("failed_auth", lambda _: self.failed.set())
+        self.add_event_handler("message", self.messages.put_nowait)
+        self.add_event_handler("presence", self.presences.put_nowait)
+        self.send_initial_presence = True
+
+    async def _on_start(self, _event: object) -> None:
+        await self.get_roster()
+        if self.send_initial_presence:
+            self.send_presence()
+        self.started.set()
+
+    async def login(self, address: str, port: int = 5222) -> Client:
+        self.connect(host=address, port=port)
+        await asyncio.wait_for(self.started.wait(), TIMEOUT)
+        return self
+
+    async def next_message(self, timeout: float = TIMEOUT, with_body: bool = True) -> slixmpp.Message:
+        while True:
+            message = await asyncio.wait_for(self.messages.get(), timeout)
+            if not with_body or message["body"]:
+                return message
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.disconnect()
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(self.disconnected, 5)
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """Clients appended here are disconnected at the end of the test."""
+    created: list[Client] = []
+    yield created
+    for client in created:
+        await client.close()
+
+
+async def until(predicate: Any, timeout: float = TIMEOUT) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
