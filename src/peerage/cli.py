@@ -567,11 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_protocol_commands(commands: Any) -> None:
     """Let each protocol add its operator commands (s2s status, check federation, mail queue)."""
+    from peerage.cluster import cli as cluster_cli
     from peerage.identity import cli as identity_cli
     from peerage.mail import cli as mail_cli
     from peerage.xmpp import s2s_cli
 
-    for register in (s2s_cli.register, mail_cli.register, identity_cli.register):
+    for register in (s2s_cli.register, mail_cli.register, identity_cli.register, cluster_cli.register):
         register(commands)
 
 

@@ -360,6 +360,23 @@ class TurnConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    # This node's name, unique within the cluster (letters, digits, '-' and '_'). Empty: no cluster,
+    # one node on its own, exactly as without this section. Set: [database] url must be PostgreSQL.
+    node: str = ""
+    # The NATS servers the nodes route through ("nats://127.0.0.1:4222"); several for a NATS cluster.
+    nats_urls: list[str] = field(default_factory=list)
+    # Seconds between this node's heartbeats; a node not heard for node_timeout is dead and its
+    # sessions leave the registry (MongooseIM's CETS drops a node after about as long).
+    heartbeat_interval: float = 1.0
+    node_timeout: float = 4.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.node)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -377,6 +394,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -411,6 +429,7 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "acme": AcmeConfig,
     "turn": TurnConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -475,7 +494,24 @@ def config_from_dict(raw: dict[str, Any], path: Path, *, check_files: bool = Tru
     tls: TlsConfig = sections["tls"]
     if check_files and tls.ca_file is not None and not tls.ca_file.is_file():
         raise ConfigError(f"{path}: [tls] ca_file: file {tls.ca_file} does not exist")
+    _check_cluster(sections["cluster"], sections["database"], path)
     return Config(path=path, domains=domains, **sections)
+
+
+def _check_cluster(cluster: ClusterConfig, database: DatabaseConfig, path: Path) -> None:
+    import re
+
+    if not cluster.enabled:
+        return
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cluster.node):
+        raise ConfigError(f"{path}: [cluster] node: use 1-64 letters, digits, '-' or '_' (it names NATS subjects)")
+    if not database.url.startswith("postgresql"):
+        raise ConfigError(f"{path}: [cluster] needs PostgreSQL, shared by every node: set [database] url "
+                          "to postgresql+asyncpg://USER@HOST/DB")
+    if not cluster.nats_urls:
+        raise ConfigError(f"{path}: [cluster] nats_urls: list the NATS servers, e.g. [\"nats://127.0.0.1:4222\"]")
+    if cluster.node_timeout <= 2 * cluster.heartbeat_interval:
+        raise ConfigError(f"{path}: [cluster] node_timeout must exceed two heartbeat_interval")
 
 
 # Sections whose listeners are never moved by `[server] listen` (an operator's internal endpoints).

@@ -60,6 +60,8 @@ class Host:
         # Set by `peerage -v serve`: the configured log_level then never lowers the level on reload.
         self.verbose = False
         self._reloading: asyncio.Task[dict[str, Any]] | None = None
+        #: The cluster this node is part of (peerage.cluster), None for a single server.
+        self.cluster: Any = None
 
     @property
     def domains(self) -> list[str]:
@@ -77,6 +79,11 @@ class Host:
 
         account = privileges.resolve(self.config)
         await self.open()
+        if self.config.cluster.enabled:
+            from peerage.cluster import Cluster
+
+            self.cluster = Cluster(self)
+            await self.cluster.start()
         for sections, module_name, class_name in SERVICES:
             if not any(getattr(self.config, s).enabled for s in sections):
                 continue
@@ -156,12 +163,16 @@ class Host:
         return outcome
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop_services()
         for service in reversed(self.services):
             try:
                 await service.stop()
             except Exception:
                 log.exception("error while stopping %s", type(service).__name__)
         self.services.clear()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.store.close()
         # What a stopped server published is no longer true: the CLI then says nothing is running.
         self.config.status_path.unlink(missing_ok=True)

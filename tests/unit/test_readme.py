@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config.TlsConfig, config.DomainConfig,
             config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.FederationConfig,
             config.FederationDomainPolicy, config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig,
-            config.MetricsConfig, config.AcmeConfig, config.TurnConfig]
+            config.MetricsConfig, config.AcmeConfig, config.TurnConfig,
+            config.ClusterConfig]
 NESTED = {"federation", "domains", "contact"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 

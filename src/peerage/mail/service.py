@@ -307,6 +307,8 @@ class MailService:
             deliver_remote=self._deliver_remote,
             reporting_mta=self.hostname,
         )
+        if getattr(self.host, "cluster", None) is not None:
+            self.host.cluster.attach_queue(self.queue)  # peerage.cluster: one queue for every node
         await self.queue.recover()
         self.local.start()
         tls_context = self.host.tls.server_context() if self.host.tls.available else None

@@ -76,6 +76,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.mail.queue_tables",
     "peerage.web.tables",
     "peerage.mail.jmap.tables",
+    "peerage.cluster.tables",
 )
 
 

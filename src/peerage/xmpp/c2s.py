@@ -513,6 +513,9 @@ class C2SConnection(asyncio.Protocol):
                     return None
                 if not sm.ack(h):
                     self.stream_error("undefined-condition", "acknowledged more stanzas than were sent")
+                elif session is not None and self.service.ctx.events.has("sm-acked"):
+                    # Who held a copy of what the client now has can let it go (peerage.cluster).
+                    self.service.ctx.events.fire("sm-acked", session)
             return None
         if name == "resume":
             return self._resume(element)

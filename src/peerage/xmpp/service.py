@@ -116,6 +116,8 @@ class XmppService:
         self._tls_context = host.tls.server_context() if self.tls_available else None
         self.s2s = S2SService(host, router)
         await self.s2s.start()
+        if getattr(host, "cluster", None) is not None:
+            host.cluster.attach_xmpp(self)  # peerage.cluster: sessions on other nodes, failover
         self.servers += await start_listeners(
             "xmpp-client", "[xmpp] c2s_listen", config.c2s_listen,
             protocol_factory=lambda: C2SConnection(self, direct_tls=False))

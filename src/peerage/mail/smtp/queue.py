@@ -97,6 +97,9 @@ class OutboundQueue:
         self._held: dict[int, float] = {}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
         self._workers: set[asyncio.Task[None]] = set()
+        #: In a cluster (peerage.cluster.mail.claim_due): ``await claim_due(conn, now, limit)`` returns
+        #: the due rows, claimed for this node with SELECT ... FOR UPDATE SKIP LOCKED. None: read them.
+        self.claim_due: Callable[[Any, int, int], Awaitable[list[Any]]] | None = None
 
     # --- accepting ---------------------------------------------------------------------------------
 
@@ -178,12 +181,12 @@ class OutboundQueue:
         async with self.store.begin() as conn:
             rows = [
                 _entry(r)
-                for r in await conn.execute(
-                    select(mail_queue)
-                    .where(mail_queue.c.next_attempt_at <= now)
-                    .order_by(mail_queue.c.next_attempt_at)
-                    .limit(MAX_ROWS_PER_SCAN)
-                )
+                for r in (await self.claim_due(conn, now, MAX_ROWS_PER_SCAN) if self.claim_due is not None
+                          else await conn.execute(
+                              select(mail_queue)
+                              .where(mail_queue.c.next_attempt_at <= now)
+                              .order_by(mail_queue.c.next_attempt_at)
+                              .limit(MAX_ROWS_PER_SCAN)))
             ]
             upcoming = (await conn.execute(select(func.min(mail_queue.c.next_attempt_at)))).scalar()
         groups: dict[tuple[str, str], list[QueueEntry]] = defaultdict(list)

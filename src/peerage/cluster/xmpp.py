@@ -1,0 +1,652 @@
+"""XMPP across the nodes of a cluster: the session registry, routing to other nodes, and failover.
+
+This module is in charge of making the router of each node see every bound session of the cluster.
+
+The registry. Each node owns the entries of its own sessions (full JID -> node, with what other
+nodes need to apply RFC 6121 delivery rules: available, priority, last presence, carbons enabled,
+roster requested). It publishes changes on ``peerage.cluster.sessions`` (numbered; a gap, or a
+heartbeat announcing a later number, makes the others ask for the whole table again on
+``peerage.node.<name>.sync``). Every node keeps a replica: a ``RemoteSession`` in its router's
+session table for each session bound elsewhere, as ejabberd's session table and MongooseIM's CETS
+tables are replicated to every node. Feature modules therefore need no change: a message to a bare
+JID, a presence broadcast, carbons or a roster push reach a ``RemoteSession`` like a local one, and
+``RemoteSession.send`` hands the stanza to the owning node. A dead node's entries are removed by
+each survivor once its heartbeats stop (``[cluster] node_timeout``).
+
+Routing. What is sent to the sessions of one node in one turn of the event loop leaves as one NATS
+message to ``peerage.node.<name>.deliver`` (a presence broadcast to 300 contacts on two other nodes
+is two messages, not 300). The receiving node writes each stanza to its session as addressed, the
+delivery rules having run on the sending node.
+
+What was acknowledged is not lost. A message (chat/normal, as XEP-0198 section 4 re-routes) to a
+session on another node is held by the sending node until that node says the stanza reached the
+client: at once for a session without XEP-0198, at the client's ``<a/>`` otherwise. A sender using
+XEP-0198 is acknowledged only once the other node has the stanza (``got``), so a sender's ``<a/>``
+always means "held by two nodes" or "at the client". When a node dies, every survivor re-routes what
+it holds for that node's sessions to the bare JID (other resources, else offline storage): XEP-0198
+section 4 for a session that cannot resume. Stanzas the client had received but not acknowledged
+may then arrive twice, which XEP-0198 allows. When NATS is down, held stanzas are sent again once it
+is back; the receiver drops the copies it already has.
+
+The roster and blocklist caches. Each node caches the state of accounts online anywhere; a node that
+changes a roster or blocklist tells the others (``peerage.cluster.user``), which reload it.
+
+Federation. One node owns the outbound streams to each remote domain (``cluster_leases``, kind
+``s2s``); the others forward stanzas for that domain to it. Inbound streams are accepted anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from peerage.cluster.leases import Leases
+from peerage.cluster.node import ClusterNode, Peer, node_subject
+from peerage.xmpp.stream import Element, XmlStreamParser, serialize
+
+log = logging.getLogger(__name__)
+
+SESSIONS_SUBJECT = "peerage.cluster.sessions"
+USER_SUBJECT = "peerage.cluster.user"
+#: Seconds a sender using XEP-0198 waits for the other node to confirm it holds a stanza before
+#: its <a/> goes out anyway (NATS down: the stanza is then held here and sent when NATS is back).
+GOT_TIMEOUT = 3.0
+#: Seconds after which an unconfirmed held stanza is sent again (the receiver drops copies).
+RESEND_AFTER = 5.0
+#: Seconds between checks of what the clients acknowledged (XEP-0198) for stanzas held elsewhere.
+RELEASE_CHECK = 0.2
+#: Held stanzas per target node before the oldest are given up to offline storage; bounds memory
+#: as XEP-0198's own queue does (sm.MAX_UNACKED per session).
+MAX_HELD_PER_NODE = 100_000
+#: Stanza ids remembered per origin to drop copies sent again after an outage.
+SEEN_IDS = 100_000
+#: Seconds to wait for a node's whole table (sync).
+SYNC_TIMEOUT = 3.0
+#: Largest stanza accepted from another node (the c2s limit is the same order, [xmpp] max_stanza_size).
+MAX_FORWARDED_STANZA = 1024 * 1024
+
+
+class RemoteSession:
+    """A session bound on another node, as the router and the feature modules see it."""
+
+    __slots__ = ("available", "bare_jid", "carbons", "connection", "ended", "full_jid", "hibernation",
+                 "last_presence", "node", "priority", "resource", "roster_requested", "sm", "xmpp")
+
+    def __init__(self, xmpp: ClusterXmpp, node: str, full_jid: str) -> None:
+        self.xmpp = xmpp
+        self.node = node
+        self.full_jid = full_jid
+        self.bare_jid, _, self.resource = full_jid.partition("/")
+        self.available = False
+        self.priority = 0
+        self.last_presence: Element | None = None
+        self.carbons = False
+        self.roster_requested = False
+        # What Sessions.replaced() looks at when a local bind replaces this entry.
+        self.sm = None
+        self.connection = None
+        self.hibernation = None
+        self.ended = False
+
+    def send(self, stanza: Element) -> None:
+        self.xmpp.send_remote(self, stanza)
+
+    def set_active(self, active: bool) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<RemoteSession {self.full_jid} on {self.node}>"
+
+
+class _Held:
+    __slots__ = ("got", "node", "sender", "sent_at", "stanza", "to")
+
+    def __init__(self, node: str, to: str, stanza: Element, sender: str) -> None:
+        self.node = node
+        self.to = to
+        self.stanza = stanza
+        self.sender = sender
+        self.got: asyncio.Future[None] | None = None
+        self.sent_at = time.monotonic()
+
+
+def _holdable(stanza: Element) -> bool:
+    """What XEP-0198 section 4 re-routes when a session cannot resume (as Sessions._reroute_unacked)."""
+    if stanza.name != "message" or stanza.attrs.get("type") in ("error", "groupchat", "headline"):
+        return False
+    return all(child.xmlns not in ("urn:xmpp:carbons:2", "urn:xmpp:mam:2") for child in stanza.elements())
+
+
+_HEADER = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+
+
+def parse_stanzas(texts: list[str]) -> list[Element] | None:
+    """Stanzas serialised by ``serialize`` (content namespace jabber:client), parsed back with one
+    parser; None if any is not well-formed (then none is trusted)."""
+    parser = XmlStreamParser(MAX_FORWARDED_STANZA)
+    events = parser.feed((_HEADER + "".join(texts)).encode())
+    stanzas = [event for event in events if isinstance(event, Element)]
+    if parser.failed or len(stanzas) != len(texts):
+        return None
+    return stanzas
+
+
+def parse_stanza(text: str) -> Element | None:
+    parsed = parse_stanzas([text])
+    return parsed[0] if parsed else None
+
+
+class ClusterXmpp:
+    """The registry replica, the per-node outboxes, the held stanzas and the lease-owned federation."""
+
+    def __init__(self, node: ClusterNode, service: Any, leases: Leases) -> None:
+        self.node = node
+        self.service = service
+        self.ctx = service.ctx
+        self.router = service.router
+        self.sessions = service.sessions
+        self.leases = leases
+        self.seq = 0  # numbers this node's registry changes
+        self._ops: list[list[Any]] = []  # registry changes waiting for the end of this turn
+        self._snapshots: dict[str, tuple[Any, ...]] = {}  # local full JID -> what others last heard
+        self._dirty: dict[str, Any] = {}  # local sessions to look at at the end of this turn
+        #: node -> full JID -> RemoteSession
+        self.remote: dict[str, dict[str, RemoteSession]] = {}
+        self._remote_seq: dict[str, int] = {}
+        self._outbox: dict[str, list[list[Any]]] = {}
+        self._flush_scheduled = False
+        self._next_id = 0
+        #: id -> stanza held here until the node of its session says the client has it
+        self.held: dict[int, _Held] = {}
+        #: sender full JID -> futures its XEP-0198 <a/> waits for
+        self._got_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: (origin node, incarnation) -> (stanza id, local session, sent count it needs acked)
+        self._marks: dict[tuple[str, str], dict[int, tuple[Any, int]]] = {}
+        self._seen: dict[tuple[str, str], OrderedDict[int, None]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._original_remote_sender: Any = None
+        self.forwarded_in = 0
+        self.forwarded_out = 0
+        self.rerouted_after_death = 0
+
+    # =================================================================================================
+    # Wiring
+    # =================================================================================================
+    def attach(self) -> None:
+        node, events = self.node, self.ctx.events
+        events.hook("resource-bind", self._bound, 10_000)
+        events.hook("resource-unbind", self._unbound, 10_000)
+        events.hook("sm-acked", self._client_acked)
+        stanzas = self.service.stanzas
+        original = stanzas.from_client
+
+        def from_client(session: Any, stanza: Element) -> Any:
+            result = original(session, stanza)
+            self._dirty[session.full_jid] = session
+            self._schedule_flush()
+            if result is None and (session.sm is None or session.full_jid not in self._got_waiters):
+                return None
+            return self._complete(result, session)
+
+        stanzas.from_client = from_client
+        # The storage writes that change a cached roster or blocklist tell the other nodes.
+        storage = self.ctx.storage
+        for name in ("save_roster_item", "block", "unblock"):
+            setattr(storage, name, self._announcing(getattr(storage, name)))
+        # Outbound federation through the owner of each remote domain.
+        self._original_remote_sender = self.router._remote_sender  # installed by S2SService.start
+        if self._original_remote_sender is not None:
+            self.router.set_remote_sender(self._send_federated)
+        node.subscribe(SESSIONS_SUBJECT, self._sessions_changed)
+        node.subscribe(USER_SUBJECT, self._user_changed)
+        node.subscribe(node_subject(node.name, "deliver"), self._deliver_received)
+        node.subscribe(node_subject(node.name, "acks"), self._acks_received)
+        node.subscribe(node_subject(node.name, "sync"), self._sync_requested)
+        node.subscribe(node_subject(node.name, "s2s"), self._s2s_received)
+        node.on_node_up(self._node_up)
+        node.on_node_down(self._node_down)
+        node.on_reconnect(self._reconnected)
+        node.heartbeat_info.append(lambda: {"seq": self.seq, "sessions": len(self._snapshots)})
+        node.status_info.append(self.status)
+        self._tasks.append(asyncio.ensure_future(self._release_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        # A clean stop: what other nodes hold for sessions here is theirs to re-route now.
+        self._publish_ops([["-", full] for full in list(self._snapshots)])
+
+    def status(self, request: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "sessions": sorted(self._snapshots),
+            "remote_sessions": sum(len(s) for s in self.remote.values()),
+            "held": len(self.held),
+            "forwarded_in": self.forwarded_in,
+            "forwarded_out": self.forwarded_out,
+            "s2s_leases": sorted(self.leases.held("s2s")),
+        }
+        if request.get("registry"):
+            # This node's replica of the others' sessions (what its router sees of them).
+            answer["registry"] = {
+                full: {"node": s.node, "available": s.available, "carbons": s.carbons}
+                for table in self.remote.values() for full, s in table.items()}
+        return answer
+
+    # =================================================================================================
+    # This node's sessions -> the others
+    # =================================================================================================
+    def _bound(self, session: Any) -> None:
+        if isinstance(session, RemoteSession):
+            return None
+        self._dirty[session.full_jid] = session
+        self._schedule_flush()
+        return None
+
+    def _unbound(self, session: Any) -> None:
+        if isinstance(session, RemoteSession):
+            return None
+        self._dirty[session.full_jid] = session
+        self._schedule_flush()
+        return None
+
+    @staticmethod
+    def _snapshot(session: Any) -> tuple[Any, ...]:
+        return (session.available, session.priority, id(session.last_presence), session.carbons,
+                session.roster_requested)
+
+    def _collect(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for full, session in dirty.items():
+            bound = not session.ended and self.router.session(session.bare_jid, session.resource) is session
+            if not bound:
+                if self._snapshots.pop(full, None) is not None:
+                    self._ops.append(["-", full])
+                continue
+            snap = self._snapshot(session)
+            if self._snapshots.get(full) != snap:
+                self._snapshots[full] = snap
+                self._ops.append(["+", *self._entry(session)])
+
+    @staticmethod
+    def _entry(session: Any) -> list[Any]:
+        presence = serialize(session.last_presence) if session.last_presence is not None else ""
+        return [session.full_jid, int(session.available), session.priority, int(session.carbons),
+                int(session.roster_requested), presence]
+
+    def _publish_ops(self, ops: list[list[Any]]) -> None:
+        if not ops:
+            return
+        self.seq += 1
+        payload = {"node": self.node.name, "inc": self.node.incarnation, "seq": self.seq, "ops": ops}
+        self.node.publish(SESSIONS_SUBJECT, json.dumps(payload).encode())
+
+    async def _sync_requested(self, msg: Any) -> None:
+        self._collect()
+        if self._ops:
+            ops, self._ops = self._ops, []
+            self._publish_ops(ops)
+        entries = []
+        for full in self._snapshots:
+            bare, _, resource = full.partition("/")
+            session = self.router.session(bare, resource)
+            if session is not None and not isinstance(session, RemoteSession):
+                entries.append(self._entry(session))
+        reply = {"node": self.node.name, "inc": self.node.incarnation, "seq": self.seq, "sessions": entries}
+        if msg.reply:
+            await self.node.nc.publish(msg.reply, json.dumps(reply).encode())
+
+    # =================================================================================================
+    # The others' sessions -> this node's router
+    # =================================================================================================
+    async def _sessions_changed(self, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+            origin, inc, seq, ops = str(data["node"]), str(data["inc"]), int(data["seq"]), list(data["ops"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if origin == self.node.name:
+            return
+        peer = self.node.peers.get(origin)
+        if peer is None or peer.incarnation != inc:
+            return  # not known yet: its heartbeat brings a sync
+        last = self._remote_seq.get(origin, 0)
+        if seq <= last:
+            return
+        if seq != last + 1:
+            await self._sync(origin)
+            return
+        self._remote_seq[origin] = seq
+        for op in ops:
+            self._apply(origin, op)
+
+    def _apply(self, origin: str, op: list[Any]) -> None:
+        table = self.remote.setdefault(origin, {})
+        if op[0] == "-":
+            session = table.pop(op[1], None)
+            if session is not None:
+                self.router.unbind(session)
+                self._reroute_held(lambda held, s=session: held.node == origin and held.to == s.full_jid)
+            return
+        full, available, priority, carbons, roster_requested, presence = op[1:7]
+        session = table.get(full)
+        if session is None:
+            session = RemoteSession(self, origin, full)
+            table[full] = session
+        session.available = bool(available)
+        session.priority = int(priority)
+        session.carbons = bool(carbons)
+        session.roster_requested = bool(roster_requested)
+        session.last_presence = parse_stanza(presence) if presence else None
+        current = self.router.session(session.bare_jid, session.resource)
+        if current is session:
+            return
+        if current is not None and not isinstance(current, RemoteSession):
+            # The same full JID bound on another node: the older session here ends with <conflict/>.
+            self.router.bind(session)
+            self.service.spawn(self.sessions.replaced(current))
+            return
+        if current is not None:
+            self.remote.get(current.node, {}).pop(full, None)
+        self.router.bind(session)
+
+    async def _sync(self, origin: str) -> None:
+        data = await self.node.request(node_subject(origin, "sync"), b"{}", SYNC_TIMEOUT)
+        if data is None:
+            return
+        try:
+            reply = json.loads(data)
+            inc, seq, entries = str(reply["inc"]), int(reply["seq"]), list(reply["sessions"])
+        except (ValueError, KeyError, TypeError):
+            return
+        peer = self.node.peers.get(origin)
+        if peer is None or peer.incarnation != inc:
+            return
+        self._remote_seq[origin] = max(seq, self._remote_seq.get(origin, 0))
+        listed = {entry[0] for entry in entries}
+        for full in list(self.remote.get(origin, {})):
+            if full not in listed:
+                self._apply(origin, ["-", full])
+        for entry in entries:
+            self._apply(origin, ["+", *entry])
+
+    async def _node_up(self, peer: Peer) -> None:
+        self._remote_seq[peer.name] = 0
+        await self._sync(peer.name)
+
+    async def _node_down(self, peer: Peer) -> None:
+        """A node died: its sessions leave the registry, what was held for them is re-routed."""
+        table = self.remote.pop(peer.name, {})
+        self._remote_seq.pop(peer.name, None)
+        self._marks = {key: marks for key, marks in self._marks.items() if key[0] != peer.name}
+        for session in table.values():
+            self.router.unbind(session)
+        self._reroute_held(lambda held: held.node == peer.name)
+        await self.leases.release_node(peer.name)
+        for session in table.values():
+            if session.available:
+                await self._tell_contacts_unavailable(session)
+        if table:
+            log.info("cluster: %d sessions of %s left the registry", len(table), peer.name)
+
+    async def _tell_contacts_unavailable(self, session: RemoteSession) -> None:
+        """RFC 6121 section 4.5.2 on behalf of a dead node, to the contacts whose sessions are here."""
+        state = self.ctx.users.cached(session.bare_jid)
+        if state is None:
+            return
+        unavailable = Element("presence", "", {"from": session.full_jid, "type": "unavailable"})
+        for contact, item in list(state.roster.items()):
+            if item.subscription not in ("from", "both"):
+                continue
+            for other in list(self.router.resources(contact).values()):
+                if not isinstance(other, RemoteSession) and other.available:
+                    other.send(Element("presence", "", {**unavailable.attrs, "to": other.full_jid}))
+
+    def _reconnected(self) -> None:
+        for name in list(self.node.peers):
+            self.service.spawn(self._sync(name))
+        self._resend(force=True)
+
+    # =================================================================================================
+    # Sending to a session on another node
+    # =================================================================================================
+    def send_remote(self, session: RemoteSession, stanza: Element) -> None:
+        sid = 0
+        if _holdable(stanza):
+            self._next_id += 1
+            sid = self._next_id
+            held = _Held(session.node, session.full_jid, stanza, stanza.attrs.get("from", ""))
+            self.held[sid] = held
+            sender = self._local_sender(held.sender)
+            if sender is not None and sender.sm is not None:
+                held.got = asyncio.get_running_loop().create_future()
+                self._got_waiters.setdefault(held.sender, []).append(held.got)
+        self._outbox.setdefault(session.node, []).append([sid, session.full_jid, serialize(stanza)])
+        self._schedule_flush()
+
+    def _local_sender(self, full: str) -> Any:
+        bare, _, resource = full.partition("/")
+        if not resource:
+            return None
+        session = self.router.session(bare, resource)
+        return None if session is None or isinstance(session, RemoteSession) else session
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._collect()
+        if self._ops:
+            ops, self._ops = self._ops, []
+            self._publish_ops(ops)
+        outbox, self._outbox = self._outbox, {}
+        header = {"node": self.node.name, "inc": self.node.incarnation}
+        for target, items in outbox.items():
+            self.forwarded_out += len(items)
+            self.node.publish(node_subject(target, "deliver"), json.dumps({**header, "items": items}).encode())
+
+    async def _complete(self, result: Any, session: Any) -> None:
+        """The sender's XEP-0198 count waits until other nodes hold what it sent (``got``)."""
+        if result is not None:
+            await result
+        self._dirty[session.full_jid] = session
+        self._schedule_flush()
+        waiters = self._got_waiters.pop(session.full_jid, None)
+        if waiters:
+            await asyncio.wait(waiters, timeout=GOT_TIMEOUT)
+
+    # =================================================================================================
+    # Receiving stanzas for this node's sessions
+    # =================================================================================================
+    async def _deliver_received(self, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+            origin, inc, items = str(data["node"]), str(data["inc"]), list(data["items"])
+        except (ValueError, KeyError, TypeError):
+            return
+        key = (origin, inc)
+        seen = self._seen.setdefault(key, OrderedDict())
+        marks = self._marks.setdefault(key, {})
+        got: list[int] = []
+        released: list[int] = []
+        try:
+            stanzas = parse_stanzas([str(item[2]) for item in items])
+        except (IndexError, TypeError):
+            stanzas = None
+        if stanzas is None:
+            log.warning("cluster: a malformed batch from %s was dropped", origin)
+            return
+        for (sid, to, _), stanza in zip(items, stanzas, strict=True):
+            if sid:
+                got.append(sid)
+                if sid in seen:
+                    if sid not in marks:
+                        released.append(sid)  # a copy sent again: this one was delivered already
+                    continue
+                seen[sid] = None
+                if len(seen) > SEEN_IDS:
+                    seen.popitem(last=False)
+            self.forwarded_in += 1
+            bare, _, resource = str(to).partition("/")
+            session = self.router.session(bare, resource)
+            if session is None or isinstance(session, RemoteSession) or session.ended:
+                # Gone since the sender looked: by the bare JID's rules from here (XEP-0198 section 4).
+                if sid:
+                    released.append(sid)
+                    await self._reroute(stanza, bare)
+                continue
+            session.send(stanza)
+            if sid:
+                if session.sm is None:
+                    released.append(sid)
+                else:
+                    marks[sid] = (session, session.sm.sent_count)
+        if got or released:
+            self._send_acks(origin, got, released)
+
+    def _send_acks(self, origin: str, got: list[int], released: list[int]) -> None:
+        payload = {"node": self.node.name, "inc": self.node.incarnation, "got": got, "rel": released}
+        self.node.publish(node_subject(origin, "acks"), json.dumps(payload).encode())
+
+    def _client_acked(self, session: Any) -> None:
+        """A client here sent <a/> (XEP-0198): release at once what it acknowledged."""
+        if self._marks:
+            self._release(session)
+
+    def _release(self, only: Any = None) -> None:
+        for (origin, inc), marks in list(self._marks.items()):
+            if not marks:
+                continue
+            peer = self.node.peers.get(origin)
+            if peer is None or peer.incarnation != inc:
+                del self._marks[(origin, inc)]
+                continue
+            released = []
+            for sid, (session, needed) in list(marks.items()):
+                if only is not None and session is not only:
+                    continue
+                sm = session.sm
+                # A session that ended re-routed its unacknowledged stanzas itself.
+                if session.ended or sm is None or sm.sent_count - len(sm.unacked) >= needed:
+                    released.append(sid)
+                    del marks[sid]
+            if released:
+                self._send_acks(origin, [], released)
+
+    async def _release_loop(self) -> None:
+        """Release what ended sessions re-routed, and send again what was never confirmed."""
+        while True:
+            await asyncio.sleep(RELEASE_CHECK)
+            try:
+                self._release()
+                self._resend()
+            except Exception:
+                log.exception("cluster: release round failed")
+
+    async def _acks_received(self, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+            _origin, got, released = str(data["node"]), list(data["got"]), list(data["rel"])
+        except (ValueError, KeyError, TypeError):
+            return
+        for sid in got:
+            held = self.held.get(sid)
+            if held is not None and held.got is not None and not held.got.done():
+                held.got.set_result(None)
+        for sid in released:
+            held = self.held.pop(sid, None)
+            if held is not None and held.got is not None and not held.got.done():
+                held.got.set_result(None)
+
+    def _resend(self, force: bool = False) -> None:
+        """Held stanzas unconfirmed for too long are sent again (NATS lost them while it was down)."""
+        if not self.held or not self.node.connected:
+            return
+        now = time.monotonic()
+        for sid, held in self.held.items():
+            confirmed = held.got is not None and held.got.done()
+            if (force or now - held.sent_at > RESEND_AFTER) and not confirmed and self.node.alive(held.node):
+                held.sent_at = now
+                self._outbox.setdefault(held.node, []).append([sid, held.to, serialize(held.stanza)])
+        if self._outbox:
+            self._schedule_flush()
+
+    def _reroute_held(self, which: Any) -> None:
+        chosen = [sid for sid, held in self.held.items() if which(held)]
+        for sid in chosen:
+            held = self.held.pop(sid)
+            if held.got is not None and not held.got.done():
+                held.got.set_result(None)
+            self.rerouted_after_death += 1
+            self.service.spawn(self._reroute(held.stanza, held.to.partition("/")[0]))
+
+    async def _reroute(self, stanza: Element, bare: str) -> None:
+        rerouted = Element(stanza.name, stanza.xmlns, {**stanza.attrs, "to": bare}, stanza.children)
+        self.ctx.redelivering.add(id(rerouted))  # archived once already, on its first delivery
+        try:
+            result = self.router.route(rerouted)
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("cluster: could not re-route a stanza of a lost session")
+        finally:
+            self.ctx.redelivering.discard(id(rerouted))
+
+    # =================================================================================================
+    # Roster and blocklist caches
+    # =================================================================================================
+    def _announcing(self, write: Any) -> Any:
+        async def wrapped(owner: str, *args: Any, **kwargs: Any) -> Any:
+            result = await write(owner, *args, **kwargs)
+            self.node.publish(USER_SUBJECT, json.dumps({"node": self.node.name, "bare": owner}).encode())
+            return result
+
+        return wrapped
+
+    async def _user_changed(self, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+            origin, bare = str(data["node"]), str(data["bare"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if origin == self.node.name:
+            return
+        users = self.ctx.users
+        if users.cached(bare) is None:
+            return
+        # Dropped at once, before any later stanza is handled, and read again from PostgreSQL: the
+        # next stanza for this account loads the state the other node wrote.
+        users._users.pop(bare, None)
+        if self.router.sessions.get(bare):
+            self.service.spawn(users.load(bare))
+
+    # =================================================================================================
+    # Federation: one node per remote domain
+    # =================================================================================================
+    async def _send_federated(self, stanza: Element, domain: str) -> None:
+        owner = await self.leases.owner("s2s", domain)
+        if owner == self.node.name or not self.node.alive(owner) or not self.node.connected:
+            await self._original_remote_sender(stanza, domain)
+            return
+        payload = json.dumps({"domain": domain, "stanza": serialize(stanza)}).encode()
+        self.node.publish(node_subject(owner, "s2s"), payload)
+
+    async def _s2s_received(self, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+            domain, stanza = str(data["domain"]), parse_stanza(str(data["stanza"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        if stanza is None or self._original_remote_sender is None:
+            return
+        try:
+            await self._original_remote_sender(stanza, domain)
+        except Exception:
+            log.exception("cluster: forwarded stanza to %s failed", domain)
+            await self.router.bounce(stanza, "remote-server-not-found")

