@@ -217,6 +217,10 @@ class SipConfig:
     # INVITE after T1 = 500 ms: shedding past 400 ms answers before that, and leaves room for a
     # busy shared machine's scheduling delays.
     overload_delay: float = 0.4
+    # Source addresses or networks (CIDR) whose requests may claim a hosted domain in From without a
+    # 407 challenge: a PBX or gateway that authenticated its own users (Kamailio's allow_trusted()).
+    # Every other request with a hosted-domain From must authenticate, even to a local callee.
+    trusted_sources: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

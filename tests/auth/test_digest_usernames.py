@@ -1,7 +1,8 @@
 """SIP digest usernames follow the one login-name rule: `alice` and `alice@example.org` both name the
 account (RFC 7616 §3.4.4, RFC 8760), with sipsak 0.9.8 (Debian) on the default challenge. Accounts
 whose password was set before the full-address HA1s were stored keep `alice` and gain the full form at
-their next password change."""
+their next password change or at the first login that shows the password (PLAIN, LOGIN, the web form).
+A username in another case (`Alice`) cannot match the stored HA1s and gets a 403 naming the form to use."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from peerage.identity.accounts import AccountService, digest_account
+from peerage.identity.accounts import AccountService, digest_account, digest_username_in_canonical_case
 from peerage.store import Store
 from peerage.store.schema import accounts
 from tests.auth.conftest import ADDRESS, PASSWORD
@@ -84,3 +85,38 @@ async def test_password_set_before_the_full_form_gains_it_at_the_next_change(tmp
         assert full == [hashlib.md5(b"alice@example.org:example.org:a new password 2").hexdigest()]
     finally:
         await store.close()
+
+
+async def test_password_set_before_the_full_form_gains_it_at_the_next_plain_login(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}")
+    await store.migrate()
+    try:
+        service = AccountService(store, ["example.org"])
+        await service.add("alice@example.org", "an old password 1")
+        async with store.begin() as conn:
+            await conn.execute(update(accounts).values(sip_ha1_full_md5=None, sip_ha1_full_sha256=None))
+        assert not await service.verify_password("alice@example.org", "not the password")
+        _, full = await service.sip_digest_ha1s("alice@example.org", "example.org", "MD5")
+        assert full == []  # a wrong password teaches nothing
+        assert await service.verify_password("alice@example.org", "an old password 1")
+        _, full = await service.sip_digest_ha1s("alice@example.org", "example.org", "MD5")
+        assert full == [hashlib.md5(b"alice@example.org:example.org:an old password 1").hexdigest()]
+        _, full = await service.sip_digest_ha1s("alice@example.org", "example.org", "SHA-256")
+        assert full == [hashlib.sha256(b"alice@example.org:example.org:an old password 1").hexdigest()]
+    finally:
+        await store.close()
+
+
+def test_digest_username_case_rule() -> None:
+    assert digest_username_in_canonical_case("alice", "example.org") is None
+    assert digest_username_in_canonical_case("alice@example.org", "example.org") is None
+    assert digest_username_in_canonical_case("Alice", "example.org") == "alice"
+    assert digest_username_in_canonical_case("alice@Example.ORG", "example.org") == "alice@example.org"
+    assert digest_username_in_canonical_case("@", "example.org") is None
+
+
+async def test_sipsak_with_a_capitalised_username_is_told_the_form_to_use(server: PeerageServer,
+                                                                         tmp_path: Path) -> None:
+    result = await asyncio.to_thread(_sipsak, tmp_path, "alice@example.org", "Alice", PASSWORD, "127.0.7.32")
+    assert result.returncode != 0 and "SIP/2.0 200" not in result.stdout
+    assert "403 Use the digest username alice" in result.stdout + result.stderr, result.stdout[-3000:]

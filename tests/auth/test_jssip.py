@@ -69,3 +69,25 @@ def test_jssip_registers_on_the_default_challenge_and_sends_a_message(ws_server:
     trace = result.stdout + result.stderr
     assert "WWW-Authenticate: Digest" in trace and "algorithm=MD5" in trace, detail
     assert "algorithm=SHA-256" not in trace
+
+
+def test_jssip_answers_the_proxy_challenge_of_an_unregistered_message(ws_server: PeerageServer) -> None:
+    # alice sends without registering: her WebSocket flow carries no authenticated registration, so the
+    # proxy challenges the MESSAGE (407) with the User-Agent rule (MD5 alone for JsSIP), and JsSIP, which
+    # keeps only the last Proxy-Authenticate header, must find MD5 there.
+    node = _node()
+    offset = ws_server.log_path.stat().st_size
+    result = subprocess.run([node, str(JSSIP / "register.js"), WS_URL, DOMAIN, "alice", PASSWORD, "bob",
+                             BOB_PASSWORD, "20000", "unregistered"], capture_output=True, text=True, timeout=40,
+                            cwd=JSSIP, env=dict(os.environ, DEBUG="JsSIP:Transport"))
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    detail = result.stdout + result.stderr[-3000:] + ws_server.log_text(offset)[-2000:]
+    assert {"event": "registered", "user": "bob", "status": 200} in events, detail
+    assert not any(e.get("event") == "registered" and e.get("user") == "alice" for e in events), detail
+    assert {"event": "messageSent", "status": 200} in events, detail
+    assert {"event": "messageReceived", "body": "hello from JsSIP"} in events, detail
+    assert result.returncode == 0, detail
+    trace = result.stdout + result.stderr
+    assert "SIP/2.0 407" in trace and "Proxy-Authenticate: Digest" in trace, detail
+    assert "Proxy-Authorization: Digest" in trace and "algorithm=SHA-256" not in trace, detail
+    assert "authentication failed" not in ws_server.log_text(offset)

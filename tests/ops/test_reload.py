@@ -125,7 +125,7 @@ async def test_sighup_keeps_chat_idle_and_call_up_and_serves_the_new_certificate
     uac = await asyncio.to_thread(
         lambda: start_sipp(tmp_path, str(SCENARIOS / "uac_long_call.xml"), local_ip="127.0.8.12", port=5071,
                            server=f"{ADDRESS}:5060", service="bob",
-                           keys={"domain": "r.test", "caller": "alice", "caller_domain": "r.test"}))
+                           keys={"domain": "r.test", "caller": "alice", "caller_domain": "visitor.test"}))
     await asyncio.sleep(1.5)  # the call is established (INVITE/200/ACK) and in its 5 s pause
 
     new = replace_certificate(server)

@@ -185,3 +185,23 @@ async def test_udp_backlog_is_seen_until_the_socket_is_emptied() -> None:
         assert endpoint.busy_since == 0.0
     finally:
         endpoint.close()
+
+
+def local_message(extra: list[tuple[str, str]] | None = None, cseq: int = 1) -> SipMessage:
+    return SipMessage.request("MESSAGE", "sip:bob@a.test", [
+        ("Via", f"SIP/2.0/UDP 127.0.3.70:5060;branch=z9hG4bK-spoof{cseq}"), ("Max-Forwards", "70"),
+        ("From", "<sip:alice@a.test>;tag=s1"), ("To", "<sip:bob@a.test>"), ("Call-ID", "spoof-1"),
+        ("CSeq", f"{cseq} MESSAGE"), *(extra or [])], b"I am alice, honest")
+
+
+async def test_a_request_claiming_a_local_caller_is_challenged_even_to_a_local_callee() -> None:
+    # Without this anyone could message or call bob as alice (Kamailio's default: from_uri==myself
+    # -> auth_check). Unanswered, nothing is delivered; answered, bob (no binding here) gets 480.
+    core, _, sent = build()
+    core.receive(local_message(), UA)
+    await async_wait_for(lambda: 407 in responses_to_ua(sent), timeout=5, message="407 for a spoofable From")
+    assert not [d for d, dest in sent if d.startswith(b"MESSAGE")]
+    challenge = parse_datagram(sent[-1][0]).get("proxy-authenticate") or ""
+    credentials = client_authorization(challenge, "MESSAGE", "sip:bob@a.test", "alice", PASSWORD)
+    core.receive(local_message([("Proxy-Authorization", credentials)], cseq=2), UA)
+    await async_wait_for(lambda: 480 in responses_to_ua(sent), timeout=5, message="480 after authenticating")

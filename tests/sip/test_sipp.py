@@ -50,7 +50,9 @@ def register(workdir: Path, user: str, ip: str, port: int, password: str = PASSW
 
 
 def caller_keys(service_domain: str = "a.test", caller: str = "alice",
-                caller_domain: str = "a.test") -> dict[str, str]:
+                caller_domain: str = "visitor.test") -> dict[str, str]:
+    """SIPp's keys for a call. The caller is from another domain by default: anyone may call a local
+    user without an account, while a caller claiming a hosted domain must authenticate (407)."""
     return {"domain": service_domain, "caller": caller, "caller_domain": caller_domain}
 
 
@@ -171,7 +173,13 @@ def test_proxy_checks(a_test: PeerageServer) -> None:
             assert ok is not None and ok.status == 200
         finally:
             loopy.close()
-        looped = ua.final_response(ua.build("MESSAGE", "sip:loopy@a.test"), timeout=8)
+        # From another domain, so no credentials are consumed on the way and the request that comes
+        # back is the same one (a hosted-domain caller's would be challenged again on its spiral).
+        visitor = UdpUA("127.0.3.17", (SERVER_IP, 5060), "alice", "visitor.test", PASSWORD)
+        try:
+            looped = visitor.final_response(visitor.build("MESSAGE", "sip:loopy@a.test"), timeout=8)
+        finally:
+            visitor.close()
         assert looped is not None and looped.status == 482
     finally:
         ua.close()

@@ -140,7 +140,7 @@ async def test_register_message_and_call_over_websocket(w_test: PeerageServer, t
         # SIPp over UDP -> alice (WebSocket): INVITE, ACK and BYE all come down the WebSocket
         uac = loop.run_in_executor(None, lambda: run_sipp(
             tmp_path, "uac_call.xml", local_ip="127.0.3.162", port=5091, server=f"{SERVER_IP}:5060",
-            service="alice", keys={"domain": DOMAIN, "caller": "carol", "caller_domain": DOMAIN}))
+            service="alice", keys={"domain": DOMAIN, "caller": "carol", "caller_domain": "visitor.test"}))
         invite = await alice.receive(10)
         assert invite.method == "INVITE", invite
         assert invite.top_via().transport == "WS"

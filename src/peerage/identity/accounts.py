@@ -20,7 +20,15 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from peerage.identity.address import Address, AddressError, normalize_domain, parse_address
-from peerage.identity.credentials import Credentials, ScramCredential, derive_credentials, verify_argon2
+from peerage.identity.credentials import (
+    SIP_DIGEST_HASHES,
+    Credentials,
+    ScramCredential,
+    derive_credentials,
+    prepare_password,
+    sip_ha1,
+    verify_argon2,
+)
 from peerage.identity.tables import app_passwords
 from peerage.store import Store
 from peerage.store.schema import accounts
@@ -227,7 +235,22 @@ class AccountService:
         ok = await asyncio.to_thread(verify_argon2, stored, password)
         if ok:
             self.cache.remember(row.address, stored, password)
+            if row.sip_ha1_full_md5 is None or row.sip_ha1_full_sha256 is None:
+                await self._add_full_address_ha1s(row, password)
         return ok
+
+    async def _add_full_address_ha1s(self, row: Any, password: str) -> None:
+        """A password set before migration 0010 has no HA1s for the full address as SIP digest
+        username; they cannot be derived from the stored secrets, so they are added the first time the
+        password itself is seen (any login with PLAIN, LOGIN or the web form), as Dovecot rehashes
+        on login."""
+        addr = parse_address(row.address)
+        prepared = prepare_password(password)
+        full = {alg: sip_ha1(alg, str(addr), addr.domain, prepared) for alg in SIP_DIGEST_HASHES}
+        async with self.store.begin() as conn:
+            await conn.execute(update(accounts).where(accounts.c.address == row.address,
+                                                      accounts.c.argon2 == row.argon2)
+                               .values(sip_ha1_full_md5=full["MD5"], sip_ha1_full_sha256=full["SHA-256"]))
 
     async def _row(self, address: str | Address) -> Any:
         try:
@@ -303,6 +326,18 @@ def digest_account(username: str, realm: str) -> str | None:
         return str(parse_address(username if "@" in username else f"{username}@{realm}"))
     except AddressError:
         return None
+
+
+def digest_username_in_canonical_case(username: str, realm: str) -> str | None:
+    """The form a digest username should have been written in, when it names an account but not in
+    the case its stored HA1s hash (`Alice` for `alice`, `alice@Example.org`); None when it is fine or
+    names nothing. HA1 = H(username:realm:password) hashes the username as sent (RFC 7616 §3.4.2),
+    so only the canonical forms can ever match: the client is told which one to use."""
+    account = digest_account(username, realm)
+    if account is None:
+        return None
+    canonical = account if "@" in username else account.partition("@")[0]
+    return None if username == canonical else canonical
 
 
 # Generated app passwords: four groups of five from a 32-letter alphabet without look-alikes, 100 bits.

@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from peerage.identity.accounts import digest_account
+from peerage.identity.accounts import digest_account, digest_username_in_canonical_case
 from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
 from peerage.sip.locate import Locator, Target
 from peerage.sip.message import (
@@ -168,6 +168,9 @@ class ProxyCore:
         self.local_endpoints = local_endpoints
         self.local_hosts = {h.lower() for h in local_hosts}
         self.local_ports = {port for _, port in local_endpoints.values()} | {5060, 5061}
+        sip_config = getattr(getattr(host, "config", None), "sip", None)
+        self.trusted_sources = [ipaddress.ip_network(n, strict=False)
+                                for n in getattr(sip_config, "trusted_sources", None) or ()]
         self.secret = secret or os.urandom(16)
         # set by the service while the event loop runs late: new INVITEs are shed with 503
         self.overloaded = False
@@ -476,7 +479,14 @@ class ProxyCore:
         target_domain = self.primary_domain if uri.host in self.local_hosts else uri.host
         decision = self.policy.decide(target_domain, from_domain)
         if decision == DELIVER_LOCAL:
-            self._deliver_local(context, uri, target_domain, max_forwards)
+            if from_uri is not None and self.policy.is_local_domain(from_domain) \
+                    and not self._on_callers_own_flow(from_uri, source):
+                # A request that claims to come from one of our users is that user's or nobody's: it is
+                # challenged like an outbound call (Kamailio's default route: `from_uri==myself` ->
+                # auth_check), or anyone could spoof alice calling or messaging bob.
+                self._spawn(self._local_from_local(context, uri, from_uri, target_domain, max_forwards, source))
+            else:
+                self._deliver_local(context, uri, target_domain, max_forwards)
         elif decision == AUTHENTICATE_OUTBOUND:
             self._spawn(self._outbound(context, uri, from_uri, max_forwards, source))
         elif decision == REFUSE_RELAY:
@@ -534,9 +544,34 @@ class ProxyCore:
             exists = False
         context.server.respond_status(480 if exists else 404)
 
+    def _on_callers_own_flow(self, from_uri: Any, source: Destination) -> bool:
+        """True when the request comes from a `[sip] trusted_sources` address, or arrived on a connection
+        over which the From user registered (and so authenticated). Only connection-oriented flows
+        count: a UDP source address can be forged."""
+        if self.trusted_sources:
+            address = ipaddress.ip_address(source.address[0])
+            if any(address in network for network in self.trusted_sources):
+                return True
+        if source.transport == "UDP" or source.connection is None:
+            return False
+        host = self.primary_domain if from_uri.host in self.local_hosts else from_uri.host
+        flow = f"{source.transport} {source.address[0]} {source.address[1]}"
+        return any(b.received == flow for b in self.registrar.lookup(f"sip:{from_uri.user}@{host}"))
+
+    async def _local_from_local(self, context: ProxyContext, uri: Any, from_uri: Any, domain: str,
+                                max_forwards: int, source: Destination) -> None:
+        if await self._caller_authenticated(context, from_uri, source):
+            self._deliver_local(context, uri, domain, max_forwards)
+
     async def _outbound(self, context: ProxyContext, uri: Any, from_uri: Any, max_forwards: int,
                         source: Destination) -> None:
         """(b): authenticate the local caller (407), then route by RFC 3263."""
+        if await self._caller_authenticated(context, from_uri, source):
+            await self._forward_located(context, uri, context.request.uri or "", max_forwards)
+
+    async def _caller_authenticated(self, context: ProxyContext, from_uri: Any, source: Destination) -> bool:
+        """Check the local caller's Proxy-Authorization (RFC 3261 §22.3); False after answering it
+        (407 challenge, 403) when the request must not go on."""
         request = context.request
         transaction = context.server
         realm = from_uri.host
@@ -546,7 +581,7 @@ class ProxyCore:
         delay = throttle.check(client_ip, user)
         if delay is None:
             transaction.respond_status(403, "Too many failed attempts")
-            return
+            return False
         if delay:
             await asyncio.sleep(delay)  # slowed down after repeated failures (AuthThrottle)
         credentials = None
@@ -560,26 +595,30 @@ class ProxyCore:
                 break
         if credentials is None:
             self._challenge(transaction, realm)
-            return
+            return False
         account, ha1s = await self.accounts.sip_digest_ha1s(credentials.username, realm, credentials.algorithm)
         if context.cancelled or context.final_sent:
-            return
+            return False
         verdict = self.authenticator.verify_any(credentials, request.method or "", ha1s)
         if verdict != Verdict.OK:
             if verdict == Verdict.FAILED:
                 throttle.failure(client_ip, user, protocol="sip", mechanism="digest")
+                meant = digest_username_in_canonical_case(credentials.username, realm)
+                if meant is not None:
+                    transaction.respond_status(403, f"Use the digest username {meant}")
+                    return False
             self._challenge(transaction, realm, stale=verdict == Verdict.STALE)
-            return
+            return False
         if account is None or account != digest_account(from_uri.user or "", realm):
             transaction.respond_status(403, "From does not match the credentials")
-            return
+            return False
         throttle.success(client_ip, user)
         # consume our credentials (they are for us, not for the next hop)
         kept = [v for v in request.get_all_raw("proxy-authorization") if f'realm="{realm}"' not in v]
         request.remove("proxy-authorization")
         for value in kept:
             request.add("Proxy-Authorization", value)
-        await self._forward_located(context, uri, request.uri or "", max_forwards)
+        return True
 
     def _challenge(self, transaction: ServerTransaction, realm: str, stale: bool = False) -> None:
         if transaction.request is None:

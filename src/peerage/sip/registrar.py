@@ -38,7 +38,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, insert, select
 
-from peerage.identity.accounts import digest_account
+from peerage.identity.accounts import digest_account, digest_username_in_canonical_case
 from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
 from peerage.sip.message import (
     SipMessage,
@@ -167,6 +167,10 @@ class Registrar:
             return self._challenge(request, domain, stale=True)
         if verdict != Verdict.OK:
             throttle.failure(client_ip, address, protocol="sip", mechanism="digest")
+            meant = digest_username_in_canonical_case(credentials.username, domain)
+            if meant is not None:
+                # A challenge again would only fail again: say which username the HA1s hash.
+                return make_response(request, 403, f"Use the digest username {meant}")
             return self._challenge(request, domain)
         # step 6: the authenticated user may only register its own address of record
         if account is None or account != digest_account(to_uri.user, domain):

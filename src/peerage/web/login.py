@@ -157,7 +157,7 @@ class LoginRoutes:
             if not code:
                 return refuse("This account asks for a second factor.", 401, need_totp=True)
             if not await totp.verify(self.auth.host.store, factor, code):
-                self.auth.host.limits.auth.failure(ip, account)
+                self.auth.host.limits.auth.failure(ip, account, protocol="web", mechanism="TOTP")
                 return refuse("Wrong code.", 401, need_totp=True)
         token, session = await self.auth.sessions.create(account, ip, request.headers.get("User-Agent", ""))
         response: web.StreamResponse
