@@ -44,14 +44,14 @@ class BrowserError(AssertionError):
 
 class Browser:
     def __init__(self, workdir: Path, *, hosts: dict[str, str], allow_hosts: list[str],
-                 width: int = 1400, height: int = 860) -> None:
+                 width: int = 1400, height: int = 860, extra_args: list[str] | None = None) -> None:
         node, chromium = require_browser()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         profile = self.workdir / "profile"
         shutil.rmtree(profile, ignore_errors=True)
         options = {"userDataDir": str(profile), "chromium": chromium, "hosts": hosts, "allowHosts": allow_hosts,
-                   "width": width, "height": height}
+                   "width": width, "height": height, "extraArgs": extra_args or []}
         self.stderr = open(self.workdir / "driver.stderr", "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
             [node, str(DRIVER), json.dumps(options)], cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

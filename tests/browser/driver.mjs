@@ -26,6 +26,7 @@ const context = await chromium.launchPersistentContext(options.userDataDir, {
     '--no-first-run', '--disable-sync', '--disable-default-apps', '--disable-extensions', '--no-default-browser-check',
     '--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication',
     `--host-resolver-rules=${rules.join(', ')}`,
+    ...(options.extraArgs || []), // e.g. fake media devices for the call tests (tests/webchat)
   ],
   ignoreHTTPSErrors: true,
   viewport: { width: options.width || 1400, height: options.height || 860 },

@@ -29,6 +29,7 @@ from peerage.identity.credentials import (
     sip_ha1,
     verify_argon2,
 )
+from peerage.identity.sip_tokens import SipTokens
 from peerage.identity.tables import app_passwords
 from peerage.store import Store
 from peerage.store.schema import accounts
@@ -91,6 +92,8 @@ class AccountService:
         self.store = store
         self.domains = frozenset(normalize_domain(d) for d in domains)
         self.cache = VerificationCache(cache_size, cache_ttl)
+        # SIP digest tokens the web session issued to the browser's phone (peerage.identity.sip_tokens).
+        self.sip_tokens = SipTokens()
         # When set (the command line sets it from [auth]), new passwords must pass
         # peerage.identity.policy; None leaves them unchecked (tests, migrations, internal callers).
         self.password_min_length = password_min_length
@@ -132,6 +135,7 @@ class AccountService:
         addr = self._local_address(address)
         self._check_policy(addr, password)
         self.cache.forget(str(addr))
+        self.sip_tokens.revoke(str(addr))
         row = await self._row(addr)
         salt = bytes(row.scram_salt) if row is not None else None
         creds = await asyncio.to_thread(lambda: derive_credentials(addr, password, salt=salt))
@@ -146,6 +150,7 @@ class AccountService:
         addr = self._local_address(address)
         async with self.store.begin() as conn:
             self.cache.forget(str(addr))
+            self.sip_tokens.revoke(str(addr))
             await conn.execute(delete(app_passwords).where(app_passwords.c.account == str(addr)))
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
@@ -211,7 +216,8 @@ class AccountService:
         async with self.store.begin() as conn:
             devices = (await conn.execute(select(app_passwords.c[column])
                                           .where(app_passwords.c.account == row.address))).scalars().all()
-        return [str(h) for h in (getattr(row, column), *devices) if h is not None]
+        tokens = self.sip_tokens.ha1s(row.address, algorithm, full=full)
+        return [str(h) for h in (getattr(row, column), *devices, *tokens) if h is not None]
 
     async def sip_digest_ha1s(self, username: str, realm: str, algorithm: str) -> tuple[str | None, Sequence[str]]:
         """The account a SIP digest username names in ``realm`` and its HA1s. The one login-name rule:

@@ -23,6 +23,7 @@ from peerage.net.listen import start_listeners
 from peerage.net.tls import SniServerContexts
 from peerage.web import DOMAIN, HOST_NAME, WebContext, challenges_for, routes_for, wellknown
 from peerage.web.auth import Authenticator
+from peerage.web.chat import Chat
 from peerage.web.login import LoginRoutes
 from peerage.web.security import HostNames, security_headers
 from peerage.web.sessions import SessionStore
@@ -83,6 +84,7 @@ class WebService:
         app.on_response_prepare.append(self._headers)
         LoginRoutes(self.auth, config.session_lifetime, config.body_timeout).setup(app)
         Webmail(self.auth).setup(app)
+        Chat(self.host, self.auth).setup(app)
         registry = routes_for(self.host)
         wellknown.WellKnown(self.host, self.names, registry).setup(app)
         context = WebContext(self.host, app, self.auth, config)

@@ -1,0 +1,56 @@
+// The /chat/ page: converse.js for XMPP chat over WebSocket and a JsSIP phone, both opened with the
+// web login's session: converse.js fetches its XMPP credentials from credentials_url, the phone a
+// short-lived SIP password from /auth/sip-credentials, so the user never types a password here.
+import converse from 'converse.js';
+import { startPhone } from './phone.js';
+
+async function getJson(url, init) {
+  const response = await fetch(url, { credentials: 'same-origin', ...init });
+  if (response.status === 401) {
+    location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
+    throw new Error('not logged in');
+  }
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return response.json();
+}
+
+async function main() {
+  const session = await getJson('/auth/session');
+  const config = await getJson('/chat/config');
+  document.getElementById('me').textContent = session.account;
+  document.getElementById('logout-csrf').value = session.csrf;
+  const api = { getJson, csrf: session.csrf, config };
+  window.peerageChat = { config, converse: null, phone: null };
+
+  converse.initialize({
+    assets_path: '/chat/',
+    authentication: 'login',
+    auto_login: true,
+    auto_reconnect: true,
+    credentials_url: config.xmpp.credentials,
+    websocket_url: config.xmpp.websocket,
+    discover_connection_methods: false,
+    allow_registration: false,
+    allow_logout: false, // the page's own "Log out" ends the web session too
+    view_mode: 'fullscreen',
+    i18n: 'en',
+    loglevel: 'warn',
+    show_images_inline: false, // remote images would tell third parties who reads what (CSP refuses them too)
+    play_sounds: false,
+    whitelisted_plugins: [],
+  }).then(() => { window.peerageChat.converse = 'started'; }, (error) => {
+    window.peerageChat.converse = `failed: ${error}`;
+  });
+
+  if (config.sip) {
+    window.peerageChat.phone = startPhone(api);
+  } else {
+    document.getElementById('phone-status').textContent = 'Phone: not offered by this server';
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  const status = document.getElementById('phone-status');
+  if (status) status.textContent = `Error: ${error.message}`;
+});
