@@ -16,6 +16,21 @@ from tests.harness import PeerageServer, free_port
 from tests.harness.peers import IN_CI, require_binary
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One pytest-xdist group per test area (tests/<area>/): each area owns a fixed loopback block
+    (docs/architecture.md, "Tests"), so two of its tests must never run at once, while different areas
+    may (`pytest -n 3 --dist loadgroup`, as .ci/run does). Without xdist the marker does nothing."""
+    for item in items:
+        try:
+            area = Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        item.add_marker(pytest.mark.xdist_group(area))
+
+
 @pytest.fixture
 def peerage_servers() -> Iterator[list[PeerageServer]]:
     """A list to append started servers to; every one is stopped (or killed) at the end."""
