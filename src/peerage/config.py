@@ -381,6 +381,23 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class MucConfig:
+    # XEP-0045 group chats on conference.DOMAIN for every hosted domain.
+    enabled: bool = True
+    # Who may create rooms: "local" (accounts of the hosted domains; Prosody's
+    # restrict_room_creation = "local") or "anyone" (also users of other servers, Prosody's default).
+    room_creation: str = "local"
+    # Occupants per room (ejabberd's max_users is 200); a room's own maxusers may only lower it.
+    max_occupants: int = 200
+    # Messages per second per occupant and the burst allowed (Prosody mod_muc_limits: 0.5/s, 3).
+    message_rate: float = 0.5
+    message_burst: float = 3.0
+    # New rooms archive their messages (XEP-0313) unless configured not to (Prosody's
+    # muc_log_by_default = true).
+    archive_by_default: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -399,6 +416,7 @@ class Config:
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    muc: MucConfig = field(default_factory=MucConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -434,6 +452,7 @@ _SECTIONS: dict[str, type] = {
     "acme": AcmeConfig,
     "turn": TurnConfig,
     "cluster": ClusterConfig,
+    "muc": MucConfig,
 }
 
 

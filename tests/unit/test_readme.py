@@ -11,7 +11,7 @@ SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config
             config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.FederationConfig,
             config.FederationDomainPolicy, config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig,
             config.MetricsConfig, config.AcmeConfig, config.TurnConfig,
-            config.ClusterConfig]
+            config.ClusterConfig, config.MucConfig]
 NESTED = {"federation", "domains", "contact"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 

@@ -77,6 +77,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.web.tables",
     "peerage.mail.jmap.tables",
     "peerage.cluster.tables",
+    "peerage.xmpp.muc.tables",
 )
 
 

@@ -41,6 +41,7 @@ from peerage.xmpp.features.roster import Roster
 from peerage.xmpp.features.sm import StreamManagement
 from peerage.xmpp.features.vcard import VCard
 from peerage.xmpp.features.version import Version
+from peerage.xmpp.muc.service import MucService
 from peerage.xmpp.router import Router
 from peerage.xmpp.s2s import S2SService
 from peerage.xmpp.session import Sessions
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 #: The feature modules, in load order (which is also the order of their stream features).
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
             Offline, Mam, StreamManagement, ClientStateIndication, Pep,
-            EntityTime, LastActivity, ExternalServices)
+            EntityTime, LastActivity, ExternalServices, MucService)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser
@@ -109,6 +110,8 @@ class XmppService:
         )
         self.ctx.features.extend(feature(self.ctx) for feature in FEATURES)
         self.mam: Mam = self.ctx.feature(Mam)
+        self.muc: MucService = self.ctx.feature(MucService)
+        await self.muc.load()  # persistent rooms, before any stanza can reach them
         self.stanzas = StanzaRouter(self.ctx)
         self.sessions = Sessions(self.ctx, max_resources=config.max_resources_per_account,
                                  resumption_timeout=config.sm_resumption_timeout)
@@ -159,6 +162,10 @@ class XmppService:
         deadline = loop.time() + SHUTDOWN_GRACE
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)  # connection_lost() of each closed connection schedules its cleanup
+        try:
+            await asyncio.wait_for(self.muc.stop(), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.error("group-chat rooms and archive could not be written before shutdown")
         try:
             await asyncio.wait_for(self.mam.flush(), SHUTDOWN_GRACE)
         except TimeoutError:

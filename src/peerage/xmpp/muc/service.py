@@ -1,0 +1,460 @@
+"""The group-chat service: ``conference.DOMAIN`` for each hosted domain, its rooms and their storage.
+
+This module is in charge of registering the service JIDs (``peerage.xmpp.hosted``), hooking their
+events and finding (or creating) the room each stanza is for; of the service's own disco (XEP-0030:
+identity ``conference/text``, the list of public rooms), unique room names (XEP-0045 section 10.1.4);
+of the per-user limits (rooms joined, owned, created per hour) and who may create rooms
+(``[muc] room_creation``); of MAM queries to rooms (``archive``); and of persistent rooms: loaded at
+start, written behind on every change (``store``), so they survive a restart with their
+configuration, affiliations, subject and history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from typing import Any
+
+from peerage.xmpp.events import HANDLED
+from peerage.xmpp.features import Feature
+from peerage.xmpp.features.disco import Disco, DiscoItem
+from peerage.xmpp.hosted import HostedService, add_service, hook_service_iq
+from peerage.xmpp.jid import JidError, bare_of
+from peerage.xmpp.muc import limits
+from peerage.xmpp.muc.archive import MAM_NS, RoomArchive
+from peerage.xmpp.muc.forms import RoomConfig
+from peerage.xmpp.muc.room import MUC_ADMIN, MUC_NS, MUC_OWNER, PING_NS, HistoryEntry, Room, error
+from peerage.xmpp.muc.store import RoomStore
+from peerage.xmpp.router import schedule
+from peerage.xmpp.stanzas import IqContext, StanzaEvent
+from peerage.xmpp.stream import Element, iq_result, parse_stored
+
+log = logging.getLogger(__name__)
+
+DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"
+MUC_UNIQUE = MUC_NS + "#unique"
+PREFIX = "conference"
+
+
+class MucService(Feature):
+    """XEP-0045 on ``conference.DOMAIN``; started by the XMPP service with the ``[muc]`` section."""
+
+    def setup(self) -> None:
+        self.services: dict[str, HostedService] = {}
+        self.rooms: dict[str, Room] = {}
+        #: real bare JID -> rooms it occupies (``limits.MAX_ROOMS_JOINED_PER_USER``)
+        self.joined: dict[str, set[str]] = {}
+        self._creations: dict[str, collections.deque[float]] = {}
+        self.enabled = False
+        self.room_creation = "local"
+        self.max_occupants = limits.DEFAULT_MAX_OCCUPANTS
+        self.message_rate = limits.DEFAULT_MESSAGE_RATE
+        self.message_burst = limits.DEFAULT_MESSAGE_BURST
+        self.archive_by_default = True
+        self.archive = RoomArchive(self.ctx.storage, self.ctx.spawn)
+        self.store = RoomStore(self.ctx.storage.engine)
+        self._dirty: set[Room] = set()
+        self._deleted: set[str] = set()
+        self._writer: asyncio.Future[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self.ctx.events.hook("xmpp-hosted-domains", self._domains_changed)
+        host = self.ctx.host
+        self._configure(getattr(host.config, "muc", None) if host is not None else None)
+        self._domains_changed(set(self.ctx.router.hosted_domains))
+        disco = self.ctx.feature(Disco)
+        if disco is not None:
+            # XEP-0030 section 4 / XEP-0045 section 6.1: the domain's items name its group-chat service.
+            disco.add_items_provider("muc", self._domain_items)
+
+    def _domain_items(self, domain: str) -> list[DiscoItem]:
+        jid = f"{PREFIX}.{domain}"
+        return [DiscoItem(jid, "Group chats")] if jid in self.services else []
+
+    # ============================================================================================
+    # Lifecycle
+    # ============================================================================================
+    def _configure(self, config: Any) -> None:
+        """Apply ``[muc]`` (the defaults when there is no Host, in unit tests)."""
+        if config is None:
+            self.enabled = True
+            return
+        if config.room_creation not in ("local", "anyone"):
+            from peerage.config import ConfigError
+
+            raise ConfigError('[muc] room_creation is "local" or "anyone"')
+        self.enabled = bool(config.enabled)
+        self.room_creation = config.room_creation
+        self.max_occupants = max(1, int(config.max_occupants))
+        self.message_rate = float(config.message_rate)
+        self.message_burst = max(1.0, float(config.message_burst))
+        self.archive_by_default = bool(config.archive_by_default)
+
+    async def load(self) -> None:
+        """Load the persistent rooms (before the listeners open) and their recent history."""
+        if not self.enabled:
+            return
+        for row in await self.store.load():
+            self._restore(row)
+        for room in list(self.rooms.values()):
+            if room.config.archiving and room.config.history_length:
+                try:
+                    for stamp, xml in await self.archive.recent(room.jid, room.config.history_length):
+                        message = parse_stored(xml)
+                        body = message.find("body")
+                        room.history.append(HistoryEntry(message, stamp, len(body.text) if body is not None else 0))
+                except Exception:
+                    log.exception("could not load the history of %s", room.jid)
+        if self.rooms:
+            log.info("muc: %d persistent rooms loaded", len(self.rooms))
+
+    async def stop(self) -> None:
+        await self.archive.flush()
+        await self._write()
+
+    def _domains_changed(self, domains: set[str]) -> None:
+        if not self.enabled:
+            return None
+        wanted = {f"{PREFIX}.{d}": d for d in domains}
+        for jid in list(self.services):
+            if jid not in wanted:
+                self.ctx.router.remove_service(jid)
+                del self.services[jid]
+        for jid, domain in wanted.items():
+            if jid not in self.services:
+                self.services[jid] = self._register(domain)
+        return None
+
+    def _register(self, domain: str) -> HostedService:
+        service = add_service(self.ctx, PREFIX, domain)
+        events = service.events
+        events.hook("presence/full", self._presence_full)
+        events.hook("presence/bare", self._presence_bare)
+        events.hook("presence/host", lambda event: HANDLED)
+        events.hook("message/bare", self._message_bare)
+        events.hook("message/full", self._message_full)
+        events.hook("iq/full", self._iq_full)
+        hook_service_iq(service, "query", DISCO_INFO_NS, self._service_info, types=("get",))
+        hook_service_iq(service, "query", DISCO_ITEMS_NS, self._service_items, types=("get",))
+        hook_service_iq(service, "unique", MUC_UNIQUE, self._unique, types=("get",))
+        hook_service_iq(service, "ping", PING_NS, lambda ctx: iq_result(ctx.iq), types=("get",), to=("host", "bare"))
+        hook_service_iq(service, "query", DISCO_INFO_NS, self._room_info, types=("get",), to=("bare",))
+        hook_service_iq(service, "query", DISCO_ITEMS_NS, self._room_items, types=("get",), to=("bare",))
+        hook_service_iq(service, "query", MUC_OWNER, self._owner, to=("bare",))
+        hook_service_iq(service, "query", MUC_ADMIN, self._admin, to=("bare",))
+        hook_service_iq(service, "query", MAM_NS, self._mam, to=("bare",))
+        return service
+
+    # ============================================================================================
+    # Sending and ids
+    # ============================================================================================
+    def send(self, stanza: Element) -> None:
+        schedule(self.ctx.router.route(stanza))
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(8)
+
+    # ============================================================================================
+    # Rooms: finding, creating, dropping
+    # ============================================================================================
+    def _may_create(self, bare: str, room_jid: str) -> str | None:
+        """Why ``bare`` may not create ``room_jid`` now (XEP-0045 section 10.1.1: not-allowed), or None."""
+        domain = bare.rpartition("@")[2]
+        if self.room_creation == "local" and domain not in self.ctx.router.hosted_domains:
+            return "rooms here are created by this server's users only"
+        if len(room_jid.partition("@")[0].encode()) > limits.MAX_ROOM_NAME_BYTES:
+            return f"room names are limited to {limits.MAX_ROOM_NAME_BYTES} bytes"
+        if not self.may_own(bare, None):
+            return f"you own {limits.MAX_ROOMS_OWNED_PER_USER} rooms already"
+        now = time.monotonic()
+        stamps = self._creations.setdefault(bare, collections.deque())
+        while stamps and now - stamps[0] > 3600:
+            stamps.popleft()
+        if len(stamps) >= limits.MAX_ROOM_CREATIONS_PER_HOUR:
+            return f"you may create {limits.MAX_ROOM_CREATIONS_PER_HOUR} rooms an hour; try again later"
+        stamps.append(now)
+        return None
+
+    def may_own(self, bare: str, room: Room | None) -> bool:
+        owned = sum(1 for r in self.rooms.values() if r is not room and r.affiliations.get(bare) == "owner")
+        return owned < limits.MAX_ROOMS_OWNED_PER_USER
+
+    def _create(self, room_jid: str, creator: str) -> Room:
+        config = RoomConfig(archiving=self.archive_by_default, max_users=min(limits.DEFAULT_MAX_OCCUPANTS,
+                                                                           self.max_occupants))
+        room = Room(self, room_jid, config, secrets.token_hex(16), time.time())
+        room.affiliations[creator] = "owner"
+        # XEP-0045 section 10.1.1: locked until the owner configures it (or sends an instant form).
+        room.locked = True
+        try:
+            loop = asyncio.get_running_loop()
+            room.lock_timer = loop.call_later(limits.ROOM_LOCK_TIMEOUT, self._lock_expired, room)
+        except RuntimeError:
+            pass
+        self.rooms[room_jid] = room
+        return room
+
+    def _lock_expired(self, room: Room) -> None:
+        room.lock_timer = None
+        if room.locked and not room.destroyed:
+            room.destroy(None, "the room was not configured in time")
+
+    def room_empty(self, room: Room) -> None:
+        if not room.config.persistent and not room.occupants and not room.destroyed:
+            room.destroyed = True
+            if room.lock_timer is not None:
+                room.lock_timer.cancel()
+            self.rooms.pop(room.jid, None)
+            if room in self._dirty:
+                self._dirty.discard(room)
+            if getattr(room, "stored", False):
+                self._deleted.add(room.jid)
+                self._kick_writer()
+
+    def destroyed(self, room: Room) -> None:
+        room.destroyed = True
+        if room.lock_timer is not None:
+            room.lock_timer.cancel()
+        self.rooms.pop(room.jid, None)
+        room.by_full.clear()
+        self._dirty.discard(room)
+        self._deleted.add(room.jid)
+        self._kick_writer()
+        if self.ctx.spawn is not None:
+            self.ctx.spawn(self.archive.delete_room(room.jid))
+
+    # ============================================================================================
+    # Persistence (written behind, in order)
+    # ============================================================================================
+    def save(self, room: Room) -> None:
+        if room.destroyed:
+            return
+        if room.config.persistent or getattr(room, "stored", False):
+            self._dirty.add(room)
+            self._kick_writer()
+
+    def _kick_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            coroutine = self._write()
+            self._writer = self.ctx.spawn(coroutine) if self.ctx.spawn is not None else asyncio.ensure_future(coroutine)
+
+    async def _write(self) -> None:
+        async with self._write_lock:  # one writer at a time, so a room's rows are written in order
+            await self._write_locked()
+
+    async def _write_locked(self) -> None:
+        delay = 0.5
+        while self._dirty or self._deleted:
+            rooms, self._dirty = list(self._dirty), set()
+            deleted, self._deleted = set(self._deleted), set()
+            try:
+                for jid in deleted:
+                    await self.store.delete(jid)
+                for room in rooms:
+                    if room.config.persistent:
+                        await self.store.save(room)
+                        room.stored = True  # type: ignore[attr-defined]
+                    elif getattr(room, "stored", False):
+                        await self.store.delete(room.jid)
+                        room.stored = False  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("could not write %d rooms; retrying", len(rooms) + len(deleted))
+                self._dirty.update(r for r in rooms if not r.destroyed)
+                self._deleted.update(deleted)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _restore(self, row: dict[str, Any]) -> None:
+        try:
+            config = RoomConfig.from_json(row["config"])
+        except (ValueError, TypeError):
+            log.error("muc: room %s has an unreadable configuration; skipped", row["jid"])
+            return
+        room = Room(self, row["jid"], config, row["salt"], row["created"])
+        room.subject, room.subject_by = row["subject"], row["subject_by"]
+        for jid, affiliation, nick, reason in row["affiliations"]:
+            room.affiliations[jid] = affiliation
+            if nick:
+                room.reserved[jid] = nick
+            if reason:
+                room.reasons[jid] = reason
+        room.stored = True  # type: ignore[attr-defined]
+        domain = room.jid.partition("@")[2]
+        if domain in self.services:
+            self.rooms[room.jid] = room
+
+    # ============================================================================================
+    # Stanzas
+    # ============================================================================================
+    def _presence_full(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        full = stanza.attrs.get("from", "")
+        room = self.rooms.get(event.bare)
+        ptype = stanza.attrs.get("type")
+        if room is None:
+            if ptype is not None:
+                return HANDLED
+            if len(event.resource) > limits.MAX_NICK_LENGTH:
+                self.send(_with_muc(error(stanza, "not-acceptable",
+                                          f"nicknames are limited to {limits.MAX_NICK_LENGTH} characters")))
+                return HANDLED
+            try:
+                creator = bare_of(full)
+            except JidError:
+                return HANDLED
+            why = self._may_create(creator, event.bare)
+            if why is not None:
+                self.send(_with_muc(error(stanza, "not-allowed", why)))
+                return HANDLED
+            room = self._create(event.bare, creator)
+            room.join(stanza, full, event.resource, created=True)
+            if not room.occupants:  # the join was refused after all
+                self.rooms.pop(room.jid, None)
+                if room.lock_timer is not None:
+                    room.lock_timer.cancel()
+            return HANDLED
+        if ptype is None and full not in room.by_full and len(event.resource) > limits.MAX_NICK_LENGTH:
+            self.send(_with_muc(error(stanza, "not-acceptable",
+                                      f"nicknames are limited to {limits.MAX_NICK_LENGTH} characters")))
+            return HANDLED
+        if ptype is None and full in room.by_full and room.by_full[full].nick != event.resource \
+                and len(event.resource) > limits.MAX_NICK_LENGTH:
+            self.send(error(stanza, "not-acceptable", f"nicknames are limited to {limits.MAX_NICK_LENGTH} characters"))
+            return HANDLED
+        room.presence(stanza, full, event.resource)
+        return HANDLED
+
+    def _presence_bare(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        if stanza.attrs.get("type") is None:
+            # XEP-0045 section 7.2.1: entering needs a nickname.
+            self.send(_with_muc(error(stanza, "jid-malformed", "join with room@service/nickname")))
+        return HANDLED
+
+    def _message_bare(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        room = self.rooms.get(event.bare)
+        if room is None:
+            if stanza.attrs.get("type") != "error":
+                self.send(error(stanza, "item-not-found", "no such room"))
+            return HANDLED
+        full = stanza.attrs.get("from", "")
+        if stanza.attrs.get("type") == "groupchat":
+            room.groupchat(stanza, full)
+        else:
+            room.message_to_room(stanza, full)
+        return HANDLED
+
+    def _message_full(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        room = self.rooms.get(event.bare)
+        if room is None:
+            if stanza.attrs.get("type") != "error":
+                self.send(error(stanza, "item-not-found", "no such room"))
+            return HANDLED
+        room.private(stanza, stanza.attrs.get("from", ""), event.resource)
+        return HANDLED
+
+    def _iq_full(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        room = self.rooms.get(event.bare)
+        if room is None:
+            if stanza.attrs.get("type") in ("get", "set"):
+                self.send(error(stanza, "item-not-found", "no such room"))
+            return HANDLED
+        room.occupant_iq(stanza, stanza.attrs.get("from", ""), event.resource)
+        return HANDLED
+
+    # ============================================================================================
+    # IQs to the service
+    # ============================================================================================
+    def _service_info(self, ctx: IqContext) -> Element:
+        query = Element("query", DISCO_INFO_NS)
+        if ctx.payload.attrs.get("node"):
+            return error(ctx.iq, "item-not-found")
+        query.add("identity", attrs={"category": "conference", "type": "text", "name": "Group chats"})
+        for feature in sorted((MUC_NS, MUC_UNIQUE, DISCO_INFO_NS, DISCO_ITEMS_NS, PING_NS,
+                               "urn:xmpp:occupant-id:0", "http://jabber.org/protocol/muc#self-ping-optimization")):
+            query.add("feature", attrs={"var": feature})
+        return iq_result(ctx.iq, query)
+
+    def _service_items(self, ctx: IqContext) -> Element:
+        query = Element("query", DISCO_ITEMS_NS)
+        listed = [r for r in self.rooms.values()
+                  if r.jid.endswith("@" + ctx.domain) and r.config.public and not r.locked]
+        for room in sorted(listed, key=lambda r: r.jid)[: limits.MAX_ROOMS_DISCO_ITEMS]:
+            query.add("item", attrs={"jid": room.jid, "name": room.config.name or room.local})
+        return iq_result(ctx.iq, query)
+
+    def _unique(self, ctx: IqContext) -> Element:
+        # Section 10.1.4: a name no room has, for a room to be created.
+        return iq_result(ctx.iq, Element("unique", MUC_UNIQUE, children=[secrets.token_hex(12)]))
+
+    # ============================================================================================
+    # IQs to a room
+    # ============================================================================================
+    def _room(self, ctx: IqContext) -> Room | None:
+        return self.rooms.get(ctx.owner or "")
+
+    def _room_info(self, ctx: IqContext) -> Element:
+        room = self._room(ctx)
+        if room is None or (room.locked and room.affiliation(bare_of(ctx.sender)) != "owner"):
+            return error(ctx.iq, "item-not-found", "no such room")
+        if ctx.payload.attrs.get("node"):
+            return error(ctx.iq, "item-not-found")
+        return iq_result(ctx.iq, room.disco_info())
+
+    def _room_items(self, ctx: IqContext) -> Element:
+        room = self._room(ctx)
+        if room is None:
+            return error(ctx.iq, "item-not-found", "no such room")
+        # Section 6.5: the occupants may be listed; we list them to occupants only (privacy).
+        query = Element("query", DISCO_ITEMS_NS)
+        if ctx.sender in room.by_full:
+            for nick in sorted(room.occupants):
+                query.add("item", attrs={"jid": f"{room.jid}/{nick}"})
+        return iq_result(ctx.iq, query)
+
+    def _owner(self, ctx: IqContext) -> Element:
+        room = self._room(ctx)
+        if room is None:
+            return error(ctx.iq, "item-not-found", "no such room")
+        if ctx.iq.attrs["type"] == "get":
+            return room.owner_get(ctx.iq, ctx.sender)
+        return room.owner_set(ctx.iq, ctx.payload, ctx.sender)
+
+    def _admin(self, ctx: IqContext) -> Element:
+        room = self._room(ctx)
+        if room is None:
+            return error(ctx.iq, "item-not-found", "no such room")
+        if ctx.iq.attrs["type"] == "get":
+            return room.admin_get(ctx.iq, ctx.payload, ctx.sender)
+        return room.admin_set(ctx.iq, ctx.payload, ctx.sender)
+
+    def _mam(self, ctx: IqContext) -> Any:
+        room = self._room(ctx)
+        if room is None:
+            return error(ctx.iq, "item-not-found", "no such room")
+        try:
+            bare = bare_of(ctx.sender)
+        except JidError:
+            return error(ctx.iq, "jid-malformed")
+        affiliation = room.affiliation(bare)
+        if affiliation == "outcast" or (room.config.members_only and affiliation == "none") or \
+                (not room.config.public and ctx.sender not in room.by_full and affiliation == "none"):
+            return error(ctx.iq, "forbidden", "only members may read this room's archive")
+        if not room.config.archiving and ctx.iq.attrs["type"] == "set":
+            return error(ctx.iq, "service-unavailable", "this room is not archived")
+        return self.archive.query(ctx.iq, ctx.payload, room.jid, self.ctx.router.route,
+                                  limits.DEFAULT_ARCHIVE_PAGE, limits.MAX_ARCHIVE_PAGE)
+
+
+def _with_muc(reply: Element) -> Element:
+    """Section 7.2: errors to a join carry the <x xmlns='…muc'/> back."""
+    if reply.find("x", MUC_NS) is None:
+        reply.children.insert(0, Element("x", MUC_NS))
+    return reply

@@ -1,0 +1,50 @@
+"""Persistent rooms in the database (``muc_rooms``, ``muc_affiliations``).
+
+This module is in charge of reading every persistent room at start and of writing one room's whole
+state (configuration, subject, occupant-id salt, affiliations) in one transaction, or deleting it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from peerage.xmpp.muc.tables import muc_affiliations, muc_rooms
+
+if TYPE_CHECKING:
+    from peerage.xmpp.muc.room import Room
+
+
+class RoomStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def load(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rooms = {row.jid: {**row._mapping, "affiliations": []}
+                     for row in await conn.execute(select(muc_rooms))}
+            for row in await conn.execute(select(muc_affiliations)):
+                room = rooms.get(row.room)
+                if room is not None:
+                    room["affiliations"].append((row.jid, row.affiliation, row.nick, row.reason))
+        return list(rooms.values())
+
+    async def save(self, room: Room) -> None:
+        affiliations = [{"room": room.jid, "jid": jid, "affiliation": affiliation,
+                         "nick": room.reserved.get(jid, ""), "reason": room.reasons.get(jid, "")}
+                        for jid, affiliation in room.affiliations.items()]
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(muc_rooms).where(muc_rooms.c.jid == room.jid))
+            await conn.execute(insert(muc_rooms).values(
+                jid=room.jid, config=room.config.to_json(), subject=room.subject, subject_by=room.subject_by,
+                salt=room.salt, created=room.created))
+            await conn.execute(delete(muc_affiliations).where(muc_affiliations.c.room == room.jid))
+            if affiliations:
+                await conn.execute(insert(muc_affiliations), affiliations)
+
+    async def delete(self, jid: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(muc_rooms).where(muc_rooms.c.jid == jid))
+            await conn.execute(delete(muc_affiliations).where(muc_affiliations.c.room == jid))

@@ -1,0 +1,241 @@
+"""XEP-0045 rooms in-process: the real service and rooms, a real Router, SQLite in memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerage.xmpp.muc import limits
+from peerage.xmpp.muc.room import MUC_USER
+from tests.muc.memory import MucHarness, codes, condition, field, memory_engine
+
+ROOM = "lounge@conference.a.test"
+ALICE = "alice@a.test/phone"
+BOB = "bob@a.test/laptop"
+CAROL = "carol@b.test/desk"
+
+
+@pytest.fixture
+async def muc():
+    engine = await memory_engine()
+    harness = MucHarness(engine)
+    harness.muc.message_rate = harness.muc.message_burst = 1000.0  # the flood test sets its own
+    yield harness
+    await harness.settle()
+    await engine.dispose()
+
+
+async def test_first_join_creates_a_locked_room_and_instant_config_opens_it(muc: MucHarness) -> None:
+    got = await muc.join(ROOM, ALICE, "Alice")
+    presence = next(s for s in got if s.name == "presence")
+    assert {"110", "201"} <= set(codes(presence))
+    item = presence.find("x", MUC_USER).find("item")
+    assert (item.attrs["affiliation"], item.attrs["role"]) == ("owner", "moderator")
+    assert presence.find("occupant-id", "urn:xmpp:occupant-id:0") is not None
+    assert any(s.name == "message" and s.find("subject") is not None for s in got)
+    # Locked: others cannot enter yet (section 10.1.1).
+    refused = await muc.join(ROOM, BOB, "Bob")
+    assert condition(refused[0]) == "item-not-found"
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='c'><query xmlns='http://jabber.org/protocol/"
+                   "muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>")
+    assert muc.take(ALICE)[-1].attrs["type"] == "result"
+    got = await muc.join(ROOM, BOB, "Bob")
+    assert [s.attrs["from"] for s in got if s.name == "presence"] == [f"{ROOM}/Alice", f"{ROOM}/Bob"]
+    joined = muc.take(ALICE)
+    assert joined[0].attrs["from"] == f"{ROOM}/Bob"
+    # Semi-anonymous by default: Alice (a moderator) sees Bob's real JID, Bob does not see hers.
+    assert joined[0].find("x", MUC_USER).find("item").attrs["jid"] == BOB
+    assert "jid" not in got[0].find("x", MUC_USER).find("item").attrs
+
+
+async def test_messages_history_subject_and_occupant_ids(muc: MucHarness) -> None:
+    await muc.create(ROOM, ALICE, "Alice")
+    await muc.join(ROOM, BOB, "Bob")
+    muc.take(ALICE)
+    for n in range(3):
+        await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat' id='m{n}'><body>hello {n}</body>"
+                       "<occupant-id xmlns='urn:xmpp:occupant-id:0' id='forged'/></message>")
+    to_bob = muc.take(BOB)
+    assert [m.find_text("body") for m in to_bob] == ["hello 0", "hello 1", "hello 2"]
+    ids = {m.find("occupant-id", "urn:xmpp:occupant-id:0").attrs["id"] for m in to_bob}
+    assert len(ids) == 1 and "forged" not in ids
+    assert all(m.find("stanza-id", "urn:xmpp:sid:0").attrs["by"] == ROOM for m in to_bob)
+    assert [m.attrs["id"] for m in muc.take(ALICE)] == ["m0", "m1", "m2"]  # reflected with their ids
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><subject>Plans</subject></message>")
+    # Bob may not change the subject (participants cannot by default).
+    await muc.send(f"<message from='{BOB}' to='{ROOM}' type='groupchat'><subject>Mine</subject></message>")
+    assert condition(next(s for s in muc.take(BOB) if s.attrs.get("type") == "error")) == "forbidden"
+    got = await muc.join(ROOM, "carol@a.test/x", "Carol", "<history maxstanzas='2'/>")
+    history = [m for m in got if m.name == "message" and m.find("delay", "urn:xmpp:delay") is not None]
+    assert [m.find_text("body") for m in history] == ["hello 1", "hello 2"]
+    assert got[-1].find_text("subject") == "Plans"
+    got = await muc.join(ROOM, "dave@a.test/x", "Dave", "<history maxchars='0'/>")
+    assert not [m for m in got if m.find("delay", "urn:xmpp:delay") is not None]
+
+
+async def test_join_refusals_each_with_its_condition(muc: MucHarness) -> None:
+    await muc.create(ROOM, ALICE, "Alice", field("muc#roomconfig_passwordprotectedroom", "1")
+                     + field("muc#roomconfig_roomsecret", "s3cret") + field("muc#roomconfig_maxusers", "3"))
+    assert condition((await muc.join(ROOM, BOB, "Bob"))[0]) == "not-authorized"
+    assert condition((await muc.join(ROOM, BOB, "Bob", "<password>nope</password>"))[0]) == "not-authorized"
+    assert condition((await muc.join(ROOM, BOB, "Alice", "<password>s3cret</password>"))[0]) == "conflict"
+    assert condition((await muc.join(ROOM, BOB, "x" * (limits.MAX_NICK_LENGTH + 1)))[0]) == "not-acceptable"
+    await muc.join(ROOM, BOB, "Bob", "<password>s3cret</password>")
+    await muc.join(ROOM, "eve@a.test/1", "Eve", "<password>s3cret</password>")
+    assert condition((await muc.join(ROOM, "zed@a.test/1", "Zed", "<password>s3cret</password>"))[0]) \
+        == "service-unavailable"
+    muc.take(BOB)
+    await muc.send(f"<presence from='{BOB}' to='{ROOM}'/>")
+    assert condition(muc.take(BOB)[0]) == "jid-malformed"
+    # Members-only: registration-required; then banned: forbidden.
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='mo'><query xmlns='http://jabber.org/protocol/"
+                   "muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                   + field("muc#roomconfig_membersonly", "1") + "</x></query></iq>")
+    assert muc.take(ALICE)[-1].attrs["type"] == "result"
+    assert "322" in codes(next(s for s in muc.take(BOB) if s.attrs.get("type") == "unavailable"))
+    assert condition((await muc.join(ROOM, BOB, "Bob", "<password>s3cret</password>"))[0]) == "registration-required"
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='ban'><query xmlns='http://jabber.org/protocol/"
+                   "muc#admin'><item affiliation='outcast' jid='bob@a.test'><reason>spam</reason></item></query></iq>")
+    assert muc.take(ALICE)[-1].attrs["type"] == "result"
+    assert condition((await muc.join(ROOM, BOB, "Bob", "<password>s3cret</password>"))[0]) == "forbidden"
+
+
+async def test_moderation_kick_voice_and_voice_requests(muc: MucHarness) -> None:
+    await muc.create(ROOM, ALICE, "Alice", field("muc#roomconfig_moderatedroom", "1"))
+    got = await muc.join(ROOM, BOB, "Bob")
+    assert got[1].find("x", MUC_USER).find("item").attrs["role"] == "visitor"
+    await muc.send(f"<message from='{BOB}' to='{ROOM}' type='groupchat'><body>hi</body></message>")
+    assert condition(muc.take(BOB)[0]) == "forbidden"
+    await muc.send(f"<message from='{BOB}' to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>"
+                   "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+                   "<field var='muc#role'><value>participant</value></field></x></message>")
+    request = next(s for s in muc.take(ALICE) if s.name == "message")
+    assert request.find("x", "jabber:x:data") is not None
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>"
+                   "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+                   "<field var='muc#roomnick'><value>Bob</value></field>"
+                   "<field var='muc#request_allow'><value>true</value></field></x></message>")
+    assert muc.take(BOB)[-1].find("x", MUC_USER).find("item").attrs["role"] == "participant"
+    # Bob may not kick the owner; Alice kicks Bob.
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='set' id='k1'><query xmlns='http://jabber.org/protocol/"
+                   "muc#admin'><item nick='Alice' role='none'/></query></iq>")
+    assert condition(muc.take(BOB)[-1]) == "forbidden"
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='k2'><query xmlns='http://jabber.org/protocol/"
+                   "muc#admin'><item nick='Bob' role='none'><reason>calm down</reason></item></query></iq>")
+    kicked = next(s for s in muc.take(BOB) if s.name == "presence")
+    assert kicked.attrs["type"] == "unavailable" and {"110", "307"} <= set(codes(kicked))
+    assert kicked.find("x", MUC_USER).find("item").find_text("reason", MUC_USER) == "calm down"
+    # The last owner cannot leave the owner list (section 10.9).
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='o'><query xmlns='http://jabber.org/protocol/"
+                   "muc#admin'><item affiliation='none' jid='alice@a.test'/></query></iq>")
+    assert condition(muc.take(ALICE)[-1]) == "conflict"
+
+
+async def test_floods_huge_messages_and_bad_forms(muc: MucHarness) -> None:
+    muc.muc.message_rate, muc.muc.message_burst = limits.DEFAULT_MESSAGE_RATE, limits.DEFAULT_MESSAGE_BURST
+    await muc.create(ROOM, ALICE, "Alice")
+    await muc.join(ROOM, BOB, "Bob")
+    muc.take(ALICE)
+    for n in range(int(limits.DEFAULT_MESSAGE_BURST) + 2):
+        await muc.send(f"<message from='{BOB}' to='{ROOM}' type='groupchat' id='f{n}'><body>{n}</body></message>")
+    errors = [s for s in muc.take(BOB) if s.attrs.get("type") == "error"]
+    assert errors and condition(errors[0]) == "policy-violation"
+    assert errors[0].find("error").attrs["type"] == "wait"
+    muc.muc.message_rate = 1000.0
+    await muc.send(f"<message from='{BOB}' to='{ROOM}' type='groupchat'><body>{'x' * (limits.MAX_BODY_CHARS + 1)}"
+                   "</body></message>")
+    assert condition(muc.take(BOB)[-1]) == "policy-violation"
+    await muc.send(f"<message from='{CAROL}' to='{ROOM}' type='groupchat'><body>not in</body></message>")
+    assert condition(muc.take(CAROL)[-1]) == "not-acceptable"
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='bad'><query xmlns='http://jabber.org/protocol/"
+                   "muc#owner'><x xmlns='jabber:x:data' type='submit'>" + field("muc#roomconfig_maxusers", "many")
+                   + "</x></query></iq>")
+    assert condition(muc.take(ALICE)[-1]) == "not-acceptable"
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='get' id='cfg'><query xmlns='http://jabber.org/protocol/"
+                   "muc#owner'/></iq>")
+    assert condition(muc.take(BOB)[-1]) == "forbidden"
+    # A user of another server may not create rooms here by default ([muc] room_creation = "local").
+    got = await muc.join("new@conference.a.test", CAROL, "Carol")
+    assert condition(got[0]) == "not-allowed"
+
+
+async def test_too_many_rooms_created_by_one_user(muc: MucHarness) -> None:
+    for n in range(limits.MAX_ROOM_CREATIONS_PER_HOUR):
+        got = await muc.join(f"r{n}@conference.a.test", ALICE, "Alice")
+        assert "201" in codes(got[0])
+    got = await muc.join("onemore@conference.a.test", ALICE, "Alice")
+    assert condition(got[0]) == "not-allowed"
+
+
+async def test_private_messages_invitations_and_self_ping(muc: MucHarness) -> None:
+    await muc.create(ROOM, ALICE, "Alice")
+    await muc.join(ROOM, BOB, "Bob")
+    muc.take(ALICE)
+    await muc.send(f"<message from='{BOB}' to='{ROOM}/Alice' type='chat'><body>psst</body></message>")
+    pm = muc.take(ALICE)[0]
+    assert pm.attrs["from"] == f"{ROOM}/Bob" and pm.find_text("body") == "psst"
+    await muc.send(f"<message from='{BOB}' to='{ROOM}/Nobody' type='chat'><body>?</body></message>")
+    assert condition(muc.take(BOB)[0]) == "item-not-found"
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='carol@b.test'>"
+                   "<reason>join us</reason></invite></x></message>")
+    invite = muc.take("carol@b.test")[0]
+    assert invite.attrs["from"] == ROOM
+    assert invite.find("x", MUC_USER).find("invite", MUC_USER).attrs["from"] == ALICE
+    await muc.send(f"<message from='{CAROL}' to='{ROOM}'><x xmlns='{MUC_USER}'><decline to='{ALICE}'/></x></message>")
+    assert muc.take(ALICE)[0].find("x", MUC_USER).find("decline", MUC_USER).attrs["from"] == "carol@b.test"
+    # XEP-0410: a self-ping is answered by the room; a non-occupant gets not-acceptable.
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}/Bob' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert muc.take(BOB)[0].attrs["type"] == "result"
+    await muc.send(f"<iq from='{CAROL}' to='{ROOM}/Bob' type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert condition(muc.take(CAROL)[0]) == "not-acceptable"
+    # An IQ to another occupant is proxied, and its answer comes back under the target's nick.
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}/Alice' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+    proxied = muc.take(ALICE)[0]
+    assert proxied.attrs["from"] == f"{ROOM}/Bob" and proxied.attrs["id"] != "v1"
+    await muc.send(f"<iq from='{ALICE}' to='{ROOM}/Bob' type='result' id='{proxied.attrs['id']}'>"
+                   "<query xmlns='jabber:iq:version'><name>x</name></query></iq>")
+    answer = muc.take(BOB)[0]
+    assert (answer.attrs["id"], answer.attrs["from"], answer.attrs["type"]) == ("v1", f"{ROOM}/Alice", "result")
+
+
+async def test_room_mam_and_persistence_across_a_restart() -> None:
+    engine = await memory_engine()
+    try:
+        first = MucHarness(engine)
+        first.muc.message_rate = first.muc.message_burst = 1000.0
+        await first.create(ROOM, ALICE, "Alice", field("muc#roomconfig_persistentroom", "1")
+                           + field("muc#roomconfig_roomname", "The Lounge"))
+        await first.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='m'><query xmlns='http://jabber.org/protocol/"
+                         "muc#admin'><item affiliation='member' jid='bob@a.test' nick='Bobby'/></query></iq>")
+        for n in range(3):
+            await first.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>kept {n}</body></message>")
+        await first.send(f"<iq from='{BOB}' to='{ROOM}' type='set' id='q'><query xmlns='urn:xmpp:mam:2' queryid='x'>"
+                         "<set xmlns='http://jabber.org/protocol/rsm'><max>2</max></set></query></iq>")
+        await first.settle()
+        got = first.take(BOB)
+        results = [s for s in got if s.name == "message"]
+        assert [r.find("result", "urn:xmpp:mam:2").find("forwarded", "urn:xmpp:forward:0").find("message")
+                .find_text("body") for r in results] == ["kept 0", "kept 1"]
+        fin = got[-1].find("fin", "urn:xmpp:mam:2")
+        assert fin is not None and fin.attrs.get("complete") != "true"
+        await first.send(f"<presence from='{ALICE}' to='{ROOM}/Alice' type='unavailable'/>")
+        await first.muc.stop()
+        await first.settle()
+        second = MucHarness(engine)
+        await second.muc.load()
+        room = second.muc.rooms[ROOM]
+        assert room.config.name == "The Lounge" and room.affiliations["bob@a.test"] == "member"
+        assert next(s.attrs.get("type") for s in await second.join(ROOM, BOB, "Bob")) is None  # a member enters
+        got = await second.join(ROOM, "zed@a.test/z", "Bobby")
+        assert condition(got[0]) == "conflict"  # reserved by a member (section 7.12)
+        history = [m.find_text("body") for m in await second.join(ROOM, ALICE, "Alice")
+                   if m.find("delay", "urn:xmpp:delay") is not None]
+        assert history == ["kept 0", "kept 1", "kept 2"]
+        items = []
+        await second.send(f"<iq from='{BOB}' to='conference.a.test' type='get' id='d'>"
+                          "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        items = second.take(BOB)[-1].find("query").find_all("item")
+        assert [(i.attrs["jid"], i.attrs["name"]) for i in items] == [(ROOM, "The Lounge")]
+        await second.muc.stop()
+        await second.settle()
+    finally:
+        await engine.dispose()
