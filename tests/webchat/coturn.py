@@ -40,6 +40,8 @@ class Coturn:
             "--min-port", str(self.relay_ports[0]), "--max-port", str(self.relay_ports[1]),
             "--use-auth-secret", "--static-auth-secret", self.secret, "--realm", self.realm,
             "--allow-loopback-peers", "--no-multicast-peers", "--fingerprint", "-v",
+            # Relay to loopback peers only: a peer's ICE may list the machine's other addresses.
+            "--denied-peer-ip", "0.0.0.0-126.255.255.255", "--denied-peer-ip", "128.0.0.0-255.255.255.255",
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr", "wb"),  # noqa: SIM115
                                         cwd=self.workdir)
