@@ -150,6 +150,23 @@ class ContactConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    """XEP-0363 HTTP File Upload on upload.DOMAIN, files served by the web service."""
+
+    enabled: bool = True
+    # Largest file, in bytes: Prosody's mod_http_file_share http_file_share_size_limit (10 MiB).
+    max_file_size: int = 10 * 1024 * 1024
+    # Bytes one account may have stored (unexpired files and open slots): Prosody's
+    # http_file_share_daily_quota default is ten times the size limit; here it bounds what is kept.
+    quota: int = 100 * 1024 * 1024
+    # Days a file is kept (Prosody's http_file_share_expires_after is one week).
+    expire_days: float = 7.0
+    # Slots one account may request per minute (Prosody and ejabberd have none beyond the quota; 30
+    # lets a client send an album of pictures at once and stops a script asking for thousands).
+    slots_per_minute: int = 30
+
+
+@dataclass(frozen=True)
 class XmppConfig:
     enabled: bool = True
     c2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5222", "[::]:5222"])
@@ -174,6 +191,7 @@ class XmppConfig:
     max_resources_per_account: int = 32
     federation: FederationConfig = field(default_factory=FederationConfig)
     contact: ContactConfig = field(default_factory=ContactConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ them; each test uses its own accounts so they do not see each other's traffic).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,33 @@ TIMEOUT = 20.0
 #: Small upload limits, so the tests reach them without moving megabytes.
 UPLOAD_MAX_FILE = 64 * 1024
 UPLOAD_QUOTA = 160 * 1024
+UPLOAD_SLOTS_PER_MINUTE = 10
 ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
              "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt")
 TWO_USERS = ("yara", "yuri", "yves", "yoko")
+
+
+#: Adds every account in one process (one `peerage user add` each costs a Python start-up).
+ADD_USERS = """
+import asyncio, sys
+from peerage.cli import _with_accounts
+from peerage.config import load_config
+
+config = load_config(sys.argv[1], check_files=False)
+password = sys.stdin.readline().rstrip("\\n")
+
+async def add(accounts):
+    for address in sys.argv[2:]:
+        await accounts.add(address, password)
+
+asyncio.run(_with_accounts(config, add))
+"""
+
+
+def start(server: PeerageServer) -> None:
+    subprocess.run([sys.executable, "-c", ADD_USERS, str(server.config_path), *server.users],  # type: ignore[attr-defined]
+                   input=PASSWORD + "\n", text=True, check=True, timeout=120)
+    server.start(timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +66,24 @@ def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pe
     dns = LocalDNS(DNS_ADDRESS, 53)
     dns.start()
     workdir = Path(tmp_path_factory.mktemp("xmppx"))
-    federation = Federation(workdir, dns, TestCA(workdir / "ca"))
+    ca = TestCA(workdir / "ca")
+    federation = Federation(workdir, dns, ca)
     config: dict[str, Any] = {
-        "xmpp": {"contact": {"support": ["xmpp:support@{domain}", "https://{domain}/help"]}},
+        "xmpp": {"upload": {"max_file_size": UPLOAD_MAX_FILE, "quota": UPLOAD_QUOTA,
+                            "slots_per_minute": UPLOAD_SLOTS_PER_MINUTE},
+                 "contact": {"support": ["xmpp:support@{domain}", "https://{domain}/help"]}},
     }
     one = federation.server("x1.test", ONE_ADDRESS, level="encrypted", users=ONE_USERS,
                             extra_domains=("x2.test",), config={**config, "web": {"enabled": True}})
     two = federation.server("y.test", TWO_ADDRESS, level="encrypted", users=TWO_USERS, config=config)
+    for service in ("upload.x1.test", "upload.x2.test"):  # hosted service JIDs are reachable over s2s
+        dns.add_a(service, ONE_ADDRESS)
+        dns.add_srv(f"_xmpp-server._tcp.{service}", 0, 5, 5269, service)
+    for server in (one, two):
+        server.ca_path = ca.cert_path  # type: ignore[attr-defined]
     try:
-        federation.start_all([one, two])
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(start, (one, two)))
         yield one, two
     finally:
         federation.stop_all()

@@ -41,7 +41,11 @@ async def test_domain_items_answer(one: PeerageServer, clients: list[Client]) ->
     client = await Client("bob@x1.test").login(ONE_ADDRESS)
     clients.append(client)
     items = await client.plugin["xep_0030"].get_items(jid="x1.test", timeout=10)
-    assert items["type"] == "result"
+    # Registered by the upload module through Disco.add_items_provider, for each domain.
+    assert ("upload.x1.test", None, "HTTP File Upload") in items["disco_items"]["items"]
+    other = await client.plugin["xep_0030"].get_items(jid="x2.test", timeout=10)
+    assert ("upload.x2.test", None, "HTTP File Upload") in other["disco_items"]["items"]
+    assert ("upload.x1.test", None, "HTTP File Upload") not in other["disco_items"]["items"]
     # An account's items are its PEP nodes, not the domain's services.
     own = await client.plugin["xep_0030"].get_items(jid="bob@x1.test", timeout=10)
     assert all(jid.bare == "bob@x1.test" for jid, _, _ in own["disco_items"]["items"])

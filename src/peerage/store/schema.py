@@ -71,6 +71,7 @@ server_secrets = Table(
 PROTOCOL_TABLE_MODULES = (
     "peerage.identity.tables",
     "peerage.xmpp.tables",
+    "peerage.xmpp.extables",
     "peerage.sip.tables",
     "peerage.mail.tables",
     "peerage.mail.queue_tables",

@@ -39,6 +39,7 @@ from peerage.xmpp.features.presence import Presence
 from peerage.xmpp.features.private import PrivateStorage
 from peerage.xmpp.features.roster import Roster
 from peerage.xmpp.features.sm import StreamManagement
+from peerage.xmpp.features.upload import Upload
 from peerage.xmpp.features.vcard import VCard
 from peerage.xmpp.features.version import Version
 from peerage.xmpp.muc.service import MucService
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 #: The feature modules, in load order (which is also the order of their stream features).
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
             Offline, Mam, StreamManagement, ClientStateIndication, Pep,
-            EntityTime, LastActivity, ExternalServices, MucService)
+            EntityTime, LastActivity, ExternalServices, MucService, Upload)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser
