@@ -269,6 +269,46 @@ async def test_slow_request_head_is_disconnected(tmp_path) -> None:
         await stop_host(server)
 
 
+async def test_a_later_request_head_dripped_on_a_keep_alive_connection_is_disconnected(tmp_path) -> None:
+    # After a response, aiohttp's keep-alive timer closes the connection keepalive_timeout later unless
+    # a whole new head came: a dripped head does not hold it open.
+    import time
+
+    from tests.web.conftest import start_host, stop_host
+
+    server = await start_host(tmp_path, extra={"web": {"header_timeout": 0.5, "keepalive_timeout": 0.5}})
+    try:
+        reader, writer = await asyncio.open_connection(server.address, HTTP_PORT)
+        writer.write(b"GET /.well-known/security.txt HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 ") and b"connection: close" not in head.lower()
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await asyncio.wait_for(reader.readexactly(length), 5)
+        started = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nHost: example.org\r\n")
+        closed = False
+        for _ in range(40):  # a header line every 0.1 s for up to 4 s
+            writer.write(b"X-Drip: 1\r\n")
+            try:
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(1), 0.1)
+            except asyncio.TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+                break
+            assert data == b"", data  # closed without an answer
+            closed = True
+            break
+        assert closed, "a dripped second head kept the connection open"
+        assert time.monotonic() - started < 2.5
+        writer.close()
+    finally:
+        await stop_host(server)
+
+
 async def test_cross_site_navigation_reloads_same_site(webhost: WebHost) -> None:
     headers = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
     # A browser withholds the Strict cookie on a link from another site; the page reloads itself.

@@ -4,8 +4,11 @@ This module is in charge of building the HTTPS application (login, webmail mount
 and every route a protocol registered through ``peerage.web.routes_for``), serving it on
 ``[web] https_listen`` with an SNI context per hosted domain, and serving plain HTTP on
 ``[web] http_listen``, which answers ACME HTTP-01 challenges and redirects everything else to HTTPS.
-It also enforces the connection-level limits aiohttp leaves open: a client must finish its request
-headers within ``header_timeout`` or is disconnected.
+It also enforces the connection-level limits aiohttp leaves open: a client must finish its first
+request head within ``header_timeout`` or is disconnected. Later heads on a keep-alive connection are
+bounded by aiohttp itself: its keep-alive timer closes the connection ``keepalive_timeout`` after the
+previous response unless a whole new head has arrived, even while one is being dripped in
+(tests/web/test_login.py proves both bounds).
 """
 
 from __future__ import annotations
