@@ -15,7 +15,6 @@ import pytest
 from tests.harness import PeerageServer, free_port
 from tests.harness.peers import IN_CI, require_binary
 
-
 TESTS = Path(__file__).resolve().parent
 
 
@@ -24,11 +23,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (docs/architecture.md, "Tests"), so two of its tests must never run at once, while different areas
     may (`pytest -n 3 --dist loadgroup`, as .ci/run does). Without xdist the marker does nothing."""
     for item in items:
-        try:
-            area = Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
-        except ValueError:
-            continue
-        item.add_marker(pytest.mark.xdist_group(area))
+        area = _area(item)
+        if area is not None:
+            item.add_marker(pytest.mark.xdist_group(area))
+
+
+def _area(item: pytest.Item) -> str | None:
+    try:
+        return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
+    except ValueError:
+        return None
+
+
+_held_area_lock: dict[str, object] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With PEERAGE_TEST_AREA_LOCKS=1, hold /tmp/peerage-area-<area>.lock while an area's tests run, so
+    several runs on one machine (two checkouts, a developer beside CI) never share a loopback block.
+    Taken before the item's fixtures start its servers; let go when the run moves to another area."""
+    if os.environ.get("PEERAGE_TEST_AREA_LOCKS") != "1":
+        return
+    import fcntl
+
+    area = _area(item)
+    if area is None or _held_area_lock.get("area") == area:
+        return
+    previous = _held_area_lock.pop("file", None)
+    if previous is not None:
+        previous.close()  # type: ignore[attr-defined]
+    lock = open(f"/tmp/peerage-area-{area}.lock", "w")  # noqa: SIM115 - held across tests
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    _held_area_lock.update(area=area, file=lock)
 
 
 @pytest.fixture
