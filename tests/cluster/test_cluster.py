@@ -19,6 +19,7 @@ from typing import Any
 from tests.cluster.conftest import (
     DOMAIN,
     PASSWORD,
+    REGISTRY_BOUND,
     REMOTE_DOMAIN,
     SINK_ADDRESS,
     ClusterUnderTest,
@@ -253,3 +254,101 @@ async def test_imap_idle_on_one_node_wakes_for_delivery_on_another(cluster: Clus
     await asyncio.to_thread(thread.join, 20)
     assert woke, "IDLE on node 1 did not report the delivery on node 2"
     assert woke[0] - sent_at < 5.0
+
+
+# ==================================================================================================
+# Failures: NATS restarted, then a node killed, both under load
+# ==================================================================================================
+
+
+def _numbers(client: ClusterClient, tag: str) -> list[int]:
+    return [int(body.split()[1]) for body in client.bodies() if body.startswith(tag + " ")]
+
+
+async def test_nats_restart_under_load(cluster: ClusterUnderTest) -> None:
+    ivan = await ClusterClient("ivan", "i").connect(cluster.address("n1"), sm=True)
+    judy = await ClusterClient("judy", "j").connect(cluster.address("n1"), sm=True)
+    heidi = await ClusterClient("heidi", "h").connect(cluster.address("n2"), sm=True)
+    try:
+        await cluster.wait_registry(_has_session("n2", heidi.jid), what="heidi in the registry")
+        await cluster.wait_registry(_has_session("n1", ivan.jid), what="ivan in the registry")
+        cluster.nats.stop()
+        # While NATS is down: delivery within node 1 goes on ...
+        await ivan.send(f"<message to='{judy.jid}' type='chat'><body>local 0</body></message>")
+        await judy.wait(lambda: _numbers(judy, "local") == [0], timeout=5, what="local delivery without NATS")
+        # ... and what goes to node 2 is acknowledged (held on node 1) and waits.
+        for number in range(20):
+            await ivan.send(f"<message to='{heidi.jid}' type='chat'><body>outage {number}</body></message>")
+        await ivan.request_ack()
+        await ivan.wait(lambda: ivan.server_h >= ivan.sent, timeout=10, what="ivan's messages acknowledged")
+        await asyncio.sleep(1.0)  # longer than the resend interval's tick: nothing may be lost meanwhile
+        cluster.nats.start()
+        # No operator action: the nodes reconnect, and what was held reaches heidi, once each.
+        await heidi.wait(lambda: sorted(set(_numbers(heidi, "outage"))) == list(range(20)), timeout=20,
+                         what="the messages sent while NATS was down")
+        await cluster.wait_registry(lambda status: len(status) == 3 and all(
+            len(answer.get("peers", [])) == 2 for answer in status.values()), what="the nodes seeing each other again")
+        await ivan.send(f"<message to='{heidi.bare}' type='chat'><body>after 0</body></message>")
+        await heidi.wait(lambda: _numbers(heidi, "after") == [0], timeout=10, what="routing after the restart")
+        await asyncio.sleep(0.5)
+        assert sorted(_numbers(heidi, "outage")) == list(range(20)), "a message was delivered twice to an online session"
+    finally:
+        for client in (ivan, judy, heidi):
+            await client.close()
+
+
+async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
+    total, kill_after = 300, 100
+    olivia = await ClusterClient("olivia", "o").connect(cluster.address("n1"), sm=True)
+    mallory = await ClusterClient("mallory", "m").connect(cluster.address("n3"), sm=True)
+    try:
+        await cluster.wait_registry(_has_session("n3", mallory.jid, "available"), what="mallory in the registry")
+        acked_before_kill = 0
+        killed_at = 0.0
+        for number in range(total):
+            await olivia.send(f"<message to='{mallory.jid}' type='chat'><body>load {number}</body></message>")
+            if number % 10 == 9:
+                await olivia.request_ack()
+            if number == kill_after:
+                await olivia.request_ack()
+                await olivia.wait(lambda: olivia.server_h >= kill_after, timeout=10, what="the first acks")
+                acked_before_kill = olivia.server_h
+                cluster.nodes["n3"].kill()  # SIGKILL: nothing of node 3 gets to say goodbye
+                killed_at = time.monotonic()
+                mallory.drop()
+            await asyncio.sleep(0.003)
+        # The dead node's sessions leave every survivor's registry within the bound.
+        await cluster.wait_registry(
+            lambda status: set(status) == {"n1", "n2"} and not any(
+                mallory.jid in answer.get("registry", {}) for answer in status.values()),
+            timeout=REGISTRY_BOUND + 5, what="node 3's sessions gone")
+        gone_after = time.monotonic() - killed_at
+        assert gone_after <= REGISTRY_BOUND + 1.5, gone_after  # the bound, plus this test's polling
+        # Mallory's client reconnects to the next SRV target and gets the rest (offline storage).
+        targets = [address for address, _ in await srv_targets() if address != cluster.address("n3")]
+        again = await ClusterClient("mallory", "m").connect(targets[0], sm=True)
+        try:
+            await olivia.request_ack()
+            await olivia.wait(lambda: olivia.server_h >= olivia.sent, timeout=20, what="every message acknowledged")
+            try:
+                await again.wait(lambda: set(_numbers(mallory, "load")) | set(_numbers(again, "load")) >= set(range(total)),
+                                 timeout=20, what="every acknowledged message delivered")
+            finally:
+                old, new = _numbers(mallory, "load"), _numbers(again, "load")
+                missing = sorted(set(range(total)) - set(old) - set(new))
+                print(f"old: {len(old)} (acked h {mallory.acked_h} of {mallory.handled}), new: {len(new)}, "
+                      f"missing: {missing}")
+            assert acked_before_kill > kill_after - 10
+            assert len(new) == len(set(new)), "a message was delivered twice to the new session"
+            # A message seen twice is one the old session never acknowledged (XEP-0198 section 4).
+            unacked_old = {int(b.split()[1]) for e in mallory.received[mallory.acked_h:]
+                           if e.name == "message" for b in [e.find_text("body") or ""] if b.startswith("load ")}
+            assert set(old) & set(new) <= unacked_old, (sorted(set(old) & set(new)), sorted(unacked_old))
+            print(f"kill -9 under load: {acked_before_kill} acked before the kill, {len(old)} delivered before it, "
+                  f"{len(new)} after reconnecting, {len(set(old) & set(new))} twice (unacknowledged), "
+                  f"registry clean after {gone_after:.2f} s")
+        finally:
+            await again.close()
+    finally:
+        await olivia.close()
+        await mallory.close()

@@ -66,6 +66,9 @@ MAX_HELD_PER_NODE = 100_000
 SEEN_IDS = 100_000
 #: Seconds to wait for a node's whole table (sync).
 SYNC_TIMEOUT = 3.0
+#: Seconds during which an offline message stored here is checked against sessions becoming available
+#: on other nodes (the registry's propagation is milliseconds; a login takes longer than this rarely).
+RECENT_OFFLINE = 60.0
 #: Largest stanza accepted from another node (the c2s limit is the same order, [xmpp] max_stanza_size).
 MAX_FORWARDED_STANZA = 1024 * 1024
 
@@ -167,6 +170,8 @@ class ClusterXmpp:
         #: (origin node, incarnation) -> (stanza id, local session, sent count it needs acked)
         self._marks: dict[tuple[str, str], dict[int, tuple[Any, int]]] = {}
         self._seen: dict[tuple[str, str], OrderedDict[int, None]] = {}
+        #: bare JID -> when this node last stored an offline message for it
+        self._recent_offline: dict[str, float] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._original_remote_sender: Any = None
         self.forwarded_in = 0
@@ -197,6 +202,13 @@ class ClusterXmpp:
         storage = self.ctx.storage
         for name in ("save_roster_item", "block", "unblock"):
             setattr(storage, name, self._announcing(getattr(storage, name)))
+        store_offline = storage.store_offline
+
+        async def stored_offline(owner: str, stanza: str) -> None:
+            await store_offline(owner, stanza)
+            self._offline_stored(owner)
+
+        storage.store_offline = stored_offline
         # Outbound federation through the owner of each remote domain.
         self._original_remote_sender = self.router._remote_sender  # installed by S2SService.start
         if self._original_remote_sender is not None:
@@ -207,6 +219,7 @@ class ClusterXmpp:
         node.subscribe(node_subject(node.name, "acks"), self._acks_received)
         node.subscribe(node_subject(node.name, "sync"), self._sync_requested)
         node.subscribe(node_subject(node.name, "s2s"), self._s2s_received)
+        node.subscribe(node_subject(node.name, "offline"), self._offline_check_received)
         node.on_node_up(self._node_up)
         node.on_node_down(self._node_down)
         node.on_reconnect(self._reconnected)
@@ -328,14 +341,19 @@ class ClusterXmpp:
         if op[0] == "-":
             session = table.pop(op[1], None)
             if session is not None:
+                # What is held for it stays held: its node re-routes what the client never
+                # acknowledged and releases it here, unless it dies first.
                 self.router.unbind(session)
-                self._reroute_held(lambda held, s=session: held.node == origin and held.to == s.full_jid)
             return
         full, available, priority, carbons, roster_requested, presence = op[1:7]
         session = table.get(full)
         if session is None:
             session = RemoteSession(self, origin, full)
             table[full] = session
+        stored = self._recent_offline.get(session.bare_jid)
+        if available and not session.available and stored is not None and time.monotonic() - stored < RECENT_OFFLINE:
+            # Stored here while that login was emptying the queue there: it looks again.
+            self.node.publish(node_subject(origin, "offline"), json.dumps({"bare": session.bare_jid}).encode())
         session.available = bool(available)
         session.priority = int(priority)
         session.carbons = bool(carbons)
@@ -421,7 +439,9 @@ class ClusterXmpp:
             held = _Held(session.node, session.full_jid, stanza, stanza.attrs.get("from", ""))
             self.held[sid] = held
             sender = self._local_sender(held.sender)
-            if sender is not None and sender.sm is not None:
+            # Cut off from NATS, no confirmation can come: the sender is acknowledged with the stanza
+            # held here, and it is sent again when NATS is back.
+            if sender is not None and sender.sm is not None and self.node.connected:
                 held.got = asyncio.get_running_loop().create_future()
                 self._got_waiters.setdefault(held.sender, []).append(held.got)
         self._outbox.setdefault(session.node, []).append([sid, session.full_jid, serialize(stanza)])
@@ -597,6 +617,33 @@ class ClusterXmpp:
             log.exception("cluster: could not re-route a stanza of a lost session")
         finally:
             self.ctx.redelivering.discard(id(rerouted))
+
+    # =================================================================================================
+    # Offline storage written on one node while the account logs in on another
+    # =================================================================================================
+    def _offline_stored(self, bare: str) -> None:
+        """The offline queue is emptied under a per-node lock (features/offline.py); a login on
+        another node may have read it just before this row was committed, so it is asked to look
+        again, now or when its session's availability reaches this node."""
+        now = time.monotonic()
+        self._recent_offline[bare] = now
+        if len(self._recent_offline) > 10_000:
+            self._recent_offline = {b: t for b, t in self._recent_offline.items() if now - t < RECENT_OFFLINE}
+        nodes = {s.node for s in self.router.resources(bare).values()
+                 if isinstance(s, RemoteSession) and s.available and s.priority >= 0}
+        for target in nodes:
+            self.node.publish(node_subject(target, "offline"), json.dumps({"bare": bare}).encode())
+
+    async def _offline_check_received(self, msg: Any) -> None:
+        try:
+            bare = str(json.loads(msg.data)["bare"])
+        except (ValueError, KeyError, TypeError):
+            return
+        for session in list(self.router.resources(bare).values()):
+            if not isinstance(session, RemoteSession) and session.available and session.priority >= 0:
+                result = self.ctx.events.fire("message/offline/broadcast", session)
+                if result is not None:
+                    await result
 
     # =================================================================================================
     # Roster and blocklist caches
