@@ -290,6 +290,17 @@ class ImapConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    # Sieve filtering at local delivery (RFC 5228) and ManageSieve (RFC 5804) to edit the scripts.
+    enabled: bool = True
+    # RFC 5804 §1.8: port 4190, STARTTLS before authentication (the RFC defines no implicit-TLS port).
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:4190"])
+    # Messages one account's scripts may redirect per hour (a token bucket; over it the message is
+    # kept). Gmail caps forwarding rules by volume the same way; 60/h covers a person's mail.
+    redirects_per_hour: int = 60
+
+
+@dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     # HTTPS with SNI per hosted domain; the web login, JMAP, webmail and discovery documents.
@@ -435,6 +446,7 @@ class Config:
     turn: TurnConfig = field(default_factory=TurnConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     muc: MucConfig = field(default_factory=MucConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -471,6 +483,7 @@ _SECTIONS: dict[str, type] = {
     "turn": TurnConfig,
     "cluster": ClusterConfig,
     "muc": MucConfig,
+    "sieve": SieveConfig,
 }
 
 

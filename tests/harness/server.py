@@ -28,6 +28,7 @@ DEFAULT_PORTS = {
     "smtp": {"mx_listen": 25, "submission_listen": 587, "submissions_listen": 465},
     "imap": {"listen": 143, "tls_listen": 993},
     "web": {"https_listen": 443, "http_listen": 80},
+    "sieve": {"listen": 4190},
 }
 
 

@@ -185,7 +185,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def _queue(store: Store, tmp_path: Path, router: Router, bounces: list[bytes]) -> OutboundQueue:
-    async def deliver_local(address: str, data: bytes) -> None:
+    async def deliver_local(address: str, data: bytes, mail_from: str | None = None) -> None:
         bounces.append(data)
 
     return OutboundQueue(

@@ -58,7 +58,7 @@ async def test_enqueue_claim_complete_on_postgresql(tmp_path: Path, postgres_url
     delivered: list[tuple[str, bytes]] = []
     remote_attempts: list[list[str]] = []
 
-    async def deliver_local(address: str, data: bytes) -> None:
+    async def deliver_local(address: str, data: bytes, mail_from: str | None = None) -> None:
         delivered.append((address, data))
 
     async def deliver_remote(

@@ -59,6 +59,8 @@ class MailService:
         self.servers: list[asyncio.base_events.Server] = []
         self.queue: OutboundQueue | None = None
         self.imap: Any = None
+        self.sieve: Any = None
+        self.managesieve: Any = None
         self._keys: dict[str, dkim.DomainKeys | None] = {}
         self._known_recipients: dict[str, float] = {}
         self._postmaster: tuple[str | None, float] | None = None
@@ -166,7 +168,15 @@ class MailService:
             log.exception("DKIM signing for %s failed; sending unsigned", domain)
             return data
 
-    async def deliver_local(self, address: str, data: bytes, folder: str = "INBOX") -> None:
+    async def deliver_local(self, address: str, data: bytes, folder: str = "INBOX", *, mail_from: str | None = None) -> None:
+        """Put a message for a local address into its mailbox. Mail arriving for INBOX passes the
+        account's Sieve script first (peerage.mail.sieve.delivery); other folders (DMARC quarantine
+        to Junk) are stored as they are."""
+        if self.sieve is not None and folder == "INBOX" and mail_from is not None:
+            from peerage.mail import mailbox
+
+            await self.sieve.deliver(mailbox.mailbox_owner(address), address, data, mail_from)
+            return
         await self.local.deliver(address, data, folder)
 
     async def accept(
@@ -207,7 +217,7 @@ class MailService:
         while pending:
             rcpt, trace = pending[0]
             try:
-                await self.deliver_local(rcpt, trace + request.data, request.folder)
+                await self.deliver_local(rcpt, trace + request.data, request.folder, mail_from=request.mail_from)
             except Exception:
                 log.exception("direct delivery to %s failed; queueing", rcpt)
                 break
@@ -226,6 +236,10 @@ class MailService:
         self.host = host
         config = host.config
         self.local = LocalDelivery(host)
+        if config.sieve.enabled:
+            from peerage.mail.sieve.delivery import SieveDelivery
+
+            self.sieve = SieveDelivery(host, self)
         engine_log = logging.getLogger(ENGINE_LOGGER)
         if not log.isEnabledFor(logging.DEBUG):
             engine_log.setLevel(logging.WARNING)
@@ -247,6 +261,11 @@ class MailService:
             await self._start_smtp()
         if host.config.imap.enabled:
             await self._start_imap()
+        if host.config.sieve.enabled and host.config.sieve.listen:
+            from peerage.mail.sieve.managesieve import ManageSieveService
+
+            self.managesieve = ManageSieveService()
+            await self.managesieve.start(host)
 
     async def start_worker(self, host: Any, socket_path: Path, before_ready: Callable[[], Any] | None = None) -> None:
         """Run as an MX worker process: SMTP sessions here, storage in the main process.
@@ -366,6 +385,9 @@ class MailService:
         if self.imap is not None:
             await self.imap.stop()
             self.imap = None
+        if self.managesieve is not None:
+            await self.managesieve.stop()
+            self.managesieve = None
         for server in self.servers:
             server.close()
         for session in list(self.smtp_sessions):

@@ -79,6 +79,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.mail.jmap.tables",
     "peerage.cluster.tables",
     "peerage.xmpp.muc.tables",
+    "peerage.mail.sieve.tables",
 )
 
 

@@ -4,7 +4,8 @@ This module is in charge of the automatic reply itself, with the rules of RFC 38
 (RFC 5230) that keep it from doing harm: only within fromDate/toDate; only to mail that names the user
 in To or Cc; never to mail that is itself automatic (Auto-Submitted other than "no"), bulk or list
 mail (Precedence bulk/list/junk, List-Id), or from MAILER-DAEMON, owner-/-request addresses or the user;
-at most one reply per sender every ``REPLY_INTERVAL`` (RFC 5230 §4.1's default of 7 days). Replies carry
+at most one reply per sender every ``REPLY_INTERVAL`` (RFC 5230 §4.1's default of 7 days), remembered in
+the database through the same ``VacationMemory`` as Sieve vacation, so a restart forgets no one. Replies carry
 ``Auto-Submitted: auto-replied`` and go through the same submission path as EmailSubmission.
 
 It is woken by the mailbox store's notifier, like IMAP IDLE; the store's UIDs say which messages are
@@ -31,12 +32,13 @@ from sqlalchemy import select, update
 from peerage.mail.jmap.index import decode_text, message_ids
 from peerage.mail.jmap.tables import jmap_settings
 from peerage.mail.mailbox import INBOX, MailboxStore
+from peerage.mail.sieve.store import VacationMemory
 
 log = logging.getLogger(__name__)
 
 REPLY_INTERVAL = 7 * 86400.0
-# Senders remembered per account for REPLY_INTERVAL; bounded so a flood of senders cannot grow memory.
-MAX_REMEMBERED = 10000
+# The VacationMemory handle of the JMAP response (Sieve vacations have their own, RFC 5230 §4.2).
+MEMORY_HANDLE = "jmap:VacationResponse"
 _headers = BytesHeaderParser(policy=email.policy.compat32)
 
 Submit = Callable[[str, str, list[str], bytes], Awaitable[None]]
@@ -57,7 +59,7 @@ class VacationResponder:
         self.store = store
         self.submit = submit
         self.enabled: set[str] | None = None  # owners with an enabled response; loaded on first use
-        self._replied: dict[str, dict[str, float]] = {}
+        self.memory = VacationMemory(db)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def set_enabled(self, owner: str, enabled: bool) -> None:
@@ -127,12 +129,8 @@ class VacationResponder:
         if (sender == owner or local in ("mailer-daemon", "postmaster") or local.startswith("owner-")
                 or local.endswith("-request")):
             return
-        replied = self._replied.setdefault(owner, {})
-        if replied.get(sender, 0) > now - REPLY_INTERVAL:
+        if not await self.memory.claim(owner, MEMORY_HANDLE, sender, REPLY_INTERVAL, now):
             return
-        if len(replied) >= MAX_REMEMBERED:
-            replied.clear()
-        replied[sender] = now
         message = EmailMessage(policy=email.policy.SMTP)
         message["From"] = owner
         message["To"] = sender

@@ -35,6 +35,7 @@ class _Pending:
     address: str
     folder: str
     data: bytes
+    flags: tuple[str, ...]
     done: asyncio.Future[None]
 
 
@@ -61,15 +62,16 @@ class LocalDelivery:
                 item.done.set_exception(RuntimeError("mail service stopping"))
         self._pending.clear()
 
-    async def deliver(self, address: str, data: bytes, folder: str = "INBOX") -> None:
-        """Return once the message is durably in `address`'s `folder`; raise if it could not be."""
+    async def deliver(self, address: str, data: bytes, folder: str = "INBOX", flags: tuple[str, ...] = ()) -> None:
+        """Return once the message is durably in `address`'s `folder` (with `flags`, which Sieve's
+        imap4flags sets); raise if it could not be."""
         if self._task is None:
             from peerage.mail import mailbox
 
-            await mailbox.deliver(self.host, address, data, folder=folder)
+            await mailbox.deliver(self.host, address, data, folder=folder, flags=flags)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(address, folder, data, done))
+        self._pending.append(_Pending(address, folder, data, tuple(flags), done))
         self._wake.set()
         await done
 
@@ -126,13 +128,13 @@ class LocalDelivery:
         for (owner, folder), items in groups.items():
             try:
                 box_id = await self._mailbox_id(store, owner, folder)
-                await store.append_many(box_id, [(item.data, (), None, 0) for item in items])
+                await store.append_many(box_id, [(item.data, item.flags, None, 0) for item in items])
             except Exception:
                 self._box_ids.pop((owner, folder), None)
                 log.exception("batched delivery to %s/%s failed; delivering one by one", owner, folder)
                 for item in items:
                     try:
-                        await mailbox.deliver(self.host, item.address, item.data, folder=item.folder)
+                        await mailbox.deliver(self.host, item.address, item.data, folder=item.folder, flags=item.flags)
                     except Exception as exc:
                         if not item.done.done():
                             item.done.set_exception(exc)

@@ -64,7 +64,8 @@ def _entry(row: Any) -> QueueEntry:
     return QueueEntry(**{name: getattr(row, name) for name in QueueEntry.__slots__})
 
 
-LocalDeliver = Callable[[str, bytes], Awaitable[None]]
+# (recipient, message, mail_from=envelope sender): the envelope sender is what Sieve sees (RFC 5228 §5.4).
+LocalDeliver = Callable[..., Awaitable[None]]
 RemoteDeliver = Callable[[str, str, list[str], bytes, bool], Awaitable[dict[str, Outcome]]]
 
 
@@ -241,7 +242,7 @@ class OutboundQueue:
         if self.is_local(first.recipient_domain):
             for entry in group:
                 try:
-                    await self.deliver_local(entry.recipient, data)
+                    await self.deliver_local(entry.recipient, data, mail_from=entry.mail_from)
                     outcomes[entry.recipient] = Outcome(DELIVERED, "delivered to mailbox", "2.0.0")
                 except Exception as exc:
                     outcomes[entry.recipient] = Outcome("temporary", f"local delivery failed: {exc}", "4.3.0")
