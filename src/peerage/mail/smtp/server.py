@@ -5,6 +5,27 @@ who may send what to whom (hosted domains and existing users only on the MX, no 
 only as their own addresses), SPF/DKIM/DMARC on arrival, SMTP AUTH (SCRAM-SHA-256 and PLAIN, over TLS
 only, throttled), per-IP limits, refusal of bare CR/LF, and making every accepted message durable
 before the 250 goes out (local recipients straight into their mailbox, others into the queue).
+
+How it uses aiosmtpd (pinned to 1.4.6 in pyproject.toml, the version these tests run against):
+through its public API — handler hooks (``handle_*``, ``auth_*``), subclassing ``SMTP`` with
+``smtp_<COMMAND>`` methods (its documented way to add or wrap commands), ``push``, ``Session``
+(``ssl``, ``peer``), the constructor's switches (``auth_require_tls=False`` on port 465, where TLS
+comes before aiosmtpd) — and asyncio's Protocol API (``connection_made``, ``data_received``,
+``connection_lost``) that ``SMTP`` is built on. Bare CR/LF in command lines (RFC 5321 §2.3.8) is
+caught in ``data_received`` before the engine reads the bytes.
+
+Two private methods are still overridden, because aiosmtpd 1.4.6 has no public way to do what they
+do; both are covered by tests/mail, so an aiosmtpd release that changes them fails those tests
+rather than the service:
+
+- ``_handle_client`` (and reading ``_reader`` inside it): the connection-level refusals (per-IP
+  cap, the unauthenticated gate) and the early-talker pause must happen *before* the greeting, and
+  aiosmtpd sends its greeting first thing in ``_handle_client`` with no hook before it
+  (tests/mail/test_greeting_and_shutdown.py, tests/mail/test_limits.py).
+- ``_getaddr``: a fast path for the usual ``<local@domain>`` that falls back to aiosmtpd's own
+  parser; if a release renamed it, the override would simply stop being used (slower, still right).
+
+Replacing the engine with our own sans-I/O SMTP core would remove both; it is not done yet.
 """
 
 from __future__ import annotations
@@ -17,7 +38,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -84,29 +105,30 @@ BARE_LINE_ENDING_IN_COMMAND = (
     "500 5.5.2 Bare <CR> or <LF> in a command line; only <CR><LF> may end a line (RFC 5321 2.3.8)"
 )
 # What a command line ending in a bare LF (or holding a bare CR) is replaced with before aiosmtpd's
-# command loop sees it: a command name no client can mean (it starts with NUL), dispatched to the
-# refusal below. The offending line itself is never interpreted.
-BARE_LINE_ENDING_COMMAND = "\x00BARE-LINE-ENDING"
+# command loop sees it: a command of our own (an ``smtp_<NAME>`` method, aiosmtpd's documented way to
+# add commands), so the refusal keeps its place among pipelined replies. The offending line itself is
+# never interpreted.
+BARE_LINE_ENDING_COMMAND = "XBARE_LINE_ENDING"
 _BARE_LINE_ENDING_LINE = BARE_LINE_ENDING_COMMAND.encode("ascii") + b"\r\n"
+# Command bytes held back while their line is incomplete; past this the bytes go on as they are and
+# aiosmtpd's own line-length limit (RFC 5321 §4.5.3.1.4, 512 octets and the extensions' additions)
+# refuses the line.
+MAX_HELD_COMMAND = 65536
 
 
-class CrlfCommandReader(asyncio.StreamReader):
-    """aiosmtpd reads command lines (and AUTH responses) with `readuntil(b"\\n")`, which also takes
-    a line ending in a bare LF; RFC 5321 §2.3.8 allows only CRLF. Such a line, or one holding a bare CR,
-    comes out as the refusal command above. DATA lines (read up to CRLF) are checked separately
-    (`policy.has_bare_line_ending`)."""
-
-    def readuntil(self, separator: Any = b"\n") -> Coroutine[Any, Any, bytes]:  # typeshed: a buffer protocol
-        if separator != b"\n":
-            # DATA lines: the plain reader's own coroutine, without a wrapper per line.
-            return super().readuntil(separator)
-        return self._command_line()
-
-    async def _command_line(self) -> bytes:
-        line = await super().readuntil(b"\n")
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            return _BARE_LINE_ENDING_LINE
-        return line
+def check_command_lines(data: bytes) -> tuple[bytes, bytes]:
+    """(what may go to the engine, what to hold until more arrives) for bytes of the command phase:
+    each complete line that does not end in CRLF, or holds a bare CR, becomes the refusal command."""
+    end = data.rfind(b"\n")
+    if end < 0:
+        return b"", data
+    complete, rest = data[: end + 1], data[end + 1 :]
+    if b"\r" not in complete.replace(b"\r\n", b"") and complete.count(b"\n") == complete.count(b"\r\n"):
+        return complete, rest  # the usual case: every line ends in CRLF and holds no other CR
+    out = []
+    for line in complete.split(b"\n")[:-1]:
+        out.append(line + b"\n" if line.endswith(b"\r") and b"\r" not in line[:-1] else _BARE_LINE_ENDING_LINE)
+    return b"".join(out), rest
 
 
 @dataclass
@@ -128,27 +150,8 @@ class SessionState:
             self.spf_task = None
 
 
-# Attribute names per class that aiosmtpd's per-connection tables are built from (see `__dir__` below).
-_TABLE_NAMES: dict[tuple[type, tuple[str, ...]], list[str]] = {}
-
-
-def _names_with_prefixes(cls: type, prefixes: tuple[str, ...]) -> list[str]:
-    key = (cls, prefixes)
-    names = _TABLE_NAMES.get(key)
-    if names is None:
-        names = sorted({name for klass in cls.__mro__ for name in vars(klass) if name.startswith(prefixes)})
-        _TABLE_NAMES[key] = names
-    return list(names)
-
-
 class PeerageSMTP(SMTP):
     """aiosmtpd's engine with enhanced status codes, per-IP connection caps and a TLS flag for 465."""
-
-    def __dir__(self) -> list[str]:
-        # aiosmtpd builds its command and AUTH tables for every connection by listing the instance
-        # (`dir()` and `inspect.getmembers`, then a getattr of every attribute): a tenth of a
-        # millisecond per connection. Those tables only want these names, listed once per class.
-        return _names_with_prefixes(type(self), ("smtp_", "auth_"))
 
     def __init__(
         self, handler: Any, *, implicit_tls: bool = False, greeting_delay: float = 0.0, **kwargs: Any
@@ -163,16 +166,31 @@ class PeerageSMTP(SMTP):
         self.peer_state: SessionState | None = None
         self._preauth: Any = None
         self._auth_timer: asyncio.TimerHandle | None = None
-        # Not an smtp_* method, so HELP does not list it.
-        self._smtp_methods[BARE_LINE_ENDING_COMMAND] = self._refuse_bare_line_ending
+        # Command-phase bytes whose line has not ended yet, and whether the message text is being
+        # read (DATA lines are checked as a whole by `policy.has_bare_line_ending`).
+        self._held = b""
+        self._in_data = False
 
-    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # The engine's own reader, with the CRLF check on command lines (the same object, so the
-        # STARTTLS re-wrap that reaches into it keeps working).
-        reader.__class__ = CrlfCommandReader
-        super()._cb_client_connected(reader, writer)
+    def data_received(self, data: bytes) -> None:
+        # asyncio's Protocol API: every byte from the client passes here before the engine reads it.
+        if self._in_data:
+            super().data_received(data)
+            return
+        data = self._held + data
+        ready, self._held = check_command_lines(data)
+        if len(self._held) > MAX_HELD_COMMAND:
+            ready, self._held = ready + self._held, b""
+        if ready:
+            super().data_received(ready)
 
-    async def _refuse_bare_line_ending(self, arg: str | None) -> None:
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+
+    async def smtp_XBARE_LINE_ENDING(self, arg: str | None) -> None:
         await self.push(BARE_LINE_ENDING_IN_COMMAND)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -277,7 +295,8 @@ class PeerageSMTP(SMTP):
 
     @property
     def tls_active(self) -> bool:
-        return self._implicit_tls or self._tls_protocol is not None
+        # Session.ssl is aiosmtpd's documented record of TLS it started (STARTTLS).
+        return self._implicit_tls or (self.session is not None and self.session.ssl is not None)
 
     def ssl_object(self) -> ssl.SSLObject | None:
         transport = self.transport
@@ -296,22 +315,12 @@ class PeerageSMTP(SMTP):
         self._raw_replies = True
         self._collected = []
         try:
-            if self._implicit_tls and self._tls_protocol is None:
-                # Announce AUTH on port 465: aiosmtpd only knows about TLS it started itself.
-                saved = self._auth_require_tls
-                self._auth_require_tls = False
-                try:
-                    await super().smtp_EHLO(hostname)
-                finally:
-                    self._auth_require_tls = saved
-            else:
-                await super().smtp_EHLO(hostname)
+            await super().smtp_EHLO(hostname)
         finally:
             self._raw_replies = False
             lines, self._collected = self._collected, None
         if lines:
-            self._writer.write(b"".join(line + b"\r\n" for line in lines))
-            await self._writer.drain()
+            await super().push(b"\r\n".join(lines))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """A fast path for the usual `<local@domain> PARAMS`; anything unusual (quotes, routes,
@@ -334,16 +343,6 @@ class PeerageSMTP(SMTP):
         finally:
             self._raw_replies = False
 
-    async def smtp_AUTH(self, arg: str) -> None:
-        if self._implicit_tls and self._tls_protocol is None:
-            saved = self._auth_require_tls
-            self._auth_require_tls = False
-            try:
-                await super().smtp_AUTH(arg)
-            finally:
-                self._auth_require_tls = saved
-            return
-        await super().smtp_AUTH(arg)
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -369,10 +368,6 @@ class BaseHandler:
     """Hooks shared by the MX and submission listeners."""
 
     submission = False
-
-    def __dir__(self) -> list[str]:
-        # The same per-connection listing as PeerageSMTP.__dir__, on the handler's side.
-        return _names_with_prefixes(type(self), ("handle_", "auth_"))
 
     def __init__(self, service: Any) -> None:
         self.service = service
@@ -747,7 +742,9 @@ def make_server_factory(
             require_starttls=submission and not implicit_tls and tls_context is not None,
             timeout=COMMAND_TIMEOUT_SECONDS,
             auth_required=submission,
-            auth_require_tls=True,
+            # Port 465 is TLS from the first byte, which aiosmtpd does not know of: there, AUTH needs
+            # no STARTTLS (the constructor's documented switch).
+            auth_require_tls=not implicit_tls,
             auth_exclude_mechanism=[] if submission else ["LOGIN", "PLAIN"],
         )
 
