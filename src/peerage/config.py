@@ -167,6 +167,19 @@ class UploadConfig:
 
 
 @dataclass(frozen=True)
+class XmppWebSocketConfig:
+    # XMPP over WebSocket (RFC 7395) at /xmpp-websocket on the web service ([web] https_listen), listed
+    # in host-meta (XEP-0156); it carries the same sessions as c2s.
+    enabled: bool = True
+    # Origins (scheme://host[:port]) a browser page may connect from besides the hosted domains' own
+    # names on the web service; ["*"] allows any. Clients that send no Origin (not browsers) are allowed
+    # (RFC 6455 §10.2: Origin protects browser users; a native client can claim any).
+    allowed_origins: list[str] = field(default_factory=list)
+    # Seconds a token from GET /auth/xmpp-credentials stays valid (converse.js fetches one per connection).
+    credential_lifetime: float = 300.0
+
+
+@dataclass(frozen=True)
 class XmppConfig:
     enabled: bool = True
     c2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5222", "[::]:5222"])
@@ -192,6 +205,7 @@ class XmppConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     contact: ContactConfig = field(default_factory=ContactConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    websocket: XmppWebSocketConfig = field(default_factory=XmppWebSocketConfig)
 
 
 @dataclass(frozen=True)

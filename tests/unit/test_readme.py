@@ -11,8 +11,8 @@ SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config
             config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.UploadConfig, config.FederationConfig,
             config.FederationDomainPolicy, config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig,
             config.MetricsConfig, config.AcmeConfig, config.TurnConfig,
-            config.ClusterConfig, config.MucConfig]
-NESTED = {"federation", "domains", "contact", "upload"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
+            config.ClusterConfig, config.MucConfig, config.XmppWebSocketConfig]
+NESTED = {"federation", "domains", "contact", "upload", "websocket"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 
 def test_every_setting_is_documented() -> None:

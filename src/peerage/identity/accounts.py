@@ -30,7 +30,8 @@ from peerage.identity.credentials import (
     verify_argon2,
 )
 from peerage.identity.sip_tokens import SipTokens
-from peerage.identity.tables import app_passwords
+from peerage.identity.tables import app_passwords, login_tokens
+from peerage.identity.tokens import LoginTokens, looks_like_token
 from peerage.store import Store
 from peerage.store.schema import accounts
 
@@ -97,6 +98,9 @@ class AccountService:
         # When set (the command line sets it from [auth]), new passwords must pass
         # peerage.identity.policy; None leaves them unchecked (tests, migrations, internal callers).
         self.password_min_length = password_min_length
+        # Short-lived per-protocol tokens (peerage.identity.tokens): only lookups naming a protocol
+        # (`scram(..., protocol="xmpp")`, `verify_password(..., protocol="xmpp")`) accept them.
+        self.tokens = LoginTokens(store)
 
     def _check_policy(self, addr: Address, password: str) -> None:
         if self.password_min_length is not None:
@@ -152,6 +156,7 @@ class AccountService:
             self.cache.forget(str(addr))
             self.sip_tokens.revoke(str(addr))
             await conn.execute(delete(app_passwords).where(app_passwords.c.account == str(addr)))
+            await conn.execute(delete(login_tokens).where(login_tokens.c.account == str(addr)))
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist")
@@ -174,7 +179,10 @@ class AccountService:
             row = (await conn.execute(select(accounts.c.address).where(accounts.c.address == str(addr)))).first()
         return row is not None
 
-    async def scram(self, address: str | Address, hash_name: str) -> ScramCredential | None:
+    async def scram(self, address: str | Address, hash_name: str, *,
+                    protocol: str | None = None) -> ScramCredential | None:
+        """The account's SCRAM credential; app passwords, and with ``protocol`` that protocol's live login
+        tokens, are its alternates."""
         prefix = {"SHA-1": "scram_sha1", "SHA-256": "scram_sha256"}.get(hash_name)
         if prefix is None:
             return None
@@ -185,13 +193,14 @@ class AccountService:
             devices = (await conn.execute(
                 select(app_passwords.c[f"{prefix}_stored_key"], app_passwords.c[f"{prefix}_server_key"])
                 .where(app_passwords.c.account == row.address))).all()
+        tokens = await self.tokens.scram_keys(row.address, protocol, hash_name) if protocol else []
         return ScramCredential(
             hash_name,
             bytes(row.scram_salt),
             row.scram_iterations,
             bytes(getattr(row, f"{prefix}_stored_key")),
             bytes(getattr(row, f"{prefix}_server_key")),
-            tuple((bytes(d[0]), bytes(d[1])) for d in devices),
+            tuple((bytes(d[0]), bytes(d[1])) for d in devices) + tuple(tokens),
         )
 
     async def sip_ha1(self, address: str | Address, algorithm: str) -> str | None:
@@ -227,12 +236,16 @@ class AccountService:
             return None, []
         return account, await self.sip_ha1_all(account, algorithm, full="@" in username)
 
-    async def verify_password(self, address: str | Address, password: str) -> bool:
+    async def verify_password(self, address: str | Address, password: str, *, protocol: str | None = None) -> bool:
+        """Is ``password`` right for the account (or one of its app passwords, or with ``protocol`` one of
+        that protocol's live login tokens)?"""
         row = await self._row(address)
         if row is None:
             # Spend comparable time so that timing does not reveal which addresses exist.
             await asyncio.to_thread(verify_argon2, _DUMMY_HASH, password)
             return False
+        if protocol and looks_like_token(password):
+            return await self.tokens.matches(row.address, protocol, password)
         stored = str(row.argon2)
         if self.cache.hit(row.address, stored, password):
             return True
@@ -268,6 +281,19 @@ class AccountService:
         async with self.store.begin() as conn:
             return (await conn.execute(select(accounts).where(accounts.c.address == str(addr)))).first()
 
+
+    # --- login tokens (peerage.identity.tokens) ----------------------------------------------------
+
+    async def login_token(self, address: str | Address, protocol: str, lifetime: float,
+                          web_session: str | None = None) -> tuple[str, float]:
+        """A short-lived token for ``protocol`` only; returns it and its expiry (seconds since the epoch)."""
+        addr = self._local_address(address)
+        row = await self._row(addr)
+        if row is None:
+            raise AccountError(f"{addr} does not exist")
+        return await self.tokens.issue(str(addr), protocol, salt=bytes(row.scram_salt),
+                                       iterations=int(row.scram_iterations), lifetime=lifetime,
+                                       web_session=web_session)
 
     # --- app passwords (one revocable secret per device) --------------------------------------------
 

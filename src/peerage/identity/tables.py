@@ -1,8 +1,19 @@
-"""The identity layer's own tables (beyond `accounts` in peerage.store.schema): app passwords."""
+"""The identity layer's own tables (beyond `accounts` in peerage.store.schema): app passwords, login tokens."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, LargeBinary, String, Table, UniqueConstraint, func
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+)
 
 from peerage.store.schema import metadata
 
@@ -28,4 +39,26 @@ app_passwords = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("account", "name", name="uq_app_passwords_account_name"),
     Index("ix_app_passwords_token", "token_sha256"),
+)
+
+# Short-lived login tokens a web session hands to a browser client (`GET /auth/xmpp-credentials`), each
+# good for one protocol only (`protocol`, e.g. "xmpp") until `expires` (seconds since the epoch). As for
+# app passwords only derived secrets are kept: the SHA-256 of the token (256 random bits) for PLAIN and
+# SCRAM keys under the account's salt and iteration count for SCRAM. `web_session` is the hash of the web
+# session that asked, so logging out can end its tokens.
+login_tokens = Table(
+    "login_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account", String(320), nullable=False),
+    Column("protocol", String(16), nullable=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("scram_sha1_stored_key", LargeBinary, nullable=False),
+    Column("scram_sha1_server_key", LargeBinary, nullable=False),
+    Column("scram_sha256_stored_key", LargeBinary, nullable=False),
+    Column("scram_sha256_server_key", LargeBinary, nullable=False),
+    Column("web_session", String(64), nullable=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("ix_login_tokens_account", "account", "protocol"),
 )

@@ -46,19 +46,23 @@ class WellKnown:
                 f"Canonical: https://{domain}/.well-known/security.txt\n")
         return web.Response(text=text, content_type="text/plain")
 
-    def _links(self, domain: str) -> list[tuple[str, str]]:
-        return [(rel, href.replace("{domain}", domain)) for rel, href in self.routes.host_meta_links]
+    def _links(self, domain: str, request: web.Request | None = None) -> list[tuple[str, str]]:
+        # "{authority}" is the name and port this request reached (the Host header, which the middleware
+        # checked is ours): a wss: link must name the port the web service really listens on.
+        authority = (request.host if request is not None else "") or domain
+        return [(rel, href.replace("{domain}", domain).replace("{authority}", authority))
+                for rel, href in self.routes.host_meta_links]
 
     async def host_meta(self, request: web.Request) -> web.Response:
         links = "".join(f"\n  <Link rel={quoteattr(rel)} href={quoteattr(href)}/>"
-                        for rel, href in self._links(self._domain(request)))
+                        for rel, href in self._links(self._domain(request), request))
         text = f"<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='{XRD_NS}'>{links}\n</XRD>\n"
         response = web.Response(text=text, content_type="application/xrd+xml")
         response.headers["Access-Control-Allow-Origin"] = "*"  # XEP-0156 §3.3: readable cross-origin
         return response
 
     async def host_meta_json(self, request: web.Request) -> web.Response:
-        links = [{"rel": rel, "href": href} for rel, href in self._links(self._domain(request))]
+        links = [{"rel": rel, "href": href} for rel, href in self._links(self._domain(request), request)]
         response = web.json_response({"links": links}, content_type="application/jrd+json")
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response

@@ -356,9 +356,10 @@ class C2SConnection(asyncio.Protocol):
         step = action.step
         found: object
         if isinstance(step, sasl.NeedCredential):
-            found = await accounts.scram(account, step.hash_name) if account else None
+            # protocol="xmpp": the account's short-lived XMPP login tokens count too (identity.tokens).
+            found = await accounts.scram(account, step.hash_name, protocol="xmpp") if account else None
         else:
-            found = bool(account) and bool(await accounts.verify_password(account, step.password))
+            found = bool(account) and bool(await accounts.verify_password(account, step.password, protocol="xmpp"))
         if self.closing:
             return
         result = self._run(self.stream.sasl_result(found))

@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from peerage.config import ConfigError
+from peerage.xmpp import websocket
 from peerage.xmpp.c2s import C2SConnection
 from peerage.xmpp.context import XmppContext
 from peerage.xmpp.events import Events
@@ -129,6 +130,8 @@ class XmppService:
             self.servers += await start_listeners(
                 "xmpps-client", "[xmpp] c2s_direct_tls_listen", config.c2s_direct_tls_listen,
                 protocol_factory=lambda: C2SConnection(self, direct_tls=True))
+        # XMPP over WebSocket (RFC 7395) on the web service, the same sessions (xmpp/websocket.py).
+        websocket.register(self)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def reload(self, host: Any, old_config: Any) -> None:
