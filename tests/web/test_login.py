@@ -294,7 +294,7 @@ async def test_a_later_request_head_dripped_on_a_keep_alive_connection_is_discon
             try:
                 await writer.drain()
                 data = await asyncio.wait_for(reader.read(1), 0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             except ConnectionError:
                 closed = True
