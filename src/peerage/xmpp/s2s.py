@@ -714,6 +714,7 @@ class InboundStream:
         self.header_to = ""
         self.peer_legacy = False
         self.bidi = False
+        self.bidi_after_restart = False
         self.verification_only = False
         self.certificate: CertificateCheck | None = None
         #: After a TLS handshake, the peer's certificate is judged once our next header is out, so
@@ -853,6 +854,10 @@ class InboundStream:
         if service.bidi_enabled and not self.bidi:
             features.add("bidi", BIDI_FEATURE_NS)
         connection.write(serialize_features(features))
+        if self.bidi_after_restart and self.external_domain is not None:
+            self.bidi_after_restart = False
+            for hosted in service.hosted_domains:
+                service.attach_bidi(hosted, self.external_domain, self)
         return False
 
     async def _element(self, element: Element) -> bool:
@@ -987,9 +992,9 @@ class InboundStream:
         self.records[(remote, local)] = record
         service.finish_record(record, level_reached(True, "sasl-external"),
                               "SASL EXTERNAL with a certificate " + check.explain(remote), open_=True)
-        if self.bidi:
-            for hosted in service.hosted_domains:
-                service.attach_bidi(hosted, remote, self)
+        # XEP-0288: the stream carries our stanzas once it has restarted (RFC 6120 section 6.4.6);
+        # a stanza written now would arrive where the peer expects its new stream header.
+        self.bidi_after_restart = self.bidi
         return True
 
     async def _dialback(self, element: Element) -> None:

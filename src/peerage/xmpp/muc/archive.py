@@ -150,7 +150,7 @@ class RoomArchive:
             forwarded = result.add("forwarded", FORWARD_NS)
             forwarded.add("delay", DELAY_NS, {"stamp": _stamp(message.stamp)})
             try:
-                forwarded.children.append(parse_stored(message.stanza))
+                forwarded.children.append(client_namespace(parse_stored(message.stanza)))
             except ValueError:
                 continue
             pending = send(wrapper)
@@ -172,6 +172,13 @@ class RoomArchive:
         messages, _ = await self.storage.query_archive(room, with_jid=None, start=None, end=None, after_id=None,
                                                        before_id="", limit=count)
         return [(m.stamp, m.stanza) for m in messages]
+
+
+def client_namespace(element: Element) -> Element:
+    """``element`` with the stanza content namespace made ``jabber:client`` explicitly: a forwarded
+    stanza stays in it even when the wrapper crosses s2s (XEP-0297 section 3)."""
+    children: list[Element | str] = [client_namespace(c) if isinstance(c, Element) else c for c in element.children]
+    return Element(element.name, element.xmlns or "jabber:client", dict(element.attrs), children)
 
 
 def _stamp(stamp: float) -> str:
