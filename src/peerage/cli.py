@@ -570,9 +570,11 @@ def _add_protocol_commands(commands: Any) -> None:
     from peerage.cluster import cli as cluster_cli
     from peerage.identity import cli as identity_cli
     from peerage.mail import cli as mail_cli
+    from peerage.social import cli as social_cli
     from peerage.xmpp import s2s_cli
 
-    for register in (s2s_cli.register, mail_cli.register, identity_cli.register, cluster_cli.register):
+    for register in (s2s_cli.register, mail_cli.register, identity_cli.register, cluster_cli.register,
+                     social_cli.register):
         register(commands)
 
 

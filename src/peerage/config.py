@@ -441,6 +441,50 @@ class MucConfig:
 
 
 @dataclass(frozen=True)
+class SocialConfig:
+    # WebFinger, ActivityPub and the XMPP microblog under every account's address (peerage.social);
+    # served by the web service, so [web] must be on too.
+    enabled: bool = True
+    # Whether a new account is discoverable (WebFinger, actor, profile) before its owner says so.
+    # False: private by default, as an address that only chats and mails should not become a public
+    # profile without consent (Mastodon's "suggest account to others" and discoverable flags are
+    # opt-in too); `peerage social publish ADDRESS` or the account's own setting opts it in.
+    discoverable_default: bool = False
+    # Largest inbound activity body in bytes. Mastodon accepts 1 MiB on its inbox
+    # (ActivityPub::InboxesController via the JSON parser limit); GoToSocial caps at 1 MiB too.
+    max_activity_size: int = 1048576
+    # Deepest JSON nesting accepted inbound. A Note with a quoted reply and tags nests about 6 deep;
+    # Python's json has no limit of its own and recursion bombs crash parsers, so we refuse past 32.
+    max_json_depth: int = 32
+    # Seconds a signed request's Date (or RFC 9421 `created`) may be off from our clock. Mastodon
+    # allows 12 hours back and 1 hour forward (EXPIRATION_WINDOW_LIMIT, CLOCK_SKEW_MARGIN); we take
+    # the stricter one hour both ways, which every NTP-synced peer meets.
+    signature_max_skew: float = 3600.0
+    # Require signatures on GETs of actors and collections ("authorized fetch", Mastodon's
+    # AUTHORIZED_FETCH / secure mode); the actor's key itself stays fetchable unsigned.
+    authorized_fetch: bool = False
+    # Seconds a fetched remote actor key stays cached before it is fetched again (Mastodon refreshes
+    # actors after a day; a failed verification with a cached key refetches at once).
+    key_cache_ttl: float = 86400.0
+    # Delivery retries: first after `retry_base` seconds, doubling, for at most `retry_max_age`
+    # seconds (Mastodon's Sidekiq retries deliveries 16 times over about 3 days; Postfix's
+    # maximal_queue_lifetime is 5 days). A delivery older than that is dropped and logged.
+    retry_base: float = 30.0
+    retry_max_age: float = 259200.0
+    # Concurrent deliveries to one remote host, and per second to it: a post to many followers on a
+    # large instance must not flood it (Mastodon delivers to each inbox from a Sidekiq pool of 25
+    # threads by default; we bound per host instead).
+    per_host_concurrency: int = 4
+    per_host_rate: float = 20.0
+    # Fetch remote documents from private, loopback and link-local addresses. Off in production:
+    # an actor URL pointing at 127.0.0.1 or 10.x would otherwise make us a request proxy into the
+    # provider's own network (SSRF); Fedify and Mastodon refuse them by default too.
+    allow_private_addresses: bool = False
+    # Remote domains refused (defederated) from the start; `peerage social block` adds more live.
+    blocked_domains: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -461,6 +505,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     muc: MucConfig = field(default_factory=MucConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
+    social: SocialConfig = field(default_factory=SocialConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -498,6 +543,7 @@ _SECTIONS: dict[str, type] = {
     "cluster": ClusterConfig,
     "muc": MucConfig,
     "sieve": SieveConfig,
+    "social": SocialConfig,
 }
 
 

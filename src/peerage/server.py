@@ -38,6 +38,7 @@ SERVICES: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("xmpp",), "peerage.xmpp.service", "XmppService"),
     (("sip",), "peerage.sip.service", "SipService"),
     (("smtp", "imap"), "peerage.mail.service", "MailService"),
+    (("social",), "peerage.social.service", "SocialService"),
     (("web",), "peerage.web.service", "WebService"),
 )
 

@@ -11,7 +11,8 @@ SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config
             config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.UploadConfig, config.FederationConfig,
             config.FederationDomainPolicy, config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig,
             config.MetricsConfig, config.AcmeConfig, config.TurnConfig,
-            config.ClusterConfig, config.MucConfig, config.XmppWebSocketConfig]
+            config.ClusterConfig, config.MucConfig, config.XmppWebSocketConfig,
+            config.SocialConfig]
 NESTED = {"federation", "domains", "contact", "upload", "websocket"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 

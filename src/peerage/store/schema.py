@@ -80,6 +80,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.cluster.tables",
     "peerage.xmpp.muc.tables",
     "peerage.mail.sieve.tables",
+    "peerage.social.tables",
 )
 
 

@@ -54,7 +54,8 @@ class WellKnown:
                 for rel, href in self.routes.host_meta_links]
 
     async def host_meta(self, request: web.Request) -> web.Response:
-        links = "".join(f"\n  <Link rel={quoteattr(rel)} href={quoteattr(href)}/>"
+        # A link whose href holds "{uri}" is a template (RFC 6415 §3.1.1.1, WebFinger's lrdd).
+        links = "".join(f"\n  <Link rel={quoteattr(rel)} {'template' if '{uri}' in href else 'href'}={quoteattr(href)}/>"
                         for rel, href in self._links(self._domain(request), request))
         text = f"<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='{XRD_NS}'>{links}\n</XRD>\n"
         response = web.Response(text=text, content_type="application/xrd+xml")
@@ -62,7 +63,8 @@ class WellKnown:
         return response
 
     async def host_meta_json(self, request: web.Request) -> web.Response:
-        links = [{"rel": rel, "href": href} for rel, href in self._links(self._domain(request), request)]
+        links = [{"rel": rel, ("template" if "{uri}" in href else "href"): href}
+                 for rel, href in self._links(self._domain(request), request)]
         response = web.json_response({"links": links}, content_type="application/jrd+json")
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response

@@ -1,0 +1,96 @@
+"""Social acceptance fixtures: peerage hosts on 127.0.15.x serving WebFinger and ActivityPub over HTTPS.
+
+Two `peerage serve` processes (alpha.test on 127.0.15.2, beta.test on 127.0.15.3) with certificates from
+the test CA, resolving each other through the harness's LocalDNS on 127.0.15.53 (peerage's own
+resolver, ``[dns]``), and trusting only the test CA (``[tls] ca_file``). ``[social]
+allow_private_addresses`` lets them fetch loopback addresses, which production refuses. Test clients
+reach them through a static resolver with the same names.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from tests.harness.ca import TestCA
+from tests.harness.dns import LocalDNS
+from tests.harness.server import PeerageServer
+
+DNS_ADDRESS = "127.0.15.53"
+ALPHA, ALPHA_ADDRESS = "alpha.test", "127.0.15.2"
+BETA, BETA_ADDRESS = "beta.test", "127.0.15.3"
+PASSWORD = "correct horse battery staple"
+NAMES: dict[str, str] = {ALPHA: ALPHA_ADDRESS, BETA: BETA_ADDRESS}
+SOCIAL = {"allow_private_addresses": True, "retry_base": 1.0}
+
+
+class StaticResolver(AbstractResolver):
+    """The test's own /etc/hosts: every name the area serves, to its loopback address."""
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        address = NAMES.get(host, host)
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        return None
+
+
+def client(ca: TestCA, **kwargs: Any) -> aiohttp.ClientSession:
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, resolver=StaticResolver()), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def social_dns() -> Iterator[LocalDNS]:
+    dns = LocalDNS(DNS_ADDRESS, 53).start()
+    try:
+        yield dns
+    finally:
+        dns.stop()
+
+
+@pytest.fixture(scope="session")
+def social_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("social-ca"))
+
+
+def make_server(workdir: Path, domain: str, address: str, dns: LocalDNS, ca: TestCA) -> PeerageServer:
+    cert = ca.issue(domain)
+    dns.add_a(domain, address)
+    server = PeerageServer(workdir, domain, address, dns=dns, services=("web",),
+                           config={"social": SOCIAL, "web": {"http_listen": []}}, certs={domain: cert},
+                           ca_file=ca.cert_path)
+    return server
+
+
+@pytest.fixture(scope="session")
+def alpha(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[PeerageServer]:
+    server = make_server(tmp_path_factory.mktemp("alpha"), ALPHA, ALPHA_ADDRESS, social_dns, social_ca)
+    server.add_user(f"alice@{ALPHA}", PASSWORD)
+    server.add_user(f"carol@{ALPHA}", PASSWORD)
+    server.cli("social", "publish", f"alice@{ALPHA}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def beta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[PeerageServer]:
+    server = make_server(tmp_path_factory.mktemp("beta"), BETA, BETA_ADDRESS, social_dns, social_ca)
+    server.add_user(f"bob@{BETA}", PASSWORD)
+    server.cli("social", "publish", f"bob@{BETA}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
