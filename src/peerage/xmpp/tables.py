@@ -113,9 +113,13 @@ xmpp_pep_nodes = Table(
     metadata,
     Column("owner", String(JID_LENGTH), primary_key=True),
     Column("node", String(1024), primary_key=True),
-    # 'presence' | 'open' | 'whitelist' (XEP-0060 section 4.5)
+    # 'presence' | 'open' | 'roster' | 'whitelist' (XEP-0060 section 4.5)
     Column("access_model", String(16), nullable=False),
     Column("max_items", Integer, nullable=False),
+    # pubsub#roster_groups_allowed, one a line (the roster access model)
+    Column("roster_groups", Text, nullable=True),
+    # bare JIDs affiliated as members, one a line (the whitelist access model)
+    Column("whitelist", Text, nullable=True),
 )
 
 # XEP-0223: persistent PEP items, oldest first by id.

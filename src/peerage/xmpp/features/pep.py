@@ -61,7 +61,12 @@ MAX_NODES_PER_ACCOUNT = 256
 MAX_CAPS_CACHE = 4096
 #: Resources whose caps an account's PEP service tracks (contacts' and its own).
 MAX_TRACKED_RESOURCES = 4096
-ACCESS_MODELS = ("presence", "open", "whitelist")
+ACCESS_MODELS = ("presence", "open", "roster", "whitelist")
+#: Bare JIDs on one node's whitelist, and roster groups a roster-model node allows: XEP-0060 sets no
+#: bound; a person's own contacts are the audience, so the roster's own bound (ejabberd's
+#: max_roster_size suggestion of a few thousand) is ample.
+MAX_WHITELIST = 1000
+MAX_ROSTER_GROUPS = 100
 DEFAULT_MAX_ITEMS = 1  # Prosody's mod_pep default
 
 
@@ -82,11 +87,28 @@ class PubsubError(Exception):
 
 
 class NodeConfig:
-    __slots__ = ("access_model", "max_items")
+    __slots__ = ("access_model", "max_items", "roster_groups", "whitelist")
 
-    def __init__(self, access_model: str = "presence", max_items: int = DEFAULT_MAX_ITEMS) -> None:
+    def __init__(self, access_model: str = "presence", max_items: int = DEFAULT_MAX_ITEMS,
+                 roster_groups: tuple[str, ...] = (), whitelist: tuple[str, ...] = ()) -> None:
         self.access_model = access_model
         self.max_items = max_items
+        #: pubsub#roster_groups_allowed of the roster access model (XEP-0060 section 4.5)
+        self.roster_groups = roster_groups
+        #: bare JIDs with the member affiliation, who may read a whitelist node (section 8.9)
+        self.whitelist = whitelist
+
+    @classmethod
+    def from_row(cls, row: Any) -> NodeConfig:
+        return cls(row.access_model, row.max_items, _lines(row.roster_groups), _lines(row.whitelist))
+
+    def row(self) -> dict[str, Any]:
+        return {"access_model": self.access_model, "max_items": self.max_items,
+                "roster_groups": "\n".join(self.roster_groups) or None, "whitelist": "\n".join(self.whitelist) or None}
+
+
+def _lines(text: str | None) -> tuple[str, ...]:
+    return tuple(line for line in (text or "").split("\n") if line)
 
 
 def _form_values(form: Element | None) -> dict[str, str]:
@@ -96,7 +118,8 @@ def _form_values(form: Element | None) -> dict[str, str]:
     for field in form.find_all("field", DATA_NS):
         var = field.attrs.get("var")
         if var and var != "FORM_TYPE":
-            values[var] = field.find_text("value", DATA_NS) or ""
+            # Several values (list-multi, e.g. roster_groups_allowed) are kept one a line.
+            values[var] = "\n".join(value.text for value in field.find_all("value", DATA_NS))
     return values
 
 
@@ -125,6 +148,12 @@ def _apply_options(config: NodeConfig, values: dict[str, str], *, error: PubsubE
             config.access_model = value
         elif var == "pubsub#max_items":
             config.max_items = _max_items(value)
+        elif var == "pubsub#roster_groups_allowed":
+            groups = _lines(value)
+            if len(groups) > MAX_ROSTER_GROUPS:
+                raise PubsubError("not-acceptable", "invalid-options",
+                                  f"at most {MAX_ROSTER_GROUPS} roster groups may be allowed")
+            config.roster_groups = groups
         elif var == "pubsub#persist_items":
             if not _true(value):
                 raise error  # items are always persistent (XEP-0223)
@@ -142,12 +171,13 @@ def _apply_options(config: NodeConfig, values: dict[str, str], *, error: PubsubE
 
 
 def _matches(config: NodeConfig, values: dict[str, str]) -> bool:
-    wanted = NodeConfig(config.access_model, config.max_items)
+    wanted = NodeConfig(config.access_model, config.max_items, config.roster_groups, config.whitelist)
     try:
         _apply_options(wanted, values, error=PubsubError("conflict", "precondition-not-met"))
     except PubsubError:
         return False
-    return wanted.access_model == config.access_model and wanted.max_items == config.max_items
+    return (wanted.access_model == config.access_model and wanted.max_items == config.max_items
+            and set(wanted.roster_groups) == set(config.roster_groups))
 
 
 def _config_form(node: str, config: NodeConfig) -> Element:
@@ -158,6 +188,9 @@ def _config_form(node: str, config: NodeConfig) -> Element:
     access.add("value", text=config.access_model)
     for model in ACCESS_MODELS:
         access.add("option").add("value", text=model)
+    groups = form.add("field", attrs={"var": "pubsub#roster_groups_allowed", "type": "list-multi"})
+    for group in config.roster_groups:
+        groups.add("value", text=group)
     max_items = form.add("field", attrs={"var": "pubsub#max_items", "type": "text-single"})
     max_items.add("value", text=str(config.max_items))
     persist = form.add("field", attrs={"var": "pubsub#persist_items", "type": "boolean"})
@@ -219,6 +252,7 @@ class Pep(Feature):
         PUBSUB_NS + "#delete-items", PUBSUB_NS + "#persistent-items", PUBSUB_NS + "#item-ids",
         PUBSUB_NS + "#last-published", PUBSUB_NS + "#filtered-notifications", PUBSUB_NS + "#config-node",
         PUBSUB_NS + "#access-presence", PUBSUB_NS + "#access-open", PUBSUB_NS + "#access-whitelist",
+        PUBSUB_NS + "#access-roster", PUBSUB_NS + "#modify-affiliations", PUBSUB_NS + "#retrieve-affiliations",
         PUBSUB_NS + "#presence-notifications", PUBSUB_NS + "#auto-subscribe",
     )
     account_identities = (("pubsub", "pep"),)
@@ -320,6 +354,8 @@ class Pep(Feature):
         config = await self._node(owner, node)
         if config is None:
             raise PubsubError("item-not-found")
+        if first.name == "affiliations":
+            return await self._affiliations(ctx, owner, node, config, first, itype)
         if first.name == "configure" and itype == "get":
             pubsub = Element("pubsub", PUBSUB_OWNER_NS)
             pubsub.add("configure", attrs={"node": node}).children.append(_config_form(node, config))
@@ -332,7 +368,7 @@ class Pep(Feature):
             async with self.engine.begin() as conn:
                 await conn.execute(update(xmpp_pep_nodes).where(
                     and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)
-                ).values(access_model=config.access_model, max_items=config.max_items))
+                ).values(**config.row()))
                 await self._trim(conn, owner, node, config.max_items)
             return result(ctx)
         if first.name == "delete" and itype == "set":
@@ -355,19 +391,54 @@ class Pep(Feature):
             return result(ctx)
         raise PubsubError("feature-not-implemented", "unsupported")
 
+    async def _affiliations(self, ctx: IqContext, owner: str, node: str, config: NodeConfig, request: Element,
+                            itype: str | None) -> Element:
+        """XEP-0060 sections 8.9.1-8.9.2: the owner lists and changes who is a member (the whitelist)."""
+        if itype == "get":
+            pubsub = Element("pubsub", PUBSUB_OWNER_NS)
+            listing = pubsub.add("affiliations", attrs={"node": node})
+            listing.add("affiliation", attrs={"jid": owner, "affiliation": "owner"})
+            for jid in config.whitelist:
+                listing.add("affiliation", attrs={"jid": jid, "affiliation": "member"})
+            return result(ctx, pubsub)
+        whitelist = list(config.whitelist)
+        for change in request.find_all("affiliation", PUBSUB_OWNER_NS):
+            try:
+                local, domain, _ = split_jid(change.attrs.get("jid", ""))
+            except JidError:
+                raise PubsubError("bad-request", None, "not a JID") from None
+            jid = f"{local}@{domain}" if local else domain
+            affiliation = change.attrs.get("affiliation")
+            if jid == owner:
+                raise PubsubError("not-acceptable", None, "the owner's affiliation cannot change")
+            if affiliation in ("member", "publisher"):
+                if jid not in whitelist:
+                    whitelist.append(jid)
+            elif affiliation in ("none", "outcast"):
+                if jid in whitelist:
+                    whitelist.remove(jid)
+            else:
+                raise PubsubError("bad-request", None, "affiliation must be member or none")
+        if len(whitelist) > MAX_WHITELIST:
+            raise PubsubError("not-acceptable", None, f"a node's whitelist has at most {MAX_WHITELIST} members")
+        config.whitelist = tuple(whitelist)
+        async with self.engine.begin() as conn:
+            await conn.execute(update(xmpp_pep_nodes).where(
+                and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)).values(**config.row()))
+        return result(ctx)
+
     async def _disco_items(self, ctx: IqContext) -> Element | None:
         owner = ctx.owner
         if owner is None or ctx.payload.attrs.get("node"):
             return None
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(xmpp_pep_nodes.c.node, xmpp_pep_nodes.c.access_model).where(
+            rows = (await conn.execute(select(xmpp_pep_nodes).where(
                 xmpp_pep_nodes.c.owner == owner).order_by(xmpp_pep_nodes.c.node))).all()
         if not ctx.is_owner:
             await self.ctx.users.load(owner)
         query = Element("query", DISCO_ITEMS_NS)
         for row in rows:
-            if ctx.is_owner or row.access_model == "open" or (
-                    row.access_model == "presence" and self._subscribed(owner, _bare(ctx.sender))):
+            if ctx.is_owner or self._may_receive(owner, _bare(ctx.sender), NodeConfig.from_row(row)):
                 query.add("item", attrs={"jid": owner, "node": row.node})
         return result(ctx, query)
 
@@ -474,10 +545,16 @@ class Pep(Feature):
             return
         if ctx.is_owner or config.access_model == "open":
             return
+        await self.ctx.users.load(owner)  # the owner may be offline: its roster decides
+        sender = _bare(ctx.sender)
+        if self._may_receive(owner, sender, config):
+            return
+        # XEP-0060 section 6.5.9: the error names what the access model wanted.
         if config.access_model == "whitelist":
             raise PubsubError("not-allowed", "closed-node")
-        if not self._subscribed(owner, _bare(ctx.sender)):
-            raise PubsubError("not-authorized", "presence-subscription-required")
+        if config.access_model == "roster":
+            raise PubsubError("not-authorized", "not-in-roster-group")
+        raise PubsubError("not-authorized", "presence-subscription-required")
 
     def _subscribed(self, owner: str, contact: str) -> bool:
         """Whether ``contact`` has a subscription to ``owner``'s presence (RFC 6121 'from'/'both')."""
@@ -490,9 +567,9 @@ class Pep(Feature):
     # --- storage --------------------------------------------------------------------------------
     async def _node(self, owner: str, node: str) -> NodeConfig | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(xmpp_pep_nodes.c.access_model, xmpp_pep_nodes.c.max_items).where(
+            row = (await conn.execute(select(xmpp_pep_nodes).where(
                 and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)))).first()
-        return None if row is None else NodeConfig(row.access_model, row.max_items)
+        return None if row is None else NodeConfig.from_row(row)
 
     async def _node_count(self, owner: str) -> int:
         async with self.engine.connect() as conn:
@@ -503,7 +580,7 @@ class Pep(Feature):
         await self.ctx.users.load(owner)  # roster cached for access checks and notifications
         async with self.engine.begin() as conn:
             await conn.execute(insert(xmpp_pep_nodes).values(
-                owner=owner, node=node, access_model=config.access_model, max_items=config.max_items))
+                owner=owner, node=node, **config.row()))
 
     async def _trim(self, conn: Any, owner: str, node: str, max_items: int) -> None:
         keep = select(xmpp_pep_items.c.id).where(and_(
@@ -519,21 +596,29 @@ class Pep(Feature):
         newest = select(xmpp_pep_items.c.node, func.max(xmpp_pep_items.c.id).label("id")).where(
             xmpp_pep_items.c.owner == owner).group_by(xmpp_pep_items.c.node).subquery()
         query = select(xmpp_pep_items.c.node, xmpp_pep_items.c.item_id, xmpp_pep_items.c.xml,
-                       xmpp_pep_nodes.c.access_model, xmpp_pep_nodes.c.max_items).join(
+                       xmpp_pep_nodes.c.access_model, xmpp_pep_nodes.c.max_items, xmpp_pep_nodes.c.roster_groups,
+                       xmpp_pep_nodes.c.whitelist).join(
             newest, xmpp_pep_items.c.id == newest.c.id).join(
             xmpp_pep_nodes, and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == xmpp_pep_items.c.node))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [(row.node, NodeConfig(row.access_model, row.max_items), row.item_id, row.xml) for row in rows]
+        return [(row.node, NodeConfig.from_row(row), row.item_id, row.xml) for row in rows]
 
     # ============================================================================================
     # Notifications
     # ============================================================================================
     def _may_receive(self, owner: str, bare: str, config: NodeConfig) -> bool:
-        if bare == owner:
+        """Whether ``bare`` may read (and be notified of) a node of ``owner`` (XEP-0060 section 4.5),
+        from ``owner``'s cached roster."""
+        if bare == owner or config.access_model == "open":
             return True
         if config.access_model == "whitelist":
-            return False
+            return bare in config.whitelist
+        if config.access_model == "roster":
+            state = self.ctx.users.cached(owner)
+            item = state.roster.get(bare) if state is not None else None
+            return (item is not None and item.subscription in ("from", "both")
+                    and bool(set(item.groups) & set(config.roster_groups)))
         return self._subscribed(owner, bare)
 
     def _interested(self, full_jid: str, ver: str, node: str) -> bool:
