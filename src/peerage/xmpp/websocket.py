@@ -212,7 +212,7 @@ class WebSocketC2S(C2SConnection):
             self.carrier_close_code(WSCloseCode.MESSAGE_TOO_BIG)
             self.stream_error("policy-violation", "the message exceeds the stanza size limit")
             return
-        head = data.lstrip()[:7]
+        head = data[:7] if data[:1] == b"<" else data.lstrip()[:7]
         if head.startswith(b"<open") and head[5:6] in _NAME_ENDS:
             self._open(data)
             return

@@ -1,0 +1,63 @@
+"""A real client library over the WebSocket endpoint: xmpp.js (@xmpp/client 0.14, npm), which speaks
+RFC 7395 (slixmpp does not), logs in with the web session's XMPP token and chats with a slixmpp user on
+TCP. In CI a missing node or npm module is a failure, elsewhere a skip."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.websocket.conftest import C2S_PORT, DOMAIN, PASSWORD, WsServer
+from tests.xmpp.conftest import Client
+
+XMPPJS = Path(__file__).resolve().parent / "xmppjs"
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    missing = None if node else "node is not installed"
+    if node and not (XMPPJS / "node_modules" / "@xmpp" / "client").is_dir():
+        missing = "npm modules missing: run npm --prefix tests/websocket/xmppjs ci"
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    assert node is not None
+    return node
+
+
+async def test_xmppjs_logs_in_with_the_web_token_and_chats(ws_server: WsServer, closing: list[object]) -> None:
+    node = _node()
+    web, _ = await ws_server.web_login(f"erin@{DOMAIN}")
+    closing.append(web)
+    async with web.get(ws_server.base + "/auth/xmpp-credentials") as response:
+        credentials = await response.json()
+    peer = Client(f"ivan@{DOMAIN}/tcp", PASSWORD)
+    closing.append(peer)
+    await peer.login(ws_server.address, C2S_PORT)
+    process = await asyncio.create_subprocess_exec(
+        node, "--experimental-websocket", "--no-warnings", str(XMPPJS / "client.mjs"), ws_server.url, DOMAIN,
+        credentials["jid"].split("@")[0], credentials["password"], f"ivan@{DOMAIN}", "20000",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=XMPPJS,
+        # The test certificate names ws.test, the URL an address: loopback only, no verification.
+        env=dict(os.environ, NODE_TLS_REJECT_UNAUTHORIZED="0"))
+    try:
+        got = await peer.next_message(timeout=25)
+        assert got["body"] == "hello from xmpp.js"
+        assert str(got["from"]) == f"erin@{DOMAIN}/xmppjs"
+        peer.send_message(mto=got["from"], mbody="hello from slixmpp", mtype="chat")
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 25)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    events = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    detail = stdout.decode() + stderr.decode()[-2000:]
+    assert {"event": "message", "from": f"ivan@{DOMAIN}/tcp", "body": "hello from slixmpp"} in events, detail
+    assert any(e["event"] == "online" and e["jid"] == f"erin@{DOMAIN}/xmppjs" for e in events), detail
+    assert process.returncode == 0, detail
