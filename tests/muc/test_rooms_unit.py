@@ -140,6 +140,8 @@ async def test_floods_huge_messages_and_bad_forms(muc: MucHarness) -> None:
     errors = [s for s in muc.take(BOB) if s.attrs.get("type") == "error"]
     assert errors and condition(errors[0]) == "policy-violation"
     assert errors[0].find("error").attrs["type"] == "wait"
+    await muc.send(f"<presence from='{BOB}' to='{ROOM}/Bob'><show>away</show></presence>")
+    assert condition(muc.take(BOB)[-1]) == "policy-violation"  # presence updates share the bucket
     muc.muc.message_rate = 1000.0
     await muc.send(f"<message from='{BOB}' to='{ROOM}' type='groupchat'><body>{'x' * (limits.MAX_BODY_CHARS + 1)}"
                    "</body></message>")

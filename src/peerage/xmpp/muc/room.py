@@ -231,6 +231,10 @@ class Room:
             return  # subscriptions and probes to a room are ignored (section 7.2.1 says nothing else)
         if occupant is None:
             self.join(stanza, full, nick)
+        elif not self._take_token(occupant):
+            # Each update is sent to every occupant: it shares the message bucket (mod_muc_limits
+            # counts presence alike).
+            self.send(error(stanza, "policy-violation", "too many presence updates, please slow down", "wait"))
         elif occupant.nick != nick:
             self._change_nick(stanza, occupant, full, nick)
         else:
