@@ -216,3 +216,42 @@ async def test_untagged_flags_announce_a_keyword_before_it_is_used(imap: ImapHos
     assert b"$Label7" in untagged[fetch_at]
     one.writer.close()
     two.writer.close()
+
+
+def test_envelope_keeps_a_source_route() -> None:
+    # RFC 9051 §7.5.2 / RFC 5322 §4.4 obs-route: `<@route:user@domain>` puts "@route" in the
+    # address's at-domain-list (the second field).
+    envelope = mime.envelope(b"From: <@route:user@domain>\r\nTo: Real <@a.example,@b.example:u@d.example>\r\n\r\n")
+    assert b'((NIL "@route" "user" "domain"))' in envelope
+    assert b'(("Real" "@a.example,@b.example" "u" "d.example"))' in envelope
+
+
+async def test_search_by_address_sees_the_parsed_address(imap: ImapHost) -> None:
+    # RFC 9051 §6.4.4 FROM/TO: the address as parsed matches too, so comments and spacing inside the
+    # address do not hide it (Dovecot matches the same way).
+    untagged = await _sort_and_thread(imap, [
+        b"From: <user-from (comment)@ (comment) domain.org>\r\n\r\nbody\r\n",
+        b"From: user-from@domain.org (RealFrom)\r\n\r\nbody\r\n",
+        b"From: other@domain.org\r\n\r\nbody\r\n",
+    ], "SEARCH FROM user-from@domain.org")
+    assert untagged == [b"* SEARCH 1 2"], untagged
+
+
+async def test_condstore_enabled_by_fetch_tells_highestmodseq_and_min_max_modseq(imap: ImapHost) -> None:
+    raw = await login(imap)
+    for number in range(3):
+        await append(raw, b"Subject: %d\r\n\r\nbody\r\n" % number)
+    await raw.command("SELECT INBOX")
+    # RFC 7162 §3.1: the first CONDSTORE-enabling command is told HIGHESTMODSEQ.
+    untagged, _ = await raw.command("FETCH 1 MODSEQ")
+    assert any(re.match(rb"\* OK \[HIGHESTMODSEQ \d+\]", line) for line in untagged), untagged
+    modseqs = {}
+    for seq in (1, 3, 2):
+        untagged, _ = await raw.command(f"STORE {seq} +FLAGS (\\Seen)")
+        modseqs[seq] = int(re.search(rb"MODSEQ \((\d+)\)", b" ".join(untagged)).group(1))  # type: ignore[union-attr]
+    # RFC 4731 §3.2: with only MIN (or MAX), MODSEQ is that message's, not the highest of all matches.
+    untagged, _ = await raw.command('SEARCH RETURN (MIN) 1:3 MODSEQ "/flags/\\\\seen" all 1')
+    assert untagged[-1].endswith(b"MIN 1 MODSEQ %d" % modseqs[1]), untagged
+    untagged, _ = await raw.command('SEARCH RETURN (ALL) 1:3 MODSEQ "/flags/\\\\seen" all 1')
+    assert untagged[-1].endswith(b"ALL 1:3 MODSEQ %d" % max(modseqs.values())), untagged
+    raw.writer.close()

@@ -422,6 +422,9 @@ def address_segments(value: str) -> list[tuple[str, str]]:
     return segments
 
 
+_ROUTE = re.compile(r"<\s*(@[^:<>]*?)\s*:\s*([^<>\s]+)\s*>")
+
+
 def _addresses(message: Headers, name: str, fallback: str | None = None) -> bytes:
     values = message.get_all(name)
     if not values and fallback:
@@ -441,15 +444,23 @@ def _addresses(message: Headers, name: str, fallback: str | None = None) -> byte
                 continue
             if not text.strip():
                 continue
+            # RFC 5322 §4.4 obs-route (`<@a,@b:user@domain>`): the ENVELOPE's at-domain-list. The
+            # route is taken out before parsing (its commas would split the address).
+            routes: dict[str, str] = {}
+            if "<" in text and "@" in text:
+                for match in _ROUTE.finditer(text):
+                    routes[match.group(2)] = re.sub(r"\s+", "", match.group(1))
+                text = _ROUTE.sub(r"<\2>", text)
             for display, address in getaddresses([text]):
                 if not address and not display:
                     continue
                 mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+                route = routes.get(address)
                 items.append(
                     format_list(
                         [
                             nstring(display or None),
-                            b"NIL",
+                            nstring(route) if route else b"NIL",
                             nstring(mailbox if "@" in address else address),
                             nstring(host or None),
                         ]

@@ -198,7 +198,17 @@ def matches(key: SearchKey, message: Candidate, needles: dict[str, Needle]) -> b
         return age >= int(args[0]) if op == "OLDER" else age <= int(args[0])  # type: ignore[call-overload]
     if op in _ADDRESS_KEYS:
         needle = needles[str(args[0])]
-        return any(needle.in_text(value) for value in message.headers.get(_ADDRESS_KEYS[op], ()))
+        fields = message.headers.get(_ADDRESS_KEYS[op]) or []
+        if any(needle.in_text(value) for value in fields):
+            return True
+        if op == "SUBJECT":
+            return False
+        # The addresses as parsed too (comments and folding gone, "Name <local@domain>"), as Dovecot
+        # matches them: `FROM user@domain` finds `<user (comment)@ (comment) domain>`.
+        from email.utils import getaddresses
+
+        return any(needle.in_text(f"{display.strip()} <{address}>")
+                   for display, address in getaddresses(list(fields)) if address or display)
     if op == "HEADER":
         needle = needles[str(args[1])]
         values = message.headers.get(str(args[0]).lower())

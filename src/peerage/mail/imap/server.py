@@ -1196,7 +1196,7 @@ class ImapSession:
             raise Bad("VANISHED needs CHANGEDSINCE")
         names = {attribute.name for attribute in attributes}
         if changed_since is not None or "MODSEQ" in names:
-            self.condstore = True
+            await self._enable_condstore()
         if uid and "UID" not in names:
             attributes.insert(0, FetchAttribute("UID"))
         if (changed_since is not None or (self.condstore and "FLAGS" in names)) and "MODSEQ" not in names:
@@ -1361,7 +1361,7 @@ class ImapSession:
             if len(modifier) != 2 or astring(modifier[0]).upper() != "UNCHANGEDSINCE":
                 raise Bad("Unknown STORE modifier")
             unchanged_since = number(modifier[1], "mod-sequence")
-            self.condstore = True
+            await self._enable_condstore()
         item = astring(args.pop(0)).upper()
         silent = item.endswith(".SILENT")
         item = item.removesuffix(".SILENT")
@@ -1521,7 +1521,7 @@ class ImapSession:
                 matched.extend(_match_batch(key, batch, needles, False))
         uses_modseq = _uses_modseq(key)
         if uses_modseq:
-            self.condstore = True
+            await self._enable_condstore()
         if mode == "SORT":
             try:
                 matched.sort(key=lambda c: searching.sort_key(sort_criteria, c))
@@ -1559,9 +1559,25 @@ class ImapSession:
         if "COUNT" in options:
             out += f" COUNT {len(values)}"
         if uses_modseq and values:
+            if not set(options) - {"MIN", "MAX"}:
+                # RFC 4731 §3.2 (RFC 7162 §3.1.5): with only MIN and/or MAX, the highest mod-sequence
+                # of the messages returned, not of every match.
+                shown = ([matched[0]] if "MIN" in options else []) + ([matched[-1]] if "MAX" in options else [])
+                highest = max(c.row.modseq for c in shown)
             out += f" MODSEQ {highest}"
         self.untagged(out)
         return None
+
+    async def _enable_condstore(self) -> None:
+        """RFC 7162 §3.1: the first CONDSTORE-enabling command in a selected mailbox is told the
+        mailbox's HIGHESTMODSEQ (an untagged OK before its own answer)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            info = await self.store.mailbox_by_id(self.selected.info.id)
+            if info is not None:
+                self.untagged(f"OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
 
 
 # RFC 5258 §3 selection options, RFC 6154 SPECIAL-USE; REMOTE is accepted and changes nothing (no
