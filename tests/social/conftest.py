@@ -94,3 +94,52 @@ def beta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_
         yield server
     finally:
         server.stop()
+
+
+FEDIFY, FEDIFY_ADDRESS = "fedify.test", "127.0.15.4"
+FEDIFY_CONTROL = f"{FEDIFY_ADDRESS}:8080"
+FEDIFY_DIR = Path(__file__).resolve().parent / "fedify"
+NAMES[FEDIFY] = FEDIFY_ADDRESS
+PEER_START_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def fedify(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[str]:
+    """A Fedify server (Node 22 from the node@22 npm package, `npm ci` in tests/social/fedify) with one
+    actor, fred@fedify.test, on 127.0.15.4:443; its control API's base URL is yielded."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.harness.peers import private_resolv_conf, require_binary
+
+    node = require_binary("node (tests/social/fedify: npm ci)", str(FEDIFY_DIR / "node_modules" / ".bin" / "node"))
+    if not (FEDIFY_DIR / "node_modules" / "@fedify" / "fedify").is_dir():
+        require_binary("@fedify/fedify (run npm --prefix tests/social/fedify ci)")
+    workdir = tmp_path_factory.mktemp("fedify")
+    cert, key = social_ca.issue(FEDIFY)
+    social_dns.add_a(FEDIFY, FEDIFY_ADDRESS)
+    env = dict(os.environ, FEDIFY_DOMAIN=FEDIFY, FEDIFY_LISTEN=f"{FEDIFY_ADDRESS}:443", FEDIFY_CONTROL=FEDIFY_CONTROL,
+               FEDIFY_CERT=str(cert), FEDIFY_KEY=str(key), NODE_EXTRA_CA_CERTS=str(social_ca.cert_path))
+    log = open(workdir / "fedify.log", "wb")  # noqa: SIM115 - the child owns it
+    process = subprocess.Popen(private_resolv_conf([node, str(FEDIFY_DIR / "server.mjs")], DNS_ADDRESS, workdir),
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=FEDIFY_DIR)
+    log.close()
+    base = f"http://{FEDIFY_CONTROL}"
+    deadline = time.monotonic() + PEER_START_TIMEOUT
+    while "fedify peer ready" not in (workdir / "fedify.log").read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("the Fedify peer did not start:\n" + (workdir / "fedify.log").read_text()[-3000:])
+        time.sleep(0.1)
+    urllib.request.urlopen(f"{base}/received", timeout=5).read()
+    try:
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
