@@ -86,6 +86,12 @@ class Client(slixmpp.ClientXMPP):
             if code in presence["muc"]["status_codes"] and (nick is None or presence["from"].resource == nick):
                 return presence
 
+    async def presence_of(self, nick: str, ptype: str) -> slixmpp.Presence:
+        while True:
+            presence = await asyncio.wait_for(self.muc_presences.get(), TIMEOUT)
+            if presence["from"].resource == nick and presence["type"] == ptype:
+                return presence
+
     async def create_room(self, room: str, nick: str, **fields: Any) -> slixmpp.Presence:
         """Join (creating ``room``), then submit its configuration with ``fields`` set."""
         muc = self.plugin["xep_0045"]

@@ -3,7 +3,9 @@ peerage room, and a peerage user in a room on Prosody's conference service."""
 
 from __future__ import annotations
 
+import pytest
 import slixmpp
+from slixmpp.exceptions import PresenceError
 
 from tests.muc.helpers import TIMEOUT, logged_in
 
@@ -33,6 +35,16 @@ async def test_prosody_user_in_a_peerage_room(peerage_pair, prosody) -> None:
         got = [m async for m in dave.plugin["xep_0313"].iterate(jid=slixmpp.JID(room), total=10)]
         bodies = [m["mam_result"]["forwarded"]["stanza"]["body"] for m in got]
         assert bodies == ["before dave", "hello from prosody", "welcome"]
+        # Rooms here are created by this server's users only ([muc] room_creation = "local").
+        with pytest.raises(PresenceError) as refused:
+            await dave.plugin["xep_0045"].join_muc_wait(slixmpp.JID("daves@conference.one.muc.test"), "Dave",
+                                                        timeout=TIMEOUT)
+        assert refused.value.condition == "not-allowed"
+        # Dave's client goes away: Prosody sends unavailable to the room (RFC 6121 section 4.6), so
+        # Dave leaves it.
+        await dave.close()
+        gone = await alice.presence_of("Dave", "unavailable")
+        assert gone["muc"]["role"] == "none"
     finally:
         await alice.close()
         await dave.close()
@@ -56,6 +68,9 @@ async def test_peerage_user_in_a_prosody_room(peerage_pair, prosody) -> None:
         assert (await dave.next_groupchat("peerage says hi"))["from"] == f"{room}/Bob"
         dave.send_message(mto=room, mbody="hi bob", mtype="groupchat")
         assert (await bob.next_groupchat("hi bob"))["from"] == f"{room}/Dave"
+        # And the other way: peerage tells Prosody's room when Bob's client goes away.
+        await bob.close()
+        assert (await dave.presence_of("Bob", "unavailable"))["from"] == f"{room}/Bob"
     finally:
         await dave.close()
         await bob.close()
