@@ -22,6 +22,20 @@ async function main() {
   const api = { getJson, csrf: session.csrf, config };
   window.peerageChat = { config, converse: null, phone: null };
 
+  // Shows the XMPP connection's state in the bar (and to the page's tests): converse.js tells its
+  // plugins through events, so a small plugin listens.
+  converse.plugins.add('peerage-status', {
+    initialize() {
+      const { api } = this._converse;
+      const set = (state) => {
+        document.body.dataset.xmpp = state;
+        document.getElementById('me').title = `chat: ${state}`;
+      };
+      api.listen.on('connected', () => set('connected'));
+      api.listen.on('reconnected', () => set('connected'));
+      api.listen.on('disconnected', () => set('disconnected'));
+    },
+  });
   converse.initialize({
     assets_path: '/chat/',
     authentication: 'login',
@@ -37,7 +51,7 @@ async function main() {
     loglevel: 'warn',
     show_images_inline: false, // remote images would tell third parties who reads what (CSP refuses them too)
     play_sounds: false,
-    whitelisted_plugins: [],
+    whitelisted_plugins: ['peerage-status'],
   }).then(() => { window.peerageChat.converse = 'started'; }, (error) => {
     window.peerageChat.converse = `failed: ${error}`;
   });

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser.browser import Browser, require_browser
 from tests.harness import LocalDNS, PeerageServer, TestCA
 from tests.webchat.coturn import Coturn
 
@@ -24,6 +25,8 @@ DOMAIN = "example.org"
 OTHER_DOMAIN = "example.net"
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
+DAVE = "dave@example.net"  # on the other peerage domain (XMPP s2s, SIP peering)
+DAVE_PASSWORD = "dave-uses-baresip-9"  # no space: baresip account lines split on them
 PASSWORD = "correct horse battery"
 # Not 443: a benchmark elsewhere on this shared machine may hold the wildcard 0.0.0.0:443.
 HTTPS_PORT = 8443
@@ -97,3 +100,51 @@ def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def other_peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_ca: TestCA,
+                  peerage: PeerageServer) -> Iterator[PeerageServer]:
+    """example.net: XMPP and SIP (UDP), found through DNS like any other provider."""
+    workdir = tmp_path_factory.mktemp("other")
+    cert = test_ca.issue(OTHER_DOMAIN, dns_ids=[OTHER_DOMAIN])
+    config: dict[str, Any] = {"sip": {"tcp_listen": [], "tls_listen": []}, "limits": {"auth_failures_per_ip": 1000}}
+    server = PeerageServer(workdir, OTHER_DOMAIN, OTHER_ADDRESS, dns=local_dns, services=("xmpp", "sip"),
+                           config=config, certs={OTHER_DOMAIN: cert}, ca_file=test_ca.cert_path)
+    server.add_user(DAVE, DAVE_PASSWORD)
+    local_dns.add_a(OTHER_DOMAIN, OTHER_ADDRESS)
+    local_dns.add_srv("_xmpp-server._tcp." + OTHER_DOMAIN, 0, 5, 5269, OTHER_DOMAIN)
+    for domain in (DOMAIN, OTHER_DOMAIN):  # SIP peering over UDP (RFC 3263 NAPTR, then SRV)
+        local_dns.add_naptr(domain, 10, 10, "s", "SIP+D2U", "", f"_sip._udp.{domain}")
+        local_dns.add_srv(f"_sip._udp.{domain}", 10, 0, 5060, domain)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _page(tmp_path_factory: pytest.TempPathFactory, account: str) -> Iterator[Browser]:
+    from tests.webchat.pages import login_to_chat, open_browser, wait_phone
+
+    require_browser()
+    browser = open_browser(tmp_path_factory.mktemp(account.split("@")[0]))
+    try:
+        login_to_chat(browser, account)
+        # Relay only: media goes through coturn, and never to an address outside the loopback block.
+        browser.click("#relay")
+        wait_phone(browser, "registered")
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def alice_page(peerage: PeerageServer, coturn: Coturn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """A Chromium logged in at /chat/ as alice, phone registered; shared by the browser tests."""
+    yield from _page(tmp_path_factory, ALICE)
+
+
+@pytest.fixture(scope="session")
+def bob_page(peerage: PeerageServer, coturn: Coturn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    yield from _page(tmp_path_factory, BOB)

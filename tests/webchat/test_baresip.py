@@ -13,23 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.browser import Browser, require_browser
+from tests.browser.browser import Browser
 from tests.harness import PeerageServer, require_binary, wait_for
-from tests.webchat.conftest import ALICE, DOMAIN, PEERAGE_ADDRESS
-from tests.webchat.pages import login_to_chat, open_browser, stats, wait_phone
+from tests.webchat.conftest import ALICE, DAVE, DAVE_PASSWORD, OTHER_ADDRESS, PEERAGE_ADDRESS
+from tests.webchat.pages import stats, wait_phone
 
 BARESIP_ADDRESS = "127.0.14.20"
+DAVE_ADDRESS = "127.0.14.21"
 BARESIP_PORT = 5070
 CONTROL_PORT = 4444
 CAROL = "carol@example.org"
 CAROL_PASSWORD = "carol-uses-baresip-7"  # no space: baresip account lines split on them
 
 
-def baresip_config(directory: Path) -> None:
+def baresip_config(directory: Path, address: str, account: str, password: str, proxy: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config").write_text(
         "poll_method\t\tepoll\n"
-        f"sip_listen\t\t{BARESIP_ADDRESS}:{BARESIP_PORT}\n"
+        f"sip_listen\t\t{address}:{BARESIP_PORT}\n"
         "audio_player\t\taufile,/dev/null\n"
         "audio_source\t\tausine,440\n"
         "ausrc_srate\t\t48000\n"
@@ -45,22 +46,23 @@ def baresip_config(directory: Path) -> None:
         "module_app\t\taccount.so\n"
         "module_app\t\tmenu.so\n"
         "module_app\t\tctrl_tcp.so\n"
-        f"ctrl_tcp_listen\t\t{BARESIP_ADDRESS}:{CONTROL_PORT}\n"
-        f"net_interface\t\t{BARESIP_ADDRESS}\n"
+        f"ctrl_tcp_listen\t\t{address}:{CONTROL_PORT}\n"
+        f"net_interface\t\t{address}\n"
         "rtp_ports\t\t40000-40100\n"
         "rtcp_mux\t\tyes\n")  # WebRTC insists on RTCP multiplexed with RTP (RFC 8834 §4.5)
     (directory / "accounts").write_text(
-        f"<sip:carol@{DOMAIN}>;auth_pass={CAROL_PASSWORD};outbound=\"sip:{PEERAGE_ADDRESS}:5060\";"
+        f"<sip:{account}>;auth_pass={password};outbound=\"sip:{proxy}:5060\";"
         "answermode=auto;regint=600;mediaenc=dtls_srtp;medianat=ice\n")
     (directory / "contacts").write_text("")
 
 
 class Baresip:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: str, account: str, password: str, proxy: str) -> None:
         self.binary = require_binary("baresip")
         self.workdir = workdir
+        self.address = address
         self.log = workdir / "baresip.log"
-        baresip_config(workdir / "config")
+        baresip_config(workdir / "config", address, account, password, proxy)
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen([self.binary, "-f", str(workdir / "config"), "-s", "-v"], stdout=out,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -71,7 +73,7 @@ class Baresip:
     def command(self, command: str, params: str = "") -> None:
         """One ctrl_tcp command (a netstring of JSON, baresip's modules/ctrl_tcp)."""
         body = json.dumps({"command": command, "params": params, "token": "t"}).encode()
-        with socket.create_connection((BARESIP_ADDRESS, CONTROL_PORT), timeout=5) as sock:
+        with socket.create_connection((self.address, CONTROL_PORT), timeout=5) as sock:
             sock.sendall(str(len(body)).encode() + b":" + body + b",")
             sock.recv(4096)
 
@@ -83,7 +85,18 @@ class Baresip:
 @pytest.fixture(scope="module")
 def baresip(peerage: PeerageServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baresip]:
     peerage.add_user(CAROL, CAROL_PASSWORD)
-    phone = Baresip(tmp_path_factory.mktemp("baresip"))
+    yield from run_baresip(Baresip(tmp_path_factory.mktemp("baresip"), BARESIP_ADDRESS, CAROL, CAROL_PASSWORD,
+                                   PEERAGE_ADDRESS))
+
+
+@pytest.fixture(scope="module")
+def dave_baresip(other_peerage: PeerageServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baresip]:
+    """dave@example.net on baresip, registered with example.net's own proxy."""
+    yield from run_baresip(Baresip(tmp_path_factory.mktemp("dave"), DAVE_ADDRESS, DAVE, DAVE_PASSWORD,
+                                   OTHER_ADDRESS))
+
+
+def run_baresip(phone: Baresip) -> Iterator[Baresip]:
     try:
         wait_for(lambda: ("200 OK" in phone.text() and "REGISTER" in phone.text()) or phone.process.poll() is not None,
                  15, "baresip registered over UDP")
@@ -91,20 +104,6 @@ def baresip(peerage: PeerageServer, tmp_path_factory: pytest.TempPathFactory) ->
         yield phone
     finally:
         phone.stop()
-
-
-@pytest.fixture(scope="module")
-def alice_page(peerage: PeerageServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    require_browser()
-    browser = open_browser(tmp_path_factory.mktemp("alice-baresip"))
-    try:
-        login_to_chat(browser, ALICE)
-        # Relay only: baresip's ICE lists no loopback address, and the test must never send to another.
-        browser.click("#relay")
-        wait_phone(browser, "registered")
-        yield browser
-    finally:
-        browser.close()
 
 
 def media_report(browser: Browser) -> dict[str, object] | None:
@@ -143,3 +142,19 @@ def test_baresip_calls_the_browser(alice_page: Browser, baresip: Baresip) -> Non
     assert alice_page.eval("window.peerageChat.phone.state.lastEnd") == {"how": "ended", "originator": "remote",
                                                                          "cause": "Terminated"}
     assert "INVITE sip:" in baresip.text()[before:]
+
+
+def test_browser_calls_a_user_on_another_sip_domain(alice_page: Browser, dave_baresip: Baresip) -> None:
+    """alice@example.org calls dave@example.net: example.org's proxy finds example.net through NAPTR and
+    SRV (RFC 3263) and hands the call over without any account there (peering); dave's baresip answers."""
+    before = len(dave_baresip.text())
+    alice_page.fill("#callee", DAVE)
+    alice_page.click("#call")
+    wait_phone(alice_page, "in-call")
+    assert DAVE in alice_page.text("#phone-status")
+    alice_page.screenshot("in-call-with-example-net")
+    alice_page.click("#hangup")
+    wait_phone(alice_page, "ended")
+    text = dave_baresip.text()[before:]
+    wait_for(lambda: "BYE sip:" in dave_baresip.text()[before:], 10, "the BYE at dave's baresip")
+    assert f"From: <sip:{ALICE}>" in text
