@@ -49,7 +49,9 @@ async function main() {
     view_mode: 'fullscreen',
     i18n: 'en',
     loglevel: 'warn',
-    show_images_inline: false, // remote images would tell third parties who reads what (CSP refuses them too)
+    // Inline images only from this server (HTTP upload, XEP-0363, shares the origin): a remote image would
+    // tell a third party who reads what, and the CSP refuses it anyway.
+    show_images_inline: [location.hostname],
     play_sounds: false,
     whitelisted_plugins: ['peerage-status'],
   }).then(() => { window.peerageChat.converse = 'started'; }, (error) => {
