@@ -24,6 +24,9 @@ async function main() {
 
   // Shows the XMPP connection's state in the bar (and to the page's tests): converse.js tells its
   // plugins through events, so a small plugin listens.
+  // converse.js's splash footer shows its sponsors' logos from conversejs.org: a request to a third party
+  // on every page load (the CSP refuses it). An element defined first is one converse.js leaves alone.
+  if (!customElements.get('converse-footer')) customElements.define('converse-footer', class extends HTMLElement {});
   converse.plugins.add('peerage-status', {
     initialize() {
       const { api } = this._converse;
