@@ -165,6 +165,38 @@ async def _with_accounts(config: Config, action: Callable[[Any], Awaitable[Any]]
         await store.close()
 
 
+def cmd_invite(args: argparse.Namespace) -> int:
+    """`peerage invite create`: a XEP-0401 invitation URI (peerage.xmpp.features.register)."""
+    from peerage.identity.address import normalize_domain, parse_address
+    from peerage.store import Store
+    from peerage.xmpp.features.register import create_invitation, invitation_uri
+
+    config = _config(args, check_files=False)
+    inviter = str(parse_address(args.inviter)) if args.inviter else None
+    domain = normalize_domain(args.domain) if args.domain else (
+        inviter.partition("@")[2] if inviter else next(iter(config.domains), ""))
+    if domain not in config.domains:
+        raise CliError(f"{domain or 'no domain'} is not hosted here; the configured domains are: "
+                       f"{', '.join(config.domains)}")
+    days = args.expires_days if args.expires_days is not None else config.xmpp.registration.invite_expire_days
+
+    async def create() -> str:
+        if inviter is not None and not await _with_accounts(config, lambda acc: acc.exists(inviter)):
+            raise CliError(f"{inviter} is not an account here; create it with `peerage user add {inviter}`")
+        store = Store(config.database_url)
+        try:
+            await store.migrate()
+            return await create_invitation(store.engine, domain, inviter, days * 86400)
+        finally:
+            await store.close()
+
+    token = _run(create)
+    print(invitation_uri(domain, inviter, token))
+    print(f"Single use, valid for {days:g} days: open it in an XMPP client (Conversations, Gajim, Dino ...) "
+          f"to create an account on {domain}" + (f" with {inviter} as a contact." if inviter else "."), file=sys.stderr)
+    return 0
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     from peerage.identity.address import parse_address
 
@@ -522,6 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = user_commands.add_parser("list", help="list accounts")
     listing.add_argument("domain", nargs="?")
     user.set_defaults(func=cmd_user)
+
+    invite = commands.add_parser("invite", help="invitations to register (XEP-0401), optionally as someone's contact")
+    invite_commands = invite.add_subparsers(dest="invite_command", required=True, metavar="ACTION")
+    invite_create = invite_commands.add_parser("create", help="make a single-use invitation and print its link")
+    invite_create.add_argument("--inviter", metavar="ADDRESS",
+                               help="an account whose contact the new account becomes (mutual subscription)")
+    invite_create.add_argument("--domain", help="the domain of the new account (default: the inviter's, or the first)")
+    invite_create.add_argument("--expires-days", type=float, metavar="DAYS",
+                               help="how long it stays valid (default: [xmpp.registration] invite_expire_days)")
+    invite.set_defaults(func=cmd_invite)
 
     serve = commands.add_parser("serve", help="run every enabled service")
     serve.set_defaults(func=cmd_serve)

@@ -180,6 +180,20 @@ class XmppWebSocketConfig:
 
 
 @dataclass(frozen=True)
+class RegistrationConfig:
+    """XEP-0077 in-band registration and XEP-0401 invitations (``peerage invite create``)."""
+
+    # Anyone may create an account from a client. Off by default: open registration is what spam
+    # bots look for (Prosody's allow_registration defaults to false too). Invitations work either way.
+    enabled: bool = False
+    # Accounts one IP address may register per hour (Prosody's mod_register_limits throttles by IP;
+    # its registration_throttle_max is unset by default; ejabberd's registration_timeout is 600 s).
+    per_ip_per_hour: int = 5
+    # Days an invitation made without --expires stays valid (Snikket's invites last a week).
+    invite_expire_days: float = 7.0
+
+
+@dataclass(frozen=True)
 class XmppConfig:
     enabled: bool = True
     c2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5222", "[::]:5222"])
@@ -205,6 +219,7 @@ class XmppConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     contact: ContactConfig = field(default_factory=ContactConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     websocket: XmppWebSocketConfig = field(default_factory=XmppWebSocketConfig)
 
 

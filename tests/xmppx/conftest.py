@@ -33,6 +33,7 @@ TIMEOUT = 20.0
 UPLOAD_MAX_FILE = 64 * 1024
 UPLOAD_QUOTA = 160 * 1024
 UPLOAD_SLOTS_PER_MINUTE = 10
+REGISTRATIONS_PER_IP = 3
 ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
              "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt")
 TWO_USERS = ("yara", "yuri", "yves", "yoko")
@@ -75,7 +76,10 @@ def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pe
     }
     one = federation.server("x1.test", ONE_ADDRESS, level="encrypted", users=ONE_USERS,
                             extra_domains=("x2.test",), config={**config, "web": {"enabled": True}})
-    two = federation.server("y.test", TWO_ADDRESS, level="encrypted", users=TWO_USERS, config=config)
+    # y.test has open registration (XEP-0077), x1.test the default (by invitation only).
+    two_config = {**config, "xmpp": {**config["xmpp"], "registration": {
+        "enabled": True, "per_ip_per_hour": REGISTRATIONS_PER_IP}}}
+    two = federation.server("y.test", TWO_ADDRESS, level="encrypted", users=TWO_USERS, config=two_config)
     for service in ("upload.x1.test", "upload.x2.test"):  # hosted service JIDs are reachable over s2s
         dns.add_a(service, ONE_ADDRESS)
         dns.add_srv(f"_xmpp-server._tcp.{service}", 0, 5, 5269, service)

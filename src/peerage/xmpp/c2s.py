@@ -22,7 +22,8 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from peerage.xmpp import sasl
 from peerage.xmpp.c2s_stream import (
@@ -35,6 +36,7 @@ from peerage.xmpp.c2s_stream import (
     Close,
     Lookup,
     Manage,
+    PreAuthIq,
     Restart,
     Send,
     StartTls,
@@ -69,6 +71,16 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024
 STANZA_NAMES = frozenset(("message", "presence", "iq"))
 
 
+@dataclass(slots=True)
+class PreAuthEvent:
+    """What ``c2s-pre-auth-iq`` handlers get: the connection, the stream's domain, the IQ, the peer IP."""
+
+    connection: Any
+    domain: str
+    iq: Element
+    peer_ip: str
+
+
 class C2SConnection(asyncio.Protocol):
     """One client connection and, once bound, the session it carries."""
 
@@ -87,6 +99,7 @@ class C2SConnection(asyncio.Protocol):
         "last_activity",
         "parser",
         "peer_ip",
+        "pre_auth",
         "service",
         "session",
         "stream",
@@ -103,8 +116,10 @@ class C2SConnection(asyncio.Protocol):
         self.parser = XmlStreamParser(service.max_stanza_size)
         self.stream = C2SStream(tls=direct_tls, tls_available=service.tls_available,
                                 hosted=service.router.is_hosted, features=service.stream_features,
-                                default_domain=service.default_domain)
+                                default_domain=service.default_domain, pre_auth=service.pre_auth_features)
         self.closing = False
+        #: what a c2s-pre-auth-iq handler keeps for this stream (a XEP-0401 invitation token)
+        self.pre_auth: Any = None
         self.closed_cleanly = False
         self.last_activity = time.monotonic()
         self._deadline: asyncio.TimerHandle | None = None
@@ -341,7 +356,26 @@ class C2SConnection(asyncio.Protocol):
                 return self._bind(action)
             elif isinstance(action, Manage):
                 return self._manage(action.element)
+            elif isinstance(action, PreAuthIq):
+                return self._pre_auth_iq(action.iq)
         return None
+
+    async def _pre_auth_iq(self, iq: Element) -> None:
+        """An IQ before authentication: the ``c2s-pre-auth-iq`` event's handler answers it
+        (``peerage.xmpp.features.register``); unhandled, it is service-unavailable."""
+        event = PreAuthEvent(self, self.stream.domain or "", iq, self.peer_ip)
+        try:
+            reply = self.service.ctx.events.fire("c2s-pre-auth-iq", event)
+            if reply is not None and not isinstance(reply, Element):
+                reply = await reply
+        except Exception:
+            log.exception("pre-authentication IQ failed")
+            reply = error_reply(iq, "internal-server-error")
+        if reply is None:
+            reply = error_reply(iq, "service-unavailable")
+        if not self.closing:
+            self._write(reply.to_bytes())
+            self._flush()
 
     async def _lookup(self, action: Lookup) -> None:
         throttle = self.service.limits.auth

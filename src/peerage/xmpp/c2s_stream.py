@@ -53,6 +53,10 @@ BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
 #: Stream IDs: 128 bits of randomness (RFC 6120 section 4.7.3 asks for unpredictability).
 STREAM_ID_BYTES = 16
+#: IQs a stream may send before it authenticates (XEP-0077 registration, XEP-0401 pre-auth): a
+#: registration takes two or three; Prosody's mod_register_ibr has no count but closes the stream
+#: after a registration, so a handful more is generous.
+MAX_PRE_AUTH_IQS = 10
 
 
 class State(enum.Enum):
@@ -119,13 +123,21 @@ class Bind:
 
 
 @dataclass(slots=True)
+class PreAuthIq:
+    """An IQ before authentication (XEP-0077 in-band registration): answer it through the
+    ``c2s-pre-auth-iq`` event; the stream stays in the AUTH state."""
+
+    iq: Element
+
+
+@dataclass(slots=True)
 class Manage:
     """A XEP-0198 or XEP-0352 element for the session layer."""
 
     element: Element
 
 
-Action = Send | StartTls | Restart | Close | Lookup | AuthFailed | Authenticated | Bind | Manage
+Action = Send | StartTls | Restart | Close | Lookup | AuthFailed | Authenticated | Bind | Manage | PreAuthIq
 
 
 def serialize_top(element: Element) -> bytes:
@@ -149,15 +161,20 @@ def sasl_failure(condition: str, text: str = "") -> Element:
 class C2SStream:
     """The negotiation of one client stream."""
 
-    __slots__ = ("_features", "_hosted", "authenticated", "bindings", "default_domain", "domain", "exchange",
-                 "failures", "header_sent", "state", "tls", "tls_available", "versioned")
+    __slots__ = ("_features", "_hosted", "_pre_auth", "authenticated", "bindings", "default_domain", "domain",
+                 "exchange", "failures", "header_sent", "pre_auth_iqs", "state", "tls", "tls_available", "versioned")
 
     def __init__(self, *, tls: bool, tls_available: bool, hosted: Callable[[str], bool],
-                 features: Callable[[], list[Element]], default_domain: str = "") -> None:
+                 features: Callable[[], list[Element]], default_domain: str = "",
+                 pre_auth: Callable[[str], list[Element]] | None = None) -> None:
         self.tls = tls
         self.tls_available = tls_available
         self._hosted = hosted
         self._features = features  # stream features of the modules, offered after authentication
+        #: stream features offered before authentication (XEP-0077 <register/>), for a domain; when
+        #: set, IQs before authentication go out as PreAuthIq actions
+        self._pre_auth = pre_auth
+        self.pre_auth_iqs = 0
         self.default_domain = default_domain
         #: TLS channel bindings of the connection (RFC 9266, RFC 5929), known once TLS is up.
         self.bindings: dict[str, bytes] = {}
@@ -200,6 +217,8 @@ class C2SStream:
             bindings = self.bindings
             features.children.extend(sasl.mechanisms_feature(
                 sasl.offered_mechanisms(tls=True, channel_bindings=bindings), bindings))
+            if self._pre_auth is not None:
+                features.children.extend(self._pre_auth(domain))
         else:
             features.add("bind", BIND_NS)
             features.add("session", SESSION_NS).add("optional")
@@ -230,6 +249,11 @@ class C2SStream:
         if state is State.AUTH:
             if ns == sasl.SASL_NS:
                 return self._sasl(element)
+            if name == "iq" and ns == "" and self._pre_auth is not None:
+                self.pre_auth_iqs += 1
+                if self.pre_auth_iqs > MAX_PRE_AUTH_IQS:
+                    return self.fail("policy-violation", f"at most {MAX_PRE_AUTH_IQS} requests before authenticating")
+                return [PreAuthIq(element)]
             return self.fail("not-authorized", "authenticate first")
         if ns == SM_NS or (ns == CSI_NS and name in ("active", "inactive")):
             return [Manage(element)]

@@ -33,3 +33,18 @@ upload_files = Table(
 )
 Index("upload_files_owner", upload_files.c.owner, upload_files.c.created)
 Index("upload_files_expires", upload_files.c.expires)
+
+# XEP-0401 / XEP-0379 invitations: one row per token, removed once used or expired.
+invite_tokens = Table(
+    "invite_tokens",
+    metadata,
+    # SHA-256 of the token (hex): the token itself is only in the link handed to the invitee.
+    Column("token_hash", String(64), primary_key=True),
+    # The hosted domain the account is created on.
+    Column("domain", String(255), nullable=False),
+    # Who invites (a local bare JID): the new account and the inviter get a mutual subscription.
+    # NULL for an invitation to register without a contact.
+    Column("inviter", String(JID_LENGTH), nullable=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+)

@@ -38,6 +38,7 @@ from peerage.xmpp.features.pep import Pep
 from peerage.xmpp.features.ping import Ping
 from peerage.xmpp.features.presence import Presence
 from peerage.xmpp.features.private import PrivateStorage
+from peerage.xmpp.features.register import Registration
 from peerage.xmpp.features.roster import Roster
 from peerage.xmpp.features.sm import StreamManagement
 from peerage.xmpp.features.upload import Upload
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 #: The feature modules, in load order (which is also the order of their stream features).
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
             Offline, Mam, StreamManagement, ClientStateIndication, Pep,
-            EntityTime, LastActivity, ExternalServices, MucService, Upload)
+            EntityTime, LastActivity, ExternalServices, MucService, Upload,
+            Registration)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser
@@ -185,6 +187,10 @@ class XmppService:
     def stream_features(self) -> list[Element]:
         """What the feature modules offer in <stream:features/> after authentication."""
         return [element for feature in self.ctx.features for element in feature.stream_features(None)]
+
+    def pre_auth_features(self, domain: str) -> list[Element]:
+        """What the feature modules offer in <stream:features/> before authentication, for ``domain``."""
+        return [element for feature in self.ctx.features for element in feature.pre_auth_features(domain)]
 
     def tls_context(self) -> ssl.SSLContext:
         assert self._tls_context is not None

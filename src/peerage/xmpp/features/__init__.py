@@ -44,6 +44,10 @@ class Feature:
         """Elements to add to <stream:features/> after authentication."""
         return []
 
+    def pre_auth_features(self, domain: str) -> list[Element]:
+        """Elements to add to <stream:features/> before authentication (XEP-0077 <register/>)."""
+        return []
+
 
 def hook_iq(ctx: XmppContext, name: str, namespace: str, handler: Callable[[IqContext], Any], *,
             types: Iterable[str] = ("get", "set"), to: Iterable[str] = ("bare",), priority: int = 0) -> None:
