@@ -186,3 +186,17 @@ async def test_token_unit_clock(tmp_path: object) -> None:
         await tokens.issue("a@x.test", "xmpp", salt=b"s" * 16, iterations=4096, lifetime=60)
     assert len(await tokens.scram_keys("a@x.test", "xmpp", "SHA-1")) == tokens_module.MAX_TOKENS_PER_ACCOUNT
     await store.close()
+
+
+async def test_credentials_are_rate_limited(ws_server: WsServer, closing: list[object]) -> None:
+    from peerage.xmpp.websocket import CREDENTIALS_PER_MINUTE
+
+    web, _ = await ws_server.web_login(f"peggy@{DOMAIN}")
+    closing.append(web)
+    statuses = []
+    for _ in range(CREDENTIALS_PER_MINUTE + 1):
+        async with web.get(ws_server.base + CREDENTIALS) as response:
+            statuses.append(response.status)
+            retry = response.headers.get("Retry-After")
+    assert statuses[:-1] == [200] * CREDENTIALS_PER_MINUTE
+    assert statuses[-1] == 429 and retry == "60"

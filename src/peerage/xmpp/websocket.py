@@ -62,6 +62,12 @@ FRAME_SLACK = 1024
 #: Seconds ws.close() waits for the client's close frame (RFC 6455 §7.1.1 lets the server then drop
 #: the TCP connection); aiohttp's default is 10.
 CLOSE_TIMEOUT = 5.0
+#: Credentials one account may be issued per minute. Each costs two PBKDF2 derivations (10000
+#: iterations, about 10 ms of CPU); converse.js asks once per connection attempt, at most every 2 s
+#: while failing, so 30 a minute never stops a real page and bounds what a script logged in can burn.
+CREDENTIALS_PER_MINUTE = 30
+#: Accounts whose recent issuances are remembered before the table is cleared (bounded memory).
+CREDENTIAL_RATE_ACCOUNTS = 10000
 #: The RFC 7395 §3.3 framing elements.
 CLOSE_FRAME = f"<close xmlns='{FRAMING_NS}'/>".encode()
 _HEADER_ATTRS = re.compile(rb"xmlns:stream='[^']*'(.*?)\s*>\s*$", re.S)
@@ -74,14 +80,17 @@ _STANZA_PREFIXES = (b"<message", b"<presence", b"<iq")
 _NAME_ENDS = (b" ", b"/", b">", b"\t", b"\r", b"\n")
 
 
-def _text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented text frame (RFC 6455 §5.2; servers never mask, §5.1)."""
-    size = len(payload)
+def _frame_header(size: int) -> bytes:
+    """The head of one unmasked, unfragmented text frame (RFC 6455 §5.2; servers never mask, §5.1)."""
     if size < 126:
-        return bytes((0x81, size)) + payload
+        return bytes((0x81, size))
     if size < 65536:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
+        return bytes((0x81, 126)) + size.to_bytes(2, "big")
+    return bytes((0x81, 127)) + size.to_bytes(8, "big")
+
+
+def _text_frame(payload: bytes) -> bytes:
+    return _frame_header(len(payload)) + payload
 
 
 def _name_end(data: bytes) -> int:
@@ -93,7 +102,8 @@ def _name_end(data: bytes) -> int:
 
 
 def frame_element(data: bytes, out: list[bytes]) -> None:
-    """Turn one piece the client stream writes (TCP framing) into RFC 7395 messages appended to ``out``.
+    """Turn one piece the client stream writes (TCP framing) into RFC 7395 messages appended to ``out``
+    (as byte strings to join).
 
     The stream header becomes ``<open/>``, ``</stream:stream>`` becomes ``<close/>``, stanzas get their
     ``jabber:client`` namespace and ``stream:`` elements their prefix declaration (section 3.3.3: every
@@ -101,8 +111,10 @@ def frame_element(data: bytes, out: list[bytes]) -> None:
     if data.startswith(_STANZA_PREFIXES):
         end = 3 if data[1] == 0x69 else (8 if data[1] == 0x6D else 9)  # <iq, <message, <presence
         if data[end:end + 7] != b" xmlns=":
-            data = data[:end] + _CLIENT_DECL + data[end:]
-        out.append(_text_frame(data))
+            # Pieces, not a new string: the caller joins one loop turn's frames in one copy.
+            out += (_frame_header(len(data) + len(_CLIENT_DECL)), data[:end], _CLIENT_DECL, data[end:])
+        else:
+            out += (_frame_header(len(data)), data)
     elif data.startswith(b"<stream:"):
         tail = data.endswith(STREAM_CLOSE)
         if tail:
@@ -221,7 +233,7 @@ class WebSocketC2S(C2SConnection):
             if framing is not None:
                 self._peer_closed()
             return
-        if not data.strip():
+        if head[:1] != b"<" and not data.strip():
             return  # whitespace between elements carries nothing (RFC 7395 §3.3.3 asks for none)
         if not self._opened:
             if head.startswith((b"<?xml", b"<stream")):  # a TCP client: the stream tags are not framing
@@ -301,7 +313,7 @@ class WebSocketC2S(C2SConnection):
         for piece in out:
             frame_element(piece, frames)
         out.clear()
-        carrier.write(b"".join(frames) if len(frames) > 1 else frames[0])
+        carrier.write(b"".join(frames))
         if carrier.get_write_buffer_size() > MAX_WRITE_BUFFER and not self.closing:
             log.info("%s does not read its WebSocket; closing", self.name)
             self._abort()
@@ -320,6 +332,7 @@ class WebSocketEndpoint:
         config = service.host.config.xmpp.websocket
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in config.allowed_origins)
         self.credential_lifetime = config.credential_lifetime
+        self._issued: dict[str, list[float]] = {}
         self.max_message = service.max_stanza_size + FRAME_SLACK
         # aiohttp buffers up to this much of one message; between the two limits the message is read and
         # refused in order (a clean close handshake), beyond it aiohttp drops the connection itself.
@@ -402,6 +415,14 @@ class WebSocketEndpoint:
         site = request.headers.get("Sec-Fetch-Site")
         if site is not None and site not in ("same-origin", "none"):
             return web.json_response({"error": "cross-site request refused"}, status=403)
+        now = time.monotonic()
+        recent = [t for t in self._issued.get(principal.account, ()) if t > now - 60.0]
+        if len(recent) >= CREDENTIALS_PER_MINUTE:
+            return web.json_response({"error": "too many credentials asked for; try again in a minute"},
+                                     status=429, headers={"Retry-After": "60", "Cache-Control": "no-store"})
+        if len(self._issued) >= CREDENTIAL_RATE_ACCOUNTS:
+            self._issued.clear()
+        self._issued[principal.account] = [*recent, now]
         from peerage.web.sessions import hash_token
 
         web_session = hash_token(principal.token) if principal.token else None
