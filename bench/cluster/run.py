@@ -94,7 +94,7 @@ class Bench:
         self.nodes: dict[str, PeerageServer] = {}
         for name, address in NODES.items():
             config: dict[str, Any] = {
-                "server": {"log_level": "warning"},
+                "server": {"log_level": "info"},
                 "database": {"url": database_url},
                 "xmpp": {"archive_enabled": False},
                 "cluster": {"node": name, "nats_urls": [nats.url], "heartbeat_interval": 0.5, "node_timeout": 2.0},

@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.cluster.conftest import (
     DOMAIN,
+    NODES,
     PASSWORD,
     REGISTRY_BOUND,
     REMOTE_DOMAIN,
@@ -116,6 +117,36 @@ async def test_status_command_lists_nodes_and_sessions(cluster: ClusterUnderTest
         assert erin.jid in out, out
     finally:
         await erin.close()
+
+
+async def test_room_with_occupants_on_all_three_nodes(cluster: ClusterUnderTest) -> None:
+    room = f"lobby@conference.{DOMAIN}"
+    muc = "http://jabber.org/protocol/muc"
+    people = [await ClusterClient(user, "r").connect(cluster.address(node))
+              for user, node in (("heidi", "n1"), ("ivan", "n2"), ("judy", "n3"))]
+    try:
+        for person in people:
+            node = next(name for name, address in NODES.items() if address == person.address)
+            await cluster.wait_registry(_has_session(node, person.jid), what="occupant registered")
+        owner = people[0]
+        await owner.send(f"<presence to='{room}/heidi'><x xmlns='{muc}'/></presence>")
+        await owner.wait_for("presence", r"from='lobby@conference[^']*/heidi'.*status code='110'")
+        # XEP-0045 section 10.1.2: an instant room, so the others may enter.
+        await owner.send(f"<iq type='set' to='{room}' id='cfg'><query xmlns='{muc}#owner'>"
+                         "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+        await owner.wait_for("iq", r"id='cfg'")
+        for person in people[1:]:
+            nick = person.user
+            await person.send(f"<presence to='{room}/{nick}'><x xmlns='{muc}'/></presence>")
+            await person.wait_for("presence", rf"from='lobby@conference[^']*/{nick}'.*status code='110'")
+        await owner.wait_for("presence", r"from='lobby@conference[^']*/judy'")
+        await people[2].send(f"<message to='{room}' type='groupchat' id='g1'><body>hello room</body></message>")
+        for person in people:
+            await person.wait(lambda p=person: "hello room" in p.bodies(), what="the groupchat message")
+        assert all(person.bodies().count("hello room") == 1 for person in people)
+    finally:
+        for person in people:
+            await person.close()
 
 
 # ==================================================================================================

@@ -51,6 +51,11 @@ class Leases:
     def held(self, kind: str) -> list[str]:
         return [key for k, key in self._mine if k == kind]
 
+    def cached_owner(self, kind: str, key: str) -> str | None:
+        """The owner from the last answer, if still fresh (no database access)."""
+        cached = self._cache.get((kind, key))
+        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
     async def owner(self, kind: str, key: str) -> str:
         cached = self._cache.get((kind, key))
         now = time.monotonic()

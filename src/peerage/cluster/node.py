@@ -81,6 +81,8 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.started_at = time.time()
+        self._out: list[tuple[str, bytes, str]] = []
+        self._draining: asyncio.Future[None] | None = None
 
     # --- registration (before start) ---------------------------------------------------------------
     def on_node_down(self, listener: NodeListener) -> None:
@@ -170,16 +172,28 @@ class ClusterNode:
 
     # --- publishing ----------------------------------------------------------------------------------
     def publish(self, subject: str, payload: bytes, reply: str = "") -> bool:
-        """Publish without waiting (buffered by nats-py while reconnecting); False if impossible."""
-        nc = self.nc
-        if nc is None:
+        """Publish without waiting (buffered by nats-py while reconnecting); False if impossible.
+
+        Everything published in one turn of the event loop goes out from one task, in order."""
+        if self.nc is None:
             return False
-        try:
-            task = asyncio.ensure_future(nc.publish(subject, payload, reply=reply))
-        except Exception:
-            return False
-        task.add_done_callback(_log_failure)
+        self._out.append((subject, payload, reply))
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain_out())
+            self._draining.add_done_callback(_log_failure)
         return True
+
+    async def _drain_out(self) -> None:
+        try:
+            while self._out:
+                batch, self._out = self._out, []
+                for subject, payload, reply in batch:
+                    try:
+                        await self.nc.publish(subject, payload, reply=reply)
+                    except Exception as exc:
+                        log.debug("cluster: publish to %s failed: %s", subject, exc)
+        finally:
+            self._draining = None
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes | None:
         if self.nc is None or not self.connected:

@@ -33,6 +33,10 @@ changes a roster or blocklist tells the others (``peerage.cluster.user``), which
 
 Federation. One node owns the outbound streams to each remote domain (``cluster_leases``, kind
 ``s2s``); the others forward stanzas for that domain to it. Inbound streams are accepted anywhere.
+
+Group chats. Each hosted group chat service (``conference.DOMAIN``, whose rooms live in one node's
+memory) has one owner node (kind ``service``); stanzas to its rooms reaching another node are
+forwarded to the owner, whose room sends to the occupants through the registry like any stanza.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ SYNC_TIMEOUT = 3.0
 #: Seconds during which an offline message stored here is checked against sessions becoming available
 #: on other nodes (the registry's propagation is milliseconds; a login takes longer than this rarely).
 RECENT_OFFLINE = 60.0
+#: Hosted services whose state lives in one node's memory, by JID prefix: they get an owner node.
+OWNED_SERVICES = ("conference.",)
 #: Largest stanza accepted from another node (the c2s limit is the same order, [xmpp] max_stanza_size).
 MAX_FORWARDED_STANZA = 1024 * 1024
 
@@ -76,8 +82,8 @@ MAX_FORWARDED_STANZA = 1024 * 1024
 class RemoteSession:
     """A session bound on another node, as the router and the feature modules see it."""
 
-    __slots__ = ("available", "bare_jid", "carbons", "connection", "ended", "full_jid", "hibernation",
-                 "last_presence", "node", "priority", "resource", "roster_requested", "sm", "xmpp")
+    __slots__ = ("_presence", "available", "bare_jid", "carbons", "connection", "ended", "full_jid",
+                 "hibernation", "node", "priority", "resource", "roster_requested", "sm", "xmpp")
 
     def __init__(self, xmpp: ClusterXmpp, node: str, full_jid: str) -> None:
         self.xmpp = xmpp
@@ -86,7 +92,9 @@ class RemoteSession:
         self.bare_jid, _, self.resource = full_jid.partition("/")
         self.available = False
         self.priority = 0
-        self.last_presence: Element | None = None
+        #: The last available presence as sent (parsed when read: a parsed presence with caps is about
+        #: 2 KiB, the text a tenth of that, and most are never read on this node).
+        self._presence = ""
         self.carbons = False
         self.roster_requested = False
         # What Sessions.replaced() looks at when a local bind replaces this entry.
@@ -94,6 +102,14 @@ class RemoteSession:
         self.connection = None
         self.hibernation = None
         self.ended = False
+
+    @property
+    def last_presence(self) -> Element | None:
+        return parse_stanza(self._presence) if self._presence else None
+
+    @last_presence.setter
+    def last_presence(self, stanza: Element | None) -> None:
+        self._presence = serialize(stanza) if stanza is not None else ""
 
     def send(self, stanza: Element) -> None:
         self.xmpp.send_remote(self, stanza)
@@ -103,6 +119,28 @@ class RemoteSession:
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.full_jid} on {self.node}>"
+
+
+class OwnedService:
+    """A hosted service with one owner node: delivered here when this node owns it, else forwarded."""
+
+    __slots__ = ("inner", "jid", "parent", "xmpp")
+
+    def __init__(self, xmpp: ClusterXmpp, inner: Any) -> None:
+        self.xmpp = xmpp
+        self.inner = inner
+        self.jid = inner.jid
+        self.parent = inner.parent
+
+    def deliver(self, stanza: Element, origin: Any = None) -> Any:
+        xmpp = self.xmpp
+        owner = xmpp.leases.cached_owner("service", self.jid)
+        if owner == xmpp.node.name:
+            return self.inner.deliver(stanza, origin)
+        return xmpp.deliver_to_owner(self, stanza, origin)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class _Held:
@@ -127,11 +165,21 @@ def _holdable(stanza: Element) -> bool:
 _HEADER = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
 
 
-def parse_stanzas(texts: list[str]) -> list[Element] | None:
-    """Stanzas serialised by ``serialize`` (content namespace jabber:client), parsed back with one
-    parser; None if any is not well-formed (then none is trusted)."""
+def stream_parser() -> XmlStreamParser:
+    """A parser for a stream of forwarded stanzas (kept between batches: building one costs more than
+    parsing a small batch)."""
     parser = XmlStreamParser(MAX_FORWARDED_STANZA)
-    events = parser.feed((_HEADER + "".join(texts)).encode())
+    parser.feed(_HEADER.encode())
+    return parser
+
+
+def parse_stanzas(texts: list[str], parser: XmlStreamParser | None = None) -> list[Element] | None:
+    """Stanzas serialised by ``serialize`` (content namespace jabber:client), parsed back with one
+    parser (``parser``, or a new one); None if any is not well-formed (then none is trusted, and
+    ``parser`` cannot be used again)."""
+    if parser is None:
+        parser = stream_parser()
+    events = parser.feed("".join(texts).encode())
     stanzas = [event for event in events if isinstance(event, Element)]
     if parser.failed or len(stanzas) != len(texts):
         return None
@@ -172,6 +220,7 @@ class ClusterXmpp:
         self._seen: dict[tuple[str, str], OrderedDict[int, None]] = {}
         #: bare JID -> when this node last stored an offline message for it
         self._recent_offline: dict[str, float] = {}
+        self._parser: XmlStreamParser | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._original_remote_sender: Any = None
         self.forwarded_in = 0
@@ -220,6 +269,18 @@ class ClusterXmpp:
         node.subscribe(node_subject(node.name, "sync"), self._sync_requested)
         node.subscribe(node_subject(node.name, "s2s"), self._s2s_received)
         node.subscribe(node_subject(node.name, "offline"), self._offline_check_received)
+        node.subscribe(node_subject(node.name, "service"), self._service_received)
+        # Group chat services: one owner node each (those registered later, after a reload, too).
+        router = self.router
+        for jid, service in list(router.services.items()):
+            if jid.startswith(OWNED_SERVICES):
+                router.services[jid] = OwnedService(self, service)
+        add_service = router.add_service
+
+        def add_owned(service: Any) -> None:
+            add_service(OwnedService(self, service) if service.jid.startswith(OWNED_SERVICES) else service)
+
+        router.add_service = add_owned
         node.on_node_up(self._node_up)
         node.on_node_down(self._node_down)
         node.on_reconnect(self._reconnected)
@@ -358,7 +419,7 @@ class ClusterXmpp:
         session.priority = int(priority)
         session.carbons = bool(carbons)
         session.roster_requested = bool(roster_requested)
-        session.last_presence = parse_stanza(presence) if presence else None
+        session._presence = str(presence or "")
         current = self.router.session(session.bare_jid, session.resource)
         if current is session:
             return
@@ -495,11 +556,14 @@ class ClusterXmpp:
         marks = self._marks.setdefault(key, {})
         got: list[int] = []
         released: list[int] = []
+        if self._parser is None:
+            self._parser = stream_parser()
         try:
-            stanzas = parse_stanzas([str(item[2]) for item in items])
+            stanzas = parse_stanzas([str(item[2]) for item in items], self._parser)
         except (IndexError, TypeError):
             stanzas = None
         if stanzas is None:
+            self._parser = None
             log.warning("cluster: a malformed batch from %s was dropped", origin)
             return
         for (sid, to, _), stanza in zip(items, stanzas, strict=True):
@@ -617,6 +681,36 @@ class ClusterXmpp:
             log.exception("cluster: could not re-route a stanza of a lost session")
         finally:
             self.ctx.redelivering.discard(id(rerouted))
+
+    # =================================================================================================
+    # Hosted services with an owner node
+    # =================================================================================================
+    async def deliver_to_owner(self, service: OwnedService, stanza: Element, origin: Any) -> None:
+        owner = await self.leases.owner("service", service.jid)
+        if owner == self.node.name or not self.node.alive(owner) or not self.node.connected:
+            if owner != self.node.name:
+                log.warning("cluster: the owner of %s (%s) is unreachable; serving it here", service.jid, owner)
+            result = service.inner.deliver(stanza, origin)
+            if result is not None:
+                await result
+            return
+        payload = json.dumps({"service": service.jid, "stanza": serialize(stanza)}).encode()
+        self.node.publish(node_subject(owner, "service"), payload)
+
+    async def _service_received(self, msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+            jid, stanza = str(data["service"]), parse_stanza(str(data["stanza"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        service = self.router.services.get(jid)
+        if stanza is None or service is None:
+            return
+        inner = service.inner if isinstance(service, OwnedService) else service
+        await self.leases.owner("service", jid)  # keeps the lease (and its cache) fresh here
+        result = inner.deliver(stanza)
+        if result is not None:
+            await result
 
     # =================================================================================================
     # Offline storage written on one node while the account logs in on another
