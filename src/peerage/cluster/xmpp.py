@@ -42,6 +42,7 @@ forwarded to the owner, whose room sends to the occupants through the registry l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -494,15 +495,17 @@ class ClusterXmpp:
     # =================================================================================================
     def send_remote(self, session: RemoteSession, stanza: Element) -> None:
         sid = 0
-        if _holdable(stanza):
+        # Held only for a sender this node acknowledges (XEP-0198): nobody else was promised anything,
+        # and a stanza held costs a confirmation message back from the other node.
+        sender = self._local_sender(stanza.attrs.get("from", "")) if _holdable(stanza) else None
+        if sender is not None and sender.sm is not None:
             self._next_id += 1
             sid = self._next_id
-            held = _Held(session.node, session.full_jid, stanza, stanza.attrs.get("from", ""))
+            held = _Held(session.node, session.full_jid, stanza, sender.full_jid)
             self.held[sid] = held
-            sender = self._local_sender(held.sender)
             # Cut off from NATS, no confirmation can come: the sender is acknowledged with the stanza
             # held here, and it is sent again when NATS is back.
-            if sender is not None and sender.sm is not None and self.node.connected:
+            if self.node.connected:
                 held.got = asyncio.get_running_loop().create_future()
                 self._got_waiters.setdefault(held.sender, []).append(held.got)
         self._outbox.setdefault(session.node, []).append([sid, session.full_jid, serialize(stanza)])
@@ -759,6 +762,10 @@ class ClusterXmpp:
         if origin == self.node.name:
             return
         users = self.ctx.users
+        loading = users._loading.get(bare)
+        if loading is not None:
+            # A load in flight may have read the rows before that change: drop what it brings.
+            self.service.spawn(self._reload_after(bare, loading))
         if users.cached(bare) is None:
             return
         # Dropped at once, before any later stanza is handled, and read again from PostgreSQL: the
@@ -766,6 +773,14 @@ class ClusterXmpp:
         users._users.pop(bare, None)
         if self.router.sessions.get(bare):
             self.service.spawn(users.load(bare))
+
+    async def _reload_after(self, bare: str, loading: Any) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(loading)
+        users = self.ctx.users
+        users._users.pop(bare, None)
+        if self.router.sessions.get(bare):
+            await users.load(bare)
 
     # =================================================================================================
     # Federation: one node per remote domain
