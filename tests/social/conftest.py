@@ -9,9 +9,13 @@ reach them through a static resolver with the same names.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,23 +100,65 @@ def beta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_
         server.stop()
 
 
+
 FEDIFY, FEDIFY_ADDRESS = "fedify.test", "127.0.15.4"
-FEDIFY_CONTROL = f"{FEDIFY_ADDRESS}:8080"
-FEDIFY_DIR = Path(__file__).resolve().parent / "fedify"
+BOVINE, BOVINE_ADDRESS = "bovine.test", "127.0.15.5"
 NAMES[FEDIFY] = FEDIFY_ADDRESS
+NAMES[BOVINE] = BOVINE_ADDRESS
+HERE = Path(__file__).resolve().parent
+FEDIFY_DIR = HERE / "fedify"
+BOVINE_DIR = HERE / "bovine"
+# bovine-herd pins cryptography and aiosqlite below peerage's pins, so it lives in its own virtual
+# environment, made by scripts/setup-test-env at the repository's root.
+BOVINE_PYTHON = HERE.parents[1] / ".venv-bovine" / "bin" / "python"
 PEER_START_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="session")
-def fedify(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[str]:
-    """A Fedify server (Node 22 from the node@22 npm package, `npm ci` in tests/social/fedify) with one
-    actor, fred@fedify.test, on 127.0.15.4:443; its control API's base URL is yielded."""
-    import os
-    import subprocess
-    import time
-    import urllib.request
+@dataclass
+class Peer:
+    """A third-party ActivityPub server: its control API, its actor and that actor's handle."""
 
-    from tests.harness.peers import private_resolv_conf, require_binary
+    name: str
+    control: str
+    actor: str
+    handle: str
+
+
+def _start_peer(name: str, command: list[str], env: dict[str, str], workdir: Path, ready: str,
+                cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from tests.harness.peers import private_resolv_conf
+
+    log_path = workdir / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child owns it
+    process = subprocess.Popen(private_resolv_conf(command, DNS_ADDRESS, workdir), stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd)
+    log.close()
+    deadline = time.monotonic() + PEER_START_TIMEOUT
+    while True:
+        text = log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            if line.startswith(ready):
+                return process, line
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the {name} peer did not start:\n{text[-3000:]}")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def fedify(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[Peer]:
+    """A Fedify server (Node 22 from the node@22 npm package, `npm ci` in tests/social/fedify) with one
+    actor, fred@fedify.test, on 127.0.15.4:443."""
+    from tests.harness.peers import require_binary
 
     node = require_binary("node (tests/social/fedify: npm ci)", str(FEDIFY_DIR / "node_modules" / ".bin" / "node"))
     if not (FEDIFY_DIR / "node_modules" / "@fedify" / "fedify").is_dir():
@@ -120,26 +166,33 @@ def fedify(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, socia
     workdir = tmp_path_factory.mktemp("fedify")
     cert, key = social_ca.issue(FEDIFY)
     social_dns.add_a(FEDIFY, FEDIFY_ADDRESS)
-    env = dict(os.environ, FEDIFY_DOMAIN=FEDIFY, FEDIFY_LISTEN=f"{FEDIFY_ADDRESS}:443", FEDIFY_CONTROL=FEDIFY_CONTROL,
-               FEDIFY_CERT=str(cert), FEDIFY_KEY=str(key), NODE_EXTRA_CA_CERTS=str(social_ca.cert_path))
-    log = open(workdir / "fedify.log", "wb")  # noqa: SIM115 - the child owns it
-    process = subprocess.Popen(private_resolv_conf([node, str(FEDIFY_DIR / "server.mjs")], DNS_ADDRESS, workdir),
-                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=FEDIFY_DIR)
-    log.close()
-    base = f"http://{FEDIFY_CONTROL}"
-    deadline = time.monotonic() + PEER_START_TIMEOUT
-    while "fedify peer ready" not in (workdir / "fedify.log").read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the Fedify peer did not start:\n" + (workdir / "fedify.log").read_text()[-3000:])
-        time.sleep(0.1)
-    urllib.request.urlopen(f"{base}/received", timeout=5).read()
+    control = f"{FEDIFY_ADDRESS}:8080"
+    process, _ = _start_peer("fedify", [node, str(FEDIFY_DIR / "server.mjs")], {
+        "FEDIFY_DOMAIN": FEDIFY, "FEDIFY_LISTEN": f"{FEDIFY_ADDRESS}:443", "FEDIFY_CONTROL": control,
+        "FEDIFY_CERT": str(cert), "FEDIFY_KEY": str(key), "NODE_EXTRA_CA_CERTS": str(social_ca.cert_path)},
+        workdir, "fedify peer ready", FEDIFY_DIR)
     try:
-        yield base
+        yield Peer("fedify", f"http://{control}", f"https://{FEDIFY}/users/fred", f"fred@{FEDIFY}")
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def bovine(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[Peer]:
+    """bovine-herd (PyPI, in .venv-bovine) with one actor, bea@bovine.test, on 127.0.15.5:443, served by
+    hypercorn over HTTPS with the test CA's certificate."""
+    from tests.harness.peers import require_binary
+
+    python = require_binary("bovine-herd (.venv-bovine, made by scripts/setup-test-env)", str(BOVINE_PYTHON))
+    workdir = tmp_path_factory.mktemp("bovine")
+    cert, key = social_ca.issue(BOVINE)
+    social_dns.add_a(BOVINE, BOVINE_ADDRESS)
+    control = f"{BOVINE_ADDRESS}:8080"
+    process, line = _start_peer("bovine", [python, str(BOVINE_DIR / "serve.py")], {
+        "BOVINE_DOMAIN": BOVINE, "BOVINE_LISTEN": f"{BOVINE_ADDRESS}:443", "BOVINE_CONTROL": control,
+        "BOVINE_CERT": str(cert), "BOVINE_KEY": str(key), "BOVINE_DB": str(workdir / "bovine.sqlite3"),
+        "SSL_CERT_FILE": str(social_ca.cert_path), "PYTHONPATH": ""}, workdir, "bovine peer ready", workdir)
+    try:
+        yield Peer("bovine", f"http://{control}", line.split()[-1], f"bea@{BOVINE}")
+    finally:
+        _stop(process)
