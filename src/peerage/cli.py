@@ -457,6 +457,9 @@ def xmpp_dns_records(config: Config, domain: str) -> list[str]:
 
         port = parse_listen(setting[0])[1]
         records.append(f"{service}.{domain}. 3600 IN SRV 5 0 {port} {target}.")
+        if service.endswith("-server._tcp") and config.muc.enabled:
+            # Other servers reach the group chats (XEP-0045) at conference.DOMAIN through these.
+            records.append(f"{service}.conference.{domain}. 3600 IN SRV 5 0 {port} {target}.")
     return records
 
 
