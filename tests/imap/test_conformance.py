@@ -255,3 +255,37 @@ async def test_condstore_enabled_by_fetch_tells_highestmodseq_and_min_max_modseq
     untagged, _ = await raw.command('SEARCH RETURN (ALL) 1:3 MODSEQ "/flags/\\\\seen" all 1')
     assert untagged[-1].endswith(b"ALL 1:3 MODSEQ %d" % max(modseqs.values())), untagged
     raw.writer.close()
+
+
+async def test_subscriptions_are_names_not_mailboxes(imap: ImapHost) -> None:
+    # RFC 9051 §6.3.4: CREATE does not subscribe; §6.3.7: a name without a mailbox may be subscribed;
+    # §6.3.5: DELETE leaves the subscription; RFC 5258 §3.4: such a name is listed \NonExistent.
+    raw = await login(imap)
+    for name in ("top", "top/child", "top/other", "gone"):
+        _, done = await raw.command(f"CREATE {name}")
+        assert b" OK " in done, done
+    untagged, _ = await raw.command('LIST "" top RETURN (SUBSCRIBED)')
+    assert untagged == [b'* LIST (\\HasChildren) "/" top'], untagged
+    for name in ("top/child", "gone", "never/made"):
+        _, done = await raw.command(f"SUBSCRIBE {name}")
+        assert b" OK " in done, done
+    await raw.command("DELETE gone")
+    untagged, _ = await raw.command('LIST (SUBSCRIBED) "" *')
+    assert b'* LIST (\\Subscribed \\NonExistent) "/" gone' in untagged, untagged
+    assert b'* LIST (\\Subscribed \\NonExistent) "/" never/made' in untagged, untagged
+    assert not any(line.endswith(b'"/" top') for line in untagged), untagged
+    # RFC 5258 §3.5: with RECURSIVEMATCH, a parent whose subscribed child does not match by itself
+    # is listed with CHILDINFO; a name with no mailbox at all is \NonExistent.
+    untagged, _ = await raw.command('LIST (SUBSCRIBED RECURSIVEMATCH) "" % RETURN (CHILDREN)')
+    assert b'* LIST (\\HasChildren) "/" top (CHILDINFO ("SUBSCRIBED"))' in untagged, untagged
+    assert b'* LIST (\\NonExistent) "/" never (CHILDINFO ("SUBSCRIBED"))' in untagged, untagged
+    # LSUB's % stops above top/child: top is shown \Noselect (RFC 3501 §6.3.9).
+    untagged, _ = await raw.command('LSUB "" %')
+    assert b'* LSUB (\\Noselect) "/" top' in untagged, untagged
+    # Re-creating a subscribed name gives back a subscribed mailbox; UNSUBSCRIBE of an unknown name is OK.
+    await raw.command("CREATE gone")
+    untagged, _ = await raw.command('LIST "" gone RETURN (SUBSCRIBED)')
+    assert untagged == [b'* LIST (\\HasNoChildren \\Subscribed) "/" gone'], untagged
+    _, done = await raw.command("UNSUBSCRIBE never/made")
+    assert b" OK " in done
+    raw.writer.close()

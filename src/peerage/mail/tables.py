@@ -63,6 +63,16 @@ mail_mailboxes = Table(
     UniqueConstraint("owner", "name", name="uq_mail_mailboxes_owner_name"),
 )
 
+# Subscriptions to names that have no mailbox (RFC 9051 §6.3.7: SUBSCRIBE may name a mailbox that
+# does not exist, and DELETE does not remove a name from the subscription list, §6.3.5). A name's
+# subscription lives here while it has no mailbox, and in mail_mailboxes.subscribed while it has one.
+mail_subscriptions = Table(
+    "mail_subscriptions",
+    metadata,
+    Column("owner", String(ADDRESS_LENGTH), primary_key=True),
+    Column("name", String(1024), primary_key=True),
+)
+
 # The last UIDVALIDITY handed out per user; it outlives deleted mailboxes, so a re-created name never
 # gets a value it had before (RFC 9051 §2.3.1.1).
 mail_uidvalidity = Table(

@@ -869,7 +869,8 @@ class ImapSession:
         assert self.user is not None
         if name == INBOX:
             raise No("INBOX already exists", "ALREADYEXISTS")
-        await self.store.create_mailbox(self.user, name, special)
+        # RFC 9051 §6.3.4: CREATE does not subscribe (clients that want it send SUBSCRIBE).
+        await self.store.create_mailbox(self.user, name, special, subscribed=False)
         return None
 
     async def cmd_delete(self, command: Command) -> str | None:
@@ -980,10 +981,47 @@ class ImapSession:
                 self.send(
                     b"* LSUB (\\Noselect) " + f'"{HIERARCHY_DELIMITER}" '.encode() + self.mailbox_out(parent) + b"\r\n"
                 )
+        subscribed_only = lsub or "SUBSCRIBED" in selection
+        childinfo: set[str] = set()
+        if "SUBSCRIBED" in selection and "RECURSIVEMATCH" in selection:
+            # RFC 5258 §3.5: a name that matches but is not subscribed is listed with
+            # CHILDINFO ("SUBSCRIBED") when a subscribed descendant does not match by itself.
+            subscribed_names = {b.name for b in boxes if b.subscribed} | set(
+                await self.store.subscribed_without_mailbox(self.user))
+            for name in subscribed_names:
+                if any(r.match(name) for r in regexes):
+                    continue
+                parts = name.split(HIERARCHY_DELIMITER)
+                for depth in range(1, len(parts)):
+                    parent = HIERARCHY_DELIMITER.join(parts[:depth])
+                    if parent not in subscribed_names and any(r.match(parent) for r in regexes):
+                        childinfo.add(parent)
+        if subscribed_only and not lsub:
+            # Subscribed names without a mailbox (RFC 5258 §3.4 \NonExistent).
+            for name in await self.store.subscribed_without_mailbox(self.user):
+                if any(regex.match(name) for regex in regexes):
+                    self.send(b'* LIST (\\Subscribed \\NonExistent) "' + HIERARCHY_DELIMITER.encode() + b'" '
+                              + self.mailbox_out(name) + b"\r\n")
+        elif lsub:
+            for name in await self.store.subscribed_without_mailbox(self.user):
+                if any(regex.match(name) for regex in regexes):
+                    self.send(b'* LSUB (\\Noselect) "' + HIERARCHY_DELIMITER.encode() + b'" '
+                              + self.mailbox_out(name) + b"\r\n")
+        for parent in sorted(childinfo - names):
+            # A parent that exists only as a level of the hierarchy.
+            self.send(b'* LIST (\\NonExistent) "' + HIERARCHY_DELIMITER.encode() + b'" '
+                      + self.mailbox_out(parent) + b' (CHILDINFO ("SUBSCRIBED"))\r\n')
         for box in boxes:
             if not any(regex.match(box.name) for regex in regexes):
                 continue
-            if (lsub or "SUBSCRIBED" in selection) and not box.subscribed:
+            if box.name in childinfo and not box.subscribed:
+                attributes = []
+                if "CHILDREN" in returns:
+                    attributes.append("\\HasChildren")
+                self.send(f"* LIST ({' '.join(attributes)}) \"{HIERARCHY_DELIMITER}\" ".encode()
+                          + self.mailbox_out(box.name) + b' (CHILDINFO ("SUBSCRIBED"))\r\n')
+                continue
+            if subscribed_only and not box.subscribed:
                 continue
             if "SPECIAL-USE" in selection and not box.special_use:
                 continue

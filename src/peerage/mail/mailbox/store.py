@@ -35,6 +35,7 @@ from peerage.mail.tables import (
     mail_expunged,
     mail_mailboxes,
     mail_messages,
+    mail_subscriptions,
     mail_uidvalidity,
 )
 
@@ -252,7 +253,7 @@ class MailboxStore:
                     await self._insert_mailbox(conn, owner, name, special)
 
     async def _insert_mailbox(
-        self, conn: AsyncConnection, owner: str, name: str, special_use: str | None
+        self, conn: AsyncConnection, owner: str, name: str, special_use: str | None, subscribed: bool = True
     ) -> int:
         # RFC 9051 §2.3.1.1: UIDVALIDITY must change when a name is reused; strictly above every
         # value this owner has had, and tied to the clock like Dovecot's.
@@ -276,9 +277,15 @@ class MailboxStore:
                 uidnext=1,
                 highestmodseq=1,
                 special_use=special_use,
-                subscribed=True,
+                subscribed=subscribed,
             )
         )
+        # A name subscribed to while it had no mailbox keeps its subscription (RFC 9051 §6.3.7).
+        found = await conn.execute(delete(mail_subscriptions).where(
+            mail_subscriptions.c.owner == owner, mail_subscriptions.c.name == name))
+        if found.rowcount and not subscribed:
+            await conn.execute(update(mail_mailboxes).where(
+                mail_mailboxes.c.owner == owner, mail_mailboxes.c.name == name).values(subscribed=True))
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def list_mailboxes(self, owner: str) -> list[MailboxInfo]:
@@ -290,6 +297,13 @@ class MailboxStore:
                 .order_by(mail_mailboxes.c.name)
             )
             return [_mailbox(row) for row in rows]
+
+    async def subscribed_without_mailbox(self, owner: str) -> list[str]:
+        """Names subscribed to that have no mailbox (LIST shows them \\NonExistent, RFC 5258 §3.4)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(mail_subscriptions.c.name).where(mail_subscriptions.c.owner == owner)
+                                      .order_by(mail_subscriptions.c.name))
+            return [row[0] for row in rows]
 
     async def get_mailbox(self, owner: str, name: str) -> MailboxInfo | None:
         await self.ensure_defaults(owner)
@@ -314,12 +328,14 @@ class MailboxStore:
                 return None
 
     async def create_mailbox(
-        self, owner: str, name: str, special_use: str | None = None
+        self, owner: str, name: str, special_use: str | None = None, *, subscribed: bool = True
     ) -> MailboxInfo:
+        """Create a mailbox (and its missing parents). IMAP CREATE passes ``subscribed=False``: RFC 9051
+        §6.3.4 does not subscribe; JMAP and delivery subscribe what they create, so clients show it."""
         await self.ensure_defaults(owner)
         name = canonical_name(name)
         try:
-            await self._create(owner, name, special_use)
+            await self._create(owner, name, special_use, subscribed)
         except IntegrityError:
             # Created at the same moment by another session or process.
             raise MailboxExists(f"mailbox {name!r} already exists") from None
@@ -327,7 +343,7 @@ class MailboxStore:
         assert info is not None
         return info
 
-    async def _create(self, owner: str, name: str, special_use: str | None) -> None:
+    async def _create(self, owner: str, name: str, special_use: str | None, subscribed: bool = True) -> None:
         async with self.engine.begin() as conn:
             exists = (
                 await conn.execute(
@@ -352,8 +368,8 @@ class MailboxStore:
                     )
                 ).first()
                 if not found:
-                    await self._insert_mailbox(conn, owner, parent, None)
-            await self._insert_mailbox(conn, owner, name, special_use)
+                    await self._insert_mailbox(conn, owner, parent, None, subscribed)
+            await self._insert_mailbox(conn, owner, name, special_use, subscribed)
 
     async def delete_mailbox(self, owner: str, name: str) -> None:
         name = canonical_name(name)
@@ -373,6 +389,9 @@ class MailboxStore:
             await conn.execute(delete(mail_messages).where(mail_messages.c.mailbox_id == info.id))
             await conn.execute(delete(mail_expunged).where(mail_expunged.c.mailbox_id == info.id))
             await conn.execute(delete(mail_mailboxes).where(mail_mailboxes.c.id == info.id))
+            if info.subscribed:
+                # RFC 9051 §6.3.5: DELETE leaves the name on the subscription list.
+                await conn.execute(insert(mail_subscriptions).values(owner=owner, name=name))
         await asyncio.to_thread(self._remove_blobs, blobs)
         self.notifier.publish(info.id)
 
@@ -408,9 +427,19 @@ class MailboxStore:
                 )
 
     async def set_subscribed(self, owner: str, name: str, subscribed: bool) -> None:
+        """Subscribe or unsubscribe a name; one without a mailbox is remembered in mail_subscriptions
+        (RFC 9051 §6.3.7). Unsubscribing a name that is subscribed nowhere raises NoSuchMailbox."""
         info = await self.get_mailbox(owner, name)
         if info is None:
-            raise NoSuchMailbox(f"no mailbox {name!r}")
+            name = canonical_name(name)
+            async with self.engine.begin() as conn:
+                gone = await conn.execute(delete(mail_subscriptions).where(
+                    mail_subscriptions.c.owner == owner, mail_subscriptions.c.name == name))
+                if subscribed:
+                    await conn.execute(insert(mail_subscriptions).values(owner=owner, name=name))
+                elif not gone.rowcount:
+                    raise NoSuchMailbox(f"no mailbox {name!r}")
+            return
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(mail_mailboxes)
