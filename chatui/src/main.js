@@ -19,6 +19,14 @@ async function main() {
   const config = await getJson('/chat/config');
   document.getElementById('me').textContent = session.account;
   document.getElementById('logout-csrf').value = session.csrf;
+  // Logging out ends this session's XMPP and SIP tokens first, so neither outlives the login here.
+  document.getElementById('logout').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const headers = { 'X-CSRF-Token': session.csrf };
+    await Promise.allSettled(['/auth/xmpp-credentials', '/auth/sip-credentials'].map(
+      (url) => fetch(url, { method: 'DELETE', headers, credentials: 'same-origin' })));
+    event.target.submit();
+  });
   const api = { getJson, csrf: session.csrf, config };
   window.peerageChat = { config, converse: null, phone: null };
 

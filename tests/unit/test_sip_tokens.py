@@ -33,3 +33,13 @@ def test_tokens_are_bounded_per_account_and_revocable() -> None:
     assert hashlib.md5(f"alice:example.org:{issued[-1]}".encode()).hexdigest() in live
     tokens.revoke("alice@example.org")
     assert tokens.ha1s("alice@example.org", "MD5") == []
+
+
+def test_a_web_session_ends_its_own_tokens_only() -> None:
+    tokens = SipTokens()
+    tokens.issue(ALICE, web_session="session-a")
+    other, _ = tokens.issue(ALICE, web_session="session-b")
+    assert tokens.revoke_web_session("alice@example.org", "session-a") == 1
+    live = tokens.ha1s("alice@example.org", "MD5")
+    assert live == [hashlib.md5(f"alice:example.org:{other}".encode()).hexdigest()]
+    assert tokens.revoke_web_session("alice@example.org", "session-a") == 0

@@ -140,6 +140,12 @@ async def test_sip_credentials_need_csrf_and_open_only_sip(web: list[Web], cotur
         assert await asyncio.wait_for(failed, 15) is True
     finally:
         client.disconnect()
+    # DELETE ends this session's SIP tokens (the page's "Log out" calls it), with the CSRF token only.
+    async with alice.client.delete(ORIGIN + "/auth/sip-credentials", headers={"Origin": ORIGIN}) as response:
+        assert response.status == 403
+    async with alice.client.delete(ORIGIN + "/auth/sip-credentials",
+                                   headers={"Origin": ORIGIN, "X-CSRF-Token": alice.csrf}) as response:
+        assert response.status == 200 and (await response.json())["revoked"] == 1
     # ICE servers: TURN credentials coturn accepts.
     async with alice.client.get(ORIGIN + "/chat/ice-servers") as response:
         ice = await response.json()

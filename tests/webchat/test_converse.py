@@ -109,3 +109,29 @@ async def test_alice_chats_with_a_user_on_another_domain(alice_page: Browser, da
             break
     assert message["body"] == "hello dave, over s2s" and str(message["from"]).startswith(ALICE)
     await asyncio.to_thread(alice_page.screenshot, "chat-with-dave")
+
+
+async def test_converse_publishes_an_omemo_device(alice_page: Browser, dave: Dave) -> None:
+    """OMEMO in the page: libsignal (WebAssembly, allowed by 'wasm-unsafe-eval') made alice's keys and
+    converse.js published her device list and bundle on PEP, which another server's user can read."""
+    await asyncio.to_thread(wait_connected, alice_page)
+    dave.register_plugin("xep_0060")
+    node = "eu.siacs.conversations.axolotl.devicelist"
+
+    async def devices() -> list[str]:
+        try:
+            items = await dave.plugin["xep_0060"].get_items(jid=ALICE, node=node, timeout=10)
+        except slixmpp.exceptions.IqError:
+            return []
+        return [device.get("id") for item in items["pubsub"]["items"] for device in
+                item.xml.iter("{eu.siacs.conversations.axolotl}device")]
+
+    deadline = asyncio.get_running_loop().time() + CHAT_TIMEOUT
+    found: list[str] = []
+    while not found and asyncio.get_running_loop().time() < deadline:
+        found = await devices()
+        if not found:
+            await asyncio.sleep(0.5)
+    assert found, "converse.js published no OMEMO device for alice"
+    events = await asyncio.to_thread(alice_page.events)
+    assert not [e for e in events["console"] if "WebAssembly" in e["text"] and e["type"] == "error"], events["console"]

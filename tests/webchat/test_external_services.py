@@ -23,7 +23,10 @@ from tests.webchat.conftest import (
     ALICE,
     CLIENT_ADDRESS,
     CREDENTIAL_LIFETIME,
+    DAVE,
+    DAVE_PASSWORD,
     DOMAIN,
+    OTHER_ADDRESS,
     PASSWORD,
     PEERAGE_ADDRESS,
     TURN_ADDRESS,
@@ -145,3 +148,16 @@ async def test_credentials_are_pushed_before_expiry_and_the_old_ones_then_fail(a
     await asyncio.sleep(max(0.0, old_expiry + 1.5 - time.time()))
     assert await allocate_async(first["username"], first["password"]) == 401
     assert await allocate_async(new["username"], new["password"]) == 0
+
+
+async def test_a_user_of_another_server_gets_no_credentials(other_peerage: PeerageServer, peerage: PeerageServer) -> None:
+    """The relay is example.org's: dave@example.net asking it over s2s is refused (forbidden)."""
+    client = Client(DAVE, DAVE_PASSWORD)
+    client.connect(host=OTHER_ADDRESS, port=5222)
+    await asyncio.wait_for(client.started.wait(), CONNECT_TIMEOUT)
+    try:
+        with pytest.raises(slixmpp.exceptions.IqError) as error:
+            await client.ask(f"<services xmlns='{NS}'/>", to=DOMAIN)
+        assert error.value.condition == "forbidden"
+    finally:
+        await client.close()

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from peerage.identity.address import Address
 from peerage.identity.credentials import SIP_DIGEST_HASHES, sip_ha1
 
-# A token lasts this long by default: a working day, after which the page (which refreshes it at
-# 80% of its life, see peerage.web.chat) has long since fetched another. SIP registrations expire
-# within an hour ([sip] max_expires), so a revoked web session stops registering within a day at most.
-DEFAULT_LIFETIME = 12 * 3600.0
+# A token lasts this long by default; the page fetches the next at 80% of its life (chatui/src/phone.js).
+# It bounds how long a phone keeps registering after its web session was revoked from another browser
+# (logging out of the page itself revokes its tokens at once): an hour, the longest registration
+# [sip] max_expires allows by default, the same order as the XMPP token's.
+DEFAULT_LIFETIME = 3600.0
 # Live tokens per account: a token per open tab or browser, plus a refresh overlapping its predecessor.
 # Beyond this the oldest goes (its page re-fetches when refused), so a script looping on the endpoint
 # cannot grow memory or the digest check's work.
@@ -40,6 +41,7 @@ class _Entry:
     expires: float
     ha1: dict[str, str]  # algorithm -> H(A1) with the local part as username
     ha1_full: dict[str, str]  # algorithm -> H(A1) with the full address as username
+    web_session: str | None = None  # hash of the web session that asked for it
 
 
 class SipTokens:
@@ -47,13 +49,16 @@ class SipTokens:
         self.clock = clock
         self._entries: dict[str, list[_Entry]] = {}
 
-    def issue(self, address: Address, lifetime: float = DEFAULT_LIFETIME) -> tuple[str, float]:
-        """A new token for `address` (its SIP digest password) and its expiry (Unix time)."""
+    def issue(self, address: Address, lifetime: float = DEFAULT_LIFETIME, *,
+              web_session: str | None = None) -> tuple[str, float]:
+        """A new token for `address` (its SIP digest password) and its expiry (Unix time); `web_session`
+        (the session token's hash) lets ``revoke_web_session`` end it with that session."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         expires = self.clock() + lifetime
         entry = _Entry(expires,
                        {alg: sip_ha1(alg, address.local, address.domain, token) for alg in SIP_DIGEST_HASHES},
-                       {alg: sip_ha1(alg, str(address), address.domain, token) for alg in SIP_DIGEST_HASHES})
+                       {alg: sip_ha1(alg, str(address), address.domain, token) for alg in SIP_DIGEST_HASHES},
+                       web_session)
         live = self._live(str(address))
         live.append(entry)
         del live[:-MAX_TOKENS_PER_ACCOUNT]
@@ -72,6 +77,13 @@ class SipTokens:
     def revoke(self, account: str) -> None:
         """Forget every token of `account` (its password changed, or it was deleted)."""
         self._entries.pop(account, None)
+
+    def revoke_web_session(self, account: str, web_session: str) -> int:
+        """Forget the tokens of `account` that the web session `web_session` was given; how many."""
+        live = self._live(account)
+        kept = [entry for entry in live if entry.web_session != web_session]
+        self._entries[account] = kept
+        return len(live) - len(kept)
 
     def _live(self, account: str) -> list[_Entry]:
         now = self.clock()

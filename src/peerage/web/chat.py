@@ -10,7 +10,8 @@ This module is in charge of:
   account's SIP URI), so the page hard-codes no host or port;
 - ``POST /auth/sip-credentials`` (CSRF token required: it creates state): a short-lived SIP digest
   password for the logged-in account (``peerage.identity.sip_tokens``; only its HA1s are kept), with
-  which JsSIP registers over SIP WSS without a second password prompt;
+  which JsSIP registers over SIP WSS without a second password prompt; ``DELETE`` ends this web
+  session's ones (the page's "Log out" does, with the XMPP ones);
 - ``GET /chat/ice-servers``: WebRTC ICE servers with time-limited TURN credentials
   (``peerage.turn``, coturn's use-auth-secret scheme), fetched by the page before each call.
 
@@ -68,6 +69,7 @@ class Chat:
         app.router.add_get("/chat/config", self.config)
         app.router.add_get("/chat/ice-servers", self.ice_servers)
         app.router.add_post("/auth/sip-credentials", self.sip_credentials)
+        app.router.add_delete("/auth/sip-credentials", self.revoke_sip_credentials)
         app.router.add_get("/chat/{path:.*}", self.serve)
 
     # --- where things are ------------------------------------------------------------------------
@@ -111,16 +113,30 @@ class Chat:
         }))
 
     async def sip_credentials(self, request: web.Request) -> web.Response:
-        account = await self._account(request)  # a POST: the CSRF token is checked here
+        principal = await self.auth.principal(request)  # a POST: the CSRF token is checked here
+        if principal is None:
+            raise web.HTTPUnauthorized(text="log in first\n")
         if self.sip_wss_url(request) is None:
             raise web.HTTPNotFound(text="this server offers no SIP over WebSocket ([sip] wss_listen)\n")
         from peerage.identity.address import parse_address
+        from peerage.web.sessions import hash_token
 
-        address = parse_address(account)
-        password, expires = self.host.accounts.sip_tokens.issue(address)
+        address = parse_address(principal.account)
+        web_session = hash_token(principal.token) if principal.token else None
+        password, expires = self.host.accounts.sip_tokens.issue(address, web_session=web_session)
         # The digest username is the local part, as JsSIP sends its URI's user; the full address works too.
-        return _no_store(web.json_response({"uri": f"sip:{account}", "username": address.local,
+        return _no_store(web.json_response({"uri": f"sip:{address}", "username": address.local,
                                             "password": password, "expires": int(expires)}))
+
+    async def revoke_sip_credentials(self, request: web.Request) -> web.Response:
+        """End the SIP tokens this web session was given (the page calls it when logging out)."""
+        principal = await self.auth.principal(request)  # a DELETE: the CSRF token is checked here
+        if principal is None or not principal.token:
+            raise web.HTTPUnauthorized(text="log in first\n")
+        from peerage.web.sessions import hash_token
+
+        count = self.host.accounts.sip_tokens.revoke_web_session(principal.account, hash_token(principal.token))
+        return _no_store(web.json_response({"revoked": count}))
 
     async def ice_servers(self, request: web.Request) -> web.Response:
         account = await self._account(request)
