@@ -13,7 +13,7 @@ from tests.harness import PeerageServer
 
 
 def test_dns_command_prints_mail_records(tmp_path: Path) -> None:
-    server = PeerageServer(tmp_path, "example.org", "127.0.4.9", services=("smtp",))
+    server = PeerageServer(tmp_path, "example.org", "127.0.4.9", services=("smtp", "sieve"))
     from peerage.mail.auth.dkim import generate_keys, load_keys
 
     generate_keys(server.data_dir, "example.org")
@@ -39,6 +39,7 @@ def test_dns_command_prints_mail_records(tmp_path: Path) -> None:
         ("_submissions._tcp.example.org.", "IN SRV 0 1 465 "),
         ("_imap._tcp.example.org.", "IN SRV 0 1 143 "),
         ("_imaps._tcp.example.org.", "IN SRV 0 1 993 "),
+        ("_sieve._tcp.example.org.", "IN SRV 0 1 4190 "),
     ):
         assert any(line.startswith(prefix) and needle in line for line in lines), prefix
     assert "mode: enforce" in output

@@ -70,6 +70,8 @@ def records(domain: str, config: Any) -> list[str]:
         f"_submissions._tcp.{domain}. {TTL} IN SRV 0 1 {_port(config.smtp.submissions_listen, 465)} {mail_host}.",
         f"_imap._tcp.{domain}. {TTL} IN SRV 0 1 {_port(config.imap.listen, 143)} {mail_host}.",
         f"_imaps._tcp.{domain}. {TTL} IN SRV 0 1 {_port(config.imap.tls_listen, 993)} {mail_host}.",
+        *([f"_sieve._tcp.{domain}. {TTL} IN SRV 0 1 {_port(config.sieve.listen, 4190)} {mail_host}."]
+          if config.sieve.enabled and config.sieve.listen else []),  # ManageSieve, RFC 5804 §1.8
         f"_pop3._tcp.{domain}. {TTL} IN SRV 0 0 0 .",
         f"_pop3s._tcp.{domain}. {TTL} IN SRV 0 0 0 .",
         f"; Serve this MTA-STS policy at https://mta-sts.{domain}/.well-known/mta-sts.txt",
