@@ -241,3 +241,23 @@ async def test_room_mam_and_persistence_across_a_restart() -> None:
         await second.settle()
     finally:
         await engine.dispose()
+
+
+async def test_registration_reserves_a_nickname(muc: MucHarness) -> None:
+    await muc.create(ROOM, ALICE, "Alice")
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
+    form = muc.take(BOB)[0].find("query", "jabber:iq:register").find("x", "jabber:x:data")
+    assert "muc#register_roomnick" in [f.attrs["var"] for f in form.find_all("field", "jabber:x:data")]
+    register = ("<iq from='{who}' to='" + ROOM + "' type='set' id='{id}'><query xmlns='jabber:iq:register'>"
+                "<x xmlns='jabber:x:data' type='submit'>" + field("muc#register_roomnick", "{nick}") + "</x></query></iq>")
+    await muc.send(register.format(who=BOB, id="r2", nick="Bobby"))
+    assert muc.take(BOB)[0].attrs["type"] == "result"
+    assert muc.muc.rooms[ROOM].affiliations["bob@a.test"] == "member"
+    await muc.send(register.format(who=CAROL, id="r3", nick="Bobby"))
+    assert condition(muc.take(CAROL)[0]) == "conflict"
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='get' id='r4'><query xmlns='http://jabber.org/protocol/"
+                   "disco#info' node='x-roomuser-item'/></iq>")
+    assert muc.take(BOB)[0].find("query").find("identity").attrs["name"] == "Bobby"
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='set' id='r5'><query xmlns='jabber:iq:register'><remove/>"
+                   "</query></iq>")
+    assert muc.take(BOB)[0].attrs["type"] == "result" and "bob@a.test" not in muc.muc.rooms[ROOM].affiliations

@@ -42,6 +42,8 @@ STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 PING_NS = "urn:xmpp:ping"
 VCARD_NS = "vcard-temp"
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
+REGISTER_NS = "jabber:iq:register"
+MUC_REGISTER = MUC_NS + "#register"
 
 AFFILIATIONS = ("owner", "admin", "member", "none", "outcast")
 RANK = {"owner": 4, "admin": 3, "member": 2, "none": 1, "outcast": 0}
@@ -905,6 +907,65 @@ class Room:
         self.service.destroyed(self)
 
     # ============================================================================================
+    # Registration with the room (section 7.10) and the reserved nickname (7.12)
+    # ============================================================================================
+    def register_get(self, iq: Element, sender: str) -> Element:
+        bare = bare_of(sender)
+        query = Element("query", REGISTER_NS)
+        if RANK[self.affiliation(bare)] >= RANK["member"]:
+            query.add("registered")
+            query.add("username", text=self.reserved.get(bare, ""))
+            return iq_result(iq, query)
+        if self.affiliation(bare) == "outcast":
+            return error(iq, "forbidden", "you are banned from this room")
+        query.add("instructions", text="Choose the nickname you will be known by in this room.")
+        form = query.add("x", forms.DATA_NS, {"type": "form"})
+        form.add("field", attrs={"var": "FORM_TYPE", "type": "hidden"}).add("value", text=MUC_REGISTER)
+        form.add("field", attrs={"var": "muc#register_roomnick", "type": "text-single", "label": "Nickname"}
+                 ).add("required")
+        return iq_result(iq, query)
+
+    def register_set(self, iq: Element, query: Element, sender: str) -> Element:
+        bare = bare_of(sender)
+        affiliation = self.affiliation(bare)
+        if query.find("remove", REGISTER_NS) is not None:
+            if affiliation == "member":
+                self.set_affiliation(bare, "none")
+                self.service.save(self)
+            return iq_result(iq)
+        if affiliation == "outcast":
+            return error(iq, "forbidden", "you are banned from this room")
+        if self.config.members_only and affiliation == "none":
+            return error(iq, "not-allowed", "membership of this room is by invitation")
+        form = query.find("x", forms.DATA_NS)
+        values = forms.submitted_values(form) if form is not None else {}
+        nick = (values.get("muc#register_roomnick") or [""])[0].strip()
+        if not nick:
+            return error(iq, "not-acceptable", "a nickname is required")
+        if len(nick) > limits.MAX_NICK_LENGTH:
+            return error(iq, "not-acceptable", f"nicknames are limited to {limits.MAX_NICK_LENGTH} characters")
+        taken = any(n == nick and j != bare for j, n in self.reserved.items()) or \
+            (nick in self.occupants and self.occupants[nick].bare != bare)
+        if taken:
+            return error(iq, "conflict", "that nickname is reserved or in use")
+        if affiliation == "none":
+            if len(self.affiliations) >= limits.MAX_AFFILIATIONS:
+                return error(iq, "resource-constraint", "this room has too many members")
+            self.set_affiliation(bare, "member", nick=nick)
+        else:
+            self.reserved[bare] = nick
+        self.service.save(self)
+        return iq_result(iq)
+
+    def reserved_nick_info(self, iq: Element, sender: str) -> Element:
+        """Section 7.12: disco#info with node x-roomuser-item names the sender's reserved nickname."""
+        query = Element("query", DISCO_INFO_NS, {"node": "x-roomuser-item"})
+        nick = self.reserved.get(bare_of(sender))
+        if nick:
+            query.add("identity", attrs={"category": "conference", "type": "text", "name": nick})
+        return iq_result(iq, query)
+
+    # ============================================================================================
     # Disco (section 6.4)
     # ============================================================================================
     def disco_info(self) -> Element:
@@ -919,7 +980,8 @@ class Room:
                     "muc_passwordprotected" if config.password else "muc_unsecured",
                     "muc_nonanonymous" if config.whois == "anyone" else "muc_semianonymous",
                     OCCUPANT_ID_NS, SID_NS, PING_NS,
-                    "http://jabber.org/protocol/muc#request", "http://jabber.org/protocol/muc#self-ping-optimization"]
+                    "http://jabber.org/protocol/muc#request", "http://jabber.org/protocol/muc#self-ping-optimization",
+                    MUC_REGISTER, REGISTER_NS]
         if config.archiving:
             features += ["urn:xmpp:mam:2", "urn:xmpp:mam:2#extended"]
         for feature in sorted(set(features)):

@@ -26,7 +26,16 @@ from peerage.xmpp.jid import JidError, bare_of
 from peerage.xmpp.muc import limits
 from peerage.xmpp.muc.archive import MAM_NS, RoomArchive
 from peerage.xmpp.muc.forms import RoomConfig
-from peerage.xmpp.muc.room import MUC_ADMIN, MUC_NS, MUC_OWNER, PING_NS, HistoryEntry, Room, error
+from peerage.xmpp.muc.room import (
+    MUC_ADMIN,
+    MUC_NS,
+    MUC_OWNER,
+    PING_NS,
+    REGISTER_NS,
+    HistoryEntry,
+    Room,
+    error,
+)
 from peerage.xmpp.muc.store import RoomStore
 from peerage.xmpp.router import schedule
 from peerage.xmpp.stanzas import IqContext, StanzaEvent
@@ -146,6 +155,7 @@ class MucService(Feature):
         hook_service_iq(service, "query", MUC_OWNER, self._owner, to=("bare",))
         hook_service_iq(service, "query", MUC_ADMIN, self._admin, to=("bare",))
         hook_service_iq(service, "query", MAM_NS, self._mam, to=("bare",))
+        hook_service_iq(service, "query", REGISTER_NS, self._room_register, to=("bare",))
         return service
 
     # ============================================================================================
@@ -404,7 +414,10 @@ class MucService(Feature):
         room = self._room(ctx)
         if room is None or (room.locked and room.affiliation(bare_of(ctx.sender)) != "owner"):
             return error(ctx.iq, "item-not-found", "no such room")
-        if ctx.payload.attrs.get("node"):
+        node = ctx.payload.attrs.get("node")
+        if node == "x-roomuser-item":
+            return room.reserved_nick_info(ctx.iq, ctx.sender)
+        if node:
             return error(ctx.iq, "item-not-found")
         return iq_result(ctx.iq, room.disco_info())
 
@@ -434,6 +447,18 @@ class MucService(Feature):
         if ctx.iq.attrs["type"] == "get":
             return room.admin_get(ctx.iq, ctx.payload, ctx.sender)
         return room.admin_set(ctx.iq, ctx.payload, ctx.sender)
+
+    def _room_register(self, ctx: IqContext) -> Element:
+        room = self._room(ctx)
+        if room is None:
+            return error(ctx.iq, "item-not-found", "no such room")
+        try:
+            bare_of(ctx.sender)
+        except JidError:
+            return error(ctx.iq, "jid-malformed")
+        if ctx.iq.attrs["type"] == "get":
+            return room.register_get(ctx.iq, ctx.sender)
+        return room.register_set(ctx.iq, ctx.payload, ctx.sender)
 
     def _mam(self, ctx: IqContext) -> Any:
         room = self._room(ctx)
