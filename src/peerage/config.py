@@ -194,6 +194,22 @@ class RegistrationConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    """XEP-0357 push notifications to the app servers clients register (Conversations, Monal, Siskin)."""
+
+    enabled: bool = True
+    # The summary form carries only the message count unless these are on: app servers are third
+    # parties (Prosody's mod_cloud_notify push_notification_with_body/_with_sender default to false).
+    include_sender: bool = False
+    include_body: bool = False
+    # Failed notifications in a row (errors or no answer) before a registration is disabled
+    # (Prosody's mod_cloud_notify push_max_errors is 16).
+    max_errors: int = 16
+    # App servers one account may register (Prosody's push_max_devices is 5).
+    max_registrations: int = 5
+
+
+@dataclass(frozen=True)
 class XmppConfig:
     enabled: bool = True
     c2s_listen: list[str] = field(default_factory=lambda: ["0.0.0.0:5222", "[::]:5222"])
@@ -220,6 +236,7 @@ class XmppConfig:
     contact: ContactConfig = field(default_factory=ContactConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    push: PushConfig = field(default_factory=PushConfig)
     websocket: XmppWebSocketConfig = field(default_factory=XmppWebSocketConfig)
 
 

@@ -8,12 +8,12 @@ from peerage import config
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config.TlsConfig, config.DomainConfig,
-            config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.UploadConfig, config.RegistrationConfig, config.FederationConfig,
+            config.LimitsConfig, config.XmppConfig, config.ContactConfig, config.UploadConfig, config.RegistrationConfig, config.PushConfig, config.FederationConfig,
             config.FederationDomainPolicy, config.SipConfig, config.SmtpConfig, config.ImapConfig, config.WebConfig,
             config.MetricsConfig, config.AcmeConfig, config.TurnConfig,
             config.ClusterConfig, config.MucConfig, config.XmppWebSocketConfig,
             config.SocialConfig]
-NESTED = {"federation", "domains", "contact", "upload", "registration", "websocket"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
+NESTED = {"federation", "domains", "contact", "upload", "registration", "push", "websocket"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 
 def test_every_setting_is_documented() -> None:

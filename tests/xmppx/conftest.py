@@ -34,6 +34,7 @@ UPLOAD_MAX_FILE = 64 * 1024
 UPLOAD_QUOTA = 160 * 1024
 UPLOAD_SLOTS_PER_MINUTE = 10
 REGISTRATIONS_PER_IP = 3
+PUSH_MAX_ERRORS = 2
 ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
              "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt")
 TWO_USERS = ("yara", "yuri", "yves", "yoko")
@@ -72,6 +73,7 @@ def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pe
     config: dict[str, Any] = {
         "xmpp": {"upload": {"max_file_size": UPLOAD_MAX_FILE, "quota": UPLOAD_QUOTA,
                             "slots_per_minute": UPLOAD_SLOTS_PER_MINUTE},
+                 "push": {"include_sender": True, "max_errors": PUSH_MAX_ERRORS},
                  "contact": {"support": ["xmpp:support@{domain}", "https://{domain}/help"]}},
     }
     one = federation.server("x1.test", ONE_ADDRESS, level="encrypted", users=ONE_USERS,

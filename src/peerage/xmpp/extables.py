@@ -7,7 +7,7 @@ metadata; each feature module reads and writes its own.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, String, Table
+from sqlalchemy import BigInteger, Column, Float, Index, String, Table, Text
 
 from peerage.store.schema import metadata
 from peerage.xmpp.tables import JID_LENGTH
@@ -33,6 +33,18 @@ upload_files = Table(
 )
 Index("upload_files_owner", upload_files.c.owner, upload_files.c.created)
 Index("upload_files_expires", upload_files.c.expires)
+
+# XEP-0357: the app servers an account has enabled push with.
+push_registrations = Table(
+    "push_registrations",
+    metadata,
+    Column("owner", String(JID_LENGTH), primary_key=True),
+    Column("jid", String(JID_LENGTH), primary_key=True),
+    Column("node", String(1024), primary_key=True),
+    # The XEP-0004 publish-options form the client gave (its secret), serialized, or NULL.
+    Column("options", Text, nullable=True),
+    Column("created", Float, nullable=False),
+)
 
 # XEP-0401 / XEP-0379 invitations: one row per token, removed once used or expired.
 invite_tokens = Table(

@@ -38,6 +38,7 @@ from peerage.xmpp.features.pep import Pep
 from peerage.xmpp.features.ping import Ping
 from peerage.xmpp.features.presence import Presence
 from peerage.xmpp.features.private import PrivateStorage
+from peerage.xmpp.features.push import Push
 from peerage.xmpp.features.register import Registration
 from peerage.xmpp.features.roster import Roster
 from peerage.xmpp.features.sm import StreamManagement
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
             Offline, Mam, StreamManagement, ClientStateIndication, Pep,
             EntityTime, LastActivity, ExternalServices, MucService, Upload,
-            Registration)
+            Registration, Push)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser

@@ -1,0 +1,226 @@
+"""XEP-0357 Push Notifications: the app servers an account enables, notified of its offline messages.
+
+This module is in charge of:
+
+- ``<enable/>`` and ``<disable/>`` (XEP-0357 sections 5 and 6) from the account's own resources: an
+  app server JID, a node, and the publish-options form (the app server's secret) kept in
+  ``push_registrations``, at most ``[xmpp.push] max_registrations`` per account (``resource-constraint``
+  beyond);
+- a notification for each message that goes to offline storage (the ``message/offline/handle``
+  event, before the offline module stores it): a pubsub publish from the account's bare JID to the app
+  server's node, with the ``urn:xmpp:push:summary`` form (section 7: ``message-count``, and
+  ``last-message-sender`` / ``last-message-body`` only when ``[xmpp.push] include_sender`` /
+  ``include_body`` say so) and the registration's publish-options;
+- the app server's answers: a result resets the registration's error count; an error or no answer
+  within ``NOTIFY_TIMEOUT`` counts, and ``[xmpp.push] max_errors`` in a row disable the registration
+  (section 8 lets the server stop; an error of type ``cancel`` or ``auth`` disables at once, as
+  Prosody's mod_cloud_notify does for those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select
+
+from peerage.xmpp.extables import push_registrations
+from peerage.xmpp.features import Feature, IqContext, hook_iq, result
+from peerage.xmpp.features.offline import offline_eligible
+from peerage.xmpp.jid import JidError, split_jid
+from peerage.xmpp.stanzas import StanzaEvent
+from peerage.xmpp.stream import Element, error_reply, parse_stored, serialize
+
+log = logging.getLogger(__name__)
+
+PUSH_NS = "urn:xmpp:push:0"
+SUMMARY_NS = "urn:xmpp:push:summary"
+PUBSUB_NS = "http://jabber.org/protocol/pubsub"
+DATA_NS = "jabber:x:data"
+#: Seconds an app server has to answer a notification (Prosody's mod_cloud_notify waits for the
+#: IQ's default stanza timeout; 30 s is ejabberd's iq timeout).
+NOTIFY_TIMEOUT = 30.0
+#: Longest node name and publish-options form accepted, in bytes (app servers use short tokens).
+MAX_NODE_BYTES = 1024
+MAX_OPTIONS_BYTES = 8192
+#: Body characters put in a notification when include_body is on (a preview, not the message).
+MAX_BODY_PREVIEW = 256
+#: Notifications waiting for their answer, over all accounts: beyond, the oldest is counted as failed.
+MAX_PENDING = 10_000
+
+
+class Push(Feature):
+    account_features = (PUSH_NS,)
+
+    def setup(self) -> None:
+        hook_iq(self.ctx, "enable", PUSH_NS, self._enable, types=("set",))
+        hook_iq(self.ctx, "disable", PUSH_NS, self._disable, types=("set",))
+        # Before the offline module (priority 0) stores the message; returning None lets it go on.
+        self.ctx.events.hook("message/offline/handle", self._offline, 10)
+        self.ctx.events.hook("iq/bare", self._answer, 25)
+        #: notification id -> (owner, app server JID, node, timer)
+        self.pending: dict[str, tuple[str, str, str, asyncio.TimerHandle | None]] = {}
+        #: (owner, jid, node) -> failures in a row
+        self.errors: dict[tuple[str, str, str], int] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def config(self) -> Any:
+        from peerage.config import PushConfig
+
+        host = self.ctx.host
+        return host.config.xmpp.push if host is not None else PushConfig()
+
+    @property
+    def engine(self) -> Any:
+        return self.ctx.storage.engine
+
+    # --- enable / disable -----------------------------------------------------------------------
+    async def _enable(self, ctx: IqContext) -> Element:
+        if not ctx.is_owner or not self.config.enabled:
+            return error_reply(ctx.iq, "not-allowed" if self.config.enabled else "service-unavailable")
+        owner = ctx.owner or ""
+        jid = ctx.payload.attrs.get("jid", "")
+        node = ctx.payload.attrs.get("node", "")
+        try:
+            split_jid(jid)
+        except JidError:
+            return error_reply(ctx.iq, "jid-malformed", "jid must be the app server's address")
+        if not node or len(node.encode()) > MAX_NODE_BYTES:
+            return error_reply(ctx.iq, "bad-request", "node is required (at most 1024 bytes)")
+        form = ctx.payload.find("x", DATA_NS)
+        options = serialize(form) if form is not None else None
+        if options is not None and len(options.encode()) > MAX_OPTIONS_BYTES:
+            return error_reply(ctx.iq, "not-acceptable", f"publish-options are at most {MAX_OPTIONS_BYTES} bytes")
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(push_registrations).where(and_(
+                push_registrations.c.owner == owner, push_registrations.c.jid == jid,
+                push_registrations.c.node == node)))
+            count = (await conn.execute(select(func.count()).select_from(push_registrations).where(
+                push_registrations.c.owner == owner))).scalar() or 0
+            if count >= self.config.max_registrations:
+                return error_reply(ctx.iq, "resource-constraint",
+                                   f"at most {self.config.max_registrations} push registrations per account")
+            await conn.execute(insert(push_registrations).values(owner=owner, jid=jid, node=node, options=options,
+                                                                 created=time.time()))
+        self.errors.pop((owner, jid, node), None)
+        return result(ctx)
+
+    async def _disable(self, ctx: IqContext) -> Element:
+        if not ctx.is_owner:
+            return error_reply(ctx.iq, "not-allowed")
+        owner = ctx.owner or ""
+        jid = ctx.payload.attrs.get("jid", "")
+        if not jid:
+            return error_reply(ctx.iq, "bad-request", "jid is required")
+        node = ctx.payload.attrs.get("node")
+        condition = and_(push_registrations.c.owner == owner, push_registrations.c.jid == jid)
+        if node:  # section 6: without a node, every registration with that app server goes
+            condition = and_(condition, push_registrations.c.node == node)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(push_registrations).where(condition))
+        return result(ctx)
+
+    # --- notifications --------------------------------------------------------------------------
+    def _offline(self, event: StanzaEvent) -> None:
+        stanza = event.stanza
+        if self.config.enabled and offline_eligible(stanza) and stanza.attrs.get("type") != "groupchat":
+            spawn = self.ctx.spawn
+            if spawn is not None:
+                spawn(self._notify(event.bare, stanza))
+        return None
+
+    async def _notify(self, owner: str, stanza: Element) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(select(push_registrations).where(
+                    push_registrations.c.owner == owner))).all()
+            if not rows:
+                return
+            count = await self.ctx.storage.offline_count(owner) + 1  # this one is being stored
+            config = self.config
+            fields = [("FORM_TYPE", SUMMARY_NS), ("message-count", str(count))]
+            if config.include_sender:
+                fields.append(("last-message-sender", stanza.attrs.get("from", "")))
+            body = stanza.find_text("body")
+            if config.include_body and body:
+                fields.append(("last-message-body", body[:MAX_BODY_PREVIEW]))
+            for row in rows:
+                self._send(owner, row, fields)
+        except Exception:
+            log.exception("push notification for %s failed", owner)
+
+    def _send(self, owner: str, row: Any, fields: list[tuple[str, str]]) -> None:
+        notification_id = f"push-{next(self._ids)}"
+        iq = Element("iq", "", {"type": "set", "from": owner, "to": row.jid, "id": notification_id})
+        pubsub = iq.add("pubsub", PUBSUB_NS)
+        form = pubsub.add("publish", attrs={"node": row.node}).add("item").add(
+            "notification", PUSH_NS).add("x", DATA_NS, {"type": "submit"})
+        for var, value in fields:
+            field = form.add("field", attrs={"var": var})
+            field.add("value", text=value)
+        if row.options:
+            pubsub.add("publish-options").children.append(parse_stored(row.options))
+        while len(self.pending) >= MAX_PENDING:
+            oldest = next(iter(self.pending))
+            self._failed(oldest, "wait")
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(NOTIFY_TIMEOUT, self._failed, notification_id, "timeout")
+        self.pending[notification_id] = (owner, row.jid, row.node, timer)
+        pending = self.ctx.router.route(iq)
+        if pending is not None and self.ctx.spawn is not None:
+            self.ctx.spawn(self._deliver(pending))
+
+    @staticmethod
+    async def _deliver(pending: Any) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("push notification delivery failed")
+
+    def _answer(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        itype = stanza.attrs.get("type")
+        if itype not in ("result", "error"):
+            return None
+        pending = self.pending.get(stanza.attrs.get("id", ""))
+        if pending is None:
+            return None
+        owner, jid, _node, _timer = pending
+        if event.bare != owner or stanza.attrs.get("from") != jid:
+            return None
+        if itype == "result":
+            _, _, _, timer = self.pending.pop(stanza.attrs["id"])
+            if timer is not None:
+                timer.cancel()
+            self.errors.pop((owner, jid, _node), None)
+        else:
+            error = stanza.find("error")
+            self._failed(stanza.attrs["id"], error.attrs.get("type", "cancel") if error is not None else "cancel")
+        return True
+
+    def _failed(self, notification_id: str, kind: str) -> None:
+        pending = self.pending.pop(notification_id, None)
+        if pending is None:
+            return
+        owner, jid, node, timer = pending
+        if timer is not None:
+            timer.cancel()
+        key = (owner, jid, node)
+        failures = self.errors.get(key, 0) + 1
+        self.errors[key] = failures
+        if kind in ("cancel", "auth") or failures >= self.config.max_errors:
+            self.errors.pop(key, None)
+            log.info("push: disabling %s's registration at %s (%s, %d failures in a row)", owner, jid, kind, failures)
+            spawn = self.ctx.spawn
+            if spawn is not None:
+                spawn(self._remove(owner, jid, node))
+
+    async def _remove(self, owner: str, jid: str, node: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(push_registrations).where(and_(
+                push_registrations.c.owner == owner, push_registrations.c.jid == jid,
+                push_registrations.c.node == node)))

@@ -1,0 +1,131 @@
+"""XEP-0357 push with a real XMPP client as the app server: a slixmpp account on the other peerage server,
+reached over s2s, gets the summary notification of each offline message and answers it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import xml.etree.ElementTree as ET
+
+import slixmpp
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from tests.harness import PeerageServer
+from tests.xmppx.conftest import ONE_ADDRESS, PUSH_MAX_ERRORS, TIMEOUT, TWO_ADDRESS, Client, until
+
+PUSH = "urn:xmpp:push:0"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+DATA = "jabber:x:data"
+
+
+class AppServer(Client):
+    """Answers pubsub publishes to it as an app server does: result, or an error when told to fail."""
+
+    def __init__(self, jid: str) -> None:
+        super().__init__(jid)
+        self.notifications: asyncio.Queue[slixmpp.Iq] = asyncio.Queue()
+        self.fail = False
+        self.register_handler(Callback("push", MatchXPath(f"{{jabber:client}}iq/{{{PUBSUB}}}pubsub"), self._publish))
+
+    def _publish(self, iq: slixmpp.Iq) -> None:
+        if iq["type"] != "set":
+            return
+        self.notifications.put_nowait(iq)
+        if self.fail:
+            reply = iq.reply()
+            reply["type"] = "error"
+            reply["error"]["type"] = "wait"
+            reply["error"]["condition"] = "internal-server-error"
+            reply.send()
+        else:
+            iq.reply().send()
+
+
+def summary(iq: slixmpp.Iq) -> dict[str, str]:
+    form = iq.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish/{{{PUBSUB}}}item/{{{PUSH}}}notification/{{{DATA}}}x")
+    assert form is not None, iq
+    return {field.get("var", ""): field.findtext(f"{{{DATA}}}value", "") for field in form.iter(f"{{{DATA}}}field")}
+
+
+def registrations(server: PeerageServer, owner: str) -> int:
+    with sqlite3.connect(server.data_dir / "peerage.db") as db:
+        return db.execute("SELECT count(*) FROM push_registrations WHERE owner = ?", (owner,)).fetchone()[0]
+
+
+async def enable(client: Client, jid: str, node: str, secret: str | None = None) -> None:
+    iq = client.make_iq_set()
+    element = ET.SubElement(iq.xml, f"{{{PUSH}}}enable", {"jid": jid, "node": node})
+    if secret is not None:
+        form = ET.SubElement(element, f"{{{DATA}}}x", {"type": "submit"})
+        for var, value in (("FORM_TYPE", PUBSUB + "#publish-options"), ("secret", secret)):
+            ET.SubElement(ET.SubElement(form, f"{{{DATA}}}field", {"var": var}), f"{{{DATA}}}value").text = value
+    await iq.send(timeout=TIMEOUT)
+
+
+async def test_offline_messages_are_pushed_to_the_app_server(one: PeerageServer, two: PeerageServer,
+                                                             clients: list[Client]) -> None:
+    app = await AppServer("yoko@y.test/app-server").login(TWO_ADDRESS)
+    clients.append(app)
+    walt = await Client("walt@x1.test").login(ONE_ADDRESS)
+    sender = await Client("tom@x1.test").login(ONE_ADDRESS)
+    clients.append(sender)
+    await enable(walt, "yoko@y.test/app-server", "device-token-1", secret="s3cr3t")
+    assert registrations(one, "walt@x1.test") == 1
+    await walt.close()  # now offline: messages go to offline storage, and a push goes out
+
+    sender.send_message(mto="walt@x1.test", mbody="are you there?", mtype="chat")
+    notification = await asyncio.wait_for(app.notifications.get(), TIMEOUT)
+    assert notification["from"] == "walt@x1.test"  # from the account's bare JID (section 7)
+    publish = notification.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish")
+    assert publish is not None and publish.get("node") == "device-token-1"
+    fields = summary(notification)
+    assert fields["FORM_TYPE"] == "urn:xmpp:push:summary"
+    assert fields["message-count"] == "1"
+    assert fields["last-message-sender"].startswith("tom@x1.test")
+    assert "last-message-body" not in fields  # [xmpp.push] include_body is off by default
+    options = notification.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish-options/{{{DATA}}}x")
+    assert options is not None and "s3cr3t" in ET.tostring(options).decode()
+    sender.send_message(mto="walt@x1.test", mbody="hello?", mtype="chat")
+    assert summary(await asyncio.wait_for(app.notifications.get(), TIMEOUT))["message-count"] == "2"
+
+    # The app server fails: after max_errors failures in a row the registration is disabled.
+    app.fail = True
+    for index in range(PUSH_MAX_ERRORS):
+        sender.send_message(mto="walt@x1.test", mbody=f"failing {index}", mtype="chat")
+        await asyncio.wait_for(app.notifications.get(), TIMEOUT)
+    await until(lambda: registrations(one, "walt@x1.test") == 0)
+
+
+async def test_enable_disable_and_limits(one: PeerageServer, clients: list[Client]) -> None:
+    judy = await Client("judy@x1.test").login(ONE_ADDRESS)
+    clients.append(judy)
+    await enable(judy, "push.example.net", "a")
+    await enable(judy, "push.example.net", "b")
+    await enable(judy, "push.example.net", "a")  # the same registration again replaces it
+    assert registrations(one, "judy@x1.test") == 2
+    disable = judy.make_iq_set()
+    ET.SubElement(disable.xml, f"{{{PUSH}}}disable", {"jid": "push.example.net", "node": "a"})
+    await disable.send(timeout=TIMEOUT)
+    assert registrations(one, "judy@x1.test") == 1
+    disable = judy.make_iq_set()
+    ET.SubElement(disable.xml, f"{{{PUSH}}}disable", {"jid": "push.example.net"})  # every node
+    await disable.send(timeout=TIMEOUT)
+    assert registrations(one, "judy@x1.test") == 0
+    # The account shows the feature; bad input is refused.
+    info = await judy.plugin["xep_0030"].get_info(jid="judy@x1.test", timeout=TIMEOUT)
+    assert PUSH in info["disco_info"]["features"]
+    bad = judy.make_iq_set()
+    ET.SubElement(bad.xml, f"{{{PUSH}}}enable", {"jid": "push.example.net"})
+    try:
+        await bad.send(timeout=TIMEOUT)
+        raise AssertionError("an enable without node was accepted")
+    except slixmpp.exceptions.IqError as exc:
+        assert exc.iq["error"]["condition"] == "bad-request"
+    for index in range(5):
+        await enable(judy, f"push{index}.example.net", "n")
+    try:
+        await enable(judy, "push-one-more.example.net", "n")
+        raise AssertionError("a sixth registration was accepted")
+    except slixmpp.exceptions.IqError as exc:
+        assert exc.iq["error"]["condition"] == "resource-constraint"
