@@ -163,11 +163,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
         first = under_test.nodes["n1"]
         first.add_user(USERS[0], PASSWORD)  # creates the schema, as an operator's first command does
         asyncio.run(_add_users(database_url, USERS[1:]))
-        starting = [threading.Thread(target=server.start) for server in under_test.nodes.values()]
+        # Three nodes start at once on a machine that may be busy: a longer bound than one start needs.
+        starting = [threading.Thread(target=server.start, kwargs={"timeout": 90.0})
+                    for server in under_test.nodes.values()]
         for thread in starting:
             thread.start()
         for thread in starting:
-            thread.join(60)
+            thread.join(120)
         assert all(server.running for server in under_test.nodes.values()), "a node did not start"
         asyncio.run(under_test.wait_registry(
             lambda status: all(len(s.get("peers", [])) == 2 for s in status.values()) and len(status) == 3,
