@@ -18,6 +18,7 @@ from tests.harness.peers import IN_CI, require_binary
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """One pytest-xdist group per test area (tests/<area>/): each area owns a fixed loopback block
     (docs/architecture.md, "Tests"), so two of its tests must never run at once, while different areas
