@@ -261,3 +261,13 @@ async def test_registration_reserves_a_nickname(muc: MucHarness) -> None:
     await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='set' id='r5'><query xmlns='jabber:iq:register'><remove/>"
                    "</query></iq>")
     assert muc.take(BOB)[0].attrs["type"] == "result" and "bob@a.test" not in muc.muc.rooms[ROOM].affiliations
+
+
+async def test_occupants_hear_the_service_shut_down(muc: MucHarness) -> None:
+    await muc.create(ROOM, ALICE, "Alice")
+    await muc.join(ROOM, CAROL, "Carol")
+    muc.take(ALICE)
+    await muc.muc.shutdown_notice()
+    for who in (ALICE, CAROL):
+        presence = muc.take(who)[0]
+        assert presence.attrs["type"] == "unavailable" and {"110", "332"} <= set(codes(presence))

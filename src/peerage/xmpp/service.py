@@ -150,6 +150,8 @@ class XmppService:
             self._sweeper.cancel()
         for server in self.servers:
             server.close()
+        # Group-chat occupants hear that the service stops (status 332), while s2s still carries it.
+        await self.muc.shutdown_notice()
         if self.s2s is not None:
             try:
                 await self.s2s.stop()

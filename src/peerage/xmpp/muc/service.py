@@ -120,6 +120,19 @@ class MucService(Feature):
         if self.rooms:
             log.info("muc: %d persistent rooms loaded", len(self.rooms))
 
+    async def shutdown_notice(self) -> None:
+        """XEP-0045 status 332: every occupant is told it leaves because the service shuts down, so
+        clients rejoin when it is back (persistent rooms come back; their occupants do not)."""
+        remote = False
+        for room in list(self.rooms.values()):
+            for occupant in list(room.occupants.values()):
+                for full in occupant.sessions:
+                    remote = remote or full.partition("/")[0].rpartition("@")[2] not in self.ctx.router.hosted_domains
+                    self.send(room._presence(occupant, full, with_jid=True, unavailable=True, role="none",
+                                             codes=("110", "332")))
+        if remote:
+            await asyncio.sleep(0.2)  # bounded: queued s2s writes go out before the streams close
+
     async def stop(self) -> None:
         await self.archive.flush()
         await self._write()
