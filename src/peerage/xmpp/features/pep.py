@@ -158,7 +158,9 @@ def _apply_options(config: NodeConfig, values: dict[str, str], *, error: PubsubE
             if not _true(value):
                 raise error  # items are always persistent (XEP-0223)
         elif var == "pubsub#send_last_published_item":
-            if value != "on_sub_and_presence":
+            # XEP-0402 asks for "never" on bookmarks (a whitelist node: only the owner reads it);
+            # accepted, but the last item still goes to the owner's resources on presence.
+            if value not in ("on_sub_and_presence", "on_sub", "never"):
                 raise error
         elif var in ("pubsub#deliver_notifications", "pubsub#deliver_payloads", "pubsub#notify_retract",
                      "pubsub#notify_delete", "pubsub#presence_based_delivery"):
@@ -455,11 +457,20 @@ class Pep(Feature):
         if len(payloads) != 1:
             raise PubsubError("bad-request", "invalid-payload" if payloads else "item-required")
         payload = payloads[0]
+        assert item is not None
+        item_id = await self.store_item(owner, node, item.attrs.get("id") or uuid.uuid4().hex, payload, options)
+        pubsub = Element("pubsub", PUBSUB_NS)
+        pubsub.add("publish", attrs={"node": node}).add("item", attrs={"id": item_id})
+        return result(ctx, pubsub)
+
+    async def store_item(self, owner: str, node: str, item_id: str, payload: Element,
+                         options: dict[str, str] | None = None) -> str:
+        """Publish ``payload`` as ``item_id`` on ``owner``'s ``node`` (created with ``options`` if new),
+        notify, and fire ``pep-item-published`` (owner, node, item id, payload); raises PubsubError."""
+        options = options or {}
         xml = serialize(payload)
         if len(xml.encode()) > MAX_ITEM_BYTES:
             raise PubsubError("not-acceptable", "payload-too-big", f"items are at most {MAX_ITEM_BYTES} bytes")
-        assert item is not None
-        item_id = item.attrs.get("id") or uuid.uuid4().hex
         if len(item_id) > 1024:
             raise PubsubError("not-acceptable", "invalid-payload", "the item id is too long")
         config = await self._node(owner, node)
@@ -483,9 +494,18 @@ class Pep(Feature):
         event_item = event_items.add("item", attrs={"id": item_id, "publisher": owner})
         event_item.children.append(payload)
         self._notify(owner, node, config, event)
-        pubsub = Element("pubsub", PUBSUB_NS)
-        pubsub.add("publish", attrs={"node": node}).add("item", attrs={"id": item_id})
-        return result(ctx, pubsub)
+        self.ctx.events.fire("pep-item-published", (owner, node, item_id, payload))
+        return item_id
+
+    async def get_item(self, owner: str, node: str, item_id: str | None = None) -> tuple[str, Element] | None:
+        """(item id, payload) of ``owner``'s newest item on ``node`` (or of ``item_id``), if any."""
+        query = select(xmpp_pep_items.c.item_id, xmpp_pep_items.c.xml).where(
+            and_(xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node))
+        if item_id is not None:
+            query = query.where(xmpp_pep_items.c.item_id == item_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query.order_by(xmpp_pep_items.c.id.desc()).limit(1))).first()
+        return None if row is None else (row.item_id, parse_stored(row.xml))
 
     async def _retract(self, ctx: IqContext, owner: str, retract: Element) -> Element:
         node = retract.attrs.get("node")

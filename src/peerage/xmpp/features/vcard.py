@@ -32,4 +32,6 @@ class VCard(Feature):
         if len(xml.encode()) > MAX_VCARD_BYTES:
             return error_reply(ctx.iq, "not-acceptable", "the vCard is too large")
         await self.ctx.storage.set_vcard(owner, xml)
+        # XEP-0398: peerage.xmpp.features.avatar publishes a PHOTO as the PEP avatar.
+        self.ctx.events.fire("vcard-set", (owner, ctx.payload))
         return result(ctx)

@@ -1,0 +1,162 @@
+"""XEP-0398 avatar conversion between vcard-temp and PEP (XEP-0084), and XEP-0153 hashes in presence.
+
+This module is in charge of keeping an account's two avatars the same, whichever a client sets, as
+Prosody's mod_vcard_legacy does:
+
+- a XEP-0084 metadata publish (the ``pep-item-published`` event of ``peerage.xmpp.features.pep``)
+  copies the matching ``urn:xmpp:avatar:data`` item into the vcard-temp ``PHOTO`` (TYPE and BINVAL);
+  empty metadata (the avatar removed) removes ``PHOTO``;
+- a vcard-temp set with a ``PHOTO`` (the ``vcard-set`` event of ``peerage.xmpp.features.vcard``)
+  publishes the picture as XEP-0084 data and metadata (item id = SHA-1 of the bytes, open access);
+- the account's available presence from its clients carries ``<x xmlns='vcard-temp:x:update'><photo/>``
+  with that SHA-1 (XEP-0153 section 3.1) when the client did not put one in itself, so that contacts
+  on older clients learn of a new avatar.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+from typing import Any
+
+from peerage.xmpp.features import Feature
+from peerage.xmpp.features.pep import Pep, PubsubError
+from peerage.xmpp.stanzas import StanzaEvent
+from peerage.xmpp.stream import Element, parse_stored, serialize
+
+log = logging.getLogger(__name__)
+
+AVATAR_DATA_NS = "urn:xmpp:avatar:data"
+AVATAR_METADATA_NS = "urn:xmpp:avatar:metadata"
+CONVERSION_NS = "urn:xmpp:pep-vcard-conversion:0"
+VCARD_NS = "vcard-temp"
+VCARD_UPDATE_NS = "vcard-temp:x:update"
+#: Accounts whose avatar hash is remembered for presence (oldest forgotten first; reloaded on bind).
+MAX_CACHED_HASHES = 100_000
+
+
+class AvatarConversion(Feature):
+    account_features = (CONVERSION_NS,)
+
+    def setup(self) -> None:
+        #: account -> SHA-1 (hex) of its avatar, "" for none; absent when not known yet
+        self.hashes: dict[str, str] = {}
+        #: accounts whose conversion is running (a conversion's own write must not convert back)
+        self.converting: set[str] = set()
+        events = self.ctx.events
+        events.hook("pep-item-published", self._published)
+        events.hook("vcard-set", self._vcard_set)
+        events.hook("pre-presence/bare", self._presence, 30)
+        events.hook("resource-bind", self._bound)
+
+    @property
+    def pep(self) -> Pep:
+        pep = self.ctx.feature(Pep)
+        assert pep is not None
+        return pep
+
+    def _remember(self, owner: str, sha1: str) -> None:
+        self.hashes.pop(owner, None)
+        self.hashes[owner] = sha1
+        while len(self.hashes) > MAX_CACHED_HASHES:
+            del self.hashes[next(iter(self.hashes))]
+
+    def _spawn(self, coroutine: Any) -> None:
+        if self.ctx.spawn is not None:
+            self.ctx.spawn(coroutine)
+        else:
+            coroutine.close()
+
+    # --- PEP -> vcard-temp ----------------------------------------------------------------------
+    def _published(self, published: tuple[str, str, str, Element]) -> None:
+        owner, node, _item_id, payload = published
+        if node == AVATAR_METADATA_NS and owner not in self.converting:
+            self._spawn(self._pep_to_vcard(owner, payload))
+        return None
+
+    async def _pep_to_vcard(self, owner: str, metadata: Element) -> None:
+        try:
+            info = metadata.find("info", AVATAR_METADATA_NS)
+            photo: Element | None = None
+            sha1 = ""
+            if info is not None and info.attrs.get("id"):
+                sha1 = info.attrs["id"]
+                data = await self.pep.get_item(owner, AVATAR_DATA_NS, sha1)
+                if data is None:
+                    return  # data first, then metadata (XEP-0084 section 4.1): nothing to copy
+                photo = Element("PHOTO", VCARD_NS)
+                photo.add("TYPE", VCARD_NS, text=info.attrs.get("type", "image/png"))
+                photo.add("BINVAL", VCARD_NS, text=data[1].text.strip())
+            xml = await self.ctx.storage.get_vcard(owner)
+            vcard = parse_stored(xml) if xml else Element("vCard", VCARD_NS)
+            for old in vcard.find_all("PHOTO", VCARD_NS):
+                vcard.remove(old)
+            if photo is not None:
+                vcard.children.append(photo)
+            await self.ctx.storage.set_vcard(owner, serialize(vcard))
+            self._remember(owner, sha1)
+        except Exception:
+            log.exception("avatar conversion to vcard-temp failed for %s", owner)
+
+    # --- vcard-temp -> PEP ----------------------------------------------------------------------
+    def _vcard_set(self, change: tuple[str, Element]) -> None:
+        owner, vcard = change
+        if owner not in self.converting:
+            self._spawn(self._vcard_to_pep(owner, vcard))
+        return None
+
+    async def _vcard_to_pep(self, owner: str, vcard: Element) -> None:
+        photo = vcard.find("PHOTO", VCARD_NS)
+        binval = photo.find_text("BINVAL", VCARD_NS) if photo is not None else None
+        if not binval:
+            return
+        try:
+            picture = base64.b64decode("".join(binval.split()), validate=True)
+        except (binascii.Error, ValueError):
+            return
+        sha1 = hashlib.sha1(picture).hexdigest()
+        if self.hashes.get(owner) == sha1:
+            return
+        mime = (photo.find_text("TYPE", VCARD_NS) if photo is not None else None) or "image/png"
+        options = {"pubsub#access_model": "open"}
+        self.converting.add(owner)
+        try:
+            data = Element("data", AVATAR_DATA_NS, {}, [base64.b64encode(picture).decode()])
+            await self.pep.store_item(owner, AVATAR_DATA_NS, sha1, data, options)
+            metadata = Element("metadata", AVATAR_METADATA_NS)
+            metadata.add("info", attrs={"bytes": str(len(picture)), "id": sha1, "type": mime})
+            await self.pep.store_item(owner, AVATAR_METADATA_NS, sha1, metadata, options)
+            self._remember(owner, sha1)
+        except PubsubError as exc:
+            # The account's avatar nodes have another configuration: leave them as they are.
+            log.info("avatar of %s not converted to PEP: %s", owner, exc.condition)
+        finally:
+            self.converting.discard(owner)
+
+    # --- XEP-0153 -------------------------------------------------------------------------------
+    def _bound(self, session: Any) -> None:
+        if session.bare_jid not in self.hashes:
+            self._spawn(self._load(session.bare_jid))
+        return None
+
+    async def _load(self, owner: str) -> None:
+        try:
+            item = await self.pep.get_item(owner, AVATAR_METADATA_NS)
+        except Exception:
+            log.exception("loading the avatar hash of %s failed", owner)
+            return
+        info = item[1].find("info", AVATAR_METADATA_NS) if item is not None else None
+        if owner not in self.hashes:
+            self._remember(owner, info.attrs.get("id", "") if info is not None else "")
+
+    def _presence(self, event: StanzaEvent) -> None:
+        stanza = event.stanza
+        if stanza.attrs.get("type") or stanza.attrs.get("to") or event.origin is None:
+            return None
+        sha1 = self.hashes.get(getattr(event.origin, "bare_jid", ""))
+        if sha1 is None or stanza.find("x", VCARD_UPDATE_NS) is not None:
+            return None
+        stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
+        return None

@@ -1,0 +1,106 @@
+"""Profiles over PEP: XEP-0084 avatars converted to and from vcard-temp (XEP-0398) with XEP-0153 hashes
+in presence, and the PEP-only profile data clients publish: vCard4 (XEP-0292), nickname (XEP-0172) and
+bookmarks (XEP-0402, with the publish-options Conversations and Gajim send)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import slixmpp
+
+from tests.harness import PeerageServer
+from tests.xmppx.conftest import ONE_ADDRESS, TIMEOUT, Client
+from tests.xmppx.test_pep_access import items, publish, raw_iq
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==")
+VCARD_UPDATE = "vcard-temp:x:update"
+
+
+async def test_pep_avatar_becomes_the_vcard_photo(one: PeerageServer, clients: list[Client]) -> None:
+    heidi = await Client("heidi@x1.test", plugins=("xep_0054", "xep_0084", "xep_0060")).login(ONE_ADDRESS)
+    clients.append(heidi)
+    info = await heidi.plugin["xep_0030"].get_info(jid="heidi@x1.test", timeout=TIMEOUT)
+    assert "urn:xmpp:pep-vcard-conversion:0" in info["disco_info"]["features"]
+    sha1 = hashlib.sha1(PNG).hexdigest()
+    await heidi.plugin["xep_0084"].publish_avatar(PNG, timeout=TIMEOUT)
+    await heidi.plugin["xep_0084"].publish_avatar_metadata([{"id": sha1, "type": "image/png", "bytes": len(PNG)}],
+                                                          timeout=TIMEOUT)
+
+    async def photo() -> bytes | None:
+        vcard = await heidi.plugin["xep_0054"].get_vcard(slixmpp.JID("heidi@x1.test"), local=False, cached=False,
+                                                         timeout=TIMEOUT)
+        binval = vcard["vcard_temp"]["PHOTO"]["BINVAL"]
+        return binval or None
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while await photo() != PNG:
+        assert loop.time() < deadline, "the PEP avatar did not reach vcard-temp"
+        await asyncio.sleep(0.2)
+
+
+async def test_vcard_photo_becomes_the_pep_avatar_and_its_hash_is_in_presence(
+        one: PeerageServer, clients: list[Client]) -> None:
+    ivan = await Client("ivan@x1.test", plugins=("xep_0054", "xep_0060")).login(ONE_ADDRESS)
+    clients.append(ivan)
+    vcard = ivan.plugin["xep_0054"].make_vcard()
+    vcard["FN"] = "Ivan"
+    vcard["PHOTO"]["TYPE"] = "image/png"
+    vcard["PHOTO"]["BINVAL"] = PNG
+    await ivan.plugin["xep_0054"].publish_vcard(vcard, timeout=TIMEOUT)
+    sha1 = hashlib.sha1(PNG).hexdigest()
+    reader = await Client("grace@x1.test", plugins=("xep_0060",)).login(ONE_ADDRESS)
+    clients.append(reader)
+
+    async def published() -> bool:
+        got = await reader.plugin["xep_0060"].get_items(slixmpp.JID("ivan@x1.test"), "urn:xmpp:avatar:metadata",
+                                                        timeout=TIMEOUT)
+        return any(item["id"] == sha1 for item in got["pubsub"]["items"])
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not await published():
+        assert loop.time() < deadline, "the vcard-temp PHOTO did not reach PEP"
+        await asyncio.sleep(0.2)
+    data = await reader.plugin["xep_0060"].get_items(slixmpp.JID("ivan@x1.test"), "urn:xmpp:avatar:data",
+                                                     item_ids=[sha1], timeout=TIMEOUT)
+    assert base64.b64decode(next(iter(data["pubsub"]["items"]))["payload"].text) == PNG
+    # XEP-0153: the server puts the hash in the account's presence (seen here by its other resource).
+    second = Client("ivan@x1.test/second")
+    clients.append(await second.login(ONE_ADDRESS))
+    ivan.send_presence(pstatus="with a picture")
+    while True:
+        presence = await asyncio.wait_for(second.presences.get(), TIMEOUT)
+        if presence["from"] == ivan.boundjid and presence["status"] == "with a picture":
+            break
+    assert presence.xml.findtext(f"{{{VCARD_UPDATE}}}x/{{{VCARD_UPDATE}}}photo") == sha1
+
+
+async def test_vcard4_nickname_and_bookmarks_over_pep(one: PeerageServer, clients: list[Client]) -> None:
+    frank = await Client("frank@x1.test").login(ONE_ADDRESS)
+    stranger = await Client("sam@x1.test").login(ONE_ADDRESS)
+    clients.extend([frank, stranger])
+    vcard4 = "<vcard xmlns='urn:ietf:params:xml:ns:vcard-4.0'><fn><text>Frank</text></fn></vcard>"
+    reply = await raw_iq(frank, publish("urn:xmpp:vcard4", "current", vcard4, {"pubsub#access_model": "open"}))
+    assert "type=\"result\"" in reply, reply
+    nick = "<nick xmlns='http://jabber.org/protocol/nick'>frankie</nick>"
+    reply = await raw_iq(frank, publish("http://jabber.org/protocol/nick", "current", nick,
+                                        {"pubsub#access_model": "open"}))
+    assert "type=\"result\"" in reply, reply
+    assert "Frank" in await raw_iq(stranger, items("urn:xmpp:vcard4"), to="frank@x1.test", itype="get")
+    assert "frankie" in await raw_iq(stranger, items("http://jabber.org/protocol/nick"), to="frank@x1.test",
+                                     itype="get")
+    # XEP-0402 section 3.2: one item per room, with these publish-options.
+    bookmark = "<conference xmlns='urn:xmpp:bookmarks:1' name='Coven' autojoin='true'><nick>frank</nick></conference>"
+    options: dict[str, str | list[str]] = {
+        "pubsub#persist_items": "true", "pubsub#max_items": "max",
+        "pubsub#send_last_published_item": "never", "pubsub#access_model": "whitelist"}
+    for room in ("coven@conference.x1.test", "garden@conference.x1.test"):
+        reply = await raw_iq(frank, publish("urn:xmpp:bookmarks:1", room, bookmark, options))
+        assert "type=\"result\"" in reply, reply
+    own = await raw_iq(frank, items("urn:xmpp:bookmarks:1"), itype="get")
+    assert "coven@conference.x1.test" in own and "garden@conference.x1.test" in own
+    refused = await raw_iq(stranger, items("urn:xmpp:bookmarks:1"), to="frank@x1.test", itype="get")
+    assert "closed-node" in refused and "Coven" not in refused
