@@ -5,6 +5,7 @@ envelope (RFC 5228 §5.4), redirect with its loop and rate limits, reject (RFC 5
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import smtplib
 import ssl
@@ -151,3 +152,35 @@ def test_vacation_answers_once_and_remembers_across_a_restart(server: PeerageSer
     send(test_ca, "away, carol?", to="carol@example.org")
     wait_for(lambda: "away, carol?" in _subjects(server, "carol@example.org"), 15, "carol's message")
     assert len(replies()) == 1
+
+
+def test_the_webmail_vacation_response_goes_through_sieve(server: PeerageServer, test_ca) -> None:
+    # The JMAP VacationResponse as the webmail stores it (RFC 8621 §8), for carol, who has no script.
+    import json
+    import sqlite3
+    import time
+
+    value = {"isEnabled": True, "fromDate": None, "toDate": None, "subject": "Carol is away",
+             "textBody": "Back next week.", "htmlBody": "<p>Back next week.</p>"}
+    with sqlite3.connect(server.data_dir / "peerage.db", timeout=10) as conn:
+        conn.execute("INSERT INTO jmap_settings (account, kind, value, modseq) VALUES (?, 'vacation', ?, 1)",
+                     ("carol@example.org", json.dumps(value)))
+
+    def replies() -> list[bytes]:
+        return [raw for raw in mailbox_messages(server.data_dir, "bob@example.org") if b"Carol is away" in raw]
+
+    # Delivery re-reads who is away every few seconds: send until the first answer, then once more.
+    deadline = time.monotonic() + 30
+    n = 0
+    while not replies():
+        assert time.monotonic() < deadline, "no vacation reply from carol"
+        send(test_ca, f"hello carol {n}", to="carol@example.org")
+        n += 1
+        wait_for(lambda n=n: f"hello carol {n - 1}" in _subjects(server, "carol@example.org"), 15, "delivery")
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: bool(replies()), 3, "reply")
+    send(test_ca, "hello again carol", to="carol@example.org")
+    wait_for(lambda: "hello again carol" in _subjects(server, "carol@example.org"), 15, "delivery")
+    reply = replies()
+    assert len(reply) == 1, "one reply per sender per period"
+    assert b"Auto-Submitted: auto-replied" in reply[0] and b"text/html" in reply[0]

@@ -173,9 +173,7 @@ class MailService:
         account's Sieve script first (peerage.mail.sieve.delivery); other folders (DMARC quarantine
         to Junk) are stored as they are."""
         if self.sieve is not None and folder == "INBOX" and mail_from is not None:
-            from peerage.mail import mailbox
-
-            await self.sieve.deliver(mailbox.mailbox_owner(address), address, data, mail_from)
+            await self.sieve.deliver(self.local.owner_of(address), address, data, mail_from)
             return
         await self.local.deliver(address, data, folder)
 

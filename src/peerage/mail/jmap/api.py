@@ -66,7 +66,10 @@ class JmapRoutes:
         self._active: dict[str, int] = {}
         self.store.notifier.add_listener(self._mailbox_changed)
         self.vacation = VacationResponder(host.store, self.store, self.submit)
-        self.store.notifier.add_listener(self.vacation.mailbox_changed)
+        if getattr(mail, "sieve", None) is None:
+            # Without Sieve at delivery, the response is sent when new mail shows up in INBOX;
+            # with it, delivery sends it (peerage.mail.sieve.delivery), from the envelope sender.
+            self.store.notifier.add_listener(self.vacation.mailbox_changed)
         self.box_owner: dict[int, str] = {}
         self.ctx: WebContext | None = None
         self.closing = False

@@ -8,7 +8,9 @@ at most one reply per sender every ``REPLY_INTERVAL`` (RFC 5230 §4.1's default 
 the database through the same ``VacationMemory`` as Sieve vacation, so a restart forgets no one. Replies carry
 ``Auto-Submitted: auto-replied`` and go through the same submission path as EmailSubmission.
 
-It is woken by the mailbox store's notifier, like IMAP IDLE; the store's UIDs say which messages are
+When Sieve runs at delivery (``[sieve] enabled``), the response is sent from there instead
+(``peerage.mail.sieve.delivery``, as a vacation action with this response's texts), and this
+responder is not started. Otherwise it is woken by the mailbox store's notifier, like IMAP IDLE; the store's UIDs say which messages are
 new since the response was enabled (kept with the response as ``_sinceUid``).
 """
 
@@ -32,13 +34,13 @@ from sqlalchemy import select, update
 from peerage.mail.jmap.index import decode_text, message_ids
 from peerage.mail.jmap.tables import jmap_settings
 from peerage.mail.mailbox import INBOX, MailboxStore
-from peerage.mail.sieve.store import VacationMemory
+from peerage.mail.sieve.store import JMAP_VACATION_HANDLE, VacationMemory
 
 log = logging.getLogger(__name__)
 
 REPLY_INTERVAL = 7 * 86400.0
 # The VacationMemory handle of the JMAP response (Sieve vacations have their own, RFC 5230 §4.2).
-MEMORY_HANDLE = "jmap:VacationResponse"
+MEMORY_HANDLE = JMAP_VACATION_HANDLE
 _headers = BytesHeaderParser(policy=email.policy.compat32)
 
 Submit = Callable[[str, str, list[str], bytes], Awaitable[None]]

@@ -29,15 +29,22 @@ Decisions, each with its reason:
   list or bulk mail, no reply to MAILER-DAEMON/owner-/-request/the null sender), one reply per sender
   per ``:days`` remembered in the database (``VacationMemory``), sent from the null reverse-path
   (§5.1) with ``Auto-Submitted: auto-replied``.
+- The webmail's vacation response (the JMAP VacationResponse, RFC 8621 §8) is carried out here as
+  one more vacation action, with its texts and dates and its own handle, for accounts whose script
+  has no vacation of its own; so it answers the envelope sender with the same checks and the same
+  persisted memory. (A change to it applies within ``ACTIVE_SET_SECONDS``.)
 - A message quarantined by DMARC (filed in Junk by the MX) is not filtered: quarantine wins.
 """
 
 from __future__ import annotations
 
 import email.policy
+import json
 import logging
 import quopri
 import secrets
+import time
+from datetime import datetime
 from email.message import EmailMessage
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
@@ -46,7 +53,19 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, getaddresses, localtime
 from typing import Any
 
-from peerage.mail.sieve.interpret import INBOX, Envelope, Result, SieveRuntimeError, Vacation, evaluate
+from sqlalchemy import select
+
+from peerage.mail.jmap.tables import jmap_settings
+from peerage.mail.sieve.interpret import (
+    INBOX,
+    VACATION_DEFAULT_DAYS,
+    Envelope,
+    Result,
+    SieveRuntimeError,
+    Vacation,
+    evaluate,
+)
+from peerage.mail.sieve.store import ACTIVE_SET_SECONDS, JMAP_VACATION_HANDLE
 from peerage.net.limits import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -54,6 +73,15 @@ _headers = BytesHeaderParser(policy=email.policy.compat32)
 SECONDS_PER_HOUR = 3600.0
 # RFC 5230 §4.5: the header fields where the recipient must appear for a reply to go.
 _RECIPIENT_FIELDS = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
+
+
+def _stamp(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _header_block(raw: bytes) -> bytes:
@@ -81,6 +109,9 @@ class SieveDelivery:
         self.memory = vacation_memory_for(host)
         per_hour = max(float(host.config.sieve.redirects_per_hour), 1.0)
         self.redirect_rate = RateLimiter(per_hour / SECONDS_PER_HOUR, per_hour)
+        # Accounts whose JMAP VacationResponse is on, re-read every ACTIVE_SET_SECONDS.
+        self._away: set[str] | None = None
+        self._away_loaded = 0.0
 
     async def deliver(self, account: str, address: str, data: bytes, mail_from: str) -> None:
         """Deliver ``data`` for ``address`` (the mailbox of ``account``) as its script says."""
@@ -89,18 +120,50 @@ class SieveDelivery:
         except Exception:
             log.exception("loading the Sieve script of %s failed; keeping the message", account)
             script = None
-        if script is None:
+        away = await self._jmap_vacation(account)
+        if script is None and away is None:
             await self.service.local.deliver(address, data, INBOX)
             return
         try:
-            result = evaluate(script, data, Envelope(mail_from or "", address))
+            result = evaluate(script, data, Envelope(mail_from or "", address)) if script else Result(
+                keeps=[(INBOX, ())])
         except SieveRuntimeError as exc:
             log.warning("Sieve script of %s failed (%s); keeping the message", account, exc)
             result = Result(keeps=[(INBOX, ())])
         except Exception:
             log.exception("Sieve script of %s failed; keeping the message", account)
             result = Result(keeps=[(INBOX, ())])
+        if away is not None and result.vacation is None and result.reject is None:
+            # The webmail's VacationResponse (RFC 8621 §8) is a vacation action of its own.
+            result.vacation = away
         await self._perform(account, address, data, mail_from or "", result)
+
+    async def _jmap_vacation(self, account: str) -> Vacation | None:
+        """The account's JMAP VacationResponse as a vacation action, when it is on and in its dates."""
+        now = time.monotonic()
+        if self._away is None or now - self._away_loaded > ACTIVE_SET_SECONDS:
+            async with self.host.store.begin() as conn:
+                rows = await conn.execute(select(jmap_settings.c.account, jmap_settings.c.value)
+                                          .where(jmap_settings.c.kind == "vacation"))
+                self._away = {a for a, v in rows if json.loads(v).get("isEnabled")}
+            self._away_loaded = now
+        if account not in self._away:
+            return None
+        async with self.host.store.begin() as conn:
+            raw = (await conn.execute(select(jmap_settings.c.value).where(
+                jmap_settings.c.account == account, jmap_settings.c.kind == "vacation"))).scalar()
+        settings = json.loads(raw) if raw else {}
+        if not settings.get("isEnabled"):
+            return None
+        stamp = time.time()
+        start, end = _stamp(settings.get("fromDate")), _stamp(settings.get("toDate"))
+        if (start and stamp < start) or (end and stamp >= end):
+            return None
+        subject = settings.get("subject")
+        return Vacation(reason=str(settings.get("textBody") or "I am away and will read your message later."),
+                        days=VACATION_DEFAULT_DAYS, subject=str(subject) if subject else None, from_address=None,
+                        addresses=[], mime=False, handle=JMAP_VACATION_HANDLE,
+                        html=str(settings["htmlBody"]) if settings.get("htmlBody") else None)
 
     async def _perform(self, account: str, address: str, data: bytes, mail_from: str, result: Result) -> None:
         keeps = list(result.keeps)
@@ -195,7 +258,7 @@ class SieveDelivery:
             return
         if sender in mine:
             return
-        if not await self.memory.claim(account, "sieve:" + vacation.handle, sender, vacation.days * 86400.0):
+        if not await self.memory.claim(account, vacation.handle, sender, vacation.days * 86400.0):
             return
         domain = address.rpartition("@")[2]
         if vacation.mime:
@@ -208,6 +271,8 @@ class SieveDelivery:
         else:
             reply = EmailMessage(policy=email.policy.SMTP)
             reply.set_content(vacation.reason)
+            if vacation.html:
+                reply.add_alternative(vacation.html, subtype="html")
         reply["From"] = vacation.from_address or address
         reply["To"] = mail_from
         original_subject = str(header.get("Subject") or "").replace("\r", " ").replace("\n", " ")

@@ -51,6 +51,7 @@ class Vacation:
     addresses: list[str]
     mime: bool
     handle: str
+    html: str | None = None  # an HTML alternative (the JMAP VacationResponse's htmlBody)
 
 
 @dataclass(slots=True)
@@ -351,8 +352,8 @@ class Interpreter:
             from_address = tagged.get("from")
             given = tagged.get("handle")
             # RFC 5230 §4.2: without :handle, vacations differ by their arguments.
-            handle = str(given) if given is not None else "\0".join(
-                [reason, str(subject or ""), str(from_address or ""), str("mime" in tagged)])
+            handle = "sieve:" + (str(given) if given is not None else "\0".join(
+                [reason, str(subject or ""), str(from_address or ""), str("mime" in tagged)]))
             also = tagged.get("addresses")
             result.vacation = Vacation(reason, days, str(subject) if subject is not None else None,
                                        str(from_address) if from_address is not None else None,

@@ -32,6 +32,8 @@ MAX_NAME = 512
 # How long the "accounts with an active script" set is believed without asking the database again
 # (another process, or a node of a cluster, may change it); changes made here apply at once.
 ACTIVE_SET_SECONDS = 5.0
+# The VacationMemory handle of the JMAP VacationResponse (RFC 8621 §8); Sieve vacations have theirs.
+JMAP_VACATION_HANDLE = "jmap:VacationResponse"
 
 
 class ScriptError(Exception):

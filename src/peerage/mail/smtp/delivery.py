@@ -104,6 +104,10 @@ class LocalDelivery:
         self._box_ids[(owner, folder)] = (int(box.id), now + MAILBOX_ID_SECONDS)
         return int(box.id)
 
+    def owner_of(self, address: str) -> str:
+        """The mailbox owner key of ``address`` (cached: PRECIS normalisation is not free)."""
+        return self._owners.get(address) or self._owner(address)
+
     def _owner(self, address: str) -> str:
         from peerage.mail import mailbox
 
