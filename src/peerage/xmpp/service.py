@@ -152,7 +152,9 @@ class XmppService:
         for server in self.servers:
             server.close()
         # Group-chat occupants hear that the service stops (status 332), while s2s still carries it.
-        await self.muc.shutdown_notice()
+        muc: MucService | None = getattr(self, "muc", None)  # None when start() failed early
+        if muc is not None:
+            await muc.shutdown_notice()
         if self.s2s is not None:
             try:
                 await self.s2s.stop()
@@ -173,7 +175,8 @@ class XmppService:
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)  # connection_lost() of each closed connection schedules its cleanup
         try:
-            await asyncio.wait_for(self.muc.stop(), SHUTDOWN_GRACE)
+            if muc is not None:
+                await asyncio.wait_for(muc.stop(), SHUTDOWN_GRACE)
         except TimeoutError:
             log.error("group-chat rooms and archive could not be written before shutdown")
         try:
