@@ -89,3 +89,27 @@ def test_the_signing_key_is_a_private_file(alpha: PeerageServer) -> None:
     assert keys, "alice's key file was not created"
     assert all(k.stat().st_mode & 0o077 == 0 for k in keys)
     assert (alpha.data_dir / "social" / "keys" / ALPHA / "alice").stat().st_mode & 0o077 == 0
+
+
+async def test_key_rotation_reaches_the_running_server(alpha: PeerageServer, social_ca: TestCA) -> None:
+    async def key_id() -> str:
+        async with client(social_ca) as http, http.get(
+                f"https://{ALPHA}/users/carol", headers={"Accept": "application/activity+json"}) as response:
+            assert response.status == 200
+            return str((await response.json(content_type=None))["publicKey"]["id"])
+
+    from tests.harness.waiting import async_wait_for
+
+    alpha.cli("social", "publish", f"carol@{ALPHA}")
+    try:
+        assert (await key_id()).endswith("#main-key")
+        output = alpha.cli("social", "rotate-key", f"carol@{ALPHA}").stdout
+        new_name = output.split("signs with key ")[1].split()[0]
+        await async_wait_for(lambda: _ends_with(key_id, f"#{new_name}"), 15, "the new key in carol's actor")
+        assert len(list((alpha.data_dir / "social" / "keys" / ALPHA / "carol").glob("*.pem"))) == 2
+    finally:
+        alpha.cli("social", "unpublish", f"carol@{ALPHA}")
+
+
+async def _ends_with(key_id: object, suffix: str) -> bool:
+    return str(await key_id()).endswith(suffix)  # type: ignore[operator]
