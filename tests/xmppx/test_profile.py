@@ -104,3 +104,18 @@ async def test_vcard4_nickname_and_bookmarks_over_pep(one: PeerageServer, client
     assert "coven@conference.x1.test" in own and "garden@conference.x1.test" in own
     refused = await raw_iq(stranger, items("urn:xmpp:bookmarks:1"), to="frank@x1.test", itype="get")
     assert "closed-node" in refused and "Coven" not in refused
+
+    # XEP-0411: a XEP-0048 client sees the same bookmarks in private storage, and its changes reach PEP.
+    legacy = await raw_iq(frank, "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>",
+                          itype="get")
+    assert "jid=\"coven@conference.x1.test\"" in legacy and "autojoin=\"true\"" in legacy, legacy
+    assert "<nick>frank</nick>" in legacy
+    reply = await raw_iq(frank, "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>"
+                                "<conference jid='coven@conference.x1.test' name='Coven'><nick>f</nick></conference>"
+                                "<conference jid='attic@conference.x1.test' autojoin='1'/></storage></query>")
+    assert "type=\"result\"" in reply, reply
+    own = await raw_iq(frank, items("urn:xmpp:bookmarks:1"), itype="get")
+    assert "attic@conference.x1.test" in own and "garden@conference.x1.test" not in own, own
+    assert "autojoin=\"false\"" in own  # coven is no longer autojoined
+    info = await frank.plugin["xep_0030"].get_info(jid="frank@x1.test", timeout=TIMEOUT)
+    assert "urn:xmpp:bookmarks-conversion:0" in info["disco_info"]["features"]

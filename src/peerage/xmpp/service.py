@@ -25,6 +25,7 @@ from peerage.xmpp.context import XmppContext
 from peerage.xmpp.events import Events
 from peerage.xmpp.features.avatar import AvatarConversion
 from peerage.xmpp.features.blocking import Blocking
+from peerage.xmpp.features.bookmarks import BookmarksConversion
 from peerage.xmpp.features.caps import Caps
 from peerage.xmpp.features.carbons import Carbons
 from peerage.xmpp.features.csi import ClientStateIndication
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 FEATURES = (Roster, Presence, Im, Disco, Caps, Ping, Version, VCard, PrivateStorage, Blocking, Carbons,
             Offline, Mam, StreamManagement, ClientStateIndication, Pep,
             EntityTime, LastActivity, ExternalServices, MucService, Upload,
-            Registration, Push, AvatarConversion)
+            Registration, Push, AvatarConversion, BookmarksConversion)
 #: Seconds between sweeps for idle connections; idle limits are minutes, so this is precise enough.
 IDLE_SWEEP_INTERVAL = 5.0
 #: A connection quiet for this long releases its XML parser until its next byte (an expat parser

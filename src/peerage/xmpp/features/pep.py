@@ -497,6 +497,28 @@ class Pep(Feature):
         self.ctx.events.fire("pep-item-published", (owner, node, item_id, payload))
         return item_id
 
+    async def list_items(self, owner: str, node: str) -> list[tuple[str, Element]]:
+        """(item id, payload) of every item of ``owner``'s ``node``, oldest first."""
+        query = select(xmpp_pep_items.c.item_id, xmpp_pep_items.c.xml).where(
+            and_(xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node)).order_by(xmpp_pep_items.c.id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.item_id, parse_stored(row.xml)) for row in rows]
+
+    async def retract_items(self, owner: str, node: str, ids: list[str]) -> None:
+        """Remove ``ids`` from ``owner``'s ``node`` and notify the retraction (XEP-0060 section 7.2)."""
+        config = await self._node(owner, node)
+        if config is None or not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(xmpp_pep_items).where(and_(
+                xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node, xmpp_pep_items.c.item_id.in_(ids))))
+        event = Element("event", PUBSUB_EVENT_NS)
+        event_items = event.add("items", attrs={"node": node})
+        for item_id in ids:
+            event_items.add("retract", attrs={"id": item_id})
+        self._notify(owner, node, config, event)
+
     async def get_item(self, owner: str, node: str, item_id: str | None = None) -> tuple[str, Element] | None:
         """(item id, payload) of ``owner``'s newest item on ``node`` (or of ``item_id``), if any."""
         query = select(xmpp_pep_items.c.item_id, xmpp_pep_items.c.xml).where(
