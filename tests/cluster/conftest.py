@@ -117,7 +117,7 @@ class ClusterUnderTest:
                 "smtp": {"first_retry_seconds": 1.0, "source_address": address, "hostname": f"{name}.{DOMAIN}"},
             }
             self.nodes[name] = PeerageServer(workdir / name, [DOMAIN], address, dns=dns,
-                                             services=("xmpp", "smtp", "imap"), config=config)
+                                             services=("xmpp", "smtp", "imap", "web"), config=config)
 
     def address(self, name: str) -> str:
         return NODES[name]

@@ -287,6 +287,30 @@ async def test_imap_idle_on_one_node_wakes_for_delivery_on_another(cluster: Clus
     assert woke[0] - sent_at < 5.0
 
 
+async def test_web_login_on_one_node_is_valid_on_another(cluster: ClusterUnderTest) -> None:
+    import aiohttp
+
+    from peerage.web.auth import COOKIE_NAME
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    first, second = f"https://{cluster.address('n1')}", f"https://{cluster.address('n2')}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context),
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.post(first + "/login", json={"account": f"erin@{DOMAIN}", "password": PASSWORD},
+                               headers={"Origin": first}) as response:
+            assert response.status == 200, await response.text()
+        token = next(c.value for c in client.cookie_jar if c.key == COOKIE_NAME)
+    # The session is a row in PostgreSQL: node 2 knows it.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as other:
+        async with other.get(second + "/auth/session", headers={"Cookie": f"{COOKIE_NAME}={token}"}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["account"] == f"erin@{DOMAIN}"
+        async with other.get(second + "/auth/session") as response:
+            assert response.status in (401, 403)
+
+
 # ==================================================================================================
 # Failures: NATS restarted, then a node killed, both under load
 # ==================================================================================================
