@@ -423,6 +423,7 @@ def address_segments(value: str) -> list[tuple[str, str]]:
 
 
 _ROUTE = re.compile(r"<\s*(@[^:<>]*?)\s*:\s*([^<>\s]+)\s*>")
+_ROUTE_START = re.compile(r"<\s*@")
 
 
 def _addresses(message: Headers, name: str, fallback: str | None = None) -> bytes:
@@ -447,7 +448,7 @@ def _addresses(message: Headers, name: str, fallback: str | None = None) -> byte
             # RFC 5322 §4.4 obs-route (`<@a,@b:user@domain>`): the ENVELOPE's at-domain-list. The
             # route is taken out before parsing (its commas would split the address).
             routes: dict[str, str] = {}
-            if "<" in text and "@" in text:
+            if "<" in text and _ROUTE_START.search(text):
                 for match in _ROUTE.finditer(text):
                     routes[match.group(2)] = re.sub(r"\s+", "", match.group(1))
                 text = _ROUTE.sub(r"<\2>", text)
