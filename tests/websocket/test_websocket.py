@@ -157,3 +157,35 @@ async def test_host_meta_lists_the_websocket(ws_server: WsServer, closing: list[
     await client.login(f"heidi@{DOMAIN}", PASSWORD)
     assert client.jid.startswith(f"heidi@{DOMAIN}/")
     _ = BIND
+
+
+async def test_csi_and_pep_over_websocket(ws_server: WsServer, closing: list[object]) -> None:
+    """XEP-0352 holds presence for an inactive WebSocket client; XEP-0163 publish and fetch work."""
+    ivan = await ws_server.ws().connect()
+    closing.append(ivan)
+    await ivan.login(f"ivan@{DOMAIN}", PASSWORD, resource="tab")
+    assert ivan.features is not None and ivan.features.find("{urn:xmpp:csi:0}csi") is not None
+    await ivan.enable_sm()
+    await ivan.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+    judy = await slixmpp_user(ws_server, f"judy@{DOMAIN}/desk", closing)
+    judy.send_presence(pto=ivan.jid, pstatus="directed while inactive")
+    # judy's ping answered means her presence was routed (a stream is handled in order); ivan's <r/>
+    # is answered at once: had the presence not been held, it would have come before that <a/>.
+    await judy.plugin["xep_0199"].ping(jid=DOMAIN, timeout=10)
+    await ivan.send(f"<r xmlns='{SM}'/>")
+    first = await ivan.recv_until(lambda e: e.tag == q(SM, "a") or (
+        e.tag == q(CLIENT, "presence") and e.get("from", "").startswith(f"judy@{DOMAIN}")))
+    assert first.tag == q(SM, "a"), ET.tostring(first)
+    await ivan.send("<active xmlns='urn:xmpp:csi:0'/>")
+    held = await ivan.recv_until(lambda e: e.tag == q(CLIENT, "presence") and e.get("from", "").startswith(f"judy@{DOMAIN}"))
+    assert held.findtext(q(CLIENT, "status")) == "directed while inactive"
+    # PEP: publish an item on the account's own node and read it back.
+    pubsub = "http://jabber.org/protocol/pubsub"
+    published = await ivan.iq(f"<pubsub xmlns='{pubsub}'><publish node='urn:xmpp:test:ws'><item id='one'>"
+                              "<entry xmlns='urn:xmpp:test:ws'>over websocket</entry></item></publish></pubsub>", "set")
+    assert published.get("type") == "result", ET.tostring(published)
+    items = await ivan.iq(f"<pubsub xmlns='{pubsub}'><items node='urn:xmpp:test:ws'/></pubsub>", "get",
+                          to=f"ivan@{DOMAIN}")
+    assert items.get("type") == "result"
+    entry = items.find(f".//{{{pubsub}}}item/{{urn:xmpp:test:ws}}entry")
+    assert entry is not None and entry.text == "over websocket"
