@@ -149,7 +149,7 @@ async def test_never_authenticating_is_closed_at_the_deadline(ws_server: WsServe
     client = await opened(ws_server, closing)
     await expect_stream_error(client, "connection-timeout")
     elapsed = loop.time() - start
-    assert AUTH_DEADLINE - 0.5 <= elapsed <= AUTH_DEADLINE + 5
+    assert AUTH_DEADLINE - 0.5 <= elapsed <= AUTH_DEADLINE + 10  # a loaded machine may be late, never early
 
 
 async def test_slow_drip_is_closed_at_the_deadline(ws_server: WsServer) -> None:
@@ -191,6 +191,6 @@ async def test_slow_drip_is_closed_at_the_deadline(ws_server: WsServer) -> None:
                 if not data:
                     break
             closed_at = loop.time()
-        assert closed_at - start <= AUTH_DEADLINE + 6
+        assert closed_at - start <= AUTH_DEADLINE + 10
     finally:
         writer.close()

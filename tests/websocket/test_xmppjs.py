@@ -42,16 +42,16 @@ async def test_xmppjs_logs_in_with_the_web_token_and_chats(ws_server: WsServer, 
     await peer.login(ws_server.address, C2S_PORT)
     process = await asyncio.create_subprocess_exec(
         node, "--experimental-websocket", "--no-warnings", str(XMPPJS / "client.mjs"), ws_server.url, DOMAIN,
-        credentials["jid"].split("@")[0], credentials["password"], f"ivan@{DOMAIN}", "20000",
+        credentials["jid"].split("@")[0], credentials["password"], f"ivan@{DOMAIN}", "40000",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=XMPPJS,
         # The test certificate names ws.test, the URL an address: loopback only, no verification.
         env=dict(os.environ, NODE_TLS_REJECT_UNAUTHORIZED="0"))
     try:
-        got = await peer.next_message(timeout=25)
+        got = await peer.next_message(timeout=40)
         assert got["body"] == "hello from xmpp.js"
         assert str(got["from"]) == f"erin@{DOMAIN}/xmppjs"
         peer.send_message(mto=got["from"], mbody="hello from slixmpp", mtype="chat")
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 25)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 40)
     finally:
         if process.returncode is None:
             process.kill()
