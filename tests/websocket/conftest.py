@@ -22,7 +22,7 @@ from tests.websocket.wsclient import WsXmpp
 DOMAIN = "ws.test"
 PASSWORD = "correct horse battery staple"
 USERS = [f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
-                                          "ivan", "judy", "mallory", "oscar", "peggy")]
+                                          "ivan", "judy", "mallory", "oscar", "peggy", "trent", "victor")]
 HTTPS_PORT = 13443
 HTTP_PORT = 13080
 C2S_PORT = 5222

@@ -33,23 +33,28 @@ def _node() -> str:
 
 async def test_xmppjs_logs_in_with_the_web_token_and_chats(ws_server: WsServer, closing: list[object]) -> None:
     node = _node()
-    web, _ = await ws_server.web_login(f"erin@{DOMAIN}")
+    web, _ = await ws_server.web_login(f"victor@{DOMAIN}")
     closing.append(web)
     async with web.get(ws_server.base + "/auth/xmpp-credentials") as response:
         credentials = await response.json()
-    peer = Client(f"ivan@{DOMAIN}/tcp", PASSWORD)
+    peer = Client(f"trent@{DOMAIN}/tcp", PASSWORD)
     closing.append(peer)
     await peer.login(ws_server.address, C2S_PORT)
     process = await asyncio.create_subprocess_exec(
         node, "--experimental-websocket", "--no-warnings", str(XMPPJS / "client.mjs"), ws_server.url, DOMAIN,
-        credentials["jid"].split("@")[0], credentials["password"], f"ivan@{DOMAIN}", "40000",
+        credentials["jid"].split("@")[0], credentials["password"], f"trent@{DOMAIN}/tcp", "40000",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=XMPPJS,
         # The test certificate names ws.test, the URL an address: loopback only, no verification.
         env=dict(os.environ, NODE_TLS_REJECT_UNAUTHORIZED="0"))
     try:
-        got = await peer.next_message(timeout=40)
+        try:
+            got = await peer.next_message(timeout=40)
+        except TimeoutError:
+            process.kill()
+            out, err = await process.communicate()
+            raise AssertionError(f"no message from xmpp.js: {out.decode()} {err.decode()[-2000:]}") from None
         assert got["body"] == "hello from xmpp.js"
-        assert str(got["from"]) == f"erin@{DOMAIN}/xmppjs"
+        assert str(got["from"]) == f"victor@{DOMAIN}/xmppjs"
         peer.send_message(mto=got["from"], mbody="hello from slixmpp", mtype="chat")
         stdout, stderr = await asyncio.wait_for(process.communicate(), 40)
     finally:
@@ -58,6 +63,6 @@ async def test_xmppjs_logs_in_with_the_web_token_and_chats(ws_server: WsServer, 
             await process.wait()
     events = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
     detail = stdout.decode() + stderr.decode()[-2000:]
-    assert {"event": "message", "from": f"ivan@{DOMAIN}/tcp", "body": "hello from slixmpp"} in events, detail
-    assert any(e["event"] == "online" and e["jid"] == f"erin@{DOMAIN}/xmppjs" for e in events), detail
+    assert {"event": "message", "from": f"trent@{DOMAIN}/tcp", "body": "hello from slixmpp"} in events, detail
+    assert any(e["event"] == "online" and e["jid"] == f"victor@{DOMAIN}/xmppjs" for e in events), detail
     assert process.returncode == 0, detail
