@@ -333,11 +333,24 @@ class WebSocketEndpoint:
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in config.allowed_origins)
         self.credential_lifetime = config.credential_lifetime
         self._issued: dict[str, list[float]] = {}
+        self.live: set[WebSocketC2S] = set()
+
         self.max_message = service.max_stanza_size + FRAME_SLACK
         # aiohttp buffers up to this much of one message; between the two limits the message is read and
         # refused in order (a clean close handshake), beyond it aiohttp drops the connection itself.
         # Prosody's websocket_frame_buffer_limit is twice its stanza limit too.
         self.max_buffered = 2 * service.max_stanza_size + FRAME_SLACK
+
+    async def shutdown(self, _app: web.Application) -> None:
+        """The web service stops (it stops before the XMPP service): tell each client why, as c2s does
+        (RFC 6120 section 4.9.3.20), and let the close handshakes run, within CLOSE_TIMEOUT."""
+        for connection in list(self.live):
+            if connection.sm is not None:
+                connection.sm.resumable = False
+            connection.stream_error("system-shutdown", "the server is shutting down")
+        closers = [c.carrier.closer for c in self.live if c.carrier.closer is not None]
+        if closers:
+            await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)
 
     def origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -369,10 +382,12 @@ class WebSocketEndpoint:
         connection = WebSocketC2S(self.service, carrier, self.max_message)
         connection.origin = request.headers.get("Origin", "")
         ws.connection = connection
+        self.live.add(connection)
         connection.connection_made(carrier)  # type: ignore[arg-type]
         try:
             await self._read(ws, connection, carrier)
         finally:
+            self.live.discard(connection)
             connection.connection_lost(None)
             if carrier.closer is not None:
                 with contextlib.suppress(Exception):
@@ -457,6 +472,7 @@ def register(service: XmppService) -> None:
         ctx.app.router.add_get(PATH, endpoint.handle)
         ctx.app.router.add_get(CREDENTIALS_PATH, endpoint.credentials)
         ctx.app.router.add_delete(CREDENTIALS_PATH, endpoint.revoke_credentials)
+        ctx.app.on_shutdown.append(endpoint.shutdown)
 
     routes.add("xmpp-websocket", setup)
     link = (HOST_META_REL, "wss://{authority}" + PATH)
