@@ -26,6 +26,24 @@ def rows(server: PeerageServer, table: str, owner_column: str = "owner") -> list
                                  ("alice@x.test",)))
 
 
+def roster_rows(server: PeerageServer) -> list[tuple]:  # type: ignore[type-arg]
+    """alice's roster rows with the version column last."""
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "peerage.db") as db:
+        columns = [c[1] for c in db.execute("PRAGMA table_info(xmpp_roster)") if c[1] not in ("id", "version")]
+        return sorted(db.execute(f"SELECT {', '.join(columns)}, version FROM xmpp_roster WHERE owner = ?",
+                                 ("alice@x.test",)))
+
+
+def roster_version(server: PeerageServer) -> int | None:
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "peerage.db") as db:
+        row = db.execute("SELECT version FROM xmpp_roster_version WHERE owner = ?", ("alice@x.test",)).fetchone()
+        return row[0] if row else None
+
+
 @pytest.mark.parametrize("fmt", ["maildir", "mbox"])
 async def test_export_then_import_into_another_server(tmp_path: Path, fmt: str) -> None:
     source = PeerageServer(tmp_path / "one", ["x.test"], ADDRESS, services=("xmpp", "smtp", "imap"))
@@ -69,9 +87,14 @@ async def test_export_then_import_into_another_server(tmp_path: Path, fmt: str) 
     target.add_user("alice@x.test", "another password")
     imported = target.cli("user", "import", "alice@x.test", str(out))
     assert "2 messages" in imported.stdout, imported.stdout
-    for table in ("xmpp_roster", "xmpp_vcard", "xmpp_archive"):
+    for table in ("xmpp_vcard", "xmpp_archive"):
         assert rows(target, table) == rows(source, table), table
+    # Roster items arrive at the account's next roster version (XEP-0237), not at the numbers of
+    # the server they were exported from: a client that synced before is sent them.
+    assert [row[:-1] for row in roster_rows(target)] == [row[:-1] for row in roster_rows(source)]
+    assert roster_version(target) == 1 and [row[-1] for row in roster_rows(target)] == [1]
     again = target.cli("user", "import", "alice@x.test", str(out))
     assert "0 archived messages" in again.stdout  # archive entries are not doubled
+    assert roster_version(target) == 2 and [row[-1] for row in roster_rows(target)] == [2]
     missing = target.cli("user", "export", "nobody@x.test", str(tmp_path / "n"), check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr

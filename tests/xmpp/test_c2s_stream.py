@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 
+from peerage.identity.sasl import NeedPassword
 from peerage.xmpp.c2s_stream import (
+    SASL_NS,
     Authenticated,
     Bind,
     C2SStream,
@@ -16,7 +18,6 @@ from peerage.xmpp.c2s_stream import (
     StartTls,
     State,
 )
-from peerage.xmpp.sasl import SASL_NS, NeedPassword
 from peerage.xmpp.stream import Element, StreamOpened
 
 DOMAIN = "a.test"

@@ -1,4 +1,5 @@
-"""On the wire: the deadline to authenticate, and a stream header without version.
+"""On the wire: the deadline to authenticate, the cap on streams not yet authenticated, and a stream
+header without version.
 
 A client that trickles bytes keeps the idle timer from ever firing; the authentication deadline is
 counted from the connection (``[limits] auth_deadline``, shared with IMAP and submission), so the
@@ -14,18 +15,20 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import PeerageServer
-from tests.xmpp.conftest import USERS, start_server
+from tests.xmpp.conftest import PASSWORD, USERS, start_server
 from tests.xmpp.rawclient import RawClient
 
 SERVER_ADDRESS = "127.0.1.9"
 #: Seconds a stream has to authenticate in these tests (the default is 60).
 DEADLINE = 2.0
+#: ``[limits] max_unauthenticated`` in these tests (the default is 1000).
+PREAUTH_CAP = 3
 
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
     server = start_server(tmp_path_factory.mktemp("deadline"), SERVER_ADDRESS, USERS[:2],
-                          {"limits": {"auth_deadline": DEADLINE}})
+                          {"limits": {"auth_deadline": DEADLINE, "max_unauthenticated": PREAUTH_CAP}})
     try:
         yield server
     finally:
@@ -78,3 +81,32 @@ async def test_a_header_without_version_gets_a_reply_without_version(slow_server
     assert "unsupported-version" in reply
 
 
+
+
+async def test_streams_beyond_the_unauthenticated_cap_are_refused(slow_server: PeerageServer) -> None:
+    waiting = [RawClient(SERVER_ADDRESS, "a.test") for _ in range(PREAUTH_CAP)]
+    try:
+        for client in waiting:
+            await client.connect()
+            await client.open_stream()  # answered: the stream holds a slot
+        refused = RawClient(SERVER_ADDRESS, "a.test")
+        await refused.connect()
+        try:
+            reply = await refused.read_to_eof()
+        finally:
+            await refused.close()
+        assert "<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in reply
+        # A stream that logs in gives its slot back: the next one is served.
+        first = waiting[0]
+        await first.starttls()
+        await first.open_stream()
+        assert "<success" in await first.authenticate(USERS[0].split("@")[0], PASSWORD)
+        served = RawClient(SERVER_ADDRESS, "a.test")
+        await served.connect()
+        try:
+            assert "<stream:features>" in await served.open_stream()
+        finally:
+            await served.close()
+    finally:
+        for client in waiting:
+            await client.close()

@@ -126,9 +126,9 @@ class FakeSession:
 
 
 class World:
-    def __init__(self, archive: bool = False) -> None:
+    def __init__(self, archive: bool = False, storage: Any = None) -> None:
         self.router = Router([DOMAIN])
-        self.storage = MemoryStorage()
+        self.storage = storage if storage is not None else MemoryStorage()
         accounts = Accounts(ALICE, BOB)
         self.users = Users(self.storage, accounts.exists, lambda bare: bool(self.router.sessions.get(bare)))  # type: ignore[arg-type]
         self.ctx = XmppContext(events=Events(), router=self.router, storage=self.storage,  # type: ignore[arg-type]
@@ -362,3 +362,58 @@ async def test_a_full_archive_buffer_makes_the_sender_wait(monkeypatch: pytest.M
     mam: Mam = world.ctx.feature(Mam)
     await mam.flush()
     assert len(world.storage.archive) == 4
+
+
+# --- roster versioning (XEP-0237) with the real store ----------------------------------------------
+def roster_iq(iq_id: str, ver: str | None = None, item: dict[str, str] | None = None) -> Element:
+    iq = Element("iq", "", {"type": "set" if item else "get", "id": iq_id})
+    query = iq.add("query", "jabber:iq:roster", {"ver": ver} if ver is not None else None)
+    if item:
+        query.add("item", attrs=item)
+    return iq
+
+
+async def test_removal_records_are_pruned_and_a_too_old_version_gets_the_full_roster(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from peerage.store.schema import metadata
+    from peerage.xmpp import storage as storage_module
+    from peerage.xmpp.storage import XmppStorage
+
+    monkeypatch.setattr(storage_module, "MAX_REMOVED_ITEMS", 3)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/roster.db")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        store = XmppStorage(engine)
+        world = World(storage=store)
+        alice = await world.bind(ALICE, "r")
+        contacts = [f"c{n}@remote.test" for n in range(6)]
+        for n, contact in enumerate(contacts):  # versions 1 to 6
+            await world.send(alice, roster_iq(f"add{n}", item={"jid": contact}))
+        for n, contact in enumerate(contacts[:5]):  # versions 7 to 11, each leaving a removal record
+            await world.send(alice, roster_iq(f"rm{n}", item={"jid": contact, "subscription": "remove"}))
+        # Three records are kept (versions 9, 10, 11); the history before them is gone.
+        assert await store.roster_removed_since(ALICE, 6) is None
+        assert await store.roster_removed_since(ALICE, 9) == [(10, contacts[3]), (11, contacts[4])]
+
+        # A client that last saw version 9 gets an empty result and one push per change since.
+        alice.received.clear()
+        await world.send(alice, roster_iq("since9", ver="9"))
+        result, *pushes = alice.received
+        assert result.attrs["type"] == "result" and result.find("query") is None
+        removed = [(p.find("query").attrs["ver"], p.find("query").find("item").attrs)  # type: ignore[union-attr]
+                   for p in pushes]
+        assert removed == [("10", {"jid": contacts[3], "subscription": "remove"}),
+                           ("11", {"jid": contacts[4], "subscription": "remove"})]
+
+        # One that last saw version 6, older than the kept history, gets the whole roster.
+        alice.received.clear()
+        await world.send(alice, roster_iq("since6", ver="6"))
+        [full] = [s for s in alice.received if s.attrs.get("id") == "since6"]
+        query = full.find("query")
+        assert query is not None and query.attrs["ver"] == "11"
+        assert [item.attrs["jid"] for item in query.elements()] == [contacts[5]]
+    finally:
+        await engine.dispose()

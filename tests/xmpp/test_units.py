@@ -4,84 +4,124 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import pytest
 
 from peerage.identity.credentials import scram_credential
+from peerage.identity.sasl import NeedCredential, NeedPassword, offered_mechanisms
 from peerage.identity.scram import scram_client_proof
-from peerage.xmpp import sasl
+from peerage.xmpp.c2s_stream import (
+    SASL_NS,
+    Authenticated,
+    AuthFailed,
+    C2SStream,
+    Close,
+    Lookup,
+    Restart,
+    Send,
+)
 from peerage.xmpp.features.csi import MAX_HELD_STANZAS, CsiQueue
 from peerage.xmpp.features.sm import H_MODULO, StreamManagementState
 from peerage.xmpp.jid import JidError, bare_of, split_jid
 from peerage.xmpp.router import Router
-from peerage.xmpp.stream import Element
+from peerage.xmpp.stream import Element, StreamOpened, XmlStreamParser
 
 PASSWORD = "pencil"
 SALT = b"0123456789abcdef"
 
 
 def auth(mechanism: str, payload: bytes) -> Element:
-    return Element("auth", sasl.SASL_NS, {"mechanism": mechanism}, [base64.b64encode(payload).decode()])
+    return Element("auth", SASL_NS, {"mechanism": mechanism}, [base64.b64encode(payload).decode()])
 
 
 def response(payload: bytes) -> Element:
-    return Element("response", sasl.SASL_NS, children=[base64.b64encode(payload).decode()])
+    return Element("response", SASL_NS, children=[base64.b64encode(payload).decode()])
 
 
-def run_scram(exchange: sasl.SaslExchange, mechanism: str, password: str, gs2: str = "n,,",
-              cb_data: bytes = b"") -> sasl.Step:
+def sasl_stream(bindings: dict[str, bytes] | None = None) -> C2SStream:
+    """A client stream on TLS, its header read: SASL comes next (the XML framing of identity.sasl)."""
+    stream = C2SStream(tls=True, tls_available=True, hosted=lambda d: d == "d", features=lambda: [],
+                       default_domain="d")
+    stream.opened(StreamOpened({"to": "d", "version": "1.0"}, "jabber:client"), bindings or {})
+    return stream
+
+
+def sent_element(actions: list[Any]) -> Element:
+    """The one first-level element the actions send, parsed back."""
+    data = b"".join(action.data for action in actions if isinstance(action, Send))
+    parser = XmlStreamParser(1 << 20)
+    events = parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+                         + data)
+    elements = [event for event in events if isinstance(event, Element)]
+    assert len(elements) == 1, data
+    return elements[0]
+
+
+def failure_condition(actions: list[Any]) -> str | None:
+    """The condition of the SASL <failure/> the actions send (None if they send none)."""
+    if not any(isinstance(action, AuthFailed) for action in actions):
+        return None
+    element = sent_element([a for a in actions if isinstance(a, Send)][:1])
+    assert element.name == "failure" and element.xmlns == SASL_NS
+    return next(element.elements()).name
+
+
+def run_scram(stream: C2SStream, mechanism: str, password: str, gs2: str = "n,,",
+              cb_data: bytes = b"") -> list[Any]:
     hash_name = "SHA-256" if "256" in mechanism else "SHA-1"
     nonce = base64.b64encode(os.urandom(12)).decode()
     first_bare = f"n=user,r={nonce}"
-    step = exchange.auth(auth(mechanism, (gs2 + first_bare).encode()))
-    if not isinstance(step, sasl.NeedCredential):
-        return step
-    assert step.username == "user" and step.hash_name == hash_name
-    step = exchange.credential_found(scram_credential(hash_name, PASSWORD, SALT, 4096))
-    assert isinstance(step, sasl.Send)
-    server_first = base64.b64decode(step.element.text).decode()
+    out = stream.element(auth(mechanism, (gs2 + first_bare).encode()))
+    if not isinstance(out[0], Lookup):
+        return out
+    step = out[0].step
+    assert isinstance(step, NeedCredential) and step.username == "user" and step.hash_name == hash_name
+    assert out[0].account == "user@d"
+    challenge = sent_element(stream.sasl_result(scram_credential(hash_name, PASSWORD, SALT, 4096)))
+    assert challenge.name == "challenge"
+    server_first = base64.b64decode(challenge.text).decode()
     fields = dict(item.split("=", 1) for item in server_first.split(","))
     without_proof = f"c={base64.b64encode(gs2.encode() + cb_data).decode()},r={fields['r']}"
     auth_message = f"{first_bare},{server_first},{without_proof}".encode()
     proof, server_signature = scram_client_proof(hash_name, password, base64.b64decode(fields["s"]),
                                                  int(fields["i"]), auth_message)
-    final = exchange.response(response(f"{without_proof},p={base64.b64encode(proof).decode()}".encode()))
-    if isinstance(final, sasl.Succeeded):
-        assert base64.b64decode(final.element.text) == b"v=" + base64.b64encode(server_signature)
+    final = stream.element(response(f"{without_proof},p={base64.b64encode(proof).decode()}".encode()))
+    if isinstance(final[0], Authenticated):
+        success = sent_element(final)
+        assert success.name == "success"
+        assert base64.b64decode(success.text) == b"v=" + base64.b64encode(server_signature)
     return final
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1"])
 def test_scram_success_and_wrong_password(mechanism: str) -> None:
-    ok = run_scram(sasl.SaslExchange(tls=True, channel_bindings={}, domain="d"), mechanism, PASSWORD)
-    assert isinstance(ok, sasl.Succeeded) and ok.username == "user"
-    bad = run_scram(sasl.SaslExchange(tls=True, channel_bindings={}, domain="d"), mechanism, "wrong")
-    assert isinstance(bad, sasl.Failed) and bad.condition == "not-authorized"
+    ok = run_scram(sasl_stream(), mechanism, PASSWORD)
+    assert isinstance(ok[0], Authenticated) and ok[0].account == "user@d" and isinstance(ok[-1], Restart)
+    bad = run_scram(sasl_stream(), mechanism, "wrong")
+    assert failure_condition(bad) == "not-authorized"
 
 
 def test_scram_plus_checks_binding_data() -> None:
     bindings = {"tls-exporter": b"E" * 32}
-    exchange = sasl.SaslExchange(tls=True, channel_bindings=bindings, domain="d")
-    assert "SCRAM-SHA-256-PLUS" in exchange.offered
-    ok = run_scram(exchange, "SCRAM-SHA-256-PLUS", PASSWORD, "p=tls-exporter,,", b"E" * 32)
-    assert isinstance(ok, sasl.Succeeded)
-    exchange = sasl.SaslExchange(tls=True, channel_bindings=bindings, domain="d")
-    bad = run_scram(exchange, "SCRAM-SHA-256-PLUS", PASSWORD, "p=tls-exporter,,", b"X" * 32)
-    assert isinstance(bad, sasl.Failed)
-    exchange = sasl.SaslExchange(tls=True, channel_bindings=bindings, domain="d")
-    downgrade = run_scram(exchange, "SCRAM-SHA-256", PASSWORD, "y,,")
-    assert isinstance(downgrade, sasl.Failed)
+    stream = sasl_stream(bindings)
+    features = stream.opened(StreamOpened({"to": "d", "version": "1.0"}, "jabber:client"), bindings)
+    assert b"<mechanism>SCRAM-SHA-256-PLUS</mechanism>" in b"".join(a.data for a in features if isinstance(a, Send))
+    assert b"urn:xmpp:sasl-cb:0" in b"".join(a.data for a in features if isinstance(a, Send))  # XEP-0440
+    ok = run_scram(sasl_stream(bindings), "SCRAM-SHA-256-PLUS", PASSWORD, "p=tls-exporter,,", b"E" * 32)
+    assert isinstance(ok[0], Authenticated)
+    bad = run_scram(sasl_stream(bindings), "SCRAM-SHA-256-PLUS", PASSWORD, "p=tls-exporter,,", b"X" * 32)
+    assert failure_condition(bad) is not None
+    downgrade = run_scram(sasl_stream(bindings), "SCRAM-SHA-256", PASSWORD, "y,,")
+    assert failure_condition(downgrade) is not None
 
 
 def test_plain_only_over_tls_and_not_offered_without() -> None:
-    assert "PLAIN" not in sasl.offered_mechanisms(tls=False, channel_bindings={})
-    exchange = sasl.SaslExchange(tls=False, channel_bindings={}, domain="d")
-    step = exchange.auth(auth("PLAIN", b"\0user\0pw"))
-    assert isinstance(step, sasl.Failed) and step.condition == "invalid-mechanism"
-    exchange = sasl.SaslExchange(tls=True, channel_bindings={}, domain="d")
-    step = exchange.auth(auth("PLAIN", b"\0user\0pw"))
-    assert isinstance(step, sasl.NeedPassword) and step.password == "pw"
-    assert isinstance(exchange.password_checked(False), sasl.Failed)
+    assert "PLAIN" not in offered_mechanisms(secure=False, channel_bindings={})
+    stream = sasl_stream()
+    out = stream.element(auth("PLAIN", b"\0user\0pw"))
+    assert isinstance(out[0], Lookup) and isinstance(out[0].step, NeedPassword) and out[0].step.password == "pw"
+    assert failure_condition(stream.sasl_result(False)) == "not-authorized"
 
 
 @pytest.mark.parametrize("payload,condition", [
@@ -89,17 +129,25 @@ def test_plain_only_over_tls_and_not_offered_without() -> None:
     (b"other\0user\0pw", "invalid-authzid"),
 ])
 def test_plain_malformed(payload: bytes, condition: str) -> None:
-    exchange = sasl.SaslExchange(tls=True, channel_bindings={}, domain="d")
-    step = exchange.auth(auth("PLAIN", payload))
-    assert isinstance(step, sasl.Failed) and step.condition == condition
+    assert failure_condition(sasl_stream().element(auth("PLAIN", payload))) == condition
 
 
-def test_bad_base64_and_unknown_mechanism() -> None:
-    exchange = sasl.SaslExchange(tls=True, channel_bindings={}, domain="d")
-    step = exchange.auth(Element("auth", sasl.SASL_NS, {"mechanism": "PLAIN"}, ["***"]))
-    assert isinstance(step, sasl.Failed) and step.condition == "incorrect-encoding"
-    step = exchange.auth(auth("DIGEST-MD5", b""))
-    assert isinstance(step, sasl.Failed) and step.condition == "invalid-mechanism"
+def test_bad_base64_unknown_mechanism_and_external() -> None:
+    stream = sasl_stream()
+    out = stream.element(Element("auth", SASL_NS, {"mechanism": "PLAIN"}, ["***"]))
+    assert failure_condition(out) == "incorrect-encoding"
+    assert failure_condition(stream.element(auth("DIGEST-MD5", b""))) == "invalid-mechanism"
+    # The third failure on one stream closes it (RFC 6120 section 6.4.5 lets the server give up).
+    out = stream.element(auth("EXTERNAL", b""))
+    assert failure_condition(out) == "invalid-mechanism" and isinstance(out[-1], Close)
+
+
+def test_abort_is_not_counted_as_a_failed_attempt() -> None:
+    stream = sasl_stream()
+    stream.element(auth("SCRAM-SHA-256", b"n,,n=user,r=abc"))
+    out = stream.element(Element("abort", SASL_NS))
+    assert [a.counts for a in out if isinstance(a, AuthFailed)] == [False]
+    assert failure_condition(out) == "aborted"
 
 
 def test_sm_counters_wrap_and_reject_over_ack() -> None:

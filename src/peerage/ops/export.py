@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from peerage.config import Config
 
@@ -83,6 +83,21 @@ async def export_account(store: Any, config: Config, address: str, target: Path,
     return counts
 
 
+async def _bump_roster_version(conn: Any, address: str) -> int:
+    """Move ``address``'s roster version (XEP-0237) one step on and return it."""
+    from peerage.xmpp.tables import xmpp_roster_version
+
+    current = (await conn.execute(select(xmpp_roster_version.c.version)
+                                  .where(xmpp_roster_version.c.owner == address))).scalar()
+    if current is None:
+        await conn.execute(insert(xmpp_roster_version).values(owner=address, version=1, pruned=0))
+        return 1
+    version = int(current) + 1
+    await conn.execute(update(xmpp_roster_version).where(xmpp_roster_version.c.owner == address)
+                       .values(version=version))
+    return version
+
+
 async def import_account(store: Any, config: Config, address: str, source: Path) -> dict[str, int]:
     from peerage.mail.mailbox.store import MailboxExists, MailboxStore
     from peerage.xmpp.tables import xmpp_archive, xmpp_roster, xmpp_vcard
@@ -129,12 +144,16 @@ async def import_account(store: Any, config: Config, address: str, source: Path)
     roster = json.loads((source / "roster.json").read_text())
     archive = json.loads((source / "archive.json").read_text())
     async with store.begin() as conn:
+        version = await _bump_roster_version(conn, address) if roster else 0
+        known_columns = {c.name for c in xmpp_roster.columns} - {"owner", "version"}
         for item in roster:
             await conn.execute(delete(xmpp_roster).where((xmpp_roster.c.owner == address)
                                                          & (xmpp_roster.c.contact == item["contact"])))
-            known_columns = {c.name for c in xmpp_roster.columns}
+            # Stored at the account's new roster version (XEP-0237): a client that synced before the
+            # import is sent these items, not told it is up to date. The exported version numbers
+            # belong to the other server's sequence.
             await conn.execute(insert(xmpp_roster).values(
-                owner=address, **{k: v for k, v in item.items() if k in known_columns and k != "owner"}))
+                owner=address, version=version, **{k: v for k, v in item.items() if k in known_columns}))
         counts["roster"] = len(roster)
         # Archive ids are unique server-wide (XEP-0313 stanza ids): an entry already here is skipped.
         ids = [entry["archive_id"] for entry in archive]

@@ -25,7 +25,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from peerage.xmpp import sasl
+from peerage.identity import sasl
+from peerage.net.limits import PreAuthSlot
 from peerage.xmpp.c2s_stream import (
     SESSION_NS,
     Action,
@@ -91,6 +92,7 @@ class C2SConnection(asyncio.Protocol):
         "_deadline",
         "_flush_scheduled",
         "_out",
+        "_preauth",
         "_queue",
         "_reading_paused",
         "closed_cleanly",
@@ -129,6 +131,8 @@ class C2SConnection(asyncio.Protocol):
         self._busy = False
         self._reading_paused = False
         self._counted = False
+        #: This connection's place under ``[limits] max_unauthenticated`` until it authenticates.
+        self._preauth: PreAuthSlot | None = None
         #: The bound resource this connection carries (None before binding and once detached).
         self.session: ClientSession | None = None
 
@@ -158,6 +162,12 @@ class C2SConnection(asyncio.Protocol):
             return
         self._counted = True
         self.service.connections.add(self)
+        # One cap on connections that have not logged in, shared with IMAP, submission and SIP:
+        # beyond it the stream is refused with <resource-constraint/> (RFC 6120 section 4.9.3.17).
+        self._preauth = self.service.limits.preauth()
+        if self._preauth is None:
+            self.stream_error("resource-constraint", "too many connections waiting to log in; try again later")
+            return
         if self.direct_tls:
             self.tls = TlsLayer(self.service.tls_context())
         # However slowly the client trickles bytes, it authenticates within this deadline.
@@ -223,6 +233,9 @@ class C2SConnection(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self.service.limits.connections.release(self.peer_ip)
+        if self._preauth is not None:
+            self._preauth.release()
+            self._preauth = None
         self.service.connections.discard(self)
         session = self.session
         if session is not None and session.connection is self:
@@ -347,6 +360,9 @@ class C2SConnection(asyncio.Protocol):
                                                      mechanism=action.mechanism or "-")
             elif isinstance(action, Authenticated):
                 self.service.limits.auth.success(self.peer_ip, action.account)
+                if self._preauth is not None:
+                    self._preauth.release()
+                    self._preauth = None
                 if self._deadline is not None:
                     self._deadline.cancel()
                     self._deadline = None
@@ -422,14 +438,24 @@ class C2SConnection(asyncio.Protocol):
     # ============================================================================================
     def _process(self, element: Element) -> None:
         try:
-            result = self._handle(element)
+            session = self.session
+            if session is not None and element.xmlns == "" and element.name in STANZA_NAMES:
+                result = self._stanza(element)  # _handle, inlined: every stanza of a bound client
+                if result is None:
+                    sm = session.sm
+                    if sm is not None:
+                        sm.count_handled()
+                    return
+            else:
+                result = self._handle(element)
         except Exception:
             log.exception("error handling an element from %s", self.name)
             self.stream_error("internal-server-error")
             return
         if result is None:
-            if self.sm is not None and element.name in STANZA_NAMES:
-                self.sm.count_handled()
+            sm = self.sm
+            if sm is not None and element.name in STANZA_NAMES:
+                sm.count_handled()
             return
         self._busy = True
         self.service.spawn(self._drain(result, element))

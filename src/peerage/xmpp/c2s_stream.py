@@ -2,7 +2,8 @@
 
 This module is in charge of what a client stream may do in each negotiation state and what the
 server answers: the stream header checks (section 4.7), STARTTLS required before anything else
-(section 5), SASL (section 6, stepping ``peerage.xmpp.sasl``) and resource binding (section 7). It is
+(section 5), SASL (section 6: the XML framing around ``peerage.identity.sasl``, which owns the
+mechanisms, the login-name rule, channel binding and every check) and resource binding (section 7). It is
 fed parser events (``opened``, ``element``, ``closed``, ``failure``) and the results of the lookups
 it asked for (``sasl_result``), and returns actions for the connection to carry out. It owns no
 socket, no TLS object, no clock and no database.
@@ -26,31 +27,42 @@ stanza router directly, which keeps the hot path one branch long.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from peerage.identity import sasl
 from peerage.identity.address import AddressError, parse_address
-from peerage.xmpp import sasl
+from peerage.identity.sasl import LoginNames
 from peerage.xmpp.features.csi import CSI_NS
 from peerage.xmpp.features.sm import SM_NS
 from peerage.xmpp.jid import JidError, split_jid
 from peerage.xmpp.stream import (
     CLIENT_NS,
+    SASL_NS,
     STREAM_CLOSE,
     STREAM_NS,
+    TLS_NS,
     Element,
     StreamOpened,
     error_reply,
     serialize,
+    serialize_features,
     stream_error,
     stream_header,
 )
 
-TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+#: XEP-0440 SASL channel-binding type capability.
+SASL_CB_NS = "urn:xmpp:sasl-cb:0"
 BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
+#: Largest base64 payload accepted in <auth/> or <response/>: the engine's message bound grown by 4/3.
+MAX_SASL_PAYLOAD_CHARS = sasl.MAX_CLIENT_MESSAGE * 4 // 3 + 4
+#: Failed SASL attempts on one stream before it is closed (the engine's per-connection bound).
+MAX_FAILURES_PER_STREAM = sasl.MAX_FAILURES_PER_CONNECTION
 #: Stream IDs: 128 bits of randomness (RFC 6120 section 4.7.3 asks for unpredictability).
 STREAM_ID_BYTES = 16
 #: IQs a stream may send before it authenticates (XEP-0077 registration, XEP-0401 pre-auth): a
@@ -142,20 +154,48 @@ Action = Send | StartTls | Restart | Close | Lookup | AuthFailed | Authenticated
 
 def serialize_top(element: Element) -> bytes:
     """Serialize a first-level element (features, SASL, TLS, SM, stanzas) on a client stream."""
-    if element.xmlns == STREAM_NS:
-        out = serialize(element, CLIENT_NS, parent_ns=STREAM_NS)
-        # <features xmlns='http://etherx...'> is valid XML but clients expect the stream: prefix.
-        return ("<stream:features>" + out[out.index(">") + 1: -len("</features>")] + "</stream:features>").encode() \
-            if out.endswith("</features>") else b"<stream:features/>"
+    if element.xmlns == STREAM_NS and element.name == "features":
+        return serialize_features(element, CLIENT_NS)
     return serialize(element, CLIENT_NS).encode()
 
 
 def sasl_failure(condition: str, text: str = "") -> Element:
-    failure = Element("failure", sasl.SASL_NS)
+    failure = Element("failure", SASL_NS)
     failure.add(condition)
     if text:
         failure.add("text", text=text)
     return failure
+
+
+def mechanisms_feature(mechanisms: list[str], channel_bindings: dict[str, bytes]) -> list[Element]:
+    """The <mechanisms/> feature and, with channel binding, XEP-0440 <sasl-channel-binding/>."""
+    feature = Element("mechanisms", SASL_NS)
+    for name in mechanisms:
+        feature.add("mechanism", text=name)
+    features = [feature]
+    if channel_bindings and any(m.endswith("-PLUS") for m in mechanisms):
+        cb = Element("sasl-channel-binding", SASL_CB_NS)
+        for kind in channel_bindings:
+            cb.add("channel-binding", attrs={"type": kind})
+        features.append(cb)
+    return features
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode() if data else "="
+
+
+def _decode(text: str) -> bytes | None:
+    """The payload of <auth/> or <response/>; None when it is not valid base64 or too long."""
+    text = text.strip()
+    if len(text) > MAX_SASL_PAYLOAD_CHARS:
+        return None
+    if text in ("", "="):  # RFC 6120 section 6.4.2: "=" is an empty response
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class C2SStream:
@@ -163,6 +203,8 @@ class C2SStream:
 
     __slots__ = ("_features", "_hosted", "_pre_auth", "authenticated", "bindings", "default_domain", "domain",
                  "exchange", "failures", "header_sent", "pre_auth_iqs", "state", "tls", "tls_available", "versioned")
+
+    exchange: sasl.SaslServer | None
 
     def __init__(self, *, tls: bool, tls_available: bool, hosted: Callable[[str], bool],
                  features: Callable[[], list[Element]], default_domain: str = "",
@@ -181,7 +223,8 @@ class C2SStream:
         self.state = State.AUTH if tls else State.TLS
         self.domain: str | None = None
         self.authenticated: str | None = None  # bare JID after SASL
-        self.exchange: sasl.SaslExchange | None = None
+        #: The SASL exchange in progress (RFC 6120 section 6.4), None between exchanges.
+        self.exchange = None
         self.failures = 0
         self.header_sent = False
         #: The client's header carried version='1.0' (our replies carry it only then).
@@ -215,8 +258,8 @@ class C2SStream:
             features.add("starttls", TLS_NS).add("required")
         elif self.state is State.AUTH:
             bindings = self.bindings
-            features.children.extend(sasl.mechanisms_feature(
-                sasl.offered_mechanisms(tls=True, channel_bindings=bindings), bindings))
+            features.children.extend(mechanisms_feature(
+                sasl.offered_mechanisms(secure=True, channel_bindings=bindings), bindings))
             if self._pre_auth is not None:
                 features.children.extend(self._pre_auth(domain))
         else:
@@ -242,12 +285,12 @@ class C2SStream:
                 self.state = State.AUTH
                 self.header_sent = False
                 return [Send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"), StartTls()]
-            if ns == sasl.SASL_NS and name == "auth":
+            if ns == SASL_NS and name == "auth":
                 return [Send(serialize_top(sasl_failure("encryption-required"))),
                         *self.fail("policy-violation", "TLS is required")]
             return self.fail("not-authorized", "negotiate TLS first")
         if state is State.AUTH:
-            if ns == sasl.SASL_NS:
+            if ns == SASL_NS:
                 return self._sasl(element)
             if name == "iq" and ns == "" and self._pre_auth is not None:
                 self.pre_auth_iqs += 1
@@ -286,12 +329,25 @@ class C2SStream:
     def _sasl(self, element: Element) -> list[Action]:
         name = element.name
         if name == "auth":
-            self.exchange = sasl.SaslExchange(tls=True, channel_bindings=self.bindings, domain=self.domain or "")
-            return self._step(self.exchange.auth(element))
+            domain = self.domain or ""
+            # RFC 6120 section 6.4.6: the account is on the stream's domain; alice@<that domain> too.
+            self.exchange = sasl.SaslServer(
+                mechanisms=sasl.offered_mechanisms(secure=True, channel_bindings=self.bindings),
+                login=LoginNames(domain or None, [domain] if domain else []),
+                channel_bindings=self.bindings, secure=True)
+            payload = _decode(element.text)
+            if payload is None:
+                return self._step(sasl.Failure("incorrect-encoding", "the payload is not valid base64"))
+            # RFC 6120 section 6.4.2: an empty element means no initial response, "=" an empty one.
+            initial = None if not element.text.strip() else payload
+            return self._step(self.exchange.start(element.attrs.get("mechanism", ""), initial))
         if self.exchange is None:
             return self.fail("policy-violation", "no SASL exchange in progress")
         if name == "response":
-            return self._step(self.exchange.response(element))
+            payload = _decode(element.text)
+            if payload is None:
+                return self._step(sasl.Failure("incorrect-encoding", "the payload is not valid base64"))
+            return self._step(self.exchange.respond(payload))
         if name == "abort":
             return self._step(self.exchange.abort())
         return self.fail("unsupported-stanza-type", f"unexpected SASL element <{name}/>")
@@ -301,7 +357,7 @@ class C2SStream:
         assert self.exchange is not None
         if isinstance(found, bool):
             return self._step(self.exchange.password_checked(found))
-        return self._step(self.exchange.credential_found(found))
+        return self._step(self.exchange.credential_found(found))  # type: ignore[arg-type]
 
     def throttled(self) -> list[Action]:
         """The throttle refused another attempt from this address or for this account."""
@@ -309,27 +365,33 @@ class C2SStream:
                 *self.fail("policy-violation", "too many failed authentication attempts")]
 
     def _step(self, step: sasl.Step) -> list[Action]:
-        if isinstance(step, sasl.Send):
-            return [Send(serialize_top(step.element))]
-        if isinstance(step, sasl.Failed):
+        """Frame one step of the SASL engine as elements and actions (RFC 6120 section 6.4)."""
+        if isinstance(step, sasl.Challenge):
+            return [Send(serialize_top(Element("challenge", SASL_NS, children=[_b64(step.data)])))]
+        if isinstance(step, sasl.Failure):
             account = self.account(step.username) if step.username else None
-            return self._failed(step.element, account, counts=step.condition != "aborted")
-        if isinstance(step, sasl.Succeeded):
-            account = self.account(step.username)
+            text = "" if step.condition == "aborted" else step.text
+            return self._failed(sasl_failure(step.condition, text), account, counts=step.condition != "aborted")
+        if isinstance(step, sasl.Success):
+            username = (self.exchange.username if self.exchange is not None else None) or step.account
+            account = self.account(username)
             if account is None:
                 return self._failed(sasl_failure("not-authorized"), None, counts=True)
             self.authenticated = account
             self.exchange = None
             self.state = State.BIND
             self.header_sent = False
-            return [Authenticated(account), Send(serialize_top(step.element)), Restart()]
+            success = Element("success", SASL_NS, children=[_b64(step.data)] if step.data else [])
+            return [Authenticated(account), Send(serialize_top(success)), Restart()]
+        if isinstance(step, sasl.NeedExternal):  # EXTERNAL is not offered on client streams
+            return self._step(sasl.Failure("invalid-mechanism", "EXTERNAL is not offered"))
         return [Lookup(step, self.account(step.username))]
 
     def _failed(self, element: Element, account: str | None, *, counts: bool) -> list[Action]:
         self.failures += 1
         mechanism = self.exchange.mechanism if self.exchange is not None else None
         out: list[Action] = [AuthFailed(account, counts, mechanism), Send(serialize_top(element))]
-        if self.failures >= sasl.MAX_FAILURES_PER_STREAM:
+        if self.failures >= MAX_FAILURES_PER_STREAM:
             out += self.fail("policy-violation", "too many failed authentication attempts")
         return out
 

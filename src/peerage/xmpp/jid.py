@@ -48,6 +48,16 @@ def split_jid(text: str) -> tuple[str, str, str]:
     return nlocal, ndomain, resource
 
 
+@lru_cache(maxsize=JID_CACHE_SIZE)
+def split_jid_bare(text: str) -> tuple[str, str, str, str]:
+    """``split_jid`` plus the bare JID ``local@domain`` ('' when there is no local part).
+
+    The stanza router needs all four for every stanza; caching the joined bare JID saves building
+    it again each time."""
+    local, domain, resource = split_jid(text)
+    return local, domain, resource, f"{local}@{domain}" if local else ""
+
+
 def bare_of(text: str) -> str:
     """Normalised bare JID (local@domain or domain) of ``text``."""
     local, domain, _ = split_jid(text)

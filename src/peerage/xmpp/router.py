@@ -84,7 +84,9 @@ class Router:
         #: bare JID -> resource -> session
         self.sessions: dict[str, dict[str, RoutedSession]] = {}
         self._remote_sender: RemoteSender | None = None
-        self._local_handler: LocalHandler | None = None
+        #: The RFC 6121 local delivery rules (``peerage.xmpp.stanzas``); read on every stanza, so a
+        #: plain attribute. Set it with ``set_local_handler``.
+        self.local_handler: LocalHandler | None = None
         #: service JID -> hosted service (its stanzas fire on its own events, ``peerage.xmpp.hosted``)
         self.services: dict[str, HostedServiceLike] = {}
 
@@ -106,13 +108,9 @@ class Router:
     def set_remote_sender(self, sender: RemoteSender | None) -> None:
         self._remote_sender = sender
 
-    @property
-    def local_handler(self) -> LocalHandler | None:
-        return self._local_handler
-
     def set_local_handler(self, handler: LocalHandler) -> None:
-        """Install the RFC 6121 local delivery rules (``peerage.xmpp.im``)."""
-        self._local_handler = handler
+        """Install the RFC 6121 local delivery rules (``peerage.xmpp.stanzas``)."""
+        self.local_handler = handler
 
     # --- session table ------------------------------------------------------------------------
     def resources(self, bare_jid: str) -> dict[str, RoutedSession]:
@@ -150,7 +148,7 @@ class Router:
         except JidError:
             return self.bounce(stanza, "jid-malformed")
         if domain in self.hosted_domains:
-            handler = self._local_handler
+            handler = self.local_handler
             if handler is None:
                 return self.bounce(stanza, "service-unavailable")
             return handler(stanza)
@@ -182,9 +180,9 @@ class Router:
             if result is not None:
                 await result
             return True
-        if domain not in self.hosted_domains or self._local_handler is None:
+        if domain not in self.hosted_domains or self.local_handler is None:
             return False
-        result = self._local_handler(stanza)
+        result = self.local_handler(stanza)
         if result is not None:
             await result
         return True

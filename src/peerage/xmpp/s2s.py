@@ -54,7 +54,10 @@ from peerage.xmpp.federation import (
 from peerage.xmpp.jid import JidError, normalize_jid, split_jid
 from peerage.xmpp.s2s_tls import S2STlsContexts
 from peerage.xmpp.stream import (
+    SASL_NS,
     SERVER_NS,
+    STREAM_NS,
+    TLS_NS,
     Element,
     StreamClosed,
     StreamFailure,
@@ -62,17 +65,16 @@ from peerage.xmpp.stream import (
     XmlStreamParser,
     serialize,
     stream_error,
+    stream_header,
 )
+from peerage.xmpp.stream import serialize_features as serialize_stream_features
 from peerage.xmpp.tls_layer import TlsLayer
 from peerage.xmpp.x509 import CertificateCheck, TrustStore, check_certificate, own_certificate_trusted
 
 log = logging.getLogger(__name__)
 
-TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
-SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIDI_NS = "urn:xmpp:bidi"
 BIDI_FEATURE_NS = "urn:xmpp:features:bidi"
-STREAM_NS = "http://etherx.jabber.org/streams"
 
 #: RFC 6120 section 3.2.3 fallback port when a domain has no SRV records.
 DEFAULT_S2S_PORT = 5269
@@ -472,19 +474,10 @@ async def open_xml_connection(address: str, port: int, max_stanza_bytes: int, *,
 
 
 def _header(from_: str | None, to: str | None, stream_id: str | None, legacy: bool) -> bytes:
-    """A jabber:server stream header; legacy (pre-1.0) peers get no version attribute."""
-    parts = ["<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='", STREAM_NS,
-             "'", dialback.STREAM_DIALBACK_DECLARATION]
-    if stream_id is not None:
-        parts.append(f" id='{stream_id}'")
-    if from_:
-        parts.append(f" from='{from_}'")
-    if to:
-        parts.append(f" to='{to}'")
-    if not legacy:
-        parts.append(" version='1.0'")
-    parts.append(">")
-    return "".join(parts).encode()
+    """A jabber:server stream header (the writer c2s uses too); legacy (pre-1.0) peers get no
+    version attribute (RFC 6120 section 4.7.5)."""
+    return stream_header(content_ns=SERVER_NS, stream_id=stream_id, from_=from_ or None, to=to or None,
+                         version=None if legacy else "1.0", extra_ns=dialback.STREAM_DIALBACK_DECLARATION)
 
 
 def _is_1_0(attrs: dict[str, str]) -> bool:
@@ -1108,8 +1101,7 @@ def sasl_failure_text(failure: Element) -> str:
 
 
 def serialize_features(features: Element) -> bytes:
-    body = "".join(serialize(child, SERVER_NS, STREAM_NS) for child in features.elements())
-    return f"<stream:features>{body}</stream:features>".encode()
+    return serialize_stream_features(features, SERVER_NS)
 
 
 # --- the service ----------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ STANZAS_ERROR_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 CLIENT_NS = "jabber:client"
 SERVER_NS = "jabber:server"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
+#: Stream negotiation namespaces both stream kinds use (RFC 6120 sections 5 and 6).
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 #: Namespaces that are "the stanza content namespace" and map to "" in Element.xmlns.
 CONTENT_NAMESPACES = frozenset((CLIENT_NS, SERVER_NS, ""))
 
@@ -507,6 +510,12 @@ def serialize(el: Element, content_ns: str = CLIENT_NS, parent_ns: str = "") -> 
     out: list[str] = []
     _write(el, parent_ns, content_ns, out)
     return "".join(out)
+
+
+def serialize_features(features: Element, content_ns: str = CLIENT_NS) -> bytes:
+    """``<stream:features>`` with its children (RFC 6120 section 4.3.2), for either stream kind."""
+    body = "".join(serialize(child, content_ns, STREAM_NS) for child in features.elements())
+    return f"<stream:features>{body}</stream:features>".encode() if body else b"<stream:features/>"
 
 
 def stream_header(
