@@ -14,7 +14,7 @@ export function startPhone({ getJson, csrf, config }) {
   const $ = (id) => document.getElementById(id);
   const phone = $('phone');
   const status = $('phone-status');
-  const state = { ua: null, session: null, ice: null, dtmf: [], lastEnd: null, calls: 0 };
+  const state = { ua: null, session: null, ice: null, dtmf: [], lastEnd: null, calls: 0, refused: 0 };
   const relay = $('relay');
   relay.checked = localStorage.getItem('peerage.relayOnly') === '1';
   relay.addEventListener('change', () => localStorage.setItem('peerage.relayOnly', relay.checked ? '1' : '0'));
@@ -99,6 +99,7 @@ export function startPhone({ getJson, csrf, config }) {
     ua.on('registered', () => { retried = false; if (!state.session) show('registered', `ready as ${credentials.uri}`); });
     ua.on('unregistered', () => { if (!state.session) show('off', 'not registered'); });
     ua.on('registrationFailed', async (e) => {
+      state.refused += 1;
       show('off', `registration failed: ${e.cause}`);
       if (!retried && e.response && [401, 403, 407].includes(e.response.status_code)) {
         retried = true; // the server restarted or the token expired: a fresh one, once

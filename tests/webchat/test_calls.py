@@ -78,3 +78,18 @@ def test_bob_calls_alice_who_declines_then_answers_and_bob_hangs_up(shots: tuple
     wait_phone(alice, "ended")
     assert alice.eval("window.peerageChat.phone.state.lastEnd.originator") == "remote"
     assert phone_state(bob) == "ended"
+
+
+def test_a_refused_registration_fetches_a_new_sip_credential(shots: tuple[Browser, Browser]) -> None:
+    """The server forgets the page's SIP token (here: revoked, as after a restart): the next REGISTER is
+    refused, and the page gets a fresh token from its web session and registers again, unprompted."""
+    _alice, bob = shots
+    revoked = bob.eval("fetch('/auth/sip-credentials', {method: 'DELETE', headers: {'X-CSRF-Token': "
+                       "document.getElementById('logout-csrf').value}}).then((r) => r.json())")
+    assert revoked["revoked"] >= 1
+    refused = bob.eval("window.peerageChat.phone.state.refused")
+    bob.eval("window.peerageChat.phone.state.ua.register()")
+    # refused (the old token is gone), then a new one fetched and accepted
+    bob.wait_until(f"window.peerageChat.phone.state.refused === {refused + 1}")
+    wait_phone(bob, "registered")
+    assert "ready as" in bob.text("#phone-status")
