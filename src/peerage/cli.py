@@ -128,14 +128,10 @@ def _listen_line(addresses: list[str] | None) -> str:
 
 
 def _generate_domain_keys(config: Config, domain: str) -> None:
-    """Keys other protocols need per domain (DKIM), when that protocol is part of this build."""
-    try:
-        from peerage.mail.auth import dkim
-    except ImportError:
-        return
-    generate = getattr(dkim, "generate_keys", None)
-    if generate is not None:
-        generate(config.data_dir, domain)
+    """Keys other protocols need per domain (DKIM, RFC 6376)."""
+    from peerage.mail.auth import dkim
+
+    dkim.generate_keys(config.data_dir, domain)
 
 
 async def _migrate(config: Config) -> None:
