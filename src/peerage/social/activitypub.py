@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 JSON_TYPES = (AP_MEDIA_TYPE, "application/ld+json")
 # Items per collection page (Mastodon serves 20 per outbox page, 12 per followers page).
 PAGE_SIZE = 50
+# Longest id accepted inbound: the width of the URL columns (peerage.social.tables.URL).
+URL_LENGTH = 2048
 ACTIVITY_TYPES = frozenset({"Create", "Update", "Delete", "Follow", "Accept", "Reject", "Undo", "Like",
                             "Announce", "Block", "Move"})
 
@@ -375,6 +377,8 @@ class ActivityPubRoutes:
             # No LD signatures (relays) yet: the signer must be the actor itself.
             raise Refused(401, "the request is not signed by the activity's actor")
         activity_id = id_of(activity) or f"{actor}#anonymous-{secrets.token_hex(8)}"
+        if max(len(activity_id), len(actor), len(id_of(activity.get("object")))) > URL_LENGTH:
+            raise Refused(400, f"ids are limited to {URL_LENGTH} characters")
         if host_of(activity_id) != host_of(actor):
             raise Refused(400, "the activity's id is not on its actor's host")
         async with self.store.begin() as conn:
@@ -388,6 +392,11 @@ class ActivityPubRoutes:
             await self._receive(kind, activity, actor, request[DOMAIN])
         except FetchError as exc:
             log.info("social: %s from %s: %s", kind, actor, exc)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A shape we could not read (a list where an object belongs, a missing field): the sender
+            # learns it was malformed rather than meeting a 500.
+            log.info("social: malformed %s from %s: %s: %s", kind, actor, type(exc).__name__, exc)
+            raise Refused(400, f"the {kind} could not be read") from None
         return web.Response(status=202, text="accepted\n")
 
     async def _read(self, request: web.Request, limit: int) -> bytes:
