@@ -50,6 +50,7 @@ def serve_peerage(workdir: Path) -> None:
             "domain": [{"name": "example.org", "cert": str(workdir / "cert.pem"), "key": str(workdir / "key.pem")}],
             "xmpp": {"enabled": False}, "sip": {"enabled": False}, "smtp": {"enabled": False},
             "imap": {"enabled": True, "listen": [], "tls_listen": [f"{PEERAGE_ADDRESS}:993"]},
+            "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
             # The benchmark's clients all come from one address and log in hundreds of times a second.
             "limits": {"connections_per_ip": 1000},
         }

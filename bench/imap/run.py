@@ -106,6 +106,7 @@ def serve_peerage(workdir: Path, count: int) -> None:
             "domain": [{"name": "example.org", "cert": str(workdir / "cert.pem"), "key": str(workdir / "key.pem")}],
             "xmpp": {"enabled": False}, "sip": {"enabled": False}, "smtp": {"enabled": False},
             "imap": {"enabled": True, "listen": [], "tls_listen": [f"{PEERAGE_ADDRESS}:993"]},
+            "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
         }
         host = Host(config_from_dict(raw, workdir / "peerage.toml"))
         await host.open()

@@ -62,6 +62,7 @@ async def start_host(
         "sip": {"enabled": False},
         "smtp": {"enabled": False},
         "imap": {"enabled": True, "listen": [f"{address}:143"], "tls_listen": [f"{address}:993"]},
+        "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
     }
     for section, values in (extra or {}).items():
         raw.setdefault(section, {}).update(values)

@@ -20,6 +20,7 @@ from peerage.mail.mailbox import MailboxExists, MailboxStore, deliver, mailbox_o
 from peerage.mail.tables import INLINE_BODY_LIMIT, mail_bodies, mail_messages
 from peerage.store.schema import load_all_tables
 from tests.harness import async_wait_for
+from tests.harness.postgres import own_database
 from tests.imap.conftest import USER, ImapHost
 
 OWNER = "alice@example.org"
@@ -30,7 +31,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'mail.db'}"
     else:
-        url = request.getfixturevalue("postgres_url")
+        # Tables made by hand here, so in a database of their own (tests/harness/postgres.py).
+        url = await own_database(request.getfixturevalue("postgres_url"), "peerage_mailbox_store")
     engine = create_async_engine(url)
     metadata = load_all_tables()
     mine = {"mail_mailboxes", "mail_messages", "mail_bodies", "mail_expunged", "mail_uidvalidity", "mail_subscriptions"}

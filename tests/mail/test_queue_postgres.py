@@ -11,9 +11,7 @@ import secrets
 import time
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from peerage.mail.queue_tables import mail_queue
 from peerage.mail.smtp.client import TEMPORARY, Outcome
@@ -21,29 +19,10 @@ from peerage.mail.smtp.queue import OutboundQueue, list_entries
 from peerage.mail.smtp.schedule import Schedule
 from peerage.store import Store
 from tests.harness import async_wait_for
+from tests.harness.postgres import own_database
 
 LOCAL_DOMAIN = "pg.example"
 REMOTE_DOMAIN = "far.example"
-
-
-async def _own_database(url: str) -> str:
-    """A fresh database beside the fixture's one; the fixture's own when creating one is not allowed."""
-    parsed = make_url(url)
-    name = f"peerage_mail_queue_{secrets.token_hex(4)}"
-    try:
-        conn = await asyncpg.connect(
-            host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password,
-            database=parsed.database,
-        )
-    except (OSError, asyncpg.PostgresError):
-        return url
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    except asyncpg.PostgresError:
-        return url
-    finally:
-        await conn.close()
-    return parsed.set(database=name).render_as_string(hide_password=False)
 
 
 async def _rows(store: Store) -> list[dict[str, object]]:
@@ -53,7 +32,7 @@ async def _rows(store: Store) -> list[dict[str, object]]:
 
 
 async def test_enqueue_claim_complete_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
-    store = Store(await _own_database(postgres_url))
+    store = Store(await own_database(postgres_url, "peerage_mail_queue"))
     await store.migrate()
     delivered: list[tuple[str, bytes]] = []
     remote_attempts: list[list[str]] = []

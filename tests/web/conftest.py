@@ -100,6 +100,7 @@ async def start_host(workdir: Path, *, mail: bool = False, extra: dict[str, Any]
         "smtp": {"enabled": mail, "mx_listen": [f"{address}:25"], "submission_listen": [f"{address}:587"],
                  "submissions_listen": [f"{address}:465"]},
         "imap": {"enabled": mail, "listen": [f"{address}:143"], "tls_listen": [f"{address}:993"]},
+        "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
         "web": {"https_listen": [f"{address}:{HTTPS_PORT}"], "http_listen": [f"{address}:{HTTP_PORT}"]},
     }
     for section, values in (extra or {}).items():

@@ -89,6 +89,7 @@ def start_server(workdir: Path, address: str) -> PeerageServer:
         "limits": {"auth_deadline": AUTH_DEADLINE},
         "web": {"https_listen": [f"{address}:{HTTPS_PORT}"], "http_listen": [f"{address}:{HTTP_PORT}"]},
         "imap": {"listen": [f"{address}:{IMAP_PORT}"], "tls_listen": []},
+        "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
         "smtp": {"mx_listen": [], "submission_listen": [f"{address}:{SUBMISSION_PORT}"], "submissions_listen": []},
         "xmpp": {"websocket": {"credential_lifetime": CREDENTIAL_LIFETIME}, "s2s_listen": [],
                  "s2s_direct_tls_listen": []},

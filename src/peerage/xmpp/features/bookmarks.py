@@ -11,6 +11,8 @@ XEP-0048 ``<url/>`` bookmarks have no XEP-0402 form and are not kept. Other priv
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from peerage.xmpp.features import Feature, IqContext, hook_iq, result
 from peerage.xmpp.features.pep import Pep, PubsubError
 from peerage.xmpp.jid import JidError, split_jid
@@ -42,10 +44,15 @@ class BookmarksConversion(Feature):
         assert pep is not None
         return pep
 
-    async def _private(self, ctx: IqContext) -> Element | None:
+    def _private(self, ctx: IqContext) -> Awaitable[Element] | None:
+        # Decided synchronously: an event handler's awaitable is its result and ends the chain, so
+        # only storage:bookmarks may produce one; None lets the private storage module answer.
         children = list(ctx.payload.elements())
         if not ctx.is_owner or len(children) != 1 or children[0].xmlns != LEGACY_NS or children[0].name != "storage":
             return None
+        return self._bookmarks(ctx, children[0])
+
+    async def _bookmarks(self, ctx: IqContext, storage_in: Element) -> Element:
         owner = ctx.owner
         assert owner is not None
         if ctx.iq.attrs.get("type") == "get":
@@ -62,7 +69,7 @@ class BookmarksConversion(Feature):
                         legacy.add(child, text=text)
             return result(ctx, Element("query", PRIVATE_NS, {}, [storage]))
         wanted: dict[str, Element] = {}
-        for legacy in children[0].find_all("conference", LEGACY_NS):
+        for legacy in storage_in.find_all("conference", LEGACY_NS):
             try:
                 local, domain, resource = split_jid(legacy.attrs.get("jid", ""))
             except JidError:

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -429,10 +430,14 @@ class Pep(Feature):
                 and_(xmpp_pep_nodes.c.owner == owner, xmpp_pep_nodes.c.node == node)).values(**config.row()))
         return result(ctx)
 
-    async def _disco_items(self, ctx: IqContext) -> Element | None:
+    def _disco_items(self, ctx: IqContext) -> Awaitable[Element] | None:
+        # Decided synchronously: an awaitable ends the event chain, so None must come before any.
         owner = ctx.owner
         if owner is None or ctx.payload.attrs.get("node"):
             return None
+        return self._list_nodes(ctx, owner)
+
+    async def _list_nodes(self, ctx: IqContext, owner: str) -> Element:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(xmpp_pep_nodes).where(
                 xmpp_pep_nodes.c.owner == owner).order_by(xmpp_pep_nodes.c.node))).all()
