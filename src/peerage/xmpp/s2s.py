@@ -967,7 +967,7 @@ class InboundStream:
         allowed = service.policy.for_domain(remote)
         if (authzid and authzid.lower() != remote) or not check.trusted or not allowed.allowed or \
                 not receiver_offers_sasl_external(profile, check.trusted):
-            service.auth_throttle.failure(connection.peer_ip)
+            service.auth_throttle.failure(connection.peer_ip, protocol="xmpp-s2s", mechanism="EXTERNAL")
             connection.write(failure)
             record = service.new_record("in", local, remote, connection)
             record.tls = connection.tls_version
@@ -1069,7 +1069,7 @@ class InboundStream:
             return
         self.pairs.settle(remote, local, False)
         if outcome is False:
-            service.auth_throttle.failure(connection.peer_ip)
+            service.auth_throttle.failure(connection.peer_ip, protocol="xmpp-s2s", mechanism="dialback")
             connection.send(dialback.result_response(local, remote, False))
             service.finish_record(record, Level.UNSUCCESSFUL,
                                   "wrong dialback key: the authoritative server of " + remote
