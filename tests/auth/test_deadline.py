@@ -22,7 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
     srv = make_server(tmp_path_factory.mktemp("deadline"),
                       {"limits": {"auth_deadline": DEADLINE, "idle_timeout_unauthenticated": 20.0,
                                   "max_unauthenticated": 6}},
-                      services=("smtp", "imap", "sip"))
+                      services=("smtp", "imap", "sip", "xmpp"))
     srv.add_user(ALICE, PASSWORD)
     srv.start()
     try:
@@ -129,6 +129,39 @@ async def test_global_cap_on_unauthenticated_connections(server: PeerageServer) 
     again = await ImapFrom(ADDRESS, "127.0.7.72").connect()
     assert b"OK" in again.greeting and b"OK" in await again.login(ALICE, PASSWORD)
     await again.close()
+
+
+async def _s2s_header_answered(source: str) -> tuple[asyncio.StreamWriter, bool]:
+    """Open an s2s stream from ``source``: whether the server answers with its stream header."""
+    reader, writer = await asyncio.open_connection(ADDRESS, 5269, local_addr=(source, 0))
+    writer.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream="
+                 b"'http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' to='example.org'"
+                 b" version='1.0'>")
+    await writer.drain()
+    try:
+        data = await asyncio.wait_for(reader.read(4096), 5)
+    except (ConnectionError, OSError):
+        data = b""
+    return writer, b"<stream:stream" in data
+
+
+async def test_global_cap_counts_unauthenticated_server_streams(server: PeerageServer) -> None:
+    # Inbound s2s streams take slots too until a domain pair is authenticated (XMPP c2s and s2s,
+    # IMAP, SMTP and ManageSieve share the one cap), so a flood on 5269 cannot hold more.
+    holders = []
+    for n in range(6):
+        writer, answered = await _s2s_header_answered(f"127.0.7.{80 + n}")
+        assert answered, n
+        holders.append(writer)
+    refused, answered = await _s2s_header_answered("127.0.7.90")
+    assert not answered
+    refused.close()
+    for writer in holders:
+        writer.close()
+    await asyncio.sleep(0.5)  # the server sees the closes
+    again, answered = await _s2s_header_answered("127.0.7.91")
+    assert answered
+    again.close()
 
 
 def test_insecure_context_is_for_tests_only() -> None:

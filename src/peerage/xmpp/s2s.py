@@ -699,6 +699,10 @@ class InboundStream:
         self.service = service
         self.connection = connection
         self.direct_tls = direct_tls
+        # A slot in the global cap on connections not yet authenticated ([limits]
+        # max_unauthenticated, shared with c2s, IMAP, SMTP and ManageSieve), given back at the first
+        # authenticated domain pair or when the stream ends.
+        self.preauth: Any = None
         self.pairs = PairTable()
         self.external_domain: str | None = None
         self.records: dict[tuple[str, str], ConnectionRecord] = {}
@@ -736,6 +740,11 @@ class InboundStream:
     def authenticated(self) -> bool:
         """Some domain pair was authenticated on this stream (dialback, SASL EXTERNAL, permissive)."""
         return any(r.state == "open" for r in self.records.values())
+
+    def release_preauth(self) -> None:
+        if self.preauth is not None:
+            self.preauth.release()
+            self.preauth = None
 
     def _negotiation_expired(self) -> None:
         """``[xmpp.federation] negotiation_timeout`` passed since the accept and nothing authenticated.
@@ -913,6 +922,7 @@ class InboundStream:
         self.records[(remote, local)] = record
         self.service.finish_record(record, Level.PERMISSIVE,
                                    "permissive: stanzas accepted without any verification", open_=True)
+        self.release_preauth()
 
     async def _starttls(self) -> bool:
         connection = self.connection
@@ -985,6 +995,7 @@ class InboundStream:
         self.records[(remote, local)] = record
         service.finish_record(record, level_reached(True, "sasl-external"),
                               "SASL EXTERNAL with a certificate " + check.explain(remote), open_=True)
+        self.release_preauth()
         # XEP-0288: the stream carries our stanzas once it has restarted (RFC 6120 section 6.4.6);
         # a stanza written now would arrive where the peer expects its new stream header.
         self.bidi_after_restart = self.bidi
@@ -1064,6 +1075,7 @@ class InboundStream:
             level = level_reached(self.tls, "dialback")
             service.finish_record(record, level, ("TLS, " if self.tls else "clear stream, ") + how,
                                   open_=True)
+            self.release_preauth()
             if self.bidi:
                 service.attach_bidi(local, remote, self)
             return
@@ -1275,6 +1287,14 @@ class S2SService:
         if not self.connections_per_ip.acquire(connection.peer_ip):
             connection.fail("policy-violation", "too many connections from your address")
             return
+        limits = getattr(self.host, "limits", None)
+        preauth = limits.preauth() if limits is not None else None
+        if limits is not None and preauth is None:
+            self.connections_per_ip.release(connection.peer_ip)
+            # RFC 6120 section 4.9.3.17: the server lacks the resources to serve the stream now.
+            connection.fail("resource-constraint", "too many connections are still authenticating; try later")
+            return
+        inbound: InboundStream | None = None
         try:
             if direct_tls:
                 try:
@@ -1284,9 +1304,14 @@ class S2SService:
                     connection.close()
                     return
             inbound = InboundStream(self, connection, direct_tls)
+            inbound.preauth, preauth = preauth, None
             self.inbound.add(inbound)
             await inbound.run()
         finally:
+            if inbound is not None:
+                inbound.release_preauth()
+            if preauth is not None:
+                preauth.release()
             self.connections_per_ip.release(connection.peer_ip)
 
     def inbound_closed(self, inbound: InboundStream) -> None:
