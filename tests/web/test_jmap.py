@@ -435,9 +435,15 @@ async def test_vacation_response_is_sent_once_and_not_to_lists(mailhost: WebHost
         return (f"From: Alice <{USER}>\r\nTo: {OTHER_USER}\r\nSubject: {subject}\r\n"
                 f"Message-ID: <{subject.replace(' ', '.')}@example.org>\r\n{extra}\r\nhello\r\n").encode()
 
-    await deliver(mailhost.host, OTHER_USER, to_bob("first"))
-    await deliver(mailhost.host, OTHER_USER, to_bob("second"))
-    await deliver(mailhost.host, OTHER_USER, to_bob("list mail", "Precedence: list\r\nList-Id: <l.example.org>\r\n"))
+    # Through the mail service's local delivery, as SMTP delivers: with [sieve] enabled (the default)
+    # the vacation response is sent by Sieve at delivery, from the envelope sender.
+    from peerage.mail.service import MailService
+
+    mail = next(s for s in mailhost.host.services if isinstance(s, MailService))
+    await mail.deliver_local(OTHER_USER, to_bob("first"), mail_from=USER)
+    await mail.deliver_local(OTHER_USER, to_bob("second"), mail_from=USER)
+    await mail.deliver_local(OTHER_USER, to_bob("list mail", "Precedence: list\r\nList-Id: <l.example.org>\r\n"),
+                             mail_from=USER)
     store = store_for(mailhost.host)
     inbox = await store.get_mailbox(USER, "INBOX")
     assert inbox is not None
