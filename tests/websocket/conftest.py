@@ -92,7 +92,9 @@ def start_server(workdir: Path, address: str) -> PeerageServer:
         "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
         "smtp": {"mx_listen": [], "submission_listen": [f"{address}:{SUBMISSION_PORT}"], "submissions_listen": []},
         "xmpp": {"websocket": {"credential_lifetime": CREDENTIAL_LIFETIME}, "s2s_listen": [],
-                 "s2s_direct_tls_listen": []},
+                 "s2s_direct_tls_listen": [],
+                 # open in-band registration (XEP-0077), to show it works over WebSocket as on TCP
+                 "registration": {"enabled": True}},
     }
     server = PeerageServer(workdir, [DOMAIN], address, services=("xmpp", "web", "imap", "smtp"), config=config)
     subprocess.run([sys.executable, "-c", ADD_USERS, str(server.config_path), PASSWORD, *USERS], check=True,

@@ -189,3 +189,24 @@ async def test_csi_and_pep_over_websocket(ws_server: WsServer, closing: list[obj
     assert items.get("type") == "result"
     entry = items.find(f".//{{{pubsub}}}item/{{urn:xmpp:test:ws}}entry")
     assert entry is not None and entry.text == "over websocket"
+
+
+async def test_in_band_registration_over_websocket(ws_server: WsServer, closing: list[object]) -> None:
+    # XEP-0077 before authentication works on a WebSocket stream as on TCP (the same pre-auth IQs).
+    import secrets
+
+    client = await ws_server.ws().connect()
+    closing.append(client)
+    features = await client.open()
+    assert features.find("{http://jabber.org/features/iq-register}register") is not None
+    form = await client.iq("<query xmlns='jabber:iq:register'/>")
+    assert form.get("type") == "result", ET.tostring(form)
+    assert form.find("{jabber:iq:register}query/{jabber:iq:register}password") is not None
+    user, password = f"newcomer{secrets.token_hex(3)}", "a long enough password 42"
+    done = await client.iq(f"<query xmlns='jabber:iq:register'><username>{user}</username>"
+                           f"<password>{password}</password></query>", iq_type="set")
+    assert done.get("type") == "result", ET.tostring(done)
+    again = await ws_server.ws().connect()
+    closing.append(again)
+    await again.login(f"{user}@{DOMAIN}", password)
+    assert again.jid.startswith(f"{user}@{DOMAIN}/")

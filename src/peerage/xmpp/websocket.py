@@ -205,7 +205,8 @@ class WebSocketC2S(C2SConnection):
         super().__init__(service, direct_tls=False)
         # The HTTPS connection is the stream's TLS: no STARTTLS, no channel binding (module docstring).
         self.stream = C2SStream(tls=True, tls_available=True, hosted=service.router.is_hosted,
-                                features=service.stream_features, default_domain=service.default_domain)
+                                features=service.stream_features, default_domain=service.default_domain,
+                                pre_auth=service.pre_auth_features)  # XEP-0077 registration, as on TCP
         self.carrier = carrier
         self.max_message = max_message
         carrier.conn = self
