@@ -21,16 +21,14 @@ the XMPP WebSocket module; this page only points converse.js at it.
 
 from __future__ import annotations
 
-import mimetypes
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
 from peerage.web import HOST_NAME
-from peerage.web.auth import Authenticator, needs_same_site_reload
-from peerage.web.login import page, reload_page
+from peerage.web.auth import Authenticator
+from peerage.web.spa import serve_app
 
 DIST = Path(__file__).resolve().parent.parent / "webui" / "dist" / "chat"
 BUILD_HINT = (
@@ -153,30 +151,8 @@ class Chat:
         raise web.HTTPMovedPermanently("/chat/")
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
-        if needs_same_site_reload(request):
-            return reload_page(request)
-        if await self.auth.session(request) is None:
-            raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe="/"))
-        index = self.root / "index.html"
-        if not index.is_file():
-            return page("Chat not built", BUILD_HINT, status=503)
-        root = self.root.resolve()
-        target = (root / request.match_info["path"]).resolve()
-        if not target.is_relative_to(root):
-            raise web.HTTPNotFound()
-        if not target.is_file():
-            if Path(request.match_info["path"]).suffix:
-                raise web.HTTPNotFound()
-            target = index
-        response = web.FileResponse(target)
-        content_type, _ = mimetypes.guess_type(target.name)
-        if target.suffix == ".wasm":
-            content_type = "application/wasm"  # WebAssembly.instantiateStreaming insists on it
-        if content_type:
-            response.content_type = content_type
-        response.headers["Content-Security-Policy"] = self.csp(request)
-        response.headers["Cache-Control"] = "no-cache" if target == index else "private, max-age=86400"
-        return response
+        return await serve_app(request, self.auth, self.root, not_built_title="Chat not built",
+                               build_hint=BUILD_HINT, csp=self.csp(request))
 
 
 def _no_store(response: web.Response) -> web.Response:

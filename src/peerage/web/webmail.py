@@ -8,15 +8,13 @@ folder has no ``index.html`` the answer is a page saying how to build it.
 
 from __future__ import annotations
 
-import mimetypes
 from pathlib import Path
-from urllib.parse import quote
 
 from aiohttp import web
 
-from peerage.web.auth import Authenticator, needs_same_site_reload
-from peerage.web.login import page, reload_page
+from peerage.web.auth import Authenticator
 from peerage.web.security import WEBMAIL_CSP
+from peerage.web.spa import serve_app
 
 DIST = Path(__file__).resolve().parent.parent / "webui" / "dist" / "mail"
 BUILD_HINT = (
@@ -40,27 +38,5 @@ class Webmail:
         raise web.HTTPMovedPermanently("/mail/")
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
-        if needs_same_site_reload(request):
-            return reload_page(request)
-        if await self.auth.session(request) is None:
-            raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe="/"))
-        index = self.root / "index.html"
-        if not index.is_file():
-            return page("Webmail not built", BUILD_HINT, status=503)
-        root = self.root.resolve()
-        target = (root / request.match_info["path"]).resolve()
-        if not target.is_relative_to(root):
-            raise web.HTTPNotFound()
-        if not target.is_file():
-            if Path(request.match_info["path"]).suffix:
-                raise web.HTTPNotFound()  # a missing asset, not an app route
-            target = index
-        response = web.FileResponse(target)
-        content_type, _ = mimetypes.guess_type(target.name)
-        if content_type:
-            response.content_type = content_type
-        response.headers["Content-Security-Policy"] = WEBMAIL_CSP
-        # index.html names the hashed assets, so it must be revalidated; the assets may be cached, but
-        # only by this browser (they are behind the login).
-        response.headers["Cache-Control"] = "no-cache" if target == index else "private, max-age=86400"
-        return response
+        return await serve_app(request, self.auth, self.root, not_built_title="Webmail not built",
+                               build_hint=BUILD_HINT, csp=WEBMAIL_CSP)
