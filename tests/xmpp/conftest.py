@@ -45,7 +45,11 @@ def xmpp_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
 
 
 class Client(slixmpp.ClientXMPP):
-    """slixmpp with event queues the tests can wait on (with bounds)."""
+    """slixmpp with event queues the tests can wait on (with bounds). Other areas subclass it with
+    their own bounds and password (tests/xmppx)."""
+
+    connect_timeout = CONNECT_TIMEOUT
+    message_timeout = 10.0
 
     def __init__(self, jid: str, password: str = PASSWORD, plugins: tuple[str, ...] = ()) -> None:
         super().__init__(jid, password)
@@ -78,12 +82,12 @@ class Client(slixmpp.ClientXMPP):
 
     async def login(self, address: str, port: int = 5222) -> Client:
         self.connect(host=address, port=port)
-        await asyncio.wait_for(self.started.wait(), CONNECT_TIMEOUT)
+        await asyncio.wait_for(self.started.wait(), self.connect_timeout)
         return self
 
-    async def next_message(self, timeout: float = 10.0, with_body: bool = True) -> slixmpp.Message:
+    async def next_message(self, timeout: float | None = None, with_body: bool = True) -> slixmpp.Message:
         while True:
-            message = await asyncio.wait_for(self.messages.get(), timeout)
+            message = await asyncio.wait_for(self.messages.get(), timeout or self.message_timeout)
             if not with_body or message["body"]:
                 return message
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import slixmpp
 
 from tests.harness import LocalDNS, PeerageServer, TestCA
 from tests.s2s.helpers import Federation
+from tests.xmpp.conftest import Client as XmppClient
 
 DNS_ADDRESS = "127.0.12.250"
 ONE_ADDRESS = "127.0.12.2"
@@ -106,48 +104,15 @@ def two(xmppx_servers: tuple[PeerageServer, PeerageServer]) -> PeerageServer:
     return xmppx_servers[1]
 
 
-class Client(slixmpp.ClientXMPP):
-    """slixmpp with queues the tests wait on (with bounds)."""
+class Client(XmppClient):
+    """The XMPP area's slixmpp client, with this area's password and longer bounds (two federating
+    servers on a busy machine)."""
+
+    connect_timeout = TIMEOUT
+    message_timeout = TIMEOUT
 
     def __init__(self, jid: str, password: str = PASSWORD, plugins: tuple[str, ...] = ()) -> None:
-        super().__init__(jid, password)
-        self.messages: asyncio.Queue[slixmpp.Message] = asyncio.Queue()
-        self.presences: asyncio.Queue[slixmpp.Presence] = asyncio.Queue()
-        self.started = asyncio.Event()
-        self.failed = asyncio.Event()
-        self.enable_plaintext = False
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
-        for plugin in ("xep_0030", "xep_0199", *plugins):
-            self.register_plugin(plugin)
-        self.add_event_handler("session_start", self._on_start)
-        self.add_event_handler("failed_auth", lambda _: self.failed.set())
-        self.add_event_handler("message", self.messages.put_nowait)
-        self.add_event_handler("presence", self.presences.put_nowait)
-        self.send_initial_presence = True
-
-    async def _on_start(self, _event: object) -> None:
-        await self.get_roster()
-        if self.send_initial_presence:
-            self.send_presence()
-        self.started.set()
-
-    async def login(self, address: str, port: int = 5222) -> Client:
-        self.connect(host=address, port=port)
-        await asyncio.wait_for(self.started.wait(), TIMEOUT)
-        return self
-
-    async def next_message(self, timeout: float = TIMEOUT, with_body: bool = True) -> slixmpp.Message:
-        while True:
-            message = await asyncio.wait_for(self.messages.get(), timeout)
-            if not with_body or message["body"]:
-                return message
-
-    async def close(self) -> None:
-        if self.transport is not None:
-            self.disconnect()
-            with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(self.disconnected, 5)
+        super().__init__(jid, password, plugins)
 
 
 @pytest.fixture
