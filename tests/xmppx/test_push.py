@@ -63,6 +63,14 @@ async def enable(client: Client, jid: str, node: str, secret: str | None = None)
     await iq.send(timeout=TIMEOUT)
 
 
+async def presence_from(client: Client, bare: str, kind: str) -> None:
+    """Wait (bounded) for a presence of ``kind`` from ``bare`` at ``client``."""
+    while True:
+        presence = await asyncio.wait_for(client.presences.get(), TIMEOUT)
+        if presence["from"].bare == bare and presence["type"] == kind:
+            return
+
+
 async def test_offline_messages_are_pushed_to_the_app_server(one: PeerageServer, two: PeerageServer,
                                                              clients: list[Client]) -> None:
     app = await AppServer("yoko@y.test/app-server").login(TWO_ADDRESS)
@@ -72,7 +80,12 @@ async def test_offline_messages_are_pushed_to_the_app_server(one: PeerageServer,
     clients.append(sender)
     await enable(walt, "yoko@y.test/app-server", "device-token-1", secret="s3cr3t")
     assert registrations(one, "walt@x1.test") == 1
+    # A directed presence to tom: when the server ends walt's session it tells tom (RFC 6121
+    # section 4.6.3), which is how the test knows walt is offline there, not only on the client.
+    walt.send_presence(pto="tom@x1.test")
+    await presence_from(sender, "walt@x1.test", "available")
     await walt.close()  # now offline: messages go to offline storage, and a push goes out
+    await presence_from(sender, "walt@x1.test", "unavailable")
 
     sender.send_message(mto="walt@x1.test", mbody="are you there?", mtype="chat")
     notification = await asyncio.wait_for(app.notifications.get(), TIMEOUT)

@@ -3,7 +3,9 @@
 This module is in charge of ``message/offline/handle`` (a message to a bare JID found no resource
 that takes it: commit it, stamped with XEP-0203 delay, before the sender's stanza counts as handled)
 and ``message/offline/broadcast`` (a resource became available with a non-negative priority: send
-it the queue, then delete what was sent). Storing and emptying the queue of one account never
+it the queue, then delete what was sent). Once a message is committed it fires
+``message/offline/stored`` with an :class:`OfflineStored` (push notifications hook it, so they count
+what is really in the queue and never announce a message that was delivered or bounced instead). Storing and emptying the queue of one account never
 overlap, so a message committed during a login is neither lost nor delivered twice.
 """
 
@@ -24,6 +26,18 @@ OFFLINE_FEATURE = "msgoffline"
 DELAY_NS = "urn:xmpp:delay"
 HINTS_NS = "urn:xmpp:hints"
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
+
+
+class OfflineStored:
+    """What ``message/offline/stored`` handlers receive: the account, the stored stanza, and how many
+    messages its offline queue holds now (this one included)."""
+
+    __slots__ = ("bare", "count", "stanza")
+
+    def __init__(self, bare: str, stanza: Element, count: int) -> None:
+        self.bare = bare
+        self.stanza = stanza
+        self.count = count
 
 
 class _KeyedLock:
@@ -94,13 +108,16 @@ class Offline(Feature):
                 for session in targets:
                     session.send(stanza)
                 return
-            if await storage.offline_count(bare) >= self.ctx.max_offline_messages:
+            queued = await storage.offline_count(bare)
+            if queued >= self.ctx.max_offline_messages:
                 await self.ctx.router.bounce(stanza, "service-unavailable", "the recipient's offline storage is full")
                 return
             stored = Element(stanza.name, stanza.xmlns, dict(stanza.attrs), list(stanza.children))
             stored.add("delay", DELAY_NS, {"from": bare.partition("@")[2], "stamp": _xep82(time.time())},
                        "Offline Storage")
             await storage.store_offline(bare, serialize(stored))
+            # Counted under the queue lock: nothing else adds to or empties this queue meanwhile.
+            self.ctx.events.fire("message/offline/stored", OfflineStored(bare, stanza, queued + 1))
 
     async def deliver(self, session: Any) -> None:
         """Send stored messages to a session that became available with priority >= 0."""

@@ -6,8 +6,8 @@ This module is in charge of:
   app server JID, a node, and the publish-options form (the app server's secret) kept in
   ``push_registrations``, at most ``[xmpp.push] max_registrations`` per account (``resource-constraint``
   beyond);
-- a notification for each message that goes to offline storage (the ``message/offline/handle``
-  event, before the offline module stores it): a pubsub publish from the account's bare JID to the app
+- a notification for each message committed to offline storage (the ``message/offline/stored``
+  event the offline module fires, with the queue's length): a pubsub publish from the account's bare JID to the app
   server's node, with the ``urn:xmpp:push:summary`` form (section 7: ``message-count``, and
   ``last-message-sender`` / ``last-message-body`` only when ``[xmpp.push] include_sender`` /
   ``include_body`` say so) and the registration's publish-options;
@@ -29,7 +29,7 @@ from sqlalchemy import and_, delete, func, insert, select
 
 from peerage.xmpp.extables import push_registrations
 from peerage.xmpp.features import Feature, IqContext, hook_iq, result
-from peerage.xmpp.features.offline import offline_eligible
+from peerage.xmpp.features.offline import OfflineStored
 from peerage.xmpp.jid import JidError, split_jid
 from peerage.xmpp.stanzas import StanzaEvent
 from peerage.xmpp.stream import Element, error_reply, parse_stored, serialize
@@ -58,8 +58,7 @@ class Push(Feature):
     def setup(self) -> None:
         hook_iq(self.ctx, "enable", PUSH_NS, self._enable, types=("set",))
         hook_iq(self.ctx, "disable", PUSH_NS, self._disable, types=("set",))
-        # Before the offline module (priority 0) stores the message; returning None lets it go on.
-        self.ctx.events.hook("message/offline/handle", self._offline, 10)
+        self.ctx.events.hook("message/offline/stored", self._offline)
         self.ctx.events.hook("iq/bare", self._answer, 25)
         #: notification id -> (owner, app server JID, node, timer)
         self.pending: dict[str, tuple[str, str, str, asyncio.TimerHandle | None]] = {}
@@ -125,22 +124,21 @@ class Push(Feature):
         return result(ctx)
 
     # --- notifications --------------------------------------------------------------------------
-    def _offline(self, event: StanzaEvent) -> None:
+    def _offline(self, event: OfflineStored) -> None:
         stanza = event.stanza
-        if self.config.enabled and offline_eligible(stanza) and stanza.attrs.get("type") != "groupchat":
+        if self.config.enabled and stanza.attrs.get("type") != "groupchat":
             spawn = self.ctx.spawn
             if spawn is not None:
-                spawn(self._notify(event.bare, stanza))
+                spawn(self._notify(event.bare, stanza, event.count))
         return None
 
-    async def _notify(self, owner: str, stanza: Element) -> None:
+    async def _notify(self, owner: str, stanza: Element, count: int) -> None:
         try:
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(select(push_registrations).where(
                     push_registrations.c.owner == owner))).all()
             if not rows:
                 return
-            count = await self.ctx.storage.offline_count(owner) + 1  # this one is being stored
             config = self.config
             fields = [("FORM_TYPE", SUMMARY_NS), ("message-count", str(count))]
             if config.include_sender:
