@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.harness import LocalDNS, PeerageServer, require_binary
+from tests.sip.sipp import kill_leftovers
 
 DOMAIN = "cluster.test"
 REMOTE_DOMAIN = "remote.test"
@@ -34,7 +35,8 @@ HEARTBEAT, NODE_TIMEOUT = 0.5, 2.0
 #: The registry bound the tests hold the cluster to: a dead node's sessions are gone within this.
 REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
 USERS = [f"{name}@{DOMAIN}" for name in
-         ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia")]
+         ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia",
+          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina")]
 
 
 def _wait_port(address: str, port: int, timeout: float) -> None:
@@ -115,9 +117,11 @@ class ClusterUnderTest:
                 "cluster": {"node": name, "nats_urls": [nats.url], "heartbeat_interval": HEARTBEAT,
                             "node_timeout": NODE_TIMEOUT},
                 "smtp": {"first_retry_seconds": 1.0, "source_address": address, "hostname": f"{name}.{DOMAIN}"},
+                # SIPp answers MD5 challenges only
+                "sip": {"digest_algorithms": ["MD5"]},
             }
             self.nodes[name] = PeerageServer(workdir / name, [DOMAIN], address, dns=dns,
-                                             services=("xmpp", "smtp", "imap", "web"), config=config)
+                                             services=("xmpp", "smtp", "imap", "web", "sip"), config=config)
 
     def address(self, name: str) -> str:
         return NODES[name]
@@ -137,6 +141,13 @@ class ClusterUnderTest:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what} not reached within {timeout} s: {json.dumps(await self.status())}")
             await asyncio.sleep(0.1)
+
+
+@pytest.fixture(autouse=True)
+def _reap_sipp() -> Iterator[None]:
+    """No SIPp process outlives the test that started it."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="module")

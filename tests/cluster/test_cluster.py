@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from tests.cluster.conftest import (
@@ -25,7 +26,9 @@ from tests.cluster.conftest import (
     SINK_ADDRESS,
     ClusterUnderTest,
 )
+from tests.cluster.sipua import FlowUA
 from tests.cluster.xmppclient import ClusterClient, srv_targets
+from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_sipp
 
 
 def _has_session(node: str, jid: str, flag: str = "") -> Any:
@@ -312,6 +315,88 @@ async def test_web_login_on_one_node_is_valid_on_another(cluster: ClusterUnderTe
 
 
 # ==================================================================================================
+# SIP: one location service for the three nodes; calls to a flow another node holds go there
+# ==================================================================================================
+
+SIP_DOMAIN_KEYS = {"domain": DOMAIN, "caller_domain": DOMAIN}
+
+
+def _sip_known(aor: str, holder: str, *, on: tuple[str, ...]) -> Any:
+    """A status predicate: the nodes ``on`` route ``aor`` to bindings held by ``holder``."""
+    def check(status: dict[str, dict[str, Any]]) -> bool:
+        return all(status.get(node, {}).get("sip_registry", {}).get(aor) == [holder] for node in on)
+    return check
+
+
+async def _sipp(workdir: Path, scenario: str, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(run_sipp, workdir, scenario, **kwargs)
+
+
+async def test_sip_call_and_message_between_nodes_over_udp(cluster: ClusterUnderTest, tmp_path: Path) -> None:
+    """A caller registered on node 1 calls a callee registered on node 2 (both SIPp over UDP); a
+    MESSAGE taken by node 3 reaches the same callee."""
+    auth = ["-au", "sipalice", "-ap", PASSWORD]
+    callee = ["-au", "sipbob", "-ap", PASSWORD]
+    for user, ip, node, extra in (("sipalice", "127.0.16.30", "n1", auth), ("sipbob", "127.0.16.31", "n2", callee)):
+        registered = await _sipp(tmp_path, "register.xml", local_ip=ip, port=5070, server=f"{NODES[node]}:5060",
+                                 service=user, keys={"domain": DOMAIN}, extra=extra)
+        assert registered.returncode == 0, failure_report(tmp_path, registered)
+    # The registration on node 2 is a row in PostgreSQL, announced to the others, which read it.
+    await cluster.wait_registry(_sip_known(f"sip:sipbob@{DOMAIN}", "n2", on=("n1", "n2", "n3")),
+                                what="sipbob's binding on every node")
+    uas = start_sipp(tmp_path, "uas_call.xml", local_ip="127.0.16.31", port=5070, server=None, extra=["-d", "0"])
+    uac = await _sipp(tmp_path, "uac_call_auth.xml", local_ip="127.0.16.30", port=5070,
+                      server=f"{NODES['n1']}:5060", service="sipbob", keys={**SIP_DOMAIN_KEYS, "caller": "sipalice"},
+                      extra=auth)
+    assert uac.returncode == 0, failure_report(tmp_path, uac)
+    assert finish(uas)[0] == 0, failure_report(tmp_path, finish(uas))
+    trace = message_log(tmp_path, "uas_call.xml", uas.pid)
+    # node 1 took the call and reached the callee itself (a UDP contact needs no flow)
+    block = next(b for b in trace.split("-----") if "\nINVITE sip:" in b)
+    assert f"Via: SIP/2.0/UDP {NODES['n1']}:5060" in block, block
+    uas = start_sipp(tmp_path, "uas_message.xml", local_ip="127.0.16.31", port=5070, server=None)
+    sent = await _sipp(tmp_path, "uac_message_auth.xml", local_ip="127.0.16.30", port=5071,
+                       server=f"{NODES['n3']}:5060", service="sipbob", keys={**SIP_DOMAIN_KEYS, "caller": "sipalice"},
+                       extra=auth)
+    assert sent.returncode == 0, failure_report(tmp_path, sent)
+    assert finish(uas)[0] == 0, failure_report(tmp_path, finish(uas))
+
+
+async def test_sip_call_to_a_flow_held_by_another_node(cluster: ClusterUnderTest, tmp_path: Path) -> None:
+    """The callee registered over TCP with RFC 5626 outbound on node 2 (its Contact cannot be
+    dialled): a call over TCP taken by node 1 goes to node 2 over NATS and down the callee's
+    connection; ACK and BYE follow the Record-Route set through both nodes; a MESSAGE taken by
+    node 3 arrives the same way."""
+    carol = FlowUA("127.0.16.32", NODES["n2"], "sipcarol", DOMAIN, PASSWORD)
+    try:
+        carol.register()
+        await cluster.wait_registry(_sip_known(f"sip:sipcarol@{DOMAIN}", "n2", on=("n1", "n2", "n3")),
+                                    what="sipcarol's binding on every node")
+        status = await cluster.status()
+        assert status["n2"]["sip_flows"] >= 1, status["n2"]
+        auth = ["-au", "sipdave", "-ap", PASSWORD]
+        uac = start_sipp(tmp_path, "uac_call_auth.xml", local_ip="127.0.16.33", port=5070,
+                         server=f"{NODES['n1']}:5060", service="sipcarol",
+                         keys={**SIP_DOMAIN_KEYS, "caller": "sipdave"}, extra=[*auth, "-t", "t1"])
+        invite, ack, bye = await asyncio.to_thread(carol.answer_call)
+        code = finish(uac)
+        assert code[0] == 0, failure_report(tmp_path, code)
+        # each request came down carol's connection from node 2, after node 1 (INVITE, ACK, BYE)
+        for vias in (invite, ack, bye):
+            assert NODES["n2"] in vias[0] and NODES["n1"] in vias[1], vias
+        message = start_sipp(tmp_path, "uac_message_auth.xml", local_ip="127.0.16.33", port=5071,
+                             server=f"{NODES['n3']}:5060", service="sipcarol",
+                             keys={**SIP_DOMAIN_KEYS, "caller": "sipdave"}, extra=auth)
+        received = await asyncio.to_thread(carol.answer_message)
+        code = finish(message)
+        assert code[0] == 0, failure_report(tmp_path, code)
+        vias = received.get_all("via")
+        assert NODES["n2"] in vias[0] and NODES["n3"] in vias[1], vias
+    finally:
+        carol.close()
+
+
+# ==================================================================================================
 # Failures: NATS restarted, then a node killed, both under load
 # ==================================================================================================
 
@@ -356,7 +441,12 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
     total, kill_after = 300, 100
     olivia = await ClusterClient("olivia", "o").connect(cluster.address("n1"), sm=True)
     mallory = await ClusterClient("mallory", "m").connect(cluster.address("n3"), sm=True)
+    # a SIP phone on a TCP flow held by node 3: its binding must go with the node
+    nina = FlowUA("127.0.16.34", NODES["n3"], "sipnina", DOMAIN, PASSWORD)
+    nina_aor = f"sip:sipnina@{DOMAIN}"
     try:
+        nina.register()
+        await cluster.wait_registry(_sip_known(nina_aor, "n3", on=("n1", "n2")), what="sipnina's binding")
         await cluster.wait_registry(_has_session("n3", mallory.jid, "available"), what="mallory in the registry")
         acked_before_kill = 0
         killed_at = 0.0
@@ -372,11 +462,12 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
                 killed_at = time.monotonic()
                 mallory.drop()
             await asyncio.sleep(0.003)
-        # The dead node's sessions leave every survivor's registry within the bound.
+        # The dead node's sessions and SIP flows leave every survivor's registry within the bound.
         await cluster.wait_registry(
             lambda status: set(status) == {"n1", "n2"} and not any(
-                mallory.jid in answer.get("registry", {}) for answer in status.values()),
-            timeout=REGISTRY_BOUND + 5, what="node 3's sessions gone")
+                mallory.jid in answer.get("registry", {}) or nina_aor in answer.get("sip_registry", {})
+                for answer in status.values()),
+            timeout=REGISTRY_BOUND + 5, what="node 3's sessions and flows gone")
         gone_after = time.monotonic() - killed_at
         assert gone_after <= REGISTRY_BOUND + 1.5, gone_after  # the bound, plus this test's polling
         # Mallory's client reconnects to the next SRV target and gets the rest (offline storage).
@@ -405,5 +496,6 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
         finally:
             await again.close()
     finally:
+        nina.close()
         await olivia.close()
         await mallory.close()

@@ -8,6 +8,8 @@ and it wires them to the other nodes:
 - ``node``: the NATS connection, heartbeats, and which nodes are alive;
 - ``xmpp``: the replicated session registry, routing to sessions on other nodes, held stanzas and
   failover, roster cache coherence, one owner node per remote XMPP domain;
+- ``sip``: one location service for every node, and requests to flows another node holds sent to
+  that node over NATS;
 - ``mail``: the shared queue (bodies in PostgreSQL, rows claimed with SKIP LOCKED), IMAP IDLE and
   JMAP push woken on every node;
 - ``leases``: the ``cluster_leases`` table; ``cli``: ``peerage cluster status``.
@@ -38,6 +40,7 @@ class Cluster:
         self.leases = Leases(host.store, config.node)
         self.xmpp: Any = None
         self.mail_bridge: Any = None
+        self.sip: Any = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -57,6 +60,13 @@ class Cluster:
 
         self.xmpp = ClusterXmpp(self.node, service, self.leases)
         self.xmpp.attach()
+
+    async def attach_sip(self, service: Any) -> None:
+        """The SIP service started: registrations of every node, calls to flows held elsewhere."""
+        from peerage.cluster.sip import ClusterSip
+
+        self.sip = ClusterSip(self.node, service)
+        await self.sip.attach()
 
     def attach_queue(self, queue: Any) -> None:
         """The outbound mail queue, before it recovers or runs: shared bodies, claimed rows."""
@@ -82,6 +92,8 @@ class Cluster:
         """Before the services stop: tell the others this node's sessions are ending."""
         if self.xmpp is not None:
             await self.xmpp.stop()
+        if self.sip is not None:
+            await self.sip.stop()
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -177,6 +177,9 @@ class ProxyCore:
         self.shed = 0  # INVITEs refused so far
         # the open stream connection of a flow, or None (from the transport)
         self.connection_for = connection_for or (lambda flow: None)
+        # peerage.cluster: the (host, port) of another node's TCP endpoint by node name, None when
+        # that node is not alive; set only in a cluster
+        self.peer_endpoint: Callable[[str], tuple[str, int] | None] | None = None
         self._branch_counter = itertools.count(1)
         self._branch_prefix = os.urandom(3).hex()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -299,6 +302,13 @@ class ProxyCore:
         routes = request.get("route")
         context = ProxyContext(transaction, request)
         transaction.owner = context
+        # Another node of our cluster hands us a request for a user agent whose flow we hold (see
+        # _deliver_local); the route it used carries our mark, so it came from a node sharing our
+        # secret, and that node authenticated the caller already.
+        if own_route is True and flows is not None and routes is None and request.to_tag() is None \
+                and getattr(source.connection, "cluster_peer", False) \
+                and self._forward_by_flow(context, flows, source, max_forwards):
+            return
         if request.to_tag() is not None:
             # In-dialog request (§16.4, §12.2): it may only follow a route set we signed when we
             # Record-Routed the dialog; anything else would make us a relay for strangers.
@@ -456,6 +466,8 @@ class ProxyCore:
         forwarded = self._copy_for_forwarding(request, request.uri or "", max_forwards)
         branch = Branch(forwarded, None)
         branch.route_via_connection = destination
+        if request.to_tag() is None:
+            branch.flow = target  # a new dialog (from a cluster peer): Record-Route the flow
         context.branches.append(branch)
         self._start_branch(context, branch)
         return True
@@ -515,6 +527,17 @@ class ProxyCore:
         for binding in bindings[:MAX_FORK_BRANCHES]:
             transport, address, port_text = binding.received.split(" ")
             flow: Flow = (transport, address, int(port_text))
+            if binding.node != self.registrar.node and binding.needs_flow:
+                # peerage.cluster: the flow is held by another node; the request goes there
+                # through its flow-marked route, and that node sends it down the flow
+                peer = self.peer_endpoint(binding.node) if self.peer_endpoint is not None else None
+                if peer is None:
+                    failed += 1
+                    continue  # that node is gone, and its flows with it
+                forwarded = self._copy_for_forwarding(request, binding.contact, max_forwards)
+                forwarded.add_first("Route", self._peer_route(peer, request.call_id, flow))
+                context.branches.append(Branch(forwarded, None))
+                continue
             direct = not binding.path
             destination = None
             if direct and (binding.outbound or binding.nat or transport != "UDP"):
@@ -537,6 +560,13 @@ class ProxyCore:
         for branch in list(context.branches):
             self._start_branch(context, branch)
 
+    def _peer_route(self, peer: tuple[str, int], call_id: str, flow: Flow) -> str:
+        """A Route to another cluster node naming the callee's flow there (the nodes share the
+        Record-Route secret, so the mark is valid on that node)."""
+        host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+        flows = f".{flow_token(flow)}"
+        return f"<sip:{flows}@{host}:{peer[1]};lr;pr={self._route_mac(call_id, flows)};transport=tcp>"
+
     async def _no_binding(self, context: ProxyContext, address: str) -> None:
         try:
             exists = await self.accounts.exists(address)
@@ -556,7 +586,9 @@ class ProxyCore:
             return False
         host = self.primary_domain if from_uri.host in self.local_hosts else from_uri.host
         flow = f"{source.transport} {source.address[0]} {source.address[1]}"
-        return any(b.received == flow for b in self.registrar.lookup(f"sip:{from_uri.user}@{host}"))
+        node = self.registrar.node
+        return any(b.received == flow and b.node == node
+                   for b in self.registrar.lookup(f"sip:{from_uri.user}@{host}"))
 
     async def _local_from_local(self, context: ProxyContext, uri: Any, from_uri: Any, domain: str,
                                 max_forwards: int, source: Destination) -> None:

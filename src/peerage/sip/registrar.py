@@ -78,6 +78,7 @@ class Binding:
     instance: str = ""  # RFC 5626 +sip.instance (a URN), "" without one
     reg_id: int = 0  # RFC 5626 reg-id, 0 without outbound
     nat: bool = False  # reach the contact at ``received`` (behind NAT), not at its URI
+    node: str = ""  # the cluster node holding ``received`` ("" for a single server)
 
     @property
     def outbound(self) -> bool:
@@ -85,6 +86,12 @@ class Binding:
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
+
+    @property
+    def needs_flow(self) -> bool:
+        """Reached only through the flow it registered on (outbound, NAT, a stream connection),
+        not by dialling its Contact: only the node holding that flow can reach it."""
+        return not self.path and (self.outbound or self.nat or not self.received.startswith("UDP "))
 
 
 class Registrar:
@@ -100,6 +107,10 @@ class Registrar:
         # key of the temporary GRUUs (RFC 5627 §3.2: they must not reveal the AOR); a restart
         # invalidates them, which the RFC allows (a UA learns new ones at its next REGISTER)
         self.gruu_key = os.urandom(32)
+        # peerage.cluster: this node's name (bindings it holds carry it) and who to tell when an
+        # address of record changed (the other nodes re-read it from the store)
+        self.node = ""
+        self.on_change: Callable[[str], None] | None = None
 
     # -- location service
     def lookup(self, aor: str) -> list[Binding]:
@@ -119,12 +130,22 @@ class Registrar:
         async with self.host.store.begin() as conn:
             await conn.execute(delete(sip_registrations).where(sip_registrations.c.expires_at <= now))
             rows = (await conn.execute(select(sip_registrations))).all()
+        self.bindings = {}
         for row in rows:
-            self.bindings.setdefault(row.aor, []).append(Binding(
-                row.aor, row.contact, row.expires_at, row.q, row.call_id, row.cseq,
-                [p for p in row.path.split("\n") if p], row.received, row.instance or "",
-                row.reg_id or 0, bool(row.nat)))
+            self.bindings.setdefault(row.aor, []).append(_binding(row))
         log.info("sip: loaded %d registrations", len(rows))
+
+    async def reload(self, aor: str) -> None:
+        """Read the bindings of ``aor`` again (another cluster node changed them)."""
+        table = sip_registrations
+        async with self.host.store.begin() as conn:
+            rows = (await conn.execute(select(table).where(table.c.aor == aor))).all()
+        now = self.clock()
+        bindings = [_binding(row) for row in rows if row.expires_at > now]
+        if bindings:
+            self.bindings[aor] = bindings
+        else:
+            self.bindings.pop(aor, None)
 
     # -- REGISTER
     async def register(self, request: SipMessage, source: Destination, client_ip: str
@@ -254,7 +275,7 @@ class Registrar:
                         if old.instance == instance and old.reg_id == reg_id and old.contact != contact.uri:
                             changes[old.contact] = None
                 changes[contact.uri] = Binding(aor, contact.uri, now + expires, q, call_id, cseq,
-                                               path, received, instance, reg_id, nat)
+                                               path, received, instance, reg_id, nat, self.node)
         final = dict(current)
         for uri, binding in changes.items():
             if binding is None:
@@ -266,6 +287,8 @@ class Registrar:
         if changes:
             await self._persist(aor, changes)
         self.bindings[aor] = list(final.values())
+        if changes and self.on_change is not None:
+            self.on_change(aor)
         if source.reliable and source.connection is not None:
             self.connections[received] = source.connection
             if len(self.connections) > MAX_TRACKED_CONNECTIONS:
@@ -350,7 +373,13 @@ class Registrar:
                         aor=aor, contact=uri, expires_at=binding.expires_at, q=binding.q,
                         call_id=binding.call_id, cseq=binding.cseq, path="\n".join(binding.path),
                         received=binding.received, instance=binding.instance, reg_id=binding.reg_id,
-                        nat=binding.nat))
+                        nat=binding.nat, node=binding.node))
+
+
+def _binding(row: Any) -> Binding:
+    return Binding(row.aor, row.contact, row.expires_at, row.q, row.call_id, row.cseq,
+                   [p for p in row.path.split("\n") if p], row.received, row.instance or "",
+                   row.reg_id or 0, bool(row.nat), row.node or "")
 
 
 def _behind_nat(request: SipMessage, source: Destination) -> bool:

@@ -96,6 +96,8 @@ class SipService:
         self._ticker = asyncio.ensure_future(self._tick())
         if config.nat_ping_interval > 0:
             self._pinger = asyncio.ensure_future(self._nat_pings(config.nat_ping_interval))
+        if getattr(host, "cluster", None) is not None:
+            await host.cluster.attach_sip(self)  # peerage.cluster: registrations and flows of every node
         # Objects alive after start-up (modules, config, loaded registrations) live as long as the
         # process: move them out of the collector's sight so its passes stay short under load.
         gc.freeze()
@@ -144,7 +146,7 @@ class SipService:
             sent = 0
             for bindings in list(registrar.bindings.values()):
                 for binding in bindings:
-                    if binding.nat and binding.received.startswith("UDP "):
+                    if binding.nat and binding.received.startswith("UDP ") and binding.node == registrar.node:
                         _, address, port = binding.received.split(" ")
                         transport.sendto(b"\r\n\r\n", (address, int(port)))
                         sent += 1

@@ -34,4 +34,6 @@ sip_registrations = Table(
     Column("reg_id", Integer, nullable=False, default=0, server_default="0"),
     # reached at ``received`` instead of the contact URI (a UA behind NAT)
     Column("nat", Boolean, nullable=False, default=False, server_default=sa_false()),
+    # the cluster node holding the flow the REGISTER came on ("" for a single server; peerage.cluster)
+    Column("node", String(64), nullable=False, default="", server_default=""),
 )

@@ -75,13 +75,22 @@ class Store:
         """Return a persistent server secret, creating `create` random bytes on first use."""
         import os
 
-        async with self.engine.begin() as conn:
-            value = (await conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))).scalar()
-            if value is not None:
-                return bytes(value)
-            value = os.urandom(create)
-            await conn.execute(insert(server_secrets).values(name=name, value=value))
-            return value
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            async with self.engine.begin() as conn:
+                value = (await conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))).scalar()
+                if value is not None:
+                    return bytes(value)
+                value = os.urandom(create)
+                await conn.execute(insert(server_secrets).values(name=name, value=value))
+                return value
+        except IntegrityError:
+            # another cluster node sharing this database created it at the same moment: use theirs
+            async with self.engine.begin() as conn:
+                value = (await conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))).scalar()
+            assert value is not None, name  # the row that made our insert fail
+            return bytes(value)
 
     async def close(self) -> None:
         await self.engine.dispose()
