@@ -24,7 +24,7 @@ async def test_session_resource(mailhost: WebHost) -> None:
     assert session["apiUrl"].endswith("/jmap/api")
     assert "{blobId}" in session["downloadUrl"] and "{accountId}" in session["uploadUrl"]
     account = session["accounts"][jmap.account]
-    assert account["accountCapabilities"]["urn:ietf:params:jmap:mail"]["maxMailboxesPerEmail"] == 1
+    assert account["accountCapabilities"]["urn:ietf:params:jmap:mail"]["maxMailboxesPerEmail"] is None
 
 
 async def test_unauthenticated_and_wrong_password(mailhost: WebHost) -> None:
@@ -138,11 +138,18 @@ async def test_create_draft_move_and_destroy(mailhost: WebHost) -> None:
     assert {"plain text", "<p>html text</p>"} <= values
     moved = await jmap.one("Email/set", {"update": {new["id"]: {"mailboxIds": {trash: True}}}})
     assert new["id"] in moved["updated"]
+    # The move keeps the Email's id (RFC 8621 §4.1.1: the id is the message's, not its place's).
     (trashed,) = (await jmap.one("Email/query", {"filter": {"inMailbox": trash}}))["ids"]
+    assert trashed == new["id"]
     two = await jmap.one("Email/set", {"update": {trashed: {"mailboxIds": {trash: True, drafts: True}}}})
-    assert two["notUpdated"][trashed]["type"] == "tooManyMailboxes"
+    assert trashed in two["updated"]
+    both = await jmap.one("Email/get", {"ids": [trashed], "properties": ["mailboxIds"]})
+    assert both["list"][0]["mailboxIds"] == {trash: True, drafts: True}
+    assert (await jmap.one("Email/query", {"filter": {"inMailbox": drafts}}))["ids"] == [trashed]
     gone = await jmap.one("Email/set", {"destroy": [trashed, "e1-999"]})
     assert gone["destroyed"] == [trashed] and gone["notDestroyed"]["e1-999"]["type"] == "notFound"
+    for box in (trash, drafts):
+        assert (await jmap.one("Email/query", {"filter": {"inMailbox": box}}))["ids"] == []
 
 
 async def test_set_if_in_state_mismatch(mailhost: WebHost) -> None:
@@ -290,6 +297,30 @@ async def test_mailbox_set_and_changes(mailhost: WebHost) -> None:
     assert refused["notDestroyed"][inbox]["type"] == "forbidden"
     query = await jmap.one("Mailbox/query", {"filter": {"role": "inbox"}})
     assert query["ids"] == [inbox]
+
+
+async def test_mailbox_query_changes(mailhost: WebHost) -> None:
+    jmap = Jmap(mailhost)
+    query = await jmap.one("Mailbox/query", {"sort": [{"property": "name"}]})
+    assert query["canCalculateChanges"] is True
+    trash = await jmap.mailbox("trash")
+    created = await jmap.one("Mailbox/set", {"create": {"a": {"name": "Aardvark"}}, "destroy": [trash]})
+    new = created["created"]["a"]["id"]
+    await deliver(mailhost.host, USER, message("counts move"))
+    inbox = await jmap.mailbox("inbox")
+    changes = await jmap.one("Mailbox/queryChanges", {"sinceQueryState": query["queryState"],
+                                                      "sort": [{"property": "name"}], "calculateTotal": True})
+    # Sorted by name, "Aardvark" comes first; the inbox changed (its counts) and is re-placed.
+    assert {"id": new, "index": 0} in changes["added"]
+    assert {new, trash, inbox} <= set(changes["removed"])
+    assert changes["total"] == len(query["ids"]) and changes["newQueryState"] != query["queryState"]
+    after = await jmap.one("Mailbox/query", {"sort": [{"property": "name"}]})
+    for item in changes["added"]:
+        assert after["ids"][item["index"]] == item["id"]
+    limited = await jmap.call(("Mailbox/queryChanges", {"sinceQueryState": query["queryState"], "maxChanges": 1}))
+    assert limited[0][1]["type"] == "tooManyChanges"
+    same = await jmap.one("Mailbox/queryChanges", {"sinceQueryState": after["queryState"]})
+    assert same["added"] == [] and same["removed"] == []
 
 
 async def test_query_changes(mailhost: WebHost) -> None:

@@ -31,6 +31,8 @@ ADDRESS_LENGTH = 320
 # Dovecot limits a mailbox name to 255 characters per hierarchy level (MAILBOX_LIST_NAME_MAX_LENGTH
 # is 4096 for the full path); 1024 is ample for real folder trees.
 MAILBOX_NAME_LENGTH = 1024
+# RFC 8474 §4: an objectid is 1 to 255 characters; ours are under 40.
+OBJECT_ID_LENGTH = 64
 
 # Bodies smaller than this are stored inline in the database row, larger ones as files. SQLite's
 # "Internal Versus External BLOBs" measurements (https://sqlite.org/intern-v-extern-blob.html) find
@@ -110,6 +112,10 @@ mail_messages = Table(
     # FETCH BODYSTRUCTURE and BODY answers, computed once at delivery (NULL if not computed).
     Column("structure", LargeBinary),
     Column("basic_structure", LargeBinary),
+    # The message's own id (RFC 8474 EMAILID, the JMAP Email id) and its conversation's (THREADID):
+    # the same in every copy, kept by MOVE (see peerage.mail.mailbox.objectid).
+    Column("email_id", String(OBJECT_ID_LENGTH), nullable=False),
+    Column("thread_id", String(OBJECT_ID_LENGTH), nullable=False),
     UniqueConstraint("mailbox_id", "uid", name="uq_mail_messages_mailbox_uid"),
 )
 Index("ix_mail_messages_mailbox_modseq", mail_messages.c.mailbox_id, mail_messages.c.modseq)
@@ -138,5 +144,9 @@ mail_expunged = Table(
     ),
     Column("uid", BigInteger, nullable=False),
     Column("modseq", BigInteger, nullable=False),
+    # The expunged message's email and thread ids, so a change log can tell a move (the id lives on
+    # elsewhere) from a removal; NULL in records written before ids were kept.
+    Column("email_id", String(OBJECT_ID_LENGTH)),
+    Column("thread_id", String(OBJECT_ID_LENGTH)),
 )
 Index("ix_mail_expunged_mailbox_modseq", mail_expunged.c.mailbox_id, mail_expunged.c.modseq)

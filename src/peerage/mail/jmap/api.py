@@ -132,7 +132,8 @@ class JmapRoutes:
     def account_capabilities(self) -> dict[str, Any]:
         return {
             core.MAIL: {
-                "maxMailboxesPerEmail": 1,
+                # No limit of its own: an Email can be in each of the account's mailboxes once.
+                "maxMailboxesPerEmail": None,
                 "maxMailboxDepth": None,
                 "maxSizeMailboxName": 490,
                 "maxSizeAttachmentsPerEmail": self.host.config.smtp.max_message_size,

@@ -2,10 +2,12 @@
 
 This module is in charge of mapping the mailbox store (shared with IMAP) onto JMAP objects:
 
-- a Mailbox id is ``m<UIDVALIDITY>`` and an Email id ``e<UIDVALIDITY>-<UID>``; UIDVALIDITY never repeats
-  for an owner (RFC 9051 §2.3.1.1), so an id is never reused. A message that moves to another mailbox
-  gets the id of its new place, as in the store a move is an expunge here and an append there; the
-  JMAP change log reports it as one destroyed and one created Email;
+- a Mailbox id is ``m<UIDVALIDITY>`` (UIDVALIDITY never repeats for an owner, RFC 9051 §2.3.1.1). An
+  Email id is the store's per-message email id (``peerage.mail.mailbox.objectid``), which every copy of
+  a message shares and a move keeps: an Email is the set of rows with one email id, and its
+  ``mailboxIds`` are their mailboxes (RFC 8621 §4.1.1), so IMAP COPY puts the same Email in a second
+  mailbox and MOVE (or COPY then EXPUNGE) changes its ``mailboxIds``; the change log reports an
+  update. An Email's keywords are those of its most recently changed copy; JMAP sets them on all;
 - the Email (and Thread) state is, per mailbox, UIDVALIDITY, HIGHESTMODSEQ and UIDNEXT; the Mailbox
   state adds a checksum of name and subscription. Every IMAP change bumps HIGHESTMODSEQ (RFC 7162), so
   JMAP state and IMAP MODSEQ agree by construction, and ``/changes`` is answered from the store's own
@@ -14,15 +16,13 @@ This module is in charge of mapping the mailbox store (shared with IMAP) onto JM
   the header each row carries, so sorting and filtering 10,000 messages never reads a body. The index
   is refreshed on each request from the mailboxes whose HIGHESTMODSEQ moved.
 
-Threads: a message's thread is named by the first Message-ID of its References (the root of the
-conversation, RFC 5322 §3.6.4), else its In-Reply-To, else its own Message-ID.
+Threads: a message's thread id is the store's (computed at delivery from the first Message-ID of its
+References, else In-Reply-To, else its own Message-ID; ``objectid.thread_id``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import re
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from typing import Any
 
 from peerage.mail.mailbox import MailboxInfo, MailboxStore, MessageRow
 from peerage.mail.mailbox import flags as flaglib
+from peerage.mail.mailbox.objectid import message_ids, thread_id
 
 # Accounts whose index is kept in memory; the least recently used is dropped first. 10,000 messages
 # summarise to roughly 10 MB, so 64 busy accounts stay well under a gigabyte.
@@ -45,7 +46,6 @@ MAX_TEXT_CACHE_CHARS = 32 * 1024 * 1024
 # IMAP system flags and their JMAP keywords (RFC 8621 §4.1.1).
 FLAG_TO_KEYWORD = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered", "\\Draft": "$draft"}
 KEYWORD_TO_FLAG = {v: k for k, v in FLAG_TO_KEYWORD.items()}
-_MSGID = re.compile(r"<([^<>\s]+)>")
 _header_parser = BytesHeaderParser(policy=compat32)
 
 
@@ -94,34 +94,14 @@ def addresses(values: list[str] | None) -> list[dict[str, Any]] | None:
     return out or None
 
 
-def message_ids(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    found = _MSGID.findall(value)
-    return found or None
-
-
 def utc_date(stamp: float) -> str:
     import time
 
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
-def email_id(uidvalidity: int, uid: int) -> str:
-    return f"e{uidvalidity}-{uid}"
-
-
 def mailbox_id(uidvalidity: int) -> str:
     return f"m{uidvalidity}"
-
-
-def parse_email_id(value: Any) -> tuple[int, int] | None:
-    if not isinstance(value, str) or not value.startswith("e"):
-        return None
-    uv, sep, uid = value[1:].partition("-")
-    if not sep or not uv.isdigit() or not uid.isdigit():
-        return None
-    return int(uv), int(uid)
 
 
 def parse_mailbox_id(value: Any) -> int | None:
@@ -132,9 +112,14 @@ def parse_mailbox_id(value: Any) -> int | None:
 
 @dataclass
 class Summary:
-    """What queries, sorts and list views need of one message, from its header and row."""
+    """What queries, sorts and list views need of one message, from its header and row.
 
-    id: str
+    One per stored row (a copy of a message in one mailbox). The index's ``by_id`` maps an Email id to
+    one of its copies, the one standing for the Email; ``boxes`` of that one lists every mailbox the
+    Email is in.
+    """
+
+    id: str  # the Email id: the store's email id, shared by every copy
     box: int  # database id of its mailbox
     uid: int
     modseq: int
@@ -160,6 +145,8 @@ class Summary:
     plain: bool = False  # no encoded part and valid UTF-8: the raw body is its text
     has_attachment: bool | None = None
     preview: str | None = None
+    # Every mailbox (database id) the Email is in; kept up to date on the copy standing for it.
+    boxes: frozenset[int] = frozenset()
 
     @property
     def keywords(self) -> dict[str, bool]:
@@ -184,9 +171,8 @@ def summarise(box: MailboxInfo, row: MessageRow) -> Summary:
     own = message_ids(headers.get("Message-ID"))
     parents = message_ids(headers.get("In-Reply-To"))
     references = message_ids(headers.get("References"))
-    root = (references or parents or own or [email_id(box.uidvalidity, row.uid)])[0]
     return Summary(
-        id=email_id(box.uidvalidity, row.uid),
+        id=row.email_id,
         box=box.id,
         uid=row.uid,
         modseq=row.modseq,
@@ -208,7 +194,8 @@ def summarise(box: MailboxInfo, row: MessageRow) -> Summary:
         references=references,
         sent_at=sent_at,
         sent_stamp=sent_stamp,
-        thread="t" + hashlib.sha256(root.encode("utf-8", "replace")).hexdigest()[:16],
+        thread=row.thread_id or thread_id(row.header, row.email_id),
+        boxes=frozenset((box.id,)),
     )
 
 
@@ -277,7 +264,9 @@ class AccountIndex:
         self.store = store
         self.owner = owner
         self.boxes: dict[int, BoxIndex] = {}
+        # Email id -> the copy standing for the Email; Email id -> every copy (one per mailbox row).
         self.by_id: dict[str, Summary] = {}
+        self.copies: dict[str, list[Summary]] = {}
         self._threads: dict[str, list[Summary]] | None = None
         self.lock = asyncio.Lock()
         # Lower-cased body text per email id for body/text search (ids are immutable), bounded.
@@ -291,32 +280,57 @@ class AccountIndex:
             _, dropped = self.texts.popitem(last=False)
             self._text_chars -= len(dropped[0])
 
+    def _add(self, summary: Summary, touched: set[str]) -> None:
+        self.copies.setdefault(summary.id, []).append(summary)
+        touched.add(summary.id)
+
+    def _remove(self, summary: Summary, touched: set[str]) -> None:
+        copies = self.copies.get(summary.id)
+        if copies is not None:
+            copies[:] = [c for c in copies if c is not summary]
+        touched.add(summary.id)
+
+    def _settle(self, touched: set[str]) -> None:
+        """Choose again which copy stands for each touched Email, and its mailboxes."""
+        for email in touched:
+            copies = self.copies.get(email)
+            if not copies:
+                self.copies.pop(email, None)
+                self.by_id.pop(email, None)
+                continue
+            # The most recently changed copy gives the keywords (an IMAP STORE on one copy shows).
+            primary = max(copies, key=lambda c: (c.modseq, c.box))
+            primary.boxes = frozenset(c.box for c in copies)
+            self.by_id[email] = primary
+        if touched:
+            self._threads = None
+
     async def refresh(self) -> None:
         async with self.lock:
+            touched: set[str] = set()
             infos = {info.id: info for info in await self.store.list_mailboxes(self.owner)}
             for gone in [box_id for box_id in self.boxes if box_id not in infos]:
                 for summary in self.boxes.pop(gone).emails.values():
-                    self.by_id.pop(summary.id, None)
-                self._threads = None
+                    self._remove(summary, touched)
             for box_id, info in infos.items():
                 current = self.boxes.get(box_id)
                 if current is None or current.info.uidvalidity != info.uidvalidity:
                     if current is not None:
                         for summary in current.emails.values():
-                            self.by_id.pop(summary.id, None)
+                            self._remove(summary, touched)
                     fresh = BoxIndex(info)
                     for row in await self.store.messages(box_id, None, with_header=True):
                         summary = summarise(info, row)
                         fresh.emails[row.uid] = summary
-                        self.by_id[summary.id] = summary
+                        self._add(summary, touched)
                     self.boxes[box_id] = fresh
-                    self._threads = None
                     continue
                 if current.info.highestmodseq != info.highestmodseq:
-                    await self._apply_changes(current, info)
+                    await self._apply_changes(current, info, touched)
                 current.info = info
+            self._settle(touched)
 
-    async def _apply_changes(self, current: BoxIndex, info: MailboxInfo) -> None:
+    async def _apply_changes(self, current: BoxIndex, info: MailboxInfo, touched: set[str]) -> None:
         changes = await self.store.changes_since(info.id, current.info.highestmodseq)
         new_uids = []
         for uid, flags, modseq in changes.changed:
@@ -326,22 +340,25 @@ class AccountIndex:
             else:
                 summary.flags = flags
                 summary.modseq = modseq
+                touched.add(summary.id)
         for uid in changes.expunged:
             summary = current.emails.pop(uid, None)
             if summary is not None:
-                self.by_id.pop(summary.id, None)
-                self._threads = None
+                self._remove(summary, touched)
         if new_uids:
             for row in await self.store.messages(info.id, new_uids, with_header=True):
                 summary = summarise(info, row)
                 current.emails[row.uid] = summary
-                self.by_id[summary.id] = summary
-            self._threads = None
+                self._add(summary, touched)
 
     # --- views -------------------------------------------------------------------------------------
 
     def all(self) -> list[Summary]:
         return list(self.by_id.values())
+
+    def in_box(self, box: BoxIndex) -> list[Summary]:
+        """The Emails (their standing copies) with a copy in ``box``."""
+        return [self.by_id[s.id] for s in box.emails.values() if s.id in self.by_id]
 
     def mailbox_by_jmap_id(self, value: Any) -> BoxIndex | None:
         uv = parse_mailbox_id(value)

@@ -6,10 +6,11 @@ from the account's ``AccountIndex`` (headers summarised in memory) and from mess
 change goes through ``MailboxStore`` (append, store_flags, move, expunge, create/rename/delete), so it
 bumps the same MODSEQ IMAP reports and wakes the same IDLE and EventSource listeners.
 
-Limits of this implementation, each answered the way RFC 8620 allows: ``maxMailboxesPerEmail`` is 1
-(an Email is in exactly one mailbox, as an IMAP message is); moving an Email gives it the id of its
-new place; ``/changes`` that would exceed ``maxChanges`` or that spans a deleted mailbox answers
-``cannotCalculateChanges``; Email/copy between accounts has no second account to copy from.
+An Email is every copy of one message (the rows sharing the store's email id), so it can be in several
+mailboxes and keeps its id when it moves; ``/changes`` follows the id through the expunge log, so a
+move is an update. Limits of this implementation, each answered the way RFC 8620 allows: ``/changes``
+that would exceed ``maxChanges`` or that spans a deleted mailbox answers ``cannotCalculateChanges``;
+Email/copy between accounts has no second account to copy from.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,9 +43,9 @@ from peerage.mail.jmap.core import (
 from peerage.mail.jmap.index import (
     AccountIndex,
     BoxIndex,
+    BoxState,
     Summary,
     decode_state,
-    email_id,
     flags_of,
     keywords_of,
     mailbox_id,
@@ -91,6 +93,21 @@ IDENTITY_DEFAULT = "default"
 VACATION_ID = "singleton"
 
 
+@dataclass
+class EmailChanges:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    destroyed: list[str] = field(default_factory=list)
+    # Thread ids of the destroyed Emails (None for one expunged before thread ids were kept).
+    gone_threads: set[str | None] = field(default_factory=set)
+
+
+def blob_of(email: str) -> str:
+    """The blob id of an Email's whole message: ``b`` and the id after its ``e`` (a message never
+    changes under its id, so neither does the blob); a part's is that, ``-`` and its part id."""
+    return "b" + email[1:]
+
+
 def account_id_of(owner: str) -> str:
     return "a" + hashlib.sha256(owner.encode()).hexdigest()[:20]
 
@@ -128,7 +145,7 @@ class MailAccount:
             "Mailbox/get": (MAIL, self.mailbox_get),
             "Mailbox/changes": (MAIL, self.mailbox_changes),
             "Mailbox/query": (MAIL, self.mailbox_query),
-            "Mailbox/queryChanges": (MAIL, self.cannot_query_changes),
+            "Mailbox/queryChanges": (MAIL, self.mailbox_query_changes),
             "Mailbox/set": (MAIL, self.mailbox_set),
             "Thread/get": (MAIL, self.thread_get),
             "Thread/changes": (MAIL, self.thread_changes),
@@ -204,10 +221,6 @@ class MailAccount:
             if args.get(key) is not None and not isinstance(args[key], kind):
                 raise MethodError("invalidArguments", f"{key} must be {'an object' if kind is dict else 'a list'}")
 
-    async def cannot_query_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
-        self._account(args)
-        raise MethodError("cannotCalculateChanges", "query results cannot be calculated incrementally here")
-
     # --- Mailbox -----------------------------------------------------------------------------------
 
     def _mailbox(self, box: BoxIndex, by_name: dict[str, BoxIndex], properties: list[str]) -> dict[str, Any]:
@@ -262,18 +275,47 @@ class MailAccount:
         return {"accountId": self.account_id, "state": self.index.mailbox_state(), "list": found,
                 "notFound": missing}
 
-    async def mailbox_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
-        self._account(args)
-        old = decode_state(args.get("sinceState"), with_checksum=True)
+    def _mailbox_changes(self, since: Any, key: str = "sinceState") -> tuple[list[str], list[str], list[str]]:
+        """Mailboxes created, updated and destroyed since a Mailbox state: the state lists every
+        mailbox (its UIDVALIDITY, which is never reused) with its counters and a checksum of its name and
+        subscription, so the difference is exact."""
+        old = decode_state(since, with_checksum=True)
         if old is None:
-            raise MethodError("cannotCalculateChanges", "unknown sinceState")
+            raise MethodError("cannotCalculateChanges", f"unknown {key}")
         now = {b.uidvalidity: b for b in self.index.states()}
         before = {b.uidvalidity: b for b in old}
         created = [mailbox_id(uv) for uv in now if uv not in before]
         destroyed = [mailbox_id(uv) for uv in before if uv not in now]
         updated = [mailbox_id(uv) for uv, b in now.items() if uv in before and before[uv] != b]
+        return created, updated, destroyed
+
+    async def mailbox_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
+        self._account(args)
+        created, updated, destroyed = self._mailbox_changes(args.get("sinceState"))
         return self._changes_answer(args, self.index.mailbox_state(), created, updated, destroyed,
                                     extra={"updatedProperties": None})
+
+    async def mailbox_query_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
+        """RFC 8620 §5.6 over the Mailbox state: every changed mailbox is removed and, if it matches
+        now, added at its place (the spec allows reporting an unmoved one so); destroyed ones removed."""
+        self._account(args)
+        created, updated, destroyed = self._mailbox_changes(args.get("sinceQueryState"), "sinceQueryState")
+        changed = set(created) | set(updated)
+        max_changes = args.get("maxChanges")
+        if max_changes is not None and (not isinstance(max_changes, int) or max_changes <= 0):
+            raise MethodError("invalidArguments", "maxChanges must be a positive integer")
+        if max_changes is not None and len(changed) + len(destroyed) > max_changes:
+            raise MethodError("tooManyChanges", "more changes than maxChanges")
+        ids = self._mailbox_query_ids(args)
+        up_to = args.get("upToId")
+        last = ids.index(up_to) if up_to is not None and up_to in ids else len(ids)
+        added = [{"id": i, "index": n} for n, i in enumerate(ids) if i in changed and n <= last]
+        out: dict[str, Any] = {"accountId": self.account_id, "oldQueryState": args.get("sinceQueryState"),
+                               "newQueryState": self.index.mailbox_state(),
+                               "removed": sorted(changed | set(destroyed)), "added": added}
+        if args.get("calculateTotal"):
+            out["total"] = len(ids)
+        return out
 
     def _changes_answer(self, args: dict[str, Any], new_state: str, created: list[str], updated: list[str],
                         destroyed: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -288,6 +330,18 @@ class MailAccount:
 
     async def mailbox_query(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         self._account(args)
+        ids = self._mailbox_query_ids(args)
+        position = args.get("position", 0)
+        limit = args.get("limit")
+        if not isinstance(position, int) or (limit is not None and (not isinstance(limit, int) or limit < 0)):
+            raise MethodError("invalidArguments", "position must be an integer and limit a non-negative one")
+        if position < 0:
+            position = max(0, len(ids) + position)
+        window = ids[position:] if limit is None else ids[position:position + limit]
+        return {"accountId": self.account_id, "queryState": self.index.mailbox_state(),
+                "canCalculateChanges": True, "position": position, "ids": window, "total": len(ids)}
+
+    def _mailbox_query_ids(self, args: dict[str, Any]) -> list[str]:
         by_name = self._by_name()
         boxes = [self._mailbox(b, by_name, MAILBOX_PROPERTIES) for b in self.index.boxes.values()]
         condition = args.get("filter") or {}
@@ -311,9 +365,7 @@ class MailAccount:
             if prop not in ("name", "sortOrder"):
                 raise MethodError("unsupportedSort", f"cannot sort Mailboxes by {prop}")
             boxes.sort(key=operator.itemgetter(prop), reverse=comparator.get("isAscending", True) is False)
-        ids = [b["id"] for b in boxes]
-        return {"accountId": self.account_id, "queryState": self.index.mailbox_state(),
-                "canCalculateChanges": False, "position": 0, "ids": ids, "total": len(ids)}
+        return [b["id"] for b in boxes]
 
     async def mailbox_set(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         old_state = self.index.mailbox_state()
@@ -438,43 +490,89 @@ class MailAccount:
 
     async def thread_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         changes = await self._email_changes(args)
-        touched = {self.index.by_id[i].thread for i in changes[0] + changes[1] if i in self.index.by_id}
-        if changes[2]:
-            raise MethodError("cannotCalculateChanges", "emails were destroyed; fetch threads afresh")
-        return self._changes_answer(args, self.index.email_state(), [], sorted(touched), [])
+        threads = self.index.threads
+        created_emails = set(changes.created)
+        created: set[str] = set()
+        updated: set[str] = set()
+        destroyed: set[str] = set()
+        for eid in changes.created + changes.updated:
+            summary = self.index.by_id.get(eid)
+            if summary is not None:
+                updated.add(summary.thread)
+        for thread in changes.gone_threads:
+            if thread is None:
+                raise MethodError("cannotCalculateChanges", "emails removed before thread ids were kept")
+            (updated if thread in threads else destroyed).add(thread)
+        # A thread all of whose Emails are new (and none of whose Emails went) is new itself.
+        for thread in list(updated):
+            if thread not in changes.gone_threads and all(m.id in created_emails for m in threads.get(thread, [])):
+                updated.discard(thread)
+                created.add(thread)
+        return self._changes_answer(args, self.index.email_state(), sorted(created), sorted(updated),
+                                    sorted(destroyed))
 
     # --- Email: reading ----------------------------------------------------------------------------
 
-    async def _email_changes(self, args: dict[str, Any], key: str = "sinceState") -> tuple[list[str], list[str],
-                                                                                           list[str]]:
+    async def _email_changes(self, args: dict[str, Any], key: str = "sinceState") -> EmailChanges:
+        """What happened to Emails since a state (RFC 8620 §5.2), followed by email id.
+
+        The state names, per mailbox, the HIGHESTMODSEQ and UIDNEXT of that moment. An Email existed
+        then if one of its copies did: a row still there with a UID below that mailbox's UIDNEXT then,
+        or an expunge record after that moment of a UID below it. It exists now if it has a row. Every
+        id on a row changed since, or in an expunge record since, is then created, updated, destroyed
+        or (created and gone again in between) not reported.
+        """
         self._account(args)
         old = decode_state(args.get(key), with_checksum=False)
         if old is None:
             raise MethodError("cannotCalculateChanges", f"unknown {key}")
         now = {b.info.uidvalidity: b for b in self.index.boxes.values()}
-        created: list[str] = []
-        updated: list[str] = []
-        destroyed: list[str] = []
+        before: dict[int, BoxState] = {b.uidvalidity: b for b in old}
         for state in old:
             if state.uidvalidity not in now:
                 raise MethodError("cannotCalculateChanges", "a mailbox was deleted since that state")
-        before = {b.uidvalidity: b for b in old}
+            if state.modseq > now[state.uidvalidity].info.highestmodseq:
+                raise MethodError("cannotCalculateChanges", f"{key} is from the future")
+        existed: set[str] = set()
+        touched: set[str] = set()
+        gone_threads: dict[str, str | None] = {}
         for uv, box in now.items():
             previous = before.get(uv)
             if previous is None:
-                created.extend(s.id for s in box.emails.values())
+                touched.update(s.id for s in box.emails.values())
                 continue
             if previous.modseq == box.info.highestmodseq:
                 continue
-            changes = await self.store.changes_since(box.info.id, previous.modseq)
-            for uid, _flags, _modseq in changes.changed:
-                (created if uid >= previous.uidnext else updated).append(email_id(uv, uid))
-            destroyed.extend(email_id(uv, uid) for uid in changes.expunged if uid < previous.uidnext)
-        return created, updated, destroyed
+            for s in box.emails.values():
+                if s.modseq > previous.modseq:
+                    touched.add(s.id)
+            for record in await self.store.expunged_since(box.info.id, previous.modseq, box.info.highestmodseq):
+                eid = record.email_id or f"e{uv}-{record.uid}"
+                touched.add(eid)
+                if record.uid < previous.uidnext:
+                    existed.add(eid)
+                gone_threads.setdefault(eid, record.thread_id)
+        for eid in touched - existed:
+            for copy in self.index.copies.get(eid, ()):
+                at_state = before.get(self.index.boxes[copy.box].info.uidvalidity)
+                if at_state is not None and copy.uid < at_state.uidnext:
+                    existed.add(eid)
+                    break
+        result = EmailChanges()
+        for eid in sorted(touched):
+            alive = eid in self.index.by_id
+            if eid in existed:
+                (result.updated if alive else result.destroyed).append(eid)
+            elif alive:
+                result.created.append(eid)
+        result.gone_threads = {gone_threads[e] for e in result.destroyed if e in gone_threads}
+        # Threads an Email left by moving between threads cannot happen (the thread id is the message's).
+        return result
 
     async def email_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
-        created, updated, destroyed = await self._email_changes(args)
-        return self._changes_answer(args, self.index.email_state(), created, updated, destroyed)
+        changes = await self._email_changes(args)
+        return self._changes_answer(args, self.index.email_state(), changes.created, changes.updated,
+                                    changes.destroyed)
 
     async def _parsed(self, summaries: list[Summary]) -> dict[str, Any]:
         """Parsed messages by email id (bodies read in one batch per mailbox)."""
@@ -503,11 +601,11 @@ class MailAccount:
         if prop == "id":
             return s.id
         if prop == "blobId":
-            return "b" + s.id[1:]
+            return blob_of(s.id)
         if prop == "threadId":
             return s.thread
         if prop == "mailboxIds":
-            return {self.index.box_jmap_id(s.box): True}
+            return {self.index.box_jmap_id(box): True for box in sorted(s.boxes)}
         if prop == "keywords":
             return s.keywords
         if prop == "size":
@@ -607,7 +705,7 @@ class MailAccount:
                 elif not needs_body and prop in ("hasAttachment", "preview"):
                     out[prop] = getattr(s, "has_attachment" if prop == "hasAttachment" else "preview")
             if needs_body:
-                self._email_body(raws[s.id], "b" + s.id[1:], [p for p in props if p not in SUMMARY_PROPERTIES],
+                self._email_body(raws[s.id], blob_of(s.id), [p for p in props if p not in SUMMARY_PROPERTIES],
                                  body_props, args, out)
                 # Keep the cheap facts for list views that ask again without bodies.
                 if "preview" in out:
@@ -661,11 +759,11 @@ class MailAccount:
                 continue
             if key == "inMailbox":
                 box = self.index.mailbox_by_jmap_id(value)
-                if box is None or s.box != box.info.id:
+                if box is None or box.info.id not in s.boxes:
                     return False
             elif key == "inMailboxOtherThan":
                 excluded = {b.info.id for v in value or [] if (b := self.index.mailbox_by_jmap_id(v))}
-                if s.box in excluded:
+                if not s.boxes - excluded:
                     return False
             elif key == "before":
                 if not s.received < c["_before"]:
@@ -805,7 +903,7 @@ class MailAccount:
         candidates = self.index.all()
         if isinstance(condition, dict) and "inMailbox" in condition and "operator" not in condition:
             box = self.index.mailbox_by_jmap_id(condition["inMailbox"])
-            candidates = list(box.emails.values()) if box else []
+            candidates = self.index.in_box(box) if box else []
         texts: dict[str, tuple[str, bool]] = {}
         if condition is not None and self._condition_needs_body(condition):
             texts = await self._body_texts(candidates)
@@ -852,8 +950,9 @@ class MailAccount:
 
     async def email_query_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         self._account(args)
-        created, updated, destroyed = await self._email_changes(args, key="sinceQueryState")
-        changed = set(created) | set(updated)
+        changes = await self._email_changes(args, key="sinceQueryState")
+        changed = set(changes.created) | set(changes.updated)
+        destroyed = changes.destroyed
         if args.get("collapseThreads"):
             threads = {self.index.by_id[i].thread for i in changed if i in self.index.by_id}
             changed |= {s.id for t in threads for s in self.index.threads.get(t, [])}
@@ -875,18 +974,22 @@ class MailAccount:
 
     # --- Email: writing ----------------------------------------------------------------------------
 
-    def _single_mailbox(self, value: Any, call: Call) -> BoxIndex:
+    def _mailboxes(self, value: Any, call: Call) -> list[BoxIndex]:
+        """The mailboxes a ``mailboxIds`` value names (at least one, RFC 8621 §4.1.1)."""
         if not isinstance(value, dict) or not value:
-            raise MethodError("invalidProperties", "mailboxIds must name one mailbox", properties=["mailboxIds"])
+            raise MethodError("invalidProperties", "mailboxIds must name a mailbox", properties=["mailboxIds"])
         chosen = [call.id(k) for k, v in value.items() if v]
-        if len(chosen) != 1:
-            raise MethodError("tooManyMailboxes" if len(chosen) > 1 else "invalidProperties",
-                              "an Email is in exactly one mailbox here (maxMailboxesPerEmail is 1)",
+        if not chosen:
+            raise MethodError("invalidProperties", "an Email must be in at least one mailbox",
                               properties=["mailboxIds"])
-        box = self.index.mailbox_by_jmap_id(chosen[0])
-        if box is None:
-            raise MethodError("invalidProperties", f"no mailbox {chosen[0]}", properties=["mailboxIds"])
-        return box
+        boxes = []
+        for value_id in chosen:
+            box = self.index.mailbox_by_jmap_id(value_id)
+            if box is None:
+                raise MethodError("invalidProperties", f"no mailbox {value_id}", properties=["mailboxIds"])
+            if box not in boxes:
+                boxes.append(box)
+        return boxes
 
     @staticmethod
     def _keywords(value: Any) -> dict[str, bool]:
@@ -897,17 +1000,22 @@ class MailAccount:
             raise MethodError("invalidProperties", "keywords must map keywords to true", properties=["keywords"])
         return {k.lower(): True for k in value}
 
-    async def _append(self, box: BoxIndex, raw: bytes, keywords: dict[str, bool], received: Any) -> Summary:
+    async def _append(self, boxes: list[BoxIndex], raw: bytes, keywords: dict[str, bool], received: Any) -> Summary:
+        """Store a new message in the first mailbox and copy it to the others (one Email, one id)."""
         stamp = parse_date(received, "receivedAt") if received is not None else None
-        uid, uidvalidity = await self.store.append(box.info.id, raw, flags_of(keywords), internal_date=stamp)
+        first = boxes[0].info.id
+        uid, _ = await self.store.append(first, raw, flags_of(keywords), internal_date=stamp)
+        for other in boxes[1:]:
+            await self.store.copy(first, [uid], other.info.id)
         await self._refresh()
-        summary = self.index.by_id.get(email_id(uidvalidity, uid))
+        row = self.index.boxes[first].emails.get(uid) if first in self.index.boxes else None
+        summary = self.index.by_id.get(row.id) if row is not None else None
         if summary is None:
             raise MethodError("serverFail", "the new message vanished")
         return summary
 
     def _created(self, s: Summary) -> dict[str, Any]:
-        return {"id": s.id, "blobId": "b" + s.id[1:], "threadId": s.thread, "size": s.size}
+        return {"id": s.id, "blobId": blob_of(s.id), "threadId": s.thread, "size": s.size}
 
     async def email_set(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         old_state = self.index.email_state()
@@ -918,7 +1026,7 @@ class MailAccount:
             try:
                 if not isinstance(data, dict):
                     raise MethodError("invalidProperties", "an Email must be an object")
-                box = self._single_mailbox(data.get("mailboxIds"), call)
+                boxes = self._mailboxes(data.get("mailboxIds"), call)
                 keywords = self._keywords(data.get("keywords"))
                 blobs = await self._blob_lookup([a.get("blobId") for a in data.get("attachments") or []
                                                  if isinstance(a, dict)])
@@ -927,7 +1035,7 @@ class MailAccount:
                 except mime.CreateError as exc:
                     raise MethodError("invalidProperties", str(exc),
                                       properties=[exc.prop] if exc.prop else []) from None
-                summary = await self._append(box, raw, keywords, data.get("receivedAt"))
+                summary = await self._append(boxes, raw, keywords, data.get("receivedAt"))
                 call.created_ids[creation_id] = summary.id
                 created[creation_id] = self._created(summary)
             except MethodError as exc:
@@ -945,6 +1053,8 @@ class MailAccount:
         not_updated: dict[str, Any] = {}
         flag_groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
         moves: dict[tuple[int, int], list[int]] = {}
+        copies: dict[tuple[int, int], list[int]] = {}
+        removals: dict[int, list[int]] = {}
         for raw_id, patch in updates.items():
             target = call.id(raw_id)
             summary = self.index.by_id.get(target)
@@ -954,7 +1064,7 @@ class MailAccount:
                 if not isinstance(patch, dict):
                     raise MethodError("invalidPatch", "a patch must be an object")
                 keywords = dict(summary.keywords)
-                mailboxes = {self.index.box_jmap_id(summary.box): True}
+                mailboxes = {self.index.box_jmap_id(box): True for box in summary.boxes}
                 for path, value in patch.items():
                     if path == "keywords":
                         keywords = self._keywords(value)
@@ -979,12 +1089,22 @@ class MailAccount:
                     else:
                         raise MethodError("invalidProperties", f"{path} cannot be changed after creation",
                                           properties=[path.split("/")[0]])
-                box = self._single_mailbox({k: v for k, v in mailboxes.items() if v}, call)
+                wanted = {box.info.id for box in self._mailboxes({k: v for k, v in mailboxes.items() if v}, call)}
                 new_flags = flags_of(keywords)
-                if {f.lower() for f in new_flags} != {f.lower() for f in summary.flags}:
-                    flag_groups.setdefault((summary.box, tuple(sorted(new_flags))), []).append(summary.uid)
-                if box.info.id != summary.box:
-                    moves.setdefault((summary.box, box.info.id), []).append(summary.uid)
+                present = {c.box: c for c in self.index.copies.get(summary.id, [summary])}
+                for copy in present.values():
+                    if {f.lower() for f in new_flags} != {f.lower() for f in copy.flags}:
+                        flag_groups.setdefault((copy.box, tuple(sorted(new_flags))), []).append(copy.uid)
+                # A mailbox swapped for another is a MOVE (atomic, RFC 6851); one more is a COPY of the
+                # same message (it keeps the Email id); one fewer expunges that copy.
+                leaving = sorted(set(present) - wanted)
+                arriving = sorted(wanted - set(present))
+                for source, target_box in zip(leaving, arriving, strict=False):
+                    moves.setdefault((source, target_box), []).append(present[source].uid)
+                for target_box in arriving[len(leaving):]:
+                    copies.setdefault((summary.box, target_box), []).append(summary.uid)
+                for source in leaving[len(arriving):]:
+                    removals.setdefault(source, []).append(present[source].uid)
                 updated[target] = None
             except MethodError as exc:
                 not_updated[target] = exc.response()
@@ -992,8 +1112,13 @@ class MailAccount:
         # keyword changes are one MODSEQ step, as an IMAP STORE 1:1000 is.
         for (box_id, flags), uids in flag_groups.items():
             await self.store.store_flags(box_id, uids, "set", flags)
+        for (source, target_box), uids in copies.items():
+            await self.store.copy(source, uids, target_box)
         for (source, target_box), uids in moves.items():
             await self.store.move(source, uids, target_box)
+        for source, uids in removals.items():
+            await self.store.store_flags(source, uids, "add", [flaglib.DELETED])
+            await self.store.expunge(source, uids)
         if updated:
             await self._refresh()
         return updated, not_updated
@@ -1002,22 +1127,28 @@ class MailAccount:
         destroyed: list[str] = []
         not_destroyed: dict[str, Any] = {}
         by_box: dict[int, list[Summary]] = {}
+        wanted: list[str] = []
         for raw_id in ids:
             target = call.id(raw_id)
             summary = self.index.by_id.get(target)
             if summary is None:
                 not_destroyed[str(target)] = {"type": "notFound"}
                 continue
-            by_box.setdefault(summary.box, []).append(summary)
+            wanted.append(summary.id)
+            # Destroying an Email removes it from every mailbox it is in.
+            for copy in self.index.copies.get(summary.id, [summary]):
+                by_box.setdefault(copy.box, []).append(copy)
+        gone: set[str] = set()
         for box_id, summaries in by_box.items():
             uids = [s.uid for s in summaries]
             await self.store.store_flags(box_id, uids, "add", [flaglib.DELETED])
-            gone = set(await self.store.expunge(box_id, uids))
-            for s in summaries:
-                if s.uid in gone:
-                    destroyed.append(s.id)
-                else:
-                    not_destroyed[s.id] = {"type": "notFound"}
+            expunged = set(await self.store.expunge(box_id, uids))
+            gone.update(s.id for s in summaries if s.uid in expunged)
+        for eid in wanted:
+            if eid in gone:
+                destroyed.append(eid)
+            else:
+                not_destroyed[eid] = {"type": "notFound"}
         if destroyed:
             await self._refresh()
         return destroyed, not_destroyed
@@ -1046,16 +1177,17 @@ class MailAccount:
             return None if row is None else (bytes(row[0]), str(row[1]))
         if not blob_id.startswith("b"):
             return None
-        pieces = blob_id[1:].split("-")
-        if len(pieces) not in (2, 3):
-            return None
-        summary = self.index.by_id.get(f"e{pieces[0]}-{pieces[1]}")
+        summary = self.index.by_id.get("e" + blob_id[1:])
+        part_id = None
+        if summary is None:
+            email, _, part_id = blob_id[1:].rpartition("-")
+            summary = self.index.by_id.get("e" + email)
         if summary is None:
             return None
         raw = (await self._parsed([summary]))[summary.id]
-        if len(pieces) == 2:
+        if part_id is None:
             return raw, "message/rfc822"
-        part = mime.find_part(mime.tree(mime.parse(raw)), pieces[2])
+        part = mime.find_part(mime.tree(mime.parse(raw)), part_id)
         if part is None:
             return None
         return part.content(), part.type
@@ -1077,8 +1209,8 @@ class MailAccount:
                 found = await self.blob(call.id(data["blobId"]))
                 if found is None:
                     raise MethodError("blobNotFound", f"no blob {data['blobId']}", notFound=[data["blobId"]])
-                box = self._single_mailbox(data.get("mailboxIds"), call)
-                summary = await self._append(box, found[0], self._keywords(data.get("keywords")),
+                boxes = self._mailboxes(data.get("mailboxIds"), call)
+                summary = await self._append(boxes, found[0], self._keywords(data.get("keywords")),
                                              data.get("receivedAt"))
                 call.created_ids[creation_id] = summary.id
                 created[creation_id] = self._created(summary)

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from peerage.mail.mailbox import flags as flaglib
+from peerage.mail.mailbox import objectid
 from peerage.mail.mailbox.blobs import BlobStore
 from peerage.mail.mailbox.notify import MailboxNotifier
 from peerage.mail.tables import (
@@ -105,6 +106,9 @@ class MessageRow:
     basic_structure: bytes | None = None
     # The whole message once ``load_bodies`` read it (inline bodies only).
     body: bytes | None = None
+    # Its stable ids (RFC 8474 EMAILID and THREADID), the same in every copy and after a move.
+    email_id: str = ""
+    thread_id: str = ""
 
     @property
     def inline(self) -> bool:
@@ -118,6 +122,16 @@ def is_inline(name: str) -> bool:
 
 def new_inline_name() -> str:
     return INLINE_BODY_PREFIX + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Expunged:
+    """One expunge record: the UID that went, when, and the ids of the message it held."""
+
+    uid: int
+    modseq: int
+    email_id: str | None
+    thread_id: str | None
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,8 @@ def _row(record: object, with_header: bool, with_structure: bool = False) -> Mes
         plain=bool(r["plain"]) if with_header else False,
         structure=r["structure"] if with_structure else None,
         basic_structure=r["basic_structure"] if with_structure else None,
+        email_id=r["email_id"],
+        thread_id=r["thread_id"],
     )
 
 
@@ -208,6 +224,8 @@ _ROW_COLUMNS = (
     mail_messages.c.internal_zone,
     mail_messages.c.size,
     mail_messages.c.blob,
+    mail_messages.c.email_id,
+    mail_messages.c.thread_id,
 )
 _ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain)
 _STRUCTURE_COLUMNS = (mail_messages.c.structure, mail_messages.c.basic_structure)
@@ -510,7 +528,9 @@ class MailboxStore:
                     structure = self.describe(raw)
                 except Exception:  # a message that defeats the parser is still stored
                     structure = (None, None)
-            prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure))
+            email_id = objectid.new_email_id()
+            prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure,
+                             email_id, objectid.thread_id(header, email_id)))
         large = [item[0] for item in prepared if len(item[0]) >= INLINE_BODY_LIMIT]
         written = (
             await asyncio.to_thread(self.blobs.write_many, large, durable) if large else []
@@ -565,6 +585,8 @@ class MailboxStore:
                             "plain": item[2],
                             "structure": item[6][0],
                             "basic_structure": item[6][1],
+                            "email_id": item[7],
+                            "thread_id": item[8],
                         }
                         for index, item in enumerate(prepared)
                     ],
@@ -756,7 +778,7 @@ class MailboxStore:
                 return []
             modseq = await self._bump_modseq(conn, mailbox_id)
             gone = [row.uid for row in doomed]
-            await self._delete_rows(conn, mailbox_id, gone, modseq)
+            await self._delete_rows(conn, mailbox_id, doomed, modseq)
             await self._delete_inline_bodies(conn, [row.blob for row in doomed])
         await asyncio.to_thread(self._remove_blobs, [row.blob for row in doomed])
         self.notifier.publish(mailbox_id)
@@ -803,6 +825,9 @@ class MailboxStore:
                             "plain": row.plain,
                             "structure": row.structure,
                             "basic_structure": row.basic_structure,
+                            # A copy is the same message (RFC 8474 §5.1: COPY keeps the EMAILID).
+                            "email_id": row.email_id,
+                            "thread_id": row.thread_id,
                         }
                         for index, row in enumerate(rows)
                     ],
@@ -845,7 +870,8 @@ class MailboxStore:
             await conn.execute(
                 insert(mail_expunged),
                 [
-                    {"mailbox_id": source_id, "uid": row.uid, "modseq": source_modseq}
+                    {"mailbox_id": source_id, "uid": row.uid, "modseq": source_modseq,
+                     "email_id": row.email_id, "thread_id": row.thread_id}
                     for row in rows
                 ],
             )
@@ -891,6 +917,19 @@ class MailboxStore:
                 )
             )
             return Changes(changed, expunged, box[0], box[1])
+
+    async def expunged_since(self, mailbox_id: int, modseq: int, until: int | None = None) -> list[Expunged]:
+        """The expunge records of a mailbox with a mod-sequence above ``modseq`` (and at most ``until``),
+        with the ids of the messages they held (a MOVE writes one too: the id then lives on in the
+        target mailbox)."""
+        query = select(mail_expunged.c.uid, mail_expunged.c.modseq, mail_expunged.c.email_id,
+                       mail_expunged.c.thread_id).where(
+            mail_expunged.c.mailbox_id == mailbox_id, mail_expunged.c.modseq > modseq)
+        if until is not None:
+            query = query.where(mail_expunged.c.modseq <= until)
+        async with self.engine.connect() as conn:
+            return [Expunged(int(r[0]), int(r[1]), r[2], r[3])
+                    for r in await conn.execute(query.order_by(mail_expunged.c.modseq, mail_expunged.c.uid))]
 
     async def collect_orphans(self, min_age: float = ORPHAN_MIN_AGE) -> int:
         """Remove message files no row refers to, left by a crash between file and commit.
@@ -998,9 +1037,10 @@ class MailboxStore:
         return int(row[0]), int(row[1]) - count, int(row[2])
 
     async def _delete_rows(
-        self, conn: AsyncConnection, mailbox_id: int, uids: Sequence[int], modseq: int
+        self, conn: AsyncConnection, mailbox_id: int, rows: Sequence[MessageRow], modseq: int
     ) -> None:
-        for chunk in _chunks(list(uids)):
+        uids = [row.uid for row in rows]
+        for chunk in _chunks(uids):
             await conn.execute(
                 delete(mail_messages).where(
                     and_(mail_messages.c.mailbox_id == mailbox_id, mail_messages.c.uid.in_(chunk))
@@ -1008,7 +1048,8 @@ class MailboxStore:
             )
         await conn.execute(
             insert(mail_expunged),
-            [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq} for uid in uids],
+            [{"mailbox_id": mailbox_id, "uid": row.uid, "modseq": modseq, "email_id": row.email_id,
+              "thread_id": row.thread_id} for row in rows],
         )
 
     async def _delete_inline_bodies(self, conn: AsyncConnection, names: Sequence[str]) -> None:
