@@ -86,7 +86,8 @@ def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_
         "web": {"https_listen": [f"{PEERAGE_ADDRESS}:{HTTPS_PORT}"], "http_listen": []},
         "sip": {"wss_listen": [f"{PEERAGE_ADDRESS}:{SIP_WSS_PORT}"], "tcp_listen": [], "tls_listen": []},
         "turn": turn_section(workdir, turn_secret),
-        "limits": {"auth_failures_per_ip": 1000},
+        # The credential tests make refused logins on purpose; throttling them would only slow the area.
+        "limits": {"auth_failures_per_ip": 1000, "auth_failures_per_account": 1000},
     }
     server = PeerageServer(workdir, DOMAIN, PEERAGE_ADDRESS, dns=local_dns, services=("xmpp", "sip", "web"),
                            config=config, certs={DOMAIN: cert}, ca_file=test_ca.cert_path)

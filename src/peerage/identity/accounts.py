@@ -33,7 +33,7 @@ from peerage.identity.sip_tokens import SipTokens
 from peerage.identity.tables import app_passwords, login_tokens
 from peerage.identity.tokens import LoginTokens, looks_like_token
 from peerage.store import Store
-from peerage.store.schema import accounts
+from peerage.store.schema import accounts, load_all_tables
 
 
 class AccountError(Exception):
@@ -94,7 +94,7 @@ class AccountService:
         self.domains = frozenset(normalize_domain(d) for d in domains)
         self.cache = VerificationCache(cache_size, cache_ttl)
         # SIP digest tokens the web session issued to the browser's phone (peerage.identity.sip_tokens).
-        self.sip_tokens = SipTokens()
+        self.sip_tokens = SipTokens(store)
         # When set (the command line sets it from [auth]), new passwords must pass
         # peerage.identity.policy; None leaves them unchecked (tests, migrations, internal callers).
         self.password_min_length = password_min_length
@@ -136,10 +136,13 @@ class AccountService:
         return addr
 
     async def passwd(self, address: str | Address, password: str) -> None:
+        """Set a new password. Every web session of the account and every token they were given (XMPP
+        login tokens, SIP web tokens) end with the old password, in the same transaction, so a password
+        changed because it leaked locks out whoever used it, in this process or another. App passwords
+        are kept: they are device secrets the user manages one by one (Fastmail keeps them too)."""
         addr = self._local_address(address)
         self._check_policy(addr, password)
         self.cache.forget(str(addr))
-        self.sip_tokens.revoke(str(addr))
         row = await self._row(addr)
         salt = bytes(row.scram_salt) if row is not None else None
         creds = await asyncio.to_thread(lambda: derive_credentials(addr, password, salt=salt))
@@ -149,14 +152,28 @@ class AccountService:
             )
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist; create it with `peerage user add {addr}`")
+            await self._end_sessions_and_tokens(conn, str(addr))
+
+    async def _end_sessions_and_tokens(self, conn: Any, account: str) -> None:
+        await conn.execute(delete(login_tokens).where(login_tokens.c.account == account))
+        await self.sip_tokens.revoke(account, conn)
+        # The web layer's sessions table, by name: identity sits below the web layer and does not import it.
+        web_sessions = load_all_tables().tables.get("web_sessions")
+        if web_sessions is not None:
+            await conn.execute(delete(web_sessions).where(web_sessions.c.account == account))
+
+    async def end_web_session_tokens(self, web_session: str) -> int:
+        """End the XMPP and SIP tokens a web session (its token's hash) was given: it logged out or was
+        revoked. How many."""
+        return (await self.tokens.revoke_web_session(web_session)
+                + await self.sip_tokens.revoke_web_session(web_session))
 
     async def delete(self, address: str | Address) -> None:
         addr = self._local_address(address)
         async with self.store.begin() as conn:
             self.cache.forget(str(addr))
-            self.sip_tokens.revoke(str(addr))
             await conn.execute(delete(app_passwords).where(app_passwords.c.account == str(addr)))
-            await conn.execute(delete(login_tokens).where(login_tokens.c.account == str(addr)))
+            await self._end_sessions_and_tokens(conn, str(addr))
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist")
@@ -225,7 +242,7 @@ class AccountService:
         async with self.store.begin() as conn:
             devices = (await conn.execute(select(app_passwords.c[column])
                                           .where(app_passwords.c.account == row.address))).scalars().all()
-        tokens = self.sip_tokens.ha1s(row.address, algorithm, full=full)
+        tokens = await self.sip_tokens.ha1s(row.address, algorithm, full=full)
         return [str(h) for h in (getattr(row, column), *devices, *tokens) if h is not None]
 
     async def sip_digest_ha1s(self, username: str, realm: str, algorithm: str) -> tuple[str | None, Sequence[str]]:

@@ -62,3 +62,24 @@ login_tokens = Table(
     Column("expires", Float, nullable=False),
     Index("ix_login_tokens_account", "account", "protocol"),
 )
+
+# Short-lived SIP digest secrets a web session hands to the browser's phone (POST /auth/sip-credentials,
+# peerage.identity.sip_tokens). Only the token's HA1s are kept (RFC 3261 §22.4 / RFC 8760, for the local
+# part and the full address as digest username), never the token: a 128-bit random secret, so its HA1 is
+# no easier to invert than an account's. `web_session` is the hash of the web session that asked, so
+# logging out or revoking that session ends them; a password change ends all of the account's.
+sip_web_tokens = Table(
+    "sip_web_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account", String(320), nullable=False),
+    Column("ha1_md5", String(32), nullable=False),
+    Column("ha1_sha256", String(64), nullable=False),
+    Column("ha1_full_md5", String(32), nullable=False),
+    Column("ha1_full_sha256", String(64), nullable=False),
+    Column("web_session", String(64), nullable=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("ix_sip_web_tokens_account", "account"),
+    Index("ix_sip_web_tokens_web_session", "web_session"),
+)

@@ -9,7 +9,7 @@ This module is in charge of:
 - ``GET /chat/config``: where the page's sessions connect (XMPP WebSocket URL, SIP WSS URL, the
   account's SIP URI), so the page hard-codes no host or port;
 - ``POST /auth/sip-credentials`` (CSRF token required: it creates state): a short-lived SIP digest
-  password for the logged-in account (``peerage.identity.sip_tokens``; only its HA1s are kept), with
+  password for the logged-in account (``peerage.identity.sip_tokens``; only its HA1s are stored), with
   which JsSIP registers over SIP WSS without a second password prompt; ``DELETE`` ends this web
   session's ones (the page's "Log out" does, with the XMPP ones);
 - ``GET /chat/ice-servers``: WebRTC ICE servers with time-limited TURN credentials
@@ -121,7 +121,7 @@ class Chat:
 
         address = parse_address(principal.account)
         web_session = hash_token(principal.token) if principal.token else None
-        password, expires = self.host.accounts.sip_tokens.issue(address, web_session=web_session)
+        password, expires = await self.host.accounts.sip_tokens.issue(address, web_session=web_session)
         # The digest username is the local part, as JsSIP sends its URI's user; the full address works too.
         return _no_store(web.json_response({"uri": f"sip:{address}", "username": address.local,
                                             "password": password, "expires": int(expires)}))
@@ -133,7 +133,7 @@ class Chat:
             raise web.HTTPUnauthorized(text="log in first\n")
         from peerage.web.sessions import hash_token
 
-        count = self.host.accounts.sip_tokens.revoke_web_session(principal.account, hash_token(principal.token))
+        count = await self.host.accounts.sip_tokens.revoke_web_session(hash_token(principal.token))
         return _no_store(web.json_response({"revoked": count}))
 
     async def ice_servers(self, request: web.Request) -> web.Response:

@@ -31,6 +31,7 @@ from peerage.web.auth import (
     set_session_cookie,
 )
 from peerage.web.security import JsonError, parse_json, read_body, same_origin
+from peerage.web.sessions import hash_token
 
 # Largest login request; an address and a password fit many times over.
 LOGIN_BODY_LIMIT = 8192
@@ -173,6 +174,8 @@ class LoginRoutes:
         principal = await self.auth.principal(request)
         if principal is not None and principal.token is not None:
             await self.auth.sessions.end(principal.token)
+            # The XMPP and SIP tokens this session gave the chat page end with it.
+            await self.auth.host.accounts.end_web_session_tokens(hash_token(principal.token))
         response: web.StreamResponse
         if request.content_type == "application/x-www-form-urlencoded":
             response = web.Response(status=303, headers={"Location": "/login"})
@@ -205,8 +208,10 @@ class LoginRoutes:
 
     async def revoke_session(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
-        if not await self.auth.sessions.revoke(principal.account, request.match_info["id"]):
+        ended = await self.auth.sessions.revoke(principal.account, request.match_info["id"])
+        if ended is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such session"}), content_type="application/json")
+        await self.auth.host.accounts.end_web_session_tokens(ended)
         return web.Response(status=204)
 
     # --- TOTP --------------------------------------------------------------------------------------

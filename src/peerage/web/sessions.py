@@ -119,12 +119,16 @@ class SessionStore:
                                       .order_by(web_sessions.c.created))
             return [_session(r) for r in rows if r.last_seen + self.idle_timeout >= now]
 
-    async def revoke(self, account: str, public_id: str) -> bool:
-        """End one of `account`'s sessions by its public id; False if it has none by that id."""
+    async def revoke(self, account: str, public_id: str) -> str | None:
+        """End one of `account`'s sessions by its public id; the ended session's token hash (so what it was
+        given can end with it), or None if it has none by that id."""
         async with self.store.begin() as conn:
-            result = await conn.execute(delete(web_sessions).where(web_sessions.c.account == account,
-                                                                   web_sessions.c.public_id == public_id))
-            return bool(result.rowcount)
+            mine = (web_sessions.c.account == account, web_sessions.c.public_id == public_id)
+            digest = (await conn.execute(select(web_sessions.c.token_hash).where(*mine))).scalar()
+            if digest is None:
+                return None
+            await conn.execute(delete(web_sessions).where(*mine))
+            return str(digest)
 
     async def revoke_all(self, account: str) -> int:
         async with self.store.begin() as conn:
