@@ -275,6 +275,10 @@ class SipConfig:
     # nathelper natping_interval is off by default; deployments use 20-30 s, under the 30 s that the
     # shortest-lived NAT bindings last (RFC 4787 REQ-5 asks for 2 min, many boxes keep less).
     nat_ping_interval: int = 25
+    # RFC 5626 §4.4.1 Flow-Timer given to outbound UAs registering over UDP: they send a STUN keep-alive
+    # at 80-100% of it, and a flow heard from for no longer than that (plus a little slack) is dead, its
+    # registrations dropped. 25 s stays under the 30 s the shortest-lived NAT bindings last.
+    udp_flow_timer: int = 25
     # Seconds requests may wait unread (the event loop running late, or UDP datagrams queueing in
     # the kernel) before new INVITEs are refused with 503 and Retry-After (RFC 3261 §21.5.4)
     # instead of being answered late; 0 turns the shedding off.  Callers retransmit an unanswered

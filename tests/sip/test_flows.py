@@ -7,10 +7,14 @@
   another) receives calls, ACK and BYE at the address it sends from, and gets keep-alives.
 * RFC 5626 outbound and RFC 5627 GRUU over TCP: the registration is bound to its connection, a
   call to either GRUU arrives on it, and once the connection is gone the flow has failed.
+* RFC 5626 outbound over UDP with baresip: its STUN keep-alives keep the flow past the Flow-Timer;
+  it calls a SIPp callee and hangs up mid-call (its BYE reaches the callee); killed, its flow is
+  found dead within the Flow-Timer and its registration dropped, so a call to it gets 480 at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -31,6 +35,8 @@ SERVER_IP = "127.0.3.140"
 SERVER = f"{SERVER_IP}:5060"
 DOMAIN = "f.test"
 PASSWORD = "flow-password"  # no space: baresip account lines split on them
+# Short, so the test sees a flow outlive it on keep-alives and then die (the registrar adds 3 s slack).
+UDP_FLOW_TIMER = 4
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,9 @@ def f_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
     require_binary("sipp")
     server = PeerageServer(tmp_path_factory.mktemp("f_test"), [DOMAIN], SERVER_IP, services=("sip",),
                            config={"dns": {"nameservers": ["127.0.3.250"], "port": 5353, "timeout": 0.5},
-                                   "sip": {"digest_algorithms": ["MD5"], "nat_ping_interval": 1}})
-    for user in ("alice", "bob", "carol", "dave", "erin"):
+                                   "sip": {"digest_algorithms": ["MD5"], "nat_ping_interval": 1,
+                                           "udp_flow_timer": UDP_FLOW_TIMER}})
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank", "grace"):
         server.add_user(f"{user}@{DOMAIN}", PASSWORD)
     server.start()
     yield server
@@ -310,3 +317,124 @@ def test_bye_reaches_a_tls_phone_whose_contact_cannot_be_dialled(f_test: Peerage
         assert code[0] == 0, failure_report(tmp_path, code)
     finally:
         phone.sock.close()
+
+
+# --- RFC 5626 outbound over UDP: baresip's keep-alives, its BYE, its flow failing -------------------
+
+OUTBOUND_IP = "127.0.3.155"  # baresip (grace)
+CALLEE_IP = "127.0.3.156"  # SIPp (frank)
+CONTROL_PORT = 4444
+
+
+def _outbound_baresip(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config").write_text(
+        "poll_method\t\tepoll\n"
+        f"sip_listen\t\t{OUTBOUND_IP}:5070\n"
+        "audio_player\t\taufile,/dev/null\n"
+        "audio_source\t\tausine,440\n"
+        "ausrc_srate\t\t48000\n"
+        "ausrc_channels\t\t2\n"
+        "audio_alert\t\taufile,/dev/null\n"
+        "module_path\t\t/usr/lib/baresip/modules\n"
+        "module\t\t\tg711.so\n"
+        "module\t\t\tausine.so\n"
+        "module\t\t\taufile.so\n"
+        "module_tmp\t\tuuid.so\n"  # the +sip.instance outbound needs (RFC 5626 §4.1)
+        "module_app\t\taccount.so\n"
+        "module_app\t\tmenu.so\n"
+        "module_app\t\tctrl_tcp.so\n"
+        f"ctrl_tcp_listen\t\t{OUTBOUND_IP}:{CONTROL_PORT}\n"
+        "dns_server\t\t127.0.3.250:5353\n"
+        f"net_interface\t\t{OUTBOUND_IP}\n")
+    # sipnat=outbound: RFC 5626 (+sip.instance, reg-id, keep-alives at the registrar's Flow-Timer)
+    (directory / "accounts").write_text(
+        f"<sip:grace@{DOMAIN};transport=udp>;auth_pass={PASSWORD};"
+        f"outbound=\"sip:{SERVER_IP}:5060;transport=udp\";sipnat=outbound;regint=600\n")
+    (directory / "contacts").write_text("")
+
+
+def _control(command: str, params: str = "") -> None:
+    """One ctrl_tcp command (a netstring of JSON, baresip's modules/ctrl_tcp)."""
+    body = json.dumps({"command": command, "params": params, "token": "t"}).encode()
+    with socket.create_connection((OUTBOUND_IP, CONTROL_PORT), timeout=5) as sock:
+        sock.sendall(str(len(body)).encode() + b":" + body + b",")
+        sock.recv(4096)
+
+
+def _bindings(user: str) -> list[str]:
+    """The Contacts the registrar holds for ``user`` (a REGISTER without Contact only asks)."""
+    ua = UdpUA("127.0.3.157", (SERVER_IP, 5060), user, DOMAIN, PASSWORD)
+    try:
+        request = ua.build("REGISTER", f"sip:{DOMAIN}", extra=[("Contact", "*")])
+        request.headers = [h for h in request.headers if h[0] != "contact"]
+        request.headers_changed()
+        response = ua.final_response(request)
+        assert response is not None and response.status == 401, response
+        challenge = response.get_all_raw("www-authenticate")[0]
+        query = ua.build("REGISTER", f"sip:{DOMAIN}", extra=[
+            ("Contact", "*"), ("Authorization", client_authorization(challenge, "REGISTER", f"sip:{DOMAIN}", user,
+                                                                     PASSWORD))])
+        query.headers = [h for h in query.headers if h[0] != "contact"]
+        query.headers_changed()
+        answer = ua.final_response(query)
+        assert answer is not None and answer.status == 200, answer
+        # without the expires parameter, which counts down
+        return [";".join(p for p in c.split(";") if not p.startswith("expires=")) for c in answer.get_all("contact")]
+    finally:
+        ua.close()
+
+
+def test_outbound_udp_keep_alives_bye_and_flow_failure(f_test: PeerageServer, tmp_path: Path) -> None:
+    binary = require_binary("baresip")
+    config = tmp_path / "baresip"
+    _outbound_baresip(config)
+    log = tmp_path / "baresip.log"
+    register = run_sipp(tmp_path, "register.xml", local_ip=CALLEE_IP, port=5094, server=SERVER, service="frank",
+                        keys={"domain": DOMAIN}, extra=["-au", "frank", "-ap", PASSWORD])
+    assert register.returncode == 0, failure_report(tmp_path, register)
+    with open(log, "wb") as out:
+        process = subprocess.Popen([binary, "-f", str(config), "-s", "-v"], stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        try:
+            wait_for(lambda: any("reg-id=" in c for c in _bindings("grace")) or process.poll() is not None,
+                     timeout=15, message="baresip registered with outbound")
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {_bindings('grace')}\n{log.read_text(errors='replace')[-3000:]}") from None
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        bound = [c for c in _bindings("grace") if "reg-id=" in c]
+        assert len(bound) == 1 and "+sip.instance=" in bound[0], bound
+        # Past the Flow-Timer and its slack (7 s), the flow lives on baresip's STUN keep-alives alone.
+        time.sleep(UDP_FLOW_TIMER * 2 + 2)
+        assert [c for c in _bindings("grace") if "reg-id=" in c] == bound
+        assert "flow failed" not in f_test.log_text()
+
+        # baresip calls frank (SIPp) and hangs up mid-call: the BYE goes through the proxy to SIPp.
+        uas = start_sipp(tmp_path, "uas_call.xml", local_ip=CALLEE_IP, port=5094, server=None, extra=["-d", "0"])
+        _control("dial", f"sip:frank@{DOMAIN}")
+        wait_for(lambda: "Call established" in log.read_text(errors="replace"), timeout=15,
+                 message="baresip's call established")
+        _control("hangup")
+        code = finish(uas)
+        assert code[0] == 0, failure_report(tmp_path, code) + log.read_text(errors="replace")[-3000:]
+
+        # The phone dies without a word: its keep-alives stop, and the flow is found dead.
+        process.kill()
+        process.wait(5)
+        wait_for(lambda: not [c for c in _bindings("grace") if "reg-id=" in c], timeout=UDP_FLOW_TIMER * 2 + 10,
+                 message="the dead flow's binding dropped")
+        assert "flow failed" in f_test.log_text()
+        caller = UdpUA("127.0.3.158", (SERVER_IP, 5060), "alice", "visitor.test", PASSWORD)
+        try:
+            invite = caller.build("INVITE", f"sip:grace@{DOMAIN}", to=f"<sip:grace@{DOMAIN}>",
+                                  call_id=f"{os.urandom(4).hex()}@c")
+            started = time.monotonic()
+            caller.send_raw(invite.serialize())
+            assert _final(caller, invite.call_id) == 480  # nobody there, said at once (not Timer B's 408)
+            assert time.monotonic() - started < 2
+        finally:
+            caller.close()
+    finally:
+        process.kill()
+        process.wait(5)

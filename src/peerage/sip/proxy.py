@@ -442,6 +442,8 @@ class ProxyCore:
         """Where a flow leads now: the UDP address, or the open connection (None: it failed)."""
         transport, address, port = flow
         if transport == "UDP":
+            if self.registrar.failed_flows and self.registrar.flow_failed(f"UDP {address} {port}"):
+                return None  # its keep-alives stopped (RFC 5626 §4.4.1)
             return Destination("UDP", (address, port))
         connection = self.connection_for(flow)
         if connection is None or getattr(connection, "closed", False):

@@ -12,7 +12,10 @@ be reached directly:
 
 * RFC 5626 outbound: a Contact with ``+sip.instance`` and ``reg-id`` (and ``Supported: outbound``)
   is bound to its flow; a new flow for the same instance and reg-id replaces the old one, and a
-  flow whose connection has closed is not used (flow failure, §5.3).
+  flow whose connection has closed is not used (flow failure, §5.3). A UDP flow has no connection
+  to close: the UA sends STUN keep-alives at the Flow-Timer it was given (§4.4.1, answered by the
+  transport), and a flow not heard from for longer than that is dead (``expired_udp_flows``, run
+  by the service): its bindings are dropped, and requests for the flow get 430 (§5.3).
 * Stream connections (TCP, TLS, WebSocket) without outbound: the connection stays the way in
   while it is open (RFC 5923-style reuse), so a Contact naming an ephemeral port or a ``.invalid``
   host (RFC 7118) still works.
@@ -62,7 +65,15 @@ MAX_TRACKED_CONNECTIONS = 4096
 # transport.STREAM_IDLE_TIMEOUT (600 s) here, but NATs and proxies in between drop idle TCP sooner,
 # so 120 s as the RFC's §4.4.1 example; UDP NAT bindings can last only 30 s, so 25 s there.
 FLOW_TIMER_STREAM = 120
-FLOW_TIMER_UDP = 25
+FLOW_TIMER_UDP = 25  # the default of [sip] udp_flow_timer
+# Slack past a UDP flow's Flow-Timer before it counts as dead: the UA sends its keep-alive at 80-100%
+# of the timer (RFC 5626 §4.4.1), so this covers scheduling delay on either side, not a lost packet.
+# One lost keep-alive on a 25 s timer still kills the flow, as the RFC intends; the UA re-registers.
+FLOW_SLACK_MIN = 3.0
+FLOW_SLACK_SHARE = 0.2
+# Failed UDP flows remembered (so requests for them get 430 at once rather than Timer B's 408) until the
+# address registers again; beyond this many the oldest are forgotten.
+MAX_FAILED_FLOWS = 10000
 
 
 @dataclass(slots=True)
@@ -104,6 +115,12 @@ class Registrar:
         self.bindings: dict[str, list[Binding]] = {}
         # live stream connections by "TRANSPORT host port", so calls reach clients behind NAT
         self.connections: dict[str, Any] = {}
+        self.udp_flow_timer = max(2, int(getattr(self.config, "udp_flow_timer", FLOW_TIMER_UDP)))
+        # outbound UDP flows: source address -> when last heard from (time.monotonic()); the
+        # transport updates it for every datagram from a watched address
+        self.udp_heard: dict[tuple[str, int], float] = {}
+        # "UDP host port" of flows found dead -> when (time.monotonic())
+        self.failed_flows: dict[str, float] = {}
         # key of the temporary GRUUs (RFC 5627 §3.2: they must not reveal the AOR); a restart
         # invalidates them, which the RFC allows (a UA learns new ones at its next REGISTER)
         self.gruu_key = os.urandom(32)
@@ -289,6 +306,10 @@ class Registrar:
         self.bindings[aor] = list(final.values())
         if changes and self.on_change is not None:
             self.on_change(aor)
+        if source.transport == "UDP" and any(b is not None and b.outbound and not b.path
+                                             for b in changes.values()):
+            self.udp_heard[source.address] = time.monotonic()  # the flow's keep-alive clock starts
+            self.failed_flows.pop(received, None)
         if source.reliable and source.connection is not None:
             self.connections[received] = source.connection
             if len(self.connections) > MAX_TRACKED_CONNECTIONS:
@@ -312,12 +333,56 @@ class Registrar:
         if any(b.outbound and b.call_id == call_id for b in final.values()):
             response.add("Require", "outbound")  # RFC 5626 §6: the registrar kept the flow
             # §4.4.1: how often the UA should send keep-alives on this flow
-            response.add("Flow-Timer", str(FLOW_TIMER_STREAM if source.reliable else FLOW_TIMER_UDP))
+            response.add("Flow-Timer", str(FLOW_TIMER_STREAM if source.reliable else self.udp_flow_timer))
         if path:
             for value in path:
                 response.add("Path", value)  # RFC 3327 §5.3: echo the Path
         response.add("Supported", "path, outbound, gruu")
         return response
+
+    # -- UDP flow failure (RFC 5626 §4.4.1, §5.3)
+    def flow_failed(self, received: str) -> bool:
+        return received in self.failed_flows
+
+    async def expired_udp_flows(self, now: float | None = None) -> list[str]:
+        """Find the outbound UDP flows not heard from within their Flow-Timer (and slack), drop their
+        bindings (memory and store), and return them. Bindings loaded at start-up start their clock
+        at the first check."""
+        now = time.monotonic() if now is None else now
+        limit = self.udp_flow_timer + max(FLOW_SLACK_MIN, self.udp_flow_timer * FLOW_SLACK_SHARE)
+        watched: set[tuple[str, int]] = set()
+        dead: set[str] = set()
+        wall = self.clock()
+        for bindings in self.bindings.values():
+            for binding in bindings:
+                if not binding.outbound or binding.path or not binding.received.startswith("UDP ") \
+                        or binding.expires_at <= wall or binding.node != self.node:
+                    continue  # not an outbound UDP flow this node holds (another node watches its own)
+                _, host, port = binding.received.split(" ")
+                address = (host, int(port))
+                watched.add(address)
+                if now - self.udp_heard.setdefault(address, now) > limit:
+                    dead.add(binding.received)
+        for address in [a for a in self.udp_heard if a not in watched]:
+            del self.udp_heard[address]
+        for received in sorted(dead):
+            _, host, port = received.split(" ")
+            self.udp_heard.pop((host, int(port)), None)
+            self.failed_flows[received] = now
+            while len(self.failed_flows) > MAX_FAILED_FLOWS:
+                del self.failed_flows[next(iter(self.failed_flows))]
+            for aor in [aor for aor, bindings in self.bindings.items()
+                        if any(b.received == received and b.outbound for b in bindings)]:
+                gone = [b for b in self.bindings[aor]
+                        if b.received == received and b.outbound and b.node == self.node]
+                self.bindings[aor] = [b for b in self.bindings[aor] if b not in gone]
+                await self._persist(aor, dict.fromkeys((b.contact for b in gone), None))
+                if self.on_change is not None:
+                    self.on_change(aor)
+                log.info("sip: outbound UDP flow %s:%s of %s silent for over %.0f s (Flow-Timer %d): "
+                         "flow failed, %d binding(s) dropped", host, port, aor, limit, self.udp_flow_timer,
+                         len(gone))
+        return sorted(dead)
 
     # -- GRUU (RFC 5627)
     def temp_gruu(self, aor: str, instance: str) -> str:

@@ -44,6 +44,7 @@ class SipService:
         self.registrar: Registrar | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        self._flow_watch: asyncio.Task[None] | None = None
         self.overload_delay = 0.0
 
     async def start(self, host: Any) -> None:
@@ -65,6 +66,7 @@ class SipService:
         flood = FloodGuard(config.flood_requests_per_second, config.flood_ban_seconds)
         transport.admit = flood.allow
         transport.banned = flood.is_banned
+        transport.udp_heard = registrar.udp_heard
         self.transport = transport
         server_context = None
         if (config.tls_listen or config.wss_listen) and host.tls.available:
@@ -98,6 +100,7 @@ class SipService:
             self._pinger = asyncio.ensure_future(self._nat_pings(config.nat_ping_interval))
         if getattr(host, "cluster", None) is not None:
             await host.cluster.attach_sip(self)  # peerage.cluster: registrations and flows of every node
+        self._flow_watch = asyncio.ensure_future(self._watch_udp_flows())
         # Objects alive after start-up (modules, config, loaded registrations) live as long as the
         # process: move them out of the collector's sight so its passes stay short under load.
         gc.freeze()
@@ -153,7 +156,21 @@ class SipService:
                 if sent >= MAX_NAT_PINGS:
                     break
 
+    async def _watch_udp_flows(self) -> None:
+        """Drop the registrations of outbound UDP flows that stopped sending keep-alives (RFC 5626
+        §4.4.1): checked five times per Flow-Timer, so a dead flow goes within a fifth of it late."""
+        assert self.registrar is not None
+        registrar = self.registrar
+        while True:
+            await asyncio.sleep(max(0.5, registrar.udp_flow_timer / 5))
+            try:
+                await registrar.expired_udp_flows()
+            except Exception:
+                log.exception("sip: flow check failed")
+
     async def stop(self) -> None:
+        if self._flow_watch is not None:
+            self._flow_watch.cancel()
         if self._pinger is not None:
             self._pinger.cancel()
         if self._ticker is not None:

@@ -295,6 +295,9 @@ class SipTransport:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.endpoints: dict[str, tuple[str, int]] = {}
         self.websocket: Any = None
+        # RFC 5626 outbound UDP flows being watched (the registrar adds them): source address -> when
+        # anything (a STUN keep-alive, a request, a response) last came from it, time.monotonic().
+        self.udp_heard: dict[tuple[str, int], float] = {}
 
     async def start(self, udp: list[str], tcp: list[str], tls: list[str],
                     server_context: ssl.SSLContext | None, ws: list[str] | None = None,
@@ -342,6 +345,9 @@ class SipTransport:
 
     # -- receiving
     def datagram(self, data: bytes, address: tuple[str, int]) -> None:
+        heard = self.udp_heard
+        if heard and address in heard:
+            heard[address] = time.monotonic()  # the flow is alive (RFC 5626 §4.4.1)
         ip = address[0]
         if len(data) <= 4 and not data.strip(b"\r\n"):
             return  # CRLF keep-alive on UDP (RFC 5626 uses STUN there; ignore the CRLFs)
