@@ -109,6 +109,8 @@ class AccountService:
             check_password(password, address=str(addr), min_length=self.password_min_length)
 
     def is_local_domain(self, domain: str) -> bool:
+        if domain in self.domains:
+            return True  # already in normal form: the common case on every SIP request
         try:
             return normalize_domain(domain) in self.domains
         except AddressError:
