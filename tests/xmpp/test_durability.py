@@ -101,3 +101,35 @@ async def test_session_not_resumed_in_time_hands_unacked_messages_on(
     finally:
         await laptop.close()
         await frank.close()
+
+
+async def test_bare_jid_message_seen_by_another_resource_is_not_handed_to_it_again(
+        short_resumption_server: PeerageServer) -> None:
+    """A message to the bare JID reached a hibernating session and the connected one: when the
+    hibernation ends, the connected resource must not get it a second time."""
+    phone = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    desk = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    frank = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    try:
+        await phone.login("erin", PASSWORD, resource="phone2")
+        await phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/><presence/>")
+        await phone.read_until(r"<enabled[^>]*/>")
+        await desk.login("erin", PASSWORD, resource="desk2")
+        await desk.send("<presence/>")
+        await desk.read_until(r"<presence[^>]*from='erin@a.test/desk2'")
+        await frank.login("frank", PASSWORD, resource="desk2")
+        await frank.send("<message to='erin@a.test' type='chat' id='twice'><body>only once please</body></message>")
+        assert "only once please" in await phone.read_until(r"only once please</body>")
+        assert "only once please" in await desk.read_until(r"only once please</body>")
+        await phone.close()  # hibernates; nobody resumes it
+        # Its end is observable: desk gets phone's unavailable presence (RFC 6121 section 4.5.3).
+        await desk.read_until(r"<presence[^>]*from='erin@a.test/phone2'[^>]*type='unavailable'|"
+                              r"<presence[^>]*type='unavailable'[^>]*from='erin@a.test/phone2'",
+                              timeout=SHORT_RESUMPTION + 10)
+        # Anything re-routed is sent before that presence; a ping answer bounds what follows.
+        await desk.send("<iq type='get' id='after' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+        rest = await desk.read_until(r"<iq[^>]*id='after'")
+        assert "only once please" not in rest
+    finally:
+        await desk.close()
+        await frank.close()

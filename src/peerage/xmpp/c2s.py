@@ -601,7 +601,7 @@ class C2SConnection(asyncio.Protocol):
         sm = session.sm
         assert sm is not None
         self._write(f"<resumed xmlns='urn:xmpp:sm:3' previd='{previd}' h='{sm.handled}'/>".encode())
-        for data, _ in sm.unacked:
+        for data, _, _ in sm.unacked:
             self._write(data)
         if sm.unacked:
             self._write(b"<r xmlns='urn:xmpp:sm:3'/>")

@@ -45,6 +45,7 @@ class ClientSession:
     __slots__ = (
         "available",
         "bare_jid",
+        "bare_since",
         "blocklist_requested",
         "carbons",
         "connection",
@@ -70,6 +71,9 @@ class ClientSession:
         #: Sent initial presence and not yet unavailable (RFC 6121 section 4.2).
         self.available = False
         self.priority = 0
+        #: ``Sessions.bare_clock`` when this session last began to take messages to the bare JID
+        #: (available with a non-negative priority); None while it does not.
+        self.bare_since: int | None = None
         #: The last available presence broadcast, None when unavailable.
         self.last_presence: Element | None = None
         self.directed: set[str] | None = None  # directed presences (RFC 6121 section 4.6), lazily
@@ -92,6 +96,16 @@ class ClientSession:
                 self._send_now(early)
         self._send_now(stanza)
 
+    def presence_changed(self) -> None:
+        """Its availability or priority changed (``features.presence``): note when it began to
+        take messages to the bare JID (RFC 6121 section 8.5.2.1.1)."""
+        if self.available and self.priority >= 0:
+            if self.bare_since is None:
+                self.sessions.bare_clock += 1
+                self.bare_since = self.sessions.bare_clock
+        else:
+            self.bare_since = None
+
     def set_active(self, active: bool) -> None:
         """XEP-0352: an inactive client gets only what cannot wait."""
         if active:
@@ -111,7 +125,7 @@ class ClientSession:
             if connection is not None:
                 connection.write(data)
             return
-        sm.sent(data, stanza if stanza.name == "message" else None)
+        sm.sent(data, stanza if stanza.name == "message" else None, self.sessions.bare_clock)
         if sm.overflowing:
             if connection is None:  # detached and the queue is full: the session ends
                 self.sessions.end_detached(self)
@@ -134,6 +148,12 @@ class Sessions:
         self.resumption_timeout = resumption_timeout
         #: XEP-0198 resumption id -> session that may be resumed with it.
         self.resumable: dict[str, ClientSession] = {}
+        #: Ticks once each time a session begins to take messages to its bare JID. A managed
+        #: session notes its value with each message it sends; when it ends, a message to the
+        #: bare JID is not re-routed to a session whose ``bare_since`` is not later than that:
+        #: that session was taking bare-JID messages when it came and got it as well.
+        self.bare_clock = 0
+
 
     def _spawn(self, coroutine: Any) -> None:
         spawn = self.ctx.spawn
@@ -238,9 +258,11 @@ class Sessions:
         router = self.ctx.router
         redelivering = self.ctx.redelivering
         unacked, session.sm.unacked = list(session.sm.unacked), deque()
-        for _, stanza in unacked:
+        for _, stanza, stamp in unacked:
             if stanza is None or stanza.attrs.get("type") in ("error", "groupchat", "headline"):
                 continue
+            if stanza.attrs.get("to") == session.bare_jid and self._seen_elsewhere(session, stamp):
+                continue  # sent to the bare JID: another resource took it then, and has it
             if stanza.find("result", "urn:xmpp:mam:2") is not None:
                 continue
             if stanza.find("received", "urn:xmpp:carbons:2") or stanza.find("sent", "urn:xmpp:carbons:2"):
@@ -256,6 +278,14 @@ class Sessions:
                 log.exception("could not re-route an unacknowledged stanza")
             finally:
                 redelivering.discard(id(rerouted))
+
+    def _seen_elsewhere(self, session: ClientSession, stamp: int) -> bool:
+        """Whether another session of the account has taken bare-JID messages since ``stamp``."""
+        for other in self.ctx.router.resources(session.bare_jid).values():
+            since = getattr(other, "bare_since", None)  # sessions of other cluster nodes have none
+            if other is not session and since is not None and since <= stamp:
+                return True
+        return False
 
     def all(self) -> list[ClientSession]:
         return list(self.resumable.values())

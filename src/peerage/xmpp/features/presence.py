@@ -108,6 +108,9 @@ class Presence(Feature):
                 return
             session.available = False
             session.last_presence = None
+        changed = getattr(session, "presence_changed", None)  # a ClientSession's (sessions of other nodes have none)
+        if changed is not None:
+            changed()
         for contact, item in list(state.roster.items()):
             if item.subscription in ("from", "both") and not (state.blocklist and is_blocked(state.blocklist, contact)):
                 await _wait(router.route(with_to(stanza, contact)))

@@ -40,14 +40,16 @@ class StreamManagementState:
         self.handled = 0  # stanzas from the client fully processed (mod 2^32)
         self.sent_count = 0  # stanzas sent to the client
         self.acked = 0  # stanzas the client acknowledged
-        self.unacked: deque[tuple[bytes, Element | None]] = deque()
+        #: (bytes sent, the message if it was one, the sessions' bare clock when sent: see
+        #: ``peerage.xmpp.session.Sessions.bare_clock``)
+        self.unacked: deque[tuple[bytes, Element | None, int]] = deque()
 
     def count_handled(self) -> None:
         self.handled = (self.handled + 1) % H_MODULO
 
-    def sent(self, data: bytes, stanza: Element | None) -> None:
+    def sent(self, data: bytes, stanza: Element | None, stamp: int = 0) -> None:
         self.sent_count += 1
-        self.unacked.append((data, stanza))
+        self.unacked.append((data, stanza, stamp))
 
     def ack(self, h: int) -> bool:
         """Apply the client's <a h=/>; False if h acknowledges more than was sent."""
