@@ -244,6 +244,13 @@ def _user_transfer(config: Config, address: str, args: argparse.Namespace) -> in
     print(f"{verb} {address}: {counts['messages']} messages in {counts['folders']} folders, "
           f"{counts['roster']} roster items, {counts['archive']} archived messages, "
           f"{'a' if counts['vcard'] else 'no'} vCard")
+    if args.user_command == "import" and counts["roster"]:
+        # A running server caches the rosters of online accounts: its reload re-reads the ones
+        # whose stored version moved and pushes the imported items to their clients.
+        try:
+            _announce(config, "online clients were sent the imported roster items", "")
+        except CliError as error:
+            print(f"  the import is stored, but the running server did not reload: {error}", file=sys.stderr)
     return 0
 
 

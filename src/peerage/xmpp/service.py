@@ -43,6 +43,7 @@ from peerage.xmpp.features.private import PrivateStorage
 from peerage.xmpp.features.push import Push
 from peerage.xmpp.features.register import Registration
 from peerage.xmpp.features.roster import Roster
+from peerage.xmpp.features.roster import resync as resync_rosters
 from peerage.xmpp.features.sm import StreamManagement
 from peerage.xmpp.features.upload import Upload
 from peerage.xmpp.features.vcard import VCard
@@ -146,6 +147,11 @@ class XmppService:
             self.s2s.hosted_domains = list(host.config.domains)
         # Service packages (peerage.xmpp.hosted) add or drop the service JIDs of each domain.
         self.ctx.events.fire("xmpp-hosted-domains", set(self.router.hosted_domains))
+        # Roster changes another process wrote (``peerage user import`` signals this reload): the
+        # cached rosters of online accounts are re-read and the changes pushed to their clients.
+        refreshed = await resync_rosters(self.ctx)
+        if refreshed:
+            log.info("re-read the roster of %d accounts changed outside the server", refreshed)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

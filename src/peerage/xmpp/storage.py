@@ -82,6 +82,17 @@ class XmppStorage:
             )
         return version or 0, items
 
+    async def roster_versions(self, owners: list[str]) -> dict[str, int]:
+        """The stored roster version (XEP-0237) of each of ``owners`` (0 when it has none)."""
+        versions = dict.fromkeys(owners, 0)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(owners), 500):  # bound the statement's parameter count
+                chunk = owners[start:start + 500]
+                for row in await conn.execute(select(xmpp_roster_version.c.owner, xmpp_roster_version.c.version)
+                                              .where(xmpp_roster_version.c.owner.in_(chunk))):
+                    versions[row.owner] = int(row.version)
+        return versions
+
     async def save_roster_item(self, owner: str, item: RosterItem | None, contact: str) -> int:
         """Insert, update or (item=None) delete one item; bump and return the roster version.
 

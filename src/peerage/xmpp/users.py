@@ -83,6 +83,26 @@ class Users:
             return None
         return await self.load(bare)
 
+    async def resync(self) -> list[tuple[UserState, dict[str, RosterItem], dict[str, RosterItem]]]:
+        """Re-read every cached account whose stored roster version moved under us (a change made
+        by another process: ``peerage user import``); the state is updated in place.
+
+        Returns ``(state, before, after)`` for each account re-read: its roster items before and
+        after, so that the roster feature can push what changed (RFC 6121 section 2.1.6).
+        """
+        changed = []
+        stored = await self.storage.roster_versions(list(self._users))
+        for bare, version in stored.items():
+            state = self._users.get(bare)
+            if state is None or version == state.version:
+                continue
+            async with state.lock:  # not in the middle of a subscription change or roster set
+                version, roster = await self.storage.load_roster(bare)
+                state.blocklist = await self.storage.get_blocklist(bare)
+                before, state.roster, state.version = state.roster, roster, version
+            changed.append((state, before, roster))
+        return changed
+
     def _evict(self) -> None:
         if len(self._users) <= OFFLINE_USER_CACHE:
             return

@@ -67,6 +67,22 @@ def push_item(ctx: XmppContext, state: UserState, item: RosterItem | None, conta
         session.send(Element("iq", "", {"type": "set", "id": f"push{state.version}", "to": session.full_jid}, [query]))
 
 
+async def resync(ctx: XmppContext) -> int:
+    """Roster changes made by another process (``peerage user import``) reach the running server:
+    re-read the accounts whose stored version moved and push each change to the interested
+    resources (RFC 6121 section 2.1.6). Returns how many accounts were re-read."""
+    changed = await ctx.users.resync()
+    for state, before, after in changed:
+        for contact in sorted(before.keys() - after.keys()):
+            if not before[contact].hidden:
+                push_item(ctx, state, None, contact)
+        for contact, item in sorted(after.items()):
+            if item.hidden or before.get(contact) == item:
+                continue
+            push_item(ctx, state, item)
+    return len(changed)
+
+
 def _to_session(ctx: IqContext, payload: Element | None) -> Element:
     reply = iq_result(ctx.iq, payload)
     reply.attrs.pop("from", None)

@@ -1,11 +1,17 @@
-"""Routing to an account while one of its sessions waits for XEP-0198 resumption (hibernates).
+"""What a running server holds about an account while it is online, kept right.
 
-A hibernating session is still bound and available (RFC 6121 section 4.2: nothing told contacts it
-left), so messages to the bare JID reach it, queued for resumption; they must reach the account's
-other, connected resources too.
+- Routing while one session waits for XEP-0198 resumption (hibernates): it is still bound and
+  available (RFC 6121 section 4.2: nothing told contacts it left), so messages to the bare JID reach
+  it, queued for resumption; they must reach the account's other, connected resources too.
+- The cached roster follows a change made by another process (``peerage user import``): the CLI
+  has the server reload, which pushes the imported items to the clients that asked for the roster.
 """
 
 from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
@@ -55,4 +61,32 @@ async def test_bare_jid_message_reaches_the_connected_resource_while_another_hib
             assert "from='judy@a.test/desk'" in got
     finally:
         await tcp.close()
+        await judy.close()
+
+
+async def test_user_import_reaches_the_cached_roster_of_an_online_account(
+        xmpp_server: PeerageServer, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    (export / "mail").mkdir(parents=True)
+    (export / "export.json").write_text(json.dumps({"mail_format": "maildir"}))
+    (export / "archive.json").write_text("[]")
+    (export / "roster.json").write_text(json.dumps([
+        {"contact": "zed@b.test", "name": "Zed", "subscription": "both", "ask": False, "approved": False,
+         "groups": "Imported", "hidden": False, "pending_in": False, "pending_stanza": None}]))
+    judy = RawClient(SERVER_ADDRESS, "a.test")
+    try:
+        await judy.login("judy", PASSWORD, resource="roster")
+        await judy.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        first = await judy.read_until(r"<iq[^>]*id='r1'.*?(</iq>|/>)")
+        assert "zed@b.test" not in first
+        imported = await asyncio.to_thread(xmpp_server.cli, "user", "import", "judy@a.test", str(export))
+        assert "1 roster items" in imported.stdout, imported.stdout + imported.stderr
+        assert "online clients were sent the imported roster items" in imported.stdout, imported.stdout
+        # RFC 6121 section 2.1.6: the change is pushed to the resource that asked for the roster.
+        push = await judy.read_until(r"<iq[^>]*type='set'.*?zed@b.test.*?</iq>", timeout=15)
+        assert "name='Zed'" in push and "<group>Imported</group>" in push
+        await judy.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>")
+        second = await judy.read_until(r"<iq[^>]*id='r2'.*?</iq>")
+        assert "zed@b.test" in second
+    finally:
         await judy.close()
