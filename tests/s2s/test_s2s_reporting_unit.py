@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from peerage.xmpp.s2s import peer_stream_error, sasl_failure_text
+from peerage.xmpp.s2s import peer_stream_error
 from peerage.xmpp.s2s_cli import _rows
+from peerage.xmpp.s2s_stream import sasl_failure_text
 from peerage.xmpp.stream import XmlStreamParser
 
 HEADER = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "

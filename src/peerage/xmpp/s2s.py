@@ -32,17 +32,13 @@ from typing import Any
 
 from peerage.net.dns import DnsTimeout
 from peerage.net.limits import AuthThrottle, ConnectionCounter
-from peerage.xmpp import dialback
+from peerage.xmpp import dialback, s2s_stream
 from peerage.xmpp.dialback import DialbackError, DialbackSecret, PairTable
 from peerage.xmpp.federation import (
     CertificateKind,
     FederationPolicy,
     Level,
     ServerProfile,
-    TlsChoice,
-    accepts_receiver_certificate,
-    initiator_starttls,
-    initiator_uses_sasl_external,
     level_reached,
     offers_dialback,
     presents_certificate,
@@ -52,6 +48,9 @@ from peerage.xmpp.federation import (
     requires_peer_certificate,
 )
 from peerage.xmpp.jid import JidError, normalize_jid, split_jid
+from peerage.xmpp.s2s_stream import BIDI_FEATURE_NS, BIDI_NS
+from peerage.xmpp.s2s_stream import header as _header
+from peerage.xmpp.s2s_stream import is_1_0 as _is_1_0
 from peerage.xmpp.s2s_tls import S2STlsContexts
 from peerage.xmpp.stream import (
     SASL_NS,
@@ -65,7 +64,6 @@ from peerage.xmpp.stream import (
     XmlStreamParser,
     serialize,
     stream_error,
-    stream_header,
 )
 from peerage.xmpp.stream import serialize_features as serialize_stream_features
 from peerage.xmpp.tls_layer import TlsLayer
@@ -73,8 +71,6 @@ from peerage.xmpp.x509 import CertificateCheck, TrustStore, check_certificate, o
 
 log = logging.getLogger(__name__)
 
-BIDI_NS = "urn:xmpp:bidi"
-BIDI_FEATURE_NS = "urn:xmpp:features:bidi"
 
 #: RFC 6120 section 3.2.3 fallback port when a domain has no SRV records.
 DEFAULT_S2S_PORT = 5269
@@ -471,25 +467,6 @@ async def open_xml_connection(address: str, port: int, max_stanza_bytes: int, *,
             connection.close()
             raise
     return connection
-
-
-def _header(from_: str | None, to: str | None, stream_id: str | None, legacy: bool) -> bytes:
-    """A jabber:server stream header (the writer c2s uses too); legacy (pre-1.0) peers get no
-    version attribute (RFC 6120 section 4.7.5)."""
-    return stream_header(content_ns=SERVER_NS, stream_id=stream_id, from_=from_ or None, to=to or None,
-                         version=None if legacy else "1.0", extra_ns=dialback.STREAM_DIALBACK_DECLARATION)
-
-
-def _is_1_0(attrs: dict[str, str]) -> bool:
-    version = attrs.get("version", "")
-    try:
-        return int(version.split(".")[0]) >= 1
-    except ValueError:
-        return False
-
-
-def _features_of(element: Element) -> dict[str, Element]:
-    return {child.xmlns: child for child in element.elements()}
 
 
 def _domain(jid: str) -> str:
@@ -1104,14 +1081,6 @@ def peer_stream_error(error: Element) -> StreamError:
     return StreamError(condition, "the peer sent a stream error" + (f": {text}" if text else ""))
 
 
-def sasl_failure_text(failure: Element) -> str:
-    """A SASL ``<failure/>`` (RFC 6120 section 6.5) for people: the condition, then the peer's
-    ``<text/>`` when it sent one, e.g. "not-authorized: self signed certificate"."""
-    condition = next((c.name for c in failure.elements() if c.name != "text"), "") or "no condition"
-    text = (failure.find_text("text") or "").strip()
-    return f"{condition}: {text}" if text else condition
-
-
 def serialize_features(features: Element) -> bytes:
     return serialize_stream_features(features, SERVER_NS)
 
@@ -1433,133 +1402,74 @@ class S2SService:
     async def _negotiate_out(self, connection: XmlConnection, target: Target, profile: ServerProfile,
                              local: str, remote: str, record: ConnectionRecord, skip_tls: bool
                              ) -> OutboundStream:
-        receiver_verified: CertificateCheck | None = None
+        """Carry out what the sans-I/O initiator (``peerage.xmpp.s2s_stream``) asks until it ends."""
+        negotiation = s2s_stream.Initiator(
+            profile, local, remote, present_certificate=presents_certificate(profile), skip_tls=skip_tls,
+            bidi_enabled=self.bidi_enabled,
+            dialback_key=lambda stream_id: self.secret.key(remote, local, stream_id))
+        direct = None
         if target.direct_tls:
             record.tls = connection.tls_version
-            receiver_verified = self._check_receiver(connection, profile, remote)
-        bidi = False
-        authenticated = ""
-        sasl_note = ""
-        while True:
-            connection.write_header(_header(local, remote, None, profile.legacy))
-            opened = await connection.header()
-            stream_id = opened.attrs.get("id", "")
-            if profile.legacy or not _is_1_0(opened.attrs):
-                if profile.required >= Level.ENCRYPTED and connection.ssl_object is None:
-                    raise NegotiationFailed("the peer speaks pre-1.0 XMPP (no stream features, no TLS) "
-                                            "and our policy requires encryption")
-                authenticated = "dialback"
-                break
-            features = _features_of(await connection.element())
-            tls_feature = features.get(TLS_NS)
-            if connection.ssl_object is None and tls_feature is not None and not skip_tls:
-                required = tls_feature.find("required") is not None
-                choice = initiator_starttls(profile, True, required)
-                if choice is not TlsChoice.NO:
-                    connection.write(f"<starttls xmlns='{TLS_NS}'/>".encode())
-                    answer = await connection.element()
-                    if answer.name != "proceed":
-                        raise NegotiationFailed("the peer refused STARTTLS")
-                    await connection.starttls(
-                        self.tls.client(local, presents_certificate(profile)), remote)
-                    # A later failure still shows that TLS was reached (``peerage s2s status``).
-                    record.tls = connection.tls_version
-                    receiver_verified = self._check_receiver(connection, profile, remote)
-                    if choice is TlsChoice.IF_AUTHENTICATED and not receiver_verified.trusted:
-                        raise _FallBackToClear(
-                            "TLS was optional and the receiver's certificate is not trusted ("
-                            + receiver_verified.explain(remote) + "); reconnecting without TLS")
-                    continue
-            if connection.ssl_object is None:
-                if tls_feature is not None and tls_feature.find("required") is not None:
-                    raise NegotiationFailed("the receiver requires TLS")
-                if profile.required >= Level.ENCRYPTED:
-                    raise NegotiationFailed("our policy requires TLS and the receiver offers none")
-            if BIDI_FEATURE_NS in features and self.bidi_enabled and not bidi:
-                connection.write(f"<bidi xmlns='{BIDI_NS}'/>".encode())
-                bidi = True
-            mechanisms = features.get(SASL_NS)
-            external = mechanisms is not None and any(
-                m.text.strip() == "EXTERNAL" for m in mechanisms.find_all("mechanism"))
-            dialback_offered = dialback.DIALBACK_FEATURE_NS in features
-            if connection.ssl_object is not None and initiator_uses_sasl_external(
-                    profile, external, dialback_offered):
-                authzid = base64.b64encode(local.encode()).decode()
-                connection.write(f"<auth xmlns='{SASL_NS}' mechanism='EXTERNAL'>{authzid}</auth>".encode())
-                answer = await connection.element()
-                if answer.name == "success":
-                    connection.restart()
-                    connection.write_header(_header(local, remote, None, False))
-                    await connection.header()
-                    await connection.element()  # the (empty) features after SASL
-                    authenticated = "sasl-external"
-                    break
-                refusal = sasl_failure_text(answer)
-                # A receiver may offer EXTERNAL whenever a certificate was shown, then refuse one it
-                # cannot verify (ejabberd answers <not-authorized/> "self signed certificate"). The
-                # stream is still unauthenticated, so, as Prosody and ejabberd do, fall back to
-                # dialback on it when the receiver offered dialback and our policy allows it.
-                if dialback_offered and profile.required < Level.TRUSTED:
-                    sasl_note = f"SASL EXTERNAL refused ({refusal}), fell back to dialback"
-                    authenticated = "dialback"
-                    break
-                raise NegotiationFailed(f"the receiver refused SASL EXTERNAL: {refusal}")
-            if profile.required >= Level.TRUSTED:
-                raise NegotiationFailed("our policy for this domain requires SASL EXTERNAL, and the "
-                                        "receiver did not offer it (it could not verify our certificate "
-                                        "or its own is not CA-issued)")
-            if not dialback_offered:
-                raise NegotiationFailed("the receiver offers neither SASL EXTERNAL (usable by us) nor "
-                                        "dialback")
-            authenticated = "dialback"
-            break
-        if authenticated == "dialback":
-            key = self.secret.key(remote, local, stream_id)
-            connection.send(dialback.result_request(local, remote, key))
-            while True:
-                element = await connection.element(VERIFY_TIMEOUT + NEGOTIATION_STEP_TIMEOUT)
-                if element.xmlns != dialback.DIALBACK_NS or element.name != "result":
-                    continue
-                try:
-                    message = dialback.parse(element)
-                except dialback.DialbackParseError:
-                    continue
-                if message.from_ != remote or message.to != local:
-                    continue
-                if message.type == "valid":
-                    break
-                if message.type == "error":
-                    raise NegotiationFailed(f"dialback error from the receiver: {message.error}")
-                raise NegotiationFailed("the receiver could not verify our dialback key")
-        encrypted = connection.ssl_object is not None
+            direct = check_certificate(connection.peer_certificate(), remote, self.trust)
+        result = await self._drive(connection, negotiation, negotiation.start(direct), local, remote, record)
+        if isinstance(result, s2s_stream.FallBackToClear):
+            raise _FallBackToClear(result.reason)
+        if not isinstance(result, s2s_stream.Authenticated):
+            raise NegotiationFailed(result.reason if isinstance(result, s2s_stream.Failed) else repr(result))
+        authenticated, encrypted, receiver_verified = result.method, result.encrypted, result.receiver
         level = level_reached(encrypted, authenticated)
         record.tls = connection.tls_version
         record.authentication = authenticated
-        record.bidi = bidi
+        record.bidi = result.bidi
         why = {
             "sasl-external": "TLS with a CA-issued certificate on both sides; SASL EXTERNAL",
             "dialback": ("TLS" + (" (receiver certificate: " + receiver_verified.explain(remote) + ")"
                                   if receiver_verified is not None else "") + ", then dialback")
             if encrypted else "dialback on a clear stream",
         }[authenticated]
-        if sasl_note:
-            why = f"{why} ({sasl_note})"
+        if result.note:
+            why = f"{why} ({result.note})"
         if target.direct_tls:
             why = "Direct TLS (XEP-0368); " + why
         note = self.fallback_notes.pop((local, remote), None)
         if note is not None and not encrypted:
             why = f"{why} ({note.replace('; reconnecting without TLS', '')})"
         self.finish_record(record, level, why, open_=True)
-        return OutboundStream(self, connection, local, remote, record, bidi,
-                              stream_id if authenticated == "dialback" else "")
+        return OutboundStream(self, connection, local, remote, record, result.bidi, result.stream_id)
 
-    def _check_receiver(self, connection: XmlConnection, profile: ServerProfile, remote: str
-                        ) -> CertificateCheck:
-        check = check_certificate(connection.peer_certificate(), remote, self.trust)
-        if not accepts_receiver_certificate(profile, check.trusted):
-            raise NegotiationFailed("our policy for this domain requires a trusted certificate: "
-                                    + check.explain(remote))
-        return check
+    async def _drive(self, connection: XmlConnection, negotiation: s2s_stream.Initiator,
+                     actions: list[s2s_stream.Action], local: str, remote: str,
+                     record: ConnectionRecord | None) -> s2s_stream.Result:
+        """The I/O of an initiating negotiation: actions out, the receiver's header, elements and
+        TLS handshake in, each read bounded (a dialback answer gets the receiver's verification
+        time on top)."""
+        expect = s2s_stream.Expect
+        while True:
+            for action in actions:
+                if isinstance(action, s2s_stream.Send):
+                    connection.write(action.data)
+                elif isinstance(action, s2s_stream.SendHeader):
+                    connection.write_header(action.data)
+                elif isinstance(action, s2s_stream.Restart):
+                    connection.restart()
+                elif isinstance(action, s2s_stream.StartTls):
+                    await connection.starttls(self.tls.client(local, action.present_certificate), remote)
+                    if record is not None:
+                        # A later failure still shows that TLS was reached (``peerage s2s status``).
+                        record.tls = connection.tls_version
+            if negotiation.result is not None:
+                return negotiation.result
+            wanted = negotiation.expects
+            if wanted is expect.HEADER:
+                actions = negotiation.opened((await connection.header()).attrs)
+            elif wanted is expect.TLS:
+                actions = negotiation.tls_established(
+                    check_certificate(connection.peer_certificate(), remote, self.trust))
+            else:
+                timeout = NEGOTIATION_STEP_TIMEOUT
+                if negotiation.awaits_dialback and negotiation.verify is None:
+                    timeout += VERIFY_TIMEOUT
+                actions = negotiation.element(await connection.element(timeout))
 
     async def verify_with_authoritative(self, local: str, remote: str, stream_id: str, key: str
                                         ) -> bool | DialbackError:
@@ -1579,34 +1489,15 @@ class S2SService:
                       profile: ServerProfile) -> bool:
         present = presents_certificate(profile)
         connection, _ = await self._open(remote, local, not profile.legacy, present)
+        negotiation = s2s_stream.Initiator(profile, local, remote, present_certificate=present,
+                                           verify=(stream_id, key))
         try:
-            while True:
-                connection.write_header(_header(local, remote, None, profile.legacy))
-                opened = await connection.header()
-                if profile.legacy or not _is_1_0(opened.attrs):
-                    break
-                features = _features_of(await connection.element())
-                tls_feature = features.get(TLS_NS)
-                if (connection.ssl_object is None and tls_feature is not None
-                        and tls_feature.find("required") is not None):
-                    connection.write(f"<starttls xmlns='{TLS_NS}'/>".encode())
-                    answer = await connection.element()
-                    if answer.name != "proceed":
-                        raise StreamError("policy-violation", "STARTTLS refused")
-                    await connection.starttls(self.tls.client(local, present), remote)
-                    continue
-                break
-            connection.send(dialback.verify_request(local, remote, stream_id, key))
-            while True:
-                element = await connection.element()
-                if element.xmlns != dialback.DIALBACK_NS or element.name != "verify":
-                    continue
-                message = dialback.parse(element)
-                if message.stream_id != stream_id:
-                    continue
-                return message.type == "valid"
+            result = await self._drive(connection, negotiation, negotiation.start(), local, remote, None)
         finally:
             connection.close(graceful=True)
+        if isinstance(result, s2s_stream.Verified):
+            return result.valid
+        raise StreamError("policy-violation", result.reason if isinstance(result, s2s_stream.Failed) else "")
 
     # --- records and status -----------------------------------------------------------------------
     def new_record(self, direction: str, local: str, remote: str, connection: XmlConnection

@@ -36,12 +36,11 @@ from peerage.xmpp.s2s import (
     S2SService,
     StreamError,
     XmlConnection,
-    _features_of,
-    _header,
-    _is_1_0,
     open_xml_connection,
-    sasl_failure_text,
 )
+from peerage.xmpp.s2s_stream import header as _header
+from peerage.xmpp.s2s_stream import is_1_0 as _is_1_0
+from peerage.xmpp.s2s_stream import sasl_failure_text
 from peerage.xmpp.x509 import check_certificate
 
 #: Seconds for one TCP connect during a check (the same bound the server uses).
@@ -259,6 +258,10 @@ async def _negotiate(service: S2SService, connection: XmlConnection, profile: An
         say(f"FAIL  {remote} says our key is invalid: is `peerage serve` running for {local} with the "
             "same data folder (dialback secret) as this command?")
     return Level.UNSUCCESSFUL
+
+
+def _features_of(element: Any) -> dict[str, Any]:
+    return {child.xmlns: child for child in element.elements()}
 
 
 def _feature_names(features: dict[str, Any]) -> list[str]:
