@@ -45,40 +45,50 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 from bench.machine import describe as machine  # noqa: E402
+from bench.xmpp_common import (  # noqa: E402
+    CLIENT_CPU,
+    DOMAIN,
+    ITERATIONS,
+    PASSWORD,
+    PORT,
+    PROSODY_MODULES,
+    SALT,
+    SERVER_CPU,
+    STEP_TIMEOUT,
+    LoadWindow,
+    PairCheck,
+    ProsodyAnchor,
+    Server,
+    check_figures,
+    latency_figures,
+    usernames,
+    wait_port,
+    whole_stanzas,
+)
 
-DOMAIN = "bench.test"
-PASSWORD = "bench password 1"
-ITERATIONS = 10000
-SALT = b"peeragebenchsalt"  # ASCII, so it can be written into Prosody's Lua account files as is
 PEERAGE_ADDRESS = "127.0.1.200"
 PROSODY_ADDRESS = "127.0.1.201"
 BASELINE_ADDRESS = "127.0.1.202"
 EJABBERD_ADDRESS = "127.0.1.203"
 EJABBERD_API_PORT = 5280
 ERL_LIBS = "/usr/lib/x86_64-linux-gnu"
-PORT = 5222
-SERVER_CPU = 0
-CLIENT_CPU = 1
 #: Resources per account for the idle-connection test (peerage allows 32 per account).
 RESOURCES_PER_USER = 25
 #: Upper bounds that keep every loop finite.
 MAX_MESSAGES = 5_000_000
 IDLE_SETTLE_SECONDS = 15.0
-READY_TIMEOUT = 120.0  # a loaded machine starts servers slowly
-STEP_TIMEOUT = 60.0  # generous: the benchmark machine may be shared
 
 HEADER = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
           f" to='{DOMAIN}' version='1.0'>").encode()
 #: One whole chat message of the load tool: sender, then the pair's sequence number and send time.
 MESSAGE_RE = re.compile(rb"<message\b[^>]*?\bfrom=['\"]([^'\"]+)['\"][^>]*>.*?<body>(\d+) (\d+)</body>.*?</message>", re.S)
-PROSODY_MODULES = ("disco", "roster", "saslauth", "tls", "blocklist", "carbons", "private", "smacks",
-                   "vcard_legacy", "pep", "csi_simple", "ping", "version", "offline")
 EJABBERD_MODULES = ("mod_roster", "mod_disco", "mod_ping", "mod_version", "mod_carboncopy", "mod_blocking",
                     "mod_privacy", "mod_private", "mod_vcard", "mod_stream_mgmt", "mod_client_state",
                     "mod_offline", "mod_caps", "mod_pubsub")
@@ -89,76 +99,6 @@ EJABBERD_OPTIONS = {"mod_pubsub": '{plugins: ["flat", "pep"]}'}
 # ------------------------------------------------------------------------------------------------
 # Servers
 # ------------------------------------------------------------------------------------------------
-
-def scram_keys(hash_name: str) -> tuple[bytes, bytes]:
-    algorithm = {"SHA-1": "sha1", "SHA-256": "sha256"}[hash_name]
-    salted = hashlib.pbkdf2_hmac(algorithm, PASSWORD.encode(), SALT, ITERATIONS)
-    client_key = hmac.digest(salted, b"Client Key", algorithm)
-    return hashlib.new(algorithm, client_key).digest(), hmac.digest(salted, b"Server Key", algorithm)
-
-
-def usernames(count: int) -> list[str]:
-    return [f"u{index}" for index in range(count)]
-
-
-class Server:
-    name = ""
-    address = ""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def rss_kib(self) -> int:
-        total = 0
-        for pid in [self.pid, *child_pids(self.pid)]:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        return total
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
-
-
-def child_pids(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def wait_port(address: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    import socket
-
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection((address, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not listen on {address}:{port}:\n{log.read_text()[-3000:]}")
-
 
 class PeerageBench(Server):
     name = "peerage"
@@ -223,53 +163,8 @@ key = "{key}"
         wait_port(self.address, PORT, self.process, log)
 
 
-class ProsodyBench(Server):
-    name = "prosody"
+class ProsodyBench(ProsodyAnchor):
     address = PROSODY_ADDRESS
-
-    def setup(self, users: list[str], cert: Path, key: Path) -> None:
-        data = self.workdir / "data"
-        accounts = data / DOMAIN.replace(".", "%2e") / "accounts"
-        accounts.mkdir(parents=True)
-        stored, server = scram_keys("SHA-256")
-        entry = (f'return {{\n\t["iteration_count"] = {ITERATIONS};\n\t["salt"] = "{SALT.decode()}";\n'
-                 f'\t["stored_key"] = "{stored.hex()}";\n\t["server_key"] = "{server.hex()}";\n}};\n')
-        for user in users:
-            (accounts / f"{user}.dat").write_text(entry)
-        self.config = self.workdir / "prosody.cfg.lua"
-        self.config.write_text(f"""
-run_as_root = true
-daemonize = false
-pidfile = "{self.workdir / 'prosody.pid'}"
-data_path = "{data}"
-plugin_paths = {{}}
-interfaces = {{ "{self.address}" }}
-c2s_ports = {{ {PORT} }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ }}
-network_backend = "epoll"
--- Prosody's server_epoll keeps Nagle on by default; small stanzas then wait for delayed ACKs
--- (40 ms). peerage (asyncio) sets TCP_NODELAY, so Prosody gets the same.
-network_settings = {{ nagle = false }}
-log = {{ warn = "{self.workdir / 'prosody.log'}" }}
-authentication = "internal_hashed"
-password_hash = "SHA-256"
-storage = "internal"
-c2s_require_encryption = true
-allow_registration = false
-modules_enabled = {{ {"; ".join(f'"{m}"' for m in PROSODY_MODULES)}; }}
-modules_disabled = {{ "s2s"; "s2s_auth_certs"; "dialback" }}
-ssl = {{ certificate = "{cert}"; key = "{key}" }}
-VirtualHost "{DOMAIN}"
-""")
-
-    def start(self) -> None:
-        log = self.workdir / "server.log"
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                ["taskset", "-c", str(SERVER_CPU), "prosody", "--config", str(self.config), "-F"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
-        wait_port(self.address, PORT, self.process, log)
 
 
 class EjabberdBench(Server):
@@ -487,40 +382,6 @@ async def measure_logins(address: str, users: list[str], total: int, concurrency
     return total / (time.perf_counter() - started)
 
 
-class PairCheck:
-    """What one receiver saw of its sender's sequence: delivered, lost, duplicated, reordered."""
-
-    __slots__ = ("counted", "delivered", "duplicates", "missing", "next", "reordered", "wrong_sender")
-
-    def __init__(self) -> None:
-        self.next = 1
-        self.missing: set[int] = set()  # skipped numbers that may still arrive late
-        self.counted = 0
-        self.duplicates = 0
-        self.reordered = 0
-        self.wrong_sender = 0
-        self.delivered = 0
-
-    def saw(self, number: int) -> bool:
-        """Record ``number``; True if it is a new message (not a duplicate)."""
-        if number == self.next:
-            self.next += 1
-            self.delivered += 1
-            return True
-        if number > self.next:
-            self.missing.update(range(self.next, number))
-            self.next = number + 1
-            self.delivered += 1
-            return True
-        if number in self.missing:
-            self.missing.discard(number)
-            self.reordered += 1
-            self.delivered += 1
-            return True
-        self.duplicates += 1
-        return False
-
-
 async def measure_messages(server: Server, users: list[str], pairs: int, window: int, warmup: float,
                            seconds: float) -> dict[str, float]:
     address = server.address
@@ -533,11 +394,7 @@ async def measure_messages(server: Server, users: list[str], pairs: int, window:
         senders.append(sender)
         receivers.append(receiver)
     await asyncio.sleep(0.5)
-    latencies: list[int] = []
-    counting = False
-    received = 0
-    stop = False
-    replying = True
+    window_ = LoadWindow()
     sequences = [0] * pairs
     checks = [PairCheck() for _ in range(pairs)]
 
@@ -549,76 +406,58 @@ async def measure_messages(server: Server, users: list[str], pairs: int, window:
         writer.write((f"<message to='{receivers[index].jid}' type='chat' id='m{sequences[index]}'><body>"
                       f"{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
 
-    async def receive(index: int) -> None:
-        nonlocal received
-        receiver = receivers[index]
-        sender_jid = senders[index].jid.encode()
-        check = checks[index]
-        assert receiver.reader is not None
-        pending = receiver.buffer
-        while not stop:
-            chunk = await receiver.reader.read(262144)
-            if not chunk:
-                raise ConnectionError("receiver connection closed")
-            pending += chunk
-            now = time.perf_counter_ns()
-            # Only whole stanzas count: a message split across reads is seen once, when complete.
-            cut = pending.rfind(b"</message>")
-            if cut < 0:
-                continue
-            complete, pending = pending[:cut + 10], pending[cut + 10:]
-            replies = 0
-            for sender, number, sent in MESSAGE_RE.findall(complete):
-                if sender != sender_jid and not sender.startswith(sender_jid.split(b"/")[0] + b"/"):
-                    check.wrong_sender += 1
-                    continue
-                if not check.saw(int(number)):
-                    continue
-                replies += 1
-                if counting:
-                    received += 1
-                    check.counted += 1
-                    latencies.append(now - int(sent))
-            if replying and received < MAX_MESSAGES:
-                for _ in range(replies):
-                    send_one(index)
+    def receiver_loop(index: int) -> Callable[[], Awaitable[None]]:
+        async def receive() -> None:
+            receiver = receivers[index]
+            sender_jid = senders[index].jid.encode()
+            check = checks[index]
+            assert receiver.reader is not None
+            pending = receiver.buffer
+            while not window_.stop:
+                chunk = await receiver.reader.read(262144)
+                if not chunk:
+                    raise ConnectionError("receiver connection closed")
+                now = time.perf_counter_ns()
+                complete, pending = whole_stanzas(pending + chunk)
+                replies = 0
+                for sender, number, sent in MESSAGE_RE.findall(complete):
+                    if sender != sender_jid and not sender.startswith(sender_jid.split(b"/")[0] + b"/"):
+                        check.wrong_sender += 1
+                        continue
+                    if not check.saw(int(number)):
+                        continue
+                    replies += 1
+                    if window_.counting:
+                        check.counted += 1
+                        window_.count(now, int(sent))
+                if window_.replying and window_.counted < MAX_MESSAGES:
+                    for _ in range(replies):
+                        send_one(index)
+        return receive
 
-    tasks = [asyncio.ensure_future(receive(i)) for i in range(pairs)]
-    for index in range(pairs):
-        for _ in range(window):
-            send_one(index)
-    await asyncio.sleep(warmup)
-    cpu_before = server.cpu_seconds()
-    counting = True
-    begin = time.perf_counter()
-    await asyncio.sleep(seconds)
-    counting = False
-    elapsed = time.perf_counter() - begin
-    cpu_share = (server.cpu_seconds() - cpu_before) / elapsed
-    # Stop the loop and let what is in flight arrive: whatever was sent and never came is lost.
-    replying = False
-    await asyncio.sleep(2.0)
-    stop = True
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    def prime() -> None:
+        for index in range(pairs):
+            for _ in range(window):
+                send_one(index)
+
+    elapsed, cpu_share = await window_.run(
+        server, [receiver_loop(i) for i in range(pairs)], prime, warmup, seconds,
+        lambda: all(c.delivered >= n for c, n in zip(checks, sequences, strict=True)), 2.0)
     for conn in senders + receivers:
         conn.close()
+    received = window_.counted
     lost = sum(sent - check.delivered for sent, check in zip(sequences, checks, strict=True))
-    latencies.sort()
-    return {
+    figures = {
         "msgs_per_s": received / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] / 1e6 if latencies else float("nan"),
-        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1e6 if latencies else float("nan"),
+        **latency_figures(window_.latencies),
         "server_cpu_share": cpu_share,
         # Messages per second of server CPU time: what one fully used core would carry when the
         # load tool, not the server, is the limit.
         "msgs_per_cpu_s": received / elapsed / cpu_share if cpu_share > 0 else float("nan"),
         "lost": float(lost),
-        "duplicates": float(sum(c.duplicates for c in checks)),
-        "reordered": float(sum(c.reordered for c in checks)),
-        "wrong_sender": float(sum(c.wrong_sender for c in checks)),
     }
+    figures.update(check_figures(checks))
+    return figures
 
 
 async def open_idle(address: str, users: list[str], count: int, concurrency: int = 20) -> list[Conn]:

@@ -34,12 +34,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 from bench.machine import describe as machine  # noqa: E402
+from bench.xmpp_common import LoadWindow, PairCheck, latency_figures, whole_stanzas  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_xmpp_c2s", ROOT / "bench" / "xmpp_c2s" / "run.py")
 assert _spec is not None and _spec.loader is not None
@@ -76,14 +78,12 @@ archive_by_default = false
 class ProsodyMuc(c2s.ProsodyBench):
     address = PROSODY_ADDRESS
 
-    def setup(self, users: list[str], cert: Path, key: Path) -> None:
-        super().setup(users, cert, key)
-        with open(self.config, "a") as config:
-            config.write(f"""
+    def extra_config(self) -> str:
+        return f"""
 Component "{SERVICE}" "muc"
     restrict_room_creation = false
     muc_room_locking = false
-""")
+"""
 
 
 async def measure_room(server: c2s.Server, users: list[str], occupants: int, senders: int, window: int,
@@ -110,13 +110,9 @@ async def measure_room(server: c2s.Server, users: list[str], occupants: int, sen
     await asyncio.sleep(1.0)
     for conn in conns:
         conn.buffer = b""  # presence floods of the joins are not part of the count
-    latencies: list[int] = []
-    counting = False
-    delivered = 0
-    stop = False
-    sending = True
+    window_ = LoadWindow()
     sequences = [0] * senders
-    checks = [[c2s.PairCheck() for _ in range(senders)] for _ in range(occupants)]
+    checks = [[PairCheck() for _ in range(senders)] for _ in range(occupants)]
 
     def send_one(index: int) -> None:
         sequences[index] += 1
@@ -125,70 +121,53 @@ async def measure_room(server: c2s.Server, users: list[str], occupants: int, sen
         writer.write((f"<message to='{ROOM}' type='groupchat' id='m{sequences[index]}'><body>"
                       f"{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
 
-    async def receive(index: int) -> None:
-        nonlocal delivered
-        conn = conns[index]
-        mine = checks[index]
-        assert conn.reader is not None
-        pending = conn.buffer
-        while not stop:
-            chunk = await conn.reader.read(262144)
-            if not chunk:
-                raise ConnectionError("occupant connection closed")
-            pending += chunk
-            now = time.perf_counter_ns()
-            cut = pending.rfind(b"</message>")
-            if cut < 0:
-                continue
-            complete, pending = pending[:cut + 10], pending[cut + 10:]
-            reflected = 0
-            for nick, number, sent in GROUPCHAT_RE.findall(complete):
-                sender = int(nick)
-                if sender >= senders:
-                    continue
-                if not mine[sender].saw(int(number)):
-                    continue
-                if sender == index:
-                    reflected += 1
-                if counting:
-                    delivered += 1
-                    mine[sender].counted += 1
-                    latencies.append(now - int(sent))
-            if sending and index < senders:
-                for _ in range(reflected):
-                    send_one(index)
+    def receiver_loop(index: int) -> Callable[[], Awaitable[None]]:
+        async def receive() -> None:
+            conn = conns[index]
+            mine = checks[index]
+            assert conn.reader is not None
+            pending = conn.buffer
+            while not window_.stop:
+                chunk = await conn.reader.read(262144)
+                if not chunk:
+                    raise ConnectionError("occupant connection closed")
+                now = time.perf_counter_ns()
+                complete, pending = whole_stanzas(pending + chunk)
+                reflected = 0
+                for nick, number, sent in GROUPCHAT_RE.findall(complete):
+                    sender = int(nick)
+                    if sender >= senders:
+                        continue
+                    if not mine[sender].saw(int(number)):
+                        continue
+                    if sender == index:
+                        reflected += 1
+                    if window_.counting:
+                        mine[sender].counted += 1
+                        window_.count(now, int(sent))
+                if window_.replying and index < senders:
+                    for _ in range(reflected):
+                        send_one(index)
+        return receive
 
-    tasks = [asyncio.ensure_future(receive(i)) for i in range(occupants)]
-    for index in range(senders):
-        for _ in range(window):
-            send_one(index)
-    await asyncio.sleep(warmup)
-    cpu_before = server.cpu_seconds()
-    counting = True
-    begin = time.perf_counter()
-    await asyncio.sleep(seconds)
-    counting = False
-    elapsed = time.perf_counter() - begin
-    cpu_share = (server.cpu_seconds() - cpu_before) / elapsed
-    sending = False
+    def prime() -> None:
+        for index in range(senders):
+            for _ in range(window):
+                send_one(index)
+
     # Let what is in flight arrive (bounded): whatever was sent and never came is lost.
-    deadline = time.monotonic() + 15.0
-    while time.monotonic() < deadline and any(
-            checks[o][s].delivered < sequences[s] for o in range(occupants) for s in range(senders)):
-        await asyncio.sleep(0.2)
-    stop = True
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    elapsed, cpu_share = await window_.run(
+        server, [receiver_loop(i) for i in range(occupants)], prime, warmup, seconds,
+        lambda: all(checks[o][s].delivered >= sequences[s] for o in range(occupants) for s in range(senders)),
+        15.0)
     for conn in conns:
         conn.close()
+    delivered = window_.counted
     lost = sum(sequences[s] - checks[o][s].delivered for o in range(occupants) for s in range(senders))
-    latencies.sort()
     return {
         "deliveries_per_s": delivered / elapsed,
         "messages_per_s": delivered / elapsed / occupants,
-        "p50_ms": latencies[len(latencies) // 2] / 1e6 if latencies else float("nan"),
-        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1e6 if latencies else float("nan"),
+        **latency_figures(window_.latencies),
         "server_cpu_share": cpu_share,
         "deliveries_per_cpu_s": delivered / elapsed / cpu_share if cpu_share > 0 else float("nan"),
         "lost": float(lost),

@@ -44,23 +44,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 from bench.machine import describe as machine  # noqa: E402
-from bench.xmpp_c2s.run import (  # noqa: E402
+from bench.xmpp_c2s.run import CREATE_ACCOUNTS, MESSAGE_RE, Conn, client_context  # noqa: E402
+from bench.xmpp_common import (  # noqa: E402
     CLIENT_CPU,
-    CREATE_ACCOUNTS,
     DOMAIN,
-    ITERATIONS,
-    MESSAGE_RE,
     PASSWORD,
-    PROSODY_MODULES,
-    SALT,
     SERVER_CPU,
-    Conn,
+    LoadWindow,
     PairCheck,
+    ProsodyAnchor,
     Server,
-    client_context,
-    scram_keys,
+    check_figures,
+    latency_figures,
     usernames,
     wait_port,
+    whole_stanzas,
 )
 
 PEERAGE_ADDRESS = "127.0.13.200"
@@ -134,59 +132,12 @@ key = "{key}"
         wait_port(self.address, HTTPS_PORT, self.process, log)
 
 
-class ProsodyWs(Server):
-    name = "prosody"
+class ProsodyWs(ProsodyAnchor):
+    """Prosody with mod_websocket on its HTTPS port (``xmpp_common.ProsodyAnchor``)."""
+
     address = PROSODY_ADDRESS
-
-    def setup(self, users: list[str], cert: Path, key: Path) -> None:
-        data = self.workdir / "data"
-        accounts = data / DOMAIN.replace(".", "%2e") / "accounts"
-        accounts.mkdir(parents=True)
-        stored, server = scram_keys("SHA-256")
-        entry = (f'return {{\n\t["iteration_count"] = {ITERATIONS};\n\t["salt"] = "{SALT.decode()}";\n'
-                 f'\t["stored_key"] = "{stored.hex()}";\n\t["server_key"] = "{server.hex()}";\n}};\n')
-        for user in users:
-            (accounts / f"{user}.dat").write_text(entry)
-        modules = (*PROSODY_MODULES, "websocket")
-        self.config = self.workdir / "prosody.cfg.lua"
-        self.config.write_text(f"""
-run_as_root = true
-daemonize = false
-pidfile = "{self.workdir / 'prosody.pid'}"
-data_path = "{data}"
-plugin_paths = {{}}
-interfaces = {{ "{self.address}" }}
-c2s_ports = {{ {C2S_PORT} }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ }}
-http_ports = {{ }}
-https_ports = {{ {HTTPS_PORT} }}
-https_interfaces = {{ "{self.address}" }}
-https_ssl = {{ certificate = "{cert}"; key = "{key}" }}
-http_default_host = "{DOMAIN}"
-consider_websocket_secure = true
-network_backend = "epoll"
-network_settings = {{ nagle = false }}
-log = {{ warn = "{self.workdir / 'prosody.log'}" }}
-authentication = "internal_hashed"
-password_hash = "SHA-256"
-storage = "internal"
-c2s_require_encryption = true
-allow_registration = false
-modules_enabled = {{ {"; ".join(f'"{m}"' for m in modules)}; }}
-modules_disabled = {{ "s2s"; "s2s_auth_certs"; "dialback" }}
-ssl = {{ certificate = "{cert}"; key = "{key}" }}
-VirtualHost "{DOMAIN}"
-""")
-
-    def start(self) -> None:
-        log = self.workdir / "server.log"
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                ["taskset", "-c", str(SERVER_CPU), "prosody", "--config", str(self.config), "-F"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
-        wait_port(self.address, C2S_PORT, self.process, log)
-        wait_port(self.address, HTTPS_PORT, self.process, log)
+    extra_modules = ("websocket",)
+    https_port = HTTPS_PORT
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,11 +296,10 @@ class TcpConn(Conn):
             chunk = await self.reader.read(262144)
             if not chunk:
                 raise ConnectionError("connection closed")
-            pending += chunk
-            cut = pending.rfind(b"</message>")  # only whole stanzas count
-            if cut >= 0:
-                self.buffer = pending[cut + 10:]
-                return [pending[:cut + 10]]
+            complete, pending = whole_stanzas(pending + chunk)  # only whole stanzas count
+            if complete:
+                self.buffer = pending
+                return [complete]
 
 
 async def measure(server: Server, transport: str, users: list[str], pairs: int, window: int, warmup: float,
@@ -365,11 +315,7 @@ async def measure(server: Server, transport: str, users: list[str], pairs: int, 
         senders.append(sender)
         receivers.append(receiver)
     await asyncio.sleep(0.5)
-    latencies: list[int] = []
-    counting = False
-    received = 0
-    stop = False
-    replying = True
+    window_ = LoadWindow()
     sequences = [0] * pairs
     checks = [PairCheck() for _ in range(pairs)]
     namespace = " xmlns='jabber:client'" if transport == "ws" else ""
@@ -379,66 +325,53 @@ async def measure(server: Server, transport: str, users: list[str], pairs: int, 
         senders[index].send((f"<message{namespace} to='{receivers[index].jid}' type='chat' id='m{sequences[index]}'>"
                              f"<body>{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
 
-    async def receive(index: int) -> None:
-        nonlocal received
-        receiver = receivers[index]
-        sender_bare = senders[index].jid.split("/")[0].encode()
-        check = checks[index]
-        while not stop:
-            payloads = await receiver.frames()
-            now = time.perf_counter_ns()
-            replies = 0
-            for payload in payloads:
-                for sender, number, sent in MESSAGE_RE.findall(payload):
-                    if sender.split(b"/")[0] != sender_bare:
-                        check.wrong_sender += 1
-                        continue
-                    if not check.saw(int(number)):
-                        continue
-                    replies += 1
-                    if counting:
-                        received += 1
-                        check.counted += 1
-                        latencies.append(now - int(sent))
-            if replying and received < MAX_MESSAGES:
-                for _ in range(replies):
-                    send_one(index)
+    def receiver_loop(index: int) -> Any:
+        async def receive() -> None:
+            receiver = receivers[index]
+            sender_bare = senders[index].jid.split("/")[0].encode()
+            check = checks[index]
+            while not window_.stop:
+                payloads = await receiver.frames()
+                now = time.perf_counter_ns()
+                replies = 0
+                for payload in payloads:
+                    for sender, number, sent in MESSAGE_RE.findall(payload):
+                        if sender.split(b"/")[0] != sender_bare:
+                            check.wrong_sender += 1
+                            continue
+                        if not check.saw(int(number)):
+                            continue
+                        replies += 1
+                        if window_.counting:
+                            check.counted += 1
+                            window_.count(now, int(sent))
+                if window_.replying and window_.counted < MAX_MESSAGES:
+                    for _ in range(replies):
+                        send_one(index)
+        return receive
 
-    tasks = [asyncio.ensure_future(receive(i)) for i in range(pairs)]
-    for index in range(pairs):
-        for _ in range(window):
-            send_one(index)
-    await asyncio.sleep(warmup)
-    cpu_before = server.cpu_seconds()
-    counting = True
-    begin = time.perf_counter()
-    await asyncio.sleep(seconds)
-    counting = False
-    elapsed = time.perf_counter() - begin
-    cpu_share = (server.cpu_seconds() - cpu_before) / elapsed
-    replying = False
-    await asyncio.sleep(2.0)  # what is in flight arrives; whatever was sent and never came is lost
-    stop = True
-    for task in tasks:
-        task.cancel()
-    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    failures = [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, asyncio.CancelledError)]
+    def prime() -> None:
+        for index in range(pairs):
+            for _ in range(window):
+                send_one(index)
+
+    elapsed, cpu_share = await window_.run(
+        server, [receiver_loop(i) for i in range(pairs)], prime, warmup, seconds,
+        lambda: all(c.delivered >= n for c, n in zip(checks, sequences, strict=True)), 2.0)
     for conn in senders + receivers:
         conn.close()
+    received = window_.counted
     lost = sum(sent - check.delivered for sent, check in zip(sequences, checks, strict=True))
-    latencies.sort()
-    return {
+    figures = {
         "msgs_per_s": received / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] / 1e6 if latencies else float("nan"),
-        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1e6 if latencies else float("nan"),
+        **latency_figures(window_.latencies),
         "server_cpu_share": cpu_share,
         "msgs_per_cpu_s": received / elapsed / cpu_share if cpu_share > 0 else float("nan"),
         "lost": float(lost),
-        "duplicates": float(sum(c.duplicates for c in checks)),
-        "reordered": float(sum(c.reordered for c in checks)),
-        "wrong_sender": float(sum(c.wrong_sender for c in checks)),
-        "receiver_errors": float(len(failures)),
     }
+    figures.update(check_figures(checks))
+    figures["receiver_errors"] = float(len(window_.errors))
+    return figures
 
 
 def main() -> None:
