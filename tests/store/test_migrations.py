@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from peerage.identity.accounts import AccountService
 from peerage.store import SchemaError, Store, head_revision
 from peerage.store.migrations import alembic_config
-from peerage.store.schema import load_all_tables
+from peerage.store.schema import include_name, load_all_tables
 
 DATA = Path(__file__).parent / "data"
 
@@ -45,7 +45,8 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 
 def _differences(sync_conn) -> list:  # type: ignore[no-untyped-def]
-    return list(compare_metadata(MigrationContext.configure(sync_conn), load_all_tables()))
+    return list(compare_metadata(MigrationContext.configure(sync_conn, opts={"include_name": include_name}),
+                                 load_all_tables()))
 
 
 def test_one_linear_chain() -> None:

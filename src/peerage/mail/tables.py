@@ -119,6 +119,8 @@ mail_messages = Table(
     UniqueConstraint("mailbox_id", "uid", name="uq_mail_messages_mailbox_uid"),
 )
 Index("ix_mail_messages_mailbox_modseq", mail_messages.c.mailbox_id, mail_messages.c.modseq)
+# Finding the other copies of a message (is this expunge its last copy? IMAP SEARCH EMAILID).
+Index("ix_mail_messages_email_id", mail_messages.c.email_id)
 
 # Bodies below INLINE_BODY_LIMIT, by name. A table of their own keeps message rows small: SELECT,
 # STORE and FETCH of headers walk thousands of message rows, and with the body inline each would fill

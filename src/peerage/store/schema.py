@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -82,6 +83,16 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.mail.sieve.tables",
     "peerage.social.tables",
 )
+
+
+# Tables a migration makes outside the metadata because each engine needs its own kind (an SQLite FTS5
+# virtual table and its shadow tables, a PostgreSQL tsvector table): schema comparisons skip them.
+UNDECLARED_TABLE_PREFIXES = ("mail_fts",)
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic's ``include_name`` hook: False for the tables of UNDECLARED_TABLE_PREFIXES."""
+    return not (type_ == "table" and name is not None and name.startswith(UNDECLARED_TABLE_PREFIXES))
 
 
 def load_all_tables() -> MetaData:

@@ -272,6 +272,8 @@ class AccountIndex:
         # Lower-cased body text per email id for body/text search (ids are immutable), bounded.
         self.texts: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self._text_chars = 0
+        # Email ids known to have an entry in the persistent full-text index.
+        self.searchable: set[str] = set()
 
     def remember_text(self, email: str, entry: tuple[str, bool]) -> None:
         self.texts[email] = entry

@@ -718,12 +718,43 @@ class MailAccount:
 
     # --- Email/query -------------------------------------------------------------------------------
 
-    def _condition_needs_body(self, condition: Any) -> bool:
+    def _condition_values(self, condition: Any, keys: tuple[str, ...]) -> list[str]:
+        """The values the conditions ``keys`` are given anywhere in a filter."""
         if not isinstance(condition, dict):
-            return False
+            return []
         if "operator" in condition:
-            return any(self._condition_needs_body(c) for c in condition.get("conditions") or [])
-        return any(k in condition for k in ("text", "body", "hasAttachment"))
+            return [v for c in condition.get("conditions") or [] for v in self._condition_values(c, keys)]
+        return [str(condition[k]) for k in keys if k in condition]
+
+    async def _search_words(self, condition: Any) -> dict[str, set[str]] | None:
+        """For each ``text``/``body`` value of a filter, the Emails whose body has its words, from the
+        persistent full-text index; None when the store has no index (bodies are then scanned)."""
+        values = set(self._condition_values(condition, ("text", "body")))
+        if not values or not await self.store.search.ready():
+            return None
+        await self._catch_up_search()
+        return {value: await self.store.search.match(self.owner, value) or set() for value in values}
+
+    async def _catch_up_search(self) -> None:
+        """Index the account's messages that have no entry yet (stored before the index existed, or by
+        a path without the extractor) before the first search relies on it."""
+        known = self.index.searchable
+        unknown = [email for email in self.index.by_id if email not in known]
+        if not unknown:
+            return
+        known.update(await self.store.search.indexed_among(unknown))
+        missing = [self.index.by_id[email] for email in unknown if email not in known]
+        for start in range(0, len(missing), 200):
+            batch = missing[start:start + 200]
+            raws = await self._parsed(batch)
+            entries = []
+            for s in batch:
+                try:
+                    entries.append((s.id, self.owner, mime.searchable_text(raws[s.id])))
+                except Exception:  # a body that defeats the parser is indexed as empty
+                    entries.append((s.id, self.owner, ""))
+            await self.store.search.insert(entries)
+            known.update(s.id for s in batch)
 
     def _check_filter(self, condition: Any, depth: int = 0) -> None:
         if condition is None:
@@ -746,9 +777,10 @@ class MailAccount:
             if key in condition and self.index.mailbox_by_jmap_id(condition[key]) is None:
                 condition["_nobox"] = True
 
-    def _matches(self, s: Summary, c: dict[str, Any], texts: dict[str, tuple[str, bool]]) -> bool:
+    def _matches(self, s: Summary, c: dict[str, Any], texts: dict[str, tuple[str, bool]],
+                 words: dict[str, set[str]] | None = None) -> bool:
         if "operator" in c:
-            results = (self._matches(s, sub, texts) for sub in c["conditions"])
+            results = (self._matches(s, sub, texts, words) for sub in c["conditions"])
             if c["operator"] == "AND":
                 return all(results)
             if c["operator"] == "OR":
@@ -802,13 +834,13 @@ class MailAccount:
                 if str(value).lower() not in s.subject.lower():
                     return False
             elif key == "body":
-                if str(value).lower() not in texts.get(s.id, ("", False))[0]:
+                if not self._body_has(s, str(value), texts, words):
                     return False
             elif key == "text":
                 needle = str(value).lower()
                 if not (needle in s.subject.lower()
                         or any(_address_match(getattr(s, f), needle) for f in ("from_", "to", "cc", "bcc"))
-                        or needle in texts.get(s.id, ("", False))[0]):
+                        or self._body_has(s, str(value), texts, words)):
                     return False
             elif key == "header":
                 if not isinstance(value, list) or not value or len(value) > 2:
@@ -820,6 +852,13 @@ class MailAccount:
                 if not lines or (len(value) == 2 and not any(str(value[1]).lower() in ln.lower() for ln in lines)):
                     return False
         return True
+
+    @staticmethod
+    def _body_has(s: Summary, value: str, texts: dict[str, tuple[str, bool]],
+                  words: dict[str, set[str]] | None) -> bool:
+        if words is not None:
+            return s.id in words.get(value, ())
+        return value.lower() in texts.get(s.id, ("", False))[0]
 
     async def _body_texts(self, summaries: list[Summary]) -> dict[str, tuple[str, bool]]:
         """Lower-cased body text and hasAttachment per email, for body and text filters. A message
@@ -905,9 +944,11 @@ class MailAccount:
             box = self.index.mailbox_by_jmap_id(condition["inMailbox"])
             candidates = self.index.in_box(box) if box else []
         texts: dict[str, tuple[str, bool]] = {}
-        if condition is not None and self._condition_needs_body(condition):
+        words = await self._search_words(condition) if condition is not None else None
+        if condition is not None and (self._condition_values(condition, ("hasAttachment",)) or (
+                words is None and self._condition_values(condition, ("text", "body")))):
             texts = await self._body_texts(candidates)
-        matched = [s for s in candidates if condition is None or self._matches(s, condition, texts)]
+        matched = [s for s in candidates if condition is None or self._matches(s, condition, texts, words)]
         ordered = self._sort(matched, args.get("sort"))
         if args.get("collapseThreads"):
             seen: set[str] = set()

@@ -177,6 +177,18 @@ def html_to_text(value: str) -> str:
     return _SPACE.sub(" ", htmllib.unescape(_TAGS.sub(" ", value))).strip()
 
 
+def searchable_text(raw: bytes) -> str:
+    """The words a body search looks in: every text/plain part and every text/html part as text (the
+    full-text index stores this for each message at delivery)."""
+    texts = []
+    for part in leaves(tree(parse(raw))):
+        if part.type == "text/plain":
+            texts.append(part.text()[0])
+        elif part.type == "text/html":
+            texts.append(html_to_text(part.text()[0]))
+    return "\n".join(texts)
+
+
 def preview(root: Part) -> str:
     text_body, html_body, _ = body_lists(root)
     for part in text_body:

@@ -43,10 +43,13 @@ def store_for(host: Any) -> MailboxStore:
     """The one ``MailboxStore`` of ``host`` (created on first use)."""
     store = _stores.get(host)
     if store is None:
-        # IMAP's BODYSTRUCTURE is computed once, at delivery, and kept with the message.
+        # IMAP's BODYSTRUCTURE is computed once, at delivery, and kept with the message; so is the text
+        # the full-text index holds.
         from peerage.mail.imap.mime import cached_structures
+        from peerage.mail.jmap.mime import searchable_text
 
-        store = MailboxStore(host.store.engine, host.config.data_dir, describe=cached_structures)
+        store = MailboxStore(host.store.engine, host.config.data_dir, describe=cached_structures,
+                             extract=searchable_text)
         _stores[host] = store
     return store
 

@@ -29,6 +29,7 @@ from peerage.mail.mailbox import flags as flaglib
 from peerage.mail.mailbox import objectid
 from peerage.mail.mailbox.blobs import BlobStore
 from peerage.mail.mailbox.notify import MailboxNotifier
+from peerage.mail.mailbox.search import FullTextIndex
 from peerage.mail.tables import (
     INLINE_BODY_LIMIT,
     INLINE_BODY_PREFIX,
@@ -232,14 +233,19 @@ _STRUCTURE_COLUMNS = (mail_messages.c.structure, mail_messages.c.basic_structure
 
 # Computes (BODYSTRUCTURE, BODY) for a message at delivery; None when they are not cached.
 Describe = Callable[[bytes], tuple[bytes, bytes]]
+# Gives the searchable text of a message's body (for the full-text index) at delivery.
+Extract = Callable[[bytes], str]
 
 
 class MailboxStore:
     """All mailboxes of all users of one host."""
 
-    def __init__(self, engine: AsyncEngine, data_dir: Path, describe: Describe | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, data_dir: Path, describe: Describe | None = None,
+                 extract: Extract | None = None) -> None:
         self.engine = engine
         self.describe = describe
+        self.extract = extract
+        self.search = FullTextIndex(engine)
         self.blobs = BlobStore(Path(data_dir) / "mail" / "blobs")
         self.notifier = MailboxNotifier()
         self._defaults_done: set[str] = set()
@@ -396,15 +402,16 @@ class MailboxStore:
         info = await self.get_mailbox(owner, name)
         if info is None:
             raise NoSuchMailbox(f"no mailbox {name!r}")
+        indexed = await self.search.ready()
         async with self.engine.begin() as conn:
-            blobs = [
-                row[0]
-                for row in await conn.execute(
-                    select(mail_messages.c.blob).where(mail_messages.c.mailbox_id == info.id)
-                )
-            ]
+            held = (await conn.execute(
+                select(mail_messages.c.blob, mail_messages.c.email_id).where(mail_messages.c.mailbox_id == info.id)
+            )).all()
+            blobs = [row[0] for row in held]
             await self._delete_inline_bodies(conn, blobs)
             await conn.execute(delete(mail_messages).where(mail_messages.c.mailbox_id == info.id))
+            if indexed:
+                await self.search.remove_unreferenced(conn, [row[1] for row in held])
             await conn.execute(delete(mail_expunged).where(mail_expunged.c.mailbox_id == info.id))
             await conn.execute(delete(mail_mailboxes).where(mail_mailboxes.c.id == info.id))
             if info.subscribed:
@@ -531,6 +538,13 @@ class MailboxStore:
             email_id = objectid.new_email_id()
             prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure,
                              email_id, objectid.thread_id(header, email_id)))
+        searchable: list[tuple[str, str]] = []
+        if self.extract is not None and await self.search.ready():
+            for item in prepared:
+                try:
+                    searchable.append((item[7], self.extract(item[0])))
+                except Exception:  # an unparsable body is stored, just not searchable by its text
+                    continue
         large = [item[0] for item in prepared if len(item[0]) >= INLINE_BODY_LIMIT]
         written = (
             await asyncio.to_thread(self.blobs.write_many, large, durable) if large else []
@@ -559,12 +573,15 @@ class MailboxStore:
                             mail_mailboxes.c.uidnext,
                             mail_mailboxes.c.highestmodseq,
                             mail_mailboxes.c.uidvalidity,
+                            mail_mailboxes.c.owner,
                         )
                     )
                 ).first()
                 if allocated is None:
                     raise NoSuchMailbox("mailbox vanished")
-                uidnext, modseq, uidvalidity = allocated
+                uidnext, modseq, uidvalidity, owner = allocated
+                # The body's words are searchable from the commit that makes the message visible.
+                await self.search.add(conn, [(email_id, owner, body) for email_id, body in searchable])
                 first_uid = uidnext - len(prepared)
                 now = time.time()
                 if inline:
@@ -770,6 +787,7 @@ class MailboxStore:
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only among ``uids`` if given); returns their UIDs."""
+        indexed = await self.search.ready()
         async with self.engine.begin() as conn:
             await self._lock(conn, mailbox_id)
             rows = await self._select_rows(conn, mailbox_id, uids)
@@ -780,6 +798,8 @@ class MailboxStore:
             gone = [row.uid for row in doomed]
             await self._delete_rows(conn, mailbox_id, doomed, modseq)
             await self._delete_inline_bodies(conn, [row.blob for row in doomed])
+            if indexed:
+                await self.search.remove_unreferenced(conn, [row.email_id for row in doomed])
         await asyncio.to_thread(self._remove_blobs, [row.blob for row in doomed])
         self.notifier.publish(mailbox_id)
         return gone

@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 
 from peerage.store.migrations import alembic_config
-from peerage.store.schema import load_all_tables
+from peerage.store.schema import include_name, load_all_tables
 
 
 def _scratch_engine(folder: str) -> Engine:
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = _scratch_engine(folder)
         if args.action == "check":
             with engine.connect() as conn:
-                diff = compare_metadata(MigrationContext.configure(conn), load_all_tables())
+                diff = compare_metadata(MigrationContext.configure(conn, opts={"include_name": include_name}),
+                                        load_all_tables())
             for change in diff:
                 print(change)
             return 1 if diff else 0

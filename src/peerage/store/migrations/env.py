@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from peerage.store.schema import load_all_tables
+from peerage.store.schema import include_name, load_all_tables
 
 config = context.config
 connection = config.attributes.get("connection")
@@ -17,6 +17,7 @@ context.configure(
     # SQLite cannot ALTER most things in place; batch mode copies the table (harmless on PostgreSQL).
     render_as_batch=True,
     compare_type=True,
+    include_name=include_name,
 )
 with context.begin_transaction():
     context.run_migrations()
