@@ -20,6 +20,7 @@ DRIVER = HERE / "driver.mjs"
 PLAYWRIGHT = HERE / "node_modules" / "playwright-core"
 COMMAND_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
+ANSWER_MARGIN = 10.0  # seconds past a driver-side bound before the driver itself counts as stuck
 
 
 def require_browser() -> tuple[str, str]:
@@ -84,12 +85,18 @@ class Browser:
             if answer.get("id") == wanted:
                 return answer
 
-    def do(self, op: str, timeout: float = COMMAND_TIMEOUT, **args: Any) -> Any:
+    def do(self, op: str, **args: Any) -> Any:
+        """Run one driver command. A `timeout` among the arguments is the driver's own bound, in
+        milliseconds as playwright takes it; the wait here for the answer is that bound plus a margin
+        (the driver reports its own timeout as an error, which reads better than ours), and never less
+        than COMMAND_TIMEOUT."""
         self.counter += 1
         assert self.process.stdin is not None
+        driver_ms = args.get("timeout")
+        bound = COMMAND_TIMEOUT if driver_ms is None else max(COMMAND_TIMEOUT, driver_ms / 1000 + ANSWER_MARGIN)
         self.process.stdin.write(json.dumps({"id": self.counter, "op": op, **args}) + "\n")
         self.process.stdin.flush()
-        answer = self._answer(self.counter, timeout)
+        answer = self._answer(self.counter, bound)
         if not answer["ok"]:
             self.screenshot(f"failed-{op}")
             raise BrowserError(f"{op} {args}: {answer['error']}")
@@ -107,6 +114,11 @@ class Browser:
 
     def press(self, key: str, **kw: Any) -> None:
         self.do("press", key=key, **kw)
+
+    # The bounds of wait_for/wait_until are in seconds and go to the driver (as milliseconds), so a
+    # wait of 20 s really waits up to 20 s.
+    def type(self, text: str, **kw: Any) -> None:
+        self.do("type", text=text, **kw)
 
     def wait_for(self, selector: str, timeout: float = 10.0, **kw: Any) -> Any:
         return self.do("waitFor", selector=selector, timeout=int(timeout * 1000), **kw)

@@ -241,3 +241,11 @@ def wait_row(browser: Browser, subject: str, timeout: float = 15.0) -> None:
 
 def wait_delivered(server: PeerageServer, subject: str, folder: str = "INBOX") -> None:
     wait_for(lambda: imap_find(folder, subject) or None, DELIVERY_TIMEOUT, f"{subject!r} in {folder}")
+
+
+def type_at_editor_start(browser: Browser, text: str) -> None:
+    """Put the caret at the start of the compose editor and type `text` there."""
+    browser.eval("""(() => { const el = document.getElementById('compose-body'); el.focus();
+        const r = document.createRange(); r.setStart(el.firstChild || el, 0); r.collapse(true);
+        const s = getSelection(); s.removeAllRanges(); s.addRange(r); })()""")
+    browser.type(text)

@@ -104,6 +104,12 @@ const ops = {
     else await page(cmd).keyboard.press(cmd.key);
     return null;
   },
+  // Key presses for each character at the focused element (or `selector`), as a person types.
+  async type(cmd) {
+    if (cmd.selector) await (await frameOf(cmd)).locator(cmd.selector).pressSequentially(cmd.text, { timeout: cmd.timeout ?? 10000 });
+    else await page(cmd).keyboard.type(cmd.text);
+    return null;
+  },
   async waitFor(cmd) {
     const t0 = Date.now();
     await (await frameOf(cmd)).waitForSelector(cmd.selector, { state: cmd.state || 'visible', timeout: cmd.timeout ?? 10000 });

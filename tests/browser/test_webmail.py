@@ -25,6 +25,7 @@ from tests.browser.conftest import (
     imap_login,
     login,
     make_message,
+    type_at_editor_start,
     wait_delivered,
     wait_row,
 )
@@ -105,9 +106,9 @@ def test_reply_reaches_postfix_with_valid_dkim(peerage: PeerageServer, postfix: 
     browser.wait_for(".compose #compose-body")
     assert browser.eval("document.querySelector('#compose-subject').value") == "Re: Dinner on Saturday?"
     assert CAROL in browser.eval("document.querySelector('#compose-to').value")
-    quoted = browser.eval("document.querySelector('#compose-body').value")
-    assert "> Are you free on Saturday?" in quoted
-    browser.fill("#compose-body", "Yes, Saturday works for me.\n" + quoted)
+    quoted = browser.eval("document.querySelector('#compose-body blockquote').innerText")
+    assert "Are you free on Saturday?" in quoted
+    type_at_editor_start(browser, "Yes, Saturday works for me.")
     browser.screenshot("reply")
     browser.click("#send")
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=20)
@@ -115,6 +116,7 @@ def test_reply_reaches_postfix_with_valid_dkim(peerage: PeerageServer, postfix: 
                         "the reply at Postfix")
     assert received is not None
     assert b"Yes, Saturday works for me." in received
+    assert b"\n> Are you free on Saturday?" in received  # the text/plain alternative quotes the original
     assert b"In-Reply-To: " + original["Message-ID"].encode() in received
     # Postfix has no DKIM milter here: verify what it stored with dkimpy against the same DNS.
     lookup = SyncLookup([DNS_ADDRESS], 53, 2.0)
@@ -297,11 +299,11 @@ def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageSe
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Identities saved')")
     browser.press("c")
     browser.wait_for(".compose #compose-to")
-    body = browser.eval("document.querySelector('#compose-body').value")
-    assert "\n-- \nAlice Liddell\nexample.org" in body
+    signature = browser.eval("document.querySelector('#compose-body').innerText")
+    assert "Alice Liddell\nexample.org" in signature, signature
     browser.fill("#compose-to", f"Carol <{CAROL}>")
     browser.fill("#compose-subject", "The minutes, attached")
-    browser.fill("#compose-body", "Here are the minutes." + body)
+    type_at_editor_start(browser, "Here are the minutes.")
     payload = b"%PDF-1.4 minutes of the meeting\n"
     browser.do("setFiles", selector=".compose input[type=file]",
                files=[{"name": "minutes.pdf", "type": "application/pdf", "base64": base64.b64encode(payload).decode()}])
@@ -316,7 +318,7 @@ def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageSe
                         "the message at Postfix")
     assert received is not None
     assert b"minutes.pdf" in received and base64.b64encode(payload) in received.replace(b"\n", b"")
-    assert b"Alice Liddell" in received
+    assert b"Here are the minutes.\n\n-- \nAlice Liddell\nexample.org" in received  # RFC 3676 separator kept
     # Sending replaced the draft: Drafts no longer has it.
     wait_for(lambda: not imap_find("Drafts", "The minutes, attached") or None, 10, "the draft gone")
 

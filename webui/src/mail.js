@@ -153,8 +153,9 @@ export function makeDraft(kind, email, identities) {
       `Subject: ${email.subject || ''}`,
       `To: ${formatAddresses(email.to)}`,
       email.cc?.length ? `Cc: ${formatAddresses(email.cc)}` : null,
-    ].filter((l) => l !== null).join('\n');
-    draft.body = `${withSignature('', identity) || '\n'}\n\n${header}\n\n${text}`;
+    ].filter((l) => l !== null);
+    draft.forwardHeader = header.slice(1);
+    draft.body = `${withSignature('', identity) || '\n'}\n\n${header.join('\n')}\n\n${text}`;
     draft.attachments = (email.attachments || []).map((a) => ({ blobId: a.blobId, name: a.name, type: a.type, size: a.size, disposition: 'attachment' }));
     draft.forwardOfEmailId = email.id;
     return draft;
@@ -185,6 +186,7 @@ export function makeDraft(kind, email, identities) {
   const when = email.sentAt || email.receivedAt;
   const intro = when ? `On ${new Date(when).toUTCString()}, ${who} wrote:` : `${who} wrote:`;
   draft.body = `${withSignature('', identity) || '\n'}\n\n${intro}\n${quote(text)}\n`;
+  draft.intro = intro;
   draft.replyToEmailId = email.id;
   return draft;
 }
@@ -201,8 +203,11 @@ export function draftToEmail(draft, identity, { draftsId, keywords = { $draft: t
     subject: draft.subject || '',
     bodyValues: { body: { value: draft.body || '', charset: 'utf-8' } },
     textBody: [{ partId: 'body', type: 'text/plain' }],
+    // With both, the server builds multipart/alternative (RFC 8621 §4.6): text first, HTML preferred.
+    ...(draft.htmlBody ? { htmlBody: [{ partId: 'html', type: 'text/html' }] } : {}),
     attachments: (draft.attachments || []).map((a) => ({ blobId: a.blobId, type: a.type || 'application/octet-stream', name: a.name, disposition: 'attachment' })),
   };
+  if (draft.htmlBody) email.bodyValues.html = { value: draft.htmlBody, charset: 'utf-8' };
   if (identity?.replyTo?.length) email.replyTo = identity.replyTo;
   if (draft.inReplyTo) email.inReplyTo = draft.inReplyTo;
   if (draft.references) email.references = draft.references;

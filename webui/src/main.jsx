@@ -8,6 +8,7 @@ import {
   formatFullDate, formatSize, mailboxTree, makeDraft, parseAddresses, validAddress,
 } from './mail.js';
 import { buildFrame } from './sanitize.js';
+import { cleanHTML, htmlToPlain, messageHTML, startHTML, textToEditorHTML } from './editor.js';
 import { keyAction, SHORTCUTS } from './keys.js';
 import './style.css';
 
@@ -415,6 +416,8 @@ function afterRemoval(ids, next) {
 function compose(kind, email) {
   if (!S.identities.length) return toast('No identity to send from', 'error');
   const draft = makeDraft(kind, email, S.identities);
+  const identity = S.identities.find((i) => i.id === draft.identityId) || S.identities[0];
+  draft.html = startHTML(kind, email, identity, { intro: draft.intro, header: draft.forwardHeader });
   draft.kind = kind;
   draft.showCc = !!draft.cc;
   S.compose = draft;
@@ -434,18 +437,33 @@ async function editDraft(email) {
   const identity = S.identities.find((i) => i.email === e.from?.[0]?.email) || S.identities[0];
   S.compose = {
     kind: 'draft', draftId: e.id, identityId: identity?.id || '', to: formatAddresses(e.to), cc: formatAddresses(e.cc),
-    bcc: formatAddresses(e.bcc), subject: e.subject || '', body: bodyText(e), inReplyTo: e.inReplyTo, references: e.references,
+    bcc: formatAddresses(e.bcc), subject: e.subject || '', body: bodyText(e), html: draftHTML(e), inReplyTo: e.inReplyTo, references: e.references,
     attachments: (e.attachments || []).map((a) => ({ blobId: a.blobId, name: a.name, type: a.type, size: a.size })),
     showCc: !!(e.cc?.length || e.bcc?.length),
   };
   changed();
 }
 
+// A saved draft's text as editor HTML: its HTML part when it has one (cleaned), else its text.
+function draftHTML(e) {
+  const values = e.bodyValues || {};
+  const part = (e.htmlBody || []).find((p) => p.type === 'text/html' && values[p.partId]);
+  return part ? cleanHTML(values[part.partId].value) : textToEditorHTML(bodyText(e));
+}
+
+// The editor's HTML is cleaned here, once more, whatever it holds: the text/html part is that cleaned
+// HTML, the text/plain alternative is made from it.
 function composeEmail(draft) {
   const identity = S.identities.find((i) => i.id === draft.identityId) || S.identities[0];
   const drafts = role('drafts');
   if (!drafts) throw new Error('There is no Drafts folder');
-  return { identity, email: draftToEmail(draft, identity, { draftsId: drafts.id }) };
+  const fields = { ...draft };
+  if (draft.html != null) {
+    const html = cleanHTML(draft.html);
+    fields.body = htmlToPlain(html);
+    fields.htmlBody = messageHTML(html);
+  }
+  return { identity, email: draftToEmail(fields, identity, { draftsId: drafts.id }) };
 }
 
 async function saveDraft(draft, { quiet = false } = {}) {
@@ -515,15 +533,7 @@ function Sidebar() {
     const ids = (ev.dataTransfer.getData('application/x-peerage-emails') || '').split(',').filter(Boolean);
     if (ids.length && id !== S.mailboxId) moveTo(id, ids);
   };
-  const newFolder = async () => {
-    const name = prompt('New folder name');
-    if (!name) return;
-    try {
-      const res = await client.call('Mailbox/set', { create: { m: { name, parentId: null } } });
-      reportNotUpdated(res);
-      await loadMailboxes();
-    } catch (err) { fail(err); }
-  };
+  const newFolder = () => { S.settings = { tab: 'folders', focusNew: true }; changed(); };
   return (
     <nav class="sidebar" aria-label="Folders">
       <button class="compose-button" onClick={() => compose('new')} title="Compose (c)"><Icon name="pen" /> Compose</button>
@@ -542,7 +552,8 @@ function Sidebar() {
           </li>
         ))}
       </ul>
-      <button class="link-button" onClick={newFolder}>+ New folder</button>
+      <button class="link-button" id="new-folder" onClick={newFolder}>+ New folder</button>
+      <button class="link-button" id="manage-folders" onClick={() => { S.settings = { tab: 'folders' }; changed(); }}>Manage folders</button>
       <div class="sidebar-foot">
         <button class="link-button" onClick={() => { S.settings = { tab: 'identity' }; changed(); }}><Icon name="gear" /> Settings</button>
         <span class={`live ${S.live}`} title={S.live === 'live' ? 'Updates arrive as they happen' : 'Reconnecting for updates'}>
@@ -585,7 +596,8 @@ function Topbar() {
       </form>
       <div class="account">
         <span class="who" title="Signed in">{S.login}</span>
-        <button class="ghost" id="logout" onClick={logout} title="Log out"><Icon name="out" /> Log out</button>
+        <button class="ghost narrow-only" id="settings-narrow" onClick={() => { S.settings = { tab: 'identity' }; changed(); }} title="Settings" aria-label="Settings"><Icon name="gear" /></button>
+        <button class="ghost" id="logout" onClick={logout} title="Log out"><Icon name="out" /><span class="label"> Log out</span></button>
       </div>
     </header>
   );
@@ -918,12 +930,10 @@ function Compose() {
   const d = S.compose;
   const [busy, setBusy] = useState('');
   const [, force] = useReducer((x) => x + 1, 0);
-  const bodyRef = useRef(null);
   const fileRef = useRef(null);
   useEffect(() => {
-    const el = d.kind === 'new' || d.kind === 'forward' ? document.getElementById('compose-to') : bodyRef.current;
-    el?.focus();
-    if (el === bodyRef.current && el) el.setSelectionRange(0, 0);
+    if (d.kind === 'new' || d.kind === 'forward') document.getElementById('compose-to')?.focus();
+    else focusEditorStart();
   }, []);
   // Saved as a draft every 20 s while it changes.
   useEffect(() => {
@@ -932,7 +942,7 @@ function Compose() {
   }, []);
   const set = (key) => (ev) => { d[key] = ev.currentTarget.value; d.dirty = true; force(); };
   const close = async (save) => {
-    if (save && d.dirty && (d.body.trim() || d.subject || d.to)) {
+    if (save && d.dirty && (htmlToPlain(d.html || '').trim() || d.subject || d.to)) {
       try { await saveDraft(d); } catch (err) { fail(err); return; }
     }
     S.compose = null;
@@ -989,7 +999,7 @@ function Compose() {
         {d.showCc && <label><span>Bcc</span><input id="compose-bcc" value={d.bcc} onInput={set('bcc')} /></label>}
         <label><span>Subject</span><input id="compose-subject" value={d.subject} onInput={set('subject')} /></label>
       </div>
-      <textarea id="compose-body" ref={bodyRef} value={d.body} onInput={set('body')} spellcheck aria-label="Message text" />
+      <Editor d={d} onChange={(html) => { d.html = html; d.dirty = true; }} />
       {d.attachments.length > 0 && (
         <ul class="attachments compose-attachments">
           {d.attachments.map((a, i) => (
@@ -1012,6 +1022,106 @@ function Compose() {
       </div>
     </div>
   );
+}
+
+function focusEditorStart() {
+  const el = document.getElementById('compose-body');
+  if (!el) return;
+  el.focus();
+  const range = document.createRange();
+  range.setStart(el.firstChild || el, 0);
+  range.collapse(true);
+  const sel = getSelection();
+  sel.removeAllRanges();
+  sel.addRange(range);
+}
+
+// The formatting toolbar and the editable text. Chromium's editing commands do the formatting; whatever
+// comes in from outside (paste, drop) is cleaned first, and what is sent is cleaned again (editor.js).
+const FORMATS = [['bold', 'B', 'Bold (Ctrl+B)'], ['italic', 'I', 'Italic (Ctrl+I)'], ['underline', 'U', 'Underline (Ctrl+U)'],
+  ['strikeThrough', 'S', 'Strikethrough'], ['insertUnorderedList', '• List', 'Bulleted list'],
+  ['insertOrderedList', '1. List', 'Numbered list'], ['quote', '❝ Quote', 'Quote'], ['removeFormat', 'Tx', 'Clear formatting']];
+
+function Editor({ d, onChange }) {
+  const ref = useRef(null);
+  const range = useRef(null);
+  const [link, setLink] = useState(null);
+  useEffect(() => {
+    ref.current.innerHTML = cleanHTML(d.html || '');
+    document.execCommand('styleWithCSS', false, false);
+    document.execCommand('defaultParagraphSeparator', false, 'div');
+  }, []);
+  const update = () => onChange(ref.current.innerHTML);
+  const exec = (cmd, value) => {
+    ref.current.focus();
+    if (cmd === 'quote') {
+      const inQuote = getSelection().anchorNode?.parentElement?.closest?.('#compose-body blockquote');
+      document.execCommand('formatBlock', false, inQuote ? 'div' : 'blockquote');
+    } else {
+      document.execCommand(cmd, false, value);
+    }
+    update();
+  };
+  const insertClean = (html) => {
+    ref.current.focus();
+    document.execCommand('insertHTML', false, html);
+    update();
+  };
+  const onPaste = (ev) => {
+    const data = ev.clipboardData;
+    if (!data) return;
+    ev.preventDefault();
+    const html = data.getData('text/html');
+    insertClean(html ? cleanHTML(html) : textToEditorHTML(data.getData('text/plain')));
+  };
+  const onDrop = (ev) => {
+    const data = ev.dataTransfer;
+    if (!data || data.files.length) return; // files: the compose window attaches them
+    ev.preventDefault();
+    ev.stopPropagation();
+    const html = data.getData('text/html');
+    insertClean(html ? cleanHTML(html) : textToEditorHTML(data.getData('text/plain')));
+  };
+  const startLink = () => {
+    const sel = getSelection();
+    range.current = sel.rangeCount && ref.current.contains(sel.anchorNode) ? sel.getRangeAt(0).cloneRange() : null;
+    setLink('https://');
+  };
+  const finishLink = (url) => {
+    setLink(null);
+    ref.current.focus();
+    if (range.current) { const sel = getSelection(); sel.removeAllRanges(); sel.addRange(range.current); }
+    url = url.trim();
+    if (!url || url === 'https://') return;
+    if (!/^(https?:\/\/|mailto:)/i.test(url)) { toast('A link must start with https://, http:// or mailto:', 'error'); return; }
+    if (range.current && !range.current.collapsed) document.execCommand('createLink', false, url);
+    else document.execCommand('insertHTML', false, cleanHTML(`<a href="${escapeAttr(url)}">${escapeAttr(url)}</a>`));
+    update();
+  };
+  return (
+    <>
+      <div class="editor-toolbar" role="toolbar" aria-label="Formatting">
+        {FORMATS.map(([cmd, label, title]) => (
+          <button key={cmd} type="button" class={`ghost fmt fmt-${cmd}`} data-cmd={cmd} title={title} aria-label={title}
+            onMouseDown={(ev) => ev.preventDefault()} onClick={() => exec(cmd)}>{label}</button>
+        ))}
+        <button type="button" class="ghost fmt" data-cmd="link" title="Link" aria-label="Link" onMouseDown={(ev) => ev.preventDefault()} onClick={startLink}>Link</button>
+        {link !== null && (
+          <input class="link-input" aria-label="Link address" value={link} autoFocus onInput={(ev) => setLink(ev.currentTarget.value)}
+            onKeyDown={(ev) => {
+              if (ev.key === 'Enter') { ev.preventDefault(); finishLink(ev.currentTarget.value); }
+              if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); setLink(null); ref.current.focus(); }
+            }} />
+        )}
+      </div>
+      <div id="compose-body" class="editor" ref={ref} contentEditable="true" role="textbox" aria-multiline="true"
+        aria-label="Message text" spellcheck onInput={update} onPaste={onPaste} onDrop={onDrop} />
+    </>
+  );
+}
+
+function escapeAttr(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
 
 function Settings() {
@@ -1054,7 +1164,7 @@ function Settings() {
   };
   const toLocal = (iso) => (iso ? new Date(iso).toISOString().slice(0, 16) : '');
   const fromLocal = (s) => (s ? new Date(`${s}Z`).toISOString().replace(/\.\d+Z$/, 'Z') : null);
-  const tabs = [['identity', 'Identities & signature'], ...(hasVacation ? [['vacation', 'Vacation response']] : []), ['keys', 'Keyboard shortcuts']];
+  const tabs = [['identity', 'Identities & signature'], ['folders', 'Folders'], ...(hasVacation ? [['vacation', 'Vacation response']] : []), ['keys', 'Keyboard shortcuts']];
   return (
     <div class="modal-back" onClick={close}>
       <div class="modal settings" role="dialog" aria-label="Settings" onClick={(ev) => ev.stopPropagation()}>
@@ -1089,8 +1199,172 @@ function Settings() {
             )}
           </div>
         )}
+        {st.tab === 'folders' && <FolderSettings focusNew={!!st.focusNew} />}
         {st.tab === 'keys' && <ShortcutTable />}
       </div>
+    </div>
+  );
+}
+
+// ---------- folders (RFC 8621 §2.5 Mailbox/set) ----------
+
+const plural = (n, one, many) => `${n.toLocaleString()} ${n === 1 ? one : many}`;
+
+// A folder name the server will take: IMAP names nest with "/" (RFC 9051 §5.1), so it cannot be in one.
+function folderNameProblem(name) {
+  if (!name.trim()) return 'Give the folder a name.';
+  if (name.includes('/')) return 'A folder name cannot contain “/” (it separates a folder from its subfolders).';
+  return '';
+}
+
+// What a SetError (RFC 8620 §5.3, RFC 8621 §2.5) means for the folder `name`, in words.
+function folderErrorText(error, name, mailbox) {
+  const desc = error.description ? ` (${error.description})` : '';
+  switch (error.type) {
+    case 'mailboxHasEmail': {
+      const n = mailbox?.totalEmails || 0;
+      return `“${name}” still holds ${n ? plural(n, 'message', 'messages') : 'messages'}. Move them to another folder first, or tick “Also delete the messages in it”.`;
+    }
+    case 'mailboxHasChild':
+      return `“${name}” has subfolders. Delete or move them first.`;
+    case 'invalidProperties':
+      if ((error.properties || []).includes('name') && /exist/i.test(error.description || '')) return `There is already a folder named “${name}” there.`;
+      if ((error.properties || []).includes('parentId')) return `The folder to put “${name}” in is gone${desc}.`;
+      return `The server did not accept “${name}”${desc}.`;
+    case 'forbidden':
+      return `The server does not allow that for “${name}”${desc}.`;
+    case 'notFound':
+      return `“${name}” no longer exists; it was changed elsewhere.`;
+    case 'overQuota':
+      return `The account is over its quota${desc}.`;
+    default:
+      return `The server refused: ${error.type}${desc}.`;
+  }
+}
+
+// Mailbox/set with one change; resolves to null on success or the error text to show.
+async function folderChange(args, key, name, mailbox) {
+  const res = await client.call('Mailbox/set', args);
+  const bad = res.notCreated?.[key] || res.notUpdated?.[key] || res.notDestroyed?.[key];
+  await loadMailboxes();
+  return bad ? folderErrorText(bad, name, mailbox) : null;
+}
+
+function descendants(id) {
+  const out = new Set([id]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const m of S.mailboxes) if (m.parentId && out.has(m.parentId) && !out.has(m.id)) { out.add(m.id); grew = true; }
+  }
+  return out;
+}
+
+function ParentSelect({ value, onChange, exclude, id }) {
+  const tree = mailboxTree(S.mailboxes).filter((m) => !exclude?.has(m.id));
+  return (
+    <select id={id} value={value || ''} onChange={(ev) => onChange(ev.currentTarget.value || null)} aria-label="Inside folder">
+      <option value="">Top level</option>
+      {tree.map((m) => <option key={m.id} value={m.id}>{'\u00a0'.repeat(m.depth * 2 + 2)}{shownName(m)}</option>)}
+    </select>
+  );
+}
+
+function FolderSettings({ focusNew }) {
+  const [name, setName] = useState('');
+  const [parent, setParent] = useState(null);
+  const [error, setError] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [editing, setEditing] = useState(null); // { id, mode: 'rename' | 'delete', name, parentId, removeEmails, error }
+  const newRef = useRef(null);
+  useEffect(() => { if (focusNew) newRef.current?.focus(); }, []);
+  const create = async (ev) => {
+    ev.preventDefault();
+    const problem = folderNameProblem(name);
+    if (problem) { setError(problem); return; }
+    setBusy(true);
+    try {
+      const text = await folderChange({ create: { f: { name: name.trim(), parentId: parent } } }, 'f', name.trim());
+      setError(text || '');
+      if (!text) { toast(`Folder “${name.trim()}” created`); setName(''); }
+    } catch (err) { fail(err); } finally { setBusy(false); }
+  };
+  const apply = async () => {
+    const m = mailboxById(editing.id);
+    if (!m) { setEditing(null); return; }
+    let text = null;
+    setBusy(true);
+    try {
+      if (editing.mode === 'rename') {
+        const problem = folderNameProblem(editing.name);
+        if (problem) { setEditing({ ...editing, error: problem }); return; }
+        const patch = {};
+        if (editing.name.trim() !== m.name) patch.name = editing.name.trim();
+        if ((editing.parentId || null) !== (m.parentId || null)) patch.parentId = editing.parentId || null;
+        if (Object.keys(patch).length) text = await folderChange({ update: { [m.id]: patch } }, m.id, editing.name.trim(), m);
+        if (!text) toast(`Folder renamed to “${editing.name.trim()}”`);
+      } else {
+        text = await folderChange({ destroy: [m.id], onDestroyRemoveEmails: !!editing.removeEmails }, m.id, shownName(m), m);
+        if (!text) {
+          toast(`Folder “${shownName(m)}” deleted`);
+          if (S.mailboxId === m.id) selectMailbox(role('inbox')?.id || S.mailboxes[0]?.id);
+        }
+      }
+      setEditing(text ? { ...editing, error: text } : null);
+    } catch (err) { fail(err); } finally { setBusy(false); }
+  };
+  const tree = mailboxTree(S.mailboxes);
+  return (
+    <div class="tab-body folders-settings">
+      <form class="folder-create" onSubmit={create}>
+        <label>New folder <input id="folder-new-name" ref={newRef} value={name} maxLength={200}
+          onInput={(ev) => { setName(ev.currentTarget.value); setError(''); }} placeholder="Name" /></label>
+        <label>Inside <ParentSelect id="folder-new-parent" value={parent} onChange={setParent} /></label>
+        <button class="primary" id="folder-create" disabled={busy}>Create</button>
+      </form>
+      {error && <p class="folder-error" role="alert">{error}</p>}
+      <ul class="folder-list">
+        {tree.map((m) => {
+          const e = editing?.id === m.id ? editing : null;
+          return (
+            <li key={m.id} class="folder-item" data-mailbox={m.name} style={{ paddingLeft: `${6 + m.depth * 16}px` }}>
+              <div class="folder-line">
+                <Icon name={m.role || 'folder'} />
+                <span class="name">{shownName(m)}</span>
+                <span class="folder-counts">{plural(m.totalEmails || 0, 'message', 'messages')}{m.unreadEmails ? `, ${m.unreadEmails} unread` : ''}</span>
+                {!m.role && !e && (
+                  <span class="folder-actions">
+                    <button class="ghost rename" onClick={() => setEditing({ id: m.id, mode: 'rename', name: m.name, parentId: m.parentId || null })}>Rename</button>
+                    <button class="ghost danger delete" onClick={() => setEditing({ id: m.id, mode: 'delete', removeEmails: false })}>Delete</button>
+                  </span>
+                )}
+              </div>
+              {e?.mode === 'rename' && (
+                <form class="folder-edit" onSubmit={(ev) => { ev.preventDefault(); apply(); }}>
+                  <input class="rename-name" aria-label="New name" value={e.name} autoFocus maxLength={200}
+                    onInput={(ev) => setEditing({ ...e, name: ev.currentTarget.value, error: '' })} />
+                  <ParentSelect value={e.parentId} exclude={descendants(m.id)} onChange={(v) => setEditing({ ...e, parentId: v, error: '' })} />
+                  <button class="primary save" disabled={busy}>Save</button>
+                  <button type="button" class="ghost cancel" onClick={() => setEditing(null)}>Cancel</button>
+                </form>
+              )}
+              {e?.mode === 'delete' && (
+                <div class="folder-edit">
+                  <span>Delete “{shownName(m)}”?</span>
+                  {(m.totalEmails || 0) > 0 && (
+                    <label class="inline"><input type="checkbox" class="remove-emails" checked={!!e.removeEmails}
+                      onChange={(ev) => setEditing({ ...e, removeEmails: ev.currentTarget.checked, error: '' })} /> Also delete the messages in it ({plural(m.totalEmails, 'message', 'messages')})</label>
+                  )}
+                  <button class="primary danger-bg confirm-delete" disabled={busy} onClick={apply}>Delete</button>
+                  <button type="button" class="ghost cancel" onClick={() => setEditing(null)}>Cancel</button>
+                </div>
+              )}
+              {e?.error && <p class="folder-error" role="alert">{e.error}</p>}
+            </li>
+          );
+        })}
+      </ul>
+      <p class="hint">Inbox, Drafts, Sent, Archive, Junk and Trash have special jobs and keep their names.</p>
     </div>
   );
 }
