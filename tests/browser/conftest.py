@@ -230,7 +230,8 @@ def login(browser: Browser, password: str = PASSWORD, *, account: str = ALICE, e
     browser.wait_for("#account")
     browser.fill("#account", account)
     browser.fill("#password", password)
-    browser.press("Enter", selector="#password")
+    # The answer is a navigation after an argon2id check: on a loaded machine that takes its time.
+    browser.press("Enter", selector="#password", timeout=30000)
     if expect_mail:
         browser.wait_for(".app .list", timeout=15)
 

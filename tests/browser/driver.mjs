@@ -49,6 +49,7 @@ await context.route('**/*', async (route) => {
 function watch(page, name) {
   page.on('request', async (req) => {
     const entry = { page: name, url: req.url(), method: req.method(), type: req.resourceType(), frame: '' };
+    if (req.method() === 'POST') entry.body = (req.postData() || '').slice(0, 4000);
     try { entry.frame = req.frame().url(); } catch { /* a service worker or gone frame */ }
     events.requests.push(entry);
     try {

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -357,3 +358,46 @@ def test_phone_width_message_list_and_settings(peerage: PeerageServer, phone: Br
     assert box == [0, 0, 390, 844], box
     fits(phone, ".compose, .compose *")
     phone.screenshot("phone-compose")
+
+
+def api_posts(events: dict[str, list[dict[str, Any]]]) -> list[str]:
+    return [r.get("body", "") for r in events["requests"] if r["method"] == "POST" and r["url"].endswith("/jmap/api")]
+
+
+def test_start_to_the_inbox_costs_few_requests(peerage: PeerageServer, browser: Browser) -> None:
+    deliver(make_message("Counting requests"), CAROL, [ALICE])
+    wait_delivered(peerage, "Counting requests")
+    browser.events()
+    login(browser)
+    wait_row(browser, "Counting requests")
+    events = browser.events()
+    gets = [r["url"].split(":8443")[-1] for r in events["requests"] if r["method"] == "GET"]
+    # The session resources are fetched once each: the page's preloads are what the app's fetches get.
+    assert gets.count("/.well-known/jmap") == 1 and gets.count("/auth/session") == 1, (gets, events["console"])
+    # First visit in this browser: the mailboxes (to learn the inbox) come before the list.
+    posts = api_posts(events)
+    assert "Mailbox/get" in posts[0] and "Identity/get" in posts[0] and "Email/query" not in posts[0], posts
+    # The reader and the editor (DOMPurify) are not in the script the inbox waits for.
+    scripts = [u for u in gets if u.startswith("/mail/") and u.endswith(".js")]
+    assert len(scripts) >= 3, scripts
+    entry = browser.eval("document.querySelector('script[type=module]').getAttribute('src')")
+    assert "-" in entry and entry.endswith(".js"), entry
+    served = browser.eval(f"""(async () => {{ const r = await fetch({json.dumps(entry)});
+        return {{ encoding: r.headers.get('content-encoding'), cache: r.headers.get('cache-control'),
+                  size: (await r.arrayBuffer()).byteLength }}; }})()""")
+    assert served["encoding"] in ("br", "gzip") and "immutable" in served["cache"], served
+    assert served["size"] < 90_000, served  # the entry, uncompressed
+
+    # Returning: the inbox's id is remembered, so mailboxes, identities and the list are one request.
+    browser.do("reload")
+    wait_row(browser, "Counting requests")
+    posts = api_posts(browser.events())
+    first = posts[0]
+    for method in ("Mailbox/get", "Identity/get", "Email/query", "Email/get", "Thread/get"):
+        assert method in first, (method, first)
+    # The page still has its CSP and the API its CSRF token.
+    headers = browser.eval("""(async () => { const r = await fetch('/mail/'); return r.headers.get('content-security-policy'); })()""")
+    assert "script-src 'self'" in headers and "frame-ancestors 'none'" in headers, headers
+    refused = browser.eval("""(async () => { const r = await fetch('/jmap/api', {method: 'POST', headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({using: ['urn:ietf:params:jmap:core'], methodCalls: []})}); return r.status; })()""")
+    assert refused in (401, 403), refused

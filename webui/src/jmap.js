@@ -47,8 +47,9 @@ export class Client {
   }
 
   async connect() {
-    // Both at once: they are independent, and this is on the path from login to a drawn inbox.
-    const get = (path) => this.fetch(this.url(path), { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    // Both at once: they are independent, and this is on the path from login to a drawn inbox. Plain
+    // requests (no extra headers), so they match the page's <link rel=preload> and reuse its answers.
+    const get = (path) => this.fetch(this.url(path), { credentials: 'same-origin' });
     const [who, res] = await Promise.all([get('/auth/session'), get('/.well-known/jmap')]);
     if (who.status === 401 || who.status === 403) throw new NotLoggedIn('not logged in');
     if (!who.ok) throw new Error(`GET /auth/session: HTTP ${who.status}`);

@@ -7,8 +7,12 @@ import {
   QueryWindow, bodyText, displayName, draftToEmail, envelopeFor, findRole, formatAddresses, formatDate,
   formatFullDate, formatSize, mailboxTree, makeDraft, parseAddresses, validAddress,
 } from './mail.js';
-import { buildFrame } from './sanitize.js';
-import { cleanHTML, htmlToPlain, messageHTML, startHTML, textToEditorHTML } from './editor.js';
+// Loaded after the inbox is drawn (or when first needed): the reader's HTML cleaning and the compose
+// editor, both with DOMPurify. The inbox does not wait for them.
+let FRAME = null;
+let ED = null;
+const loadFrame = () => import('./sanitize.js').then((m) => { if (!FRAME) { FRAME = m; changed(); } return m; });
+const loadEditor = () => import('./editor.js').then((m) => { ED = m; return m; });
 import { keyAction, SHORTCUTS } from './keys.js';
 import './style.css';
 
@@ -413,11 +417,12 @@ function afterRemoval(ids, next) {
 
 // ---------- compose ----------
 
-function compose(kind, email) {
+async function compose(kind, email) {
   if (!S.identities.length) return toast('No identity to send from', 'error');
+  try { await loadEditor(); } catch (err) { return fail(err); }
   const draft = makeDraft(kind, email, S.identities);
   const identity = S.identities.find((i) => i.id === draft.identityId) || S.identities[0];
-  draft.html = startHTML(kind, email, identity, { intro: draft.intro, header: draft.forwardHeader });
+  draft.html = ED.startHTML(kind, email, identity, { intro: draft.intro, header: draft.forwardHeader });
   draft.kind = kind;
   draft.showCc = !!draft.cc;
   S.compose = draft;
@@ -431,6 +436,7 @@ function composeFromSelection(kind) {
 }
 
 async function editDraft(email) {
+  await loadEditor();
   const res = await client.call('Email/get', { ids: [email.id], properties: READ_PROPS, fetchTextBodyValues: true, fetchHTMLBodyValues: true });
   const e = res.list[0];
   if (!e) return;
@@ -448,7 +454,7 @@ async function editDraft(email) {
 function draftHTML(e) {
   const values = e.bodyValues || {};
   const part = (e.htmlBody || []).find((p) => p.type === 'text/html' && values[p.partId]);
-  return part ? cleanHTML(values[part.partId].value) : textToEditorHTML(bodyText(e));
+  return part ? ED.cleanHTML(values[part.partId].value) : ED.textToEditorHTML(bodyText(e));
 }
 
 // The editor's HTML is cleaned here, once more, whatever it holds: the text/html part is that cleaned
@@ -459,9 +465,10 @@ function composeEmail(draft) {
   if (!drafts) throw new Error('There is no Drafts folder');
   const fields = { ...draft };
   if (draft.html != null) {
-    const html = cleanHTML(draft.html);
-    fields.body = htmlToPlain(html);
-    fields.htmlBody = messageHTML(html);
+    if (!ED) throw new Error('The editor is not loaded');
+    const html = ED.cleanHTML(draft.html);
+    fields.body = ED.htmlToPlain(html);
+    fields.htmlBody = ED.messageHTML(html);
   }
   return { identity, email: draftToEmail(fields, identity, { draftsId: drafts.id }) };
 }
@@ -604,6 +611,7 @@ function Topbar() {
 }
 
 let listScrollTo = null;
+let marked = false;
 let listScrollIntoView = null;
 
 function MessageList() {
@@ -631,6 +639,8 @@ function MessageList() {
   const last = Math.min((total ?? 0) - 1, Math.ceil((scrollTop + height) / ROW_HEIGHT) + 5);
   visibleRange = [first, last];
   useEffect(() => { if (S.mailboxId) ensureRows(first, Math.max(last, first + 30)); });
+  // For measuring start-up (bench/webmail): when the first rows of a list were drawn.
+  useEffect(() => { if (!marked && rows.some((r) => r.type === Row)) { marked = true; performance.mark('peerage:inbox-drawn'); } });
   const rows = [];
   for (let i = first; i <= last; i++) {
     const id = S.win.idAt(i);
@@ -745,7 +755,8 @@ function MessageFrame({ email }) {
     return () => { live = false; };
   }, [email.id]);
   const source = htmlPart ? { html: values[htmlPart.partId].value } : { text: bodyText(email) };
-  const { doc, blocked } = cidMap === null ? { doc: '', blocked: 0 } : buildFrame(source, { allowRemote: allowed, cid: (id) => cidMap[id.replace(/^<|>$/g, '')] || null });
+  useEffect(() => { if (!FRAME) loadFrame().catch(fail); }, []);
+  const { doc, blocked } = cidMap === null || !FRAME ? { doc: '', blocked: 0 } : FRAME.buildFrame(source, { allowRemote: allowed, cid: (id) => cidMap[id.replace(/^<|>$/g, '')] || null });
   useEffect(() => {
     const frame = ref.current;
     if (!frame) return;
@@ -942,7 +953,7 @@ function Compose() {
   }, []);
   const set = (key) => (ev) => { d[key] = ev.currentTarget.value; d.dirty = true; force(); };
   const close = async (save) => {
-    if (save && d.dirty && (htmlToPlain(d.html || '').trim() || d.subject || d.to)) {
+    if (save && d.dirty && (ED.htmlToPlain(d.html || '').trim() || d.subject || d.to)) {
       try { await saveDraft(d); } catch (err) { fail(err); return; }
     }
     S.compose = null;
@@ -1047,7 +1058,7 @@ function Editor({ d, onChange }) {
   const range = useRef(null);
   const [link, setLink] = useState(null);
   useEffect(() => {
-    ref.current.innerHTML = cleanHTML(d.html || '');
+    ref.current.innerHTML = ED.cleanHTML(d.html || '');
     document.execCommand('styleWithCSS', false, false);
     document.execCommand('defaultParagraphSeparator', false, 'div');
   }, []);
@@ -1072,7 +1083,7 @@ function Editor({ d, onChange }) {
     if (!data) return;
     ev.preventDefault();
     const html = data.getData('text/html');
-    insertClean(html ? cleanHTML(html) : textToEditorHTML(data.getData('text/plain')));
+    insertClean(html ? ED.cleanHTML(html) : ED.textToEditorHTML(data.getData('text/plain')));
   };
   const onDrop = (ev) => {
     const data = ev.dataTransfer;
@@ -1080,7 +1091,7 @@ function Editor({ d, onChange }) {
     ev.preventDefault();
     ev.stopPropagation();
     const html = data.getData('text/html');
-    insertClean(html ? cleanHTML(html) : textToEditorHTML(data.getData('text/plain')));
+    insertClean(html ? ED.cleanHTML(html) : ED.textToEditorHTML(data.getData('text/plain')));
   };
   const startLink = () => {
     const sel = getSelection();
@@ -1095,7 +1106,7 @@ function Editor({ d, onChange }) {
     if (!url || url === 'https://') return;
     if (!/^(https?:\/\/|mailto:)/i.test(url)) { toast('A link must start with https://, http:// or mailto:', 'error'); return; }
     if (range.current && !range.current.collapsed) document.execCommand('createLink', false, url);
-    else document.execCommand('insertHTML', false, cleanHTML(`<a href="${escapeAttr(url)}">${escapeAttr(url)}</a>`));
+    else document.execCommand('insertHTML', false, ED.cleanHTML(`<a href="${escapeAttr(url)}">${escapeAttr(url)}</a>`));
     update();
   };
   return (
@@ -1448,6 +1459,16 @@ function runAction(action) {
   }
 }
 
+// Per account, in this browser: the inbox's id (not a secret: a server-made name), so the next start
+// costs one request less.
+const memoryKey = () => `peerage-mail:${client.login}`;
+function recall() {
+  try { return JSON.parse(localStorage.getItem(memoryKey()) || '{}') || {}; } catch { return {}; }
+}
+function remember(values) {
+  try { localStorage.setItem(memoryKey(), JSON.stringify({ ...recall(), ...values })); } catch { /* storage off */ }
+}
+
 async function start() {
   render(<App />, document.getElementById('app'));
   client.onLoggedOut = toLogin;
@@ -1455,14 +1476,25 @@ async function start() {
     await client.connect();
     S.login = client.login;
     const hash = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
-    if (hash[0]) S.mailboxId = hash[0];
-    // Mailboxes and identities in one request, then the first window of the list.
-    const first = loadMailboxes().then(() => { ensureRows(0, 30); });
-    await Promise.all([first, loadIdentities()]);
+    const remembered = recall();
+    S.mailboxId = hash[0] || remembered.inbox || null;
+    // With a mailbox id known (the address, or this account's inbox from an earlier visit), the
+    // mailboxes, identities and the first window of the list go in one request; otherwise the list
+    // waits for the mailboxes to say which one is the inbox.
+    const guessed = S.mailboxId;
+    if (guessed) ensureRows(0, 30);
+    await Promise.all([loadMailboxes(), loadIdentities()]);
+    if (S.mailboxId !== guessed) {
+      resetList();
+      ensureRows(0, 30);
+    }
+    remember({ inbox: role('inbox')?.id });
     S.ready = true;
     changed();
     startPush();
     if (hash[1]) openEmail(hash[1]);
+    // What the inbox did not wait for, fetched while the user looks at it.
+    setTimeout(() => { loadFrame().catch(() => {}); loadEditor().catch(() => {}); }, 0);
   } catch (err) {
     if (err instanceof NotLoggedIn) return toLogin();
     S.error = err.message || String(err);

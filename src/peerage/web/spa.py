@@ -4,12 +4,15 @@ This module is in charge of one answer: a browser that is not logged in is sent 
 ``/login?next=...``; a folder without ``index.html`` gets a page saying how to build it; a path with a
 file behind it gets that file, any other path without a suffix ``index.html`` (the app routes on the
 client), a missing asset 404. Each app gives its own CSP; ``index.html`` is revalidated (it names the
-hashed assets) and the assets are cached by this browser only (they are behind the login).
+hashed assets), files with a content hash in their name are kept for good, others for a day, all by
+this browser only (they are behind the login). A ``.br``/``.gz`` copy beside a file is sent to a
+browser that accepts it (aiohttp's FileResponse does the choosing).
 """
 
 from __future__ import annotations
 
 import mimetypes
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +20,9 @@ from aiohttp import web
 
 from peerage.web.auth import Authenticator, needs_same_site_reload
 from peerage.web.login import page, reload_page
+
+# A content hash in a built file's name, as esbuild's [name]-[hash] writes it (8 base32 characters).
+HASHED = re.compile(r"-[A-Z0-9]{8}\.[a-z0-9.]+$")
 
 
 async def serve_app(request: web.Request, auth: Authenticator, root: Path, *, not_built_title: str,
@@ -43,5 +49,12 @@ async def serve_app(request: web.Request, auth: Authenticator, root: Path, *, no
     if content_type:
         response.content_type = content_type
     response.headers["Content-Security-Policy"] = csp
-    response.headers["Cache-Control"] = "no-cache" if target == index else "private, max-age=86400"
+    if target == index:
+        cache = "no-cache"
+    elif HASHED.search(target.name):
+        # The name changes with the content (the webmail's build names its files so): never stale.
+        cache = "private, max-age=31536000, immutable"
+    else:
+        cache = "private, max-age=86400"
+    response.headers["Cache-Control"] = cache
     return response
