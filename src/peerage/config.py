@@ -351,6 +351,29 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    # DMARC aggregate (RFC 7489 §7.2) and TLS-RPT (RFC 8460) reports arriving at postmaster@ or abuse@
+    # of a hosted domain are parsed into figures (`peerage mail reports`); the mail is delivered too.
+    receive: bool = True
+    # Send our own DMARC aggregate reports to the rua= addresses of the domains we receive mail from.
+    send_dmarc: bool = True
+    # The reporting interval. RFC 7489 ri= defaults to 86400 s and §7.2 requires daily reports to be
+    # possible; only tests shorten it.
+    interval_seconds: float = 86400.0
+    # The report's org_name (the submitter); empty means the SMTP hostname.
+    org_name: str = ""
+    # Sender and contact address of our reports; empty means postmaster@ the first hosted domain.
+    from_address: str = ""
+    # Reports sent per hour at most (the rest wait for the next hour); Postfix-based reporters such as
+    # OpenDMARC's opendmarc-reports send in one batch, which a provider spreads out on its own.
+    max_per_hour: int = 600
+    # Records per report, largest counts first (Google's reports stay well below this).
+    max_rows: int = 10000
+    # Days received reports and our counts are kept.
+    keep_days: int = 90
+
+
+@dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     # HTTPS with SNI per hosted domain; the web login, JMAP, webmail and discovery documents.
@@ -541,6 +564,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     muc: MucConfig = field(default_factory=MucConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
     social: SocialConfig = field(default_factory=SocialConfig)
 
     @property
@@ -579,6 +603,7 @@ _SECTIONS: dict[str, type] = {
     "cluster": ClusterConfig,
     "muc": MucConfig,
     "sieve": SieveConfig,
+    "reports": ReportsConfig,
     "social": SocialConfig,
 }
 

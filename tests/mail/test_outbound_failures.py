@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import aiosmtplib
@@ -45,6 +46,7 @@ class Peer:
     open_now: int = 0
     most_open: int = 0
     commands: list[bytes] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)  # message lines received after DATA
 
     async def start(self) -> Peer:
         self.server = await asyncio.start_server(self._session, PEER_ADDRESS, 0)
@@ -128,6 +130,7 @@ class Peer:
                     if first and self.fail_at == "body" and await self._fail("body", reader, writer):
                         return
                     first = False
+                    self.lines.append(body)
                     if body == b".\r\n":
                         break
                 if await self._fail("eod", reader, writer):
@@ -325,9 +328,18 @@ async def test_smtputf8_without_the_extension_fails_permanently() -> None:
                                           smtputf8=False)
         assert outcome["zoë@old.example"].kind == PERMANENT
         assert outcome["zoë@old.example"].status == "5.6.7"
+        # UTF-8 header fields to an ASCII address: sent in their RFC 6857 form, without SMTPUTF8.
         headers_only = await deliverer.deliver("old.example", SENDER, ["bob@old.example"],
                                                "Subject: grüße\r\n\r\nhi\r\n".encode(), smtputf8=True)
-        assert headers_only["bob@old.example"].status == "5.6.9"
+        assert headers_only["bob@old.example"].kind == DELIVERED
+        subject = next(line for line in peer.lines if line.startswith(b"Subject:"))
+        assert subject.isascii() and str(make_header(decode_header(subject[8:].decode().strip()))) == "grüße"
+        # Header bytes that are not UTF-8 have no downgraded form: 5.6.9, naming the reason.
+        latin1 = await deliverer.deliver("old.example", SENDER, ["bob@old.example"],
+                                         b"Subject: gr\xfc\xdfe\r\n\r\nhi\r\n", smtputf8=True)
+        assert latin1["bob@old.example"].kind == PERMANENT
+        assert latin1["bob@old.example"].status == "5.6.9"
+        assert "cannot be downgraded" in latin1["bob@old.example"].reply
         # An ASCII message submitted with SMTPUTF8 needs nothing the peer lacks: it goes as it is.
         plain = await deliverer.deliver("old.example", SENDER, ["bob@old.example"], b"Subject: x\r\n\r\nhi\r\n",
                                         smtputf8=True)

@@ -2,8 +2,9 @@
 RFC 2142 on the MX:
 
 - peerage → Postfix (smtputf8_enable = yes) with a UTF-8 recipient and UTF-8 header fields;
-- peerage → a Postfix that does not offer SMTPUTF8 (legacy.example): a permanent failure, reported to
-  the sender as an RFC 6533 DSN (message/global-delivery-status, Status 5.6.7);
+- peerage → a Postfix that does not offer SMTPUTF8 (legacy.example): a UTF-8 local part is a permanent
+  failure, reported to the sender as an RFC 6533 DSN (message/global-delivery-status, Status 5.6.7);
+  UTF-8 header fields to an ASCII recipient are downgraded (RFC 6857) and re-signed with DKIM;
 - Postfix → peerage to a hosted user with a UTF-8 local part;
 - postmaster@ and abuse@ of a hosted domain with no such account reach the first account created,
   through Postfix, never refused; `RCPT TO:<Postmaster>` without a domain too.
@@ -16,8 +17,10 @@ import email.policy
 import smtplib
 from collections.abc import Iterator
 
+import dkim as dkimpy
 import pytest
 
+from peerage.mail.auth.dnsquery import SyncLookup
 from tests.harness import LocalDNS, PeerageServer, TestCA, wait_for
 from tests.mail.conftest import PASSWORDS
 from tests.mail.helpers import (
@@ -123,6 +126,51 @@ def test_peerage_to_a_peer_without_smtputf8_bounces_with_an_rfc6533_dsn(peerage:
     assert _maildir_with(legacy, "zoë", "Grüße nach gestern".encode()) is None
     # The legacy peer was contacted (EHLO) but never given the message.
     assert "mx.legacy.example" in peerage.log_text()
+
+
+def test_utf8_headers_to_a_peer_without_smtputf8_are_downgraded(peerage: PeerageServer,
+                                                                legacy: Postfix) -> None:
+    """One submission to an ASCII and a UTF-8 recipient at the legacy peer: dave gets the RFC 6857
+    form (ASCII headers, encoded-words, the UTF-8 Cc as an empty group) with valid DKIM signatures,
+    and only zoë's copy comes back in a DSN (5.6.7)."""
+    message = (f"From: Jörg Müller <{ALICE}>\r\nTo: dave@legacy.example, zoë@legacy.example\r\n"
+               f"Cc: Zoë <{ZOE}>\r\nSubject: Grüße für Dave\r\nMIME-Version: 1.0\r\n"
+               "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+               "Schöne Grüße.\r\n").encode()
+    with smtplib.SMTP(PEERAGE_ADDRESS, 587, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.starttls(context=unverified_context())
+        client.login(ALICE, PASSWORDS[ALICE])
+        assert client.sendmail(ALICE, ["dave@legacy.example", "zoë@legacy.example"], message,
+                               mail_options=["SMTPUTF8"]) == {}
+    received = wait_for(lambda: _maildir_with(legacy, "dave", b"Subject: =?utf-8?"), DELIVERY_TIMEOUT,
+                        "the downgraded mail at the legacy peer")
+    assert received is not None
+    head = received.split(b"\n\n", 1)[0]
+    assert head.isascii()
+    parsed = email.message_from_bytes(received, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße für Dave"
+    assert str(parsed["From"]) == f"Jörg Müller <{ALICE}>"
+    # RFC 6857 §3.1.10: the mailbox with a UTF-8 local part is an empty group carrying its text.
+    assert f"Zoë <{ZOE}>" in str(parsed["Cc"]) and parsed["Cc"].groups[0].addresses == ()
+    assert "Schöne Grüße." in received.decode()  # the 8-bit body went as it was (8BITMIME)
+    lookup = SyncLookup([DNS_ADDRESS], 53, 2.0)
+    verifier = dkimpy.DKIM(received.replace(b"\n", b"\r\n"))
+    signatures = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
+    assert len(signatures) == 2
+    assert all(verifier.verify(idx=i, dnsfunc=lookup.dkim_txt) for i in range(len(signatures)))
+
+    def report() -> bytes | None:
+        return next((m for m in mailbox_messages(peerage.data_dir, ALICE)
+                     if b"multipart/report" in m and "Grüße für Dave".encode() in m), None)
+
+    dsn = wait_for(report, DELIVERY_TIMEOUT, "a DSN for zoë in alice's inbox")
+    assert dsn is not None
+    text = dsn.decode()
+    assert "Final-Recipient: utf-8; zoë@legacy.example" in text and "Status: 5.6.7" in text
+    assert "dave@legacy.example" not in text.split("Content-Type: message/global\r\n")[0].split(
+        "message/global-delivery-status")[1]
+    assert "does not offer SMTPUTF8" in text
+    assert "status=sent" in legacy.log_text() and "to=<dave@legacy.example>" in legacy.log_text()
 
 
 def test_ascii_mail_to_a_peer_without_smtputf8_still_goes(peerage: PeerageServer, legacy: Postfix) -> None:

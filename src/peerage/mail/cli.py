@@ -1,6 +1,7 @@
 """`peerage mail ...`: operator commands for mail. `peerage mail queue` lists the outbound queue and
 retries or drops entries; it works on the database directly, so it runs beside a live server (which
-rescans the queue every few seconds)."""
+rescans the queue every few seconds). `peerage mail reports` shows the DMARC aggregate and TLS-RPT
+reports received at the report addresses and the DMARC reports this server sent."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def register(commands: Any) -> None:
     drop = actions.add_parser("drop", help="remove entries without delivering or bouncing them")
     drop.add_argument("ids", nargs="+", type=int)
     queue.set_defaults(func=cmd_queue)
+    reports = mail_commands.add_parser(
+        "reports", help="DMARC aggregate and TLS-RPT reports received, and our DMARC reports sent")
+    reports.add_argument("--days", type=float, default=7.0, help="reports received (and ours sent) in the last DAYS days")
+    reports.add_argument("--domain", default=None, help="only reports about this domain")
+    reports.add_argument("--json", action="store_true", help="machine-readable output")
+    reports.set_defaults(func=cmd_reports)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -75,3 +82,66 @@ def _unknown_ids(entries: list[Any], ids: list[int]) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    from peerage.config import default_config_path, load_config
+
+    config = load_config(args.config or default_config_path())
+    return asyncio.run(_reports(config, args))
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(seconds))
+
+
+async def _reports(config: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from peerage.mail.reports.store import ReportStore
+    from peerage.store import Store
+
+    store = Store(config.database_url)
+    try:
+        await store.migrate()
+        reports = ReportStore(store)
+        since = time.time() - args.days * 86400.0
+        received = await reports.received(since, args.domain)
+        failing = await reports.failing_sources([r["id"] for r in received], limit=20)
+        sent = await reports.sent(since)
+        if args.domain:
+            sent = [s for s in sent if s["policy_domain"] == args.domain.lower()]
+        if args.json:
+            print(json.dumps({"received": received, "failing_sources": failing, "sent": sent}, indent=1, default=str))
+            return 0
+        for kind, title, unit in (("dmarc", "DMARC aggregate reports received", "messages"),
+                                  ("tlsrpt", "TLS reports received (RFC 8460)", "sessions")):
+            rows = [r for r in received if r["kind"] == kind]
+            print(f"{title}: {len(rows)}")
+            if rows:
+                print(f"  {'domain':<24} {'reporter':<20} {'period (UTC)':<35} {unit:>9} {'pass':>9} {'fail':>9}")
+            for r in rows:
+                period = f"{_when(r['begin'])} - {_when(r['end'])}"
+                print(f"  {r['policy_domain']:<24} {r['org_name'][:20]:<20} {period:<35} {r['messages']:>9}"
+                      f" {r['passed']:>9} {r['failed']:>9}")
+            if rows:
+                total = sum(r["messages"] for r in rows)
+                failed = sum(r["failed"] for r in rows)
+                share = f" ({100.0 * failed / total:.1f} %)" if total else ""
+                print(f"  total: {total} {unit}, {failed} failed{share}")
+            sources = [f for f in failing if f["kind"] == kind]
+            if sources:
+                label = "failing DMARC sources" if kind == "dmarc" else "TLS failures"
+                print(f"  top {label}:")
+                for f in sources:
+                    if kind == "dmarc":
+                        print(f"    {f['source']:<40} {f['count']:>9}  disposition={f['disposition']}"
+                              f" header_from={f['header_from']}")
+                    else:
+                        print(f"    {f['disposition']:<32} {f['count']:>9}  mx={f['header_from']} from={f['source']}")
+        print(f"Our DMARC aggregate reports: {len(sent)}")
+        for s in sent:
+            print(f"  {_when(s['period'])}  {s['policy_domain']:<24} {s['outcome']}")
+        return 0
+    finally:
+        await store.close()

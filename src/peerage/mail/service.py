@@ -31,7 +31,7 @@ from peerage.mail.smtp.client import Deliverer, Outcome
 from peerage.mail.smtp.delivery import LocalDelivery
 from peerage.mail.smtp.queue import OutboundQueue
 from peerage.mail.smtp.schedule import Schedule
-from peerage.mail.smtp.server import MxHandler, SubmissionHandler, make_server_factory
+from peerage.mail.smtp.server import REPORT_ADDRESSES, MxHandler, SubmissionHandler, make_server_factory
 from peerage.net.limits import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ STOP_SECONDS = 3.0
 # Role addresses every hosted domain has, whether or not an account of that name exists: RFC 5321
 # §4.5.1 requires postmaster; RFC 2142 §2 names abuse for reports of misuse (DMARC and TLS-RPT
 # aggregate reports arrive at the addresses `peerage dns` publishes, which are postmaster@).
-ROLE_ADDRESSES = frozenset({"postmaster", "abuse"})
+ROLE_ADDRESSES = REPORT_ADDRESSES
+# How often the report loop looks for finished intervals (and prunes once a day).
+REPORT_TICK_SECONDS = 300.0
 
 
 class MailService:
@@ -69,6 +71,9 @@ class MailService:
         # Set in an MX worker process: accepted messages travel to the main process to be stored.
         self.worker_channel: channel.WorkerChannel | None = None
         self.workers: channel.WorkerPool | None = None
+        self.reports: Any = None  # peerage.mail.reports.store.ReportStore, in the main process
+        self.reporter: Any = None
+        self._report_task: asyncio.Task[None] | None = None
 
     # --- shared state the handlers use ---------------------------------------------------------------
 
@@ -168,6 +173,17 @@ class MailService:
             log.exception("DKIM signing for %s failed; sending unsigned", domain)
             return data
 
+    async def resign(self, data: bytes) -> bytes:
+        """Replace our own DKIM signatures on a message we rewrote (the SMTPUTF8 downgrade): the
+        DKIM-Signature fields of hosted domains are dropped and the message is signed again for the
+        first such domain. Signatures of other domains are left as they are (they no longer verify,
+        as RFC 6857 §5 warns)."""
+        fields = dkim.strip_own_signatures(data, self.is_hosted)
+        if fields is None:
+            return data
+        domain, stripped = fields
+        return await self.sign(domain, stripped)
+
     async def deliver_local(self, address: str, data: bytes, folder: str = "INBOX", *, mail_from: str | None = None) -> None:
         """Put a message for a local address into its mailbox. Mail arriving for INBOX passes the
         account's Sieve script first (peerage.mail.sieve.delivery); other folders (DMARC quarantine
@@ -187,6 +203,8 @@ class MailService:
         prefix: Callable[[str], bytes],
         folder: str,
         smtputf8: bool,
+        report: bool = False,
+        dmarc: dict[str, Any] | None = None,
     ) -> None:
         """Make the message durable for every recipient; raise if that cannot be done.
 
@@ -201,6 +219,8 @@ class MailService:
             folder=folder,
             smtputf8=smtputf8,
             data=data,
+            report=report,
+            dmarc=dmarc,
         )
         if self.worker_channel is not None:
             await self.worker_channel.deliver(request)
@@ -226,6 +246,80 @@ class MailService:
             await self.queue.enqueue(
                 request.mail_from, request.remote, request.remote_prefix + request.data, smtputf8=request.smtputf8
             )
+        if request.dmarc is not None:
+            await self.note_dmarc(request.dmarc)
+        if request.report and self.reports is not None and self.host.config.reports.receive:
+            await self._read_reports(request.mail_from, request.data)
+
+    async def note_dmarc(self, seen: dict[str, Any]) -> None:
+        """Count one DMARC evaluation for our aggregate reports. Never fails the delivery. In an MX
+        worker process only accepted mail reaches the main process, so rejected mail is not counted."""
+        if self.reports is None or self.reporter is None:
+            return
+        from peerage.mail.reports.store import Seen
+
+        try:
+            await self.reports.record(self.reporter.period_of(time.time()), Seen.from_json(seen))
+        except Exception:
+            log.exception("counting a DMARC result for the aggregate report failed")
+
+    async def _read_reports(self, sender: str, data: bytes) -> None:
+        from peerage.mail.reports.parse import BadReport, reports_in
+
+        try:
+            found = await asyncio.to_thread(reports_in, data)
+        except BadReport as exc:
+            log.warning("a report from %s was not read: %s", sender or "<>", exc)
+            return
+        except Exception:
+            log.exception("a report from %s could not be read", sender or "<>")
+            return
+        for report in found:
+            stored = await self.reports.save(report, sender)
+            log.info("%s report %s from %s for %s: %d messages, %d failed%s", report.kind, report.report_id,
+                     report.org_name, report.policy_domain, report.messages, report.failed,
+                     "" if stored else " (already stored)")
+
+    def _start_reports(self) -> None:
+        from peerage.mail.reports.outgoing import AggregateReporter
+        from peerage.mail.reports.store import ReportStore
+
+        config = self.host.config.reports
+        assert self.queue is not None
+        queue = self.queue
+        self.reports = ReportStore(self.host.store)
+
+        async def enqueue(mail_from: str, recipients: list[str], data: bytes) -> None:
+            await queue.enqueue(mail_from, recipients, data)
+
+        async def txt(name: str) -> list[Any]:
+            return list(await self.host.dns.txt(name))
+
+        from_address = config.from_address or f"postmaster@{self.domains[0] if self.domains else self.hostname}"
+        self.reporter = AggregateReporter(
+            self.reports, txt=txt, enqueue=enqueue, sign=self.sign, org_name=config.org_name or self.hostname,
+            from_address=from_address, hostname=self.hostname, interval=config.interval_seconds,
+            max_per_hour=config.max_per_hour, max_rows=config.max_rows,
+        )
+        if config.send_dmarc:
+            self._report_task = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        config = self.host.config.reports
+        tick = min(REPORT_TICK_SECONDS, max(0.5, config.interval_seconds / 4))
+        pruned = 0.0
+        while True:
+            try:
+                await self.reporter.run_once()
+                now = time.time()
+                if now - pruned > 86400.0:
+                    await self.reports.prune(now - config.keep_days * 86400.0)
+                    pruned = now
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the DMARC report loop failed; trying again later")
+            await asyncio.sleep(tick)
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -309,6 +403,7 @@ class MailService:
             ca_file=str(config.tls.ca_file) if config.tls.ca_file else None,
             source_address=smtp.source_address or None,
             connections_per_destination=smtp.connections_per_domain,
+            resign=self.resign,
         )
         schedule = Schedule(
             first_retry=smtp.first_retry_seconds,
@@ -361,6 +456,7 @@ class MailService:
                 self.servers.append(server)
                 log.info("listening %s on %s:%d", proto, address, port)
         self.queue.start()
+        self._start_reports()
 
     async def _deliver_remote(
         self, domain: str, mail_from: str, recipients: list[str], data: bytes, smtputf8: bool
@@ -377,6 +473,11 @@ class MailService:
         await self.imap.start(self.host)
 
     async def stop(self) -> None:
+        if self._report_task is not None:
+            self._report_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._report_task
+            self._report_task = None
         if self.workers is not None:
             await self.workers.stop()
             self.workers = None

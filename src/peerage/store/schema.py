@@ -81,6 +81,7 @@ PROTOCOL_TABLE_MODULES = (
     "peerage.cluster.tables",
     "peerage.xmpp.muc.tables",
     "peerage.mail.sieve.tables",
+    "peerage.mail.reports.tables",
     "peerage.social.tables",
 )
 

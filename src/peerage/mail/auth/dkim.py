@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,31 @@ def sign(message: bytes, keys: DomainKeys) -> bytes:
         linesep=b"\r\n",
     )
     return ed_header + rsa_header + message
+
+
+def strip_own_signatures(message: bytes, is_own: Callable[[str], bool]) -> tuple[str, bytes] | None:
+    """Drop the DKIM-Signature fields whose d= is one of ours; return the first such domain and the
+    message without them, or None when there is none."""
+    block, separator, body = message.partition(b"\r\n\r\n")
+    fields: list[list[bytes]] = []
+    for line in block.split(b"\r\n"):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept: list[bytes] = []
+    domain: str | None = None
+    for lines in fields:
+        name, _, value = b"".join(lines).partition(b":")
+        if name.strip().lower() == b"dkim-signature":
+            signer = _signature_tags(value).get(b"d", b"").decode("ascii", "replace").lower()
+            if signer and is_own(signer):
+                domain = domain or signer
+                continue
+        kept.extend(lines)
+    if domain is None:
+        return None
+    return domain, b"\r\n".join(kept) + separator + body
 
 
 @dataclass(frozen=True, slots=True)

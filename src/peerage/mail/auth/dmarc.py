@@ -6,6 +6,7 @@ SPF or DKIM pass, and of reporting the published policy so the MX can act on it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +23,25 @@ class DmarcResult:
     result: str  # pass, fail, none, temperror, permerror
     from_domain: str
     policy: str = "none"  # p= (or sp= for a subdomain): none, quarantine, reject
+    # The published record's tags (for the aggregate report, RFC 7489 §7.2: policy_published, rua).
+    tags: tuple[tuple[str, str], ...] = ()
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    policy_domain: str = ""  # where the record was found: the From domain or its organizational domain
 
 
 @functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2 via the Public Suffix List bundled with authheaders."""
     try:
-        return str(get_org_domain(domain)).lower()
+        found = str(get_org_domain(domain)).lower()
     except Exception:
-        return domain
+        found = domain
+    if "." not in found.strip("."):
+        # A TLD the list does not know: the PSL's default rule "*" makes the last label the public
+        # suffix, so the organizational domain has two labels (authheaders returns the bare TLD).
+        found = ".".join(domain.lower().rstrip(".").split(".")[-2:])
+    return found
 
 
 def parse_record(text: str) -> dict[str, str] | None:
@@ -66,7 +77,8 @@ def check(from_domain: str, spf: SpfResult, dkim: list[DkimResult], lookup: Sync
             is_subdomain = True
     except TemporaryDnsError:
         return DmarcResult("temperror", from_domain)
-    return evaluate(from_domain, tags, is_subdomain, spf, dkim)
+    return dataclasses.replace(evaluate(from_domain, tags, is_subdomain, spf, dkim),
+                               policy_domain=org if is_subdomain else from_domain)
 
 
 async def check_async(from_domain: str, spf: SpfResult, dkim: list[DkimResult], dns: Any) -> DmarcResult:
@@ -83,7 +95,8 @@ async def check_async(from_domain: str, spf: SpfResult, dkim: list[DkimResult], 
             is_subdomain = True
     except Exception:
         return DmarcResult("temperror", from_domain)
-    return evaluate(from_domain, tags, is_subdomain, spf, dkim)
+    return dataclasses.replace(evaluate(from_domain, tags, is_subdomain, spf, dkim),
+                               policy_domain=org if is_subdomain else from_domain)
 
 
 def evaluate(
@@ -101,7 +114,8 @@ def evaluate(
     dkim_ok = any(
         d.result == "pass" and _aligned(d.domain, from_domain, tags.get("adkim", "r").lower()) for d in dkim
     )
-    return DmarcResult("pass" if spf_ok or dkim_ok else "fail", from_domain, policy)
+    return DmarcResult("pass" if spf_ok or dkim_ok else "fail", from_domain, policy, tuple(tags.items()),
+                       spf_ok, dkim_ok)
 
 
 def _only_record(texts: list[Any]) -> dict[str, str] | None:

@@ -30,6 +30,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,10 @@ class Delivery:
     folder: str
     smtputf8: bool
     data: bytes
+    # Addressed to a report address (postmaster@/abuse@): read as a DMARC or TLS-RPT report too.
+    report: bool = False
+    # The MX's DMARC evaluation, for our aggregate reports (peerage.mail.reports.store.Seen as JSON).
+    dmarc: dict[str, Any] | None = None
 
 
 def encode_request(request_id: int, delivery: Delivery) -> bytes:
@@ -86,6 +91,8 @@ def encode_request(request_id: int, delivery: Delivery) -> bytes:
             "remote_prefix": base64.b64encode(delivery.remote_prefix).decode(),
             "folder": delivery.folder,
             "smtputf8": delivery.smtputf8,
+            "report": delivery.report,
+            "dmarc": delivery.dmarc,
         }
     ).encode()
     return f"{len(header)} {len(delivery.data)}\n".encode() + header + delivery.data
@@ -134,6 +141,8 @@ class RequestReader:
                         folder=str(header["folder"]),
                         smtputf8=bool(header["smtputf8"]),
                         data=data,
+                        report=bool(header.get("report", False)),
+                        dmarc=header.get("dmarc"),
                     ),
                 )
             )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import aiosmtplib
 
 from peerage.mail.auth import dane
 from peerage.mail.auth.mtasts import PolicyFetcher
+from peerage.mail.smtp import downgrade
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class Deliverer:
         ca_file: str | None = None,
         source_address: str | None = None,
         connections_per_destination: int = MAX_CONNECTIONS_PER_DESTINATION,
+        resign: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self.dns = dns
         self.hostname = hostname
@@ -82,6 +85,8 @@ class Deliverer:
         self.source_address = source_address
         self.mta_sts = PolicyFetcher(dns, ca_file)
         self.connections_per_destination = max(1, connections_per_destination)
+        # A downgraded message no longer matches our own DKIM signature: this signs it again.
+        self.resign = resign
         # One semaphore per destination domain with a delivery in progress; dropped when idle.
         self._destinations: dict[str, tuple[asyncio.Semaphore, int]] = {}
         # Connections open right now, per destination domain (for tests and `peerage check`).
@@ -160,11 +165,8 @@ class Deliverer:
     ) -> dict[str, Outcome]:
         # RFC 6531 §3.4: SMTPUTF8 is needed when an envelope address or a header is not ASCII. A message
         # submitted with SMTPUTF8 that needs none of it travels without (nothing to downgrade).
-        addresses_ascii = mail_from.isascii() and all(r.isascii() for r in recipients)
-        if smtputf8 and addresses_ascii and data.isascii():
-            smtputf8 = False
-        elif not addresses_ascii:
-            smtputf8 = True
+        # A message whose body alone is 8-bit needs 8BITMIME, not SMTPUTF8.
+        smtputf8 = downgrade.needs_smtputf8(mail_from, recipients, data)
         hosts = await self._mx_hosts(domain)
         if hosts == []:
             return dict.fromkeys(
@@ -289,19 +291,34 @@ class Deliverer:
                 await client.quit()
                 return Outcome(TEMPORARY, f"{host} does not offer STARTTLS, which its domain requires", "4.7.4", host)
             options = ["SMTPUTF8"] if smtputf8 and client.supports_extension("smtputf8") else []
+            results: dict[str, Outcome] = {}
+            envelope = {r: r for r in recipients}
             if smtputf8 and not options:
-                await _quietly_quit(client)
-                # RFC 6531 §3.2: without the extension the message must not be sent; RFC 6533 §3 gives
-                # X.6.7 for a non-ASCII address and X.6.9 for UTF-8 headers the peer cannot take.
-                if mail_from.isascii() and all(r.isascii() for r in recipients):
-                    status, what = "5.6.9", "a message with UTF-8 header fields"
-                else:
-                    status, what = "5.6.7", "a non-ASCII address"
-                return dict.fromkeys(
-                    recipients,
-                    Outcome(PERMANENT, f"{host} does not offer SMTPUTF8, needed for {what} (RFC 6531)", status,
-                            host, tls_level),
-                )
+                # RFC 6531 §3.2: without the extension an internationalized message must not be sent as
+                # it is; we send its RFC 6857 ASCII form where there is one and refuse the rest with
+                # the RFC 6533 §3 codes: X.6.7 for an address with no ASCII form, X.6.9 for a message.
+                try:
+                    downgraded = downgrade.plan(mail_from, recipients, data)
+                except downgrade.CannotDowngrade as exc:
+                    await _quietly_quit(client)
+                    status = "5.6.7" if not mail_from.isascii() else "5.6.9"
+                    return dict.fromkeys(recipients, Outcome(
+                        PERMANENT, f"{host} does not offer SMTPUTF8 (RFC 6531) and the message cannot be "
+                        f"downgraded: {exc}", status, host, tls_level))
+                for recipient in downgraded.refused:
+                    results[recipient] = Outcome(
+                        PERMANENT, f"{host} does not offer SMTPUTF8 (RFC 6531), needed for the non-ASCII "
+                        f"address {recipient}", "5.6.7", host, tls_level)
+                if not downgraded.recipients:
+                    await _quietly_quit(client)
+                    return results
+                envelope = downgraded.recipients
+                mail_from = downgraded.mail_from
+                if downgraded.data is not None:
+                    data = downgraded.data
+                    if self.resign is not None:
+                        data = await self.resign(data)
+                log.info("%s does not offer SMTPUTF8: sending the RFC 6857 downgraded form", host)
             # RFC 6531 §3.3: with SMTPUTF8 the envelope travels as UTF-8.
             encoding = "utf-8" if options else "ascii"
             if client.supports_extension("8bitmime"):
@@ -311,15 +328,14 @@ class Deliverer:
             except aiosmtplib.SMTPResponseException as exc:
                 kind = PERMANENT if exc.code >= 500 else TEMPORARY
                 await _quietly_quit(client)
-                return dict.fromkeys(
-                    recipients,
+                return results | dict.fromkeys(
+                    envelope,
                     Outcome(kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level),
                 )
-            results: dict[str, Outcome] = {}
             accepted: list[str] = []
-            for recipient in recipients:
+            for recipient in envelope:
                 try:
-                    await client.rcpt(recipient, encoding=encoding)
+                    await client.rcpt(envelope[recipient], encoding=encoding)
                     accepted.append(recipient)
                 except aiosmtplib.SMTPResponseException as exc:
                     kind = PERMANENT if exc.code >= 500 else TEMPORARY

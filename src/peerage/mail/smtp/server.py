@@ -50,6 +50,9 @@ from peerage.mail.smtp import policy
 from peerage.mail.smtp.headers import header_values, remove_headers
 from peerage.mail.smtp.replies import with_enhanced_code
 
+# RFC 5321 §4.5.1 and RFC 2142: the addresses `peerage dns` publishes as rua= for DMARC and TLS-RPT.
+REPORT_ADDRESSES = frozenset({"postmaster", "abuse"})  # = MailService ROLE_ADDRESSES
+
 log = logging.getLogger(__name__)
 
 
@@ -141,8 +144,10 @@ class SessionState:
     local_recipients: list[str] = field(default_factory=list)
     remote_recipients: list[str] = field(default_factory=list)
     spf_task: asyncio.Future[Any] | None = None
+    report: bool = False  # a recipient is a report address (postmaster@, abuse@)
 
     def reset(self) -> None:
+        self.report = False
         self.local_recipients.clear()
         self.remote_recipients.clear()
         if self.spf_task is not None:
@@ -348,6 +353,34 @@ class PeerageSMTP(SMTP):
 _date_cache: tuple[int, str] = (0, "")
 
 
+def dmarc_seen(results: Any, ip: str) -> dict[str, Any] | None:
+    """What our aggregate report says of this message (RFC 7489 §7.2, Appendix C `record`), or None
+    when its From domain publishes no DMARC record."""
+    verdict = results.dmarc
+    if not verdict.tags or verdict.result not in ("pass", "fail"):
+        return None
+    tags = dict(verdict.tags)
+    disposition = "none"
+    if verdict.result == "fail" and verdict.policy in ("quarantine", "reject"):
+        disposition = verdict.policy
+    return {
+        "from_domain": verdict.from_domain,
+        "policy_domain": verdict.policy_domain or verdict.from_domain,
+        "source_ip": ip,
+        "disposition": disposition,
+        "dkim": "pass" if verdict.dkim_aligned else "fail",
+        "spf": "pass" if verdict.spf_aligned else "fail",
+        "auth": {
+            "envelope_from": results.mail_from.rpartition("@")[2].lower(),
+            "dkim": [{"domain": d.domain, "selector": d.selector, "result": d.result}
+                     for d in results.dkim if d.result != "none"][:8],
+            "spf": {"domain": results.spf.domain, "scope": "mfrom" if results.mail_from else "helo",
+                    "result": results.spf.result},
+        },
+        "policy": {k: v for k, v in tags.items() if k in ("p", "sp", "pct", "adkim", "aspf", "fo")},
+    }
+
+
 def _date_now() -> str:
     """The RFC 5322 date-time of this second, formatted once per second (every Received field of a
     busy second carries the same text)."""
@@ -485,6 +518,8 @@ class MxHandler(BaseHandler):
         routed = await self._route(mailbox)
         if routed is None:
             return policy.NO_SUCH_USER
+        if mailbox.local.lower() in REPORT_ADDRESSES:
+            state.report = True
         envelope.rcpt_tos.append(routed)
         state.local_recipients.append(routed)
         return RECIPIENT_OK
@@ -499,8 +534,11 @@ class MxHandler(BaseHandler):
         spf_task, state.spf_task = state.spf_task, None
         results = await self.service.authenticate(data, state.ip, mail_from, session.host_name or "", spf_task)
         folder = "INBOX"
+        seen = dmarc_seen(results, state.ip) if results is not None else None
         if results is not None:
             if results.dmarc.result == "fail" and results.dmarc.policy == "reject":
+                if seen is not None:
+                    await self.service.note_dmarc(seen)
                 return DMARC_REJECT
             if results.dmarc.result == "fail" and results.dmarc.policy == "quarantine":
                 folder = "Junk"
@@ -521,6 +559,8 @@ class MxHandler(BaseHandler):
                 prefix=lambda rcpt: self._received(server, session, envelope, rcpt) + prefix,
                 folder=folder,
                 smtputf8=envelope.smtp_utf8,
+                report=state.report,
+                dmarc=seen,
             )
         except Exception:
             log.exception("storing a message from %s failed", state.ip)
