@@ -67,6 +67,14 @@ def fill(server: PeerageServer, count: int) -> None:
     asyncio.run(main())
 
 
+# The client's share of a start: from the document's start to its first JMAP API request (HTML, scripts,
+# session resources), and how many API requests went before the first rows were drawn (round trips).
+START_SPLIT = """(() => { const api = performance.getEntriesByType('resource').filter((e) => e.name.includes('/jmap/api'));
+    const mark = performance.getEntriesByName('peerage:inbox-drawn')[0];
+    return { firstApi: api.length ? api[0].startTime : -1,
+             before: api.filter((e) => mark && e.startTime < mark.startTime).length }; })()"""
+
+
 def round_trip(b: Browser) -> dict[str, float]:
     b.goto(f"{ORIGIN}/mail/")
     b.wait_for("#account")
@@ -81,6 +89,7 @@ def round_trip(b: Browser) -> dict[str, float]:
     # The part of that spent in POST /login and its redirect (the server's password check): the
     # navigation's request for /mail/ starts when the redirect is done.
     server_login = float(b.eval("performance.getEntriesByType('navigation')[0].requestStart"))
+    first = b.eval(START_SPLIT)
     total = b.eval("Number(document.querySelector('.list').dataset.total)")
     # Open the third conversation.
     opened = b.eval("""new Promise((resolve) => {
@@ -111,6 +120,7 @@ def round_trip(b: Browser) -> dict[str, float]:
     b.goto(f"{ORIGIN}/mail/")
     b.wait_for(".row[data-id]", timeout=60)
     returning = float(b.eval("performance.getEntriesByName('peerage:inbox-drawn')[0].startTime"))
+    again = b.eval(START_SPLIT)
     b.fill("#search", SEARCH_WORD)
     # The webmail searches the header fields first, then the whole text: time both.
     searched = b.eval("""new Promise((resolve) => {
@@ -128,7 +138,12 @@ def round_trip(b: Browser) -> dict[str, float]:
     })""")
     return {"login → inbox": login * 1000, "  of which POST /login + redirect": server_login,
             "  of which /mail/ → inbox drawn": login * 1000 - server_login,
-            "returning visit: /mail/ → inbox": returning, "open message": float(opened), "scroll to 5,000": float(scrolled),
+            "  of which /mail/ → first API request sent": float(first["firstApi"]),
+            "  API requests before the rows drawn (count)": float(first["before"]),
+            "returning visit: /mail/ → inbox": returning,
+            "  of which /mail/ → first API request sent (returning)": float(again["firstApi"]),
+            "  API requests before the rows drawn (returning, count)": float(again["before"]),
+            "open message": float(opened), "scroll to 5,000": float(scrolled),
             "search: subject/from/to shown": float(searched[0]), "search: full text shown": float(searched[1]),
             "_total": float(total)}
 
