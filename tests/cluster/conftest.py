@@ -36,7 +36,7 @@ HEARTBEAT, NODE_TIMEOUT = 0.5, 2.0
 REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
 USERS = [f"{name}@{DOMAIN}" for name in
          ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia",
-          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina")]
+          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro")]
 
 
 def _wait_port(address: str, port: int, timeout: float) -> None:

@@ -13,10 +13,12 @@ import smtplib
 import ssl
 import threading
 import time
+import xml.etree.ElementTree as ET
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from peerage.xmpp.stream import serialize
 from tests.cluster.conftest import (
     DOMAIN,
     NODES,
@@ -29,6 +31,7 @@ from tests.cluster.conftest import (
 from tests.cluster.sipua import FlowUA
 from tests.cluster.xmppclient import ClusterClient, srv_targets
 from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_sipp
+from tests.xmpp.conftest import Client as XmppClient
 
 
 def _has_session(node: str, jid: str, flag: str = "") -> Any:
@@ -150,6 +153,67 @@ async def test_room_with_occupants_on_all_three_nodes(cluster: ClusterUnderTest)
     finally:
         for person in people:
             await person.close()
+
+
+class PepClient(XmppClient):
+    """slixmpp with XEP-0115 caps and XEP-0163 interest in one node (``+notify``)."""
+
+    def __init__(self, jid: str, interest: str | None = None) -> None:
+        super().__init__(jid, PASSWORD, plugins=("xep_0115", "xep_0060", "xep_0163"))
+        self.interest = interest
+        self.send_initial_presence = False
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.add_event_handler("pubsub_publish", self.events.put_nowait)
+
+    async def _on_start(self, _event: object) -> None:
+        await self.get_roster()
+        if self.interest:
+            self.plugin["xep_0163"].add_interest(self.interest)
+        await self.plugin["xep_0115"].update_caps(broadcast=True)
+        self.started.set()
+
+    async def event_from(self, bare: str, node: str, item: str) -> None:
+        """Wait (bounded) for the notification of ``item`` published on ``bare``'s ``node``."""
+        while True:
+            try:
+                published = await asyncio.wait_for(self.events.get(), 15)
+            except TimeoutError:
+                raise AssertionError(f"no notification of {node} item {item} from {bare}") from None
+            if published["from"].bare == bare and published["pubsub_event"]["items"]["node"] == node \
+                    and published["pubsub_event"]["items"]["item"]["id"] == item:
+                return
+
+
+async def test_pep_notification_reaches_a_contact_on_another_node(cluster: ClusterUnderTest) -> None:
+    """XEP-0163 across nodes (slixmpp both sides): pedro on node 2 shows +notify for a node in his
+    caps; peppa on node 1 publishes; the notification reaches pedro, once."""
+    node = "urn:example:cluster:mood"
+    peppa = PepClient(f"peppa@{DOMAIN}")
+    pedro = PepClient(f"pedro@{DOMAIN}", interest=node)
+    try:
+        await peppa.login(cluster.address("n1"))
+        await pedro.login(cluster.address("n2"))
+        # mutual subscription (slixmpp accepts and subscribes back by default)
+        pedro.send_presence(pto=peppa.boundjid.bare, ptype="subscribe")
+        deadline = time.monotonic() + 15
+        while peppa.client_roster[pedro.boundjid.bare]["subscription"] != "both" or \
+                pedro.client_roster[peppa.boundjid.bare]["subscription"] != "both":
+            assert time.monotonic() < deadline, "no mutual subscription"
+            await asyncio.sleep(0.1)
+        # The first item reaches pedro once his caps are known on node 2 (either as the
+        # notification or as the last item sent when his caps are learnt) ...
+        pubsub = peppa.plugin["xep_0060"]
+        await pubsub.publish(None, node, id="m1", payload=ET.fromstring(f"<mood xmlns='{node}'>happy 1</mood>"))
+        await pedro.event_from(peppa.boundjid.bare, node, "m1")
+        # ... after that, new items can only reach him as notifications from node 1's publish
+        for number in (2, 3):
+            await pubsub.publish(None, node, id=f"m{number}",
+                                 payload=ET.fromstring(f"<mood xmlns='{node}'>happy {number}</mood>"))
+            await pedro.event_from(peppa.boundjid.bare, node, f"m{number}")
+        assert pedro.events.empty(), "a notification came twice"
+    finally:
+        await peppa.close()
+        await pedro.close()
 
 
 # ==================================================================================================
@@ -499,3 +563,89 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
         nina.close()
         await olivia.close()
         await mallory.close()
+
+
+async def _room_stored(database_url: str, room: str, name: str, member: str) -> bool:
+    """The room's configuration and the member's affiliation are rows in PostgreSQL."""
+    from sqlalchemy import select
+
+    from peerage.store import Store
+    from peerage.xmpp.muc.tables import muc_affiliations, muc_rooms
+
+    store = Store(database_url)
+    try:
+        async with store.begin() as conn:
+            config = (await conn.execute(select(muc_rooms.c.config).where(muc_rooms.c.jid == room))).scalar()
+            affiliation = (await conn.execute(select(muc_affiliations.c.affiliation).where(
+                muc_affiliations.c.room == room, muc_affiliations.c.jid == member))).scalar()
+    finally:
+        await store.close()
+    return config is not None and name in config and affiliation == "member"
+
+
+async def test_room_owner_node_killed(cluster: ClusterUnderTest) -> None:
+    """The node owning the group chat service dies (after node 3 did): the occupant on the other
+    node is told the room went away (XEP-0045 status 332) and rejoins; the new owner serves the
+    room with the configuration and affiliations the old one had stored; the dead node's user
+    reconnects to the survivor and rejoins too."""
+    service = f"conference.{DOMAIN}"
+    room = f"failover@{service}"
+    muc = "http://jabber.org/protocol/muc"
+    rita = await ClusterClient("rita", "r").connect(cluster.address("n1"))
+    sam = await ClusterClient("sam", "s").connect(cluster.address("n2"))
+    again: ClusterClient | None = None
+    try:
+        for person, node in ((rita, "n1"), (sam, "n2")):
+            await cluster.wait_registry(_has_session(node, person.jid), what="occupant registered")
+        await rita.send(f"<presence to='{room}/rita'><x xmlns='{muc}'/></presence>")
+        await rita.wait_for("presence", r"from='failover@conference[^']*/rita'.*status code='110'")
+        # XEP-0045 section 10.1.3: a reserved room, configured persistent with a name; sam a member.
+        await rita.send(
+            f"<iq type='set' to='{room}' id='cfg'><query xmlns='{muc}#owner'><x xmlns='jabber:x:data' type='submit'>"
+            "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+            "<field var='muc#roomconfig_roomname'><value>Failover room</value></field>"
+            "<field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>")
+        await rita.wait_for("iq", r"id='cfg'.*type='result'|type='result'.*id='cfg'")
+        await rita.send(f"<iq type='set' to='{room}' id='aff'><query xmlns='{muc}#admin'>"
+                        f"<item affiliation='member' jid='{sam.bare}'/></query></iq>")
+        await rita.wait_for("iq", r"id='aff'.*type='result'|type='result'.*id='aff'")
+        await sam.send(f"<presence to='{room}/sam'><x xmlns='{muc}'/></presence>")
+        await sam.wait_for("presence", r"from='failover@conference[^']*/sam'.*status code='110'")
+        # the owner writes behind: wait until the database has what a new owner will read
+        deadline = time.monotonic() + 10
+        while not await _room_stored(cluster.database_url, room, "Failover room", sam.bare):
+            assert time.monotonic() < deadline, "the room's state never reached the database"
+            await asyncio.sleep(0.1)
+        status = await cluster.status()
+        owner = next(name for name, answer in status.items() if service in answer.get("service_leases", []))
+        assert owner in ("n1", "n2"), status
+        survivor = "n2" if owner == "n1" else "n1"
+        stays, leaves = (sam, rita) if owner == "n1" else (rita, sam)
+        cluster.nodes[owner].kill()
+        leaves.drop()
+        # the occupant on the surviving node is told the room went away, and rejoins
+        await stays.wait_for("presence", r"from='failover@conference[^']*/" + stays.user + "'.*status code='332'",
+                             timeout=REGISTRY_BOUND + 5)
+        affiliation = "owner" if stays is rita else "member"
+        await stays.send(f"<presence to='{room}/{stays.user}'><x xmlns='{muc}'/></presence>")
+        await stays.wait(lambda: len(stays.find("presence", rf"from='failover@conference[^']*/{stays.user}'"
+                                                            rf"(?!.*type='unavailable').*affiliation='{affiliation}'")) >= 2,
+                         timeout=10, what="the rejoin with the stored affiliation")
+        # the room's stored configuration came with it
+        await stays.send(f"<iq type='get' to='{room}' id='info'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        info = await stays.wait_for("iq", r"id='info'")
+        text = serialize(info)
+        assert "Failover room" in text and "muc_persistent" in text, text
+        # the dead node's user comes back through the survivor and rejoins with its affiliation
+        again = await ClusterClient(leaves.user, "again").connect(cluster.address(survivor))
+        other = "owner" if leaves is rita else "member"
+        await again.send(f"<presence to='{room}/{leaves.user}'><x xmlns='{muc}'/></presence>")
+        await again.wait_for("presence", rf"from='failover@conference[^']*/{leaves.user}'.*affiliation='{other}'"
+                                         r".*status code='110'")
+        await stays.wait_for("presence", rf"from='failover@conference[^']*/{leaves.user}'(?!.*type=)")
+        await again.send(f"<message to='{room}' type='groupchat' id='back'><body>back again</body></message>")
+        await stays.wait(lambda: "back again" in stays.bodies(), what="the groupchat message after failover")
+    finally:
+        for person in (rita, sam, again):
+            if person is not None:
+                await person.close()

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 SESSIONS_SUBJECT = "peerage.cluster.sessions"
 USER_SUBJECT = "peerage.cluster.user"
+PEP_SUBJECT = "peerage.cluster.pep"
 #: Seconds a sender using XEP-0198 waits for the other node to confirm it holds a stanza before
 #: its <a/> goes out anyway (NATS down: the stanza is then held here and sent when NATS is back).
 GOT_TIMEOUT = 3.0
@@ -76,6 +77,7 @@ SYNC_TIMEOUT = 3.0
 RECENT_OFFLINE = 60.0
 #: Hosted services whose state lives in one node's memory, by JID prefix: they get an owner node.
 OWNED_SERVICES = ("conference.",)
+MUC_USER = "http://jabber.org/protocol/muc#user"
 #: Largest stanza accepted from another node (the c2s limit is the same order, [xmpp] max_stanza_size).
 MAX_FORWARDED_STANZA = 1024 * 1024
 
@@ -136,7 +138,7 @@ class OwnedService:
     def deliver(self, stanza: Element, origin: Any = None) -> Any:
         xmpp = self.xmpp
         owner = xmpp.leases.cached_owner("service", self.jid)
-        if owner == xmpp.node.name:
+        if owner == xmpp.node.name and self.jid in xmpp.owned_loaded:
             return self.inner.deliver(stanza, origin)
         return xmpp.deliver_to_owner(self, stanza, origin)
 
@@ -227,6 +229,13 @@ class ClusterXmpp:
         self.forwarded_in = 0
         self.forwarded_out = 0
         self.rerouted_after_death = 0
+        #: owned services whose state this node has read since it last became their owner
+        self.owned_loaded: set[str] = set()
+        self._owned_loading: dict[str, asyncio.Future[None]] = {}
+        #: local full JID -> room JID -> (nick, owner node, affiliation): rooms of an owned service
+        #: on another node that this session is in (from the self-presence, XEP-0045 status 110)
+        self.occupying: dict[str, dict[str, tuple[str, str, str]]] = {}
+        self._pep: Any = None
 
     # =================================================================================================
     # Wiring
@@ -271,6 +280,7 @@ class ClusterXmpp:
         node.subscribe(node_subject(node.name, "s2s"), self._s2s_received)
         node.subscribe(node_subject(node.name, "offline"), self._offline_check_received)
         node.subscribe(node_subject(node.name, "service"), self._service_received)
+        self._attach_pep()
         # Group chat services: one owner node each (those registered later, after a reload, too).
         router = self.router
         for jid, service in list(router.services.items()):
@@ -303,6 +313,7 @@ class ClusterXmpp:
             "forwarded_in": self.forwarded_in,
             "forwarded_out": self.forwarded_out,
             "s2s_leases": sorted(self.leases.held("s2s")),
+            "service_leases": sorted(self.leases.held("service")),
         }
         if request.get("registry"):
             # This node's replica of the others' sessions (what its router sees of them).
@@ -466,6 +477,7 @@ class ClusterXmpp:
             self.router.unbind(session)
         self._reroute_held(lambda held: held.node == peer.name)
         await self.leases.release_node(peer.name)
+        self._rooms_lost(peer.name)
         for session in table.values():
             if session.available:
                 await self._tell_contacts_unavailable(session)
@@ -589,6 +601,8 @@ class ClusterXmpp:
                     await self._reroute(stanza, bare)
                 continue
             session.send(stanza)
+            if stanza.name == "presence":
+                self._track_occupant(session.full_jid, stanza, origin)
             if sid:
                 if session.sm is None:
                     released.append(sid)
@@ -691,12 +705,16 @@ class ClusterXmpp:
     async def deliver_to_owner(self, service: OwnedService, stanza: Element, origin: Any) -> None:
         owner = await self.leases.owner("service", service.jid)
         if owner == self.node.name or not self.node.alive(owner) or not self.node.connected:
-            if owner != self.node.name:
+            if owner == self.node.name:
+                await self._owned_ready(service.jid)
+            else:
                 log.warning("cluster: the owner of %s (%s) is unreachable; serving it here", service.jid, owner)
             result = service.inner.deliver(stanza, origin)
             if result is not None:
                 await result
             return
+        # another node serves it: if it comes back here, the database has the newer state
+        self.owned_loaded.discard(service.jid)
         payload = json.dumps({"service": service.jid, "stanza": serialize(stanza)}).encode()
         self.node.publish(node_subject(owner, "service"), payload)
 
@@ -710,10 +728,123 @@ class ClusterXmpp:
         if stanza is None or service is None:
             return
         inner = service.inner if isinstance(service, OwnedService) else service
-        await self.leases.owner("service", jid)  # keeps the lease (and its cache) fresh here
+        if await self.leases.owner("service", jid) == self.node.name:  # keeps the lease fresh here
+            await self._owned_ready(jid)
         result = inner.deliver(stanza)
         if result is not None:
             await result
+
+    # =================================================================================================
+    # PEP: notifications to the resources other nodes track
+    # =================================================================================================
+    def _attach_pep(self) -> None:
+        from peerage.xmpp.features.pep import Pep
+
+        pep = self.ctx.feature(Pep)
+        if pep is None:
+            return
+        self._pep = pep
+        pep.on_notify = self._pep_notified
+        self.node.subscribe(PEP_SUBJECT, self._pep_received)
+
+    def _pep_notified(self, owner: str, pnode: str, config: Any, event: Element) -> None:
+        """A PEP notification went out here to the resources this node tracks (those whose presence
+        was routed here, which are this node's sessions and the federated contacts whose streams
+        it took): the other nodes notify theirs, as if the item had been published on each."""
+        if not self.node.peers:
+            return
+        payload = {"node": self.node.name, "owner": owner, "pnode": pnode, "config": config.row(),
+                   "event": serialize(event)}
+        self.node.publish(PEP_SUBJECT, json.dumps(payload).encode())
+
+    async def _pep_received(self, msg: Any) -> None:
+        from types import SimpleNamespace
+
+        from peerage.xmpp.features.pep import NodeConfig
+
+        try:
+            data = json.loads(msg.data)
+            if data["node"] == self.node.name:
+                return
+            owner, pnode = str(data["owner"]), str(data["pnode"])
+            config = NodeConfig.from_row(SimpleNamespace(**data["config"]))
+            event = parse_stanza(str(data["event"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        if event is None:
+            return
+        self._pep.notify_here(owner, pnode, config, event)
+
+    async def _owned_ready(self, jid: str) -> None:
+        """This node serves ``jid`` now: when it has just become its owner, read the state the
+        previous owner left in the database first (persistent rooms, their configuration and
+        affiliations), once, while stanzas for it wait."""
+        if jid in self.owned_loaded:
+            return
+        loading = self._owned_loading.get(jid)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._owned_loading[jid] = loading
+            try:
+                from peerage.xmpp.muc.service import MucService
+
+                muc = self.ctx.feature(MucService)
+                if muc is not None and jid.startswith("conference."):
+                    count = await muc.reload(jid)
+                    log.info("cluster: this node owns %s now; %d persistent rooms read", jid, count)
+            except Exception:
+                log.exception("cluster: could not read the state of %s", jid)
+            finally:
+                self.owned_loaded.add(jid)
+                del self._owned_loading[jid]
+                loading.set_result(None)
+        else:
+            await loading
+
+    def _track_occupant(self, full: str, stanza: Element, origin: str) -> None:
+        """A room of an owned service on ``origin`` told a local session about itself (status 110):
+        remember that it is in (or left) the room, so it can be told if ``origin`` dies."""
+        sender = stanza.attrs.get("from", "")
+        room, _, nick = sender.partition("/")
+        if not nick or not room.partition("@")[2].startswith(OWNED_SERVICES):
+            return
+        x = stanza.find("x", MUC_USER)
+        if x is None or not any(status.attrs.get("code") == "110" for status in x.find_all("status")):
+            return
+        rooms = self.occupying.setdefault(full, {})
+        if stanza.attrs.get("type") == "unavailable":
+            rooms.pop(room, None)
+            if not rooms:
+                del self.occupying[full]
+            return
+        item = x.find("item")
+        rooms[room] = (nick, origin, item.attrs.get("affiliation", "none") if item is not None else "none")
+
+    def _rooms_lost(self, dead: str) -> None:
+        """XEP-0045 status 332 to each local occupant of a room whose node died: the room's
+        service went away, so clients rejoin (the next owner reads the room from the database)."""
+        told = 0
+        for full, rooms in list(self.occupying.items()):
+            bare, _, resource = full.partition("/")
+            session = self.router.session(bare, resource)
+            if session is None or isinstance(session, RemoteSession) or session.ended:
+                del self.occupying[full]
+                continue
+            for room, (nick, owner, affiliation) in list(rooms.items()):
+                if owner != dead:
+                    continue
+                del rooms[room]
+                presence = Element("presence", "", {"from": f"{room}/{nick}", "to": full, "type": "unavailable"})
+                x = presence.add("x", MUC_USER)
+                x.add("item", None, {"affiliation": affiliation, "role": "none"})
+                x.add("status", None, {"code": "110"})
+                x.add("status", None, {"code": "332"})
+                session.send(presence)
+                told += 1
+            if not rooms:
+                self.occupying.pop(full, None)
+        if told:
+            log.info("cluster: %d occupants told that rooms on %s went away (status 332)", told, dead)
 
     # =================================================================================================
     # Offline storage written on one node while the account logs in on another

@@ -277,6 +277,9 @@ class Pep(Feature):
         #: disco#info query id -> (node#ver, owner, full JID that was asked, hash name)
         self.pending: dict[str, tuple[str, str, str, str]] = {}
         self._ids = itertools.count(1)
+        #: peerage.cluster: told of every notification sent from here, so the other nodes notify
+        #: the resources whose presence they saw (interest is learnt where a presence is routed)
+        self.on_notify: Any = None
 
     @property
     def engine(self) -> Any:
@@ -673,6 +676,12 @@ class Pep(Feature):
         return features is not None and f"{node}+notify" in features
 
     def _notify(self, owner: str, node: str, config: NodeConfig, event: Element) -> None:
+        self.notify_here(owner, node, config, event)
+        if self.on_notify is not None:
+            self.on_notify(owner, node, config, event)
+
+    def notify_here(self, owner: str, node: str, config: NodeConfig, event: Element) -> None:
+        """Notify the interested resources this node tracks (every one, on a single server)."""
         for full_jid, ver in list(self.resources.get(owner, {}).items()):
             if self._may_receive(owner, _bare(full_jid), config) and self._interested(full_jid, ver, node):
                 self._send_event(owner, full_jid, event)

@@ -109,16 +109,43 @@ class MucService(Feature):
         for row in await self.store.load():
             self._restore(row)
         for room in list(self.rooms.values()):
-            if room.config.archiving and room.config.history_length:
-                try:
-                    for stamp, xml in await self.archive.recent(room.jid, room.config.history_length):
-                        message = parse_stored(xml)
-                        body = message.find("body")
-                        room.history.append(HistoryEntry(message, stamp, len(body.text) if body is not None else 0))
-                except Exception:
-                    log.exception("could not load the history of %s", room.jid)
+            await self._load_history(room)
         if self.rooms:
             log.info("muc: %d persistent rooms loaded", len(self.rooms))
+
+    async def _load_history(self, room: Room) -> None:
+        if room.config.archiving and room.config.history_length:
+            try:
+                for stamp, xml in await self.archive.recent(room.jid, room.config.history_length):
+                    message = parse_stored(xml)
+                    body = message.find("body")
+                    room.history.append(HistoryEntry(message, stamp, len(body.text) if body is not None else 0))
+            except Exception:
+                log.exception("could not load the history of %s", room.jid)
+
+    async def reload(self, service_jid: str) -> int:
+        """peerage.cluster: this node has just become the owner of ``service_jid``; its persistent
+        rooms are read again as the previous owner left them in the database (configuration,
+        affiliations, subject, history). Rooms with occupants here are live and kept. Returns how
+        many rooms were read."""
+        if not self.enabled:
+            return 0
+        suffix = "@" + service_jid
+        rows = [row for row in await self.store.load() if str(row["jid"]).endswith(suffix)]
+        stored = {str(row["jid"]) for row in rows}
+        for jid, room in list(self.rooms.items()):
+            if jid.endswith(suffix) and not room.occupants and jid not in stored:
+                del self.rooms[jid]  # destroyed (or never persistent) on the previous owner
+        for row in rows:
+            current = self.rooms.get(str(row["jid"]))
+            if current is not None and current.occupants:
+                continue
+            self.rooms.pop(str(row["jid"]), None)
+            self._restore(row)
+            restored = self.rooms.get(str(row["jid"]))
+            if restored is not None:
+                await self._load_history(restored)
+        return len(rows)
 
     async def shutdown_notice(self) -> None:
         """XEP-0045 status 332: every occupant is told it leaves because the service shuts down, so
