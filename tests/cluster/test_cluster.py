@@ -32,6 +32,7 @@ from tests.cluster.sipua import FlowUA
 from tests.cluster.xmppclient import ClusterClient, srv_targets
 from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_sipp
 from tests.xmpp.conftest import Client as XmppClient
+from tests.xmpp.rawclient import RawClient
 
 
 def _has_session(node: str, jid: str, flag: str = "") -> Any:
@@ -504,7 +505,8 @@ async def test_nats_restart_under_load(cluster: ClusterUnderTest) -> None:
 async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
     total, kill_after = 300, 100
     olivia = await ClusterClient("olivia", "o").connect(cluster.address("n1"), sm=True)
-    mallory = await ClusterClient("mallory", "m").connect(cluster.address("n3"), sm=True)
+    mallory = await ClusterClient("mallory", "m").connect(cluster.address("n3"), sm=True, resume=True)
+    assert mallory.previd, "the server offered no XEP-0198 resumption"
     # a SIP phone on a TCP flow held by node 3: its binding must go with the node
     nina = FlowUA("127.0.16.34", NODES["n3"], "sipnina", DOMAIN, PASSWORD)
     nina_aor = f"sip:sipnina@{DOMAIN}"
@@ -534,8 +536,23 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
             timeout=REGISTRY_BOUND + 5, what="node 3's sessions and flows gone")
         gone_after = time.monotonic() - killed_at
         assert gone_after <= REGISTRY_BOUND + 1.5, gone_after  # the bound, plus this test's polling
-        # Mallory's client reconnects to the next SRV target and gets the rest (offline storage).
+        # Mallory's client reconnects to the next SRV target. Its session was in node 3's memory:
+        # resuming it is refused as for an unknown session (XEP-0198 section 5, <failed/> with
+        # item-not-found), and the client binds a new session, which gets the rest (offline storage).
         targets = [address for address, _ in await srv_targets() if address != cluster.address("n3")]
+        probe = RawClient(targets[0], DOMAIN)
+        try:
+            await probe.connect()
+            await probe.open_stream()
+            await probe.starttls()
+            await probe.open_stream()
+            assert "<success" in await probe.authenticate(mallory.bare, PASSWORD)
+            assert "urn:xmpp:sm:3" in await probe.open_stream()
+            await probe.send(f"<resume xmlns='urn:xmpp:sm:3' h='{mallory.handled}' previd='{mallory.previd}'/>")
+            refused = await probe.read_until(r"<failed[^>]*(/>|>.*?</failed>)", timeout=10)
+            assert "item-not-found" in refused, refused
+        finally:
+            await probe.close()
         again = await ClusterClient("mallory", "m").connect(targets[0], sm=True)
         try:
             await olivia.request_ack()

@@ -49,11 +49,13 @@ class ClusterClient:
         self.server_h = 0  # the server's last <a h=/> for what we sent
         self.sent = 0
         self.sm = False
+        self.previd = ""  # the XEP-0198 resumption id, when resumption was asked for
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.address = ""
 
-    async def connect(self, address: str, *, sm: bool = False, presence: bool = True) -> ClusterClient:
+    async def connect(self, address: str, *, sm: bool = False, presence: bool = True,
+                      resume: bool = False) -> ClusterClient:
         self.address = address
         raw = RawClient(address, DOMAIN)
         await raw.login(self.bare, PASSWORD, self.resource)
@@ -64,7 +66,8 @@ class ClusterClient:
         raw.buffer = ""
         self._reader = asyncio.ensure_future(self._read(leftover))
         if sm:
-            await self.write("<enable xmlns='urn:xmpp:sm:3'/>")
+            await self.write("<enable xmlns='urn:xmpp:sm:3' resume='true'/>" if resume
+                             else "<enable xmlns='urn:xmpp:sm:3'/>")
             await self.wait(lambda: self.sm, what="XEP-0198 enabled")
         if presence:
             await self.send("<presence/>")
@@ -87,6 +90,7 @@ class ClusterClient:
         if element.xmlns == SM_NS:
             if element.name == "enabled":
                 self.sm = True
+                self.previd = element.attrs.get("id", "") if element.attrs.get("resume") in ("true", "1") else ""
             elif element.name == "r":
                 self.acked_h = self.handled
                 await self.write(f"<a xmlns='urn:xmpp:sm:3' h='{self.handled}'/>")
