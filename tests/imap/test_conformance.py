@@ -289,3 +289,43 @@ async def test_subscriptions_are_names_not_mailboxes(imap: ImapHost) -> None:
     _, done = await raw.command("UNSUBSCRIBE never/made")
     assert b" OK " in done
     raw.writer.close()
+
+
+async def test_unauthenticate_ends_the_login_on_the_same_connection(imap: ImapHost) -> None:
+    """RFC 8437 with imaplib: log in, select, UNAUTHENTICATE, log in as someone else on the same
+    TLS connection; the first user's mailbox and ENABLEd extensions are gone with the login."""
+    import asyncio
+    import imaplib
+
+    from tests.imap.conftest import OTHER_USER, PASSWORD, USER
+
+    def session() -> list[object]:
+        imaplib.Commands.setdefault("UNAUTHENTICATE", ("AUTH", "SELECTED"))
+        client = imaplib.IMAP4_SSL(imap.address, 993, ssl_context=imap.client_context(), timeout=20)
+        try:
+            client.login(USER, PASSWORD)
+            seen: list[object] = ["UNAUTHENTICATE" in client.capabilities]
+            client.enable("CONDSTORE")
+            client.select("INBOX")
+            seen.append(client._simple_command("UNAUTHENTICATE")[0])
+            client.state = "NONAUTH"
+            # Not authenticated again: mailbox commands are refused until the next login.
+            try:
+                client._simple_command("SELECT", "INBOX")
+                seen.append("select allowed")
+            except imaplib.IMAP4.error as exc:
+                seen.append(str(exc))
+            client.login(OTHER_USER, PASSWORD)
+            # CONDSTORE went with the first login: enabling it again reports it enabled anew.
+            client.untagged_responses.pop("ENABLED", None)
+            client.enable("CONDSTORE")
+            seen.append(client.untagged_responses.get("ENABLED"))
+            seen.append(client.select("INBOX")[0])
+            return seen
+        finally:
+            client.logout()
+
+    seen = await asyncio.to_thread(session)
+    assert seen[0] is True and seen[1] == "OK"
+    assert seen[2] != "select allowed" and "SELECT" in str(seen[2])
+    assert seen[3] == [b"CONDSTORE"] and seen[4] == "OK"

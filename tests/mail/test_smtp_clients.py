@@ -144,6 +144,15 @@ def test_bare_line_endings_in_commands_refused(peerage: PeerageServer) -> None:
         assert [client.reply()[0] for _ in range(4)] == [250, 500, 250, 354]
         code, _ = client.command(_message("carol@example.net", ALICE, "after bare lf commands") + b".")
         assert code == 250
+        # Commands pipelined in the same write right after the final dot are command lines again: the
+        # bare-LF one is refused there too (RFC 2920 lets a client send MAIL after the dot at once).
+        assert client.command("MAIL FROM:<carol@example.net>")[0] == 250
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        client.send(_message("carol@example.net", ALICE, "dot then pipelined") + b".\r\n"
+                    + b"MAIL FROM:<carol@example.net>\nRSET\r\nMAIL FROM:<carol@example.net>\r\n")
+        assert [client.reply()[0] for _ in range(4)] == [250, 500, 250, 250]
+        assert client.command("RSET")[0] == 250
         # HELP does not reveal the internal name the refusal goes through.
         code, text = client.command("HELP")
         assert code == 250 and "BARE" not in text

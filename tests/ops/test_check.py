@@ -17,7 +17,7 @@ def test_check_reports_published_missing_and_ports(tmp_path: Path) -> None:
         dns.add_srv("_xmpp-client._tcp.chk.test", 5, 0, 5222, "chk.test")
         dns.add_mx("chk.test", 10, "chk.test")
         dns.add_txt("chk.test", "v=spf1 -all")  # published, but not what peerage wants
-        server = PeerageServer(tmp_path, ["chk.test"], ADDRESS, dns=dns, services=("xmpp", "smtp", "imap"))
+        server = PeerageServer(tmp_path, ["chk.test"], ADDRESS, dns=dns, services=("xmpp", "smtp", "imap", "sieve"))
         server.start()
         try:
             result = server.cli("check", check=False)
@@ -33,6 +33,7 @@ def test_check_reports_published_missing_and_ports(tmp_path: Path) -> None:
         assert f"ok       [xmpp] c2s_listen {ADDRESS}:5222 answers" in out
         assert f"ok       [imap] tls_listen {ADDRESS}:993 answers with TLS" in out
         assert "offers STARTTLS" in out
+        assert f"ok       ManageSieve on {ADDRESS}:4190 answers, STARTTLS works, SASL after TLS: " in out
         assert "warning  chk.test: self-signed" in out
         assert out.rstrip().splitlines()[-1].startswith("verdict: ")
         assert "Traceback" not in result.stderr

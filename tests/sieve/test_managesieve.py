@@ -185,3 +185,22 @@ def test_logout(server: PeerageServer) -> None:
     raw.send(b"LOGOUT\r\n")
     assert raw.response()[-1].startswith(b"OK")
     assert raw.closed()
+
+
+def test_unauthenticate_then_log_in_as_someone_else(sievelib_client: Client) -> None:
+    """RFC 5804 §2.14.1 with sievelib: UNAUTHENTICATE ends bob's login on the same TLS connection;
+    script commands are refused until alice logs in, and then they see alice's scripts."""
+    client = sievelib_client
+    assert client.putscript("bobs", "keep;")
+    send = client._Client__send_command  # type: ignore[attr-defined]
+    assert send("UNAUTHENTICATE")[0] == "OK"
+    assert send("LISTSCRIPTS")[0] == "NO"
+    assert send("UNAUTHENTICATE")[0] == "NO"  # not authenticated any more
+    assert client._Client__authenticate("alice@example.org", PASSWORDS["alice@example.org"],  # type: ignore[attr-defined]
+                                        authmech="PLAIN")
+    active, others = client.listscripts()  # alice's scripts, not bob's
+    assert active != "bobs" and "bobs" not in others
+    assert send("UNAUTHENTICATE")[0] == "OK"
+    assert client._Client__authenticate("bob@example.org", PASSWORDS["bob@example.org"],  # type: ignore[attr-defined]
+                                        authmech="PLAIN")
+    assert client.deletescript("bobs")

@@ -485,6 +485,62 @@ async def check_sip_tls(config: Config, domain: str, report: Report) -> None:
             report.ok(f"SIP TLS {where}: {version}, certificate covers {domain}")
 
 
+async def _sieve_capabilities(reader: asyncio.StreamReader) -> list[bytes]:
+    """Capability lines up to the OK that ends them (RFC 5804 §1.7)."""
+    lines: list[bytes] = []
+    while len(lines) < 64:
+        line = await asyncio.wait_for(reader.readline(), 5)
+        if not line or line.upper().startswith((b"OK", b"NO", b"BYE")):
+            if not line.upper().startswith(b"OK"):
+                raise OSError(f"the server answered {line.decode('utf-8', 'replace').strip() or 'nothing'}")
+            return lines
+        lines.append(line.strip())
+    raise OSError("too many capability lines")
+
+
+async def check_managesieve(config: Config, report: Report) -> None:
+    """ManageSieve (RFC 5804) as Thunderbird's and Roundcube's Sieve clients see it: the capability
+    greeting, STARTTLS (required before login), and SASL mechanisms offered once TLS is up (§2.2)."""
+    sieve = getattr(config, "sieve", None)
+    if sieve is None or not sieve.enabled or not sieve.listen:
+        return
+    report.section("ManageSieve (RFC 5804, port 4190)")
+    name = next(iter(config.domains), "localhost")
+    for spec in sieve.listen:
+        host, port = parse_listen(spec)
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+            try:
+                greeting = await _sieve_capabilities(reader)
+                if not any(line.upper() == b'"STARTTLS"' for line in greeting):
+                    report.problem(f"ManageSieve on {spec} does not offer STARTTLS",
+                                   "configure a certificate for the domain (logins need TLS)")
+                    continue
+                writer.write(b"STARTTLS\r\n")
+                answer = await asyncio.wait_for(reader.readline(), 5)
+                if not answer.upper().startswith(b"OK"):
+                    report.problem(f"ManageSieve on {spec} refused STARTTLS: {answer.decode('utf-8', 'replace').strip()}",
+                                   "check the certificate and `[sieve]` in the configuration")
+                    continue
+                await asyncio.wait_for(writer.start_tls(_loose_context(), server_hostname=name), 5)
+                after = await _sieve_capabilities(reader)
+                writer.write(b"LOGOUT\r\n")
+            finally:
+                writer.close()
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            report.problem(f"ManageSieve on {spec}: {exc or type(exc).__name__}",
+                           "start `peerage serve`, or open the port in the firewall")
+            continue
+        sasl = next((line for line in after if line.upper().startswith(b'"SASL"')), b"")
+        mechanisms = sasl.split(b" ", 1)[1].strip(b'"') if b" " in sasl else b""
+        if mechanisms:
+            report.ok(f"ManageSieve on {spec} answers, STARTTLS works, SASL after TLS: {mechanisms.decode()}")
+        else:
+            report.problem(f"ManageSieve on {spec} offers no SASL mechanism after STARTTLS",
+                           "check `[auth]` mechanisms; clients cannot log in")
+
+
 async def run(config: Config) -> Report:
     report = Report()
     report.section("Configuration")
@@ -494,6 +550,7 @@ async def run(config: Config) -> Report:
         await check_dns(config, domain, report)
     await check_ports(config, report)
     await check_smtp_starttls(config, report)
+    await check_managesieve(config, report)
     for domain in config.domains:
         await check_mta_sts(config, domain, report)
         await check_dane(config, domain, report)

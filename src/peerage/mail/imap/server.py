@@ -556,6 +556,7 @@ class ImapSession:
             "LIST-STATUS",
             "CHILDREN",
             "UNSELECT",
+            "UNAUTHENTICATE",
             "ESEARCH",
             "SEARCHRES",
             "SORT",
@@ -686,6 +687,28 @@ class ImapSession:
         await self.store.ensure_defaults(result.account)
         log.info("IMAP login %s from %s", result.account, self.peer_ip)
         return "OK [CAPABILITY " + self.capabilities() + "] Logged in"
+
+    async def cmd_unauthenticate(self, command: Command) -> str | None:
+        """RFC 8437: end the login and go back to the not-authenticated state on the same connection.
+        A selected mailbox is left as UNSELECT leaves it (no expunge); ENABLEd extensions and the
+        SEARCHRES result go with the login (§3); TLS and COMPRESS stay, since they belong to the
+        connection. The connection counts as anonymous again: it takes a place in the global cap of
+        anonymous connections and has the authentication deadline once more."""
+        if command.args:
+            raise Bad("UNAUTHENTICATE takes no arguments")
+        preauth = self.host.limits.preauth()
+        if preauth is None:
+            raise No("Too many connections waiting to authenticate; try again later", "UNAVAILABLE")
+        if self.selected is not None:
+            self._deselect()
+        log.info("IMAP UNAUTHENTICATE %s from %s", self.user, self.peer_ip)
+        self.user = None
+        self.enabled.clear()
+        self.condstore = False
+        self.saved_result = []
+        self._preauth = preauth
+        self._auth_deadline = time.monotonic() + self.host.config.limits.auth_deadline
+        return None
 
     async def cmd_login(self, command: Command) -> str | None:
         self._require_tls()
@@ -1730,6 +1753,7 @@ _HANDLERS: dict[str, tuple[tuple[str, ...], Any]] = {
     "CHECK": (_SELECTED, ImapSession.cmd_check),
     "CLOSE": (_SELECTED, ImapSession.cmd_close),
     "UNSELECT": (_SELECTED, ImapSession.cmd_unselect),
+    "UNAUTHENTICATE": (_AUTHED, ImapSession.cmd_unauthenticate),
     "EXPUNGE": (_SELECTED, ImapSession.cmd_expunge),
     "UID EXPUNGE": (_SELECTED, ImapSession.cmd_uid_expunge),
     "FETCH": (_SELECTED, ImapSession.cmd_fetch),

@@ -5,7 +5,7 @@ session per connection: the greeting with the capabilities (§1.7), STARTTLS (§
 no implicit-TLS port, so none is offered), AUTHENTICATE (§2.1) through the one SASL engine
 (``peerage.identity.sasl``) and its driver (``peerage.identity.login``: the login-name rule, the
 shared throttle, the failure log line), and the script commands PUTSCRIPT, CHECKSCRIPT, HAVESPACE,
-LISTSCRIPTS, SETACTIVE, GETSCRIPT, DELETESCRIPT, RENAMESCRIPT, NOOP, LOGOUT. Scripts are checked by
+LISTSCRIPTS, SETACTIVE, GETSCRIPT, DELETESCRIPT, RENAMESCRIPT, NOOP, UNAUTHENTICATE (§2.14.1), LOGOUT. Scripts are checked by
 ``peerage.mail.sieve.grammar`` before they are stored: a bad one is refused with its line and column.
 
 As IMAP does, authentication is refused before TLS (``ENCRYPT-NEEDED``), so no password crosses
@@ -256,6 +256,7 @@ class ManageSieveSession:
         self.send(b'"MAXREDIRECTS" "%d"\r\n' % MAX_REDIRECTS)
         if self.user:
             self.send(b'"OWNER" ' + quote(self.user) + b"\r\n")
+        self.send(b'"UNAUTHENTICATE"\r\n')
         self.send(b'"VERSION" "1.0"\r\n')
 
     # --- session ------------------------------------------------------------------------------
@@ -362,6 +363,10 @@ class ManageSieveSession:
             return
         if name == "AUTHENTICATE":
             await self._authenticate(tokens)
+            return
+        if name == "UNAUTHENTICATE":
+            self._args(tokens, 0, name)
+            await self._unauthenticate()
             return
         if name not in _AUTHENTICATED_COMMANDS:
             raise _Bad(f"unknown command {name[:32]}")
@@ -482,6 +487,23 @@ class ManageSieveSession:
             return base64.b64decode(tokens[0], validate=True)
         except (binascii.Error, ValueError):
             return None
+
+    async def _unauthenticate(self) -> None:
+        """RFC 5804 §2.14.1: back to the non-authenticated state on the same (TLS) connection. Only
+        after a login (else NO); the connection is anonymous again, with a place in the global cap
+        and the authentication deadline."""
+        if self.user is None:
+            self.respond("NO", "Not authenticated")
+            return
+        preauth = self.host.limits.preauth()
+        if preauth is None:
+            self.respond("NO", "Too many connections waiting to authenticate; try again later", "TRYLATER")
+            return
+        log.info("ManageSieve UNAUTHENTICATE %s from %s", self.user, self.ip)
+        self.user = None
+        self._preauth = preauth
+        self._deadline = time.monotonic() + self.host.config.limits.auth_deadline
+        self.respond("OK", "Unauthenticate completed")
 
     async def _authenticate(self, tokens: list[bytes | str]) -> None:
         if self.user is not None:

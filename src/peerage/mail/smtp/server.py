@@ -14,18 +14,14 @@ comes before aiosmtpd) — and asyncio's Protocol API (``connection_made``, ``da
 ``connection_lost``) that ``SMTP`` is built on. Bare CR/LF in command lines (RFC 5321 §2.3.8) is
 caught in ``data_received`` before the engine reads the bytes.
 
-Two private methods are still overridden, because aiosmtpd 1.4.6 has no public way to do what they
-do; both are covered by tests/mail, so an aiosmtpd release that changes them fails those tests
-rather than the service:
+Nothing before the greeting is aiosmtpd's: ``GreetingGate`` is the protocol a new connection gets
+first (per-IP cap, the unauthenticated gate, the early-talker pause); it makes the engine and hands
+the transport on with asyncio's ``set_protocol`` only when the greeting may go.
 
-- ``_handle_client`` (and reading ``_reader`` inside it): the connection-level refusals (per-IP
-  cap, the unauthenticated gate) and the early-talker pause must happen *before* the greeting, and
-  aiosmtpd sends its greeting first thing in ``_handle_client`` with no hook before it
-  (tests/mail/test_greeting_and_shutdown.py, tests/mail/test_limits.py).
-- ``_getaddr``: a fast path for the usual ``<local@domain>`` that falls back to aiosmtpd's own
-  parser; if a release renamed it, the override would simply stop being used (slower, still right).
-
-Replacing the engine with our own sans-I/O SMTP core would remove both; it is not done yet.
+One private method is still overridden: ``_getaddr``, a fast path for the usual ``<local@domain>``
+that falls back to aiosmtpd's own parser; if a release renamed it, the override would simply stop
+being used (slower, still right). Bytes pipelined after the end of a message's data are checked for
+bare line endings like any command line (``data_received`` splits at the final dot).
 """
 
 from __future__ import annotations
@@ -158,16 +154,12 @@ class SessionState:
 class PeerageSMTP(SMTP):
     """aiosmtpd's engine with enhanced status codes, per-IP connection caps and a TLS flag for 465."""
 
-    def __init__(
-        self, handler: Any, *, implicit_tls: bool = False, greeting_delay: float = 0.0, **kwargs: Any
-    ) -> None:
+    def __init__(self, handler: Any, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self._greeting_delay = greeting_delay
         self._raw_replies = False
         self._collected: list[bytes] | None = None
         self._implicit_tls = implicit_tls
         self._counted_ip: str | None = None
-        self._refusal: str | None = None
         self.peer_state: SessionState | None = None
         self._preauth: Any = None
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -175,12 +167,25 @@ class PeerageSMTP(SMTP):
         # read (DATA lines are checked as a whole by `policy.has_bare_line_ending`).
         self._held = b""
         self._in_data = False
+        self._data_tail = b""  # the last bytes of message data seen, to find a final dot split over reads
 
     def data_received(self, data: bytes) -> None:
         # asyncio's Protocol API: every byte from the client passes here before the engine reads it.
         if self._in_data:
-            super().data_received(data)
-            return
+            # RFC 5321 §4.1.1.4: the data ends at CRLF "." CRLF. What a pipelining client sent after it
+            # in the same read is command lines again, checked as such.
+            window = self._data_tail + data
+            end = window.find(b"\r\n.\r\n")
+            if end < 0:
+                self._data_tail = window[-4:]
+                super().data_received(data)
+                return
+            cut = end + 5 - len(self._data_tail)
+            self._in_data = False
+            super().data_received(data[:cut])
+            data = data[cut:]
+            if not data:
+                return
         data = self._held + data
         ready, self._held = check_command_lines(data)
         if len(self._held) > MAX_HELD_COMMAND:
@@ -190,6 +195,7 @@ class PeerageSMTP(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         self._in_data = True
+        self._data_tail = b"\r\n"  # the DATA line's own CRLF: a message may be just "." CRLF
         try:
             await super().smtp_DATA(arg)
         finally:
@@ -203,28 +209,22 @@ class PeerageSMTP(SMTP):
         super().connection_made(transport)
         if not first:
             return  # the STARTTLS re-wrap of an existing connection
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else "unknown"
-        self.peer_state = SessionState(ip=ip)
+        if self.peer_state is None:
+            peer = transport.get_extra_info("peername")
+            self.peer_state = SessionState(ip=peer[0] if peer else "unknown")
         sessions = getattr(self.event_handler, "sessions", None)
         if sessions is not None:
             sessions.add(self)
-        counter = self.event_handler.connections
-        if counter is not None:
-            if counter.acquire(ip):
-                self._counted_ip = ip
-            else:
-                self._refusal = TOO_MANY_CONNECTIONS
-        if getattr(self.event_handler, "submission", False) and self._refusal is None:
-            # Submission must authenticate within [limits] auth_deadline, and anonymous connections
-            # share one global cap (peerage.net.limits.UnauthenticatedGate).
-            limits = self.event_handler.service.host.limits
-            self._preauth = limits.preauth()
-            if self._preauth is None:
-                self._refusal = TOO_MANY_UNAUTHENTICATED
-            else:
-                self._auth_timer = asyncio.get_running_loop().call_later(
-                    limits.config.auth_deadline, self._auth_deadline_passed)
+
+    def take_over(self, gate: GreetingGate) -> None:
+        """What the gate acquired for this connection (its per-IP slot, the anonymous slot and the
+        authentication deadline) is now this engine's to release."""
+        self.peer_state = SessionState(ip=gate.ip)
+        self._counted_ip, gate.counted_ip = gate.counted_ip, None
+        self._preauth, gate.preauth = gate.preauth, None
+        if self._preauth is not None:
+            self._auth_timer = asyncio.get_running_loop().call_later(
+                max(0.0, gate.auth_deadline - time.monotonic()), self._auth_deadline_passed)
 
     def _auth_deadline_passed(self) -> None:
         self._auth_timer = None
@@ -251,41 +251,6 @@ class PeerageSMTP(SMTP):
             self.event_handler.connections.release(self._counted_ip)
             self._counted_ip = None
         super().connection_lost(error)
-
-    async def _handle_client(self) -> None:
-        if self._refusal is not None:
-            await self.push(self._refusal)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        if self._greeting_delay > 0 and not await self._waited_for_greeting():
-            return
-        await super()._handle_client()
-
-    async def _waited_for_greeting(self) -> bool:
-        """The early-talker test of Postfix's postscreen (RFC 5321 §4.3.1: the client waits for the
-        greeting): keep quiet for a moment; a client that sends anything meanwhile is a spam engine
-        that does not read replies, and is refused. An address that passed once is trusted for a day."""
-        state = self.peer_state
-        passes: dict[str, float] | None = getattr(self.event_handler, "greeting_passes", None)
-        now = time.monotonic()
-        if state is None or passes is None:
-            return True
-        if passes.get(state.ip, 0.0) > now:
-            return True
-        try:
-            early = await asyncio.wait_for(self._reader.read(1), self._greeting_delay)
-        except TimeoutError:
-            if len(passes) >= MAX_GREETING_PASSES:
-                passes.clear()
-            passes[state.ip] = now + GREETING_PASS_SECONDS
-            return True
-        if early:
-            log.info("refusing %s: it spoke before the greeting", state.ip)
-            await self.push(EARLY_TALKER)
-        if self.transport is not None:
-            self.transport.close()
-        return False
 
     def shut_down(self) -> None:
         """The server is stopping: say so (RFC 5321 §3.8) and close."""
@@ -406,7 +371,7 @@ class BaseHandler:
         self.service = service
         self.connections = service.connections
         # Open sessions, told 421 when the server stops.
-        self.sessions: set[PeerageSMTP] = service.smtp_sessions
+        self.sessions: set[Any] = service.smtp_sessions  # engines and gates: told 421 on shutdown
         # Client addresses that waited for the greeting, with the time they may skip the wait until.
         self.greeting_passes: dict[str, float] = service.greeting_passes
 
@@ -758,6 +723,112 @@ class SubmissionHandler(BaseHandler):
         return OK
 
 
+class GreetingGate(asyncio.Protocol):
+    """What answers a new connection before the SMTP engine exists (asyncio's Protocol API; the
+    connection is handed on with ``transport.set_protocol``, as aiosmtpd itself does for STARTTLS).
+
+    It refuses, without a greeting, a client over its per-IP connection cap or, on submission, over
+    the global cap of connections waiting to authenticate; on the MX it keeps quiet for
+    ``greeting_delay`` seconds first, as Postfix's postscreen does (RFC 5321 §4.3.1: the client waits
+    for the greeting): a client that sends anything meanwhile is a spam engine that does not read
+    replies, and gets 554. An address that waited once is trusted for a day. Only then is the engine
+    made, given the transport, and the greeting goes out."""
+
+    def __init__(self, make_engine: Callable[[], PeerageSMTP], handler: Any, greeting_delay: float) -> None:
+        self.make_engine = make_engine
+        self.handler = handler
+        self.greeting_delay = greeting_delay
+        self.transport: asyncio.Transport | None = None
+        self.ip = "unknown"
+        self.counted_ip: str | None = None
+        self.preauth: Any = None
+        self.auth_deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0] if peer else "unknown"
+        counter = self.handler.connections
+        if counter is not None:
+            if not counter.acquire(self.ip):
+                self._refuse(TOO_MANY_CONNECTIONS)
+                return
+            self.counted_ip = self.ip
+        if getattr(self.handler, "submission", False):
+            # Submission must authenticate within [limits] auth_deadline (counted from the connection),
+            # and anonymous connections share one global cap (peerage.net.limits.UnauthenticatedGate).
+            limits = self.handler.service.host.limits
+            self.preauth = limits.preauth()
+            if self.preauth is None:
+                self._refuse(TOO_MANY_UNAUTHENTICATED)
+                return
+            self.auth_deadline = time.monotonic() + limits.config.auth_deadline
+        passes: dict[str, float] | None = getattr(self.handler, "greeting_passes", None)
+        if self.greeting_delay <= 0 or passes is None or passes.get(self.ip, 0.0) > time.monotonic():
+            self._hand_on()
+            return
+        sessions = getattr(self.handler, "sessions", None)
+        if sessions is not None:
+            sessions.add(self)
+        self._timer = asyncio.get_running_loop().call_later(self.greeting_delay, self._waited)
+
+    def _waited(self) -> None:
+        self._timer = None
+        passes: dict[str, float] = self.handler.greeting_passes
+        if len(passes) >= MAX_GREETING_PASSES:
+            passes.clear()
+        passes[self.ip] = time.monotonic() + GREETING_PASS_SECONDS
+        self._hand_on()
+
+    def data_received(self, data: bytes) -> None:
+        if self._done or not data:
+            return
+        log.info("refusing %s: it spoke before the greeting", self.ip)
+        self._refuse(EARLY_TALKER)
+
+    def _hand_on(self) -> None:
+        transport = self.transport
+        if self._done or transport is None or transport.is_closing():
+            return
+        self._done = True
+        self._forget()
+        engine = self.make_engine()
+        engine.take_over(self)
+        transport.set_protocol(engine)
+        engine.connection_made(transport)
+
+    def _refuse(self, reply: str) -> None:
+        self._done = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(with_enhanced_code(reply).encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sessions = getattr(self.handler, "sessions", None)
+        if sessions is not None:
+            sessions.discard(self)
+
+    def shut_down(self) -> None:
+        """The server is stopping while this client waits for its greeting."""
+        self._forget()
+        self._refuse(SHUTTING_DOWN.decode("ascii").rstrip("\r\n"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done = True
+        self._forget()
+        if self.counted_ip is not None and self.handler.connections is not None:
+            self.handler.connections.release(self.counted_ip)
+            self.counted_ip = None
+        if self.preauth is not None:
+            self.preauth.release()
+            self.preauth = None
+
+
 def make_server_factory(
     handler: BaseHandler,
     *,
@@ -767,12 +838,11 @@ def make_server_factory(
     implicit_tls: bool = False,
     submission: bool = False,
     greeting_delay: float = 0.0,
-) -> Callable[[], PeerageSMTP]:
-    def factory() -> PeerageSMTP:
+) -> Callable[[], GreetingGate]:
+    def engine() -> PeerageSMTP:
         return PeerageSMTP(
             handler,
             implicit_tls=implicit_tls,
-            greeting_delay=greeting_delay,
             hostname=hostname,
             ident="peerage ESMTP",
             data_size_limit=max_size,
@@ -787,6 +857,9 @@ def make_server_factory(
             auth_require_tls=not implicit_tls,
             auth_exclude_mechanism=[] if submission else ["LOGIN", "PLAIN"],
         )
+
+    def factory() -> GreetingGate:
+        return GreetingGate(engine, handler, greeting_delay)
 
     return factory
 
