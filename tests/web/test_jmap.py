@@ -359,6 +359,7 @@ async def test_submission_to_local_user_through_the_queue_path(mailhost: WebHost
     jmap = Jmap(mailhost)
     drafts = await jmap.mailbox("drafts")
     sent = await jmap.mailbox("sent")
+    before = (await jmap.one("EmailSubmission/get", {"ids": None}))["state"]
     responses = await jmap.call(
         ("Email/set", {"create": {"m": {"mailboxIds": {drafts: True}, "keywords": {"$draft": True},
                                         "from": [{"email": USER}], "to": [{"email": "bob@example.org"}],
@@ -377,7 +378,39 @@ async def test_submission_to_local_user_through_the_queue_path(mailhost: WebHost
     (row,) = await store.messages(bob_inbox.id, None, with_header=True)
     assert b"hello bob" in row.header and b"Bcc" not in row.header
     sent_ids = (await jmap.one("Email/query", {"filter": {"inMailbox": sent}}))["ids"]
-    assert len(sent_ids) == 1
+    # The draft moved to Sent and kept its id.
+    assert sent_ids == [responses[0][1]["created"]["m"]["id"]]
+    submission = responses[1][1]["created"]["s"]["id"]
+    changes = await jmap.one("EmailSubmission/changes", {"sinceState": before})
+    assert (changes["created"], changes["updated"], changes["destroyed"]) == ([submission], [], [])
+    middle = changes["newState"]
+    assert (await jmap.one("EmailSubmission/set", {"destroy": [submission]}))["destroyed"] == [submission]
+    gone = await jmap.one("EmailSubmission/changes", {"sinceState": middle})
+    assert (gone["created"], gone["destroyed"]) == ([], [submission])
+    # Created and destroyed since the first state: not reported at all.
+    quiet = await jmap.one("EmailSubmission/changes", {"sinceState": before})
+    assert (quiet["created"], quiet["updated"], quiet["destroyed"]) == ([], [], [])
+
+
+async def test_identity_changes(mailhost: WebHost) -> None:
+    jmap = Jmap(mailhost)
+    start = (await jmap.one("Identity/get", {"ids": None}))["state"]
+    made = await jmap.one("Identity/set", {"create": {"w": {"email": USER, "name": "Work"}},
+                                           "update": {"default": {"name": "Alice"}}})
+    work = made["created"]["w"]["id"]
+    changes = await jmap.one("Identity/changes", {"sinceState": start})
+    assert (changes["created"], changes["updated"], changes["destroyed"]) == ([work], ["default"], [])
+    middle = changes["newState"]
+    assert made["newState"] == middle
+    await jmap.one("Identity/set", {"destroy": [work]})
+    later = await jmap.one("Identity/changes", {"sinceState": middle})
+    assert (later["created"], later["updated"], later["destroyed"]) == ([], [], [work])
+    whole = await jmap.one("Identity/changes", {"sinceState": start})
+    assert (whole["created"], whole["updated"], whole["destroyed"]) == ([], ["default"], [])
+    same = await jmap.one("Identity/changes", {"sinceState": later["newState"]})
+    assert same["created"] == same["updated"] == same["destroyed"] == []
+    (bad,) = await jmap.call(("Identity/changes", {"sinceState": "I999"}))
+    assert bad[1]["type"] == "cannotCalculateChanges"
 
 
 async def test_submission_refuses_a_foreign_from(mailhost: WebHost) -> None:

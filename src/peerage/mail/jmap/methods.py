@@ -8,8 +8,9 @@ bumps the same MODSEQ IMAP reports and wakes the same IDLE and EventSource liste
 
 An Email is every copy of one message (the rows sharing the store's email id), so it can be in several
 mailboxes and keeps its id when it moves; ``/changes`` follows the id through the expunge log, so a
-move is an update. Limits of this implementation, each answered the way RFC 8620 allows: ``/changes``
-that would exceed ``maxChanges`` or that spans a deleted mailbox answers ``cannotCalculateChanges``;
+move is an update; Identity and EmailSubmission keep a change log in ``jmap_settings``. Limits of this
+implementation, each answered the way RFC 8620 allows: ``/changes`` that would exceed ``maxChanges``
+or that spans a deleted mailbox answers ``cannotCalculateChanges``;
 Email/copy between accounts has no second account to copy from.
 """
 
@@ -1332,6 +1333,64 @@ class MailAccount:
                                                                   jmap_settings.c.kind.startswith(prefix)))
             return {row.kind[len(prefix):]: (json.loads(row.value), row.modseq) for row in rows}
 
+    # A change log per kind of object kept in jmap_settings, for the /changes of objects that have no
+    # MODSEQ of their own (Identity, EmailSubmission): a counter row "meta:<kind>" whose modseq is the
+    # kind's state, and per object a row "log:<kind>:<id>" with the counter value of its last change
+    # and of its creation, kept after it is destroyed (RFC 8620 §5.2 needs destroyed ids).
+
+    async def _logged(self, conn: Any, kind: str, object_id: str, destroyed: bool = False) -> None:
+        """Record a change of ``object_id`` in the caller's transaction."""
+        counter = f"meta:{kind}"
+        seq = (await conn.execute(update(jmap_settings).where(
+            jmap_settings.c.account == self.owner, jmap_settings.c.kind == counter)
+            .values(modseq=jmap_settings.c.modseq + 1).returning(jmap_settings.c.modseq))).scalar()
+        if seq is None:
+            seq = 1
+            await conn.execute(insert(jmap_settings).values(account=self.owner, kind=counter, value="{}", modseq=seq))
+        entry = f"log:{kind}:{object_id}"
+        found = (await conn.execute(select(jmap_settings.c.value).where(
+            jmap_settings.c.account == self.owner, jmap_settings.c.kind == entry))).scalar()
+        value = json.dumps({"created": json.loads(found)["created"] if found else seq, "destroyed": destroyed})
+        if found is None:
+            await conn.execute(insert(jmap_settings).values(account=self.owner, kind=entry, value=value, modseq=seq))
+        else:
+            await conn.execute(update(jmap_settings).where(
+                jmap_settings.c.account == self.owner, jmap_settings.c.kind == entry).values(value=value, modseq=seq))
+
+    async def _log_state(self, kind: str) -> int:
+        async with self.db.begin() as conn:
+            return int((await conn.execute(select(jmap_settings.c.modseq).where(
+                jmap_settings.c.account == self.owner, jmap_settings.c.kind == f"meta:{kind}"))).scalar() or 0)
+
+    async def _log_changes(self, kind: str, prefix: str, args: dict[str, Any],
+                           always_there: Iterable[str] = ()) -> dict[str, Any]:
+        """RFC 8620 §5.2 /changes from the change log of ``kind`` (states are ``prefix`` + counter)."""
+        self._account(args)
+        since = args.get("sinceState")
+        now = await self._log_state(kind)
+        if not isinstance(since, str) or not since.startswith(prefix) or not since[len(prefix):].isdigit():
+            raise MethodError("cannotCalculateChanges", "unknown sinceState")
+        old = int(since[len(prefix):])
+        if old > now:
+            raise MethodError("cannotCalculateChanges", "sinceState is from the future")
+        created: list[str] = []
+        updated: list[str] = []
+        destroyed: list[str] = []
+        head = f"log:{kind}:"
+        async with self.db.begin() as conn:
+            rows = await conn.execute(select(jmap_settings.c.kind, jmap_settings.c.value).where(
+                jmap_settings.c.account == self.owner, jmap_settings.c.kind.startswith(head),
+                jmap_settings.c.modseq > old).order_by(jmap_settings.c.modseq))
+            for row in rows:
+                object_id, entry = row.kind[len(head):], json.loads(row.value)
+                new = entry["created"] > old and object_id not in always_there
+                if entry["destroyed"]:
+                    if not new:
+                        destroyed.append(object_id)
+                else:
+                    (created if new else updated).append(object_id)
+        return self._changes_answer(args, f"{prefix}{now}", created, updated, destroyed)
+
     async def _save_setting(self, kind: str, value: dict[str, Any] | None) -> None:
         async with self.db.begin() as conn:
             existing = (await conn.execute(select(jmap_settings.c.modseq).where(
@@ -1346,24 +1405,18 @@ class MailAccount:
                 await conn.execute(update(jmap_settings).where(jmap_settings.c.account == self.owner,
                                                                jmap_settings.c.kind == kind)
                                    .values(value=json.dumps(value), modseq=existing + 1))
-        # A removed identity must change the state too: count removals in a marker row.
-        if value is None:
-            marker = await self._settings("meta:")
-            count = marker.get("removed", ({"n": 0}, 0))[0]["n"] + 1
-            await self._save_setting("meta:removed", {"n": count})
+            if kind.startswith("identity:"):
+                await self._logged(conn, "identity", kind[len("identity:"):], destroyed=value is None)
         self.changed()
 
     async def _identities(self) -> tuple[dict[str, dict[str, Any]], str]:
         stored = await self._settings("identity:")
-        meta = await self._settings("meta:")
         identities = {IDENTITY_DEFAULT: {"id": IDENTITY_DEFAULT, "name": "", "email": self.owner, "replyTo": None,
                                          "bcc": None, "textSignature": "", "htmlSignature": "", "mayDelete": False}}
-        marks = [f"{k}{m}" for k, (_, m) in sorted(stored.items())] + [str(meta.get("removed", ({}, 0))[1])]
         for key, (value, _) in stored.items():
             base = identities.get(key, {"id": key, "mayDelete": True})
             identities[key] = {**base, **value, "id": key}
-        state = "i" + hashlib.sha256(",".join(marks).encode()).hexdigest()[:16]
-        return identities, state
+        return identities, f"I{await self._log_state('identity')}"
 
     async def identity_get(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         self._account(args)
@@ -1374,11 +1427,8 @@ class MailAccount:
                 "notFound": [i for i in ids if i not in identities]}
 
     async def identity_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
-        self._account(args)
-        _, state = await self._identities()
-        if args.get("sinceState") == state:
-            return self._changes_answer(args, state, [], [], [])
-        raise MethodError("cannotCalculateChanges", "identities changed; fetch them afresh")
+        # The account's own identity exists from the start: a change to it is an update.
+        return await self._log_changes("identity", "I", args, always_there=(IDENTITY_DEFAULT,))
 
     def _is_own(self, address: str) -> bool:
         address = address.strip().lower()
@@ -1500,8 +1550,7 @@ class MailAccount:
             return {row.id: json.loads(row.value) for row in rows}
 
     async def _submission_state(self) -> str:
-        subs = await self._submissions()
-        return "s" + hashlib.sha256(",".join(subs).encode()).hexdigest()[:16]
+        return f"S{await self._log_state('submission')}"
 
     async def submission_get(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         self._account(args)
@@ -1511,11 +1560,7 @@ class MailAccount:
                 "list": [subs[i] for i in ids if i in subs], "notFound": [i for i in ids if i not in subs]}
 
     async def submission_changes(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
-        self._account(args)
-        state = await self._submission_state()
-        if args.get("sinceState") == state:
-            return self._changes_answer(args, state, [], [], [])
-        raise MethodError("cannotCalculateChanges")
+        return await self._log_changes("submission", "S", args)
 
     async def submission_query(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
         self._account(args)
@@ -1565,6 +1610,8 @@ class MailAccount:
             async with self.db.begin() as conn:
                 result = await conn.execute(delete(jmap_submissions).where(
                     jmap_submissions.c.account == self.owner, jmap_submissions.c.id == target))
+                if result.rowcount:
+                    await self._logged(conn, "submission", target, destroyed=True)
             if result.rowcount:
                 destroyed.append(target)
             else:
@@ -1640,6 +1687,7 @@ class MailAccount:
         async with self.db.begin() as conn:
             await conn.execute(insert(jmap_submissions).values(id=sub_id, account=self.owner,
                                                                value=json.dumps(record), created=time.time()))
+            await self._logged(conn, "submission", sub_id)
         self._submitted_email[sub_id] = summary.id
         return record
 
