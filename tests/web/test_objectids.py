@@ -132,3 +132,27 @@ async def test_new_emails_and_threads_are_created(mailhost: WebHost) -> None:
     assert len(threads["created"]) == 1 and threads["updated"] == []
     got = await jmap.one("Thread/get", {"ids": threads["created"]})
     assert sorted(got["list"][0]["emailIds"]) == sorted(ids)
+
+
+async def test_list_facts_are_kept_at_delivery_and_filled_in(mailhost: WebHost) -> None:
+    from peerage.mail.mailbox import store_for
+
+    store = store_for(mailhost.host)
+    await deliver(mailhost.host, USER, message("=?utf-8?q?caf=C3=A9_kept?="))
+    summarize, store.summarize = store.summarize, None  # as a message stored before the facts were kept
+    try:
+        await deliver(mailhost.host, USER, message("=?utf-8?q?caf=C3=A9_later?="))
+    finally:
+        store.summarize = summarize
+    inbox = await store.get_mailbox(USER, "INBOX")
+    assert inbox is not None
+    rows = sorted(await store.messages(inbox.id, None, with_header=True), key=lambda r: r.uid)
+    assert rows[0].summary is not None and rows[1].summary is None
+    jmap = Jmap(mailhost)
+    ids = (await jmap.one("Email/query", {"sort": [{"property": "subject"}]}))["ids"]
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["subject", "from", "sentAt", "messageId"]})
+    assert [e["subject"] for e in got["list"]] == ["café kept", "café later"]
+    assert got["list"][1]["from"] == [{"name": "Carol", "email": "carol@remote.example"}]
+    assert got["list"][1]["sentAt"] == "2026-12-01T10:00:00Z"
+    rows = sorted(await store.messages(inbox.id, None, with_header=True), key=lambda r: r.uid)
+    assert rows[1].summary is not None  # filled in by the first read

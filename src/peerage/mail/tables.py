@@ -116,6 +116,10 @@ mail_messages = Table(
     # the same in every copy, kept by MOVE (see peerage.mail.mailbox.objectid).
     Column("email_id", String(OBJECT_ID_LENGTH), nullable=False),
     Column("thread_id", String(OBJECT_ID_LENGTH), nullable=False),
+    # What a mail client's list view needs from the header (decoded subject, addresses, dates, ids)
+    # as JSON, computed at delivery so that a cold JMAP index never parses 10,000 headers; NULL until
+    # computed (peerage.mail.jmap.index.header_facts).
+    Column("summary", LargeBinary),
     UniqueConstraint("mailbox_id", "uid", name="uq_mail_messages_mailbox_uid"),
 )
 Index("ix_mail_messages_mailbox_modseq", mail_messages.c.mailbox_id, mail_messages.c.modseq)

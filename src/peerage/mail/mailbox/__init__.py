@@ -46,10 +46,11 @@ def store_for(host: Any) -> MailboxStore:
         # IMAP's BODYSTRUCTURE is computed once, at delivery, and kept with the message; so is the text
         # the full-text index holds.
         from peerage.mail.imap.mime import cached_structures
+        from peerage.mail.jmap.index import encode_facts
         from peerage.mail.jmap.mime import searchable_text
 
         store = MailboxStore(host.store.engine, host.config.data_dir, describe=cached_structures,
-                             extract=searchable_text)
+                             extract=searchable_text, summarize=encode_facts)
         _stores[host] = store
     return store
 

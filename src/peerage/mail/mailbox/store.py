@@ -110,6 +110,8 @@ class MessageRow:
     # Its stable ids (RFC 8474 EMAILID and THREADID), the same in every copy and after a move.
     email_id: str = ""
     thread_id: str = ""
+    # The header facts list views need, as kept at delivery (read with the header; None if not kept).
+    summary: bytes | None = None
 
     @property
     def inline(self) -> bool:
@@ -186,6 +188,7 @@ def _row(record: object, with_header: bool, with_structure: bool = False) -> Mes
         basic_structure=r["basic_structure"] if with_structure else None,
         email_id=r["email_id"],
         thread_id=r["thread_id"],
+        summary=r["summary"] if with_header else None,
     )
 
 
@@ -228,23 +231,26 @@ _ROW_COLUMNS = (
     mail_messages.c.email_id,
     mail_messages.c.thread_id,
 )
-_ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain)
+_ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain, mail_messages.c.summary)
 _STRUCTURE_COLUMNS = (mail_messages.c.structure, mail_messages.c.basic_structure)
 
 # Computes (BODYSTRUCTURE, BODY) for a message at delivery; None when they are not cached.
 Describe = Callable[[bytes], tuple[bytes, bytes]]
 # Gives the searchable text of a message's body (for the full-text index) at delivery.
 Extract = Callable[[bytes], str]
+# Gives the header facts mail clients list (kept in ``summary``) from a header block, at delivery.
+Summarize = Callable[[bytes], bytes]
 
 
 class MailboxStore:
     """All mailboxes of all users of one host."""
 
     def __init__(self, engine: AsyncEngine, data_dir: Path, describe: Describe | None = None,
-                 extract: Extract | None = None) -> None:
+                 extract: Extract | None = None, summarize: Summarize | None = None) -> None:
         self.engine = engine
         self.describe = describe
         self.extract = extract
+        self.summarize = summarize
         self.search = FullTextIndex(engine)
         self.blobs = BlobStore(Path(data_dir) / "mail" / "blobs")
         self.notifier = MailboxNotifier()
@@ -536,8 +542,12 @@ class MailboxStore:
                 except Exception:  # a message that defeats the parser is still stored
                     structure = (None, None)
             email_id = objectid.new_email_id()
+            summary = None
+            if self.summarize is not None:
+                with contextlib.suppress(Exception):  # a header that defeats it is summarised when read
+                    summary = self.summarize(header)
             prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure,
-                             email_id, objectid.thread_id(header, email_id)))
+                             email_id, objectid.thread_id(header, email_id), summary))
         searchable: list[tuple[str, str]] = []
         if self.extract is not None and await self.search.ready():
             for item in prepared:
@@ -604,6 +614,7 @@ class MailboxStore:
                             "basic_structure": item[6][1],
                             "email_id": item[7],
                             "thread_id": item[8],
+                            "summary": item[9],
                         }
                         for index, item in enumerate(prepared)
                     ],
@@ -848,6 +859,7 @@ class MailboxStore:
                             # A copy is the same message (RFC 8474 §5.1: COPY keeps the EMAILID).
                             "email_id": row.email_id,
                             "thread_id": row.thread_id,
+                            "summary": row.summary,
                         }
                         for index, row in enumerate(rows)
                     ],
@@ -937,6 +949,18 @@ class MailboxStore:
                 )
             )
             return Changes(changed, expunged, box[0], box[1])
+
+    async def save_summaries(self, mailbox_id: int, items: Sequence[tuple[int, bytes]]) -> None:
+        """Keep the header facts of messages stored without them (``summary``), by UID."""
+        if not items:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(mail_messages)
+                .where(and_(mail_messages.c.mailbox_id == mailbox_id, mail_messages.c.uid == bindparam("b_uid")))
+                .values(summary=bindparam("b_summary")),
+                [{"b_uid": uid, "b_summary": summary} for uid, summary in items],
+            )
 
     async def expunged_since(self, mailbox_id: int, modseq: int, until: int | None = None) -> list[Expunged]:
         """The expunge records of a mailbox with a mod-sequence above ``modseq`` (and at most ``until``),
