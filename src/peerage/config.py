@@ -541,6 +541,12 @@ class SocialConfig:
     allow_private_addresses: bool = False
     # Remote domains refused (defederated) from the start; `peerage social block` adds more live.
     blocked_domains: list[str] = field(default_factory=list)
+    # The XMPP side of the same identity (peerage.social.xmpp_bridge), when [xmpp] runs too: public
+    # posts mirrored on the account's PEP node urn:xmpp:microblog:0 (XEP-0472/XEP-0277), and remote
+    # actors as JIDs on the gateway service `<xmpp_gateway>.DOMAIN` (fred=mastodon.social@ap.DOMAIN)
+    # for direct messages and their posts. "ap" is Libervia's ActivityPub gateway name too.
+    xmpp_bridge: bool = True
+    xmpp_gateway: str = "ap"
 
 
 @dataclass(frozen=True)

@@ -66,10 +66,11 @@ def social_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA(tmp_path_factory.mktemp("social-ca"))
 
 
-def make_server(workdir: Path, domain: str, address: str, dns: LocalDNS, ca: TestCA) -> PeerageServer:
+def make_server(workdir: Path, domain: str, address: str, dns: LocalDNS, ca: TestCA,
+                services: tuple[str, ...] = ("web",)) -> PeerageServer:
     cert = ca.issue(domain)
     dns.add_a(domain, address)
-    server = PeerageServer(workdir, domain, address, dns=dns, services=("web",),
+    server = PeerageServer(workdir, domain, address, dns=dns, services=services,
                            config={"social": SOCIAL, "web": {"http_listen": []}}, certs={domain: cert},
                            ca_file=ca.cert_path)
     return server
@@ -77,7 +78,9 @@ def make_server(workdir: Path, domain: str, address: str, dns: LocalDNS, ca: Tes
 
 @pytest.fixture(scope="session")
 def alpha(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[PeerageServer]:
-    server = make_server(tmp_path_factory.mktemp("alpha"), ALPHA, ALPHA_ADDRESS, social_dns, social_ca)
+    # alpha also serves XMPP (c2s on 127.0.15.2:5222): the microblog bridge and the gateway JIDs.
+    server = make_server(tmp_path_factory.mktemp("alpha"), ALPHA, ALPHA_ADDRESS, social_dns, social_ca,
+                         services=("web", "xmpp"))
     server.add_user(f"alice@{ALPHA}", PASSWORD)
     server.add_user(f"carol@{ALPHA}", PASSWORD)
     server.cli("social", "publish", f"alice@{ALPHA}")

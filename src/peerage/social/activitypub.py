@@ -468,6 +468,8 @@ class ActivityPubRoutes:
                 return
             accounts = await self._recipients(activity, actor)
             await self._store_for(accounts, activity, kind, actor, object_id)
+            if self.social.bridge is not None:
+                self.social.bridge.remote_create(accounts, activity, actor)
         elif kind == "Update":
             if isinstance(obj, dict) and obj.get("type") in ("Person", "Service", "Application", "Group"):
                 if object_id == actor:
@@ -570,7 +572,10 @@ class ActivityPubRoutes:
     async def _follower_inboxes(self, address: str) -> list[str]:
         return [r.shared_inbox or r.inbox for r in await state.followers(self.store, address)]
 
-    async def post_note(self, address: str, note: dict[str, Any]) -> dict[str, Any]:
+    async def post_note(self, address: str, note: dict[str, Any], *, sid: str | None = None,
+                        from_xmpp: bool = False) -> dict[str, Any]:
+        """Publish a Note of `address`; `sid` names its status (the XMPP microblog item id), and
+        `from_xmpp` says it came from the microblog node (so it is not mirrored back there)."""
         text = note.get("source", {}).get("content") if isinstance(note.get("source"), dict) else None
         text = str(text if text is not None else note.get("content", ""))
         if not text.strip():
@@ -603,7 +608,7 @@ class ActivityPubRoutes:
             to, cc = [followers], mentioned
         else:
             to, cc = [PUBLIC], [followers, *mentioned]
-        object_id = self._new_id(address, "statuses")
+        object_id = f"{actor}/statuses/{sid}" if sid else self._new_id(address, "statuses")
         published = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         obj: dict[str, Any] = {
             "id": object_id, "type": "Note", "attributedTo": actor, "content": content,
@@ -622,7 +627,22 @@ class ActivityPubRoutes:
         if obj.get("inReplyTo"):
             inboxes += await self._author_inbox(address, obj["inReplyTo"])
         await self._publish_raw(address, activity, inboxes, object_id=object_id)
+        if PUBLIC in to and not from_xmpp:
+            await self._mirror(address, obj)
         return activity
+
+    async def _mirror(self, address: str, note: dict[str, Any] | None, deleted: str = "") -> None:
+        """The post on the account's XMPP microblog node too (peerage.social.xmpp_bridge)."""
+        bridge = self.social.bridge
+        if bridge is None:
+            return
+        try:
+            if note is not None:
+                await bridge.local_note(address, note)
+            else:
+                await bridge.local_delete(address, deleted)
+        except Exception:  # the post is out on ActivityPub; the XMPP copy must not undo that
+            log.exception("social: mirroring %s on the microblog node failed", address)
 
     async def _inboxes_of(self, address: str, actors: list[str]) -> list[str]:
         inboxes = []
@@ -701,7 +721,7 @@ class ActivityPubRoutes:
             raise ValueError("no such post of this account")
         return row
 
-    async def delete(self, address: str, object_id: str) -> dict[str, Any]:
+    async def delete(self, address: str, object_id: str, *, from_xmpp: bool = False) -> dict[str, Any]:
         row = await self._note_row(address, object_id)
         created = json.loads(row.document)
         actor = self.social.actor_url(address)
@@ -713,9 +733,12 @@ class ActivityPubRoutes:
         inboxes += await self._inboxes_of(address, [a for a in ids(to) + ids(cc)
                                                     if a not in (PUBLIC, f"{actor}/followers")])
         await self._publish_raw(address, activity, inboxes, store=False)
+        if not from_xmpp:
+            await self._mirror(address, None, object_id)
         return activity
 
-    async def update_note(self, address: str, submitted: dict[str, Any]) -> dict[str, Any]:
+    async def update_note(self, address: str, submitted: dict[str, Any], *,
+                          from_xmpp: bool = False) -> dict[str, Any]:
         object_id = id_of(submitted)
         row = await self._note_row(address, object_id)
         created = json.loads(row.document)
@@ -736,6 +759,8 @@ class ActivityPubRoutes:
                     "actor": actor, "object": note, "to": note.get("to", []), "cc": note.get("cc", [])}
         inboxes = await self._follower_inboxes(address)
         await self._publish_raw(address, activity, inboxes, store=False)
+        if PUBLIC in ids(note.get("to")) and not from_xmpp:
+            await self._mirror(address, note)
         return activity
 
     async def block(self, address: str, target: str) -> dict[str, Any]:

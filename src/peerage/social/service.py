@@ -63,6 +63,9 @@ class SocialService:
         self.blocked: set[str] = set()
         self._keys: dict[str, keys.AccountKey] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.activitypub: Any = None
+        #: the XMPP side (peerage.social.xmpp_bridge), when [xmpp] runs in this process too
+        self.bridge: Any = None
 
     async def start(self, host: Any) -> None:
         from peerage.social.delivery import DeliveryQueue
@@ -82,8 +85,15 @@ class SocialService:
         from peerage.social.webfinger import WebFingerRoutes
 
         routes = routes_for(host)
+        self.activitypub = ActivityPubRoutes(self)
         routes.add("social-webfinger", WebFingerRoutes(self).setup)
-        routes.add("social-activitypub", ActivityPubRoutes(self).setup)
+        routes.add("social-activitypub", self.activitypub.setup)
+        xmpp = next((s for s in host.services if type(s).__name__ == "XmppService"), None)
+        if xmpp is not None and host.config.social.xmpp_bridge:
+            from peerage.social.xmpp_bridge import XmppBridge
+
+            self.bridge = XmppBridge(self, xmpp)
+            self.bridge.start()
         lrdd = ("lrdd", "https://{authority}/.well-known/webfinger?resource={uri}")
         if lrdd not in routes.host_meta_links:
             routes.add_host_meta_link(*lrdd)
@@ -91,6 +101,8 @@ class SocialService:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self.queue is not None:
             await self.queue.stop()
         if self.host is not None:

@@ -183,6 +183,26 @@ async def activities(store: Any, account: str, *, local: bool, types: tuple[str,
         return (await conn.execute(query.order_by(social_activities.c.id.desc()).limit(limit))).all()
 
 
+async def received_from(store: Any, account: str, actor: str, limit: int) -> Sequence[Any]:
+    """Posts (Creates) of remote `actor` that `account` received, newest first."""
+    async with store.begin() as conn:
+        return (await conn.execute(select(social_activities).where(
+            social_activities.c.account == account, social_activities.c.local.is_(False),
+            social_activities.c.actor == actor, social_activities.c.type == "Create",
+            social_activities.c.deleted.is_(False)).order_by(social_activities.c.id.desc()).limit(limit))).all()
+
+
+async def last_direct_from(store: Any, account: str, actor: str) -> str:
+    """The id of the newest non-public Note from `actor` to `account` (what a reply answers)."""
+    async with store.begin() as conn:
+        row = (await conn.execute(select(social_activities.c.object_id).where(
+            social_activities.c.account == account, social_activities.c.local.is_(False),
+            social_activities.c.actor == actor, social_activities.c.type == "Create",
+            social_activities.c.public.is_(False), social_activities.c.deleted.is_(False)).order_by(
+            social_activities.c.id.desc()).limit(1))).first()
+    return str(row.object_id) if row is not None else ""
+
+
 async def count_local(store: Any, account: str | None = None) -> int:
     from sqlalchemy import func
 

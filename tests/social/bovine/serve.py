@@ -98,8 +98,10 @@ async def main() -> None:
                 return web.json_response({"id": await send({"type": "Follow", "object": target, "to": [target]})})
             if action == "post":
                 target = await lookup(payload["to"])
+                direct = bool(payload.get("direct"))  # to the recipient alone: a direct message
                 note = {"type": "Note", "attributedTo": actor["id"], "content": payload["content"],
-                        "to": [PUBLIC], "cc": [actor["followers"], target],
+                        "to": [target] if direct else [PUBLIC],
+                        "cc": [] if direct else [actor["followers"], target],
                         "tag": [{"type": "Mention", "href": target, "name": payload["to"]}]}
                 if payload.get("inReplyTo"):
                     note["inReplyTo"] = payload["inReplyTo"]

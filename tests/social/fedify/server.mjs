@@ -12,7 +12,7 @@ import {
 } from "@fedify/fedify";
 import {
   Accept, Announce, Create, Delete, Endpoints, Follow, Like, Mention, Note, Person, PUBLIC_COLLECTION,
-  Tombstone, Undo,
+  Tombstone, Undo, Update,
 } from "@fedify/fedify/vocab";
 
 import { configure, getConsoleSink } from "@logtape/logtape";
@@ -89,7 +89,7 @@ federation.setInboxListeners("/users/{identifier}/inbox", "/inbox")
       new Accept({ id: new URL(`${ORIGIN}/accepts/${crypto.randomUUID()}`), actor: ctx.getActorUri(USER),
         object: follow }));
   })
-  .on(Accept, record).on(Create, record).on(Like, record).on(Announce, record).on(Delete, record)
+  .on(Accept, record).on(Create, record).on(Update, record).on(Like, record).on(Announce, record).on(Delete, record)
   .onError((_ctx, error) => console.error("inbox error:", error))
   .on(Undo, async (ctx, undo) => {
     await record(ctx, undo);
@@ -149,18 +149,20 @@ const control = {
     await ctx.sendActivity({ identifier: USER }, target, follow);
     return { id: follow.id.href };
   },
-  async post({ content, to, inReplyTo }) {
+  // direct: addressed to the recipient alone (a Mastodon "direct message"), else public.
+  async post({ content, to, inReplyTo, direct }) {
     const ctx = context();
     const recipient = await lookup(ctx, to);
     const id = crypto.randomUUID();
     const noteId = ctx.getObjectUri(Note, { identifier: USER, id });
-    const note = new Note({ id: noteId, attribution: ctx.getActorUri(USER), content,
-      to: PUBLIC_COLLECTION, ccs: [ctx.getFollowersUri(USER), recipient.id],
+    const tos = direct ? [recipient.id] : [PUBLIC_COLLECTION];
+    const ccs = direct ? [] : [ctx.getFollowersUri(USER), recipient.id];
+    const note = new Note({ id: noteId, attribution: ctx.getActorUri(USER), content, tos, ccs,
       tags: [new Mention({ href: recipient.id, name: to })],
       replyTarget: inReplyTo ? new URL(inReplyTo) : null });
     posts.set(noteId.href, note);
     const create = new Create({ id: new URL(`${noteId.href}/activity`), actor: ctx.getActorUri(USER),
-      object: note, tos: [PUBLIC_COLLECTION], ccs: [ctx.getFollowersUri(USER), recipient.id] });
+      object: note, tos, ccs });
     await ctx.sendActivity({ identifier: USER }, recipient, create);
     return { id: noteId.href };
   },

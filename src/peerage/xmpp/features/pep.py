@@ -167,8 +167,8 @@ def _apply_options(config: NodeConfig, values: dict[str, str], *, error: PubsubE
                      "pubsub#notify_delete", "pubsub#presence_based_delivery"):
             if not _true(value):
                 raise error
-        elif var == "pubsub#title":
-            continue
+        elif var in ("pubsub#title", "pubsub#type"):
+            continue  # pubsub#type: XEP-0472 clients name the payload kind of a social feed node
         else:
             raise error
 
@@ -474,7 +474,9 @@ class Pep(Feature):
     async def store_item(self, owner: str, node: str, item_id: str, payload: Element,
                          options: dict[str, str] | None = None) -> str:
         """Publish ``payload`` as ``item_id`` on ``owner``'s ``node`` (created with ``options`` if new),
-        notify, and fire ``pep-item-published`` (owner, node, item id, payload); raises PubsubError."""
+        notify, and fire ``pep-item-published`` (owner, node, item id, payload); raises PubsubError.
+        A retraction (by the owner's IQ or ``retract_items``) fires ``pep-item-retracted`` (owner,
+        node, item ids)."""
         options = options or {}
         xml = serialize(payload)
         if len(xml.encode()) > MAX_ITEM_BYTES:
@@ -521,6 +523,7 @@ class Pep(Feature):
         async with self.engine.begin() as conn:
             await conn.execute(delete(xmpp_pep_items).where(and_(
                 xmpp_pep_items.c.owner == owner, xmpp_pep_items.c.node == node, xmpp_pep_items.c.item_id.in_(ids))))
+        self.ctx.events.fire("pep-item-retracted", (owner, node, ids))
         event = Element("event", PUBSUB_EVENT_NS)
         event_items = event.add("items", attrs={"node": node})
         for item_id in ids:
@@ -553,6 +556,7 @@ class Pep(Feature):
                 xmpp_pep_items.c.item_id.in_(ids))))).rowcount
         if not removed:
             raise PubsubError("item-not-found")
+        self.ctx.events.fire("pep-item-retracted", (owner, node, ids))
         if _true(retract.attrs.get("notify", "false")):
             event = Element("event", PUBSUB_EVENT_NS)
             event_items = event.add("items", attrs={"node": node})
