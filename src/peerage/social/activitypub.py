@@ -61,6 +61,8 @@ PAGE_SIZE = 50
 URL_LENGTH = 2048
 ACTIVITY_TYPES = frozenset({"Create", "Update", "Delete", "Follow", "Accept", "Reject", "Undo", "Like",
                             "Announce", "Block", "Move"})
+# Pinned posts per account: Mastodon's limit (StatusPinValidator, 5).
+MAX_PINNED = 5
 
 
 def ap_response(document: dict[str, Any], status: int = 200) -> web.Response:
@@ -111,6 +113,7 @@ class ActivityPubRoutes:
         r.add_get("/users/{local}/statuses/{sid}/activity", self.status)
         r.add_get("/users/{local}/activities/{sid}", self.status)
         r.add_post("/social/api/settings", self.settings)
+        r.add_get("/social/api/requests", self.requests_list)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -148,7 +151,7 @@ class ActivityPubRoutes:
             "following": f"{url}/following",
             "featured": f"{url}/featured",
             "endpoints": {"sharedInbox": f"{self.social.base(domain)}/inbox"},
-            "manuallyApprovesFollowers": False,
+            "manuallyApprovesFollowers": bool(row.locked),
             "discoverable": True,
             "publicKey": {"id": self.social.key_id(address, key.name), "owner": url,
                           "publicKeyPem": key.public_pem},
@@ -250,10 +253,24 @@ class ActivityPubRoutes:
                                             [r.actor for r in rows][:PAGE_SIZE], len(rows)))
 
     async def featured(self, request: web.Request) -> web.StreamResponse:
+        """Pinned posts (Mastodon's toot:featured): the Notes themselves, the latest pin first."""
         address = await self._account(request)
         await self._authorized_fetch(request)
-        # Pinned posts are not offered yet: the collection exists (Mastodon fetches it) and is empty.
-        return ap_response(self._collection(f"{self.social.actor_url(address)}/featured", []))
+        items = []
+        for row in await state.pinned(self.store, address):
+            note = json.loads(row.document).get("object")
+            if row.public and isinstance(note, dict):
+                items.append(note)
+        return ap_response(self._collection(f"{self.social.actor_url(address)}/featured", items))
+
+    async def requests_list(self, request: web.Request) -> web.StreamResponse:
+        """The owner's pending follow requests (a locked account), for the web pages."""
+        account = await self.auth.account(request, basic=True)
+        if account is None:
+            raise web.HTTPUnauthorized(text="log in first\n")
+        rows = await state.follow_requests(self.store, account)
+        return web.json_response({"requests": [{"actor": r.actor, "follow": r.follow_id,
+                                                "since": r.created_at} for r in rows]})
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         address = await self._account(request)
@@ -305,6 +322,8 @@ class ActivityPubRoutes:
         values: dict[str, Any] = {}
         if "discoverable" in body:
             values["discoverable"] = bool(body["discoverable"])
+        if "locked" in body:
+            values["locked"] = bool(body["locked"])
         if isinstance(body.get("summary"), str):
             values["summary"] = body["summary"][:500]
         if isinstance(body.get("alsoKnownAs"), list):
@@ -312,7 +331,7 @@ class ActivityPubRoutes:
                                                   and a.startswith("https://")][:10])
         await state.set_account(self.store, account, self.host.config.social.discoverable_default, **values)
         if self.social.actor_url(account) and await self.social.discoverable(account):
-            await self._send_actor_update(account)
+            await self.send_actor_update(account)
         return web.json_response({"ok": True, **{k: v for k, v in values.items() if k != "also_known_as"}})
 
     # --- the inbox --------------------------------------------------------------------------------
@@ -443,10 +462,17 @@ class ActivityPubRoutes:
             if not target or not await self.social.discoverable(target):
                 return
             remote = await self.social.actor(actor, target)
+            row = await state.account_row(self.store, target)
+            known = await state.follower(self.store, target, actor)
+            if row is not None and row.locked and (known is None or known.state != "accepted"):
+                # A locked account: the request waits for its owner (Accept or Reject in the outbox,
+                # or the web page); Mastodon answers nothing until then either.
+                await state.add_follower(self.store, target, actor, remote.inbox, remote.shared_inbox,
+                                         id_of(activity), state="pending")
+                log.info("social: %s asks to follow %s", actor, target)
+                return
             await state.add_follower(self.store, target, actor, remote.inbox, remote.shared_inbox, id_of(activity))
-            accept = {"@context": CONTEXT, "id": f"{self.social.actor_url(target)}/activities/{secrets.token_urlsafe(12)}",
-                      "type": "Accept", "actor": self.social.actor_url(target), "object": activity, "to": [actor]}
-            await self._publish_raw(target, accept, [remote.inbox])
+            await self._answer_follow(target, "Accept", actor, id_of(activity), remote.inbox)
             log.info("social: %s now follows %s", actor, target)
         elif kind in ("Accept", "Reject"):
             follow = obj if isinstance(obj, dict) else {}
@@ -497,6 +523,46 @@ class ActivityPubRoutes:
                 await state.remove_following(self.store, target, actor)
         elif kind == "Move":
             await self._receive_move(activity, actor)
+
+    async def _answer_follow(self, account: str, kind: str, actor: str, follow_id: str,
+                             inbox: str) -> dict[str, Any]:
+        me = self.social.actor_url(account)
+        follow = {"id": follow_id, "type": "Follow", "actor": actor, "object": me}
+        answer = {"@context": CONTEXT, "id": f"{me}/activities/{secrets.token_urlsafe(12)}", "type": kind,
+                  "actor": me, "object": follow, "to": [actor]}
+        await self._publish_raw(account, answer, [inbox])
+        return answer
+
+    async def answer_request(self, address: str, kind: str, target: str) -> dict[str, Any]:
+        """The owner of a locked account approves (Accept) or refuses (Reject) a follow request;
+        `target` is the Follow's id or the requesting actor."""
+        rows = await state.follow_requests(self.store, address)
+        row = next((r for r in rows if target in (r.follow_id, r.actor)), None)
+        if row is None:
+            raise ValueError("no such follow request")
+        if kind == "Accept":
+            await state.approve_follower(self.store, address, row.actor)
+        else:
+            await state.remove_follower(self.store, address, row.actor)
+        answer = await self._answer_follow(address, kind, row.actor, row.follow_id, row.inbox)
+        log.info("social: %s %s the follow of %s", address, "accepted" if kind == "Accept" else "refused", row.actor)
+        return answer
+
+    async def pin(self, address: str, kind: str, object_id: str) -> dict[str, Any]:
+        """Add (pin) or Remove (unpin) one of the account's public posts to its featured collection;
+        followers get the activity, as Mastodon sends it."""
+        actor = self.social.actor_url(address)
+        row = await state.local_object(self.store, object_id)
+        if row is None or row.account != address or row.deleted or not row.public:
+            raise ValueError("only this account's own public posts can be pinned")
+        if kind == "Add" and row.pinned_at is None and len(await state.pinned(self.store, address)) >= MAX_PINNED:
+            raise ValueError(f"at most {MAX_PINNED} posts can be pinned")
+        await state.set_pinned(self.store, address, object_id, kind == "Add")
+        activity = {"@context": CONTEXT, "id": self._new_id(address), "type": kind, "actor": actor,
+                    "object": object_id, "target": f"{actor}/featured", "to": [PUBLIC],
+                    "cc": [f"{actor}/followers"]}
+        await self._publish_raw(address, activity, await self._follower_inboxes(address), store=False)
+        return activity
 
     async def _receive_move(self, activity: dict[str, Any], actor: str) -> None:
         """Move (Mastodon's account migration): followers of `actor` follow the target instead, if the
@@ -555,6 +621,12 @@ class ActivityPubRoutes:
             return await self.block(address, target)
         if kind == "Move":
             return await self.move(address, id_of(submitted.get("target")) or target)
+        if kind in ("Accept", "Reject"):
+            return await self.answer_request(address, kind, target)
+        if kind in ("Add", "Remove"):
+            if id_of(submitted.get("target")) not in ("", f"{self.social.actor_url(address)}/featured"):
+                raise ValueError("Add and Remove work on the featured collection (pinned posts)")
+            return await self.pin(address, kind, target)
         raise ValueError(f"unsupported activity type {kind!r}")
 
     async def _publish_raw(self, address: str, activity: dict[str, Any], inboxes: list[str],
@@ -785,7 +857,7 @@ class ActivityPubRoutes:
         await self._publish_raw(address, activity, await self._follower_inboxes(address))
         return activity
 
-    async def _send_actor_update(self, address: str) -> None:
+    async def send_actor_update(self, address: str) -> None:
         document = await self.actor_document(address)
         actor = document["id"]
         activity = {"@context": CONTEXT, "id": f"{actor}#update-{int(time.time())}", "type": "Update",

@@ -63,6 +63,7 @@ class SocialService:
         self.blocked: set[str] = set()
         self._keys: dict[str, keys.AccountKey] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._key_names: dict[str, str] = {}
         self.activitypub: Any = None
         #: the XMPP side (peerage.social.xmpp_bridge), when [xmpp] runs in this process too
         self.bridge: Any = None
@@ -80,6 +81,7 @@ class SocialService:
         self.blocked |= set(await state.blocked_domains(host.store))
         self.queue = DeliveryQueue(self)
         self.queue.start()
+        self._key_names = await state.key_names(host.store)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         from peerage.social.activitypub import ActivityPubRoutes
         from peerage.social.webfinger import WebFingerRoutes
@@ -88,6 +90,9 @@ class SocialService:
         self.activitypub = ActivityPubRoutes(self)
         routes.add("social-webfinger", WebFingerRoutes(self).setup)
         routes.add("social-activitypub", self.activitypub.setup)
+        from peerage.social.pages import SocialPages
+
+        routes.add("social-pages", SocialPages(self).setup)
         xmpp = next((s for s in host.services if type(s).__name__ == "XmppService"), None)
         if xmpp is not None and host.config.social.xmpp_bridge:
             from peerage.social.xmpp_bridge import XmppBridge
@@ -116,6 +121,7 @@ class SocialService:
                 self.blocked = {d.lower() for d in self.host.config.social.blocked_domains}
                 self.blocked |= set(await state.blocked_domains(self.host.store))
                 self._keys.clear()
+                await self._announce_rotations()
                 if time.monotonic() - last_expiry > SWEEP_SECONDS:
                     last_expiry = time.monotonic()
                     # Replay records must outlive the signature window, activity ids a week
@@ -124,6 +130,18 @@ class SocialService:
                         7 * 86400, 3 * self.host.config.social.signature_max_skew))
             except Exception:
                 log.exception("social refresh failed")
+
+    async def _announce_rotations(self) -> None:
+        """A key rotated since the last look (`peerage social rotate-key` in another process, or
+        here): the account's followers get an Update of its actor, which carries the new key, so
+        they need not wait for a failed verification to refetch it (Mastodon sends the same)."""
+        names = await state.key_names(self.host.store)
+        previous, self._key_names = self._key_names, names
+        for address, name in names.items():
+            old = previous.get(address)
+            if old and name and old != name and self.activitypub is not None and await self.discoverable(address):
+                log.info("social: %s rotated its key to %s; sending an Update to its followers", address, name)
+                await self.activitypub.send_actor_update(address)
 
     # --- local accounts ------------------------------------------------------------------------
 

@@ -62,13 +62,36 @@ def aliases(row: Any) -> list[str]:
 # --- follow graph ------------------------------------------------------------------------------
 
 
-async def add_follower(store: Any, account: str, actor: str, inbox: str, shared_inbox: str, follow_id: str) -> None:
+async def add_follower(store: Any, account: str, actor: str, inbox: str, shared_inbox: str, follow_id: str,
+                       state: str = "accepted") -> None:
     async with store.begin() as conn:
         await conn.execute(delete(social_followers).where(
             social_followers.c.account == account, social_followers.c.actor == actor))
         await conn.execute(insert(social_followers).values(
             account=account, actor=actor, inbox=inbox, shared_inbox=shared_inbox, follow_id=follow_id,
-            created_at=time.time()))
+            created_at=time.time(), state=state))
+
+
+async def follower(store: Any, account: str, actor: str) -> Any:
+    async with store.begin() as conn:
+        return (await conn.execute(select(social_followers).where(
+            social_followers.c.account == account, social_followers.c.actor == actor))).first()
+
+
+async def follow_requests(store: Any, account: str) -> Sequence[Any]:
+    """Follows of a locked account that wait for its owner, oldest first."""
+    async with store.begin() as conn:
+        return (await conn.execute(select(social_followers).where(
+            social_followers.c.account == account, social_followers.c.state == "pending").order_by(
+            social_followers.c.id))).all()
+
+
+async def approve_follower(store: Any, account: str, actor: str) -> bool:
+    async with store.begin() as conn:
+        result = await conn.execute(update(social_followers).where(
+            social_followers.c.account == account, social_followers.c.actor == actor,
+            social_followers.c.state == "pending").values(state="accepted"))
+    return bool(result.rowcount)
 
 
 async def remove_follower(store: Any, account: str, actor: str) -> bool:
@@ -79,9 +102,11 @@ async def remove_follower(store: Any, account: str, actor: str) -> bool:
 
 
 async def followers(store: Any, account: str) -> Sequence[Any]:
+    """Accepted followers (a pending request of a locked account is not one yet)."""
     async with store.begin() as conn:
         return (await conn.execute(select(social_followers).where(
-            social_followers.c.account == account).order_by(social_followers.c.id))).all()
+            social_followers.c.account == account, social_followers.c.state == "accepted").order_by(
+            social_followers.c.id))).all()
 
 
 async def add_following(store: Any, account: str, actor: str, inbox: str, follow_id: str) -> None:
@@ -183,6 +208,14 @@ async def activities(store: Any, account: str, *, local: bool, types: tuple[str,
         return (await conn.execute(query.order_by(social_activities.c.id.desc()).limit(limit))).all()
 
 
+async def timeline(store: Any, account: str, limit: int) -> Sequence[Any]:
+    """The home timeline: the account's own posts and boosts, and those it received, newest first."""
+    async with store.begin() as conn:
+        return (await conn.execute(select(social_activities).where(
+            social_activities.c.account == account, social_activities.c.type.in_(("Create", "Announce")),
+            social_activities.c.deleted.is_(False)).order_by(social_activities.c.id.desc()).limit(limit))).all()
+
+
 async def received_from(store: Any, account: str, actor: str, limit: int) -> Sequence[Any]:
     """Posts (Creates) of remote `actor` that `account` received, newest first."""
     async with store.begin() as conn:
@@ -201,6 +234,32 @@ async def last_direct_from(store: Any, account: str, actor: str) -> str:
             social_activities.c.public.is_(False), social_activities.c.deleted.is_(False)).order_by(
             social_activities.c.id.desc()).limit(1))).first()
     return str(row.object_id) if row is not None else ""
+
+
+async def set_pinned(store: Any, account: str, object_id: str, pinned: bool) -> bool:
+    """Pin (or unpin) `account`'s own post `object_id`; False when it is not such a post."""
+    async with store.begin() as conn:
+        result = await conn.execute(update(social_activities).where(
+            social_activities.c.account == account, social_activities.c.object_id == object_id,
+            social_activities.c.local.is_(True), social_activities.c.type == "Create",
+            social_activities.c.deleted.is_(False)).values(pinned_at=time.time() if pinned else None))
+    return bool(result.rowcount)
+
+
+async def pinned(store: Any, account: str) -> Sequence[Any]:
+    """`account`'s pinned posts, the latest pin first."""
+    async with store.begin() as conn:
+        return (await conn.execute(select(social_activities).where(
+            social_activities.c.account == account, social_activities.c.local.is_(True),
+            social_activities.c.pinned_at.is_not(None), social_activities.c.deleted.is_(False)).order_by(
+            social_activities.c.pinned_at.desc()))).all()
+
+
+async def key_names(store: Any) -> dict[str, str]:
+    """address -> current key name of every account with a social row (rotation is noticed by it)."""
+    async with store.begin() as conn:
+        rows = (await conn.execute(select(social_accounts.c.address, social_accounts.c.key_id))).all()
+    return {r.address: r.key_id for r in rows}
 
 
 async def count_local(store: Any, account: str | None = None) -> int:

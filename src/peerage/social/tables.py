@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from peerage.store.schema import metadata
@@ -41,10 +42,12 @@ social_accounts = Table(
     Column("moved_to", String(URL), nullable=False, default=""),
     Column("also_known_as", Text, nullable=False, default="[]"),  # JSON list of actor URLs
     Column("updated_at", Float, nullable=False, default=0.0),
+    # A locked account (Mastodon's manuallyApprovesFollowers): a Follow waits for its owner.
+    Column("locked", Boolean, nullable=False, default=False, server_default=false()),
 )
 
-# Remote actors following a local account. `state` is "accepted" (we accept every follow: the
-# account is public; locked accounts are not offered yet).
+# Remote actors following a local account. `state` is "accepted", or "pending" while the owner of a
+# locked account has not approved the request (a refusal deletes the row).
 social_followers = Table(
     "social_followers",
     metadata,
@@ -55,6 +58,7 @@ social_followers = Table(
     Column("shared_inbox", String(URL), nullable=False, default=""),
     Column("follow_id", String(URL), nullable=False, default=""),
     Column("created_at", Float, nullable=False),
+    Column("state", String(16), nullable=False, default="accepted", server_default="accepted"),
     UniqueConstraint("account", "actor", name="uq_social_followers_account_actor"),
 )
 
@@ -89,6 +93,8 @@ social_activities = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Column("document", Text, nullable=False),
     Column("received_at", Float, nullable=False),
+    # A local post its author pinned (the featured collection), and when: newest pin first.
+    Column("pinned_at", Float, nullable=True),
     UniqueConstraint("account", "activity_id", name="uq_social_activities_account_activity_id"),
 )
 Index("ix_social_activities_object", social_activities.c.object_id)

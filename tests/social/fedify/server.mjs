@@ -11,8 +11,8 @@ import {
   createFederation, MemoryKvStore, generateCryptoKeyPair,
 } from "@fedify/fedify";
 import {
-  Accept, Announce, Create, Delete, Endpoints, Follow, Like, Mention, Note, Person, PUBLIC_COLLECTION,
-  Tombstone, Undo, Update,
+  Accept, Add, Announce, Create, Delete, Endpoints, Follow, Like, Mention, Note, Person, PUBLIC_COLLECTION,
+  Reject, Remove, Tombstone, Undo, Update,
 } from "@fedify/fedify/vocab";
 
 import { configure, getConsoleSink } from "@logtape/logtape";
@@ -89,7 +89,8 @@ federation.setInboxListeners("/users/{identifier}/inbox", "/inbox")
       new Accept({ id: new URL(`${ORIGIN}/accepts/${crypto.randomUUID()}`), actor: ctx.getActorUri(USER),
         object: follow }));
   })
-  .on(Accept, record).on(Create, record).on(Update, record).on(Like, record).on(Announce, record).on(Delete, record)
+  .on(Accept, record).on(Reject, record).on(Add, record).on(Remove, record)
+  .on(Create, record).on(Update, record).on(Like, record).on(Announce, record).on(Delete, record)
   .onError((_ctx, error) => console.error("inbox error:", error))
   .on(Undo, async (ctx, undo) => {
     await record(ctx, undo);
