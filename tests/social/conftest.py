@@ -27,9 +27,12 @@ from tests.harness.ca import TestCA
 from tests.harness.dns import LocalDNS
 from tests.harness.server import PeerageServer
 
-DNS_ADDRESS = "127.0.15.53"
-ALPHA, ALPHA_ADDRESS = "alpha.test", "127.0.15.2"
-BETA, BETA_ADDRESS = "beta.test", "127.0.15.3"
+# The area's loopback block (127.0.15.x). PEERAGE_TEST_SOCIAL_BLOCK moves it, for a local run while
+# another run (a full-suite one, whose session fixtures live as long as its worker) holds the block.
+BLOCK = os.environ.get("PEERAGE_TEST_SOCIAL_BLOCK", "127.0.15")
+DNS_ADDRESS = f"{BLOCK}.53"
+ALPHA, ALPHA_ADDRESS = "alpha.test", f"{BLOCK}.2"
+BETA, BETA_ADDRESS = "beta.test", f"{BLOCK}.3"
 PASSWORD = "correct horse battery staple"
 NAMES: dict[str, str] = {ALPHA: ALPHA_ADDRESS, BETA: BETA_ADDRESS}
 SOCIAL = {"allow_private_addresses": True, "retry_base": 1.0}
@@ -104,8 +107,8 @@ def beta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_
 
 
 
-FEDIFY, FEDIFY_ADDRESS = "fedify.test", "127.0.15.4"
-BOVINE, BOVINE_ADDRESS = "bovine.test", "127.0.15.5"
+FEDIFY, FEDIFY_ADDRESS = "fedify.test", f"{BLOCK}.4"
+BOVINE, BOVINE_ADDRESS = "bovine.test", f"{BLOCK}.5"
 NAMES[FEDIFY] = FEDIFY_ADDRESS
 NAMES[BOVINE] = BOVINE_ADDRESS
 HERE = Path(__file__).resolve().parent

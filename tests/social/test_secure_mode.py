@@ -11,10 +11,10 @@ from peerage.social import keys, signatures
 from tests.harness.ca import TestCA
 from tests.harness.dns import LocalDNS
 from tests.harness.server import PeerageServer
-from tests.social.conftest import BETA, NAMES, SOCIAL, client
+from tests.social.conftest import BETA, BLOCK, NAMES, SOCIAL, client
 
 pytestmark = pytest.mark.timeout(90)
-GAMMA, GAMMA_ADDRESS = "gamma.test", "127.0.15.6"
+GAMMA, GAMMA_ADDRESS = "gamma.test", f"{BLOCK}.6"
 NAMES[GAMMA] = GAMMA_ADDRESS
 
 

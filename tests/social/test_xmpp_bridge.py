@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 ALICE, CAROL = f"alice@{ALPHA}", f"carol@{ALPHA}"
 ALICE_URL = f"https://{ALPHA}/users/alice"
 NODE = "urn:xmpp:microblog:0"
+# A node of alice's own, outside the bridge, to learn when the server knows the client's +notify caps.
+PROBE = "urn:peerage:test:caps-probe"
 ATOM = "http://www.w3.org/2005/Atom"
 PUBLIC = "https://www.w3.org/ns/activitystreams#Public"
 WAIT = 30.0
@@ -54,8 +56,29 @@ class SocialClient(Client):
     async def _on_start(self, _event: object) -> None:
         await self.get_roster()
         self.plugin["xep_0163"].add_interest(NODE)  # declared once bound, so it is in the caps
+        self.plugin["xep_0163"].add_interest(PROBE)
         await self.plugin["xep_0115"].update_caps(broadcast=True)  # sends the initial presence
         self.started.set()
+
+    async def caps_known(self) -> None:
+        """Publish on the probe node until its notification comes back: the server has then learnt
+        this resource's caps (PEP asks the client with disco#info after its presence)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        attempt = 0
+        while loop.time() < deadline:
+            attempt += 1
+            item = ET.Element("{urn:peerage:test}probe", {"n": str(attempt)})
+            await self.plugin["xep_0060"].publish(slixmpp.JID(self.boundjid.bare), PROBE, id="probe",
+                                                  payload=item, timeout=WAIT)
+            try:
+                while True:
+                    message = await asyncio.wait_for(self.published.get(), 1.0)
+                    if _item(message)[1] == PROBE:
+                        return
+            except TimeoutError:
+                continue
+        raise AssertionError("the server never sent the probe notification")
 
     async def next_item(self, predicate: Any) -> slixmpp.Message:
         loop = asyncio.get_running_loop()
@@ -138,6 +161,7 @@ async def test_microblog_node_and_activitypub_are_one_feed(alpha: PeerageServer,
         xmpp, carol = SocialClient(ALICE), SocialClient(CAROL)
         try:
             await xmpp.login(ALPHA_ADDRESS)
+            await xmpp.caps_known()
             await carol.login(ALPHA_ADDRESS)
             # 1. An entry published from XMPP goes out as a public Note whose id is the item's.
             item_id = uuid.uuid4().hex
@@ -179,6 +203,13 @@ async def test_microblog_node_and_activitypub_are_one_feed(alpha: PeerageServer,
             assert f"Public hello from {peer.name}" in _entry_title(event)
             items = await xmpp.plugin["xep_0060"].get_items(slixmpp.JID(gateway), NODE, timeout=WAIT)
             assert theirs["id"] in {item["id"] for item in items["pubsub"]["items"]}
+            # ... and its deletion retracts it there.
+            await control(peer.control, "delete", object=theirs["id"], to=f"acct:{ALICE}")
+            retraction = await asyncio.wait_for(xmpp.retracted.get(), WAIT)
+            assert str(retraction["from"]) == gateway
+            assert retraction["pubsub_event"]["items"]["retract"]["id"] == theirs["id"]
+            items = await xmpp.plugin["xep_0060"].get_items(slixmpp.JID(gateway), NODE, timeout=WAIT)
+            assert theirs["id"] not in {item["id"] for item in items["pubsub"]["items"]}
 
             # 5. Retracting the item deletes the Note.
             await xmpp.plugin["xep_0060"].retract(slixmpp.JID(ALICE), NODE, item_id, notify=True, timeout=WAIT)
@@ -202,6 +233,8 @@ async def test_direct_messages_between_activitypub_and_xmpp(alpha: PeerageServer
             secret = f"Just between us, {peer.name} {uuid.uuid4().hex[:6]}"
             dm = await control(peer.control, "post", content=f"<p>{secret}</p>", to=f"acct:{ALICE}", direct=True)
             message = await xmpp.next_message()
+            while secret not in message["body"]:  # anything else waiting for alice (offline) comes first
+                message = await xmpp.next_message()
             assert message["type"] == "chat" and str(message["from"]) == gateway
             assert secret in message["body"]
             # A direct Note is not a public post: it is not on the microblog node.

@@ -506,7 +506,10 @@ class ActivityPubRoutes:
             if object_id == actor:
                 await state.forget_actor(self.store, actor)
             else:
+                receivers = await state.receivers_of(self.store, object_id, actor)
                 await state.mark_deleted(self.store, object_id, actor)
+                if receivers and self.social.bridge is not None:
+                    self.social.bridge.remote_delete(receivers, object_id, actor)
         elif kind in ("Like", "Announce"):
             owner = None
             row = await state.local_object(self.store, object_id)

@@ -274,6 +274,16 @@ async def count_local(store: Any, account: str | None = None) -> int:
         return int((await conn.execute(query)).scalar() or 0)
 
 
+async def receivers_of(store: Any, object_id: str, actor: str) -> list[str]:
+    """Local accounts that received remote `actor`'s post `object_id` (and have not seen it deleted)."""
+    async with store.begin() as conn:
+        rows = (await conn.execute(select(social_activities.c.account).where(
+            social_activities.c.object_id == object_id, social_activities.c.actor == actor,
+            social_activities.c.local.is_(False), social_activities.c.type == "Create",
+            social_activities.c.deleted.is_(False)))).all()
+    return list(dict.fromkeys(r.account for r in rows))
+
+
 async def mark_deleted(store: Any, object_id: str, actor: str) -> int:
     """Delete of `object_id` by `actor`: every copy of it (and activities about it by that actor)."""
     async with store.begin() as conn:

@@ -86,20 +86,28 @@ def item_sid(item_id: str) -> str:
 
 
 class _Text(HTMLParser):
+    """The text a reader sees: paragraphs and line breaks kept, script and style content dropped."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self.hidden = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "br":
             self.parts.append("\n")
+        elif tag in ("script", "style"):
+            self.hidden += 1
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("p", "div", "li", "blockquote"):
             self.parts.append("\n\n")
+        elif tag in ("script", "style"):
+            self.hidden = max(0, self.hidden - 1)
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if not self.hidden:
+            self.parts.append(data)
 
 
 def html_to_text(content: str) -> str:
@@ -378,16 +386,30 @@ class XmppBridge:
             else:
                 self._notify(account, identity, note)
 
+    def remote_delete(self, accounts: list[str], object_id: str, actor: str) -> None:
+        """A remote post was deleted: its item is retracted from the gateway JID's node."""
+        self._spawn(self._remote_delete(accounts, object_id, actor), f"Delete {object_id} from {actor}")
+
+    async def _remote_delete(self, accounts: list[str], object_id: str, actor: str) -> None:
+        for account in accounts:
+            identity = await self.identity(actor, account)
+            event = Element("event", PUBSUB_EVENT_NS)
+            event.add("items", attrs={"node": NODE}).add("retract", attrs={"id": object_id})
+            self._send_event(account, identity, event, object_id)
+
     def _notify(self, account: str, identity: RemoteIdentity, note: dict[str, Any]) -> None:
         """A followed actor's post as a pubsub event from its gateway JID (XEP-0163 §4.3 filtering)."""
         event = Element("event", PUBSUB_EVENT_NS)
         item = event.add("items", attrs={"node": NODE}).add("item", attrs={"id": id_of(note), "publisher": identity.jid})
         item.children.append(note_entry(note, identity.jid, identity.name))
+        self._send_event(account, identity, event, id_of(note))
+
+    def _send_event(self, account: str, identity: RemoteIdentity, event: Element, object_id: str) -> None:
         # PEP tracks which resources are online with which caps; the gateway uses the same table.
         for full_jid, ver in list(self.pep.resources.get(account, {}).items()):
             if full_jid.partition("/")[0] == account and self.pep._interested(full_jid, ver, NODE):
                 message = Element("message", "", {"from": identity.jid, "to": full_jid, "type": "headline",
-                                                  "id": f"ap-{hashlib.sha256(id_of(note).encode()).hexdigest()[:16]}"})
+                                                  "id": f"ap-{hashlib.sha256(object_id.encode()).hexdigest()[:16]}"})
                 message.children.append(event)
                 self._route(message)
 
