@@ -1,5 +1,8 @@
 """Account life on ActivityPub with real peers (Fedify, bovine-herd): key rotation announced, locked
 accounts whose owner approves or refuses follow requests, and pinned posts (the featured collection).
+
+Rotation and locked accounts use accounts of their own on beta.test, so alpha's alice keeps her key
+and alpha's NodeInfo its count for tests/social/test_discovery.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import pytest
 from tests.harness.ca import TestCA
 from tests.harness.server import PeerageServer
 from tests.harness.waiting import async_wait_for
-from tests.social.conftest import ALPHA, PASSWORD, Peer, client
+from tests.social.conftest import ALPHA, BETA, PASSWORD, Peer, client
 from tests.social.test_federation import AP, Account
 from tests.social.test_interop import control
 
@@ -42,12 +45,13 @@ async def _document(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 
 
 async def _settings(http: aiohttp.ClientSession, account: Account, **values: Any) -> None:
-    async with http.post(f"https://{ALPHA}/social/api/settings", json=values, headers=account.auth) as response:
+    async with http.post(f"https://{account.domain}/social/api/settings", json=values,
+                         headers=account.auth) as response:
         assert response.status == 200, await response.text()
 
 
 async def _requests(http: aiohttp.ClientSession, account: Account) -> list[str]:
-    async with http.get(f"https://{ALPHA}/social/api/requests", headers=account.auth) as response:
+    async with http.get(f"https://{account.domain}/social/api/requests", headers=account.auth) as response:
         assert response.status == 200, await response.text()
         return [r["actor"] for r in (await response.json())["requests"]]
 
@@ -56,19 +60,22 @@ async def _followed_by(account: Account, actor: str) -> bool:
     return actor in await account.collection("followers")
 
 
-async def test_rotate_key_sends_an_update_to_followers(alpha: PeerageServer, peer: Peer, social_ca: TestCA) -> None:
+async def test_rotate_key_sends_an_update_to_followers(beta: PeerageServer, peer: Peer, social_ca: TestCA) -> None:
+    address = f"rota{peer.name}@{BETA}"
+    beta.add_user(address, PASSWORD)
     async with client(social_ca) as http:
-        alice = Account(http, ALICE)
-        await control(peer.control, "follow", handle=f"acct:{ALICE}")
-        await async_wait_for(lambda: _followed_by(alice, peer.actor), WAIT, f"{peer.name} following alice")
-        before = (await _document(http, ALICE_URL))["publicKey"]["id"]
-        offset = alpha.log_path.stat().st_size
-        alpha.cli("social", "rotate-key", ALICE)
-        key_id = await async_wait_for(lambda: _new_key(http, before), WAIT, "the new key on the actor")
+        account = Account(http, address)
+        await _settings(http, account, discoverable=True)
+        await control(peer.control, "follow", handle=f"acct:{address}")
+        await async_wait_for(lambda: _followed_by(account, peer.actor), WAIT, f"{peer.name} following {address}")
+        before = (await _document(http, account.url))["publicKey"]["id"]
+        offset = beta.log_path.stat().st_size
+        beta.cli("social", "rotate-key", address)
+        key_id = await async_wait_for(lambda: _new_key(http, account.url, before), WAIT, "the new key on the actor")
 
         def carries_new_key(item: dict[str, Any]) -> bool:
             obj = item.get("object")
-            if not isinstance(obj, dict) or obj.get("id") != ALICE_URL:
+            if not isinstance(obj, dict) or obj.get("id") != account.url:
                 return False
             keys = obj.get("publicKey") or obj.get("https://w3id.org/security#publicKey")
             keys = keys if isinstance(keys, list) else [keys]
@@ -82,23 +89,23 @@ async def test_rotate_key_sends_an_update_to_followers(alpha: PeerageServer, pee
             # bovine refreshes its copy of the actor and lists no Update in the inbox; that its inbox
             # took the Update (it answers 401 to a signature it cannot verify) is what shows here.
             def delivered() -> bool:
-                text = alpha.log_text(offset)
+                text = beta.log_text(offset)
                 rotated = text.find("rotated its key")
                 return rotated >= 0 and "delivered" in text[rotated:] and "to https://bovine.test/" in text[rotated:]
             await async_wait_for(delivered, WAIT, "the actor Update delivered to bovine")
 
 
-async def _new_key(http: aiohttp.ClientSession, before: str) -> str | None:
-    key_id = (await _document(http, ALICE_URL))["publicKey"]["id"]
+async def _new_key(http: aiohttp.ClientSession, url: str, before: str) -> str | None:
+    key_id = (await _document(http, url))["publicKey"]["id"]
     return str(key_id) if key_id != before else None
 
 
-async def test_a_locked_account_approves_and_refuses_follow_requests(alpha: PeerageServer, peer: Peer,
+async def test_a_locked_account_approves_and_refuses_follow_requests(beta: PeerageServer, peer: Peer,
                                                                      social_ca: TestCA) -> None:
-    approving, refusing = f"lock{peer.name}@{ALPHA}", f"shy{peer.name}@{ALPHA}"
+    approving, refusing = f"lock{peer.name}@{BETA}", f"shy{peer.name}@{BETA}"
     async with client(social_ca) as http:
         for address in (approving, refusing):
-            alpha.add_user(address, PASSWORD)
+            beta.add_user(address, PASSWORD)
             await _settings(http, Account(http, address), discoverable=True, locked=True)
         owner, other = Account(http, approving), Account(http, refusing)
         assert (await _document(http, owner.url))["manuallyApprovesFollowers"] is True
