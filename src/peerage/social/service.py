@@ -64,6 +64,9 @@ class SocialService:
         self._keys: dict[str, keys.AccountKey] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._key_names: dict[str, str] = {}
+        #: address -> the key this process last signed with or served (never cleared), so a rotation
+        #: is noticed even when the account's row is newer than the last sweep's snapshot
+        self._served: dict[str, str] = {}
         self.activitypub: Any = None
         #: the XMPP side (peerage.social.xmpp_bridge), when [xmpp] runs in this process too
         self.bridge: Any = None
@@ -138,7 +141,9 @@ class SocialService:
         names = await state.key_names(self.host.store)
         previous, self._key_names = self._key_names, names
         for address, name in names.items():
-            old = previous.get(address)
+            old = previous.get(address) or self._served.get(address)
+            if name:
+                self._served[address] = name
             if old and name and old != name and self.activitypub is not None and await self.discoverable(address):
                 log.info("social: %s rotated its key to %s; sending an Update to its followers", address, name)
                 await self.activitypub.send_actor_update(address)
@@ -203,6 +208,7 @@ class SocialService:
             if row is not None:
                 await state.set_account(self.host.store, address, default, key_id=key.name)
         self._keys[address] = key
+        self._served.setdefault(address, key.name)
         return key
 
     async def rotate_key(self, address: str) -> keys.AccountKey:
