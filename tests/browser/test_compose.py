@@ -401,3 +401,44 @@ def test_start_to_the_inbox_costs_few_requests(peerage: PeerageServer, browser: 
     refused = browser.eval("""(async () => { const r = await fetch('/jmap/api', {method: 'POST', headers: {'Content-Type': 'application/json'},
         body: JSON.stringify({using: ['urn:ietf:params:jmap:core'], methodCalls: []})}); return r.status; })()""")
     assert refused in (401, 403), refused
+
+
+def test_plain_text_mode_sends_text_only(peerage: PeerageServer, browser: Browser) -> None:
+    login(browser)
+    browser.press("c")
+    browser.wait_for(".compose #compose-to")
+    browser.fill("#compose-to", CAROL)
+    browser.fill("#compose-subject", "Plain words only")
+    type_at_editor_start(browser, "first ")
+    browser.press("Control+b")
+    browser.type("bold")
+    browser.press("Control+b")
+    browser.click("#toggle-format")
+    browser.wait_for("textarea#compose-body")
+    assert browser.eval("document.querySelector('#compose-body').value").startswith("first bold")
+    browser.click("#save-draft")
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Draft saved')")
+    uids = wait_for(lambda: imap_find("Drafts", "Plain words only") or None, 10, "the draft in Drafts")
+    client = imap_login()
+    try:
+        client.select('"Drafts"')
+        status, data = client.uid("FETCH", uids[-1], "(BODY.PEEK[])")
+        assert status == "OK"
+        raw = next(part[1] for part in data if isinstance(part, tuple))
+    finally:
+        client.logout()
+    saved = email.message_from_bytes(raw, policy=email.policy.default)
+    assert saved.get_content_type() == "text/plain", saved.get_content_type()
+    assert "first bold" in str(saved.get_content())
+    # Reopened, a text-only draft opens as text; switching back to formatting keeps the words.
+    browser.press("Escape")
+    browser.wait_for(".compose", state="detached")
+    browser.click('.folder[data-role="drafts"]')
+    wait_row(browser, "Plain words only")
+    browser.click('.row[data-subject="Plain words only"]')
+    browser.wait_for(".compose textarea#compose-body")
+    browser.click("#toggle-format")
+    browser.wait_for(".compose div#compose-body")
+    assert "first bold" in browser.text("#compose-body")
+    browser.click(".compose .danger")
+    wait_for(lambda: not imap_find("Drafts", "Plain words only") or None, 10, "the draft discarded")

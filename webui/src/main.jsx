@@ -443,7 +443,8 @@ async function editDraft(email) {
   const identity = S.identities.find((i) => i.email === e.from?.[0]?.email) || S.identities[0];
   S.compose = {
     kind: 'draft', draftId: e.id, identityId: identity?.id || '', to: formatAddresses(e.to), cc: formatAddresses(e.cc),
-    bcc: formatAddresses(e.bcc), subject: e.subject || '', body: bodyText(e), html: draftHTML(e), inReplyTo: e.inReplyTo, references: e.references,
+    bcc: formatAddresses(e.bcc), subject: e.subject || '', body: bodyText(e), html: draftHTML(e),
+    plain: !(e.htmlBody || []).some((p) => p.type === 'text/html'), inReplyTo: e.inReplyTo, references: e.references,
     attachments: (e.attachments || []).map((a) => ({ blobId: a.blobId, name: a.name, type: a.type, size: a.size })),
     showCc: !!(e.cc?.length || e.bcc?.length),
   };
@@ -464,7 +465,7 @@ function composeEmail(draft) {
   const drafts = role('drafts');
   if (!drafts) throw new Error('There is no Drafts folder');
   const fields = { ...draft };
-  if (draft.html != null) {
+  if (!draft.plain && draft.html != null) {
     if (!ED) throw new Error('The editor is not loaded');
     const html = ED.cleanHTML(draft.html);
     fields.body = ED.htmlToPlain(html);
@@ -953,7 +954,7 @@ function Compose() {
   }, []);
   const set = (key) => (ev) => { d[key] = ev.currentTarget.value; d.dirty = true; force(); };
   const close = async (save) => {
-    if (save && d.dirty && (ED.htmlToPlain(d.html || '').trim() || d.subject || d.to)) {
+    if (save && d.dirty && ((d.plain ? d.body : ED.htmlToPlain(d.html || '')).trim() || d.subject || d.to)) {
       try { await saveDraft(d); } catch (err) { fail(err); return; }
     }
     S.compose = null;
@@ -1010,7 +1011,9 @@ function Compose() {
         {d.showCc && <label><span>Bcc</span><input id="compose-bcc" value={d.bcc} onInput={set('bcc')} /></label>}
         <label><span>Subject</span><input id="compose-subject" value={d.subject} onInput={set('subject')} /></label>
       </div>
-      <Editor d={d} onChange={(html) => { d.html = html; d.dirty = true; }} />
+      {d.plain
+        ? <textarea id="compose-body" class="plain" value={d.body} onInput={set('body')} spellcheck aria-label="Message text" />
+        : <Editor d={d} onChange={(html) => { d.html = html; d.dirty = true; }} />}
       {d.attachments.length > 0 && (
         <ul class="attachments compose-attachments">
           {d.attachments.map((a, i) => (
@@ -1024,6 +1027,13 @@ function Compose() {
         <button class="primary" id="send" onClick={doSend} disabled={!!busy || d.attachments.some((a) => a.uploading)} title="Send (Ctrl+Enter)">{busy || 'Send'}</button>
         <button class="ghost" onClick={() => fileRef.current.click()}><Icon name="clip" /> Attach</button>
         <input type="file" multiple hidden ref={fileRef} onChange={(ev) => { attach([...ev.currentTarget.files]); ev.currentTarget.value = ''; }} />
+        <button class="ghost" id="toggle-format" aria-pressed={!!d.plain} title="Send as plain text only, or with formatting"
+          onClick={() => {
+            // Plain text keeps the words and drops the formatting; back again, the text becomes simple HTML.
+            if (d.plain) { d.html = ED.textToEditorHTML(d.body); d.plain = false; } else { d.body = ED.htmlToPlain(d.html || ''); d.plain = true; }
+            d.dirty = true;
+            force();
+          }}>{d.plain ? 'Formatting' : 'Plain text'}</button>
         <button class="ghost" id="save-draft" onClick={() => saveDraft(d).then(force).catch(fail)}>Save draft</button>
         <span class="grow" />
         <button class="ghost danger" onClick={async () => {
