@@ -34,8 +34,9 @@ UPLOAD_SLOTS_PER_MINUTE = 10
 REGISTRATIONS_PER_IP = 3
 PUSH_MAX_ERRORS = 2
 ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
-             "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt")
-TWO_USERS = ("yara", "yuri", "yves", "yoko")
+             "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt",
+             "paula", "peter", "piet", "pia", "rita", "rolf", "rosa", "nora", "ned")
+TWO_USERS = ("yara", "yuri", "yves", "yoko", "yann", "yasmin")
 
 
 #: Adds every account in one process (one `peerage user add` each costs a Python start-up).
@@ -61,7 +62,7 @@ def start(server: PeerageServer) -> None:
     server.start(timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PeerageServer, PeerageServer]]:
     dns = LocalDNS(DNS_ADDRESS, 53)
     dns.start()
@@ -80,7 +81,7 @@ def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pe
     two_config = {**config, "xmpp": {**config["xmpp"], "registration": {
         "enabled": True, "per_ip_per_hour": REGISTRATIONS_PER_IP}}}
     two = federation.server("y.test", TWO_ADDRESS, level="encrypted", users=TWO_USERS, config=two_config)
-    for service in ("upload.x1.test", "upload.x2.test"):  # hosted service JIDs are reachable over s2s
+    for service in ("upload.x1.test", "upload.x2.test", "conference.x1.test"):  # hosted service JIDs, over s2s
         dns.add_a(service, ONE_ADDRESS)
         dns.add_srv(f"_xmpp-server._tcp.{service}", 0, 5, 5269, service)
     for server in (one, two):
@@ -94,12 +95,31 @@ def xmppx_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pe
         dns.stop()
 
 
-@pytest.fixture(scope="session")
+#: z.test: a lone server (no federation) the tests may restart or fill up without disturbing the others.
+LONE_ADDRESS = "127.0.12.4"
+LONE_USERS = ("nina", "nils", "noor")
+#: Its upload limits: two accounts' files fill the server-wide quota, which is below two per-account ones.
+LONE_UPLOAD = {"max_file_size": 64 * 1024, "quota": 128 * 1024, "total_quota": 160 * 1024}
+
+
+@pytest.fixture(scope="package")
+def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
+    server = PeerageServer(Path(tmp_path_factory.mktemp("lone")), ["z.test"], LONE_ADDRESS, services=("xmpp", "web"),
+                           config={"server": {"log_level": "info"}, "xmpp": {"upload": LONE_UPLOAD}})
+    server.users = [f"{user}@z.test" for user in LONE_USERS]  # type: ignore[attr-defined]
+    start(server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
 def one(xmppx_servers: tuple[PeerageServer, PeerageServer]) -> PeerageServer:
     return xmppx_servers[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def two(xmppx_servers: tuple[PeerageServer, PeerageServer]) -> PeerageServer:
     return xmppx_servers[1]
 
