@@ -187,7 +187,15 @@ def cmd_invite(args: argparse.Namespace) -> int:
             await store.close()
 
     token = _run(create)
-    print(invitation_uri(domain, inviter, token))
+    if args.web:
+        if not config.web.enabled or not config.web.https_listen:
+            raise CliError("the web service is off ([web] enabled): there is no invitation page to link to")
+        from peerage.xmpp.features.invite_page import landing_url
+
+        port = int(config.web.https_listen[0].rpartition(":")[2])
+        print(landing_url(domain, token, "" if port == 443 else f":{port}"))
+    else:
+        print(invitation_uri(domain, inviter, token))
     print(f"Single use, valid for {days:g} days: open it in an XMPP client (Conversations, Gajim, Dino ...) "
           f"to create an account on {domain}" + (f" with {inviter} as a contact." if inviter else "."), file=sys.stderr)
     return 0
@@ -569,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     invite_create.add_argument("--domain", help="the domain of the new account (default: the inviter's, or the first)")
     invite_create.add_argument("--expires-days", type=float, metavar="DAYS",
                                help="how long it stays valid (default: [xmpp.registration] invite_expire_days)")
+    invite_create.add_argument("--web", action="store_true",
+                               help="print the invitation's web page (https://DOMAIN/invite/TOKEN) instead of "
+                                    "the xmpp: URI")
     invite.set_defaults(func=cmd_invite)
 
     serve = commands.add_parser("serve", help="run every enabled service")

@@ -134,3 +134,58 @@ async def test_invitation_registers_with_mutual_subscription(one: PeerageServer,
     assert re.fullmatch(r"xmpp:x2\.test\?register;preauth=[\w-]+", plain), plain
     refused = one.cli("invite", "create", "--inviter", "nobody@x1.test", check=False)
     assert refused.returncode != 0 and "not an account here" in refused.stderr
+
+
+def subscribe_with_token(client: Client, to: str, token: str) -> None:
+    """A XEP-0379 subscription request carrying an invitation (section 3)."""
+    presence = client.make_presence(pto=to, ptype="subscribe")
+    presence.append(ET.Element(f"{{{PARS}}}preauth", {"token": token}))
+    presence.send()
+
+
+async def test_invitation_on_a_subscription_from_an_existing_account(
+        one: PeerageServer, clients: list[Client]) -> None:
+    """XEP-0379: an account of another server (over s2s) subscribes with the invitation's token and is
+    approved at once, and the inviter subscribes back; the token is used once; a stranger with it, or
+    with no valid token, is an ordinary request the inviter answers."""
+    rita, yuri, rolf = Client("rita@x1.test"), Client("yuri@y.test"), Client("rolf@x1.test")
+    clients.extend((rita, yuri, rolf))
+    await asyncio.gather(rita.login(ONE_ADDRESS), yuri.login(TWO_ADDRESS), rolf.login(ONE_ADDRESS))
+    rita.auto_authorize = None  # rita answers requests herself (slixmpp would approve them all)
+    rita.auto_subscribe = False
+    requests: list[str] = []
+    carried: list[bool] = []
+
+    def request(presence: Any) -> None:
+        requests.append(presence["from"].bare)
+        carried.append(presence.xml.find(f"{{{PARS}}}preauth") is not None)
+
+    rita.add_event_handler("presence_subscribe", request)
+    uri = one.cli("invite", "create", "--inviter", "rita@x1.test").stdout.strip()
+    token = re.fullmatch(r"xmpp:rita@x1\.test\?roster;preauth=([\w-]+);ibr=y", uri).group(1)  # type: ignore[union-attr]
+
+    subscribe_with_token(yuri, "rita@x1.test", token)
+    # yuri (slixmpp approves rita's request back) and rita end with a mutual subscription; rita's
+    # client saw no request to answer, only roster pushes.
+    await until(lambda: yuri.client_roster["rita@x1.test"]["subscription"] == "both"
+                and rita.client_roster["yuri@y.test"]["subscription"] == "both", timeout=30)
+    assert "yuri@y.test" not in requests
+    while True:  # rita's presence reached yuri with the approval
+        presence = await asyncio.wait_for(yuri.presences.get(), TIMEOUT)
+        if presence["from"].bare == "rita@x1.test" and presence["type"] in ("available", ""):
+            break
+
+    # Used up: rolf's request with the same token is an ordinary one, waiting for rita.
+    subscribe_with_token(rolf, "rita@x1.test", token)
+    await until(lambda: "rolf@x1.test" in requests)
+    await until(lambda: rolf.client_roster["rita@x1.test"]["pending_out"])
+    assert rolf.client_roster["rita@x1.test"]["subscription"] == "none"
+    assert rita.client_roster["rolf@x1.test"]["subscription"] == "none"
+    assert carried == [False]  # the request reaches rita's client without the token
+    # And a token from somebody else's invitation approves nothing either.
+    other = re.search(r"preauth=([\w-]+)", one.cli("invite", "create", "--inviter", "vic@x1.test").stdout).group(1)  # type: ignore[union-attr]
+    rosa = await Client("rosa@x1.test").login(ONE_ADDRESS)
+    clients.append(rosa)
+    subscribe_with_token(rosa, "rita@x1.test", other)
+    await until(lambda: "rosa@x1.test" in requests)
+    assert rita.client_roster["rosa@x1.test"]["subscription"] == "none"
