@@ -164,6 +164,9 @@ class UploadConfig:
     # Slots one account may request per minute (Prosody and ejabberd have none beyond the quota; 30
     # lets a client send an album of pictures at once and stops a script asking for thousands).
     slots_per_minute: int = 30
+    # Bytes all accounts together may have stored (unexpired files and open slots), 0 for no bound:
+    # Prosody's http_file_share_global_quota, likewise unset by default, as the disk is the operator's.
+    total_quota: int = 0
 
 
 @dataclass(frozen=True)

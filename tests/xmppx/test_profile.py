@@ -11,7 +11,7 @@ import hashlib
 import slixmpp
 
 from tests.harness import PeerageServer
-from tests.xmppx.conftest import ONE_ADDRESS, TIMEOUT, Client
+from tests.xmppx.conftest import LONE_ADDRESS, ONE_ADDRESS, TIMEOUT, Client, until
 from tests.xmppx.test_pep_access import items, publish, raw_iq
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==")
@@ -119,3 +119,56 @@ async def test_vcard4_nickname_and_bookmarks_over_pep(one: PeerageServer, client
     assert "autojoin=\"false\"" in own  # coven is no longer autojoined
     info = await frank.plugin["xep_0030"].get_info(jid="frank@x1.test", timeout=TIMEOUT)
     assert "urn:xmpp:bookmarks-conversion:0" in info["disco_info"]["features"]
+
+
+#: A second picture (a 1x1 PNG of another colour), for the avatar change.
+PNG2 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==")
+
+
+async def avatar_hash_from(client: Client, sender: str) -> str | None:
+    """The XEP-0153 hash of the next available presence ``client`` gets from ``sender``'s bare JID."""
+    while True:
+        presence = await asyncio.wait_for(client.presences.get(), TIMEOUT)
+        if presence["from"].bare == sender and presence["type"] in ("available", ""):
+            return presence.xml.findtext(f"{{{VCARD_UPDATE}}}x/{{{VCARD_UPDATE}}}photo")
+
+
+async def publish_pep_avatar(client: Client, picture: bytes) -> str:
+    sha1 = hashlib.sha1(picture).hexdigest()
+    await client.plugin["xep_0084"].publish_avatar(picture, timeout=TIMEOUT)
+    await client.plugin["xep_0084"].publish_avatar_metadata([{"id": sha1, "type": "image/png", "bytes": len(picture)}],
+                                                           timeout=TIMEOUT)
+    return sha1
+
+
+async def test_avatar_hash_is_rebroadcast_on_change_and_present_after_a_restart(lone: PeerageServer) -> None:
+    """XEP-0153: contacts get a presence with the new hash when the avatar changes, though the client
+    sends none; after a restart the account's very first presence carries the hash already."""
+    server = lone
+    clients: list[Client] = []
+    try:
+        nina = await Client("nina@z.test", plugins=("xep_0084", "xep_0060")).login(LONE_ADDRESS)
+        nils = await Client("nils@z.test").login(LONE_ADDRESS)
+        clients.extend((nina, nils))
+        nina.send_presence(pto="nils@z.test", ptype="subscribe")  # slixmpp approves and subscribes back
+        await until(lambda: nina.client_roster["nils@z.test"]["subscription"] == "both"
+                    and nils.client_roster["nina@z.test"]["subscription"] == "both")
+        for picture in (PNG, PNG2):
+            sha1 = await publish_pep_avatar(nina, picture)
+            while await avatar_hash_from(nils, "nina@z.test") != sha1:
+                pass  # presences from before the change
+        for client in clients:
+            await client.close()
+        clients.clear()
+        server.stop()
+        server.start()
+        nils = await Client("nils@z.test").login(LONE_ADDRESS)
+        clients.append(nils)
+        nina = await Client("nina@z.test").login(LONE_ADDRESS)  # its initial presence, the first since the start
+        clients.append(nina)
+        assert await avatar_hash_from(nils, "nina@z.test") == hashlib.sha1(PNG2).hexdigest()
+    finally:
+        for client in clients:
+            await client.close()
+        if not server.running:
+            server.start()

@@ -142,3 +142,46 @@ async def test_enable_disable_and_limits(one: PeerageServer, clients: list[Clien
         raise AssertionError("a sixth registration was accepted")
     except slixmpp.exceptions.IqError as exc:
         assert exc.iq["error"]["condition"] == "resource-constraint"
+
+
+async def test_messages_to_a_session_waiting_for_resumption_are_pushed(
+        one: PeerageServer, two: PeerageServer, clients: list[Client]) -> None:
+    """A phone's connection dies (no </stream:stream>): its session waits for XEP-0198 resumption, and
+    each message queued for it is pushed, as the app must be woken to resume; then it resumes and gets
+    the messages."""
+    app = await AppServer("yasmin@y.test/app-server").login(TWO_ADDRESS)
+    phone = Client("nora@x1.test/phone", plugins=("xep_0198",))
+    sender = Client("ned@x1.test", plugins=("xep_0085",))
+    clients.extend((app, phone, sender))
+    await asyncio.gather(phone.login(ONE_ADDRESS), sender.login(ONE_ADDRESS))
+    sm = phone.plugin["xep_0198"]
+    await until(lambda: bool(sm.sm_id))
+    await enable(phone, "yasmin@y.test/app-server", "phone-token")
+    # The network drops: no </stream:stream>, the TCP connection just dies.
+    assert phone.transport is not None
+    phone.transport.abort()
+    await asyncio.wait_for(phone.disconnected, TIMEOUT)
+    # Whether the server notices the drop before this message arrives (it is queued for the
+    # resumption and pushed) or after (it was written to the dead connection, never acknowledged, and
+    # the session starts waiting with it), the app server is told.
+    sender.send_message(mto="nora@x1.test/phone", mbody="while you sleep", mtype="chat")
+    notification = await asyncio.wait_for(app.notifications.get(), TIMEOUT)
+    assert notification["from"] == "nora@x1.test"
+    publish = notification.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish")
+    assert publish is not None and publish.get("node") == "phone-token"
+    fields = summary(notification)
+    assert fields["last-message-sender"].startswith("ned@x1.test")
+    assert fields["message-count"] == "1"
+    # A chat state alone wakes nobody: the next notification is for the next message.
+    state = sender.make_message(mto="nora@x1.test/phone", mtype="chat")
+    state["chat_state"] = "composing"
+    state.send()
+    sender.send_message(mto="nora@x1.test/phone", mbody="and this", mtype="chat")
+    notification = await asyncio.wait_for(app.notifications.get(), TIMEOUT)
+    assert summary(notification)["message-count"] == "2"  # both wait in the session's queue
+    # Woken, the app resumes: the session and its queue are there.
+    phone.connect(host=ONE_ADDRESS, port=5222)
+    await asyncio.wait_for(phone.resumed.wait(), TIMEOUT)
+    bodies = set()
+    while "and this" not in bodies:
+        bodies.add((await phone.next_message(timeout=TIMEOUT))["body"])

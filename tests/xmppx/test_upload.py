@@ -3,6 +3,7 @@ file over HTTPS; another party GETs it; CORS; the section 4.1 errors; limits on 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import ssl
@@ -19,6 +20,8 @@ from slixmpp.plugins.xep_0363 import http_upload
 
 from tests.harness import PeerageServer
 from tests.xmppx.conftest import (
+    LONE_ADDRESS,
+    LONE_UPLOAD,
     ONE_ADDRESS,
     TWO_ADDRESS,
     UPLOAD_MAX_FILE,
@@ -188,3 +191,26 @@ async def test_put_rules_expiry_and_remote_accounts(one: PeerageServer, two: Pee
     with pytest.raises(IqError) as refused:
         await yara.plugin["xep_0363"].request_slot(slixmpp.JID("upload.x1.test"), "x.txt", 1, timeout=20)
     assert upload_error(refused.value)[:2] == ("cancel", "not-allowed")
+
+
+async def test_server_wide_quota(lone: PeerageServer, clients: list[Client]) -> None:
+    """[xmpp.upload] total_quota bounds every account's files and open slots together (Prosody's
+    http_file_share_global_quota), with the same resource-constraint and retry stamp."""
+    nina, noor = Client("nina@z.test", plugins=("xep_0363",)), Client("noor@z.test", plugins=("xep_0363",))
+    clients.extend((nina, noor))
+    await asyncio.gather(nina.login(LONE_ADDRESS), noor.login(LONE_ADDRESS))
+    service = slixmpp.JID("upload.z.test")
+    size = LONE_UPLOAD["max_file_size"]
+    for index in range(2):  # nina's own quota allows two
+        await nina.plugin["xep_0363"].request_slot(service, f"nina{index}.bin", size, timeout=10)
+    await noor.plugin["xep_0363"].request_slot(service, "noor0.bin", LONE_UPLOAD["total_quota"] - 2 * size, timeout=10)
+    # Now the server is full, though noor is far below its own quota.
+    with pytest.raises(IqError) as refused:
+        await noor.plugin["xep_0363"].request_slot(service, "noor1.bin", 1, timeout=10)
+    kind, condition, error = upload_error(refused.value)
+    assert (kind, condition) == ("wait", "resource-constraint")
+    assert "server's upload space is full" in (error.findtext(f"{{{STANZAS_NS}}}text") or "")
+    retry = error.find(f"{{{UPLOAD_NS}}}retry")
+    assert retry is not None
+    when = time.mktime(time.strptime(retry.get("stamp"), "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert time.time() < when < time.time() + 400  # the first open slot lapses within its lifetime

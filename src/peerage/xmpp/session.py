@@ -206,6 +206,8 @@ class Sessions:
         if session.sm is not None and session.sm.resumable and not clean:
             loop = asyncio.get_running_loop()
             session.hibernation = loop.call_later(self.resumption_timeout, self._hibernation_expired, session)
+            # For the features that act on a session waiting to be resumed (push notifications).
+            self.ctx.events.fire("session-hibernating", session)
         else:
             self._spawn(self.end(session))
 

@@ -10,7 +10,12 @@ Prosody's mod_vcard_legacy does:
   publishes the picture as XEP-0084 data and metadata (item id = SHA-1 of the bytes, open access);
 - the account's available presence from its clients carries ``<x xmlns='vcard-temp:x:update'><photo/>``
   with that SHA-1 (XEP-0153 section 3.1) when the client did not put one in itself, so that contacts
-  on older clients learn of a new avatar.
+  on older clients learn of a new avatar. When the hash is not known yet (the account's first
+  presence since the server started), the presence waits for it to be read from the PEP metadata node
+  and then goes on through the rest of its handlers, so it is never sent without it;
+- when the avatar changes (either way), each available resource's presence is broadcast again with
+  the new hash (XEP-0153 section 4.1 wants contacts told; as Prosody's mod_vcard_legacy does), without
+  waiting for the client to send one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import logging
 from typing import Any
 
+from peerage.xmpp.events import HANDLED
 from peerage.xmpp.features import Feature
 from peerage.xmpp.features.pep import Pep, PubsubError
 from peerage.xmpp.stanzas import StanzaEvent
@@ -57,11 +63,36 @@ class AvatarConversion(Feature):
         assert pep is not None
         return pep
 
-    def _remember(self, owner: str, sha1: str) -> None:
-        self.hashes.pop(owner, None)
+    def _remember(self, owner: str, sha1: str, changed: bool = False) -> None:
+        """Note ``owner``'s avatar hash; ``changed``: it was just set by a client, tell the contacts."""
+        previous = self.hashes.pop(owner, None)
         self.hashes[owner] = sha1
         while len(self.hashes) > MAX_CACHED_HASHES:
             del self.hashes[next(iter(self.hashes))]
+        if changed and previous != sha1:
+            self._spawn(self._rebroadcast(owner, sha1))
+
+    async def _rebroadcast(self, owner: str, sha1: str) -> None:
+        from peerage.xmpp.features.presence import Presence
+
+        presence = self.ctx.feature(Presence)
+        if presence is None:
+            return
+        for session in list(self.ctx.router.resources(owner).values()):
+            last = session.last_presence
+            if not session.available or last is None:
+                continue
+            current = last.find("x", VCARD_UPDATE_NS)
+            if current is not None and current.find_text("photo", VCARD_UPDATE_NS) == sha1:
+                continue
+            stanza = Element(last.name, last.xmlns, dict(last.attrs), [
+                child for child in last.children
+                if not (isinstance(child, Element) and child.name == "x" and child.xmlns == VCARD_UPDATE_NS)])
+            stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
+            try:
+                await presence.broadcast(session, stanza)
+            except Exception:
+                log.exception("presence with the new avatar of %s not sent", owner)
 
     def _spawn(self, coroutine: Any) -> None:
         if self.ctx.spawn is not None:
@@ -96,7 +127,7 @@ class AvatarConversion(Feature):
             if photo is not None:
                 vcard.children.append(photo)
             await self.ctx.storage.set_vcard(owner, serialize(vcard))
-            self._remember(owner, sha1)
+            self._remember(owner, sha1, changed=True)
         except Exception:
             log.exception("avatar conversion to vcard-temp failed for %s", owner)
 
@@ -128,7 +159,7 @@ class AvatarConversion(Feature):
             metadata = Element("metadata", AVATAR_METADATA_NS)
             metadata.add("info", attrs={"bytes": str(len(picture)), "id": sha1, "type": mime})
             await self.pep.store_item(owner, AVATAR_METADATA_NS, sha1, metadata, options)
-            self._remember(owner, sha1)
+            self._remember(owner, sha1, changed=True)
         except PubsubError as exc:
             # The account's avatar nodes have another configuration: leave them as they are.
             log.info("avatar of %s not converted to PEP: %s", owner, exc.condition)
@@ -141,22 +172,44 @@ class AvatarConversion(Feature):
             self._spawn(self._load(session.bare_jid))
         return None
 
-    async def _load(self, owner: str) -> None:
+    async def _load(self, owner: str) -> str | None:
         try:
             item = await self.pep.get_item(owner, AVATAR_METADATA_NS)
         except Exception:
             log.exception("loading the avatar hash of %s failed", owner)
-            return
+            return None
         info = item[1].find("info", AVATAR_METADATA_NS) if item is not None else None
         if owner not in self.hashes:
             self._remember(owner, info.attrs.get("id", "") if info is not None else "")
+        return self.hashes.get(owner)
 
-    def _presence(self, event: StanzaEvent) -> None:
+    def _presence(self, event: StanzaEvent) -> Any:
         stanza = event.stanza
         if stanza.attrs.get("type") or stanza.attrs.get("to") or event.origin is None:
             return None
-        sha1 = self.hashes.get(getattr(event.origin, "bare_jid", ""))
-        if sha1 is None or stanza.find("x", VCARD_UPDATE_NS) is not None:
+        if stanza.find("x", VCARD_UPDATE_NS) is not None:
             return None
+        owner = getattr(event.origin, "bare_jid", "")
+        sha1 = self.hashes.get(owner)
+        if sha1 is None:
+            return self._with_loaded_hash(event, owner)
         stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
         return None
+
+    async def _with_loaded_hash(self, event: StanzaEvent, owner: str) -> None:
+        """Read the hash, add it, then let the presence go on through the handlers after this one
+        (the ``x`` now present makes this handler pass), and on its way if none takes it, as the
+        stanza dispatcher does with a broadcast no ``pre-`` handler took."""
+        sha1 = await self._load(owner)
+        stanza = event.stanza
+        if sha1 is not None and stanza.find("x", VCARD_UPDATE_NS) is None:
+            stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
+        if sha1 is None:  # unreadable: the presence goes on without it rather than not at all
+            self._remember(owner, "")
+        result = self.ctx.events.fire("pre-presence/bare", event)
+        if result is None:
+            result = self.ctx.router.route(stanza)
+        elif result is HANDLED:
+            result = None
+        if result is not None:
+            await result

@@ -11,6 +11,13 @@ This module is in charge of:
   server's node, with the ``urn:xmpp:push:summary`` form (section 7: ``message-count``, and
   ``last-message-sender`` / ``last-message-body`` only when ``[xmpp.push] include_sender`` /
   ``include_body`` say so) and the registration's publish-options;
+- the same for a session that lost its connection and waits for XEP-0198 resumption (a phone whose
+  app the system put to sleep, the case push exists for, as Prosody's mod_cloud_notify handles
+  "hibernated" sessions): when it starts waiting with messages it never acknowledged (the
+  ``session-hibernating`` event), and for each message that reaches it while it waits (hooked on
+  ``message/full`` and ``message/bare`` ahead of delivery, which then queues it for the resumption);
+  ``message-count`` is then the messages waiting in its queue. Only messages worth waking a phone
+  for count: a body or an OMEMO payload, not chat states or receipts alone;
 - the app server's answers: a result resets the registration's error count; an error or no answer
   within ``NOTIFY_TIMEOUT`` counts, and ``[xmpp.push] max_errors`` in a row disable the registration
   (section 8 lets the server stop; an error of type ``cancel`` or ``auth`` disables at once, as
@@ -52,6 +59,23 @@ MAX_BODY_PREVIEW = 256
 MAX_PENDING = 10_000
 
 
+#: Payloads that make a message worth a notification besides a body: OMEMO (both versions).
+ENCRYPTED = (("encrypted", "eu.siacs.conversations.axolotl"), ("encrypted", "urn:xmpp:omemo:2"))
+
+
+def worth_waking(stanza: Element) -> bool:
+    """A message with something for the user to read (not only a chat state, receipt or marker)."""
+    if stanza.name != "message":
+        return False
+    return stanza.find("body") is not None or any(stanza.find(name, ns) is not None for name, ns in ENCRYPTED)
+
+
+def waiting_for_resumption(session: Any) -> bool:
+    """The session lost its connection and is kept for XEP-0198 resumption."""
+    return (session.connection is None and getattr(session, "hibernation", None) is not None
+            and not session.ended and session.sm is not None)
+
+
 class Push(Feature):
     account_features = (PUSH_NS,)
 
@@ -59,6 +83,10 @@ class Push(Feature):
         hook_iq(self.ctx, "enable", PUSH_NS, self._enable, types=("set",))
         hook_iq(self.ctx, "disable", PUSH_NS, self._disable, types=("set",))
         self.ctx.events.hook("message/offline/stored", self._offline)
+        # Ahead of the im feature (which delivers, and so queues for a detached session).
+        self.ctx.events.hook("message/full", self._to_waiting_session, 60)
+        self.ctx.events.hook("message/bare", self._to_waiting_session, 60)
+        self.ctx.events.hook("session-hibernating", self._hibernating)
         self.ctx.events.hook("iq/bare", self._answer, 25)
         #: notification id -> (owner, app server JID, node, timer)
         self.pending: dict[str, tuple[str, str, str, asyncio.TimerHandle | None]] = {}
@@ -130,6 +158,36 @@ class Push(Feature):
             spawn = self.ctx.spawn
             if spawn is not None:
                 spawn(self._notify(event.bare, stanza, event.count))
+        return None
+
+    def _to_waiting_session(self, event: StanzaEvent) -> None:
+        stanza = event.stanza
+        if not self.config.enabled or event.user is None or stanza.attrs.get("type") in ("groupchat", "error"):
+            return None
+        if not worth_waking(stanza):
+            return None
+        if event.resource:
+            session = event.resources.get(event.resource)
+            targets = [session] if session is not None else []
+        else:  # delivery by bare-JID rules goes to the available resources of non-negative priority
+            targets = [s for s in event.resources.values() if s.available and s.priority >= 0]
+        for session in targets:
+            if waiting_for_resumption(session):
+                count = 1 + sum(1 for _, queued in session.sm.unacked if queued is not None and worth_waking(queued))
+                spawn = self.ctx.spawn
+                if spawn is not None:
+                    spawn(self._notify(event.bare, stanza, count))
+                break
+        return None
+
+    def _hibernating(self, session: Any) -> None:
+        if not self.config.enabled or session.sm is None:
+            return None
+        waiting = [queued for _, queued in session.sm.unacked
+                   if queued is not None and queued.attrs.get("type") != "groupchat" and worth_waking(queued)]
+        spawn = self.ctx.spawn
+        if waiting and spawn is not None:
+            spawn(self._notify(session.bare_jid, waiting[-1], len(waiting)))
         return None
 
     async def _notify(self, owner: str, stanza: Element, count: int) -> None:

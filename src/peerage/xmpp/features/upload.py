@@ -7,8 +7,9 @@ This module is in charge of:
   and the ``max-file-size`` form (XEP-0363 section 3);
 - slot requests (section 4) from accounts of this server, with the section 4.1 errors: a file over
   ``[xmpp.upload] max_file_size`` gets ``<not-acceptable/>`` with ``<file-too-large><max-file-size/>``,
-  an account over its quota or its slot rate gets ``<resource-constraint/>`` (type wait) with
-  ``<retry stamp=.../>`` when it may try again, and a JID of another server ``<not-allowed/>``;
+  an account over its quota or its slot rate, or any account once the server-wide ``total_quota`` is
+  reached, gets ``<resource-constraint/>`` (type wait) with ``<retry stamp=.../>`` when it may try
+  again, and a JID of another server ``<not-allowed/>``;
 - the HTTPS routes under ``/upload/<slot>/<filename>`` on the web service: PUT with the slot's bearer
   token (section 5: the slot names the ``Authorization`` header), GET and HEAD for anyone holding the
   URL, OPTIONS for CORS preflights (section 5.1 expects browsers' clients to upload cross-origin);
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 UPLOAD_NS = "urn:xmpp:http:upload:0"
 #: Seconds a slot accepts its PUT: Prosody's mod_http_file_share upload tokens are valid for 300 s.
 SLOT_LIFETIME = 300.0
+#: Rows read to find when the server-wide quota frees enough space (the retry stamp); beyond, none is given.
+MAX_RETRY_ROWS = 10_000
 #: Slots an account may hold open (requested, not yet PUT). A client uploads a few files at once;
 #: more open slots than this is a script reserving quota (ejabberd and Prosody bound it by quota only).
 MAX_OPEN_SLOTS = 20
@@ -235,6 +238,8 @@ class Upload(Feature):
             raise SlotRefused("resource-constraint",
                               f"Quota reached: {used} of {config.quota} bytes are in use",
                               retry=self._retry_for(rows, used + size - config.quota))
+        if config.total_quota:
+            await self._check_total(size, now, config.total_quota)
         slot = secrets.token_urlsafe(24)
         token = secrets.token_urlsafe(32)
         async with self.engine.begin() as conn:
@@ -263,6 +268,20 @@ class Upload(Feature):
             raise SlotRefused("resource-constraint", f"Too many slot requests: at most {per_minute} a minute",
                               retry=time.time() + wait)
         times.append(now)
+
+    async def _check_total(self, size: int, now: float, total_quota: int) -> None:
+        """The server-wide bound, ``[xmpp.upload] total_quota``: every account's files and open slots."""
+        async with self.engine.connect() as conn:
+            used = (await conn.execute(select(func.coalesce(func.sum(upload_files.c.size), 0)).where(
+                upload_files.c.expires > now))).scalar() or 0
+            if used + size <= total_quota:
+                return
+            # When will enough expire? The soonest-expiring rows, as many as it takes (bounded).
+            rows = (await conn.execute(select(upload_files.c.size, upload_files.c.expires).where(
+                upload_files.c.expires > now).order_by(upload_files.c.expires).limit(MAX_RETRY_ROWS))).all()
+        log.warning("upload: the server-wide quota is reached (%d of %d bytes)", used, total_quota)
+        raise SlotRefused("resource-constraint", "The server's upload space is full; try again later",
+                          retry=self._retry_for(rows, used + size - total_quota))
 
     @staticmethod
     def _retry_for(rows: list[Any], excess: int) -> float | None:
