@@ -94,6 +94,30 @@ class RoomArchive:
         async with self.storage.engine.begin() as conn:
             await conn.execute(delete(xmpp_archive).where(xmpp_archive.c.owner == room))
 
+    async def find(self, room: str, archive_id: str) -> str | None:
+        """The stored message ``archive_id`` of ``room`` (serialized), or None."""
+        from sqlalchemy import and_, select
+
+        from peerage.xmpp.tables import xmpp_archive
+
+        if len(archive_id) > 64:
+            return None
+        await self.flush()
+        async with self.storage.engine.connect() as conn:
+            return (await conn.execute(select(xmpp_archive.c.stanza).where(and_(
+                xmpp_archive.c.owner == room, xmpp_archive.c.archive_id == archive_id)))).scalar()
+
+    async def replace(self, room: str, archive_id: str, message: Element) -> None:
+        """Put ``message`` (a XEP-0425 tombstone) in place of the stored message ``archive_id``."""
+        from sqlalchemy import and_, update
+
+        from peerage.xmpp.tables import xmpp_archive
+
+        await self.flush()
+        async with self.storage.engine.begin() as conn:
+            await conn.execute(update(xmpp_archive).where(and_(
+                xmpp_archive.c.owner == room, xmpp_archive.c.archive_id == archive_id)).values(stanza=serialize(message)))
+
     async def query(self, iq: Element, query: Element, room: str, send: Any, default_page: int,
                     max_page: int) -> Element:
         """Answer a MAM query to ``room``: results as messages from the room, then the IQ result."""

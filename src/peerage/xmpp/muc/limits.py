@@ -50,6 +50,8 @@ MAX_SUBJECT_CHARS = 1024
 MAX_NAME_CHARS = 256
 MAX_DESCRIPTION_CHARS = 2048
 MAX_PASSWORD_CHARS = 256
+#: A moderator's reason for retracting a message (XEP-0425), bounded as the room description is.
+MAX_REASON_CHARS = 2048
 #: Items in the service's disco#items list: ejabberd's ``max_rooms_discoitems`` defaults to 100.
 MAX_ROOMS_DISCO_ITEMS = 100
 #: Messages one MAM query returns: Prosody's ``muc_max_archive_query_results`` is 50; a larger

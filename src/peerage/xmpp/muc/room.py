@@ -44,6 +44,14 @@ VCARD_NS = "vcard-temp"
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
 REGISTER_NS = "jabber:iq:register"
 MUC_REGISTER = MUC_NS + "#register"
+#: XEP-0425 message moderation with XEP-0424 retraction: version 1 (0.3.0 of the XEPs) and the earlier
+#: version 0 that wrapped the request in XEP-0422 <apply-to/> (still sent by some clients; Prosody's
+#: mod_muc_moderation speaks both too).
+MODERATE_NS = "urn:xmpp:message-moderate:1"
+RETRACT_NS = "urn:xmpp:message-retract:1"
+MODERATE_NS_0 = "urn:xmpp:message-moderate:0"
+RETRACT_NS_0 = "urn:xmpp:message-retract:0"
+FASTEN_NS = "urn:xmpp:fasten:0"
 
 AFFILIATIONS = ("owner", "admin", "member", "none", "outcast")
 RANK = {"owner": 4, "admin": 3, "member": 2, "none": 1, "outcast": 0}
@@ -438,6 +446,66 @@ class Room:
         for other in self.occupants.values():
             for session in other.sessions:
                 send(Element("message", "", {**attrs, "to": session}, children))
+
+    async def moderate(self, iq: Element, sender: str, archive_id: str, reason: str) -> Element:
+        """XEP-0425: a moderator retracts a message (by its stanza-id); everyone is told, the archive
+        keeps a tombstone in its place, and the history given to newcomers drops it."""
+        actor = self.by_full.get(sender)
+        if actor is None or actor.role != "moderator":
+            return error(iq, "forbidden", "only moderators may retract messages")
+        if len(reason) > limits.MAX_REASON_CHARS:
+            return error(iq, "not-acceptable", f"a reason is at most {limits.MAX_REASON_CHARS} characters")
+        stored = await self.service.archive.find(self.jid, archive_id) if archive_id else None
+        if stored is None:
+            return error(iq, "item-not-found", "no message with that id in this room's archive")
+        from peerage.xmpp.stream import parse_stored
+
+        try:
+            original = parse_stored(stored)
+        except ValueError:
+            return error(iq, "item-not-found", "no message with that id in this room's archive")
+        if original.find("retracted", RETRACT_NS) is not None:
+            return iq_result(iq)  # retracted already: nothing more to do
+        by = f"{self.jid}/{actor.nick}"
+        now = time.time()
+        # Section 6: the tombstone keeps who wrote it (from, occupant-id), not what was written.
+        tombstone = Element("message", "", {k: v for k, v in original.attrs.items() if k in ("from", "type", "id")})
+        retracted = tombstone.add("retracted", RETRACT_NS, {"stamp": stamp_text(now)})
+        retracted.add("moderated", MODERATE_NS, {"by": by}).add(
+            "occupant-id", OCCUPANT_ID_NS, {"id": actor.occupant_id})
+        if reason:
+            retracted.add("reason", RETRACT_NS, text=reason)
+        for child in original.children:
+            if child.__class__ is Element and child.xmlns in (OCCUPANT_ID_NS, SID_NS):
+                tombstone.children.append(child)
+        await self.service.archive.replace(self.jid, archive_id, tombstone)
+        self.history = collections.deque(
+            (entry for entry in self.history if not _has_stanza_id(entry.message, self.jid, archive_id)),
+            maxlen=self.history.maxlen)
+        # Section 5, in both versions, in one message (clients read the one they know).
+        announcement: list[Element | str] = []
+        retract = Element("retract", RETRACT_NS, {"id": archive_id})
+        retract.add("moderated", MODERATE_NS, {"by": by}).add("occupant-id", OCCUPANT_ID_NS, {"id": actor.occupant_id})
+        if reason:
+            retract.add("reason", RETRACT_NS, text=reason)
+        announcement.append(retract)
+        legacy = Element("apply-to", FASTEN_NS, {"id": archive_id})
+        moderated = legacy.add("moderated", MODERATE_NS_0, {"by": by})
+        moderated.add("retract", RETRACT_NS_0)
+        if reason:
+            moderated.add("reason", MODERATE_NS_0, text=reason)
+        announcement.append(legacy)
+        # XEP-0424 section 4's fallback for clients without retraction, marked as such (XEP-0428).
+        announcement.append(Element("fallback", "urn:xmpp:fallback:0", {"for": RETRACT_NS}))
+        announcement.append(Element("body", "", {}, [f"A moderator removed a message{': ' + reason if reason else '.'}"]))
+        announcement.append(Element("store", "urn:xmpp:hints"))
+        send = self.service.send
+        for other in self.occupants.values():
+            for session in other.sessions:
+                send(Element("message", "", {"from": self.jid, "to": session, "type": "groupchat",
+                                             "id": f"retract-{archive_id}"}, list(announcement)))
+        log.info("room %s: message %s retracted by %s", self.jid, archive_id, by)
+        return iq_result(iq)
 
     def _set_subject(self, stanza: Element, occupant: Occupant, text: str) -> None:
         if not (occupant.role == "moderator" or (self.config.change_subject and occupant.role == "participant")):
@@ -981,13 +1049,19 @@ class Room:
                     "muc_nonanonymous" if config.whois == "anyone" else "muc_semianonymous",
                     OCCUPANT_ID_NS, SID_NS, PING_NS,
                     "http://jabber.org/protocol/muc#request", "http://jabber.org/protocol/muc#self-ping-optimization",
-                    MUC_REGISTER, REGISTER_NS]
+                    MUC_REGISTER, REGISTER_NS, MODERATE_NS, MODERATE_NS_0]
         if config.archiving:
             features += ["urn:xmpp:mam:2", "urn:xmpp:mam:2#extended"]
         for feature in sorted(set(features)):
             query.add("feature", attrs={"var": feature})
         query.children.append(forms.room_info_form(config, self.subject, len(self.occupants)))
         return query
+
+
+def _has_stanza_id(message: Element, room: str, archive_id: str) -> bool:
+    return any(child.__class__ is Element and child.name == "stanza-id" and child.xmlns == SID_NS
+               and child.attrs.get("by") == room and child.attrs.get("id") == archive_id
+               for child in message.children)
 
 
 def _payload(stanza: Element) -> list[Element | str]:

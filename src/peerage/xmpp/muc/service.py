@@ -27,11 +27,16 @@ from peerage.xmpp.muc import limits
 from peerage.xmpp.muc.archive import MAM_NS, RoomArchive
 from peerage.xmpp.muc.forms import RoomConfig
 from peerage.xmpp.muc.room import (
+    FASTEN_NS,
+    MODERATE_NS,
+    MODERATE_NS_0,
     MUC_ADMIN,
     MUC_NS,
     MUC_OWNER,
     PING_NS,
     REGISTER_NS,
+    RETRACT_NS,
+    RETRACT_NS_0,
     HistoryEntry,
     Room,
     error,
@@ -195,6 +200,8 @@ class MucService(Feature):
         hook_service_iq(service, "query", MUC_OWNER, self._owner, to=("bare",))
         hook_service_iq(service, "query", MUC_ADMIN, self._admin, to=("bare",))
         hook_service_iq(service, "query", MAM_NS, self._mam, to=("bare",))
+        hook_service_iq(service, "moderate", MODERATE_NS, self._moderate, types=("set",), to=("bare",))
+        hook_service_iq(service, "apply-to", FASTEN_NS, self._moderate, types=("set",), to=("bare",))
         hook_service_iq(service, "query", REGISTER_NS, self._room_register, to=("bare",))
         return service
 
@@ -499,6 +506,24 @@ class MucService(Feature):
         if ctx.iq.attrs["type"] == "get":
             return room.register_get(ctx.iq, ctx.sender)
         return room.register_set(ctx.iq, ctx.payload, ctx.sender)
+
+    def _moderate(self, ctx: IqContext) -> Any:
+        """XEP-0425 section 4: ``<moderate id><retract/><reason/></moderate>`` (version 1), or the
+        version 0 request ``<apply-to id><moderate><retract/><reason/></moderate></apply-to>``."""
+        room = self._room(ctx)
+        if room is None:
+            return error(ctx.iq, "item-not-found", "no such room")
+        payload = ctx.payload
+        if payload.xmlns == MODERATE_NS:
+            retract, reason = payload.find("retract", RETRACT_NS), payload.find_text("reason", MODERATE_NS)
+        else:
+            moderate = payload.find("moderate", MODERATE_NS_0)
+            retract = moderate.find("retract", RETRACT_NS_0) if moderate is not None else None
+            reason = moderate.find_text("reason", MODERATE_NS_0) if moderate is not None else None
+        if retract is None:
+            return error(ctx.iq, "bad-request" if payload.xmlns == MODERATE_NS else "feature-not-implemented",
+                         "only retraction is supported")
+        return room.moderate(ctx.iq, ctx.sender, payload.attrs.get("id", ""), (reason or "").strip())
 
     def _mam(self, ctx: IqContext) -> Any:
         room = self._room(ctx)
