@@ -79,6 +79,8 @@ class AvatarConversion(Feature):
         if presence is None:
             return
         for session in list(self.ctx.router.resources(owner).values()):
+            if getattr(session, "node", None) is not None:
+                continue  # a stand-in for a session on another cluster node: that node's to tell
             last = session.last_presence
             if not session.available or last is None:
                 continue

@@ -70,10 +70,16 @@ def worth_waking(stanza: Element) -> bool:
     return stanza.find("body") is not None or any(stanza.find(name, ns) is not None for name, ns in ENCRYPTED)
 
 
+def queued_worth_waking(session: Any) -> list[Element]:
+    """The messages in ``session``'s XEP-0198 queue worth a notification (entries: data, stanza, ...)."""
+    return [entry[1] for entry in session.sm.unacked if entry[1] is not None and worth_waking(entry[1])]
+
+
 def waiting_for_resumption(session: Any) -> bool:
     """The session lost its connection and is kept for XEP-0198 resumption."""
-    return (session.connection is None and getattr(session, "hibernation", None) is not None
-            and not session.ended and session.sm is not None)
+    # getattr: sessions held by another cluster node are stand-ins without these.
+    return (getattr(session, "hibernation", None) is not None and getattr(session, "connection", True) is None
+            and not getattr(session, "ended", True) and getattr(session, "sm", None) is not None)
 
 
 class Push(Feature):
@@ -161,6 +167,13 @@ class Push(Feature):
         return None
 
     def _to_waiting_session(self, event: StanzaEvent) -> None:
+        try:
+            self._push_if_waiting(event)
+        except Exception:  # on the message path: a push problem must never stop the delivery
+            log.exception("push check for %s failed", event.bare)
+        return None
+
+    def _push_if_waiting(self, event: StanzaEvent) -> None:
         stanza = event.stanza
         if not self.config.enabled or event.user is None or stanza.attrs.get("type") in ("groupchat", "error"):
             return None
@@ -173,7 +186,7 @@ class Push(Feature):
             targets = [s for s in event.resources.values() if s.available and s.priority >= 0]
         for session in targets:
             if waiting_for_resumption(session):
-                count = 1 + sum(1 for _, queued in session.sm.unacked if queued is not None and worth_waking(queued))
+                count = 1 + len(queued_worth_waking(session))
                 spawn = self.ctx.spawn
                 if spawn is not None:
                     spawn(self._notify(event.bare, stanza, count))
@@ -183,8 +196,7 @@ class Push(Feature):
     def _hibernating(self, session: Any) -> None:
         if not self.config.enabled or session.sm is None:
             return None
-        waiting = [queued for _, queued in session.sm.unacked
-                   if queued is not None and queued.attrs.get("type") != "groupchat" and worth_waking(queued)]
+        waiting = [queued for queued in queued_worth_waking(session) if queued.attrs.get("type") != "groupchat"]
         spawn = self.ctx.spawn
         if waiting and spawn is not None:
             spawn(self._notify(session.bare_jid, waiting[-1], len(waiting)))
