@@ -1,4 +1,4 @@
-"""XEP-0425 message moderation (with XEP-0424 retraction) in a peerage room, with slixmpp clients on two
+"""Groupchat 1.0 joins, and XEP-0425 message moderation (with XEP-0424 retraction) in a peerage room, with slixmpp clients on two
 servers: a moderator retracts a remote occupant's message, everyone is told in both protocol versions,
 the room's archive keeps only a tombstone and newcomers' history drops it; non-moderators and unknown
 ids are refused."""
@@ -114,3 +114,28 @@ async def test_moderator_retracts_a_message(peerage_pair) -> None:
         for client in (alice, carol, bob):
             if client is not None:
                 await client.close()
+
+
+async def test_groupchat_1_0_client(peerage_pair) -> None:
+    """XEP-0045 section 7.1.1: a client that joins with plain presence (no MUC extension, the old
+    groupchat 1.0 protocol) gets an instant, unlocked room others can enter at once, and chats in it."""
+    one, two = peerage_pair
+    old = await logged_in("alice@one.muc.test/gc10", one.address)
+    carol = await logged_in("carol@two.muc.test/gc10", two.address)
+    room = "oldstyle@conference.one.muc.test"
+    try:
+        old.send_presence(pto=f"{room}/Old")  # no <x xmlns='http://jabber.org/protocol/muc'/>
+        presence = await old.presence_with(110, "Old")
+        assert presence["muc"]["affiliation"] == "owner"
+        # Not locked: another user enters without the owner configuring anything.
+        await carol.plugin["xep_0045"].join_muc_wait(slixmpp.JID(room), "Carol", maxstanzas=0, timeout=TIMEOUT)
+        await old.presence_of("Carol", "available")
+        carol.send_message(mto=room, mbody="hello old client", mtype="groupchat")
+        assert (await old.next_groupchat("hello old client"))["from"] == f"{room}/Carol"
+        old.send_message(mto=room, mbody="hello back", mtype="groupchat")
+        assert (await carol.next_groupchat("hello back"))["from"] == f"{room}/Old"
+        old.send_presence(pto=f"{room}/Old", ptype="unavailable")
+        await carol.presence_of("Old", "unavailable")
+    finally:
+        for client in (old, carol):
+            await client.close()

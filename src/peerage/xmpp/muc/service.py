@@ -368,6 +368,14 @@ class MucService(Feature):
                 self.send(_with_muc(error(stanza, "not-allowed", why)))
                 return HANDLED
             room = self._create(event.bare, creator)
+            if stanza.find("x", MUC_NS) is None:
+                # A groupchat 1.0 client (XEP-0045 section 7.1.1: presence without the MUC
+                # extension) cannot configure a room, so it gets an instant room with the default
+                # configuration, unlocked, as Prosody's mod_muc does for such joins.
+                room.locked = False
+                if room.lock_timer is not None:
+                    room.lock_timer.cancel()
+                    room.lock_timer = None
             room.join(stanza, full, event.resource, created=True)
             if not room.occupants:  # the join was refused after all
                 self.rooms.pop(room.jid, None)
