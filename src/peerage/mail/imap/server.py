@@ -1285,6 +1285,7 @@ class ImapSession:
             for a in attributes
         )
         sets_seen = not selected.read_only and any(a.sets_seen for a in attributes)
+        body_gone = False
         for start in range(0, len(uids), FETCH_ROW_BATCH):
             batch = uids[start : start + FETCH_ROW_BATCH]
             rows = await self.store.messages(
@@ -1302,9 +1303,18 @@ class ImapSession:
                     seq = selected.seq_of(row.uid)
                     if not seq:
                         continue
-                    self._fetch_one(seq, row, attributes, bodies.get(row.uid), sets_seen)
+                    raw = bodies.get(row.uid)
+                    if raw == b"" and row.size > 0:
+                        # Another session expunged it between reading its row and its body: send
+                        # nothing rather than an empty body (imaptest's stress mode catches that).
+                        body_gone = True
+                        continue
+                    self._fetch_one(seq, row, attributes, raw, sets_seen)
                     await self.maybe_flush()
                 await self.flush()
+        if body_gone:
+            # RFC 5530 §3: the client should NOOP to learn of the expunge.
+            raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
         return None
 
     async def _mark_seen(self, rows: list[MessageRow]) -> None:
