@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import LocalDNS, PeerageServer, require_binary
+from tests.harness import LocalDNS, PeerageServer, TestCA, require_binary
 from tests.sip.sipp import kill_leftovers
 
 DOMAIN = "cluster.test"
@@ -31,12 +31,15 @@ NODES = {"n1": "127.0.16.1", "n2": "127.0.16.2", "n3": "127.0.16.3"}
 NATS_ADDRESS, NATS_PORT = "127.0.16.10", 4222
 DNS_ADDRESS = "127.0.16.53"
 SINK_ADDRESS = "127.0.16.20"
+#: A separate XMPP server (its own PostgreSQL-less peerage) for the federation tests.
+REMOTE_XMPP_ADDRESS = "127.0.16.40"
+REMOTE_USERS = [f"zoe@{REMOTE_DOMAIN}"]
 HEARTBEAT, NODE_TIMEOUT = 0.5, 2.0
 #: The registry bound the tests hold the cluster to: a dead node's sessions are gone within this.
 REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
 USERS = [f"{name}@{DOMAIN}" for name in
          ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia",
-          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro")]
+          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro", "fiona", "gus")]
 
 
 def _wait_port(address: str, port: int, timeout: float) -> None:
@@ -106,6 +109,9 @@ async def _create_database(url: str, name: str) -> None:
 class ClusterUnderTest:
     def __init__(self, workdir: Path, database_url: str, nats: NatsServer, dns: LocalDNS) -> None:
         self.workdir = workdir
+        # one CA for the cluster's certificate and the remote XMPP server's, so federation verifies
+        self.ca = TestCA(workdir / "ca")
+        cluster_cert = self.ca.issue(DOMAIN)
         self.database_url = database_url
         self.nats = nats
         self.dns = dns
@@ -121,7 +127,11 @@ class ClusterUnderTest:
                 "sip": {"digest_algorithms": ["MD5"]},
             }
             self.nodes[name] = PeerageServer(workdir / name, [DOMAIN], address, dns=dns,
-                                             services=("xmpp", "smtp", "imap", "web", "sip"), config=config)
+                                             services=("xmpp", "smtp", "imap", "web", "sip"), config=config,
+                                             certs={DOMAIN: cluster_cert}, ca_file=self.ca.cert_path)
+        self.remote = PeerageServer(workdir / "remote", [REMOTE_DOMAIN], REMOTE_XMPP_ADDRESS, dns=dns,
+                                    services=("xmpp",), config={"server": {"log_level": "info"}},
+                                    certs={REMOTE_DOMAIN: self.ca.issue(REMOTE_DOMAIN)}, ca_file=self.ca.cert_path)
 
     def address(self, name: str) -> str:
         return NODES[name]
@@ -164,30 +174,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
         dns.add_a(f"{node}.{DOMAIN}", address)
         dns.add_srv(f"_xmpp-client._tcp.{DOMAIN}", 10, 10 + index, 5222, f"{node}.{DOMAIN}")
         dns.add_srv(f"_sip._udp.{DOMAIN}", 10, 10 + index, 5060, f"{node}.{DOMAIN}")
+        dns.add_srv(f"_xmpp-server._tcp.{DOMAIN}", 10, 10 + index, 5269, f"{node}.{DOMAIN}")
         dns.add_mx(DOMAIN, 10, f"{node}.{DOMAIN}")
     dns.add_zone(REMOTE_DOMAIN)
     dns.add_mx(REMOTE_DOMAIN, 10, f"mx.{REMOTE_DOMAIN}")
     dns.add_a(f"mx.{REMOTE_DOMAIN}", SINK_ADDRESS)
+    dns.add_a(f"xmpp.{REMOTE_DOMAIN}", REMOTE_XMPP_ADDRESS)
+    dns.add_srv(f"_xmpp-server._tcp.{REMOTE_DOMAIN}", 0, 5, 5269, f"xmpp.{REMOTE_DOMAIN}")
     dns.start()
     under_test = ClusterUnderTest(workdir, database_url, nats, dns)
     try:
         first = under_test.nodes["n1"]
         first.add_user(USERS[0], PASSWORD)  # creates the schema, as an operator's first command does
         asyncio.run(_add_users(database_url, USERS[1:]))
+        for user in REMOTE_USERS:
+            under_test.remote.add_user(user, PASSWORD)
         # Three nodes start at once on a machine that may be busy: a longer bound than one start needs.
         starting = [threading.Thread(target=server.start, kwargs={"timeout": 90.0})
-                    for server in under_test.nodes.values()]
+                    for server in [*under_test.nodes.values(), under_test.remote]]
         for thread in starting:
             thread.start()
         for thread in starting:
             thread.join(120)
         assert all(server.running for server in under_test.nodes.values()), "a node did not start"
+        assert under_test.remote.running, "the remote XMPP server did not start"
         asyncio.run(under_test.wait_registry(
             lambda status: all(len(s.get("peers", [])) == 2 for s in status.values()) and len(status) == 3,
             what="three nodes seeing each other"))
         yield under_test
     finally:
-        for server in under_test.nodes.values():
+        for server in [*under_test.nodes.values(), under_test.remote]:
             with contextlib.suppress(Exception):
                 server.stop() if server.running else server.kill()
         nats.stop()

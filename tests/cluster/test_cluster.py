@@ -25,6 +25,7 @@ from tests.cluster.conftest import (
     PASSWORD,
     REGISTRY_BOUND,
     REMOTE_DOMAIN,
+    REMOTE_XMPP_ADDRESS,
     SINK_ADDRESS,
     ClusterUnderTest,
 )
@@ -215,6 +216,37 @@ async def test_pep_notification_reaches_a_contact_on_another_node(cluster: Clust
     finally:
         await peppa.close()
         await pedro.close()
+
+
+async def test_federation_one_outbound_owner_per_remote_domain(cluster: ClusterUnderTest) -> None:
+    """Users on two nodes write to a user of a remote XMPP server: one node holds the s2s lease for
+    the remote domain and the other forwards to it (one outbound stream, not two); the remote
+    user's answers come in on whichever node the remote server connects to and reach both."""
+    fiona = await ClusterClient("fiona", "f").connect(cluster.address("n1"))
+    gus = await ClusterClient("gus", "g").connect(cluster.address("n2"))
+    zoe = await ClusterClient("zoe", "z", domain=REMOTE_DOMAIN).connect(REMOTE_XMPP_ADDRESS)
+    try:
+        for person, node in ((fiona, "n1"), (gus, "n2")):
+            await cluster.wait_registry(_has_session(node, person.jid), what="sender registered")
+        await fiona.send(f"<message to='{zoe.jid}' type='chat' id='f1'><body>from fiona</body></message>")
+        await zoe.wait(lambda: "from fiona" in zoe.bodies(), timeout=30, what="fiona's message over s2s")
+        await gus.send(f"<message to='{zoe.jid}' type='chat' id='g1'><body>from gus</body></message>")
+        await zoe.wait(lambda: "from gus" in zoe.bodies(), timeout=30, what="gus's message over s2s")
+        status = await cluster.status()
+        owners = [name for name, answer in status.items() if REMOTE_DOMAIN in answer.get("s2s_leases", [])]
+        assert len(owners) == 1, status
+        # replies: the remote server's stream lands on one node; the registry routes to both
+        await zoe.send(f"<message to='{fiona.jid}' type='chat' id='z1'><body>to fiona</body></message>")
+        await zoe.send(f"<message to='{gus.jid}' type='chat' id='z2'><body>to gus</body></message>")
+        await fiona.wait(lambda: "to fiona" in fiona.bodies(), timeout=30, what="zoe's reply to fiona")
+        await gus.wait(lambda: "to gus" in gus.bodies(), timeout=30, what="zoe's reply to gus")
+        assert zoe.bodies().count("from fiona") == 1 and zoe.bodies().count("from gus") == 1
+        # one outbound stream: the remote server authenticated one inbound stream from the cluster
+        log = cluster.remote.log_text(0)
+        assert log.count(f"s2s in {REMOTE_DOMAIN} <- {DOMAIN}:") == 1, log[-3000:]
+    finally:
+        for person in (fiona, gus, zoe):
+            await person.close()
 
 
 # ==================================================================================================

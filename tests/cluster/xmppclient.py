@@ -37,11 +37,12 @@ async def srv_targets() -> list[tuple[str, int]]:
 
 
 class ClusterClient:
-    def __init__(self, user: str, resource: str) -> None:
+    def __init__(self, user: str, resource: str, domain: str = DOMAIN) -> None:
         self.user = user
         self.resource = resource
-        self.jid = f"{user}@{DOMAIN}/{resource}"
-        self.bare = f"{user}@{DOMAIN}"
+        self.domain = domain
+        self.jid = f"{user}@{domain}/{resource}"
+        self.bare = f"{user}@{domain}"
         self.raw: RawClient | None = None
         self.received: list[Element] = []
         self.handled = 0  # stanzas received (our h)
@@ -57,7 +58,7 @@ class ClusterClient:
     async def connect(self, address: str, *, sm: bool = False, presence: bool = True,
                       resume: bool = False) -> ClusterClient:
         self.address = address
-        raw = RawClient(address, DOMAIN)
+        raw = RawClient(address, self.domain)
         await raw.login(self.bare, PASSWORD, self.resource)
         self.raw = raw
         self.parser = XmlStreamParser()
