@@ -195,13 +195,21 @@ async def test_pep_notification_reaches_a_contact_on_another_node(cluster: Clust
     try:
         await peppa.login(cluster.address("n1"))
         await pedro.login(cluster.address("n2"))
-        # mutual subscription (slixmpp accepts and subscribes back by default)
+        # mutual subscription, one direction at a time, each step waited for (slixmpp approves
+        # requests by itself)
+        async def subscription(client: PepClient, contact: str, states: tuple[str, ...]) -> None:
+            deadline = time.monotonic() + 30
+            while client.client_roster[contact]["subscription"] not in states:
+                assert time.monotonic() < deadline, (
+                    f"{client.boundjid.bare}'s subscription to {contact}: "
+                    f"{client.client_roster[contact]['subscription']}, wanted {states}")
+                await asyncio.sleep(0.1)
+
         pedro.send_presence(pto=peppa.boundjid.bare, ptype="subscribe")
-        deadline = time.monotonic() + 15
-        while peppa.client_roster[pedro.boundjid.bare]["subscription"] != "both" or \
-                pedro.client_roster[peppa.boundjid.bare]["subscription"] != "both":
-            assert time.monotonic() < deadline, "no mutual subscription"
-            await asyncio.sleep(0.1)
+        await subscription(pedro, peppa.boundjid.bare, ("to", "both"))
+        peppa.send_presence(pto=pedro.boundjid.bare, ptype="subscribe")
+        await subscription(peppa, pedro.boundjid.bare, ("to", "both"))
+        await subscription(pedro, peppa.boundjid.bare, ("both",))
         # The first item reaches pedro once his caps are known on node 2 (either as the
         # notification or as the last item sent when his caps are learnt) ...
         pubsub = peppa.plugin["xep_0060"]
