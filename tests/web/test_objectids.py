@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import logging
 import ssl
 from typing import Any
+
+import pytest
 
 from peerage.mail.mailbox import deliver
 from tests.web.conftest import PASSWORD, USER, Jmap, WebHost
@@ -156,3 +159,18 @@ async def test_list_facts_are_kept_at_delivery_and_filled_in(mailhost: WebHost) 
     assert got["list"][1]["sentAt"] == "2026-12-01T10:00:00Z"
     rows = sorted(await store.messages(inbox.id, None, with_header=True), key=lambda r: r.uid)
     assert rows[1].summary is not None  # filled in by the first read
+
+
+async def test_login_starts_loading_the_mail(mailhost: WebHost, caplog: pytest.LogCaptureFixture) -> None:
+    """The form login starts building the account's JMAP index, so the webmail's first request (a page
+    load later) finds it ready; observed through its log line, within a bound."""
+    for n in range(3):
+        await deliver(mailhost.host, USER, message(f"warm {n}"))
+    caplog.set_level(logging.INFO, logger="peerage.mail.jmap.api")
+    await mailhost.login()
+    for _ in range(100):
+        if any("JMAP index of" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    (line,) = [r.getMessage() for r in caplog.records if "JMAP index of" in r.getMessage()]
+    assert f"JMAP index of {USER} loaded: 3 emails" in line

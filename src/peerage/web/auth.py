@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,9 @@ class Authenticator:
         self.host = host
         self.sessions = sessions
         self._basic_cache: dict[bytes, tuple[str, float]] = {}
+        # Called with the account after each successful form login (JMAP starts loading the
+        # account's mail while the browser is still fetching the webmail).
+        self.login_listeners: list[Callable[[str], None]] = []
 
     async def check_password(self, ip: str, address: str, password: str, protocol: str = "web") -> str | None:
         """The account when `password` is right, else None, through the shared authentication layer

@@ -161,6 +161,8 @@ class LoginRoutes:
                 self.auth.host.limits.auth.failure(ip, account, protocol="web", mechanism="TOTP")
                 return refuse("Wrong code.", 401, need_totp=True)
         token, session = await self.auth.sessions.create(account, ip, request.headers.get("User-Agent", ""))
+        for listener in self.auth.login_listeners:
+            listener(account)
         response: web.StreamResponse
         if wants_json:
             response = web.json_response({"account": account, "csrf": session.csrf})

@@ -71,6 +71,7 @@ class JmapRoutes:
             # with it, delivery sends it (peerage.mail.sieve.delivery), from the envelope sender.
             self.store.notifier.add_listener(self.vacation.mailbox_changed)
         self.box_owner: dict[int, str] = {}
+        self._warming: dict[str, asyncio.Task[None]] = {}
         self.ctx: WebContext | None = None
         self.closing = False
 
@@ -85,6 +86,27 @@ class JmapRoutes:
         router.add_get("/jmap/download/{account}/{blob}/{name}", self.download)
         router.add_get("/jmap/eventsource", self.eventsource)
         ctx.app.on_shutdown.append(self._close_streams)
+        ctx.auth.login_listeners.append(self.warm)
+
+    def warm(self, account: str) -> None:
+        """Start loading an account's index in the background (at login: the webmail's first API call,
+        a page load later, then finds it built or waits for the build already under way)."""
+        owner = account  # the key API requests use (_owner)
+        if owner in self._warming:
+            return
+
+        async def build() -> None:
+            started = time.monotonic()
+            try:
+                index = await self.cache.get(owner)
+                log.info("JMAP index of %s loaded: %d emails in %.0f ms", owner, len(index.by_id),
+                         (time.monotonic() - started) * 1000)
+            except Exception:
+                log.exception("JMAP index of %s could not be loaded", owner)
+            finally:
+                self._warming.pop(owner, None)
+
+        self._warming[owner] = asyncio.get_running_loop().create_task(build())
 
     async def _close_streams(self, _app: web.Application) -> None:
         """End every EventSource stream, so stopping the server does not wait for them."""
