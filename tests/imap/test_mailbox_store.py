@@ -35,7 +35,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         url = await own_database(request.getfixturevalue("postgres_url"), "peerage_mailbox_store")
     engine = create_async_engine(url)
     metadata = load_all_tables()
-    mine = {"mail_mailboxes", "mail_messages", "mail_bodies", "mail_expunged", "mail_uidvalidity", "mail_subscriptions"}
+    mine = {"mail_mailboxes", "mail_messages", "mail_bodies", "mail_expunged", "mail_uidvalidity", "mail_subscriptions",
+            "mail_deleted_mailboxes"}
     tables = [t for t in metadata.sorted_tables if t.name in mine]
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: metadata.drop_all(sync, tables=list(reversed(tables))))

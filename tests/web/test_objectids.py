@@ -174,3 +174,22 @@ async def test_login_starts_loading_the_mail(mailhost: WebHost, caplog: pytest.L
         await asyncio.sleep(0.05)
     (line,) = [r.getMessage() for r in caplog.records if "JMAP index of" in r.getMessage()]
     assert f"JMAP index of {USER} loaded: 3 emails" in line
+
+
+async def test_changes_across_a_deleted_mailbox(mailhost: WebHost) -> None:
+    await deliver(mailhost.host, USER, message("only there"))
+    await deliver(mailhost.host, USER, message("also in inbox"))
+    jmap = Jmap(mailhost)
+    inbox = await jmap.mailbox("inbox")
+    old = (await jmap.one("Mailbox/set", {"create": {"o": {"name": "Old"}}}))["created"]["o"]["id"]
+    ids = (await jmap.one("Email/query", {"filter": {"inMailbox": inbox}, "sort": [{"property": "subject"}]}))["ids"]
+    both, moved = ids  # "also in inbox" sorts first
+    await jmap.one("Email/set", {"update": {moved: {"mailboxIds": {old: True}},
+                                            both: {f"mailboxIds/{old}": True}}})
+    state = (await jmap.one("Email/get", {"ids": ids, "properties": ["id"]}))["state"]
+    gone = await jmap.one("Mailbox/set", {"destroy": [old], "onDestroyRemoveEmails": True})
+    assert gone["destroyed"] == [old]
+    changes = await jmap.one("Email/changes", {"sinceState": state})
+    assert (changes["created"], changes["updated"], changes["destroyed"]) == ([], [both], [moved])
+    threads = await jmap.one("Thread/changes", {"sinceState": state})
+    assert len(threads["destroyed"]) == 1 and len(threads["updated"]) == 1

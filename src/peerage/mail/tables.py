@@ -156,3 +156,17 @@ mail_expunged = Table(
     Column("thread_id", String(OBJECT_ID_LENGTH)),
 )
 Index("ix_mail_expunged_mailbox_modseq", mail_expunged.c.mailbox_id, mail_expunged.c.modseq)
+
+# What a deleted mailbox held, for the change logs that outlive it (JMAP Email/changes across a
+# Mailbox/set destroy or IMAP DELETE): its expunge records and its last messages as one expunge at
+# deletion, as JSON [[uid, modseq, email_id, thread_id], ...]. Kept DELETED_MAILBOX_LOG_DAYS.
+mail_deleted_mailboxes = Table(
+    "mail_deleted_mailboxes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(ADDRESS_LENGTH), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=False),
+    Column("log", Text, nullable=False),
+)
+Index("ix_mail_deleted_mailboxes_owner", mail_deleted_mailboxes.c.owner, mail_deleted_mailboxes.c.uidvalidity)

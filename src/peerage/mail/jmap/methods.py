@@ -8,9 +8,10 @@ bumps the same MODSEQ IMAP reports and wakes the same IDLE and EventSource liste
 
 An Email is every copy of one message (the rows sharing the store's email id), so it can be in several
 mailboxes and keeps its id when it moves; ``/changes`` follows the id through the expunge log, so a
-move is an update; Identity and EmailSubmission keep a change log in ``jmap_settings``. Limits of this
-implementation, each answered the way RFC 8620 allows: ``/changes`` that would exceed ``maxChanges``
-or that spans a deleted mailbox answers ``cannotCalculateChanges``;
+move is an update, and a deleted mailbox's log is kept by the store for a while; Identity and
+EmailSubmission keep a change log in ``jmap_settings``. Limits of this implementation, each answered
+the way RFC 8620 allows: ``/changes`` that would exceed ``maxChanges`` or that spans a mailbox deleted
+longer ago than the store keeps its log answers ``cannotCalculateChanges``;
 Email/copy between accounts has no second account to copy from.
 """
 
@@ -529,14 +530,27 @@ class MailAccount:
             raise MethodError("cannotCalculateChanges", f"unknown {key}")
         now = {b.info.uidvalidity: b for b in self.index.boxes.values()}
         before: dict[int, BoxState] = {b.uidvalidity: b for b in old}
-        for state in old:
-            if state.uidvalidity not in now:
-                raise MethodError("cannotCalculateChanges", "a mailbox was deleted since that state")
-            if state.modseq > now[state.uidvalidity].info.highestmodseq:
-                raise MethodError("cannotCalculateChanges", f"{key} is from the future")
         existed: set[str] = set()
         touched: set[str] = set()
         gone_threads: dict[str, str | None] = {}
+
+        def expunged(uv: int, previous: BoxState, records: list[Any]) -> None:
+            for record in records:
+                eid = record.email_id or f"e{uv}-{record.uid}"
+                touched.add(eid)
+                if record.uid < previous.uidnext:
+                    existed.add(eid)
+                gone_threads.setdefault(eid, record.thread_id)
+
+        for state in old:
+            if state.uidvalidity not in now:
+                # A mailbox deleted since: the store kept what it held (for DELETED_MAILBOX_LOG_DAYS).
+                log = await self.store.deleted_mailbox_log(self.owner, state.uidvalidity)
+                if log is None:
+                    raise MethodError("cannotCalculateChanges", "a mailbox was deleted since that state")
+                expunged(state.uidvalidity, state, [r for r in log if r.modseq > state.modseq])
+            elif state.modseq > now[state.uidvalidity].info.highestmodseq:
+                raise MethodError("cannotCalculateChanges", f"{key} is from the future")
         for uv, box in now.items():
             previous = before.get(uv)
             if previous is None:
@@ -547,12 +561,8 @@ class MailAccount:
             for s in box.emails.values():
                 if s.modseq > previous.modseq:
                     touched.add(s.id)
-            for record in await self.store.expunged_since(box.info.id, previous.modseq, box.info.highestmodseq):
-                eid = record.email_id or f"e{uv}-{record.uid}"
-                touched.add(eid)
-                if record.uid < previous.uidnext:
-                    existed.add(eid)
-                gone_threads.setdefault(eid, record.thread_id)
+            expunged(uv, previous, await self.store.expunged_since(box.info.id, previous.modseq,
+                                                                   box.info.highestmodseq))
         for eid in touched - existed:
             for copy in self.index.copies.get(eid, ()):
                 at_state = before.get(self.index.boxes[copy.box].info.uidvalidity)

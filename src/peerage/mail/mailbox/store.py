@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import secrets
 import time
@@ -34,6 +35,7 @@ from peerage.mail.tables import (
     INLINE_BODY_LIMIT,
     INLINE_BODY_PREFIX,
     mail_bodies,
+    mail_deleted_mailboxes,
     mail_expunged,
     mail_mailboxes,
     mail_messages,
@@ -57,6 +59,11 @@ HIERARCHY_DELIMITER = "/"
 SQL_BATCH = 500
 # Above this share of a mailbox, reading all rows and filtering beats IN (...) lists.
 FULL_SCAN_THRESHOLD = 400
+
+# How long what a deleted mailbox held is remembered for change logs (a JMAP client offline longer
+# fetches its mail afresh, as RFC 8620 §5.2 cannotCalculateChanges allows); Cyrus keeps its deleted
+# mailboxes' records for a configured period the same way (delete_mode: delayed).
+DELETED_MAILBOX_LOG_DAYS = 30
 
 # A message file this old with no row is an orphan: a delivery commits its row milliseconds after the
 # file is written, so an hour leaves a wide margin even on a stalled disk.
@@ -411,8 +418,22 @@ class MailboxStore:
         indexed = await self.search.ready()
         async with self.engine.begin() as conn:
             held = (await conn.execute(
-                select(mail_messages.c.blob, mail_messages.c.email_id).where(mail_messages.c.mailbox_id == info.id)
+                select(mail_messages.c.blob, mail_messages.c.email_id, mail_messages.c.uid,
+                       mail_messages.c.thread_id).where(mail_messages.c.mailbox_id == info.id)
             )).all()
+            # The change log outlives the mailbox: its expunge records, and its messages as expunged
+            # one step after its last change.
+            last = (await conn.execute(select(mail_mailboxes.c.highestmodseq).where(
+                mail_mailboxes.c.id == info.id))).scalar() or info.highestmodseq
+            log = [[r[0], r[1], r[2], r[3]] for r in await conn.execute(
+                select(mail_expunged.c.uid, mail_expunged.c.modseq, mail_expunged.c.email_id,
+                       mail_expunged.c.thread_id).where(mail_expunged.c.mailbox_id == info.id))]
+            log.extend([row[2], last + 1, row[1], row[3]] for row in held)
+            now = int(time.time())
+            await conn.execute(delete(mail_deleted_mailboxes).where(
+                mail_deleted_mailboxes.c.deleted_at < now - DELETED_MAILBOX_LOG_DAYS * 86400))
+            await conn.execute(insert(mail_deleted_mailboxes).values(
+                owner=owner, uidvalidity=info.uidvalidity, deleted_at=now, log=json.dumps(log)))
             blobs = [row[0] for row in held]
             await self._delete_inline_bodies(conn, blobs)
             await conn.execute(delete(mail_messages).where(mail_messages.c.mailbox_id == info.id))
@@ -974,6 +995,17 @@ class MailboxStore:
         async with self.engine.connect() as conn:
             return [Expunged(int(r[0]), int(r[1]), r[2], r[3])
                     for r in await conn.execute(query.order_by(mail_expunged.c.modseq, mail_expunged.c.uid))]
+
+    async def deleted_mailbox_log(self, owner: str, uidvalidity: int) -> list[Expunged] | None:
+        """The change log of a deleted mailbox (its expunge records and its messages as expunged at
+        deletion), or None when no such mailbox was deleted within DELETED_MAILBOX_LOG_DAYS."""
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(select(mail_deleted_mailboxes.c.log).where(
+                mail_deleted_mailboxes.c.owner == owner, mail_deleted_mailboxes.c.uidvalidity == uidvalidity)
+            )).scalar()
+        if value is None:
+            return None
+        return [Expunged(int(uid), int(modseq), email_id, thread_id) for uid, modseq, email_id, thread_id in json.loads(value)]
 
     async def collect_orphans(self, min_age: float = ORPHAN_MIN_AGE) -> int:
         """Remove message files no row refers to, left by a crash between file and commit.
