@@ -78,7 +78,7 @@ class ReportStore:
             return False
         return True
 
-    async def record(self, period: float, seen: Seen) -> None:
+    async def record(self, period: float, seen: Seen, count: int = 1) -> None:
         table = mailreport_dmarc_seen
         key = and_(table.c.period == period, table.c.from_domain == seen.from_domain,
                    table.c.source_ip == seen.source_ip, table.c.disposition == seen.disposition,
@@ -87,14 +87,14 @@ class ReportStore:
         for _ in range(2):
             try:
                 async with self.db.begin() as conn:
-                    changed = await conn.execute(update(table).where(key).values(count=table.c.count + 1))
+                    changed = await conn.execute(update(table).where(key).values(count=table.c.count + count))
                     if changed.rowcount:
                         return
                     await conn.execute(insert(table).values(
                         period=period, from_domain=seen.from_domain, policy_domain=seen.policy_domain,
                         source_ip=seen.source_ip, disposition=seen.disposition, dkim=seen.dkim, spf=seen.spf,
                         auth=json.dumps(seen.auth, sort_keys=True), policy=json.dumps(seen.policy, sort_keys=True),
-                        count=1))
+                        count=count))
                     return
             except IntegrityError:
                 continue  # another delivery inserted the row first: add to it
