@@ -112,11 +112,17 @@ async def test_vcard4_nickname_and_bookmarks_over_pep(one: PeerageServer, client
     assert "<nick>frank</nick>" in legacy
     reply = await raw_iq(frank, "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>"
                                 "<conference jid='coven@conference.x1.test' name='Coven'><nick>f</nick></conference>"
-                                "<conference jid='attic@conference.x1.test' autojoin='1'/></storage></query>")
+                                "<conference jid='attic@conference.x1.test' autojoin='1'/>"
+                                "<url name='Project site' url='https://example.org/project'/></storage></query>")
     assert "type=\"result\"" in reply, reply
     own = await raw_iq(frank, items("urn:xmpp:bookmarks:1"), itype="get")
     assert "attic@conference.x1.test" in own and "garden@conference.x1.test" not in own, own
     assert "autojoin=\"false\"" in own  # coven is no longer autojoined
+    assert "example.org" not in own  # URL bookmarks have no XEP-0402 form ...
+    legacy = await raw_iq(frank, "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>",
+                          itype="get")
+    assert "url=\"https://example.org/project\"" in legacy and "name=\"Project site\"" in legacy, legacy  # ... but stay
+    assert "jid=\"attic@conference.x1.test\"" in legacy
     info = await frank.plugin["xep_0030"].get_info(jid="frank@x1.test", timeout=TIMEOUT)
     assert "urn:xmpp:bookmarks-conversion:0" in info["disco_info"]["features"]
 

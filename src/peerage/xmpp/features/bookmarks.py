@@ -5,18 +5,21 @@ This module is in charge of one view: a client that still keeps its room bookmar
 using XEP-0402 (``urn:xmpp:bookmarks:1``, one PEP item per room) see the same list. The PEP node is
 the one copy: a private get of ``storage:bookmarks`` is built from its items, a private set publishes
 each conference as an item (with XEP-0402's publish-options) and retracts the rooms no longer listed.
-XEP-0048 ``<url/>`` bookmarks have no XEP-0402 form and are not kept. Other private namespaces go on to
+XEP-0048 ``<url/>`` bookmarks have no XEP-0402 form: they are kept in Private XML storage themselves
+(``storage:bookmarks`` holding the ``<url/>`` elements only, at most ``MAX_URL_BOOKMARKS``) and
+added back to every get, so a XEP-0048 client does not lose them. Other private namespaces go on to
 ``peerage.xmpp.features.private``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable
 
 from peerage.xmpp.features import Feature, IqContext, hook_iq, result
 from peerage.xmpp.features.pep import Pep, PubsubError
 from peerage.xmpp.jid import JidError, split_jid
-from peerage.xmpp.stream import Element, error_reply
+from peerage.xmpp.stream import Element, error_reply, parse_stored, serialize
 
 PRIVATE_NS = "jabber:iq:private"
 LEGACY_NS = "storage:bookmarks"
@@ -25,6 +28,10 @@ CONVERSION_NS = "urn:xmpp:bookmarks-conversion:0"
 #: XEP-0402 section 3.2: the node's configuration.
 OPTIONS: dict[str, str] = {"pubsub#persist_items": "true", "pubsub#max_items": "max",
                            "pubsub#send_last_published_item": "never", "pubsub#access_model": "whitelist"}
+
+
+#: URL bookmarks kept per account: as many as XEP-0402 items per node (Prosody's pep_max_items).
+MAX_URL_BOOKMARKS = 256
 
 
 def _true(value: str | None) -> bool:
@@ -67,7 +74,14 @@ class BookmarksConversion(Feature):
                     text = conference.find_text(child, BOOKMARKS_NS)
                     if text:
                         legacy.add(child, text=text)
+            kept = await self.ctx.storage.get_private(owner, LEGACY_NS)
+            if kept:
+                with contextlib.suppress(ValueError):  # unreadable: the conferences alone
+                    storage.children.extend(parse_stored(kept).find_all("url", LEGACY_NS))
             return result(ctx, Element("query", PRIVATE_NS, {}, [storage]))
+        urls = [url for url in storage_in.find_all("url", LEGACY_NS) if url.attrs.get("url")]
+        if len(urls) > MAX_URL_BOOKMARKS:
+            return error_reply(ctx.iq, "not-acceptable", f"at most {MAX_URL_BOOKMARKS} URL bookmarks are kept")
         wanted: dict[str, Element] = {}
         for legacy in storage_in.find_all("conference", LEGACY_NS):
             try:
@@ -92,4 +106,5 @@ class BookmarksConversion(Feature):
             return exc.reply(ctx.iq)
         stale = [item_id for item_id, _ in await self.pep.list_items(owner, BOOKMARKS_NS) if item_id not in wanted]
         await self.pep.retract_items(owner, BOOKMARKS_NS, stale)
+        await self.ctx.storage.set_private(owner, LEGACY_NS, serialize(Element("storage", LEGACY_NS, {}, list(urls))))
         return result(ctx)

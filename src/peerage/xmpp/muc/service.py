@@ -123,6 +123,8 @@ class MucService(Feature):
             try:
                 for stamp, xml in await self.archive.recent(room.jid, room.config.history_length):
                     message = parse_stored(xml)
+                    if message.find("retracted", RETRACT_NS) is not None:
+                        continue  # a moderator removed it (XEP-0425): not history for newcomers
                     body = message.find("body")
                     room.history.append(HistoryEntry(message, stamp, len(body.text) if body is not None else 0))
             except Exception:
