@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -34,6 +35,13 @@ from peerage.identity.tables import app_passwords, login_tokens
 from peerage.identity.tokens import LoginTokens, looks_like_token
 from peerage.store import Store
 from peerage.store.schema import accounts, load_all_tables
+
+log = logging.getLogger(__name__)
+
+#: What a listener of ``AccountService.credential_listeners`` is told: the account, the reason
+#: (``"reset"``: its password changed; ``"not-authorized"``: it was deleted; RFC 6120 section 4.9.3),
+#: and the connection that made the change, which keeps its stream (XEP-0077 section 3.3), or None.
+CredentialListener = Callable[[str, str, object | None], None]
 
 
 class AccountError(Exception):
@@ -101,6 +109,17 @@ class AccountService:
         # Short-lived per-protocol tokens (peerage.identity.tokens): only lookups naming a protocol
         # (`scram(..., protocol="xmpp")`, `verify_password(..., protocol="xmpp")`) accept them.
         self.tokens = LoginTokens(store)
+        # Told, in this process, when an account's password changes or the account is deleted, so
+        # the protocols end what is already running on the ended credentials (the XMPP service ends
+        # the account's live streams, as Prosody's mod_c2s does on user-password-changed).
+        self.credential_listeners: list[CredentialListener] = []
+
+    def _credentials_ended(self, account: str, reason: str, keep: object | None) -> None:
+        for listener in list(self.credential_listeners):
+            try:
+                listener(account, reason, keep)
+            except Exception:
+                log.exception("ending the live sessions of %s failed", account)
 
     def _check_policy(self, addr: Address, password: str) -> None:
         if self.password_min_length is not None:
@@ -137,11 +156,13 @@ class AccountService:
                                                        **_credential_columns(creds)))
         return addr
 
-    async def passwd(self, address: str | Address, password: str) -> None:
+    async def passwd(self, address: str | Address, password: str, *, keep: object | None = None) -> None:
         """Set a new password. Every web session of the account and every token they were given (XMPP
         login tokens, SIP web tokens) end with the old password, in the same transaction, so a password
         changed because it leaked locks out whoever used it, in this process or another. App passwords
-        are kept: they are device secrets the user manages one by one (Fastmail keeps them too)."""
+        are kept: they are device secrets the user manages one by one (Fastmail keeps them too).
+        Then this process's live sessions of the account end (``credential_listeners``), except
+        ``keep``: the connection that asked for the change."""
         addr = self._local_address(address)
         self._check_policy(addr, password)
         self.cache.forget(str(addr))
@@ -155,6 +176,7 @@ class AccountService:
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist; create it with `peerage user add {addr}`")
             await self._end_sessions_and_tokens(conn, str(addr))
+        self._credentials_ended(str(addr), "reset", keep)
 
     async def _end_sessions_and_tokens(self, conn: Any, account: str) -> None:
         await conn.execute(delete(login_tokens).where(login_tokens.c.account == account))
@@ -179,6 +201,7 @@ class AccountService:
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist")
+        self._credentials_ended(str(addr), "not-authorized", None)
 
     async def list(self, domain: str | None = None) -> list[str]:
         query = select(accounts.c.address).order_by(accounts.c.domain, accounts.c.local)

@@ -307,7 +307,9 @@ class Registration(Feature):
         host = self.ctx.host
         try:
             check_password(password, address=owner, min_length=host.config.auth.password_min_length if host else 8)
-            await self.ctx.accounts.passwd(owner, password)
+            # The connection that asked keeps its stream; the account's others end (XEP-0077 section 3.3).
+            keep = getattr(ctx.session, "connection", None)
+            await self.ctx.accounts.passwd(owner, password, keep=keep)
         except (PasswordError, AccountError) as exc:
             return error_reply(ctx.iq, "not-acceptable", str(exc))
         return result(ctx)
