@@ -165,16 +165,21 @@ class PeerageServer:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_text(offset)
-            if READY_LINE in text:
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"peerage exited with {self.process.returncode}:\n{text[-4000:]}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"peerage did not become ready in {timeout}s:\n{text[-4000:]}")
-            time.sleep(0.05)
+        try:
+            while True:
+                text = self.log_text(offset)
+                if READY_LINE in text:
+                    return self
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"peerage exited with {self.process.returncode}:\n{text[-4000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"peerage did not become ready in {timeout}s:\n{text[-4000:]}")
+                time.sleep(0.05)
+        except BaseException:
+            # Whatever ends the wait (the deadline, pytest-timeout, ^C) must not leave a server holding
+            # the area's addresses: the fixture that started it never reaches its own clean-up.
+            self.kill()
+            raise
 
     def log_text(self, offset: int = 0) -> str:
         try:
