@@ -107,8 +107,8 @@ class InvitePages:
 
     def _form(self, request: web.Request, invitation: Any, csrf: str, error: str = "", username: str = "",
               status: int = 200) -> web.Response:
-        from peerage.xmpp.features.register import invitation_uri
-
+        # Through the feature object, not an import: register.py imports this module to add the routes.
+        invitation_uri = self.registration.invitation_uri
         domain = invitation.domain
         token = request.match_info["token"]
         uri = html.escape(invitation_uri(domain, invitation.inviter, token))

@@ -85,6 +85,7 @@ class Refusal:
 
 class Registration(Feature):
     server_features = (REGISTER_NS,)
+    invitation_uri = staticmethod(invitation_uri)
 
     def setup(self) -> None:
         #: peer IP -> times of its registrations in the last hour
