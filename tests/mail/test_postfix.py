@@ -222,7 +222,9 @@ def test_dane_tlsa_match_and_mismatch(peerage: PeerageServer, postfix: Postfix, 
     try:
         _submit("dane good", "carol@dane.example")
         wait_for(lambda: _maildir_with(postfix, "carol", "dane good"), DELIVERY_TIMEOUT, "delivery under DANE")
-        assert "to carol@dane.example" in peerage.log_text() and "tls=dane" in peerage.log_text()
+        # Postfix files the message before peerage reads its 250 and logs the delivery: wait for the line.
+        wait_for(lambda: "to carol@dane.example" in peerage.log_text(), DELIVERY_TIMEOUT, "the delivery log line")
+        assert "tls=dane" in peerage.log_text()
         _submit("dane bad", "carol@dane-bad.example")
         rows = wait_for(lambda: [r for r in queue_rows(peerage.data_dir)
                                  if r[2] == "carol@dane-bad.example" and r[3] >= 1], DELIVERY_TIMEOUT, "deferral")
