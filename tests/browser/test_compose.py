@@ -392,7 +392,9 @@ def test_start_to_the_inbox_costs_few_requests(peerage: PeerageServer, browser: 
     browser.do("reload")
     wait_row(browser, "Counting requests")
     posts = api_posts(browser.events())
-    first = posts[0]
+    # The page's start request is the first with Mailbox/get: a /changes sync the previous page sent
+    # after the delivery's push may be recorded before it.
+    first = next((post for post in posts if "Mailbox/get" in post), "")
     for method in ("Mailbox/get", "Identity/get", "Email/query", "Email/get", "Thread/get"):
         assert method in first, (method, first)
     # The page still has its CSP and the API its CSRF token.

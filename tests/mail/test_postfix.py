@@ -114,7 +114,9 @@ def test_peerage_to_postfix_over_starttls_with_valid_dkim(peerage: PeerageServer
     assert all(verifier.verify(idx=i, dnsfunc=lookup.dkim_txt) for i in range(len(signatures)))
     assert "TLS connection established from" in postfix.log_text()
     # example.net enforces MTA-STS: the certificate was verified against the policy's MX name.
-    assert "to carol@example.net" in peerage.log_text() and "tls=mta-sts" in peerage.log_text()
+    # Postfix files the message before peerage reads its 250 and logs the delivery: wait for the line.
+    wait_for(lambda: "to carol@example.net" in peerage.log_text(), DELIVERY_TIMEOUT, "the delivery log line")
+    assert "tls=mta-sts" in peerage.log_text()
 
 
 def test_mta_sts_enforce_blocks_an_mx_the_policy_does_not_name(peerage: PeerageServer, postfix: Postfix) -> None:
