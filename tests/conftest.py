@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import PeerageServer, free_port
-from tests.harness.peers import IN_CI, require_binary
+from tests.harness.peers import IN_CI, MACHINE_LIMIT, require_binary
 
 TESTS = Path(__file__).resolve().parent
 
@@ -34,6 +34,38 @@ def _area(item: pytest.Item) -> str | None:
         return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
     except ValueError:
         return None
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _no_skips_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """In CI (CI=true) scripts/setup-test-env has installed every peer, so a skip means a test that
+    proved nothing: a failure, except where the reason is a limit of the machine itself
+    (tests.harness.peers.machine_limit: not running as root, files other users cannot read)."""
+    if not IN_CI or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if reason.startswith(MACHINE_LIMIT):
+        return
+    report.outcome = "failed"
+    report.longrepr = f"skipped in CI, where nothing may be skipped but for a machine limit: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _no_skips_in_ci(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield  # a module-level pytest.importorskip
+    _no_skips_in_ci(outcome.get_result())  # type: ignore[attr-defined]
 
 
 _held_area_lock: dict[str, object] = {}

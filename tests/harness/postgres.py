@@ -3,14 +3,43 @@
 Areas share that server within a run; a test that builds tables by hand (not through the migrations)
 or reads whole tables takes a fresh database beside the shared one, so it neither trips a later
 `Store.migrate()` on the shared database ("relation ... already exists") nor sees other tests' rows.
+`empty_database` gives one with no tables on either engine and drops it afterwards.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+@asynccontextmanager
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> AsyncIterator[str]:
+    """The URL of a database with no tables at all, on the engine `request.param` names ("sqlite" or
+    "postgresql"): a file in `tmp_path`, or ``<prefix>_<random>`` created on the test PostgreSQL server
+    and dropped at the end, even while a connection the test left open still holds it."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
+        return
+    server = make_url(request.getfixturevalue("postgres_url"))
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            async with admin.connect() as conn:
+                await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.dispose()
 
 
 async def own_database(url: str, prefix: str) -> str:

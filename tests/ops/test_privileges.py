@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PeerageServer
+from tests.harness import PeerageServer, require_binary
+from tests.harness.peers import machine_limit
 from tests.xmpp.rawclient import RawClient
 
 ADDRESS = "127.0.8.20"
 PASSWORD = "correct horse"
 ROOT = Path(__file__).resolve().parents[2]
+AS_ROOT = machine_limit("dropping privileges needs a start as root")
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def ids(pid: int) -> tuple[int, int]:
     return int(fields["Uid"].split()[1]), int(fields["Gid"].split()[1])  # effective ids
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a start as root")
+@pytest.mark.skipif(os.geteuid() != 0, reason=AS_ROOT)
 async def test_runs_as_the_configured_user_after_binding(workdir: Path) -> None:
     import pwd
 
@@ -74,9 +76,7 @@ def test_unknown_user_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ambient", [False, True])
 def test_systemd_unit_verifies(tmp_path: Path, ambient: bool) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze (Debian package systemd) is not installed")
+    analyze = require_binary("systemd-analyze")  # Debian package systemd
     assert subprocess.run([sys.executable, "-m", "peerage", "init", "unit.test", "--dir", str(tmp_path)],
                           capture_output=True, timeout=60).returncode == 0
     args = ["--ambient-capabilities"] if ambient else []
@@ -106,7 +106,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a start as root")
+@pytest.mark.skipif(os.geteuid() != 0, reason=AS_ROOT)
 def test_mx_workers_drop_privileges_too(workdir: Path) -> None:
     import pwd
 
@@ -133,19 +133,38 @@ def test_mx_workers_drop_privileges_too(workdir: Path) -> None:
         assert server.stop() == 0
 
 
-def interpreter_reachable_by_others() -> bool:
-    """Whether another user may run this interpreter (not when it lives under /root, as in a container)."""
-    path = Path(os.path.realpath(sys.executable))
-    return all(part.stat().st_mode & 0o001 for part in [*path.parents, path])
+def worker_runs_as(user: str) -> str | None:
+    """Why `user` cannot start an MX worker with this interpreter and environment, or None when it can.
+
+    A worker started again after the drop runs `sys.executable -m peerage.mail.smtp.worker` as that
+    user, so the interpreter, its packages and peerage's sources must all be readable by it: not so when
+    any of them lives under /root (0700), as a pyenv interpreter or a checkout with its .venv there does.
+    """
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    # The interpreter is started from a shell already running as the user, as the server starts its
+    # worker after the drop (setpriv's own exec of it can still pass where the worker's would not), and
+    # imports what the worker's run() does.
+    result = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
+                             "/bin/sh", "-c", 'exec "$0" -c "$1"', sys.executable,
+                             "import peerage.mail.service, peerage.ops.privileges, peerage.server"],
+                            cwd="/", capture_output=True, text=True, timeout=60)
+    if result.returncode == 0:
+        return None
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"{user} cannot run {sys.executable} -m peerage.mail.smtp.worker ({last})"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a start as root")
-@pytest.mark.skipif(not interpreter_reachable_by_others(),
-                    reason="the interpreter is not executable by nobody, so no worker can start after the drop")
+@pytest.mark.skipif(os.geteuid() != 0, reason=AS_ROOT)
 def test_mx_worker_started_again_after_the_drop_serves(workdir: Path) -> None:
     import pwd
     import smtplib
 
+    unable = worker_runs_as("nobody")
+    if unable:
+        pytest.skip(machine_limit(f"no worker can start after the drop: {unable}; put the checkout and "
+                                  "the interpreter where other users may read them, as /opt/peerage is"))
     nobody = pwd.getpwnam("nobody")
     address = "127.0.8.23"
     server = PeerageServer(workdir, ["drop.test"], address, services=("smtp",),

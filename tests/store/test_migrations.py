@@ -6,7 +6,6 @@ created it on each database, is kept in tests/store/data/ so this test does not 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from peerage.identity.accounts import AccountService
 from peerage.store import SchemaError, Store, head_revision
 from peerage.store.migrations import alembic_config
 from peerage.store.schema import include_name, load_all_tables
+from tests.harness.postgres import empty_database
 
 DATA = Path(__file__).parent / "data"
 
@@ -28,20 +27,8 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """The URL of a database with no tables at all, on each engine."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    name = f"peerage_mig_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.dispose()
+    async with empty_database(request, tmp_path, "peerage_mig") as database:
+        yield database
 
 
 def _differences(sync_conn) -> list:  # type: ignore[no-untyped-def]

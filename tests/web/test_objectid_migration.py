@@ -3,38 +3,25 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from peerage.mail.mailbox.objectid import thread_id
 from peerage.store import Store
 from peerage.store.migrations import alembic_config
+from tests.harness.postgres import empty_database
 
 HEADER = b"Subject: old\r\nMessage-ID: <child@x>\r\nReferences: <root@x> <mid@x>\r\n\r\n"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    name = f"peerage_oid_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.dispose()
+    async with empty_database(request, tmp_path, "peerage_oid") as database:
+        yield database
 
 
 async def test_existing_messages_get_their_old_ids(url: str) -> None:
