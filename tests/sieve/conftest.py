@@ -1,5 +1,5 @@
 """Fixtures of the Sieve tests: a LocalDNS on 127.0.17.53 and one peerage server for example.org on
-127.0.17.1 (submission 587, IMAP 143, ManageSieve 4190) with users alice, bob and carol."""
+127.0.17.1 (submission 587, IMAP 143, ManageSieve 4190) with users alice, bob, carol and dave."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ PASSWORDS = {
     "alice@example.org": "alice's long passphrase",
     "bob@example.org": "bob's own secret",
     "carol@example.org": "carol keeps hers",
+    "dave@example.org": "dave writes rules",
 }
 # The authentication deadline of the server: short, so the slow-drip test ends quickly.
 AUTH_DEADLINE = 6.0

@@ -184,3 +184,55 @@ def test_the_webmail_vacation_response_goes_through_sieve(server: PeerageServer,
     reply = replies()
     assert len(reply) == 1, "one reply per sender per period"
     assert b"Auto-Submitted: auto-replied" in reply[0] and b"text/html" in reply[0]
+
+
+RULES = r'''require ["variables", "relational", "comparator-i;ascii-numeric", "body", "fileinto", "imap4flags"];
+# The kind of rules a mail client's filter editor writes: a folder per list, a spam threshold, a
+# flag for newsletters found by their body.
+if header :value "ge" :comparator "i;ascii-numeric" "X-Spam-Score" "5" { fileinto "Junk"; stop; }
+if header :matches "List-Id" "*<*.lists.example.com>" { set :lower "list" "${2}"; fileinto "list-${list}"; stop; }
+if body :text :contains "unsubscribe" { addflag "$Newsletter"; }
+'''
+
+
+def test_variables_relational_and_body_at_delivery(server: PeerageServer, test_ca, monkeypatch) -> None:
+    """A script using RFC 5229, 5231 and 5173, stored with a stock ManageSieve client (sievelib)
+    that sees them in the capability, files mail sent over SMTP; IMAP reads the result."""
+    from sievelib.managesieve import Client
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.cert_path))
+    dave = "dave@example.org"
+    client = Client(ADDRESS, 4190, srvhostname="example.org")
+    assert client.connect(dave, PASSWORDS[dave], starttls=True, authmech="PLAIN")
+    try:
+        extensions = client.get_sieve_capabilities()
+        for name in ("variables", "relational", "body", "comparator-i;ascii-numeric"):
+            assert name in extensions
+        assert client.putscript("rules", RULES)
+        assert client.setactive("rules")
+    finally:
+        client.logout()
+
+    def submit(subject: str, headers: str, body: str) -> None:
+        raw = (f"From: bob@example.org\r\nTo: {dave}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{subject.replace(' ', '.')}@example.org>\r\n{headers}"
+               f"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{body}\r\n")
+        with smtplib.SMTP(ADDRESS, 587, timeout=15, source_address=("127.0.17.112", 0)) as smtp:
+            smtp.starttls(context=_context(test_ca))
+            smtp.login("bob@example.org", PASSWORDS["bob@example.org"])
+            smtp.sendmail("bob@example.org", [dave], raw.encode())
+
+    submit("cheap pills", "X-Spam-Score: 12\r\n", "<p>buy</p>")
+    submit("Build 42 failed", "List-Id: ACME developers <ACME-Dev.lists.example.com>\r\nX-Spam-Score: 2\r\n",
+           "<p>step 3</p>")
+    submit("weekly news", "", "<p>Read more. <a href='x'>Unsubscribe</a></p>")
+    submit("hello dave", "X-Spam-Score: 4\r\n", "<p>lunch?</p>")
+    # Each message is waited for where it should land: deliveries need not finish in order.
+    wait_for(lambda: "hello dave" in _subjects(server, dave), 20, "the last message in dave's INBOX")
+    wait_for(lambda: "weekly news" in _subjects(server, dave), 20, "the newsletter in dave's INBOX")
+    wait_for(lambda: _subjects(server, dave, "Junk") == ["cheap pills"], 20, "the spam in Junk")
+    wait_for(lambda: _subjects(server, dave, "list-acme-dev") == ["Build 42 failed"], 20, "the list folder")
+    assert sorted(_subjects(server, dave)) == ["hello dave", "weekly news"]
+    flags = dict(imap_flags(test_ca, dave, "INBOX"))
+    assert b"$Newsletter" in flags[b"Subject: weekly news"]
+    assert b"$Newsletter" not in flags[b"Subject: hello dave"]

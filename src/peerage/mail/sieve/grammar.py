@@ -5,29 +5,41 @@ and column of the first error, so that ManageSieve (RFC 5804 §2.6) can refuse a
 message a person can act on and delivery never meets a script it cannot run. It knows the core
 language (RFC 5228 §§3-5) and the extensions of ``EXTENSIONS``; each command's arguments are checked
 against its signature, and an extension's command is an error unless the script ``require``s it
-(RFC 5228 §3.2).
+(RFC 5228 §3.2). With "variables" (RFC 5229) a string may hold ``${name}`` references, expanded when
+the script runs; what must be known beforehand (a ``set`` name, a relational operator, a comparator)
+must be a constant, and a name or header that holds a reference is checked when it is expanded.
 
 Limits (named, with their precedent; a script over any is refused at upload):
 ``MAX_SCRIPT_SIZE`` (Pigeonhole's ``sieve_max_script_size`` default, 1 MiB), ``MAX_NESTING``
 (Pigeonhole's block nesting limit, 32), ``MAX_STRING_LIST`` and ``MAX_TEST_LIST`` (bounds on one
-argument so a script cannot make the interpreter's work quadratic in its size).
+argument so a script cannot make the interpreter's work quadratic in its size), ``MAX_VARIABLES``
+(Pigeonhole's ``sieve_variables_max_scope_size`` default, 255 distinct names per script).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 MAX_SCRIPT_SIZE = 1024 * 1024
 MAX_NESTING = 32
 MAX_STRING_LIST = 1024
 MAX_TEST_LIST = 256
+MAX_VARIABLES = 255
 
 #: Extensions this implementation offers (ManageSieve's SIEVE capability, RFC 5804 §1.7).
 #: comparator-i;octet and comparator-i;ascii-casemap are built in (RFC 5228 §2.7.3) and may be
 #: required too.
-EXTENSIONS = ("fileinto", "reject", "ereject", "envelope", "imap4flags", "vacation", "copy")
+EXTENSIONS = ("fileinto", "reject", "ereject", "envelope", "imap4flags", "vacation", "copy", "variables",
+              "relational", "body", "comparator-i;ascii-numeric")
 _BUILTIN_REQUIRABLE = {"comparator-i;octet", "comparator-i;ascii-casemap"}
-COMPARATORS = ("i;octet", "i;ascii-casemap")
+COMPARATORS = ("i;octet", "i;ascii-casemap", "i;ascii-numeric")
+#: RFC 5231 §5: the relational operators of :value and :count.
+RELATIONAL_OPERATORS = ("gt", "ge", "lt", "le", "eq", "ne")
+#: RFC 5229 §3: variable-name = (ALPHA / "_") *(ALPHA / DIGIT / "_"), and a reference
+#: "${" [namespace "."] name "}" or "${" digits "}" for a match variable.
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+VARIABLE_REFERENCE = re.compile(r"\$\{(?:([0-9]+)|((?:[A-Za-z_][A-Za-z0-9_]*\.)*)([A-Za-z_][A-Za-z0-9_]*))\}")
 _QUANTIFIERS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # Numbers are unsigned 31-bit at least (RFC 5228 §2.4.1 asks for 2^31 as the usable range).
 MAX_NUMBER = (1 << 63) - 1
@@ -383,7 +395,7 @@ class _Parser:
 # Tagged arguments: name -> kind of the value that follows ("string", "strings", "number") or None
 # for a flag. Groups of mutually exclusive tags share a group name (RFC 5228 §2.7.1: a match type,
 # an address part and a comparator each at most once).
-_MATCH = {"is": None, "contains": None, "matches": None}
+_MATCH: dict[str, str | None] = {"is": None, "contains": None, "matches": None, "value": "string", "count": "string"}
 _ADDRESS_PART = {"localpart": None, "domain": None, "all": None}
 _COMPARATOR = {"comparator": "string"}
 
@@ -410,7 +422,10 @@ _TESTS: dict[str, _Signature] = {
     "not": _Signature(None, {}, (), tests="one"),
     "true": _Signature(None, {}, ()),
     "false": _Signature(None, {}, ()),
-    "hasflag": _Signature("imap4flags", {**_MATCH, **_COMPARATOR}, ("strings",)),
+    "hasflag": _Signature("imap4flags", {**_MATCH, **_COMPARATOR}, ("strings", "strings"), optional_front=1),
+    "string": _Signature("variables", {**_MATCH, **_COMPARATOR}, ("strings", "strings")),
+    "body": _Signature("body", {**_MATCH, **_COMPARATOR, "raw": None, "text": None, "content": "strings"},
+                       ("strings",)),
 }
 
 _COMMANDS: dict[str, _Signature] = {
@@ -427,14 +442,23 @@ _COMMANDS: dict[str, _Signature] = {
     "ereject": _Signature("ereject", {}, ("string",)),
     "vacation": _Signature("vacation", {"days": "number", "subject": "string", "from": "string",
                                         "addresses": "strings", "mime": None, "handle": "string"}, ("string",)),
-    "setflag": _Signature("imap4flags", {}, ("strings",)),
-    "addflag": _Signature("imap4flags", {}, ("strings",)),
-    "removeflag": _Signature("imap4flags", {}, ("strings",)),
+    "setflag": _Signature("imap4flags", {}, ("string", "strings"), optional_front=1),
+    "addflag": _Signature("imap4flags", {}, ("string", "strings"), optional_front=1),
+    "removeflag": _Signature("imap4flags", {}, ("string", "strings"), optional_front=1),
+    "set": _Signature("variables", {"lower": None, "upper": None, "lowerfirst": None, "upperfirst": None,
+                                    "quotewildcard": None, "length": None}, ("string", "string")),
 }
 
 # Tags that belong to an extension other than the command's own (RFC 3894 :copy, RFC 5232 :flags).
-_TAG_EXTENSIONS = {"copy": "copy", "flags": "imap4flags"}
-_EXCLUSIVE = (set(_MATCH), set(_ADDRESS_PART), {"over", "under"})
+_TAG_EXTENSIONS = {"copy": "copy", "flags": "imap4flags", "value": "relational", "count": "relational"}
+# RFC 5229 §4: one modifier of each precedence; RFC 5173 §5: one body transform.
+_EXCLUSIVE = (set(_MATCH), set(_ADDRESS_PART), {"over", "under"}, {"lower", "upper"},
+              {"lowerfirst", "upperfirst"}, {"raw", "text", "content"})
+
+
+def has_reference(value: str) -> bool:
+    """Whether ``value`` holds a variable reference that expansion would replace (RFC 5229 §3)."""
+    return VARIABLE_REFERENCE.search(value) is not None
 
 
 def _check(node: Command | Test, signature: _Signature, required: set[str], kind: str) -> None:
@@ -482,6 +506,11 @@ def _check(node: Command | Test, signature: _Signature, required: set[str], kind
             positional.append(arg)
         i += 1
     wanted = signature.positional
+    if signature.optional_front and len(positional) == len(wanted) - signature.optional_front:
+        wanted = wanted[signature.optional_front:]
+    elif signature.optional_front and "variables" not in required:
+        # RFC 5232 §3: the variable argument exists only with "variables".
+        wanted = wanted[signature.optional_front:]
     if len(positional) != len(wanted):
         raise fail(node, f"{node.name} takes {len(wanted)} positional argument{'s' if len(wanted) != 1 else ''}, "
                          f"{len(positional)} given")
@@ -499,6 +528,24 @@ def _check(node: Command | Test, signature: _Signature, required: set[str], kind
         raise fail(node, f'comparator "{comparator}" is not supported')
     if comparator is not None and f"comparator-{str(comparator).lower()}" not in required | _BUILTIN_REQUIRABLE:
         raise fail(node, f'comparator "{comparator}" needs require "comparator-{comparator}"')
+    for relational in ("value", "count"):
+        if relational in tagged and str(tagged[relational]).lower() not in RELATIONAL_OPERATORS:
+            raise fail(node, f'":{relational}" needs one of {", ".join(RELATIONAL_OPERATORS)}, '
+                             f'not "{tagged[relational]}" (RFC 5231 §5)')
+    # RFC 4790 §9.1: i;ascii-numeric offers equality and order, not substrings.
+    if str(comparator).lower() == "i;ascii-numeric" and ("contains" in tagged or "matches" in tagged):
+        raise fail(node, 'comparator "i;ascii-numeric" cannot be used with :contains or :matches')
+    if node.name == "set":
+        name = positional[0]
+        assert isinstance(name, Strings)
+        if not VARIABLE_NAME.match(name.values[0]):
+            raise fail(name, f'"{name.values[0]}" is not a variable name (RFC 5229 §4)')
+    if signature.optional_front and len(positional) == len(signature.positional):
+        names = positional[0]
+        assert isinstance(names, Strings)
+        for variable in names.values:
+            if not VARIABLE_NAME.match(variable):
+                raise fail(names, f'"{variable}" is not a variable name (RFC 5229 §4)')
     if signature.tests == "none" and node.tests:
         raise fail(node.tests[0], f"{node.name} takes no test")
     if signature.tests == "one" and len(node.tests) != 1:
@@ -511,12 +558,16 @@ def _check(node: Command | Test, signature: _Signature, required: set[str], kind
         headers = positional[0]
         assert isinstance(headers, Strings)
         for header in headers.values:
+            if "variables" in required and has_reference(header):
+                continue  # checked when expanded
             if node.name == "envelope" and header.lower() not in ("from", "to"):
                 raise fail(headers, f'envelope part "{header}" is not supported (only "from" and "to")')
     if node.name in ("header", "address", "exists"):
         headers = positional[0]
         assert isinstance(headers, Strings)
         for header in headers.values:
+            if "variables" in required and has_reference(header):
+                continue
             if not header or any(ord(c) <= 32 or ord(c) >= 127 or c == ":" for c in header):
                 raise fail(headers, f'"{header}" is not a header field name')
 
@@ -564,6 +615,37 @@ def _validate(commands: list[Command], required: set[str], top: bool) -> None:
         pass  # both may be required; using both in one run is a runtime error (RFC 5429 §2.1)
 
 
+def _check_variables(commands: list[Command]) -> None:
+    """RFC 5229 §3: a reference to a namespace no extension provides is an error; and the number of
+    distinct variables a script sets is bounded (``MAX_VARIABLES``)."""
+    names: set[str] = set()
+
+    def strings(node: Command | Test) -> None:
+        for arg in node.arguments:
+            if isinstance(arg, Strings):
+                for value in arg.values:
+                    for found in VARIABLE_REFERENCE.finditer(value):
+                        if found.group(2):
+                            raise SieveError(arg.line, arg.column,
+                                             f'variable namespace "{found.group(2)[:-1]}" is not supported')
+        for test in node.tests:
+            strings(test)
+
+    def walk(block: list[Command]) -> None:
+        for command in block:
+            strings(command)
+            if command.name == "set":
+                name = command.positional[0]
+                assert isinstance(name, Strings)
+                names.add(name.values[0].lower())
+                if len(names) > MAX_VARIABLES:
+                    raise SieveError(command.line, command.column, f"more than {MAX_VARIABLES} variables")
+            if command.block is not None:
+                walk(command.block)
+
+    walk(commands)
+
+
 def parse(text: str | bytes) -> Script:
     """The checked tree of ``text``; raise ``SieveError`` (with line and column) if it is not valid."""
     if isinstance(text, bytes):
@@ -582,4 +664,6 @@ def parse(text: str | bytes) -> Script:
     commands = _Parser(tokens).commands(0, closing=False)
     required: set[str] = set()
     _validate(commands, required, top=True)
+    if "variables" in required:
+        _check_variables(commands)
     return Script(commands, required)
