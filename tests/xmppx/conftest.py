@@ -35,7 +35,7 @@ REGISTRATIONS_PER_IP = 3
 PUSH_MAX_ERRORS = 2
 ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
              "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt",
-             "paula", "peter", "piet", "pia", "rita", "rolf", "rosa", "nora", "ned")
+             "paula", "peter", "piet", "pia", "rita", "rolf", "rosa", "nora", "ned", "lena")
 TWO_USERS = ("yara", "yuri", "yves", "yoko", "yann", "yasmin")
 
 

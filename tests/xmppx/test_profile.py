@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import xml.etree.ElementTree as ET
 
 import slixmpp
 
@@ -178,3 +179,121 @@ async def test_avatar_hash_is_rebroadcast_on_change_and_present_after_a_restart(
             await client.close()
         if not server.running:
             server.start()
+
+
+class BookmarkClient(Client):
+    """A client with XEP-0048 over PEP (slixmpp's ``xep_0048`` with ``storage_method='xep_0223'``, the way
+    Gajim and Conversations kept bookmarks before XEP-0402), announcing ``storage:bookmarks+notify``
+    and ``urn:xmpp:bookmarks:1+notify`` in its caps."""
+
+    def __init__(self, jid: str) -> None:
+        super().__init__(jid, plugins=("xep_0115", "xep_0060", "xep_0163", "xep_0048"))
+        self.plugin["xep_0048"].storage_method = "xep_0223"
+        self.send_initial_presence = False
+        #: pubsub event notifications, by node
+        self.events: dict[str, asyncio.Queue[ET.Element]] = {LEGACY: asyncio.Queue(), BOOKMARKS2: asyncio.Queue()}
+        # slixmpp raises one event per item (publish or retract), each with the whole message.
+        self.add_event_handler("pubsub_publish", self._event)
+        self.add_event_handler("pubsub_retract", self._event)
+        self._last: slixmpp.Message | None = None
+
+    def _event(self, message: slixmpp.Message) -> None:
+        if message is self._last:
+            return
+        self._last = message
+        items = message.xml.find(f"{{{PUBSUB_EVENT}}}event/{{{PUBSUB_EVENT}}}items")
+        if items is not None and items.get("node") in self.events:
+            self.events[items.get("node", "")].put_nowait(items)
+
+    async def _on_start(self, event: object) -> None:
+        # As in test_omemo: +notify interests declared once the JID is bound, then caps broadcast.
+        await self.get_roster()
+        for node in (LEGACY, BOOKMARKS2):
+            self.plugin["xep_0163"].add_interest(node)
+        await self.plugin["xep_0115"].update_caps(broadcast=True)
+        self.started.set()
+
+    async def next_event(self, node: str) -> ET.Element:
+        return await asyncio.wait_for(self.events[node].get(), TIMEOUT)
+
+
+LEGACY = "storage:bookmarks"
+BOOKMARKS2 = "urn:xmpp:bookmarks:1"
+PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+BOOKMARK2_OPTIONS: dict[str, str | list[str]] = {
+    "pubsub#persist_items": "true", "pubsub#max_items": "max",
+    "pubsub#send_last_published_item": "never", "pubsub#access_model": "whitelist"}
+
+
+def legacy_rooms(items: ET.Element) -> dict[str, ET.Element]:
+    """The conferences of a storage:bookmarks notification's ``current`` item, by room JID."""
+    item = items.find(f"{{{PUBSUB_EVENT}}}item")
+    assert item is not None and item.get("id") == "current", ET.tostring(items)
+    return {c.get("jid", ""): c for c in item.iter(f"{{{LEGACY}}}conference")}
+
+
+async def test_xep0048_bookmarks_over_pep_are_the_xep0402_ones(one: PeerageServer, clients: list[Client]) -> None:
+    """XEP-0411 for the legacy PEP node: a XEP-0048-over-PEP client, a XEP-0402 client and private
+    storage see one list, and each change reaches the other kind of client as a notification."""
+    modern = await BookmarkClient("lena@x1.test/modern").login(ONE_ADDRESS)
+    clients.append(modern)
+    room = "<conference xmlns='urn:xmpp:bookmarks:1' name='Coven' autojoin='true'><nick>lena</nick></conference>"
+    reply = await raw_iq(modern, publish(BOOKMARKS2, "coven@conference.x1.test", room, BOOKMARK2_OPTIONS))
+    assert "type=\"result\"" in reply, reply
+
+    # The legacy client's caps ask for storage:bookmarks: its last item (built from XEP-0402) arrives
+    # on its presence, as for any PEP node (XEP-0163 section 4.3.2).
+    legacy = await BookmarkClient("lena@x1.test/legacy").login(ONE_ADDRESS)
+    clients.append(legacy)
+    rooms = legacy_rooms(await legacy.next_event(LEGACY))
+    assert rooms["coven@conference.x1.test"].get("autojoin") == "true", rooms
+    got = await legacy.plugin["xep_0048"].get_bookmarks(timeout=TIMEOUT)
+    conferences = got["pubsub"]["items"]["item"]["bookmarks"]["conferences"]
+    assert [(str(c["jid"]), c["name"], c["nick"]) for c in conferences] == [("coven@conference.x1.test", "Coven", "lena")]
+
+    # The legacy client publishes its whole list (slixmpp's XEP-0223 publish-options): the XEP-0402
+    # node follows, rooms dropped from the list are retracted, and the modern client is told.
+    bookmarks = slixmpp.plugins.xep_0048.Bookmarks()
+    bookmarks.add_conference("attic@conference.x1.test", "lena", name="Attic", autojoin=True)
+    bookmarks.add_url("https://example.org/lena", name="Lena's page")
+    await legacy.plugin["xep_0048"].set_bookmarks(bookmarks, timeout=TIMEOUT)
+    seen: dict[str, str] = {}  # item id -> the last event about it
+    while seen.get("coven@conference.x1.test") != "retract":
+        for child in await modern.next_event(BOOKMARKS2):
+            seen[child.get("id", "")] = child.tag.rpartition("}")[2]
+    assert seen.get("attic@conference.x1.test") == "item", seen
+    own = await raw_iq(modern, items(BOOKMARKS2), itype="get")
+    assert "attic@conference.x1.test" in own and "coven@conference" not in own and "autojoin=\"true\"" in own, own
+    private = await raw_iq(modern, "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>",
+                           itype="get")
+    assert "jid=\"attic@conference.x1.test\"" in private and "https://example.org/lena" in private, private
+
+    # A XEP-0402 publish is announced on the legacy node, once, with the whole list (URLs kept).
+    garden = "<conference xmlns='urn:xmpp:bookmarks:1' name='Garden' autojoin='false'/>"
+    reply = await raw_iq(modern, publish(BOOKMARKS2, "garden@conference.x1.test", garden, BOOKMARK2_OPTIONS))
+    assert "type=\"result\"" in reply, reply
+    while True:
+        notified = await legacy.next_event(LEGACY)
+        if "garden@conference.x1.test" in legacy_rooms(notified):
+            break
+    assert set(legacy_rooms(notified)) == {"attic@conference.x1.test", "garden@conference.x1.test"}
+    assert notified.find(f".//{{{LEGACY}}}url") is not None, ET.tostring(notified)
+    # ... and so is a XEP-0402 retraction.
+    reply = await raw_iq(modern, f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='{BOOKMARKS2}' "
+                                 "notify='true'><item id='attic@conference.x1.test'/></retract></pubsub>")
+    assert "type=\"result\"" in reply, reply
+    while "attic@conference.x1.test" in legacy_rooms(await legacy.next_event(LEGACY)):
+        pass
+
+    # The legacy node is the owner's alone, and keeps its fixed configuration.
+    stranger = await Client("sam@x1.test/bookmarks").login(ONE_ADDRESS)
+    clients.append(stranger)
+    refused = await raw_iq(stranger, items(LEGACY), to="lena@x1.test", itype="get")
+    assert "closed-node" in refused and "Garden" not in refused, refused
+    open_node = publish(LEGACY, "current", "<storage xmlns='storage:bookmarks'/>", {"pubsub#access_model": "open"})
+    assert "precondition-not-met" in await raw_iq(legacy, open_node)
+    # Cleaning up the legacy node (what a client moving to XEP-0402 does) leaves the XEP-0402 copy.
+    reply = await raw_iq(legacy, f"<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='{LEGACY}'/>"
+                                 "</pubsub>")
+    assert "type=\"result\"" in reply, reply
+    assert "garden@conference.x1.test" in await raw_iq(modern, items(BOOKMARKS2), itype="get")

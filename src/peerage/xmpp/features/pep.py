@@ -476,7 +476,8 @@ class Pep(Feature):
         """Publish ``payload`` as ``item_id`` on ``owner``'s ``node`` (created with ``options`` if new),
         notify, and fire ``pep-item-published`` (owner, node, item id, payload); raises PubsubError.
         A retraction (by the owner's IQ or ``retract_items``) fires ``pep-item-retracted`` (owner,
-        node, item ids)."""
+        node, item ids). A resource whose caps become known fires ``pep-last-items`` (owner, its
+        full JID, the nodes it wants notifications of) before it gets the last items."""
         options = options or {}
         xml = serialize(payload)
         if len(xml.encode()) > MAX_ITEM_BYTES:
@@ -720,6 +721,9 @@ class Pep(Feature):
         wanted = {feature[: -len("+notify")] for feature in features if feature.endswith("+notify")}
         if not wanted:
             return
+        # For nodes that are views of another (the XEP-0048 bookmarks node of XEP-0411): their
+        # module sends their last item itself.
+        self.ctx.events.fire("pep-last-items", (owner, full_jid, frozenset(wanted)))
         for node, config, item_id, xml in await self._last_items(owner):
             if node not in wanted or not self._may_receive(owner, _bare(full_jid), config):
                 continue
