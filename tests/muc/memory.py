@@ -1,13 +1,18 @@
-"""An in-process group-chat service for the unit tests: the real MucService on a real Router and an
-in-memory SQLite store, with local deliveries and remote hand-offs collected per address."""
+"""An in-process group-chat service for the unit tests: the real MucService on a real Router and a
+throw-away SQLite store, with local deliveries and remote hand-offs collected per address."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from peerage.store import Store
 from peerage.store.schema import load_all_tables
 from peerage.xmpp.context import XmppContext
 from peerage.xmpp.events import Events
@@ -21,7 +26,16 @@ SERVICE = f"conference.{DOMAIN}"
 
 
 async def memory_engine() -> AsyncEngine:
-    engine = create_async_engine("sqlite+aiosqlite://")
+    """A SQLite database in a temporary file, removed with the engine.
+
+    Not ``sqlite+aiosqlite://``: an in-memory database is one connection shared by every task
+    (SQLAlchemy's StaticPool), so one task's read ending in ROLLBACK undid the room writer's
+    half-done DELETE, and its INSERT then failed ("UNIQUE constraint failed: muc_rooms.jid"). A file
+    gives each connection its own transaction, as the server's database does.
+    """
+    directory = tempfile.mkdtemp(prefix="peerage-muc-")
+    engine = Store(f"sqlite+aiosqlite:///{Path(directory) / 'muc.db'}").engine  # with the server's pragmas
+    weakref.finalize(engine, shutil.rmtree, directory, True)
     async with engine.begin() as conn:
         await conn.run_sync(load_all_tables().create_all)
     return engine

@@ -1,6 +1,8 @@
-"""XEP-0045 rooms in-process: the real service and rooms, a real Router, SQLite in memory."""
+"""XEP-0045 rooms in-process: the real service and rooms, a real Router, a throw-away SQLite file."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -271,3 +273,68 @@ async def test_occupants_hear_the_service_shut_down(muc: MucHarness) -> None:
     for who in (ALICE, CAROL):
         presence = muc.take(who)[0]
         assert presence.attrs["type"] == "unavailable" and {"110", "332"} <= set(codes(presence))
+
+
+async def test_retracted_messages_stay_out_of_the_history_after_a_restart() -> None:
+    """XEP-0425: a moderated message's tombstone stays in the archive, and the history read back from
+    the archive at start (the room's persistent history) leaves it out."""
+    engine = await memory_engine()
+    try:
+        first = MucHarness(engine)
+        first.muc.message_rate = first.muc.message_burst = 1000.0
+        await first.create(ROOM, ALICE, "Alice", field("muc#roomconfig_persistentroom", "1"))
+        for n in range(3):
+            await first.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>said {n}</body></message>")
+        said = {m.find_text("body"): m.find("stanza-id", "urn:xmpp:sid:0") for m in first.take(ALICE)
+                if m.name == "message" and m.find_text("body")}
+        stanza_id = said["said 1"]
+        assert stanza_id is not None, said
+        await first.send(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='mod'><moderate xmlns='urn:xmpp:message-"
+                         f"moderate:1' id='{stanza_id.attrs['id']}'><retract xmlns='urn:xmpp:message-retract:1'/>"
+                         "<reason>spam</reason></moderate></iq>")
+        await first.settle()
+        assert [s.attrs["type"] for s in first.take(ALICE) if s.name == "iq"] == ["result"]
+        await first.send(f"<presence from='{ALICE}' to='{ROOM}/Alice' type='unavailable'/>")
+        await first.muc.stop()
+        await first.settle()
+
+        second = MucHarness(engine)
+        await second.muc.load()
+        history = [m.find_text("body") for m in await second.join(ROOM, BOB, "Bob")
+                   if m.find("delay", "urn:xmpp:delay") is not None]
+        assert history == ["said 0", "said 2"]
+        # The archive still has three messages, the middle one a tombstone without its body.
+        await second.send(f"<iq from='{BOB}' to='{ROOM}' type='set' id='q'><query xmlns='urn:xmpp:mam:2' "
+                          "queryid='x'/></iq>")
+        await second.settle()
+        archived = [r.find("result", "urn:xmpp:mam:2").find("forwarded", "urn:xmpp:forward:0").find("message")
+                    for r in second.take(BOB) if r.name == "message"]
+        assert [m.find_text("body") for m in archived] == ["said 0", None, "said 2"]
+        assert archived[1].find("retracted", "urn:xmpp:message-retract:1") is not None
+        await second.muc.stop()
+        await second.settle()
+    finally:
+        await engine.dispose()
+
+
+async def test_room_writes_are_not_undone_by_reads_at_the_same_time(caplog: pytest.LogCaptureFixture) -> None:
+    """The room writer's transaction (DELETE then INSERT of the room's row) runs while other tasks read
+    the database: none may roll it back (which an in-memory database shared by all tasks did)."""
+    engine = await memory_engine()
+    try:
+        muc = MucHarness(engine)
+        muc.muc.message_rate = muc.muc.message_burst = 1000.0
+        await muc.create(ROOM, ALICE, "Alice", field("muc#roomconfig_persistentroom", "1")
+                         + field("muc#roomconfig_changesubject", "1"))
+        for n in range(15):
+            await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><subject>topic {n}</subject>"
+                           "</message>")
+            await asyncio.gather(*(muc.muc.archive.recent(ROOM, 5) for _ in range(4)))
+        await muc.muc.stop()
+        await muc.settle()
+        assert "could not write" not in caplog.text
+        second = MucHarness(engine)
+        await second.muc.load()
+        assert second.muc.rooms[ROOM].subject == "topic 14"
+    finally:
+        await engine.dispose()
