@@ -17,6 +17,9 @@ from tests.harness import LocalDNS, PeerageServer, TestCA
 from tests.muc.helpers import PASSWORD, MucProsody
 
 DNS_ADDRESS = "127.0.11.250"
+#: Bound on a server's start: two start side by side, and on a loaded shared machine (load 18)
+#: the harness's 30 s default was reached before peerage had even logged its first line.
+START_TIMEOUT = 90.0
 ONE, TWO, PRO = "one.muc.test", "two.muc.test", "pro.muc.test"
 
 
@@ -61,7 +64,7 @@ def peerage_pair(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, 
     def prepare(server: PeerageServer) -> None:
         for user in server.users:  # type: ignore[attr-defined]
             server.add_user(user, PASSWORD)
-        server.start()
+        server.start(timeout=START_TIMEOUT)
 
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:

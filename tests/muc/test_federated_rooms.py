@@ -10,6 +10,7 @@ import pytest
 import slixmpp
 from slixmpp.exceptions import IqError, PresenceError
 
+from tests.muc.conftest import START_TIMEOUT
 from tests.muc.helpers import TIMEOUT, logged_in
 
 ROOM = "plans@conference.one.muc.test"
@@ -88,7 +89,7 @@ async def test_room_across_two_servers(peerage_pair) -> None:
 
     # The persistent room survives a restart of its server, with its name and its ban list.
     one.stop()
-    one.start()
+    one.start(timeout=START_TIMEOUT)
     bob = await logged_in("bob@one.muc.test/x", one.address)
     try:
         info = await bob.plugin["xep_0030"].get_info(jid=ROOM, timeout=TIMEOUT)
