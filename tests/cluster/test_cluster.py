@@ -188,6 +188,16 @@ class PepClient(XmppClient):
                 return
 
 
+async def _wait_subscription(client: XmppClient, contact: str, states: tuple[str, ...], timeout: float = 30) -> None:
+    """Until ``client``'s roster (as its server pushed it) shows ``contact`` in one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while client.client_roster[contact]["subscription"] not in states:
+        assert time.monotonic() < deadline, (
+            f"{client.boundjid.bare}'s subscription to {contact}: "
+            f"{client.client_roster[contact]['subscription']}, wanted {states} (after {timeout} s)")
+        await asyncio.sleep(0.1)
+
+
 async def test_pep_notification_reaches_a_contact_on_another_node(cluster: ClusterUnderTest) -> None:
     """XEP-0163 across nodes (slixmpp both sides): pedro on node 2 shows +notify for a node in his
     caps; peppa on node 1 publishes; the notification reaches pedro, once."""
@@ -197,21 +207,17 @@ async def test_pep_notification_reaches_a_contact_on_another_node(cluster: Clust
     try:
         await peppa.login(cluster.address("n1"))
         await pedro.login(cluster.address("n2"))
-        # mutual subscription, one direction at a time, each step waited for (slixmpp approves
-        # requests by itself)
-        async def subscription(client: PepClient, contact: str, states: tuple[str, ...]) -> None:
-            deadline = time.monotonic() + 30
-            while client.client_roster[contact]["subscription"] not in states:
-                assert time.monotonic() < deadline, (
-                    f"{client.boundjid.bare}'s subscription to {contact}: "
-                    f"{client.client_roster[contact]['subscription']}, wanted {states}")
-                await asyncio.sleep(0.1)
-
+        # each available in the other's node's registry: a request routed before that would be
+        # stored, not shown (it is shown at the next initial presence, RFC 6121 section 3.1.3)
+        await cluster.wait_registry(_has_session("n1", peppa.boundjid.full, "available"), what="peppa in the registry")
+        await cluster.wait_registry(_has_session("n2", pedro.boundjid.full, "available"), what="pedro in the registry")
+        # Mutual subscription. Only pedro asks: slixmpp's defaults (auto_authorize, auto_subscribe)
+        # make peppa's client answer 'subscribed' and ask back by itself, and pedro's approve that,
+        # so both directions are in flight on both nodes at once (the race
+        # test_mutual_subscription_requests_at_once_across_nodes presses harder).
         pedro.send_presence(pto=peppa.boundjid.bare, ptype="subscribe")
-        await subscription(pedro, peppa.boundjid.bare, ("to", "both"))
-        peppa.send_presence(pto=pedro.boundjid.bare, ptype="subscribe")
-        await subscription(peppa, pedro.boundjid.bare, ("to", "both"))
-        await subscription(pedro, peppa.boundjid.bare, ("both",))
+        await _wait_subscription(pedro, peppa.boundjid.bare, ("both",))
+        await _wait_subscription(peppa, pedro.boundjid.bare, ("both",))
         # The first item reaches pedro once his caps are known on node 2 (either as the
         # notification or as the last item sent when his caps are learnt) ...
         pubsub = peppa.plugin["xep_0060"]
@@ -228,6 +234,63 @@ async def test_pep_notification_reaches_a_contact_on_another_node(cluster: Clust
         await pedro.close()
 
 
+async def _roster_rows(database_url: str, owner: str) -> dict[str, tuple[str, bool, bool]]:
+    """``owner``'s stored roster: contact -> (subscription, ask, pending_in)."""
+    from sqlalchemy import select
+
+    from peerage.store import Store
+    from peerage.xmpp.tables import xmpp_roster
+
+    store = Store(database_url)
+    try:
+        async with store.begin() as conn:
+            rows = (await conn.execute(select(xmpp_roster).where(xmpp_roster.c.owner == owner))).all()
+    finally:
+        await store.close()
+    return {row.contact: (row.subscription, bool(row.ask), bool(row.pending_in)) for row in rows}
+
+
+async def test_mutual_subscription_requests_at_once_across_nodes(cluster: ClusterUnderTest) -> None:
+    """Pairs with one side on node 1 and the other on node 2 or 3 ask each other at the same moment,
+    with slixmpp's default auto-approval: every request is answered 'subscribed' and asked back, so
+    each roster item is changed by stanzas handled on two nodes at once (the account's own node
+    decides its outbound requests and answers, the contact's node the inbound ones). Every pair must
+    end 'both' both ways, as each client was told and as PostgreSQL stores it, with nothing pending.
+    A change decided on a node's stale copy of the roster (RFC 6121 section 3.1.5 ignores an answer
+    to a request it has not seen), or saved over a newer one, leaves a pair at 'from'/'to' forever.
+    Several rounds, six pairs each, over the same twelve sessions (round r pairs a_i with b_i+r)."""
+    rounds, count = 4, 6
+    left: list[XmppClient] = []
+    right: list[XmppClient] = []
+    try:
+        for number in range(count):
+            a = XmppClient(f"mutual{number + 1}a@{DOMAIN}", PASSWORD)
+            b = XmppClient(f"mutual{number + 1}b@{DOMAIN}", PASSWORD)
+            left.append(a)
+            right.append(b)
+            b_node = "n2" if number % 2 else "n3"
+            await a.login(cluster.address("n1"))
+            await b.login(cluster.address(b_node))
+            # both available in every node's registry, so each request reaches a client
+            await cluster.wait_registry(_has_session("n1", a.boundjid.full, "available"), what="a in the registry")
+            await cluster.wait_registry(_has_session(b_node, b.boundjid.full, "available"), what="b in the registry")
+        for shift in range(rounds):
+            pairs = [(left[i], right[(i + shift) % count]) for i in range(count)]
+            for a, b in pairs:  # all in one turn of the loop: the requests cross on the wire
+                a.send_presence(pto=b.boundjid.bare, ptype="subscribe")
+                b.send_presence(pto=a.boundjid.bare, ptype="subscribe")
+            for a, b in pairs:
+                await _wait_subscription(a, b.boundjid.bare, ("both",), timeout=20)
+                await _wait_subscription(b, a.boundjid.bare, ("both",), timeout=20)
+            for a, b in pairs:
+                for owner, contact in ((a, b), (b, a)):
+                    rows = await _roster_rows(cluster.database_url, owner.boundjid.bare)
+                    assert rows.get(contact.boundjid.bare) == ("both", False, False), (shift, owner.boundjid.bare, rows)
+    finally:
+        for client in left + right:
+            await client.close()
+
+
 async def test_federation_one_outbound_owner_per_remote_domain(cluster: ClusterUnderTest) -> None:
     """Users on two nodes write to a user of a remote XMPP server: one node holds the s2s lease for
     the remote domain and the other forwards to it (one outbound stream, not two); the remote
@@ -242,7 +305,7 @@ async def test_federation_one_outbound_owner_per_remote_domain(cluster: ClusterU
         await zoe.wait(lambda: "from fiona" in zoe.bodies(), timeout=30, what="fiona's message over s2s")
         await gus.send(f"<message to='{zoe.jid}' type='chat' id='g1'><body>from gus</body></message>")
         await zoe.wait(lambda: "from gus" in zoe.bodies(), timeout=30, what="gus's message over s2s")
-        status = await cluster.status()
+        status = await cluster.status_of(("n1", "n2", "n3"))
         owners = [name for name, answer in status.items() if REMOTE_DOMAIN in answer.get("s2s_leases", [])]
         assert len(owners) == 1, status
         # replies: the remote server's stream lands on one node; the registry routes to both
@@ -376,8 +439,9 @@ def _imap_idle(address: str, user: str, ready: threading.Event, result: list[flo
 async def test_imap_idle_on_one_node_wakes_for_delivery_on_another(cluster: ClusterUnderTest) -> None:
     ready = threading.Event()
     woke: list[float] = []
-    # IDLE's own poll is 30 s (mail/imap/server.py IDLE_POLL_SECONDS): a wake within 5 s is the cluster's.
-    thread = threading.Thread(target=_imap_idle, args=(cluster.address("n1"), f"grace@{DOMAIN}", ready, woke, 5.0))
+    # IDLE's own poll is 30 s (mail/imap/server.py IDLE_POLL_SECONDS): a wake within 15 s is the
+    # cluster's (the bound leaves room for a busy machine's SMTP session and delivery).
+    thread = threading.Thread(target=_imap_idle, args=(cluster.address("n1"), f"grace@{DOMAIN}", ready, woke, 20.0))
     thread.start()
     assert await asyncio.to_thread(ready.wait, 20)
     sent_at = time.monotonic()
@@ -392,9 +456,9 @@ async def test_imap_idle_on_one_node_wakes_for_delivery_on_another(cluster: Clus
             smtp.send_message(message)
 
     await asyncio.to_thread(send)
-    await asyncio.to_thread(thread.join, 20)
+    await asyncio.to_thread(thread.join, 40)
     assert woke, "IDLE on node 1 did not report the delivery on node 2"
-    assert woke[0] - sent_at < 5.0
+    assert woke[0] - sent_at < 15.0
 
 
 async def test_web_login_on_one_node_is_valid_on_another(cluster: ClusterUnderTest) -> None:
@@ -479,7 +543,7 @@ async def test_sip_call_to_a_flow_held_by_another_node(cluster: ClusterUnderTest
         carol.register()
         await cluster.wait_registry(_sip_known(f"sip:sipcarol@{DOMAIN}", "n2", on=("n1", "n2", "n3")),
                                     what="sipcarol's binding on every node")
-        status = await cluster.status()
+        status = await cluster.status_of(("n2",))
         assert status["n2"]["sip_flows"] >= 1, status["n2"]
         auth = ["-au", "sipdave", "-ap", PASSWORD]
         uac = start_sipp(tmp_path, "uac_call_auth.xml", local_ip="127.0.16.33", port=5070,
@@ -577,7 +641,8 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
                 for answer in status.values()),
             timeout=REGISTRY_BOUND + 5, what="node 3's sessions and flows gone")
         gone_after = time.monotonic() - killed_at
-        assert gone_after <= REGISTRY_BOUND + 1.5, gone_after  # the bound, plus this test's polling
+        # the bound, plus this test's polling (each round asks over NATS and waits 0.3 s for answers)
+        assert gone_after <= REGISTRY_BOUND + 3.0, gone_after
         # Mallory's client reconnects to the next SRV target. Its session was in node 3's memory:
         # resuming it is refused as for an unknown session (XEP-0198 section 5, <failed/> with
         # item-not-found), and the client binds a new session, which gets the rest (offline storage).
@@ -675,7 +740,7 @@ async def test_room_owner_node_killed(cluster: ClusterUnderTest) -> None:
         while not await _room_stored(cluster.database_url, room, "Failover room", sam.bare):
             assert time.monotonic() < deadline, "the room's state never reached the database"
             await asyncio.sleep(0.1)
-        status = await cluster.status()
+        status = await cluster.status_of(("n1", "n2"))
         owner = next(name for name, answer in status.items() if service in answer.get("service_leases", []))
         assert owner in ("n1", "n2"), status
         survivor = "n2" if owner == "n1" else "n1"

@@ -29,7 +29,9 @@ may then arrive twice, which XEP-0198 allows. When NATS is down, held stanzas ar
 is back; the receiver drops the copies it already has.
 
 The roster and blocklist caches. Each node caches the state of accounts online anywhere; a node that
-changes a roster or blocklist tells the others (``peerage.cluster.user``), which reload it.
+changes a roster or blocklist tells the others (``peerage.cluster.user``), which reload it. The cache
+serves delivery; a roster change (subscription state machine, roster set) is decided under a
+cluster-wide lock on the stored state instead (``cluster.roster``).
 
 Federation. One node owns the outbound streams to each remote domain (``cluster_leases``, kind
 ``s2s``); the others forward stanzas for that domain to it. Inbound streams are accepted anywhere.
@@ -236,6 +238,7 @@ class ClusterXmpp:
         #: on another node that this session is in (from the self-presence, XEP-0045 status 110)
         self.occupying: dict[str, dict[str, tuple[str, str, str]]] = {}
         self._pep: Any = None
+        self.roster_guard: Any = None
 
     # =================================================================================================
     # Wiring
@@ -268,6 +271,11 @@ class ClusterXmpp:
             self._offline_stored(owner)
 
         storage.store_offline = stored_offline
+        # Roster decisions: one node at a time per account, on the stored state (cluster/roster.py).
+        from peerage.cluster.roster import RosterGuard
+
+        self.roster_guard = RosterGuard(self.ctx.users)
+        self.ctx.users.guard = self.roster_guard
         # Outbound federation through the owner of each remote domain.
         self._original_remote_sender = self.router._remote_sender  # installed by S2SService.start
         if self._original_remote_sender is not None:
@@ -314,6 +322,7 @@ class ClusterXmpp:
             "forwarded_out": self.forwarded_out,
             "s2s_leases": sorted(self.leases.held("s2s")),
             "service_leases": sorted(self.leases.held("service")),
+            "roster_reloads": self.roster_guard.reloaded if self.roster_guard is not None else 0,
         }
         if request.get("registry"):
             # This node's replica of the others' sessions (what its router sees of them).

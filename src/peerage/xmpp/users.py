@@ -9,8 +9,10 @@ the stored one; nothing else keeps a copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from peerage.xmpp.storage import RosterItem, XmppStorage
 
@@ -46,6 +48,26 @@ class Users:
         #: ``cached(bare)``: the state of ``bare`` if it is in the cache, else None (no load, no
         #: reordering). The dictionary's own ``get``: it is on every stanza's path.
         self.cached: Callable[[str], UserState | None] = self._users.get
+        #: ``guard(state)``: an async context manager entered, under ``state.lock``, around every
+        #: read-modify-write of a roster (``modifying``). None on a single server, where the lock is
+        #: enough; a cluster sets one that serialises the account across nodes and re-reads the
+        #: stored roster when another node changed it (peerage.cluster.roster).
+        self.guard: Callable[[UserState], contextlib.AbstractAsyncContextManager[Any]] | None = None
+
+    @contextlib.asynccontextmanager
+    async def modifying(self, state: UserState) -> AsyncIterator[UserState]:
+        """Around a decision taken on ``state``'s roster and the writes it makes (the subscription
+        state machine, roster sets): one at a time, on the stored state."""
+        async with state.lock:
+            if self.guard is None:
+                yield state
+                return
+            async with self.guard(state):
+                yield state
+                # The state just checked and written is the newest: the cache holds it from now
+                # (a copy loaded meanwhile may predate this change).
+                if self._users.get(state.bare) is not None:
+                    self._users[state.bare] = state
 
     async def load(self, bare: str) -> UserState:
         """The state of ``bare`` (an account known to exist), from the cache or the store."""

@@ -163,7 +163,7 @@ class Presence(Feature):
         outbound = Element("presence", "", {**stanza.attrs, "from": bare, "to": contact}, stanza.children)
         state = await self.ctx.users.load(bare)
         route = True
-        async with state.lock:
+        async with self.ctx.users.modifying(state):
             item = state.roster.get(contact)
             if ptype == "subscribe":
                 if item is None:
@@ -278,19 +278,30 @@ class Presence(Feature):
         contact = f"{local}@{domain}" if local else domain
         stanza = with_to(stanza, bare, contact)  # RFC 6121 section 3.1.3: stamp bare JIDs
         state = await self.ctx.users.load(bare)
-        async with state.lock:
+        # An automatic answer leaves after the roster is released: routed to a local contact, it
+        # changes the contact's roster, which must not be waited for under this one (two accounts
+        # asking each other at once would each hold their own and wait for the other's).
+        answer = await self._inbound_subscription_change(state, stanza, contact, ptype)
+        if answer:
+            await _wait(router.route(Element("presence", "", {"from": bare, "to": contact, "type": "subscribed"})))
+            if answer == "subscribed and presence":
+                await self._send_current_presence(bare, contact)
+
+    async def _inbound_subscription_change(self, state: Any, stanza: Element, contact: str, ptype: str) -> str:
+        """The inbound half of the state machine on ``state``'s roster; returns the automatic answer
+        due to the contact ("subscribed", "subscribed and presence" or "")."""
+        router = self.ctx.router
+        bare = state.bare
+        async with self.ctx.users.modifying(state):
             item = state.roster.get(contact)
             if ptype == "subscribe":
                 if item is not None and item.subscription in ("from", "both"):
-                    await _wait(router.route(Element("presence", "", {"from": bare, "to": contact, "type": "subscribed"})))
-                    return
+                    return "subscribed"
                 if item is not None and item.approved:
                     item.subscription = "both" if item.subscription == "to" else "from"
                     item.approved = False
                     await save_item(self.ctx, state, item)
-                    await _wait(router.route(Element("presence", "", {"from": bare, "to": contact, "type": "subscribed"})))
-                    await self._send_current_presence(bare, contact)
-                    return
+                    return "subscribed and presence"
                 if item is None:
                     item = RosterItem(contact, hidden=True)
                 item.pending_in = True
@@ -299,13 +310,13 @@ class Presence(Feature):
                 for session in router.resources(bare).values():
                     if session.available:
                         session.send(with_to(stanza, session.full_jid))
-                return
+                return ""
             if item is None or (item.hidden and ptype != "unsubscribe"):
-                return
+                return ""
             changed = False
             if ptype == "subscribed":
                 if not item.ask:
-                    return
+                    return ""
                 item.ask = False
                 item.subscription = {"none": "to", "from": "both"}.get(item.subscription, item.subscription)
                 changed = True
@@ -326,7 +337,7 @@ class Presence(Feature):
                 item.subscription = {"to": "none", "both": "from"}.get(item.subscription, item.subscription)
                 changed = True
             if not changed:
-                return
+                return ""
             if item.hidden and not item.pending_in:
                 await remove_item(self.ctx, state, contact, push=False)
             else:
@@ -334,3 +345,4 @@ class Presence(Feature):
         for session in router.resources(bare).values():
             if session.available:
                 session.send(with_to(stanza, session.full_jid))
+        return ""

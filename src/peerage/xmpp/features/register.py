@@ -227,7 +227,7 @@ class Registration(Feature):
             return
         for owner, contact in ((inviter, invitee), (invitee, inviter)):
             state = await self.ctx.users.load(owner)
-            async with state.lock:
+            async with self.ctx.users.modifying(state):
                 item = state.roster.get(contact) or RosterItem(contact)
                 item.subscription = "both"
                 item.ask = False
@@ -253,7 +253,7 @@ class Registration(Feature):
         contact = f"{local}@{domain}" if local else domain
         if local and contact != inviter and await self._claim_for(token, inviter):
             state = await self.ctx.users.load(inviter)
-            async with state.lock:
+            async with self.ctx.users.modifying(state):
                 item = state.roster.get(contact) or RosterItem(contact)
                 subscribe_back = item.subscription not in ("to", "both")
                 item.approved = True

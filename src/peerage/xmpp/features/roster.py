@@ -154,27 +154,31 @@ class Roster(Feature):
         contact = f"{local}@{domain}" if local else domain
         if contact == owner:
             return error_reply(ctx.iq, "not-allowed", "you cannot add yourself")
-        router = self.ctx.router
-        async with state.lock:
+        cancel: list[str] = []
+        async with self.ctx.users.modifying(state):
             existing = state.roster.get(contact)
             if element.attrs.get("subscription") == "remove":
                 if existing is None:
                     return error_reply(ctx.iq, "item-not-found")
                 # RFC 6121 section 2.5.2: removing an item cancels the subscriptions both ways.
                 if existing.subscription in ("to", "both") or existing.ask:
-                    await _wait(router.route(Element("presence", "", {"from": owner, "to": contact, "type": "unsubscribe"})))
+                    cancel.append("unsubscribe")
                 if existing.subscription in ("from", "both") or existing.pending_in:
-                    await _wait(router.route(Element("presence", "", {"from": owner, "to": contact, "type": "unsubscribed"})))
+                    cancel.append("unsubscribed")
                 await remove_item(self.ctx, state, contact)
-                return _to_session(ctx, None)
-            groups = [g.text for g in element.find_all("group", ROSTER_NS)]
-            if len(set(groups)) != len(groups) or any(not g for g in groups):
-                return error_reply(ctx.iq, "bad-request", "duplicate or empty group")
-            item = existing if existing is not None else RosterItem(contact)
-            item.name = element.attrs.get("name") or None
-            item.groups = groups
-            item.hidden = False
-            await save_item(self.ctx, state, item)
+            else:
+                groups = [g.text for g in element.find_all("group", ROSTER_NS)]
+                if len(set(groups)) != len(groups) or any(not g for g in groups):
+                    return error_reply(ctx.iq, "bad-request", "duplicate or empty group")
+                item = existing if existing is not None else RosterItem(contact)
+                item.name = element.attrs.get("name") or None
+                item.groups = groups
+                item.hidden = False
+                await save_item(self.ctx, state, item)
+        # Sent once this roster is released: they change the contact's roster (when local), which
+        # must not be waited for under this one (two accounts removing each other at once).
+        for ptype in cancel:
+            await _wait(self.ctx.router.route(Element("presence", "", {"from": owner, "to": contact, "type": ptype})))
         return _to_session(ctx, None)
 
 
