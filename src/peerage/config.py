@@ -360,6 +360,9 @@ class ReportsConfig:
     receive: bool = True
     # Send our own DMARC aggregate reports to the rua= addresses of the domains we receive mail from.
     send_dmarc: bool = True
+    # Send our own TLS-RPT reports (RFC 8460): the TLS outcomes of our outbound sessions, daily, to the
+    # rua= of each recipient domain's _smtp._tls record (mailto: only).
+    send_tlsrpt: bool = True
     # The reporting interval. RFC 7489 ri= defaults to 86400 s and §7.2 requires daily reports to be
     # possible; only tests shorten it.
     interval_seconds: float = 86400.0

@@ -6,7 +6,11 @@
 - Postfix (example.net) sends mail to a hosted user; example.net's DMARC record asks for aggregate
   reports at dmarc@example.net and at a third party that has not authorised them (RFC 7489 §7.1): once
   the interval is over, peerage's report reaches the Maildir at Postfix (and only there), with the
-  record of what our MX saw.
+  record of what our MX saw;
+- our TLS-RPT reports (RFC 8460): peerage delivers to example.net over STARTTLS and fails DANE at
+  dane-bad.example (its TLSA record matches nothing); both domains publish a `_smtp._tls` record
+  naming tlsrpt@example.net, and once the interval is over a report for each reaches that Maildir at
+  Postfix, with the successful session and the tlsa-invalid failure, each interval's report once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ import pytest
 from peerage.mail.reports import parse
 from tests.harness import LocalDNS, PeerageServer, TestCA, require_binary, wait_for
 from tests.mail.conftest import PASSWORDS, make_peerage, publish_peerage_domain
-from tests.mail.helpers import CLIENT_ADDRESS, DNS_ADDRESS, PEERAGE_ADDRESS, POSTFIX_ADDRESS, mailbox_messages
+from tests.mail.helpers import (
+    CLIENT_ADDRESS,
+    DNS_ADDRESS,
+    PEERAGE_ADDRESS,
+    POSTFIX_ADDRESS,
+    mailbox_messages,
+    queue_rows,
+    unverified_context,
+)
 from tests.mail.postfix import Postfix
 from tests.mail.test_reports_unit import DMARC_XML, TLSRPT
 
@@ -51,6 +63,11 @@ def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_
     local_dns.add_txt("example.net", "v=spf1 ip4:127.0.4.2 -all")
     local_dns.add_txt("_dmarc.example.net",
                       "v=DMARC1; p=none; rua=mailto:dmarc@example.net!1m,mailto:dmarc@collector.example")
+    for domain in ("example.net", "dane-bad.example"):
+        local_dns.add_txt(f"_smtp._tls.{domain}", "v=TLSRPTv1; rua=mailto:tlsrpt@example.net")
+    local_dns.add_mx("dane-bad.example", 10, "mx.dane-bad.example")
+    local_dns.add_a("mx.dane-bad.example", POSTFIX_ADDRESS)
+    local_dns.add_tlsa("_25._tcp.mx.dane-bad.example", 3, 1, 1, bytes(32))
     server.start()
     try:
         yield server
@@ -62,7 +79,7 @@ def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_
 def postfix(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_ca: TestCA,
             peerage: PeerageServer) -> Iterator[Postfix]:
     server = Postfix(tmp_path_factory.mktemp("postfix"), domain="example.net", hostname="mx.example.net",
-                     address=POSTFIX_ADDRESS, dns_address=DNS_ADDRESS, users=["carol", "dmarc"],
+                     address=POSTFIX_ADDRESS, dns_address=DNS_ADDRESS, users=["carol", "dmarc", "tlsrpt"],
                      cert=test_ca.issue("mx.example.net"))
     server.start()
     try:
@@ -153,3 +170,70 @@ def test_our_aggregate_report_reaches_the_rua_at_postfix(peerage: PeerageServer,
     wait_for(lambda: "not sent to dmarc@collector.example" in peerage.log_text(), TIMEOUT, "the refusal logged")
     sent = [s for s in _reports(peerage)["sent"] if s["policy_domain"] == "example.net"]
     assert sent and all(s["outcome"] == "queued to dmarc@example.net" for s in sent)
+
+
+def _tls_reports(postfix: Postfix) -> list[tuple[email.message.EmailMessage, dict[str, object]]]:
+    found = []
+    for raw in postfix.maildir_messages("tlsrpt"):
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(message, email.message.EmailMessage)
+        part = next((p for p in message.walk() if p.get_content_type() == "application/tlsrpt+gzip"), None)
+        assert part is not None, raw[:500]
+        found.append((message, json.loads(gzip.decompress(part.get_content()))))
+    return found
+
+
+def test_our_tls_reports_reach_the_rua_at_postfix(peerage: PeerageServer, postfix: Postfix,
+                                                  local_dns: LocalDNS) -> None:
+    def submit(subject: str, recipient: str) -> None:
+        message = f"From: {ALICE}\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\nHello.\r\n".encode()
+        with smtplib.SMTP(PEERAGE_ADDRESS, 587, source_address=(CLIENT_ADDRESS, 0)) as client:
+            client.starttls(context=unverified_context())
+            client.login(ALICE, PASSWORDS[ALICE])
+            assert client.sendmail(ALICE, [recipient], message) == {}
+
+    submit("counted for TLS-RPT", "carol@example.net")
+    wait_for(lambda: [m for m in postfix.maildir_messages("carol") if b"counted for TLS-RPT" in m], TIMEOUT,
+             "the mail at Postfix")
+    local_dns.secure = True  # the TLSA record is DNSSEC-validated: DANE applies, and fails
+    try:
+        submit("refused by DANE", "carol@dane-bad.example")
+        rows = wait_for(lambda: [r for r in queue_rows(peerage.data_dir)
+                                 if r[2] == "carol@dane-bad.example" and r[3] >= 1], TIMEOUT, "the DANE deferral")
+        peerage.cli("mail", "queue", "drop", str(rows[0][0]))
+    finally:
+        local_dns.secure = False
+
+    def report_for(domain: str, wanted: object) -> dict[str, object] | None:
+        for message, document in _tls_reports(postfix):
+            if message["TLS-Report-Domain"] == domain and wanted(document):  # type: ignore[operator]
+                return document
+        return None
+
+    def delivered(document: dict[str, object]) -> bool:
+        return any(p["policy"]["policy-type"] == "no-policy-found"  # type: ignore[index]
+                   and p["summary"]["total-successful-session-count"] >= 1  # type: ignore[index]
+                   for p in document["policies"])  # type: ignore[attr-defined]
+
+    def dane_failed(document: dict[str, object]) -> bool:
+        return any(p["policy"]["policy-type"] == "tlsa" and any(  # type: ignore[index]
+            d["result-type"] == "tlsa-invalid" and d["receiving-mx-hostname"] == "mx.dane-bad.example"
+            and d["receiving-ip"] == POSTFIX_ADDRESS and d["failed-session-count"] >= 1
+            for d in p.get("failure-details", [])) for p in document["policies"])  # type: ignore[attr-defined]
+
+    ok = wait_for(lambda: report_for("example.net", delivered), TIMEOUT, "the TLS report for example.net")
+    bad = wait_for(lambda: report_for("dane-bad.example", dane_failed), TIMEOUT, "the TLS report for dane-bad")
+    assert ok is not None and bad is not None
+    assert ok["organization-name"] == bad["organization-name"] and ok["organization-name"]
+    tlsa = next(p for p in bad["policies"] if p["policy"]["policy-type"] == "tlsa")  # type: ignore[attr-defined]
+    assert tlsa["policy"]["policy-string"] == ["3 1 1 " + "00" * 32]
+    assert tlsa["summary"]["total-successful-session-count"] == 0
+    messages = [m for m, _ in _tls_reports(postfix)]
+    assert all(m["From"] == "postmaster@example.org" and "DKIM-Signature" in m for m in messages)
+    assert all(m["Subject"].startswith(f"Report Domain: {m['TLS-Report-Domain']} Submitter: ") for m in messages)
+    # Each interval's report for a domain went once.
+    periods = [(m["TLS-Report-Domain"], d["date-range"]["start-datetime"])  # type: ignore[index]
+               for m, d in _tls_reports(postfix)]
+    assert len(periods) == len(set(periods))
+    sent = [s for s in _reports(peerage)["tls_sent"] if s["policy_domain"] == "dane-bad.example"]
+    assert sent and all(s["outcome"] == "queued to tlsrpt@example.net" for s in sent)

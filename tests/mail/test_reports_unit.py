@@ -208,3 +208,87 @@ def test_received_reports_are_stored_once(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(run())
+
+
+def _session(policy_type: str, result: str = "", mx: str = "mx.near.example", **more: Any) -> dict[str, Any]:
+    strings = {"sts": ["version: STSv1", "mode: enforce", "mx: mx.near.example", "max_age: 86400"],
+               "tlsa": ["3 1 1 " + "00" * 32]}.get(policy_type, [])
+    return {"policy_type": policy_type, "policy_strings": strings,
+            "mx_patterns": ["mx.near.example"] if policy_type == "sts" else [], "result_type": result,
+            "mx_host": mx, "receiving_ip": "192.0.2.25", "sending_ip": "198.51.100.1", "info": more.get("info", "")}
+
+
+def test_our_tls_reports(tmp_path: Path) -> None:
+    """RFC 8460: one report per domain and interval, only to a single valid record's mailto: rua,
+    grouped per policy with success and failure counts, claimed once, readable by a receiver."""
+    from peerage.mail.reports.tlsrpt import TlsReporter, parse_record
+
+    assert parse_record(["v=TLSRPTv1; rua=mailto:a@x.example"]) == {"v": "TLSRPTv1", "rua": "mailto:a@x.example"}
+    assert parse_record(["v=TLSRPTv1; rua=mailto:a@x.example", "v=TLSRPTv1; rua=mailto:b@x.example"]) is None
+    assert parse_record(["v=spf1 -all", "v=TLSRPTv1;rua=mailto:a@x.example"]) is not None
+    assert parse_record(["v=TLSRPTv1;"]) is None
+
+    async def run() -> None:
+        store = await _store(tmp_path)
+        reports = ReportStore(store)
+        dns = {
+            "_smtp._tls.near.example": ["v=TLSRPTv1; rua=mailto:tls@near.example,https://reports.near.example/v1"],
+            "_smtp._tls.web.example": ["v=TLSRPTv1; rua=https://reports.web.example/v1"],
+            "_smtp._tls.far.example": ["v=TLSRPTv1; rua=mailto:a@c1.example,mailto:b@c2.example,mailto:c@c3.example"],
+        }
+        queued: list[tuple[str, list[str], bytes]] = []
+
+        async def txt(name: str) -> list[Any]:
+            return dns.get(name, [])
+
+        async def enqueue(mail_from: str, to: list[str], data: bytes) -> None:
+            queued.append((mail_from, to, data))
+
+        async def sign(domain: str, data: bytes) -> bytes:
+            return data
+
+        reporter = TlsReporter(reports, txt=txt, enqueue=enqueue, sign=sign, org_name="mail.example.org",
+                               from_address="postmaster@example.org", hostname="mail.example.org",
+                               interval=86400, max_per_hour=10)
+        period = reporter.period_of(1764460800 + 100)
+        await reports.record_tls(period, "near.example", _session("sts"), 40)
+        await reports.record_tls(period, "near.example", _session("sts"), 2)
+        await reports.record_tls(period, "near.example", _session("sts", "certificate-expired", info="expired"), 3)
+        await reports.record_tls(period, "near.example", _session("tlsa", "tlsa-invalid", mx="mx2.near.example"), 1)
+        await reports.record_tls(period, "web.example", _session("no-policy-found"), 5)
+        await reports.record_tls(period, "far.example", _session("no-policy-found"), 1)
+        await reports.record_tls(period, "none.example", _session("no-policy-found"), 7)
+        assert await reporter.run_once(now=period + 3600) == 0
+        assert await reporter.run_once(now=period + 86400 + 10) == 4
+        assert await reporter.run_once(now=period + 2 * 86400) == 0  # claimed once
+        outcomes = {s["policy_domain"]: s["outcome"] for s in await reports.tls_sent(0)}
+        assert outcomes["near.example"] == ("queued to tls@near.example; https: not supported "
+                                            "(https://reports.near.example/v1)")
+        assert outcomes["web.example"] == "not sent: no mailto: rua (https: is not supported)"
+        assert outcomes["far.example"] == "queued to a@c1.example, b@c2.example"  # at most two
+        assert outcomes["none.example"] == "not sent: no single TLSRPT record"
+        near = next(data for _, to, data in queued if to == ["tls@near.example"])
+        message = email.message_from_bytes(near, policy=email.policy.default)
+        assert message["TLS-Report-Domain"] == "near.example"
+        assert message["TLS-Report-Submitter"] == "mail.example.org"
+        assert message.get_content_type() == "multipart/report" and message.get_param("report-type") == "tlsrpt"
+        attachment = next(p for p in message.walk() if p.get_content_type() == "application/tlsrpt+gzip")
+        assert attachment.get_filename() == f"mail.example.org!near.example!{int(period)}!{int(period) + 86399}.json.gz"
+        document = json.loads(gzip.decompress(attachment.get_content()))
+        assert document["date-range"] == {"start-datetime": "2025-11-30T00:00:00Z",
+                                          "end-datetime": "2025-11-30T23:59:59Z"}
+        by_type = {p["policy"]["policy-type"]: p for p in document["policies"]}
+        sts = by_type["sts"]
+        assert sts["policy"]["mx-host"] == ["mx.near.example"] and "mode: enforce" in sts["policy"]["policy-string"]
+        assert sts["summary"] == {"total-successful-session-count": 42, "total-failure-session-count": 3}
+        assert sts["failure-details"] == [{"result-type": "certificate-expired", "failed-session-count": 3,
+                                           "sending-mta-ip": "198.51.100.1", "receiving-mx-hostname": "mx.near.example",
+                                           "receiving-ip": "192.0.2.25", "additional-information": "expired"}]
+        assert by_type["tlsa"]["policy"]["mx-host"] == ["mx2.near.example"]
+        assert by_type["tlsa"]["summary"]["total-failure-session-count"] == 1
+        # Our own receiving side reads it as any TLS-RPT report.
+        [report] = parse.reports_in(near)
+        assert (report.kind, report.org_name, report.messages, report.failed) == ("tlsrpt", "mail.example.org", 46, 4)
+        await store.close()
+
+    asyncio.run(run())

@@ -365,6 +365,36 @@ def test_pipelined_transaction(peerage: PeerageServer) -> None:
     _wait_subject(peerage, ALICE, "pipelined")
 
 
+def test_mail_and_rcpt_lines_plain_and_unusual(peerage: PeerageServer) -> None:
+    """MAIL and RCPT: the usual "<local@domain>" lines and the ones aiosmtpd's own commands answer
+    (the null path of a bounce, a quoted local part, unknown parameters, wrong order) give the
+    RFC 5321 replies, and a bounce from another MTA (MAIL FROM:<>, RFC 5321 §4.5.5) is delivered:
+    its RCPT was once refused as if no MAIL had come."""
+    client = RawSMTP(PEERAGE_ADDRESS, 25, source=CLIENT_ADDRESS)
+    try:
+        assert client.command("MAIL FROM:<carol@example.net>")[0] == 503  # before EHLO
+        client.command("EHLO client.example.net")
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 503  # before MAIL
+        assert client.command("MAIL FROM:<carol@example.net> FROBNICATE=1")[0] == 555
+        assert client.command("MAIL FROM:<carol@example.net> BODY=9BIT")[0] == 501
+        assert client.command("MAIL FROM:<carol@example.net> SIZE=12 BODY=8BITMIME")[0] == 250
+        assert client.command("MAIL FROM:<carol@example.net>")[0] == 503  # nested
+        assert client.command(f"RCPT TO:<{ALICE}> NOTIFY=NEVER")[0] == 555
+        assert client.command('RCPT TO:<"no such user"@example.org>')[0] == 550
+        assert client.command(f"RCPT TO:<{ALICE}>")[0] == 250
+        assert client.command("RSET")[0] == 250
+        assert client.command("MAIL FROM:<>")[0] == 250  # a bounce
+        assert client.command('RCPT TO:<"no such user"@example.org>')[0] == 550
+        assert client.command(f"rcpt to: <{ALICE}>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        bounce = _message("MAILER-DAEMON@mx.example.net", ALICE, "a bounce for alice")
+        assert client.command(bounce + b".")[0] == 250
+    finally:
+        client.close()
+    stored = _wait_subject(peerage, ALICE, "a bounce for alice")
+    assert b"Body of a bounce for alice" in stored
+
+
 def test_size_limit_announced_and_enforced(peerage: PeerageServer) -> None:
     with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(CLIENT_ADDRESS, 0)) as client:
         client.ehlo("client.example.net")

@@ -1,7 +1,7 @@
 """`peerage mail ...`: operator commands for mail. `peerage mail queue` lists the outbound queue and
 retries or drops entries; it works on the database directly, so it runs beside a live server (which
 rescans the queue every few seconds). `peerage mail reports` shows the DMARC aggregate and TLS-RPT
-reports received at the report addresses and the DMARC reports this server sent."""
+reports received at the report addresses and the DMARC and TLS reports this server sent."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def register(commands: Any) -> None:
     drop.add_argument("ids", nargs="+", type=int)
     queue.set_defaults(func=cmd_queue)
     reports = mail_commands.add_parser(
-        "reports", help="DMARC aggregate and TLS-RPT reports received, and our DMARC reports sent")
+        "reports", help="DMARC aggregate and TLS-RPT reports received, and our DMARC and TLS-RPT reports sent")
     reports.add_argument("--days", type=float, default=7.0, help="reports received (and ours sent) in the last DAYS days")
     reports.add_argument("--domain", default=None, help="only reports about this domain")
     reports.add_argument("--json", action="store_true", help="machine-readable output")
@@ -109,10 +109,13 @@ async def _reports(config: Any, args: argparse.Namespace) -> int:
         received = await reports.received(since, args.domain)
         failing = await reports.failing_sources([r["id"] for r in received], limit=20)
         sent = await reports.sent(since)
+        tls_sent = await reports.tls_sent(since)
         if args.domain:
             sent = [s for s in sent if s["policy_domain"] == args.domain.lower()]
+            tls_sent = [s for s in tls_sent if s["policy_domain"] == args.domain.lower()]
         if args.json:
-            print(json.dumps({"received": received, "failing_sources": failing, "sent": sent}, indent=1, default=str))
+            print(json.dumps({"received": received, "failing_sources": failing, "sent": sent, "tls_sent": tls_sent},
+                             indent=1, default=str))
             return 0
         for kind, title, unit in (("dmarc", "DMARC aggregate reports received", "messages"),
                                   ("tlsrpt", "TLS reports received (RFC 8460)", "sessions")):
@@ -141,6 +144,9 @@ async def _reports(config: Any, args: argparse.Namespace) -> int:
                         print(f"    {f['disposition']:<32} {f['count']:>9}  mx={f['header_from']} from={f['source']}")
         print(f"Our DMARC aggregate reports: {len(sent)}")
         for s in sent:
+            print(f"  {_when(s['period'])}  {s['policy_domain']:<24} {s['outcome']}")
+        print(f"Our TLS reports (RFC 8460): {len(tls_sent)}")
+        for s in tls_sent:
             print(f"  {_when(s['period'])}  {s['policy_domain']:<24} {s['outcome']}")
         return 0
     finally:

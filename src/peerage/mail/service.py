@@ -81,6 +81,10 @@ class MailService:
         self._report_task: asyncio.Task[None] | None = None
         self._dmarc_pending: dict[tuple[float, str], int] = {}
         self._dmarc_since = 0.0
+        # TLS-RPT: our outbound sessions' TLS outcomes, counted in memory and written by the report
+        # loop (at most a few seconds of counts are lost in a crash, as with DMARC's).
+        self.tls_reporter: Any = None
+        self._tls_pending: dict[tuple[float, str, str], int] = {}
 
     # --- shared state the handlers use ---------------------------------------------------------------
 
@@ -288,6 +292,33 @@ class MailService:
             except Exception:
                 log.exception("counting a DMARC result for the aggregate report failed")
 
+    def note_tls(self, session: Any) -> None:
+        """Count one outbound session's TLS outcome (peerage.mail.smtp.client.TlsSession) for our
+        TLS-RPT reports (RFC 8460), in memory."""
+        if self.tls_reporter is None or not self.host.config.reports.send_tlsrpt:
+            return
+        import json
+
+        record = {"policy_type": session.policy_type, "policy_strings": list(session.policy_strings),
+                  "mx_patterns": list(session.mx_patterns), "result_type": session.result_type,
+                  "mx_host": session.mx_host, "receiving_ip": session.receiving_ip,
+                  "sending_ip": session.sending_ip, "info": session.info}
+        key = (self.tls_reporter.period_of(time.time()), session.domain, json.dumps(record, sort_keys=True))
+        if len(self._tls_pending) < DMARC_FLUSH_ROWS * 10 or key in self._tls_pending:
+            self._tls_pending[key] = self._tls_pending.get(key, 0) + 1
+
+    async def flush_tls(self) -> None:
+        if not self._tls_pending or self.reports is None:
+            return
+        import json
+
+        pending, self._tls_pending = self._tls_pending, {}
+        for (period, domain, text), count in pending.items():
+            try:
+                await self.reports.record_tls(period, domain, json.loads(text), count)
+            except Exception:
+                log.exception("counting a TLS result for the TLS report failed")
+
     async def _read_reports(self, sender: str, data: bytes) -> None:
         from peerage.mail.reports.parse import BadReport, reports_in
 
@@ -308,6 +339,7 @@ class MailService:
     def _start_reports(self) -> None:
         from peerage.mail.reports.outgoing import AggregateReporter
         from peerage.mail.reports.store import ReportStore
+        from peerage.mail.reports.tlsrpt import TlsReporter
 
         config = self.host.config.reports
         assert self.queue is not None
@@ -326,7 +358,12 @@ class MailService:
             from_address=from_address, hostname=self.hostname, interval=config.interval_seconds,
             max_per_hour=config.max_per_hour, max_rows=config.max_rows,
         )
-        if config.send_dmarc:
+        self.tls_reporter = TlsReporter(
+            self.reports, txt=txt, enqueue=enqueue, sign=self.sign, org_name=config.org_name or self.hostname,
+            from_address=from_address, hostname=self.hostname, interval=config.interval_seconds,
+            max_per_hour=config.max_per_hour,
+        )
+        if config.send_dmarc or config.send_tlsrpt:
             self._report_task = asyncio.get_running_loop().create_task(self._report_loop())
 
     async def _report_loop(self) -> None:
@@ -336,7 +373,11 @@ class MailService:
         while True:
             try:
                 await self.flush_dmarc()
-                await self.reporter.run_once()
+                await self.flush_tls()
+                if config.send_dmarc:
+                    await self.reporter.run_once()
+                if config.send_tlsrpt:
+                    await self.tls_reporter.run_once()
                 now = time.time()
                 if now - pruned > 86400.0:
                     await self.reports.prune(now - config.keep_days * 86400.0)
@@ -344,7 +385,7 @@ class MailService:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("the DMARC report loop failed; trying again later")
+                log.exception("the report loop failed; trying again later")
             await asyncio.sleep(tick)
 
     # --- life cycle --------------------------------------------------------------------------------
@@ -430,6 +471,7 @@ class MailService:
             source_address=smtp.source_address or None,
             connections_per_destination=smtp.connections_per_domain,
             resign=self.resign,
+            on_tls=self.note_tls,
         )
         schedule = Schedule(
             first_retry=smtp.first_retry_seconds,
@@ -501,6 +543,8 @@ class MailService:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.flush_dmarc()
+        with contextlib.suppress(Exception):
+            await self.flush_tls()
         if self._report_task is not None:
             self._report_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -95,6 +95,9 @@ class PolicyFetcher:
         self.context = ssl.create_default_context(cafile=ca_file)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._cache: dict[str, Policy] = {}
+        # Domains whose announced policy could not be had, with the RFC 8460 §4.3.2.2 result type
+        # and why (for TLS-RPT); bounded like the cache, by the domains we send to.
+        self.failures: dict[str, tuple[str, str]] = {}
 
     async def policy(self, domain: str) -> Policy | None:
         """The domain's policy, or None when it publishes none (or it cannot be fetched and none is
@@ -106,6 +109,7 @@ class PolicyFetcher:
         except Exception:
             records = []
         ids = [i for r in records if (i := parse_txt(_text(r))) is not None]
+        self.failures.pop(domain, None)
         if len(ids) != 1:
             if cached and time.time() - cached.fetched_at < cached.max_age:
                 return cached
@@ -115,7 +119,14 @@ class PolicyFetcher:
         try:
             body = await asyncio.wait_for(self._fetch(f"mta-sts.{domain}"), FETCH_TIMEOUT_SECONDS)
             policy = parse_policy(body, ids[0])
-        except (OSError, PolicyError, TimeoutError, ssl.SSLError, UnicodeDecodeError):
+        except ssl.SSLError as exc:
+            self.failures[domain] = ("sts-webpki-invalid", str(exc)[:200])
+            return cached
+        except PolicyError as exc:
+            self.failures[domain] = ("sts-policy-invalid", str(exc)[:200])
+            return cached
+        except (OSError, TimeoutError, UnicodeDecodeError) as exc:
+            self.failures[domain] = ("sts-policy-fetch-error", (str(exc) or type(exc).__name__)[:200])
             return cached
         self._cache[domain] = policy
         return policy

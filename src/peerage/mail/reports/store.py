@@ -1,19 +1,20 @@
 """Report storage: received reports, what our MX saw for DMARC domains, and which reports we sent.
 
 This module is in charge of the database side of reports (tables in peerage.mail.reports.tables):
-saving a parsed report once, counting DMARC outcomes per reporting interval, claiming an interval's
-report for sending (so two nodes or a restart never send it twice), the operator's summary, and
+saving a parsed report once, counting DMARC outcomes and our outbound TLS outcomes (TLS-RPT) per
+reporting interval, claiming an interval's report for sending (so two nodes or a restart never send it twice), the operator's summary, and
 pruning what is older than the retention.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from peerage.mail.reports.parse import Report
@@ -22,6 +23,8 @@ from peerage.mail.reports.tables import (
     mailreport_received,
     mailreport_received_rows,
     mailreport_sent,
+    mailreport_tls_seen,
+    mailreport_tls_sent,
 )
 
 
@@ -172,6 +175,74 @@ class ReportStore:
         async with self.db.begin() as conn:
             return [dict(r._mapping) for r in (await conn.execute(query)).all()]
 
+    # --- TLS-RPT (RFC 8460): our outbound sessions' TLS outcomes, and our reports -------------------
+
+    async def record_tls(self, period: float, policy_domain: str, session: dict[str, Any], count: int = 1) -> None:
+        table = mailreport_tls_seen
+        text = json.dumps(session, sort_keys=True)
+        key = hashlib.sha256(f"{policy_domain}\0{text}".encode()).hexdigest()
+        where = and_(table.c.period == period, table.c.key == key)
+        for _ in range(2):
+            try:
+                async with self.db.begin() as conn:
+                    changed = await conn.execute(update(table).where(where).values(count=table.c.count + count))
+                    if changed.rowcount:
+                        return
+                    await conn.execute(insert(table).values(period=period, policy_domain=policy_domain, key=key,
+                                                            session=text, count=count))
+                    return
+            except IntegrityError:
+                continue
+
+    async def tls_due(self, before: float, limit: int) -> list[tuple[float, str]]:
+        seen, sent = mailreport_tls_seen, mailreport_tls_sent
+        query = (
+            select(seen.c.period, seen.c.policy_domain).distinct()
+            .select_from(seen.outerjoin(sent, and_(sent.c.period == seen.c.period,
+                                                   sent.c.policy_domain == seen.c.policy_domain)))
+            .where(seen.c.period < before, sent.c.period.is_(None))
+            .order_by(seen.c.period, seen.c.policy_domain).limit(limit)
+        )
+        async with self.db.begin() as conn:
+            return [(float(p), str(d)) for p, d in (await conn.execute(query)).all()]
+
+    async def tls_rows(self, period: float, policy_domain: str, limit: int) -> list[tuple[dict[str, Any], int]]:
+        table = mailreport_tls_seen
+        async with self.db.begin() as conn:
+            found = (await conn.execute(
+                select(table.c.session, table.c.count)
+                .where(table.c.period == period, table.c.policy_domain == policy_domain)
+                .order_by(table.c.count.desc()).limit(limit))).all()
+        return [(json.loads(text), int(count)) for text, count in found]
+
+    async def tls_claim(self, period: float, policy_domain: str, outcome: str, now: float | None = None) -> bool:
+        return await self._claim(mailreport_tls_sent, period, policy_domain, outcome, now)
+
+    async def tls_set_outcome(self, period: float, policy_domain: str, outcome: str) -> None:
+        await self._set_outcome(mailreport_tls_sent, period, policy_domain, outcome)
+
+    async def tls_sent(self, since: float) -> list[dict[str, Any]]:
+        table = mailreport_tls_sent
+        async with self.db.begin() as conn:
+            found = (await conn.execute(select(table).where(table.c.period >= since)
+                                        .order_by(table.c.period, table.c.policy_domain))).all()
+        return [dict(r._mapping) for r in found]
+
+    async def _claim(self, table: Table, period: float, policy_domain: str, outcome: str, now: float | None) -> bool:
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(insert(table).values(
+                    period=period, policy_domain=policy_domain, sent_at=time.time() if now is None else now,
+                    outcome=outcome[:255]))
+        except IntegrityError:
+            return False
+        return True
+
+    async def _set_outcome(self, table: Table, period: float, policy_domain: str, outcome: str) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(update(table).where(table.c.period == period, table.c.policy_domain == policy_domain)
+                               .values(outcome=outcome[:255]))
+
     async def prune(self, before: float) -> None:
         async with self.db.begin() as conn:
             old = select(mailreport_received.c.id).where(mailreport_received.c.end < before)
@@ -179,3 +250,5 @@ class ReportStore:
             await conn.execute(delete(mailreport_received).where(mailreport_received.c.end < before))
             await conn.execute(delete(mailreport_dmarc_seen).where(mailreport_dmarc_seen.c.period < before))
             await conn.execute(delete(mailreport_sent).where(mailreport_sent.c.period < before))
+            await conn.execute(delete(mailreport_tls_seen).where(mailreport_tls_seen.c.period < before))
+            await conn.execute(delete(mailreport_tls_sent).where(mailreport_tls_sent.c.period < before))

@@ -6,6 +6,8 @@ once; ``mailreport_received_rows`` its records (DMARC: one per source IP and out
 policy and failure type). ``mailreport_dmarc_seen`` counts what our MX saw for From domains that
 publish DMARC (RFC 7489 §7.2: the data of our own aggregate reports), one row per reporting interval and outcome;
 ``mailreport_sent`` remembers which of our reports went out, so a restart never sends one twice.
+``mailreport_tls_seen`` and ``mailreport_tls_sent`` do the same for our TLS-RPT reports (RFC 8460):
+the TLS outcomes of our outbound sessions per recipient domain, and the reports sent.
 """
 
 from __future__ import annotations
@@ -75,4 +77,28 @@ mailreport_sent = Table(
     Column("policy_domain", String(255), primary_key=True),
     Column("sent_at", Float, nullable=False),
     Column("outcome", String(255), nullable=False),  # "queued to ...", or why it was not sent
+)
+
+# TLS-RPT (RFC 8460): what our outbound sessions met, per reporting interval and recipient domain.
+# `key` is a digest of the session's policy and result, so one row counts every session alike.
+mailreport_tls_seen = Table(
+    "mailreport_tls_seen",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("period", Float, nullable=False),
+    Column("policy_domain", String(255), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("session", Text, nullable=False),  # JSON: policy type, strings, mx patterns, result, hosts
+    Column("count", Integer, nullable=False),
+    UniqueConstraint("period", "key", name="uq_mailreport_tls_seen_row"),
+)
+Index("ix_mailreport_tls_seen_period", mailreport_tls_seen.c.period)
+
+mailreport_tls_sent = Table(
+    "mailreport_tls_sent",
+    metadata,
+    Column("period", Float, primary_key=True),
+    Column("policy_domain", String(255), primary_key=True),
+    Column("sent_at", Float, nullable=False),
+    Column("outcome", String(255), nullable=False),
 )

@@ -2,8 +2,10 @@
 
 This module is in charge of finding where a domain's mail goes (MX, then the domain's own A/AAAA as
 RFC 5321 §5.1 says, honouring a null MX of RFC 7505), of choosing how much TLS to require (opportunistic
-STARTTLS; verified TLS when the domain publishes an MTA-STS policy in enforce mode; a TLSA match when
-the MX publishes DANE records), and of reporting a per-recipient outcome the queue can act on.
+STARTTLS; verified TLS when the domain publishes an MTA-STS policy in enforce mode, tried first and
+reported but not required in testing mode; a TLSA match when the MX publishes DANE records), and of
+reporting a per-recipient outcome the queue can act on. Every TLS outcome of a session (success, or
+the RFC 8460 §4.3 result type of its failure) is passed to ``on_tls`` for our TLS-RPT reports.
 """
 
 from __future__ import annotations
@@ -54,6 +56,36 @@ class Outcome:
     remote_mta: str = ""
     tls: str = ""  # "none", "opportunistic", "mta-sts", "dane": what the connection reached
     tls_failed: bool = False  # the TLS handshake itself failed (opportunistic TLS may retry in clear)
+    tls_result: str = ""  # RFC 8460 §4.3 result type of a TLS failure in this session
+    local_ip: str = ""  # our end of the connection (TLS-RPT's sending-mta-ip)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSession:
+    """One delivery session's TLS outcome, as RFC 8460 §4.4 reports it."""
+
+    domain: str
+    policy_type: str  # "sts", "tlsa" or "no-policy-found"
+    policy_strings: tuple[str, ...]
+    mx_patterns: tuple[str, ...]  # the MTA-STS policy's mx lines
+    result_type: str  # "" for a successful TLS session
+    mx_host: str
+    receiving_ip: str
+    sending_ip: str
+    info: str = ""
+
+
+def _certificate_failure(exc: BaseException) -> str:
+    """The RFC 8460 §4.3.2.3 result type of a failed verified handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+            return "certificate-expired"
+        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return "certificate-host-mismatch"
+        if code in (18, 19, 20, 21, 2):  # self-signed, untrusted or unknown issuer
+            return "certificate-not-trusted"
+    return "validation-failure"
 
 
 def _status_of(code: int, message: str, default_class: str) -> str:
@@ -77,6 +109,7 @@ class Deliverer:
         source_address: str | None = None,
         connections_per_destination: int = MAX_CONNECTIONS_PER_DESTINATION,
         resign: Callable[[bytes], Awaitable[bytes]] | None = None,
+        on_tls: Callable[[TlsSession], None] | None = None,
     ) -> None:
         self.dns = dns
         self.hostname = hostname
@@ -87,6 +120,7 @@ class Deliverer:
         self.connections_per_destination = max(1, connections_per_destination)
         # A downgraded message no longer matches our own DKIM signature: this signs it again.
         self.resign = resign
+        self.on_tls = on_tls
         # One semaphore per destination domain with a delivery in progress; dropped when idle.
         self._destinations: dict[str, tuple[asyncio.Semaphore, int]] = {}
         # Connections open right now, per destination domain (for tests and `peerage check`).
@@ -174,16 +208,33 @@ class Deliverer:
             )
         policy = await self.mta_sts.policy(domain)
         enforce = policy is not None and policy.mode == "enforce"
+        # RFC 8461 §5: in testing mode the policy is checked and failures reported, but not enforced.
+        testing = policy is not None and policy.mode == "testing"
+        if policy is None and domain in self.mta_sts.failures:
+            # RFC 8460 §4.3.2.2: a policy announced in DNS that could not be fetched or read.
+            result_type, info = self.mta_sts.failures[domain]
+            self._note(TlsSession(domain, "sts", (), (), result_type, "", "", self.source_address or "", info))
         last = Outcome(TEMPORARY, f"no reachable mail server for {domain}", "4.4.1")
         for host in hosts or []:
-            if enforce and policy is not None and not policy.matches(host):
-                last = Outcome(TEMPORARY, f"MX {host} is not allowed by the MTA-STS policy of {domain}", "4.7.5")
-                continue
+            checked = enforce or testing
+            if checked and policy is not None and not policy.matches(host):
+                self._note(self._session_of(domain, policy, [], host, "", "validation-failure",
+                                            f"MX {host} is not named by the MTA-STS policy"))
+                if enforce:
+                    last = Outcome(TEMPORARY, f"MX {host} is not allowed by the MTA-STS policy of {domain}", "4.7.5")
+                    continue
+                checked = False
             tlsa = await self._tlsa(host)
             for address in await self._addresses(host):
                 outcome = await self._deliver_to(
-                    host, address, mail_from, recipients, data, smtputf8=smtputf8, mta_sts=enforce, tlsa=tlsa
+                    host, address, mail_from, recipients, data, smtputf8=smtputf8, mta_sts=checked, tlsa=tlsa
                 )
+                self._note_outcome(domain, policy if checked else None, tlsa, host, address, outcome)
+                if isinstance(outcome, Outcome) and outcome.tls_failed and testing and checked and not tlsa:
+                    # The testing policy's failure is reported; the mail goes on with opportunistic TLS.
+                    outcome = await self._deliver_to(
+                        host, address, mail_from, recipients, data, smtputf8=smtputf8, mta_sts=False, tlsa=[]
+                    )
                 if isinstance(outcome, Outcome) and outcome.tls_failed and not enforce and not tlsa:
                     # RFC 7435 §3 (opportunistic security): a failed handshake with a server no policy
                     # protects falls back to a cleartext session, as Postfix's "may" level does.
@@ -195,6 +246,48 @@ class Deliverer:
                     return outcome
                 last = outcome
         return dict.fromkeys(recipients, last)
+
+    # --- TLS-RPT (RFC 8460) ----------------------------------------------------------------------
+
+    def _note(self, session: TlsSession) -> None:
+        if self.on_tls is not None:
+            try:
+                self.on_tls(session)
+            except Exception:
+                log.exception("recording a TLS result for TLS-RPT failed")
+
+    def _session_of(self, domain: str, policy: Any, tlsa: list[dane.Tlsa], host: str, address: str,
+                    result_type: str, info: str = "", sending_ip: str = "") -> TlsSession:
+        if tlsa:
+            strings = tuple(f"{t.usage} {t.selector} {t.mtype} {t.data.hex()}" for t in tlsa)
+            return TlsSession(domain, "tlsa", strings, (), result_type, host, address,
+                              sending_ip or self.source_address or "", info)
+        if policy is not None:
+            # RFC 8460 §4.4: the policy as the lines of the policy file.
+            strings = ("version: STSv1", f"mode: {policy.mode}", *(f"mx: {m}" for m in policy.mx),
+                       f"max_age: {policy.max_age}")
+            return TlsSession(domain, "sts", strings, tuple(policy.mx), result_type, host, address,
+                              sending_ip or self.source_address or "", info)
+        return TlsSession(domain, "no-policy-found", (), (), result_type, host, address,
+                          sending_ip or self.source_address or "", info)
+
+    def _note_outcome(self, domain: str, policy: Any, tlsa: list[dane.Tlsa], host: str, address: str,
+                      outcome: dict[str, Outcome] | Outcome) -> None:
+        """A session's TLS outcome. Sessions that never reached the TLS step (a refused connection, a
+        421 greeting) are not TLS results and are not counted."""
+        if isinstance(outcome, dict):
+            first = next(iter(outcome.values()), None)
+            if first is None:
+                return
+            if first.tls == "none":
+                # No STARTTLS offered (a policy would have refused the session before this).
+                self._note(self._session_of(domain, policy, tlsa, host, address, "starttls-not-supported",
+                                            "the MX did not offer STARTTLS", first.local_ip))
+            else:
+                self._note(self._session_of(domain, policy, tlsa, host, address, "", "", first.local_ip))
+        elif outcome.tls_result:
+            self._note(self._session_of(domain, policy, tlsa, host, address, outcome.tls_result, outcome.reply[:200],
+                                        outcome.local_ip))
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
         if verify:
@@ -267,8 +360,12 @@ class Deliverer:
         cleartext: bool,
     ) -> dict[str, Outcome] | Outcome:
         tls_level = "none"
+        local_ip = ""
         try:
             await client.connect(timeout=CONNECT_TIMEOUT_SECONDS)
+            transport = client.transport
+            sockname = transport.get_extra_info("sockname") if transport else None
+            local_ip = str(sockname[0]) if sockname else ""
             await client.ehlo()
             if client.supports_extension("starttls") and not cleartext:
                 verify = mta_sts and not tlsa
@@ -276,7 +373,10 @@ class Deliverer:
                     await client.starttls(tls_context=self._tls_context(verify), server_hostname=host)
                 except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
                     client.close()
-                    return Outcome(TEMPORARY, f"{host}: TLS handshake failed: {exc}", "4.7.5", host, tls_failed=True)
+                    cause = exc.__cause__ if isinstance(exc, aiosmtplib.SMTPException) and exc.__cause__ else exc
+                    result = _certificate_failure(cause) if verify else "validation-failure"
+                    return Outcome(TEMPORARY, f"{host}: TLS handshake failed: {exc}", "4.7.5", host, tls_failed=True,
+                                   tls_result=result, local_ip=local_ip)
                 tls_level = "mta-sts" if verify else "opportunistic"
                 if tlsa:
                     transport = client.transport
@@ -284,12 +384,15 @@ class Deliverer:
                     der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
                     if not der or not dane.matches(der, tlsa):
                         await client.quit()
-                        return Outcome(TEMPORARY, f"{host}: certificate does not match its TLSA records", "4.7.5", host)
+                        # RFC 8460 §4.3.2.1: no record of the RRset matched.
+                        return Outcome(TEMPORARY, f"{host}: certificate does not match its TLSA records", "4.7.5", host,
+                                       tls_result="tlsa-invalid", local_ip=local_ip)
                     tls_level = "dane"
                 await client.ehlo()
             elif mta_sts or tlsa:
                 await client.quit()
-                return Outcome(TEMPORARY, f"{host} does not offer STARTTLS, which its domain requires", "4.7.4", host)
+                return Outcome(TEMPORARY, f"{host} does not offer STARTTLS, which its domain requires", "4.7.4", host,
+                               tls_result="starttls-not-supported", local_ip=local_ip)
             options = ["SMTPUTF8"] if smtputf8 and client.supports_extension("smtputf8") else []
             results: dict[str, Outcome] = {}
             envelope = {r: r for r in recipients}
@@ -304,11 +407,11 @@ class Deliverer:
                     status = "5.6.7" if not mail_from.isascii() else "5.6.9"
                     return dict.fromkeys(recipients, Outcome(
                         PERMANENT, f"{host} does not offer SMTPUTF8 (RFC 6531) and the message cannot be "
-                        f"downgraded: {exc}", status, host, tls_level))
+                        f"downgraded: {exc}", status, host, tls_level, local_ip=local_ip))
                 for recipient in downgraded.refused:
                     results[recipient] = Outcome(
                         PERMANENT, f"{host} does not offer SMTPUTF8 (RFC 6531), needed for the non-ASCII "
-                        f"address {recipient}", "5.6.7", host, tls_level)
+                        f"address {recipient}", "5.6.7", host, tls_level, local_ip=local_ip)
                 if not downgraded.recipients:
                     await _quietly_quit(client)
                     return results
@@ -330,7 +433,8 @@ class Deliverer:
                 await _quietly_quit(client)
                 return results | dict.fromkeys(
                     envelope,
-                    Outcome(kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level),
+                    Outcome(kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level,
+                                local_ip=local_ip),
                 )
             accepted: list[str] = []
             for recipient in envelope:
@@ -340,20 +444,23 @@ class Deliverer:
                 except aiosmtplib.SMTPResponseException as exc:
                     kind = PERMANENT if exc.code >= 500 else TEMPORARY
                     results[recipient] = Outcome(
-                        kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level
+                        kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level,
+                        local_ip=local_ip,
                     )
             if accepted:
                 try:
                     response = await client.data(data)
                     for recipient in accepted:
                         results[recipient] = Outcome(
-                            DELIVERED, f"{response.code} {response.message}", "2.0.0", host, tls_level
+                            DELIVERED, f"{response.code} {response.message}", "2.0.0", host, tls_level,
+                            local_ip=local_ip,
                         )
                 except aiosmtplib.SMTPResponseException as exc:
                     kind = PERMANENT if exc.code >= 500 else TEMPORARY
                     for recipient in accepted:
                         results[recipient] = Outcome(
-                            kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level
+                            kind, f"{exc.code} {exc.message}", _status_of(exc.code, exc.message, "4"), host, tls_level,
+                            local_ip=local_ip,
                         )
             await _quietly_quit(client)
             return results

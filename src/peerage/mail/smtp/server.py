@@ -18,9 +18,9 @@ Nothing before the greeting is aiosmtpd's: ``GreetingGate`` is the protocol a ne
 first (per-IP cap, the unauthenticated gate, the early-talker pause); it makes the engine and hands
 the transport on with asyncio's ``set_protocol`` only when the greeting may go.
 
-One private method is still overridden: ``_getaddr``, a fast path for the usual ``<local@domain>``
-that falls back to aiosmtpd's own parser; if a release renamed it, the override would simply stop
-being used (slower, still right). Bytes pipelined after the end of a message's data are checked for
+No private method is overridden: MAIL and RCPT keep a fast path for the usual ``<local@domain>``
+as ``smtp_MAIL``/``smtp_RCPT`` of their own, built from the engine's public parts, and hand every
+other line to aiosmtpd's commands. Bytes pipelined after the end of a message's data are checked for
 bare line endings like any command line (``data_received`` splits at the final dot).
 """
 
@@ -31,6 +31,7 @@ import base64
 import email.utils
 import inspect
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 
 from peerage.identity.login import authenticate, login_names
 from peerage.identity.sasl import Failure, SaslServer, channel_bindings_for, offered_mechanisms
@@ -48,6 +49,9 @@ from peerage.mail.smtp.replies import with_enhanced_code
 
 # RFC 5321 §4.5.1 and RFC 2142: the addresses `peerage dns` publishes as rua= for DMARC and TLS-RPT.
 REPORT_ADDRESSES = frozenset({"postmaster", "abuse"})  # = MailService ROLE_ADDRESSES
+# A path MAIL and RCPT handle without aiosmtpd's parser: "<local@domain>" with no character that
+# needs RFC 5321 §4.1.2 quoting or is a source route, then the parameters.
+_PLAIN_PATH = re.compile(r'[ \t]*<([^\s"\\()<>,;:\[\]@]+@[^\s"\\()<>,;:\[\]@]+)>(?:[ \t]+(.*))?[ \t]*\Z', re.S)
 
 log = logging.getLogger(__name__)
 
@@ -292,19 +296,76 @@ class PeerageSMTP(SMTP):
         if lines:
             await super().push(b"\r\n".join(lines))
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """A fast path for the usual `<local@domain> PARAMS`; anything unusual (quotes, routes,
-        spaces, comments) goes to aiosmtpd's full RFC 5322 parser."""
-        text = arg.lstrip()
-        if text.startswith("<"):
-            end = text.find(">")
-            inner = text[1:end] if end > 0 else ""
-            if end > 0 and inner.count("@") == 1 and not any(ch in inner for ch in ' "\\()<>,;:[]\t'):
-                local, _, domain = inner.partition("@")
-                if local and domain and (not self.local_part_limit or len(local) <= self.local_part_limit):
-                    return inner, text[end + 1 :].lstrip()
-        address, rest = super()._getaddr(arg)
-        return address, rest
+    # The usual MAIL and RCPT lines take a fast path: aiosmtpd parses every path with the RFC 5322
+    # header parser of the standard library (about 0.3 ms a call, a fifth of a message's time in
+    # bench/smtp). A plain "<local@domain>" with the parameters we know is handled here with the
+    # engine's public parts (check_helo_needed, check_auth_needed, session, envelope, the
+    # handler's hooks); anything else (quotes, routes, the null path, unknown or bad parameters,
+    # a nested MAIL) goes to aiosmtpd's own command, which answers it.
+
+    def _plain_path(self, arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
+        if arg is None or arg[: len(keyword)].upper() != keyword:
+            return None
+        found = _PLAIN_PATH.match(arg, len(keyword))
+        if found is None:
+            return None
+        address = found.group(1)
+        local = address.partition("@")[0]
+        if self.local_part_limit and len(local) > self.local_part_limit:
+            return None
+        return address, (found.group(2) or "").upper().split()
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        plain = self._plain_path(arg, "FROM:")
+        session, envelope = self.session, self.envelope
+        if plain is None or session is None or envelope is None or envelope.mail_from:
+            await super().smtp_MAIL(arg)
+            return
+        address, options = plain
+        if options and not session.extended_smtp:
+            await super().smtp_MAIL(arg)
+            return
+        smtputf8 = False
+        for option in options:
+            name, _, value = option.partition("=")
+            if name == "SIZE" and value.isdigit():
+                if self.data_size_limit and int(value) > self.data_size_limit:
+                    await super().smtp_MAIL(arg)  # its 552
+                    return
+            elif name == "BODY" and value in ("7BIT", "8BITMIME"):
+                pass
+            elif option == "SMTPUTF8" and self.enable_SMTPUTF8:
+                smtputf8 = True
+            else:
+                await super().smtp_MAIL(arg)
+                return
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        envelope.smtp_utf8 = smtputf8
+        await self.push(await self.event_handler.handle_MAIL(self, session, envelope, address, options))
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        plain = self._plain_path(arg, "TO:")
+        session, envelope = self.session, self.envelope
+        # RCPT parameters: aiosmtpd knows none and refuses them (555); it answers those lines itself.
+        if plain is None or plain[1] or session is None or envelope is None or envelope.mail_from is None:
+            if envelope is not None and envelope.mail_from == "":
+                # The null reverse-path of a bounce (RFC 5321 §4.5.5) is stored as "", which
+                # aiosmtpd's RCPT takes for "no MAIL yet": it sees a stand-in while it answers.
+                envelope.mail_from = "<>"
+                try:
+                    await super().smtp_RCPT(arg)
+                finally:
+                    if envelope.mail_from == "<>":
+                        envelope.mail_from = ""
+                return
+            await super().smtp_RCPT(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        await self.push(await self.event_handler.handle_RCPT(self, session, envelope, plain[0], []))
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._raw_replies = True
