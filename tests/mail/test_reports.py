@@ -168,8 +168,13 @@ def test_our_aggregate_report_reaches_the_rua_at_postfix(peerage: PeerageServer,
     assert "status=sent" in postfix.log_text()
     # RFC 7489 §7.1: collector.example published no example.net._report._dmarc record, so it got nothing.
     wait_for(lambda: "not sent to dmarc@collector.example" in peerage.log_text(), TIMEOUT, "the refusal logged")
-    sent = [s for s in _reports(peerage)["sent"] if s["policy_domain"] == "example.net"]
-    assert sent and all(s["outcome"] == "queued to dmarc@example.net" for s in sent)
+
+    # The outcome is written once the report is queued (it may reach Postfix first): wait for it.
+    def outcomes() -> bool:
+        sent = [s for s in _reports(peerage)["sent"] if s["policy_domain"] == "example.net"]
+        return bool(sent) and all(s["outcome"] == "queued to dmarc@example.net" for s in sent)
+
+    wait_for(outcomes, TIMEOUT, "the DMARC report's outcome")
 
 
 def _tls_reports(postfix: Postfix) -> list[tuple[email.message.EmailMessage, dict[str, object]]]:
@@ -235,5 +240,10 @@ def test_our_tls_reports_reach_the_rua_at_postfix(peerage: PeerageServer, postfi
     periods = [(m["TLS-Report-Domain"], d["date-range"]["start-datetime"])  # type: ignore[index]
                for m, d in _tls_reports(postfix)]
     assert len(periods) == len(set(periods))
-    sent = [s for s in _reports(peerage)["tls_sent"] if s["policy_domain"] == "dane-bad.example"]
-    assert sent and all(s["outcome"] == "queued to tlsrpt@example.net" for s in sent)
+
+    # The outcome is written once the report is queued (it may reach Postfix first): wait for it.
+    def outcomes() -> bool:
+        sent = [s for s in _reports(peerage)["tls_sent"] if s["policy_domain"] == "dane-bad.example"]
+        return bool(sent) and all(s["outcome"] == "queued to tlsrpt@example.net" for s in sent)
+
+    wait_for(outcomes, TIMEOUT, "the TLS report's outcome")
