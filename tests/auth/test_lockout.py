@@ -45,5 +45,5 @@ async def test_distributed_attack_delays_but_never_locks_out(server: PeerageServ
     reply = await imap_login(ADDRESS, "127.0.7.23", ALICE, PASSWORD)
     took = time.monotonic() - started
     assert b"OK" in reply, reply
-    assert 1.5 < took < 10, took  # delayed (2 s), not refused
+    assert 1.5 < took < 20, took  # delayed (2 s), not refused
     assert "<success" in await xmpp_login(ADDRESS, DOMAIN, "127.0.7.24", "alice@example.org", PASSWORD)

@@ -18,7 +18,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "driver.mjs"
 PLAYWRIGHT = HERE / "node_modules" / "playwright-core"
-COMMAND_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 45.0  # past the driver's own default bound (30 s, driver.mjs DEFAULT_TIMEOUT_MS)
 START_TIMEOUT = 60.0
 ANSWER_MARGIN = 10.0  # seconds past a driver-side bound before the driver itself counts as stuck
 
@@ -120,10 +120,10 @@ class Browser:
     def type(self, text: str, **kw: Any) -> None:
         self.do("type", text=text, **kw)
 
-    def wait_for(self, selector: str, timeout: float = 10.0, **kw: Any) -> Any:
+    def wait_for(self, selector: str, timeout: float = 30.0, **kw: Any) -> Any:
         return self.do("waitFor", selector=selector, timeout=int(timeout * 1000), **kw)
 
-    def wait_until(self, expression: str, timeout: float = 10.0, **kw: Any) -> Any:
+    def wait_until(self, expression: str, timeout: float = 30.0, **kw: Any) -> Any:
         return self.do("waitForFunction", expression=expression, timeout=int(timeout * 1000), **kw)
 
     def eval(self, expression: str, **kw: Any) -> Any:

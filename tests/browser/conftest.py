@@ -175,7 +175,7 @@ def deliver(message: EmailMessage | bytes, sender: str, recipients: list[str], *
             host: str = PEERAGE_ADDRESS) -> None:
     """Hand a message to an MX on port 25 (peerage's, or Postfix's to relay it)."""
     data = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
-    with smtplib.SMTP(host, 25, source_address=(CLIENT_ADDRESS, 0), timeout=20) as client:
+    with smtplib.SMTP(host, 25, source_address=(CLIENT_ADDRESS, 0), timeout=30) as client:
         client.ehlo("client.example.net")
         if client.has_extn("starttls"):
             client.starttls(context=unverified_context())
@@ -197,7 +197,7 @@ def make_message(subject: str, body: str = "Hello Alice.", *, sender: str = CARO
 
 
 def imap_login() -> imaplib.IMAP4_SSL:
-    client = imaplib.IMAP4_SSL(PEERAGE_ADDRESS, 993, ssl_context=unverified_context(), timeout=20)
+    client = imaplib.IMAP4_SSL(PEERAGE_ADDRESS, 993, ssl_context=unverified_context(), timeout=30)
     client.login(ALICE, PASSWORD)
     return client
 
@@ -233,10 +233,10 @@ def login(browser: Browser, password: str = PASSWORD, *, account: str = ALICE, e
     # The answer is a navigation after an argon2id check: on a loaded machine that takes its time.
     browser.press("Enter", selector="#password", timeout=30000)
     if expect_mail:
-        browser.wait_for(".app .list", timeout=15)
+        browser.wait_for(".app .list", timeout=30)
 
 
-def wait_row(browser: Browser, subject: str, timeout: float = 15.0) -> None:
+def wait_row(browser: Browser, subject: str, timeout: float = 30.0) -> None:
     browser.wait_for(f'.row[data-subject="{subject}"]', timeout=timeout)
 
 

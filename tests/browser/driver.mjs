@@ -15,6 +15,9 @@ const allowHosts = new Set(options.allowHosts || []);
 const events = { requests: [], blocked: [], console: [], errors: [], dialogs: [] };
 const pages = new Map();
 let acceptConfirm = true;
+// The bound of a command that names none: a page load or a server round trip on a loaded 2-core CI
+// machine running three test areas at once; a command whose event comes sooner returns sooner.
+const DEFAULT_TIMEOUT_MS = 30000;
 
 const rules = Object.entries(options.hosts || {}).map(([name, ip]) => `MAP ${name} ${ip}`);
 rules.push('MAP * ~NOTFOUND');
@@ -80,47 +83,47 @@ function page(cmd) {
 async function frameOf(cmd) {
   const p = page(cmd);
   if (!cmd.frame) return p;
-  const handle = await p.waitForSelector(cmd.frame, { timeout: cmd.timeout ?? 10000 });
+  const handle = await p.waitForSelector(cmd.frame, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS });
   const frame = await handle.contentFrame();
   if (!frame) throw new Error(`${cmd.frame} is not a frame`);
   return frame;
 }
 
 const ops = {
-  async goto(cmd) { const res = await page(cmd).goto(cmd.url, { waitUntil: cmd.waitUntil || 'load', timeout: cmd.timeout ?? 15000 }); return { status: res?.status() ?? null, url: page(cmd).url() }; },
+  async goto(cmd) { const res = await page(cmd).goto(cmd.url, { waitUntil: cmd.waitUntil || 'load', timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS }); return { status: res?.status() ?? null, url: page(cmd).url() }; },
   async open(cmd) {
     const p = await context.newPage();
     watch(p, cmd.name);
     pages.set(cmd.name, p);
-    if (cmd.url) await p.goto(cmd.url, { timeout: cmd.timeout ?? 15000 });
+    if (cmd.url) await p.goto(cmd.url, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS });
     return { url: p.url() };
   },
   async closePage(cmd) { await page(cmd).close(); pages.delete(cmd.page); return null; },
   async url(cmd) { return page(cmd).url(); },
-  async reload(cmd) { await page(cmd).reload({ timeout: cmd.timeout ?? 15000 }); return null; },
-  async click(cmd) { await (await frameOf(cmd)).click(cmd.selector, { timeout: cmd.timeout ?? 10000, modifiers: cmd.modifiers }); return null; },
-  async fill(cmd) { await (await frameOf(cmd)).fill(cmd.selector, cmd.value, { timeout: cmd.timeout ?? 10000 }); return null; },
+  async reload(cmd) { await page(cmd).reload({ timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS }); return null; },
+  async click(cmd) { await (await frameOf(cmd)).click(cmd.selector, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS, modifiers: cmd.modifiers }); return null; },
+  async fill(cmd) { await (await frameOf(cmd)).fill(cmd.selector, cmd.value, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS }); return null; },
   async press(cmd) {
-    if (cmd.selector) await (await frameOf(cmd)).press(cmd.selector, cmd.key, { timeout: cmd.timeout ?? 10000 });
+    if (cmd.selector) await (await frameOf(cmd)).press(cmd.selector, cmd.key, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS });
     else await page(cmd).keyboard.press(cmd.key);
     return null;
   },
   // Key presses for each character at the focused element (or `selector`), as a person types.
   async type(cmd) {
-    if (cmd.selector) await (await frameOf(cmd)).locator(cmd.selector).pressSequentially(cmd.text, { timeout: cmd.timeout ?? 10000 });
+    if (cmd.selector) await (await frameOf(cmd)).locator(cmd.selector).pressSequentially(cmd.text, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS });
     else await page(cmd).keyboard.type(cmd.text);
     return null;
   },
   async waitFor(cmd) {
     const t0 = Date.now();
-    await (await frameOf(cmd)).waitForSelector(cmd.selector, { state: cmd.state || 'visible', timeout: cmd.timeout ?? 10000 });
+    await (await frameOf(cmd)).waitForSelector(cmd.selector, { state: cmd.state || 'visible', timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS });
     return { ms: Date.now() - t0 };
   },
   // Polls with evaluate (which the page's CSP does not govern) instead of page.waitForFunction, whose
   // predicate is compiled inside the page and so needs 'unsafe-eval' there.
   async waitForFunction(cmd) {
     const t0 = Date.now();
-    const limit = cmd.timeout ?? 10000;
+    const limit = cmd.timeout ?? DEFAULT_TIMEOUT_MS;
     let last = null;
     for (;;) {
       try {
@@ -130,14 +133,14 @@ const ops = {
       await new Promise((r) => setTimeout(r, 50));
     }
   },
-  async waitForURL(cmd) { await page(cmd).waitForURL(cmd.pattern ? new RegExp(cmd.pattern) : cmd.url, { timeout: cmd.timeout ?? 10000 }); return page(cmd).url(); },
+  async waitForURL(cmd) { await page(cmd).waitForURL(cmd.pattern ? new RegExp(cmd.pattern) : cmd.url, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS }); return page(cmd).url(); },
   async setFiles(cmd) {
     const files = cmd.files.map((f) => ({ name: f.name, mimeType: f.type, buffer: Buffer.from(f.base64, 'base64') }));
-    await (await frameOf(cmd)).setInputFiles(cmd.selector, files, { timeout: cmd.timeout ?? 10000 });
+    await (await frameOf(cmd)).setInputFiles(cmd.selector, files, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS });
     return null;
   },
   async eval(cmd) { return (await frameOf(cmd)).evaluate(cmd.expression); },
-  async text(cmd) { return (await frameOf(cmd)).textContent(cmd.selector, { timeout: cmd.timeout ?? 10000 }); },
+  async text(cmd) { return (await frameOf(cmd)).textContent(cmd.selector, { timeout: cmd.timeout ?? DEFAULT_TIMEOUT_MS }); },
   async count(cmd) { return (await frameOf(cmd)).locator(cmd.selector).count(); },
   async screenshot(cmd) { await page(cmd).screenshot({ path: cmd.path, fullPage: !!cmd.fullPage }); return cmd.path; },
   async events() {

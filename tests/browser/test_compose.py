@@ -122,7 +122,7 @@ def test_reply_with_formatting_is_html_with_a_text_alternative_and_quotes_the_cl
     browser.eval("document.getElementById('compose-body').dispatchEvent(new InputEvent('input', {bubbles: true}))")
     browser.screenshot("formatted-reply")
     browser.click("#send")
-    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=20)
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=30)
     events = browser.events()
     assert not [r for r in events["blocked"] if "tracker.test" in r["url"]], events["blocked"]
     assert events["dialogs"] == [] and browser.eval("window.pwned === undefined")
@@ -256,7 +256,7 @@ def test_folders_are_created_renamed_and_deleted_with_the_servers_errors_shown(p
     finally:
         client.logout()
     browser.wait_until(f"document.querySelector({json.dumps(folder_item('Reports') + ' .folder-counts')})"
-                       "?.textContent.startsWith('1 message')", timeout=15)
+                       "?.textContent.startsWith('1 message')", timeout=30)
     browser.click(f"{folder_item('Reports')} .delete")
     browser.wait_for(f"{folder_item('Reports')} .remove-emails")
     browser.click(f"{folder_item('Reports')} .confirm-delete")

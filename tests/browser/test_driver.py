@@ -14,7 +14,7 @@ PAGE = "data:text/html,<title>bounds</title><p id=p>waiting</p>"
 
 def test_wait_bounds_reach_the_driver(browser: Browser) -> None:
     browser.goto(PAGE)
-    # Longer than the driver's 10 s default: true only after 11 s, and waited for.
+    # Longer than playwright's own 10 s cap: true only after 11 s, and waited for.
     browser.eval("window.t0 = Date.now(); setTimeout(() => { window.late = true; "
                  "document.getElementById('p').className = 'late'; }, 11000)")
     browser.wait_until("window.late === true", timeout=16)

@@ -20,7 +20,7 @@ from tests.harness import PeerageServer
 
 def test_login_sets_a_strict_host_only_cookie_and_opens_the_webmail(peerage: PeerageServer, browser: Browser) -> None:
     login(browser, expect_mail=False)
-    browser.do("waitForURL", pattern=r"/mail/", timeout=15000)
+    browser.do("waitForURL", pattern=r"/mail/", timeout=30000)
     browser.screenshot("after-login")
     cookies = browser.do("cookies", urls=[ORIGIN])
     session = [c for c in cookies if c["name"].startswith("__Host-")]
@@ -69,11 +69,11 @@ document.getElementById("f").submit();
     attacker = SideServer(ATTACKER_ADDRESS, SIDE_PORT, {"/": ("text/html", attack)}).start()
     try:
         login(browser, expect_mail=False)
-        browser.do("waitForURL", pattern=r"/mail/", timeout=15000)
+        browser.do("waitForURL", pattern=r"/mail/", timeout=30000)
         browser.events()
         browser.do("open", name="attacker", url=f"http://attacker.test:{SIDE_PORT}/")
         browser.do("waitForFunction", page="attacker", expression="window.results && 'api' in window.results && 'session' in window.results",
-                   timeout=10000)
+                   timeout=30000)
         browser.eval("new Promise(r => setTimeout(r, 1000))", page="attacker")
         results = browser.eval("window.results", page="attacker")
         browser.screenshot("attacker")

@@ -69,7 +69,7 @@ def test_read_mail_from_postfix_and_see_new_mail_arrive_live(peerage: PeerageSer
 
     browser.eval("window.sameDocument = 'yes'")
     deliver(make_message("Arrived while you watched"), CAROL, [ALICE])
-    wait_row(browser, "Arrived while you watched", timeout=20)
+    wait_row(browser, "Arrived while you watched", timeout=30)
     assert browser.eval("window.sameDocument") == "yes", "the page reloaded"
     assert 'unread' in browser.eval("document.querySelector('.row[data-subject=\"Arrived while you watched\"]').className")
     browser.screenshot("live-arrival")
@@ -111,7 +111,7 @@ def test_reply_reaches_postfix_with_valid_dkim(peerage: PeerageServer, postfix: 
     type_at_editor_start(browser, "Yes, Saturday works for me.")
     browser.screenshot("reply")
     browser.click("#send")
-    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=20)
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=30)
     received = wait_for(lambda: _maildir_with(postfix, "carol", "Re: Dinner on Saturday?"), DELIVERY_TIMEOUT,
                         "the reply at Postfix")
     assert received is not None
@@ -141,7 +141,7 @@ def test_search(peerage: PeerageServer, browser: Browser) -> None:
     browser.press("Enter", selector="#search")
     browser.wait_until("document.querySelectorAll('.row[data-id]').length === 2 && "
                        "[...document.querySelectorAll('.row[data-id]')].every(r => r.dataset.subject.includes('Invoice'))",
-                       timeout=15)
+                       timeout=30)
     browser.screenshot("search")
     subjects = browser.eval("[...document.querySelectorAll('.row[data-id]')].map(r => r.dataset.subject)")
     assert sorted(subjects) == ["Invoice 1042 from ACME", "Invoice 1043 from ACME"]
@@ -196,8 +196,8 @@ def test_flag_set_over_imap_shows_live(peerage: PeerageServer, browser: Browser)
         assert client.uid("STORE", uid, "+FLAGS", "(\\Flagged \\Seen)")[0] == "OK"
     finally:
         client.logout()
-    browser.wait_for(f"{row} .flag.on", timeout=15)
-    browser.wait_until(f"!document.querySelector('{row}').classList.contains('unread')", timeout=10)
+    browser.wait_for(f"{row} .flag.on", timeout=30)
+    browser.wait_until(f"!document.querySelector('{row}').classList.contains('unread')", timeout=30)
     assert browser.eval("window.sameDocument") == "yes"
     browser.screenshot("flag-live")
 
@@ -205,7 +205,7 @@ def test_flag_set_over_imap_shows_live(peerage: PeerageServer, browser: Browser)
 def test_logout(peerage: PeerageServer, browser: Browser) -> None:
     login(browser)
     browser.click("#logout")
-    browser.do("waitForURL", pattern=r"/login", timeout=15000)
+    browser.do("waitForURL", pattern=r"/login", timeout=30000)
     assert browser.eval("fetch('/auth/session').then(r => r.status)") == 401
     browser.goto(f"{ORIGIN}/mail/")
     browser.wait_for("#account")
@@ -307,13 +307,13 @@ def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageSe
     payload = b"%PDF-1.4 minutes of the meeting\n"
     browser.do("setFiles", selector=".compose input[type=file]",
                files=[{"name": "minutes.pdf", "type": "application/pdf", "base64": base64.b64encode(payload).decode()}])
-    browser.wait_until("document.querySelector('.compose-attachments .att-size')?.textContent.includes('B')", timeout=15)
+    browser.wait_until("document.querySelector('.compose-attachments .att-size')?.textContent.includes('B')", timeout=30)
     browser.click("#save-draft")
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Draft saved')")
     wait_for(lambda: imap_find("Drafts", "The minutes, attached") or None, 10, "the draft in Drafts")
     browser.screenshot("compose-attachment")
     browser.click("#send")
-    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=20)
+    browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=30)
     received = wait_for(lambda: _maildir_with(postfix, "carol", "The minutes, attached"), DELIVERY_TIMEOUT,
                         "the message at Postfix")
     assert received is not None

@@ -3,7 +3,7 @@
 Areas share that server within a run; a test that builds tables by hand (not through the migrations)
 or reads whole tables takes a fresh database beside the shared one, so it neither trips a later
 `Store.migrate()` on the shared database ("relation ... already exists") nor sees other tests' rows.
-`empty_database` gives one with no tables on either engine and drops it afterwards.
+`fresh_database` and `empty_database` (either engine) give one with no tables and drop it afterwards.
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 
 @asynccontextmanager
-async def empty_database(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> AsyncIterator[str]:
-    """The URL of a database with no tables at all, on the engine `request.param` names ("sqlite" or
-    "postgresql"): a file in `tmp_path`, or ``<prefix>_<random>`` created on the test PostgreSQL server
-    and dropped at the end, even while a connection the test left open still holds it."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
-        return
-    server = make_url(request.getfixturevalue("postgres_url"))
+async def fresh_database(server_url: str, prefix: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database ``<prefix>_<random>`` on the PostgreSQL server of `server_url`,
+    dropped at the end, even while a connection the test left open still holds it."""
+    server = make_url(server_url)
     name = f"{prefix}_{secrets.token_hex(6)}"
     admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
     try:
@@ -40,6 +36,17 @@ async def empty_database(request: pytest.FixtureRequest, tmp_path: Path, prefix:
                 await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.dispose()
+
+
+@asynccontextmanager
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> AsyncIterator[str]:
+    """The URL of a database with no tables at all, on the engine `request.param` names ("sqlite" or
+    "postgresql"): a file in `tmp_path`, or a `fresh_database` on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
+        return
+    async with fresh_database(request.getfixturevalue("postgres_url"), prefix) as url:
+        yield url
 
 
 async def own_database(url: str, prefix: str) -> str:

@@ -10,9 +10,13 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 POLL_INTERVAL = 0.02
+# The bound when a caller names none: long enough for a server round trip on a loaded 2-core CI
+# machine running three test areas at once. A wait returns as soon as its condition holds, so a long
+# bound costs nothing unless the event never comes.
+DEFAULT_TIMEOUT = 30.0
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT, message: str = "condition") -> T:
     """Return the first truthy value of `predicate()`; raise AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -25,7 +29,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, message: str = "
 
 
 async def async_wait_for(
-    predicate: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 10.0, message: str = "condition"
+    predicate: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = DEFAULT_TIMEOUT, message: str = "condition"
 ) -> Any:
     """Async version: `predicate` may be a plain or a coroutine function."""
     deadline = time.monotonic() + timeout

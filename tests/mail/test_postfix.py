@@ -112,7 +112,8 @@ def test_peerage_to_postfix_over_starttls_with_valid_dkim(peerage: PeerageServer
     signatures = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
     assert len(signatures) == 2
     assert all(verifier.verify(idx=i, dnsfunc=lookup.dkim_txt) for i in range(len(signatures)))
-    assert "TLS connection established from" in postfix.log_text()
+    wait_for(lambda: "TLS connection established from" in postfix.log_text(), DELIVERY_TIMEOUT,
+             "postfix's TLS log line")  # written through postlogd, on its own time
     # example.net enforces MTA-STS: the certificate was verified against the policy's MX name.
     # Postfix files the message before peerage reads its 250 and logs the delivery: wait for the line.
     wait_for(lambda: "to carol@example.net" in peerage.log_text(), DELIVERY_TIMEOUT, "the delivery log line")

@@ -165,7 +165,7 @@ def test_our_aggregate_report_reaches_the_rua_at_postfix(peerage: PeerageServer,
     row = next(r for r in report.rows if r.source == POSTFIX_ADDRESS)
     assert (row.header_from, row.disposition, row.spf, row.dkim) == ("example.net", "none", "pass", "fail")
     assert row.count >= 1
-    assert "status=sent" in postfix.log_text()
+    wait_for(lambda: "status=sent" in postfix.log_text(), TIMEOUT, "postfix's delivery log line")  # after filing
     # RFC 7489 §7.1: collector.example published no example.net._report._dmarc record, so it got nothing.
     wait_for(lambda: "not sent to dmarc@collector.example" in peerage.log_text(), TIMEOUT, "the refusal logged")
 

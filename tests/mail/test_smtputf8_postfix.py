@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import smtplib
 from collections.abc import Iterator
 
@@ -102,8 +103,9 @@ def test_peerage_to_postfix_with_a_utf8_recipient(peerage: PeerageServer, postfi
     parsed = email.message_from_bytes(received, policy=email.policy.SMTPUTF8)
     assert parsed["To"] == ZOE
     assert "Grüße aus peerage." in received.decode()
-    # Postfix logged the UTF-8 recipient and the SMTPUTF8 transaction.
-    assert f"to=<{ZOE}>" in postfix.log_text()
+    # Postfix logged the UTF-8 recipient and the SMTPUTF8 transaction (local(8) logs after it has
+    # filed the message, through postlogd: wait for the line).
+    wait_for(lambda: f"to=<{ZOE}>" in postfix.log_text(), DELIVERY_TIMEOUT, "postfix's delivery log line")
 
 
 def test_peerage_to_a_peer_without_smtputf8_bounces_with_an_rfc6533_dsn(peerage: PeerageServer,
@@ -170,7 +172,9 @@ def test_utf8_headers_to_a_peer_without_smtputf8_are_downgraded(peerage: Peerage
     assert "dave@legacy.example" not in text.split("Content-Type: message/global\r\n")[0].split(
         "message/global-delivery-status")[1]
     assert "does not offer SMTPUTF8" in text
-    assert "status=sent" in legacy.log_text() and "to=<dave@legacy.example>" in legacy.log_text()
+    # local(8) logs after it has filed the message, through postlogd: wait for the line.
+    wait_for(lambda: re.search(r"to=<dave@legacy\.example>.*status=sent", legacy.log_text()), DELIVERY_TIMEOUT,
+             "the legacy peer's delivery log line")
 
 
 def test_ascii_mail_to_a_peer_without_smtputf8_still_goes(peerage: PeerageServer, legacy: Postfix) -> None:

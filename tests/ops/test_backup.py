@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import PeerageServer, wait_for
+from tests.harness.postgres import fresh_database
 from tests.sip.ua import UdpUA
 from tests.xmpp.rawclient import RawClient
 
@@ -45,7 +46,12 @@ async def test_backup_while_serving_restores_identical_state(tmp_path: Path) -> 
         await alice.send("<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Alice A.</FN></vCard></iq>")
         await alice.read_until("id='v1'")
         await alice.send("<message to='bob@b.test' type='chat' id='m1'><body>while you were out</body></message>")
-        await asyncio.sleep(0.5)  # stored offline for bob, archived for alice
+        # Stored offline for bob, and archived: the archive is written behind, and an archive query is
+        # answered only once what is buffered is written (XEP-0313), so the backup cannot miss it.
+        await asyncio.to_thread(server.wait_rows, "SELECT 1 FROM xmpp_offline WHERE owner = ?", ("bob@b.test",))
+        await alice.send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2'/></iq>")
+        await alice.read_until("id='q1'")
+        await asyncio.to_thread(server.wait_rows, "SELECT 1 FROM xmpp_archive WHERE owner = ?", ("alice@b.test",))
 
         def mail() -> None:
             with smtplib.SMTP(ADDRESS, 25, timeout=10) as smtp:
@@ -63,7 +69,8 @@ async def test_backup_while_serving_restores_identical_state(tmp_path: Path) -> 
         await asyncio.to_thread(wait_for, lambda: any((server.data_dir).rglob("*")), 5, "data")
         # Alice logs out before the backup: her last activity (XEP-0012) is written then, not after it.
         await alice.close()
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.wait_rows, "SELECT 1 FROM xmpp_last_activity WHERE owner = ?",
+                                ("alice@b.test",))
 
         result = server.cli("backup", str(tmp_path / "backups"))
         assert "Backed up to" in result.stdout
@@ -113,16 +120,7 @@ def test_restore_refuses_a_running_server_and_a_damaged_backup(tmp_path: Path) -
 
 
 async def test_postgresql_backup_and_restore(tmp_path: Path, postgres_url: str) -> None:
-    import uuid
-
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    name = f"peerage_backup_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    async with fresh_database(postgres_url, "peerage_backup") as url:
         server = PeerageServer(tmp_path / "site", ["pg.test"], "127.0.8.53", config={"database": {"url": url}})
         for user in ("dora", "ed"):
             await asyncio.to_thread(server.add_user, f"{user}@pg.test", PASSWORD)
@@ -134,7 +132,3 @@ async def test_postgresql_backup_and_restore(tmp_path: Path, postgres_url: str) 
         assert restored.returncode == 0, restored.stderr
         listed = await asyncio.to_thread(server.cli, "user", "list")
         assert listed.stdout.split() == ["dora@pg.test", "ed@pg.test"]
-    finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.dispose()

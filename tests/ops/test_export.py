@@ -59,7 +59,10 @@ async def test_export_then_import_into_another_server(tmp_path: Path, fmt: str) 
                          "name='Bob'><group>Friends</group></item></query></iq>")
         await alice.read_until("id='r1'")
         await alice.send("<message to='bob@x.test' type='chat'><body>archived line</body></message>")
-        await asyncio.sleep(0.5)
+        # An archive query is answered once the buffered archive is written (XEP-0313).
+        await alice.send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2'/></iq>")
+        await alice.read_until("id='q1'")
+        await asyncio.to_thread(source.wait_rows, "SELECT 1 FROM xmpp_archive WHERE owner = ?", ("alice@x.test",))
         await alice.close()
 
         def mail() -> None:
@@ -69,7 +72,8 @@ async def test_export_then_import_into_another_server(tmp_path: Path, fmt: str) 
                                   f"From: someone@elsewhere.test\r\nTo: alice@x.test\r\nSubject: n{n}\r\n\r\nbody {n}\r\n")
 
         await asyncio.to_thread(mail)
-        await asyncio.sleep(1)
+        await asyncio.to_thread(source.wait_rows, "SELECT m.uid FROM mail_messages m JOIN mail_mailboxes b "
+                                "ON b.id = m.mailbox_id WHERE b.owner = ?", ("alice@x.test",), 2)
     finally:
         source.stop()
     out = tmp_path / "alice"

@@ -165,18 +165,19 @@ def test_a_slow_drip_is_cut_at_the_authentication_deadline(server: PeerageServer
     raw = RawSieve(source="127.0.17.104")
     started = time.monotonic()
     answer = b""
-    for byte in b'AUTHENTICATE "PLAIN" "' + b"A" * 60:
+    late = 8  # seconds a loaded CI machine may be late with the cut; the drip lasts longer
+    for byte in b'AUTHENTICATE "PLAIN" "' + b"A" * 200:
         try:
             raw.send(bytes([byte]))
         except (BrokenPipeError, ConnectionResetError):
             break
         time.sleep(0.1)
-        if time.monotonic() - started > AUTH_DEADLINE + 3:
+        if time.monotonic() - started > AUTH_DEADLINE + late:
             break
     with contextlib.suppress(ConnectionError, OSError):
         answer = b"\n".join(raw.response())
     elapsed = time.monotonic() - started
-    assert elapsed < AUTH_DEADLINE + 3
+    assert elapsed < AUTH_DEADLINE + late
     assert answer.startswith(b"BYE") or raw.closed()
 
 

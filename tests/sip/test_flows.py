@@ -424,7 +424,8 @@ def test_outbound_udp_keep_alives_bye_and_flow_failure(f_test: PeerageServer, tm
         process.wait(5)
         wait_for(lambda: not [c for c in _bindings("grace") if "reg-id=" in c], timeout=UDP_FLOW_TIMER * 2 + 10,
                  message="the dead flow's binding dropped")
-        assert "flow failed" in f_test.log_text()
+        # The registrar drops the binding, then writes it away, then logs: wait for the line.
+        wait_for(lambda: "flow failed" in f_test.log_text(), timeout=30, message="the flow failure logged")
         caller = UdpUA("127.0.3.158", (SERVER_IP, 5060), "alice", "visitor.test", PASSWORD)
         try:
             invite = caller.build("INVITE", f"sip:grace@{DOMAIN}", to=f"<sip:grace@{DOMAIN}>",
@@ -432,7 +433,7 @@ def test_outbound_udp_keep_alives_bye_and_flow_failure(f_test: PeerageServer, tm
             started = time.monotonic()
             caller.send_raw(invite.serialize())
             assert _final(caller, invite.call_id) == 480  # nobody there, said at once (not Timer B's 408)
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 10  # Timer B would take 32 s
         finally:
             caller.close()
     finally:

@@ -47,7 +47,7 @@ def dns() -> LocalDNS:
 
 
 async def test_resolver_against_local_dns(dns: LocalDNS) -> None:
-    resolver = Resolver(DnsConfig(nameservers=[DNS_ADDRESS], port=53, timeout=2.0))
+    resolver = Resolver(DnsConfig(nameservers=[DNS_ADDRESS], port=53, timeout=10.0))
     srv = await resolver.srv("_xmpp-server._tcp.a.test")
     assert [(s.host, s.port) for s in srv] == [("xmpp2.a.test", 5270), ("xmpp.a.test", 5269)]
     assert [m.host for m in await resolver.mx("a.test")] == ["mx1.a.test", "mx2.a.test"]

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from peerage.mail.mailbox import deliver, store_for
+from tests.harness import async_wait_for
 from tests.web.conftest import USER, Jmap, WebHost
 
 
@@ -449,13 +450,9 @@ async def test_eventsource_wakes_on_delivery(mailhost: WebHost) -> None:
                     events.append(json.loads(line[5:]))
 
     task = asyncio.create_task(listen())
-    for _ in range(50):
-        if events:
-            break
-        await asyncio.sleep(0.05)
-    assert events, "no initial state event"
+    await async_wait_for(lambda: events, 30, "the initial state event")
     await deliver(mailhost.host, USER, message("push"))
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, 30)
     assert len(events) == 2
     changed = events[1]["changed"]
     assert isinstance(changed, dict) and "Email" in changed[jmap.account]
@@ -511,13 +508,8 @@ async def test_vacation_response_is_sent_once_and_not_to_lists(mailhost: WebHost
     store = store_for(mailhost.host)
     inbox = await store.get_mailbox(USER, "INBOX")
     assert inbox is not None
-    rows: list = []
-    for _ in range(100):
-        rows = await store.messages(inbox.id, None, with_header=True)
-        if rows:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+    await async_wait_for(lambda: store.messages(inbox.id, None, with_header=True), 30, "the vacation response")
+    await asyncio.sleep(0.3)  # a second response, if any, would be there too
     rows = await store.messages(inbox.id, None, with_header=True)
     assert len(rows) == 1, [r.header for r in rows]
     header = rows[0].header

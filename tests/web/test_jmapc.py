@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from peerage.mail.mailbox import deliver
+from tests.harness import async_wait_for
 from tests.web.conftest import DOMAIN, HTTPS_PORT, PASSWORD, USER, next_address, start_host, stop_host
 
 jmapc = pytest.importorskip("jmapc")
@@ -141,17 +142,9 @@ async def test_jmapc_event_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
         thread = threading.Thread(target=listen, daemon=True)
         thread.start()
-        for _ in range(100):
-            if ready.is_set():
-                break
-            await asyncio.sleep(0.05)
-        assert got, "no initial state event"
+        await async_wait_for(lambda: got, 30, "the initial state event")
         await deliver(server.host, USER, b"From: x@remote.example\r\nSubject: push\r\n\r\nbody\r\n")
-        for _ in range(100):
-            if len(got) >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert len(got) >= 2
+        await async_wait_for(lambda: len(got) >= 2, 30, "the state event after a delivery")
         changes = got[1].data.changed  # type: ignore[attr-defined]
         assert next(iter(changes.values())).email
     finally:

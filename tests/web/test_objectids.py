@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from peerage.mail.mailbox import deliver
+from tests.harness import async_wait_for
 from tests.web.conftest import PASSWORD, USER, Jmap, WebHost
 
 
@@ -168,10 +169,8 @@ async def test_login_starts_loading_the_mail(mailhost: WebHost, caplog: pytest.L
         await deliver(mailhost.host, USER, message(f"warm {n}"))
     caplog.set_level(logging.INFO, logger="peerage.mail.jmap.api")
     await mailhost.login()
-    for _ in range(100):
-        if any("JMAP index of" in r.getMessage() for r in caplog.records):
-            break
-        await asyncio.sleep(0.05)
+    await async_wait_for(lambda: any("JMAP index of" in r.getMessage() for r in caplog.records), 30,
+                         "the JMAP index loaded")
     (line,) = [r.getMessage() for r in caplog.records if "JMAP index of" in r.getMessage()]
     assert f"JMAP index of {USER} loaded: 3 emails" in line
 

@@ -4,18 +4,17 @@ PostgreSQL tsvector, written with the message and removed with its last copy."""
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from peerage.mail.jmap.mime import searchable_text
 from peerage.mail.mailbox import MailboxStore, deliver, store_for
 from peerage.mail.mailbox.search import TABLE
 from peerage.store import Store
+from tests.harness.postgres import empty_database
 from tests.web.conftest import USER, Jmap, WebHost
 
 PLAIN = b"Subject: plain\r\n\r\nThe quick brown fox jumps over the lazy dog\r\n"
@@ -27,26 +26,13 @@ ENCODED = (b"Subject: encoded\r\nContent-Type: text/plain; charset=utf-8\r\nCont
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MailboxStore]:
-    admin = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'peerage.db'}"
-    else:
-        server = request.getfixturevalue("postgres_url")
-        name = f"peerage_fts_{uuid.uuid4().hex[:12]}"
-        admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        url = server.rsplit("/", 1)[0] + "/" + name
-    database = Store(url)
-    await database.migrate()
-    try:
-        yield MailboxStore(database.engine, tmp_path, extract=searchable_text)
-    finally:
-        await database.close()
-        if admin is not None:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await admin.dispose()
+    async with empty_database(request, tmp_path, "peerage_fts") as url:
+        database = Store(url)
+        await database.migrate()
+        try:
+            yield MailboxStore(database.engine, tmp_path, extract=searchable_text)
+        finally:
+            await database.close()
 
 
 async def entries(store: MailboxStore) -> int:

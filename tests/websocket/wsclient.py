@@ -24,7 +24,7 @@ BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 SM = "urn:xmpp:sm:3"
 STREAMS = "http://etherx.jabber.org/streams"
 CLIENT = "jabber:client"
-TIMEOUT = 10.0
+TIMEOUT = 30.0  # one server round trip on a loaded 2-core CI machine; a reply that comes sooner returns sooner
 
 
 def q(ns: str, name: str) -> str:

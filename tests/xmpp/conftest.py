@@ -21,7 +21,7 @@ PASSWORD = "correct horse battery staple"
 DOMAINS = ["a.test", "b.test"]
 USERS = [f"{name}@{domain}" for domain in DOMAINS
          for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")]
-CONNECT_TIMEOUT = 15.0
+CONNECT_TIMEOUT = 30.0  # a login (TLS, SCRAM, roster) on a loaded 2-core CI machine
 
 
 def start_server(workdir: Path, address: str, users: list[str], config: dict | None = None) -> PeerageServer:
@@ -49,7 +49,7 @@ class Client(slixmpp.ClientXMPP):
     their own bounds and password (tests/xmppx)."""
 
     connect_timeout = CONNECT_TIMEOUT
-    message_timeout = 10.0
+    message_timeout = 30.0  # a loaded 2-core CI machine; a message that comes sooner returns sooner
 
     def __init__(self, jid: str, password: str = PASSWORD, plugins: tuple[str, ...] = ()) -> None:
         super().__init__(jid, password)
