@@ -144,7 +144,7 @@ def test_reply_with_formatting_is_html_with_a_text_alternative_and_quotes_the_cl
     assert "Count me in, gladly." in text, text
     assert "- bring a map\n- bring water" in text, text
     assert "> The plan for Friday:" in text and "> - lunch at noon" in text, text
-    wait_for(lambda: imap_find("Sent", "Re: Friday plans") or None, 10, "the reply in Sent")
+    wait_for(lambda: imap_find("Sent", "Re: Friday plans") or None, 30, "the reply in Sent")
 
 
 def test_link_button_and_draft_keeps_the_formatting(peerage: PeerageServer, browser: Browser) -> None:
@@ -173,7 +173,7 @@ def test_link_button_and_draft_keeps_the_formatting(peerage: PeerageServer, brow
     browser.wait_for('#compose-body a[href="https://example.net/page"]')
     browser.click("#save-draft")
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Draft saved')")
-    wait_for(lambda: imap_find("Drafts", "Formatted draft") or None, 10, "the draft in Drafts")
+    wait_for(lambda: imap_find("Drafts", "Formatted draft") or None, 30, "the draft in Drafts")
     browser.press("Escape")
     browser.wait_for(".compose", state="detached")
     # Reopened from Drafts, the editor shows the formatting it was saved with.
@@ -183,7 +183,7 @@ def test_link_button_and_draft_keeps_the_formatting(peerage: PeerageServer, brow
     browser.wait_for('.compose #compose-body a[href="https://example.net/page"] i, .compose #compose-body i a[href="https://example.net/page"]')
     assert "see this page" in browser.text("#compose-body")
     browser.click(".compose .danger")  # Discard: the draft goes
-    wait_for(lambda: not imap_find("Drafts", "Formatted draft") or None, 10, "the draft discarded")
+    wait_for(lambda: not imap_find("Drafts", "Formatted draft") or None, 30, "the draft discarded")
 
 
 def imap_folders() -> list[str]:
@@ -214,7 +214,7 @@ def test_folders_are_created_renamed_and_deleted_with_the_servers_errors_shown(p
     browser.click("#folder-create")
     browser.wait_for(folder_item("Projects"))
     browser.wait_for('.sidebar .folder[data-mailbox="Projects"]')
-    wait_for(lambda: "Projects" in imap_folders() or None, 10, "Projects over IMAP")
+    wait_for(lambda: "Projects" in imap_folders() or None, 30, "Projects over IMAP")
     # The same name again: the server's invalidProperties, said plainly.
     browser.fill("#folder-new-name", "Projects")
     browser.click("#folder-create")
@@ -226,7 +226,7 @@ def test_folders_are_created_renamed_and_deleted_with_the_servers_errors_shown(p
                " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
     browser.click("#folder-create")
     browser.wait_for(folder_item("Reports"))
-    wait_for(lambda: "Projects/Reports" in imap_folders() or None, 10, "Projects/Reports over IMAP")
+    wait_for(lambda: "Projects/Reports" in imap_folders() or None, 30, "Projects/Reports over IMAP")
     browser.screenshot("folders")
 
     # Rename the parent: the child moves with it (IMAP sees both renamed).
@@ -234,7 +234,7 @@ def test_folders_are_created_renamed_and_deleted_with_the_servers_errors_shown(p
     browser.fill(f"{folder_item('Projects')} .rename-name", "Projects 2026")
     browser.click(f"{folder_item('Projects')} .save")
     browser.wait_for(folder_item("Projects 2026"))
-    wait_for(lambda: {"Projects 2026", "Projects 2026/Reports"} <= set(imap_folders()) or None, 10, "renamed over IMAP")
+    wait_for(lambda: {"Projects 2026", "Projects 2026/Reports"} <= set(imap_folders()) or None, 30, "renamed over IMAP")
     assert "Projects" not in imap_folders()
 
     # Delete the parent: mailboxHasChild, shown plainly; nothing is deleted.
@@ -267,7 +267,7 @@ def test_folders_are_created_renamed_and_deleted_with_the_servers_errors_shown(p
     browser.click(f"{folder_item('Reports')} .remove-emails")
     browser.click(f"{folder_item('Reports')} .confirm-delete")
     browser.wait_for(folder_item("Reports"), state="detached")
-    wait_for(lambda: "Projects 2026/Reports" not in imap_folders() or None, 10, "Reports gone over IMAP")
+    wait_for(lambda: "Projects 2026/Reports" not in imap_folders() or None, 30, "Reports gone over IMAP")
     browser.click(f"{folder_item('Projects 2026')} .delete")
     browser.click(f"{folder_item('Projects 2026')} .confirm-delete")
     browser.wait_for(folder_item("Projects 2026"), state="detached")
@@ -420,7 +420,7 @@ def test_plain_text_mode_sends_text_only(peerage: PeerageServer, browser: Browse
     assert browser.eval("document.querySelector('#compose-body').value").startswith("first bold")
     browser.click("#save-draft")
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Draft saved')")
-    uids = wait_for(lambda: imap_find("Drafts", "Plain words only") or None, 10, "the draft in Drafts")
+    uids = wait_for(lambda: imap_find("Drafts", "Plain words only") or None, 30, "the draft in Drafts")
     client = imap_login()
     try:
         client.select('"Drafts"')
@@ -443,4 +443,4 @@ def test_plain_text_mode_sends_text_only(peerage: PeerageServer, browser: Browse
     browser.wait_for(".compose div#compose-body")
     assert "first bold" in browser.text("#compose-body")
     browser.click(".compose .danger")
-    wait_for(lambda: not imap_find("Drafts", "Plain words only") or None, 10, "the draft discarded")
+    wait_for(lambda: not imap_find("Drafts", "Plain words only") or None, 30, "the draft discarded")

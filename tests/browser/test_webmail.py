@@ -65,7 +65,7 @@ def test_read_mail_from_postfix_and_see_new_mail_arrive_live(peerage: PeerageSer
     assert "Carol" in browser.text(".message-head")
     browser.screenshot("reading")
     # Read: the flag reached the store (IMAP sees \Seen).
-    wait_for(lambda: "\\Seen" in _flags("INBOX", "Hello from Postfix") or None, 10, "\\Seen over IMAP")
+    wait_for(lambda: "\\Seen" in _flags("INBOX", "Hello from Postfix") or None, 30, "\\Seen over IMAP")
 
     browser.eval("window.sameDocument = 'yes'")
     deliver(make_message("Arrived while you watched"), CAROL, [ALICE])
@@ -127,8 +127,8 @@ def test_reply_reaches_postfix_with_valid_dkim(peerage: PeerageServer, postfix: 
     assert all(verifier.verify(idx=i, dnsfunc=lookup.dkim_txt) for i in range(len(signatures)))
     assert b"d=example.org" in b"".join(signatures)
     # The sent copy is in Sent; the original is marked answered.
-    wait_for(lambda: imap_find("Sent", "Re: Dinner on Saturday?") or None, 10, "the reply in Sent")
-    wait_for(lambda: "\\Answered" in _flags("INBOX", "Dinner on Saturday?") or None, 10, "\\Answered")
+    wait_for(lambda: imap_find("Sent", "Re: Dinner on Saturday?") or None, 30, "the reply in Sent")
+    wait_for(lambda: "\\Answered" in _flags("INBOX", "Dinner on Saturday?") or None, 30, "\\Answered")
 
 
 def test_search(peerage: PeerageServer, browser: Browser) -> None:
@@ -162,20 +162,20 @@ def test_move_and_delete(peerage: PeerageServer, browser: Browser) -> None:
     browser.click("#move")
     browser.click('.move-menu button[data-mailbox="Projects"]')
     browser.wait_for('.row[data-subject="Move me to Projects"]', state="detached")
-    wait_for(lambda: imap_find("Projects", "Move me to Projects") or None, 10, "the message in Projects")
+    wait_for(lambda: imap_find("Projects", "Move me to Projects") or None, 30, "the message in Projects")
     assert not imap_find("INBOX", "Move me to Projects")
 
     open_message(browser, "Delete me")
     browser.click("#delete")
     browser.wait_for('.row[data-subject="Delete me"]', state="detached")
-    wait_for(lambda: imap_find("Trash", "Delete me") or None, 10, "the message in Trash")
+    wait_for(lambda: imap_find("Trash", "Delete me") or None, 30, "the message in Trash")
     assert not imap_find("INBOX", "Delete me")
     # Deleting from Trash destroys it, after a confirmation.
     browser.click('.folder[data-role="trash"]')
     open_message(browser, "Delete me")
     browser.click("#delete")
     browser.wait_for('.row[data-subject="Delete me"]', state="detached")
-    wait_for(lambda: not imap_find("Trash", "Delete me") or None, 10, "the message gone from Trash")
+    wait_for(lambda: not imap_find("Trash", "Delete me") or None, 30, "the message gone from Trash")
     browser.screenshot("trash-after-delete")
 
 
@@ -310,7 +310,7 @@ def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageSe
     browser.wait_until("document.querySelector('.compose-attachments .att-size')?.textContent.includes('B')", timeout=30)
     browser.click("#save-draft")
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Draft saved')")
-    wait_for(lambda: imap_find("Drafts", "The minutes, attached") or None, 10, "the draft in Drafts")
+    wait_for(lambda: imap_find("Drafts", "The minutes, attached") or None, 30, "the draft in Drafts")
     browser.screenshot("compose-attachment")
     browser.click("#send")
     browser.wait_until("document.querySelector('.toast')?.textContent.includes('Message sent')", timeout=30)
@@ -320,7 +320,7 @@ def test_signature_compose_with_attachment_draft_and_vacation(peerage: PeerageSe
     assert b"minutes.pdf" in received and base64.b64encode(payload) in received.replace(b"\n", b"")
     assert b"Here are the minutes.\n\n-- \nAlice Liddell\nexample.org" in received  # RFC 3676 separator kept
     # Sending replaced the draft: Drafts no longer has it.
-    wait_for(lambda: not imap_find("Drafts", "The minutes, attached") or None, 10, "the draft gone")
+    wait_for(lambda: not imap_find("Drafts", "The minutes, attached") or None, 30, "the draft gone")
 
     # Vacation response: switched on in settings, stored on the server.
     browser.click("text=Settings")
@@ -376,12 +376,12 @@ def test_keyboard_shortcuts_and_bulk_selection(peerage: PeerageServer, browser: 
     browser.press("Enter")
     browser.wait_until(f"document.querySelector('#reader-subject')?.textContent.includes({json.dumps(rows[1])})")
     # Opening marks it read; let that reach the server, as a person reading it would.
-    wait_for(lambda: "\\Seen" in _flags("INBOX", rows[1]) or None, 10, "\\Seen over IMAP")
+    wait_for(lambda: "\\Seen" in _flags("INBOX", rows[1]) or None, 30, "\\Seen over IMAP")
     browser.press("s")
-    wait_for(lambda: "\\Flagged" in _flags("INBOX", rows[1]) or None, 10, "\\Flagged over IMAP")
+    wait_for(lambda: "\\Flagged" in _flags("INBOX", rows[1]) or None, 30, "\\Flagged over IMAP")
     browser.wait_for("#flag.on")
     browser.press("u")
-    wait_for(lambda: "\\Seen" not in _flags("INBOX", rows[1]) or None, 10, "unseen again over IMAP")
+    wait_for(lambda: "\\Seen" not in _flags("INBOX", rows[1]) or None, 30, "unseen again over IMAP")
     browser.press("?")
     browser.wait_for('[aria-label="Keyboard shortcuts"]')
     browser.press("Escape")
@@ -393,6 +393,6 @@ def test_keyboard_shortcuts_and_bulk_selection(peerage: PeerageServer, browser: 
     browser.click(".bulk >> text=Delete")
     browser.wait_for(f'.row[data-subject="{rows[0]}"]', state="detached")
     browser.wait_for(f'.row[data-subject="{rows[1]}"]', state="detached")
-    wait_for(lambda: len(imap_find("Trash", "Keys")) == 2 or None, 10, "two in Trash")
+    wait_for(lambda: len(imap_find("Trash", "Keys")) == 2 or None, 30, "two in Trash")
     assert imap_find("INBOX", rows[2])
     browser.screenshot("after-bulk-delete")

@@ -264,7 +264,7 @@ async def test_failure_at_every_step_closes_and_backs_off(
         await _until(lambda: all(len(p.starts) >= ATTEMPTS for p in peers.values()), 30,
                      f"{ATTEMPTS} attempts at every peer")
         await queue.stop()
-        await _until(lambda: all(p.open_now == 0 for p in peers.values()), 5,
+        await _until(lambda: all(p.open_now == 0 for p in peers.values()), 30,
                      f"every connection closed: {[d for d, p in peers.items() if p.open_now]}")
         for domain, peer in peers.items():
             # No retry before its back-off: FIRST_RETRY, then twice that (rows hold whole seconds).

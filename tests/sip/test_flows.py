@@ -223,9 +223,18 @@ class TcpUA:
         return response
 
 
+def _server_side_open(address: str, port: int) -> bool:
+    """Whether the server still holds its end of the TCP connection from ``address:port``."""
+    listed = subprocess.run(["ss", "-tnH", "state", "established", "state", "close-wait"],
+                            capture_output=True, text=True, timeout=10, check=True).stdout
+    return any(line.split()[-1] == f"{address}:{port}" and line.split()[-2].startswith(f"{SERVER_IP}:")
+               for line in listed.splitlines() if line.strip())
+
+
 def _final(ua: UdpUA, call_id: str) -> int:
-    """The final status answering ``call_id`` (retransmissions of earlier calls skipped)."""
-    deadline = time.monotonic() + 5
+    """The final status answering ``call_id`` (retransmissions of earlier calls skipped), within 20 s:
+    a loaded CI machine, and still short of Timer B (32 s)."""
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         message = ua.receive(deadline - time.monotonic())
         if message is not None and message.method is None and message.call_id == call_id \
@@ -262,7 +271,9 @@ def test_outbound_gruu_and_flow_failure(f_test: PeerageServer) -> None:
             assert _final(caller, invite.call_id) == 486
 
         ua.sock.close()  # the flow fails
-        time.sleep(0.3)
+        # ...once the server has seen it: its end of the connection is gone (not ESTABLISHED or
+        # CLOSE-WAIT any more), or the INVITE would be written into the dying flow instead.
+        wait_for(lambda: not _server_side_open(ua.address, ua.port), 30, "the server closing the flow")
         invite = caller.build("INVITE", pub_gruu, to=f"<{pub_gruu}>", call_id=f"{os.urandom(4).hex()}@c")
         caller.send_raw(invite.serialize())
         assert _final(caller, invite.call_id) == 430  # RFC 5626 §5.3: Flow Failed

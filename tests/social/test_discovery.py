@@ -8,7 +8,7 @@ from tests.harness.ca import TestCA
 from tests.harness.server import PeerageServer
 from tests.social.conftest import ALPHA, client
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)  # includes the module's server starts, on a loaded CI machine
 ALICE = f"alice@{ALPHA}"
 
 

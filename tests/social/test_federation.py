@@ -18,7 +18,7 @@ from tests.harness.server import PeerageServer
 from tests.harness.waiting import async_wait_for
 from tests.social.conftest import ALPHA, BETA, PASSWORD, client
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)  # includes the module's server starts, on a loaded CI machine
 ALICE, BOB = f"alice@{ALPHA}", f"bob@{BETA}"
 ALICE_URL, BOB_URL = f"https://{ALPHA}/users/alice", f"https://{BETA}/users/bob"
 AP = {"Accept": "application/activity+json"}

@@ -13,7 +13,7 @@ from tests.harness.dns import LocalDNS
 from tests.harness.server import PeerageServer
 from tests.social.conftest import BETA, BLOCK, NAMES, SOCIAL, client
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(240)  # includes the module's server starts, on a loaded CI machine
 GAMMA, GAMMA_ADDRESS = "gamma.test", f"{BLOCK}.6"
 NAMES[GAMMA] = GAMMA_ADDRESS
 

@@ -42,13 +42,13 @@ async def test_roster_subscription_completes_both_ways(xmpp_server: PeerageServe
                 return True
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(both(), 10)
+    await asyncio.wait_for(both(), 30)
     # Presence flows once subscribed: dave sees carol online.
     async def dave_sees_carol() -> None:
         while not dave.client_roster["carol@a.test"].resources:
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(dave_sees_carol(), 10)
+    await asyncio.wait_for(dave_sees_carol(), 30)
     # The roster survives a new login (it is stored), with a version (XEP-0237).
     await carol.close()
     again = Client("carol@a.test/other")
@@ -102,10 +102,10 @@ async def test_carbons_reach_second_resource(xmpp_server: PeerageServer, clients
     await desktop.plugin["xep_0280"].enable()
     heidi.send_message(mto="grace@a.test/phone", mbody="to your phone", mtype="chat")
     assert (await phone.next_message())["body"] == "to your phone"
-    received = await asyncio.wait_for(desktop.carbons_received.get(), 10)
+    received = await asyncio.wait_for(desktop.carbons_received.get(), 30)
     assert received["carbon_received"]["body"] == "to your phone"
     phone.send_message(mto="heidi@b.test", mbody="sent from phone", mtype="chat")
-    sent = await asyncio.wait_for(desktop.carbons_sent.get(), 10)
+    sent = await asyncio.wait_for(desktop.carbons_sent.get(), 30)
     assert sent["carbon_sent"]["body"] == "sent from phone"
     assert sent["carbon_sent"]["to"] == "heidi@b.test"
     assert (await heidi.next_message())["body"] == "sent from phone"
@@ -123,7 +123,7 @@ async def test_stream_management_resumes_after_connection_drop(xmpp_server: Peer
         while not sm.sm_id:
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(enabled(), 10)
+    await asyncio.wait_for(enabled(), 30)
     previous_id = sm.sm_id
     # The network drops: no </stream:stream>, the TCP connection just dies.
     assert ivan.transport is not None
