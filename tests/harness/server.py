@@ -24,7 +24,7 @@ from tests.harness.waiting import wait_for
 READY_LINE = "peerage ready"
 # Bounds for a start (imports, migrations) and a clean stop (flushes) on a loaded 2-core CI machine
 # running three test areas at once; a server that is ready sooner is used sooner.
-START_TIMEOUT = 60.0
+START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 DEFAULT_PORTS = {
