@@ -34,7 +34,9 @@ DNS_ADDRESS = "127.0.16.53"
 SINK_ADDRESS = "127.0.16.20"
 #: A separate XMPP server (its own PostgreSQL-less peerage) for the federation tests.
 REMOTE_XMPP_ADDRESS = "127.0.16.40"
-REMOTE_USERS = [f"zoe@{REMOTE_DOMAIN}"]
+#: A second domain on that server: its s2s lease is taken by the node killed under load.
+REMOTE2_DOMAIN = "remote2.test"
+REMOTE_USERS = [f"zoe@{REMOTE_DOMAIN}", f"ned@{REMOTE2_DOMAIN}"]
 HEARTBEAT, NODE_TIMEOUT = 0.5, 4.0
 #: The registry bound the tests hold the cluster to: a dead node's sessions are gone within this.
 REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
@@ -131,9 +133,10 @@ class ClusterUnderTest:
             self.nodes[name] = PeerageServer(workdir / name, [DOMAIN], address, dns=dns,
                                              services=("xmpp", "smtp", "imap", "web", "sip"), config=config,
                                              certs={DOMAIN: cluster_cert}, ca_file=self.ca.cert_path)
-        self.remote = PeerageServer(workdir / "remote", [REMOTE_DOMAIN], REMOTE_XMPP_ADDRESS, dns=dns,
+        self.remote = PeerageServer(workdir / "remote", [REMOTE_DOMAIN, REMOTE2_DOMAIN], REMOTE_XMPP_ADDRESS, dns=dns,
                                     services=("xmpp",), config={"server": {"log_level": "info"}},
-                                    certs={REMOTE_DOMAIN: self.ca.issue(REMOTE_DOMAIN)}, ca_file=self.ca.cert_path)
+                                    certs={domain: self.ca.issue(domain) for domain in (REMOTE_DOMAIN, REMOTE2_DOMAIN)},
+                                    ca_file=self.ca.cert_path)
 
     def address(self, name: str) -> str:
         return NODES[name]
@@ -197,6 +200,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
     dns.add_a(f"mx.{REMOTE_DOMAIN}", SINK_ADDRESS)
     dns.add_a(f"xmpp.{REMOTE_DOMAIN}", REMOTE_XMPP_ADDRESS)
     dns.add_srv(f"_xmpp-server._tcp.{REMOTE_DOMAIN}", 0, 5, 5269, f"xmpp.{REMOTE_DOMAIN}")
+    dns.add_zone(REMOTE2_DOMAIN)
+    dns.add_srv(f"_xmpp-server._tcp.{REMOTE2_DOMAIN}", 0, 5, 5269, f"xmpp.{REMOTE_DOMAIN}")
     dns.start()
     under_test = ClusterUnderTest(workdir, database_url, nats, dns)
     try:

@@ -24,6 +24,7 @@ from tests.cluster.conftest import (
     NODES,
     PASSWORD,
     REGISTRY_BOUND,
+    REMOTE2_DOMAIN,
     REMOTE_DOMAIN,
     REMOTE_XMPP_ADDRESS,
     SINK_ADDRESS,
@@ -608,11 +609,49 @@ async def test_nats_restart_under_load(cluster: ClusterUnderTest) -> None:
             await client.close()
 
 
+async def _archived(database_url: str, owner: str, tag: str) -> set[int]:
+    """The numbers of the messages '<tag> N' in ``owner``'s archive (XEP-0313) in PostgreSQL."""
+    import re
+
+    from sqlalchemy import select
+
+    from peerage.store import Store
+    from peerage.xmpp.tables import xmpp_archive
+
+    store = Store(database_url)
+    try:
+        async with store.begin() as conn:
+            rows = (await conn.execute(select(xmpp_archive.c.stanza).where(xmpp_archive.c.owner == owner))).all()
+    finally:
+        await store.close()
+    return {int(m) for (stanza,) in rows for m in re.findall(rf"<body>{tag} (\d+)</body>", stanza)}
+
+
+async def _lease_holder(database_url: str, kind: str, key: str) -> str | None:
+    from sqlalchemy import select
+
+    from peerage.cluster.tables import cluster_leases
+    from peerage.store import Store
+
+    store = Store(database_url)
+    try:
+        async with store.begin() as conn:
+            return (await conn.execute(select(cluster_leases.c.node).where(
+                cluster_leases.c.kind == kind, cluster_leases.c.key == key))).scalar()
+    finally:
+        await store.close()
+
+
 async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
-    total, kill_after = 300, 100
+    """Node 3 is killed (SIGKILL) while node 1 sends to its user: every message acknowledged is
+    delivered; its sessions and SIP flows leave the registry within the bound; what it acknowledged
+    to its own sender is archived (XEP-0313); the remote domain whose outbound stream it owned gets
+    a new owner, and mail to it flows again."""
+    total, kill_after, archived = 300, 100, 20
     olivia = await ClusterClient("olivia", "o").connect(cluster.address("n1"), sm=True)
     mallory = await ClusterClient("mallory", "m").connect(cluster.address("n3"), sm=True, resume=True)
     assert mallory.previd, "the server offered no XEP-0198 resumption"
+    ned = await ClusterClient("ned", "n", domain=REMOTE2_DOMAIN).connect(REMOTE_XMPP_ADDRESS)
     # a SIP phone on a TCP flow held by node 3: its binding must go with the node
     nina = FlowUA("127.0.16.34", NODES["n3"], "sipnina", DOMAIN, PASSWORD)
     nina_aor = f"sip:sipnina@{DOMAIN}"
@@ -620,6 +659,10 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
         nina.register()
         await cluster.wait_registry(_sip_known(nina_aor, "n3", on=("n1", "n2")), what="sipnina's binding")
         await cluster.wait_registry(_has_session("n3", mallory.jid, "available"), what="mallory in the registry")
+        # node 3 is the first to write to remote2.test: it takes the domain's s2s lease
+        await mallory.send(f"<message to='{ned.jid}' type='chat'><body>via 3</body></message>")
+        await ned.wait(lambda: "via 3" in ned.bodies(), timeout=30, what="mallory's message over s2s")
+        assert await _lease_holder(cluster.database_url, "s2s", REMOTE2_DOMAIN) == "n3"
         acked_before_kill = 0
         killed_at = 0.0
         for number in range(total):
@@ -630,6 +673,11 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
                 await olivia.request_ack()
                 await olivia.wait(lambda: olivia.server_h >= kill_after, timeout=10, what="the first acks")
                 acked_before_kill = olivia.server_h
+                # mallory writes to olivia from node 3; node 3 acknowledges, then dies at once
+                for sent in range(archived):
+                    await mallory.send(f"<message to='{olivia.bare}' type='chat'><body>archived {sent}</body></message>")
+                await mallory.request_ack()
+                await mallory.wait(lambda: mallory.server_h >= mallory.sent, timeout=10, what="mallory's messages acked")
                 cluster.nodes["n3"].kill()  # SIGKILL: nothing of node 3 gets to say goodbye
                 killed_at = time.monotonic()
                 mallory.drop()
@@ -641,6 +689,24 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
                 for answer in status.values()),
             timeout=REGISTRY_BOUND + 5, what="node 3's sessions and flows gone")
         gone_after = time.monotonic() - killed_at
+        # What node 3 acknowledged to mallory is in both archives (its last batch was written before
+        # the <a/>), and reached olivia.
+        for owner in (mallory.bare, olivia.bare):
+            assert await _archived(cluster.database_url, owner, "archived") == set(range(archived)), owner
+        await olivia.wait(lambda: {b for b in olivia.bodies() if b.startswith("archived ")} ==
+                          {f"archived {n}" for n in range(archived)}, timeout=20, what="mallory's acked messages")
+        # The s2s lease of the dead node is released by the survivors; the next stanza for
+        # remote2.test takes it on a survivor, which opens its own stream.
+        deadline = time.monotonic() + 10
+        while await _lease_holder(cluster.database_url, "s2s", REMOTE2_DOMAIN) == "n3":
+            assert time.monotonic() < deadline, "node 3's s2s lease was not released"
+            await asyncio.sleep(0.1)
+        await olivia.send(f"<message to='{ned.jid}' type='chat'><body>via 1</body></message>")
+        await ned.wait(lambda: "via 1" in ned.bodies(), timeout=30, what="olivia's message over s2s after the kill")
+        assert await _lease_holder(cluster.database_url, "s2s", REMOTE2_DOMAIN) == "n1"
+        assert ned.bodies().count("via 3") == 1 and ned.bodies().count("via 1") == 1, ned.bodies()
+        log = cluster.remote.log_text(0)
+        assert log.count(f"s2s in {REMOTE2_DOMAIN} <- {DOMAIN}:") == 2, log[-3000:]
         # the bound, plus this test's polling (each round asks over NATS and waits 0.3 s for answers)
         assert gone_after <= REGISTRY_BOUND + 3.0, gone_after
         # Mallory's client reconnects to the next SRV target. Its session was in node 3's memory:
@@ -687,6 +753,7 @@ async def test_kill_a_node_under_load(cluster: ClusterUnderTest) -> None:
         nina.close()
         await olivia.close()
         await mallory.close()
+        await ned.close()
 
 
 async def _room_stored(database_url: str, room: str, name: str, member: str) -> bool:

@@ -72,6 +72,9 @@ RELEASE_CHECK = 0.2
 MAX_HELD_PER_NODE = 100_000
 #: Stanza ids remembered per origin to drop copies sent again after an outage.
 SEEN_IDS = 100_000
+#: Seconds a client's message waits for its archive rows (XEP-0313) to be written before its
+#: XEP-0198 count moves on anyway (database slow or away: the rows stay buffered and are retried).
+ARCHIVE_TIMEOUT = 5.0
 #: Seconds to wait for a node's whole table (sync).
 SYNC_TIMEOUT = 3.0
 #: Seconds during which an offline message stored here is checked against sessions becoming available
@@ -239,6 +242,7 @@ class ClusterXmpp:
         self.occupying: dict[str, dict[str, tuple[str, str, str]]] = {}
         self._pep: Any = None
         self.roster_guard: Any = None
+        self._mam: Any = None
 
     # =================================================================================================
     # Wiring
@@ -251,13 +255,20 @@ class ClusterXmpp:
         stanzas = self.service.stanzas
         original = stanzas.from_client
 
+        from peerage.xmpp.features.mam import Mam
+
+        mam = self.ctx.feature(Mam) if self.ctx.archive_enabled else None
+        self._mam = mam
+
         def from_client(session: Any, stanza: Element) -> Any:
             result = original(session, stanza)
             self._dirty[session.full_jid] = session
             self._schedule_flush()
-            if result is None and (session.sm is None or session.full_jid not in self._got_waiters):
+            if result is None and (session.sm is None or (
+                    session.full_jid not in self._got_waiters
+                    and (mam is None or stanza.name != "message" or not mam.buffered))):
                 return None
-            return self._complete(result, session)
+            return self._complete(result, session, stanza)
 
         stanzas.from_client = from_client
         # The storage writes that change a cached roster or blocklist tell the other nodes.
@@ -556,8 +567,11 @@ class ClusterXmpp:
             self.forwarded_out += len(items)
             self.node.publish(node_subject(target, "deliver"), json.dumps({**header, "items": items}).encode())
 
-    async def _complete(self, result: Any, session: Any) -> None:
-        """The sender's XEP-0198 count waits until other nodes hold what it sent (``got``)."""
+    async def _complete(self, result: Any, session: Any, stanza: Element) -> None:
+        """The sender's XEP-0198 count waits until other nodes hold what it sent (``got``) and,
+        for a message, until its archive rows are written: the archive writes behind in batches,
+        and a node killed after acknowledging would lose its last batch (one batch for all the
+        senders waiting, written at once instead of after the batching delay)."""
         if result is not None:
             await result
         self._dirty[session.full_jid] = session
@@ -565,6 +579,10 @@ class ClusterXmpp:
         waiters = self._got_waiters.pop(session.full_jid, None)
         if waiters:
             await asyncio.wait(waiters, timeout=GOT_TIMEOUT)
+        if session.sm is not None and stanza.name == "message" and self._mam is not None:
+            archived = self._mam.durable()
+            if archived is not None:
+                await asyncio.wait([archived], timeout=ARCHIVE_TIMEOUT)
 
     # =================================================================================================
     # Receiving stanzas for this node's sessions

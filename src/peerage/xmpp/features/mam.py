@@ -99,6 +99,11 @@ class Mam(Feature):
         self._space: asyncio.Event | None = None
         #: Failed write attempts since start (each is logged; its rows stay buffered).
         self.failed_writes = 0
+        #: Rows buffered and rows written since start, and who waits for rows to be written
+        #: (``durable``): (rows appended when it asked, future).
+        self._appended = 0
+        self._written = 0
+        self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
         if not self.ctx.archive_enabled:
             return
         events = self.ctx.events
@@ -144,6 +149,7 @@ class Mam(Feature):
         rows = self._rows
         rows.append({"owner": owner, "archive_id": archive_id, "with_jid": with_bare, "stamp": time.time(),
                      "stanza": serialize(stanza)})
+        self._appended += 1
         if len(rows) >= ARCHIVE_BATCH:
             self._start_writer()
         elif self._flush_timer is None and (self._writer is None or self._writer.done()):
@@ -186,9 +192,34 @@ class Mam(Feature):
                 continue
             delay = RETRY_FIRST
             del rows[:len(batch)]  # new rows are only ever appended, so the batch is still first
+            self._written += len(batch)
+            if self._durable_waiters:
+                self._wake_durable()
             if self._space is not None and len(rows) < ARCHIVE_BUFFER_LIMIT:
                 self._space.set()
                 self._space = None
+
+    def durable(self) -> asyncio.Future[None] | None:
+        """None when every row buffered so far is written; otherwise a future done once they are
+        (the writer starts now, without the batching delay). A cluster node acknowledges a
+        client's message (XEP-0198) only after this, so a node killed after its <a/> has archived
+        what it acknowledged (peerage.cluster.xmpp)."""
+        if self._written >= self._appended:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((self._appended, future))
+        self._start_writer()
+        return future
+
+    def _wake_durable(self) -> None:
+        waiting = []
+        for target, future in self._durable_waiters:
+            if target <= self._written:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((target, future))
+        self._durable_waiters = waiting
 
     async def flush(self) -> None:
         """Write every buffered archive row (before a MAM query and at shutdown)."""
