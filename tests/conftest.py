@@ -91,6 +91,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     _held_area_lock.update(area=area, file=lock)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Let the area's lock go once its last test here is torn down (its module and package fixtures,
+    and so their servers, are finalized in this teardown), not only when the run reaches another
+    area: a worker that ends with this area, or waits for more work, holds it no longer."""
+    yield
+    if _held_area_lock.get("area") is None or (nextitem is not None and _area(nextitem) == _area(item)):
+        return
+    held = _held_area_lock.pop("file", None)
+    _held_area_lock.pop("area", None)
+    if held is not None:
+        held.close()  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def peerage_servers() -> Iterator[list[PeerageServer]]:
     """A list to append started servers to; every one is stopped (or killed) at the end."""
