@@ -17,13 +17,10 @@ that ``peerage s2s status`` prints.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
 import itertools
 import logging
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -33,30 +30,21 @@ from typing import Any
 from peerage.net.dns import DnsTimeout
 from peerage.net.limits import AuthThrottle, ConnectionCounter
 from peerage.xmpp import dialback, s2s_stream
-from peerage.xmpp.dialback import DialbackError, DialbackSecret, PairTable
+from peerage.xmpp.dialback import DialbackError, DialbackSecret
 from peerage.xmpp.federation import (
     CertificateKind,
+    DomainPolicy,
     FederationPolicy,
     Level,
     ServerProfile,
     level_reached,
-    offers_dialback,
     presents_certificate,
-    receiver_offers_sasl_external,
-    receiver_offers_starttls,
-    receiver_requires_starttls,
-    requires_peer_certificate,
 )
 from peerage.xmpp.jid import JidError, normalize_jid, split_jid
-from peerage.xmpp.s2s_stream import BIDI_FEATURE_NS, BIDI_NS
-from peerage.xmpp.s2s_stream import header as _header
-from peerage.xmpp.s2s_stream import is_1_0 as _is_1_0
 from peerage.xmpp.s2s_tls import S2STlsContexts
 from peerage.xmpp.stream import (
-    SASL_NS,
     SERVER_NS,
     STREAM_NS,
-    TLS_NS,
     Element,
     StreamClosed,
     StreamFailure,
@@ -670,7 +658,12 @@ class OutboundRoute:
 # --- inbound ------------------------------------------------------------------------------------------
 
 class InboundStream:
-    """One stream a remote server opened to us; may carry several domain pairs."""
+    """One stream a remote server opened to us: the I/O of the sans-I/O ``s2s_stream.Receiver``.
+
+    It reads the connection's events into the machine and carries out what the machine asks:
+    writes, the TLS handshake, verifications with authoritative servers (run as tasks, their
+    answers fed back), the records operators see, bidirectional routes and the stanzas to deliver.
+    """
 
     def __init__(self, service: S2SService, connection: XmlConnection, direct_tls: bool) -> None:
         self.service = service
@@ -680,22 +673,15 @@ class InboundStream:
         # max_unauthenticated, shared with c2s, IMAP, SMTP and ManageSieve), given back at the first
         # authenticated domain pair or when the stream ends.
         self.preauth: Any = None
-        self.pairs = PairTable()
-        self.external_domain: str | None = None
+        self.machine = s2s_stream.Receiver(
+            _ReceiverEnvironment(service, connection),
+            direct_tls=(connection.peer_certificate() or b"") if direct_tls else None,
+            legacy=service.policy.legacy)
+        #: Records of the pairs authenticated on this stream.
         self.records: dict[tuple[str, str], ConnectionRecord] = {}
-        self.stream_id = ""
-        self.header_from = ""
-        self.header_to = ""
-        self.peer_legacy = False
-        self.bidi = False
-        self.bidi_after_restart = False
-        self.verification_only = False
-        self.certificate: CertificateCheck | None = None
-        #: After a TLS handshake, the peer's certificate is judged once our next header is out, so
-        #: that a refusal is a proper stream error (RFC 6120 section 4.9.1.1).
-        self.check_certificate_pending = direct_tls
+        #: Records of the pairs whose dialback key is being verified.
+        self.verifying: dict[tuple[str, str], ConnectionRecord] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.failure_recorded = False
         self.deadline: asyncio.TimerHandle | None = None
 
     @property
@@ -703,20 +689,21 @@ class InboundStream:
         return not self.connection.closed
 
     @property
-    def tls(self) -> bool:
-        return self.connection.ssl_object is not None
+    def external_domain(self) -> str | None:
+        return self.machine.external_domain
 
-    def send(self, stanza: Element) -> None:
-        """XEP-0288: stanzas back to the initiator on a bidirectional stream."""
-        self.connection.send(stanza)
-
-    def profile(self, remote: str | None, local: str) -> ServerProfile:
-        return self.service.policy.profile(remote or "", self.service.certificate_kind(local))
+    @property
+    def header_to(self) -> str:
+        return self.machine.header_to
 
     @property
     def authenticated(self) -> bool:
         """Some domain pair was authenticated on this stream (dialback, SASL EXTERNAL, permissive)."""
-        return any(r.state == "open" for r in self.records.values())
+        return self.machine.authenticated
+
+    def send(self, stanza: Element) -> None:
+        """XEP-0288: stanzas back to the initiator on a bidirectional stream."""
+        self.connection.send(stanza)
 
     def release_preauth(self) -> None:
         if self.preauth is not None:
@@ -728,350 +715,175 @@ class InboundStream:
 
         The per-read bound (NEGOTIATION_STEP_TIMEOUT) does not stop a peer that drips a byte at a
         time; this bound on the whole negotiation does, as ejabberd's ``negotiation_timeout`` does.
-        A stream that only carried db:verify requests is closed too: its originator opens a new one
-        for its next verification.
         """
-        connection = self.connection
-        if self.authenticated or connection.closed:
+        if self.connection.closed:
             return
-        seconds = self.service.negotiation_timeout
-        self._fail_records(f"not authenticated within {seconds:g} s (negotiation_timeout)")
-        if not connection.header_sent:
-            connection.write_header(_header(None, None, self.stream_id or secrets.token_urlsafe(16), False))
-        connection.fail("connection-timeout", f"authentication did not complete within {seconds:g} seconds")
+        self._carry_out_now(self.machine.expired(self.service.negotiation_timeout))
 
     async def run(self) -> None:
         connection = self.connection
-        service = self.service
-        self.deadline = asyncio.get_running_loop().call_later(service.negotiation_timeout,
+        machine = self.machine
+        self.deadline = asyncio.get_running_loop().call_later(self.service.negotiation_timeout,
                                                               self._negotiation_expired)
         try:
-            while True:
-                restart = await self._negotiate_header()
-                while not restart:
-                    event = await connection.event(timeout=None)
-                    if isinstance(event, StreamClosed):
-                        self._fail_records("the peer closed the stream")
-                        connection.close(graceful=True)
-                        return
-                    if isinstance(event, StreamFailure):
-                        connection.fail(event.condition, event.text)
-                        return
+            while not machine.closed and not connection.closed:
+                try:
+                    event = await connection.event(
+                        timeout=NEGOTIATION_STEP_TIMEOUT if machine.expects_header else None)
+                except StreamError as error:  # the header did not come in time
+                    actions = machine.fault(error.condition, error.text)
+                except (ConnectionError, OSError, ssl.SSLError) as error:
+                    actions = machine.lost(str(error))
+                else:
                     if isinstance(event, StreamOpened):
-                        raise StreamError("not-well-formed", "unexpected stream header")
-                    restart = await self._element(event)
-                    if connection.closed:
-                        return
-        except StreamError as error:
-            self._fail_records(f"stream error {error.condition}: {error.text}")
-            if not connection.header_sent:
-                # RFC 6120 section 4.9.1.1: a stream error needs our header first.
-                connection.write_header(_header(None, None, self.stream_id or secrets.token_urlsafe(16),
-                                                False))
-            connection.fail(error.condition, error.text)
-        except (ConnectionError, OSError, ssl.SSLError) as error:
-            self._fail_records(f"closed by the peer ({error})")
-            connection.close()
+                        actions = machine.opened(event.attrs, event.content_ns)
+                    elif isinstance(event, Element):
+                        actions = machine.element(event)
+                    elif isinstance(event, StreamClosed):
+                        actions = machine.closed_by_peer()
+                    elif isinstance(event, StreamFailure):
+                        actions = machine.parse_failure(event.condition, event.text)
+                    else:
+                        actions = machine.fault("not-well-formed", f"unexpected {event!r}")
+                await self._carry_out(actions)
         finally:
             if self.deadline is not None:
                 self.deadline.cancel()
             for task in self.tasks:
                 task.cancel()
-            service.inbound_closed(self)
+            for (remote, _local), record in list(self.verifying.items()):
+                # The stream ended (closed by the peer, or the negotiation deadline) first: the record
+                # must not stay "negotiating" in the status for ever.
+                self.service.finish_record(record, Level.UNSUCCESSFUL, "the stream closed while the dialback "
+                                           f"key was being verified with the authoritative server of {remote}")
+            self.verifying.clear()
+            self.service.inbound_closed(self)
 
-    def _fail_records(self, reason: str) -> None:
-        if self.failure_recorded:
-            return
-        if not self.records and not self.verification_only and self.header_from:
-            self.failure_recorded = True
-            record = self.service.new_record("in", self.header_to, self.header_from, self.connection)
-            record.tls = self.connection.tls_version
-            self.service.finish_record(record, Level.UNSUCCESSFUL,
-                                       f"no authentication before the stream ended: {reason}")
+    async def _carry_out(self, actions: list[s2s_stream.ReceiverAction]) -> None:
+        """The machine's actions, in order; the two that wait (TLS, delivery) are awaited here."""
+        for index, action in enumerate(actions):
+            if isinstance(action, s2s_stream.StartTlsServer):
+                self._carry_out_now(actions[:index])
+                await self._starttls()
+                await self._carry_out(actions[index + 1:])
+                return
+            if isinstance(action, s2s_stream.Deliver):
+                self._carry_out_now(actions[:index])
+                machine = self.machine
+                if not await self.service.accept_stanza(self.connection, action.stanza,
+                                                        machine.remote_domains(), None, self):
+                    return
+                await self._carry_out(actions[index + 1:])
+                return
+        self._carry_out_now(actions)
 
-    async def _negotiate_header(self) -> bool:
-        """Read a stream header, answer it with ours and the features. Returns False."""
+    async def _starttls(self) -> None:
         connection = self.connection
-        service = self.service
-        opened = await connection.header()
-        attrs = opened.attrs
-        to = attrs.get("to", "").lower().rstrip(".")
-        from_ = attrs.get("from", "").lower().rstrip(".")
-        self.header_from = from_ or self.header_from
-        self.stream_id = secrets.token_urlsafe(16)
-        local_legacy = service.policy.legacy
-        self.peer_legacy = not _is_1_0(attrs)
-        if to and not service.router.is_hosted(to):
-            connection.write_header(_header(None, None, self.stream_id, local_legacy or self.peer_legacy))
-            raise StreamError("host-unknown", f"{to} is not served here")
-        if to:
-            self.header_to = to
-        local = to or service.default_domain
-        profile = self.profile(from_ or None, local)
-        legacy = profile.legacy or self.peer_legacy
-        connection.write_header(_header(to or None, from_ or None, self.stream_id, legacy))
-        if self.check_certificate_pending:
-            self.check_certificate_pending = False
-            self._check_client_certificate()
-        if legacy:
-            return False  # pre-1.0: no features (XEP-0238 Type 1)
-        features = Element("features", STREAM_NS)
-        if not self.tls:
-            if receiver_offers_starttls(profile) and service.tls.available:
-                starttls = features.add("starttls", TLS_NS)
-                if receiver_requires_starttls(profile):
-                    starttls.add("required")
-        else:
-            self.certificate = check_certificate(connection.peer_certificate(), from_ or local,
-                                                 service.trust)
-            if (self.external_domain is None and from_
-                    and receiver_offers_sasl_external(profile, self.certificate.trusted)):
-                mechanisms = features.add("mechanisms", SASL_NS)
-                mechanisms.add("mechanism", text="EXTERNAL")
-        if offers_dialback(profile) and self.external_domain is None:
-            features.append(dialback.features_element())
-        if service.bidi_enabled and not self.bidi:
-            features.add("bidi", BIDI_FEATURE_NS)
-        connection.write(serialize_features(features))
-        if self.bidi_after_restart and self.external_domain is not None:
-            self.bidi_after_restart = False
-            for hosted in service.hosted_domains:
-                service.attach_bidi(hosted, self.external_domain, self)
-        return False
-
-    async def _element(self, element: Element) -> bool:
-        """Handle one first-level element. Returns True when the stream restarts."""
-        connection = self.connection
-        service = self.service
-        if element.xmlns == TLS_NS and element.name == "starttls":
-            return await self._starttls()
-        if element.xmlns == SASL_NS and element.name == "auth":
-            return self._sasl(element)
-        if element.xmlns == BIDI_NS and element.name == "bidi":
-            self.bidi = service.bidi_enabled
-            return False
-        if element.xmlns == dialback.DIALBACK_NS:
-            await self._dialback(element)
-            return False
-        if element.xmlns == STREAM_NS and element.name == "error":
-            # RFC 6120 section 4.9.1.1: a stream error is followed by the close of the stream; the
-            # other side answers with its closing tag, never with an error of its own.
-            error = peer_stream_error(element)
-            reason = f"<{error.condition}/> {error.text}"
-            self._fail_records(reason)
-            for record in self.records.values():
-                if record.state == "open":
-                    record.reason += f"; closed by {reason}"
-            log.info("s2s in from %s: %s", self.header_from or connection.peer, reason)
-            connection.close(graceful=True)
-            return False
-        if element.xmlns == "" and element.name in ("message", "presence", "iq"):
-            self._permissive(element)
-            remotes = set(self.pairs.remote_domains())
-            locals_: set[str] | None = None
-            if self.external_domain is not None:
-                remotes.add(self.external_domain)
-            if not await service.accept_stanza(connection, element, remotes, locals_, self):
-                return False
-            return False
-        raise StreamError("unsupported-stanza-type", f"unexpected <{element.name}/>")
-
-    def _permissive(self, stanza: Element) -> None:
-        """A permissive receiver takes stanzas from a domain that never verified (XEP-0238 section 1)."""
         try:
-            remote, local = _domain(stanza.attrs.get("from", "")), _domain(stanza.attrs.get("to", ""))
-        except JidError:
+            # Called right after <proceed/> is written, with no await in between: the ClientHello
+            # cannot arrive before the TLS layer is in place.
+            await connection.starttls_server(self.service.tls.server())
+        except (ConnectionError, OSError, ssl.SSLError, TimeoutError) as error:
+            self._carry_out_now(self.machine.lost(str(error) or type(error).__name__))
             return
-        if self.pairs.authorised(remote, local) or remote == self.external_domain:
-            return
-        if not self.service.router.is_hosted(local):
-            return
-        if self.service.policy.for_domain(remote).required is not Level.PERMISSIVE:
-            return
-        if not self.service.policy.for_domain(remote).allowed:
-            return
-        if self.pairs.request(remote, local) is not None:
-            return
-        self.pairs.settle(remote, local, True)
+        self._carry_out_now(self.machine.tls_established(connection.peer_certificate()))
+
+    def _carry_out_now(self, actions: list[s2s_stream.ReceiverAction]) -> None:
+        """The actions that do not wait."""
+        service = self.service
+        connection = self.connection
+        st = s2s_stream
+        for action in actions:
+            if isinstance(action, st.Send):
+                connection.write(action.data)
+            elif isinstance(action, st.SendHeader):
+                connection.write_header(action.data)
+            elif isinstance(action, st.Restart):
+                connection.restart()
+            elif isinstance(action, st.Verify):
+                self._verify(action)
+            elif isinstance(action, st.PairOpened):
+                self._pair_opened(action)
+            elif isinstance(action, st.PairFailed):
+                record = self.verifying.pop((action.remote, action.local), None) if action.verification else None
+                if record is None:
+                    record = self._record(action.local, action.remote)
+                service.finish_record(record, Level.UNSUCCESSFUL, action.reason)
+            elif isinstance(action, st.AttachBidi):
+                service.attach_bidi(action.local, action.remote, self)
+            elif isinstance(action, st.AuthFailure):
+                service.auth_throttle.failure(connection.peer_ip, protocol="xmpp-s2s",
+                                              mechanism=action.mechanism)
+            elif isinstance(action, st.Fail):
+                connection.fail(action.condition, action.text)
+            elif isinstance(action, st.Close):
+                if action.note:
+                    for record in self.records.values():
+                        if record.state == "open":
+                            record.reason += f"; {action.note}"
+                    log.info("s2s in from %s: %s", self.machine.header_from or connection.peer, action.note)
+                connection.close(graceful=action.graceful)
+            else:  # pragma: no cover - the machine's actions are all above
+                raise AssertionError(f"unknown action {action!r}")
+
+    def _record(self, local: str, remote: str) -> ConnectionRecord:
         record = self.service.new_record("in", local, remote, self.connection)
         record.tls = self.connection.tls_version
-        record.authentication = "none"
-        self.records[(remote, local)] = record
-        self.service.finish_record(record, Level.PERMISSIVE,
-                                   "permissive: stanzas accepted without any verification", open_=True)
+        return record
+
+    def _pair_opened(self, action: s2s_stream.PairOpened) -> None:
+        key = (action.remote, action.local)
+        record = self.verifying.pop(key, None) or self._record(action.local, action.remote)
+        record.authentication = action.authentication
+        record.bidi = action.bidi
+        self.records[key] = record
+        self.service.finish_record(record, action.level, action.reason, open_=True)
         self.release_preauth()
 
-    async def _starttls(self) -> bool:
-        connection = self.connection
-        service = self.service
-        if self.tls or not service.tls.available:
-            raise StreamError("policy-violation", "TLS is not available on this stream")
-        connection.write(f"<proceed xmlns='{TLS_NS}'/>".encode())
-        await connection.starttls_server(service.tls.server())
-        self.check_certificate_pending = True
-        return True
+    def _verify(self, action: s2s_stream.Verify) -> None:
+        record = self._record(action.local, action.remote)
+        record.authentication = "dialback"
+        self.verifying[(action.remote, action.local)] = record
 
-    def _check_client_certificate(self) -> None:
-        """After the TLS handshake: does our policy accept what the peer presented?"""
-        connection = self.connection
-        service = self.service
-        local = self.header_to or service.default_domain
-        profile = self.profile(self.header_from or None, local)
-        presented = connection.peer_certificate()
-        self.certificate = check_certificate(presented, self.header_from or local, service.trust)
-        # A missing client certificate at the encrypted level is refused when the peer tries to
-        # authenticate (``_verify_pair``), not here: a stream that only carries db:verify requests
-        # claims no identity and needs none.
-        if profile.required >= Level.TRUSTED and not self.certificate.trusted:
-            record = service.new_record("in", local, self.header_from or "?", connection)
-            record.tls = connection.tls_version
-            service.finish_record(record, Level.UNSUCCESSFUL,
-                                  "the trusted level needs a CA-issued certificate naming the peer: "
-                                  + self.certificate.explain(self.header_from or "?"))
-            self.verification_only = True
-            raise StreamError("policy-violation", "a certificate from a trusted CA is required")
+        async def verification() -> None:
+            outcome = await self.service.verify_with_authoritative(action.local, action.remote,
+                                                                   action.stream_id, action.key)
+            if not self.connection.closed:
+                self._carry_out_now(self.machine.key_verified(action.remote, action.local, outcome))
 
-    def _sasl(self, element: Element) -> bool:
-        connection = self.connection
-        service = self.service
-        local = self.header_to or service.default_domain
-        remote = self.header_from
-        failure = f"<failure xmlns='{SASL_NS}'><not-authorized/></failure>".encode()
-        if element.attrs.get("mechanism") != "EXTERNAL" or not self.tls or not remote:
-            connection.write(f"<failure xmlns='{SASL_NS}'><invalid-mechanism/></failure>".encode())
-            return False
-        if service.auth_throttle.check(connection.peer_ip) is None:
-            connection.write(failure)
-            return False
-        text = element.text.strip()
-        try:
-            authzid = base64.b64decode(text, validate=True).decode() if text not in ("", "=") else ""
-        except (binascii.Error, UnicodeDecodeError):
-            connection.write(f"<failure xmlns='{SASL_NS}'><incorrect-encoding/></failure>".encode())
-            return False
-        check = check_certificate(connection.peer_certificate(), remote, service.trust)
-        profile = self.profile(remote, local)
-        allowed = service.policy.for_domain(remote)
-        if (authzid and authzid.lower() != remote) or not check.trusted or not allowed.allowed or \
-                not receiver_offers_sasl_external(profile, check.trusted):
-            service.auth_throttle.failure(connection.peer_ip, protocol="xmpp-s2s", mechanism="EXTERNAL")
-            connection.write(failure)
-            record = service.new_record("in", local, remote, connection)
-            record.tls = connection.tls_version
-            service.finish_record(record, Level.UNSUCCESSFUL, "SASL EXTERNAL refused: " + (
-                allowed.why_refused or check.explain(remote)))
-            self.verification_only = True
-            return False
-        connection.write(f"<success xmlns='{SASL_NS}'/>".encode())
-        connection.restart()
-        self.external_domain = remote
-        record = service.new_record("in", local, remote, connection)
-        record.tls = connection.tls_version
-        record.authentication = "sasl-external"
-        record.bidi = self.bidi
-        self.records[(remote, local)] = record
-        service.finish_record(record, level_reached(True, "sasl-external"),
-                              "SASL EXTERNAL with a certificate " + check.explain(remote), open_=True)
-        self.release_preauth()
-        # XEP-0288: the stream carries our stanzas once it has restarted (RFC 6120 section 6.4.6);
-        # a stanza written now would arrive where the peer expects its new stream header.
-        self.bidi_after_restart = self.bidi
-        return True
-
-    async def _dialback(self, element: Element) -> None:
-        service = self.service
-        connection = self.connection
-        try:
-            message = dialback.parse(element)
-        except dialback.DialbackParseError as error:
-            raise StreamError("invalid-xml", str(error)) from None
-        if message.kind == "verify":
-            if message.is_request:
-                self.verification_only = not self.records
-                valid = service.router.is_hosted(message.to) and service.secret.check(
-                    message.from_, message.to, message.stream_id, message.key)
-                connection.send(dialback.verify_response(element, valid))
-            return
-        if not message.is_request:
-            return  # results come to the originating side, not here
-        remote, local = message.from_, message.to
-        if not service.router.is_hosted(local):
-            connection.send(dialback.error_response("result", local, remote, DialbackError.ITEM_NOT_FOUND))
-            return
-        refusal = self.pairs.request(remote, local)
-        if refusal is not None:
-            connection.send(dialback.error_response("result", local, remote, DialbackError.POLICY_VIOLATION))
-            return
-        task = asyncio.ensure_future(self._verify_pair(remote, local, message.key))
+        task = asyncio.ensure_future(verification())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _verify_pair(self, remote: str, local: str, key: str) -> None:
-        service = self.service
-        connection = self.connection
-        record = service.new_record("in", local, remote, connection)
-        record.tls = connection.tls_version
-        record.authentication = "dialback"
-        profile = self.profile(remote, local)
-        allowed = service.policy.for_domain(remote)
-        problem: str | None = None
-        if not allowed.allowed:
-            problem = allowed.why_refused
-        elif not offers_dialback(profile):
-            problem = "our policy for this domain is trusted: dialback is not enough (SASL EXTERNAL needed)"
-        elif receiver_requires_starttls(profile) and not self.tls:
-            problem = "our policy for this domain requires TLS before dialback"
-        elif requires_peer_certificate(profile) and self.tls and not connection.peer_certificate():
-            problem = "our policy asks for a TLS client certificate and none was presented"
-        if problem is not None:
-            self.pairs.settle(remote, local, False)
-            connection.send(dialback.error_response("result", local, remote, DialbackError.POLICY_VIOLATION))
-            service.finish_record(record, Level.UNSUCCESSFUL, problem)
-            return
-        # Even a permissive receiver verifies a key it is offered: permissive means stanzas from a
-        # peer that never asks are taken (``_permissive``), not that a wrong key is.
-        outcome: bool | DialbackError
-        if service.auth_throttle.check(connection.peer_ip) is None:
-            outcome = DialbackError.POLICY_VIOLATION
-        else:
-            try:
-                outcome = await service.verify_with_authoritative(local, remote, self.stream_id, key)
-            except asyncio.CancelledError:
-                # The stream ended (closed by the peer, or the negotiation deadline) first: the record
-                # must not stay "negotiating" in the status for ever.
-                self.pairs.settle(remote, local, False)
-                service.finish_record(record, Level.UNSUCCESSFUL, "the stream closed while the dialback "
-                                      f"key was being verified with the authoritative server of {remote}")
-                raise
-        how = "dialback key confirmed by the authoritative server of " + remote
-        if outcome is True:
-            self.pairs.settle(remote, local, True)
-            connection.send(dialback.result_response(local, remote, True))
-            self.records[(remote, local)] = record
-            record.bidi = self.bidi
-            level = level_reached(self.tls, "dialback")
-            service.finish_record(record, level, ("TLS, " if self.tls else "clear stream, ") + how,
-                                  open_=True)
-            self.release_preauth()
-            if self.bidi:
-                service.attach_bidi(local, remote, self)
-            return
-        self.pairs.settle(remote, local, False)
-        if outcome is False:
-            service.auth_throttle.failure(connection.peer_ip, protocol="xmpp-s2s", mechanism="dialback")
-            connection.send(dialback.result_response(local, remote, False))
-            service.finish_record(record, Level.UNSUCCESSFUL,
-                                  "wrong dialback key: the authoritative server of " + remote
-                                  + " did not confirm it")
-            # XEP-0220 section 2.1.4: after an invalid result, close the stream.
-            connection.write(b"</stream:stream>")
-            await connection.drain()
-            connection.close()
-            return
-        assert isinstance(outcome, DialbackError)
-        connection.send(dialback.error_response("result", local, remote, outcome))
-        service.finish_record(record, Level.UNSUCCESSFUL,
-                              f"could not verify the dialback key: {outcome.condition}")
+
+class _ReceiverEnvironment:
+    """The questions ``s2s_stream.Receiver`` asks, answered from the service's policy and keys."""
+
+    def __init__(self, service: S2SService, connection: XmlConnection) -> None:
+        self.service = service
+        self.connection = connection
+        self.default_domain = service.default_domain
+        self.hosted_domains = service.hosted_domains
+        self.tls_available = service.tls.available
+        self.bidi_enabled = service.bidi_enabled
+
+    def is_hosted(self, domain: str) -> bool:
+        return bool(self.service.router.is_hosted(domain))
+
+    def profile(self, remote: str, local: str) -> ServerProfile:
+        return self.service.policy.profile(remote, self.service.certificate_kind(local))
+
+    def domain_policy(self, remote: str) -> DomainPolicy:
+        return self.service.policy.for_domain(remote)
+
+    def check_certificate(self, der: bytes | None, domain: str) -> CertificateCheck:
+        return check_certificate(der, domain, self.service.trust)
+
+    def key_is_ours(self, originator: str, receiver: str, stream_id: str, key: str) -> bool:
+        return bool(self.service.secret.check(originator, receiver, stream_id, key))
+
+    def throttled(self) -> bool:
+        return self.service.auth_throttle.check(self.connection.peer_ip) is None
 
 
 def peer_stream_error(error: Element) -> StreamError:
@@ -1222,8 +1034,8 @@ class S2SService:
             return False
         from_domain, to_domain = _domain(from_), _domain(to)
         authorised = from_domain in remotes
-        if authorised and inbound is not None and inbound.external_domain != from_domain:
-            authorised = inbound.pairs.authorised(from_domain, to_domain)
+        if authorised and inbound is not None:
+            authorised = inbound.machine.authorised(from_domain, to_domain)
         if locals_ is not None and to_domain not in locals_:
             authorised = False
         if not authorised:

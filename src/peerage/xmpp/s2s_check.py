@@ -4,43 +4,36 @@ This module is in charge of telling an operator, in plain language, what happens
 federates with DOMAIN: the DNS records found (XEP-0368 ``_xmpps-server``, ``_xmpp-server``, A/AAAA),
 the TCP connection, the stream features, TLS (version, the certificate chain and the names in it,
 never the Common Name), SASL EXTERNAL and dialback, then the level reached (U/V/E/T) and why. It
-uses the same policy functions and certificate checks as the server, and the persisted dialback
-secret, so a running server answers the remote's dialback verification and the check succeeds exactly
-when federation would.
+runs the server's own initiating machine (``peerage.xmpp.s2s_stream.Initiator``: the same steps,
+policy functions and certificate checks, including the reconnection without TLS of rule 1) and
+narrates its steps, with the persisted dialback secret, so a running server answers the remote's
+dialback verification and the check succeeds exactly when federation would.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from peerage.xmpp import dialback
+from peerage.xmpp import dialback, s2s_stream
 from peerage.xmpp.federation import (
     Level,
-    TlsChoice,
-    accepts_receiver_certificate,
-    initiator_starttls,
-    initiator_uses_sasl_external,
     level_reached,
     presents_certificate,
 )
 from peerage.xmpp.s2s import (
     DEFAULT_S2S_PORT,
-    SASL_NS,
-    TLS_NS,
     VERIFY_TIMEOUT,
     S2SService,
     StreamError,
     XmlConnection,
     open_xml_connection,
 )
-from peerage.xmpp.s2s_stream import header as _header
-from peerage.xmpp.s2s_stream import is_1_0 as _is_1_0
 from peerage.xmpp.s2s_stream import sasl_failure_text
+from peerage.xmpp.stream import SASL_NS, TLS_NS
 from peerage.xmpp.x509 import check_certificate
 
 #: Seconds for one TCP connect during a check (the same bound the server uses).
@@ -60,7 +53,6 @@ class _NoRouter:
 
 async def check_federation(config: Any, remote: str, local: str | None, say: Callable[[str], None]
                            ) -> Level:
-    from peerage.identity.address import is_ip_literal
     from peerage.net.dns import DnsTimeout, Resolver
     from peerage.net.tls import TLSContexts
 
@@ -100,10 +92,44 @@ async def check_federation(config: Any, remote: str, local: str | None, say: Cal
         say(f"  info  no SRV records; falling back to {remote}:{DEFAULT_S2S_PORT} (RFC 6120 section 3.2.2)")
         targets = [(remote, DEFAULT_S2S_PORT, False)]
 
-    # 2. TCP
-    say("2. TCP")
-    connection: XmlConnection | None = None
-    direct_tls = False
+    reached = Progress()
+    skip_tls = False
+    while True:
+        connection, direct_tls = await _connect(service, host, targets, profile, local, remote, say,
+                                                again=skip_tls)
+        if connection is None:
+            say("FAIL  no server of the domain accepted a connection: check the records above, the "
+                "remote firewall, and that its server listens on those ports")
+            return Level.UNSUCCESSFUL
+        try:
+            level = await _negotiate(service, connection, profile, local, remote, direct_tls, say, reached,
+                                     skip_tls)
+        except StreamError as error:
+            say(f"FAIL  the remote server closed the stream with <{error.condition}/>: {error.text}")
+            level = Level.UNSUCCESSFUL
+        except (ConnectionError, OSError, ssl.SSLError) as error:
+            say(f"FAIL  the connection broke: {error}")
+            level = Level.UNSUCCESSFUL
+        finally:
+            connection.close(graceful=True)
+        if level is None and not skip_tls:
+            skip_tls = True  # rule 1: the server reconnects without TLS; so does the check
+            reached = Progress()
+            continue
+        break
+    if level is None or level is Level.UNSUCCESSFUL:
+        say(f"RESULT level U (unsuccessful): {reached.describe()}")
+        return Level.UNSUCCESSFUL
+    return level
+
+
+async def _connect(service: S2SService, host: Any, targets: list[tuple[str, int, bool]], profile: Any,
+                   local: str, remote: str, say: Callable[[str], None], again: bool
+                   ) -> tuple[XmlConnection | None, bool]:
+    """The first target that accepts a TCP connection (Direct TLS included), as the server tries them."""
+    from peerage.identity.address import is_ip_literal
+
+    say("2. TCP" + (" (again, without STARTTLS)" if again else ""))
     for name, port, is_direct in targets:
         addresses = [name] if is_ip_literal(name) else list(await host.dns.addresses(name))
         if not addresses:
@@ -113,36 +139,14 @@ async def check_federation(config: Any, remote: str, local: str | None, say: Cal
             try:
                 context = service.tls.client(local, presents_certificate(profile), True) if is_direct else None
                 opened = await asyncio.wait_for(open_xml_connection(
-                    address, port, config.xmpp.max_stanza_size, tls_context=context,
+                    address, port, service.max_stanza, tls_context=context,
                     server_hostname=remote if context else None), CHECK_CONNECT_TIMEOUT)
             except (OSError, TimeoutError, ssl.SSLError) as error:
                 say(f"  FAIL  {address}:{port} ({name}): {error or type(error).__name__}")
                 continue
             say(f"  ok    connected to {address}:{port} ({name})" + (" with Direct TLS" if is_direct else ""))
-            connection = opened
-            direct_tls = is_direct
-            break
-        if connection is not None:
-            break
-    if connection is None:
-        say("FAIL  no server of the domain accepted a connection: check the records above, the "
-            "remote firewall, and that its server listens on those ports")
-        return Level.UNSUCCESSFUL
-
-    reached = Progress()
-    try:
-        level = await _negotiate(service, connection, profile, local, remote, direct_tls, say, reached)
-    except StreamError as error:
-        say(f"FAIL  the remote server closed the stream with <{error.condition}/>: {error.text}")
-        level = Level.UNSUCCESSFUL
-    except (ConnectionError, OSError, ssl.SSLError) as error:
-        say(f"FAIL  the connection broke: {error}")
-        level = Level.UNSUCCESSFUL
-    finally:
-        connection.close(graceful=True)
-    if level is Level.UNSUCCESSFUL:
-        say(f"RESULT level U (unsuccessful): {reached.describe()}")
-    return level
+            return opened, is_direct
+    return None, False
 
 
 class Progress:
@@ -162,101 +166,107 @@ class Progress:
 
 
 async def _negotiate(service: S2SService, connection: XmlConnection, profile: Any, local: str, remote: str,
-                     direct_tls: bool, say: Callable[[str], None], reached: Progress) -> Level:
+                     direct_tls: bool, say: Callable[[str], None], reached: Progress, skip_tls: bool
+                     ) -> Level | None:
+    """Run the server's own initiating machine (``s2s_stream.Initiator``) on ``connection``, saying
+    what each step did. None: TLS bought nothing, the server would reconnect without it (rule 1)."""
+    st = s2s_stream
+    machine = st.Initiator(profile, local, remote, present_certificate=presents_certificate(profile),
+                           skip_tls=skip_tls,
+                           dialback_key=lambda stream_id: service.secret.key(remote, local, stream_id))
     say("3. Stream and TLS")
-    certificate = None
-    if direct_tls:
-        certificate = _report_tls(service, connection, remote, say, reached)
+    direct = _report_tls(service, connection, remote, say, reached) if direct_tls else None
+    actions = machine.start(direct)
     while True:
-        connection.write_header(_header(local, remote, None, profile.legacy))
-        opened = await connection.header()
-        stream_id = opened.attrs.get("id", "")
-        if profile.legacy or not _is_1_0(opened.attrs):
-            say("  info  pre-1.0 stream: no features, dialback only")
-            features: dict[str, Any] = {}
-            break
-        features = _features_of(await connection.element())
-        say("  ok    features offered: " + (", ".join(sorted(_feature_names(features))) or "none"))
-        tls = features.get(TLS_NS)
-        if connection.ssl_object is None and tls is not None:
-            required = tls.find("required") is not None
-            choice = initiator_starttls(profile, True, required)
-            if choice is TlsChoice.NO:
-                break
-            connection.write(f"<starttls xmlns='{TLS_NS}'/>".encode())
-            if (await connection.element()).name != "proceed":
-                say("FAIL  the remote server refused STARTTLS")
-                return Level.UNSUCCESSFUL
-            await connection.starttls(service.tls.client(local, presents_certificate(profile)), remote)
-            certificate = _report_tls(service, connection, remote, say, reached)
-            if choice is TlsChoice.IF_AUTHENTICATED and not certificate.trusted:
-                say("  info  TLS is optional for both sides and the certificate is not trusted: at the "
-                    "verified level the server reconnects without TLS and uses dialback (level V)")
+        for action in actions:
+            if isinstance(action, st.Send):
+                connection.write(action.data)
+            elif isinstance(action, st.SendHeader):
+                connection.write_header(action.data)
+            elif isinstance(action, st.Restart):
+                connection.restart()
+            elif isinstance(action, st.StartTls):
+                await connection.starttls(service.tls.client(local, action.present_certificate), remote)
+        result = machine.result
+        if result is not None:
+            return _explain_result(machine, result, local, remote, say)
+        before = machine.state
+        if machine.expects is st.Expect.HEADER:
+            attrs = (await connection.header()).attrs
+            actions = machine.opened(attrs)
+            if before is st.State.HEADER and machine.state is st.State.DIALBACK:
+                say("  info  pre-1.0 stream: no features, dialback only")
+                _explain_dialback_start(machine, local, remote, say)
             continue
-        break
-    if connection.ssl_object is None:
-        if profile.required >= Level.ENCRYPTED:
-            say("FAIL  no TLS: our policy requires encryption with this domain")
-            return Level.UNSUCCESSFUL
-        say("  info  the stream is not encrypted")
-    elif certificate is not None and not accepts_receiver_certificate(profile, certificate.trusted):
-        say("FAIL  our policy for this domain is 'trusted' and the certificate is not: "
-            + certificate.explain(remote))
-        return Level.UNSUCCESSFUL
-
-    say("4. SASL EXTERNAL (XEP-0178)")
-    mechanisms = features.get(SASL_NS)
-    external = mechanisms is not None and any(
-        m.text.strip() == "EXTERNAL" for m in mechanisms.find_all("mechanism"))
-    dialback_offered = dialback.DIALBACK_FEATURE_NS in features or not features
-    if not external:
-        say("  info  not offered: the remote server could not verify our certificate for "
-            f"{local}, or its own is not CA-issued, or it does not support it")
-    elif connection.ssl_object is not None and initiator_uses_sasl_external(profile, external, dialback_offered):
-        authzid = base64.b64encode(local.encode()).decode()
-        connection.write(f"<auth xmlns='{SASL_NS}' mechanism='EXTERNAL'>{authzid}</auth>".encode())
-        answer = await connection.element()
-        if answer.name == "success":
+        if machine.expects is st.Expect.TLS:
+            check = _report_tls(service, connection, remote, say, reached)
+            actions = machine.tls_established(check)
+            continue
+        element = await (connection.element(VERIFY_TIMEOUT * 2) if machine.awaits_dialback
+                         else connection.element())
+        if before is st.State.FEATURES:
+            features = _features_of(element)
+            say("  ok    features offered: " + (", ".join(sorted(_feature_names(features))) or "none"))
+        actions = machine.element(element)
+        after = machine.state
+        if before is st.State.FEATURES and after in (st.State.SASL, st.State.DIALBACK):
+            say("  info  the stream is not encrypted" if not machine.encrypted else
+                "  ok    the stream is encrypted")
+            say("4. SASL EXTERNAL (XEP-0178)")
+            if after is st.State.SASL:
+                say("  info  offered; authenticating with our certificate")
+            else:
+                external = SASL_NS in features and any(
+                    m.text.strip() == "EXTERNAL" for m in features[SASL_NS].find_all("mechanism"))
+                if not external:
+                    say("  info  not offered: the remote server could not verify our certificate for "
+                        f"{local}, or its own is not CA-issued, or it does not support it")
+                else:
+                    say("  info  offered, but at the verified level we use dialback when both are offered")
+                _explain_dialback_start(machine, local, remote, say)
+        elif before is st.State.SASL and after is st.State.RESTART_HEADER:
             say(f"  ok    authenticated as {local} by our certificate")
-            say("RESULT level T (trusted): TLS, certificates verified both ways, SASL EXTERNAL")
-            return Level.TRUSTED
-        refusal = sasl_failure_text(answer)
-        if not dialback_offered or profile.required >= Level.TRUSTED:
-            say(f"  FAIL  refused: {refusal}")
-            return Level.UNSUCCESSFUL
-        say(f"  warn  refused: {refusal}; the remote server offers dialback too, so we fall back to "
-            "it on this stream (as Prosody and ejabberd do)")
-    else:
-        say("  info  offered, but at the verified level we use dialback when both are offered")
+        elif before is st.State.SASL and after is st.State.DIALBACK:
+            say(f"  warn  refused: {sasl_failure_text(element)}; the remote server offers dialback too, so "
+                "we fall back to it on this stream (as Prosody and ejabberd do)")
+            _explain_dialback_start(machine, local, remote, say)
+        elif before is st.State.SASL and isinstance(machine.result, st.Failed):
+            say(f"  FAIL  refused: {sasl_failure_text(element)}")
 
+
+def _explain_dialback_start(machine: s2s_stream.Initiator, local: str, remote: str,
+                            say: Callable[[str], None]) -> None:
     say("5. Dialback (XEP-0220)")
-    if profile.required >= Level.TRUSTED:
-        say("FAIL  our policy requires SASL EXTERNAL for this domain; dialback is not enough")
-        return Level.UNSUCCESSFUL
-    if not dialback_offered:
-        say("FAIL  the remote server does not offer dialback")
-        return Level.UNSUCCESSFUL
-    key = service.secret.key(remote, local, stream_id)
-    connection.send(dialback.result_request(local, remote, key))
     say(f"  info  sent our key; {remote} now connects back to {local} to verify it (our server must "
         "be running and reachable for that)")
-    while True:
-        element = await connection.element(VERIFY_TIMEOUT * 2)
-        if element.xmlns == dialback.DIALBACK_NS and element.name == "result":
-            message = dialback.parse(element)
-            break
-    if message.type == "valid":
-        level = level_reached(connection.ssl_object is not None, "dialback")
+
+
+def _explain_result(machine: s2s_stream.Initiator, result: s2s_stream.Result, local: str, remote: str,
+                    say: Callable[[str], None]) -> Level | None:
+    st = s2s_stream
+    if isinstance(result, st.FallBackToClear):
+        say("  info  TLS is optional for both sides and the certificate is not trusted: at the "
+            "verified level the server reconnects without TLS and uses dialback (level V)")
+        return None
+    if isinstance(result, st.Authenticated):
+        level = level_reached(result.encrypted, result.method)
+        if result.method == "sasl-external":
+            say("RESULT level T (trusted): TLS, certificates verified both ways, SASL EXTERNAL")
+            return level
         say(f"  ok    {remote} confirmed our identity")
         how = "TLS then dialback" if level is Level.ENCRYPTED else "dialback on a clear stream"
         say(f"RESULT level {level.letter} ({level.name.lower()}): {how}")
         return level
-    if message.type == "error":
-        say(f"FAIL  {remote} answered with a dialback error: {message.error} (remote-server-not-found "
-            f"means it could not find our server in DNS; -timeout that it could not reach it)")
-    else:
+    reason = result.reason if isinstance(result, st.Failed) else repr(result)
+    if reason.startswith("dialback error from the receiver"):
+        say(f"FAIL  {remote} answered with a {reason.removeprefix('dialback error from the receiver: ')} "
+            "dialback error (remote-server-not-found means it could not find our server in DNS; "
+            "-timeout that it could not reach it)")
+    elif reason == "the receiver could not verify our dialback key":
         say(f"FAIL  {remote} says our key is invalid: is `peerage serve` running for {local} with the "
             "same data folder (dialback secret) as this command?")
+    elif not reason.startswith("the receiver refused SASL EXTERNAL"):  # said above
+        say(f"FAIL  {reason}")
     return Level.UNSUCCESSFUL
 
 
