@@ -133,3 +133,38 @@ async def test_bare_jid_message_seen_by_another_resource_is_not_handed_to_it_aga
     finally:
         await desk.close()
         await frank.close()
+
+
+async def test_bare_jid_message_is_not_handed_again_to_a_resource_that_went_away_and_came_back(
+        short_resumption_server: PeerageServer) -> None:
+    """As above, but the connected resource went unavailable and came back after it got the
+    message: it got it in its earlier span of availability, so the hibernation's end must not hand
+    it over a second time."""
+    phone = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    desk = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    frank = RawClient(SHORT_RESUMPTION_ADDRESS, "a.test")
+    try:
+        await phone.login("erin", PASSWORD, resource="phone3")
+        await phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/><presence/>")
+        await phone.read_until(r"<enabled[^>]*/>")
+        await desk.login("erin", PASSWORD, resource="desk3")
+        await desk.send("<presence/>")
+        await desk.read_until(r"<presence[^>]*from='erin@a.test/desk3'")
+        await frank.login("frank", PASSWORD, resource="desk3")
+        await frank.send("<message to='erin@a.test' type='chat' id='back'><body>back once</body></message>")
+        assert "back once" in await phone.read_until(r"back once</body>")
+        assert "back once" in await desk.read_until(r"back once</body>")
+        # desk goes away and comes back; phone sees both presences, so the server has processed them
+        # before phone's connection drops.
+        await desk.send("<presence type='unavailable' id='gone'/><presence id='again'/>")
+        await phone.read_until(r"<presence[^>]*id='again'")
+        await phone.close()  # hibernates; nobody resumes it
+        await desk.read_until(r"<presence[^>]*from='erin@a.test/phone3'[^>]*type='unavailable'|"
+                              r"<presence[^>]*type='unavailable'[^>]*from='erin@a.test/phone3'",
+                              timeout=SHORT_RESUMPTION + 10)
+        await desk.send("<iq type='get' id='after3' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+        rest = await desk.read_until(r"<iq[^>]*id='after3'")
+        assert "back once" not in rest
+    finally:
+        await desk.close()
+        await frank.close()

@@ -28,6 +28,10 @@ from peerage.xmpp.stream import Element, serialize
 log = logging.getLogger(__name__)
 
 SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+#: Earlier spans of taking bare-JID messages remembered per session. A span older than these gives
+#: a duplicate at most (the message is re-routed), never a loss; eight covers a client that toggles
+#: its presence (away/unavailable and back) during one resumption timeout.
+BARE_HISTORY = 8
 
 
 class Connection(Protocol):
@@ -45,6 +49,7 @@ class ClientSession:
     __slots__ = (
         "available",
         "bare_jid",
+        "bare_past",
         "bare_since",
         "blocklist_requested",
         "carbons",
@@ -74,6 +79,10 @@ class ClientSession:
         #: ``Sessions.bare_clock`` when this session last began to take messages to the bare JID
         #: (available with a non-negative priority); None while it does not.
         self.bare_since: int | None = None
+        #: Earlier spans ``(start, end)`` of ``Sessions.bare_clock`` during which it took them, the
+        #: last ``BARE_HISTORY`` (a resource that went unavailable and came back got the messages
+        #: of its earlier span: they are not handed to it again when another session ends).
+        self.bare_past: tuple[tuple[int, int], ...] = ()
         #: The last available presence broadcast, None when unavailable.
         self.last_presence: Element | None = None
         self.directed: set[str] | None = None  # directed presences (RFC 6121 section 4.6), lazily
@@ -103,7 +112,10 @@ class ClientSession:
             if self.bare_since is None:
                 self.sessions.bare_clock += 1
                 self.bare_since = self.sessions.bare_clock
-        else:
+        elif self.bare_since is not None:
+            # The span ends: a message stamped from now on did not reach this session.
+            self.sessions.bare_clock += 1
+            self.bare_past = (*self.bare_past[-(BARE_HISTORY - 1):], (self.bare_since, self.sessions.bare_clock))
             self.bare_since = None
 
     def set_active(self, active: bool) -> None:
@@ -148,7 +160,7 @@ class Sessions:
         self.resumption_timeout = resumption_timeout
         #: XEP-0198 resumption id -> session that may be resumed with it.
         self.resumable: dict[str, ClientSession] = {}
-        #: Ticks once each time a session begins to take messages to its bare JID. A managed
+        #: Ticks once each time a session begins or stops taking messages to its bare JID. A managed
         #: session notes its value with each message it sends; when it ends, a message to the
         #: bare JID is not re-routed to a session whose ``bare_since`` is not later than that:
         #: that session was taking bare-JID messages when it came and got it as well.
@@ -282,10 +294,15 @@ class Sessions:
                 redelivering.discard(id(rerouted))
 
     def _seen_elsewhere(self, session: ClientSession, stamp: int) -> bool:
-        """Whether another session of the account has taken bare-JID messages since ``stamp``."""
+        """Whether another session of the account was taking bare-JID messages when a message
+        stamped ``stamp`` was sent (and so got it as well)."""
         for other in self.ctx.router.resources(session.bare_jid).values():
+            if other is session:
+                continue
             since = getattr(other, "bare_since", None)  # sessions of other cluster nodes have none
-            if other is not session and since is not None and since <= stamp:
+            if since is not None and since <= stamp:
+                return True
+            if any(start <= stamp < end for start, end in getattr(other, "bare_past", ())):
                 return True
         return False
 
