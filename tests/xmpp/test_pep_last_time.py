@@ -71,9 +71,15 @@ async def test_pep_items_survive_a_restart(xmpp_server: PeerageServer, raw: Call
     reply = await iq(alice, publish("urn:example:kept", "k1", "<x xmlns='urn:example'>kept</x>",
                                     {"pubsub#access_model": "open"}))
     assert "type='result'" in reply.replace('"', "'"), reply
+    # XEP-0012: the logout just before the stop is written (logouts are written in batches; the
+    # server writes what is pending before it stops).
+    await alice.send("<presence/><presence type='unavailable'><status>see you after the restart</status></presence>")
     await alice.close()
     await asyncio.get_running_loop().run_in_executor(None, xmpp_server.stop)
     await asyncio.get_running_loop().run_in_executor(None, xmpp_server.start)
     erin: RawClient = await raw("erin@a.test", "after")  # type: ignore[misc]
     reply = await iq(erin, items("urn:example:kept"), to="alice@a.test", itype="get")
     assert "kept" in reply and "k1" in reply, reply
+    again: RawClient = await raw("alice@a.test", "after")  # type: ignore[misc]
+    reply = await iq(again, "<query xmlns='jabber:iq:last'/>", to="alice@a.test", itype="get")
+    assert "see you after the restart" in reply, reply

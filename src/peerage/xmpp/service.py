@@ -216,6 +216,13 @@ class XmppService:
             await asyncio.wait_for(self.mam.flush(), SHUTDOWN_GRACE)
         except TimeoutError:
             log.error("%d archive rows could not be written before shutdown", self.mam.buffered)
+        for feature in self.ctx.features:
+            if isinstance(feature, LastActivity):
+                try:
+                    await asyncio.wait_for(feature.flush(), SHUTDOWN_GRACE)
+                except TimeoutError:
+                    log.error("the last activity of %d accounts could not be written before shutdown",
+                              feature.unwritten)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for server in self.servers:
