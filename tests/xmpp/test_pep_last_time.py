@@ -74,6 +74,9 @@ async def test_pep_items_survive_a_restart(xmpp_server: PeerageServer, raw: Call
     # XEP-0012: the logout just before the stop is written (logouts are written in batches; the
     # server writes what is pending before it stops).
     await alice.send("<presence/><presence type='unavailable'><status>see you after the restart</status></presence>")
+    # The ping's answer comes after both presences are handled (a stream's elements are handled in
+    # order); elements still queued when the connection closes are not.
+    await iq(alice, "<ping xmlns='urn:xmpp:ping'/>", to="a.test", itype="get")
     await alice.close()
     await asyncio.get_running_loop().run_in_executor(None, xmpp_server.stop)
     await asyncio.get_running_loop().run_in_executor(None, xmpp_server.start)

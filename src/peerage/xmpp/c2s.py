@@ -472,8 +472,10 @@ class C2SConnection(asyncio.Protocol):
                 self.sm.count_handled()
             while self._queue:
                 if self.closing:
+                    # The connection is gone: what it queued is dropped (and ``pending`` must not be
+                    # awaited a second time, which a ``break`` here did).
                     self._queue = None
-                    break
+                    return
                 element = self._queue.popleft()
                 try:
                     next_pending = self._handle(element)
