@@ -503,6 +503,13 @@ class MucConfig:
     # New rooms archive their messages (XEP-0313) unless configured not to (Prosody's
     # muc_log_by_default = true).
     archive_by_default: bool = True
+    # Days a room's archive is kept, apart from [xmpp] archive_expires_days (Prosody's
+    # muc_log_expires_after defaults to one week); 0 keeps it until the room is destroyed.
+    archive_expires_days: int = 7
+    # Whether a member who has not chosen gets the room's messages at their own address while absent,
+    # for their server to push (Prosody's mod_muc_offline_delivery, muc_offline_delivery_default is
+    # false; Snikket turns it on). Members choose with the room's registration form.
+    offline_delivery_default: bool = False
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,11 @@ async def test_retracted_messages_stay_out_of_the_history_after_a_restart() -> N
         first = MucHarness(engine)
         first.muc.message_rate = first.muc.message_burst = 1000.0
         await first.create(ROOM, ALICE, "Alice", field("muc#roomconfig_persistentroom", "1"))
+        # A member's offline-delivery choice is kept with the affiliation.
+        await first.send(f"<iq from='{BOB}' to='{ROOM}' type='set' id='reg'><query xmlns='jabber:iq:register'>"
+                         "<x xmlns='jabber:x:data' type='submit'>" + field("muc#register_roomnick", "Bobby")
+                         + field("{http://tigase.org/protocol/muc}offline", "1") + "</x></query></iq>")
+        assert first.take(BOB)[-1].attrs["type"] == "result"
         for n in range(3):
             await first.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>said {n}</body></message>")
         said = {m.find_text("body"): m.find("stanza-id", "urn:xmpp:sid:0") for m in first.take(ALICE)
@@ -300,7 +305,8 @@ async def test_retracted_messages_stay_out_of_the_history_after_a_restart() -> N
 
         second = MucHarness(engine)
         await second.muc.load()
-        history = [m.find_text("body") for m in await second.join(ROOM, BOB, "Bob")
+        assert second.muc.rooms[ROOM].offline == {"bob@a.test": True}
+        history = [m.find_text("body") for m in await second.join(ROOM, BOB, "Bobby")
                    if m.find("delay", "urn:xmpp:delay") is not None]
         assert history == ["said 0", "said 2"]
         # The archive still has three messages, the middle one a tombstone without its body.
@@ -338,3 +344,91 @@ async def test_room_writes_are_not_undone_by_reads_at_the_same_time(caplog: pyte
         assert second.muc.rooms[ROOM].subject == "topic 14"
     finally:
         await engine.dispose()
+
+
+OFFLINE_FIELD = "{http://tigase.org/protocol/muc}offline"
+
+
+async def test_absent_members_get_the_room_messages_they_asked_for(muc: MucHarness) -> None:
+    """Offline delivery (Prosody's mod_muc_offline_delivery): a member with a reserved nickname who is
+    not in the room gets its messages at their bare JID, for their server to push, if they chose so in
+    the registration form or, not having chosen, if the service's default says so."""
+    await muc.create(ROOM, ALICE, "Alice")
+
+    async def register(full: str, nick: str, offline: str | None) -> None:
+        choice = field(OFFLINE_FIELD, offline) if offline is not None else ""
+        await muc.send(f"<iq from='{full}' to='{ROOM}' type='set' id='reg'><query xmlns='jabber:iq:register'>"
+                       f"<x xmlns='jabber:x:data' type='submit'>{field('muc#register_roomnick', nick)}{choice}"
+                       "</x></query></iq>")
+        assert muc.take(full)[-1].attrs["type"] == "result"
+
+    await register(BOB, "Bobby", "1")
+    await register(CAROL, "Caro", None)
+    await register("dan@a.test/x", "Dan", "0")
+    await muc.send(f"<iq from='{BOB}' to='{ROOM}' type='get' id='form'><query xmlns='jabber:iq:register'/></iq>")
+    answer = muc.take(BOB)[0].find("query", "jabber:iq:register")
+    assert answer.find("registered", "jabber:iq:register") is not None  # and the form, with bob's choice
+    values = {f.attrs["var"]: f.find_text("value", "jabber:x:data")
+              for f in answer.find("x", "jabber:x:data").find_all("field", "jabber:x:data")}
+    assert values[OFFLINE_FIELD] == "1" and values["muc#register_roomnick"] == "Bobby"
+    muc.take(ALICE)
+
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>hello</body></message>")
+    delivered = muc.take("bob@a.test")
+    assert [(m.attrs["from"], m.attrs["type"], m.find_text("body")) for m in delivered] == [
+        (f"{ROOM}/Alice", "groupchat", "hello")]
+    assert delivered[0].find("stanza-id", "urn:xmpp:sid:0") is not None  # so the app can fetch from there
+    assert muc.take("carol@b.test") == [] and muc.take("dan@a.test") == []
+    # The service's default covers those who did not choose, not those who said no.
+    muc.muc.offline_delivery_default = True
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>again</body></message>")
+    assert [m.find_text("body") for m in muc.take("carol@b.test")] == ["again"]
+    assert muc.take("dan@a.test") == []
+    # A member in the room gets the message there, not at the bare JID; a subject goes to nobody absent.
+    await muc.join(ROOM, BOB, "Bobby")
+    muc.take("bob@a.test")
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>now here</body></message>")
+    assert muc.take("bob@a.test") == []
+    assert [m.find_text("body") for m in muc.take(BOB)] == ["now here"]
+    muc.take("carol@b.test")
+    await muc.send(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><subject>Agenda</subject></message>")
+    assert muc.take("carol@b.test") == []
+
+
+async def test_rooms_expire_their_archive_by_their_own_setting(muc: MucHarness) -> None:
+    """[muc] archive_expires_days: the one-to-one sweep leaves the rooms' archives alone, and the rooms'
+    own sweep removes only room messages older than the rooms' setting."""
+    import time
+
+    from peerage.xmpp.storage import XmppStorage
+
+    day = 86400.0
+    now = time.time()
+    storage = muc.ctx.storage
+    assert storage.expired_elsewhere == frozenset({"conference.a.test"})
+    rows = [(ROOM, f"{ROOM}/Alice", 20), (ROOM, f"{ROOM}/Alice", 3), ("alice@a.test", "bob@a.test", 20),
+            ("alice@a.test", "bob@a.test", 3), ("alice@a.test", "x@conference.a.test.evil", 20)]
+    await storage.archive_many([{"owner": owner, "archive_id": XmppStorage.new_archive_id(), "with_jid": peer,
+                                 "stamp": now - age * day, "stanza": f"<message><body>{owner} {age}</body></message>"}
+                                for owner, peer, age in rows])
+
+    async def left() -> set[tuple[str, int]]:
+        from sqlalchemy import select
+
+        from peerage.xmpp.tables import xmpp_archive
+
+        async with storage.engine.connect() as conn:
+            found = (await conn.execute(select(xmpp_archive.c.owner, xmpp_archive.c.stamp))).all()
+        return {(owner, round((now - stamp) / day)) for owner, stamp in found}
+
+    await storage.expire_archive(now - 7 * day)  # the one-to-one sweep, [xmpp] archive_expires_days = 7
+    assert await left() == {(ROOM, 20), (ROOM, 3), ("alice@a.test", 3)}
+    muc.muc.archive_expires_days = 30
+    await muc.muc.expire_archive(now)
+    assert await left() == {(ROOM, 20), (ROOM, 3), ("alice@a.test", 3)}
+    muc.muc.archive_expires_days = 14
+    await muc.muc.expire_archive(now)
+    assert await left() == {(ROOM, 3), ("alice@a.test", 3)}
+    muc.muc.archive_expires_days = 0  # kept while the room lives
+    await muc.muc.expire_archive(now + 365 * day)
+    assert await left() == {(ROOM, 3), ("alice@a.test", 3)}

@@ -35,8 +35,8 @@ REGISTRATIONS_PER_IP = 3
 PUSH_MAX_ERRORS = 2
 ONE_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
              "omar", "olga", "pat", "quinn", "ruth", "sam", "tom", "uma", "vic", "walt",
-             "paula", "peter", "piet", "pia", "rita", "rolf", "rosa", "nora", "ned", "lena")
-TWO_USERS = ("yara", "yuri", "yves", "yoko", "yann", "yasmin")
+             "paula", "peter", "piet", "pia", "rita", "rolf", "rosa", "nora", "ned", "lena", "max", "mona", "nico")
+TWO_USERS = ("yara", "yuri", "yves", "yoko", "yann", "yasmin", "yusuf")
 
 
 #: Adds every account in one process (one `peerage user add` each costs a Python start-up).

@@ -13,6 +13,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from tests.harness import PeerageServer
 from tests.xmppx.conftest import ONE_ADDRESS, PUSH_MAX_ERRORS, TIMEOUT, TWO_ADDRESS, Client, until
+from tests.xmppx.test_pep_access import raw_iq
 
 PUSH = "urn:xmpp:push:0"
 PUBSUB = "http://jabber.org/protocol/pubsub"
@@ -185,3 +186,71 @@ async def test_messages_to_a_session_waiting_for_resumption_are_pushed(
     bodies = set()
     while "and this" not in bodies:
         bodies.add((await phone.next_message(timeout=TIMEOUT))["body"])
+
+
+ROOM = "standup@conference.x1.test"
+OFFLINE_FIELD = "{http://tigase.org/protocol/muc}offline"
+
+
+async def notification_for(app: AppServer, owner: str) -> slixmpp.Iq:
+    """The next notification ``app`` gets on behalf of ``owner`` (others' are skipped), bounded."""
+    while True:
+        notification = await asyncio.wait_for(app.notifications.get(), TIMEOUT)
+        if notification["from"] == owner:
+            return notification
+
+
+async def test_room_messages_are_pushed_for_absent_members_and_sleeping_occupants(
+        one: PeerageServer, two: PeerageServer, clients: list[Client]) -> None:
+    """Group chats and push, as Prosody's mod_muc_offline_delivery and mod_cloud_notify do: a member who
+    asked for offline delivery (the room's registration form) and is not in the room has the room's
+    messages pushed; an occupant whose phone dropped its connection (a session waiting for XEP-0198
+    resumption, still in the room) has them pushed too."""
+    app = await AppServer("yusuf@y.test/app-server").login(TWO_ADDRESS)
+    host = Client("max@x1.test", plugins=("xep_0045",))
+    mona = Client("mona@x1.test")
+    phone = Client("nico@x1.test/phone", plugins=("xep_0198", "xep_0045"))
+    clients.extend((app, host, mona, phone))
+    await asyncio.gather(host.login(ONE_ADDRESS), mona.login(ONE_ADDRESS), phone.login(ONE_ADDRESS))
+    await host.plugin["xep_0045"].join_muc_wait(slixmpp.JID(ROOM), "Max", maxstanzas=0, timeout=TIMEOUT)
+    reply = await raw_iq(host, "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' "
+                               "type='submit'/></query>", to=ROOM)  # an instant room
+    assert "type=\"result\"" in reply, reply
+
+    # mona registers with the room and asks for its messages while she is away (off by default).
+    form = await raw_iq(mona, "<query xmlns='jabber:iq:register'/>", to=ROOM, itype="get")
+    assert OFFLINE_FIELD in form, form
+    reply = await raw_iq(mona, "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+                               "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+                               "<field var='muc#register_roomnick'><value>Mona</value></field>"
+                               f"<field var='{OFFLINE_FIELD}'><value>1</value></field></x></query>", to=ROOM)
+    assert "type=\"result\"" in reply, reply
+    registered = await raw_iq(mona, "<query xmlns='jabber:iq:register'/>", to=ROOM, itype="get")
+    assert "<registered" in registered and "<value>1</value>" in registered, registered
+    await enable(mona, "yusuf@y.test/app-server", "mona-token")
+    # Offline for the server, not only for the client (as in the offline-message test).
+    mona.send_presence(pto="max@x1.test")
+    await presence_from(host, "mona@x1.test", "available")
+    await mona.close()
+    await presence_from(host, "mona@x1.test", "unavailable")
+    host.send_message(mto=ROOM, mbody="stand-up at ten", mtype="groupchat")
+    notification = await notification_for(app, "mona@x1.test")
+    publish = notification.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish")
+    assert publish is not None and publish.get("node") == "mona-token"
+    fields = summary(notification)
+    assert fields["message-count"] == "1" and fields["last-message-sender"] == f"{ROOM}/Max", fields
+
+    # nico's phone is in the room when its connection dies: the room still counts it as an occupant,
+    # its server holds the session for resumption, and the room's next message is pushed.
+    sm = phone.plugin["xep_0198"]
+    await until(lambda: bool(sm.sm_id))
+    await phone.plugin["xep_0045"].join_muc_wait(slixmpp.JID(ROOM), "Nico", maxstanzas=0, timeout=TIMEOUT)
+    await enable(phone, "yusuf@y.test/app-server", "nico-token")
+    assert phone.transport is not None
+    phone.transport.abort()
+    await asyncio.wait_for(phone.disconnected, TIMEOUT)
+    host.send_message(mto=ROOM, mbody="nico, your turn", mtype="groupchat")
+    notification = await notification_for(app, "nico@x1.test")
+    publish = notification.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish")
+    assert publish is not None and publish.get("node") == "nico-token"
+    assert summary(notification)["last-message-sender"] == f"{ROOM}/Max"

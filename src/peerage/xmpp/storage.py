@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from peerage.xmpp.tables import (
@@ -65,6 +65,9 @@ MAX_REMOVED_ITEMS = 1000
 class XmppStorage:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: domains whose archives their own module expires (peerage.xmpp.muc: the rooms of
+        #: conference.DOMAIN, by [muc] archive_expires_days); expire_archive leaves them alone
+        self.expired_elsewhere: frozenset[str] = frozenset()
 
     # --- roster (RFC 6121 section 2, XEP-0237) --------------------------------------------------
     async def load_roster(self, owner: str) -> tuple[int, dict[str, RosterItem]]:
@@ -221,8 +224,11 @@ class XmppStorage:
         return [ArchivedMessage(r.archive_id, r.with_jid, r.stamp, r.stanza) for r in rows], complete
 
     async def expire_archive(self, before_stamp: float) -> None:
+        condition = xmpp_archive.c.stamp < before_stamp
+        for domain in self.expired_elsewhere:
+            condition = and_(condition, not_(xmpp_archive.c.owner.endswith("@" + domain, autoescape=True)))
         async with self.engine.begin() as conn:
-            await conn.execute(delete(xmpp_archive).where(xmpp_archive.c.stamp < before_stamp))
+            await conn.execute(delete(xmpp_archive).where(condition))
 
     # --- private XML (XEP-0049) ----------------------------------------------------------------
     async def get_private(self, owner: str, namespace: str) -> str | None:

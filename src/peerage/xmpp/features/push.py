@@ -17,7 +17,15 @@ This module is in charge of:
   ``session-hibernating`` event), and for each message that reaches it while it waits (hooked on
   ``message/full`` and ``message/bare`` ahead of delivery, which then queues it for the resumption);
   ``message-count`` is then the messages waiting in its queue. Only messages worth waking a phone
-  for count: a body or an OMEMO payload, not chat states or receipts alone;
+  for count: a body or an OMEMO payload, not chat states or receipts alone (nor a room's subject);
+- group chats, as Prosody's mod_cloud_notify and mod_muc_offline_delivery together do:
+  - a room message with a body that reaches a session waiting for resumption (the phone is still
+    an occupant) is pushed like a chat message. Every such message, not only those that mention
+    the user: mod_cloud_notify does not look for mentions either, and the app decides what to show
+    once woken (Conversations notifies for mentions by default, others for all);
+  - a room message to the account's bare JID is a room's offline delivery to an absent member
+    (``peerage.xmpp.muc`` sends those to members who asked for them): with push enabled the app
+    server is told (``message-count`` 1), without it the message is refused (service-unavailable);
 - the app server's answers: a result resets the registration's error count; an error or no answer
   within ``NOTIFY_TIMEOUT`` counts, and ``[xmpp.push] max_errors`` in a row disable the registration
   (section 8 lets the server stop; an error of type ``cancel`` or ``auth`` disables at once, as
@@ -160,22 +168,46 @@ class Push(Feature):
     # --- notifications --------------------------------------------------------------------------
     def _offline(self, event: OfflineStored) -> None:
         stanza = event.stanza
-        if self.config.enabled and stanza.attrs.get("type") != "groupchat":
+        if self.config.enabled and stanza.attrs.get("type") != "groupchat":  # never stored offline anyway
             spawn = self.ctx.spawn
             if spawn is not None:
                 spawn(self._notify(event.bare, stanza, event.count))
         return None
 
-    def _to_waiting_session(self, event: StanzaEvent) -> None:
+    def _to_waiting_session(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        if (not event.resource and stanza.attrs.get("type") == "groupchat" and event.user is not None
+                and self.config.enabled and worth_waking(stanza)):
+            # A room's message for an absent member (offline delivery): decided here, not bounced
+            # by the im feature, when the account has an app server to wake.
+            return self._room_message_for_absent(event.bare, stanza)
         try:
             self._push_if_waiting(event)
         except Exception:  # on the message path: a push problem must never stop the delivery
             log.exception("push check for %s failed", event.bare)
         return None
 
+    async def _room_message_for_absent(self, owner: str, stanza: Element) -> None:
+        """A groupchat message to the bare JID: a room's offline delivery (Prosody's
+        mod_muc_offline_delivery) to a member who is not in it. With push enabled, the app server is
+        told (the message itself is not stored: the app reads it from the room when it rejoins, by
+        MUC history or the room's archive, as XEP-0160 keeps groupchat out of offline storage);
+        without, the message is refused as RFC 6121 section 8.5.2 asks for groupchat to a bare JID."""
+        try:
+            async with self.engine.connect() as conn:
+                registered = (await conn.execute(select(func.count()).select_from(push_registrations).where(
+                    push_registrations.c.owner == owner))).scalar() or 0
+        except Exception:
+            log.exception("push check for %s failed", owner)
+            registered = 0
+        if not registered:
+            await self.ctx.router.bounce(stanza, "service-unavailable")
+            return
+        await self._notify(owner, stanza, 1)
+
     def _push_if_waiting(self, event: StanzaEvent) -> None:
         stanza = event.stanza
-        if not self.config.enabled or event.user is None or stanza.attrs.get("type") in ("groupchat", "error"):
+        if not self.config.enabled or event.user is None or stanza.attrs.get("type") == "error":
             return None
         if not worth_waking(stanza):
             return None
@@ -196,7 +228,7 @@ class Push(Feature):
     def _hibernating(self, session: Any) -> None:
         if not self.config.enabled or session.sm is None:
             return None
-        waiting = [queued for queued in queued_worth_waking(session) if queued.attrs.get("type") != "groupchat"]
+        waiting = queued_worth_waking(session)
         spawn = self.ctx.spawn
         if waiting and spawn is not None:
             spawn(self._notify(session.bare_jid, waiting[-1], len(waiting)))

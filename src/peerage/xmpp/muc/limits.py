@@ -64,3 +64,7 @@ MAX_AFFILIATIONS = 10000
 #: Outstanding IQs proxied to occupants (XEP-0045 section 7.2.? vCard and other queries to room/nick):
 #: a bounded map from the id we sent to the requester's address and id.
 MAX_PROXIED_IQS = 1000
+#: Absent members one room message is delivered to (offline delivery, for push): Prosody's
+#: mod_muc_offline_delivery has no bound; 1000 keeps a message's cost within five full rooms' fan-out
+#: (DEFAULT_MAX_OCCUPANTS each). Members past it, in affiliation order, get no copy.
+MAX_OFFLINE_DELIVERIES = 1000

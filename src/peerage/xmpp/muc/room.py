@@ -44,6 +44,8 @@ VCARD_NS = "vcard-temp"
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
 REGISTER_NS = "jabber:iq:register"
 MUC_REGISTER = MUC_NS + "#register"
+#: Prosody's mod_muc_offline_delivery registration field (Tigase's protocol, used by Siskin and Snikket).
+OFFLINE_FIELD = "{http://tigase.org/protocol/muc}offline"
 #: XEP-0425 message moderation with XEP-0424 retraction: version 1 (0.3.0 of the XEPs) and the earlier
 #: version 0 that wrapped the request in XEP-0422 <apply-to/> (still sent by some clients; Prosody's
 #: mod_muc_moderation speaks both too).
@@ -127,6 +129,9 @@ class Room:
         #: bare JID -> reserved nickname (section 7.12)
         self.reserved: dict[str, str] = {}
         self.reasons: dict[str, str] = {}
+        #: bare JID -> whether the member gets room messages while absent (offline delivery); a
+        #: member missing here has not chosen and the service's default applies
+        self.offline: dict[str, bool] = {}
         self.occupants: dict[str, Occupant] = {}
         self.by_full: dict[str, Occupant] = {}
         self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=max(1, config.history_length))
@@ -446,6 +451,18 @@ class Room:
         for other in self.occupants.values():
             for session in other.sessions:
                 send(Element("message", "", {**attrs, "to": session}, children))
+        if archived:
+            for member in self.absent_members_for_delivery():
+                send(Element("message", "", {**attrs, "to": member}, children))
+
+    def absent_members_for_delivery(self) -> list[str]:
+        """Members (with a reserved nickname, as Prosody's mod_muc_offline_delivery asks) who are not in
+        the room and get its messages at their bare JID, for their server to push to their phone."""
+        default = self.service.offline_delivery_default
+        present = {occupant.bare for occupant in self.occupants.values()}
+        return [jid for jid, affiliation in self.affiliations.items()
+                if RANK[affiliation] >= RANK["member"] and jid in self.reserved and jid not in present
+                and self.offline.get(jid, default)][: limits.MAX_OFFLINE_DELIVERIES]
 
     async def moderate(self, iq: Element, sender: str, archive_id: str, reason: str) -> Element:
         """XEP-0425: a moderator retracts a message (by its stanza-id); everyone is told, the archive
@@ -848,6 +865,7 @@ class Room:
             self.affiliations.pop(jid, None)
             self.reserved.pop(jid, None)
             self.reasons.pop(jid, None)
+            self.offline.pop(jid, None)
         else:
             self.affiliations[jid] = affiliation
             if reason:
@@ -980,17 +998,26 @@ class Room:
     def register_get(self, iq: Element, sender: str) -> Element:
         bare = bare_of(sender)
         query = Element("query", REGISTER_NS)
-        if RANK[self.affiliation(bare)] >= RANK["member"]:
+        registered = RANK[self.affiliation(bare)] >= RANK["member"]
+        if registered:
             query.add("registered")
             query.add("username", text=self.reserved.get(bare, ""))
-            return iq_result(iq, query)
-        if self.affiliation(bare) == "outcast":
+        elif self.affiliation(bare) == "outcast":
             return error(iq, "forbidden", "you are banned from this room")
-        query.add("instructions", text="Choose the nickname you will be known by in this room.")
+        else:
+            query.add("instructions", text="Choose the nickname you will be known by in this room.")
+        # A registered member gets the form too, with its current values (as Prosody's
+        # muc_registration_include_form): apps read whether offline delivery is on from it.
         form = query.add("x", forms.DATA_NS, {"type": "form"})
         form.add("field", attrs={"var": "FORM_TYPE", "type": "hidden"}).add("value", text=MUC_REGISTER)
-        form.add("field", attrs={"var": "muc#register_roomnick", "type": "text-single", "label": "Nickname"}
-                 ).add("required")
+        nick = form.add("field", attrs={"var": "muc#register_roomnick", "type": "text-single", "label": "Nickname"})
+        nick.add("required")
+        if registered and self.reserved.get(bare):
+            nick.add("value", text=self.reserved[bare])
+        offline = self.offline.get(bare, self.service.offline_delivery_default)
+        form.add("field", attrs={"var": OFFLINE_FIELD, "type": "boolean",
+                                 "label": "Receive messages while not connected to the room"}
+                 ).add("value", text="1" if offline else "0")
         return iq_result(iq, query)
 
     def register_set(self, iq: Element, query: Element, sender: str) -> Element:
@@ -1022,6 +1049,9 @@ class Room:
             self.set_affiliation(bare, "member", nick=nick)
         else:
             self.reserved[bare] = nick
+        offline = values.get(OFFLINE_FIELD)
+        if offline:
+            self.offline[bare] = offline[0] in ("1", "true")
         self.service.save(self)
         return iq_result(iq)
 

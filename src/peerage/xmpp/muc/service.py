@@ -52,6 +52,8 @@ DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
 DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"
 MUC_UNIQUE = MUC_NS + "#unique"
 PREFIX = "conference"
+#: Seconds between room archive expiry runs (as the one-to-one archive's, peerage.xmpp.service).
+ARCHIVE_EXPIRY_INTERVAL = 3600.0
 
 
 class MucService(Feature):
@@ -69,12 +71,15 @@ class MucService(Feature):
         self.message_rate = limits.DEFAULT_MESSAGE_RATE
         self.message_burst = limits.DEFAULT_MESSAGE_BURST
         self.archive_by_default = True
+        self.offline_delivery_default = False
+        self.archive_expires_days = 7
         self.archive = RoomArchive(self.ctx.storage, self.ctx.spawn)
         self.store = RoomStore(self.ctx.storage.engine)
         self._dirty: set[Room] = set()
         self._deleted: set[str] = set()
         self._writer: asyncio.Future[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._expiry: asyncio.Future[None] | None = None
         self.ctx.events.hook("xmpp-hosted-domains", self._domains_changed)
         host = self.ctx.host
         self._configure(getattr(host.config, "muc", None) if host is not None else None)
@@ -106,11 +111,16 @@ class MucService(Feature):
         self.message_rate = float(config.message_rate)
         self.message_burst = max(1.0, float(config.message_burst))
         self.archive_by_default = bool(config.archive_by_default)
+        self.offline_delivery_default = bool(config.offline_delivery_default)
+        self.archive_expires_days = max(0, int(config.archive_expires_days))
 
     async def load(self) -> None:
-        """Load the persistent rooms (before the listeners open) and their recent history."""
+        """Load the persistent rooms (before the listeners open) and their recent history, and start
+        the rooms' archive expiry."""
         if not self.enabled:
             return
+        if self._expiry is None:
+            self._expiry = asyncio.ensure_future(self._expire_periodically())
         for row in await self.store.load():
             self._restore(row)
         for room in list(self.rooms.values()):
@@ -168,8 +178,35 @@ class MucService(Feature):
             await asyncio.sleep(0.2)  # bounded: queued s2s writes go out before the streams close
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         await self.archive.flush()
         await self._write()
+
+    # --- the rooms' own archive expiry ([muc] archive_expires_days) ------------------------------
+    async def _expire_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(ARCHIVE_EXPIRY_INTERVAL)
+            try:
+                await self.expire_archive()
+            except Exception:
+                log.exception("room archive expiry failed")
+
+    async def expire_archive(self, now: float | None = None) -> None:
+        """Delete the room messages older than ``[muc] archive_expires_days`` (0: kept while the room
+        lives). The one-to-one sweep (``[xmpp] archive_expires_days``) leaves these domains to this."""
+        if not self.archive_expires_days or not self.services:
+            return
+        from sqlalchemy import and_, delete, or_
+
+        from peerage.xmpp.tables import xmpp_archive
+
+        cutoff = (now if now is not None else time.time()) - self.archive_expires_days * 86400
+        rooms = or_(*(xmpp_archive.c.owner.endswith("@" + jid, autoescape=True) for jid in self.services))
+        await self.archive.flush()
+        async with self.ctx.storage.engine.begin() as conn:
+            await conn.execute(delete(xmpp_archive).where(and_(xmpp_archive.c.stamp < cutoff, rooms)))
 
     def _domains_changed(self, domains: set[str]) -> None:
         if not self.enabled:
@@ -182,6 +219,8 @@ class MucService(Feature):
         for jid, domain in wanted.items():
             if jid not in self.services:
                 self.services[jid] = self._register(domain)
+        # The rooms' archives follow [muc] archive_expires_days, not the one-to-one setting.
+        self.ctx.storage.expired_elsewhere = frozenset(self.services)
         return None
 
     def _register(self, domain: str) -> HostedService:
@@ -335,12 +374,14 @@ class MucService(Feature):
             return
         room = Room(self, row["jid"], config, row["salt"], row["created"])
         room.subject, room.subject_by = row["subject"], row["subject_by"]
-        for jid, affiliation, nick, reason in row["affiliations"]:
+        for jid, affiliation, nick, reason, offline in row["affiliations"]:
             room.affiliations[jid] = affiliation
             if nick:
                 room.reserved[jid] = nick
             if reason:
                 room.reasons[jid] = reason
+            if offline is not None:
+                room.offline[jid] = bool(offline)
         room.stored = True  # type: ignore[attr-defined]
         domain = room.jid.partition("@")[2]
         if domain in self.services:

@@ -1,7 +1,8 @@
 """Persistent rooms in the database (``muc_rooms``, ``muc_affiliations``).
 
 This module is in charge of reading every persistent room at start and of writing one room's whole
-state (configuration, subject, occupant-id salt, affiliations) in one transaction, or deleting it.
+state (configuration, subject, occupant-id salt, affiliations with their reserved nicknames and
+offline-delivery choices) in one transaction, or deleting it.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ class RoomStore:
             for row in await conn.execute(select(muc_affiliations)):
                 room = rooms.get(row.room)
                 if room is not None:
-                    room["affiliations"].append((row.jid, row.affiliation, row.nick, row.reason))
+                    room["affiliations"].append((row.jid, row.affiliation, row.nick, row.reason, row.offline))
         return list(rooms.values())
 
     async def save(self, room: Room) -> None:
         affiliations = [{"room": room.jid, "jid": jid, "affiliation": affiliation,
-                         "nick": room.reserved.get(jid, ""), "reason": room.reasons.get(jid, "")}
+                         "nick": room.reserved.get(jid, ""), "reason": room.reasons.get(jid, ""),
+                         "offline": room.offline.get(jid)}
                         for jid, affiliation in room.affiliations.items()]
         async with self.engine.begin() as conn:
             await conn.execute(delete(muc_rooms).where(muc_rooms.c.jid == room.jid))

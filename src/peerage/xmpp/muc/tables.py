@@ -1,13 +1,14 @@
 """Database tables of the group-chat service: persistent rooms and their affiliations.
 
 This module is in charge of declaring the ``muc_`` tables against the shared metadata. The room
-archive (XEP-0313 on the room JID) lives in ``xmpp_archive`` with the room's JID as owner, so it is
-expired with the one-to-one archive (``[xmpp] archive_expires_days``).
+archive (XEP-0313 on the room JID) lives in ``xmpp_archive`` with the room's JID as owner; it is
+expired by ``peerage.xmpp.muc.service`` after ``[muc] archive_expires_days``, and the one-to-one
+sweep (``[xmpp] archive_expires_days``) leaves it alone.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, String, Table, Text
 
 from peerage.store.schema import metadata
 from peerage.xmpp.tables import JID_LENGTH
@@ -35,4 +36,7 @@ muc_affiliations = Table(
     # a member's reserved nickname (XEP-0045 section 7.12)
     Column("nick", String(1024), nullable=False, default=""),
     Column("reason", Text, nullable=False, default=""),
+    # whether room messages go to the member while absent (Prosody's mod_muc_offline_delivery field
+    # {http://tigase.org/protocol/muc}offline); NULL: the service's default
+    Column("offline", Boolean, nullable=True),
 )
