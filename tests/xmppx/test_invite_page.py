@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.harness import PeerageServer
-from tests.xmppx.conftest import ONE_ADDRESS, Client
+from tests.xmppx.conftest import ONE_ADDRESS, Client, until
 from tests.xmppx.test_upload import LoopbackResolver
 
 CSRF_COOKIE = "__Host-invite-csrf"
@@ -81,7 +81,7 @@ async def test_invitation_page_creates_an_account(one: PeerageServer, browser: a
     # A real client logs in with it and finds the inviter in its roster, mutually subscribed.
     friend = await Client("quinnsfriend@x1.test", password="a web-chosen passphrase").login(ONE_ADDRESS)
     try:
-        assert friend.client_roster["quinn@x1.test"]["subscription"] == "both"
+        await until(lambda: friend.client_roster["quinn@x1.test"]["subscription"] == "both")
     finally:
         await friend.close()
 

@@ -117,7 +117,8 @@ async def test_invitation_registers_with_mutual_subscription(one: PeerageServer,
     friend = Registrar("vicsfriend@x1.test", "the invitee's passphrase", token=token)
     clients.append(friend)
     assert await friend.attempt(ONE_ADDRESS) == "registered"
-    assert friend.client_roster["vic@x1.test"]["subscription"] == "both"
+    # In the roster it fetched at login, or in a roster push if the approval came after that read.
+    await until(lambda: friend.client_roster["vic@x1.test"]["subscription"] == "both")
     await until(lambda: vic.client_roster["vicsfriend@x1.test"]["subscription"] == "both")  # a roster push
     # They see each other's presence straight away.
     friend.send_presence(pstatus="hello vic")
