@@ -264,17 +264,18 @@ async def test_mutual_subscription_requests_at_once_across_nodes(cluster: Cluste
     left: list[XmppClient] = []
     right: list[XmppClient] = []
     try:
+        placed: list[tuple[XmppClient, str]] = []
         for number in range(count):
             a = XmppClient(f"mutual{number + 1}a@{DOMAIN}", PASSWORD)
             b = XmppClient(f"mutual{number + 1}b@{DOMAIN}", PASSWORD)
             left.append(a)
             right.append(b)
-            b_node = "n2" if number % 2 else "n3"
-            await a.login(cluster.address("n1"))
-            await b.login(cluster.address(b_node))
-            # both available in every node's registry, so each request reaches a client
-            await cluster.wait_registry(_has_session("n1", a.boundjid.full, "available"), what="a in the registry")
-            await cluster.wait_registry(_has_session(b_node, b.boundjid.full, "available"), what="b in the registry")
+            placed += [(a, "n1"), (b, "n2" if number % 2 else "n3")]
+        await asyncio.gather(*(client.login(cluster.address(node)) for client, node in placed))
+        # all available in every node's registry, so each request reaches a client
+        await cluster.wait_registry(lambda status: all(_has_session(node, client.boundjid.full, "available")(status)
+                                                       for client, node in placed),
+                                    timeout=20, what="the twelve sessions in the registry")
         for shift in range(rounds):
             pairs = [(left[i], right[(i + shift) % count]) for i in range(count)]
             for a, b in pairs:  # all in one turn of the loop: the requests cross on the wire
@@ -802,17 +803,18 @@ async def test_room_owner_node_killed(cluster: ClusterUnderTest) -> None:
         await rita.wait_for("iq", r"id='aff'.*type='result'|type='result'.*id='aff'")
         await sam.send(f"<presence to='{room}/sam'><x xmlns='{muc}'/></presence>")
         await sam.wait_for("presence", r"from='failover@conference[^']*/sam'.*status code='110'")
-        # the owner writes behind: wait until the database has what a new owner will read
-        deadline = time.monotonic() + 10
-        while not await _room_stored(cluster.database_url, room, "Failover room", sam.bare):
-            assert time.monotonic() < deadline, "the room's state never reached the database"
-            await asyncio.sleep(0.1)
         status = await cluster.status_of(("n1", "n2"))
         owner = next(name for name, answer in status.items() if service in answer.get("service_leases", []))
         assert owner in ("n1", "n2"), status
         survivor = "n2" if owner == "n1" else "n1"
         stays, leaves = (sam, rita) if owner == "n1" else (rita, sam)
+        # a last change answered just before the kill: the answer means it is in the database
+        await rita.send(f"<iq type='set' to='{room}' id='aff2'><query xmlns='{muc}#admin'>"
+                        f"<item affiliation='member' jid='latecomer@{DOMAIN}'/></query></iq>")
+        await rita.wait_for("iq", r"id='aff2'.*type='result'|type='result'.*id='aff2'")
         cluster.nodes[owner].kill()
+        assert await _room_stored(cluster.database_url, room, "Failover room", sam.bare)
+        assert await _room_stored(cluster.database_url, room, "Failover room", f"latecomer@{DOMAIN}")
         leaves.drop()
         # the occupant on the surviving node is told the room went away, and rejoins
         await stays.wait_for("presence", r"from='failover@conference[^']*/" + stays.user + "'.*status code='332'",

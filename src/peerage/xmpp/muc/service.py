@@ -54,6 +54,9 @@ MUC_UNIQUE = MUC_NS + "#unique"
 PREFIX = "conference"
 #: Seconds between room archive expiry runs (as the one-to-one archive's, peerage.xmpp.service).
 ARCHIVE_EXPIRY_INTERVAL = 3600.0
+#: Seconds the answer to a change of a persistent room waits for the change to be written (then it
+#: goes anyway; the writer keeps retrying).
+ANSWER_AFTER_WRITE = 5.0
 
 
 class MucService(Feature):
@@ -530,21 +533,35 @@ class MucService(Feature):
                 query.add("item", attrs={"jid": f"{room.jid}/{nick}"})
         return iq_result(ctx.iq, query)
 
-    def _owner(self, ctx: IqContext) -> Element:
+    def _owner(self, ctx: IqContext) -> Any:
         room = self._room(ctx)
         if room is None:
             return error(ctx.iq, "item-not-found", "no such room")
         if ctx.iq.attrs["type"] == "get":
             return room.owner_get(ctx.iq, ctx.sender)
-        return room.owner_set(ctx.iq, ctx.payload, ctx.sender)
+        return self._once_written(room.owner_set(ctx.iq, ctx.payload, ctx.sender))
 
-    def _admin(self, ctx: IqContext) -> Element:
+    def _admin(self, ctx: IqContext) -> Any:
         room = self._room(ctx)
         if room is None:
             return error(ctx.iq, "item-not-found", "no such room")
         if ctx.iq.attrs["type"] == "get":
             return room.admin_get(ctx.iq, ctx.payload, ctx.sender)
-        return room.admin_set(ctx.iq, ctx.payload, ctx.sender)
+        return self._once_written(room.admin_set(ctx.iq, ctx.payload, ctx.sender))
+
+    def _once_written(self, reply: Element) -> Any:
+        """A configuration or affiliation change is answered once it is in the database (the
+        writer started when the room was saved): what the owner was told it changed survives the
+        process, and on a cluster the next owner node reads it (peerage.cluster)."""
+        writer = self._writer
+        if writer is None or writer.done():
+            return reply
+        return self._answer_after(writer, reply)
+
+    @staticmethod
+    async def _answer_after(writer: Any, reply: Element) -> Element:
+        await asyncio.wait([writer], timeout=ANSWER_AFTER_WRITE)
+        return reply
 
     def _room_register(self, ctx: IqContext) -> Element:
         room = self._room(ctx)
