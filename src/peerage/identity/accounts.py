@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from peerage.identity.address import Address, AddressError, normalize_domain, parse_address
+from peerage.identity.credential_events import DELETED, RESET, WEB_SESSION, CredentialEvents
 from peerage.identity.credentials import (
     SIP_DIGEST_HASHES,
     Credentials,
@@ -31,17 +32,13 @@ from peerage.identity.credentials import (
     verify_argon2,
 )
 from peerage.identity.sip_tokens import SipTokens
-from peerage.identity.tables import app_passwords, login_tokens
+from peerage.identity.tables import app_passwords, login_tokens, sip_web_tokens
 from peerage.identity.tokens import LoginTokens, looks_like_token
 from peerage.store import Store
 from peerage.store.schema import accounts, load_all_tables
 
 log = logging.getLogger(__name__)
 
-#: What a listener of ``AccountService.credential_listeners`` is told: the account, the reason
-#: (``"reset"``: its password changed; ``"not-authorized"``: it was deleted; RFC 6120 section 4.9.3),
-#: and the connection that made the change, which keeps its stream (XEP-0077 section 3.3), or None.
-CredentialListener = Callable[[str, str, object | None], None]
 
 
 class AccountError(Exception):
@@ -109,17 +106,11 @@ class AccountService:
         # Short-lived per-protocol tokens (peerage.identity.tokens): only lookups naming a protocol
         # (`scram(..., protocol="xmpp")`, `verify_password(..., protocol="xmpp")`) accept them.
         self.tokens = LoginTokens(store)
-        # Told, in this process, when an account's password changes or the account is deleted, so
-        # the protocols end what is already running on the ended credentials (the XMPP service ends
-        # the account's live streams, as Prosody's mod_c2s does on user-password-changed).
-        self.credential_listeners: list[CredentialListener] = []
-
-    def _credentials_ended(self, account: str, reason: str, keep: object | None) -> None:
-        for listener in list(self.credential_listeners):
-            try:
-                listener(account, reason, keep)
-            except Exception:
-                log.exception("ending the live sessions of %s failed", account)
+        # Told when an account's password changes, the account is deleted or a web session ends, here
+        # or in another process (peerage.identity.credential_events), so the protocols end what is
+        # already running on the ended credentials (the XMPP service ends the account's live streams,
+        # as Prosody's mod_c2s does on user-password-changed; the registrar drops SIP bindings).
+        self.credential_events = CredentialEvents(store)
 
     def _check_policy(self, addr: Address, password: str) -> None:
         if self.password_min_length is not None:
@@ -161,7 +152,7 @@ class AccountService:
         login tokens, SIP web tokens) end with the old password, in the same transaction, so a password
         changed because it leaked locks out whoever used it, in this process or another. App passwords
         are kept: they are device secrets the user manages one by one (Fastmail keeps them too).
-        Then this process's live sessions of the account end (``credential_listeners``), except
+        Then the live sessions of the account end (``credential_events``, in every process), except
         ``keep``: the connection that asked for the change."""
         addr = self._local_address(address)
         self._check_policy(addr, password)
@@ -176,7 +167,8 @@ class AccountService:
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist; create it with `peerage user add {addr}`")
             await self._end_sessions_and_tokens(conn, str(addr))
-        self._credentials_ended(str(addr), "reset", keep)
+            event = await self.credential_events.record(conn, str(addr), RESET, keep=keep)
+        await self.credential_events.dispatch([event])
 
     async def _end_sessions_and_tokens(self, conn: Any, account: str) -> None:
         await conn.execute(delete(login_tokens).where(login_tokens.c.account == account))
@@ -186,11 +178,21 @@ class AccountService:
         if web_sessions is not None:
             await conn.execute(delete(web_sessions).where(web_sessions.c.account == account))
 
-    async def end_web_session_tokens(self, web_session: str) -> int:
+    async def end_web_session_tokens(self, web_session: str, account: str | None = None) -> int:
         """End the XMPP and SIP tokens a web session (its token's hash) was given: it logged out or was
-        revoked. How many."""
-        return (await self.tokens.revoke_web_session(web_session)
-                + await self.sip_tokens.revoke_web_session(web_session))
+        revoked. How many. What was opened with them (XMPP streams, SIP registrations) ends too
+        (``credential_events``): for ``account`` when given, else for the accounts the tokens name."""
+        async with self.store.begin() as conn:
+            named: set[str] = {account} if account else set()
+            for table in (login_tokens, sip_web_tokens):
+                named.update((await conn.execute(select(table.c.account).distinct()
+                                                 .where(table.c.web_session == web_session))).scalars())
+            events = [await self.credential_events.record(conn, name, WEB_SESSION, web_session)
+                      for name in sorted(named)]
+        ended = (await self.tokens.revoke_web_session(web_session)
+                 + await self.sip_tokens.revoke_web_session(web_session))
+        await self.credential_events.dispatch(events)
+        return ended
 
     async def delete(self, address: str | Address) -> None:
         addr = self._local_address(address)
@@ -201,7 +203,8 @@ class AccountService:
             result = await conn.execute(delete(accounts).where(accounts.c.address == str(addr)))
             if result.rowcount == 0:
                 raise AccountError(f"{addr} does not exist")
-        self._credentials_ended(str(addr), "not-authorized", None)
+            event = await self.credential_events.record(conn, str(addr), DELETED)
+        await self.credential_events.dispatch([event])
 
     async def list(self, domain: str | None = None) -> list[str]:
         query = select(accounts.c.address).order_by(accounts.c.domain, accounts.c.local)

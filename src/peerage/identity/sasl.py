@@ -219,6 +219,12 @@ class SaslServer:
         self._scram: ScramServer | None = None
         self._stage = "idle"
 
+    @property
+    def matched_alternate(self) -> bytes | None:
+        """After a SCRAM success: the stored key of the app password or login token the proof matched
+        (None: the account's own password, or not SCRAM)."""
+        return self._scram.matched_alternate if self._scram is not None else None
+
     # --- client input ---------------------------------------------------------------------------
     def start(self, mechanism: str, initial: bytes | None) -> Step:
         """Begin ``mechanism``; ``initial`` is the initial response (None when the client sent none,

@@ -177,6 +177,10 @@ class ScramServer:
         self._server_first = f"r={self._nonce},s={salt_b64},i={self._fake.iterations}".encode()
         return self._server_first
 
+    #: After a successful ``client_final``: the stored key of the alternate that matched, None for the
+    #: account's own.
+    matched_alternate: bytes | None = None
+
     def client_final(self, message: bytes) -> bytes:
         """Check client-final-message; return server-final-message or raise ScramError."""
         assert self._first is not None
@@ -210,12 +214,15 @@ class ScramServer:
         if credential is None:
             raise ScramError("not-authorized", "invalid username or password", "invalid-proof")
         # The account's own keys first, then its app passwords' (same salt and iterations).
-        for stored_key, server_key in ((credential.stored_key, credential.server_key), *credential.alternates):
+        for index, (stored_key, server_key) in enumerate(((credential.stored_key, credential.server_key),
+                                                          *credential.alternates)):
             signature = hmac.digest(stored_key, auth_message, self._algorithm)
             if len(proof) != len(signature):
                 break
             client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
             if hmac.compare_digest(hashlib.new(self._algorithm, client_key).digest(), stored_key):
+                # an alternate's stored key (an app password or login token): the caller may ask which
+                self.matched_alternate = stored_key if index else None
                 server_signature = hmac.digest(server_key, auth_message, self._algorithm)
                 return b"v=" + base64.b64encode(server_signature)
         raise ScramError("not-authorized", "invalid username or password", "invalid-proof")

@@ -82,6 +82,17 @@ class SipTokens:
                 sip_web_tokens.c.account == account, sip_web_tokens.c.expires > self.clock()))).scalars().all()
         return [str(h) for h in rows]
 
+    async def issued_to(self, account: str, algorithm: str, ha1: str, *, full: bool = False) -> tuple[bool, str | None]:
+        """Is ``ha1`` (one a digest response matched) a live token's, and which web session (its hash)
+        asked for it: the registrar records it with the binding, so ending that session drops it."""
+        column = _COLUMNS.get((algorithm.upper(), full))
+        if column is None:
+            return False, None
+        async with self.store.begin() as conn:
+            row = (await conn.execute(select(sip_web_tokens.c.web_session).where(
+                sip_web_tokens.c.account == account, sip_web_tokens.c[column] == ha1))).first()
+        return (False, None) if row is None else (True, row[0])
+
     async def revoke(self, account: str, conn: Any = None) -> int:
         """End every token of `account` (its password changed, or it was deleted); how many. With
         `conn`, inside the caller's transaction."""

@@ -83,3 +83,19 @@ sip_web_tokens = Table(
     Index("ix_sip_web_tokens_account", "account"),
     Index("ix_sip_web_tokens_web_session", "web_session"),
 )
+
+# What ended an account's credentials, for the servers that hold its live sessions: a password change
+# ("reset"), a deletion ("not-authorized"), or one web session's logout or revocation ("web-session",
+# with that session's token hash). Written in the transaction that ends the credentials, so `peerage user passwd` in
+# another process, or another node sharing the database, cannot change a password without the running
+# servers learning of it (peerage.identity.credential_events polls this table). Rows older than an hour
+# are pruned: a server that was down meanwhile starts with no live sessions to end.
+identity_credential_events = Table(
+    "identity_credential_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account", String(320), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("web_session", String(64), nullable=True),
+    Column("at", Float, nullable=False),
+)

@@ -117,6 +117,18 @@ class LoginTokens:
                 login_tokens.c.expires >= self._clock()))).all()
         return [(bytes(r[0]), bytes(r[1])) for r in rows]
 
+    async def web_session_of(self, account: str, protocol: str, key: bytes | str) -> str | None:
+        """The web session that was given the live token a login just used: ``key`` is the SCRAM
+        stored key its proof matched, or (PLAIN) the token itself. None for no token, or no session."""
+        if isinstance(key, str):
+            match = login_tokens.c.token_sha256 == _digest(key)
+        else:
+            match = (login_tokens.c.scram_sha1_stored_key == key) | (login_tokens.c.scram_sha256_stored_key == key)
+        async with self.store.begin() as conn:
+            row = (await conn.execute(select(login_tokens.c.web_session).where(
+                login_tokens.c.account == account, login_tokens.c.protocol == protocol, match))).first()
+        return None if row is None else row[0]
+
     async def revoke_web_session(self, web_session: str) -> int:
         """End the tokens a web session asked for (it logged out or was revoked)."""
         async with self.store.begin() as conn:

@@ -167,11 +167,15 @@ class DigestAuthenticator:
     def verify_any(self, credentials: Credentials, method: str, ha1s: Sequence[str]) -> str:
         """`verify` against the account's HA1 and then its app passwords' (the response names none,
         so each is tried; a wrong HA1 fails before the nonce's replay state is touched)."""
-        for ha1 in ha1s:
+        return self.verify_which(credentials, method, ha1s)[0]
+
+    def verify_which(self, credentials: Credentials, method: str, ha1s: Sequence[str]) -> tuple[str, int]:
+        """`verify_any`, and the index of the HA1 that decided it (-1 when none matched)."""
+        for index, ha1 in enumerate(ha1s):
             verdict = self.verify(credentials, method, ha1)
             if verdict != Verdict.FAILED:
-                return verdict
-        return Verdict.FAILED
+                return verdict, index
+        return Verdict.FAILED, -1
 
     def verify(self, credentials: Credentials, method: str, ha1: str | None) -> str:
         """Check ``credentials`` for a request with ``method`` given the user's stored HA1."""

@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select
 
 from peerage.identity.accounts import digest_account, digest_username_in_canonical_case
+from peerage.identity.credential_events import RESET, WEB_SESSION, CredentialEvent
 from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
 from peerage.sip.message import (
     SipMessage,
@@ -90,6 +91,9 @@ class Binding:
     reg_id: int = 0  # RFC 5626 reg-id, 0 without outbound
     nat: bool = False  # reach the contact at ``received`` (behind NAT), not at its URI
     node: str = ""  # the cluster node holding ``received`` ("" for a single server)
+    # the credential that authorised it: "password", "app", "web:<web session hash>" (a web SIP token);
+    # "" when not recorded. What ends with that credential (``credentials_ended``).
+    auth: str = ""
 
     @property
     def outbound(self) -> bool:
@@ -200,7 +204,7 @@ class Registrar:
         if credentials is None:
             return self._challenge(request, domain)
         account, ha1s = await accounts.sip_digest_ha1s(credentials.username, domain, credentials.algorithm)
-        verdict = self.authenticator.verify_any(credentials, "REGISTER", ha1s)
+        verdict, matched = self.authenticator.verify_which(credentials, "REGISTER", ha1s)
         if verdict == Verdict.STALE:
             return self._challenge(request, domain, stale=True)
         if verdict != Verdict.OK:
@@ -214,7 +218,14 @@ class Registrar:
         if account is None or account != digest_account(to_uri.user, domain):
             return make_response(request, 403, "Credentials do not match the To user")
         throttle.success(client_ip, address)
-        return await self._update(request, aor, source)
+        # Which credential this is, so the binding ends with it: the account's own HA1 comes first
+        # (AccountService.sip_ha1_all), then app passwords', then web tokens'.
+        auth = "password"
+        if matched > 0:
+            token, web_session = await accounts.sip_tokens.issued_to(
+                account, credentials.algorithm, ha1s[matched], full="@" in credentials.username)
+            auth = f"web:{web_session or ''}" if token else "app"
+        return await self._update(request, aor, source, auth)
 
     def _challenge(self, request: SipMessage, realm: str, stale: bool = False) -> SipMessage:
         response = make_response(request, 401, to_tag=self._tag(request))
@@ -226,7 +237,7 @@ class Registrar:
     def _tag(request: SipMessage) -> str:
         return f"r{abs(hash(request.call_id)) & 0xFFFFFFFF:x}"
 
-    async def _update(self, request: SipMessage, aor: str, source: Destination) -> SipMessage:
+    async def _update(self, request: SipMessage, aor: str, source: Destination, auth: str = "") -> SipMessage:
         now = self.clock()
         call_id = request.call_id
         cseq, _ = request.cseq
@@ -292,7 +303,7 @@ class Registrar:
                         if old.instance == instance and old.reg_id == reg_id and old.contact != contact.uri:
                             changes[old.contact] = None
                 changes[contact.uri] = Binding(aor, contact.uri, now + expires, q, call_id, cseq,
-                                               path, received, instance, reg_id, nat, self.node)
+                                               path, received, instance, reg_id, nat, self.node, auth)
         final = dict(current)
         for uri, binding in changes.items():
             if binding is None:
@@ -339,6 +350,38 @@ class Registrar:
                 response.add("Path", value)  # RFC 3327 §5.3: echo the Path
         response.add("Supported", "path, outbound, gruu")
         return response
+
+    # -- credentials that ended (peerage.identity.credential_events)
+    async def credentials_ended(self, event: CredentialEvent) -> int:
+        """Drop the bindings made with credentials that just ended, so calls stop reaching whoever
+        holds them at once rather than at the binding's refresh (which would be refused): a deleted
+        account loses every binding; a password change, those made with the old password or a web
+        token (every web session ended with it; app passwords live on, so their bindings stay); a
+        web session's logout or revocation, those made with the SIP tokens it was given."""
+        if event.reason == WEB_SESSION:
+            def ends(b: Binding) -> bool:
+                return b.auth == f"web:{event.web_session or ''}"
+        elif event.reason == RESET:
+            def ends(b: Binding) -> bool:
+                return b.auth == "password" or b.auth.startswith("web:")
+        else:
+            def ends(b: Binding) -> bool:
+                return True
+        wanted = f"sip:{event.account}"
+        dropped = 0
+        for aor in [a for a in self.bindings if a.lower() == wanted]:
+            gone = [b for b in self.bindings[aor] if ends(b)]
+            if not gone:
+                continue
+            self.bindings[aor] = [b for b in self.bindings[aor] if b not in gone]
+            await self._persist(aor, dict.fromkeys((b.contact for b in gone), None))
+            if self.on_change is not None:
+                self.on_change(aor)
+            dropped += len(gone)
+        if dropped:
+            log.info("sip: dropped %d binding(s) of %s: its credentials ended (%s)", dropped,
+                     event.account, event.reason)
+        return dropped
 
     # -- UDP flow failure (RFC 5626 §4.4.1, §5.3)
     def flow_failed(self, received: str) -> bool:
@@ -438,13 +481,13 @@ class Registrar:
                         aor=aor, contact=uri, expires_at=binding.expires_at, q=binding.q,
                         call_id=binding.call_id, cseq=binding.cseq, path="\n".join(binding.path),
                         received=binding.received, instance=binding.instance, reg_id=binding.reg_id,
-                        nat=binding.nat, node=binding.node))
+                        nat=binding.nat, node=binding.node, auth=binding.auth))
 
 
 def _binding(row: Any) -> Binding:
     return Binding(row.aor, row.contact, row.expires_at, row.q, row.call_id, row.cseq,
                    [p for p in row.path.split("\n") if p], row.received, row.instance or "",
-                   row.reg_id or 0, bool(row.nat), row.node or "")
+                   row.reg_id or 0, bool(row.nat), row.node or "", row.auth or "")
 
 
 def _behind_nat(request: SipMessage, source: Destination) -> bool:

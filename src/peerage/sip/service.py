@@ -46,6 +46,7 @@ class SipService:
         self._pinger: asyncio.Task[None] | None = None
         self._flow_watch: asyncio.Task[None] | None = None
         self.overload_delay = 0.0
+        self._accounts: Any = None
 
     async def start(self, host: Any) -> None:
         config = host.config.sip
@@ -101,6 +102,9 @@ class SipService:
         if getattr(host, "cluster", None) is not None:
             await host.cluster.attach_sip(self)  # peerage.cluster: registrations and flows of every node
         self._flow_watch = asyncio.ensure_future(self._watch_udp_flows())
+        # Registrations made with credentials that end (logout, password change, deletion) go at once.
+        self._accounts = host.accounts
+        await host.accounts.credential_events.listen(registrar.credentials_ended)
         # Objects alive after start-up (modules, config, loaded registrations) live as long as the
         # process: move them out of the collector's sight so its passes stay short under load.
         gc.freeze()
@@ -169,6 +173,8 @@ class SipService:
                 log.exception("sip: flow check failed")
 
     async def stop(self) -> None:
+        if self._accounts is not None and self.registrar is not None:
+            await self._accounts.credential_events.unlisten(self.registrar.credentials_ended)
         if self._flow_watch is not None:
             self._flow_watch.cancel()
         if self._pinger is not None:

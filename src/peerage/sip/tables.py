@@ -36,4 +36,7 @@ sip_registrations = Table(
     Column("nat", Boolean, nullable=False, default=False, server_default=sa_false()),
     # the cluster node holding the flow the REGISTER came on ("" for a single server; peerage.cluster)
     Column("node", String(64), nullable=False, default="", server_default=""),
+    # which credential authorised the REGISTER: "password", "app", "web:<web session hash>" (a web SIP
+    # token), "" when not recorded; what must end when that credential ends (registrar.credentials_ended)
+    Column("auth", String(80), nullable=False, default="", server_default=""),
 )

@@ -177,7 +177,7 @@ class LoginRoutes:
         if principal is not None and principal.token is not None:
             await self.auth.sessions.end(principal.token)
             # The XMPP and SIP tokens this session gave the chat page end with it.
-            await self.auth.host.accounts.end_web_session_tokens(hash_token(principal.token))
+            await self.auth.host.accounts.end_web_session_tokens(hash_token(principal.token), principal.account)
         response: web.StreamResponse
         if request.content_type == "application/x-www-form-urlencoded":
             response = web.Response(status=303, headers={"Location": "/login"})
@@ -213,7 +213,7 @@ class LoginRoutes:
         ended = await self.auth.sessions.revoke(principal.account, request.match_info["id"])
         if ended is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such session"}), content_type="application/json")
-        await self.auth.host.accounts.end_web_session_tokens(ended)
+        await self.auth.host.accounts.end_web_session_tokens(ended, principal.account)
         return web.Response(status=204)
 
     # --- TOTP --------------------------------------------------------------------------------------

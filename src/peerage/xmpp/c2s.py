@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from peerage.identity import sasl
+from peerage.identity.tokens import looks_like_token
 from peerage.net.limits import PreAuthSlot
 from peerage.xmpp.c2s_stream import (
     SESSION_NS,
@@ -91,6 +92,7 @@ class C2SConnection(asyncio.Protocol):
         "_counted",
         "_deadline",
         "_flush_scheduled",
+        "_login_key",
         "_out",
         "_preauth",
         "_queue",
@@ -107,6 +109,7 @@ class C2SConnection(asyncio.Protocol):
         "stream",
         "tls",
         "transport",
+        "web_session",
     )
 
     def __init__(self, service: XmppService, *, direct_tls: bool) -> None:
@@ -135,6 +138,10 @@ class C2SConnection(asyncio.Protocol):
         self._preauth: PreAuthSlot | None = None
         #: The bound resource this connection carries (None before binding and once detached).
         self.session: ClientSession | None = None
+        #: The login token (or its SCRAM stored key) this stream authenticated with, and the web session
+        #: that token was issued to (its hash): that session's logout ends this stream too.
+        self._login_key: bytes | str | None = None
+        self.web_session: str | None = None
 
     @property
     def bound(self) -> bool:
@@ -360,6 +367,8 @@ class C2SConnection(asyncio.Protocol):
                                                      mechanism=action.mechanism or "-")
             elif isinstance(action, Authenticated):
                 self.service.limits.auth.success(self.peer_ip, action.account)
+                if action.login_key is not None:
+                    self._login_key = action.login_key
                 if self._preauth is not None:
                     self._preauth.release()
                     self._preauth = None
@@ -410,6 +419,8 @@ class C2SConnection(asyncio.Protocol):
             found = await accounts.scram(account, step.hash_name, protocol="xmpp") if account else None
         else:
             found = bool(account) and bool(await accounts.verify_password(account, step.password, protocol="xmpp"))
+            if found and looks_like_token(step.password):
+                self._login_key = step.password
         if self.closing:
             return
         result = self._run(self.stream.sasl_result(found))
@@ -423,6 +434,8 @@ class C2SConnection(asyncio.Protocol):
             return
         account = self.stream.authenticated
         assert account is not None
+        if self._login_key is not None:
+            await self._note_web_session()  # before the session exists: a later logout finds it marked
         bound = await self.service.sessions.bind(self, account, action.resource or secrets.token_hex(8))
         if isinstance(bound, str):
             self._run(self.stream.bind_failed(iq, bound, "too many resources bound"))
@@ -607,4 +620,11 @@ class C2SConnection(asyncio.Protocol):
             self._write(data)
         if sm.unacked:
             self._write(b"<r xmlns='urn:xmpp:sm:3'/>")
-        return None
+        return self._note_web_session() if self._login_key is not None else None
+
+    async def _note_web_session(self) -> None:
+        """Which web session gave the login token this stream authenticated with (identity.tokens)."""
+        account, key = self.stream.authenticated, self._login_key
+        self._login_key = None
+        if account is not None and key is not None and self.web_session is None:
+            self.web_session = await self.service.host.accounts.tokens.web_session_of(account, "xmpp", key)

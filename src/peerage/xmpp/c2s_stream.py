@@ -124,6 +124,8 @@ class AuthFailed:
 @dataclass(slots=True)
 class Authenticated:
     account: str
+    # the SCRAM stored key of the app password or login token that matched (identity.tokens)
+    login_key: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -378,11 +380,12 @@ class C2SStream:
             if account is None:
                 return self._failed(sasl_failure("not-authorized"), None, counts=True)
             self.authenticated = account
+            login_key = self.exchange.matched_alternate if self.exchange is not None else None
             self.exchange = None
             self.state = State.BIND
             self.header_sent = False
             success = Element("success", SASL_NS, children=[_b64(step.data)] if step.data else [])
-            return [Authenticated(account), Send(serialize_top(success)), Restart()]
+            return [Authenticated(account, login_key), Send(serialize_top(success)), Restart()]
         if isinstance(step, sasl.NeedExternal):  # EXTERNAL is not offered on client streams
             return self._step(sasl.Failure("invalid-mechanism", "EXTERNAL is not offered"))
         return [Lookup(step, self.account(step.username))]

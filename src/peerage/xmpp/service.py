@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from peerage.config import ConfigError
+from peerage.identity.credential_events import RESET, WEB_SESSION, CredentialEvent
 from peerage.xmpp import websocket
 from peerage.xmpp.c2s import C2SConnection
 from peerage.xmpp.context import XmppContext
@@ -138,7 +139,7 @@ class XmppService:
                 protocol_factory=lambda: C2SConnection(self, direct_tls=True))
         # XMPP over WebSocket (RFC 7395) on the web service, the same sessions (xmpp/websocket.py).
         websocket.register(self)
-        host.accounts.credential_listeners.append(self._credentials_ended)
+        await host.accounts.credential_events.listen(self._credentials_ended)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def reload(self, host: Any, old_config: Any) -> None:
@@ -154,25 +155,36 @@ class XmppService:
         if refreshed:
             log.info("re-read the roster of %d accounts changed outside the server", refreshed)
 
-    def _credentials_ended(self, account: str, reason: str, keep: object | None) -> None:
+    def _credentials_ended(self, event: CredentialEvent) -> None:
         """The account's password changed (``reason`` "reset") or the account was deleted
-        ("not-authorized"): its streams, TCP and WebSocket, end with that stream error (RFC 6120
-        section 4.9.3.19/.17; Prosody's mod_c2s closes the user's sessions with <reset/> on a
-        password change), except ``keep``, the one that changed the password (XEP-0077 section 3.3).
-        They may not be resumed (XEP-0198), and sessions waiting for resumption end too."""
-        text = "the account's password was changed" if reason == "reset" else "the account was deleted"
+        ("not-authorized"), here or in another process (identity.credential_events): its streams, TCP
+        and WebSocket, end with that stream error (RFC 6120 section 4.9.3.19/.17; Prosody's mod_c2s
+        closes the user's sessions with <reset/> on a password change), except ``keep``, the one that
+        changed the password (XEP-0077 section 3.3). They may not be resumed (XEP-0198), and sessions
+        waiting for resumption end too. A web session that ended ("web-session": logout, revocation)
+        ends the streams opened with the login tokens it was given, with <not-authorized/> (as
+        Prosody's mod_c2s on a revoked token)."""
+        account, reason = event.account, event.reason
+        if reason == WEB_SESSION:
+            text, condition = "the web session that gave this login ended", "not-authorized"
+        else:
+            condition = reason
+            text = "the account's password was changed" if reason == RESET else "the account was deleted"
         ended = 0
         for connection in list(self.connections):
-            if connection is keep or connection.stream.authenticated != account or connection.closing:
+            if connection is event.keep or connection.stream.authenticated != account or connection.closing:
+                continue
+            if reason == WEB_SESSION and connection.web_session != event.web_session:
                 continue
             if connection.sm is not None:
                 connection.sm.resumable = False
-            connection.stream_error(reason, text)
+            connection.stream_error(condition, text)
             ended += 1
-        for session in self.sessions.all():
-            if session.bare_jid == account and session.hibernation is not None:
-                self.sessions.end_detached(session)
-                ended += 1
+        if reason != WEB_SESSION:
+            for session in self.sessions.all():
+                if session.bare_jid == account and session.hibernation is not None:
+                    self.sessions.end_detached(session)
+                    ended += 1
         if ended:
             log.info("ended %d stream(s) of %s: %s", ended, account, text)
 
@@ -180,8 +192,8 @@ class XmppService:
         if self._sweeper is not None:
             self._sweeper.cancel()
         host = getattr(self, "host", None)
-        if host is not None and self._credentials_ended in host.accounts.credential_listeners:
-            host.accounts.credential_listeners.remove(self._credentials_ended)
+        if host is not None:
+            await host.accounts.credential_events.unlisten(self._credentials_ended)
         for server in self.servers:
             server.close()
         # Group-chat occupants hear that the service stops (status 332), while s2s still carries it.
