@@ -278,6 +278,14 @@ class SipConfig:
     # nathelper natping_interval is off by default; deployments use 20-30 s, under the 30 s that the
     # shortest-lived NAT bindings last (RFC 4787 REQ-5 asks for 2 min, many boxes keep less).
     nat_ping_interval: int = 25
+    # What the keep-alive to a UDP contact behind NAT is: "options" (an OPTIONS request, which every UA
+    # answers, RFC 3261 §11, so a contact that stops answering is found dead: Kamailio nathelper's
+    # sipping with usrloc keepalive_timeout) or "crlf" (four bytes no one answers, nathelper's natping).
+    nat_ping_method: str = "options"
+    # With "options": seconds a NAT'd UDP contact that does not use outbound may stay silent (no answer,
+    # no request) before its binding is dropped (0: never). 120 s is four missed pings at 25 s, so one
+    # lost datagram or a busy phone does not cost a registration (Kamailio's keepalive_timeout is set so).
+    nat_ping_timeout: int = 120
     # RFC 5626 §4.4.1 Flow-Timer given to outbound UAs registering over UDP: they send a STUN keep-alive
     # at 80-100% of it, and a flow heard from for no longer than that (plus a little slack) is dead, its
     # registrations dropped. 25 s stays under the 30 s the shortest-lived NAT bindings last.

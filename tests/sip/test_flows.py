@@ -28,7 +28,7 @@ import pytest
 from peerage.sip.digest import client_authorization
 from peerage.sip.message import SipMessage, StreamParser, make_response, parse_name_addr, split_params
 from tests.harness import PeerageServer, require_binary, wait_for
-from tests.sip.sipp import failure_report, finish, run_sipp, start_sipp
+from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_sipp
 from tests.sip.ua import UdpUA
 
 SERVER_IP = "127.0.3.140"
@@ -44,8 +44,10 @@ def f_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
     require_binary("sipp")
     server = PeerageServer(tmp_path_factory.mktemp("f_test"), [DOMAIN], SERVER_IP, services=("sip",),
                            config={"dns": {"nameservers": ["127.0.3.250"], "port": 5353, "timeout": 0.5},
+                                   # CRLF pings here (the SIPp callees would take OPTIONS for calls);
+                                   # the OPTIONS pings have a server of their own (nat_pings below)
                                    "sip": {"digest_algorithms": ["MD5"], "nat_ping_interval": 1,
-                                           "udp_flow_timer": UDP_FLOW_TIMER}})
+                                           "nat_ping_method": "crlf", "udp_flow_timer": UDP_FLOW_TIMER}})
     for user in ("alice", "bob", "carol", "dave", "erin", "frank", "grace"):
         server.add_user(f"{user}@{DOMAIN}", PASSWORD)
     server.start()
@@ -160,6 +162,73 @@ def test_nat_binding_gets_keep_alives(f_test: PeerageServer) -> None:
         assert data == b"\r\n\r\n" and source == (SERVER_IP, 5060)
     finally:
         ua.close()
+
+
+# --- dead NAT'd contacts without outbound: OPTIONS keep-alives (Kamailio nathelper's sipping) --------
+
+PING_SERVER_IP = "127.0.3.170"
+PING_BOUND = "127.0.3.171"  # where SIPp really is
+PING_CLAIMED = "127.0.3.172"  # what its Via and Contact say
+NAT_PING_TIMEOUT = 3  # seconds a NAT'd contact may stay silent before its binding goes
+
+
+@pytest.fixture(scope="module")
+def nat_pings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerageServer]:
+    require_binary("sipp")
+    server = PeerageServer(tmp_path_factory.mktemp("nat_pings"), [DOMAIN], PING_SERVER_IP, services=("sip",),
+                           config={"dns": {"nameservers": ["127.0.3.250"], "port": 5353, "timeout": 0.5},
+                                   "sip": {"digest_algorithms": ["MD5"], "nat_ping_interval": 1,
+                                           "nat_ping_method": "options", "nat_ping_timeout": NAT_PING_TIMEOUT,
+                                           "tcp_listen": [], "tls_listen": []}})
+    server.add_user(f"henry@{DOMAIN}", PASSWORD)
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_a_natted_contact_that_stops_answering_options_is_dropped(nat_pings: PeerageServer, tmp_path: Path) -> None:
+    # SIPp registers as behind NAT, then stays 6 s (twice NAT_PING_TIMEOUT) answering the keep-alive
+    # OPTIONS sent to the address it registered from (-aa), and exits: the answers kept the binding.
+    offset = len(nat_pings.log_text())
+    register = run_sipp(tmp_path, "register_nat_answering.xml", local_ip=PING_BOUND, port=5080,
+                        server=f"{PING_SERVER_IP}:5060", service="henry",
+                        keys={"domain": DOMAIN, "advertised": PING_CLAIMED},
+                        extra=["-au", "henry", "-ap", PASSWORD, "-aa"])
+    assert register.returncode == 0, failure_report(tmp_path, register)
+    trace = message_log(tmp_path, "register_nat_answering.xml", register_pid(tmp_path))
+    assert trace.count("OPTIONS sip:henry@127.0.3.172:5080 SIP/2.0") >= 3, trace[-2000:]
+    assert "answered no keep-alive" not in nat_pings.log_text(offset)
+    assert _registered(nat_pings, "henry")
+    # Now nobody answers at that address: the binding goes once NAT_PING_TIMEOUT has passed.
+    wait_for(lambda: "sip: UDP contact 127.0.3.171:5080 of sip:henry@f.test (behind NAT) answered no"
+             in nat_pings.log_text(offset), timeout=20, message="the silent contact to be dropped")
+    assert not _registered(nat_pings, "henry")
+    # and a call to it is not sent into the void, but refused at once
+    caller = UdpUA("127.0.3.173", (PING_SERVER_IP, 5060), "alice", "visitor.test")
+    try:
+        response = caller.final_response(caller.build("INVITE", f"sip:henry@{DOMAIN}", to=f"<sip:henry@{DOMAIN}>"))
+        assert response is not None and response.status in (404, 480), response
+    finally:
+        caller.close()
+
+
+def register_pid(workdir: Path) -> int:
+    """The pid in the name of SIPp's message trace (it names its files after its process)."""
+    names = sorted(workdir.glob("register_nat_answering_*_messages.log"))
+    assert names, list(workdir.iterdir())
+    return int(names[-1].name.split("_")[-2])
+
+
+def _registered(server: PeerageServer, user: str) -> bool:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{server.data_dir / 'peerage.db'}")
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SELECT count(*) FROM sip_registrations WHERE aor = :a"),
+                                     {"a": f"sip:{user}@{DOMAIN}"}).scalar())
+    finally:
+        engine.dispose()
 
 
 # --- RFC 5626 outbound and RFC 5627 GRUU over TCP ---------------------------------------------------

@@ -20,7 +20,9 @@ be reached directly:
   while it is open (RFC 5923-style reuse), so a Contact naming an ephemeral port or a ``.invalid``
   host (RFC 7118) still works.
 * UDP behind NAT: when the top Via's sent-by differs from the packet's source, as Kamailio's
-  ``nat_uac_test`` (flags 2 and 16) decides, requests go to the source address and port.
+  ``nat_uac_test`` (flags 2 and 16) decides, requests go to the source address and port. The
+  service pings such contacts (OPTIONS, nathelper's sipping); one that sends nothing back for
+  ``[sip] nat_ping_timeout`` is dropped by the same check as outbound flows (``expired_udp_flows``).
 
 GRUUs (RFC 5627) are handed out for Contacts with ``+sip.instance`` when ``Supported: gruu`` is
 present: the public one names the instance, the temporary one is an opaque, signed token.
@@ -120,6 +122,12 @@ class Registrar:
         # live stream connections by "TRANSPORT host port", so calls reach clients behind NAT
         self.connections: dict[str, Any] = {}
         self.udp_flow_timer = max(2, int(getattr(self.config, "udp_flow_timer", FLOW_TIMER_UDP)))
+        # NAT'd UDP contacts without outbound answer the service's OPTIONS keep-alives (nathelper's
+        # sipping); one silent this long is dropped (0: never, and never with CRLF pings, unanswered)
+        method = str(getattr(self.config, "nat_ping_method", "options")).lower()
+        interval = int(getattr(self.config, "nat_ping_interval", 0))
+        timeout = int(getattr(self.config, "nat_ping_timeout", 0))
+        self.nat_ping_timeout = timeout if method == "options" and interval > 0 else 0
         # outbound UDP flows: source address -> when last heard from (time.monotonic()); the
         # transport updates it for every datagram from a watched address
         self.udp_heard: dict[tuple[str, int], float] = {}
@@ -317,7 +325,7 @@ class Registrar:
         self.bindings[aor] = list(final.values())
         if changes and self.on_change is not None:
             self.on_change(aor)
-        if source.transport == "UDP" and any(b is not None and b.outbound and not b.path
+        if source.transport == "UDP" and any(b is not None and (b.outbound or b.nat) and not b.path
                                              for b in changes.values()):
             self.udp_heard[source.address] = time.monotonic()  # the flow's keep-alive clock starts
             self.failed_flows.pop(received, None)
@@ -395,19 +403,39 @@ class Registrar:
         limit = self.udp_flow_timer + max(FLOW_SLACK_MIN, self.udp_flow_timer * FLOW_SLACK_SHARE)
         watched: set[tuple[str, int]] = set()
         dead: set[str] = set()
+        silent: set[str] = set()  # NAT'd contacts without outbound that stopped answering OPTIONS
         wall = self.clock()
+        nat_limit = self.nat_ping_timeout
         for bindings in self.bindings.values():
             for binding in bindings:
-                if not binding.outbound or binding.path or not binding.received.startswith("UDP ") \
+                if binding.path or not binding.received.startswith("UDP ") \
                         or binding.expires_at <= wall or binding.node != self.node:
-                    continue  # not an outbound UDP flow this node holds (another node watches its own)
+                    continue  # not a UDP flow this node holds (another node watches its own)
+                if not binding.outbound and not (binding.nat and nat_limit > 0):
+                    continue  # reached at its Contact: nothing to watch
                 _, host, port = binding.received.split(" ")
                 address = (host, int(port))
                 watched.add(address)
-                if now - self.udp_heard.setdefault(address, now) > limit:
+                quiet = now - self.udp_heard.setdefault(address, now)
+                if binding.outbound and quiet > limit:
                     dead.add(binding.received)
+                elif not binding.outbound and quiet > nat_limit:
+                    silent.add(binding.received)
         for address in [a for a in self.udp_heard if a not in watched]:
             del self.udp_heard[address]
+        for received in sorted(silent - dead):
+            _, host, port = received.split(" ")
+            self.udp_heard.pop((host, int(port)), None)
+            for aor in [aor for aor, bindings in self.bindings.items()
+                        if any(b.received == received and b.nat and not b.outbound for b in bindings)]:
+                gone = [b for b in self.bindings[aor] if b.received == received and b.nat and not b.outbound
+                        and not b.path and b.node == self.node]
+                self.bindings[aor] = [b for b in self.bindings[aor] if b not in gone]
+                await self._persist(aor, dict.fromkeys((b.contact for b in gone), None))
+                if self.on_change is not None:
+                    self.on_change(aor)
+                log.info("sip: UDP contact %s:%s of %s (behind NAT) answered no keep-alive for over %d s: "
+                         "%d binding(s) dropped", host, port, aor, nat_limit, len(gone))
         for received in sorted(dead):
             _, host, port = received.split(" ")
             self.udp_heard.pop((host, int(port)), None)

@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 import socket
 import time
 from typing import Any
 
+from peerage.config import ConfigError
 from peerage.sip.digest import DigestAuthenticator
 from peerage.sip.locate import Locator
 from peerage.sip.message import SipMessage
@@ -97,8 +99,11 @@ class SipService:
             connection_for=transport.connections.get)
         self.overload_delay = config.overload_delay
         self._ticker = asyncio.ensure_future(self._tick())
+        method = str(config.nat_ping_method).lower()
+        if method not in ("options", "crlf"):
+            raise ConfigError(f'[sip] nat_ping_method must be "options" or "crlf", not {config.nat_ping_method!r}')
         if config.nat_ping_interval > 0:
-            self._pinger = asyncio.ensure_future(self._nat_pings(config.nat_ping_interval))
+            self._pinger = asyncio.ensure_future(self._nat_pings(config.nat_ping_interval, method))
         if getattr(host, "cluster", None) is not None:
             await host.cluster.attach_sip(self)  # peerage.cluster: registrations and flows of every node
         self._flow_watch = asyncio.ensure_future(self._watch_udp_flows())
@@ -111,6 +116,8 @@ class SipService:
 
     def _receive(self, message: SipMessage, source: Destination) -> None:
         assert self.proxy is not None
+        if message.method is None and _answers_ping(message):
+            return  # the answer to a keep-alive OPTIONS: the transport noted the contact alive
         self.proxy.receive(message, source)
 
     def _unreachable(self, destination: Destination) -> None:
@@ -143,20 +150,33 @@ class SipService:
             except Exception:
                 log.exception("sip: timer error")
 
-    async def _nat_pings(self, interval: float) -> None:
-        """CRLF keep-alives to UDP contacts behind NAT, as Kamailio's nathelper natping does, so
-        their NAT bindings stay open for incoming calls."""
-        assert self.registrar is not None and self.transport is not None
+    async def _nat_pings(self, interval: float, method: str) -> None:
+        """Keep-alives to UDP contacts behind NAT, as Kamailio's nathelper does, so their NAT bindings
+        stay open for incoming calls: an OPTIONS request ("options", nathelper's sipping; any answer,
+        or any other datagram from the contact, shows it alive, and the registrar drops one silent
+        past ``[sip] nat_ping_timeout``) or CRLF ("crlf", natping). Outbound UDP flows are not pinged:
+        the UA keeps those alive itself (RFC 5626 §4.4.1)."""
+        assert self.registrar is not None and self.transport is not None and self.proxy is not None
         registrar, transport = self.registrar, self.transport
+        host, port = self.proxy.local_endpoints["UDP"]
+        sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         while True:
             await asyncio.sleep(interval)
             sent = 0
-            for bindings in list(registrar.bindings.values()):
+            for aor, bindings in list(registrar.bindings.items()):
                 for binding in bindings:
-                    if binding.nat and binding.received.startswith("UDP ") and binding.node == registrar.node:
-                        _, address, port = binding.received.split(" ")
-                        transport.sendto(b"\r\n\r\n", (address, int(port)))
-                        sent += 1
+                    if not (binding.nat and binding.received.startswith("UDP ") and not binding.path
+                            and binding.node == registrar.node):
+                        continue
+                    _, address, text = binding.received.split(" ")
+                    if method == "options" and not binding.outbound:
+                        data = _options_ping(binding.contact, aor, sent_by)
+                    elif binding.outbound:
+                        continue  # RFC 5626: the UA sends the keep-alives on its flow
+                    else:
+                        data = b"\r\n\r\n"
+                    transport.sendto(data, (address, int(text)))
+                    sent += 1
                 if sent >= MAX_NAT_PINGS:
                     break
 
@@ -187,6 +207,36 @@ class SipService:
             await self.proxy.stop()
         if self.transport is not None:
             await self.transport.stop()
+
+
+# Top Via branch of the keep-alive OPTIONS (RFC 3261 §8.1.1.7 magic cookie, then our own mark), so
+# their answers are known without a transaction: they are sent statelessly, never retransmitted.
+PING_BRANCH = "z9hG4bKnatping"
+# The From of the keep-alives (Kamailio's sipping_from is a setting; a fixed, clearly named user here).
+PING_USER = "keepalive"
+
+
+def _options_ping(contact: str, aor: str, sent_by: str) -> bytes:
+    """An OPTIONS to a registered contact (RFC 3261 §11), Max-Forwards 0: the UA answers, no proxy
+    on the way forwards it (as nathelper's sipping)."""
+    domain = aor.rpartition("@")[2]
+    tag = secrets.token_hex(4)
+    call_id = f"{secrets.token_hex(8)}@{domain}"
+    return (f"OPTIONS {contact} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {sent_by};branch={PING_BRANCH}{secrets.token_hex(6)}\r\n"
+            f"Max-Forwards: 0\r\n"
+            f"From: <sip:{PING_USER}@{domain}>;tag={tag}\r\n"
+            f"To: <{aor}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            f"CSeq: 1 OPTIONS\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+def _answers_ping(response: SipMessage) -> bool:
+    try:
+        return (response.top_via().branch or "").startswith(PING_BRANCH)
+    except Exception:
+        return False
 
 
 def _primary_address() -> str:
