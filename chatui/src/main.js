@@ -47,13 +47,17 @@ async function main() {
       api.listen.on('disconnected', () => set('disconnected'));
     },
   });
+  const wanted = new URLSearchParams(location.search).get('transport');
+  const useBosh = Boolean(config.xmpp.bosh) && (wanted === 'bosh' || typeof WebSocket === 'undefined');
+  document.body.dataset.xmppTransport = useBosh ? 'bosh' : 'websocket';
   converse.initialize({
     assets_path: '/chat/',
     authentication: 'login',
     auto_login: true,
     auto_reconnect: true,
     credentials_url: config.xmpp.credentials,
-    websocket_url: config.xmpp.websocket,
+    // BOSH (XEP-0206) where the browser has no WebSocket, or when asked for (/chat/?transport=bosh).
+    ...(useBosh ? { bosh_service_url: config.xmpp.bosh } : { websocket_url: config.xmpp.websocket }),
     discover_connection_methods: false,
     allow_registration: false,
     allow_logout: false, // the page's own "Log out" ends the web session too

@@ -183,6 +183,19 @@ class XmppWebSocketConfig:
 
 
 @dataclass(frozen=True)
+class XmppBoshConfig:
+    # XMPP over BOSH (XEP-0124/XEP-0206) at /http-bind on the web service, for clients without
+    # WebSocket; listed in host-meta (XEP-0156); the same sessions as c2s and WebSocket.
+    enabled: bool = True
+    # Longest a request is held waiting for data (the client's `wait` is capped to it); Prosody's
+    # bosh_max_wait is 120, ejabberd's 120 too; 60 stays under common proxies' 60-120 s idle cut.
+    max_wait: int = 60
+    # Seconds a session may go with no request outstanding before it ends (XEP-0124 §7
+    # `inactivity`; Prosody's bosh_max_inactivity is 60).
+    inactivity: int = 60
+
+
+@dataclass(frozen=True)
 class RegistrationConfig:
     """XEP-0077 in-band registration and XEP-0401 invitations (``peerage invite create``)."""
 
@@ -241,6 +254,7 @@ class XmppConfig:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     push: PushConfig = field(default_factory=PushConfig)
     websocket: XmppWebSocketConfig = field(default_factory=XmppWebSocketConfig)
+    bosh: XmppBoshConfig = field(default_factory=XmppBoshConfig)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,9 @@ def test_sips_peering_verifies_the_domain_certificate(domains: dict[str, Peerage
         assert refused is not None and refused.status >= 400 and refused.status != 407
     finally:
         ua.close()
-    assert "d.test" in domains["a.test"].log_text() and "certificate verify failed" in domains["a.test"].log_text()
+    wait_for(lambda: "d.test" in domains["a.test"].log_text()
+             and "certificate verify failed" in domains["a.test"].log_text(),
+             timeout=10, message="a.test's log of the refused certificate")
 
 
 # --- Kamailio -----------------------------------------------------------------------------------

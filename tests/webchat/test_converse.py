@@ -14,7 +14,16 @@ import slixmpp
 
 from tests.browser.browser import Browser
 from tests.harness import PeerageServer
-from tests.webchat.conftest import ALICE, BOB, DAVE, DAVE_PASSWORD, OTHER_ADDRESS
+from tests.webchat.conftest import (
+    ALICE,
+    BOB,
+    DAVE,
+    DAVE_PASSWORD,
+    ORIGIN,
+    OTHER_ADDRESS,
+    PASSWORD,
+    PEERAGE_ADDRESS,
+)
 
 CHAT_TIMEOUT = 20.0
 
@@ -135,3 +144,58 @@ async def test_converse_publishes_an_omemo_device(alice_page: Browser, dave: Dav
     assert found, "converse.js published no OMEMO device for alice"
     events = await asyncio.to_thread(alice_page.events)
     assert not [e for e in events["console"] if "WebAssembly" in e["text"] and e["type"] == "error"], events["console"]
+
+
+OLGA = "olga@example.org"  # chats over BOSH (her own account and browser)
+
+
+class Bob(slixmpp.ClientXMPP):
+    """bob in slixmpp over TCP (his browser page is another resource)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{BOB}/tcp", PASSWORD)
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE
+        self.started = asyncio.Event()
+        self.messages: asyncio.Queue[slixmpp.Message] = asyncio.Queue()
+        self.add_event_handler("session_start", self._start)
+        self.add_event_handler("message", self.messages.put_nowait)
+
+    def _start(self, _event: object) -> None:
+        self.send_presence()  # available: a message to the bare JID reaches this resource (RFC 6121 8.5.2.1)
+        self.started.set()
+
+
+async def test_converse_chats_over_bosh(peerage: PeerageServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """converse.js in BOSH mode (XEP-0206, as in a browser without WebSocket): the same login by
+    credentials_url, and messages both ways with a TCP user."""
+    from tests.browser.browser import require_browser
+    from tests.webchat.pages import login_to_chat, open_browser
+
+    require_browser()
+    if OLGA not in (await asyncio.to_thread(peerage.cli, "user", "list", "example.org")).stdout.split():
+        await asyncio.to_thread(peerage.add_user, OLGA, PASSWORD)
+    offset = len(peerage.log_text())
+    browser = await asyncio.to_thread(open_browser, tmp_path_factory.mktemp("olga"))
+    bob = Bob()
+    try:
+        await asyncio.to_thread(login_to_chat, browser, OLGA)
+        await asyncio.to_thread(browser.goto, f"{ORIGIN}/chat/?transport=bosh")
+        await asyncio.to_thread(wait_connected, browser)
+        assert await asyncio.to_thread(browser.eval, "document.body.dataset.xmppTransport") == "bosh"
+        assert "BOSH session" in peerage.log_text(offset)
+        bob.connect(host=PEERAGE_ADDRESS, port=5222)
+        await asyncio.wait_for(bob.started.wait(), CHAT_TIMEOUT)
+        bob.send_message(mto=OLGA, mbody="hello olga, over tcp", mtype="chat")
+        await asyncio.to_thread(wait_message, browser, f"{BOB}", "hello olga, over tcp")
+        await asyncio.to_thread(send, browser, BOB, "hello bob, over bosh")
+        while True:
+            message = await asyncio.wait_for(bob.messages.get(), CHAT_TIMEOUT)
+            if message["body"]:
+                break
+        assert message["body"] == "hello bob, over bosh" and str(message["from"]).startswith(OLGA)
+        events = await asyncio.to_thread(browser.events)
+        assert not [e for e in events["console"] if "Content Security Policy" in e["text"]], events["console"]
+    finally:
+        bob.disconnect()
+        await asyncio.to_thread(browser.close)

@@ -22,7 +22,8 @@ from tests.websocket.wsclient import WsXmpp
 DOMAIN = "ws.test"
 PASSWORD = "correct horse battery staple"
 USERS = [f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
-                                          "ivan", "judy", "mallory", "oscar", "peggy", "trent", "victor")]
+                                          "ivan", "judy", "mallory", "oscar", "peggy", "trent", "victor",
+                                          "wendy", "yves")]
 HTTPS_PORT = 13443
 HTTP_PORT = 13080
 C2S_PORT = 5222
@@ -30,6 +31,7 @@ IMAP_PORT = 13143
 SUBMISSION_PORT = 13587
 CREDENTIAL_LIFETIME = 4.0
 AUTH_DEADLINE = 3.0
+BOSH_INACTIVITY = 5  # the shortest [xmpp.bosh] inactivity the server accepts
 
 
 class WsServer:
@@ -92,6 +94,7 @@ def start_server(workdir: Path, address: str) -> PeerageServer:
         "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
         "smtp": {"mx_listen": [], "submission_listen": [f"{address}:{SUBMISSION_PORT}"], "submissions_listen": []},
         "xmpp": {"websocket": {"credential_lifetime": CREDENTIAL_LIFETIME}, "s2s_listen": [],
+                 "bosh": {"inactivity": BOSH_INACTIVITY},
                  "s2s_direct_tls_listen": [],
                  # open in-band registration (XEP-0077), to show it works over WebSocket as on TCP
                  "registration": {"enabled": True}},

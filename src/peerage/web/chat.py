@@ -38,6 +38,7 @@ BUILD_HINT = (
     "<p class=note>then reload this page. XMPP and SIP clients work without it.</p>"
 )
 XMPP_WEBSOCKET_PATH = "/xmpp-websocket"
+XMPP_BOSH_PATH = "/http-bind"
 
 
 def chat_csp(sip_origin: str | None) -> str:
@@ -104,7 +105,9 @@ class Chat:
         return _no_store(web.json_response({
             "account": account,
             "xmpp": {"websocket": f"wss://{_shown(request[HOST_NAME])}{origin_port}{XMPP_WEBSOCKET_PATH}",
-                     "credentials": "/auth/xmpp-credentials"},
+                     "credentials": "/auth/xmpp-credentials",
+                     # XEP-0206, same origin: for a browser without WebSocket, or /chat/?transport=bosh
+                     "bosh": XMPP_BOSH_PATH if self.host.config.xmpp.bosh.enabled else None},
             "sip": None if sip is None else {"websocket": sip, "uri": f"sip:{account}",
                                              "credentials": "/auth/sip-credentials"},
             "turn": turn_for(self.host) is not None,

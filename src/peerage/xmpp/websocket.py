@@ -462,6 +462,9 @@ class WebSocketEndpoint:
 def register(service: XmppService) -> None:
     """Add the endpoint and the credential route to the web service, and the host-meta link."""
     host = service.host
+    from peerage.xmpp import bosh
+
+    bosh.register(service)  # XEP-0206 on the same web service, for clients without WebSocket
     if not host.config.xmpp.websocket.enabled:
         return
     from peerage.web import routes_for
