@@ -13,7 +13,7 @@ SECTIONS = [config.ServerConfig, config.DatabaseConfig, config.DnsConfig, config
             config.MetricsConfig, config.AcmeConfig, config.TurnConfig,
             config.ClusterConfig, config.MucConfig, config.XmppWebSocketConfig,
             config.SocialConfig]
-NESTED = {"federation", "domains", "contact", "upload", "registration", "push", "websocket"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
+NESTED = {"federation", "domains", "contact", "upload", "registration", "push", "websocket", "bosh"}  # written as [xmpp.federation] and [xmpp.federation.domains."..."]
 
 
 def test_every_setting_is_documented() -> None:
