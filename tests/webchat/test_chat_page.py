@@ -106,7 +106,8 @@ async def test_page_needs_the_login_and_has_a_tight_csp(web: list[Web]) -> None:
     async with user.client.get(ORIGIN + "/chat/config") as response:
         config = await response.json()
     assert config["account"] == ALICE
-    assert config["xmpp"] == {"websocket": f"wss://{DOMAIN}:8443/xmpp-websocket", "credentials": "/auth/xmpp-credentials"}
+    assert config["xmpp"] == {"websocket": f"wss://{DOMAIN}:8443/xmpp-websocket", "credentials": "/auth/xmpp-credentials",
+                              "bosh": "/http-bind"}
     assert config["sip"]["websocket"] == f"wss://{DOMAIN}:{SIP_WSS_PORT}" and config["sip"]["uri"] == f"sip:{ALICE}"
 
 
