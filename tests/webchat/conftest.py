@@ -16,11 +16,14 @@ from tests.browser.browser import Browser, require_browser
 from tests.harness import LocalDNS, PeerageServer, TestCA
 from tests.webchat.coturn import Coturn
 
-DNS_ADDRESS = "127.0.14.53"
-PEERAGE_ADDRESS = "127.0.14.1"
-OTHER_ADDRESS = "127.0.14.2"
-TURN_ADDRESS = "127.0.14.3"
-CLIENT_ADDRESS = "127.0.14.100"
+# The area's loopback block. PEERAGE_TEST_WEBCHAT_BLOCK moves it, for a local run while another run
+# (a CI run taking no area locks) holds 127.0.14; CI uses the default.
+BLOCK = os.environ.get("PEERAGE_TEST_WEBCHAT_BLOCK", "127.0.14")
+DNS_ADDRESS = f"{BLOCK}.53"
+PEERAGE_ADDRESS = f"{BLOCK}.1"
+OTHER_ADDRESS = f"{BLOCK}.2"
+TURN_ADDRESS = f"{BLOCK}.3"
+CLIENT_ADDRESS = f"{BLOCK}.100"
 DOMAIN = "example.org"
 OTHER_DOMAIN = "example.net"
 ALICE = "alice@example.org"

@@ -15,11 +15,11 @@ import pytest
 
 from tests.browser.browser import Browser
 from tests.harness import PeerageServer, require_binary, wait_for
-from tests.webchat.conftest import ALICE, DAVE, DAVE_PASSWORD, OTHER_ADDRESS, PEERAGE_ADDRESS
+from tests.webchat.conftest import ALICE, BLOCK, DAVE, DAVE_PASSWORD, OTHER_ADDRESS, PEERAGE_ADDRESS
 from tests.webchat.pages import stats, wait_phone
 
-BARESIP_ADDRESS = "127.0.14.20"
-DAVE_ADDRESS = "127.0.14.21"
+BARESIP_ADDRESS = f"{BLOCK}.20"
+DAVE_ADDRESS = f"{BLOCK}.21"
 BARESIP_PORT = 5070
 CONTROL_PORT = 4444
 CAROL = "carol@example.org"

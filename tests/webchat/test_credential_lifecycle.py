@@ -23,6 +23,7 @@ from tests.harness import LocalDNS, PeerageServer, TestCA
 from tests.sip.ua import UdpUA
 from tests.webchat.conftest import (
     ALICE,
+    BLOCK,
     CLIENT_ADDRESS,
     DOMAIN,
     HTTPS_PORT,
@@ -38,7 +39,7 @@ FRANK = "frank@example.org"  # changes his password
 FRANK_PASSWORD = "frank changes his password 1"
 NEW_PASSWORD = "frank's new password is long 2"
 # A server of its own for the restart test, so the shared one (and the browsers on it) keep running.
-RESTART_ADDRESS = "127.0.14.4"
+RESTART_ADDRESS = f"{BLOCK}.4"
 
 
 def register(token: str, user: str = "alice", server: tuple[str, int] = (PEERAGE_ADDRESS, 5060)) -> int:

@@ -7,6 +7,7 @@ The server is started once for the area; tests use distinct accounts so they do 
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 import subprocess
 import sys
@@ -19,6 +20,9 @@ import pytest
 from tests.harness import PeerageServer
 from tests.websocket.wsclient import WsXmpp
 
+# The area's loopback block. PEERAGE_TEST_WEBSOCKET_BLOCK moves it, for a local run while another run
+# (a CI run taking no area locks) holds 127.0.13; CI uses the default.
+BLOCK = os.environ.get("PEERAGE_TEST_WEBSOCKET_BLOCK", "127.0.13")
 DOMAIN = "ws.test"
 PASSWORD = "correct horse battery staple"
 USERS = [f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
@@ -107,7 +111,7 @@ def start_server(workdir: Path, address: str) -> PeerageServer:
 
 @pytest.fixture(scope="session")
 def ws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsServer]:
-    server = start_server(tmp_path_factory.mktemp("websocket"), "127.0.13.2")
+    server = start_server(tmp_path_factory.mktemp("websocket"), f"{BLOCK}.2")
     try:
         yield WsServer(server)
     finally:

@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 
-from tests.websocket.conftest import DOMAIN, PASSWORD, WsServer, start_server
+from tests.websocket.conftest import BLOCK, DOMAIN, PASSWORD, WsServer, start_server
 from tests.websocket.wsclient import FRAMING, STREAMS, q
 
 STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
@@ -16,7 +16,7 @@ STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 async def test_shutdown_ends_websocket_streams(tmp_path: object, closing: list[object]) -> None:
     from pathlib import Path
 
-    server = await asyncio.to_thread(start_server, Path(str(tmp_path)), "127.0.13.3")
+    server = await asyncio.to_thread(start_server, Path(str(tmp_path)), f"{BLOCK}.3")
     try:
         ws = WsServer(server)
         client = await ws.ws().connect()
