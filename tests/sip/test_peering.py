@@ -77,7 +77,9 @@ def domains(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS) -> Iterator
     }
     try:
         for server in servers.values():
-            server.start()
+            # 90 s, not the harness's 30: four start one after another, and on a loaded machine (load
+            # 26) one took over 30 s to log that it was ready
+            server.start(timeout=90)
         yield servers
     finally:
         for server in servers.values():
