@@ -576,6 +576,10 @@ class SocialConfig:
     allow_private_addresses: bool = False
     # Remote domains refused (defederated) from the start; `peerage social block` adds more live.
     blocked_domains: list[str] = field(default_factory=list)
+    # Largest image attached to a post, in bytes (at most 4 per post, Mastodon's limit). Mastodon
+    # took 10 MB images before 4.x (16 MB now); 10 MiB is also [xmpp.upload] max_file_size's default,
+    # so a file uploaded from an XMPP client can be attached.
+    max_attachment_size: int = 10485760
     # The XMPP side of the same identity (peerage.social.xmpp_bridge), when [xmpp] runs too: public
     # posts mirrored on the account's PEP node urn:xmpp:microblog:0 (XEP-0472/XEP-0277), and remote
     # actors as JIDs on the gateway service `<xmpp_gateway>.DOMAIN` (fred=mastodon.social@ap.DOMAIN)

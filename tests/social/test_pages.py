@@ -19,7 +19,7 @@ from tests.browser.browser import Browser
 from tests.harness.ca import TestCA
 from tests.harness.server import PeerageServer
 from tests.harness.waiting import async_wait_for
-from tests.social.conftest import ALPHA, ALPHA_ADDRESS, PASSWORD, Peer, client
+from tests.social.conftest import ALPHA, ALPHA_ADDRESS, BETA, PASSWORD, Peer, client
 from tests.social.test_federation import Account
 from tests.social.test_interop import control, of_type
 
@@ -78,6 +78,9 @@ async def test_timeline_compose_follow_and_notifications_in_a_browser(
             browser.press("Enter", selector="#password")
             browser.do("waitForURL", pattern=r"/social/$", timeout=15000)
 
+            # fred follows alice (so her post goes to him: this test does not lean on test_interop's follow).
+            await control(fedify.control, "follow", handle=f"acct:{ALICE}")
+            await async_wait_for(lambda: _in(alice, "followers", fedify.actor), WAIT, "fred in alice's followers")
             # Follow fred by address; his Accept makes it "accepted".
             browser.fill("#handle", fedify.handle)
             browser.click("#follow button")
@@ -140,3 +143,36 @@ async def _has_create(account: Account, object_id: str) -> bool:
 async def _has_like(account: Account, object_id: str) -> bool:
     return bool(of_type(await account.inbox(), "Like", object_id))
 
+
+
+async def test_the_timeline_and_notifications_page_back(beta: PeerageServer, social_ca: TestCA) -> None:
+    """More posts than a page: the newest 40, then an "Older" link to the rest, nothing twice."""
+    address = f"pager@{BETA}"
+    beta.add_user(address, PASSWORD)
+    origin = f"https://{BETA}"
+    async with client(social_ca) as http:
+        account = Account(http, address)
+        async with http.post(f"{origin}/social/api/settings", json={"discoverable": True},
+                             headers=account.auth) as response:
+            assert response.status == 200, await response.text()
+        posted = [(await account.do({"type": "Note", "content": f"Post number {n}"}))["object"]["id"]
+                  for n in range(45)]
+        async with http.post(f"{origin}/login", json={"account": address, "password": PASSWORD},
+                             headers={"Origin": origin}) as response:
+            assert response.status == 200, await response.text()
+        seen: list[str] = []
+        url = f"{origin}/social/"
+        pages = 0
+        while url:
+            async with http.get(url) as response:
+                assert response.status == 200
+                page = await response.text()
+            pages += 1
+            seen += re.findall(r'<article data-id="([^"]+)"', page)
+            older = re.search(r'<a id=older rel=next href="([^"]+)"', page)
+            url = f"{origin}{older.group(1)}" if older else ""
+            assert pages <= 3
+        assert pages == 2
+        assert seen == list(reversed(posted))  # newest first, each once
+        async with http.get(f"{origin}/social/?before=not-a-number") as response:
+            assert response.status == 200  # an odd cursor is the first page, not an error

@@ -61,6 +61,8 @@ PAGE_SIZE = 50
 URL_LENGTH = 2048
 ACTIVITY_TYPES = frozenset({"Create", "Update", "Delete", "Follow", "Accept", "Reject", "Undo", "Like",
                             "Announce", "Block", "Move"})
+# Objects a boost may carry (what Mastodon shows as a status: ActivityPub::Activity::Create's list).
+BOOSTABLE_TYPES = frozenset({"Note", "Article", "Question", "Page", "Image", "Video", "Audio", "Event"})
 # Pinned posts per account: Mastodon's limit (StatusPinValidator, 5).
 MAX_PINNED = 5
 
@@ -392,14 +394,18 @@ class ActivityPubRoutes:
             raise Refused(400, "an activity needs an actor and a type")
         if self.social.is_blocked(actor):
             raise Refused(403, f"{host_of(actor)} is blocked here")
-        if actor != signer:
-            # No LD signatures (relays) yet: the signer must be the actor itself.
-            raise Refused(401, "the request is not signed by the activity's actor")
         activity_id = id_of(activity) or f"{actor}#anonymous-{secrets.token_hex(8)}"
         if max(len(activity_id), len(actor), len(id_of(activity.get("object")))) > URL_LENGTH:
             raise Refused(400, f"ids are limited to {URL_LENGTH} characters")
         if host_of(activity_id) != host_of(actor):
             raise Refused(400, "the activity's id is not on its actor's host")
+        if actor != signer:
+            # Forwarded (ActivityPub §7.1.2) or relayed by a third server: its body is not believed;
+            # what the actor's own server serves is (see _confirm_forwarded).
+            if await state.seen(self.store, activity_id):
+                return web.Response(status=202, text="already received\n")
+            activity = await self._confirm_forwarded(activity, actor, signer, request.match_info.get("local"),
+                                                     request[DOMAIN])
         async with self.store.begin() as conn:
             fresh = await state.mark_seen(conn, activity_id)
             await state.mark_seen(conn, request["social.replay_key"])
@@ -417,6 +423,56 @@ class ActivityPubRoutes:
             log.info("social: malformed %s from %s: %s: %s", kind, actor, type(exc).__name__, exc)
             raise Refused(400, f"the {kind} could not be read") from None
         return web.Response(status=202, text="accepted\n")
+
+    async def _confirm_forwarded(self, activity: dict[str, Any], actor: str, signer: str, local: str | None,
+                                 domain: str) -> dict[str, Any]:
+        """The version of a forwarded activity that its actor's own server confirms, or Refused(401).
+
+        Mastodon forwards replies, Updates and Deletes with the original body under its own HTTP
+        signature (and an LD signature, which peerage does not check). The relayer is never trusted
+        for what it claims another actor said: a Create or Update is rebuilt from the object as its
+        origin serves it (same id, attributed to the actor), a Delete is believed only when the origin
+        answers 404/410 or a Tombstone, and anything else only when the origin serves that very
+        activity. The request stays signed by a key the relayer owns (checked before), so this costs
+        one GET on the actor's server, signed by the addressed account (or the instance actor).
+        """
+        kind = str(activity.get("type"))
+        object_id = id_of(activity.get("object"))
+        account = f"{local.lower()}@{domain}" if local else None
+        what = f"the {kind} of {actor} forwarded by {signer}"
+        if kind in ("Create", "Update", "Delete") and (not object_id or host_of(object_id) != host_of(actor)):
+            raise Refused(401, f"{what} is about an object of another host")
+        try:
+            if kind in ("Create", "Update"):
+                fetched = await self.social.signed_get(object_id, account)
+                author = actor if object_id == actor else id_of(fetched.get("attributedTo"))
+                if id_of(fetched) != object_id or author != actor:
+                    raise Refused(401, f"{what}: its origin does not serve that object as the actor's")
+                fetched.pop("@context", None)
+                confirmed: dict[str, Any] = {"id": id_of(activity), "type": kind, "actor": actor,
+                                             "object": fetched, "to": fetched.get("to", []),
+                                             "cc": fetched.get("cc", [])}
+            elif kind == "Delete":
+                try:
+                    fetched = await self.social.signed_get(object_id, account)
+                except FetchError as exc:
+                    if exc.status not in (404, 410):
+                        raise
+                    fetched = {"id": object_id, "type": "Tombstone"}
+                if fetched.get("type") != "Tombstone":
+                    raise Refused(401, f"{what}: its origin still serves the object")
+                confirmed = {"id": id_of(activity), "type": kind, "actor": actor,
+                             "object": {"id": object_id, "type": "Tombstone"}}
+            else:
+                fetched = await self.social.signed_get(id_of(activity), account)
+                if id_of(fetched) != id_of(activity) or fetched.get("type") != kind or \
+                        id_of(fetched.get("actor")) != actor:
+                    raise Refused(401, f"{what}: its origin does not serve that activity")
+                confirmed = fetched
+        except FetchError as exc:
+            raise Refused(401, f"{what} could not be confirmed at its origin: {exc}") from None
+        log.info("social: %s confirmed at its origin", what)
+        return {"@context": CONTEXT, **{k: v for k, v in confirmed.items() if k != "@context"}}
 
     async def _read(self, request: web.Request, limit: int) -> bytes:
         chunks, size = [], 0
@@ -487,12 +543,19 @@ class ActivityPubRoutes:
                 if target:
                     await state.remove_follower(self.store, target, actor)
             else:
+                boosts = await state.holders_of(self.store, object_id, actor, "Announce")
                 await state.remove_activity(self.store, object_id, actor)
+                if boosts and self.social.bridge is not None:  # the repeat leaves the XMPP clients too
+                    self.social.bridge.remote_delete(boosts, object_id, actor)
         elif kind == "Create":
             if not isinstance(obj, dict) or host_of(object_id) != host_of(actor) or \
                     id_of(obj.get("attributedTo")) not in ("", actor):
                 return
             accounts = await self._recipients(activity, actor)
+            reply_to = id_of(obj.get("inReplyTo"))
+            parent = await state.local_object(self.store, reply_to) if reply_to else None
+            if parent is not None and not parent.deleted and parent.account not in accounts:
+                accounts.append(parent.account)  # a reply to a post of ours belongs to its thread
             await self._store_for(accounts, activity, kind, actor, object_id)
             if self.social.bridge is not None:
                 self.social.bridge.remote_create(accounts, activity, actor)
@@ -511,13 +574,21 @@ class ActivityPubRoutes:
                 if receivers and self.social.bridge is not None:
                     self.social.bridge.remote_delete(receivers, object_id, actor)
         elif kind in ("Like", "Announce"):
-            owner = None
             row = await state.local_object(self.store, object_id)
-            if row is not None:
-                owner = row.account
-            accounts = [owner] if owner else []
+            accounts = [row.account] if row is not None and not row.deleted else []
             if kind == "Announce":
-                accounts += [a for a in await self._recipients(activity, actor) if a not in accounts]
+                # Who sees a boost: its addressees and the booster's followers here. An object the
+                # booster embeds decides nothing (it is the booster's word for someone else's post).
+                others = [a for a in await self._recipients({**activity, "object": object_id}, actor)
+                          if a not in accounts]
+                if others:
+                    boosted = await self._boosted_object(object_id, row, others[0])
+                    activity = {**activity, "object": boosted}
+                    accounts += others
+                    if self.social.bridge is not None:
+                        self.social.bridge.remote_announce(others, activity, actor)
+                else:
+                    activity = {**activity, "object": object_id}
             await self._store_for(accounts, activity, kind, actor, object_id)
         elif kind == "Block":
             target = self.social.local_address(object_id)
@@ -526,6 +597,28 @@ class ActivityPubRoutes:
                 await state.remove_following(self.store, target, actor)
         elif kind == "Move":
             await self._receive_move(activity, actor)
+
+    async def _boosted_object(self, object_id: str, row: Any, account: str) -> dict[str, Any]:
+        """The post an Announce boosts, as its own server serves it (Mastodon's Announce handling
+        fetches it from its origin the same way); only a public post of an actor on the object's own
+        host can be boosted. A FetchError drops the boost."""
+        if row is not None:  # a post of ours
+            note = json.loads(row.document).get("object")
+            if row.deleted or not row.public or not isinstance(note, dict):
+                raise FetchError(f"{object_id}: not a public post")
+            return dict(note)
+        if self.social.is_blocked(object_id):
+            raise FetchError(f"{host_of(object_id)} is blocked")
+        fetched = await self.social.signed_get(object_id, account)
+        author = id_of(fetched.get("attributedTo"))
+        if id_of(fetched) != object_id or fetched.get("type") not in BOOSTABLE_TYPES:
+            raise FetchError(f"{object_id}: its origin serves no such post")
+        if not author or host_of(author) != host_of(object_id) or self.social.is_blocked(author):
+            raise FetchError(f"{object_id}: not attributed to an actor of its own host")
+        if not is_public(fetched):
+            raise FetchError(f"{object_id}: not public, so not boostable")
+        fetched.pop("@context", None)
+        return fetched
 
     async def _answer_follow(self, account: str, kind: str, actor: str, follow_id: str,
                              inbox: str) -> dict[str, Any]:
@@ -653,7 +746,10 @@ class ActivityPubRoutes:
         `from_xmpp` says it came from the microblog node (so it is not mirrored back there)."""
         text = note.get("source", {}).get("content") if isinstance(note.get("source"), dict) else None
         text = str(text if text is not None else note.get("content", ""))
-        if not text.strip():
+        # Images: the account's own, from the form or its XEP-0363 uploads (peerage.social.media).
+        attachments = await self.social.media.attachments(address, note["attachment"]) \
+            if note.get("attachment") else []
+        if not text.strip() and not attachments:
             raise ValueError("the Note has no content")
         if len(text) > MAX_POST_LENGTH:
             raise ValueError(f"posts are limited to {MAX_POST_LENGTH} characters")
@@ -695,6 +791,8 @@ class ActivityPubRoutes:
             obj["summary"] = str(note["summary"])[:500]
         if id_of(note.get("inReplyTo")):
             obj["inReplyTo"] = id_of(note.get("inReplyTo"))
+        if attachments:
+            obj["attachment"] = attachments
         activity = {"@context": CONTEXT, "id": f"{object_id}/activity", "type": "Create", "actor": actor,
                     "published": published, "to": to, "cc": cc, "object": obj}
         inboxes = [] if PUBLIC not in to and followers not in to + cc else await self._follower_inboxes(address)

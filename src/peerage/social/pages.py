@@ -21,13 +21,15 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from peerage.social import state
 from peerage.social.core import PUBLIC, id_of, ids
 from peerage.social.fetch import FetchError
+from peerage.social.media import MAX_ATTACHMENTS, safe_remote_attachments
 from peerage.social.xmpp_bridge import html_to_text
 from peerage.web import WebContext
+from peerage.web.auth import CSRF_FIELD, Authenticator
 
 # Items on one page (Mastodon's web UI loads 20 at a time).
 PAGE_ITEMS = 40
@@ -42,8 +44,21 @@ section,article{background:#fff;border-radius:10px;padding:1rem;margin-bottom:1r
 textarea{width:100%;box-sizing:border-box;min-height:5rem;font:inherit}input[type=text]{width:100%;box-sizing:border-box}
 article .who{font-weight:600}article .when{color:#6b7280;font-size:.8rem}article form{display:inline}
 .notice{background:#ecfdf5;border:1px solid #a7f3d0;padding:.5rem 1rem;border-radius:8px}
-.warning{color:#92400e;font-weight:600}button{cursor:pointer}
+.warning{color:#92400e;font-weight:600}button{cursor:pointer}.attachments img{max-width:100%;border-radius:6px}
 """
+
+
+def _cursor(request: web.Request) -> int | None:
+    """The `before` query parameter: the row id a page of older items starts under."""
+    value = request.query.get("before", "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
+def _older_link(page: str, rows: Any, size: int) -> str:
+    """An "Older" link when more than `size` rows were found (one more than a page is read)."""
+    if len(rows) <= size:
+        return ""
+    return f'<p><a id=older rel=next href="{page}?before={rows[size - 1].id}">Older</a></p>'
 
 
 def _text(content: str) -> str:
@@ -127,8 +142,9 @@ class SocialPages:
         note = document.get("object")
         boosted = ""
         if row.type == "Announce":
-            boosted = f"<p class=when>boosted by {html.escape(id_of(document.get('actor')))}</p>"
-            note = {"id": id_of(note), "content": f"<p>{id_of(note)}</p>", "attributedTo": ""}
+            boosted = f"<p class=when>boosted by {html.escape('you' if mine else id_of(document.get('actor')))}</p>"
+            if not isinstance(note, dict):  # our own boost, or one whose post was not fetched
+                note = {"id": id_of(note), "content": f"<p>{id_of(note)}</p>", "attributedTo": ""}
         if not isinstance(note, dict):
             return ""
         author = "you" if mine else id_of(note.get("attributedTo")) or id_of(document.get("actor"))
@@ -143,11 +159,26 @@ class SocialPages:
             buttons = self._button(csrf, "delete", object_id, "Delete")
             if visibility == "public":
                 buttons += self._button(csrf, pin[0], object_id, pin[1])
-        elif row.type == "Create":
+        elif row.type == "Create" or (row.type == "Announce" and note.get("attributedTo")):
             buttons = self._button(csrf, "like", object_id, "Like") + self._button(csrf, "boost", object_id, "Boost")
         return (f'<article data-id="{html.escape(object_id)}" data-visibility="{visibility}">{boosted}'
                 f'<p class=who>{html.escape(author)}</p>{warning}<div class=content>{_text(str(note.get("content", "")))}</div>'
+                f"{self._attachments(note, account)}"
                 f'<p class=when>{html.escape(str(note.get("published", "")))} · {visibility}</p>{buttons}</article>')
+
+    def _attachments(self, note: dict[str, Any], account: str) -> str:
+        """A post's images: ours shown (same origin, so the page's CSP img-src 'self' allows them),
+        remote ones linked, never loaded by the page (no tracking pixel, no mixed origin); https only."""
+        base = self.social.base(account.partition("@")[2])
+        out = []
+        for url, media_type, description in safe_remote_attachments(note):
+            label = html.escape(description or "attachment")
+            if url.startswith(f"{base}/media/"):
+                out.append(f'<img src="{html.escape(url.removeprefix(base))}" alt="{label}" loading=lazy>')
+            else:
+                out.append(f'<a class=attachment href="{html.escape(url)}" rel="noopener noreferrer nofollow ugc" '
+                           f'target=_blank>{label}</a> <small>{html.escape(media_type)}</small>')
+        return f"<div class=attachments>{' '.join(out)}</div>" if out else ""
 
     # --- pages --------------------------------------------------------------------------------
 
@@ -159,24 +190,32 @@ class SocialPages:
                     f"{html.escape(account)} findable and followable on the fediverse (Mastodon and others).</p>"
                     + self._button(csrf, "publish", account, "Publish my profile") + "</section>")
             return self._page("Social", account, csrf, body, request)
-        rows = await state.timeline(self.store, account, PAGE_ITEMS)
+        before = _cursor(request)
+        rows = await state.timeline(self.store, account, PAGE_ITEMS + 1, before)
+        older = _older_link("/social/", rows, PAGE_ITEMS)
+        rows = rows[:PAGE_ITEMS]
         following = await state.following(self.store, account, accepted_only=False)
         follows = "".join(
             f"<li>{html.escape(r.actor)} ({html.escape(r.state)}) "
             + self._button(csrf, "unfollow", r.actor, "Unfollow") + "</li>" for r in following)
         body = (
-            "<section><h1>Post</h1><form method=post action=/social/compose id=compose>"
+            "<section><h1>Post</h1><form method=post action=/social/compose id=compose enctype=multipart/form-data>"
             f'<input type=hidden name=csrf value="{token}">'
             '<label for=summary>Content warning (optional)</label><input type=text id=summary name=summary maxlength=500>'
             '<label for=content>What is on your mind?</label><textarea id=content name=content required maxlength=5000></textarea>'
             '<label for=visibility>Who sees it</label><select id=visibility name=visibility>'
             '<option value=public>Everyone</option><option value=followers>Followers only</option>'
-            '<option value=direct>Only the people mentioned</option></select> <button type=submit>Post</button></form></section>'
+            '<option value=direct>Only the people mentioned</option></select>'
+            '<label for=image>Images (PNG, JPEG, GIF, WebP; up to 4)</label>'
+            '<input type=file id=image name=image multiple accept="image/png,image/jpeg,image/gif,image/webp">'
+            '<label for=alt>Image description</label><input type=text id=alt name=alt maxlength=1500>'
+            ' <button type=submit>Post</button></form></section>'
             "<section><h2>Follow</h2><form method=post action=/social/follow id=follow>"
             f'<input type=hidden name=csrf value="{token}">'
             '<input type=text id=handle name=handle placeholder="user@example.social" required>'
             f' <button type=submit>Follow</button></form><ul id=following>{follows}</ul></section>'
             f'<div id=timeline>{"".join(self._article(r, account, csrf) for r in rows) or "<p>Nothing yet.</p>"}</div>'
+            f"{older}"
         )
         return self._page("Social", account, csrf, body, request)
 
@@ -191,8 +230,12 @@ class SocialPages:
             for r in await state.follow_requests(self.store, account))
         followers = "".join(f"<li>{html.escape(r.actor)}</li>" for r in list(await state.followers(self.store, account))[-PAGE_ITEMS:])
         items = []
-        for row in await state.activities(self.store, account, local=False, types=("Create", "Like", "Announce"),
-                                          limit=PAGE_ITEMS * 3):
+        # Rows are read a scan's worth at a time (not every received post is a notification); the
+        # "Older" link goes on from the last row read.
+        scanned = list(await state.activities(self.store, account, local=False, types=("Create", "Like", "Announce"),
+                                              limit=PAGE_ITEMS * 3 + 1, before=_cursor(request)))
+        older = _older_link(page, scanned, PAGE_ITEMS * 3)
+        for row in scanned[:PAGE_ITEMS * 3]:
             document = json.loads(row.document)
             actor = html.escape(row.actor)
             if row.type in ("Like", "Announce"):
@@ -210,14 +253,58 @@ class SocialPages:
                 items.append(f'<li data-kind="{kind}">{actor} {"wrote to you" if direct else "mentioned you"}: '
                              f"{_text(str(note.get('content', '')))}</li>")
         body = (f'<section><h1>Follow requests</h1><ul id=requests>{requests or "<li>None.</li>"}</ul></section>'
-                f'<section><h2>Notifications</h2><ul id=notifications>{"".join(items[:PAGE_ITEMS]) or "<li>None yet.</li>"}</ul></section>'
+                f'<section><h2>Notifications</h2><ul id=notifications>{"".join(items) or "<li>None yet.</li>"}</ul>{older}</section>'
                 f'<section><h2>Followers</h2><ul id=followers>{followers or "<li>None yet.</li>"}</ul></section>')
         return self._page("Notifications", account, csrf, body, request)
 
     # --- form posts ---------------------------------------------------------------------------
 
+    async def _multipart(self, request: web.Request) -> tuple[str, dict[str, str], list[bytes]]:
+        """A multipart compose form: its fields and images. The csrf field must come before any file
+        (browsers send fields in the form's order, and the token is the form's first field), so no
+        image of a forged request is even read; each part is bounded as it is read."""
+        found = await self.auth.session(request)
+        if found is None:
+            raise web.HTTPFound("/login?next=/social/")
+        session = found[1]
+        limit = self.social.host.config.social.max_attachment_size
+        fields: dict[str, str] = {}
+        files: list[bytes] = []
+        checked = False
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise web.HTTPBadRequest(text="unexpected form part\n")
+            if part.filename is None:
+                value = await part.read(decode=False)
+                if len(value) > FORM_LIMIT or len(fields) > 16:
+                    raise web.HTTPRequestEntityTooLarge(max_size=FORM_LIMIT, actual_size=len(value))
+                fields[part.name] = value.decode("utf-8", "replace")
+                if part.name == CSRF_FIELD:
+                    Authenticator.check_csrf(request, session, fields[part.name])
+                    checked = True
+                continue
+            if not checked:
+                raise web.HTTPForbidden(text="the form's csrf field must come first\n")
+            data = bytearray()
+            while chunk := await part.read_chunk(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise self._back("/social/", f"not posted: images are limited to {limit} bytes")
+            if data:
+                if len(files) >= MAX_ATTACHMENTS:
+                    raise self._back("/social/", f"not posted: at most {MAX_ATTACHMENTS} images per post")
+                files.append(bytes(data))
+        if not checked:
+            Authenticator.check_csrf(request, session, None)  # raises: no token
+        return session.account, fields, files
+
     async def compose(self, request: web.Request) -> web.StreamResponse:
-        account, form = await self._form(request)
+        files: list[bytes] = []
+        if request.content_type == "multipart/form-data":
+            account, form, files = await self._multipart(request)
+        else:
+            account, form = await self._form(request)
         note: dict[str, Any] = {"content": form.get("content", ""), "visibility": form.get("visibility", "public")}
         if note["visibility"] not in ("public", "followers", "direct"):
             raise self._back("/social/", "unknown visibility")
@@ -226,6 +313,8 @@ class SocialPages:
         if not await self.social.discoverable(account):
             raise self._back("/social/", "publish your profile first")
         try:
+            media = self.social.media
+            note["attachment"] = [await media.add(account, data, form.get("alt", "")) for data in files]
             await self.social.activitypub.post_note(account, note)
         except (FetchError, ValueError) as exc:
             raise self._back("/social/", f"not posted: {exc}") from None

@@ -68,6 +68,7 @@ class SocialService:
         #: is noticed even when the account's row is newer than the last sweep's snapshot
         self._served: dict[str, str] = {}
         self.activitypub: Any = None
+        self.media: Any = None
         #: the XMPP side (peerage.social.xmpp_bridge), when [xmpp] runs in this process too
         self.bridge: Any = None
 
@@ -91,6 +92,10 @@ class SocialService:
 
         routes = routes_for(host)
         self.activitypub = ActivityPubRoutes(self)
+        from peerage.social.media import MediaStore
+
+        self.media = MediaStore(self)
+        routes.add("social-media", self.media.setup)
         routes.add("social-webfinger", WebFingerRoutes(self).setup)
         routes.add("social-activitypub", self.activitypub.setup)
         from peerage.social.pages import SocialPages

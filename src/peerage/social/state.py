@@ -196,10 +196,12 @@ async def local_object(store: Any, object_id: str) -> Any:
 
 
 async def activities(store: Any, account: str, *, local: bool, types: tuple[str, ...] | None = None,
-                     public_only: bool = False, limit: int = 50) -> Sequence[Any]:
+                     public_only: bool = False, limit: int = 50, before: int | None = None) -> Sequence[Any]:
     query = select(social_activities).where(social_activities.c.account == account,
                                             social_activities.c.local.is_(local),
                                             social_activities.c.deleted.is_(False))
+    if before is not None:
+        query = query.where(social_activities.c.id < before)
     if types:
         query = query.where(social_activities.c.type.in_(types))
     if public_only:
@@ -208,12 +210,16 @@ async def activities(store: Any, account: str, *, local: bool, types: tuple[str,
         return (await conn.execute(query.order_by(social_activities.c.id.desc()).limit(limit))).all()
 
 
-async def timeline(store: Any, account: str, limit: int) -> Sequence[Any]:
-    """The home timeline: the account's own posts and boosts, and those it received, newest first."""
+async def timeline(store: Any, account: str, limit: int, before: int | None = None) -> Sequence[Any]:
+    """The home timeline: the account's own posts and boosts, and those it received, newest first;
+    `before` (a row id) pages back, as Mastodon's max_id does."""
+    query = select(social_activities).where(
+        social_activities.c.account == account, social_activities.c.type.in_(("Create", "Announce")),
+        social_activities.c.deleted.is_(False))
+    if before is not None:
+        query = query.where(social_activities.c.id < before)
     async with store.begin() as conn:
-        return (await conn.execute(select(social_activities).where(
-            social_activities.c.account == account, social_activities.c.type.in_(("Create", "Announce")),
-            social_activities.c.deleted.is_(False)).order_by(social_activities.c.id.desc()).limit(limit))).all()
+        return (await conn.execute(query.order_by(social_activities.c.id.desc()).limit(limit))).all()
 
 
 async def received_from(store: Any, account: str, actor: str, limit: int) -> Sequence[Any]:
@@ -280,6 +286,16 @@ async def receivers_of(store: Any, object_id: str, actor: str) -> list[str]:
         rows = (await conn.execute(select(social_activities.c.account).where(
             social_activities.c.object_id == object_id, social_activities.c.actor == actor,
             social_activities.c.local.is_(False), social_activities.c.type == "Create",
+            social_activities.c.deleted.is_(False)))).all()
+    return list(dict.fromkeys(r.account for r in rows))
+
+
+async def holders_of(store: Any, activity_id: str, actor: str, type_: str) -> list[str]:
+    """Local accounts holding remote `actor`'s activity `activity_id` of `type_` (not undone)."""
+    async with store.begin() as conn:
+        rows = (await conn.execute(select(social_activities.c.account).where(
+            social_activities.c.activity_id == activity_id, social_activities.c.actor == actor,
+            social_activities.c.local.is_(False), social_activities.c.type == type_,
             social_activities.c.deleted.is_(False)))).all()
     return list(dict.fromkeys(r.account for r in rows))
 

@@ -99,6 +99,22 @@ social_activities = Table(
 )
 Index("ix_social_activities_object", social_activities.c.object_id)
 
+# Images attached to local posts (peerage.social.media): kept as long as the post, served at
+# /media/TOKEN/FILENAME; `blob` is the file's name in the media BlobStore.
+social_media = Table(
+    "social_media",
+    metadata,
+    Column("token", String(32), primary_key=True),
+    Column("account", String(ADDRESS), nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("filename", String(64), nullable=False),
+    Column("blob", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_social_media_account", social_media.c.account)
+
 # Activity ids seen on the inbox, so a redelivery or a replay is acknowledged without acting twice
 # (ActivityPub §7: "servers SHOULD deduplicate"); kept for the signature freshness window and more.
 social_seen = Table(

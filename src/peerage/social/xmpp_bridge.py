@@ -39,13 +39,16 @@ import time
 from collections import OrderedDict
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import update
 
 from peerage.social import state
 from peerage.social.core import PUBLIC, host_of, id_of, ids
 from peerage.social.fetch import FetchError
+from peerage.social.media import safe_remote_attachments
 from peerage.xmpp.events import HANDLED
+from peerage.xmpp.features.disco import DiscoItem, disco_of
 from peerage.xmpp.features.pep import (
     DEFAULT_MAX_ITEMS,
     MAX_ITEMS_PER_NODE,
@@ -159,6 +162,13 @@ def entry_post(entry: Element) -> dict[str, Any]:
     reply = entry.find("in-reply-to", THREAD_NS)
     if reply is not None and (reply.attrs.get("ref") or reply.attrs.get("href", "")).startswith("https://"):
         post["inReplyTo"] = reply.attrs.get("ref") or reply.attrs["href"]
+    # Files (XEP-0277 "Attaching files", XEP-0472): link rel=enclosure, e.g. to the account's own
+    # XEP-0363 upload; the outbox takes only those (peerage.social.media).
+    enclosures = [{"url": link.attrs["href"], "name": link.attrs.get("title", "")}
+                  for link in entry.find_all("link", ATOM_NS)
+                  if link.attrs.get("rel") == "enclosure" and link.attrs.get("href")]
+    if enclosures:
+        post["attachment"] = enclosures
     return post
 
 
@@ -186,6 +196,13 @@ def note_entry(note: dict[str, Any], author_jid: str, author_name: str) -> Eleme
     for tag in note.get("tag", []) if isinstance(note.get("tag"), list) else []:
         if isinstance(tag, dict) and tag.get("type") == "Hashtag" and isinstance(tag.get("name"), str):
             entry.add("category", attrs={"term": tag["name"].lstrip("#")})
+    for url, media_type, description in safe_remote_attachments(note):
+        attrs = {"rel": "enclosure", "href": url}
+        if media_type:
+            attrs["type"] = media_type
+        if description:
+            attrs["title"] = description
+        entry.add("link", attrs=attrs)
     return entry
 
 
@@ -222,7 +239,14 @@ class XmppBridge:
             service.events.hook("message/full", self._message)
             hook_service_iq(service, "query", DISCO_INFO_NS, self._info, types=("get",), to=("host", "bare"))
             hook_service_iq(service, "pubsub", PUBSUB_NS, self._items, types=("get",), to=("bare",))
+        # The gateway is listed in the domain's disco#items (XEP-0030 §4), as upload.DOMAIN is, so a
+        # client finds it without knowing [social] xmpp_gateway.
+        disco_of(self.ctx).add_items_provider("social-gateway", self._disco_items)
         log.info("social: XMPP bridge on %s", ", ".join(sorted(self.gateways)))
+
+    def _disco_items(self, domain: str) -> list[DiscoItem]:
+        jid = f"{self.prefix}.{domain}"
+        return [DiscoItem(jid, "ActivityPub (fediverse)")] if jid in self.gateways else []
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -385,6 +409,36 @@ class XmppBridge:
                 await self._direct_message(account, identity, note)
             else:
                 self._notify(account, identity, note)
+
+    def remote_announce(self, accounts: list[str], activity: dict[str, Any], actor: str) -> None:
+        """A followed actor boosted a post: a repeat (XEP-0277 "Repeating a Post", XEP-0472 rel=via) from the booster's gateway JID."""
+        note = activity.get("object")
+        if not accounts or not isinstance(note, dict):
+            return
+        self._spawn(self._remote_announce(accounts, activity, note, actor), f"Announce {id_of(activity)} from {actor}")
+
+    async def _remote_announce(self, accounts: list[str], activity: dict[str, Any], note: dict[str, Any],
+                               actor: str) -> None:
+        author = id_of(note.get("attributedTo"))
+        for account in accounts:
+            if not await self.social.discoverable(account):
+                continue
+            booster = await self.identity(actor, account)
+            local = self.social.local_address(author)
+            if local:  # a boost of one of our own posts: its author's own JID and node
+                origin_jid, origin_name = local, local.partition("@")[0]
+            else:
+                origin = await self.identity(author, account)
+                origin_jid, origin_name = origin.jid, origin.name
+            entry = note_entry(note, origin_jid, origin_name)
+            # The repeat keeps the original author and points at the original item (link rel=via).
+            entry.add("link", attrs={"rel": "via", "href": f"xmpp:{origin_jid}?;node={quote(NODE, safe='')};"
+                                                            f"item={quote(id_of(note), safe='')}"})
+            event = Element("event", PUBSUB_EVENT_NS)
+            item = event.add("items", attrs={"node": NODE}).add(
+                "item", attrs={"id": id_of(activity), "publisher": booster.jid})
+            item.children.append(entry)
+            self._send_event(account, booster, event, id_of(activity))
 
     def remote_delete(self, accounts: list[str], object_id: str, actor: str) -> None:
         """A remote post was deleted: its item is retracted from the gateway JID's node."""

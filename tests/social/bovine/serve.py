@@ -115,6 +115,10 @@ async def main() -> None:
                 if action == "announce":
                     activity["to"], activity["cc"] = [PUBLIC], [target, actor["followers"]]
                 return web.json_response({"id": await send(activity)})
+            if action == "undo":
+                target = await lookup(payload["to"])
+                return web.json_response({"id": await send({
+                    "type": "Undo", "object": payload["activity"], "to": [PUBLIC], "cc": [target]})})
             if action == "delete":
                 target = await lookup(payload["to"])
                 return web.json_response({"id": await send({

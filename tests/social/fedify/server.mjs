@@ -11,7 +11,7 @@ import {
   createFederation, MemoryKvStore, generateCryptoKeyPair,
 } from "@fedify/fedify";
 import {
-  Accept, Add, Announce, Create, Delete, Endpoints, Follow, Like, Mention, Note, Person, PUBLIC_COLLECTION,
+  Accept, Add, Announce, Create, Delete, Document, Endpoints, Follow, Like, Mention, Note, Person, PUBLIC_COLLECTION,
   Reject, Remove, Tombstone, Undo, Update,
 } from "@fedify/fedify/vocab";
 
@@ -74,8 +74,13 @@ federation.setObjectDispatcher(Note, "/users/{identifier}/notes/{id}", (ctx, val
   return posts.get(ctx.getObjectUri(Note, values).href) ?? null;
 });
 
-async function record(_ctx, activity) {
+const inboxContexts = new Map(); // activity id and object id -> the InboxContext it came with
+
+async function record(ctx, activity) {
   received.push(await activity.toJsonLd({ format: "compact" }));
+  // Kept so the control API can forward it later (InboxContext.forwardActivity, ActivityPub §7.1.2).
+  if (activity.id) inboxContexts.set(activity.id.href, ctx);
+  if (activity.objectId) inboxContexts.set(activity.objectId.href, ctx);
 }
 
 federation.setInboxListeners("/users/{identifier}/inbox", "/inbox")
@@ -151,7 +156,7 @@ const control = {
     return { id: follow.id.href };
   },
   // direct: addressed to the recipient alone (a Mastodon "direct message"), else public.
-  async post({ content, to, inReplyTo, direct }) {
+  async post({ content, to, inReplyTo, direct, attachments }) {
     const ctx = context();
     const recipient = await lookup(ctx, to);
     const id = crypto.randomUUID();
@@ -160,6 +165,8 @@ const control = {
     const ccs = direct ? [] : [ctx.getFollowersUri(USER), recipient.id];
     const note = new Note({ id: noteId, attribution: ctx.getActorUri(USER), content, tos, ccs,
       tags: [new Mention({ href: recipient.id, name: to })],
+      attachments: (attachments ?? []).map((a) => new Document({ url: new URL(a.url), mediaType: a.mediaType,
+        name: a.name })),
       replyTarget: inReplyTo ? new URL(inReplyTo) : null });
     posts.set(noteId.href, note);
     const create = new Create({ id: new URL(`${noteId.href}/activity`), actor: ctx.getActorUri(USER),
@@ -182,6 +189,22 @@ const control = {
       actor: ctx.getActorUri(USER), object: new URL(object), to: PUBLIC_COLLECTION });
     await ctx.sendActivity({ identifier: USER }, recipient, announce);
     return { id: announce.id.href };
+  },
+  // Forward an activity fred received (by its id or its object's id), as received, signed by fred.
+  async forward({ activity, to }) {
+    const inboxCtx = inboxContexts.get(activity);
+    if (inboxCtx === undefined) throw new Error(`nothing received about ${activity}`);
+    const recipient = await lookup(context(), to);
+    await inboxCtx.forwardActivity({ identifier: USER }, recipient, { skipIfUnsigned: false });
+    return { forwarded: activity };
+  },
+  async undo({ activity, to }) {
+    const ctx = context();
+    const recipient = await lookup(ctx, to);
+    const undo = new Undo({ id: new URL(`${ORIGIN}/undos/${crypto.randomUUID()}`), actor: ctx.getActorUri(USER),
+      object: new URL(activity) });
+    await ctx.sendActivity({ identifier: USER }, recipient, undo);
+    return { id: undo.id.href };
   },
   async delete({ object, to }) {
     const ctx = context();
