@@ -106,6 +106,24 @@ def beta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_
         server.stop()
 
 
+# delta.test (web and XMPP) for tests that need accounts of their own, apart from alpha's alice (whose
+# followers and NodeInfo count other tests expect): test_relay.py, test_attachments.py.
+DELTA, DELTA_ADDRESS = "delta.test", f"{BLOCK}.7"
+NAMES[DELTA] = DELTA_ADDRESS
+
+
+@pytest.fixture(scope="session")
+def delta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[PeerageServer]:
+    server = make_server(tmp_path_factory.mktemp("delta"), DELTA, DELTA_ADDRESS, social_dns, social_ca,
+                         services=("web", "xmpp"))
+    server.add_user(f"xena@{DELTA}", PASSWORD)
+    server.cli("social", "publish", f"xena@{DELTA}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
 
 FEDIFY, FEDIFY_ADDRESS = "fedify.test", f"{BLOCK}.4"
 BOVINE, BOVINE_ADDRESS = "bovine.test", f"{BLOCK}.5"

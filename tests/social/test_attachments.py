@@ -5,6 +5,8 @@
   ActivityPub ``attachment`` (Document, mediaType, url, name): each peer receives it.
 - What is refused: a file that is not an image whatever it claims, a form whose token does not come
   first or is missing, an outbox Note naming someone else's file, more than four images.
+- A file an XMPP client uploads (XEP-0363) and names in a microblog entry (link rel=enclosure) is
+  attached to the Note the peer receives, copied into the media store.
 - A peer's post with attachments is shown with links to them (https only, never loaded by the page,
   descriptions escaped); an http: one is not linked.
 
@@ -13,20 +15,25 @@ Accounts live on beta.test (no XMPP there; alpha's NodeInfo count stays as test_
 
 from __future__ import annotations
 
+import json
 import re
 import struct
+import uuid
+import xml.etree.ElementTree as ET
 import zlib
 from typing import Any
 
 import aiohttp
 import pytest
+import slixmpp
 
 from tests.harness.ca import TestCA
 from tests.harness.server import PeerageServer
 from tests.harness.waiting import async_wait_for
-from tests.social.conftest import BETA, PASSWORD, Peer, client
+from tests.social.conftest import BETA, DELTA, DELTA_ADDRESS, PASSWORD, Peer, client
 from tests.social.test_federation import Account, find
 from tests.social.test_interop import control
+from tests.social.test_xmpp_bridge import ATOM, NODE, SocialClient
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 ORIGIN = f"https://{BETA}"
@@ -167,6 +174,58 @@ async def test_a_peers_attachments_are_linked_safely(beta: PeerageServer, fedify
                 'rel="noopener noreferrer nofollow ugc" target=_blank>Fred&#x27;s &lt;b&gt;pic&lt;/b&gt;</a>') in page
         assert "http://fedify.test/insecure.png" not in page
         assert '<img src="https://' not in page
+
+
+async def test_a_file_uploaded_from_xmpp_is_attached_to_the_microblog_post(delta: PeerageServer, peer: Peer,
+                                                                          social_ca: TestCA) -> None:
+    """XEP-0363 upload, then an entry with link rel=enclosure on the microblog node (XEP-0472): the
+    Note the peer receives carries the image, copied to the media store (uploads expire)."""
+    address = f"uma{peer.name}@{DELTA}"
+    delta.add_user(address, PASSWORD)
+    image = png(3, 3)
+    async with client(social_ca) as http:
+        account = Account(http, address)
+        async with http.post(f"https://{DELTA}/social/api/settings", json={"discoverable": True},
+                             headers=account.auth) as response:
+            assert response.status == 200, await response.text()
+        await control(peer.control, "follow", handle=f"acct:{address}")
+        await async_wait_for(lambda: _followed(account, peer.actor), WAIT, f"{peer.name} following {address}")
+        xmpp = SocialClient(address)
+        xmpp.register_plugin("xep_0363")
+        try:
+            await xmpp.login(DELTA_ADDRESS)
+            slot = (await xmpp.plugin["xep_0363"].request_slot(
+                slixmpp.JID(f"upload.{DELTA}"), "dot.png", len(image), content_type="image/png",
+                timeout=WAIT))["http_upload_slot"]
+            headers = {h["name"]: h["value"] for h in slot["put"]["headers"]}
+            async with http.put(slot["put"]["url"], data=image, headers={**headers, "Content-Type": "image/png"}) as r:
+                assert r.status == 201, await r.text()
+            entry = ET.Element(f"{{{ATOM}}}entry")
+            ET.SubElement(entry, f"{{{ATOM}}}title", {"type": "text"}).text = f"A dot from XMPP for {peer.name}"
+            ET.SubElement(entry, f"{{{ATOM}}}link", {"rel": "enclosure", "href": slot["get"]["url"],
+                                                     "type": "image/png", "title": "a red dot"})
+            form = xmpp.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+            form.add_field(var="pubsub#access_model", value="open")
+            await xmpp.plugin["xep_0060"].publish(slixmpp.JID(address), NODE, id=uuid.uuid4().hex, payload=entry,
+                                                  options=form, timeout=WAIT)
+            note = await async_wait_for(lambda: _peer_note(peer, f"A dot from XMPP for {peer.name}"), WAIT,
+                                        f"the XMPP post at {peer.name}'s")
+        finally:
+            await xmpp.close()
+        media = re.findall(rf"https://{re.escape(DELTA)}/media/[\w-]+/[\w.]+", json.dumps(note))
+        assert media, note
+        async with http.get(media[0]) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/png"
+            assert await response.read() == image
+
+
+async def _peer_note(peer: Peer, text: str) -> dict[str, Any] | None:
+    for item in await control(peer.control, "received"):
+        obj = item.get("object")
+        if item.get("type") == "Create" and isinstance(obj, dict) and text in str(obj.get("content")):
+            return obj
+    return None
 
 
 async def _followed(account: Account, actor: str) -> bool:

@@ -14,7 +14,8 @@ forwarding, and what a relayer may not make peerage believe.
   are refused with 401 and leave nothing; a real post with forged content is stored as bovine
   serves it, never as the relayer wrote it.
 
-The boost tests use their own host, delta.test (web and XMPP), whose account follows both peers; the
+The boost tests use their own host, delta.test (web and XMPP, tests/social/conftest.py), whose account
+follows both peers; the
 forwarding tests use accounts on beta.test, which follow nobody (so no peer delivers to beta.test
 directly what the test wants to arrive forwarded).
 """
@@ -24,43 +25,23 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from peerage.social import keys, signatures
 from tests.harness.ca import TestCA
-from tests.harness.dns import LocalDNS
 from tests.harness.server import PeerageServer
 from tests.harness.waiting import async_wait_for
-from tests.social.conftest import ALPHA, BETA, BLOCK, NAMES, PASSWORD, SOCIAL, Peer, client
+from tests.social.conftest import ALPHA, BETA, DELTA, DELTA_ADDRESS, PASSWORD, Peer, client
 from tests.social.test_federation import Account, find
 from tests.social.test_interop import control, of_type
 from tests.social.test_xmpp_bridge import ATOM, NODE, SocialClient, _item
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
-DELTA, DELTA_ADDRESS = "delta.test", f"{BLOCK}.7"
-NAMES[DELTA] = DELTA_ADDRESS
 XENA = f"xena@{DELTA}"
 WAIT = 30.0
 AS = "https://www.w3.org/ns/activitystreams"
-
-
-@pytest.fixture(scope="module")
-def delta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_ca: TestCA) -> Iterator[PeerageServer]:
-    cert = social_ca.issue(DELTA)
-    social_dns.add_a(DELTA, DELTA_ADDRESS)
-    server = PeerageServer(tmp_path_factory.mktemp("delta"), DELTA, DELTA_ADDRESS, dns=social_dns,
-                           services=("web", "xmpp"), config={"social": SOCIAL, "web": {"http_listen": []}},
-                           certs={DELTA: cert}, ca_file=social_ca.cert_path)
-    server.add_user(XENA, PASSWORD)
-    server.cli("social", "publish", XENA)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _gateway(peer: Peer) -> str:
@@ -152,6 +133,12 @@ async def test_own_likes_and_boosts_and_their_undo(delta: PeerageServer, peer: P
         for activity in (like, boost):
             await xena.do({"type": "Undo", "object": activity["id"]})
         await async_wait_for(lambda: _undone(peer, {like["id"], boost["id"]}), WAIT, f"both Undos at {peer.name}'s")
+        # The other way: the peer likes a post of xena's, then takes it back.
+        mine = (await xena.do({"type": "Note", "content": f"Like this, {peer.name}"}))["object"]["id"]
+        await control(peer.control, "like", object=mine, to=f"acct:{XENA}")
+        liked = await async_wait_for(lambda: _has(xena, "Like", mine), WAIT, f"{peer.name}'s like at xena's")
+        await control(peer.control, "undo", activity=liked[0]["id"], to=f"acct:{XENA}")
+        await async_wait_for(lambda: _lacks(xena, "Like", mine), WAIT, f"{peer.name}'s Undo of the like")
 
 
 async def test_a_forwarded_reply_and_delete_are_believed_as_their_origin_serves_them(
