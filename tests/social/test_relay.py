@@ -9,6 +9,8 @@ forwarding, and what a relayer may not make peerage believe.
 - A reply bovine sent only to fred, which Fedify forwards (InboxContext.forwardActivity, ActivityPub
   §7.1.2) under fred's signature, is believed as bovine serves it; a Delete forwarded the same way is
   believed once bovine no longer serves the post.
+- XEP-0277 comments nodes: a post's replies are the items of its comments node on the gateway
+  service, and an entry published there is a reply.
 - Spoofs relayed by another server (signed by alice@alpha.test, claiming to be bea): a made-up post,
   a post of another host, a Delete of a post bovine still serves, an Announce and a Like nobody made
   are refused with 401 and leave nothing; a real post with forged content is stored as bovine
@@ -25,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import xml.etree.ElementTree as ET
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+import slixmpp
 
 from peerage.social import keys, signatures
 from tests.harness.ca import TestCA
@@ -42,6 +47,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 XENA = f"xena@{DELTA}"
 WAIT = 30.0
 AS = "https://www.w3.org/ns/activitystreams"
+COMMENTS = "urn:xmpp:microblog:0:comments/"
 
 
 def _gateway(peer: Peer) -> str:
@@ -265,3 +271,55 @@ async def _undone(peer: Peer, activity_ids: set[str]) -> bool:
             undone.add(obj.get("id") if isinstance(obj, dict) else obj)
     return activity_ids <= undone
 
+
+
+async def test_comments_nodes_are_the_replies(delta: PeerageServer, peer: Peer, social_ca: TestCA) -> None:
+    """XEP-0277 §3: xena's post names its comments node on the gateway service; the peer's reply is
+    an item there, and an entry xena publishes there is a reply Note the peer receives."""
+    service = f"ap.{DELTA}"
+    async with client(social_ca) as http:
+        xena = Account(http, XENA)
+        await control(peer.control, "follow", handle=f"acct:{XENA}")
+        await async_wait_for(lambda: _in(xena, "followers", peer.actor), WAIT, f"{peer.name} following xena")
+        post = (await xena.do({"type": "Note", "content": f"Comment on this, {peer.name}"}))["object"]["id"]
+        node = COMMENTS + post
+        xmpp = SocialClient(XENA)
+        try:
+            await xmpp.login(DELTA_ADDRESS)
+            # Her own microblog item names the comments node.
+            items = await xmpp.plugin["xep_0060"].get_items(slixmpp.JID(XENA), NODE, timeout=WAIT)
+            entry = next(i["payload"] for i in items["pubsub"]["items"] if i["id"] == post.rsplit("/", 1)[-1])
+            replies = [link.get("href") for link in entry.findall(f"{{{ATOM}}}link") if link.get("rel") == "replies"]
+            assert replies == [f"xmpp:{service}?;node={quote(node, safe='')}"]
+            # The peer's reply is an item of that node.
+            reply = (await control(peer.control, "post", content=f"<p>A comment from {peer.name}</p>",
+                                   to=f"acct:{XENA}", inReplyTo=post))["id"]
+            await async_wait_for(lambda: _has(xena, "Create", reply), WAIT, f"{peer.name}'s reply at xena's")
+            comments = await xmpp.plugin["xep_0060"].get_items(slixmpp.JID(service), node, timeout=WAIT)
+            found = {i["id"]: i for i in comments["pubsub"]["items"]}
+            assert reply in found
+            assert f"A comment from {peer.name}" in (found[reply]["payload"].findtext(f"{{{ATOM}}}title") or "")
+            # xena comments from XMPP: a reply Note at the peer's.
+            comment = ET.Element(f"{{{ATOM}}}entry")
+            ET.SubElement(comment, f"{{{ATOM}}}title", {"type": "text"}).text = f"Thanks, {peer.name}"
+            await xmpp.plugin["xep_0060"].publish(slixmpp.JID(service), node, payload=comment, timeout=WAIT)
+            received = await async_wait_for(lambda: _peer_reply(peer, post, f"Thanks, {peer.name}"), WAIT,
+                                            f"xena's XMPP comment at {peer.name}'s")
+            comments = await xmpp.plugin["xep_0060"].get_items(slixmpp.JID(service), node, timeout=WAIT)
+            assert {reply, received} <= {i["id"] for i in comments["pubsub"]["items"]}
+        finally:
+            await xmpp.close()
+
+
+async def _in(account: Account, collection: str, actor: str) -> bool:
+    return actor in await account.collection(collection)
+
+
+async def _peer_reply(peer: Peer, parent: str, text: str) -> str:
+    for item in await control(peer.control, "received"):
+        obj = item.get("object")
+        if item.get("type") == "Create" and isinstance(obj, dict) and text in str(obj.get("content")):
+            reply_to = obj.get("inReplyTo")
+            if (reply_to.get("id") if isinstance(reply_to, dict) else reply_to) == parent:
+                return str(obj["id"])
+    return ""

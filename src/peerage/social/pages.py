@@ -147,7 +147,8 @@ class SocialPages:
                 note = {"id": id_of(note), "content": f"<p>{id_of(note)}</p>", "attributedTo": ""}
         if not isinstance(note, dict):
             return ""
-        author = "you" if mine else id_of(note.get("attributedTo")) or id_of(document.get("actor"))
+        author = "you" if mine and row.type == "Create" else \
+            id_of(note.get("attributedTo")) or id_of(document.get("actor"))
         warning = f'<p class=warning>{html.escape(str(note["summary"]))}</p>' if note.get("summary") else ""
         audience = ids(document.get("to")) + ids(document.get("cc"))
         visibility = "public" if PUBLIC in audience else "followers" if any(

@@ -231,6 +231,22 @@ async def received_from(store: Any, account: str, actor: str, limit: int) -> Seq
             social_activities.c.deleted.is_(False)).order_by(social_activities.c.id.desc()).limit(limit))).all()
 
 
+async def replies_to(store: Any, object_id: str, account: str, limit: int) -> list[Any]:
+    """Replies to `object_id` that `account` may see (public ones, and those it holds), oldest first,
+    one row per reply (the documents are stored compactly, so the inReplyTo field is found as is)."""
+    needle = json.dumps({"inReplyTo": object_id}, separators=(",", ":"))[1:-1]
+    async with store.begin() as conn:
+        rows = (await conn.execute(select(social_activities).where(
+            social_activities.c.type == "Create", social_activities.c.deleted.is_(False),
+            social_activities.c.document.contains(needle, autoescape=True),
+            (social_activities.c.public.is_(True)) | (social_activities.c.account == account)).order_by(
+            social_activities.c.id).limit(limit * 4))).all()
+    found: dict[str, Any] = {}
+    for row in rows:
+        found.setdefault(row.object_id, row)
+    return list(found.values())[:limit]
+
+
 async def last_direct_from(store: Any, account: str, actor: str) -> str:
     """The id of the newest non-public Note from `actor` to `account` (what a reply answers)."""
     async with store.begin() as conn:

@@ -66,6 +66,10 @@ from peerage.xmpp.tables import xmpp_pep_nodes
 log = logging.getLogger(__name__)
 
 NODE = "urn:xmpp:microblog:0"
+# XEP-0277 §3 comments: each post names a node of its replies, here on the gateway service itself,
+# "urn:xmpp:microblog:0:comments/" + the post's ActivityPub id (Libervia names them after the item
+# the same way); its items are the replies, and an entry published there is a reply to the post.
+COMMENTS_PREFIX = NODE + ":comments/"
 ATOM_NS = "http://www.w3.org/2005/Atom"
 THREAD_NS = "http://purl.org/syndication/thread/1.0"  # RFC 4685 in-reply-to
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
@@ -172,8 +176,9 @@ def entry_post(entry: Element) -> dict[str, Any]:
     return post
 
 
-def note_entry(note: dict[str, Any], author_jid: str, author_name: str) -> Element:
-    """A Note as the Atom entry of a microblog item (XEP-0472 §4, XEP-0277 §2)."""
+def note_entry(note: dict[str, Any], author_jid: str, author_name: str, comments_service: str = "") -> Element:
+    """A Note as the Atom entry of a microblog item (XEP-0472 §4, XEP-0277 §2); with
+    `comments_service`, a ``link rel=replies`` to its comments node there (XEP-0277 §3)."""
     source = note.get("source")
     text = str(source.get("content")) if isinstance(source, dict) and source.get("content") else \
         html_to_text(str(note.get("content", "")))
@@ -196,6 +201,10 @@ def note_entry(note: dict[str, Any], author_jid: str, author_name: str) -> Eleme
     for tag in note.get("tag", []) if isinstance(note.get("tag"), list) else []:
         if isinstance(tag, dict) and tag.get("type") == "Hashtag" and isinstance(tag.get("name"), str):
             entry.add("category", attrs={"term": tag["name"].lstrip("#")})
+    if comments_service:
+        node = quote(COMMENTS_PREFIX + id_of(note), safe="")
+        entry.add("link", attrs={"rel": "replies", "title": "comments",
+                                 "href": f"xmpp:{comments_service}?;node={node}"})
     for url, media_type, description in safe_remote_attachments(note):
         attrs = {"rel": "enclosure", "href": url}
         if media_type:
@@ -239,10 +248,15 @@ class XmppBridge:
             service.events.hook("message/full", self._message)
             hook_service_iq(service, "query", DISCO_INFO_NS, self._info, types=("get",), to=("host", "bare"))
             hook_service_iq(service, "pubsub", PUBSUB_NS, self._items, types=("get",), to=("bare",))
+            hook_service_iq(service, "pubsub", PUBSUB_NS, self._comments, types=("get",), to=("host",))
+            hook_service_iq(service, "pubsub", PUBSUB_NS, self._comment, types=("set",), to=("host",))
         # The gateway is listed in the domain's disco#items (XEP-0030 §4), as upload.DOMAIN is, so a
         # client finds it without knowing [social] xmpp_gateway.
         disco_of(self.ctx).add_items_provider("social-gateway", self._disco_items)
         log.info("social: XMPP bridge on %s", ", ".join(sorted(self.gateways)))
+
+    def _service_of(self, account: str) -> str:
+        return f"{self.prefix}.{account.partition('@')[2]}"
 
     def _disco_items(self, domain: str) -> list[DiscoItem]:
         jid = f"{self.prefix}.{domain}"
@@ -274,7 +288,7 @@ class XmppBridge:
         sid = id_of(note).rsplit("/", 1)[-1]
         item_id = await self._item_for(address, sid) or sid
         name = address.partition("@")[0]
-        entry = note_entry(note, address, name)
+        entry = note_entry(note, address, name, self._service_of(address))
         await self._ensure_feed(address)
         self._echo.add((address, item_id))
         try:
@@ -455,7 +469,7 @@ class XmppBridge:
         """A followed actor's post as a pubsub event from its gateway JID (XEP-0163 §4.3 filtering)."""
         event = Element("event", PUBSUB_EVENT_NS)
         item = event.add("items", attrs={"node": NODE}).add("item", attrs={"id": id_of(note), "publisher": identity.jid})
-        item.children.append(note_entry(note, identity.jid, identity.name))
+        item.children.append(note_entry(note, identity.jid, identity.name, self._service_of(account)))
         self._send_event(account, identity, event, id_of(note))
 
     def _send_event(self, account: str, identity: RemoteIdentity, event: Element, object_id: str) -> None:
@@ -552,6 +566,57 @@ class XmppBridge:
         query.add("feature", attrs={"var": DISCO_INFO_NS})
         return iq_result(ctx.iq, query)
 
+    # --- comments nodes (XEP-0277 §3) on the gateway service ---------------------------------------
+
+    async def _comments(self, ctx: IqContext) -> Element:
+        """Items of a post's comments node: its replies the requester may see (public ones, and
+        those it received itself), oldest first as a thread reads."""
+        request, target = _reply_target(ctx.payload, "items")
+        if request is None or not target:
+            return error_reply(ctx.iq, "item-not-found")
+        account = await self._sender_account(ctx.sender)
+        if not account:
+            return error_reply(ctx.iq, "forbidden")
+        pubsub = Element("pubsub", PUBSUB_NS)
+        items = pubsub.add("items", attrs={"node": request.attrs["node"]})
+        for row in await state.replies_to(self.store, target, account, MAX_REMOTE_ITEMS):
+            note = json.loads(row.document).get("object")
+            if not isinstance(note, dict):
+                continue
+            local = self.social.local_address(row.actor)
+            try:
+                jid, name = (local, local.partition("@")[0]) if local else \
+                    ((identity := await self.identity(row.actor, account)).jid, identity.name)
+            except FetchError:
+                continue
+            item = items.add("item", attrs={"id": id_of(note), "publisher": jid})
+            item.children.append(note_entry(note, jid, name))
+        return iq_result(ctx.iq, pubsub)
+
+    async def _comment(self, ctx: IqContext) -> Element:
+        """An entry published on a post's comments node: a public reply Note of the publisher."""
+        request, target = _reply_target(ctx.payload, "publish")
+        if request is None or not target:
+            return error_reply(ctx.iq, "item-not-found")
+        account = await self._sender_account(ctx.sender)
+        if account is None:
+            return error_reply(ctx.iq, "forbidden")  # not ours: the gateway writes for no one else
+        if not account:
+            return error_reply(ctx.iq, "not-allowed")  # ours, but not published
+        item = request.find("item", PUBSUB_NS)
+        entry = item.find("entry", ATOM_NS) if item is not None else None
+        if entry is None:
+            return error_reply(ctx.iq, "bad-request")
+        post = {**entry_post(entry), "inReplyTo": target}
+        try:
+            activity = await self.social.activitypub.post_note(account, post)
+        except (FetchError, ValueError) as exc:
+            return error_reply(ctx.iq, "not-acceptable", text=str(exc))
+        pubsub = Element("pubsub", PUBSUB_NS)
+        pubsub.add("publish", attrs={"node": request.attrs["node"]}).add(
+            "item", attrs={"id": id_of(activity.get("object"))})
+        return iq_result(ctx.iq, pubsub)
+
     async def _items(self, ctx: IqContext) -> Element:
         """Items of a gateway JID's microblog node: that actor's posts the requester received."""
         request = ctx.payload.find("items", PUBSUB_NS)
@@ -571,8 +636,15 @@ class XmppBridge:
             note = json.loads(row.document).get("object")
             if isinstance(note, dict):
                 item = items.add("item", attrs={"id": id_of(note)})
-                item.children.append(note_entry(note, identity.jid, identity.name))
+                item.children.append(note_entry(note, identity.jid, identity.name, self._service_of(account)))
         return iq_result(ctx.iq, pubsub)
+
+
+def _reply_target(payload: Element, verb: str) -> tuple[Element | None, str]:
+    request = payload.find(verb, PUBSUB_NS)
+    node = request.attrs.get("node", "") if request is not None else ""
+    target = node.removeprefix(COMMENTS_PREFIX) if node.startswith(COMMENTS_PREFIX) else ""
+    return request, target if target.startswith("https://") and len(target) <= 2048 else ""
 
 
 def _mentioned(note: dict[str, Any]) -> set[str]:
