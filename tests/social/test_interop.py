@@ -54,7 +54,8 @@ async def test_follow_post_like_boost_delete_with_a_real_peer(alpha: PeerageServ
         # alice follows fred; Fedify accepts.
         await alice.do({"type": "Follow", "object": f"acct:{peer.handle}"})
         await async_wait_for(lambda: _has(alice, "following", peer.actor), 30, "fred's Accept at alice's")
-        assert ALICE_URL in await control(base, "followers")
+        # The peer's own followers list may be written after it sent its Accept: waited for, not read once.
+        await async_wait_for(lambda: _peer_followers_has(base, ALICE_URL), 30, f"alice in {peer.name}'s followers")
 
         # alice posts, mentioning fred: Fedify receives and verifies it.
         mine = await alice.do({"type": "Note", "content": f"Hi @{peer.handle} from #peerage"})
@@ -83,6 +84,10 @@ async def test_follow_post_like_boost_delete_with_a_real_peer(alpha: PeerageServ
         await async_wait_for(lambda: _inbox_lacks(alice, "Create", theirs["id"]), 30, "fred's Delete")
         await alice.do({"type": "Delete", "object": note_id})
         await async_wait_for(lambda: _received(base, "Delete", note_id), 30, "alice's Delete at fred's")
+
+
+async def _peer_followers_has(base: str, actor: str) -> bool:
+    return actor in await control(base, "followers")
 
 
 async def _has(account: Account, collection: str, actor: str) -> bool:

@@ -166,7 +166,8 @@ async def test_a_forwarded_reply_and_delete_are_believed_as_their_origin_serves_
         arrived = await async_wait_for(lambda: _has(yuri, "Create", reply), WAIT, "the forwarded reply")
         assert "Said to fred about yuri" in arrived[0]["object"]["content"]
         assert arrived[0]["object"]["inReplyTo"] == mine
-        assert f"forwarded by {fedify.actor} confirmed at its origin" in beta.log_text(offset)
+        await async_wait_for(lambda: f"forwarded by {fedify.actor} confirmed at its origin" in beta.log_text(offset),
+                             WAIT, "peerage's log line for the confirmed forward")
         # bea deletes it (again to fred alone); the forwarded Delete is believed: bovine no longer
         # serves the post.
         await control(bovine.control, "delete", object=reply, to=f"acct:{fedify.handle}")
