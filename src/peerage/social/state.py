@@ -177,8 +177,17 @@ async def store_activity(conn: Any, *, activity_id: str, account: str, local: bo
     await conn.execute(insert(social_activities).values(
         activity_id=activity_id, account=account, local=local, type=type_, actor=actor, object_id=object_id,
         public=public, deleted=False, document=json.dumps(document, separators=(",", ":")),
-        received_at=time.time()))
+        received_at=time.time(), in_reply_to=reply_target(document) if type_ == "Create" else None))
     return True
+
+
+def reply_target(document: dict[str, Any]) -> str | None:
+    """The id a Create's object replies to (bounded to the column), or None."""
+    obj = document.get("object")
+    target = obj.get("inReplyTo") if isinstance(obj, dict) else None
+    if isinstance(target, dict):
+        target = target.get("id")
+    return target if isinstance(target, str) and 0 < len(target) <= 2048 else None
 
 
 async def local_activity(store: Any, activity_id: str) -> Any:
@@ -233,12 +242,11 @@ async def received_from(store: Any, account: str, actor: str, limit: int) -> Seq
 
 async def replies_to(store: Any, object_id: str, account: str, limit: int) -> list[Any]:
     """Replies to `object_id` that `account` may see (public ones, and those it holds), oldest first,
-    one row per reply (the documents are stored compactly, so the inReplyTo field is found as is)."""
-    needle = json.dumps({"inReplyTo": object_id}, separators=(",", ":"))[1:-1]
+    one row per reply."""
     async with store.begin() as conn:
         rows = (await conn.execute(select(social_activities).where(
-            social_activities.c.type == "Create", social_activities.c.deleted.is_(False),
-            social_activities.c.document.contains(needle, autoescape=True),
+            social_activities.c.in_reply_to == object_id, social_activities.c.type == "Create",
+            social_activities.c.deleted.is_(False),
             (social_activities.c.public.is_(True)) | (social_activities.c.account == account)).order_by(
             social_activities.c.id).limit(limit * 4))).all()
     found: dict[str, Any] = {}
@@ -341,7 +349,7 @@ async def replace_object(store: Any, object_id: str, actor: str, new_object: dic
             document = json.loads(row.document)
             document["object"] = new_object
             await conn.execute(update(social_activities).where(social_activities.c.id == row.id).values(
-                document=json.dumps(document, separators=(",", ":"))))
+                document=json.dumps(document, separators=(",", ":")), in_reply_to=reply_target(document)))
     return len(rows)
 
 

@@ -95,9 +95,12 @@ social_activities = Table(
     Column("received_at", Float, nullable=False),
     # A local post its author pinned (the featured collection), and when: newest pin first.
     Column("pinned_at", Float, nullable=True),
+    # A Create's object.inReplyTo: a post's replies (its thread, its XEP-0277 comments node) by index.
+    Column("in_reply_to", String(URL), nullable=True),
     UniqueConstraint("account", "activity_id", name="uq_social_activities_account_activity_id"),
 )
 Index("ix_social_activities_object", social_activities.c.object_id)
+Index("ix_social_activities_in_reply_to", social_activities.c.in_reply_to)
 
 # Images attached to local posts (peerage.social.media): kept as long as the post, served at
 # /media/TOKEN/FILENAME; `blob` is the file's name in the media BlobStore.
