@@ -36,6 +36,8 @@ BETA, BETA_ADDRESS = "beta.test", f"{BLOCK}.3"
 PASSWORD = "correct horse battery staple"
 NAMES: dict[str, str] = {ALPHA: ALPHA_ADDRESS, BETA: BETA_ADDRESS}
 SOCIAL = {"allow_private_addresses": True, "retry_base": 1.0}
+# Seconds a peerage server gets to start (the harness's 30 s passed before the first log line at load 18+).
+SERVER_START_TIMEOUT = 90.0
 
 
 class StaticResolver(AbstractResolver):
@@ -87,7 +89,7 @@ def alpha(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social
     server.add_user(f"alice@{ALPHA}", PASSWORD)
     server.add_user(f"carol@{ALPHA}", PASSWORD)
     server.cli("social", "publish", f"alice@{ALPHA}")
-    server.start()
+    server.start(timeout=SERVER_START_TIMEOUT)
     try:
         yield server
     finally:
@@ -99,7 +101,7 @@ def beta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social_
     server = make_server(tmp_path_factory.mktemp("beta"), BETA, BETA_ADDRESS, social_dns, social_ca)
     server.add_user(f"bob@{BETA}", PASSWORD)
     server.cli("social", "publish", f"bob@{BETA}")
-    server.start()
+    server.start(timeout=SERVER_START_TIMEOUT)
     try:
         yield server
     finally:
@@ -118,7 +120,7 @@ def delta(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social
                          services=("web", "xmpp"))
     server.add_user(f"xena@{DELTA}", PASSWORD)
     server.cli("social", "publish", f"xena@{DELTA}")
-    server.start()
+    server.start(timeout=SERVER_START_TIMEOUT)
     try:
         yield server
     finally:
@@ -135,7 +137,7 @@ BOVINE_DIR = HERE / "bovine"
 # bovine-herd pins cryptography and aiosqlite below peerage's pins, so it lives in its own virtual
 # environment, made by scripts/setup-test-env at the repository's root.
 BOVINE_PYTHON = HERE.parents[1] / ".venv-bovine" / "bin" / "python"
-PEER_START_TIMEOUT = 60.0
+PEER_START_TIMEOUT = 90.0
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from tests.harness.ca import TestCA
 from tests.harness.server import PeerageServer
 from tests.harness.waiting import async_wait_for
-from tests.social.conftest import ALPHA, BETA, PASSWORD, client
+from tests.social.conftest import ALPHA, BETA, PASSWORD, SERVER_START_TIMEOUT, client
 
 pytestmark = pytest.mark.timeout(240)  # includes the module's server starts, on a loaded CI machine
 ALICE, BOB = f"alice@{ALPHA}", f"bob@{BETA}"
@@ -116,7 +116,7 @@ async def test_delivery_waits_for_a_remote_that_is_down(alpha: PeerageServer, be
             listing = await async_wait_for(lambda: _queue_with_error(alpha), 20, "a failed attempt in the queue")
             assert f"https://{BETA}/inbox" in listing
         finally:
-            beta.start()
+            beta.start(timeout=SERVER_START_TIMEOUT)
         # The operator asks for a retry now rather than at the next back-off step.
         assert "will be retried now" in alpha.cli("social", "queue", "retry").stdout
         arrived = await async_wait_for(lambda: _inbox_has(bob, "Create", note_id), 30, "the post after restart")

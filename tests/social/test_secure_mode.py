@@ -11,7 +11,7 @@ from peerage.social import keys, signatures
 from tests.harness.ca import TestCA
 from tests.harness.dns import LocalDNS
 from tests.harness.server import PeerageServer
-from tests.social.conftest import BETA, BLOCK, NAMES, SOCIAL, client
+from tests.social.conftest import BETA, BLOCK, NAMES, SERVER_START_TIMEOUT, SOCIAL, client
 
 pytestmark = pytest.mark.timeout(240)  # includes the module's server starts, on a loaded CI machine
 GAMMA, GAMMA_ADDRESS = "gamma.test", f"{BLOCK}.6"
@@ -27,7 +27,7 @@ def gamma(tmp_path_factory: pytest.TempPathFactory, social_dns: LocalDNS, social
                            certs={GAMMA: cert}, ca_file=social_ca.cert_path)
     server.add_user(f"dave@{GAMMA}", "correct horse battery staple")
     server.cli("social", "publish", f"dave@{GAMMA}")
-    server.start()
+    server.start(timeout=SERVER_START_TIMEOUT)
     try:
         yield server
     finally:

@@ -365,7 +365,14 @@ async def mark_seen(conn: Any, key: str) -> bool:
     """Record `key` in `conn`'s transaction; False when it was already there."""
     if (await conn.execute(select(social_seen.c.key).where(social_seen.c.key == key))).first() is not None:
         return False
-    await conn.execute(insert(social_seen).values(key=key, seen_at=time.time()))
+    # Two copies of one activity can arrive at once (a post to a follower's shared inbox and to the
+    # same server's personal inbox of someone it mentions): the second insert loses, in a savepoint
+    # so the transaction goes on, and that copy is a duplicate rather than a 500.
+    try:
+        async with conn.begin_nested():
+            await conn.execute(insert(social_seen).values(key=key, seen_at=time.time()))
+    except IntegrityError:
+        return False
     return True
 
 
