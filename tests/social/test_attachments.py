@@ -213,7 +213,7 @@ async def test_a_file_uploaded_from_xmpp_is_attached_to_the_microblog_post(delta
                                         f"the XMPP post at {peer.name}'s")
         finally:
             await xmpp.close()
-        media = re.findall(rf"https://{re.escape(DELTA)}/media/[\w-]+/[\w.]+", json.dumps(note))
+        media = re.findall(rf"https://{re.escape(DELTA)}/media/[\w-]+/[\w.-]+", json.dumps(note))  # token_urlsafe: - and _
         assert media, note
         async with http.get(media[0]) as response:
             assert response.status == 200 and response.headers["Content-Type"] == "image/png"
