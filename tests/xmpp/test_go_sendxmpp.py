@@ -6,6 +6,7 @@ import asyncio
 
 from tests.harness import PeerageServer, require_binary
 from tests.xmpp.conftest import PASSWORD, Client
+from tests.xmpp.rawclient import RawClient
 
 SERVER_ADDRESS = "127.0.1.5"
 SERVER_USERS = ["alice@a.test", "bob@b.test"]
@@ -48,3 +49,26 @@ async def test_go_sendxmpp_direct_tls(xmpp_server: PeerageServer, clients: list[
     assert code == 0, output
     message = await bob.next_message(timeout=15)
     assert message["body"].strip() == "over direct TLS"
+
+
+async def test_stanzas_sent_just_before_the_close_are_handled(xmpp_server: PeerageServer,
+                                                             clients: list[Client]) -> None:
+    """What go-sendxmpp does, in one write: initial presence (the server reads the offline queue, so
+    the stanzas after it wait), three messages and ``</stream:stream>``. Every message was sent
+    before the close, so every one is delivered, in order, and only then does the server close its
+    side (RFC 6120 section 4.4)."""
+    bob = Client("bob@b.test/desk3")
+    clients.append(bob)
+    await bob.login(SERVER_ADDRESS)
+    for round_number in range(3):  # the close races the handling differently each time
+        raw = RawClient(SERVER_ADDRESS, "a.test")
+        await raw.login("alice", PASSWORD, resource=f"burst{round_number}")
+        bodies = [f"burst {round_number}.{n}" for n in range(3)]
+        await raw.send("<presence/>" + "".join(
+            f"<message to='bob@b.test/desk3' type='chat' id='b{round_number}{n}'><body>{body}</body></message>"
+            for n, body in enumerate(bodies)) + "</stream:stream>")
+        closing = await raw.read_to_eof(timeout=30)
+        await raw.close()
+        assert "</stream:stream>" in closing, closing
+        received = [(await bob.next_message(timeout=30))["body"] for _ in bodies]
+        assert received == bodies

@@ -72,6 +72,15 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024
 
 STANZA_NAMES = frozenset(("message", "presence", "iq"))
 
+#: How long a lost connection's queued stanzas may take before its session is let go regardless (a
+#: handler waiting on storage finishes well within it; one that never does must not keep a gone
+#: resource online).
+DRAIN_AFTER_LOSS_SECONDS = 30.0
+
+#: Queued in place of ``</stream:stream>`` when it arrives behind elements still waiting: the
+#: stanzas a client sent before it closed are handled before the stream ends (RFC 6120 section 4.4).
+STREAM_CLOSED_MARK = Element("closed", "urn:peerage:internal:stream-closed")
+
 
 @dataclass(slots=True)
 class PreAuthEvent:
@@ -91,6 +100,7 @@ class C2SConnection(asyncio.Protocol):
         "_busy",
         "_counted",
         "_deadline",
+        "_detach_when_drained",
         "_flush_scheduled",
         "_login_key",
         "_out",
@@ -133,6 +143,9 @@ class C2SConnection(asyncio.Protocol):
         self._queue: deque[Element] | None = None
         self._busy = False
         self._reading_paused = False
+        #: The connection was lost while stanzas it had delivered were still queued: the session is
+        #: let go once they are handled.
+        self._detach_when_drained = False
         self._counted = False
         #: This connection's place under ``[limits] max_unauthenticated`` until it authenticates.
         self._preauth: PreAuthSlot | None = None
@@ -225,6 +238,7 @@ class C2SConnection(asyncio.Protocol):
                 self._run(self.stream.opened(event, self._channel_bindings()))
             elif isinstance(event, StreamClosed):
                 self._peer_closed()
+                break  # nothing follows the closing tag
             elif isinstance(event, StreamFailure):
                 self.stream_error(event.condition, event.text)
 
@@ -244,6 +258,25 @@ class C2SConnection(asyncio.Protocol):
             self._preauth.release()
             self._preauth = None
         self.service.connections.discard(self)
+        session = self.session
+        if session is not None and session.connection is self:
+            if self._busy:
+                # Stanzas read before the connection went are still queued: they are the client's
+                # (a client may send a message and hang up at once), so they are handled first.
+                self._detach_when_drained = True
+                asyncio.get_running_loop().call_later(DRAIN_AFTER_LOSS_SECONDS, self._detach_if_still_draining)
+                return
+            self.session = None
+            self.service.sessions.detached(session, clean=self.closed_cleanly)
+
+    def _detach_if_still_draining(self) -> None:
+        if self._detach_when_drained:
+            log.warning("%s: stanzas sent before the connection went were not handled in %.0f s; "
+                        "ending the session", self.name, DRAIN_AFTER_LOSS_SECONDS)
+            self._detach_drained()
+
+    def _detach_drained(self) -> None:
+        self._detach_when_drained = False
         session = self.session
         if session is not None and session.connection is self:
             self.session = None
@@ -341,6 +374,12 @@ class C2SConnection(asyncio.Protocol):
         self.closed_cleanly = True
         if self.sm is not None:
             self.sm.resumable = False
+        if self._busy:
+            # Answered in its turn, after the stanzas the client sent before it (RFC 6120 section 4.4).
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(STREAM_CLOSED_MARK)
+            return
         self._run(self.stream.closed())
 
     # ============================================================================================
@@ -474,6 +513,15 @@ class C2SConnection(asyncio.Protocol):
         self.service.spawn(self._drain(result, element))
 
     async def _drain(self, pending: Awaitable[None], element: Element) -> None:
+        try:
+            await self._drain_queue(pending, element)
+        finally:
+            if self._detach_when_drained:
+                self._busy = False
+                self._queue = None
+                self._detach_drained()
+
+    async def _drain_queue(self, pending: Awaitable[None], element: Element) -> None:
         while True:
             try:
                 await pending
@@ -484,12 +532,16 @@ class C2SConnection(asyncio.Protocol):
             if self.sm is not None and element.name in STANZA_NAMES:
                 self.sm.count_handled()
             while self._queue:
-                if self.closing:
-                    # The connection is gone: what it queued is dropped (and ``pending`` must not be
-                    # awaited a second time, which a ``break`` here did).
-                    self._queue = None
-                    return
                 element = self._queue.popleft()
+                if element is STREAM_CLOSED_MARK:
+                    self._queue = None
+                    self._busy = False
+                    self._run(self.stream.closed())
+                    return
+                if self.closing and (self.session is None or element.xmlns != "" or element.name not in STANZA_NAMES):
+                    # The connection is gone: only the stanzas of a still-attached session are
+                    # worth handling (they were sent before it went); the rest spoke to the stream.
+                    continue
                 try:
                     next_pending = self._handle(element)
                 except Exception:
