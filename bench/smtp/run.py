@@ -46,8 +46,6 @@ POSTFIX_ADDRESS = "127.0.4.152"
 MAX_MESSAGES = 20000
 DURABLE_TIMEOUT = 300.0
 MAX_ROUNDS = 10
-# How this benchmark's section of bench/RESULTS.md starts; a new run replaces it.
-SECTION_MARK = "## smtp: smtp-source,"
 
 
 def _smtp_source(address: str, messages: int, sessions: int, size: int, sender: str, recipient: str) -> float:
@@ -138,12 +136,13 @@ def main() -> int:
             runs.insert(0, ("peerage before (mx_workers=0)", 0, args.baseline_src.resolve()))
         for index, (name, workers, source) in enumerate(runs[: len(PEERAGE_ADDRESSES)]):
             address = PEERAGE_ADDRESSES[index]
-            peerage = make_peerage(workers, address, "-before" if source else "")
             saved_path = os.environ.get("PYTHONPATH")
             if source is not None:
-                # The server process (and its MX workers) import peerage from the earlier tree.
+                # The CLI that prepares its data, the server process and its MX workers import
+                # peerage from the earlier tree (a newer CLI would migrate the database past it).
                 os.environ["PYTHONPATH"] = str(source)
             try:
+                peerage = make_peerage(workers, address, "-before" if source else "")
                 peerage.start()
             finally:
                 if saved_path is None:
@@ -185,7 +184,7 @@ def main() -> int:
     if not args.no_results:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = [
-            f"\n{SECTION_MARK} peerage vs Postfix ({stamp})\n",
+            f"## smtp: smtp-source, peerage vs Postfix ({stamp})\n",
             f"Machine: {machine()}. "
             "1-minute load average "
             f"{os.getloadavg()[0]:.1f} at the end (above about 1, other work shared the cores).\n",
@@ -207,16 +206,9 @@ def main() -> int:
 
 
 def _write_section(results_path: Path, section: str) -> None:
-    """Replace this benchmark's earlier section of RESULTS.md (the other benchmarks' stay as they are),
-    or append it when there is none."""
+    """Append this run's section to RESULTS.md: earlier runs stay, so figures can be compared."""
     text = results_path.read_text() if results_path.exists() else ""
-    start = text.find(SECTION_MARK)
-    if start < 0:
-        results_path.write_text(text.rstrip("\n") + "\n" + section)
-        return
-    following = text.find("\n## ", start + len(SECTION_MARK))
-    rest = text[following:] if following >= 0 else "\n"
-    results_path.write_text(text[:start].rstrip("\n") + "\n" + section.rstrip("\n") + "\n" + rest)
+    results_path.write_text(text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
