@@ -10,9 +10,12 @@ under the same load. This module is in charge of the parts they have in common:
   (``PROSODY_MODULES``), STARTTLS required, Nagle off; a benchmark adds modules, an HTTPS port or
   configuration lines (``Component``) through its attributes and ``extra_config``;
 - the closed load loop: ``PairCheck`` (per-sender sequence: lost, duplicated, reordered),
-  ``whole_stanzas`` (a stanza split across reads is counted once, when complete), ``LoadWindow``
-  (warm-up, a counted window with the server's CPU share taken over that window only, then the
-  drain), and ``latency_figures``.
+  ``whole_stanzas`` and ``whole_stanza_reads`` (a stanza split across reads is counted once, when
+  complete), ``SendLoop`` (the senders: one stanza per write, each carrying its sender's next
+  sequence number and its send time), ``tally_pair`` (one receiver of a sender/receiver pair: the
+  sender and sequence checks, the count, and one reply per new message), ``LoadWindow`` (warm-up, a
+  counted window with the server's CPU share taken over that window only, then the drain), and
+  ``latency_figures``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 import signal
 import subprocess
 import time
@@ -36,6 +40,10 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 READY_TIMEOUT = 120.0  # a loaded machine starts servers slowly
 STEP_TIMEOUT = 60.0  # generous: the benchmark machine may be shared
+#: An upper bound that keeps every load loop finite.
+MAX_MESSAGES = 5_000_000
+#: One whole chat message of the load tool: sender, then the pair's sequence number and send time.
+MESSAGE_RE = re.compile(rb"<message\b[^>]*?\bfrom=['\"]([^'\"]+)['\"][^>]*>.*?<body>(\d+) (\d+)</body>.*?</message>", re.S)
 #: The modules a Prosody operator enables for what peerage serves on c2s: roster, presence,
 #: offline, carbons, blocking, private XML, vCard, PEP, stream management, CSI, ping, version, disco.
 PROSODY_MODULES = ("disco", "roster", "saslauth", "tls", "blocklist", "carbons", "private", "smacks",
@@ -228,6 +236,79 @@ def whole_stanzas(pending: bytes) -> tuple[bytes, bytes]:
     if cut < 0:
         return b"", pending
     return pending[:cut + 10], pending[cut + 10:]
+
+
+def whole_stanza_reads(reader: asyncio.StreamReader, pending: bytes = b"") -> Callable[[], Awaitable[bytes]]:
+    """A read of ``reader`` that returns whole ``<message/>`` stanzas only (``whole_stanzas``), the
+    rest kept for the next read; ``pending`` is what the login left unread."""
+    rest = pending
+
+    async def read() -> bytes:
+        nonlocal rest
+        while True:
+            chunk = await reader.read(262144)
+            if not chunk:
+                raise ConnectionError("connection closed")
+            complete, rest = whole_stanzas(rest + chunk)
+            if complete:
+                return complete
+    return read
+
+
+class SendLoop:
+    """The senders of a closed loop. ``send(index)`` writes one stanza (one write, as an interactive
+    client sends it) made by ``stanza(index, sequence, send time in ns)`` through ``write(index, data)``;
+    ``sequences[index]`` is how many sender ``index`` has sent."""
+
+    def __init__(self, count: int, stanza: Callable[[int, int, int], bytes],
+                 write: Callable[[int, bytes], None]) -> None:
+        self.sequences = [0] * count
+        self.stanza = stanza
+        self.write = write
+
+    def send(self, index: int) -> None:
+        self.sequences[index] += 1
+        self.write(index, self.stanza(index, self.sequences[index], time.perf_counter_ns()))
+
+    def prime(self, window: int) -> None:
+        """The first ``window`` messages of every sender."""
+        for index in range(len(self.sequences)):
+            for _ in range(window):
+                self.send(index)
+
+    def lost(self, checks: list[PairCheck]) -> int:
+        """Sent and never delivered, sender ``i`` received by ``checks[i]``'s receiver."""
+        return sum(sent - check.delivered for sent, check in zip(self.sequences, checks, strict=True))
+
+    def drained(self, checks: list[PairCheck]) -> bool:
+        return all(check.delivered >= sent for check, sent in zip(checks, self.sequences, strict=True))
+
+
+async def tally_pair(window: LoadWindow, check: PairCheck, read: Callable[[], Awaitable[bytes]],
+                     sender_jid: str, reply: Callable[[], None]) -> None:
+    """One receiver of a pair until ``window.stop``: every ``read()`` gives whole messages, each checked
+    for its sender (``sender_jid`` or another resource of its account) and its sequence number; each
+    new message is counted while the window counts and answered with one ``reply()`` while it replies."""
+    full = sender_jid.encode()
+    resource_prefix = full.split(b"/")[0] + b"/"
+    findall = MESSAGE_RE.findall
+    while not window.stop:
+        complete = await read()
+        now = time.perf_counter_ns()
+        replies = 0
+        for sender, number, sent in findall(complete):
+            if sender != full and not sender.startswith(resource_prefix):
+                check.wrong_sender += 1
+                continue
+            if not check.saw(int(number)):
+                continue
+            replies += 1
+            if window.counting:
+                check.counted += 1
+                window.count(now, int(sent))
+        if window.replying and window.counted < MAX_MESSAGES:
+            for _ in range(replies):
+                reply()
 
 
 class LoadWindow:

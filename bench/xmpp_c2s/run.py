@@ -65,12 +65,14 @@ from bench.xmpp_common import (  # noqa: E402
     LoadWindow,
     PairCheck,
     ProsodyAnchor,
+    SendLoop,
     Server,
     check_figures,
     latency_figures,
+    tally_pair,
     usernames,
     wait_port,
-    whole_stanzas,
+    whole_stanza_reads,
 )
 
 PEERAGE_ADDRESS = "127.0.1.200"
@@ -81,14 +83,11 @@ EJABBERD_API_PORT = 5280
 ERL_LIBS = "/usr/lib/x86_64-linux-gnu"
 #: Resources per account for the idle-connection test (peerage allows 32 per account).
 RESOURCES_PER_USER = 25
-#: Upper bounds that keep every loop finite.
-MAX_MESSAGES = 5_000_000
+#: An upper bound that keeps the idle-connection step finite.
 IDLE_SETTLE_SECONDS = 15.0
 
 HEADER = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
           f" to='{DOMAIN}' version='1.0'>").encode()
-#: One whole chat message of the load tool: sender, then the pair's sequence number and send time.
-MESSAGE_RE = re.compile(rb"<message\b[^>]*?\bfrom=['\"]([^'\"]+)['\"][^>]*>.*?<body>(\d+) (\d+)</body>.*?</message>", re.S)
 EJABBERD_MODULES = ("mod_roster", "mod_disco", "mod_ping", "mod_version", "mod_carboncopy", "mod_blocking",
                     "mod_privacy", "mod_private", "mod_vcard", "mod_stream_mgmt", "mod_client_state",
                     "mod_offline", "mod_caps", "mod_pubsub")
@@ -395,58 +394,32 @@ async def measure_messages(server: Server, users: list[str], pairs: int, window:
         receivers.append(receiver)
     await asyncio.sleep(0.5)
     window_ = LoadWindow()
-    sequences = [0] * pairs
     checks = [PairCheck() for _ in range(pairs)]
 
-    def send_one(index: int) -> None:
-        # One stanza per write, as an interactive client sends it.
-        sequences[index] += 1
+    def stanza(index: int, sequence: int, now_ns: int) -> bytes:
+        return (f"<message to='{receivers[index].jid}' type='chat' id='m{sequence}'><body>"
+                f"{sequence} {now_ns}</body></message>").encode()
+
+    def write(index: int, data: bytes) -> None:
         writer = senders[index].writer
         assert writer is not None
-        writer.write((f"<message to='{receivers[index].jid}' type='chat' id='m{sequences[index]}'><body>"
-                      f"{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
+        writer.write(data)
+
+    loop = SendLoop(pairs, stanza, write)
 
     def receiver_loop(index: int) -> Callable[[], Awaitable[None]]:
-        async def receive() -> None:
-            receiver = receivers[index]
-            sender_jid = senders[index].jid.encode()
-            check = checks[index]
-            assert receiver.reader is not None
-            pending = receiver.buffer
-            while not window_.stop:
-                chunk = await receiver.reader.read(262144)
-                if not chunk:
-                    raise ConnectionError("receiver connection closed")
-                now = time.perf_counter_ns()
-                complete, pending = whole_stanzas(pending + chunk)
-                replies = 0
-                for sender, number, sent in MESSAGE_RE.findall(complete):
-                    if sender != sender_jid and not sender.startswith(sender_jid.split(b"/")[0] + b"/"):
-                        check.wrong_sender += 1
-                        continue
-                    if not check.saw(int(number)):
-                        continue
-                    replies += 1
-                    if window_.counting:
-                        check.counted += 1
-                        window_.count(now, int(sent))
-                if window_.replying and window_.counted < MAX_MESSAGES:
-                    for _ in range(replies):
-                        send_one(index)
-        return receive
-
-    def prime() -> None:
-        for index in range(pairs):
-            for _ in range(window):
-                send_one(index)
+        receiver = receivers[index]
+        assert receiver.reader is not None
+        read = whole_stanza_reads(receiver.reader, receiver.buffer)
+        return lambda: tally_pair(window_, checks[index], read, senders[index].jid, lambda: loop.send(index))
 
     elapsed, cpu_share = await window_.run(
-        server, [receiver_loop(i) for i in range(pairs)], prime, warmup, seconds,
-        lambda: all(c.delivered >= n for c, n in zip(checks, sequences, strict=True)), 2.0)
+        server, [receiver_loop(i) for i in range(pairs)], lambda: loop.prime(window), warmup, seconds,
+        lambda: loop.drained(checks), 2.0)
     for conn in senders + receivers:
         conn.close()
     received = window_.counted
-    lost = sum(sent - check.delivered for sent, check in zip(sequences, checks, strict=True))
+    lost = loop.lost(checks)
     figures = {
         "msgs_per_s": received / elapsed,
         **latency_figures(window_.latencies),

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 from bench.machine import describe as machine  # noqa: E402
-from bench.xmpp_common import LoadWindow, PairCheck, latency_figures, whole_stanzas  # noqa: E402
+from bench.xmpp_common import LoadWindow, PairCheck, SendLoop, latency_figures, whole_stanza_reads  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_xmpp_c2s", ROOT / "bench" / "xmpp_c2s" / "run.py")
 assert _spec is not None and _spec.loader is not None
@@ -111,28 +111,29 @@ async def measure_room(server: c2s.Server, users: list[str], occupants: int, sen
     for conn in conns:
         conn.buffer = b""  # presence floods of the joins are not part of the count
     window_ = LoadWindow()
-    sequences = [0] * senders
     checks = [[PairCheck() for _ in range(senders)] for _ in range(occupants)]
 
-    def send_one(index: int) -> None:
-        sequences[index] += 1
+    def stanza(index: int, sequence: int, now_ns: int) -> bytes:
+        return (f"<message to='{ROOM}' type='groupchat' id='m{sequence}'><body>"
+                f"{sequence} {now_ns}</body></message>").encode()
+
+    def write(index: int, data: bytes) -> None:
         writer = conns[index].writer
         assert writer is not None
-        writer.write((f"<message to='{ROOM}' type='groupchat' id='m{sequences[index]}'><body>"
-                      f"{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
+        writer.write(data)
+
+    loop = SendLoop(senders, stanza, write)
+    sequences = loop.sequences
 
     def receiver_loop(index: int) -> Callable[[], Awaitable[None]]:
         async def receive() -> None:
             conn = conns[index]
             mine = checks[index]
             assert conn.reader is not None
-            pending = conn.buffer
+            read = whole_stanza_reads(conn.reader, conn.buffer)
             while not window_.stop:
-                chunk = await conn.reader.read(262144)
-                if not chunk:
-                    raise ConnectionError("occupant connection closed")
+                complete = await read()
                 now = time.perf_counter_ns()
-                complete, pending = whole_stanzas(pending + chunk)
                 reflected = 0
                 for nick, number, sent in GROUPCHAT_RE.findall(complete):
                     sender = int(nick)
@@ -147,17 +148,12 @@ async def measure_room(server: c2s.Server, users: list[str], occupants: int, sen
                         window_.count(now, int(sent))
                 if window_.replying and index < senders:
                     for _ in range(reflected):
-                        send_one(index)
+                        loop.send(index)
         return receive
-
-    def prime() -> None:
-        for index in range(senders):
-            for _ in range(window):
-                send_one(index)
 
     # Let what is in flight arrive (bounded): whatever was sent and never came is lost.
     elapsed, cpu_share = await window_.run(
-        server, [receiver_loop(i) for i in range(occupants)], prime, warmup, seconds,
+        server, [receiver_loop(i) for i in range(occupants)], lambda: loop.prime(window), warmup, seconds,
         lambda: all(checks[o][s].delivered >= sequences[s] for o in range(occupants) for s in range(senders)),
         15.0)
     for conn in conns:

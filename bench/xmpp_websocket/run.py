@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 from bench.machine import describe as machine  # noqa: E402
-from bench.xmpp_c2s.run import CREATE_ACCOUNTS, MESSAGE_RE, Conn, client_context  # noqa: E402
+from bench.xmpp_c2s.run import CREATE_ACCOUNTS, Conn, client_context  # noqa: E402
 from bench.xmpp_common import (  # noqa: E402
     CLIENT_CPU,
     DOMAIN,
@@ -53,12 +53,14 @@ from bench.xmpp_common import (  # noqa: E402
     LoadWindow,
     PairCheck,
     ProsodyAnchor,
+    SendLoop,
     Server,
     check_figures,
     latency_figures,
+    tally_pair,
     usernames,
     wait_port,
-    whole_stanzas,
+    whole_stanza_reads,
 )
 
 PEERAGE_ADDRESS = "127.0.13.200"
@@ -66,7 +68,6 @@ PROSODY_ADDRESS = "127.0.13.201"
 C2S_PORT = 5222  # bench/xmpp_c2s's Conn logs in on this port
 HTTPS_PORT = 13443
 STEP_TIMEOUT = 60.0
-MAX_MESSAGES = 5_000_000
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 OPEN = f"<open xmlns='{FRAMING}' to='{DOMAIN}' version='1.0'/>".encode()
 _salted: dict[tuple[bytes, int], bytes] = {}
@@ -217,21 +218,12 @@ class WsConn:
                 if marker in payload:
                     return payload
 
-    async def frames(self) -> list[bytes]:
+    def whole_reads(self) -> Any:
         """During the load: the bytes up to the last complete message, frame heads and all, as the TCP
         client reads its stream (the 2-4 byte heads between stanzas do not disturb MESSAGE_RE, and
         neither server sends control frames within a run), so both clients cost the same per message."""
         assert self.reader is not None
-        pending = self.buffer
-        while True:
-            chunk = await self.reader.read(262144)
-            if not chunk:
-                raise ConnectionError("WebSocket connection closed")
-            pending += chunk
-            cut = pending.rfind(b"</message>")
-            if cut >= 0:
-                self.buffer = pending[cut + 10:]
-                return [pending[:cut + 10]]
+        return whole_stanza_reads(self.reader, self.buffer)
 
     async def login(self, address: str, user: str, resource: str, ctx: Any) -> None:
         self.reader, self.writer = await asyncio.open_connection(address, HTTPS_PORT, ssl=ctx, server_hostname=DOMAIN)
@@ -289,17 +281,9 @@ class TcpConn(Conn):
         assert self.writer is not None
         self.writer.write(payload)
 
-    async def frames(self) -> list[bytes]:
+    def whole_reads(self) -> Any:
         assert self.reader is not None
-        pending = self.buffer
-        while True:
-            chunk = await self.reader.read(262144)
-            if not chunk:
-                raise ConnectionError("connection closed")
-            complete, pending = whole_stanzas(pending + chunk)  # only whole stanzas count
-            if complete:
-                self.buffer = pending
-                return [complete]
+        return whole_stanza_reads(self.reader, self.buffer)
 
 
 async def measure(server: Server, transport: str, users: list[str], pairs: int, window: int, warmup: float,
@@ -316,52 +300,26 @@ async def measure(server: Server, transport: str, users: list[str], pairs: int, 
         receivers.append(receiver)
     await asyncio.sleep(0.5)
     window_ = LoadWindow()
-    sequences = [0] * pairs
     checks = [PairCheck() for _ in range(pairs)]
     namespace = " xmlns='jabber:client'" if transport == "ws" else ""
 
-    def send_one(index: int) -> None:
-        sequences[index] += 1
-        senders[index].send((f"<message{namespace} to='{receivers[index].jid}' type='chat' id='m{sequences[index]}'>"
-                             f"<body>{sequences[index]} {time.perf_counter_ns()}</body></message>").encode())
+    def stanza(index: int, sequence: int, now_ns: int) -> bytes:
+        return (f"<message{namespace} to='{receivers[index].jid}' type='chat' id='m{sequence}'>"
+                f"<body>{sequence} {now_ns}</body></message>").encode()
+
+    loop = SendLoop(pairs, stanza, lambda index, data: senders[index].send(data))
 
     def receiver_loop(index: int) -> Any:
-        async def receive() -> None:
-            receiver = receivers[index]
-            sender_bare = senders[index].jid.split("/")[0].encode()
-            check = checks[index]
-            while not window_.stop:
-                payloads = await receiver.frames()
-                now = time.perf_counter_ns()
-                replies = 0
-                for payload in payloads:
-                    for sender, number, sent in MESSAGE_RE.findall(payload):
-                        if sender.split(b"/")[0] != sender_bare:
-                            check.wrong_sender += 1
-                            continue
-                        if not check.saw(int(number)):
-                            continue
-                        replies += 1
-                        if window_.counting:
-                            check.counted += 1
-                            window_.count(now, int(sent))
-                if window_.replying and window_.counted < MAX_MESSAGES:
-                    for _ in range(replies):
-                        send_one(index)
-        return receive
-
-    def prime() -> None:
-        for index in range(pairs):
-            for _ in range(window):
-                send_one(index)
+        read = receivers[index].whole_reads()
+        return lambda: tally_pair(window_, checks[index], read, senders[index].jid, lambda: loop.send(index))
 
     elapsed, cpu_share = await window_.run(
-        server, [receiver_loop(i) for i in range(pairs)], prime, warmup, seconds,
-        lambda: all(c.delivered >= n for c, n in zip(checks, sequences, strict=True)), 2.0)
+        server, [receiver_loop(i) for i in range(pairs)], lambda: loop.prime(window), warmup, seconds,
+        lambda: loop.drained(checks), 2.0)
     for conn in senders + receivers:
         conn.close()
     received = window_.counted
-    lost = sum(sent - check.delivered for sent, check in zip(sequences, checks, strict=True))
+    lost = loop.lost(checks)
     figures = {
         "msgs_per_s": received / elapsed,
         **latency_figures(window_.latencies),
