@@ -18,7 +18,7 @@ import pytest
 
 from peerage.mail.reports import parse
 from peerage.mail.reports.outgoing import AggregateReporter, destinations
-from peerage.mail.reports.store import ReportStore, Seen
+from peerage.mail.reports.store import DMARC_REPORTS, TLS_REPORTS, ReportStore, Seen
 from peerage.store import Store
 
 DMARC_XML = b"""<?xml version="1.0" encoding="UTF-8" ?>
@@ -170,7 +170,7 @@ def test_our_aggregate_reports(tmp_path: Path) -> None:
         assert await reporter.run_once(now=period + 86400 + 10) == 3
         assert await reporter.run_once(now=period + 86400 + 20) == 0
         assert await reporter.run_once(now=period + 86400 + 3700) == 1
-        outcomes = {s["policy_domain"]: s["outcome"] for s in await reports.sent(0)}
+        outcomes = {s["policy_domain"]: s["outcome"] for s in await reports.sent(DMARC_REPORTS, 0)}
         assert outcomes["near.example"] == "queued to agg@near.example"
         assert outcomes["far.example"] == "queued to agg@collector.example"  # RFC 7489 §7.1
         assert outcomes["tiny.example"].startswith("not sent; too large for agg@tiny.example")
@@ -261,7 +261,7 @@ def test_our_tls_reports(tmp_path: Path) -> None:
         assert await reporter.run_once(now=period + 3600) == 0
         assert await reporter.run_once(now=period + 86400 + 10) == 4
         assert await reporter.run_once(now=period + 2 * 86400) == 0  # claimed once
-        outcomes = {s["policy_domain"]: s["outcome"] for s in await reports.tls_sent(0)}
+        outcomes = {s["policy_domain"]: s["outcome"] for s in await reports.sent(TLS_REPORTS, 0)}
         assert outcomes["near.example"] == ("queued to tls@near.example; https: not supported "
                                             "(https://reports.near.example/v1)")
         assert outcomes["web.example"] == "not sent: no mailto: rua (https: is not supported)"

@@ -98,7 +98,7 @@ def _when(seconds: float) -> str:
 async def _reports(config: Any, args: argparse.Namespace) -> int:
     import json
 
-    from peerage.mail.reports.store import ReportStore
+    from peerage.mail.reports.store import DMARC_REPORTS, TLS_REPORTS, ReportStore
     from peerage.store import Store
 
     store = Store(config.database_url)
@@ -108,8 +108,8 @@ async def _reports(config: Any, args: argparse.Namespace) -> int:
         since = time.time() - args.days * 86400.0
         received = await reports.received(since, args.domain)
         failing = await reports.failing_sources([r["id"] for r in received], limit=20)
-        sent = await reports.sent(since)
-        tls_sent = await reports.tls_sent(since)
+        sent = await reports.sent(DMARC_REPORTS, since)
+        tls_sent = await reports.sent(TLS_REPORTS, since)
         if args.domain:
             sent = [s for s in sent if s["policy_domain"] == args.domain.lower()]
             tls_sent = [s for s in tls_sent if s["policy_domain"] == args.domain.lower()]

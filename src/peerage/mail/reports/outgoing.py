@@ -13,7 +13,8 @@ the rules for where it may go:
 - at most `max_destinations` addresses per report (§6.4 lets a receiver limit them; two is the
   figure most receivers use), and at most `max_rows` records (the largest counts are kept).
 
-How many reports go out per hour is bounded by the caller (`[reports] max_per_hour`).
+Claiming, the interval loop and the hourly bound (`[reports] max_per_hour`) are
+peerage.mail.reports.interval's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
 from peerage.mail.auth.dmarc import organizational_domain, parse_record
-from peerage.mail.reports.store import ReportStore
+from peerage.mail.reports.interval import IntervalReporter
+from peerage.mail.reports.store import DMARC_REPORTS, ReportStore
 
 log = logging.getLogger(__name__)
 
@@ -147,49 +149,19 @@ def report_message(*, org_name: str, from_address: str, to: list[str], report_id
     return message.encode("ascii")
 
 
-class AggregateReporter:
-    """Sends the reports of finished intervals, at most `max_per_hour` an hour. Every node of a
-    cluster may run one: an interval's report is claimed in the database before it is built."""
+class AggregateReporter(IntervalReporter):
+    """Sends the DMARC aggregate reports of finished intervals (see IntervalReporter), each with at
+    most `max_rows` records."""
+
+    kind = DMARC_REPORTS
 
     def __init__(self, store: ReportStore, *, txt: Callable[[str], Awaitable[list[Any]]],
                  enqueue: Callable[[str, list[str], bytes], Awaitable[None]],
                  sign: Callable[[str, bytes], Awaitable[bytes]], org_name: str, from_address: str, hostname: str,
                  interval: float, max_per_hour: int, max_rows: int) -> None:
-        self.store = store
-        self.txt = txt
-        self.enqueue = enqueue
-        self.sign = sign
-        self.org_name = org_name
-        self.from_address = from_address
-        self.hostname = hostname
-        self.interval = max(1.0, interval)
-        self.max_per_hour = max(1, max_per_hour)
+        super().__init__(store, txt=txt, enqueue=enqueue, sign=sign, org_name=org_name, from_address=from_address,
+                         hostname=hostname, interval=interval, max_per_hour=max_per_hour)
         self.max_rows = max(1, max_rows)
-        self._sent_at: list[float] = []
-
-    def period_of(self, moment: float) -> float:
-        return moment - moment % self.interval
-
-    async def run_once(self, now: float | None = None) -> int:
-        """Send what is due within this hour's budget; the number of intervals handled."""
-        now = time.time() if now is None else now
-        self._sent_at = [t for t in self._sent_at if t > now - 3600.0]
-        budget = self.max_per_hour - len(self._sent_at)
-        if budget <= 0:
-            return 0
-        handled = 0
-        for period, domain in await self.store.due(self.period_of(now), budget):
-            if not await self.store.claim(period, domain, "building", now):
-                continue
-            try:
-                outcome = await self._send(period, domain)
-            except Exception as exc:
-                log.exception("DMARC aggregate report for %s failed", domain)
-                outcome = f"failed: {exc!r}"
-            await self.store.set_outcome(period, domain, outcome)
-            self._sent_at.append(now)
-            handled += 1
-        return handled
 
     async def _send(self, period: float, domain: str) -> str:
         try:

@@ -29,6 +29,22 @@ from peerage.mail.reports.tables import (
 
 
 @dataclass(frozen=True, slots=True)
+class ReportKind:
+    """One kind of report we send: the table of what was counted per interval and policy domain
+    (`seen`) and the table where each (interval, domain) report is claimed and its outcome kept
+    (`sent`). Both have `period` and `policy_domain` columns; `sent` has `sent_at` and `outcome`."""
+
+    name: str  # as log lines name the report
+    seen: Table
+    sent: Table
+
+
+# RFC 7489 §7.2 aggregate reports, and RFC 8460 TLS reports.
+DMARC_REPORTS = ReportKind("DMARC aggregate", mailreport_dmarc_seen, mailreport_sent)
+TLS_REPORTS = ReportKind("TLS", mailreport_tls_seen, mailreport_tls_sent)
+
+
+@dataclass(frozen=True, slots=True)
 class Seen:
     """One DMARC evaluation by our MX, as it goes into an aggregate report."""
 
@@ -102,9 +118,9 @@ class ReportStore:
             except IntegrityError:
                 continue  # another delivery inserted the row first: add to it
 
-    async def due(self, before: float, limit: int) -> list[tuple[float, str]]:
+    async def due(self, kind: ReportKind, before: float, limit: int) -> list[tuple[float, str]]:
         """(period, policy domain) pairs whose interval ended before `before` and have no report yet."""
-        seen, sent = mailreport_dmarc_seen, mailreport_sent
+        seen, sent = kind.seen, kind.sent
         query = (
             select(seen.c.period, seen.c.policy_domain).distinct()
             .select_from(seen.outerjoin(sent, and_(sent.c.period == seen.c.period,
@@ -124,25 +140,27 @@ class ReportStore:
             found = (await conn.execute(select(table).where(where).order_by(table.c.count.desc()).limit(limit))).all()
         return [dict(r._mapping) for r in found], total
 
-    async def claim(self, period: float, policy_domain: str, outcome: str, now: float | None = None) -> bool:
+    async def claim(self, kind: ReportKind, period: float, policy_domain: str, outcome: str,
+                    now: float | None = None) -> bool:
         """Mark the interval's report as handled; False when someone did already."""
         try:
             async with self.db.begin() as conn:
-                await conn.execute(insert(mailreport_sent).values(
+                await conn.execute(insert(kind.sent).values(
                     period=period, policy_domain=policy_domain, sent_at=time.time() if now is None else now,
                     outcome=outcome[:255]))
         except IntegrityError:
             return False
         return True
 
-    async def set_outcome(self, period: float, policy_domain: str, outcome: str) -> None:
-        table = mailreport_sent
+    async def set_outcome(self, kind: ReportKind, period: float, policy_domain: str, outcome: str) -> None:
+        table = kind.sent
         async with self.db.begin() as conn:
             await conn.execute(update(table).where(table.c.period == period, table.c.policy_domain == policy_domain)
                                .values(outcome=outcome[:255]))
 
-    async def sent(self, since: float) -> list[dict[str, Any]]:
-        table = mailreport_sent
+    async def sent(self, kind: ReportKind, since: float) -> list[dict[str, Any]]:
+        """Our reports of this kind for intervals from `since` on, with their outcomes."""
+        table = kind.sent
         async with self.db.begin() as conn:
             found = (await conn.execute(select(table).where(table.c.period >= since)
                                         .order_by(table.c.period, table.c.policy_domain))).all()
@@ -194,18 +212,6 @@ class ReportStore:
             except IntegrityError:
                 continue
 
-    async def tls_due(self, before: float, limit: int) -> list[tuple[float, str]]:
-        seen, sent = mailreport_tls_seen, mailreport_tls_sent
-        query = (
-            select(seen.c.period, seen.c.policy_domain).distinct()
-            .select_from(seen.outerjoin(sent, and_(sent.c.period == seen.c.period,
-                                                   sent.c.policy_domain == seen.c.policy_domain)))
-            .where(seen.c.period < before, sent.c.period.is_(None))
-            .order_by(seen.c.period, seen.c.policy_domain).limit(limit)
-        )
-        async with self.db.begin() as conn:
-            return [(float(p), str(d)) for p, d in (await conn.execute(query)).all()]
-
     async def tls_rows(self, period: float, policy_domain: str, limit: int) -> list[tuple[dict[str, Any], int]]:
         table = mailreport_tls_seen
         async with self.db.begin() as conn:
@@ -214,34 +220,6 @@ class ReportStore:
                 .where(table.c.period == period, table.c.policy_domain == policy_domain)
                 .order_by(table.c.count.desc()).limit(limit))).all()
         return [(json.loads(text), int(count)) for text, count in found]
-
-    async def tls_claim(self, period: float, policy_domain: str, outcome: str, now: float | None = None) -> bool:
-        return await self._claim(mailreport_tls_sent, period, policy_domain, outcome, now)
-
-    async def tls_set_outcome(self, period: float, policy_domain: str, outcome: str) -> None:
-        await self._set_outcome(mailreport_tls_sent, period, policy_domain, outcome)
-
-    async def tls_sent(self, since: float) -> list[dict[str, Any]]:
-        table = mailreport_tls_sent
-        async with self.db.begin() as conn:
-            found = (await conn.execute(select(table).where(table.c.period >= since)
-                                        .order_by(table.c.period, table.c.policy_domain))).all()
-        return [dict(r._mapping) for r in found]
-
-    async def _claim(self, table: Table, period: float, policy_domain: str, outcome: str, now: float | None) -> bool:
-        try:
-            async with self.db.begin() as conn:
-                await conn.execute(insert(table).values(
-                    period=period, policy_domain=policy_domain, sent_at=time.time() if now is None else now,
-                    outcome=outcome[:255]))
-        except IntegrityError:
-            return False
-        return True
-
-    async def _set_outcome(self, table: Table, period: float, policy_domain: str, outcome: str) -> None:
-        async with self.db.begin() as conn:
-            await conn.execute(update(table).where(table.c.period == period, table.c.policy_domain == policy_domain)
-                               .values(outcome=outcome[:255]))
 
     async def prune(self, before: float) -> None:
         async with self.db.begin() as conn:

@@ -14,7 +14,8 @@ TLS-Report-Domain and TLS-Report-Submitter fields, DKIM-signed by the caller). R
   §7.1: a domain can aim its reports anywhere, so what one record can make us send is bounded);
 - at most ``MAX_FAILURE_DETAILS`` failure rows per report (the largest counts kept);
 - an interval's report for a domain is claimed in the database before it is built, so a restart or a
-  second cluster node never sends it twice; how many go out per hour is bounded by the caller.
+  second cluster node never sends it twice (peerage.mail.reports.interval, shared with DMARC's);
+  how many go out per hour is bounded by the caller.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from peerage.mail.reports.interval import IntervalReporter
 from peerage.mail.reports.outgoing import MAX_DESTINATIONS, destinations
-from peerage.mail.reports.store import ReportStore
+from peerage.mail.reports.store import TLS_REPORTS
 
 log = logging.getLogger(__name__)
 
@@ -130,46 +131,10 @@ def report_message(*, org_name: str, from_address: str, to: list[str], report_id
     return message.encode("ascii")
 
 
-class TlsReporter:
-    """Sends the TLS reports of finished intervals, at most `max_per_hour` an hour."""
+class TlsReporter(IntervalReporter):
+    """Sends the TLS reports of finished intervals (see IntervalReporter)."""
 
-    def __init__(self, store: ReportStore, *, txt: Callable[[str], Awaitable[list[Any]]],
-                 enqueue: Callable[[str, list[str], bytes], Awaitable[None]],
-                 sign: Callable[[str, bytes], Awaitable[bytes]], org_name: str, from_address: str, hostname: str,
-                 interval: float, max_per_hour: int) -> None:
-        self.store = store
-        self.txt = txt
-        self.enqueue = enqueue
-        self.sign = sign
-        self.org_name = org_name
-        self.from_address = from_address
-        self.hostname = hostname
-        self.interval = max(1.0, interval)
-        self.max_per_hour = max(1, max_per_hour)
-        self._sent_at: list[float] = []
-
-    def period_of(self, moment: float) -> float:
-        return moment - moment % self.interval
-
-    async def run_once(self, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        self._sent_at = [t for t in self._sent_at if t > now - 3600.0]
-        budget = self.max_per_hour - len(self._sent_at)
-        if budget <= 0:
-            return 0
-        handled = 0
-        for period, domain in await self.store.tls_due(self.period_of(now), budget):
-            if not await self.store.tls_claim(period, domain, "building", now):
-                continue  # another node or an earlier run has it
-            try:
-                outcome = await self._send(period, domain)
-            except Exception as exc:
-                log.exception("TLS report for %s failed", domain)
-                outcome = f"failed: {exc!r}"
-            await self.store.tls_set_outcome(period, domain, outcome)
-            self._sent_at.append(now)
-            handled += 1
-        return handled
+    kind = TLS_REPORTS
 
     async def _send(self, period: float, domain: str) -> str:
         try:
