@@ -42,7 +42,7 @@ HEARTBEAT, NODE_TIMEOUT = 0.5, 4.0
 REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
 USERS = [f"{name}@{DOMAIN}" for name in
          ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia",
-          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro", "fiona", "gus",
+          "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro", "fiona", "gus", "pam",
           *(f"mutual{pair}{side}" for pair in range(1, 7) for side in "ab"))]
 
 

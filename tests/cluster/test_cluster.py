@@ -505,6 +505,47 @@ async def _sipp(workdir: Path, scenario: str, **kwargs: Any) -> Any:
     return await asyncio.to_thread(run_sipp, workdir, scenario, **kwargs)
 
 
+async def test_password_changed_through_one_node_ends_streams_on_the_others(cluster: ClusterUnderTest) -> None:
+    """`peerage user passwd` with node 1's configuration ends the account's streams on nodes 2 and 3
+    with <reset/> (RFC 6120 section 4.9.3.19): the change writes a credential event row in the
+    database every node polls. Afterwards the old password logs in nowhere and the new one does."""
+    on2 = await ClusterClient("pam", "two").connect(cluster.address("n2"))
+    on3 = await ClusterClient("pam", "three").connect(cluster.address("n3"))
+    new_password = "a new pass phrase for pam 7"
+    try:
+        await cluster.wait_registry(lambda s: _has_session("n2", on2.jid)(s) and _has_session("n3", on3.jid)(s),
+                                    what="both of pam's sessions in the registry")
+        result = await asyncio.to_thread(cluster.nodes["n1"].cli, "user", "passwd", f"pam@{DOMAIN}",
+                                         "--password-file", "-", input=new_password + "\n")
+        assert "Changed the password" in result.stdout, result.stdout + result.stderr
+        for client in (on2, on3):
+            # the poll is one second; a loaded machine gets more
+            await client.wait(lambda c=client: c.stream_error, timeout=20, what="a stream error")
+            assert client.stream_error == "reset", client.stream_error
+        await cluster.wait_registry(
+            lambda s: not any(jid.startswith(f"pam@{DOMAIN}/") for answer in s.values()
+                              for jid in [*answer.get("sessions", []), *answer.get("registry", {})]),
+            what="pam's sessions gone from every node")
+        old = RawClient(cluster.address("n3"), DOMAIN)
+        try:
+            await old.connect()
+            await old.open_stream()
+            await old.starttls()
+            await old.open_stream()
+            answer = await old.authenticate(f"pam@{DOMAIN}", PASSWORD)
+            assert "<failure" in answer and "not-authorized" in answer, answer
+        finally:
+            await old.close()
+        again = RawClient(cluster.address("n2"), DOMAIN)
+        try:
+            await again.login(f"pam@{DOMAIN}", new_password, "again")
+        finally:
+            await again.close()
+    finally:
+        await on2.close()
+        await on3.close()
+
+
 async def test_sip_call_and_message_between_nodes_over_udp(cluster: ClusterUnderTest, tmp_path: Path) -> None:
     """A caller registered on node 1 calls a callee registered on node 2 (both SIPp over UDP); a
     MESSAGE taken by node 3 reaches the same callee."""

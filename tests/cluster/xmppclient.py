@@ -20,6 +20,7 @@ from tests.cluster.conftest import DNS_ADDRESS, DOMAIN, PASSWORD
 from tests.xmpp.rawclient import RawClient
 
 SM_NS = "urn:xmpp:sm:3"
+STREAMS_NS = "http://etherx.jabber.org/streams"
 HEADER = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
 
 
@@ -51,6 +52,7 @@ class ClusterClient:
         self.sent = 0
         self.sm = False
         self.previd = ""  # the XEP-0198 resumption id, when resumption was asked for
+        self.stream_error = ""  # the condition of a stream error the server sent (RFC 6120 section 4.9)
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.address = ""
@@ -88,6 +90,12 @@ class ClusterClient:
                 return
 
     async def _element(self, element: Element) -> None:
+        if element.name == "error" and element.xmlns == STREAMS_NS:
+            self.stream_error = next((child.name for child in element.elements()
+                                      if child.xmlns == "urn:ietf:params:xml:ns:xmpp-streams" and child.name != "text"),
+                                     "undefined-condition")
+            self._changed.set()
+            return
         if element.xmlns == SM_NS:
             if element.name == "enabled":
                 self.sm = True

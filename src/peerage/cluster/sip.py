@@ -56,6 +56,8 @@ MAX_FORWARDED_MESSAGE = 1024 * 1024
 #: Addresses of record waiting to be read again before the reader gives up on the oldest (a
 #: backlog that long means the store is down; the full reload after it recovers catches up).
 MAX_PENDING_RELOADS = 100_000
+#: Header lines of other nodes remembered (one per node and SIP endpoint; a bound, not a size).
+MAX_SENDERS = 1024
 
 
 class PeerLink:
@@ -90,6 +92,8 @@ class ClusterSip:
             if "TCP" in self.transport.endpoints else None
         self.header = json.dumps({"node": node.name, "sip": list(self.endpoint or ("", 0))}).encode() + b"\n"
         self.links: dict[str, PeerLink] = {}
+        #: header line -> (node, its SIP endpoint), as read from the other nodes' messages
+        self._senders: dict[bytes, tuple[str, tuple[str, int]]] = {}
         self._pending: dict[str, None] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -226,9 +230,15 @@ class ClusterSip:
         if len(body) > MAX_FORWARDED_MESSAGE:
             return
         try:
-            info = json.loads(head)
-            origin = str(info["node"])
-            endpoint = (str(info["sip"][0]), int(info["sip"][1]))
+            sender = self._senders.get(head)
+            if sender is None:
+                # each node's header is the same bytes on every message: read once
+                info = json.loads(head)
+                sender = (str(info["node"]), (str(info["sip"][0]), int(info["sip"][1])))
+                if len(self._senders) >= MAX_SENDERS:
+                    self._senders.clear()
+                self._senders[head] = sender
+            origin, endpoint = sender
             message = parse_datagram(body)
         except (ValueError, KeyError, TypeError, IndexError, SipParseError) as exc:
             log.debug("cluster: unreadable SIP message from another node: %s", exc)

@@ -218,6 +218,7 @@ class ClusterXmpp:
         self._remote_seq: dict[str, int] = {}
         self._outbox: dict[str, list[list[Any]]] = {}
         self._flush_scheduled = False
+        self.forwarded_batches = 0  # NATS messages those went in (stanzas per message: the scaling model)
         self._next_id = 0
         #: id -> stanza held here until the node of its session says the client has it
         self.held: dict[int, _Held] = {}
@@ -331,6 +332,7 @@ class ClusterXmpp:
             "held": len(self.held),
             "forwarded_in": self.forwarded_in,
             "forwarded_out": self.forwarded_out,
+            "forwarded_batches": self.forwarded_batches,
             "s2s_leases": sorted(self.leases.held("s2s")),
             "service_leases": sorted(self.leases.held("service")),
             "roster_reloads": self.roster_guard.reloaded if self.roster_guard is not None else 0,
@@ -529,8 +531,8 @@ class ClusterXmpp:
         sid = 0
         # Held only for a sender this node acknowledges (XEP-0198): nobody else was promised anything,
         # and a stanza held costs a confirmation message back from the other node.
-        sender = self._local_sender(stanza.attrs.get("from", "")) if _holdable(stanza) else None
-        if sender is not None and sender.sm is not None:
+        sender = self._local_sender(stanza.attrs.get("from", "")) if stanza.name == "message" else None
+        if sender is not None and sender.sm is not None and _holdable(stanza):
             self._next_id += 1
             sid = self._next_id
             held = _Held(session.node, session.full_jid, stanza, sender.full_jid)
@@ -565,6 +567,7 @@ class ClusterXmpp:
         header = {"node": self.node.name, "inc": self.node.incarnation}
         for target, items in outbox.items():
             self.forwarded_out += len(items)
+            self.forwarded_batches += 1
             self.node.publish(node_subject(target, "deliver"), json.dumps({**header, "items": items}).encode())
 
     async def _complete(self, result: Any, session: Any, stanza: Element) -> None:
@@ -591,24 +594,16 @@ class ClusterXmpp:
         try:
             data = json.loads(msg.data)
             origin, inc, items = str(data["node"]), str(data["inc"]), list(data["items"])
-        except (ValueError, KeyError, TypeError):
+            items = [(int(item[0]), str(item[1]), str(item[2])) for item in items]
+        except (ValueError, KeyError, TypeError, IndexError):
+            log.warning("cluster: a malformed batch was dropped")
             return
         key = (origin, inc)
         seen = self._seen.setdefault(key, OrderedDict())
         marks = self._marks.setdefault(key, {})
         got: list[int] = []
         released: list[int] = []
-        if self._parser is None:
-            self._parser = stream_parser()
-        try:
-            stanzas = parse_stanzas([str(item[2]) for item in items], self._parser)
-        except (IndexError, TypeError):
-            stanzas = None
-        if stanzas is None:
-            self._parser = None
-            log.warning("cluster: a malformed batch from %s was dropped", origin)
-            return
-        for (sid, to, _), stanza in zip(items, stanzas, strict=True):
+        for sid, to, text in items:
             if sid:
                 got.append(sid)
                 if sid in seen:
@@ -619,17 +614,28 @@ class ClusterXmpp:
                 if len(seen) > SEEN_IDS:
                     seen.popitem(last=False)
             self.forwarded_in += 1
-            bare, _, resource = str(to).partition("/")
+            bare, _, resource = to.partition("/")
             session = self.router.session(bare, resource)
             if session is None or isinstance(session, RemoteSession) or session.ended:
                 # Gone since the sender looked: by the bare JID's rules from here (XEP-0198 section 4).
                 if sid:
                     released.append(sid)
-                    await self._reroute(stanza, bare)
+                    stanza = self._parse(text, origin)
+                    if stanza is not None:
+                        await self._reroute(stanza, bare)
                 continue
-            session.send(stanza)
-            if stanza.name == "presence":
-                self._track_occupant(session.full_jid, stanza, origin)
+            # The text is what ``serialize`` made of the stanza on the sending node, which is what
+            # this node would write: it goes to the client as it is, parsed only where the element
+            # is needed (presence for room tracking, XEP-0198's queue of messages, XEP-0352).
+            if text.startswith("<presence") or not hasattr(session, "send_serialized"):
+                stanza = self._parse(text, origin)
+                if stanza is None:
+                    continue
+                session.send(stanza)
+                if stanza.name == "presence":
+                    self._track_occupant(session.full_jid, stanza, origin)
+            elif session.send_serialized(text.encode(), lambda text=text: self._parse(text, origin)) is None:
+                continue
             if sid:
                 if session.sm is None:
                     released.append(sid)
@@ -637,6 +643,17 @@ class ClusterXmpp:
                     marks[sid] = (session, session.sm.sent_count)
         if got or released:
             self._send_acks(origin, got, released)
+
+    def _parse(self, text: str, origin: str) -> Element | None:
+        """One forwarded stanza, parsed with the kept parser (a new one after a failure)."""
+        if self._parser is None:
+            self._parser = stream_parser()
+        parsed = parse_stanzas([text], self._parser)
+        if parsed is None:
+            self._parser = None
+            log.warning("cluster: a malformed stanza from %s was dropped", origin)
+            return None
+        return parsed[0]
 
     def _send_acks(self, origin: str, got: list[int], released: list[int]) -> None:
         payload = {"node": self.node.name, "inc": self.node.incarnation, "got": got, "rel": released}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from peerage.xmpp.context import XmppContext
@@ -105,6 +106,24 @@ class ClientSession:
                 self._send_now(early)
         self._send_now(stanza)
 
+    def send_serialized(self, data: bytes, parse: Callable[[], Element | None]) -> Element | bool | None:
+        """Queue a stanza that arrives serialised by ``serialize`` (the bytes ``_send_now`` would
+        write; another cluster node routed it). The bytes go out as they are; ``parse`` is called
+        only when something here needs the element: XEP-0352 decides what may wait, and XEP-0198's
+        queue keeps messages for re-routing. Returns the element if it was parsed, True if it went
+        out without, None if ``parse`` failed (nothing sent)."""
+        if self.csi is None and (self.sm is None or not data.startswith(b"<message")):
+            self._send_now(None, data)
+            return True
+        stanza = parse()
+        if stanza is None:
+            return None
+        if self.csi is not None:
+            self.send(stanza)
+        else:
+            self._send_now(stanza, data)
+        return stanza
+
     def presence_changed(self) -> None:
         """Its availability or priority changed (``features.presence``): note when it began to
         take messages to the bare JID (RFC 6121 section 8.5.2.1.1)."""
@@ -129,15 +148,18 @@ class ClientSession:
         elif self.csi is None:
             self.csi = CsiQueue()
 
-    def _send_now(self, stanza: Element) -> None:
-        data = serialize(stanza).encode()
+    def _send_now(self, stanza: Element | None, data: bytes | None = None) -> None:
+        # ``stanza`` None: ``data`` is given and is not a message (send_serialized).
+        if data is None:
+            assert stanza is not None
+            data = serialize(stanza).encode()
         connection = self.connection
         sm = self.sm
         if sm is None:
             if connection is not None:
                 connection.write(data)
             return
-        sm.sent(data, stanza if stanza.name == "message" else None, self.sessions.bare_clock)
+        sm.sent(data, stanza if stanza is not None and stanza.name == "message" else None, self.sessions.bare_clock)
         if sm.overflowing:
             if connection is None:  # detached and the queue is full: the session ends
                 self.sessions.end_detached(self)
