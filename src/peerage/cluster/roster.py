@@ -28,8 +28,10 @@ Chosen over the alternatives:
 - optimistic writes (conditional on the version, reload and retry) would not cover decisions that
   write nothing (an answer dropped because the stale copy shows no request), and the state machine
   routes stanzas between its read and its write, which a retry would send twice.
-The lock costs one pooled connection and three short statements per subscription stanza or roster
-set; these are rare next to messages and presence, which read the cache without it.
+The lock costs one pooled connection and five round trips (BEGIN, SET LOCAL, the lock, the version,
+ROLLBACK; no savepoint: a lock that times out aborts the transaction, which is rolled back and begun
+again for the fresh read) per decision (a subscription stanza between two local accounts is two) or
+roster set; these are rare next to messages and presence, which read the cache without it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,18 @@ class RosterGuard:
         async with self._holders, self.engine.connect() as conn:
             transaction = await conn.begin()
             try:
-                locked = await self._lock(conn, state.bare)
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'"))
+                try:
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                                       {"space": ROSTER_LOCK_SPACE, "key": lock_key(state.bare)})
+                    locked = True
+                except Exception as error:  # lock_timeout (55P03): that transaction is aborted
+                    log.warning("cluster: the roster of %s stayed locked for %.0f s (%s); deciding on a fresh read",
+                                state.bare, LOCK_TIMEOUT, type(error).__name__)
+                    await transaction.rollback()
+                    transaction = await conn.begin()
+                    locked = False
+                # A statement of its own, after the lock: its snapshot sees what the last holder committed.
                 stored = (await conn.execute(select(xmpp_roster_version.c.version).where(
                     xmpp_roster_version.c.owner == state.bare))).scalar()
                 if (stored or 0) != state.version:
@@ -91,18 +104,6 @@ class RosterGuard:
                 yield
             finally:
                 await transaction.rollback()  # ends the transaction, and with it the lock
-
-    async def _lock(self, conn: Any, bare: str) -> bool:
-        await conn.execute(text(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'"))
-        try:
-            async with conn.begin_nested():
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"),
-                                   {"space": ROSTER_LOCK_SPACE, "key": lock_key(bare)})
-            return True
-        except Exception as error:  # lock_timeout (55P03); the savepoint keeps the transaction usable
-            log.warning("cluster: the roster of %s stayed locked for %.0f s (%s); deciding on a fresh read",
-                        bare, LOCK_TIMEOUT, type(error).__name__)
-            return False
 
     async def _reload(self, state: Any) -> None:
         """Another node changed the roster since this copy was read: read it again, in place (the

@@ -21,8 +21,10 @@ delivery rules having run on the sending node.
 What was acknowledged is not lost. A message (chat/normal, as XEP-0198 section 4 re-routes) to a
 session on another node is held by the sending node until that node says the stanza reached the
 client: at once for a session without XEP-0198, at the client's ``<a/>`` otherwise. A sender using
-XEP-0198 is acknowledged only once the other node has the stanza (``got``), so a sender's ``<a/>``
-always means "held by two nodes" or "at the client". When a node dies, every survivor re-routes what
+XEP-0198 is acknowledged only once the other node has the stanza (``got``) and the archive rows of
+what it sent are written, so a sender's ``<a/>`` always means "held by two nodes" or "at the client",
+and "archived". Only the answer waits (``XmppService.ack_gate``): the sender's later stanzas are
+handled meanwhile, so a client sending a burst is not paced by database commits. When a node dies, every survivor re-routes what
 it holds for that node's sessions to the bare JID (other resources, else offline storage): XEP-0198
 section 4 for a session that cannot resume. Stanzas the client had received but not acknowledged
 may then arrive twice, which XEP-0198 allows. When NATS is down, held stanzas are sent again once it
@@ -63,6 +65,8 @@ PEP_SUBJECT = "peerage.cluster.pep"
 #: Seconds a sender using XEP-0198 waits for the other node to confirm it holds a stanza before
 #: its <a/> goes out anyway (NATS down: the stanza is then held here and sent when NATS is back).
 GOT_TIMEOUT = 3.0
+#: Confirmations kept per sender before the done ones are dropped (a client asking for acks rarely).
+MAX_GOT_WAITERS = 1000
 #: Seconds after which an unconfirmed held stanza is sent again (the receiver drops copies).
 RESEND_AFTER = 5.0
 #: Seconds between checks of what the clients acknowledged (XEP-0198) for stanzas held elsewhere.
@@ -265,13 +269,13 @@ class ClusterXmpp:
             result = original(session, stanza)
             self._dirty[session.full_jid] = session
             self._schedule_flush()
-            if result is None and (session.sm is None or (
-                    session.full_jid not in self._got_waiters
-                    and (mam is None or stanza.name != "message" or not mam.buffered))):
+            if result is None:
                 return None
-            return self._complete(result, session, stanza)
+            return self._complete(result, session)
 
         stanzas.from_client = from_client
+        # XEP-0198: what a client's <a/> (or <resumed/>) counts is held by two nodes and archived.
+        self.service.ack_gate = self._ack_gate
         # The storage writes that change a cached roster or blocklist tell the other nodes.
         storage = self.ctx.storage
         for name in ("save_roster_item", "block", "unblock"):
@@ -357,6 +361,7 @@ class ClusterXmpp:
     def _unbound(self, session: Any) -> None:
         if isinstance(session, RemoteSession):
             return None
+        self._got_waiters.pop(session.full_jid, None)
         self._dirty[session.full_jid] = session
         self._schedule_flush()
         return None
@@ -541,7 +546,10 @@ class ClusterXmpp:
             # held here, and it is sent again when NATS is back.
             if self.node.connected:
                 held.got = asyncio.get_running_loop().create_future()
-                self._got_waiters.setdefault(held.sender, []).append(held.got)
+                waiting = self._got_waiters.setdefault(held.sender, [])
+                if len(waiting) >= MAX_GOT_WAITERS:
+                    waiting[:] = [w for w in waiting if not w.done()]
+                waiting.append(held.got)
         self._outbox.setdefault(session.node, []).append([sid, session.full_jid, serialize(stanza)])
         self._schedule_flush()
 
@@ -570,22 +578,30 @@ class ClusterXmpp:
             self.forwarded_batches += 1
             self.node.publish(node_subject(target, "deliver"), json.dumps({**header, "items": items}).encode())
 
-    async def _complete(self, result: Any, session: Any, stanza: Element) -> None:
-        """The sender's XEP-0198 count waits until other nodes hold what it sent (``got``) and,
-        for a message, until its archive rows are written: the archive writes behind in batches,
-        and a node killed after acknowledging would lose its last batch (one batch for all the
-        senders waiting, written at once instead of after the batching delay)."""
-        if result is not None:
-            await result
+    async def _complete(self, result: Any, session: Any) -> None:
+        await result
         self._dirty[session.full_jid] = session
         self._schedule_flush()
-        waiters = self._got_waiters.pop(session.full_jid, None)
+
+    def _ack_gate(self, session: Any) -> Any:
+        """What the XEP-0198 acknowledgement of ``session`` waits for (``XmppService.ack_gate``):
+        other nodes confirming they hold the messages it sent to their sessions (``got``), and the
+        archive rows of everything handled so far (the archive writes behind in batches, and a node
+        killed after acknowledging would lose its last batch; the writer starts at once instead of
+        after its batching delay, one write for every client waiting). None when nothing is pending.
+        The stanzas after the request are handled meanwhile: only the answer waits."""
+        waiters = [w for w in self._got_waiters.pop(session.full_jid, ()) if not w.done()]
+        archived = self._mam.durable() if self._mam is not None else None
+        if not waiters and archived is None:
+            return None
+        return self._until_stored(waiters, archived)
+
+    @staticmethod
+    async def _until_stored(waiters: list[asyncio.Future[None]], archived: asyncio.Future[None] | None) -> None:
         if waiters:
             await asyncio.wait(waiters, timeout=GOT_TIMEOUT)
-        if session.sm is not None and stanza.name == "message" and self._mam is not None:
-            archived = self._mam.durable()
-            if archived is not None:
-                await asyncio.wait([archived], timeout=ARCHIVE_TIMEOUT)
+        if archived is not None:
+            await asyncio.wait([archived], timeout=ARCHIVE_TIMEOUT)
 
     # =================================================================================================
     # Receiving stanzas for this node's sessions

@@ -16,6 +16,7 @@ ones queue behind it, and reading pauses if that queue grows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl
@@ -97,6 +98,7 @@ class C2SConnection(asyncio.Protocol):
 
     # Slots keep an idle connection small (thousands of these live at once).
     __slots__ = (
+        "_acking",
         "_busy",
         "_counted",
         "_deadline",
@@ -142,6 +144,8 @@ class C2SConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._queue: deque[Element] | None = None
         self._busy = False
+        #: The last <a/> held back by ``XmppService.ack_gate``; later answers go out after it.
+        self._acking: asyncio.Future[None] | None = None
         self._reading_paused = False
         #: The connection was lost while stanzas it had delivered were still queued: the session is
         #: let go once they are handled.
@@ -630,7 +634,14 @@ class C2SConnection(asyncio.Protocol):
         sm = self.sm
         if name == "r":
             if sm is not None:
-                self._write(f"<a xmlns='urn:xmpp:sm:3' h='{sm.handled}'/>".encode())
+                gate = self.service.ack_gate
+                wait = gate(session) if gate is not None and session is not None else None
+                if wait is None and self._acking is None:
+                    self._write(f"<a xmlns='urn:xmpp:sm:3' h='{sm.handled}'/>".encode())
+                else:
+                    # Held back (peerage.cluster: until what was counted is stored), while the
+                    # stanzas after it are handled; answers keep their order.
+                    self._acking = asyncio.ensure_future(self._answer_later(sm.handled, wait, self._acking))
             return None
         if name == "a":
             if sm is not None:
@@ -650,8 +661,26 @@ class C2SConnection(asyncio.Protocol):
         self.stream_error("unsupported-stanza-type", f"unexpected <{name}/>")
         return None
 
-    def _resume(self, element: Element) -> Awaitable[None] | None:
+    async def _answer_later(self, h: int, wait: Awaitable[None] | None, before: Awaitable[None] | None) -> None:
+        with contextlib.suppress(Exception):
+            if before is not None:
+                await before
+            if wait is not None:
+                await wait
+        self._write(f"<a xmlns='urn:xmpp:sm:3' h='{h}'/>".encode())
+        if self._acking is asyncio.current_task():
+            self._acking = None
+
+    def _resume(self, element: Element, gated: bool = False) -> Awaitable[None] | None:
         previd = element.attrs.get("previd", "")
+        gate = self.service.ack_gate
+        if gate is not None and not gated and self.session is None:
+            # <resumed h=/> acknowledges too: it waits for the same gate as <a/>, before the session
+            # is attached here (nothing may be written to this stream before <resumed/>).
+            old = self.service.sessions.resumable.get(previd)
+            wait = gate(old) if old is not None else None
+            if wait is not None:
+                return self._resume_after(wait, element)
         failed = Element("failed", SM_NS, children=[Element("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")])
         try:
             h = int(element.attrs.get("h", ""))
@@ -673,6 +702,13 @@ class C2SConnection(asyncio.Protocol):
         if sm.unacked:
             self._write(b"<r xmlns='urn:xmpp:sm:3'/>")
         return self._note_web_session() if self._login_key is not None else None
+
+    async def _resume_after(self, wait: Awaitable[None], element: Element) -> None:
+        with contextlib.suppress(Exception):
+            await wait
+        result = self._resume(element, gated=True)
+        if result is not None:
+            await result
 
     async def _note_web_session(self) -> None:
         """Which web session gave the login token this stream authenticated with (identity.tokens)."""

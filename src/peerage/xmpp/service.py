@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from peerage.config import ConfigError
@@ -124,6 +124,10 @@ class XmppService:
         self.stanzas = StanzaRouter(self.ctx)
         self.sessions = Sessions(self.ctx, max_resources=config.max_resources_per_account,
                                  resumption_timeout=config.sm_resumption_timeout)
+        #: What a XEP-0198 acknowledgement (<a/>, <resumed/>) of a session waits for, if anything:
+        #: ``ack_gate(session)`` -> awaitable or None. None on a single server (answered at once); a
+        #: cluster node waits until what was counted is stored (peerage.cluster.xmpp).
+        self.ack_gate: Callable[[Any], Awaitable[None] | None] | None = None
         self.tls_available = host.tls.available
         self._tls_context = host.tls.server_context() if self.tls_available else None
         self.s2s = S2SService(host, router)
