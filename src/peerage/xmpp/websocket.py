@@ -32,6 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 
 from peerage.xmpp.c2s import MAX_QUEUED_STANZAS, MAX_WRITE_BUFFER, C2SConnection
 from peerage.xmpp.c2s_stream import C2SStream
@@ -68,6 +69,8 @@ CLOSE_TIMEOUT = 5.0
 CREDENTIALS_PER_MINUTE = 30
 #: Accounts whose recent issuances are remembered before the table is cleared (bounded memory).
 CREDENTIAL_RATE_ACCOUNTS = 10000
+#: Bytes of queued (control) messages before aiohttp pauses reading: aiohttp's own default, 64 KiB.
+QUEUE_LIMIT = 2**16
 #: The RFC 7395 §3.3 framing elements.
 CLOSE_FRAME = f"<close xmlns='{FRAMING_NS}'/>".encode()
 _HEADER_ATTRS = re.compile(rb"xmlns:stream='[^']*'(.*?)\s*>\s*$", re.S)
@@ -133,16 +136,42 @@ def frame_element(data: bytes, out: list[bytes]) -> None:
         out.append(_text_frame(data))
 
 
+class _DispatchingQueue(WebSocketDataQueue):
+    """aiohttp's queue of received messages, except that a text message goes to the stream as soon as
+    aiohttp's frame reader completes it, within the HTTP connection's data_received, as TCP's bytes
+    do, instead of waking the reading task for each one (a loop turn and a task step per read).
+    Everything else (close, ping, pong, binary, errors) is queued for ``WebSocketEndpoint._read`` and
+    aiohttp's close handshake as before. Until ``deliver`` is set, and while text messages queued
+    before it are not yet read, text is queued too, so the stream sees the messages in order."""
+
+    def __init__(self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self.deliver: Any = None
+        self.queued_text = 0  # text messages in the queue, read by _read
+
+    def feed_data(self, data: Any, size: int) -> None:
+        if data[0] is WSMsgType.TEXT:
+            deliver = self.deliver
+            if deliver is not None and not self.queued_text:
+                deliver(data[1])
+                return
+            self.queued_text += 1
+        super().feed_data(data, size)
+
+
 class _Carrier:
     """What C2SConnection needs of a transport, over an aiohttp WebSocket: raw frames written to the
     HTTP connection's transport (so one loop turn's stanzas leave in one TLS write, as on TCP), reading
-    paused by not asking aiohttp for the next message, and closing through aiohttp's close handshake."""
+    paused by pausing the HTTP connection (text messages arrive without being asked for, see
+    ``_DispatchingQueue``) and by not asking aiohttp for the next queued message, and closing through
+    aiohttp's close handshake."""
 
-    __slots__ = ("_resume", "close_code", "closer", "conn", "paused", "raw", "ws")
+    __slots__ = ("_resume", "close_code", "closer", "conn", "paused", "protocol", "raw", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:
+    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport, protocol: Any = None) -> None:
         self.ws = ws
         self.raw = raw
+        self.protocol = protocol  # aiohttp's protocol of the HTTP connection, when it dispatches
         self.paused = False
         self._resume = asyncio.Event()
         self.close_code = WSCloseCode.OK
@@ -162,10 +191,15 @@ class _Carrier:
     def pause_reading(self) -> None:
         self.paused = True
         self._resume.clear()
+        if self.protocol is not None:
+            self.protocol.pause_reading()
 
     def resume_reading(self) -> None:
+        was_paused = self.paused
         self.paused = False
         self._resume.set()
+        if was_paused and self.protocol is not None:
+            self.protocol.resume_reading()
 
     async def wait_resumed(self) -> None:
         await self._resume.wait()
@@ -186,6 +220,28 @@ class _XmppWebSocketResponse(web.WebSocketResponse):
     the stream error must go out before that close frame (RFC 7395 §3.6: the error, then <close/>)."""
 
     connection: WebSocketC2S | None = None
+    #: The queue whose text messages go straight to the stream (None: aiohttp's own queue is used).
+    dispatch: _DispatchingQueue | None = None
+
+    def _post_start(self, request: Any, protocol: Any, writer: Any) -> None:
+        super()._post_start(request, protocol, writer)
+        # The same reader, over a _DispatchingQueue. Nothing was read between the two (no await), so
+        # the reader aiohttp made is replaced before any frame reaches it. Should a later aiohttp not
+        # have these attributes, its own queue stays (every message then goes through receive()).
+        try:
+            http = request.protocol
+            queue = _DispatchingQueue(http, QUEUE_LIMIT, loop=asyncio.get_running_loop())
+            parser = WebSocketReader(queue, self._max_msg_size, compress=False, decode_text=False)
+            if self._heartbeat is not None or http._payload_parser is not self._parser:
+                return
+            http._payload_parser = None
+            http.set_parser(parser)
+        except (AttributeError, TypeError, AssertionError):  # pragma: no cover - another aiohttp
+            log.debug("aiohttp's WebSocket reader kept", exc_info=True)
+            return
+        self._reader = queue
+        self._parser = parser
+        self.dispatch = queue
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
         connection = self.connection
@@ -379,15 +435,20 @@ class WebSocketEndpoint:
         raw = request.transport
         if raw is None:
             return ws
-        carrier = _Carrier(ws, raw)
+        dispatch = ws.dispatch
+        carrier = _Carrier(ws, raw, request.protocol if dispatch is not None else None)
         connection = WebSocketC2S(self.service, carrier, self.max_message)
         connection.origin = request.headers.get("Origin", "")
         ws.connection = connection
         self.live.add(connection)
         connection.connection_made(carrier)  # type: ignore[arg-type]
+        if dispatch is not None:
+            dispatch.deliver = connection.message_received
         try:
             await self._read(ws, connection, carrier)
         finally:
+            if dispatch is not None:
+                dispatch.deliver = None
             self.live.discard(connection)
             connection.connection_lost(None)
             if carrier.closer is not None:
@@ -397,7 +458,10 @@ class WebSocketEndpoint:
                 await ws.close(code=carrier.close_code)
         return ws
 
-    async def _read(self, ws: web.WebSocketResponse, connection: WebSocketC2S, carrier: _Carrier) -> None:
+    async def _read(self, ws: _XmppWebSocketResponse, connection: WebSocketC2S, carrier: _Carrier) -> None:
+        """The messages aiohttp queues: every one without a _DispatchingQueue, else the control
+        messages and what came before the stream was there to take text."""
+        dispatch = ws.dispatch
         while not connection.closing:
             if carrier.paused:
                 await carrier.wait_resumed()
@@ -405,6 +469,8 @@ class WebSocketEndpoint:
             message = await ws.receive()
             kind = message.type
             if kind is WSMsgType.TEXT:
+                if dispatch is not None:
+                    dispatch.queued_text -= 1
                 connection.message_received(message.data)
             elif kind is WSMsgType.BINARY:
                 # RFC 7395 §3.2: text frames only.
