@@ -193,6 +193,9 @@ class XmppBoshConfig:
     # Seconds a session may go with no request outstanding before it ends (XEP-0124 §7
     # `inactivity`; Prosody's bosh_max_inactivity is 60).
     inactivity: int = 60
+    # Longest pause a client may ask for (XEP-0124 §10 `maxpause`: the session outlives a page
+    # change); MongooseIM's max_pause is 120 too. 0 offers no pause.
+    max_pause: int = 120
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,25 @@ Decisions where the XEPs leave a choice:
   ``host-unknown`` for a domain we do not host, ``remote-stream-error`` carrying the stream error);
   no legacy HTTP error codes (every client in use reads the body).
 - ``hold`` is 1 and ``requests`` 2 (XEP-0124 §7's recommendation), ``polling`` 2 s, ``wait`` the client's
-  capped at ``[xmpp.bosh] max_wait``; no ``pause`` (``maxpause`` is not offered), no ``ack`` checking.
+  capped at ``[xmpp.bosh] max_wait``.
+- ``pause`` (§10): ``maxpause`` is ``[xmpp.bosh] max_pause``. A pause request is answered at once with
+  no payload, the held request too; the session then lives for the pause instead of ``inactivity``
+  until the next request. A pause above ``maxpause`` is granted as ``maxpause`` (§10 says what to do only
+  for one within it; ending the session for asking too much would punish a page change).
+- Acknowledgements (§9), for a client that opens the session with ``ack='1'``: the session creation
+  response carries ``ack`` (§9.1); a response to a request held while a later one arrived carries
+  ``ack``, the highest rid received with none missing below it (§9.1); responses stay cached until the
+  client's ``ack`` covers them (at most ``MAX_UNACKED``), so a lost one can be asked for again by its
+  rid; and when the client's ``ack`` shows a response lost (it acknowledges less than it must have
+  received with only ``requests`` outstanding), the next response carries ``report`` and ``time``
+  (§9.2). Without ``ack='1'`` (Strophe.js, converse.js) the last ``requests`` responses are kept.
+- A request sent again while its rid is still held (the client gave up on the HTTP connection) gets
+  the response of that rid when it is ready, as the first would have (§14.3).
+- Several streams in one session (§19) are not offered: the session creation response has no
+  ``stream`` attribute, which §19 says forbids the client from asking for more; a request naming a
+  ``stream`` gets ``item-not-found`` and ends the session. No client we know of uses them (Strophe.js,
+  so converse.js, opens one stream per session); one stream per session keeps a session one client
+  connection, as on TCP and WebSocket.
 - Same origin only: the page that uses BOSH is served from the same host; no CORS headers.
 """
 
@@ -64,6 +82,9 @@ POLLING = 2
 BODY_SLACK = 4096
 #: Responses kept per session for retransmitted requests (XEP-0124 §14.3: the last ``requests``).
 CACHED_RESPONSES = REQUESTS
+#: With acknowledgements (§9.2), responses kept until the client acknowledges them, at most this many
+#: (a client that stops acknowledging cannot grow the cache; ten is five full windows).
+MAX_UNACKED = 10
 #: rid values are positive integers below 2**53 (XEP-0124 §14.1).
 MAX_RID = 2**53
 _HEADER_ID = re.compile(rb"\sid='([^']*)'")
@@ -203,6 +224,16 @@ class BoshSession:
         self.final: tuple[str, bytes] | None = None
         self.ended = False  # forgotten: every later request gets item-not-found
         self.cache: OrderedDict[int, bytes] = OrderedDict()
+        #: when each cached response went out (monotonic), for §9.2 reports
+        self.sent_at: dict[int, float] = {}
+        #: the responses of rids being processed or held: a retransmission of one waits for it (§14.3)
+        self.answering: dict[int, asyncio.Future[bytes]] = {}
+        #: the client opened the session with ack='1' (XEP-0124 §9)
+        self.acks = False
+        #: a response the client's ack shows lost: (its rid, ms since it went out), for the next response
+        self.report: tuple[int, int] | None = None
+        #: seconds the session may stay idle now: the pause asked for (§10), else the inactivity
+        self.pause: int | None = None
         self.held: list[asyncio.Future[None]] = []
         self.in_order = asyncio.Condition()
         self.outstanding = 0
@@ -221,16 +252,57 @@ class BoshSession:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def take(self) -> bytes:
-        """The response body for a request now: the pending output, or the terminate body (after which
-        the session is forgotten)."""
+    def take(self, rid: int) -> bytes:
+        """The response body for request ``rid`` now: the pending output, or the terminate body (after
+        which the session is forgotten)."""
         payload = b"".join(self.pending)
         self.pending.clear()
         if self.final is not None:
             condition, error = self.final
             self.forget()
             return terminate(condition or None, payload + error)
-        return _BODY_OPEN + b">" + payload + b"</body>" if payload else _BODY_OPEN + b"/>"
+        head = _BODY_OPEN + self.ack_attrs(rid)
+        return head + b">" + payload + b"</body>" if payload else head + b"/>"
+
+    def ack_attrs(self, rid: int) -> bytes:
+        """XEP-0124 §9 attributes of the response to ``rid``: ``ack`` when a later request has come in
+        (all below it too: requests are processed in rid order), ``report`` and ``time`` once for a
+        response the client's ack shows lost."""
+        if not self.acks:
+            return b""
+        attrs = b""
+        if self.rid > rid:
+            attrs = f" ack='{self.rid}'".encode()
+        if self.report is not None:
+            lost, elapsed = self.report
+            self.report = None
+            attrs += f" report='{lost}' time='{elapsed}'".encode()
+        return attrs
+
+    def acknowledged(self, rid: int, ack_text: str | None) -> None:
+        """The client's ``ack`` on request ``rid``: the responses it covers leave the cache; one it
+        must have had by now and does not acknowledge is reported (§9.2)."""
+        if not self.acks or ack_text is None or not ack_text.isdigit():
+            return
+        ack = int(ack_text)
+        for answered in [r for r in self.cache if r <= ack]:
+            del self.cache[answered]
+            self.sent_at.pop(answered, None)
+        # With at most ``requests`` outstanding, the client sending ``rid`` has had every response
+        # up to rid - requests, unless one was lost on the way.
+        lost = ack + 1
+        if lost <= rid - REQUESTS and lost in self.cache:
+            sent = self.sent_at.get(lost, time.monotonic())
+            self.report = (lost, int((time.monotonic() - sent) * 1000))
+
+    def remember(self, rid: int, response: bytes) -> None:
+        """Cache ``response`` for a retransmission of ``rid`` (§14.3), and, with acks, until acked."""
+        self.cache[rid] = response
+        self.sent_at[rid] = time.monotonic()
+        limit = MAX_UNACKED if self.acks else CACHED_RESPONSES
+        while len(self.cache) > limit:
+            old, _ = self.cache.popitem(last=False)
+            self.sent_at.pop(old, None)
 
     # -- lifetime
     def touch(self) -> None:
@@ -239,14 +311,15 @@ class BoshSession:
             self._timer = None
 
     def idle(self) -> None:
-        """No request outstanding: the inactivity period starts (XEP-0124 §7)."""
+        """No request outstanding: the inactivity period starts (XEP-0124 §7), or the pause (§10)."""
         if self.outstanding == 0 and not self.ended:
             self.touch()
-            self._timer = asyncio.get_running_loop().call_later(self.endpoint.inactivity, self._inactive)
+            period = self.pause if self.pause is not None else self.endpoint.inactivity
+            self._timer = asyncio.get_running_loop().call_later(period, self._inactive, period)
 
-    def _inactive(self) -> None:
+    def _inactive(self, period: int) -> None:
         self._timer = None
-        log.info("BOSH session %s inactive for %d s: ended", self.sid, self.endpoint.inactivity)
+        log.info("BOSH session %s inactive for %d s: ended", self.sid, period)
         self.forget()
 
     def stream_ended(self) -> None:
@@ -279,6 +352,7 @@ class BoshEndpoint:
         self.max_wait = max(1, int(config.max_wait))
         self.inactivity = max(5, int(config.inactivity))
         self.max_body = service.max_stanza_size + BODY_SLACK
+        self.max_pause = max(0, int(config.max_pause))
         self.sessions: dict[str, BoshSession] = {}
 
     async def shutdown(self, _app: web.Application) -> None:
@@ -359,6 +433,7 @@ class BoshEndpoint:
         wait = min(self.max_wait, int(wait_text)) if wait_text.isdigit() else self.max_wait
         sid = secrets.token_urlsafe(18)
         session = BoshSession(self, sid, rid, wait, domain)
+        session.acks = body.get("ack") == "1"
         conn = BoshC2S(self.service, session)
         session.conn = conn
         self.sessions[sid] = session
@@ -372,15 +447,19 @@ class BoshEndpoint:
             conn.open_stream(attrs)
         conn._flush()
         if session.final is not None:
-            return _response(session.take())  # refused at once (too many connections)
+            return _response(session.take(rid))  # refused at once (too many connections)
         payload = b"".join(session.pending)
         session.pending.clear()
+        # §10: maxpause offers pausing; §9.1: ack (the creation request's rid) agrees to acknowledgements;
+        # no 'stream' attribute: one stream per session (§19, module docstring).
+        optional = (f" maxpause='{self.max_pause}'" if self.max_pause else "") \
+            + (f" ack='{rid}'" if session.acks else "")
         head = _BODY_OPEN + (f" xmlns:xmpp='{XBOSH_NS}' sid='{sid}' wait='{wait}' requests='{REQUESTS}' "
-                f"hold='{HOLD}' inactivity='{self.inactivity}' polling='{POLLING}' ver='1.11' "
+                f"hold='{HOLD}' inactivity='{self.inactivity}' polling='{POLLING}'{optional} ver='1.11' "
                 f"from='{domain}' secure='true' authid='{session.authid}' xmpp:version='1.0' "
                 f"xmpp:restartlogic='true'>").encode()
         response = head + payload + b"</body>"
-        session.cache[rid] = response
+        session.remember(rid, response)
         session.idle()
         log.info("BOSH session %s for %s from %s", sid, domain, peer)
         return _response(response)
@@ -389,6 +468,20 @@ class BoshEndpoint:
         cached = session.cache.get(rid)
         if cached is not None:
             return _response(cached)  # XEP-0124 §14.3: a retransmission of an answered request
+        answering = session.answering.get(rid)
+        if answering is not None:
+            # §14.3: the same request again while the first is still held (the client gave up on that
+            # HTTP connection): this one gets the response when it is ready.
+            try:
+                return _response(await asyncio.shield(answering))
+            except asyncio.CancelledError:
+                if answering.cancelled():  # the first was cancelled: nothing was taken for it
+                    return _response(_BODY_OPEN + b"/>")
+                raise
+        if body.get("stream") is not None:
+            # §19: this server never gives out stream ids (none in the session creation response).
+            self._end_with_error(session, "item-not-found", "one stream per session: no such stream")
+            return _response(terminate("item-not-found"))
         if not session.rid < rid <= session.rid + REQUESTS:
             self._end_with_error(session, "item-not-found", "the request id is outside the window")
             return _response(terminate("item-not-found"))
@@ -398,17 +491,27 @@ class BoshEndpoint:
             return _response(terminate("policy-violation"))
         session.outstanding += 1
         session.touch()
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        session.answering[rid] = answer
         try:
             # Requests are processed in rid order (§14.2): a later one waits for the earlier.
             async with session.in_order:
                 ok = await _wait_for(session.in_order, lambda: session.rid == rid - 1 or session.ended,
                                      session.wait)
                 if session.ended or not ok:
-                    return _response(terminate("item-not-found"))
+                    answer.set_result(terminate("item-not-found"))
+                    return _response(answer.result())
                 session.rid = rid
+                session.pause = None  # a request ends a pause (§10)
+                session.acknowledged(rid, body.get("ack"))
                 session.in_order.notify_all()
-            return _response(await self._process(session, body, rid))
+            response = await self._process(session, body, rid)
+            answer.set_result(response)
+            return _response(response)
         finally:
+            if not answer.done():
+                answer.cancel()
+            session.answering.pop(rid, None)
             session.outstanding -= 1
             session.idle()
 
@@ -421,6 +524,16 @@ class BoshEndpoint:
         elements = [c for c in body.children if isinstance(c, Element)]
         if elements:
             conn.elements_received(elements)
+        pause_text = body.get("pause")
+        if pause_text is not None and pause_text.isdigit() and self.max_pause and body.get("type") != "terminate":
+            # §10: the held requests are answered now, this one without payload, and the session may
+            # stay idle for the pause (capped at maxpause) until the next request.
+            conn._flush()
+            session.pause = min(int(pause_text), self.max_pause)
+            session.wake()
+            response = _BODY_OPEN + session.ack_attrs(rid) + b"/>"
+            session.remember(rid, response)
+            return response
         if body.get("type") == "terminate":
             if not conn.closing:
                 conn._peer_closed()
@@ -444,10 +557,8 @@ class BoshEndpoint:
                 await asyncio.sleep(0)  # the rest of what the stream writes in this loop turn
                 if conn._out:
                     conn._flush()
-            response = session.take() if not session.ended or session.final is not None else terminate()
-        session.cache[rid] = response
-        while len(session.cache) > CACHED_RESPONSES:
-            session.cache.popitem(last=False)
+            response = session.take(rid) if not session.ended or session.final is not None else terminate()
+        session.remember(rid, response)
         return response
 
 
