@@ -166,7 +166,7 @@ class _Carrier:
     ``_DispatchingQueue``) and by not asking aiohttp for the next queued message, and closing through
     aiohttp's close handshake."""
 
-    __slots__ = ("_resume", "close_code", "closer", "conn", "paused", "protocol", "raw", "ws")
+    __slots__ = ("_resume", "close_code", "closer", "conn", "done", "paused", "protocol", "raw", "receiving", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport, protocol: Any = None) -> None:
         self.ws = ws
@@ -177,6 +177,10 @@ class _Carrier:
         self.close_code = WSCloseCode.OK
         self.conn: WebSocketC2S | None = None
         self.closer: asyncio.Task[bool] | None = None
+        #: the reading task's receive() of a control message (dispatching only), cancelled by close()
+        self.receiving: asyncio.Future[Any] | None = None
+        #: set once the handler has closed the WebSocket (the close handshake done or timed out)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.raw.get_extra_info(name, default)
@@ -206,6 +210,14 @@ class _Carrier:
 
     def close(self) -> None:
         self.resume_reading()  # a reader waiting to resume must see the close
+        if self.protocol is not None:
+            # Dispatching: the reading task waits in receive() only for control messages. It stops,
+            # and the handler runs aiohttp's close handshake (the client's close frame awaited); a
+            # close() from another task while one waits in receive() drops the TCP connection at once.
+            receiving = self.receiving
+            if receiving is not None and receiving is not asyncio.current_task():  # not from within
+                receiving.cancel()  # receive() itself (aiohttp closing with 1009 there)
+            return
         if self.closer is None and not self.ws.closed:
             # aiohttp's close handshake, from outside the reading task (it breaks receive() for us);
             # the handler awaits it before returning.
@@ -405,7 +417,7 @@ class WebSocketEndpoint:
             if connection.sm is not None:
                 connection.sm.resumable = False
             connection.stream_error("system-shutdown", "the server is shutting down")
-        closers = [c.carrier.closer for c in self.live if c.carrier.closer is not None]
+        closers = [c.carrier.closer if c.carrier.closer is not None else c.carrier.done for c in self.live]
         if closers:
             await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)
 
@@ -451,11 +463,15 @@ class WebSocketEndpoint:
                 dispatch.deliver = None
             self.live.discard(connection)
             connection.connection_lost(None)
-            if carrier.closer is not None:
-                with contextlib.suppress(Exception):
-                    await carrier.closer
-            elif not ws.closed:
-                await ws.close(code=carrier.close_code)
+            try:
+                if carrier.closer is not None:
+                    with contextlib.suppress(Exception):
+                        await carrier.closer
+                elif not ws.closed:
+                    await ws.close(code=carrier.close_code)
+            finally:
+                if not carrier.done.done():
+                    carrier.done.set_result(None)
         return ws
 
     async def _read(self, ws: _XmppWebSocketResponse, connection: WebSocketC2S, carrier: _Carrier) -> None:
@@ -466,7 +482,20 @@ class WebSocketEndpoint:
             if carrier.paused:
                 await carrier.wait_resumed()
                 continue
-            message = await ws.receive()
+            if dispatch is None:
+                message = await ws.receive()
+            else:
+                # In a task, so that _Carrier.close() can stop it (control messages only: rare).
+                receiving = carrier.receiving = asyncio.ensure_future(ws.receive())
+                try:
+                    message = await receiving
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if receiving.cancelled() and connection.closing and not (current and current.cancelling()):
+                        return  # _Carrier.close(): the handler closes the WebSocket
+                    raise
+                finally:
+                    carrier.receiving = None
             kind = message.type
             if kind is WSMsgType.TEXT:
                 if dispatch is not None:
