@@ -72,6 +72,9 @@ CANONICAL_NAMES = {
 _KNOWN_KEYS = {name: name for name in CANONICAL_NAMES}
 _KNOWN_KEYS.update({spelling: name for name, spelling in CANONICAL_NAMES.items()})
 _KNOWN_KEYS.update(COMPACT_FORMS)
+# Each of those spellings as it arrives -> (lower-case long name, spelling on output): one lookup
+# per header line when parsing.
+_SPELLINGS = {spelling: (key, CANONICAL_NAMES.get(key, spelling)) for spelling, key in _KNOWN_KEYS.items()}
 
 # Headers whose value is a comma-separated list (RFC 3261 §7.3.1 and §20).  The authentication
 # headers are not here: their commas separate parameters, not values.
@@ -127,9 +130,14 @@ class SipMessage:
     ``headers`` is a list of ``[lower-case long name, spelling, value]`` entries in wire order.
     Values are the raw text after unfolding, so serializing an unchanged message keeps every byte of
     each header value.
+
+    Lookups go through an index of the first value of each header, built on the first lookup and
+    dropped by every method that edits ``headers``; code that edits the list itself calls
+    :meth:`headers_changed` before the next lookup (the proxy reads a dozen headers of each message
+    several times, and scanning the list each time cost more than parsing it).
     """
 
-    __slots__ = ("_top_via", "body", "headers", "method", "reason", "status", "uri")
+    __slots__ = ("_cseq", "_index", "_top_via", "body", "headers", "method", "reason", "status", "uri")
 
     def __init__(
         self,
@@ -147,6 +155,8 @@ class SipMessage:
         self.headers: list[Header] = headers if headers is not None else []
         self.body = body
         self._top_via: Via | None = None
+        self._index: dict[str, str] | None = None
+        self._cseq: tuple[int, str] | None = None
 
     # -- construction helpers
     @classmethod
@@ -172,11 +182,11 @@ class SipMessage:
     # -- header access
     def get(self, name: str) -> str | None:
         """The first header line named ``name`` (any form), as raw text."""
-        key = _KNOWN_KEYS.get(name) or _long_name(name)
-        for entry in self.headers:
-            if entry[0] == key:
-                return entry[2]
-        return None
+        index = self._index
+        if index is None:
+            # reversed: the first line of a name is the one that stays
+            index = self._index = {entry[0]: entry[2] for entry in reversed(self.headers)}
+        return index.get(_KNOWN_KEYS.get(name) or _long_name(name))
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, with comma-joined values split apart for list headers."""
@@ -208,14 +218,22 @@ class SipMessage:
         return self.get(name) is not None
 
     def add(self, name: str, value: str) -> None:
-        self._top_via = None
         key = _long_name(name)
+        self._index = None
+        if key == "cseq":
+            self._cseq = None
+        if key == "via":
+            self._top_via = None
         self.headers.append((key, CANONICAL_NAMES.get(key, name), value))
 
     def add_first(self, name: str, value: str) -> None:
         """Insert ``name`` above every other header of that name (new Via, Record-Route)."""
-        self._top_via = None
         key = _long_name(name)
+        self._index = None
+        if key == "cseq":
+            self._cseq = None
+        if key == "via":
+            self._top_via = None
         entry = (key, CANONICAL_NAMES.get(key, name), value)
         for index, existing in enumerate(self.headers):
             if existing[0] == key:
@@ -225,8 +243,12 @@ class SipMessage:
 
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line."""
-        self._top_via = None
         key = _long_name(name)
+        self._index = None
+        if key == "cseq":
+            self._cseq = None
+        if key == "via":
+            self._top_via = None
         for index, entry in enumerate(self.headers):
             if entry[0] == key:
                 self.headers[index] = (key, entry[1], value)
@@ -235,8 +257,12 @@ class SipMessage:
         self.headers.append((key, CANONICAL_NAMES.get(key, name), value))
 
     def remove(self, name: str) -> None:
-        self._top_via = None
         key = _long_name(name)
+        self._index = None
+        if key == "cseq":
+            self._cseq = None
+        if key == "via":
+            self._top_via = None
         self.headers = [entry for entry in self.headers if entry[0] != key]
 
     def pop_first_value(self, name: str) -> str | None:
@@ -244,7 +270,11 @@ class SipMessage:
         key = _long_name(name)
         for index, entry in enumerate(self.headers):
             if entry[0] == key:
-                self._top_via = None
+                self._index = None
+                if key == "via":
+                    self._top_via = None
+                elif key == "cseq":
+                    self._cseq = None
                 raw = entry[2]
                 comma = _first_comma(raw)
                 if comma < 0:
@@ -258,9 +288,14 @@ class SipMessage:
                 return raw[:comma].strip()
         return None
 
-    def headers_changed(self) -> None:
-        """Call after editing ``headers`` entries in place, so cached parses are redone."""
-        self._top_via = None
+    def headers_changed(self, name: str | None = None) -> None:
+        """Call after editing ``headers`` entries in place, so cached parses are redone (``name``:
+        only that header was edited)."""
+        self._index = None
+        if name is None or name == "via":
+            self._top_via = None
+        if name is None or name == "cseq":
+            self._cseq = None
 
     # -- frequently used parsed views
     @property
@@ -269,7 +304,10 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.get("cseq") or "")
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = parse_cseq(self.get("cseq") or "")
+        return cseq
 
     def top_via(self) -> Via:
         """The topmost Via, parsed once (the cache is dropped when headers change)."""
@@ -413,9 +451,10 @@ def _parse_head(head: bytes) -> SipMessage:
         method = start.split(" ", 1)[0]
         message = SipMessage(method=method if _is_token(method) else "INVALID", uri="")
     headers = message.headers
+    append = headers.append
     compact = COMPACT_FORMS
     canonical = CANONICAL_NAMES
-    known = _KNOWN_KEYS
+    spellings = _SPELLINGS
     for line in lines[1:]:
         if not line:
             raise SipParseError("empty header line", message)
@@ -429,18 +468,19 @@ def _parse_head(head: bytes) -> SipMessage:
             continue
         if len(line) > MAX_HEADER_LINE:
             raise SipParseError("header line too long", message, status=513)
-        colon = line.find(":")
-        if colon <= 0:
+        spelling, colon, value = line.partition(":")
+        known = spellings.get(spelling)  # the usual spellings, without lower() and validation
+        if known is not None and colon:
+            append((known[0], known[1], value.strip(" \t")))
+            continue
+        if not colon or not spelling:
             raise SipParseError("header line without a colon", message)
-        spelling = line[:colon]
-        key = known.get(spelling)  # the usual spellings, without lower() and validation
-        if key is None:
-            spelling = spelling.rstrip(" \t")
-            key = spelling.lower()
-            if key not in canonical and key not in compact and not _is_token(key):
-                raise SipParseError(f"bad header name {spelling!r}", message)
-            key = compact.get(key, key)
-        headers.append((key, canonical.get(key, spelling), line[colon + 1:].strip(" \t")))
+        spelling = spelling.rstrip(" \t")
+        key = spelling.lower()
+        if key not in canonical and key not in compact and not _is_token(key):
+            raise SipParseError(f"bad header name {spelling!r}", message)
+        key = compact.get(key, key)
+        append((key, canonical.get(key, spelling), value.strip(" \t")))
     if start_error is not None:
         raise SipParseError(start_error.reason, message, start_error.status)
     if too_many:
@@ -496,12 +536,14 @@ def _is_uri_text(uri: str) -> bool:
 
 def _present_once(message: SipMessage) -> set[str]:
     """The header names present, refusing a repeated single-value header (RFC 4475 §3.3.8-9)."""
-    present: set[str] = set()
-    for entry in message.headers:
-        key = entry[0]
-        if key in present and key in SINGLE_VALUE_HEADERS:
-            raise SipParseError(f"more than one {CANONICAL_NAMES.get(key, key)} header", message)
-        present.add(key)
+    keys = [entry[0] for entry in message.headers]
+    present = set(keys)
+    if len(present) != len(keys):  # something repeats: a list header, or one that must not
+        seen: set[str] = set()
+        for key in keys:
+            if key in seen and key in SINGLE_VALUE_HEADERS:
+                raise SipParseError(f"more than one {CANONICAL_NAMES.get(key, key)} header", message)
+            seen.add(key)
     return present
 
 
@@ -520,12 +562,17 @@ def _check_list_syntax(value: str, message: SipMessage, name: str) -> None:
         raise SipParseError(f"empty element in {name}", message)
 
 
+# A name-addr with no display name and no quotes: "<uri>" and ";params" that parse_name_addr always
+# accepts (a scheme, no whitespace inside < >, parameters after ">").  Others get the full parse.
+_SIMPLE_NAME_ADDR_RE = re.compile(r'<[A-Za-z][A-Za-z0-9+.-]*:[^<>\s"]*>(?:;[^"]*)?')
+
+
 def _check_request(message: SipMessage) -> None:
     present = _present_once(message)
     for name in MANDATORY_REQUEST_HEADERS:
         if name not in present:
             raise SipParseError(f"missing {name} header", message)
-    _number, method = parse_cseq(message.get("cseq") or "", message)
+    _number, method = message._cseq = parse_cseq(message.get("cseq") or "", message)
     # RFC 4475 §3.1.2.15 (mismatch01): CSeq method must match the Request-Line method.
     if method != message.method:
         raise SipParseError("CSeq method does not match the request method", message)
@@ -536,6 +583,8 @@ def _check_request(message: SipMessage) -> None:
             raise SipParseError("bad Max-Forwards", message)
     for name in ("from", "to"):
         value = message.get(name) or ""
+        if _SIMPLE_NAME_ADDR_RE.fullmatch(value) is not None:
+            continue  # "<scheme:...>;params" with nothing parse_name_addr could refuse
         try:
             parse_name_addr(value)
         except SipParseError as error:
@@ -558,7 +607,7 @@ def _check_response(message: SipMessage) -> None:
     for name in ("via", "cseq", "call-id", "from", "to"):
         if name not in present:
             raise SipParseError(f"missing {name} header", message)
-    parse_cseq(message.get("cseq") or "", message)
+    message._cseq = parse_cseq(message.get("cseq") or "", message)
 
 
 def parse_cseq(value: str, message: SipMessage | None = None) -> tuple[int, str]:
@@ -838,7 +887,29 @@ class Via:
         return f"SIP/2.0/{self.transport} {sent_by}{format_params(self.params)}"
 
 
+# The Via almost every user agent and proxy writes: "SIP/2.0/UDP host:port;name=value;flag", with no
+# IPv6 reference, whitespace or quoted parameter.  It is parsed here in one match; anything else (and
+# anything this accepts that the general parser would refuse, such as a port out of range) goes to it.
+_SIMPLE_VIA_RE = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9_][A-Za-z0-9._-]*)(?::([0-9]{1,5}))?((?:;[^;\"=\s,]+(?:=[^;\"\s,]*)?)*)")
+
+
 def parse_via(value: str) -> Via:
+    simple = _SIMPLE_VIA_RE.fullmatch(value)
+    if simple is not None:
+        transport, host, port_text, params_text = simple.groups()
+        port = int(port_text) if port_text is not None else None
+        if port is None or 0 < port < 65536:
+            params: dict[str, str | None] = {}
+            if params_text:
+                for item in params_text[1:].split(";"):
+                    name, sep, param = item.partition("=")
+                    params[name.lower()] = param if sep else None
+            return Via(transport.upper(), host.lower(), port, params)
+    return _parse_via(value)
+
+
+def _parse_via(value: str) -> Via:
     protocol, _, rest = value.strip().partition(" ")
     parts = [part.strip() for part in protocol.split("/")]
     if len(parts) == 2 and rest.startswith("/"):

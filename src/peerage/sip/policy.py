@@ -23,9 +23,43 @@ AUTHENTICATE_OUTBOUND = "outbound"  # (b) local user to foreign domain, after 40
 REFUSE_RELAY = "relay"  # (c) foreign to foreign
 REFUSE_DOMAIN = "denied"  # (d) deny list / not on allow list
 
+# Domain names whose answer LocalDomains remembers; past this the memory starts afresh (a caller
+# inventing a new From domain per request gets nothing but the normal, uncached check).
+MAX_REMEMBERED_DOMAINS = 4096
 # Most source addresses tracked by the flood guard; beyond it the least recently seen are forgotten.
 # Kamailio's pike keeps a tree sized by shared memory; 65,536 entries cost a few MiB here.
 MAX_TRACKED_SOURCES = 65536
+
+
+class LocalDomains:
+    """``accounts.is_local_domain`` with its answers remembered.
+
+    The SIP proxy asks it several times for every request (the Request-URI, each Route, the From and
+    the target), mostly about names that are not ours (a caller's domain, a contact's IP address),
+    and each such miss costs an IDNA normalisation.  The answers depend only on the set of hosted
+    domains, so they are forgotten when that set is replaced (a configuration reload).
+    """
+
+    __slots__ = ("_accounts", "_answers", "_domains")
+
+    def __init__(self, accounts: object) -> None:
+        self._accounts = accounts
+        self._domains = getattr(accounts, "domains", None)
+        self._answers: dict[str, bool] = {}
+
+    def __call__(self, domain: str) -> bool:
+        domains = getattr(self._accounts, "domains", None)
+        answers = self._answers
+        if domains is not self._domains:
+            self._domains = domains
+            answers.clear()
+        answer = answers.get(domain)
+        if answer is None:
+            answer = bool(self._accounts.is_local_domain(domain))  # type: ignore[attr-defined]
+            if len(answers) >= MAX_REMEMBERED_DOMAINS:
+                answers.clear()
+            answers[domain] = answer
+        return answer
 
 
 class PeeringPolicy:
@@ -44,6 +78,8 @@ class PeeringPolicy:
 
     @staticmethod
     def _listed(domain: str, names: set[str]) -> bool:
+        if not names:
+            return False
         if domain in names:
             return True
         # "example.org" in a list covers its subdomains too

@@ -335,7 +335,7 @@ class ProxyCore:
             # as its outbound proxy, but may not steer us onwards with a preloaded route set.
             transaction.respond_status(403, "Preloaded Route denied")
             return
-        if self._is_us(uri) or (uri.user is None and self.accounts.is_local_domain(uri.host)):
+        if self._is_us(uri) or (uri.user is None and self.policy.is_local_domain(uri.host)):
             if method == "REGISTER":
                 self._spawn(self._register(context, source))
             elif method == "OPTIONS":
@@ -362,7 +362,7 @@ class ProxyCore:
         host = uri.host
         if host in self.local_hosts:
             return uri.port is None or uri.port in self.local_ports
-        return self.accounts.is_local_domain(host) and uri.port is None
+        return self.policy.is_local_domain(host) and uri.port is None
 
     def _loop_key(self, request: SipMessage) -> str:
         text = "|".join((request.uri or "", request.from_tag() or "", request.call_id,
@@ -421,7 +421,7 @@ class ProxyCore:
                 uri = parse_uri(parse_name_addr(value).uri)
             except SipParseError:
                 return popped, flows
-            if not (uri.host in self.local_hosts or self.accounts.is_local_domain(uri.host)):
+            if not (uri.host in self.local_hosts or self.policy.is_local_domain(uri.host)):
                 return popped, flows
             if uri.port is not None and uri.port not in self.local_ports:
                 return popped, flows
@@ -896,11 +896,13 @@ class ProxyCore:
             return
         invite = invite_tx.request
         cancel = SipMessage(method="CANCEL", uri=invite.uri)
+        via_copied = False
         for entry in invite.headers:
             key = entry[0]
             if key == "via":
-                if not cancel.has("via"):
+                if not via_copied:
                     cancel.headers.append(("via", "Via", invite.first_value("via") or entry[2]))
+                    via_copied = True
             elif key in ("from", "to", "call-id", "route", "max-forwards"):
                 cancel.headers.append(entry)
         cancel.add("CSeq", f"{invite.cseq[0]} CANCEL")

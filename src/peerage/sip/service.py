@@ -19,7 +19,7 @@ from peerage.config import ConfigError
 from peerage.sip.digest import DigestAuthenticator
 from peerage.sip.locate import Locator
 from peerage.sip.message import SipMessage
-from peerage.sip.policy import FloodGuard, PeeringPolicy
+from peerage.sip.policy import FloodGuard, LocalDomains, PeeringPolicy
 from peerage.sip.proxy import ProxyCore
 from peerage.sip.registrar import Registrar
 from peerage.sip.transaction import Destination, TransactionLayer
@@ -90,7 +90,7 @@ class SipService:
             endpoints["UDP"] = next(iter(endpoints.values()))
         layer = TransactionLayer(transport.send, time.monotonic)
         self.layer = layer
-        policy = PeeringPolicy(host.accounts.is_local_domain, config.allow_domains, config.deny_domains)
+        policy = PeeringPolicy(LocalDomains(host.accounts), config.allow_domains, config.deny_domains)
         route_secret = await host.store.get_secret("sip-record-route")
         self.proxy = ProxyCore(
             host=host, layer=layer, send=transport.send, registrar=registrar,

@@ -112,7 +112,7 @@ def stamp_via(message: SipMessage, ip: str, port: int) -> None:
         if changed:
             top = head + params
             message.headers[position] = (entry[0], entry[1], ", ".join([top, *rest]) if rest else top)
-            message.headers_changed()
+            message.headers_changed("via")
         return
 
 
