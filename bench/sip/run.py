@@ -14,7 +14,10 @@ Each proxy is pinned to CPU 0 (SIPp to the other CPUs), so "calls/s" is per core
 with ``-m 1024`` (shared memory, MiB) and KAMAILIO_CHILDREN UDP workers, what an operator gives one
 core.  Every load loop is bounded: a fixed number of calls per step and a fixed list of rates.
 
-Usage: python3 bench/sip/run.py [--quick]
+Usage: python3 bench/sip/run.py [--quick] [--rates 1500,2000,2500] [--no-register]
+
+``--rates`` and ``--no-register`` shorten a run (a quiet window on a shared machine is a few
+minutes); the section written to RESULTS.md says which steps were run.
 """
 
 from __future__ import annotations
@@ -252,7 +255,8 @@ class Kamailio:
         """Kamailio's configuration sheds nothing (no overload control loaded)."""
 
 
-def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[str, Any]:
+def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool, rates: tuple[int, ...] = CALL_RATES,
+                register: bool = True) -> dict[str, Any]:
     proxy.start()
     result: dict[str, Any] = {}
     uas = None
@@ -280,7 +284,7 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
         # highest rate with zero failed and zero unfinished calls at the end of its step
         best = 0
         steps: list[dict[str, int]] = []
-        for rate in CALL_RATES[: 2 if quick else None]:
+        for rate in rates[: 2 if quick else None]:
             figures = load_step(proxy, workdir, keys, rate)
             steps.append(figures)
             time.sleep(3)  # retransmissions of this step drain before the next
@@ -290,7 +294,7 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
         result["calls_per_second"] = best
         result["steps"] = steps
         # beyond capacity: twice the best rate (or the first rate if none passed)
-        over = max(2 * best, CALL_RATES[0])
+        over = max(2 * best, rates[0])
         if not quick and all(step["rate"] != over for step in steps):
             result["overload"] = load_step(proxy, workdir, keys, over)
             time.sleep(3)
@@ -301,7 +305,7 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
         uas = None
         # REGISTER with digest per second
         best_register = 0
-        for rate in REGISTER_RATES[: 2 if quick else None]:
+        for rate in REGISTER_RATES[: 2 if quick else None] if register else ():
             run = sipp(workdir, proxy.register_scenario, UAC_IP, 5402, proxy.address, "-s", "reg", "-key",
                        "domain", "bench.test", "-au", "reg", "-ap", PASSWORD, "-r", str(rate),
                        "-m", str(rate * REGISTER_SECONDS))
@@ -322,7 +326,11 @@ def bench_proxy(proxy: Peerage | Kamailio, workdir: Path, quick: bool) -> dict[s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument("--rates", help="call rates to step through, comma-separated (default: "
+                        + ",".join(map(str, CALL_RATES)) + ")")
+    parser.add_argument("--no-register", action="store_true", help="leave out the REGISTER steps (c)")
     args = parser.parse_args()
+    rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else CALL_RATES
     for binary in ("sipp", "kamailio", "taskset"):
         if shutil.which(binary) is None:
             print(f"{binary} is required", file=sys.stderr)
@@ -333,7 +341,7 @@ def main() -> int:
     for proxy_class in (Peerage, Kamailio):
         proxy = proxy_class(workdir)
         print(f"{proxy.name}:", flush=True)
-        results[proxy.name] = bench_proxy(proxy, workdir, args.quick)
+        results[proxy.name] = bench_proxy(proxy, workdir, args.quick, rates, not args.no_register)
     p, k = results["peerage"], results["kamailio"]
     ratio = p["cpu_per_1000"] / k["cpu_per_1000"] if k["cpu_per_1000"] else float("inf")
     lines = [
@@ -345,16 +353,17 @@ def main() -> int:
         "",
         "| measure | peerage | Kamailio 5.6 | peerage / Kamailio |",
         "|---|---|---|---|",
-        f"| record-routed calls/s, zero failures (max tried {CALL_RATES[-1]}) | {p['calls_per_second']:.0f} | "
+        f"| record-routed calls/s, zero failures (steps tried: {', '.join(map(str, rates))}) | "
+        f"{p['calls_per_second']:.0f} | "
         f"{k['calls_per_second']:.0f} | {p['calls_per_second'] / max(k['calls_per_second'], 1):.2f} |",
         f"| proxy CPU-seconds per 1,000 completed calls (at {CPU_RATE} calls/s, peerage without shedding; failed calls: "
         f"{p['cpu_rate_failed']:.0f} peerage, {k['cpu_rate_failed']:.0f} Kamailio) | {p['cpu_per_1000']:.3f} | "
         f"{k['cpu_per_1000']:.3f} | {ratio:.2f} |",
         f"| one-core capacity implied by CPU per call (calls/s) | {1000 / max(p['cpu_per_1000'], 1e-9):.0f} | "
         f"{1000 / max(k['cpu_per_1000'], 1e-9):.0f} | {1 / ratio if ratio else 0:.2f} |",
-        f"| REGISTER with digest /s, zero failures, {REGISTER_SECONDS} s steps (max tried {REGISTER_RATES[-1]}) | "
-        f"{p['registers_per_second']:.0f} | {k['registers_per_second']:.0f} | "
-        f"{p['registers_per_second'] / max(k['registers_per_second'], 1):.2f} |",
+        *([f"| REGISTER with digest /s, zero failures, {REGISTER_SECONDS} s steps (max tried {REGISTER_RATES[-1]}) | "
+           f"{p['registers_per_second']:.0f} | {k['registers_per_second']:.0f} | "
+           f"{p['registers_per_second'] / max(k['registers_per_second'], 1):.2f} |"] if not args.no_register else []),
         "",
         f"Call steps of {STEP_SECONDS} s (calls = rate x {STEP_SECONDS}); a step passes with 0 failed and 0 "
         f"unfinished calls {STEP_GRACE} s after its last call was started. Kamailio 5.6: -m {KAMAILIO_SHM}, "
@@ -369,9 +378,10 @@ def main() -> int:
           for name, r in (("peerage", p), ("Kamailio", k))
           for st in [*r["steps"], *([r["overload"]] if r["overload"] not in r["steps"] else [])]],
         "",
-        "peerage commits each registration to SQLite (synchronous=FULL) before the 200 OK; Kamailio runs "
-        "usrloc in memory (db_mode 0) and checks a cleartext password (pv_www_authenticate), so (b) is not "
-        "like for like.",
+        ("REGISTER steps (c) not run this time (--no-register)." if args.no_register else
+         "peerage commits each registration to SQLite (synchronous=FULL) before the 200 OK; Kamailio runs "
+         "usrloc in memory (db_mode 0) and checks a cleartext password (pv_www_authenticate), so (c) is not "
+         "like for like."),
         "",
     ]
     text = "\n".join(lines)

@@ -17,6 +17,7 @@ quoted strings with escapes, %-escapes and IPv6 references (RFC 5118).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -241,6 +242,13 @@ class SipMessage:
                 return
         self.headers.append(entry)
 
+    def push_via(self, transport: str, host: str, port: int, branch: str) -> None:
+        """Add our own topmost Via ``SIP/2.0/<transport> host:port;branch=...;rport`` (RFC 3261
+        §16.6 step 8, RFC 3581), known without parsing it back."""
+        sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.add_first("Via", f"SIP/2.0/{transport} {sent_by};branch={branch};rport")
+        self._top_via = Via(transport.upper(), host.lower(), port, {"branch": branch, "rport": None})
+
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line."""
         key = _long_name(name)
@@ -329,16 +337,13 @@ class SipMessage:
     def serialize(self) -> bytes:
         """Wire form, with Content-Length always set to the body size."""
         if self.method is not None:
-            lines = [f"{self.method} {self.uri} {SIP_VERSION}"]
+            start = f"{self.method} {self.uri} {SIP_VERSION}\r\n"
         else:
-            lines = [f"{SIP_VERSION} {self.status} {self.reason}"]
-        for key, spelling, value in self.headers:
-            if key != "content-length":
-                lines.append(f"{spelling}: {value}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        lines.append("")
-        lines.append("")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+            start = f"{SIP_VERSION} {self.status} {self.reason}\r\n"
+        body = self.body
+        head = "".join([f"{spelling}: {value}\r\n" for key, spelling, value in self.headers
+                        if key != "content-length"])
+        return f"{start}{head}Content-Length: {len(body)}\r\n\r\n".encode("utf-8", "surrogateescape") + body
 
     def __bytes__(self) -> bytes:
         return self.serialize()
@@ -597,7 +602,8 @@ def _check_request(message: SipMessage) -> None:
             _check_list_syntax(value, message, "Contact")
             try:
                 for item in split_values(value):
-                    parse_name_addr(item)
+                    if _SIMPLE_NAME_ADDR_RE.fullmatch(item) is None:
+                        parse_name_addr(item)
             except SipParseError as error:
                 raise SipParseError(f"bad Contact header: {error.reason}", message) from None
 
@@ -1020,6 +1026,13 @@ class UnsupportedScheme(SipParseError):
     """A well-formed URI whose scheme is not sip/sips (answered 416, RFC 3261 §8.2.2.1)."""
 
 
+# Parsed URIs remembered: the proxy parses the same ones over and over (the Request-URI of calls to
+# one user, a dialog's route in its ACK and BYE, a registered contact).  Callers treat the result
+# as read-only.
+URI_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=URI_CACHE_SIZE)
 def parse_uri(text: str) -> SipUri:
     text = text.strip()
     scheme, colon, rest = text.partition(":")

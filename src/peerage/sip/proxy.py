@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -82,12 +83,18 @@ RETRY_AFTER = 5
 Flow = tuple[str, str, int]  # (transport, address, port) of a directly connected user agent
 
 
+# Flow tokens remembered both ways: every call builds two and every in-dialog request reads them back.
+FLOW_TOKEN_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=FLOW_TOKEN_CACHE_SIZE)
 def flow_token(flow: Flow) -> str:
     """A flow as URI user-part text (base64url: letters, digits, '-' and '_')."""
     raw = f"{flow[0]}/{flow[1]}/{flow[2]}".encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+@functools.lru_cache(maxsize=FLOW_TOKEN_CACHE_SIZE)
 def parse_flow_token(token: str) -> Flow | None:
     if not token:
         return None
@@ -172,6 +179,8 @@ class ProxyCore:
         self.trusted_sources = [ipaddress.ip_network(n, strict=False)
                                 for n in getattr(sip_config, "trusted_sources", None) or ()]
         self.secret = secret or os.urandom(16)
+        self._mac_secret: bytes | None = None
+        self._mac_base: Any = None
         # set by the service while the event loop runs late: new INVITEs are shed with 503
         self.overloaded = False
         self.shed = 0  # INVITEs refused so far
@@ -305,11 +314,12 @@ class ProxyCore:
         # Another node of our cluster hands us a request for a user agent whose flow we hold (see
         # _deliver_local); the route it used carries our mark, so it came from a node sharing our
         # secret, and that node authenticated the caller already.
-        if own_route is True and flows is not None and routes is None and request.to_tag() is None \
+        in_dialog = request.to_tag() is not None
+        if own_route is True and flows is not None and routes is None and not in_dialog \
                 and getattr(source.connection, "cluster_peer", False) \
                 and self._forward_by_flow(context, flows, source, max_forwards):
             return
-        if request.to_tag() is not None:
+        if in_dialog:
             # In-dialog request (§16.4, §12.2): it may only follow a route set we signed when we
             # Record-Routed the dialog; anything else would make us a relay for strangers.
             if own_route is True:
@@ -399,8 +409,13 @@ class ProxyCore:
     def _route_mac(self, call_id: str, flows: str = "") -> str:
         """A keyed hash of the Call-ID and flows (BLAKE2s in keyed mode is a MAC, RFC 7693 §2.5)."""
         text = call_id if not flows else f"{call_id}|{flows}"
-        return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), key=self.secret[:32],
-                               digest_size=8).hexdigest()
+        secret = self.secret
+        if self._mac_secret is not secret:  # keyed once: each MAC copies the keyed state
+            self._mac_secret = secret
+            self._mac_base = hashlib.blake2s(key=secret[:32], digest_size=8)
+        mac = self._mac_base.copy()
+        mac.update(text.encode("utf-8", "surrogateescape"))
+        return mac.hexdigest()
 
     def _pop_own_routes(self, request: SipMessage) -> tuple[bool | str | None, str | None]:
         """Remove our Route values from the top (§16.4).
@@ -749,10 +764,9 @@ class ProxyCore:
                                body=branch.request.body)
         transport = destination.transport
         address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
-        host = f"[{address}]" if ":" in address else address
         branch_id = f"{MAGIC_COOKIE}-pg-{self._loop_key(request)}-{self._branch_prefix}" \
                     f"{next(self._branch_counter):x}"
-        forwarded.add_first("Via", f"SIP/2.0/{transport} {host}:{port};branch={branch_id};rport")
+        forwarded.push_via(transport, address, port, branch_id)
         if request.method in DIALOG_CREATING and request.to_tag() is None:
             flows = self._flows(context, branch)
             forwarded.add_first("Record-Route", self._record_route(transport, request.call_id, flows))
