@@ -1,16 +1,18 @@
 """One test per IMAP behaviour found wrong by a conformance run, each from its RFC: `[` in an atom
 (RFC 9051 §9 ATOM-CHAR), section numbers inside a message/rfc822 part (RFC 9051 §6.4.5), address
 groups and empty Sender/Reply-To in ENVELOPE (RFC 9051 §7.5.2), LIST's unknown options (RFC 5258 §3),
-LSUB's \\Noselect parent (RFC 3501 §6.3.9) and MOVE into the selected mailbox (RFC 6851 §3.3)."""
+LSUB's \\Noselect parent (RFC 3501 §6.3.9), MOVE into the selected mailbox (RFC 6851 §3.3), and
+the UID in every FETCH response under QRESYNC (RFC 7162 §3.2)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from peerage.mail.imap import mime
 from peerage.mail.imap.parser import parse_command
 from tests.imap.conftest import ImapHost
-from tests.imap.test_extensions import append, login
+from tests.imap.test_extensions import Raw, append, login
 
 FORWARD = (
     b"From: user@domain.org\r\nDate: Sat, 24 Mar 2007 23:00:00 +0200\r\nMime-Version: 1.0\r\n"
@@ -329,3 +331,38 @@ async def test_unauthenticate_ends_the_login_on_the_same_connection(imap: ImapHo
     assert seen[0] is True and seen[1] == "OK"
     assert seen[2] != "select allowed" and "SELECT" in str(seen[2])
     assert seen[3] == [b"CONDSTORE"] and seen[4] == "OK"
+
+
+async def _append_to(raw: Raw, mailbox: str, data: bytes) -> None:
+    raw.writer.write(b"a%d APPEND %s {%d+}\r\n" % (raw.counter, mailbox.encode(), len(data)) + data + b"\r\n")
+    await raw.writer.drain()
+    while not (await asyncio.wait_for(raw.reader.readline(), 10)).startswith(b"a%d " % raw.counter):
+        pass
+    raw.counter += 1
+
+
+async def test_qresync_fetch_responses_carry_the_uid(imap: ImapHost) -> None:
+    # RFC 7162 §3.2 (RFC 5162 erratum 1807): once QRESYNC is enabled, FETCH responses name their
+    # message by UID, also for a FETCH or STORE by sequence number: after a VANISHED the client's
+    # sequence numbers may no longer be the server's.
+    raw = await login(imap)
+    await raw.command("CREATE qresync-uid")
+    for number in (1, 2):
+        await _append_to(raw, "qresync-uid", b"Subject: %d\r\n\r\nbody\r\n" % number)
+    untagged, _done = await raw.command("ENABLE QRESYNC")
+    assert untagged == [b"* ENABLED QRESYNC"], untagged
+    await raw.command("SELECT qresync-uid")
+    untagged, _ = await raw.command("FETCH 1:2 RFC822.SIZE")
+    assert [re.match(rb"\* (\d) FETCH \(UID \d+ RFC822\.SIZE \d+\)$", line) is not None for line in untagged] == [
+        True, True], untagged
+    untagged, _ = await raw.command("STORE 1 +FLAGS (\\Seen)")
+    assert next(line for line in untagged if b"FETCH" in line).startswith(b"* 1 FETCH (UID "), untagged
+    untagged, _ = await raw.command("STORE 2 (UNCHANGEDSINCE 1000000) +FLAGS.SILENT (\\Seen)")
+    assert re.match(rb"\* 2 FETCH \(UID \d+ MODSEQ \(\d+\)\)$", untagged[-1]), untagged
+    # Without QRESYNC a FETCH by sequence number answers what was asked.
+    plain = await login(imap)
+    await plain.command("SELECT qresync-uid")
+    untagged, _ = await plain.command("FETCH 1 RFC822.SIZE")
+    assert re.match(rb"\* 1 FETCH \(RFC822\.SIZE \d+\)$", untagged[0]), untagged
+    raw.writer.close()
+    plain.writer.close()

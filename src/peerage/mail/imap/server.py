@@ -472,7 +472,7 @@ class ImapSession:
         self, seq: int, uid: int, flags: Sequence[str], modseq: int, with_uid: bool
     ) -> str:
         items = []
-        if with_uid:
+        if with_uid or "QRESYNC" in self.enabled:
             items.append(f"UID {uid}")
         items.append("FLAGS (" + self._flag_list(uid, flags) + ")")
         if self.condstore:
@@ -1258,7 +1258,9 @@ class ImapSession:
         names = {attribute.name for attribute in attributes}
         if changed_since is not None or "MODSEQ" in names:
             await self._enable_condstore()
-        if uid and "UID" not in names:
+        if (uid or "QRESYNC" in self.enabled) and "UID" not in names:
+            # RFC 7162 §3.2 (RFC 5162 erratum 1807): under QRESYNC a FETCH response names its message
+            # by UID, so a client whose sequence numbers have shifted (VANISHED) can still place it.
             attributes.insert(0, FetchAttribute("UID"))
         if (changed_since is not None or (self.condstore and "FLAGS" in names)) and "MODSEQ" not in names:
             attributes.append(FetchAttribute("MODSEQ"))
@@ -1462,7 +1464,8 @@ class ImapSession:
                 continue
             if not silent or (unchanged_since is not None):
                 if silent:
-                    self.untagged(f"{seq} FETCH (" + (f"UID {message_uid} " if uid else "") + f"MODSEQ ({modseq}))")
+                    with_uid = uid or "QRESYNC" in self.enabled
+                    self.untagged(f"{seq} FETCH (" + (f"UID {message_uid} " if with_uid else "") + f"MODSEQ ({modseq}))")
                 else:
                     self.untagged(self._flags_fetch(seq, message_uid, message_flags, modseq, with_uid=uid))
             await self.maybe_flush()
