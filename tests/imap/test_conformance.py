@@ -2,7 +2,8 @@
 (RFC 9051 §9 ATOM-CHAR), section numbers inside a message/rfc822 part (RFC 9051 §6.4.5), address
 groups and empty Sender/Reply-To in ENVELOPE (RFC 9051 §7.5.2), LIST's unknown options (RFC 5258 §3),
 LSUB's \\Noselect parent (RFC 3501 §6.3.9), MOVE into the selected mailbox (RFC 6851 §3.3), and
-the UID in every FETCH response under QRESYNC (RFC 7162 §3.2)."""
+the UID in every FETCH response under QRESYNC (RFC 7162 §3.2), and the mailbox's keywords in
+PERMANENTFLAGS (RFC 9051 §7.1)."""
 
 from __future__ import annotations
 
@@ -366,3 +367,24 @@ async def test_qresync_fetch_responses_carry_the_uid(imap: ImapHost) -> None:
     assert re.match(rb"\* 1 FETCH \(RFC822\.SIZE \d+\)$", untagged[0]), untagged
     raw.writer.close()
     plain.writer.close()
+
+
+async def test_permanentflags_lists_the_mailbox_keywords(imap: ImapHost) -> None:
+    # RFC 9051 §7.1 PERMANENTFLAGS: the flags the client can change permanently. Every flag and
+    # keyword of FLAGS can be, and \* says new keywords can be made; a new keyword joins both lists.
+    raw = await login(imap)
+    await raw.command("CREATE permanent")
+    await _append_to(raw, "permanent", b"Subject: p\r\n\r\nbody\r\n")
+    untagged, _ = await raw.command("SELECT permanent")
+    flags = next(line for line in untagged if line.startswith(b"* FLAGS ("))[len(b"* FLAGS ("):-1].split()
+    permanent = next(line for line in untagged if b"[PERMANENTFLAGS (" in line)
+    listed = permanent.split(b"(", 1)[1].split(b")", 1)[0].split()
+    assert set(listed) == {*flags, b"\\*"}, (flags, listed)
+    assert b"$Forwarded" in listed
+    untagged, _ = await raw.command("STORE 1 +FLAGS ($Project42)")
+    permanent = next(line for line in untagged if b"[PERMANENTFLAGS (" in line)
+    assert b"$Project42" in permanent and b"\\*" in permanent, untagged
+    # EXAMINE: nothing can be changed.
+    untagged, _ = await raw.command("EXAMINE permanent")
+    assert b"* OK [PERMANENTFLAGS ()] Read-only mailbox" in untagged, untagged
+    raw.writer.close()

@@ -103,7 +103,6 @@ IDLE_POLL_SECONDS = 30.0
 MAX_SASL_LINE = 12288
 
 SERVER_ID = ("name", "peerage", "vendor", "peerage")
-PERMANENT_FLAGS = (*flaglib.SYSTEM_FLAGS, "\\*")
 BASE_FLAGS = (*flaglib.SYSTEM_FLAGS, *flaglib.WELL_KNOWN_KEYWORDS)
 _BASE_FLAG_SET = frozenset(BASE_FLAGS)
 # Mailbox names written as bare atoms (as Dovecot does); anything else is quoted.
@@ -500,7 +499,7 @@ class ImapSession:
         if selected.read_only:
             self.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
         else:
-            self.untagged("OK [PERMANENTFLAGS (" + " ".join(PERMANENT_FLAGS) + ")] Flags permitted")
+            self.untagged(f"OK [PERMANENTFLAGS ({all_flags} \\*)] Flags permitted")
 
     def _deselect(self) -> None:
         self.saved_result = []
@@ -839,7 +838,9 @@ class ImapSession:
         if read_only:
             self.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
         else:
-            self.untagged("OK [PERMANENTFLAGS (" + " ".join(PERMANENT_FLAGS) + ")] Flags permitted")
+            # RFC 9051 §7.1: every flag and keyword the mailbox has can be set permanently, and
+            # \* says new keywords can be made (as Dovecot lists them).
+            self.untagged(f"OK [PERMANENTFLAGS ({all_flags} \\*)] Flags permitted")
         self.untagged(f"OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {info.uidnext}] Predicted next UID")
         self.untagged(f"OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
