@@ -556,7 +556,7 @@ async def main_async(args: argparse.Namespace) -> str:
         lines += [
             "",
             "With [cluster], each subscription stanza is decided under the account's PostgreSQL advisory lock",
-            "(cluster/roster.py: one pooled connection, three short statements) and each roster write is",
+            "(cluster/roster.py: one pooled connection, five round trips per decision) and each roster write is",
             "announced on NATS; a message from a XEP-0198 sender is acknowledged only once its archive rows",
             "are written (Mam.durable(): the writer starts at once instead of after its batching delay).",
             "",
