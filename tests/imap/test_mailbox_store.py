@@ -36,7 +36,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     engine = create_async_engine(url)
     metadata = load_all_tables()
     mine = {"mail_mailboxes", "mail_messages", "mail_bodies", "mail_expunged", "mail_uidvalidity", "mail_subscriptions",
-            "mail_deleted_mailboxes"}
+            "mail_deleted_mailboxes", "mail_summaries"}
     tables = [t for t in metadata.sorted_tables if t.name in mine]
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: metadata.drop_all(sync, tables=list(reversed(tables))))

@@ -116,15 +116,23 @@ mail_messages = Table(
     # the same in every copy, kept by MOVE (see peerage.mail.mailbox.objectid).
     Column("email_id", String(OBJECT_ID_LENGTH), nullable=False),
     Column("thread_id", String(OBJECT_ID_LENGTH), nullable=False),
-    # What a mail client's list view needs from the header (decoded subject, addresses, dates, ids)
-    # as JSON, computed at delivery so that a cold JMAP index never parses 10,000 headers; NULL until
-    # computed (peerage.mail.jmap.index.header_facts).
-    Column("summary", LargeBinary),
     UniqueConstraint("mailbox_id", "uid", name="uq_mail_messages_mailbox_uid"),
 )
 Index("ix_mail_messages_mailbox_modseq", mail_messages.c.mailbox_id, mail_messages.c.modseq)
 # Finding the other copies of a message (is this expunge its last copy? IMAP SEARCH EMAILID).
 Index("ix_mail_messages_email_id", mail_messages.c.email_id)
+
+# What a mail client's list view needs from a message's header (decoded subject, addresses, dates,
+# ids) as JSON, by email id (the same for every copy), computed at delivery so that a cold JMAP index
+# never parses 10,000 headers; absent until computed (peerage.mail.jmap.index.header_facts). Not a
+# column of mail_messages: at about 330 bytes it nearly doubled the rows that SELECT and STORE walk
+# and rewrite (bench/RESULTS.md, 2026-12-01), and only JMAP reads it. Removed with the last copy.
+mail_summaries = Table(
+    "mail_summaries",
+    metadata,
+    Column("email_id", String(OBJECT_ID_LENGTH), primary_key=True),
+    Column("summary", LargeBinary, nullable=False),
+)
 
 # Bodies below INLINE_BODY_LIMIT, by name. A table of their own keeps message rows small: SELECT,
 # STORE and FETCH of headers walk thousands of message rows, and with the body inline each would fill

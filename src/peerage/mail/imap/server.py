@@ -1292,7 +1292,8 @@ class ImapSession:
         for start in range(0, len(uids), FETCH_ROW_BATCH):
             batch = uids[start : start + FETCH_ROW_BATCH]
             rows = await self.store.messages(
-                selected.info.id, batch, with_header=need_header, with_structure=need_structure
+                selected.info.id, batch, with_header=need_header, with_structure=need_structure,
+                with_summary=False,
             )
             if changed_since is not None:
                 rows = [row for row in rows if row.modseq > changed_since]
@@ -1575,7 +1576,7 @@ class ImapSession:
         need_header, need_body = searching.needs(key)
         if mode != "SEARCH":
             need_header = True
-        rows = await self.store.messages(selected.info.id, None, with_header=need_header)
+        rows = await self.store.messages(selected.info.id, None, with_header=need_header, with_summary=False)
         largest_uid = selected.uids[-1] if selected.uids else 0
         largest_seq = len(selected.uids)
         candidates: list[searching.Candidate] = []

@@ -157,7 +157,7 @@ class Summary:
         return MessageRow(self.uid, self.modseq, self.flags, self.received, 0, self.size, self.blob, self.header)
 
 
-# The header facts of a Summary, as kept with the message (``mail_messages.summary``): parsing 10,000
+# The header facts of a Summary, as kept with the message (``mail_summaries``): parsing 10,000
 # headers with the email package takes seconds, loading their JSON a tenth of one, so the first JMAP
 # request after a start reads them instead of parsing (the cold start of the webmail). Bump the
 # version when the facts change: a row with another version is summarised again.
@@ -397,15 +397,15 @@ class AccountIndex:
         """Summaries of rows, from the facts kept with each message; a message stored without them
         (before they were kept, or by a path without the hook) is parsed once and its facts saved."""
         out = []
-        missing: list[tuple[int, bytes]] = []
+        missing: list[tuple[str, bytes]] = []
         for row in rows:
             facts = cached_facts(row)
             if facts is None:
                 facts = header_facts(row.header)
-                missing.append((row.uid, json.dumps(facts, separators=(",", ":")).encode()))
+                missing.append((row.email_id, json.dumps(facts, separators=(",", ":")).encode()))
             out.append(summarise(info, row, facts))
         if missing:
-            await self.store.save_summaries(info.id, missing)
+            await self.store.save_summaries(missing)
         return out
 
     # --- views -------------------------------------------------------------------------------------

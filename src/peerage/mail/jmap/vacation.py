@@ -108,7 +108,8 @@ class VacationResponder:
             start, end = _stamp(settings.get("fromDate")), _stamp(settings.get("toDate"))
             if not settings.get("isEnabled") or (start and now < start) or (end and now >= end):
                 return
-            rows = await self.store.messages(box.id, list(range(since, box.uidnext)), with_header=True)
+            rows = await self.store.messages(box.id, list(range(since, box.uidnext)), with_header=True,
+                                             with_summary=False)
             for row in rows:
                 await self._reply(box.owner, row.header, settings, now)
         except Exception:

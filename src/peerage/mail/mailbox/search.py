@@ -2,10 +2,16 @@
 
 One entry per message (per email id, so the copies of a message share it) holds the body's text as
 the store's ``extract`` gives it (text parts, HTML reduced to text) under a token naming its owner.
-Entries are written in the transaction that stores the message and removed in the one that expunges
-its last copy, so the index is as current as the mailboxes; messages stored without an extractor
-(an import, or before the index existed) are added the first time their owner searches
-(``missing``/``add``).
+Entries are written in the transaction that stores the message, or, for mail arriving over SMTP
+(``MailboxStore.append_many(index_later=True)``), shortly after it in batches (``defer``): an FTS5
+entry written in a transaction of its own makes each delivery's commit write a new index segment,
+which measured about 1.3 ms of commit time and 0.4 ms of CPU per message (bench/RESULTS.md,
+2026-12-01 23:xx). Every search (``match``, ``indexed_among``) first writes what is still waiting,
+so a search in this process always sees every delivered message; what a crash or another node
+loses of the waiting entries is found by the catch-up below. Entries are removed in the
+transaction that expunges a message's last copy, so the index is as current as the mailboxes;
+messages stored without an extractor (an import, before the index existed, or a deferred entry
+lost in a crash) are added the first time their owner searches (``missing``/``add``).
 
 The tables are not in the SQLAlchemy metadata: each engine has its own kind (an FTS5 virtual table
 with its shadow tables; a table with a ``tsvector`` column), made by migration 0024 and left out of
@@ -18,10 +24,13 @@ FTS and Stalwart match a search term, rather than an arbitrary substring.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -34,6 +43,15 @@ MAX_QUERY_TERMS = 16
 MAX_INDEXED_CHARS = 256 * 1024
 _WORD = re.compile(r"\w+", re.UNICODE)
 SQL_BATCH = 500
+# Deferred entries: written once this many wait or the oldest has waited this long. Past the memory
+# bound, entries are not kept (their messages are indexed by their owner's next search instead).
+DEFER_BATCH = 256
+DEFER_SECONDS = 1.0
+MAX_DEFERRED = 4096
+
+log = logging.getLogger(__name__)
+# Gives the searchable text of a whole message (the store's ``extract``).
+Extract = Callable[[bytes], str]
 
 
 def owner_token(owner: str) -> str:
@@ -64,6 +82,10 @@ class FullTextIndex:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
         self._ready: bool | None = None
+        # Messages stored with ``index_later``: (email id, owner, raw message, extractor).
+        self._deferred: list[tuple[str, str, bytes, Extract]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
 
     async def ready(self) -> bool:
         """Whether the index table exists (a database made by the migrations has it; tables made by
@@ -78,41 +100,97 @@ class FullTextIndex:
             self._ready = found is not None
         return self._ready
 
-    async def add(self, conn: AsyncConnection, entries: Sequence[tuple[str, str, str]]) -> None:
-        """Index (email id, owner, body text) entries in the caller's transaction (a present id is kept)."""
+    async def add(self, conn: AsyncConnection, entries: Sequence[tuple[str, str, str]],
+                  only_existing: bool = False) -> None:
+        """Index (email id, owner, body text) entries in the caller's transaction (a present id is kept).
+        With ``only_existing``, an entry is written only while a message row has its email id."""
         if not entries:
             return
+        exists = " WHERE EXISTS (SELECT 1 FROM mail_messages WHERE email_id = :email_id)" if only_existing else ""
         if self.postgres:
             await conn.execute(text(
                 f"INSERT INTO {TABLE} (email_id, owner, document) "
-                "VALUES (:email_id, :owner, to_tsvector('simple', :body)) ON CONFLICT (email_id) DO NOTHING"),
+                f"SELECT CAST(:email_id AS VARCHAR), CAST(:owner AS VARCHAR), to_tsvector('simple', CAST(:body AS TEXT)){exists} "
+                "ON CONFLICT (email_id) DO NOTHING"),
                 [{"email_id": e, "owner": owner_token(o), "body": fold(b[:MAX_INDEXED_CHARS])}
                  for e, o, b in entries])
             return
         await conn.execute(text(
-            f"INSERT OR IGNORE INTO {TABLE} (rowid, email_id, owner, body) VALUES (:rowid, :email_id, :owner, :body)"),
+            f"INSERT OR IGNORE INTO {TABLE} (rowid, email_id, owner, body) SELECT :rowid, :email_id, :owner, :body{exists}"),
             [{"rowid": rowid_of(e), "email_id": e, "owner": owner_token(o), "body": b[:MAX_INDEXED_CHARS]}
              for e, o, b in entries])
 
-    async def remove_unreferenced(self, conn: AsyncConnection, email_ids: Iterable[str]) -> None:
-        """Drop the entries of these ids that no message row refers to any more (the last copy went)."""
-        ids = sorted(set(email_ids))
-        for start in range(0, len(ids), SQL_BATCH):
-            chunk = ids[start:start + SQL_BATCH]
-            names = ", ".join(f":e{n}" for n in range(len(chunk)))
-            params = {f"e{n}": value for n, value in enumerate(chunk)}
-            alive = {row[0] for row in await conn.execute(
-                text(f"SELECT DISTINCT email_id FROM mail_messages WHERE email_id IN ({names})"), params)}
-            dead = [value for value in chunk if value not in alive]
-            if not dead:
-                continue
-            if self.postgres:
-                await conn.execute(text(f"DELETE FROM {TABLE} WHERE email_id = :e"), [{"e": e} for e in dead])
-            else:
-                await conn.execute(text(f"DELETE FROM {TABLE} WHERE rowid = :r"), [{"r": rowid_of(e)} for e in dead])
+    def defer(self, entries: Sequence[tuple[str, str, bytes]], extract: Extract) -> None:
+        """Index (email id, owner, raw message) entries soon, in a batch of their own (``flush``)."""
+        room = MAX_DEFERRED - len(self._deferred)
+        if room < len(entries):
+            log.warning("full-text index: %d deferred entries not kept (over %d); the next search indexes them",
+                        len(entries) - max(room, 0), MAX_DEFERRED)
+        self._deferred.extend((e, o, raw, extract) for e, o, raw in entries[:max(room, 0)])
+        if self._deferred and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later(), name="fts-deferred")
+
+    async def _flush_later(self) -> None:
+        deadline = asyncio.get_running_loop().time() + DEFER_SECONDS
+        while self._deferred and len(self._deferred) < DEFER_BATCH and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        try:
+            await self.flush()
+        except Exception:  # the entries' messages are indexed by the next search's catch-up instead
+            log.exception("writing deferred full-text index entries failed")
+        if self._deferred:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later(), name="fts-deferred")
+
+    async def flush(self) -> None:
+        """Write every deferred entry now (batches of SQL_BATCH, one transaction each). An entry whose
+        message was expunged meanwhile is not written."""
+        async with self._flush_lock:
+            while self._deferred:
+                batch, self._deferred = self._deferred[:SQL_BATCH], self._deferred[SQL_BATCH:]
+
+                def texts(batch: list[tuple[str, str, bytes, Extract]] = batch) -> list[tuple[str, str, str]]:
+                    out = []
+                    for email_id, owner, raw, extract in batch:
+                        try:
+                            out.append((email_id, owner, extract(raw)))
+                        except Exception:  # an unparsable body is stored, just not searchable by its text
+                            continue
+                    return out
+
+                entries = await asyncio.to_thread(texts)
+                async with self.engine.begin() as conn:
+                    await self.add(conn, entries, only_existing=True)
+
+    async def close(self) -> None:
+        """Write what is deferred and stop the background writer (at service stop)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def _before_read(self) -> None:
+        # Also when the background writer has taken a batch and not committed it yet: flush waits
+        # for it (the lock), so no entry is in flight when the search reads.
+        if self._deferred or self._flush_lock.locked():
+            try:
+                await self.flush()
+            except Exception:  # what was not written is found missing by the catch-up of JMAP's search
+                log.exception("writing deferred full-text index entries before a search failed")
+
+    async def remove(self, conn: AsyncConnection, email_ids: Sequence[str]) -> None:
+        """Drop the entries of these ids (the store has found that their last copy went)."""
+        if not email_ids:
+            return
+        if self.postgres:
+            await conn.execute(text(f"DELETE FROM {TABLE} WHERE email_id = :e"), [{"e": e} for e in email_ids])
+        else:
+            await conn.execute(text(f"DELETE FROM {TABLE} WHERE rowid = :r"), [{"r": rowid_of(e)} for e in email_ids])
 
     async def indexed_among(self, email_ids: Sequence[str]) -> set[str]:
         """Those of ``email_ids`` that have an entry (looked up by key, in batches)."""
+        await self._before_read()
         found: set[str] = set()
         async with self.engine.connect() as conn:
             for start in range(0, len(email_ids), SQL_BATCH):
@@ -139,6 +217,7 @@ class FullTextIndex:
         words = terms(query)
         if not words:
             return None
+        await self._before_read()
         async with self.engine.connect() as conn:
             if self.postgres:
                 tsquery = " & ".join(f"{w}:*" for w in words)

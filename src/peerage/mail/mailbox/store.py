@@ -40,6 +40,7 @@ from peerage.mail.tables import (
     mail_mailboxes,
     mail_messages,
     mail_subscriptions,
+    mail_summaries,
     mail_uidvalidity,
 )
 
@@ -117,7 +118,8 @@ class MessageRow:
     # Its stable ids (RFC 8474 EMAILID and THREADID), the same in every copy and after a move.
     email_id: str = ""
     thread_id: str = ""
-    # The header facts list views need, as kept at delivery (read with the header; None if not kept).
+    # The header facts list views need, as kept at delivery (``mail_summaries``; read with the header
+    # unless left out; None if not kept).
     summary: bytes | None = None
 
     @property
@@ -179,7 +181,7 @@ def is_plain(raw: bytes, header: bytes) -> bool:
     return True
 
 
-def _row(record: object, with_header: bool, with_structure: bool = False) -> MessageRow:
+def _row(record: object, with_header: bool, with_structure: bool = False, with_summary: bool = False) -> MessageRow:
     r = record._mapping  # type: ignore[attr-defined]
     return MessageRow(
         uid=r["uid"],
@@ -195,7 +197,7 @@ def _row(record: object, with_header: bool, with_structure: bool = False) -> Mes
         basic_structure=r["basic_structure"] if with_structure else None,
         email_id=r["email_id"],
         thread_id=r["thread_id"],
-        summary=r["summary"] if with_header else None,
+        summary=r["summary"] if with_summary else None,
     )
 
 
@@ -238,7 +240,7 @@ _ROW_COLUMNS = (
     mail_messages.c.email_id,
     mail_messages.c.thread_id,
 )
-_ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain, mail_messages.c.summary)
+_ROW_COLUMNS_WITH_HEADER = (*_ROW_COLUMNS, mail_messages.c.header, mail_messages.c.plain)
 _STRUCTURE_COLUMNS = (mail_messages.c.structure, mail_messages.c.basic_structure)
 
 # Computes (BODYSTRUCTURE, BODY) for a message at delivery; None when they are not cached.
@@ -437,8 +439,7 @@ class MailboxStore:
             blobs = [row[0] for row in held]
             await self._delete_inline_bodies(conn, blobs)
             await conn.execute(delete(mail_messages).where(mail_messages.c.mailbox_id == info.id))
-            if indexed:
-                await self.search.remove_unreferenced(conn, [row[1] for row in held])
+            await self._forget(conn, [row[1] for row in held], indexed)
             await conn.execute(delete(mail_expunged).where(mail_expunged.c.mailbox_id == info.id))
             await conn.execute(delete(mail_mailboxes).where(mail_mailboxes.c.id == info.id))
             if info.subscribed:
@@ -545,12 +546,15 @@ class MailboxStore:
         mailbox_id: int,
         messages: Sequence[tuple[bytes, tuple[str, ...], float | None, int]],
         durable: bool = True,
+        index_later: bool = False,
     ) -> list[tuple[int, int]]:
         """Store messages in one transaction; returns (uid, uidvalidity) of each, in order.
 
         Bodies below ``INLINE_BODY_LIMIT`` go into their rows; larger ones are written to files
         (fsynced) first. All are in once the commit returns, or none (orphan files aside, which
-        ``collect_orphans`` removes).
+        ``collect_orphans`` removes). The full-text index entries are written in the same
+        transaction, or with ``index_later`` (SMTP delivery) in a batch soon after it
+        (``FullTextIndex.defer``; every search writes them first).
         """
         prepared = []
         for raw, flags, internal_date, zone in messages:
@@ -570,7 +574,8 @@ class MailboxStore:
             prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure,
                              email_id, objectid.thread_id(header, email_id), summary))
         searchable: list[tuple[str, str]] = []
-        if self.extract is not None and await self.search.ready():
+        defer = index_later and self.extract is not None and await self.search.ready()
+        if self.extract is not None and not defer and await self.search.ready():
             for item in prepared:
                 try:
                     searchable.append((item[7], self.extract(item[0])))
@@ -617,6 +622,9 @@ class MailboxStore:
                 now = time.time()
                 if inline:
                     await conn.execute(insert(mail_bodies), inline)
+                summaries = [{"email_id": item[7], "summary": item[9]} for item in prepared if item[9] is not None]
+                if summaries:
+                    await conn.execute(insert(mail_summaries), summaries)
                 await conn.execute(
                     insert(mail_messages),
                     [
@@ -635,7 +643,6 @@ class MailboxStore:
                             "basic_structure": item[6][1],
                             "email_id": item[7],
                             "thread_id": item[8],
-                            "summary": item[9],
                         }
                         for index, item in enumerate(prepared)
                     ],
@@ -644,6 +651,9 @@ class MailboxStore:
             if written:
                 await asyncio.to_thread(self._remove_blobs, written)
             raise
+        if defer:
+            assert self.extract is not None
+            self.search.defer([(item[7], owner, item[0]) for item in prepared], self.extract)
         self.notifier.publish(mailbox_id)
         return [(first_uid + index, uidvalidity) for index in range(len(prepared))]
 
@@ -675,12 +685,21 @@ class MailboxStore:
         uids: Sequence[int] | None,
         with_header: bool = False,
         with_structure: bool = False,
+        with_summary: bool | None = None,
     ) -> list[MessageRow]:
-        """Rows for ``uids`` (all when None), in UID order, read in batches (bodies: ``read_bodies``)."""
+        """Rows for ``uids`` (all when None), in UID order, read in batches (bodies: ``read_bodies``).
+        ``with_summary`` (default: as ``with_header``) joins the list-view facts (``mail_summaries``);
+        IMAP, which never reads them, leaves them out."""
         columns = _ROW_COLUMNS_WITH_HEADER if with_header else _ROW_COLUMNS
         if with_structure:
             columns = (*columns, *_STRUCTURE_COLUMNS)
+        summary = with_header if with_summary is None else with_summary
+        if summary:
+            columns = (*columns, mail_summaries.c.summary)
         base = select(*columns).where(mail_messages.c.mailbox_id == mailbox_id)
+        if summary:
+            base = base.select_from(mail_messages.outerjoin(
+                mail_summaries, mail_summaries.c.email_id == mail_messages.c.email_id))
         async with self.engine.connect() as conn:
             if uids is None or len(uids) > FULL_SCAN_THRESHOLD:
                 query = base
@@ -689,7 +708,7 @@ class MailboxStore:
                         mail_messages.c.uid.between(min(uids), max(uids))
                     )
                 rows = [
-                    _row(r, with_header, with_structure)
+                    _row(r, with_header, with_structure, summary)
                     for r in await conn.execute(query.order_by(mail_messages.c.uid))
                 ]
                 if uids is not None:
@@ -699,7 +718,7 @@ class MailboxStore:
             result: list[MessageRow] = []
             for chunk in _chunks(sorted(uids)):
                 result.extend(
-                    _row(r, with_header, with_structure)
+                    _row(r, with_header, with_structure, summary)
                     for r in await conn.execute(
                         base.where(mail_messages.c.uid.in_(chunk)).order_by(mail_messages.c.uid)
                     )
@@ -830,8 +849,7 @@ class MailboxStore:
             gone = [row.uid for row in doomed]
             await self._delete_rows(conn, mailbox_id, doomed, modseq)
             await self._delete_inline_bodies(conn, [row.blob for row in doomed])
-            if indexed:
-                await self.search.remove_unreferenced(conn, [row.email_id for row in doomed])
+            await self._forget(conn, [row.email_id for row in doomed], indexed)
         await asyncio.to_thread(self._remove_blobs, [row.blob for row in doomed])
         self.notifier.publish(mailbox_id)
         return gone
@@ -880,7 +898,6 @@ class MailboxStore:
                             # A copy is the same message (RFC 8474 §5.1: COPY keeps the EMAILID).
                             "email_id": row.email_id,
                             "thread_id": row.thread_id,
-                            "summary": row.summary,
                         }
                         for index, row in enumerate(rows)
                     ],
@@ -971,17 +988,18 @@ class MailboxStore:
             )
             return Changes(changed, expunged, box[0], box[1])
 
-    async def save_summaries(self, mailbox_id: int, items: Sequence[tuple[int, bytes]]) -> None:
-        """Keep the header facts of messages stored without them (``summary``), by UID."""
+    async def save_summaries(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Keep the header facts of messages stored without them, by email id (one already kept, by
+        another session or node meanwhile, stays)."""
         if not items:
             return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(mail_messages)
-                .where(and_(mail_messages.c.mailbox_id == mailbox_id, mail_messages.c.uid == bindparam("b_uid")))
-                .values(summary=bindparam("b_summary")),
-                [{"b_uid": uid, "b_summary": summary} for uid, summary in items],
-            )
+            await conn.execute(upsert(mail_summaries).on_conflict_do_nothing(),
+                               [{"email_id": email_id, "summary": summary} for email_id, summary in dict(items).items()])
 
     async def expunged_since(self, mailbox_id: int, modseq: int, until: int | None = None) -> list[Expunged]:
         """The expunge records of a mailbox with a mod-sequence above ``modseq`` (and at most ``until``),
@@ -1127,6 +1145,21 @@ class MailboxStore:
             [{"mailbox_id": mailbox_id, "uid": row.uid, "modseq": modseq, "email_id": row.email_id,
               "thread_id": row.thread_id} for row in rows],
         )
+
+    async def _forget(self, conn: AsyncConnection, email_ids: Iterable[str], indexed: bool) -> None:
+        """Drop what is kept per email id (list-view facts, full-text entry) for the ids among
+        ``email_ids`` that no message row refers to any more (their last copy went)."""
+        ids = sorted(set(email_ids))
+        for start in range(0, len(ids), SQL_BATCH):
+            chunk = ids[start:start + SQL_BATCH]
+            alive = {row[0] for row in await conn.execute(
+                select(mail_messages.c.email_id).distinct().where(mail_messages.c.email_id.in_(chunk)))}
+            dead = [value for value in chunk if value not in alive]
+            if not dead:
+                continue
+            await conn.execute(delete(mail_summaries).where(mail_summaries.c.email_id.in_(dead)))
+            if indexed:
+                await self.search.remove(conn, dead)
 
     async def _delete_inline_bodies(self, conn: AsyncConnection, names: Sequence[str]) -> None:
         """Delete the ``mail_bodies`` rows among ``names``, in the caller's transaction."""

@@ -57,6 +57,12 @@ class LocalDelivery:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        from peerage.mail import mailbox
+
+        try:
+            await mailbox.store_for(self.host).search.close()
+        except Exception:  # the catch-up of the next search indexes what was not written
+            log.exception("writing the deferred full-text index entries at stop failed")
         for item in self._pending:
             if not item.done.done():
                 item.done.set_exception(RuntimeError("mail service stopping"))
@@ -132,7 +138,9 @@ class LocalDelivery:
         for (owner, folder), items in groups.items():
             try:
                 box_id = await self._mailbox_id(store, owner, folder)
-                await store.append_many(box_id, [(item.data, item.flags, None, 0) for item in items])
+                # The full-text index entries follow in batches of their own (peerage.mail.mailbox.search).
+                await store.append_many(box_id, [(item.data, item.flags, None, 0) for item in items],
+                                        index_later=True)
             except Exception:
                 self._box_ids.pop((owner, folder), None)
                 log.exception("batched delivery to %s/%s failed; delivering one by one", owner, folder)
