@@ -10,7 +10,11 @@ STORE 1:1000 +FLAGS/-FLAGS (\\Flagged). The first round warms caches and indexes
 reported separately; the figure per operation is the median of the warm rounds. Prints a table and
 appends a section to bench/RESULTS.md.
 
-    python3 bench/imap/run.py [--messages 10000] [--rounds 7] [--no-write]
+With ``--baseline-src DIR`` (an earlier ``src/`` tree, e.g. ``git archive REV src | tar -x -C DIR``), a
+second peerage runs from that tree on its own address with the same messages, in the same rounds, so a
+change is measured against its predecessor under the same load on the machine.
+
+    python3 bench/imap/run.py [--messages 10000] [--rounds 7] [--baseline-src DIR] [--no-write]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import describe as machine  # noqa: E402
 
 PEERAGE_ADDRESS = "127.0.5.251"
+BASELINE_ADDRESS = "127.0.5.253"
 DOVECOT_ADDRESS = "127.0.5.252"
 USER = "alice@example.org"
 PASSWORD = "bench-password-2026"
@@ -94,7 +99,12 @@ def generate(count: int) -> list[bytes]:
 # -- peerage, in its own process ------------------------------------------------------------
 
 
-def serve_peerage(workdir: Path, count: int) -> None:
+def serve_peerage(workdir: Path, count: int, address: str = PEERAGE_ADDRESS, source: Path | None = None) -> None:
+    if source is not None:
+        # The earlier tree's peerage, not this checkout's (nothing of peerage is imported yet).
+        sys.path.insert(0, str(source))
+    import importlib.util
+
     from peerage.config import config_from_dict
     from peerage.mail.imap.service import ImapService
     from peerage.mail.mailbox import mailbox_owner, store_for
@@ -105,9 +115,10 @@ def serve_peerage(workdir: Path, count: int) -> None:
             "server": {"data_dir": str(workdir / "peerage-data"), "log_level": "warning"},
             "domain": [{"name": "example.org", "cert": str(workdir / "cert.pem"), "key": str(workdir / "key.pem")}],
             "xmpp": {"enabled": False}, "sip": {"enabled": False}, "smtp": {"enabled": False},
-            "imap": {"enabled": True, "listen": [], "tls_listen": [f"{PEERAGE_ADDRESS}:993"]},
-            "sieve": {"listen": []},  # no ManageSieve on the wildcard 0.0.0.0:4190 default
+            "imap": {"enabled": True, "listen": [], "tls_listen": [f"{address}:993"]},
         }
+        if importlib.util.find_spec("peerage.mail.sieve") is not None:  # trees before Sieve lack the section
+            raw["sieve"] = {"listen": []}  # no ManageSieve on the wildcard 0.0.0.0:4190 default
         host = Host(config_from_dict(raw, workdir / "peerage.toml"))
         await host.open()
         if not await host.accounts.exists(USER):
@@ -137,9 +148,12 @@ def serve_peerage(workdir: Path, count: int) -> None:
         asyncio.run(main())
 
 
-def start_peerage(workdir: Path, count: int) -> subprocess.Popen[bytes]:
+def start_peerage(workdir: Path, count: int, address: str = PEERAGE_ADDRESS,
+                  source: Path | None = None) -> subprocess.Popen[bytes]:
+    workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve-peerage", str(workdir), "--messages", str(count)],
+        [sys.executable, __file__, "--serve-peerage", str(workdir), "--messages", str(count), "--address", address,
+         *(["--peerage-src", str(source)] if source is not None else [])],
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -266,10 +280,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also run peerage from this earlier src/ tree, for a before/after figure")
     parser.add_argument("--serve-peerage", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--address", default=PEERAGE_ADDRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--peerage-src", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_peerage:
-        serve_peerage(args.serve_peerage, args.messages)
+        serve_peerage(args.serve_peerage, args.messages, args.address, args.peerage_src)
         return
 
     from peerage.net.tls import generate_self_signed
@@ -278,14 +296,23 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="peerage-imap-bench-"))
     generate_self_signed("example.org", workdir / "cert.pem", workdir / "key.pem")
     messages = generate(args.messages)
-    peerage = dovecot = None
+    peerage = dovecot = baseline = None
     results: dict[str, dict[str, list[float]]] = {"peerage": {}, "dovecot": {}}
     cold: dict[str, dict[str, float]] = {}
+    servers = [("peerage", PEERAGE_ADDRESS), ("dovecot", DOVECOT_ADDRESS)]
     try:
         peerage = start_peerage(workdir, args.messages)
+        if args.baseline_src is not None:
+            # The same messages (same generator seed) in the earlier tree's own data directory.
+            (workdir / "before").mkdir()
+            for name in ("cert.pem", "key.pem"):
+                shutil.copy(workdir / name, workdir / "before" / name)
+            baseline = start_peerage(workdir / "before", args.messages, BASELINE_ADDRESS, args.baseline_src.resolve())
+            results["before"] = {}
+            servers.insert(0, ("before", BASELINE_ADDRESS))
         dovecot = start_dovecot(workdir, messages)
         for round_number in range(args.rounds + 1):
-            for name, address in (("peerage", PEERAGE_ADDRESS), ("dovecot", DOVECOT_ADDRESS)):
+            for name, address in servers:
                 timings = workload(address, round_number, args.messages)
                 if round_number == 0:
                     cold[name] = timings
@@ -293,7 +320,7 @@ def main() -> None:
                 for op, seconds in timings.items():
                     results[name].setdefault(op, []).append(seconds)
     finally:
-        for process in (peerage, dovecot):
+        for process in (peerage, baseline, dovecot):
             if process is not None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -310,9 +337,15 @@ def main() -> None:
         rows.append((op, ours, theirs, ours / theirs if theirs else float("inf"),
                      cold["peerage"][op], cold["dovecot"][op]))
     header = "| operation | peerage (s) | Dovecot (s) | ratio | first round peerage / Dovecot (s) |"
-    lines = [header, "|---|---|---|---|---|"]
+    if "before" in results:
+        header += " peerage before (s) / ratio |"
+    lines = [header, "|---|---|---|---|---|" + ("---|" if "before" in results else "")]
     for op, ours, theirs, ratio, cold_ours, cold_theirs in rows:
-        lines.append(f"| {op} | {ours:.4f} | {theirs:.4f} | {ratio:.2f}x | {cold_ours:.4f} / {cold_theirs:.4f} |")
+        line = f"| {op} | {ours:.4f} | {theirs:.4f} | {ratio:.2f}x | {cold_ours:.4f} / {cold_theirs:.4f} |"
+        if "before" in results:
+            earlier = statistics.median(results["before"][op])
+            line += f" {earlier:.4f} / {earlier / statistics.median(results['dovecot'][op]):.2f}x |"
+        lines.append(line)
     table = "\n".join(lines)
     print(table)
     if args.no_write:
@@ -327,7 +360,10 @@ def main() -> None:
         f"+/-FLAGS. Median of {args.rounds} warm rounds; the first (cold) round is shown apart. The times "
         f"include the client's own parsing, which is the same for both. 1-minute load average "
         f"{load_before:.1f} before, {load_after:.1f} after (above about 1, other work shared the cores). "
-        f"Target: each ratio <= 1.5.\n\n{table}\n"
+        f"Target: each ratio <= 1.5."
+        + (f" `peerage before` is the tree given with `--baseline-src` ({args.baseline_src.name}), run in the "
+           "same rounds on the same messages; its ratio is to the same Dovecot figures." if args.baseline_src else "")
+        + f"\n\n{table}\n"
     )
     results_path = ROOT / "bench" / "RESULTS.md"
     with open(results_path, "a", encoding="utf-8") as handle:
