@@ -97,3 +97,33 @@ async def test_list_facts_are_shared_by_copies_and_go_with_the_last(host: Any) -
     assert await summaries(host) == 1  # the copy in Archive still has them
     await store.delete_mailbox(owner, "Archive")
     assert await summaries(host) == 0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def mailstore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    from peerage.mail.jmap.mime import searchable_text
+    from peerage.mail.mailbox import MailboxStore
+    from peerage.store import Store
+    from tests.harness.postgres import empty_database
+
+    async with empty_database(request, tmp_path, "peerage_fts_defer") as url:
+        database = Store(url)
+        await database.migrate()
+        try:
+            yield MailboxStore(database.engine, tmp_path, extract=searchable_text)
+        finally:
+            await database.close()
+
+
+async def test_deferred_entries_on_both_databases(mailstore: Any) -> None:
+    inbox = await mailstore.get_mailbox(USER, "INBOX")
+    assert inbox is not None
+    placed = await mailstore.append_many(inbox.id, [(message(n, "persimmon"), (), None, 0) for n in range(3)],
+                                         index_later=True)
+    gone = await mailstore.append_many(inbox.id, [(message(9, "loquat"), (), None, 0)], index_later=True)
+    await mailstore.store_flags(inbox.id, [gone[0][0]], "add", ["\\Deleted"])
+    await mailstore.expunge(inbox.id)
+    ids = {row.email_id for row in await mailstore.messages(inbox.id, [uid for uid, _ in placed])}
+    assert await mailstore.search.match(USER, "persimmon") == ids
+    assert await mailstore.search.match(USER, "loquat") == set()
+    await mailstore.search.close()
