@@ -2,8 +2,8 @@
 (RFC 9051 §9 ATOM-CHAR), section numbers inside a message/rfc822 part (RFC 9051 §6.4.5), address
 groups and empty Sender/Reply-To in ENVELOPE (RFC 9051 §7.5.2), LIST's unknown options (RFC 5258 §3),
 LSUB's \\Noselect parent (RFC 3501 §6.3.9), MOVE into the selected mailbox (RFC 6851 §3.3), and
-the UID in every FETCH response under QRESYNC (RFC 7162 §3.2), and the mailbox's keywords in
-PERMANENTFLAGS (RFC 9051 §7.1)."""
+the UID in every FETCH response under QRESYNC (RFC 7162 §3.2), only known messages in VANISHED
+(RFC 7162 §3.2.10), and the mailbox's keywords in PERMANENTFLAGS (RFC 9051 §7.1)."""
 
 from __future__ import annotations
 
@@ -387,4 +387,47 @@ async def test_permanentflags_lists_the_mailbox_keywords(imap: ImapHost) -> None
     # EXAMINE: nothing can be changed.
     untagged, _ = await raw.command("EXAMINE permanent")
     assert b"* OK [PERMANENTFLAGS ()] Read-only mailbox" in untagged, untagged
+    raw.writer.close()
+
+
+async def test_vanished_names_only_messages_the_session_knows(imap: ImapHost) -> None:
+    # RFC 7162 §3.2.10: VANISHED (without EARLIER) lowers the client's message count per UID, so a
+    # message the session was never told of (here: appended as \Deleted by another client between
+    # this session's last report and its EXPUNGE) must not appear in it.
+    from peerage.mail.mailbox import mailbox_owner, store_for
+    from tests.imap.conftest import USER
+
+    raw = await login(imap)
+    await raw.command("CREATE vanished")
+    for number in (1, 2):
+        await _append_to(raw, "vanished", b"Subject: %d\r\n\r\nbody\r\n" % number)
+    await raw.command("ENABLE QRESYNC")
+    await raw.command("SELECT vanished")
+    untagged, _ = await raw.command("UID FETCH 1:* FLAGS")
+    known = sorted(int(m.group(1)) for line in untagged if (m := re.search(rb"UID (\d+)", line)))
+    store = store_for(imap.host)
+    mailbox = await store.get_mailbox(mailbox_owner(USER), "vanished")
+    assert mailbox is not None
+    real_expunge = store.expunge
+    unseen: list[int] = []
+
+    async def expunge_after_an_append(mailbox_id: int, uids: object = None) -> list[int]:
+        # Another client's APPEND lands between the session's change report and its EXPUNGE.
+        uid, _ = await store.append(mailbox.id, b"Subject: late\r\n\r\nbody\r\n", ("\\Deleted",))
+        unseen.append(uid)
+        return await real_expunge(mailbox_id, uids)  # type: ignore[arg-type]
+
+    await raw.command(f"UID STORE {known[0]} +FLAGS (\\Deleted)")
+    store.expunge = expunge_after_an_append  # type: ignore[method-assign]
+    try:
+        untagged, done = await raw.command("EXPUNGE")
+    finally:
+        store.expunge = real_expunge  # type: ignore[method-assign]
+    assert b" OK " in done and unseen, (untagged, done)
+    assert untagged == [b"* VANISHED %d" % known[0]], (untagged, unseen)
+    # The session's count is right: one message left, and nothing more to report.
+    untagged, _ = await raw.command("NOOP")
+    assert not any(b"EXISTS" in line or b"VANISHED" in line for line in untagged), untagged
+    untagged, _ = await raw.command("SEARCH RETURN (COUNT) ALL")
+    assert untagged[-1].endswith(b"COUNT 1"), untagged
     raw.writer.close()

@@ -455,11 +455,14 @@ class ImapSession:
             return
         selected.recent.difference_update(uids)
         if "QRESYNC" in self.enabled:
-            for uid in uids:
-                index = selected.seq_of(uid) - 1
-                if index >= 0:
-                    del selected.uids[index]
-            self.untagged("VANISHED " + format_sequence_set(list(uids)))
+            # RFC 7162 §3.2.10: VANISHED without EARLIER lowers the client's message count by one a
+            # UID, so it names only messages this session has announced. EXPUNGE can remove a
+            # \Deleted message another session appended after this one last reported changes.
+            known = [uid for uid in uids if selected.seq_of(uid)]
+            for uid in known:
+                del selected.uids[selected.seq_of(uid) - 1]
+            if known:
+                self.untagged("VANISHED " + format_sequence_set(known))
             return
         for uid in sorted(uids, reverse=True):
             seq = selected.seq_of(uid)
