@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Integer, LargeBinary, cast, delete, insert, literal, null, select, union_all, update
 
 from peerage.identity.address import Address, AddressError, normalize_domain, parse_address
 from peerage.identity.credential_events import DELETED, RESET, WEB_SESSION, CredentialEvents
@@ -227,25 +227,46 @@ class AccountService:
     async def scram(self, address: str | Address, hash_name: str, *,
                     protocol: str | None = None) -> ScramCredential | None:
         """The account's SCRAM credential; app passwords, and with ``protocol`` that protocol's live login
-        tokens, are its alternates."""
+        tokens, are its alternates.
+
+        One statement (the account's keys, then its app passwords' and live tokens' keys, as a UNION
+        ALL): this is every SCRAM login's lookup, and each statement is a round trip to the database
+        (a thread hop with SQLite), which a login otherwise paid three times, each in a transaction.
+        """
         prefix = {"SHA-1": "scram_sha1", "SHA-256": "scram_sha256"}.get(hash_name)
         if prefix is None:
             return None
-        row = await self._row(address)
-        if row is None:
+        try:
+            addr = parse_address(address) if isinstance(address, str) else address
+        except AddressError:
             return None
+        if addr.domain not in self.domains:
+            return None
+        account = str(addr)
+        stored, server = f"{prefix}_stored_key", f"{prefix}_server_key"
+        parts = [
+            select(literal(0).label("kind"), accounts.c.scram_salt.label("salt"),
+                   accounts.c.scram_iterations.label("iterations"), accounts.c[stored].label("stored"),
+                   accounts.c[server].label("server")).where(accounts.c.address == account),
+            select(literal(1), cast(null(), LargeBinary), cast(null(), Integer), app_passwords.c[stored],
+                   app_passwords.c[server]).where(app_passwords.c.account == account),
+        ]
+        if protocol:
+            parts.append(self.tokens.scram_keys_query(account, protocol, prefix, kind=2))
         async with self.store.begin() as conn:
-            devices = (await conn.execute(
-                select(app_passwords.c[f"{prefix}_stored_key"], app_passwords.c[f"{prefix}_server_key"])
-                .where(app_passwords.c.account == row.address))).all()
-        tokens = await self.tokens.scram_keys(row.address, protocol, hash_name) if protocol else []
+            rows = (await conn.execute(union_all(*parts))).all()
+        main = next((row for row in rows if row[0] == 0), None)
+        if main is None:
+            return None
+        # Alternates in the order the separate lookups gave: app passwords, then login tokens.
+        alternates = sorted((row for row in rows if row[0] != 0), key=lambda row: row[0])
         return ScramCredential(
             hash_name,
-            bytes(row.scram_salt),
-            row.scram_iterations,
-            bytes(getattr(row, f"{prefix}_stored_key")),
-            bytes(getattr(row, f"{prefix}_server_key")),
-            tuple((bytes(d[0]), bytes(d[1])) for d in devices) + tuple(tokens),
+            bytes(main[1]),
+            main[2],
+            bytes(main[3]),
+            bytes(main[4]),
+            tuple((bytes(row[3]), bytes(row[4])) for row in alternates),
         )
 
     async def sip_ha1(self, address: str | Address, algorithm: str) -> str | None:

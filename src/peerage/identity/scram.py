@@ -12,6 +12,7 @@ connection (`tls-exporter`, `tls-server-end-point`). The gs2 flag 'y' from a cli
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -67,8 +68,12 @@ def _decode_saslname(value: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=64)
 def tls_server_end_point(certificate_der: bytes) -> bytes:
-    """RFC 5929 §4.1: hash of the certificate; MD5 and SHA-1 signatures are hashed with SHA-256."""
+    """RFC 5929 §4.1: hash of the certificate; MD5 and SHA-1 signatures are hashed with SHA-256.
+
+    Cached: a server presents the same few certificates on every connection, and parsing one is
+    most of this function's cost on each login."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import Integer, LargeBinary, Select, and_, cast, delete, insert, literal, null, select
 
 from peerage.identity.credentials import SCRAM_HASHES, prepare_password, scram_credential
 from peerage.identity.tables import login_tokens
@@ -111,11 +111,19 @@ class LoginTokens:
         if prefix is None:
             return []
         async with self.store.begin() as conn:
-            rows = (await conn.execute(select(login_tokens.c[f"{prefix}_stored_key"],
-                                              login_tokens.c[f"{prefix}_server_key"]).where(
-                login_tokens.c.account == account, login_tokens.c.protocol == protocol,
-                login_tokens.c.expires >= self._clock()))).all()
-        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+            rows = (await conn.execute(self.scram_keys_query(account, protocol, prefix))).all()
+        return [(bytes(r[-2]), bytes(r[-1])) for r in rows]
+
+    def scram_keys_query(self, account: str, protocol: str, prefix: str, *, kind: int | None = None) -> Select[Any]:
+        """The SELECT of ``scram_keys`` (``prefix`` is ``scram_sha1`` or ``scram_sha256``); with ``kind``,
+        the rows lead with that constant and two NULLs (salt, iterations), to be one part of
+        ``AccountService.scram``'s UNION ALL."""
+        keys = (login_tokens.c[f"{prefix}_stored_key"], login_tokens.c[f"{prefix}_server_key"])
+        columns: tuple[Any, ...] = keys if kind is None else (
+            literal(kind), cast(null(), LargeBinary), cast(null(), Integer), *keys)
+        return select(*columns).where(
+            login_tokens.c.account == account, login_tokens.c.protocol == protocol,
+            login_tokens.c.expires >= self._clock())
 
     async def web_session_of(self, account: str, protocol: str, key: bytes | str) -> str | None:
         """The web session that was given the live token a login just used: ``key`` is the SCRAM

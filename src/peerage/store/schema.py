@@ -97,10 +97,14 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
 
 
 def load_all_tables() -> MetaData:
+    """The metadata with every protocol's tables declared. Each module in PROTOCOL_TABLE_MODULES
+    is part of the package: one that cannot be imported is an error, never a schema silently
+    missing its tables (the migrations and schema checks would then disagree with the code)."""
     for module in PROTOCOL_TABLE_MODULES:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+            if exc.name is None or not (module == exc.name or module.startswith(f"{exc.name}.")):
+                raise  # the module is there; something it imports is not
+            raise RuntimeError(f"table module {module} is missing from the installation") from exc
     return metadata

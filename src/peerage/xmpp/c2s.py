@@ -43,6 +43,7 @@ from peerage.xmpp.c2s_stream import (
     Restart,
     Send,
     StartTls,
+    State,
     serialize_top,
 )
 from peerage.xmpp.features.csi import CSI_NS
@@ -131,9 +132,9 @@ class C2SConnection(asyncio.Protocol):
         self.peer_ip = ""
         self.tls: TlsLayer | None = None
         self.parser = XmlStreamParser(service.max_stanza_size)
-        self.stream = C2SStream(tls=direct_tls, tls_available=service.tls_available,
-                                hosted=service.router.is_hosted, features=service.stream_features,
-                                default_domain=service.default_domain, pre_auth=service.pre_auth_features)
+        hosted, features, pre_auth = service.stream_callbacks  # bound once, shared by every stream
+        self.stream = C2SStream(tls=direct_tls, tls_available=service.tls_available, hosted=hosted,
+                                features=features, default_domain=service.default_domain, pre_auth=pre_auth)
         self.closing = False
         #: what a c2s-pre-auth-iq handler keeps for this stream (a XEP-0401 invitation token)
         self.pre_auth: Any = None
@@ -365,7 +366,11 @@ class C2SConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _channel_bindings(self) -> dict[str, bytes]:
+    def _channel_bindings(self) -> dict[str, bytes] | None:
+        """The TLS channel bindings for the SASL exchange; None once there is none to come (the
+        stream after SASL keeps none: they are worked out for the header that offers SASL only)."""
+        if self.stream.state is not State.AUTH:
+            return None
         if self.tls is None or not self.tls.handshake_done:
             return {}
         return self.tls.channel_bindings(self.service.host.tls.certificate_der(self.stream.domain or ""))

@@ -71,6 +71,10 @@ STREAM_ID_BYTES = 16
 MAX_PRE_AUTH_IQS = 10
 
 
+#: Shared by every stream without channel bindings (never mutated: ``opened`` replaces it).
+_NO_BINDINGS: dict[str, bytes] = {}
+
+
 class State(enum.Enum):
     TLS = "tls"
     AUTH = "auth"
@@ -221,7 +225,7 @@ class C2SStream:
         self.pre_auth_iqs = 0
         self.default_domain = default_domain
         #: TLS channel bindings of the connection (RFC 9266, RFC 5929), known once TLS is up.
-        self.bindings: dict[str, bytes] = {}
+        self.bindings: dict[str, bytes] = _NO_BINDINGS
         self.state = State.AUTH if tls else State.TLS
         self.domain: str | None = None
         self.authenticated: str | None = None  # bare JID after SASL
@@ -382,6 +386,7 @@ class C2SStream:
             self.authenticated = account
             login_key = self.exchange.matched_alternate if self.exchange is not None else None
             self.exchange = None
+            self.bindings = _NO_BINDINGS  # needed for SASL only; an idle stream keeps none
             self.state = State.BIND
             self.header_sent = False
             success = Element("success", SASL_NS, children=[_b64(step.data)] if step.data else [])

@@ -128,11 +128,18 @@ class XmppService:
         #: ``ack_gate(session)`` -> awaitable or None. None on a single server (answered at once); a
         #: cluster node waits until what was counted is stored (peerage.cluster.xmpp).
         self.ack_gate: Callable[[Any], Awaitable[None] | None] | None = None
+        #: What every client stream's state machine is given (``C2SStream``'s ``hosted``,
+        #: ``features`` and ``pre_auth``), bound once: a bound method made per connection is three
+        #: more objects for each of thousands of idle streams.
+        self.stream_callbacks = (router.is_hosted, self.stream_features, self.pre_auth_features)
         self.tls_available = host.tls.available
         self._tls_context = host.tls.server_context() if self.tls_available else None
         self.s2s = S2SService(host, router)
         await self.s2s.start()
         if getattr(host, "cluster", None) is not None:
+            # Another node may store offline messages for an account unseen here: every login
+            # reads its queue (XmppStorage.empty_offline is a single server's shortcut).
+            self.storage.empty_offline = None
             host.cluster.attach_xmpp(self)  # peerage.cluster: sessions on other nodes, failover
         self.servers += await start_listeners(
             "xmpp-client", "[xmpp] c2s_listen", config.c2s_listen,

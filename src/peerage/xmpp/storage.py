@@ -62,12 +62,26 @@ class ArchivedMessage:
 MAX_REMOVED_ITEMS = 1000
 
 
+#: Accounts remembered as having an empty offline queue (``XmppStorage.empty_offline``); beyond,
+#: the set starts again (a few MB at most for the bound).
+MAX_KNOWN_EMPTY_OFFLINE = 100_000
+
+
 class XmppStorage:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         #: domains whose archives their own module expires (peerage.xmpp.muc: the rooms of
         #: conference.DOMAIN, by [muc] archive_expires_days); expire_archive leaves them alone
         self.expired_elsewhere: frozenset[str] = frozenset()
+        #: Accounts whose offline queue is known to be empty: read empty here, and nothing stored
+        #: for them since (``store_offline`` clears an entry, after its commit as well as before).
+        #: Every login's first presence reads the queue; almost always it is empty, and this spares
+        #: that query. Only valid while this process is the one writer of the queue: a cluster,
+        #: where another node stores for an account unseen by this one, sets it to None (off).
+        self.empty_offline: set[str] | None = set()
+        #: Bumped by every ``store_offline``: a read that began before a store does not mark the
+        #: queue empty (its answer may predate the row).
+        self._offline_writes = 0
 
     # --- roster (RFC 6121 section 2, XEP-0237) --------------------------------------------------
     async def load_roster(self, owner: str) -> tuple[int, dict[str, RosterItem]]:
@@ -154,21 +168,40 @@ class XmppStorage:
 
     # --- offline messages (XEP-0160) --------------------------------------------------------------
     async def offline_count(self, owner: str) -> int:
+        known_empty = self.empty_offline
+        if known_empty is not None and owner in known_empty:
+            return 0
         async with self.engine.connect() as conn:
             return int((await conn.execute(
                 select(func.count()).select_from(xmpp_offline).where(xmpp_offline.c.owner == owner)
             )).scalar() or 0)
 
     async def store_offline(self, owner: str, stanza: str) -> None:
+        self._offline_stored(owner)
         async with self.engine.begin() as conn:
             await conn.execute(insert(xmpp_offline).values(owner=owner, stamp=time.time(), stanza=stanza))
+        self._offline_stored(owner)  # a read that ran during the commit must not mark it empty
+
+    def _offline_stored(self, owner: str) -> None:
+        self._offline_writes += 1
+        if self.empty_offline is not None:
+            self.empty_offline.discard(owner)
 
     async def take_offline(self, owner: str) -> list[tuple[int, str]]:
+        known_empty = self.empty_offline
+        if known_empty is not None and owner in known_empty:
+            return []
+        writes = self._offline_writes
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
                 select(xmpp_offline.c.id, xmpp_offline.c.stanza)
                 .where(xmpp_offline.c.owner == owner).order_by(xmpp_offline.c.id)
             )).all()
+        known_empty = self.empty_offline
+        if not rows and known_empty is not None and writes == self._offline_writes:
+            if len(known_empty) >= MAX_KNOWN_EMPTY_OFFLINE:
+                known_empty.clear()  # forgetting only costs a query at the next login
+            known_empty.add(owner)
         return [(row.id, row.stanza) for row in rows]
 
     async def delete_offline(self, owner: str, up_to_id: int) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select
 
+from peerage.config import PushConfig
 from peerage.xmpp.extables import push_registrations
 from peerage.xmpp.features import Feature, IqContext, hook_iq, result
 from peerage.xmpp.features.offline import OfflineStored
@@ -66,6 +67,9 @@ MAX_BODY_PREVIEW = 256
 #: Notifications waiting for their answer, over all accounts: beyond, the oldest is counted as failed.
 MAX_PENDING = 10_000
 
+
+#: The settings without a host (in-process tests): the defaults.
+_DEFAULT_CONFIG = PushConfig()
 
 #: Payloads that make a message worth a notification besides a body: OMEMO (both versions).
 ENCRYPTED = (("encrypted", "eu.siacs.conversations.axolotl"), ("encrypted", "urn:xmpp:omemo:2"))
@@ -109,11 +113,9 @@ class Push(Feature):
         self._ids = itertools.count(1)
 
     @property
-    def config(self) -> Any:
-        from peerage.config import PushConfig
-
+    def config(self) -> PushConfig:
         host = self.ctx.host
-        return host.config.xmpp.push if host is not None else PushConfig()
+        return host.config.xmpp.push if host is not None else _DEFAULT_CONFIG
 
     @property
     def engine(self) -> Any:
@@ -175,12 +177,22 @@ class Push(Feature):
         return None
 
     def _to_waiting_session(self, event: StanzaEvent) -> Any:
-        stanza = event.stanza
-        if (not event.resource and stanza.attrs.get("type") == "groupchat" and event.user is not None
-                and self.config.enabled and worth_waking(stanza)):
-            # A room's message for an absent member (offline delivery): decided here, not bounced
-            # by the im feature, when the account has an app server to wake.
-            return self._room_message_for_absent(event.bare, stanza)
+        # On every message to an online account, and almost always nothing to do: what decides
+        # that cheaply comes first (no session of the destination waits for resumption).
+        resource = event.resource
+        if resource:
+            session = event.resources.get(resource)
+            if session is None or getattr(session, "hibernation", None) is None:
+                return None
+        else:
+            stanza = event.stanza
+            if (stanza.attrs.get("type") == "groupchat" and event.user is not None
+                    and self.config.enabled and worth_waking(stanza)):
+                # A room's message for an absent member (offline delivery): decided here, not
+                # bounced by the im feature, when the account has an app server to wake.
+                return self._room_message_for_absent(event.bare, stanza)
+            if not any(getattr(s, "hibernation", None) is not None for s in event.resources.values()):
+                return None
         try:
             self._push_if_waiting(event)
         except Exception:  # on the message path: a push problem must never stop the delivery
