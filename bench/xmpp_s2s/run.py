@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import datetime
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +124,31 @@ PAIRS = {
 }
 
 
+def _fit_config(path: Path) -> None:
+    """Drop from ``path`` the sections and keys the tree on PYTHONPATH does not know (the harness
+    writes today's configuration; an earlier tree refuses what came later, e.g. ``[sieve]``)."""
+    for _ in range(20):
+        check = subprocess.run([sys.executable, "-m", "peerage", "--config", str(path), "user", "list"],
+                               capture_output=True, text=True, timeout=120)
+        match = re.search(r"unknown section or key '([^']+)'", check.stderr)
+        if check.returncode == 0 or match is None:
+            return
+        name = match.group(1)
+        lines, kept, skipping, section = path.read_text().splitlines(), [], False, ""
+        for line in lines:
+            header = re.fullmatch(r"\[+([^\]]+)\]+\s*", line)
+            if header:
+                section = header.group(1)
+                skipping = section == name or section.startswith(name + ".")
+            elif "." in name and section == name.rpartition(".")[0] and \
+                    line.split("=", 1)[0].strip() == name.rpartition(".")[2]:
+                continue  # an unknown key of a known section
+            if not skipping:
+                kept.append(line)
+        path.write_text("\n".join(kept) + "\n")
+        print(f"  baseline configuration: dropped [{name}], which that tree does not know", flush=True)
+
+
 def _peerage(work: Path, ca: TestCA, dns: LocalDNS, domain: str, address: str, users: list[str],
              source: Path | None) -> PeerageServer:
     server = PeerageServer(work / domain, [domain], address, dns=dns, certs={domain: ca.self_signed(domain)},
@@ -133,6 +160,8 @@ def _peerage(work: Path, ca: TestCA, dns: LocalDNS, domain: str, address: str, u
         # The server process (and the CLI that adds users) import peerage from the earlier tree.
         os.environ["PYTHONPATH"] = str(source)
     try:
+        if source is not None:
+            _fit_config(server.config_path)
         for user in users:
             server.add_user(f"{user}@{domain}", PASSWORD)
         return server.start()

@@ -223,6 +223,8 @@ def _attr_key(expanded: str) -> str:
 
 
 _NO_EVENTS: list[Any] = []
+#: ``object.__new__``, for the parser's elements (see ``XmlStreamParser._start``).
+_new_element = object.__new__
 
 
 class XmlStreamParser:
@@ -418,10 +420,20 @@ class XmlStreamParser:
             return
         if depth >= MAX_ELEMENT_DEPTH:
             raise _Refused("policy-violation", "elements nested too deeply")
-        ns, local = _split_name(name)
+        split = _NAME_CACHE.get(name)  # _split_name, its cache read inlined
+        ns, local = split if split is not None else _split_name(name)
         if attrs:
-            attrs = {(k if " " not in k else _attr_key(k)): v for k, v in attrs.items()}
-        element = Element(local, ns, attrs, [])
+            # expat hands a fresh dict; it is rebuilt only when a key is namespaced ("uri local").
+            for key in attrs:
+                if " " in key:
+                    attrs = {(k if " " not in k else _attr_key(k)): v for k, v in attrs.items()}
+                    break
+        # Element(local, ns, attrs, []), without the __init__ call: every element of every stanza.
+        element = _new_element(Element)
+        element.name = local
+        element.xmlns = ns
+        element.attrs = attrs
+        element.children = []
         if depth == 1:
             # CurrentByteIndex is the offset of this start tag in the current expat document.
             self._stanza_start = self._base + self._parser.CurrentByteIndex
@@ -511,7 +523,7 @@ def _write(el: Element, parent_ns: str, content_ns: str, out: list[str]) -> None
             prefix = f"ns{extra_ns}"
             out.append(f" xmlns:{prefix}='{escape_attr(uri)}' {prefix}:{local}='{escape_attr(value)}'")
         else:
-            out.append(" " + key + "='" + escape_attr(value) + "'")
+            out.append(f" {key}='{escape_attr(value)}'")
     children = el.children
     if not children:
         out.append("/>")
