@@ -137,8 +137,11 @@ class DeliveryQueue:
                 log.exception("social delivery scan failed")
                 wait = RESCAN_SECONDS
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose the cancellation
+            # stop() sends if the event is set at that moment (CPython gh-86296, fixed in 3.12).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _scan(self) -> float:
         now = int(time.time())

@@ -171,8 +171,12 @@ class OutboundQueue:
                 log.exception("queue scan failed")
                 next_due = time.time() + RESCAN_SECONDS
             wait = max(0.0, min(next_due - time.time(), RESCAN_SECONDS))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the event is set (a worker finishing while stop() cancels), and this loop
+            # would then run on and stop() wait for it for ever (CPython gh-86296, fixed in 3.12).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _scan(self) -> float:
         now = int(time.time())
