@@ -367,30 +367,6 @@ class XmlStreamParser:
         self._events = _NO_EVENTS  # do not keep the last stanzas alive
         return events
 
-    def feed_framed(self, data: bytes) -> list[Event]:
-        """``feed`` for a transport that frames the elements itself (RFC 7395: one element per
-        WebSocket message, the caller checks that ``data`` completed exactly one): the same parse and
-        the same limits, without the bookkeeping ``compact()`` needs to tell a resting stream. A parser
-        fed this way is never compacted (its connection keeps the parser, as WebSocket ones do)."""
-        parser = self._parser
-        if parser is None or self._failed or self._closed:
-            return self.feed(data)
-        self._quiescent = False
-        events = self._events = []
-        try:
-            parser.Parse(data, False)
-            self._fed += len(data)
-            if self._depth >= 2 and self._fed - self._stanza_start > self.max_stanza_bytes:
-                raise _Refused("policy-violation", "stanza exceeds the size limit")
-        except _Refused as refused:
-            self._fail(events, refused.condition, refused.text)
-        except expat.ExpatError as error:
-            self._fail(events, "not-well-formed", expat.ErrorString(error.code))
-        except RecursionError:  # pragma: no cover - depth is bounded before this can happen
-            self._fail(events, "policy-violation", "too deeply nested")
-        self._events = _NO_EVENTS
-        return events
-
     def _fail(self, events: list[Event], condition: str, text: str) -> None:
         self._failed = True
         self._stack.clear()

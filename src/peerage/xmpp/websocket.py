@@ -312,7 +312,7 @@ class WebSocketC2S(C2SConnection):
                 self.stream_error("not-authorized", "send <open/> first (RFC 7395 section 3.3.2)")
             return
         parser = self.parser
-        events = parser.feed_framed(data)  # the message is the frame: no resting-stream bookkeeping
+        events = parser.feed(data)
         if len(events) != 1 or events[0].__class__ is not Element or parser._depth != 1:
             failure = next((e for e in events if isinstance(e, StreamFailure)), None)
             if failure is not None:
