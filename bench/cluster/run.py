@@ -35,10 +35,18 @@ Cores in (b): the node(s) pinned with taskset (one node on CPU 0; two nodes on C
 nats-server, PostgreSQL and this load tool are not pinned and run on the same two CPUs. The CPU
 each used during each step is recorded, so the figure can be read against what the nodes had.
 
+  (b') with --quota F[,F...] (run as root, cgroup v1 cpu controller at /sys/fs/cgroup/cpu): (b)
+      again with each node in a cgroup of its own whose CFS quota is F of one CPU
+      (cpu.cfs_quota_us = F x cpu.cfs_period_us), pinned as in (b), the same F for the one node and
+      for each of the two. On a 2-CPU machine the one-process load tool cannot feed two unlimited
+      nodes; with the nodes capped, nats-server, PostgreSQL and the load tool have the rest, so
+      the ratio says whether two nodes give twice one node's capacity. The share of CFS periods in
+      which each node was throttled (cpu.stat) shows it was held at its quota, i.e. saturated.
+
 Targets (a) <= 2x and (b) >= 1.7x are the issue's; (c) <= 5 s is the issue's; (d) is ours; (e) and
 (f) have no target (measured costs).
 
-Usage: python3 bench/cluster/run.py [--messages 4000] [--pairs 20] [--seconds 8] [--no-write]
+Usage: python3 bench/cluster/run.py [--messages 4000] [--pairs 20] [--seconds 8] [--quota 0.15,0.2] [--no-write]
 Appends a section to bench/RESULTS.md unless --no-write.
 """
 
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import os
 import secrets
@@ -138,6 +147,52 @@ def node_config(database_url: str, name: str, nats_url: str | None, archive: boo
 
 def pin(pid: int, cpu: int) -> None:
     subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+class Quota:
+    """Nodes held to a CPU quota each: one cgroup (v1 cpu controller) per node."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, Path] = {}
+
+    def apply(self, name: str, pid: int, fraction: float) -> None:
+        group = CGROUP_CPU / f"peerage-bench-{os.getpid()}-{name}"
+        group.mkdir(exist_ok=True)
+        period = int((group / "cpu.cfs_period_us").read_text())
+        (group / "cpu.cfs_quota_us").write_text(str(int(period * fraction)))
+        (group / "cgroup.procs").write_text(str(pid))  # every thread of the process
+        self.groups[name] = group
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        """Per node: (CFS periods, periods throttled) so far."""
+        out = {}
+        for name, group in self.groups.items():
+            fields = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines() if line.strip())
+            out[name] = (int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0)))
+        return out
+
+    def release(self, pids: list[int]) -> None:
+        """The processes back to the root group, the groups removed."""
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                (CGROUP_CPU / "cgroup.procs").write_text(str(pid))
+        for group in self.groups.values():
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self.groups = {}
+
+
+def throttled(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+    """Share of the step's CFS periods in which each node was held at its quota."""
+    parts = []
+    for name in sorted(after):
+        periods = after[name][0] - before.get(name, (0, 0))[0]
+        held = after[name][1] - before.get(name, (0, 0))[1]
+        parts.append(f"{name} {100 * held / max(periods, 1):.0f} %")
+    return ", ".join(parts)
 
 
 def loadavg() -> str:
@@ -456,6 +511,17 @@ async def main_async(args: argparse.Namespace) -> str:
         assert n1.process is not None
         pin(n1.process.pid, 0)
         one, one_cpu = await throughput(bench, args.pairs, args.seconds, ["n1"], ["n1"])
+        quotas = [float(f) for f in args.quota.split(",")] if args.quota else []
+        quota = Quota()
+        capped: dict[float, dict[str, Any]] = {}
+        try:
+            for fraction in quotas:
+                quota.apply("n1", n1.process.pid, fraction)
+                before = quota.stats()
+                rate, used = await throughput(bench, args.pairs, args.seconds, ["n1"], ["n1"])
+                capped[fraction] = {"one": (rate, used, throttled(before, quota.stats()))}
+        finally:
+            quota.release([n1.process.pid])
         # Then two nodes, on CPUs 0 and 1.
         n2 = bench.nodes["n2"].start()
         assert n2.process is not None
@@ -463,6 +529,16 @@ async def main_async(args: argparse.Namespace) -> str:
         await asyncio.sleep(2)
         two_local, local_cpu = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], ["n1", "n2"])
         two_cross, cross_cpu = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], ["n2", "n1"])
+        try:
+            for fraction in quotas:
+                quota.apply("n1", n1.process.pid, fraction)
+                quota.apply("n2", n2.process.pid, fraction)
+                for key, receivers in (("local", ["n1", "n2"]), ("cross", ["n2", "n1"])):
+                    before = quota.stats()
+                    rate, used = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], receivers)
+                    capped[fraction][key] = (rate, used, throttled(before, quota.stats()))
+        finally:
+            quota.release([n1.process.pid, n2.process.pid])
         # (a) CPU per message, unpinned.
         for server in (n1, n2):
             assert server.process is not None
@@ -524,6 +600,28 @@ async def main_async(args: argparse.Namespace) -> str:
             f" {two_local / max(local_cpu['nodes'], 1e-9):.0f} (pairs within) and"
             f" {two_cross / max(cross_cpu['nodes'], 1e-9):.0f} (pairs across). Target >= 1.7x.",
             "",
+        ]
+        if capped:
+            lines += [
+                "(b') the same steps with each node held to a CPU quota (a cgroup v1 cpu group per node,",
+                "cpu.cfs_quota_us = quota x cpu.cfs_period_us; pinned as in (b)), the same quota for the one node",
+                "and for each of the two, so nats-server, PostgreSQL and the load tool have the rest of the two",
+                "CPUs. Throttled: share of the step's 100 ms CFS periods in which the node used up its quota.",
+                "",
+                "| quota per node | nodes | pairs | messages/s | CPU: nodes / nats / pg / load | throttled |",
+                "| ---: | --- | --- | ---: | --- | --- |",
+            ]
+            for fraction, steps in capped.items():
+                base = steps["one"][0]
+                for key, what, pairs_are in (("one", "one node on CPU 0", "within the node"),
+                                             ("local", "two nodes on CPUs 0 and 1", "each pair within one node"),
+                                             ("cross", "two nodes on CPUs 0 and 1", "every pair across the nodes")):
+                    rate, used, held = steps[key]
+                    ratio = "" if key == "one" else f" ({rate / base:.2f}x)"
+                    lines.append(f"| {fraction:.2f} CPU | {what} | {pairs_are} | {rate:.0f}{ratio} | {shares(used)} "
+                                 f"| {held} |")
+            lines += ["", "Target >= 1.7x (two nodes against one, each node with the same quota).", ""]
+        lines += [
             f"(d) SIP: CPU per MESSAGE ({args.sip_messages} over UDP to node 1 from one sender, {SIP_WINDOW} in flight;",
             "the callee registered over TCP with outbound; CPU of every node plus nats-server):",
             "",
@@ -581,6 +679,7 @@ def main() -> None:
     parser.add_argument("--single-pairs", type=int, default=10)
     parser.add_argument("--roster-rounds", type=int, default=20)
     parser.add_argument("--sm-messages", type=int, default=2000)
+    parser.add_argument("--quota", default="", help="(b') CPU quota per node, fractions of a CPU, comma-separated")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     text = asyncio.run(main_async(args))

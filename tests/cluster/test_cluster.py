@@ -36,6 +36,9 @@ from tests.sip.sipp import failure_report, finish, message_log, run_sipp, start_
 from tests.xmpp.conftest import Client as XmppClient
 from tests.xmpp.rawclient import RawClient
 
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+
 
 def _has_session(node: str, jid: str, flag: str = "") -> Any:
     """A status predicate: every live node other than ``node`` has ``jid`` as a session of ``node``."""
@@ -158,6 +161,57 @@ async def test_room_with_occupants_on_all_three_nodes(cluster: ClusterUnderTest)
     finally:
         for person in people:
             await person.close()
+
+
+async def test_rooms_of_one_service_owned_by_different_nodes(cluster: ClusterUnderTest) -> None:
+    """Each room has its own owner node, the node its creation reached: two rooms of one service
+    created through nodes 1 and 2 are owned there; a user on node 3 finds both in the service's
+    disco#items (answered on node 3, from what nodes 1 and 2 serve) and talks in both."""
+    service = f"conference.{DOMAIN}"
+    muc = "http://jabber.org/protocol/muc"
+    rooms = {"n1": f"east@{service}", "n2": f"west@{service}"}
+    creators = {"n1": await ClusterClient("rowan", "c").connect(cluster.address("n1")),
+                "n2": await ClusterClient("sasha", "c").connect(cluster.address("n2"))}
+    visitor = await ClusterClient("tina", "v").connect(cluster.address("n3"))
+    try:
+        await cluster.wait_registry(_has_session("n3", visitor.jid), what="the visitor registered")
+        for node, creator in creators.items():
+            room, nick = rooms[node], creator.user
+            await creator.send(f"<presence to='{room}/{nick}'><x xmlns='{muc}'/></presence>")
+            await creator.wait_for("presence", rf"from='{room}/{nick}'.*status code='201'")
+            # XEP-0045 section 10.1.2: an instant room, so others may enter and it is listed
+            await creator.send(f"<iq type='set' to='{room}' id='cfg'><query xmlns='{muc}#owner'>"
+                               "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+            await creator.wait_for("iq", r"id='cfg'.*type='result'|type='result'.*id='cfg'")
+        status = await cluster.status_of(("n1", "n2", "n3"))
+        for node, room in rooms.items():
+            holders = [name for name, answer in status.items() if room in answer.get("room_leases", [])]
+            assert holders == [node], (room, holders)
+        # The service JID is answered on node 3, listing the rooms other nodes serve.
+        await visitor.send(f"<iq type='get' to='{service}' id='items'><query xmlns='{DISCO_ITEMS}'/></iq>")
+        items = serialize(await visitor.wait_for("iq", r"id='items'"))
+        assert f"jid='{rooms['n1']}'" in items and f"jid='{rooms['n2']}'" in items, items
+        await visitor.send(f"<iq type='get' to='{service}' id='info'><query xmlns='{DISCO_INFO}'/></iq>")
+        info = serialize(await visitor.wait_for("iq", r"id='info'"))
+        assert "category='conference'" in info, info
+        # Node 3 forwards to each room's owner; the occupants on the owner hear the visitor.
+        for node, room in rooms.items():
+            await visitor.send(f"<presence to='{room}/tina'><x xmlns='{muc}'/></presence>")
+            await visitor.wait_for("presence", rf"from='{room}/tina'.*status code='110'")
+            await visitor.send(f"<message to='{room}' type='groupchat' id='say-{node}'><body>hi {node}</body></message>")
+            await creators[node].wait(lambda c=creators[node], n=node: f"hi {n}" in c.bodies(), what="the visitor's message")
+        assert all(creator.bodies().count(f"hi {node}") == 1 for node, creator in creators.items())
+        assert all(f"hi {node}" not in creators["n2" if node == "n1" else "n1"].bodies() for node in rooms)
+        # Node 3 served neither: no room lease there.
+        status = await cluster.status_of(("n3",))
+        assert not set(rooms.values()) & set(status["n3"].get("room_leases", [])), status["n3"]
+    finally:
+        for person in (*creators.values(), visitor):
+            await person.close()
+    # Emptied and not persistent: the rooms are gone and their leases released.
+    await cluster.wait_registry(lambda status: not any(set(rooms.values()) & set(answer.get("room_leases", []))
+                                                       for answer in status.values()),
+                                what="the leases of the emptied rooms released")
 
 
 class PepClient(XmppClient):
@@ -817,10 +871,11 @@ async def _room_stored(database_url: str, room: str, name: str, member: str) -> 
 
 
 async def test_room_owner_node_killed(cluster: ClusterUnderTest) -> None:
-    """The node owning the group chat service dies (after node 3 did): the occupant on the other
-    node is told the room went away (XEP-0045 status 332) and rejoins; the new owner serves the
-    room with the configuration and affiliations the old one had stored; the dead node's user
-    reconnects to the survivor and rejoins too."""
+    """The node owning a room dies (after node 3 did): the occupant on the other node is told the
+    room went away (XEP-0045 status 332) and rejoins; the survivor takes the room's lease and serves
+    it with the configuration and affiliations the old owner had stored; the dead node's user
+    reconnects to the survivor and rejoins too. A room of the same service owned by the survivor
+    goes on untouched."""
     service = f"conference.{DOMAIN}"
     room = f"failover@{service}"
     muc = "http://jabber.org/protocol/muc"
@@ -845,10 +900,21 @@ async def test_room_owner_node_killed(cluster: ClusterUnderTest) -> None:
         await sam.send(f"<presence to='{room}/sam'><x xmlns='{muc}'/></presence>")
         await sam.wait_for("presence", r"from='failover@conference[^']*/sam'.*status code='110'")
         status = await cluster.status_of(("n1", "n2"))
-        owner = next(name for name, answer in status.items() if service in answer.get("service_leases", []))
-        assert owner in ("n1", "n2"), status
+        owner = next(name for name, answer in status.items() if room in answer.get("room_leases", []))
+        assert owner == "n1", status  # the node the creation reached
         survivor = "n2" if owner == "n1" else "n1"
         stays, leaves = (sam, rita) if owner == "n1" else (rita, sam)
+        # a second room of the service, created through the survivor, with both in it
+        steady = f"steady@{service}"
+        await stays.send(f"<presence to='{steady}/{stays.user}'><x xmlns='{muc}'/></presence>")
+        await stays.wait_for("presence", rf"from='{steady}/{stays.user}'.*status code='201'")
+        await stays.send(f"<iq type='set' to='{steady}' id='scfg'><query xmlns='{muc}#owner'>"
+                         "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+        await stays.wait_for("iq", r"id='scfg'.*type='result'|type='result'.*id='scfg'")
+        await leaves.send(f"<presence to='{steady}/{leaves.user}'><x xmlns='{muc}'/></presence>")
+        await leaves.wait_for("presence", rf"from='{steady}/{leaves.user}'.*status code='110'")
+        status = await cluster.status_of(("n1", "n2"))
+        assert steady in status[survivor].get("room_leases", []), status
         # a last change answered just before the kill: the answer means it is in the database
         await rita.send(f"<iq type='set' to='{room}' id='aff2'><query xmlns='{muc}#admin'>"
                         f"<item affiliation='member' jid='latecomer@{DOMAIN}'/></query></iq>")
@@ -865,6 +931,12 @@ async def test_room_owner_node_killed(cluster: ClusterUnderTest) -> None:
         await stays.wait(lambda: len(stays.find("presence", rf"from='failover@conference[^']*/{stays.user}'"
                                                             rf"(?!.*type='unavailable').*affiliation='{affiliation}'")) >= 2,
                          timeout=10, what="the rejoin with the stored affiliation")
+        # the survivor owns the room now; its own room was not touched
+        status = await cluster.status_of((survivor,))
+        assert room in status[survivor].get("room_leases", []) and steady in status[survivor]["room_leases"], status
+        assert not stays.find("presence", rf"from='{steady}/[^']*'.*status code='332'"), "steady was not on the dead node"
+        await stays.send(f"<message to='{steady}' type='groupchat' id='st'><body>still here</body></message>")
+        await stays.wait(lambda: "still here" in stays.bodies(), what="the survivor's own room answering")
         # the room's stored configuration came with it
         await stays.send(f"<iq type='get' to='{room}' id='info'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         info = await stays.wait_for("iq", r"id='info'")

@@ -3,8 +3,11 @@
 This module is in charge of taking, renewing and releasing leases. ``owner(kind, key)`` returns the
 node that owns the lease, taking it for this node when it is free or expired (one atomic
 ``INSERT … ON CONFLICT DO UPDATE … WHERE expired``, so two nodes asking at once get the same answer).
-The owner renews all its leases every ``LEASE_SECONDS / 3``; a dead node's leases are released by
-the survivors as soon as it is declared dead, and lapse by themselves otherwise.
+Callers asking about one key while a lookup for it is in flight share that lookup, and resume in the
+order they asked (stanzas to one room keep their order while its owner is looked up). The owner
+renews all its leases every ``LEASE_SECONDS / 3`` (one statement for all); it releases one itself
+when what it covered is gone (``release``: a group chat room destroyed or emptied); a dead node's
+leases are released by the survivors as soon as it is declared dead, and lapse by themselves otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Leases:
         self.node = node
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
         self._mine: set[tuple[str, str]] = set()
+        self._asking: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -61,6 +65,27 @@ class Leases:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
+        asking = self._asking.get((kind, key))
+        if asking is not None:
+            return await asyncio.shield(asking)
+        asking = asyncio.get_running_loop().create_future()
+        self._asking[(kind, key)] = asking
+        try:
+            owner = await self._take(kind, key, now)
+        except asyncio.CancelledError:
+            asking.cancel()
+            raise
+        except Exception as exc:
+            asking.set_exception(exc)
+            asking.exception()  # retrieved: the callers waiting get it too
+            raise
+        else:
+            asking.set_result(owner)
+        finally:
+            del self._asking[(kind, key)]
+        return owner
+
+    async def _take(self, kind: str, key: str, now: float) -> str:
         expires = int(time.time()) + LEASE_SECONDS
         statement = insert(cluster_leases).values(kind=kind, key=key, node=self.node, expires_at=expires)
         taking = statement.on_conflict_do_update(
@@ -80,6 +105,14 @@ class Leases:
         else:
             self._mine.discard((kind, key))
         return owner
+
+    async def release(self, kind: str, key: str) -> None:
+        """This node gives up its lease on ``key`` (what it covered is gone); the next node to ask takes it."""
+        self._cache.pop((kind, key), None)
+        self._mine.discard((kind, key))
+        async with self.store.begin() as conn:
+            await conn.execute(delete(cluster_leases).where(
+                cluster_leases.c.kind == kind, cluster_leases.c.key == key, cluster_leases.c.node == self.node))
 
     async def release_node(self, node: str) -> None:
         """``node`` is dead (or stopping): its leases are free now."""

@@ -38,9 +38,14 @@ cluster-wide lock on the stored state instead (``cluster.roster``).
 Federation. One node owns the outbound streams to each remote domain (``cluster_leases``, kind
 ``s2s``); the others forward stanzas for that domain to it. Inbound streams are accepted anywhere.
 
-Group chats. Each hosted group chat service (``conference.DOMAIN``, whose rooms live in one node's
-memory) has one owner node (kind ``service``); stanzas to its rooms reaching another node are
-forwarded to the owner, whose room sends to the occupants through the registry like any stanza.
+Group chats. Each room of a hosted group chat service (``room@conference.DOMAIN``, whose state lives
+in one node's memory) has one owner node (a lease of kind ``room`` on the room JID), taken by the
+node where the first stanza for it arrives (its creation); stanzas to the room reaching another node
+are forwarded to the owner, whose room sends to the occupants through the registry like any stanza.
+The service JID itself (disco#info, unique names, the room listing, which asks the other nodes for
+the rooms they serve) is answered by whichever node it reaches. A node that becomes a room's owner
+reads the room from PostgreSQL first; one whose room is gone (destroyed, or emptied and not
+persistent) releases the lease once the room writer is done.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from typing import Any
 
 from peerage.cluster.leases import Leases
 from peerage.cluster.node import ClusterNode, Peer, node_subject
+from peerage.xmpp.jid import JidError, split_jid
 from peerage.xmpp.stream import Element, XmlStreamParser, serialize
 
 log = logging.getLogger(__name__)
@@ -84,8 +90,12 @@ SYNC_TIMEOUT = 3.0
 #: Seconds during which an offline message stored here is checked against sessions becoming available
 #: on other nodes (the registry's propagation is milliseconds; a login takes longer than this rarely).
 RECENT_OFFLINE = 60.0
-#: Hosted services whose state lives in one node's memory, by JID prefix: they get an owner node.
+#: Hosted services whose rooms live in one node's memory, by JID prefix: each room gets an owner node.
 OWNED_SERVICES = ("conference.",)
+#: Seconds a room listing (disco#items on the service) waits for each other node's answer.
+LISTING_TIMEOUT = 1.0
+#: Seconds a room's lease is kept after the room is gone while its last changes are being written.
+RELEASE_AFTER_WRITE = 5.0
 MUC_USER = "http://jabber.org/protocol/muc#user"
 #: Largest stanza accepted from another node (the c2s limit is the same order, [xmpp] max_stanza_size).
 MAX_FORWARDED_STANZA = 1024 * 1024
@@ -133,8 +143,20 @@ class RemoteSession:
         return f"<RemoteSession {self.full_jid} on {self.node}>"
 
 
+def room_of(to: str) -> str | None:
+    """The room JID (normalised bare JID) a stanza to a group chat service is for; None for the
+    service JID itself, or an address the service rejects as malformed."""
+    try:
+        local, domain, _ = split_jid(to)
+    except JidError:
+        return None
+    return f"{local}@{domain}" if local else None
+
+
 class OwnedService:
-    """A hosted service with one owner node: delivered here when this node owns it, else forwarded."""
+    """A group chat service whose rooms each have an owner node: a stanza to a room is delivered here
+    when this node owns the room, else forwarded to the owner; a stanza to the service JID is
+    answered here."""
 
     __slots__ = ("inner", "jid", "parent", "xmpp")
 
@@ -145,11 +167,15 @@ class OwnedService:
         self.parent = inner.parent
 
     def deliver(self, stanza: Element, origin: Any = None) -> Any:
-        xmpp = self.xmpp
-        owner = xmpp.leases.cached_owner("service", self.jid)
-        if owner == xmpp.node.name and self.jid in xmpp.owned_loaded:
+        room = room_of(stanza.attrs.get("to", ""))
+        if room is None:
             return self.inner.deliver(stanza, origin)
-        return xmpp.deliver_to_owner(self, stanza, origin)
+        xmpp = self.xmpp
+        if room in xmpp.rooms_served and xmpp.leases.cached_owner("room", room) == xmpp.node.name:
+            result = self.inner.deliver(stanza, origin)
+            xmpp.check_room(room)
+            return result
+        return xmpp.deliver_to_owner(self, room, stanza, origin)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -239,11 +265,12 @@ class ClusterXmpp:
         self.forwarded_in = 0
         self.forwarded_out = 0
         self.rerouted_after_death = 0
-        #: owned services whose state this node has read since it last became their owner
-        self.owned_loaded: set[str] = set()
-        self._owned_loading: dict[str, asyncio.Future[None]] = {}
-        #: local full JID -> room JID -> (nick, owner node, affiliation): rooms of an owned service
-        #: on another node that this session is in (from the self-presence, XEP-0045 status 110)
+        #: rooms this node owns and has read since it last became their owner
+        self.rooms_served: set[str] = set()
+        self._room_loading: dict[str, asyncio.Future[None]] = {}
+        self._muc: Any = None
+        #: local full JID -> room JID -> (nick, owner node, affiliation): rooms on another node that
+        #: this session is in (from the self-presence, XEP-0045 status 110)
         self.occupying: dict[str, dict[str, tuple[str, str, str]]] = {}
         self._pep: Any = None
         self.roster_guard: Any = None
@@ -304,8 +331,14 @@ class ClusterXmpp:
         node.subscribe(node_subject(node.name, "s2s"), self._s2s_received)
         node.subscribe(node_subject(node.name, "offline"), self._offline_check_received)
         node.subscribe(node_subject(node.name, "service"), self._service_received)
+        node.subscribe(node_subject(node.name, "rooms"), self._rooms_requested)
         self._attach_pep()
-        # Group chat services: one owner node each (those registered later, after a reload, too).
+        from peerage.xmpp.muc.service import MucService
+
+        self._muc = self.ctx.feature(MucService)
+        if self._muc is not None:
+            self._muc.listing = self._room_listing
+        # Group chat services: one owner node per room (services registered later, after a reload, too).
         router = self.router
         for jid, service in list(router.services.items()):
             if jid.startswith(OWNED_SERVICES):
@@ -338,7 +371,7 @@ class ClusterXmpp:
             "forwarded_out": self.forwarded_out,
             "forwarded_batches": self.forwarded_batches,
             "s2s_leases": sorted(self.leases.held("s2s")),
-            "service_leases": sorted(self.leases.held("service")),
+            "room_leases": sorted(self.leases.held("room")),
             "roster_reloads": self.roster_guard.reloaded if self.roster_guard is not None else 0,
         }
         if request.get("registry"):
@@ -760,39 +793,129 @@ class ClusterXmpp:
             self.ctx.redelivering.discard(id(rerouted))
 
     # =================================================================================================
-    # Hosted services with an owner node
+    # Group chat rooms with an owner node
     # =================================================================================================
-    async def deliver_to_owner(self, service: OwnedService, stanza: Element, origin: Any) -> None:
-        owner = await self.leases.owner("service", service.jid)
-        if owner == self.node.name or not self.node.alive(owner) or not self.node.connected:
-            if owner == self.node.name:
-                await self._owned_ready(service.jid)
-            else:
-                log.warning("cluster: the owner of %s (%s) is unreachable; serving it here", service.jid, owner)
-            result = service.inner.deliver(stanza, origin)
-            if result is not None:
-                await result
+    async def deliver_to_owner(self, service: OwnedService, room: str, stanza: Element, origin: Any,
+                               hops: int = 0) -> None:
+        """Deliver a stanza for ``room`` here if this node owns it (taking the lease when it is free:
+        the stanza creating a room makes its node the owner), else forward it to the owner."""
+        owner = await self.leases.owner("room", room)
+        if owner != self.node.name and self.node.alive(owner) and self.node.connected:
+            if hops:
+                # Forwarded here on a stale cached owner: one hop more, to the owner the lease names.
+                log.debug("cluster: %s moved to %s; forwarded on", room, owner)
+            self.rooms_served.discard(room)  # served elsewhere: if it comes back, the database has it
+            payload = {"service": service.jid, "room": room, "hops": hops, "stanza": serialize(stanza)}
+            self.node.publish(node_subject(owner, "service"), json.dumps(payload).encode())
             return
-        # another node serves it: if it comes back here, the database has the newer state
-        self.owned_loaded.discard(service.jid)
-        payload = json.dumps({"service": service.jid, "stanza": serialize(stanza)}).encode()
-        self.node.publish(node_subject(owner, "service"), payload)
+        if owner == self.node.name:
+            await self._room_ready(room)
+        else:
+            log.warning("cluster: the owner of %s (%s) is unreachable; serving it here", room, owner)
+        result = service.inner.deliver(stanza, origin)
+        if result is not None:
+            await result
+        if owner == self.node.name:
+            self.check_room(room)
 
     async def _service_received(self, msg: Any) -> None:
         try:
             data = json.loads(msg.data)
-            jid, stanza = str(data["service"]), parse_stanza(str(data["stanza"]))
+            jid, room, hops = str(data["service"]), str(data["room"]), int(data.get("hops", 0))
+            stanza = parse_stanza(str(data["stanza"]))
         except (ValueError, KeyError, TypeError):
             return
         service = self.router.services.get(jid)
-        if stanza is None or service is None:
+        if stanza is None or not isinstance(service, OwnedService) or room != room_of(stanza.attrs.get("to", "")):
             return
-        inner = service.inner if isinstance(service, OwnedService) else service
-        if await self.leases.owner("service", jid) == self.node.name:  # keeps the lease fresh here
-            await self._owned_ready(jid)
-        result = inner.deliver(stanza)
-        if result is not None:
-            await result
+        if hops >= 1 and await self.leases.owner("room", room) != self.node.name:
+            # Two hops already: served here rather than sent round (the owner may be moving).
+            result = service.inner.deliver(stanza)
+            if result is not None:
+                await result
+            return
+        await self.deliver_to_owner(service, room, stanza, None, hops + 1)
+
+    async def _room_ready(self, room: str) -> None:
+        """This node serves ``room`` now: when it has just become its owner, read what the previous
+        owner left in the database first (a persistent room's configuration, affiliations, subject
+        and history), once, while stanzas for it wait."""
+        if room in self.rooms_served:
+            return
+        loading = self._room_loading.get(room)
+        if loading is not None:
+            await loading
+            return
+        loading = asyncio.get_running_loop().create_future()
+        self._room_loading[room] = loading
+        try:
+            if self._muc is not None and await self._muc.reload_room(room):
+                log.debug("cluster: this node owns %s now; read from the database", room)
+        except Exception:
+            log.exception("cluster: could not read the state of %s", room)
+        finally:
+            self.rooms_served.add(room)
+            del self._room_loading[room]
+            loading.set_result(None)
+
+    def check_room(self, room: str) -> None:
+        """After a stanza for a room served here: if the room is gone (destroyed, or emptied and
+        not persistent, or never created), its lease goes once its last changes are written."""
+        if self._muc is not None and room not in self._muc.rooms and room in self.rooms_served:
+            self.rooms_served.discard(room)
+            self.service.spawn(self._release_room(room))
+
+    async def _release_room(self, room: str) -> None:
+        writer = self._muc.written()
+        if writer is not None:
+            await asyncio.wait([writer], timeout=RELEASE_AFTER_WRITE)
+        if room in self.rooms_served or room in self._room_loading or room in self._muc.rooms:
+            return  # created again here meanwhile: kept
+        try:
+            await self.leases.release("room", room)
+        except Exception:
+            log.exception("cluster: could not release the lease of %s", room)
+
+    async def _room_listing(self, service_jid: str) -> list[tuple[str, str]]:
+        """disco#items on a group chat service (XEP-0045 section 6.3): the persistent rooms as
+        stored, corrected by what each node says of the rooms it serves (their live state, and the
+        rooms that are not persistent)."""
+        muc = self._muc
+        stored: dict[str, str] = {}
+        try:
+            from peerage.xmpp.muc.forms import RoomConfig
+
+            for jid, text in await muc.store.configs(service_jid):
+                with contextlib.suppress(ValueError, TypeError):
+                    config = RoomConfig.from_json(text)
+                    if config.public:
+                        stored[jid] = config.name or jid.partition("@")[0]
+        except Exception:
+            log.exception("cluster: could not read the stored rooms of %s", service_jid)
+        live = [tuple(entry) for entry in muc.listable(service_jid, self.rooms_served)]
+        request = json.dumps({"service": service_jid}).encode()
+        answers = await asyncio.gather(*(self.node.request(node_subject(name, "rooms"), request, LISTING_TIMEOUT)
+                                         for name in list(self.node.peers)))
+        for answer in answers:
+            if answer is None:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                live.extend(tuple(entry) for entry in json.loads(answer)["rooms"])
+        for jid, name, listed in live:
+            if listed:
+                stored[str(jid)] = str(name)
+            else:
+                stored.pop(str(jid), None)
+        return list(stored.items())
+
+    async def _rooms_requested(self, msg: Any) -> None:
+        try:
+            service_jid = str(json.loads(msg.data)["service"])
+        except (ValueError, KeyError, TypeError):
+            return
+        rooms = self._muc.listable(service_jid, self.rooms_served) if self._muc is not None else []
+        if msg.reply:
+            await self.node.nc.publish(msg.reply, json.dumps({"rooms": rooms}).encode())
 
     # =================================================================================================
     # PEP: notifications to the resources other nodes track
@@ -835,34 +958,8 @@ class ClusterXmpp:
             return
         self._pep.notify_here(owner, pnode, config, event)
 
-    async def _owned_ready(self, jid: str) -> None:
-        """This node serves ``jid`` now: when it has just become its owner, read the state the
-        previous owner left in the database first (persistent rooms, their configuration and
-        affiliations), once, while stanzas for it wait."""
-        if jid in self.owned_loaded:
-            return
-        loading = self._owned_loading.get(jid)
-        if loading is None:
-            loading = asyncio.get_running_loop().create_future()
-            self._owned_loading[jid] = loading
-            try:
-                from peerage.xmpp.muc.service import MucService
-
-                muc = self.ctx.feature(MucService)
-                if muc is not None and jid.startswith("conference."):
-                    count = await muc.reload(jid)
-                    log.info("cluster: this node owns %s now; %d persistent rooms read", jid, count)
-            except Exception:
-                log.exception("cluster: could not read the state of %s", jid)
-            finally:
-                self.owned_loaded.add(jid)
-                del self._owned_loading[jid]
-                loading.set_result(None)
-        else:
-            await loading
-
     def _track_occupant(self, full: str, stanza: Element, origin: str) -> None:
-        """A room of an owned service on ``origin`` told a local session about itself (status 110):
+        """A room on ``origin`` told a local session about itself (status 110):
         remember that it is in (or left) the room, so it can be told if ``origin`` dies."""
         sender = stanza.attrs.get("from", "")
         room, _, nick = sender.partition("/")

@@ -6,7 +6,9 @@ identity ``conference/text``, the list of public rooms), unique room names (XEP-
 of the per-user limits (rooms joined, owned, created per hour) and who may create rooms
 (``[muc] room_creation``); of MAM queries to rooms (``archive``); and of persistent rooms: loaded at
 start, written behind on every change (``store``), so they survive a restart with their
-configuration, affiliations, subject and history.
+configuration, affiliations, subject and history. On a cluster (peerage.cluster.xmpp) each room has
+an owner node: it reads the room again when it becomes the owner (``reload_room``), and the
+service's disco#items lists the rooms of every node (``listing``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import collections
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from peerage.xmpp.events import HANDLED
@@ -83,6 +86,9 @@ class MucService(Feature):
         self._writer: asyncio.Future[None] | None = None
         self._write_lock = asyncio.Lock()
         self._expiry: asyncio.Future[None] | None = None
+        #: peerage.cluster: the rooms of a service on every node, (JID, name) of those listed, for
+        #: disco#items on the service (the rooms of one service may have different owner nodes)
+        self.listing: Callable[[str], Awaitable[list[tuple[str, str]]]] | None = None
         self.ctx.events.hook("xmpp-hosted-domains", self._domains_changed)
         host = self.ctx.host
         self._configure(getattr(host.config, "muc", None) if host is not None else None)
@@ -143,29 +149,49 @@ class MucService(Feature):
             except Exception:
                 log.exception("could not load the history of %s", room.jid)
 
-    async def reload(self, service_jid: str) -> int:
-        """peerage.cluster: this node has just become the owner of ``service_jid``; its persistent
-        rooms are read again as the previous owner left them in the database (configuration,
-        affiliations, subject, history). Rooms with occupants here are live and kept. Returns how
-        many rooms were read."""
+    async def reload_room(self, jid: str) -> bool:
+        """peerage.cluster: this node has just become the owner of room ``jid``; it is read again as
+        the previous owner left it in the database (configuration, affiliations, subject, history),
+        replacing a copy here that may be stale. A room with occupants here is live and kept (this
+        node served it while cut off from the others). Returns whether the room exists now."""
         if not self.enabled:
-            return 0
+            return False
+        current = self.rooms.get(jid)
+        if current is not None and current.occupants:
+            return True
+        row = await self.store.load_one(jid)
+        current = self.rooms.get(jid)  # the read let other stanzas run
+        if current is not None:
+            if current.occupants:
+                return True
+            self._forget(current)
+        if row is None:
+            return False
+        self._restore(row)
+        restored = self.rooms.get(jid)
+        if restored is not None:
+            await self._load_history(restored)
+        return restored is not None
+
+    def _forget(self, room: Room) -> None:
+        """Drop a room copy from memory (not from the database)."""
+        if room.lock_timer is not None:
+            room.lock_timer.cancel()
+            room.lock_timer = None
+        self._dirty.discard(room)
+        self.rooms.pop(room.jid, None)
+
+    def written(self) -> asyncio.Future[None] | None:
+        """The room writer in progress (None when every change is in the database)."""
+        writer = self._writer
+        return writer if writer is not None and not writer.done() else None
+
+    def listable(self, service_jid: str, only: set[str] | None = None) -> list[tuple[str, str, bool]]:
+        """(room JID, name, listed) of the rooms of ``service_jid`` in memory (those in ``only`` if
+        given): listed in disco#items when public and unlocked (XEP-0045 section 6.3)."""
         suffix = "@" + service_jid
-        rows = [row for row in await self.store.load() if str(row["jid"]).endswith(suffix)]
-        stored = {str(row["jid"]) for row in rows}
-        for jid, room in list(self.rooms.items()):
-            if jid.endswith(suffix) and not room.occupants and jid not in stored:
-                del self.rooms[jid]  # destroyed (or never persistent) on the previous owner
-        for row in rows:
-            current = self.rooms.get(str(row["jid"]))
-            if current is not None and current.occupants:
-                continue
-            self.rooms.pop(str(row["jid"]), None)
-            self._restore(row)
-            restored = self.rooms.get(str(row["jid"]))
-            if restored is not None:
-                await self._load_history(restored)
-        return len(rows)
+        return [(room.jid, room.config.name or room.local, room.config.public and not room.locked)
+                for jid, room in self.rooms.items() if jid.endswith(suffix) and (only is None or jid in only)]
 
     async def shutdown_notice(self) -> None:
         """XEP-0045 status 332: every occupant is told it leaves because the service shuts down, so
@@ -493,12 +519,19 @@ class MucService(Feature):
             query.add("feature", attrs={"var": feature})
         return iq_result(ctx.iq, query)
 
-    def _service_items(self, ctx: IqContext) -> Element:
+    def _service_items(self, ctx: IqContext) -> Any:
+        if self.listing is not None:
+            return self._items_from(ctx, self.listing(ctx.domain))
+        return self._items(ctx, [(jid, name) for jid, name, listed in self.listable(ctx.domain) if listed])
+
+    async def _items_from(self, ctx: IqContext, listing: Awaitable[list[tuple[str, str]]]) -> Element:
+        return self._items(ctx, await listing)
+
+    @staticmethod
+    def _items(ctx: IqContext, rooms: list[tuple[str, str]]) -> Element:
         query = Element("query", DISCO_ITEMS_NS)
-        listed = [r for r in self.rooms.values()
-                  if r.jid.endswith("@" + ctx.domain) and r.config.public and not r.locked]
-        for room in sorted(listed, key=lambda r: r.jid)[: limits.MAX_ROOMS_DISCO_ITEMS]:
-            query.add("item", attrs={"jid": room.jid, "name": room.config.name or room.local})
+        for jid, name in sorted(rooms)[: limits.MAX_ROOMS_DISCO_ITEMS]:
+            query.add("item", attrs={"jid": jid, "name": name})
         return iq_result(ctx.iq, query)
 
     def _unique(self, ctx: IqContext) -> Element:

@@ -1,6 +1,7 @@
 """Persistent rooms in the database (``muc_rooms``, ``muc_affiliations``).
 
-This module is in charge of reading every persistent room at start and of writing one room's whole
+This module is in charge of reading every persistent room at start (or one room, for the cluster
+node that has just become its owner) and of writing one room's whole
 state (configuration, subject, occupant-id salt, affiliations with their reserved nicknames and
 offline-delivery choices) in one transaction, or deleting it.
 """
@@ -31,6 +32,24 @@ class RoomStore:
                 if room is not None:
                     room["affiliations"].append((row.jid, row.affiliation, row.nick, row.reason, row.offline))
         return list(rooms.values())
+
+    async def load_one(self, jid: str) -> dict[str, Any] | None:
+        """One room as ``load`` gives it, or None if it is not stored."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(muc_rooms).where(muc_rooms.c.jid == jid))).first()
+            if row is None:
+                return None
+            room = {**row._mapping, "affiliations": []}
+            for aff in await conn.execute(select(muc_affiliations).where(muc_affiliations.c.room == jid)):
+                room["affiliations"].append((aff.jid, aff.affiliation, aff.nick, aff.reason, aff.offline))
+        return room
+
+    async def configs(self, service_jid: str) -> list[tuple[str, str]]:
+        """(room JID, configuration as stored) of the persistent rooms of ``service_jid``."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(muc_rooms.c.jid, muc_rooms.c.config).where(
+                muc_rooms.c.jid.endswith("@" + service_jid, autoescape=True)))
+            return [(str(row.jid), str(row.config)) for row in rows]
 
     async def save(self, room: Room) -> None:
         affiliations = [{"room": room.jid, "jid": jid, "affiliation": affiliation,
