@@ -36,8 +36,10 @@ nats-server, PostgreSQL and this load tool are not pinned and run on the same tw
 each used during each step is recorded, so the figure can be read against what the nodes had.
 
   (b') with --quota F[,F...] (run as root, cgroup v1 cpu controller at /sys/fs/cgroup/cpu): (b)
-      again with each node in a cgroup of its own whose CFS quota is F of one CPU
-      (cpu.cfs_quota_us = F x cpu.cfs_period_us), pinned as in (b), the same F for the one node and
+      again with each node in a cgroup of its own whose CFS quota is F of one CPU (a 10 ms period,
+      cpu.cfs_quota_us = F x cpu.cfs_period_us), pinned as in (b), with --quota-window messages in
+      flight per pair (a throttled node waits out its period: with the window of (b) the closed loop,
+      not the node, would set the rate), the same F for the one node and
       for each of the two. On a 2-CPU machine the one-process load tool cannot feed two unlimited
       nodes; with the nodes capped, nats-server, PostgreSQL and the load tool have the rest, so
       the ratio says whether two nodes give twice one node's capacity. The share of CFS periods in
@@ -46,7 +48,7 @@ each used during each step is recorded, so the figure can be read against what t
 Targets (a) <= 2x and (b) >= 1.7x are the issue's; (c) <= 5 s is the issue's; (d) is ours; (e) and
 (f) have no target (measured costs).
 
-Usage: python3 bench/cluster/run.py [--messages 4000] [--pairs 20] [--seconds 8] [--quota 0.15,0.2] [--no-write]
+Usage: python3 bench/cluster/run.py [--messages 4000] [--pairs 20] [--seconds 8] [--quota 0.1,0.15] [--no-write]
 Appends a section to bench/RESULTS.md unless --no-write.
 """
 
@@ -150,6 +152,7 @@ def pin(pid: int, cpu: int) -> None:
 
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+QUOTA_PERIOD_US = 10_000
 
 
 class Quota:
@@ -161,8 +164,11 @@ class Quota:
     def apply(self, name: str, pid: int, fraction: float) -> None:
         group = CGROUP_CPU / f"peerage-bench-{os.getpid()}-{name}"
         group.mkdir(exist_ok=True)
-        period = int((group / "cpu.cfs_period_us").read_text())
-        (group / "cpu.cfs_quota_us").write_text(str(int(period * fraction)))
+        # A short period (the default is 100 ms): a node held at its quota waits at most this long,
+        # so the closed loop's messages in flight are not what limits it.
+        (group / "cpu.cfs_quota_us").write_text("-1")
+        (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(int(QUOTA_PERIOD_US * fraction)))
         (group / "cgroup.procs").write_text(str(pid))  # every thread of the process
         self.groups[name] = group
 
@@ -248,12 +254,13 @@ def received(receiver: ClusterClient) -> int:
     return sum(1 for e in receiver.received if e.name == "message")
 
 
-async def run_pair(sender: ClusterClient, receiver: ClusterClient, count: int | None, until: float) -> int:
+async def run_pair(sender: ClusterClient, receiver: ClusterClient, count: int | None, until: float,
+                   window: int = WINDOW) -> int:
     sent = 0
     base = received(receiver)
     while (count is None or sent < count) and time.monotonic() < until:
-        while sent - (received(receiver) - base) >= WINDOW:
-            await receiver.wait(lambda s=sent: s - (received(receiver) - base) < WINDOW, timeout=30,
+        while sent - (received(receiver) - base) >= window:
+            await receiver.wait(lambda s=sent: s - (received(receiver) - base) < window, timeout=30,
                                 what="window")
         await sender.write(f"<message to='{receiver.jid}' type='chat'><body>m {sent}</body></message>")
         sent += 1
@@ -297,13 +304,13 @@ async def cpu_per_message(bench: Bench, messages: int, pairs: int) -> dict[str, 
 
 
 async def throughput(bench: Bench, pairs: int, seconds: float, senders: list[str],
-                     receivers: list[str]) -> tuple[float, dict[str, float]]:
+                     receivers: list[str], window: int = WINDOW) -> tuple[float, dict[str, float]]:
     """Messages/s, and the CPU each part used per second of the step (1.0 = one core)."""
     clients = await connect_pairs(pairs, senders, receivers, secrets.token_hex(3))
     until = time.monotonic() + seconds
     before = bench.shares()
     started = time.monotonic()
-    counts = await asyncio.gather(*(run_pair(s, r, None, until) for s, r in clients))
+    counts = await asyncio.gather(*(run_pair(s, r, None, until, window) for s, r in clients))
     elapsed = time.monotonic() - started
     after = bench.shares()
     await close_pairs(clients)
@@ -518,7 +525,7 @@ async def main_async(args: argparse.Namespace) -> str:
             for fraction in quotas:
                 quota.apply("n1", n1.process.pid, fraction)
                 before = quota.stats()
-                rate, used = await throughput(bench, args.pairs, args.seconds, ["n1"], ["n1"])
+                rate, used = await throughput(bench, args.pairs, args.seconds, ["n1"], ["n1"], args.quota_window)
                 capped[fraction] = {"one": (rate, used, throttled(before, quota.stats()))}
         finally:
             quota.release([n1.process.pid])
@@ -535,7 +542,8 @@ async def main_async(args: argparse.Namespace) -> str:
                 quota.apply("n2", n2.process.pid, fraction)
                 for key, receivers in (("local", ["n1", "n2"]), ("cross", ["n2", "n1"])):
                     before = quota.stats()
-                    rate, used = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], receivers)
+                    rate, used = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], receivers,
+                                                  args.quota_window)
                     capped[fraction][key] = (rate, used, throttled(before, quota.stats()))
         finally:
             quota.release([n1.process.pid, n2.process.pid])
@@ -604,9 +612,11 @@ async def main_async(args: argparse.Namespace) -> str:
         if capped:
             lines += [
                 "(b') the same steps with each node held to a CPU quota (a cgroup v1 cpu group per node,",
-                "cpu.cfs_quota_us = quota x cpu.cfs_period_us; pinned as in (b)), the same quota for the one node",
-                "and for each of the two, so nats-server, PostgreSQL and the load tool have the rest of the two",
-                "CPUs. Throttled: share of the step's 100 ms CFS periods in which the node used up its quota.",
+                f"cpu.cfs_period_us = {QUOTA_PERIOD_US}, cpu.cfs_quota_us = quota x period; pinned as in (b)),",
+                "the same quota for the one node and for each of the two, so nats-server, PostgreSQL and the load",
+                f"tool have the rest of the two CPUs; {args.pairs} pairs, {args.quota_window} messages in flight per"
+                " pair. Throttled: share of the step's CFS periods in which the node used up its quota (near 100 %:",
+                "the node, not the load, set the rate).",
                 "",
                 "| quota per node | nodes | pairs | messages/s | CPU: nodes / nats / pg / load | throttled |",
                 "| ---: | --- | --- | ---: | --- | --- |",
@@ -680,6 +690,7 @@ def main() -> None:
     parser.add_argument("--roster-rounds", type=int, default=20)
     parser.add_argument("--sm-messages", type=int, default=2000)
     parser.add_argument("--quota", default="", help="(b') CPU quota per node, fractions of a CPU, comma-separated")
+    parser.add_argument("--quota-window", type=int, default=50, help="(b') messages in flight per pair")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     text = asyncio.run(main_async(args))
