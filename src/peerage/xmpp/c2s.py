@@ -253,6 +253,7 @@ class C2SConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.closing = True
+        self.parser.release()
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -377,6 +378,7 @@ class C2SConnection(asyncio.Protocol):
 
     def _restart(self) -> None:
         """Expect a new stream header on a fresh parser (after STARTTLS and SASL success)."""
+        self.parser.release()
         self.parser = XmlStreamParser(self.service.max_stanza_size)
 
     def _peer_closed(self) -> None:

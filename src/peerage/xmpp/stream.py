@@ -308,6 +308,21 @@ class XmlStreamParser:
         self._parser = None
         return True
 
+    def release(self) -> None:
+        """Let go of the expat parser at once: the stream was restarted or the connection is gone.
+
+        The expat parser's handlers are this object's bound methods, so the two form a reference
+        cycle that, left to itself, only the cyclic garbage collector frees, after the parser has
+        usually been promoted to an older generation: an expat parser and its buffers (about
+        20 KiB) per restart and per closed connection then wait for a full collection, and free
+        in a burst long after other allocations have been placed around them, leaving holes in the
+        C heap that an idle server keeps resident. Released here, their memory is reused at once
+        by the next parser, which needs the same sizes. Feeding a released parser does nothing.
+        """
+        self._parser = None
+        self._closed = True
+        self._stack.clear()
+
     def _replay_header(self) -> bytes | None:
         """A stream header declaring the original namespaces, or None if it cannot be rebuilt."""
         stream_prefixes = [prefix for prefix, uri in self._root_ns if uri == STREAM_NS]
