@@ -28,6 +28,7 @@ DOMAIN = "example.org"
 OTHER_DOMAIN = "example.net"
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
+ERIN = "erin@example.org"  # the browser that calls baresip and takes its calls (test_baresip.py)
 DAVE = "dave@example.net"  # on the other peerage domain (XMPP s2s, SIP peering)
 DAVE_PASSWORD = "dave-uses-baresip-9"  # no space: baresip account lines split on them
 PASSWORD = "correct horse battery"
@@ -36,6 +37,11 @@ HTTPS_PORT = 8443
 SIP_WSS_PORT = 7443
 ORIGIN = f"https://{DOMAIN}:{HTTPS_PORT}"
 TURN_PORT = 3478
+# The network namespace test_baresip.py runs baresip in (tests/webchat/netns.py): two addresses of the
+# benchmarking range (RFC 2544, never routed), the area block's third octet as its own. coturn relays
+# to it as to a loopback peer.
+NETNS_HOST_ADDRESS = f"198.18.{BLOCK.split('.')[2]}.1"
+NETNS_ADDRESS = f"198.18.{BLOCK.split('.')[2]}.2"
 # Short, so a test sees the push that replaces credentials and the expiry of the old ones (the floor
 # [turn] credential_lifetime accepts is 10 s). 20 s: the push comes at 80 % of it, and 4 s before the
 # expiry is a margin a loaded CI machine keeps (2 s was not).
@@ -63,7 +69,8 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 @pytest.fixture(scope="session")
 def coturn(tmp_path_factory: pytest.TempPathFactory, turn_secret: str) -> Iterator[Coturn]:
-    server = Coturn(tmp_path_factory.mktemp("coturn"), TURN_ADDRESS, turn_secret, DOMAIN, port=TURN_PORT).start()
+    server = Coturn(tmp_path_factory.mktemp("coturn"), TURN_ADDRESS, turn_secret, DOMAIN, port=TURN_PORT,
+                    allowed_peers=(NETNS_ADDRESS,)).start()
     try:
         yield server
     finally:
@@ -95,7 +102,7 @@ def peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS, test_
     }
     server = PeerageServer(workdir, DOMAIN, PEERAGE_ADDRESS, dns=local_dns, services=("xmpp", "sip", "web"),
                            config=config, certs={DOMAIN: cert}, ca_file=test_ca.cert_path)
-    for account in (ALICE, BOB):
+    for account in (ALICE, BOB, ERIN):
         server.add_user(account, PASSWORD)
     local_dns.add_a(DOMAIN, PEERAGE_ADDRESS)
     local_dns.add_srv("_xmpp-client._tcp." + DOMAIN, 0, 5, 5222, DOMAIN)
@@ -129,11 +136,11 @@ def other_peerage(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDNS,
         server.stop()
 
 
-def _page(tmp_path_factory: pytest.TempPathFactory, account: str) -> Iterator[Browser]:
+def _page(tmp_path_factory: pytest.TempPathFactory, account: str, *, loopback: bool = True) -> Iterator[Browser]:
     from tests.webchat.pages import login_to_chat, open_browser, wait_phone
 
     require_browser()
-    browser = open_browser(tmp_path_factory.mktemp(account.split("@")[0]))
+    browser = open_browser(tmp_path_factory.mktemp(account.split("@")[0]), loopback=loopback)
     try:
         login_to_chat(browser, account)
         # Relay only: media goes through coturn, and never to an address outside the loopback block.

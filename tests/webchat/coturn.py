@@ -2,8 +2,8 @@
 
 Started by the tests in a temp dir, no configuration file (-n), every option on the command line:
 use-auth-secret with static-auth-secret (draft-uberti-behave-turn-rest), the realm peerage's domain,
-UDP and TCP on one port, no TLS/DTLS listeners, loopback peers allowed (every test address is one),
-relay ports in a small private range.
+UDP and TCP on one port, no TLS/DTLS listeners, loopback peers allowed (every test address is one)
+and no others but the ``allowed_peers`` a test names, relay ports in a small private range.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ START_TIMEOUT = 60.0  # a loaded 2-core CI machine; a server that answers sooner
 
 class Coturn:
     def __init__(self, workdir: Path, address: str, secret: str, realm: str, *, port: int = 3478,
-                 relay_ports: tuple[int, int] = (49160, 49260)) -> None:
+                 relay_ports: tuple[int, int] = (49160, 49260), allowed_peers: tuple[str, ...] = ()) -> None:
         self.binary = require_binary("turnserver", "/usr/bin/turnserver")
         self.workdir = workdir
         self.address = address
@@ -28,6 +28,7 @@ class Coturn:
         self.secret = secret
         self.realm = realm
         self.relay_ports = relay_ports
+        self.allowed_peers = allowed_peers
         self.log_path = workdir / "turnserver.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -42,6 +43,8 @@ class Coturn:
             "--allow-loopback-peers", "--no-multicast-peers", "--fingerprint", "-v",
             # Relay to loopback peers only: a peer's ICE may list the machine's other addresses.
             "--denied-peer-ip", "0.0.0.0-126.255.255.255", "--denied-peer-ip", "128.0.0.0-255.255.255.255",
+            # allowed-peer-ip wins over denied-peer-ip (coturn's README.turnserver).
+            *(option for peer in self.allowed_peers for option in ("--allowed-peer-ip", peer)),
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr", "wb"),  # noqa: SIM115
                                         cwd=self.workdir)

@@ -17,8 +17,11 @@ ALLOWED = [f"{DOMAIN}:{HTTPS_PORT}", f"{DOMAIN}:{SIP_WSS_PORT}"]
 PHONE_TIMEOUT = 20.0
 
 
-def open_browser(workdir: Path) -> Browser:
-    return Browser(workdir, hosts=HOSTS, allow_hosts=ALLOWED, width=1200, height=760, extra_args=MEDIA_ARGS)
+def open_browser(workdir: Path, *, loopback: bool = True) -> Browser:
+    """``loopback=False``: ICE leaves out the loopback network (Chromium's default), so candidates are
+    gathered on the host's other networks only."""
+    args = MEDIA_ARGS if loopback else [arg for arg in MEDIA_ARGS if arg != "--allow-loopback-in-peer-connection"]
+    return Browser(workdir, hosts=HOSTS, allow_hosts=ALLOWED, width=1200, height=760, extra_args=args)
 
 
 def login_to_chat(browser: Browser, account: str, password: str = PASSWORD) -> None:
