@@ -260,3 +260,66 @@ def test_roundtrip_and_mutation(value: str, body: bytes, mutate_at: int, byte: i
     for parse in (parse_datagram, stream.feed):
         with contextlib.suppress(SipParseError):
             parse(bytes(corrupted))
+
+
+EDITS = st.lists(st.tuples(
+    st.sampled_from(["add", "add_first", "set", "remove", "pop_first_value", "edit_in_place", "push_via"]),
+    st.sampled_from(["Via", "v", "Route", "Record-Route", "Max-Forwards", "CSeq", "Contact", "X-Other"]),
+    st.sampled_from(["SIP/2.0/UDP 127.0.3.9:5060;branch=z9hG4bKx", "<sip:p.test;lr>, <sip:q.test;lr>", "69",
+                     "2 INVITE"])), max_size=12)
+
+
+@given(EDITS)
+@settings(max_examples=300, deadline=None)
+def test_header_index_follows_every_edit(edits: list[tuple[str, str, str]]) -> None:
+    """The index that lookups use is kept up to date by each edit (not rebuilt): after any sequence
+    of edits every lookup answers what a fresh scan of the lines answers."""
+    message = parse_datagram(msg(*BASIC, "Route: <sip:r1.test;lr>,<sip:r2.test;lr>", "Route: <sip:r3.test;lr>"))
+    names = ("via", "route", "record-route", "max-forwards", "cseq", "contact", "x-other", "call-id")
+    for operation, name, value in edits:
+        message.get("via")  # the index exists before each edit, as in the proxy
+        if operation == "edit_in_place":
+            positions = [i for i, entry in enumerate(message.headers) if entry[0] == "via"]
+            if positions:
+                entry = message.headers[positions[0]]
+                message.headers[positions[0]] = (entry[0], entry[1], entry[2] + ";received=127.0.3.8")
+                message.headers_changed("via")
+        elif operation == "push_via":
+            message.push_via("UDP", "127.0.3.7", 5060, "z9hG4bKpushed")
+        elif operation == "pop_first_value":
+            message.pop_first_value(name)
+        elif operation == "remove":
+            message.remove(name)
+        else:
+            getattr(message, operation)(name, value)
+        fresh = SipMessage(headers=list(message.headers))
+        for key in names:
+            assert message.get(key) == fresh.get(key), (operation, name, key)
+
+
+def test_forwarded_copy_takes_over_the_index() -> None:
+    """SipMessage.inherit_views: the copy answers from the original's index, but for the header that
+    differs, and the original's later edits do not leak into the copy."""
+    request = parse_datagram(msg(*BASIC))
+    assert request.get("max-forwards") == "70" and request.cseq == (1, "INVITE")
+    headers = [entry for entry in request.headers if entry[0] != "max-forwards"]
+    headers.insert(1, ("max-forwards", "Max-Forwards", "69"))
+    copy = SipMessage(method="INVITE", uri="sip:bob@127.0.3.2", headers=headers)
+    copy.inherit_views(request, "max-forwards", "69")
+    request.set("Call-ID", "other@a")
+    assert copy.get("max-forwards") == "69" and copy.call_id == "c1@a" and copy.cseq == (1, "INVITE")
+    assert request.call_id == "other@a"
+
+
+def test_copy_is_independent() -> None:
+    """SipMessage.copy: edits to the copy (the proxy's Via and Record-Route) leave the original as it
+    was, and both keep answering lookups from their own index."""
+    request = parse_datagram(msg(*BASIC))
+    assert request.first_value("via") == "SIP/2.0/UDP 127.0.3.1:5060;branch=z9hG4bK1"
+    copy = request.copy()
+    copy.push_via("UDP", "127.0.3.2", 5060, "z9hG4bKproxy")
+    copy.add_first("Record-Route", "<sip:127.0.3.2;lr>")
+    assert copy.first_value("via") == "SIP/2.0/UDP 127.0.3.2:5060;branch=z9hG4bKproxy;rport"
+    assert copy.get("record-route") == "<sip:127.0.3.2;lr>" and copy.cseq == (1, "INVITE")
+    assert request.first_value("via") == "SIP/2.0/UDP 127.0.3.1:5060;branch=z9hG4bK1"
+    assert request.get("record-route") is None and len(request.headers) == len(copy.headers) - 2

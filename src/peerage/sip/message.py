@@ -133,9 +133,10 @@ class SipMessage:
     each header value.
 
     Lookups go through an index of the first value of each header, built on the first lookup and
-    dropped by every method that edits ``headers``; code that edits the list itself calls
+    kept up to date by every method that edits ``headers``; code that edits the list itself calls
     :meth:`headers_changed` before the next lookup (the proxy reads a dozen headers of each message
-    several times, and scanning the list each time cost more than parsing it).
+    several times, and scanning the list each time cost more than parsing it; rebuilding the index
+    after each of the proxy's edits cost a rebuild and a half per message).
     """
 
     __slots__ = ("_cseq", "_index", "_top_via", "body", "headers", "method", "reason", "status", "uri")
@@ -220,7 +221,9 @@ class SipMessage:
 
     def add(self, name: str, value: str) -> None:
         key = _long_name(name)
-        self._index = None
+        index = self._index
+        if index is not None and key not in index:
+            index[key] = value  # below any line of that name: the first one stays
         if key == "cseq":
             self._cseq = None
         if key == "via":
@@ -230,7 +233,8 @@ class SipMessage:
     def add_first(self, name: str, value: str) -> None:
         """Insert ``name`` above every other header of that name (new Via, Record-Route)."""
         key = _long_name(name)
-        self._index = None
+        if self._index is not None:
+            self._index[key] = value
         if key == "cseq":
             self._cseq = None
         if key == "via":
@@ -252,7 +256,8 @@ class SipMessage:
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line."""
         key = _long_name(name)
-        self._index = None
+        if self._index is not None:
+            self._index[key] = value
         if key == "cseq":
             self._cseq = None
         if key == "via":
@@ -266,7 +271,8 @@ class SipMessage:
 
     def remove(self, name: str) -> None:
         key = _long_name(name)
-        self._index = None
+        if self._index is not None:
+            self._index.pop(key, None)
         if key == "cseq":
             self._cseq = None
         if key == "via":
@@ -278,32 +284,61 @@ class SipMessage:
         key = _long_name(name)
         for index, entry in enumerate(self.headers):
             if entry[0] == key:
-                self._index = None
                 if key == "via":
                     self._top_via = None
                 elif key == "cseq":
                     self._cseq = None
                 raw = entry[2]
                 comma = _first_comma(raw)
-                if comma < 0:
-                    del self.headers[index]
-                    return raw.strip()
-                rest = raw[comma + 1:].strip()
+                rest = "" if comma < 0 else raw[comma + 1:].strip()
                 if rest:
                     self.headers[index] = (key, entry[1], rest)
                 else:
                     del self.headers[index]
-                return raw[:comma].strip()
+                if self._index is not None:
+                    self._reindex(key)
+                return raw.strip() if comma < 0 else raw[:comma].strip()
         return None
 
     def headers_changed(self, name: str | None = None) -> None:
         """Call after editing ``headers`` entries in place, so cached parses are redone (``name``:
         only that header was edited)."""
-        self._index = None
+        if name is None:
+            self._index = None
+        elif self._index is not None:
+            self._reindex(name)
         if name is None or name == "via":
             self._top_via = None
         if name is None or name == "cseq":
             self._cseq = None
+
+    def copy(self) -> SipMessage:
+        """A copy with a header list of its own (the entries, tuples, are shared) and the header
+        index and CSeq parse, which stay true for it."""
+        copy = SipMessage(self.method, self.uri, self.status, self.reason, list(self.headers), self.body)
+        if self._index is not None:
+            copy._index = dict(self._index)
+        copy._cseq = self._cseq
+        return copy
+
+    def inherit_views(self, original: SipMessage, changed: str, value: str) -> None:
+        """Take over the header index and CSeq parse of ``original``, whose header lines this
+        message copies except ``changed``, now the one line ``value`` (a request the proxy forwards
+        need not index them again)."""
+        if original._index is not None:
+            index = self._index = dict(original._index)
+            index[changed] = value
+        if changed != "cseq":
+            self._cseq = original._cseq
+
+    def _reindex(self, key: str) -> None:
+        """The index entry of ``key`` after its lines changed (the index exists)."""
+        assert self._index is not None
+        for entry in self.headers:
+            if entry[0] == key:
+                self._index[key] = entry[2]
+                return
+        self._index.pop(key, None)
 
     # -- frequently used parsed views
     @property

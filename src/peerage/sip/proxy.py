@@ -714,8 +714,11 @@ class ProxyCore:
     def _copy_for_forwarding(self, request: SipMessage, target_uri: str, max_forwards: int) -> SipMessage:
         """§16.6 steps 1-3: copy, new Request-URI, Max-Forwards decremented."""
         headers = [entry for entry in request.headers if entry[0] != "max-forwards"]
-        headers.insert(1, ("max-forwards", "Max-Forwards", str(max_forwards - 1)))
-        return SipMessage(method=request.method, uri=target_uri, headers=headers, body=request.body)
+        value = str(max_forwards - 1)
+        headers.insert(1, ("max-forwards", "Max-Forwards", value))
+        copy = SipMessage(method=request.method, uri=target_uri, headers=headers, body=request.body)
+        copy.inherit_views(request, "max-forwards", value)
+        return copy
 
     # ------------------------------------------------------------------ branches
     def _start_branch(self, context: ProxyContext, branch: Branch) -> None:
@@ -759,9 +762,7 @@ class ProxyCore:
 
     def _send_branch(self, context: ProxyContext, branch: Branch, destination: Destination) -> None:
         request = context.request
-        forwarded = SipMessage(method=branch.request.method, uri=branch.request.uri,
-                               headers=list(branch.request.headers),
-                               body=branch.request.body)
+        forwarded = branch.request.copy()
         transport = destination.transport
         address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
         branch_id = f"{MAGIC_COOKIE}-pg-{self._loop_key(request)}-{self._branch_prefix}" \

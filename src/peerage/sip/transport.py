@@ -429,10 +429,12 @@ class SipTransport:
             # (checked by OpenSSL against its subjectAltName), and chain to a trusted root.
             context.check_hostname = context.verify_mode == ssl.CERT_REQUIRED
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: StreamConnection(self, transport_name), host, port,
-                                       ssl=context, server_hostname=server_name),
-                CONNECT_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose the cancellation stop()
+            # sends as the connection completes (CPython gh-86296), and the task then runs on.
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, connection = await loop.create_connection(
+                    lambda: StreamConnection(self, transport_name), host, port, ssl=context,
+                    server_hostname=server_name)
         except (TimeoutError, OSError, ssl.SSLError) as error:
             log.info("sip: cannot connect to %s %s:%d%s: %s", transport_name, host, port,
                      f" ({server_name})" if server_name else "", error)
