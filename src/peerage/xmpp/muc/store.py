@@ -24,25 +24,28 @@ class RoomStore:
         self.engine = engine
 
     async def load(self) -> list[dict[str, Any]]:
+        return await self._read()
+
+    async def load_one(self, jid: str) -> dict[str, Any] | None:
+        """One room as ``load`` gives it, or None if it is not stored."""
+        rooms = await self._read(jid)
+        return rooms[0] if rooms else None
+
+    async def _read(self, jid: str | None = None) -> list[dict[str, Any]]:
+        """Every stored room, or only ``jid``, each with its affiliations."""
+        rooms_query, affiliations_query = select(muc_rooms), select(muc_affiliations)
+        if jid is not None:
+            rooms_query = rooms_query.where(muc_rooms.c.jid == jid)
+            affiliations_query = affiliations_query.where(muc_affiliations.c.room == jid)
         async with self.engine.connect() as conn:
-            rooms = {row.jid: {**row._mapping, "affiliations": []}
-                     for row in await conn.execute(select(muc_rooms))}
-            for row in await conn.execute(select(muc_affiliations)):
+            rooms = {row.jid: {**row._mapping, "affiliations": []} for row in await conn.execute(rooms_query)}
+            if not rooms:
+                return []
+            for row in await conn.execute(affiliations_query):
                 room = rooms.get(row.room)
                 if room is not None:
                     room["affiliations"].append((row.jid, row.affiliation, row.nick, row.reason, row.offline))
         return list(rooms.values())
-
-    async def load_one(self, jid: str) -> dict[str, Any] | None:
-        """One room as ``load`` gives it, or None if it is not stored."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(muc_rooms).where(muc_rooms.c.jid == jid))).first()
-            if row is None:
-                return None
-            room = {**row._mapping, "affiliations": []}
-            for aff in await conn.execute(select(muc_affiliations).where(muc_affiliations.c.room == jid)):
-                room["affiliations"].append((aff.jid, aff.affiliation, aff.nick, aff.reason, aff.offline))
-        return room
 
     async def configs(self, service_jid: str) -> list[tuple[str, str]]:
         """(room JID, configuration as stored) of the persistent rooms of ``service_jid``."""
