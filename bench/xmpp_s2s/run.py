@@ -156,21 +156,24 @@ def _peerage(work: Path, ca: TestCA, dns: LocalDNS, domain: str, address: str, u
                                    "xmpp": {"archive_enabled": False,
                                             "federation": {"level": "encrypted", "bidi": False}}})
     saved = os.environ.get("PYTHONPATH")
-    if source is not None:
-        # The server process (and the CLI that adds users) import peerage from the earlier tree.
-        os.environ["PYTHONPATH"] = str(source)
+    # The server process (and the CLI that adds users) import peerage from the tree named here: the
+    # earlier tree for the baseline, this checkout's src/ otherwise. Without it the child imports the
+    # package the virtualenv has installed, which may be another checkout's tree.
+    os.environ["PYTHONPATH"] = str(source if source is not None else ROOT / "src")
     try:
         if source is not None:
             _fit_config(server.config_path)
+        tree = subprocess.run([sys.executable, "-c", "import peerage; print(peerage.__file__)"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        print(f"  {domain}: peerage from {Path(tree).parents[1]}", flush=True)
         for user in users:
             server.add_user(f"{user}@{domain}", PASSWORD)
         return server.start()
     finally:
-        if source is not None:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def main() -> int:
