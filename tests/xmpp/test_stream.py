@@ -295,3 +295,42 @@ def test_partial_start_tag_with_gt_in_attribute_is_not_a_boundary() -> None:
     assert not parser.compact()
     (message,) = parser.feed(b"><body>ok</body></message>")
     assert isinstance(message, Element) and message.attrs["a"] == "x>y"
+
+
+# --- release (a parser is freed by reference counting, not by the cyclic collector) ------------
+
+def _live_parsers() -> int:
+    import gc
+
+    return sum(1 for obj in gc.get_objects() if type(obj) is XmlStreamParser)
+
+
+def test_release_frees_parsers_without_the_cyclic_collector() -> None:
+    import gc
+
+    from peerage.xmpp.bosh import BoshEndpoint
+    from peerage.xmpp.stream import parse_stored
+
+    gc.collect()
+    gc.disable()  # what survives now is what only the cyclic collector would free
+    try:
+        before = _live_parsers()
+        kept = [opened_parser() for _ in range(3)]
+        for parser in kept:
+            parser.feed(b"<message><body>x</body></message>")
+        assert _live_parsers() == before + 3
+        for parser in kept:
+            parser.release()
+            assert parser.feed(b"<iq id='1'/>") == []  # a released parser takes no more input
+        del kept, parser
+        assert _live_parsers() == before
+        # One-shot parses let theirs go too: a stored stanza, a BOSH request body (XEP-0124).
+        for _ in range(3):
+            assert parse_stored("<message><body>stored</body></message>").name == "message"
+        endpoint = BoshEndpoint.__new__(BoshEndpoint)
+        endpoint.max_body = 65536
+        body = endpoint._parse(b"<body xmlns='http://jabber.org/protocol/httpbind' rid='1'><message/></body>")
+        assert body is not None and body.name == "body"
+        assert _live_parsers() == before
+    finally:
+        gc.enable()

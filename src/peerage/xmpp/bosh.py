@@ -152,6 +152,9 @@ class BoshC2S(C2SConnection):
                                 pre_auth=service.pre_auth_features)
         self.bosh = bosh
         self.restart_pending = False
+        # Each request's <body/> is parsed on its own (BoshEndpoint._parse): the stream parser
+        # C2SConnection made is never fed, so its expat parser (about 20 KiB) goes at once.
+        self.parser.release()
 
     def open_stream(self, attrs: dict[str, str]) -> None:
         self.restart_pending = False
@@ -408,7 +411,9 @@ class BoshEndpoint:
         parser = XmlStreamParser(self.max_body)
         parser.feed(_SYNTHETIC_HEADER)
         events = parser.feed(data)
-        if len(events) != 1 or not isinstance(events[0], Element) or parser._depth != 1:
+        depth = parser._depth
+        parser.release()  # one request, one use: freed now, not by the cyclic collector
+        if len(events) != 1 or not isinstance(events[0], Element) or depth != 1:
             return None
         body = events[0]
         if body.name != "body" or body.xmlns != BOSH_NS:

@@ -649,6 +649,7 @@ def parse_stored(xml: str) -> Element:
         b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
         + xml.encode()
     )
+    parser.release()  # freed now rather than by the cyclic collector (XmlStreamParser.release)
     for event in events:
         if isinstance(event, Element):
             return event

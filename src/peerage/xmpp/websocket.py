@@ -341,8 +341,10 @@ class WebSocketC2S(C2SConnection):
         parser = XmlStreamParser(self.service.max_stanza_size)
         parser.feed(_FRAMING_HEADER)
         events = parser.feed(data)
+        depth = parser._depth
+        parser.release()  # one message, one use: freed now, not by the cyclic collector
         element = events[0] if len(events) == 1 else None
-        if not isinstance(element, Element) or parser._depth != 1 or element.name != name \
+        if not isinstance(element, Element) or depth != 1 or element.name != name \
                 or element.xmlns != FRAMING_NS:
             failure = next((e for e in events if isinstance(e, StreamFailure)), None)
             if failure is not None:
@@ -358,7 +360,9 @@ class WebSocketC2S(C2SConnection):
         if element is None:
             return
         # A fresh parser per stream (RFC 7395 §3.3.2: <open/> after SASL success restarts the stream),
-        # primed with a header whose default namespace is jabber:client.
+        # primed with a header whose default namespace is jabber:client. The previous one (the
+        # stream before the restart, or the unused one C2SConnection made) is let go at once.
+        self.parser.release()
         self.parser = XmlStreamParser(self.service.max_stanza_size)
         self.parser.feed(_SYNTHETIC_HEADER)
         self._opened = True
@@ -368,6 +372,7 @@ class WebSocketC2S(C2SConnection):
     def _restart(self) -> None:
         """After SASL success the client sends a new <open/>."""
         self._opened = False
+        self.parser.release()
         self.parser = XmlStreamParser(self.service.max_stanza_size)
 
     # --- output: one message per element (C2SConnection._write queues, this frames) -----------
