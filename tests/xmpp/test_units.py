@@ -230,3 +230,28 @@ def test_router_bind_replaces_same_full_jid() -> None:
     assert router.session("u@a.test", "r") is second
     router.unbind(second)  # type: ignore[arg-type]
     assert router.resources("u@a.test") == {}
+
+
+def test_presence_avatar_hash_is_one_shared_element_per_hash() -> None:
+    """XEP-0153 section 3.1: each available presence carries <x><photo>hash</photo></x>; the element
+    is shared between presences with the same hash (every idle session keeps its last presence)."""
+    from types import SimpleNamespace
+
+    from peerage.xmpp.events import Events
+    from peerage.xmpp.features.avatar import VCARD_UPDATE_NS, AvatarConversion
+    from peerage.xmpp.stanzas import StanzaEvent
+    from peerage.xmpp.stream import serialize
+
+    feature = AvatarConversion(SimpleNamespace(events=Events()))  # type: ignore[arg-type]
+    feature.hashes.update({"u@a.test": "", "v@a.test": "ab12"})
+    sent = []
+    for bare in ("u@a.test", "u@a.test", "v@a.test"):
+        stanza = Element("presence", "", {"from": f"{bare}/r"})
+        event = StanzaEvent(stanza, SimpleNamespace(bare_jid=bare), bare, "a.test", "", None, {})
+        assert feature._presence(event) is None
+        sent.append(stanza)
+    first, second, third = (stanza.find("x", VCARD_UPDATE_NS) for stanza in sent)
+    assert first is not None and first is second and third is not first
+    assert serialize(sent[0]) == ("<presence from='u@a.test/r'><x xmlns='vcard-temp:x:update'><photo></photo>"
+                                  "</x></presence>")
+    assert third is not None and third.find_text("photo", VCARD_UPDATE_NS) == "ab12"

@@ -41,6 +41,8 @@ VCARD_NS = "vcard-temp"
 VCARD_UPDATE_NS = "vcard-temp:x:update"
 #: Accounts whose avatar hash is remembered for presence (oldest forgotten first; reloaded on bind).
 MAX_CACHED_HASHES = 100_000
+#: Distinct ``<x xmlns='vcard-temp:x:update'/>`` elements kept for sharing (oldest forgotten first).
+MAX_CACHED_UPDATES = 10_000
 
 
 class AvatarConversion(Feature):
@@ -51,11 +53,28 @@ class AvatarConversion(Feature):
         self.hashes: dict[str, str] = {}
         #: accounts whose conversion is running (a conversion's own write must not convert back)
         self.converting: set[str] = set()
+        #: SHA-1 -> the <x><photo>SHA-1</photo></x> that presence carries. One element per hash,
+        #: shared by every presence with it: each available session keeps its last presence for
+        #: the whole session (RFC 6121 section 4.4.2, to answer probes), and a copy of its own would
+        #: be two elements, two lists and two dicts per idle connection. A presence's children are
+        #: shared already and never mutated (presence.with_to).
+        self.updates: dict[str, Element] = {}
         events = self.ctx.events
         events.hook("pep-item-published", self._published)
         events.hook("vcard-set", self._vcard_set)
         events.hook("pre-presence/bare", self._presence, 30)
         events.hook("resource-bind", self._bound)
+
+    def _update(self, sha1: str) -> Element:
+        """The XEP-0153 section 3.1 update element for ``sha1`` ("" for no avatar: an empty photo)."""
+        update = self.updates.get(sha1)
+        if update is None:
+            update = Element("x", VCARD_UPDATE_NS)
+            update.add("photo", text=sha1)
+            self.updates[sha1] = update
+            while len(self.updates) > MAX_CACHED_UPDATES:
+                del self.updates[next(iter(self.updates))]
+        return update
 
     @property
     def pep(self) -> Pep:
@@ -90,7 +109,7 @@ class AvatarConversion(Feature):
             stanza = Element(last.name, last.xmlns, dict(last.attrs), [
                 child for child in last.children
                 if not (isinstance(child, Element) and child.name == "x" and child.xmlns == VCARD_UPDATE_NS)])
-            stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
+            stanza.children.append(self._update(sha1))
             try:
                 await presence.broadcast(session, stanza)
             except Exception:
@@ -195,7 +214,7 @@ class AvatarConversion(Feature):
         sha1 = self.hashes.get(owner)
         if sha1 is None:
             return self._with_loaded_hash(event, owner)
-        stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
+        stanza.children.append(self._update(sha1))
         return None
 
     async def _with_loaded_hash(self, event: StanzaEvent, owner: str) -> None:
@@ -205,7 +224,7 @@ class AvatarConversion(Feature):
         sha1 = await self._load(owner)
         stanza = event.stanza
         if sha1 is not None and stanza.find("x", VCARD_UPDATE_NS) is None:
-            stanza.add("x", VCARD_UPDATE_NS).add("photo", text=sha1)
+            stanza.children.append(self._update(sha1))
         if sha1 is None:  # unreadable: the presence goes on without it rather than not at all
             self._remember(owner, "")
         result = self.ctx.events.fire("pre-presence/bare", event)
