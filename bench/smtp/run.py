@@ -156,10 +156,11 @@ def main() -> int:
         for index, (name, workers, source) in enumerate(runs[: len(PEERAGE_ADDRESSES)]):
             address = PEERAGE_ADDRESSES[index]
             saved_path = os.environ.get("PYTHONPATH")
-            if source is not None:
-                # The CLI that prepares its data, the server process and its MX workers import
-                # peerage from the earlier tree (a newer CLI would migrate the database past it).
-                os.environ["PYTHONPATH"] = str(source)
+            # The CLI that prepares its data, the server process and its MX workers import peerage
+            # from the tree meant: the earlier one (a newer CLI would migrate the database past it), or
+            # this checkout's (without PYTHONPATH they would import the virtualenv's installed one).
+            os.environ["PYTHONPATH"] = str(source if source is not None else ROOT / "src")
+            print(f"{name}: peerage from {os.environ['PYTHONPATH']}", flush=True)
             try:
                 peerage = make_peerage(workers, address, "-before" if source else "")
                 peerage.start()

@@ -69,3 +69,22 @@ async def test_resolver_timeout_is_distinct_from_nxdomain() -> None:
     resolver = Resolver(DnsConfig(nameservers=["127.0.0.154"], port=53, timeout=0.5))
     with pytest.raises(DnsTimeout):
         await resolver.a("a.test")
+
+
+async def test_answers_are_reused_until_their_ttl_runs_out(dns: LocalDNS) -> None:
+    import asyncio
+    import time
+
+    resolver = Resolver(DnsConfig(nameservers=[DNS_ADDRESS], port=53, timeout=10.0))
+    dns.add_txt("changing.a.test", "first")
+    assert await resolver.txt("changing.a.test") == ["first"]
+    asked = time.monotonic()
+    dns.remove("changing.a.test")
+    dns.add_txt("changing.a.test", "second")
+    # Within the TTL (the harness serves 5 s) the kept answer stands, as a caching resolver's does.
+    assert await resolver.txt("changing.a.test") == ["first"]
+    deadline = asked + 15.0
+    while (found := await resolver.txt("changing.a.test")) == ["first"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # waiting for the TTL to pass, with a bound
+    assert found == ["second"]
+    assert time.monotonic() - asked >= 4.0  # not before the TTL ran out

@@ -10,6 +10,7 @@ does not answer raises `DnsTimeout` so callers can tell "no such domain" from "t
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -103,8 +104,16 @@ class Resolver:
         self._resolver.use_edns(0, dns.flags.DO, 1232)
         self._resolver.flags = dns.flags.RD | dns.flags.AD
         self._max_ttl = config.cache_max_ttl
+        # Positive answers by (name, type) until they expire: what dnspython's cache returns too, without
+        # its per-query name parsing and resolution set-up (a DMARC policy is asked for every message).
+        self._answers: dict[tuple[str, str], tuple[float, Answer]] = {}
 
     async def _query(self, name: str, rdtype: str) -> Answer:
+        key = (name, rdtype)
+        kept = self._answers.get(key)
+        now = time.time()
+        if kept is not None and kept[0] > now:
+            return kept[1]
         try:
             answer = await self._resolver.resolve(name, rdtype, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
@@ -114,7 +123,11 @@ class Resolver:
         if answer.rrset is not None and answer.rrset.ttl > self._max_ttl:
             answer.rrset.ttl = self._max_ttl
         secure = bool(answer.response.flags & dns.flags.AD)
-        return Answer(list(answer), secure)
+        result = Answer(list(answer), secure)
+        if len(self._answers) >= DNS_CACHE_ENTRIES:
+            self._answers.clear()
+        self._answers[key] = (min(answer.expiration, now + self._max_ttl), result)
+        return result
 
     async def srv(self, name: str) -> list[SrvTarget]:
         answer = await self._query(name, "SRV")

@@ -8,14 +8,12 @@ since the libraries block) and of rendering their outcome for the stored message
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
-import email.utils
 from dataclasses import dataclass
 from typing import Any
 
 from peerage.mail.auth import dkim, dmarc, spf
 from peerage.mail.auth.dnsquery import SyncLookup
+from peerage.mail.smtp.headers import HeaderFields, addresses_of, header_block
 
 
 @dataclass(frozen=True)
@@ -56,13 +54,10 @@ def _value(text: str) -> str:
 
 def from_domain(message: bytes) -> str:
     """The domain of the single From address, or '' (RFC 7489 §6.6.1 rejects zero or several)."""
-    header_end = message.find(b"\r\n\r\n")
-    head = message[: header_end + 2] if header_end >= 0 else message
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    values = parsed.get_all("From") or []
+    values = HeaderFields(header_block(message)).get_all("From") or []
     if len(values) != 1:
         return ""
-    addresses = email.utils.getaddresses([str(values[0])])
+    addresses = addresses_of([str(values[0])])
     if len(addresses) != 1:
         return ""
     return addresses[0][1].rpartition("@")[2].lower()

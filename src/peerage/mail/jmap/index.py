@@ -28,14 +28,13 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from peerage.mail.mailbox import MailboxInfo, MailboxStore, MessageRow
 from peerage.mail.mailbox import flags as flaglib
 from peerage.mail.mailbox.objectid import message_ids, thread_id
+from peerage.mail.smtp.headers import HeaderFields, addresses_of
 
 # Accounts whose index is kept in memory; the least recently used is dropped first. 10,000 messages
 # summarise to roughly 10 MB, so 64 busy accounts stay well under a gigabyte.
@@ -47,7 +46,6 @@ MAX_TEXT_CACHE_CHARS = 32 * 1024 * 1024
 # IMAP system flags and their JMAP keywords (RFC 8621 §4.1.1).
 FLAG_TO_KEYWORD = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered", "\\Draft": "$draft"}
 KEYWORD_TO_FLAG = {v: k for k, v in FLAG_TO_KEYWORD.items()}
-_header_parser = BytesHeaderParser(policy=compat32)
 
 
 def keywords_of(flags: tuple[str, ...]) -> dict[str, bool]:
@@ -78,6 +76,10 @@ def flags_of(keywords: dict[str, bool]) -> tuple[str, ...]:
 def decode_text(value: str | None) -> str:
     if not value:
         return ""
+    if isinstance(value, str) and value.isascii() and "=?" not in value:
+        # No encoded word (RFC 2047 §2 starts every one with "=?"): decode_header gives the value back
+        # as one us-ascii chunk, and make_header renders that chunk as it is.
+        return value
     try:
         return str(make_header(decode_header(value)))
     except Exception:
@@ -88,7 +90,7 @@ def addresses(values: list[str] | None) -> list[dict[str, Any]] | None:
     if not values:
         return None
     out = []
-    for name, address in getaddresses(values):
+    for name, address in addresses_of(values):
         if not address and not name:
             continue
         out.append({"name": decode_text(name) or None, "email": address})
@@ -164,9 +166,10 @@ class Summary:
 SUMMARY_VERSION = 1
 
 
-def header_facts(header: bytes) -> dict[str, Any]:
-    """What a Summary takes from the header block (JSON-ready)."""
-    headers = _header_parser.parsebytes(header)
+def header_facts(header: bytes | HeaderFields) -> dict[str, Any]:
+    """What a Summary takes from the header block (JSON-ready); the store passes the fields it
+    parsed once at delivery."""
+    headers = header if isinstance(header, HeaderFields) else HeaderFields(header)
     sent_at: str | None = None
     sent_stamp: float | None = None
     date = headers.get("Date")
@@ -194,7 +197,7 @@ def header_facts(header: bytes) -> dict[str, Any]:
     }
 
 
-def encode_facts(header: bytes) -> bytes:
+def encode_facts(header: bytes | HeaderFields) -> bytes:
     """The store's ``summarize`` hook: the header facts as compact JSON, computed at delivery."""
     return json.dumps(header_facts(header), separators=(",", ":")).encode()
 

@@ -22,6 +22,7 @@ from email.utils import format_datetime, formataddr, getaddresses, parsedate_to_
 from typing import Any
 
 from peerage.mail.jmap.index import addresses, decode_text, message_ids
+from peerage.mail.smtp.headers import plain_body_text
 
 PREVIEW_LENGTH = 256
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.S | re.I)
@@ -180,6 +181,12 @@ def html_to_text(value: str) -> str:
 def searchable_text(raw: bytes) -> str:
     """The words a body search looks in: every text/plain part and every text/html part as text (the
     full-text index stores this for each message at delivery)."""
+    plain = plain_body_text(raw)  # a message with no MIME fields needs no MIME parse
+    return plain if plain is not None else mime_searchable_text(raw)
+
+
+def mime_searchable_text(raw: bytes) -> str:
+    """`searchable_text` through the MIME parse, whatever the message."""
     texts = []
     for part in leaves(tree(parse(raw))):
         if part.type == "text/plain":

@@ -20,11 +20,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from email.parser import BytesHeaderParser
-from email.policy import compat32
+
+from peerage.mail.smtp.headers import HeaderFields
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
-_header_parser = BytesHeaderParser(policy=compat32)
 
 
 def new_email_id() -> str:
@@ -45,16 +44,17 @@ def message_ids(value: str | None) -> list[str] | None:
     return found or None
 
 
-def thread_root(header: bytes, email_id: str) -> str:
-    """The id of the conversation's first message as far as ``header`` knows it."""
-    headers = _header_parser.parsebytes(header)
+def thread_root(header: bytes | HeaderFields, email_id: str) -> str:
+    """The id of the conversation's first message as far as ``header`` knows it (a header block, or
+    the fields the store parsed from it once for every reader at delivery)."""
+    headers = header if isinstance(header, HeaderFields) else HeaderFields(header)
     own = message_ids(headers.get("Message-ID"))
     parents = message_ids(headers.get("In-Reply-To"))
     references = message_ids(headers.get("References"))
     return (references or parents or own or [email_id])[0]
 
 
-def thread_id(header: bytes, email_id: str) -> str:
+def thread_id(header: bytes | HeaderFields, email_id: str) -> str:
     """The thread id of a message with this header block and email id."""
     root = thread_root(header, email_id)
     return "t" + hashlib.sha256(root.encode("utf-8", "replace")).hexdigest()[:16]

@@ -31,6 +31,7 @@ from peerage.mail.mailbox import objectid
 from peerage.mail.mailbox.blobs import BlobStore
 from peerage.mail.mailbox.notify import MailboxNotifier
 from peerage.mail.mailbox.search import FullTextIndex
+from peerage.mail.smtp.headers import HeaderFields
 from peerage.mail.tables import (
     INLINE_BODY_LIMIT,
     INLINE_BODY_PREFIX,
@@ -247,8 +248,8 @@ _STRUCTURE_COLUMNS = (mail_messages.c.structure, mail_messages.c.basic_structure
 Describe = Callable[[bytes], tuple[bytes, bytes]]
 # Gives the searchable text of a message's body (for the full-text index) at delivery.
 Extract = Callable[[bytes], str]
-# Gives the header facts mail clients list (kept in ``summary``) from a header block, at delivery.
-Summarize = Callable[[bytes], bytes]
+# Gives the header facts mail clients list (kept in ``summary``) from a header block's fields, at delivery.
+Summarize = Callable[[HeaderFields], bytes]
 
 
 class MailboxStore:
@@ -567,12 +568,13 @@ class MailboxStore:
                 except Exception:  # a message that defeats the parser is still stored
                     structure = (None, None)
             email_id = objectid.new_email_id()
+            fields = HeaderFields(header)  # one parse for the thread id and the list-view facts
             summary = None
             if self.summarize is not None:
                 with contextlib.suppress(Exception):  # a header that defeats it is summarised when read
-                    summary = self.summarize(header)
+                    summary = self.summarize(fields)
             prepared.append((raw, header, is_plain(raw, header), flags, internal_date, zone, structure,
-                             email_id, objectid.thread_id(header, email_id), summary))
+                             email_id, objectid.thread_id(fields, email_id), summary))
         searchable: list[tuple[str, str]] = []
         defer = index_later and self.extract is not None and await self.search.ready()
         if self.extract is not None and not defer and await self.search.ready():

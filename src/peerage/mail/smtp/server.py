@@ -44,7 +44,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 from peerage.identity.login import authenticate, login_names
 from peerage.identity.sasl import Failure, SaslServer, channel_bindings_for, offered_mechanisms
 from peerage.mail.smtp import policy
-from peerage.mail.smtp.headers import header_values, remove_headers
+from peerage.mail.smtp.headers import header_block, header_values, remove_headers
 from peerage.mail.smtp.replies import with_enhanced_code
 
 # RFC 5321 §4.5.1 and RFC 2142: the addresses `peerage dns` publishes as rua= for DMARC and TLS-RPT.
@@ -570,11 +570,12 @@ class MxHandler(BaseHandler):
                 folder = "Junk"
         authserv_id = self.service.hostname.encode()
         # RFC 8601 §5: remove Authentication-Results that claim to be ours; they are forgeries.
-        data = remove_headers(
-            data,
-            {b"authentication-results"},
-            keep=lambda value: value.split(b";", 1)[0].strip().lower() != authserv_id.lower(),
-        )
+        if b"authentication-results" in header_block(data).lower():
+            data = remove_headers(
+                data,
+                {b"authentication-results"},
+                keep=lambda value: value.split(b";", 1)[0].strip().lower() != authserv_id.lower(),
+            )
         prefix = results.header(self.service.hostname) if results is not None else b""
         try:
             await self.service.accept(
