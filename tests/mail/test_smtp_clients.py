@@ -529,3 +529,19 @@ def test_looping_message_refused(peerage: PeerageServer) -> None:
         _send_mx("carol@example.net", ALICE, looping)
     assert refused.value.smtp_code == 554 and "5.4.6" in str(refused.value.smtp_error)
     assert _has_subject(peerage, ALICE, "looping") is None
+
+
+@pytest.mark.parametrize(("sender", "expected"), [("carol@example.net", b"<carol@example.net>"), ("<>", b"<>")])
+def test_final_delivery_puts_return_path_first(peerage: PeerageServer, sender: str, expected: bytes) -> None:
+    # RFC 5321 §4.4: the reverse-path, "<>" for the null sender of a bounce, becomes the first field;
+    # a Return-Path the client wrote is not kept.
+    subject = f"return path {expected.decode()}"
+    message = b"Return-Path: <forged@example.com>\r\n" + _message("carol@example.net", ALICE, subject)
+    with smtplib.SMTP(PEERAGE_ADDRESS, 25, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.ehlo("client.example.net")
+        assert client.mail(sender)[0] == 250  # smtplib writes "<>" for it as it is
+        assert client.rcpt(ALICE)[0] == 250
+        assert client.data(message)[0] == 250
+    stored = _wait_subject(peerage, ALICE, subject)
+    assert stored.startswith(b"Return-Path: " + expected + b"\r\nReceived: from client.example.net ")
+    assert stored.lower().count(b"return-path:") == 1

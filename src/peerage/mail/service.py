@@ -29,6 +29,7 @@ from peerage.mail.auth.spf import check as spf_check
 from peerage.mail.smtp import channel
 from peerage.mail.smtp.client import Deliverer, Outcome
 from peerage.mail.smtp.delivery import LocalDelivery
+from peerage.mail.smtp.headers import with_return_path
 from peerage.mail.smtp.queue import OutboundQueue
 from peerage.mail.smtp.schedule import Schedule
 from peerage.mail.smtp.server import REPORT_ADDRESSES, MxHandler, SubmissionHandler, make_server_factory
@@ -198,7 +199,11 @@ class MailService:
     async def deliver_local(self, address: str, data: bytes, folder: str = "INBOX", *, mail_from: str | None = None) -> None:
         """Put a message for a local address into its mailbox. Mail arriving for INBOX passes the
         account's Sieve script first (peerage.mail.sieve.delivery); other folders (DMARC quarantine
-        to Junk) are stored as they are."""
+        to Junk) are stored as they are. With the envelope sender known this is the final delivery
+        of RFC 5321 §4.4, which puts the reverse-path in front as Return-Path ("<>" for the null
+        sender); a Return-Path the message arrived with is dropped, as Postfix's cleanup does."""
+        if mail_from is not None:
+            data = with_return_path(data, mail_from)
         if self.sieve is not None and folder == "INBOX" and mail_from is not None:
             await self.sieve.deliver(self.local.owner_of(address), address, data, mail_from)
             return

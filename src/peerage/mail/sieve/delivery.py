@@ -66,6 +66,7 @@ from peerage.mail.sieve.interpret import (
     evaluate,
 )
 from peerage.mail.sieve.store import ACTIVE_SET_SECONDS, JMAP_VACATION_HANDLE
+from peerage.mail.smtp.headers import remove_headers
 from peerage.net.limits import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,8 @@ class SieveDelivery:
         queue = self.service.queue
         if queue is None:
             return False
-        copy = f"Delivered-To: {address}\r\n".encode() + data
+        # Not a final delivery: the Return-Path this delivery put in front stays here (RFC 5321 §4.4).
+        copy = f"Delivered-To: {address}\r\n".encode() + remove_headers(data, {b"return-path"})
         await queue.enqueue(account, [target], copy, smtputf8=not (account + target).isascii())
         log.info("Sieve of %s redirected a message to %s", account, target)
         return True

@@ -63,6 +63,14 @@ def remove_headers(data: bytes, names: set[bytes], keep: Callable[[bytes], bool]
     return b"\r\n".join(kept) + b"\r\n" + body
 
 
+def with_return_path(data: bytes, mail_from: str) -> bytes:
+    """`data` with a Return-Path field of `mail_from` (RFC 5321 §4.4) first and none of its own."""
+    head = header_block(data)
+    if b"return-path:" in head.lower():
+        data = remove_headers(data, {b"return-path"})
+    return f"Return-Path: <{mail_from}>\r\n".encode("utf-8", "surrogateescape") + data
+
+
 # --- one parse of a header block, shared by its readers at delivery ---------------------------------
 #
 # DMARC's From check, the thread id and the list-view facts each used to run the standard library's
