@@ -117,7 +117,10 @@ class PolicyFetcher:
         if cached and cached.policy_id == ids[0] and time.time() - cached.fetched_at < cached.max_age:
             return cached
         try:
-            body = await asyncio.wait_for(self._fetch(f"mta-sts.{domain}"), FETCH_TIMEOUT_SECONDS)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation of the
+            # delivery waiting here (CPython gh-86296), and the stopped task would run on.
+            async with asyncio.timeout(FETCH_TIMEOUT_SECONDS):
+                body = await self._fetch(f"mta-sts.{domain}")
             policy = parse_policy(body, ids[0])
         except ssl.SSLError as exc:
             self.failures[domain] = ("sts-webpki-invalid", str(exc)[:200])

@@ -225,7 +225,10 @@ class ImapSession:
                 payload = self._deflater.compress(payload) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
             self.writer.write(payload)
         try:
-            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation the
+            # service's stop() sends while the wait completes (CPython gh-86296), and the session runs on.
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self.writer.drain()
         except TimeoutError:
             # A client that stops reading would otherwise hold the session (and our buffers) forever.
             self.writer.transport.abort()
@@ -246,7 +249,9 @@ class ImapSession:
                 await self.flush()
                 raise CloseConnection()
         try:
-            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            # asyncio.timeout, not wait_for (CPython gh-86296, as in flush).
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_CHUNK)
         except TimeoutError:
             self.untagged("BYE Autologout; idle for too long")
             await self.flush()
@@ -631,7 +636,9 @@ class ImapSession:
         self.commands = CommandReader(self.append_limit)
         self._events = []
         try:
-            await asyncio.wait_for(self.writer.start_tls(self.tls_context), 30)
+            # asyncio.timeout, not wait_for (CPython gh-86296, as in flush).
+            async with asyncio.timeout(30):
+                await self.writer.start_tls(self.tls_context)
         except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
             log.info("IMAP STARTTLS from %s failed: %s", self.peer_ip, exc)
             raise CloseConnection() from None

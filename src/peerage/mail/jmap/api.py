@@ -352,7 +352,11 @@ class JmapRoutes:
             await self._send(response, "state", {"@type": "StateChange", "changed": {account_id: _pick(last, types)}})
             while True:
                 try:
-                    await asyncio.wait_for(event.wait(), timeout=ping or None)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                    # cancellation shutdown sends as the event is set (CPython gh-86296), and this
+                    # loop would then run on.
+                    async with asyncio.timeout(ping or None):
+                        await event.wait()
                 except TimeoutError:
                     await self._send(response, "ping", {"@type": "Ping", "interval": ping})
                     continue
@@ -383,7 +387,9 @@ class JmapRoutes:
     @staticmethod
     async def _send(response: web.StreamResponse, name: str, data: dict[str, Any]) -> None:
         payload = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-        await asyncio.wait_for(response.write(payload), SEND_TIMEOUT)
+        # asyncio.timeout, not wait_for (CPython gh-86296, as in the event wait above).
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await response.write(payload)
 
 
 def _pick(states: dict[str, str], types: set[str] | None) -> dict[str, str]:

@@ -98,7 +98,10 @@ class _Reader:
         else:
             reason = "idle for too long"
         try:
-            data = await asyncio.wait_for(self.stream.read(READ_CHUNK), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation the
+            # service's stop() sends while the wait completes (CPython gh-86296), and the session runs on.
+            async with asyncio.timeout(timeout):
+                data = await self.stream.read(READ_CHUNK)
         except TimeoutError:
             raise _Close(reason) from None
         if not data:
@@ -241,7 +244,9 @@ class ManageSieveSession:
             self.writer.write(bytes(self._out))
             self._out.clear()
         try:
-            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+            # asyncio.timeout, not wait_for (CPython gh-86296, as in _fill).
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self.writer.drain()
         except TimeoutError:
             self.writer.transport.abort()
             raise _Close("client does not read") from None
@@ -446,7 +451,9 @@ class ManageSieveSession:
         await self.flush()
         self.reader.buffer.clear()
         try:
-            await asyncio.wait_for(self.writer.start_tls(self.tls_context), 30)
+            # asyncio.timeout, not wait_for (CPython gh-86296, as in _fill).
+            async with asyncio.timeout(30):
+                await self.writer.start_tls(self.tls_context)
         except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
             log.info("ManageSieve STARTTLS from %s failed: %s", self.ip, exc)
             raise _Close() from None
