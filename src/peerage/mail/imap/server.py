@@ -219,8 +219,10 @@ class ImapSession:
 
     async def flush(self) -> None:
         if self._out:
-            payload = bytes(self._out)
-            self._out.clear()
+            # The buffer itself goes to the transport (which may keep it queued) and a new one takes
+            # its place, so a write of up to WRITE_FLUSH bytes is not copied first.
+            payload: bytes | bytearray = self._out
+            self._out = bytearray()
             if self._deflater is not None:
                 payload = self._deflater.compress(payload) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
             self.writer.write(payload)
@@ -1298,6 +1300,9 @@ class ImapSession:
             for a in attributes
         )
         sets_seen = not selected.read_only and any(a.sets_seen for a in attributes)
+        plan = _fetch_plan(attributes)
+        # RFC 9051 §6.4.5: a FETCH that sets \Seen reports the new flags even when not asked for them.
+        flags_after = sets_seen and "FLAGS" not in names
         body_gone = False
         for start in range(0, len(uids), FETCH_ROW_BATCH):
             batch = uids[start : start + FETCH_ROW_BATCH]
@@ -1323,8 +1328,9 @@ class ImapSession:
                         # nothing rather than an empty body (imaptest's stress mode catches that).
                         body_gone = True
                         continue
-                    self._fetch_one(seq, row, attributes, raw, sets_seen)
-                    await self.maybe_flush()
+                    self._fetch_one(seq, row, plan, raw, flags_after)
+                    if len(self._out) >= WRITE_FLUSH:  # maybe_flush, without a coroutine per message
+                        await self.flush()
                 await self.flush()
         if body_gone:
             # RFC 5530 §3: the client should NOOP to learn of the expunge.
@@ -1348,71 +1354,69 @@ class ImapSession:
         self,
         seq: int,
         row: MessageRow,
-        attributes: list[FetchAttribute],
+        plan: list[tuple[int, FetchAttribute, bytes]],
         raw: bytes | None,
-        seen_changed: bool,
+        flags_after: bool,
     ) -> None:
         parts: list[bytes] = []
-        names = {attribute.name for attribute in attributes}
-        for attribute in attributes:
-            name = attribute.name
-            if name == "UID":
+        for kind, attribute, prefix in plan:
+            if kind == _F_HEADER:
+                parts.append(prefix + self._partial(row.header, attribute))
+            elif kind == _F_UID:
                 parts.append(b"UID %d" % row.uid)
-            elif name == "FLAGS":
+            elif kind == _F_FLAGS:
                 parts.append(b"FLAGS (" + self._flag_list(row.uid, row.flags).encode() + b")")
-            elif name == "MODSEQ":
+            elif kind == _F_MODSEQ:
                 parts.append(b"MODSEQ (%d)" % row.modseq)
-            elif name == "INTERNALDATE":
+            elif kind == _F_INTERNALDATE:
                 parts.append(b'INTERNALDATE "' + format_datetime(row.internal_date, row.internal_zone).encode() + b'"')
-            elif name == "RFC822.SIZE":
+            elif kind == _F_SIZE:
                 parts.append(b"RFC822.SIZE %d" % row.size)
-            elif name == "ENVELOPE":
+            elif kind == _F_ENVELOPE:
                 parts.append(b"ENVELOPE " + mime.envelope(row.header))
-            elif name == "RFC822.HEADER":
+            elif kind == _F_RFC822_HEADER:
                 parts.append(b"RFC822.HEADER " + literal(row.header))
-            elif name == "RFC822":
+            elif kind == _F_RFC822:
                 parts.append(b"RFC822 " + literal(raw or b""))
-            elif name == "RFC822.TEXT":
+            elif kind == _F_RFC822_TEXT:
                 parts.append(b"RFC822.TEXT " + literal(mime.split_header_body(raw or b"")[1]))
-            elif name == "BODYSTRUCTURE":
+            elif kind == _F_BODYSTRUCTURE:
                 structure = row.structure
                 if structure is None:
                     structure = mime.body_structure(raw or b"", extended=True)
                 parts.append(b"BODYSTRUCTURE " + structure)
-            elif name == "BODY" and attribute.section is None:
+            elif kind == _F_BODY:
                 basic = row.basic_structure
                 if basic is None:
                     basic = mime.body_structure(raw or b"", extended=False)
                 parts.append(b"BODY " + basic)
-            elif name == "BODY":
+            elif kind == _F_HEADER_FIELDS:
                 section = attribute.section
                 assert section is not None
-                if not section.part and section.text.startswith("HEADER"):
-                    data: bytes | None = (
-                        row.header
-                        if section.text == "HEADER"
-                        else mime.header_fields(row.header, section.fields, section.text == "HEADER.FIELDS.NOT")
-                    )
+                fields = mime.header_fields(row.header, section.fields, section.text == "HEADER.FIELDS.NOT")
+                parts.append(prefix + self._partial(fields, attribute))
+            elif kind == _F_SECTION:
+                section = attribute.section
+                assert section is not None
+                data: bytes | None = mime.section_bytes(raw or b"", section.part, section.text, section.fields)
+                parts.append(prefix + self._partial(data, attribute))
+            elif kind in (_F_BINARY, _F_BINARY_SIZE):
+                assert attribute.section is not None
+                data = mime.binary_section(raw or b"", attribute.section.part)
+                if data is None:
+                    raise No("Unknown content transfer encoding", "UNKNOWN-CTE")
+                if kind == _F_BINARY:
+                    parts.append(prefix + self._partial(data, attribute, binary=True))
                 else:
-                    data = mime.section_bytes(raw or b"", section.part, section.text, section.fields)
-                parts.append(attribute.response_name().encode() + b" " + self._partial(data, attribute))
-            elif name == "BINARY":
-                assert attribute.section is not None
-                data = mime.binary_section(raw or b"", attribute.section.part)
-                if data is None:
-                    raise No("Unknown content transfer encoding", "UNKNOWN-CTE")
-                parts.append(attribute.response_name().encode() + b" " + self._partial(data, attribute, binary=True))
-            elif name == "BINARY.SIZE":
-                assert attribute.section is not None
-                data = mime.binary_section(raw or b"", attribute.section.part)
-                if data is None:
-                    raise No("Unknown content transfer encoding", "UNKNOWN-CTE")
-                parts.append(attribute.response_name().encode() + b" %d" % len(data))
-            elif name in ("SAVEDATE",):
+                    parts.append(prefix + b"%d" % len(data))
+            elif kind == _F_SAVEDATE:
                 parts.append(b"SAVEDATE NIL")
-        if seen_changed and "FLAGS" not in names:
+        if flags_after:
             parts.append(b"FLAGS (" + self._flag_list(row.uid, row.flags).encode() + b")")
-        self.send(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+        out = self._out
+        out += b"* %d FETCH (" % seq
+        out += b" ".join(parts)
+        out += b")\r\n"
 
     @staticmethod
     def _partial(data: bytes | None, attribute: FetchAttribute, binary: bool = False) -> bytes:
@@ -1675,6 +1679,43 @@ LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-US
 
 class _Handled(Exception):
     """The command already wrote its tagged response (STARTTLS)."""
+
+
+# What each FETCH item is (_fetch_plan), worked out once per command rather than per message.
+(_F_UID, _F_FLAGS, _F_MODSEQ, _F_INTERNALDATE, _F_SIZE, _F_ENVELOPE, _F_RFC822_HEADER, _F_RFC822,
+ _F_RFC822_TEXT, _F_BODYSTRUCTURE, _F_BODY, _F_HEADER, _F_HEADER_FIELDS, _F_SECTION, _F_BINARY,
+ _F_BINARY_SIZE, _F_SAVEDATE, _F_UNKNOWN) = range(18)
+_SIMPLE_KINDS = {
+    "UID": _F_UID, "FLAGS": _F_FLAGS, "MODSEQ": _F_MODSEQ, "INTERNALDATE": _F_INTERNALDATE,
+    "RFC822.SIZE": _F_SIZE, "ENVELOPE": _F_ENVELOPE, "RFC822.HEADER": _F_RFC822_HEADER, "RFC822": _F_RFC822,
+    "RFC822.TEXT": _F_RFC822_TEXT, "BODYSTRUCTURE": _F_BODYSTRUCTURE, "SAVEDATE": _F_SAVEDATE,
+}
+
+
+def _fetch_plan(attributes: list[FetchAttribute]) -> list[tuple[int, FetchAttribute, bytes]]:
+    """Each FETCH item's kind and the name its response starts with ("BODY[HEADER] ", ...)."""
+    plan = []
+    for attribute in attributes:
+        name, section = attribute.name, attribute.section
+        prefix = b""
+        if name == "BODY" and section is None:
+            kind = _F_BODY
+        elif name == "BODY":
+            assert section is not None
+            if not section.part and section.text == "HEADER":
+                kind = _F_HEADER
+            elif not section.part and section.text.startswith("HEADER"):
+                kind = _F_HEADER_FIELDS
+            else:
+                kind = _F_SECTION
+            prefix = attribute.response_name().encode() + b" "
+        elif name in ("BINARY", "BINARY.SIZE"):
+            kind = _F_BINARY if name == "BINARY" else _F_BINARY_SIZE
+            prefix = attribute.response_name().encode() + b" "
+        else:
+            kind = _SIMPLE_KINDS.get(name, _F_UNKNOWN)
+        plan.append((kind, attribute, prefix))
+    return plan
 
 
 def _match_batch(
