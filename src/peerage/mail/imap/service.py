@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from typing import Any
 
@@ -45,6 +46,11 @@ class ImapService:
                     stream_handler=self._implicit_tls, ssl_context=tls_context,
                 )
         self._sweeper = asyncio.create_task(self._sweep_orphans())
+        # What is alive once the service is up (modules, configuration, the database engine) lives as
+        # long as the process. Left in the collector's generations, every full collection walks it
+        # again, and a SELECT or FETCH of a large mailbox (a row per message) sets off such collections
+        # in the middle of the command; frozen, the collections only walk what came after (as SIP does).
+        gc.freeze()
 
     async def _sweep_orphans(self) -> None:
         try:
