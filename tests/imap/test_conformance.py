@@ -3,7 +3,8 @@
 groups and empty Sender/Reply-To in ENVELOPE (RFC 9051 §7.5.2), LIST's unknown options (RFC 5258 §3),
 LSUB's \\Noselect parent (RFC 3501 §6.3.9), MOVE into the selected mailbox (RFC 6851 §3.3), and
 the UID in every FETCH response under QRESYNC (RFC 7162 §3.2), only known messages in VANISHED
-(RFC 7162 §3.2.10), and the mailbox's keywords in PERMANENTFLAGS (RFC 9051 §7.1)."""
+(RFC 7162 §3.2.10), and the mailbox's keywords in PERMANENTFLAGS (RFC 9051 §7.1); beside them,
+SELECT's first unseen message and keywords in use, which SELECT reads grouped (RFC 3501 §6.3.1)."""
 
 from __future__ import annotations
 
@@ -430,4 +431,39 @@ async def test_vanished_names_only_messages_the_session_knows(imap: ImapHost) ->
     assert not any(b"EXISTS" in line or b"VANISHED" in line for line in untagged), untagged
     untagged, _ = await raw.command("SEARCH RETURN (COUNT) ALL")
     assert untagged[-1].endswith(b"COUNT 1"), untagged
+    raw.writer.close()
+
+
+async def test_select_names_the_first_unseen_message_and_the_keywords_in_use(imap: ImapHost) -> None:
+    # RFC 3501 §6.3.1: OK [UNSEEN n] gives the sequence number of the first message without \Seen;
+    # RFC 9051 §7.1: FLAGS and PERMANENTFLAGS list the keywords messages of the mailbox carry.
+    raw = await login(imap)
+    await raw.command("CREATE unseenbox")
+    for flags in (r"(\Seen)", r"(\Seen $Work)", "(Project)", "()", r"(\Seen \Flagged)"):
+        data = b"Subject: u\r\n\r\nbody\r\n"
+        raw.writer.write(b"a%d APPEND unseenbox %s {%d+}\r\n" % (raw.counter, flags.encode(), len(data)) + data + b"\r\n")
+        await raw.writer.drain()
+        while not (await asyncio.wait_for(raw.reader.readline(), 10)).startswith(b"a%d " % raw.counter):
+            pass
+        raw.counter += 1
+    untagged, done = await raw.command("SELECT unseenbox")
+    assert b" OK " in done, done
+    assert b"* OK [UNSEEN 3] First unseen" in untagged, untagged
+    flags_line = next(line for line in untagged if line.startswith(b"* FLAGS "))
+    base = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft $Forwarded $Junk $NotJunk $MDNSent $Phishing"
+    assert flags_line == b"* FLAGS (" + base + b" $Work Project)", flags_line
+    # With the first two gone the first unseen is message 1; with every message seen, no UNSEEN.
+    await raw.command("STORE 1:2 +FLAGS (\\Deleted)")
+    await raw.command("EXPUNGE")
+    untagged, _ = await raw.command("SELECT unseenbox")
+    assert b"* OK [UNSEEN 1] First unseen" in untagged, untagged
+    await raw.command("STORE 1:* +FLAGS (\\Seen)")
+    untagged, _ = await raw.command("SELECT unseenbox")
+    assert not any(b"[UNSEEN" in line for line in untagged), untagged
+    assert b"* 3 EXISTS" in untagged, untagged
+    # An empty mailbox: no messages, no UNSEEN, only the system flags.
+    await raw.command("CREATE emptybox")
+    untagged, _ = await raw.command("SELECT emptybox")
+    assert b"* 0 EXISTS" in untagged and not any(b"[UNSEEN" in line for line in untagged), untagged
+    assert b"* FLAGS (" + base + b")" in untagged, untagged
     raw.writer.close()

@@ -825,12 +825,12 @@ class ImapSession:
         if info is None:
             raise No(f"Mailbox {name} does not exist", "NONEXISTENT")
         watch = self.store.notifier.watch(info.id)
-        info, uids, flag_texts = await self.store.view(info.id)
+        info, uids, flag_groups = await self.store.view(info.id)
         # The mod-sequence seen is the highest among the rows read, so nothing committed after
         # the read is missed (it has a higher mod-sequence) or reported twice.
         seen_modseq = info.highestmodseq
         self.selected = Selected(info, uids, seen_modseq, read_only, watch)
-        distinct = {flag for text in set(flag_texts) for flag in text.split()}
+        distinct = {flag for text, _ in flag_groups for flag in text.split()}
         keywords = sorted({f for f in distinct if not f.startswith("\\")} - set(BASE_FLAGS))
         self.selected.keywords = set(keywords)
         all_flags = " ".join((*BASE_FLAGS, *keywords))
@@ -841,9 +841,11 @@ class ImapSession:
             if uids and not read_only:
                 _claim_recent(self.store, info, uids[-1])  # EXAMINE leaves them recent (RFC 3501 §6.3.2)
             self.untagged(f"{len(self.selected.recent)} RECENT")
-            first_unseen = next(
-                (index + 1 for index, text in enumerate(flag_texts) if flaglib.SEEN not in text.split()), 0
-            )
+            lowest = min((uid for text, uid in flag_groups if flaglib.SEEN not in text.split()), default=0)
+            # The flags are a second read, so their lowest unseen UID may be one the UID list lacks
+            # (appended or expunged in between): the first message at or above it is named.
+            index = bisect.bisect_left(uids, lowest) if lowest else len(uids)
+            first_unseen = index + 1 if index < len(uids) else 0
             if first_unseen:
                 self.untagged(f"OK [UNSEEN {first_unseen}] First unseen")
         self.untagged(f"FLAGS ({all_flags})")

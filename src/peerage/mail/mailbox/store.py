@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import String, and_, bindparam, cast, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -663,18 +663,27 @@ class MailboxStore:
         self.notifier.publish(mailbox_id)
         return [(first_uid + index, uidvalidity) for index in range(len(prepared))]
 
-    async def view(self, mailbox_id: int) -> tuple[MailboxInfo, list[int], list[str]]:
-        """What SELECT needs, read in one transaction: the mailbox, its UIDs and their flags."""
+    async def view(self, mailbox_id: int) -> tuple[MailboxInfo, list[int], list[tuple[str, int]]]:
+        """What SELECT needs: the mailbox, its UIDs, and each distinct flag text with the lowest UID
+        that has it (from which the keywords in use and the first unseen message follow).
+
+        Both come back as a few rows however large the mailbox: the UIDs joined into one string from
+        the (mailbox_id, uid) index alone, the flags grouped by the database. A (uid, flags) row per
+        message cost more to fetch and go through than the rest of SELECT together.
+        """
+        in_mailbox = mail_messages.c.mailbox_id == mailbox_id
         async with self.engine.connect() as conn:
             box = await _mailbox_row(conn, mailbox_id)
-            rows = (
-                await conn.execute(
-                    select(mail_messages.c.uid, mail_messages.c.flags)
-                    .where(mail_messages.c.mailbox_id == mailbox_id)
-                    .order_by(mail_messages.c.uid)
-                )
-            ).all()
-        return _mailbox(box), [row[0] for row in rows], [row[1] for row in rows]
+            joined = (await conn.execute(
+                select(func.aggregate_strings(cast(mail_messages.c.uid, String), ",")).where(in_mailbox)
+            )).scalar()
+            groups = (await conn.execute(
+                select(mail_messages.c.flags, func.min(mail_messages.c.uid))
+                .where(in_mailbox).group_by(mail_messages.c.flags)
+            )).all()
+        # The aggregate's order is the database's to choose; sorting an already sorted list is cheap.
+        uids = sorted(map(int, joined.split(","))) if joined else []
+        return _mailbox(box), uids, [(text, lowest) for text, lowest in groups]
 
     async def uids(self, mailbox_id: int) -> list[int]:
         async with self.engine.connect() as conn:
