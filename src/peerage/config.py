@@ -308,11 +308,12 @@ class SipConfig:
     # registrations dropped. 25 s stays under the 30 s the shortest-lived NAT bindings last.
     udp_flow_timer: int = 25
     # Seconds requests may wait unread (the event loop running late, or UDP datagrams queueing in
-    # the kernel) before new INVITEs are refused with 503 and Retry-After (RFC 3261 §21.5.4)
-    # instead of being answered late; 0 turns the shedding off.  Callers retransmit an unanswered
-    # INVITE after T1 = 500 ms: shedding past 400 ms answers before that, and leaves room for a
-    # busy shared machine's scheduling delays.
-    overload_delay: float = 0.4
+    # the kernel, by their arrival stamps) before new INVITEs are refused with 503 and Retry-After
+    # (RFC 3261 §21.5.4) instead of being answered late, until the backlog is read; 0 turns the
+    # shedding off.  A non-INVITE request and its response both pass through the proxy's queue
+    # and the caller retransmits after T1 = 500 ms (Timer E, §17.1.2.2): each may wait 250 ms at
+    # most, and 200 ms leaves room for the work itself and a shared machine's scheduling delays.
+    overload_delay: float = 0.2
     # Source addresses or networks (CIDR) whose requests may claim a hosted domain in From without a
     # 407 challenge: a PBX or gateway that authenticated its own users (Kamailio's allow_trusted()).
     # Every other request with a hosted-domain From must authenticate, even to a local callee.

@@ -164,25 +164,42 @@ async def test_overload_sheds_new_invites_with_503_and_retry_after() -> None:
     assert responses_to_ua(sent)[0] == 100
 
 
-async def test_udp_backlog_is_seen_until_the_socket_is_emptied() -> None:
-    """Overload is measured where requests wait: datagrams left unread after a full batch."""
+async def test_udp_wait_is_how_long_the_oldest_datagram_waited_unread() -> None:
+    """Overload is measured where requests wait: the kernel's arrival stamp of the first datagram
+    of each read batch (the oldest queued), not the time since the socket was last emptied."""
     import socket
     import time
 
     from peerage.sip.transport import UDP_READ_BATCH, UdpEndpoint
 
-    owner: Any = types.SimpleNamespace(datagram=lambda data, address: None)
+    read: list[bytes] = []
+    owner: Any = types.SimpleNamespace(datagram=lambda data, address: read.append(data))
     endpoint = UdpEndpoint(owner, "127.0.3.249", 0)
     try:
+        assert endpoint.timestamps
         address = endpoint.sock.getsockname()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            for _ in range(UDP_READ_BATCH + 10):
-                sender.sendto(b"OPTIONS", address)
-        time.sleep(0.05)
-        endpoint._readable()  # one batch: more are waiting
-        assert endpoint.busy_since > 0
-        endpoint._readable()  # the rest, then empty
-        assert endpoint.busy_since == 0.0
+            for n in range(UDP_READ_BATCH + 10):
+                sender.sendto(b"OPTIONS %d" % n, address)
+            queued = time.monotonic()
+            # the datagrams are made to wait (loopback delivers them before sendto returns)
+            time.sleep(0.2)
+            endpoint._readable()  # one full batch, the oldest first
+            waited = time.monotonic() - queued
+            assert len(read) == UDP_READ_BATCH and read[0] == b"OPTIONS 0"
+            longest, drained = endpoint.waited()
+            assert 0.2 <= longest <= waited + 0.05
+            assert not drained  # ten more are queued
+            assert endpoint.waited() == (0.0, True)  # reset once looked at; nothing read since
+            endpoint._readable()  # the 10 left over, as old, then the socket is empty
+            assert len(read) == UDP_READ_BATCH + 10
+            longest, drained = endpoint.waited()
+            assert longest >= 0.2 and drained
+            sender.sendto(b"OPTIONS fresh", address)
+            endpoint._readable()  # read as soon as it came: next to no wait
+            assert read[-1] == b"OPTIONS fresh"
+            longest, drained = endpoint.waited()
+            assert 0.0 <= longest < 0.15 and drained
     finally:
         endpoint.close()
 

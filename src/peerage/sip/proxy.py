@@ -55,6 +55,7 @@ from peerage.sip.transaction import (
     Destination,
     ServerTransaction,
     TransactionLayer,
+    udp_destination,
 )
 
 log = logging.getLogger("peerage.sip")
@@ -459,7 +460,7 @@ class ProxyCore:
         if transport == "UDP":
             if self.registrar.failed_flows and self.registrar.flow_failed(f"UDP {address} {port}"):
                 return None  # its keep-alives stopped (RFC 5626 §4.4.1)
-            return Destination("UDP", (address, port))
+            return udp_destination((address, port))
         connection = self.connection_for(flow)
         if connection is None or getattr(connection, "closed", False):
             return None
@@ -731,7 +732,8 @@ class ProxyCore:
         elif branch.targets:
             target = branch.targets.pop(0)
             name = (branch.server_name or target.host) if target.transport == "TLS" else None
-            destination = Destination(target.transport, (target.address, target.port), name=name)
+            destination = (udp_destination((target.address, target.port)) if target.transport == "UDP"
+                           else Destination(target.transport, (target.address, target.port), name=name))
         else:
             # numeric contact: resolve now (registrations hold IP contacts in practice)
             try:
@@ -748,7 +750,8 @@ class ProxyCore:
                 self._spawn(self._locate_branch(context, branch, uri))
                 return
             target = targets[0]
-            destination = Destination(target.transport, (target.address, target.port))
+            destination = (udp_destination((target.address, target.port)) if target.transport == "UDP"
+                           else Destination(target.transport, (target.address, target.port)))
         self._send_branch(context, branch, destination)
 
     async def _locate_branch(self, context: ProxyContext, branch: Branch, uri: Any) -> None:

@@ -31,8 +31,8 @@ log = logging.getLogger("peerage.sip")
 # tick keeps them within 4% of nominal while costing 50 wake-ups a second.
 TIMER_TICK = 0.02
 # Weight of the newest sample in the smoothed loop delay: lateness has to last (about ten ticks)
-# before it counts, so one scheduling hiccup of a shared CPU does not shed calls; a backlog that
-# lasts shows in the UDP measure (time since the socket was last emptied) anyway.
+# before it counts, so one scheduling hiccup of a shared CPU does not shed calls; datagrams that
+# wait long show in the UDP measure (their kernel arrival stamps) anyway.
 OVERLOAD_SMOOTHING = 0.1
 # Keep-alives sent per round at most (one datagram each); past that the round ends early.
 MAX_NAT_PINGS = 100_000
@@ -48,6 +48,8 @@ class SipService:
         self._pinger: asyncio.Task[None] | None = None
         self._flow_watch: asyncio.Task[None] | None = None
         self.overload_delay = 0.0
+        self.overload_onsets = 0  # times shedding started
+        self._overload_began = (0.0, 0)  # loop time and shed count when it last did
         self._accounts: Any = None
 
     async def start(self, host: Any) -> None:
@@ -142,13 +144,40 @@ class SipService:
             now = loop.time()
             late = max(0.0, now - started - TIMER_TICK)
             delay = delay * (1 - OVERLOAD_SMOOTHING) + late * OVERLOAD_SMOOTHING
-            # ... and how long datagrams have been queueing in the kernel unread
-            waiting = max(delay, transport.udp_backlog(time.monotonic()))
-            proxy.overloaded = bool(self.overload_delay) and waiting > self.overload_delay
+            # ... and how long datagrams read since the last tick had waited in the kernel unread
+            waited, drained = transport.udp_wait()
+            limit = self.overload_delay
+            if not limit:
+                overloaded = False
+            elif proxy.overloaded:
+                # Shedding goes on until the backlog is gone (the sockets read empty), not just
+                # under the limit: stopping at the limit would hold a standing queue just short of
+                # it, and a non-INVITE request and its response each wait in it (two waits of
+                # ~limit past Timer E's T1 bring the retransmissions shedding is there to prevent).
+                overloaded = delay > limit or not drained
+            else:
+                overloaded = max(delay, waited) > limit
+            if overloaded != proxy.overloaded:
+                self._overload_changed(overloaded, now, delay, waited)
+            proxy.overloaded = overloaded
             try:
                 layer.tick()
             except Exception:
                 log.exception("sip: timer error")
+
+    def _overload_changed(self, overloaded: bool, now: float, delay: float, waited: float) -> None:
+        """Say when shedding starts and stops, and which measure set it off: a loop kept late, or
+        datagrams left waiting in the kernel (work arriving faster than it is done)."""
+        assert self.proxy is not None
+        if overloaded:
+            self.overload_onsets += 1
+            self._overload_began = (now, self.proxy.shed)
+            log.warning("sip: overloaded, new INVITEs get 503 (event loop late by %.0f ms smoothed, "
+                        "UDP datagrams waited up to %.0f ms unread; limit %.0f ms)",
+                        delay * 1000, waited * 1000, self.overload_delay * 1000)
+        else:
+            began, shed = self._overload_began
+            log.warning("sip: overload over after %.2f s, %d INVITEs shed", now - began, self.proxy.shed - shed)
 
     async def _nat_pings(self, interval: float, method: str) -> None:
         """Keep-alives to UDP contacts behind NAT, as Kamailio's nathelper does, so their NAT bindings

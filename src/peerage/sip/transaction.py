@@ -54,6 +54,23 @@ class Destination(NamedTuple):
 
 SendFunction = Callable[[bytes, Destination], None]
 
+# A named tuple is never untracked by the collector (CPython untracks exact tuples only), so one per
+# transaction is one more object every full collection walks: at 2,000 calls/s that is tens of
+# thousands.  UDP peers are few next to their transactions, so their destinations are shared.
+_UDP_DESTINATIONS: dict[tuple[str, int], Destination] = {}
+# Shared destinations kept at most; past that the table starts again (a scan of many sources).
+MAX_SHARED_DESTINATIONS = 65536
+
+
+def udp_destination(address: tuple[str, int]) -> Destination:
+    """The (shared) UDP destination of ``address``."""
+    destination = _UDP_DESTINATIONS.get(address)
+    if destination is None:
+        if len(_UDP_DESTINATIONS) >= MAX_SHARED_DESTINATIONS:
+            _UDP_DESTINATIONS.clear()
+        destination = _UDP_DESTINATIONS[address] = Destination("UDP", address)
+    return destination
+
 
 class ClientTransaction:
     """RFC 3261 §17.1: sends a request, retransmits it, passes responses to its owner."""
@@ -364,7 +381,10 @@ class TransactionLayer:
         # One FIFO per timer duration: every timer of the same duration is due in the order it was
         # set, so each queue stays sorted with O(1) appends and pops (a timing wheel with one
         # slot per RFC 3261 duration; there are only a handful: T1 multiples, T2, T4, 64*T1, 32 s).
-        self._queues: dict[float | str, deque[tuple[float, ClientTransaction | ServerTransaction, str]]] = {}
+        # A timer is three entries in a row (deadline, transaction, timer name), not a tuple: a
+        # tuple holding a transaction stays tracked by the collector, one more object per live
+        # timer for every full collection to walk.
+        self._queues: dict[float | str, deque[Any]] = {}
 
     # -- timers
     def set_timer(self, transaction: ClientTransaction | ServerTransaction, name: str,
@@ -374,7 +394,9 @@ class TransactionLayer:
         queue = self._queues.get(delay)
         if queue is None:
             queue = self._queues[delay] = deque()
-        queue.append((deadline, transaction, name))
+        queue.append(deadline)
+        queue.append(transaction)
+        queue.append(name)
 
     def set_timer_at(self, transaction: ClientTransaction | ServerTransaction, name: str,
                      deadline: float) -> None:
@@ -387,18 +409,22 @@ class TransactionLayer:
         queue = self._queues.get(name)
         if queue is None:
             queue = self._queues[name] = deque()
-        queue.append((deadline, transaction, name))
+        queue.append(deadline)
+        queue.append(transaction)
+        queue.append(name)
 
     def next_deadline(self) -> float | None:
         earliest: float | None = None
         for queue in self._queues.values():
             while queue:
-                deadline, transaction, name = queue[0]
+                deadline, transaction, name = queue[0], queue[1], queue[2]
                 if transaction.timers.get(name) == deadline:
                     if earliest is None or deadline < earliest:
                         earliest = deadline
                     break
                 queue.popleft()  # cancelled or rescheduled
+                queue.popleft()
+                queue.popleft()
         return earliest
 
     def tick(self, now: float | None = None) -> None:
@@ -407,8 +433,9 @@ class TransactionLayer:
         while True:
             due: list[tuple[float, ClientTransaction | ServerTransaction, str]] = []
             for queue in self._queues.values():
-                while queue and queue[0][0] <= now:
-                    due.append(queue.popleft())
+                pop = queue.popleft
+                while queue and queue[0] <= now:
+                    due.append((pop(), pop(), pop()))
             if not due:
                 return
             due.sort(key=_deadline)
@@ -498,6 +525,6 @@ class TransactionLayer:
             # Via port when no rport was asked keeps RFC 3261 behaviour.
             if "rport" in via.params:
                 return source
-            return Destination(source.transport, (source.address[0], via.port or 5060))
+            return udp_destination((source.address[0], via.port or 5060))
         maddr = via.params["maddr"] or source.address[0]
-        return Destination(source.transport, (maddr, via.port or 5060))
+        return udp_destination((maddr, via.port or 5060))

@@ -19,6 +19,8 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +34,7 @@ from peerage.sip.message import (
     parse_datagram,
     split_values,
 )
-from peerage.sip.transaction import Destination
+from peerage.sip.transaction import Destination, udp_destination
 
 log = logging.getLogger("peerage.sip")
 
@@ -57,6 +59,12 @@ UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 UDP_READ_BATCH = 64
 # The largest UDP payload (65,535 minus IP and UDP headers).
 UDP_MAX_DATAGRAM = 65535
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not name it): the kernel
+# stamps every datagram with its arrival time (CLOCK_REALTIME, a struct timespec), so how long the
+# one read first in a batch, the oldest still queued, waited unread is known exactly.
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@qq")
+UDP_ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
 
 MessageHandler = Callable[[SipMessage, Destination], None]
 
@@ -221,19 +229,61 @@ class UdpEndpoint:
         self.sock.setblocking(False)
         self.sock.bind((host, port))
         self.closed = False
-        # When the socket was last found with datagrams still waiting after a full batch, and not
-        # emptied since (0.0: it was emptied): how long arrivals have outpaced us.
-        self.busy_since = 0.0
+        # The longest a datagram read first in a batch had waited in the kernel's buffer since
+        # ``waited()`` last looked (seconds).  Requests are answered that late, plus processing:
+        # what overload control compares with ``overload_delay``.  Not the time since the socket
+        # was last emptied: close to a full core a short stall (a collector pass) leaves a queue that
+        # takes long to drain while each datagram in it waits only about as long as the stall.
+        self.longest_wait = 0.0
+        # Whether the socket was read empty since ``waited()`` last looked: the backlog is gone.
+        self.drained = False
+        self.timestamps = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.timestamps = True
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
+    def waited(self) -> tuple[float, bool]:
+        """The longest wait seen since the last call (0.0 when nothing was read) and whether the
+        socket was read empty meanwhile (True when nothing came), then both reset."""
+        longest, self.longest_wait = self.longest_wait, 0.0
+        drained = self.drained or not longest
+        self.drained = False
+        return longest, drained
+
     def _readable(self) -> None:
-        receive = self.sock.recvfrom
         deliver = self.owner.datagram
-        for _ in range(UDP_READ_BATCH):
+        if self.timestamps:
+            # One recvmsg per batch (about half a microsecond more than recvfrom): the first
+            # datagram is the oldest queued, so its stamp bounds the wait of the whole batch.
+            try:
+                data, ancillary, _, address = self.sock.recvmsg(UDP_MAX_DATAGRAM, UDP_ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                self.drained = True
+                return
+            except OSError as error:
+                log.debug("sip: UDP error %s", error)
+                return
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= TIMESPEC.size:
+                    seconds, nanoseconds = TIMESPEC.unpack_from(value)
+                    wait = time.time() - seconds - nanoseconds * 1e-9
+                    if wait > self.longest_wait:
+                        self.longest_wait = wait  # a wall-clock step back gives a negative wait: ignored
+            try:
+                deliver(data, (address[0], address[1]))
+            except Exception:
+                log.exception("sip: error on a datagram from %s", address)
+            batch = UDP_READ_BATCH - 1
+        else:
+            batch = UDP_READ_BATCH
+        receive = self.sock.recvfrom
+        for _ in range(batch):
             try:
                 data, address = receive(UDP_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                self.busy_since = 0.0
+                self.drained = True
                 return
             except OSError as error:  # ICMP errors reported on the socket
                 log.debug("sip: UDP error %s", error)
@@ -242,8 +292,6 @@ class UdpEndpoint:
                 deliver(data, (address[0], address[1]))
             except Exception:
                 log.exception("sip: error on a datagram from %s", address)
-        if not self.busy_since:
-            self.busy_since = time.monotonic()  # a full batch read and the socket still not empty
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
         try:
@@ -325,11 +373,16 @@ class SipTransport:
             self.websocket = WebSocketListener(self)
             await self.websocket.start(ws or [], wss or [], server_context)
 
-    def udp_backlog(self, now: float) -> float:
-        """Seconds the UDP sockets have gone without being emptied (0: they keep up).  Datagrams
-        wait in the kernel's buffer that long before they are read, which the event loop's own
-        lateness does not show."""
-        return max((now - endpoint.busy_since for endpoint in self.udp if endpoint.busy_since), default=0.0)
+    def udp_wait(self) -> tuple[float, bool]:
+        """The longest any UDP datagram read since the last call had waited unread in the kernel
+        (seconds), what the event loop's own lateness does not show (the loop may be on time yet
+        never get to the bottom of the socket), and whether every UDP socket was read empty since."""
+        longest, drained = 0.0, True
+        for endpoint in self.udp:
+            wait, emptied = endpoint.waited()
+            longest = max(longest, wait)
+            drained = drained and emptied
+        return longest, drained
 
     async def stop(self) -> None:
         if self.websocket is not None:
@@ -366,7 +419,7 @@ class SipTransport:
             if error.message is not None and error.message.method not in (None, "ACK"):
                 self.sendto(error_response(error, address), address)
             return
-        self.deliver(message, Destination("UDP", address))
+        self.deliver(message, udp_destination(address))
 
     def deliver(self, message: SipMessage, source: Destination) -> None:
         if message.method is not None:
