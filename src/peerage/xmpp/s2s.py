@@ -237,6 +237,9 @@ class XmlConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        # The expat parser and this parser object form a reference cycle; let it go now rather
+        # than at the next full collection (as c2s does). Events already parsed stay queued.
+        self.parser.release()
         self._lost(exc)
         if self._write_paused is not None and not self._write_paused.done():
             self._write_paused.set_result(None)
@@ -281,7 +284,10 @@ class XmlConnection(asyncio.Protocol):
 
     async def wait_handshake(self) -> None:
         assert self.handshake is not None
-        await asyncio.wait_for(asyncio.shield(self.handshake), NEGOTIATION_STEP_TIMEOUT)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation of the
+        # waiting task that arrives as the awaited future completes (CPython gh-86296).
+        async with asyncio.timeout(NEGOTIATION_STEP_TIMEOUT):
+            await asyncio.shield(self.handshake)
 
     async def starttls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
         self._start_tls(context, False, server_hostname)
@@ -314,6 +320,10 @@ class XmlConnection(asyncio.Protocol):
 
     # --- the stream -----------------------------------------------------------------------------
     def restart(self) -> None:
+        """A new stream on this connection (RFC 6120 sections 5.4.3.3 and 6.4.6: after STARTTLS and
+        SASL success): a fresh parser, the old one's expat parser let go at once, not left in its
+        reference cycle for the collector."""
+        self.parser.release()
         self.parser = XmlStreamParser(self.max_stanza_bytes)
         self.events.clear()
         self.header_sent = False
@@ -370,8 +380,11 @@ class XmlConnection(asyncio.Protocol):
                 raise ConnectionError("connection closed by the peer")
             self._waiter = loop.create_future()
             try:
-                remaining = None if deadline is None else max(0.0, deadline - loop.time())
-                await asyncio.wait_for(self._waiter, remaining)
+                if deadline is None:  # an established stream's reader: no timer per wait
+                    await self._waiter
+                else:
+                    async with asyncio.timeout_at(deadline):  # not wait_for (CPython gh-86296)
+                        await self._waiter
             except TimeoutError:
                 raise StreamError("connection-timeout", "the peer did not answer in time") from None
             finally:
@@ -507,7 +520,8 @@ class OutboundStream:
         self.connection.send(dialback.result_request(
             local, self.remote, self.service.secret.key(self.remote, local, self.stream_id)))
         try:
-            message = await asyncio.wait_for(future, VERIFY_TIMEOUT + NEGOTIATION_STEP_TIMEOUT)
+            async with asyncio.timeout(VERIFY_TIMEOUT + NEGOTIATION_STEP_TIMEOUT):  # not wait_for: gh-86296
+                message = await future
         except (TimeoutError, ConnectionError) as error:
             self.service.finish_record(record, Level.UNSUCCESSFUL, f"piggybacked dialback failed: {error}")
             raise Unreachable(str(error) or "no dialback answer") from None
@@ -625,8 +639,10 @@ class OutboundRoute:
                     break
                 remaining = self.queue[0][1] - now
                 try:
-                    stream = await asyncio.wait_for(
-                        self.service.connect_or_piggyback(self.local, self.remote), remaining)
+                    # Not wait_for, which on Python 3.11 can swallow the cancellation that stops
+                    # this task (CPython gh-86296): the route would connect on after shutdown.
+                    async with asyncio.timeout(remaining):
+                        stream = await self.service.connect_or_piggyback(self.local, self.remote)
                 except DomainNotFound as error:
                     await self._bounce_all("remote-server-not-found", str(error))
                     break
@@ -1150,9 +1166,10 @@ class S2SService:
             for address in addresses:
                 try:
                     context = self.tls.client(local, present, direct_tls=True) if target.direct_tls else None
-                    connection = await asyncio.wait_for(open_xml_connection(
-                        address, target.port, self.max_stanza, tls_context=context,
-                        server_hostname=remote if context is not None else None), CONNECT_TIMEOUT)
+                    async with asyncio.timeout(CONNECT_TIMEOUT):  # not wait_for (CPython gh-86296)
+                        connection = await open_xml_connection(
+                            address, target.port, self.max_stanza, tls_context=context,
+                            server_hostname=remote if context is not None else None)
                 except (OSError, TimeoutError, ssl.SSLError) as error:
                     errors.append(f"{address}:{target.port}: {error or type(error).__name__}")
                     continue
@@ -1288,9 +1305,10 @@ class S2SService:
         """XEP-0220 section 2.1.2: ask ``remote``'s authoritative server whether ``key`` is its own."""
         profile = self.policy.profile(remote, self.certificate_kind(local))
         try:
-            async with self._verifications:
-                return await asyncio.wait_for(self._verify(local, remote, stream_id, key, profile),
-                                              VERIFY_TIMEOUT)
+            # The bound covers the verification, not the wait for a slot; asyncio.timeout rather
+            # than wait_for, which on Python 3.11 can swallow a cancellation (CPython gh-86296).
+            async with self._verifications, asyncio.timeout(VERIFY_TIMEOUT):
+                return await self._verify(local, remote, stream_id, key, profile)
         except DomainNotFound:
             return DialbackError.REMOTE_SERVER_NOT_FOUND
         except (Unreachable, OSError, ConnectionError, StreamError, DnsTimeout, ssl.SSLError, TimeoutError) as error:

@@ -1,0 +1,56 @@
+"""An s2s connection lets its expat parser go on a stream restart and when the connection is lost,
+as c2s does, instead of leaving it in its reference cycle for the cyclic collector; what was parsed
+before the loss is still read. A real TCP peer on the loopback, in process."""
+
+from __future__ import annotations
+
+import asyncio
+
+from peerage.xmpp.s2s import XmlConnection, open_xml_connection
+from peerage.xmpp.stream import Element
+
+HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' from='b.test' to='a.test' id='s1' version='1.0'>")
+MESSAGE = b"<message from='u@b.test' to='v@a.test'><body>hi</body></message>"
+
+
+async def _lost(connection: XmlConnection) -> None:
+    """Until asyncio has called connection_lost (it follows the peer's FIN by a loop turn or two)."""
+    async with asyncio.timeout(10):
+        while connection.transport is not None:
+            await asyncio.sleep(0.01)
+
+
+async def test_restart_and_connection_loss_release_the_parser() -> None:
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result(writer)
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        connection = await open_xml_connection("127.0.0.1", port, 65536)
+        async with asyncio.timeout(10):
+            writer = await accepted
+        writer.write(HEADER)
+        assert (await connection.header()).attrs["id"] == "s1"
+
+        first = connection.parser
+        connection.restart()  # RFC 6120 section 6.4.6: a new stream after SASL success
+        assert connection.parser is not first
+        assert first.feed(MESSAGE) == [], "the parser of the stream before the restart still parses"
+
+        # The restarted stream parses; then the peer goes away right after a stanza.
+        writer.write(HEADER + MESSAGE)
+        await writer.drain()
+        await connection.header()
+        writer.close()
+        await _lost(connection)
+        assert connection.parser.feed(MESSAGE) == [], "the parser outlived the connection"
+        stanza = await connection.element()  # parsed before the loss: still delivered
+        assert isinstance(stanza, Element) and stanza.find_text("body") == "hi"
+        connection.close()
+    finally:
+        server.close()
+        await server.wait_closed()
