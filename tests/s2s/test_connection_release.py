@@ -54,3 +54,45 @@ async def test_restart_and_connection_loss_release_the_parser() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_burst_is_read_in_order_and_in_full_before_the_peer_closes() -> None:
+    """More than one read and one parse slice's worth of stanzas, split inside multi-byte
+    characters, written at once by a peer that closes at once: every stanza comes out, in
+    order, before the connection reports the close (RFC 6120 section 4.4: what was sent before the
+    close is handled)."""
+    from peerage.xmpp.s2s import MAX_PENDING_BYTES, PARSE_SLICE
+
+    count = 6000
+    euros = "\u20ac" * 30  # 90 of a stanza's ~170 bytes: a third of slice and read boundaries split one
+    stanzas = b"".join(f"<message from='u@b.test' to='v@a.test' id='m{n}'><body>{n} {euros}</body></message>"
+                       .encode() for n in range(count))
+    assert len(stanzas) > MAX_PENDING_BYTES + 4 * PARSE_SLICE  # the connection must pause and resume reading
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result(writer)
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        connection = await open_xml_connection("127.0.0.1", port, 65536)
+        async with asyncio.timeout(10):
+            writer = await accepted
+        writer.write(HEADER + stanzas)
+        writer.close()  # the transport sends what it holds, then closes
+        await connection.header()
+        ids = []
+        async with asyncio.timeout(30):
+            try:
+                while True:
+                    stanza = await connection.element()
+                    assert stanza.find_text("body") == f"{len(ids)} {euros}"
+                    ids.append(stanza.attrs["id"])
+            except ConnectionError:
+                pass
+        assert ids == [f"m{n}" for n in range(count)]
+        connection.close()
+    finally:
+        server.close()
+        await server.wait_closed()
