@@ -5,7 +5,9 @@ ejabberd 23.01) run in the same run, with the same load tool: PAIRS senders on d
 MESSAGES chat messages to their own receiver on domain B (all clients logged in, the s2s stream warmed
 up first). Every pair of servers federates at the encrypted level (STARTTLS with self-signed
 certificates, then dialback), with no archiving and no offline storage in the path. The figure is
-messages received / seconds from the first send to the last receipt. Every server runs for the whole
+messages received / seconds from the first send to the last receipt; beside it, the CPU time both
+servers of the pair used over the same span, per 1000 messages (the load tool shares the machine, so
+messages/s can be set by it or by the scheduler; CPU per message is each server's own). Every server runs for the whole
 benchmark and the rounds alternate between the pairs, so a burst of other work on the machine hits
 them alike; the median of the rounds is reported, with the spread.
 
@@ -78,8 +80,30 @@ async def login(address: str, domain: str, user: str, mechanism: str) -> RawClie
     return client
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds run by process ``root`` and its live descendants (every thread; the scheduler's
+    nanosecond count in /proc/PID/task/TID/schedstat, not the 10 ms ticks of /proc/PID/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 async def measure(a_addr: str, a_dom: str, b_addr: str, b_dom: str, pairs: int, messages: int,
-                  mechanism: str) -> float:
+                  mechanism: str, servers: list[int]) -> tuple[float, float]:
+    """Messages/s, and the CPU milliseconds per 1000 messages the processes ``servers`` (and their
+    children) used over the same span."""
     senders = [await login(a_addr, a_dom, f"s{i}", mechanism) for i in range(pairs)]
     receivers = [await login(b_addr, b_dom, f"r{i}", mechanism) for i in range(pairs)]
     # Warm up: one message per pair establishes the s2s streams in both directions.
@@ -100,11 +124,13 @@ async def measure(a_addr: str, a_dom: str, b_addr: str, b_dom: str, pairs: int, 
             sender.writer.write(chunk.encode())
             await sender.writer.drain()
 
+    cpu_before = sum(tree_cpu(pid) for pid in servers)
     start = time.perf_counter()
     await asyncio.gather(*(blast(i, s) for i, s in enumerate(senders)))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in counters)), RUN_TIMEOUT)
     elapsed = time.perf_counter() - start
+    cpu_used = sum(tree_cpu(pid) for pid in servers) - cpu_before
     received = sum(c.count for c in counters)
     for task in tasks:
         task.cancel()
@@ -112,7 +138,7 @@ async def measure(a_addr: str, a_dom: str, b_addr: str, b_dom: str, pairs: int, 
         await client.close()
     if received < pairs * messages:
         print(f"  warning: only {received} of {pairs * messages} messages arrived within {RUN_TIMEOUT}s")
-    return received / elapsed
+    return received / elapsed, cpu_used * 1e6 / max(received, 1)
 
 
 #: name -> (domain A, address A, domain B, address B, SASL mechanism of the load clients)
@@ -200,7 +226,9 @@ def main() -> int:
     if not args.no_ejabberd:
         names.append("ejabberd 23.01")
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in names}
     stoppers: list[object] = []
+    pids: dict[str, list[int]] = {name: [] for name in names}
     loads: list[float] = []
     try:
         for name in names:
@@ -223,33 +251,43 @@ def main() -> int:
                     stoppers.append(EjabberdServer(work / domain, domain, address, DNS_ADDRESS, level="encrypted",
                                                    cert=cert, key=key, users={u: PASSWORD for u in users},
                                                    loglevel="warning").start())
+            for server in stoppers[-2:]:
+                pids[name].append(server.process.pid)  # type: ignore[attr-defined]
         for round_ in range(args.rounds):
             for name in names:
                 a_dom, a_addr, b_dom, b_addr, mechanism = PAIRS[name]
-                rate = asyncio.run(measure(a_addr, a_dom, b_addr, b_dom, args.pairs, args.messages, mechanism))
+                rate, cpu_ms = asyncio.run(measure(a_addr, a_dom, b_addr, b_dom, args.pairs, args.messages,
+                                                   mechanism, pids[name]))
                 samples[name].append(rate)
+                cpu_samples[name].append(cpu_ms)
                 loads.append(os.getloadavg()[0])
-                print(f"round {round_ + 1}: {name}: {rate:.0f} msg/s (load {loads[-1]:.1f})")
+                print(f"round {round_ + 1}: {name}: {rate:.0f} msg/s, {cpu_ms:.1f} CPU ms per 1000 messages "
+                      f"(load {loads[-1]:.1f})")
     finally:
         for server in reversed(stoppers):
             server.stop()  # type: ignore[attr-defined]
         dns.stop()
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu_samples.items()}
     for name in names:
-        print(f"{name}: median {medians[name]:.0f} msg/s of {', '.join(f'{v:.0f}' for v in samples[name])}")
+        print(f"{name}: median {medians[name]:.0f} msg/s of {', '.join(f'{v:.0f}' for v in samples[name])}; "
+              f"CPU ms per 1000 messages {cpu_medians[name]:.1f} of "
+              f"{', '.join(f'{v:.1f}' for v in cpu_samples[name])}")
     if not args.no_results:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         rows = "".join(f"| {name} <-> {name} | {medians[name]:.0f} | {min(samples[name]):.0f}-"
-                       f"{max(samples[name]):.0f} |\n" for name in names)
+                       f"{max(samples[name]):.0f} | {cpu_medians[name]:.1f} | {min(cpu_samples[name]):.1f}-"
+                       f"{max(cpu_samples[name]):.1f} |\n" for name in names)
         ratios = []
         if "Prosody 0.12" in medians:
             ratios.append(f"peerage/Prosody {medians['peerage'] / medians['Prosody 0.12']:.2f}x")
         if "ejabberd 23.01" in medians:
             ratios.append(f"peerage/ejabberd {medians['peerage'] / medians['ejabberd 23.01']:.2f}x")
         if "peerage before" in medians:
-            ratios.append(f"after/before {medians['peerage'] / medians['peerage before']:.3f}x")
+            ratios.append(f"after/before {medians['peerage'] / medians['peerage before']:.3f}x in messages/s, "
+                          f"{cpu_medians['peerage'] / cpu_medians['peerage before']:.3f}x in CPU per message")
         section = (
-            f"\n## xmpp_s2s: federated messages/s, peerage vs Prosody and ejabberd ({stamp})\n\n"
+            f"\n## xmpp_s2s: federated messages/s, {', '.join(names)} ({stamp})\n\n"
             f"Machine: {machine()}. 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the "
             "rounds (the machine was shared with other work: above about 1, the figures are lower and "
             "noisier than on an idle machine).\n\n"
@@ -260,7 +298,8 @@ def main() -> int:
             f"{args.rounds} alternating rounds, median reported.\n"
             + ("`peerage before` runs the earlier source tree given with `--baseline-src` in the same "
                "rounds.\n" if args.baseline_src is not None else "")
-            + "\n| servers | messages/s (median) | range |\n| --- | ---: | ---: |\n" + rows
+            + "\n| servers | messages/s (median) | range | CPU ms per 1000 messages, both servers (median) "
+              "| range |\n| --- | ---: | ---: | ---: | ---: |\n" + rows
             + (f"\nRatios: {'; '.join(ratios)}.\n" if ratios else ""))
         with open(ROOT / "bench" / "RESULTS.md", "a") as file:
             file.write(section)
