@@ -251,7 +251,7 @@ async def connect_pairs(pairs: int, sender_nodes: list[str], receiver_nodes: lis
 
 
 def received(receiver: ClusterClient) -> int:
-    return sum(1 for e in receiver.received if e.name == "message")
+    return receiver.counts["message"]
 
 
 async def run_pair(sender: ClusterClient, receiver: ClusterClient, count: int | None, until: float,

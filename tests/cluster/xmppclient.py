@@ -37,6 +37,11 @@ async def srv_targets() -> list[tuple[str, int]]:
     return targets
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class ClusterClient:
     def __init__(self, user: str, resource: str, domain: str = DOMAIN) -> None:
         self.user = user
@@ -46,6 +51,8 @@ class ClusterClient:
         self.bare = f"{user}@{domain}"
         self.raw: RawClient | None = None
         self.received: list[Element] = []
+        #: Stanzas received by name (what a load loop reads per message, instead of scanning ``received``).
+        self.counts = {"message": 0, "presence": 0, "iq": 0}
         self.handled = 0  # stanzas received (our h)
         self.acked_h = 0  # the last h we reported
         self.server_h = 0  # the server's last <a h=/> for what we sent
@@ -53,7 +60,8 @@ class ClusterClient:
         self.sm = False
         self.previd = ""  # the XEP-0198 resumption id, when resumption was asked for
         self.stream_error = ""  # the condition of a stream error the server sent (RFC 6120 section 4.9)
-        self._changed = asyncio.Event()
+        #: Futures of the waits in progress, resolved whenever something was received.
+        self._waiters: list[asyncio.Future[None]] = []
         self._reader: asyncio.Task[None] | None = None
         self.address = ""
 
@@ -84,7 +92,7 @@ class ClusterClient:
                 for event in self.parser.feed(data):
                     if isinstance(event, Element):
                         await self._element(event)
-                self._changed.set()
+                self._notify()
             data = await self.raw.reader.read(65536)
             if not data:
                 return
@@ -94,7 +102,7 @@ class ClusterClient:
             self.stream_error = next((child.name for child in element.elements()
                                       if child.xmlns == "urn:ietf:params:xml:ns:xmpp-streams" and child.name != "text"),
                                      "undefined-condition")
-            self._changed.set()
+            self._notify()
             return
         if element.xmlns == SM_NS:
             if element.name == "enabled":
@@ -108,6 +116,7 @@ class ClusterClient:
             return
         if element.name in ("message", "presence", "iq"):
             self.handled += 1
+            self.counts[element.name] += 1
             self.received.append(element)
             if element.name == "iq" and element.attrs.get("type") in ("get", "set"):
                 # Roster pushes and pings get their result (RFC 6120 section 8.2.3).
@@ -135,9 +144,20 @@ class ClusterClient:
             if remaining <= 0 or (self._reader is not None and self._reader.done()):
                 tail = [serialize(e) for e in self.received[-5:]]
                 raise AssertionError(f"{self.jid}: {what} not seen within {timeout} s; last received {tail}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            # A bare future and a timer, not wait_for on an Event: a load loop waits here once per
+            # message, and wait_for starts a task each time.
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            timer = loop.call_later(min(remaining, 0.5), _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _wake(waiter)
 
     def find(self, name: str, pattern: str) -> list[Element]:
         return [e for e in self.received if e.name == name and re.search(pattern, serialize(e), re.S)]
