@@ -294,6 +294,11 @@ class ClusterXmpp:
 
         def from_client(session: Any, stanza: Element) -> Any:
             result = original(session, stanza)
+            if stanza.name == "message":
+                # What the registry carries of a session (availability, priority, last presence,
+                # carbons, roster requested) changes only by presence (RFC 6121 section 4) and iq
+                # (XEP-0280 enable, the roster get): a message is not looked at again.
+                return result
             self._dirty[session.full_jid] = session
             self._schedule_flush()
             if result is None:
@@ -338,6 +343,8 @@ class ClusterXmpp:
         self._muc = self.ctx.feature(MucService)
         if self._muc is not None:
             self._muc.listing = self._room_listing
+            # A room gone without a stanza for it (its lock timed out) gives its lease up too.
+            self._muc.on_gone = self.check_room
         # Group chat services: one owner node per room (services registered later, after a reload, too).
         router = self.router
         for jid, service in list(router.services.items()):
@@ -859,8 +866,9 @@ class ClusterXmpp:
             loading.set_result(None)
 
     def check_room(self, room: str) -> None:
-        """After a stanza for a room served here: if the room is gone (destroyed, or emptied and
-        not persistent, or never created), its lease goes once its last changes are written."""
+        """After a stanza for a room served here, and when a room leaves memory without one
+        (``MucService.on_gone``): if the room is gone (destroyed, or emptied and not persistent, or
+        never created), its lease goes once its last changes are written."""
         if self._muc is not None and room not in self._muc.rooms and room in self.rooms_served:
             self.rooms_served.discard(room)
             self.service.spawn(self._release_room(room))
