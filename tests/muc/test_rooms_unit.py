@@ -432,3 +432,29 @@ async def test_rooms_expire_their_archive_by_their_own_setting(muc: MucHarness) 
     muc.muc.archive_expires_days = 0  # kept while the room lives
     await muc.muc.expire_archive(now + 365 * day)
     assert await left() == {(ROOM, 3), ("alice@a.test", 3)}
+
+
+async def test_a_room_gone_without_a_stanza_is_reported(muc: MucHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster gives a room's lease up when the room goes (MucService.on_gone): also when its
+    lock times out (XEP-0045 section 10.1.1), which no stanza for the room follows."""
+    gone: list[str] = []
+    reported = asyncio.Event()
+
+    def on_gone(jid: str) -> None:
+        gone.append(jid)
+        reported.set()
+
+    muc.muc.on_gone = on_gone
+    monkeypatch.setattr(limits, "ROOM_LOCK_TIMEOUT", 0.05)
+    got = await muc.join(ROOM, ALICE, "Alice")
+    assert "201" in codes(next(s for s in got if s.name == "presence"))
+    await asyncio.wait_for(reported.wait(), 10)
+    assert gone == [ROOM] and ROOM not in muc.muc.rooms
+    told = muc.take(ALICE)
+    assert told and told[-1].attrs.get("type") == "unavailable" and told[-1].find("x", MUC_USER).find("destroy") is not None
+    # An instant (configured, not persistent) room left by its last occupant: reported once.
+    other = f"other@{ROOM.partition('@')[2]}"
+    await muc.create(other, ALICE, "Alice")
+    assert gone == [ROOM]
+    await muc.send(f"<presence from='{ALICE}' to='{other}/Alice' type='unavailable'/>")
+    assert gone == [ROOM, other] and other not in muc.muc.rooms

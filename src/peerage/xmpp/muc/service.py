@@ -89,6 +89,9 @@ class MucService(Feature):
         #: peerage.cluster: the rooms of a service on every node, (JID, name) of those listed, for
         #: disco#items on the service (the rooms of one service may have different owner nodes)
         self.listing: Callable[[str], Awaitable[list[tuple[str, str]]]] | None = None
+        #: peerage.cluster: told the JID of a room that left memory for good (destroyed, or emptied
+        #: and not persistent), also when no stanza did it (the lock timeout, XEP-0045 section 10.1.1)
+        self.on_gone: Callable[[str], None] | None = None
         self.ctx.events.hook("xmpp-hosted-domains", self._domains_changed)
         host = self.ctx.host
         self._configure(getattr(host.config, "muc", None) if host is not None else None)
@@ -341,6 +344,8 @@ class MucService(Feature):
             if getattr(room, "stored", False):
                 self._deleted.add(room.jid)
                 self._kick_writer()
+            if self.on_gone is not None:
+                self.on_gone(room.jid)
 
     def destroyed(self, room: Room) -> None:
         room.destroyed = True
@@ -353,6 +358,8 @@ class MucService(Feature):
         self._kick_writer()
         if self.ctx.spawn is not None:
             self.ctx.spawn(self.archive.delete_room(room.jid))
+        if self.on_gone is not None:
+            self.on_gone(room.jid)
 
     # ============================================================================================
     # Persistence (written behind, in order)
