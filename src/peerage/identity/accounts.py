@@ -18,7 +18,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, cast, delete, insert, literal, null, select, union_all, update
+from sqlalchemy import (
+    Integer,
+    LargeBinary,
+    bindparam,
+    cast,
+    delete,
+    insert,
+    literal,
+    null,
+    select,
+    union_all,
+    update,
+)
 
 from peerage.identity.address import Address, AddressError, normalize_domain, parse_address
 from peerage.identity.credential_events import DELETED, RESET, WEB_SESSION, CredentialEvents
@@ -106,6 +118,8 @@ class AccountService:
         # Short-lived per-protocol tokens (peerage.identity.tokens): only lookups naming a protocol
         # (`scram(..., protocol="xmpp")`, `verify_password(..., protocol="xmpp")`) accept them.
         self.tokens = LoginTokens(store)
+        #: (hash prefix, with tokens) -> the statement of ``scram`` (``_scram_statement``)
+        self._scram_statements: dict[tuple[str, bool], Any] = {}
         # Told when an account's password changes, the account is deleted or a web session ends, here
         # or in another process (peerage.identity.credential_events), so the protocols end what is
         # already running on the ended credentials (the XMPP service ends the account's live streams,
@@ -243,18 +257,16 @@ class AccountService:
         if addr.domain not in self.domains:
             return None
         account = str(addr)
-        stored, server = f"{prefix}_stored_key", f"{prefix}_server_key"
-        parts = [
-            select(literal(0).label("kind"), accounts.c.scram_salt.label("salt"),
-                   accounts.c.scram_iterations.label("iterations"), accounts.c[stored].label("stored"),
-                   accounts.c[server].label("server")).where(accounts.c.address == account),
-            select(literal(1), cast(null(), LargeBinary), cast(null(), Integer), app_passwords.c[stored],
-                   app_passwords.c[server]).where(app_passwords.c.account == account),
-        ]
+        key = (prefix, bool(protocol))
+        statement = self._scram_statements.get(key)
+        if statement is None:
+            statement = self._scram_statements[key] = self._scram_statement(prefix, bool(protocol))
+        values: dict[str, Any] = {"account": account}
         if protocol:
-            parts.append(self.tokens.scram_keys_query(account, protocol, prefix, kind=2))
+            values["protocol"] = protocol
+            values["now"] = self.tokens.now()
         async with self.store.begin() as conn:
-            rows = (await conn.execute(union_all(*parts))).all()
+            rows = (await conn.execute(statement, values)).all()
         main = next((row for row in rows if row[0] == 0), None)
         if main is None:
             return None
@@ -268,6 +280,24 @@ class AccountService:
             bytes(main[4]),
             tuple((bytes(row[3]), bytes(row[4])) for row in alternates),
         )
+
+    def _scram_statement(self, prefix: str, tokens: bool) -> Any:
+        """The UNION ALL of ``scram``, with the account, protocol and time as bind parameters: built
+        once per hash and kind, as building and keying the statement for each login cost more than
+        running it does (SQLAlchemy keeps the compiled form for a statement it has seen)."""
+        account: Any = bindparam("account")
+        stored, server = f"{prefix}_stored_key", f"{prefix}_server_key"
+        parts = [
+            select(literal(0).label("kind"), accounts.c.scram_salt.label("salt"),
+                   accounts.c.scram_iterations.label("iterations"), accounts.c[stored].label("stored"),
+                   accounts.c[server].label("server")).where(accounts.c.address == account),
+            select(literal(1), cast(null(), LargeBinary), cast(null(), Integer), app_passwords.c[stored],
+                   app_passwords.c[server]).where(app_passwords.c.account == account),
+        ]
+        if tokens:
+            parts.append(self.tokens.scram_keys_query(account, bindparam("protocol"), prefix, kind=2,
+                                                      now=bindparam("now")))
+        return union_all(*parts)
 
     async def sip_ha1(self, address: str | Address, algorithm: str) -> str | None:
         column = {"MD5": "sip_ha1_md5", "SHA-256": "sip_ha1_sha256"}.get(algorithm.upper())

@@ -114,16 +114,22 @@ class LoginTokens:
             rows = (await conn.execute(self.scram_keys_query(account, protocol, prefix))).all()
         return [(bytes(r[-2]), bytes(r[-1])) for r in rows]
 
-    def scram_keys_query(self, account: str, protocol: str, prefix: str, *, kind: int | None = None) -> Select[Any]:
+    def scram_keys_query(self, account: Any, protocol: Any, prefix: str, *, kind: int | None = None,
+                         now: Any = None) -> Select[Any]:
         """The SELECT of ``scram_keys`` (``prefix`` is ``scram_sha1`` or ``scram_sha256``); with ``kind``,
         the rows lead with that constant and two NULLs (salt, iterations), to be one part of
-        ``AccountService.scram``'s UNION ALL."""
+        ``AccountService.scram``'s UNION ALL. ``account``, ``protocol`` and ``now`` (default: the
+        clock now) may be bind parameters, for a statement built once and run with values."""
         keys = (login_tokens.c[f"{prefix}_stored_key"], login_tokens.c[f"{prefix}_server_key"])
         columns: tuple[Any, ...] = keys if kind is None else (
             literal(kind), cast(null(), LargeBinary), cast(null(), Integer), *keys)
         return select(*columns).where(
             login_tokens.c.account == account, login_tokens.c.protocol == protocol,
-            login_tokens.c.expires >= self._clock())
+            login_tokens.c.expires >= (self._clock() if now is None else now))
+
+    def now(self) -> float:
+        """The clock token expiry is compared with."""
+        return self._clock()
 
     async def web_session_of(self, account: str, protocol: str, key: bytes | str) -> str | None:
         """The web session that was given the live token a login just used: ``key`` is the SCRAM
