@@ -15,7 +15,7 @@ With ``--baseline-src DIR`` (a copy of an earlier ``src/`` tree, e.g.
 ``git archive REV src | tar -x -C DIR``), a second peerage pair runs that tree in the same rounds.
 
 Run from the repository root:
-    python bench/xmpp_s2s/run.py [--pairs 20] [--messages 1000] [--rounds 3] [--baseline-src DIR]
+    python bench/xmpp_s2s/run.py [--pairs 20] [--messages 5000] [--rounds 3] [--baseline-src DIR]
         [--no-prosody] [--no-ejabberd]
 """
 
@@ -205,7 +205,9 @@ def _peerage(work: Path, ca: TestCA, dns: LocalDNS, domain: str, address: str, u
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=20)
-    parser.add_argument("--messages", type=int, default=1000, help="messages per pair")
+    parser.add_argument("--messages", type=int, default=5000,
+                        help="messages per pair (5000: 1000 lasts about 0.5 s, which mostly times how fast the "
+                        "buffers on the path fill, not a steady rate)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="an earlier src/ tree, run as 'peerage before' in the same rounds")
