@@ -5,8 +5,10 @@ before the loss is still read. A real TCP peer on the loopback, in process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
-from peerage.xmpp.s2s import XmlConnection, open_xml_connection
+from peerage.xmpp.s2s import MAX_PENDING_BYTES, PARSE_SLICE, XmlConnection, open_xml_connection
 from peerage.xmpp.stream import Element
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
@@ -21,7 +23,9 @@ async def _lost(connection: XmlConnection) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_restart_and_connection_loss_release_the_parser() -> None:
+@contextlib.asynccontextmanager
+async def _connected() -> AsyncIterator[tuple[XmlConnection, asyncio.StreamWriter]]:
+    """Our connection to a real TCP peer on the loopback, and the peer's side of it to write with."""
     accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,6 +37,15 @@ async def test_restart_and_connection_loss_release_the_parser() -> None:
         connection = await open_xml_connection("127.0.0.1", port, 65536)
         async with asyncio.timeout(10):
             writer = await accepted
+        yield connection, writer
+        connection.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_restart_and_connection_loss_release_the_parser() -> None:
+    async with _connected() as (connection, writer):
         writer.write(HEADER)
         assert (await connection.header()).attrs["id"] == "s1"
 
@@ -50,10 +63,6 @@ async def test_restart_and_connection_loss_release_the_parser() -> None:
         assert connection.parser.feed(MESSAGE) == [], "the parser outlived the connection"
         stanza = await connection.element()  # parsed before the loss: still delivered
         assert isinstance(stanza, Element) and stanza.find_text("body") == "hi"
-        connection.close()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_burst_is_read_in_order_and_in_full_before_the_peer_closes() -> None:
@@ -61,24 +70,12 @@ async def test_a_burst_is_read_in_order_and_in_full_before_the_peer_closes() -> 
     characters, written at once by a peer that closes at once: every stanza comes out, in
     order, before the connection reports the close (RFC 6120 section 4.4: what was sent before the
     close is handled)."""
-    from peerage.xmpp.s2s import MAX_PENDING_BYTES, PARSE_SLICE
-
     count = 6000
     euros = "\u20ac" * 30  # 90 of a stanza's ~170 bytes: a third of slice and read boundaries split one
     stanzas = b"".join(f"<message from='u@b.test' to='v@a.test' id='m{n}'><body>{n} {euros}</body></message>"
                        .encode() for n in range(count))
     assert len(stanzas) > MAX_PENDING_BYTES + 4 * PARSE_SLICE  # the connection must pause and resume reading
-    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
-
-    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set_result(writer)
-
-    server = await asyncio.start_server(peer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        connection = await open_xml_connection("127.0.0.1", port, 65536)
-        async with asyncio.timeout(10):
-            writer = await accepted
+    async with _connected() as (connection, writer):
         writer.write(HEADER + stanzas)
         writer.close()  # the transport sends what it holds, then closes
         await connection.header()
@@ -92,7 +89,3 @@ async def test_a_burst_is_read_in_order_and_in_full_before_the_peer_closes() -> 
             except ConnectionError:
                 pass
         assert ids == [f"m{n}" for n in range(count)]
-        connection.close()
-    finally:
-        server.close()
-        await server.wait_closed()
