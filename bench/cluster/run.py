@@ -50,7 +50,8 @@ each used during each step is recorded, so the figure can be read against what t
 Targets (a) <= 2x and (b) >= 1.7x are the issue's; (c) <= 5 s is the issue's; (d) is ours; (e) and
 (f) have no target (measured costs).
 
-Usage: python3 bench/cluster/run.py [--messages 4000] [--pairs 20] [--seconds 8] [--quota 0.1,0.15] [--no-write]
+Usage: python3 bench/cluster/run.py [--messages 4000] [--pairs 20] [--seconds 8] [--quota 0.1,0.15]
+       [--quota-seconds 20] [--repeats 3] [--warm-up 2] [--no-write]
 Appends a section to bench/RESULTS.md unless --no-write.
 """
 
@@ -63,6 +64,7 @@ import glob
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -323,7 +325,8 @@ async def idle(bench: Bench, timeout: float = 20.0) -> None:
 
 
 async def throughput(bench: Bench, pairs: int, seconds: float, senders: list[str],
-                     receivers: list[str], window: int = WINDOW) -> tuple[float, dict[str, float]]:
+                     receivers: list[str], window: int = WINDOW,
+                     warm_up: float = WARM_UP) -> tuple[float, dict[str, float]]:
     """Messages/s, and the CPU each part used per second of the step (1.0 = one core)."""
     clients = await connect_pairs(pairs, senders, receivers, secrets.token_hex(3))
     await idle(bench)
@@ -331,7 +334,7 @@ async def throughput(bench: Bench, pairs: int, seconds: float, senders: list[str
     # a new quota were measured slower than the rest (63,000-65,000 messages per CPU-second at 0.10
     # CPU against 74,000-90,000 in the later steps with pairs within a node), and the one-node steps
     # come first.
-    warm_until = time.monotonic() + WARM_UP
+    warm_until = time.monotonic() + warm_up
     await asyncio.gather(*(run_pair(s, r, None, warm_until, window) for s, r in clients))
     until = time.monotonic() + seconds
     before = bench.shares()
@@ -546,15 +549,8 @@ async def main_async(args: argparse.Namespace) -> str:
         one, one_cpu = await throughput(bench, args.pairs, args.seconds, ["n1"], ["n1"])
         quotas = [float(f) for f in args.quota.split(",")] if args.quota else []
         quota = Quota()
-        capped: dict[float, dict[str, Any]] = {}
-        try:
-            for fraction in quotas:
-                quota.apply("n1", n1.process.pid, fraction)
-                before = quota.stats()
-                rate, used = await throughput(bench, args.pairs, args.seconds, ["n1"], ["n1"], args.quota_window)
-                capped[fraction] = {"one": (rate, used, throttled(before, quota.stats()))}
-        finally:
-            quota.release([n1.process.pid])
+        #: (b') per quota, per step ("one", "local", "cross"): one (rate, CPU, throttled) per repetition.
+        capped: dict[float, dict[str, list[tuple[float, dict[str, float], str]]]] = {}
         # Then two nodes, on CPUs 0 and 1.
         n2 = bench.nodes["n2"].start()
         assert n2.process is not None
@@ -563,14 +559,23 @@ async def main_async(args: argparse.Namespace) -> str:
         two_local, local_cpu = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], ["n1", "n2"])
         two_cross, cross_cpu = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], ["n2", "n1"])
         try:
+            # The one-node and two-node steps interleaved, --repeats times: the machine's speed drifts
+            # by more than the 10 % the target turns on, and a one-node step taken first, alone, is
+            # compared with two-node steps taken minutes later. In the one-node steps node 2 runs, idle
+            # (no sessions; its heartbeats only), under the same quota.
+            quota_seconds = args.quota_seconds or args.seconds
             for fraction in quotas:
                 quota.apply("n1", n1.process.pid, fraction)
                 quota.apply("n2", n2.process.pid, fraction)
-                for key, receivers in (("local", ["n1", "n2"]), ("cross", ["n2", "n1"])):
-                    before = quota.stats()
-                    rate, used = await throughput(bench, args.pairs, args.seconds, ["n1", "n2"], receivers,
-                                                  args.quota_window)
-                    capped[fraction][key] = (rate, used, throttled(before, quota.stats()))
+                steps: dict[str, list[tuple[float, dict[str, float], str]]] = {"one": [], "local": [], "cross": []}
+                for _ in range(args.repeats):
+                    for key, senders, receivers in (("one", ["n1"], ["n1"]), ("local", ["n1", "n2"], ["n1", "n2"]),
+                                                    ("cross", ["n1", "n2"], ["n2", "n1"])):
+                        before = quota.stats()
+                        rate, used = await throughput(bench, args.pairs, quota_seconds, senders, receivers,
+                                                      args.quota_window, args.warm_up)
+                        steps[key].append((rate, used, throttled(before, quota.stats())))
+                capped[fraction] = steps
         finally:
             quota.release([n1.process.pid, n2.process.pid])
         # (a) CPU per message, unpinned.
@@ -636,27 +641,38 @@ async def main_async(args: argparse.Namespace) -> str:
             "",
         ]
         if capped:
+            quota_seconds = args.quota_seconds or args.seconds
             lines += [
                 "(b') the same steps with each node held to a CPU quota (a cgroup v1 cpu group per node,",
                 f"cpu.cfs_period_us = {QUOTA_PERIOD_US}, cpu.cfs_quota_us = quota x period; pinned as in (b)),",
                 "the same quota for the one node and for each of the two, so nats-server, PostgreSQL and the load",
-                f"tool have the rest of the two CPUs; {args.pairs} pairs, {args.quota_window} messages in flight per"
-                " pair. Throttled: share of the step's CFS periods in which the node used up its quota (near 100 %:",
-                "the node, not the load, set the rate). Each step starts once every node is idle after the logins",
-                f"(at most one clock tick of CPU in half a second), after {WARM_UP:.0f} s of the same traffic not counted.",
+                "tool (unpinned, on the same two CPUs, outside the quota groups: their CPU is not counted in the",
+                f"nodes' figures) have the rest of the two CPUs; {args.pairs} pairs, {args.quota_window} messages in",
+                f"flight per pair; {quota_seconds:.0f} s counted per step after {args.warm_up:.0f} s of the same traffic",
+                "not counted, once every node is idle after the logins. The one-node and two-node steps are",
+                f"interleaved, {args.repeats} repetition(s) of (one node, two nodes pairs within, two nodes pairs",
+                "across); in the one-node steps node 2 runs idle under the same quota. Throttled: share of the",
+                "step's CFS periods in which the node used up its quota (near 100 %: the node, not the load, set",
+                "the rate). Ratio: each two-node step against the one-node step of the same repetition.",
                 "",
-                "| quota per node | nodes | pairs | messages/s | CPU: nodes / nats / pg / load | throttled |",
-                "| ---: | --- | --- | ---: | --- | --- |",
+                "| quota per node | nodes | pairs | messages/s per repetition | median (min-max) | ratio per "
+                "repetition | median ratio | CPU (median step): nodes / nats / pg / load | throttled (median step) |",
+                "| ---: | --- | --- | --- | --- | --- | ---: | --- | --- |",
             ]
             for fraction, steps in capped.items():
-                base = steps["one"][0]
+                bases = [rate for rate, _, _ in steps["one"]]
                 for key, what, pairs_are in (("one", "one node on CPU 0", "within the node"),
                                              ("local", "two nodes on CPUs 0 and 1", "each pair within one node"),
                                              ("cross", "two nodes on CPUs 0 and 1", "every pair across the nodes")):
-                    rate, used, held = steps[key]
-                    ratio = "" if key == "one" else f" ({rate / base:.2f}x)"
-                    lines.append(f"| {fraction:.2f} CPU | {what} | {pairs_are} | {rate:.0f}{ratio} | {shares(used)} "
-                                 f"| {held} |")
+                    rates = [rate for rate, _, _ in steps[key]]
+                    middle = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
+                    _, used, held = steps[key][middle]
+                    ratios = [] if key == "one" else [rate / base for rate, base in zip(rates, bases, strict=True)]
+                    lines.append(
+                        f"| {fraction:.2f} CPU | {what} | {pairs_are} | {', '.join(f'{r:.0f}' for r in rates)} "
+                        f"| {statistics.median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f}) "
+                        f"| {', '.join(f'{r:.2f}x' for r in ratios)} "
+                        f"| {f'{statistics.median(ratios):.2f}x' if ratios else ''} | {shares(used)} | {held} |")
             lines += ["", "Target >= 1.7x (two nodes against one, each node with the same quota).", ""]
         lines += [
             f"(d) SIP: CPU per MESSAGE ({args.sip_messages} over UDP to node 1 from one sender, {SIP_WINDOW} in flight;",
@@ -718,6 +734,10 @@ def main() -> None:
     parser.add_argument("--sm-messages", type=int, default=2000)
     parser.add_argument("--quota", default="", help="(b') CPU quota per node, fractions of a CPU, comma-separated")
     parser.add_argument("--quota-window", type=int, default=50, help="(b') messages in flight per pair")
+    parser.add_argument("--quota-seconds", type=float, default=0.0,
+                        help="(b') seconds counted per step (default: --seconds)")
+    parser.add_argument("--repeats", type=int, default=1, help="(b') interleaved repetitions of the three steps")
+    parser.add_argument("--warm-up", type=float, default=WARM_UP, help="(b') seconds of traffic not counted per step")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     text = asyncio.run(main_async(args))
