@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from peerage.cluster.xmpp import parse_stanzas
+import json
+
+from peerage.cluster.xmpp import pack_batch, parse_stanza, parse_stanzas, unpack_batch
 from peerage.config import ConfigError, config_from_dict
 from peerage.xmpp.stream import serialize
 
@@ -40,3 +42,27 @@ def test_forwarded_stanzas_parse_back_and_bad_batches_are_refused() -> None:
     assert parsed is not None and [serialize(e) for e in parsed] == texts
     assert parse_stanzas(["<message><body>unclosed</message>"]) is None
     assert parse_stanzas(["<message/><stream:features/>"]) is None
+
+
+def test_a_stanza_parses_back_with_the_kept_parser_after_a_bad_one() -> None:
+    assert parse_stanza("<message><body>unclosed</message>") is None
+    assert parse_stanza("<presence/><presence/>") is None
+    for text in ("<presence from='x@y'><status>\u00e9t\u00e9</status></presence>", "<message to='a@b'/>"):
+        parsed = parse_stanza(text)
+        assert parsed is not None and serialize(parsed) == text
+    assert parse_stanza(b"<iq type='get' id='1'/>") is not None
+
+
+def test_delivery_batches_frame_any_jid_and_stanza_and_refuse_bad_lengths() -> None:
+    items = [(0, "a@b/res with spaces\nand a newline", "<message><body>1 2\n3 \u00e9</body></message>"),
+             (7, "c@d/e", "<presence/>")]
+    data = pack_batch("n1", "abc", items)
+    assert unpack_batch(data) == ("n1", "abc", [(sid, to, text.encode()) for sid, to, text in items])
+    assert unpack_batch(data[:-1]) is None  # a stanza cut short
+    assert unpack_batch(data + b"x") is None  # bytes after the last item
+    assert unpack_batch(data.replace(b" 2\n", b" 3\n", 1)) is None  # one item more than the bytes hold
+    assert unpack_batch(b"B1 n1 abc 1\n0 -5 3\nabc") is None  # a negative length
+    assert unpack_batch(b"garbage") is None
+    # A batch of a node that still sends JSON.
+    old = json.dumps({"node": "n2", "inc": "x", "items": [[3, "c@d/e", "<presence/>"]]}).encode()
+    assert unpack_batch(old) == ("n2", "x", [(3, "c@d/e", b"<presence/>")])

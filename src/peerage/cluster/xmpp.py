@@ -16,7 +16,9 @@ each survivor once its heartbeats stop (``[cluster] node_timeout``).
 Routing. What is sent to the sessions of one node in one turn of the event loop leaves as one NATS
 message to ``peerage.node.<name>.deliver`` (a presence broadcast to 300 contacts on two other nodes
 is two messages, not 300). The receiving node writes each stanza to its session as addressed, the
-delivery rules having run on the sending node.
+delivery rules having run on the sending node. A batch is bytes, not JSON (``pack_batch``): a header
+line, then per stanza a line of lengths, the recipient's JID and the stanza as ``serialize`` wrote
+it, which the receiving node writes to the client without escaping, decoding or encoding it again.
 
 What was acknowledged is not lost. A message (chat/normal, as XEP-0198 section 4 re-routes) to a
 session on another node is held by the sending node until that node says the stanza reached the
@@ -224,9 +226,68 @@ def parse_stanzas(texts: list[str], parser: XmlStreamParser | None = None) -> li
     return stanzas
 
 
-def parse_stanza(text: str) -> Element | None:
-    parsed = parse_stanzas([text])
-    return parsed[0] if parsed else None
+#: The parser ``parse_stanza`` keeps between calls (building one costs more than a small stanza).
+_kept_parser: XmlStreamParser | None = None
+
+
+def parse_stanza(text: str | bytes) -> Element | None:
+    """One serialised stanza (a forwarded service, PEP or federation stanza, a last presence),
+    parsed with a kept parser; a new one after a failure, which leaves the kept one unusable."""
+    global _kept_parser
+    parser = _kept_parser if _kept_parser is not None else stream_parser()
+    events = parser.feed(text.encode() if isinstance(text, str) else text)
+    if parser.failed or len(events) != 1 or not isinstance(events[0], Element):
+        _kept_parser = None
+        return None
+    _kept_parser = parser
+    return events[0]
+
+
+#: First bytes of a delivery batch in the format of ``pack_batch``. A batch from a node that still
+#: sends JSON starts with "{" and is read as before.
+BATCH_MAGIC = b"B1 "
+
+
+def pack_batch(node: str, incarnation: str, items: list[tuple[int, str, str]]) -> bytes:
+    """A delivery batch: ``B1 node incarnation count`` on the first line, then per item ``sid
+    to-length stanza-length``, a newline, the recipient's full JID and the stanza (UTF-8). Lengths
+    frame everything, so a JID or stanza may hold any character; the stanza bytes are written to
+    the client as they arrive."""
+    parts = [b"%s%s %s %d\n" % (BATCH_MAGIC, node.encode(), incarnation.encode(), len(items))]
+    for sid, to, text in items:
+        jid, data = to.encode(), text.encode()
+        parts.append(b"%d %d %d\n%s%s" % (sid, len(jid), len(data), jid, data))
+    return b"".join(parts)
+
+
+def unpack_batch(data: bytes) -> tuple[str, str, list[tuple[int, str, bytes]]] | None:
+    """(origin node, incarnation, [(sid, to, stanza bytes)]) of ``pack_batch``'s bytes, or of a
+    JSON batch of an older node; None if malformed (lengths past the end, a count that differs)."""
+    try:
+        if data[:1] == b"{":
+            batch = json.loads(data)
+            return (str(batch["node"]), str(batch["inc"]),
+                    [(int(item[0]), str(item[1]), str(item[2]).encode()) for item in batch["items"]])
+        if not data.startswith(BATCH_MAGIC):
+            return None
+        end = data.index(b"\n")
+        node, incarnation, count = data[len(BATCH_MAGIC):end].decode().split(" ")
+        items = []
+        position, size = end + 1, len(data)
+        for _ in range(int(count)):
+            end = data.index(b"\n", position)
+            sid, jid_length, data_length = data[position:end].split(b" ")
+            start = end + 1
+            middle = start + int(jid_length)
+            position = middle + int(data_length)
+            if position > size or middle < start or position < middle:
+                return None
+            items.append((int(sid), data[start:middle].decode(), data[middle:position]))
+        if position != size:
+            return None
+        return node, incarnation, items
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        return None
 
 
 class ClusterXmpp:
@@ -246,7 +307,7 @@ class ClusterXmpp:
         #: node -> full JID -> RemoteSession
         self.remote: dict[str, dict[str, RemoteSession]] = {}
         self._remote_seq: dict[str, int] = {}
-        self._outbox: dict[str, list[list[Any]]] = {}
+        self._outbox: dict[str, list[tuple[int, str, str]]] = {}
         self._flush_scheduled = False
         self.forwarded_batches = 0  # NATS messages those went in (stanzas per message: the scaling model)
         self._next_id = 0
@@ -259,7 +320,6 @@ class ClusterXmpp:
         self._seen: dict[tuple[str, str], OrderedDict[int, None]] = {}
         #: bare JID -> when this node last stored an offline message for it
         self._recent_offline: dict[str, float] = {}
-        self._parser: XmlStreamParser | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._original_remote_sender: Any = None
         self.forwarded_in = 0
@@ -590,7 +650,7 @@ class ClusterXmpp:
                 if len(waiting) >= MAX_GOT_WAITERS:
                     waiting[:] = [w for w in waiting if not w.done()]
                 waiting.append(held.got)
-        self._outbox.setdefault(session.node, []).append([sid, session.full_jid, serialize(stanza)])
+        self._outbox.setdefault(session.node, []).append((sid, session.full_jid, serialize(stanza)))
         self._schedule_flush()
 
     def _local_sender(self, full: str) -> Any:
@@ -612,11 +672,11 @@ class ClusterXmpp:
             ops, self._ops = self._ops, []
             self._publish_ops(ops)
         outbox, self._outbox = self._outbox, {}
-        header = {"node": self.node.name, "inc": self.node.incarnation}
+        name, incarnation = self.node.name, self.node.incarnation
         for target, items in outbox.items():
             self.forwarded_out += len(items)
             self.forwarded_batches += 1
-            self.node.publish(node_subject(target, "deliver"), json.dumps({**header, "items": items}).encode())
+            self.node.publish(node_subject(target, "deliver"), pack_batch(name, incarnation, items))
 
     async def _complete(self, result: Any, session: Any) -> None:
         await result
@@ -647,19 +707,18 @@ class ClusterXmpp:
     # Receiving stanzas for this node's sessions
     # =================================================================================================
     async def _deliver_received(self, msg: Any) -> None:
-        try:
-            data = json.loads(msg.data)
-            origin, inc, items = str(data["node"]), str(data["inc"]), list(data["items"])
-            items = [(int(item[0]), str(item[1]), str(item[2])) for item in items]
-        except (ValueError, KeyError, TypeError, IndexError):
+        batch = unpack_batch(msg.data)
+        if batch is None:
             log.warning("cluster: a malformed batch was dropped")
             return
+        origin, inc, items = batch
         key = (origin, inc)
         seen = self._seen.setdefault(key, OrderedDict())
         marks = self._marks.setdefault(key, {})
         got: list[int] = []
         released: list[int] = []
-        for sid, to, text in items:
+        router_session = self.router.session
+        for sid, to, data in items:
             if sid:
                 got.append(sid)
                 if sid in seen:
@@ -671,26 +730,26 @@ class ClusterXmpp:
                     seen.popitem(last=False)
             self.forwarded_in += 1
             bare, _, resource = to.partition("/")
-            session = self.router.session(bare, resource)
+            session = router_session(bare, resource)
             if session is None or isinstance(session, RemoteSession) or session.ended:
                 # Gone since the sender looked: by the bare JID's rules from here (XEP-0198 section 4).
                 if sid:
                     released.append(sid)
-                    stanza = self._parse(text, origin)
+                    stanza = self._parse(data, origin)
                     if stanza is not None:
                         await self._reroute(stanza, bare)
                 continue
-            # The text is what ``serialize`` made of the stanza on the sending node, which is what
-            # this node would write: it goes to the client as it is, parsed only where the element
+            # The bytes are what ``serialize`` made of the stanza on the sending node, which is what
+            # this node would write: they go to the client as they are, parsed only where the element
             # is needed (presence for room tracking, XEP-0198's queue of messages, XEP-0352).
-            if text.startswith("<presence") or not hasattr(session, "send_serialized"):
-                stanza = self._parse(text, origin)
+            if data.startswith(b"<presence") or not hasattr(session, "send_serialized"):
+                stanza = self._parse(data, origin)
                 if stanza is None:
                     continue
                 session.send(stanza)
                 if stanza.name == "presence":
                     self._track_occupant(session.full_jid, stanza, origin)
-            elif session.send_serialized(text.encode(), lambda text=text: self._parse(text, origin)) is None:
+            elif session.send_serialized(data, lambda data=data: self._parse(data, origin)) is None:
                 continue
             if sid:
                 if session.sm is None:
@@ -700,16 +759,12 @@ class ClusterXmpp:
         if got or released:
             self._send_acks(origin, got, released)
 
-    def _parse(self, text: str, origin: str) -> Element | None:
+    def _parse(self, data: bytes, origin: str) -> Element | None:
         """One forwarded stanza, parsed with the kept parser (a new one after a failure)."""
-        if self._parser is None:
-            self._parser = stream_parser()
-        parsed = parse_stanzas([text], self._parser)
-        if parsed is None:
-            self._parser = None
+        stanza = parse_stanza(data)
+        if stanza is None:
             log.warning("cluster: a malformed stanza from %s was dropped", origin)
-            return None
-        return parsed[0]
+        return stanza
 
     def _send_acks(self, origin: str, got: list[int], released: list[int]) -> None:
         payload = {"node": self.node.name, "inc": self.node.incarnation, "got": got, "rel": released}
@@ -774,7 +829,7 @@ class ClusterXmpp:
             confirmed = held.got is not None and held.got.done()
             if (force or now - held.sent_at > RESEND_AFTER) and not confirmed and self.node.alive(held.node):
                 held.sent_at = now
-                self._outbox.setdefault(held.node, []).append([sid, held.to, serialize(held.stanza)])
+                self._outbox.setdefault(held.node, []).append((sid, held.to, serialize(held.stanza)))
         if self._outbox:
             self._schedule_flush()
 
