@@ -125,6 +125,41 @@ async def test_framing_violations(ws_server: WsServer, closing: list[object]) ->
     await expect_stream_error(client, "host-unknown")
 
 
+async def test_messages_read_together(ws_server: WsServer, closing: list[object]) -> None:
+    """Several messages in one read are parsed together: each must still hold exactly one element,
+    and the stanzas before the first that does not are handled, in order."""
+
+    def chat(client: WsXmpp, number: int) -> str:
+        return (f"<message xmlns='jabber:client' to='{client.jid}' type='chat' id='t{number}'>"
+                f"<body>{number}</body></message>")
+
+    async def body(client: WsXmpp) -> str | None:
+        return (await client.next_body()).findtext(q("jabber:client", "body"))
+
+    client = await ws_server.ws().connect()
+    closing.append(client)
+    await client.login(f"alice@{DOMAIN}", PASSWORD)
+    await client.send_together([chat(client, number) for number in range(20)])
+    assert [await body(client) for _ in range(20)] == [str(number) for number in range(20)]
+    cases = [
+        # An element that runs on into the next message, though the counts agree (two, two).
+        (["<message xmlns='jabber:client'>", "<iq xmlns='jabber:client' type='get' id='x'/></message>{chat}"],
+         "not-well-formed"),
+        (["<presence xmlns='jabber:client'/><presence xmlns='jabber:client'/>", "{chat}"], "not-well-formed"),
+        (["<message xmlns='jabber:client'><body>half", "{chat}"], "not-well-formed"),
+        (["<message xmlns='jabber:client'/>text outside", "{chat}"], "not-well-formed"),
+        (["<presence xmlns='jabber:client'/><!-- c -->", "{chat}"], "restricted-xml"),
+    ]
+    for texts, condition in cases:
+        client = await ws_server.ws().connect()
+        closing.append(client)
+        await client.login(f"alice@{DOMAIN}", PASSWORD)
+        await client.send_together([chat(client, 1)] + [t.replace("{chat}", chat(client, 2)) for t in texts])
+        assert await body(client) == "1"  # the whole element before the bad one is handled
+        await expect_stream_error(client, condition)
+    await still_serves(ws_server, closing)
+
+
 async def test_oversized_message(ws_server: WsServer, closing: list[object]) -> None:
     client = await opened(ws_server, closing)
     body = "x" * (262144 + 4096)

@@ -64,6 +64,20 @@ class WsXmpp:
         assert self.ws is not None
         await self.ws.send_str(text)
 
+    async def send_together(self, texts: list[str]) -> None:
+        """One text message per item, all in one write (one TLS record), so the server reads them in
+        one go; masked with a fresh key each, as RFC 6455 section 5.3 asks of clients."""
+        assert self.ws is not None
+        frames = []
+        for text in texts:
+            payload = text.encode()
+            size = len(payload)
+            head = bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+            key = secrets.token_bytes(4)
+            frames.append(head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload)))
+        transport = self.ws._writer.transport
+        transport.write(b"".join(frames))
+
     async def recv_raw(self, timeout: float = TIMEOUT) -> aiohttp.WSMessage:
         assert self.ws is not None
         return await asyncio.wait_for(self.ws.receive(), timeout)

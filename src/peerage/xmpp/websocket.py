@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,17 +80,24 @@ _SYNTHETIC_HEADER = f"<stream:stream xmlns='{CLIENT_NS}' xmlns:stream='{STREAM_N
 _FRAMING_HEADER = f"<stream:stream xmlns:stream='{STREAM_NS}'>".encode()
 _STREAM_DECL = f" xmlns:stream='{STREAM_NS}'".encode()
 _CLIENT_DECL = f" xmlns='{CLIENT_NS}'".encode()
+_CLIENT_DECL_SIZE = len(_CLIENT_DECL)
 _STANZA_PREFIXES = (b"<message", b"<presence", b"<iq")
 _NAME_ENDS = (b" ", b"/", b">", b"\t", b"\r", b"\n")
+
+
+#: Heads of text frames with a 7-bit length, made once; 16-bit lengths packed in one call.
+_SHORT_HEADS = tuple(bytes((0x81, size)) for size in range(126))
+_HEAD16 = struct.Struct("!BBH").pack
+_HEAD64 = struct.Struct("!BBQ").pack
 
 
 def _frame_header(size: int) -> bytes:
     """The head of one unmasked, unfragmented text frame (RFC 6455 §5.2; servers never mask, §5.1)."""
     if size < 126:
-        return bytes((0x81, size))
+        return _SHORT_HEADS[size]
     if size < 65536:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big")
-    return bytes((0x81, 127)) + size.to_bytes(8, "big")
+        return _HEAD16(0x81, 126, size)
+    return _HEAD64(0x81, 127, size)
 
 
 def _text_frame(payload: bytes) -> bytes:
@@ -147,16 +155,52 @@ class _DispatchingQueue(WebSocketDataQueue):
     def __init__(self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(protocol, limit, loop=loop)
         self.deliver: Any = None
+        self.deliver_batch: Any = None
         self.queued_text = 0  # text messages in the queue, read by _read
+        #: While _BatchingReader reads one TCP read's frames: their text messages, handed to
+        #: deliver_batch together once the read is parsed.
+        self.batch: list[bytes] | None = None
 
     def feed_data(self, data: Any, size: int) -> None:
         if data[0] is WSMsgType.TEXT:
-            deliver = self.deliver
-            if deliver is not None and not self.queued_text:
-                deliver(data[1])
+            if self.deliver is not None and not self.queued_text:
+                batch = self.batch
+                if batch is not None:
+                    batch.append(data[1])
+                else:
+                    self.deliver(data[1])
                 return
             self.queued_text += 1
         super().feed_data(data, size)
+
+
+class _BatchingReader:
+    """aiohttp's frame reader, whose text messages from one read of the connection reach the stream
+    together (``WebSocketC2S.messages_received``): one XML parse for them, as TCP parses one read."""
+
+    __slots__ = ("_feed", "feed_eof", "queue")
+
+    def __init__(self, reader: WebSocketReader, queue: _DispatchingQueue) -> None:
+        self._feed = reader.feed_data
+        self.feed_eof = reader.feed_eof
+        self.queue = queue
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        queue = self.queue
+        if queue.deliver_batch is None:
+            return self._feed(data)
+        batch = queue.batch = []
+        try:
+            result = self._feed(data)
+        finally:
+            queue.batch = None
+        if batch:
+            try:
+                queue.deliver_batch(batch)
+            except Exception as error:  # as aiohttp's reader does with an error in its queue
+                queue.set_exception(error)
+                return True, b""
+        return result
 
 
 class _Carrier:
@@ -247,7 +291,7 @@ class _XmppWebSocketResponse(web.WebSocketResponse):
             if self._heartbeat is not None or http._payload_parser is not self._parser:
                 return
             http._payload_parser = None
-            http.set_parser(parser)
+            http.set_parser(_BatchingReader(parser, queue))
         except (AttributeError, TypeError, AssertionError):  # pragma: no cover - another aiohttp
             log.debug("aiohttp's WebSocket reader kept", exc_info=True)
             return
@@ -293,6 +337,10 @@ class WebSocketC2S(C2SConnection):
             self.carrier_close_code(WSCloseCode.MESSAGE_TOO_BIG)
             self.stream_error("policy-violation", "the message exceeds the stanza size limit")
             return
+        if self._opened and data.startswith(_STANZA_PREFIXES):
+            # The common case, a stanza on an open stream, straight to the parser.
+            self._element(data)
+            return
         head = data[:7] if data[:1] == b"<" else data.lstrip()[:7]
         if head.startswith(b"<open") and head[5:6] in _NAME_ENDS:
             self._open(data)
@@ -311,8 +359,12 @@ class WebSocketC2S(C2SConnection):
             else:
                 self.stream_error("not-authorized", "send <open/> first (RFC 7395 section 3.3.2)")
             return
+        self._element(data)
+
+    def _element(self, data: bytes) -> None:
+        """One message that must carry one whole element (RFC 7395 section 3.3.3)."""
         parser = self.parser
-        events = parser.feed(data)
+        events = parser.feed_message(data)
         if len(events) != 1 or events[0].__class__ is not Element or parser._depth != 1:
             failure = next((e for e in events if isinstance(e, StreamFailure)), None)
             if failure is not None:
@@ -335,6 +387,66 @@ class WebSocketC2S(C2SConnection):
                 self.carrier.pause_reading()
         else:
             self._process(element)
+
+    def messages_received(self, messages: list[bytes]) -> None:
+        """The text messages of one read: stanzas on an open stream are parsed in one go, the way TCP
+        parses a read; anything else (and a lone message) goes through message_received."""
+        max_message = self.max_message
+        if len(messages) == 1 or not self._opened or self.closing \
+                or not all(m.startswith(_STANZA_PREFIXES) and len(m) <= max_message for m in messages):
+            for message in messages:
+                self.message_received(message)
+            return
+        self.last_activity = time.monotonic()
+        parser = self.parser
+        events, starts = parser.feed_messages(messages)
+        # A message held exactly one element if one began at its first byte and the next began at
+        # the next message's first byte (between them only whitespace parses at stream level); the
+        # last one, if the parse ended between elements. Whatever follows the first message that
+        # did not is never handled, as when message_received refuses it.
+        count = len(messages)
+        failure = None
+        offset = 0
+        valid = 0
+        for index, message in enumerate(messages):
+            if index >= len(starts) or starts[index] != offset:
+                break
+            offset += len(message)
+            if index + 1 < count:
+                if index + 1 >= len(starts) or starts[index + 1] != offset:
+                    break
+            elif len(starts) != count or parser._depth != 1:
+                break
+            valid += 1
+        for index, event in enumerate(events):
+            if event.__class__ is not Element:
+                if isinstance(event, StreamFailure):
+                    failure = event
+                valid = min(valid, index)
+                break
+        if failure is not None:
+            valid = min(valid, count - 1)  # the failure is in a message after these, or the last one
+        for element in events[:valid]:
+            if self.closing or self.parser is not parser:
+                return  # closed by an earlier element: later ones belong to no stream
+            assert isinstance(element, Element)
+            if self._busy:  # as in message_received
+                if self._queue is None:
+                    from collections import deque
+
+                    self._queue = deque()
+                self._queue.append(element)
+                if len(self._queue) >= MAX_QUEUED_STANZAS and not self._reading_paused:
+                    self._reading_paused = True
+                    self.carrier.pause_reading()
+            else:
+                self._process(element)
+        if valid < count and not self.closing:
+            if failure is not None:
+                self.stream_error(failure.condition, failure.text)
+            else:
+                self.stream_error("not-well-formed",
+                                  "each WebSocket message carries one complete element (RFC 7395 section 3.3.3)")
 
     def _framing_element(self, data: bytes, name: str) -> Element | None:
         """Parse an <open/> or <close/> message; a stream error (and None) if it is not one."""
@@ -385,7 +497,23 @@ class WebSocketC2S(C2SConnection):
             return
         frames: list[bytes] = []
         for piece in out:
-            frame_element(piece, frames)
+            # frame_element's stanza case inlined (one call less per stanza); the rest goes to it.
+            first = piece[1:2]
+            if first == b"m":
+                end = 8
+            elif first == b"p":
+                end = 9
+            elif first == b"i":
+                end = 3
+            else:
+                frame_element(piece, frames)
+                continue
+            if piece[end:end + 7] == b" xmlns=" or not piece.startswith(_STANZA_PREFIXES):
+                frame_element(piece, frames)
+                continue
+            size = len(piece) + _CLIENT_DECL_SIZE
+            frames += (_SHORT_HEADS[size] if size < 126 else _HEAD16(0x81, 126, size) if size < 65536
+                       else _HEAD64(0x81, 127, size), piece[:end], _CLIENT_DECL, piece[end:])
         out.clear()
         carrier.write(b"".join(frames))
         if carrier.get_write_buffer_size() > MAX_WRITE_BUFFER and not self.closing:
@@ -461,11 +589,12 @@ class WebSocketEndpoint:
         connection.connection_made(carrier)  # type: ignore[arg-type]
         if dispatch is not None:
             dispatch.deliver = connection.message_received
+            dispatch.deliver_batch = connection.messages_received
         try:
             await self._read(ws, connection, carrier)
         finally:
             if dispatch is not None:
-                dispatch.deliver = None
+                dispatch.deliver = dispatch.deliver_batch = None
             self.live.discard(connection)
             connection.connection_lost(None)
             try:
