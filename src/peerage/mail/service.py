@@ -36,9 +36,6 @@ from peerage.mail.smtp.server import REPORT_ADDRESSES, MxHandler, SubmissionHand
 from peerage.net.limits import RateLimiter
 
 log = logging.getLogger(__name__)
-# aiosmtpd logs every command and reply at INFO on "mail.log"; that is debugging detail for us, and
-# costs a measurable share of the time per message.
-ENGINE_LOGGER = "mail.log"
 
 SECONDS_PER_MINUTE = 60.0
 # How long "this account exists" is believed without asking the database again. Postfix's proxymap
@@ -404,9 +401,6 @@ class MailService:
             from peerage.mail.sieve.delivery import SieveDelivery
 
             self.sieve = SieveDelivery(host, self)
-        engine_log = logging.getLogger(ENGINE_LOGGER)
-        if not log.isEnabledFor(logging.DEBUG):
-            engine_log.setLevel(logging.WARNING)
         smtp = config.smtp
         self.hostname = smtp.hostname or config.server.public_hostname or (self.domains[0] if self.domains else "localhost")
         self.connections = host.limits.connections
