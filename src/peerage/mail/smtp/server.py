@@ -124,6 +124,8 @@ class SmtpConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
+        self._eof = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -159,7 +161,7 @@ class SmtpConnection(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             self.state.ip = peer[0] if peer else "unknown"
         self.handler.sessions.add(self)
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._last_read = loop.time()
         self._timer = loop.call_later(self.timeout, self._check_timeout)
         self.engine.greeting()
@@ -169,7 +171,8 @@ class SmtpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         engine = self.engine
         engine.receive(data)
-        self._last_read = -1.0  # read: the timer looks at the clock only when it fires
+        if self._loop is not None:
+            self._last_read = self._loop.time()
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -180,9 +183,14 @@ class SmtpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        if self._task is not None:
-            self._task.cancel()
-        return None  # the transport closes itself
+        # The client has sent all it will: what it pipelined before its end is still answered
+        # (a QUIT with its 221), then the connection closes.
+        self._eof = True
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        # Half-open until then; asyncio's TLS transports cannot stay half-open (and say so).
+        return not self.tls_active
 
     def connection_lost(self, error: Exception | None) -> None:
         self.authenticated()  # releases the anonymous slot and the deadline timer
@@ -203,8 +211,6 @@ class SmtpConnection(asyncio.Protocol):
         # read, which would make and cancel a timer per packet.
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._last_read < 0:
-            self._last_read = now
         if now - self._last_read < self.timeout:
             self._timer = loop.call_later(self._last_read + self.timeout - now, self._check_timeout)
             return
@@ -254,7 +260,7 @@ class SmtpConnection(asyncio.Protocol):
             if event is not None:
                 return event
             self._flush()
-            if engine.closed:
+            if engine.closed or self._eof:
                 return None
             if self._paused and self.transport is not None:
                 self._paused = False
