@@ -366,7 +366,7 @@ def test_pipelined_transaction(peerage: PeerageServer) -> None:
 
 
 def test_mail_and_rcpt_lines_plain_and_unusual(peerage: PeerageServer) -> None:
-    """MAIL and RCPT: the usual "<local@domain>" lines and the ones aiosmtpd's own commands answer
+    """MAIL and RCPT: the usual "<local@domain>" lines and the unusual ones the engine parses the slow way
     (the null path of a bounce, a quoted local part, unknown parameters, wrong order) give the
     RFC 5321 replies, and a bounce from another MTA (MAIL FROM:<>, RFC 5321 §4.5.5) is delivered:
     its RCPT was once refused as if no MAIL had come."""
