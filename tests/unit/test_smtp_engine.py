@@ -256,3 +256,19 @@ def test_parse_path() -> None:
     assert smtp.parse_path("<a@example.org")[0] is None
     assert smtp.parse_path("<a@example.org>x")[0] is None
     assert smtp.parse_path("<@r:>")[0] is None
+
+
+def test_replies_do_not_depend_on_read_boundaries() -> None:
+    """The same conversation fed whole and one byte at a time gives the same replies and message."""
+    conversation = (b"EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+                    b"Subject: x\r\n\r\n..\r\n.x\r\nend\r\n.\r\nNOOP\nRSET\r\nQUIT\r\n")
+    whole = make()
+    whole_events = feed(whole, conversation)
+    split = make()
+    split_events: list[smtp.Event] = []
+    for i in range(len(conversation)):
+        split_events.extend(feed(split, conversation[i:i + 1]))
+    assert whole.data_to_send() == split.data_to_send()
+    assert [type(e) for e in whole_events] == [type(e) for e in split_events]
+    messages = [e.data for e in split_events if isinstance(e, smtp.Message)]
+    assert messages == [b"Subject: x\r\n\r\n.\r\nx\r\nend\r\n"]

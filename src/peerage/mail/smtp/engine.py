@@ -265,6 +265,7 @@ class SmtpEngine:
         self._out: list[bytes] = []
         self._text: list[bytes] = []  # message text so far (TEXT mode)
         self._text_size = 0
+        self._tail = b"\r\n"  # the last bytes of the text; the DATA line's CRLF at first
         self._discarding = False  # a command line over the limit: drop bytes up to its LF
         self._pending: Event | None = None  # a Message awaiting its `reply`
         self._unknown = 0
@@ -584,14 +585,15 @@ class SmtpEngine:
         self.mode = TEXT
         self._text = []
         self._text_size = 0
+        self._tail = b"\r\n"
         return None
 
     def _read_text(self) -> Event | None:
         """RFC 5321 §4.1.1.4: the text ends at a line holding only "."; the DATA line's CRLF counts
         as the CRLF before it, so an empty message is "." CRLF at once."""
         buffer = self._buffer
-        # The end marker may straddle the previous read: look back four bytes into it.
-        before = self._text[-1][-4:] if self._text else b"\r\n"
+        # The end marker may straddle earlier reads: look back four bytes into the text.
+        before = self._tail
         found = (before + buffer).find(b"\r\n.\r\n")
         if found < 0:
             self._keep_text(buffer)
@@ -599,14 +601,20 @@ class SmtpEngine:
             return None
         found -= len(before)
         end, cut = found + 2, found + 5
-        if end < 0:  # the marker began in the previous read
-            self._text[-1] = self._text[-1][:end]
+        if end < 0:  # the marker began in an earlier read: take its start back out of the text
             self._text_size += end
+            trim = -end
+            while trim and self._text:
+                last = self._text.pop()
+                if len(last) > trim:
+                    self._text.append(last[:-trim])
+                    break
+                trim -= len(last)
             end = 0
         self._keep_text(buffer[:end])
         self._buffer = buffer[cut:]
         self.mode = COMMAND
-        text, self._text = b"".join(self._text), []
+        text, self._text, self._tail = b"".join(self._text), [], b"\r\n"
         size, self._text_size = self._text_size, 0
         if self.max_size and size > self.max_size:
             self.reset_transaction()
@@ -624,10 +632,11 @@ class SmtpEngine:
     def _keep_text(self, chunk: bytes) -> None:
         if not chunk:
             return
+        self._tail = (self._tail + chunk[-4:])[-4:]
         self._text_size += len(chunk)
         if self.max_size and self._text_size > self.max_size:
             # Too much already: keep only the tail in which the end marker is looked for.
-            self._text = [b"x" * 4 + chunk[-4:]]
+            self._text = [self._tail]
             return
         self._text.append(chunk)
 
