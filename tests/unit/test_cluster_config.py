@@ -1,10 +1,9 @@
 """[cluster]: absent means one node as before; set, it needs PostgreSQL and NATS URLs."""
 
+import json
 from pathlib import Path
 
 import pytest
-
-import json
 
 from peerage.cluster.xmpp import pack_batch, parse_stanza, parse_stanzas, unpack_batch
 from peerage.config import ConfigError, config_from_dict
