@@ -87,6 +87,8 @@ class FullTextIndex:
         self._deferred: list[tuple[str, str, bytes, Extract]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        # Set when DEFER_BATCH entries wait (or the oldest has waited DEFER_SECONDS).
+        self._full = asyncio.Event()
 
     async def ready(self) -> bool:
         """Whether the index table exists (a database made by the migrations has it; tables made by
@@ -132,13 +134,21 @@ class FullTextIndex:
             log.warning("full-text index: %d deferred entries not kept (over %d); the next search indexes them",
                         len(entries) - max(room, 0), MAX_DEFERRED)
         self._deferred.extend((e, o, raw, extract) for e, o, raw in entries[:max(room, 0)])
+        if len(self._deferred) >= DEFER_BATCH:
+            self._full.set()
         if self._deferred and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later(), name="fts-deferred")
 
     async def _flush_later(self) -> None:
-        deadline = asyncio.get_running_loop().time() + DEFER_SECONDS
-        while self._deferred and len(self._deferred) < DEFER_BATCH and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        # Woken by ``defer`` once a batch is full, or by the timer: one wake-up per batch instead of
+        # polling every 50 ms while entries wait.
+        self._full.clear()
+        if len(self._deferred) < DEFER_BATCH:
+            timer = asyncio.get_running_loop().call_later(DEFER_SECONDS, self._full.set)
+            try:
+                await self._full.wait()
+            finally:
+                timer.cancel()
         try:
             await self.flush()
         except Exception:  # the entries' messages are indexed by the next search's catch-up instead
