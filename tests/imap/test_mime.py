@@ -65,3 +65,33 @@ def test_mime_shaped_input_never_crashes(lines: list[bytes]) -> None:
     for part in ((1,), (1, 1), (2, 1, 1)):
         mime.section_bytes(raw, part, "", ())
         mime.binary_section(raw, part)
+
+
+def _parsed_structures(raw: bytes) -> tuple[bytes, bytes]:
+    root = mime.parse(raw)
+    return mime._structure(root, True, 0), mime._structure(root, False, 0)
+
+
+_FIELD_LINES = [
+    b"Subject: s\r\n", b"From: a@example.net\r\n", b"MIME-Version: 1.0\r\n", b" folded\r\n",
+    b"Content-Type: text/html; charset=utf-8\r\n", b"content-transfer-encoding: base64\r\n",
+    b"Content-ID: <x@y>\r\n", b"CONTENT-DISPOSITION: attachment\r\n", b"Content-Language: en\r\n",
+    b"X-Content-Note: not a MIME field\r\n", b"not a field\r\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_FIELD_LINES), max_size=6), st.binary(max_size=80))
+def test_structures_without_content_fields_match_the_parse(lines: list[bytes], body: bytes) -> None:
+    # cached_structures skips the MIME parse for a header without Content-* fields; with or without
+    # them, the delivery's cached BODYSTRUCTURE and BODY must be what the parse gives.
+    raw = b"".join(lines) + b"\r\n" + body.replace(b"\r", b"").replace(b"\n", b"\r\n")
+    assert mime.cached_structures(raw) == _parsed_structures(raw)
+
+
+def test_a_plain_message_has_the_default_structure() -> None:
+    raw = b"From: a@example.net\r\nSubject: s\r\n\r\nline one\r\nline two\r\n"
+    assert mime.cached_structures(raw) == (
+        b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 20 2 NIL NIL NIL NIL)',
+        b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 20 2)',
+    )

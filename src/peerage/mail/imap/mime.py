@@ -30,6 +30,9 @@ MAX_MIME_PARTS = 10000
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+# A line that may start a Content-* field (cached_structures' shortcut is taken only without one;
+# a leading blank cannot start a field, so matching it too only errs on the side of the full parse).
+_CONTENT_FIELD = re.compile(rb"^[ \t]*content-", re.I | re.M)
 
 
 @dataclass
@@ -538,6 +541,13 @@ def body_structure(raw: bytes, extended: bool = True) -> bytes:
 
 def cached_structures(raw: bytes) -> tuple[bytes, bytes]:
     """(BODYSTRUCTURE, BODY) of a message, parsed once, for the mailbox store to keep."""
+    header, body = split_header_body(raw)
+    if not _CONTENT_FIELD.search(header):
+        # No Content-* field at all (most mail from scripts and many plain-text clients): RFC 2045
+        # §5.2 makes it text/plain; charset=us-ascii in 7bit, and both structures follow from the
+        # body's size and lines, as _structure gives them, without the MIME parse.
+        common = b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" %d %d' % (len(body), _count_lines(body))
+        return common + b" NIL NIL NIL NIL)", common + b")"
     root = parse(raw)
     return _structure(root, True, 0), _structure(root, False, 0)
 
