@@ -20,6 +20,7 @@ from peerage.sip.message import (
     parse_uri,
     parse_via,
     split_values,
+    without_top_via,
 )
 
 
@@ -323,3 +324,58 @@ def test_copy_is_independent() -> None:
     assert copy.get("record-route") == "<sip:127.0.3.2;lr>" and copy.cseq == (1, "INVITE")
     assert request.first_value("via") == "SIP/2.0/UDP 127.0.3.1:5060;branch=z9hG4bK1"
     assert request.get("record-route") is None and len(request.headers) == len(copy.headers) - 2
+
+
+RESPONSE = (b"SIP/2.0 180 Ringing\r\n"
+            b"Via: SIP/2.0/UDP 127.0.3.200:5060;branch=z9hG4bK-pg-1;rport\r\n"
+            b"Via: SIP/2.0/UDP 127.0.3.202:5401;branch=z9hG4bK-a;received=127.0.3.202\r\n"
+            b"From: <sip:a@x.test>;tag=1\r\nTo: <sip:b@x.test>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n"
+            b"Content-Length: 4\r\n\r\nbody")
+
+
+def test_response_forwarded_from_its_bytes_without_the_top_via() -> None:
+    response = parse_datagram(RESPONSE)
+    data = without_top_via(response)
+    assert data == RESPONSE.replace(b"Via: SIP/2.0/UDP 127.0.3.200:5060;branch=z9hG4bK-pg-1;rport\r\n", b"")
+    forwarded = parse_datagram(data)
+    assert forwarded.get_all("via") == ["SIP/2.0/UDP 127.0.3.202:5401;branch=z9hG4bK-a;received=127.0.3.202"]
+    assert forwarded.body == b"body"
+
+
+@pytest.mark.parametrize("datagram", [
+    RESPONSE + b"extra",  # bytes past Content-Length are not forwarded
+    RESPONSE.replace(b"Content-Length: 4\r\n", b""),  # no Content-Length on UDP
+    RESPONSE.replace(b";rport\r\nVia: ", b";rport, "),  # two values on one line
+    RESPONSE.replace(b";branch=z9hG4bK-pg-1", b"\r\n ;branch=z9hG4bK-pg-1"),  # folded
+])
+def test_response_bytes_not_used_when_they_are_not_its_wire_form(datagram: bytes) -> None:
+    response = parse_datagram(datagram)
+    assert without_top_via(response) is None
+    upstream = response.copy()
+    upstream.pop_first_value("via")
+    assert upstream.get("via") == "SIP/2.0/UDP 127.0.3.202:5401;branch=z9hG4bK-a;received=127.0.3.202"
+
+
+def test_response_bytes_dropped_on_edit() -> None:
+    response = parse_datagram(RESPONSE)
+    response.add("Warning", '399 x "y"')
+    assert without_top_via(response) is None
+
+
+@pytest.mark.parametrize(("via", "stamped"), [
+    ("SIP/2.0/UDP 127.0.3.2:5401;branch=z9hG4bK-a;rport", "SIP/2.0/UDP 127.0.3.2:5401;branch=z9hG4bK-a;rport=5999;received=127.0.3.9"),
+    ("SIP/2.0/UDP 127.0.3.9:5401;branch=z9hG4bK-a;RPort", "SIP/2.0/UDP 127.0.3.9:5401;branch=z9hG4bK-a;rport=5999;received=127.0.3.9"),
+    ("SIP/2.0/UDP 127.0.3.9:5401;branch=z9hG4bK-a", "SIP/2.0/UDP 127.0.3.9:5401;branch=z9hG4bK-a"),
+    ("SIP/2.0/UDP a.test;branch=z9hG4bK-a;received=127.0.3.1", "SIP/2.0/UDP a.test;branch=z9hG4bK-a;received=127.0.3.1"),
+    ("SIP/2.0/UDP a.test;branch=z9hG4bK-a", "SIP/2.0/UDP a.test;branch=z9hG4bK-a;received=127.0.3.9"),
+    ("SIP/2.0/UDP a.test ;branch=z9hG4bK-a ; rport", "SIP/2.0/UDP a.test ;branch=z9hG4bK-a ;rport=5999;received=127.0.3.9"),
+])
+def test_received_and_rport_stamped_on_the_top_via(via: str, stamped: str) -> None:
+    from peerage.sip.transport import stamp_via
+
+    request = parse_datagram(msg(*BASIC[:1], f"Via: {via}", "Via: SIP/2.0/UDP 127.0.3.5;branch=z9hG4bK-b",
+                                 *BASIC[2:]))
+    stamp_via(request, "127.0.3.9", 5999)
+    assert request.get_all("via")[0] == stamped
+    assert request.top_via() == parse_via(stamped)
+    assert request.get_all("via")[1] == "SIP/2.0/UDP 127.0.3.5;branch=z9hG4bK-b"

@@ -139,7 +139,7 @@ class SipMessage:
     after each of the proxy's edits cost a rebuild and a half per message).
     """
 
-    __slots__ = ("_cseq", "_index", "_top_via", "body", "headers", "method", "reason", "status", "uri")
+    __slots__ = ("_cseq", "_index", "_top_via", "body", "headers", "method", "reason", "status", "uri", "wire")
 
     def __init__(
         self,
@@ -159,6 +159,11 @@ class SipMessage:
         self._top_via: Via | None = None
         self._index: dict[str, str] | None = None
         self._cseq: tuple[int, str] | None = None
+        # The datagram this message was parsed from, when it is exactly start line, headers, blank
+        # line and a body of the Content-Length given (so a proxy can forward a response by cutting
+        # its own Via out of it, as Kamailio edits the received buffer); every edit of the headers
+        # through the methods below drops it.
+        self.wire: bytes | None = None
 
     # -- construction helpers
     @classmethod
@@ -220,6 +225,7 @@ class SipMessage:
         return self.get(name) is not None
 
     def add(self, name: str, value: str) -> None:
+        self.wire = None
         key = _long_name(name)
         index = self._index
         if index is not None and key not in index:
@@ -232,6 +238,7 @@ class SipMessage:
 
     def add_first(self, name: str, value: str) -> None:
         """Insert ``name`` above every other header of that name (new Via, Record-Route)."""
+        self.wire = None
         key = _long_name(name)
         if self._index is not None:
             self._index[key] = value
@@ -255,6 +262,7 @@ class SipMessage:
 
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line."""
+        self.wire = None
         key = _long_name(name)
         if self._index is not None:
             self._index[key] = value
@@ -270,6 +278,7 @@ class SipMessage:
         self.headers.append((key, CANONICAL_NAMES.get(key, name), value))
 
     def remove(self, name: str) -> None:
+        self.wire = None
         key = _long_name(name)
         if self._index is not None:
             self._index.pop(key, None)
@@ -281,6 +290,7 @@ class SipMessage:
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (top Via, top Route)."""
+        self.wire = None
         key = _long_name(name)
         for index, entry in enumerate(self.headers):
             if entry[0] == key:
@@ -303,6 +313,7 @@ class SipMessage:
     def headers_changed(self, name: str | None = None) -> None:
         """Call after editing ``headers`` entries in place, so cached parses are redone (``name``:
         only that header was edited)."""
+        self.wire = None
         if name is None:
             self._index = None
         elif self._index is not None:
@@ -455,9 +466,40 @@ def parse_datagram(data: bytes) -> SipMessage:
         length = parse_content_length(length_text, message)
         if length > len(body):
             raise SipParseError("body shorter than Content-Length", message)
+        if len(body) == length:
+            message.wire = data
         body = body[:length]
     message.body = body
     return message
+
+
+def without_top_via(message: SipMessage) -> bytes | None:
+    """The received bytes of ``message`` with its top Via line cut out (RFC 3261 §16.7 step 3, a
+    proxy's own Via off a response), or None when the bytes cannot be used that way: not received
+    whole and clean, or a top Via line holding more values or folded (then serialize a copy)."""
+    wire = message.wire
+    if wire is None:
+        return None
+    for entry in message.headers:
+        if entry[0] == "via":
+            value = entry[2]
+            break
+    else:
+        return None
+    if "," in value:
+        return None
+    needle = value.encode("utf-8", "surrogateescape")
+    position = wire.find(needle)
+    start = wire.rfind(b"\r\n", 0, position) if position > 0 else -1
+    if start < 0:
+        return None
+    after = position + len(needle)
+    end = wire.find(b"\r\n", after)
+    name, colon, blank = wire[start + 2:position].partition(b":")
+    if (not colon or name.rstrip(b" \t").lower() not in (b"via", b"v") or blank.strip(b" \t")
+            or wire[after:end].strip(b" \t")):
+        return None
+    return wire[:start] + wire[end:]
 
 
 def parse_content_length(text: str, message: SipMessage | None = None) -> int:
@@ -490,11 +532,22 @@ def _parse_head(head: bytes) -> SipMessage:
         start_error = error
         method = start.split(" ", 1)[0]
         message = SipMessage(method=method if _is_token(method) else "INVALID", uri="")
+    spellings = _SPELLINGS
     headers = message.headers
+    if start_error is None and len(text) <= MAX_HEADER_LINE:
+        # Every line "Name: value" with a name in its usual spelling (what user agents and
+        # proxies write): one pass in a comprehension.  A line without a colon, a folded line,
+        # an empty one or any other name raises here and the loop below takes the message.
+        try:
+            headers[:] = [(*spellings[name], value.strip(" \t"))
+                          for name, value in [line.split(":", 1) for line in lines[1:]]]
+        except (KeyError, ValueError):
+            pass
+        else:
+            lines = lines[:1]
     append = headers.append
     compact = COMPACT_FORMS
     canonical = CANONICAL_NAMES
-    spellings = _SPELLINGS
     for line in lines[1:]:
         if not line:
             raise SipParseError("empty header line", message)
@@ -587,9 +640,9 @@ def _present_once(message: SipMessage) -> set[str]:
     return present
 
 
-# An empty list element or parameter (",," ";;" ",;" or a trailing separator), outside quotes:
-# RFC 4475 §3.1.2.1 (badinv01) has "Via: SIP/2.0/UDP 192.0.2.15;;,;,," and a Contact ending ";;;;".
-_EMPTY_ELEMENT_RE = re.compile(r"(?:^|[,;])[ \t]*(?:[,;]|$)")
+# An empty list element or parameter (",," ";;" ",;" or a leading or trailing separator, blanks
+# allowed between), outside quotes: RFC 4475 §3.1.2.1 (badinv01) has "Via: SIP/2.0/UDP
+# 192.0.2.15;;,;,," and a Contact ending ";;;;".
 _QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETED_RE = re.compile(r"<[^>]*>")
 
@@ -598,7 +651,11 @@ def _check_list_syntax(value: str, message: SipMessage, name: str) -> None:
     text = _QUOTED_RE.sub('""', value) if '"' in value else value
     if "<" in text:
         text = _BRACKETED_RE.sub("<>", text)  # a URI's user part may hold ';' and ','
-    if _EMPTY_ELEMENT_RE.search(text) is not None:
+    # With the blanks taken out, an empty element is two separators side by side or one at an
+    # end: substring tests, cheaper than a regex trying a match at every position of the value.
+    compact = text.replace(" ", "").replace("\t", "")
+    if (not compact or compact[0] in ",;" or compact[-1] in ",;" or ";;" in compact or ";," in compact
+            or ",;" in compact or ",," in compact):
         raise SipParseError(f"empty element in {name}", message)
 
 
@@ -936,18 +993,25 @@ _SIMPLE_VIA_RE = re.compile(
 
 
 def parse_via(value: str) -> Via:
+    via = parse_simple_via(value)
+    return via if via is not None else _parse_via(value)
+
+
+def parse_simple_via(value: str) -> Via | None:
+    """``value`` parsed if it is the simple form of _SIMPLE_VIA_RE, else None."""
     simple = _SIMPLE_VIA_RE.fullmatch(value)
-    if simple is not None:
-        transport, host, port_text, params_text = simple.groups()
-        port = int(port_text) if port_text is not None else None
-        if port is None or 0 < port < 65536:
-            params: dict[str, str | None] = {}
-            if params_text:
-                for item in params_text[1:].split(";"):
-                    name, sep, param = item.partition("=")
-                    params[name.lower()] = param if sep else None
-            return Via(transport.upper(), host.lower(), port, params)
-    return _parse_via(value)
+    if simple is None:
+        return None
+    transport, host, port_text, params_text = simple.groups()
+    port = int(port_text) if port_text is not None else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    params: dict[str, str | None] = {}
+    if params_text:
+        for item in params_text[1:].split(";"):
+            name, sep, param = item.partition("=")
+            params[name.lower()] = param if sep else None
+    return Via(transport.upper(), host.lower(), port, params)
 
 
 def _parse_via(value: str) -> Via:

@@ -38,6 +38,7 @@ from peerage.sip.message import (
     parse_name_addr,
     parse_uri,
     parse_via,
+    without_top_via,
 )
 from peerage.sip.policy import (
     AUTHENTICATE_OUTBOUND,
@@ -886,10 +887,17 @@ class ProxyCore:
 
     def _forward_upstream(self, context: ProxyContext, response: SipMessage) -> None:
         """§16.7 step 9: remove our Via and send through the server transaction."""
+        server = context.server
+        data = without_top_via(response)
+        if data is not None:
+            if server.state == "terminated":
+                self.send(data, server.reply_to)  # as below
+            else:
+                server.respond(response, data)
+            return
         upstream = SipMessage(status=response.status, reason=response.reason,
                               headers=list(response.headers), body=response.body)
         upstream.pop_first_value("via")
-        server = context.server
         if server.state == "terminated":
             # a further 2xx after the first ended the INVITE server transaction (§16.7 step 10)
             self.send(upstream.serialize(), server.reply_to)

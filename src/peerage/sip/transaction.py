@@ -295,12 +295,14 @@ class ServerTransaction:
             self._reply_to = self.layer.response_destination(self.request, self.source)
         return self._reply_to
 
-    def respond(self, response: SipMessage) -> None:
-        """Send a response from the TU (§17.2.1, §17.2.2)."""
+    def respond(self, response: SipMessage, data: bytes | None = None) -> None:
+        """Send a response from the TU (§17.2.1, §17.2.2); ``data``: its wire form, when the TU
+        has it already (a proxy forwarding a response's received bytes)."""
         state = self.state
         if state in ("completed", "confirmed", "terminated"):
             return  # a final response was already sent
-        data = response.serialize()
+        if data is None:
+            data = response.serialize()
         self.last_response = data
         status = response.status
         layer = self.layer

@@ -27,11 +27,14 @@ from typing import Any
 
 from peerage.config import parse_listen
 from peerage.sip.message import (
+    Header,
     SipMessage,
     SipParseError,
     StreamParser,
+    Via,
     make_response,
     parse_datagram,
+    parse_simple_via,
     split_values,
 )
 from peerage.sip.transaction import Destination, udp_destination
@@ -98,6 +101,10 @@ def stamp_via(message: SipMessage, ip: str, port: int) -> None:
         if entry[0] != "via":
             continue
         raw = entry[2]
+        via = parse_simple_via(raw) if "," not in raw else None
+        if via is not None:
+            _stamp_simple_via(message, position, entry, via, ip, port)
+            return
         if "," in raw:
             values = split_values(raw)
             top, rest = values[0], values[1:]
@@ -122,6 +129,26 @@ def stamp_via(message: SipMessage, ip: str, port: int) -> None:
             message.headers[position] = (entry[0], entry[1], ", ".join([top, *rest]) if rest else top)
             message.headers_changed("via")
         return
+
+
+def _stamp_simple_via(message: SipMessage, position: int, entry: Header, via: Via, ip: str, port: int) -> None:
+    """stamp_via for a lone Via of the simple form (no blanks, quotes or IPv6 reference), parsed
+    already: the parse, updated, becomes the message's top Via instead of being redone."""
+    params = via.params
+    rport = "rport" in params
+    if rport or ("received" not in params and via.host != ip):
+        text = entry[2]
+        if rport and params["rport"] is None:
+            head, _, rest = text.partition(";")
+            text = head + "".join([f";rport={port}" if item.lower() == "rport" else f";{item}"
+                                   for item in rest.split(";")])
+            params["rport"] = str(port)
+        if "received" not in params:
+            text += f";received={ip}"
+            params["received"] = ip
+        message.headers[position] = (entry[0], entry[1], text)
+        message.headers_changed("via")
+    message._top_via = via
 
 
 class StreamConnection(asyncio.Protocol):
