@@ -1,4 +1,4 @@
-"""Instructions per delivered message on the MX, counted by callgrind: a repeatable figure on a busy machine.
+"""Instructions per delivered message on the MX, counted by callgrind: a steadier figure than msg/s on a busy machine.
 
 The server runs in this process as `peerage serve` runs it (Host, the configuration bench/smtp/run.py
 gives, uvloop when installed); Postfix's smtp-source, a separate process that valgrind does not follow,
@@ -7,6 +7,11 @@ bytes, SPF and DMARC records for the sender). Only the measured window is counte
 and takes its warm-up messages with callgrind's instrumentation off; the counters are zeroed, the
 messages are sent, the deferred full-text index entries are written (part of each delivery's cost),
 and the counters are dumped. Every thread of the process is counted (SQLite runs in aiosqlite's).
+
+The count still moves with the machine's speed (runs of one tree read 7.9-8.6 M): some work is per
+second, not per message (the full-text writer's one-second batches, the report loop, the mailbox-id
+cache), and the group commit gathers more messages per batch when the sender outpaces it. Compare
+trees within one run (several --src), not across runs.
 
 Usage: python bench/smtp/profile_delivery.py [--src DIR ...] [--messages 300] [--keep DIR]
        (each --src is a `src/` tree, e.g. `git archive REV src | tar -x -C DIR`; default: this tree's)
