@@ -375,6 +375,9 @@ class WebSocketC2S(C2SConnection):
             return
         element = events[0]
         assert isinstance(element, Element)
+        self._take(element)
+
+    def _take(self, element: Element) -> None:
         # As C2SConnection.data_received: in order, queued behind one that waits for storage.
         if self._busy:
             if self._queue is None:
@@ -430,17 +433,7 @@ class WebSocketC2S(C2SConnection):
             if self.closing or self.parser is not parser:
                 return  # closed by an earlier element: later ones belong to no stream
             assert isinstance(element, Element)
-            if self._busy:  # as in message_received
-                if self._queue is None:
-                    from collections import deque
-
-                    self._queue = deque()
-                self._queue.append(element)
-                if len(self._queue) >= MAX_QUEUED_STANZAS and not self._reading_paused:
-                    self._reading_paused = True
-                    self.carrier.pause_reading()
-            else:
-                self._process(element)
+            self._take(element)
         if valid < count and not self.closing:
             if failure is not None:
                 self.stream_error(failure.condition, failure.text)
