@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import secrets
 import smtplib
 import ssl
 import threading
@@ -515,6 +516,88 @@ async def test_imap_idle_on_one_node_wakes_for_delivery_on_another(cluster: Clus
     await asyncio.to_thread(thread.join, 40)
     assert woke, "IDLE on node 1 did not report the delivery on node 2"
     assert woke[0] - sent_at < 15.0
+
+
+def _imap_fetch_whole(address: str, user: str, subject: str, timeout: float) -> bytes:
+    """BODY[] of the message of INBOX with ``subject``, asked until it is there (bounded)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL(address, 993, ssl_context=context, timeout=timeout)
+    try:
+        imap.login(user, PASSWORD)
+        deadline = time.monotonic() + timeout
+        while True:
+            imap.select("INBOX")
+            _, found = imap.uid("SEARCH", "SUBJECT", f'"{subject}"')
+            uids = found[0].split()
+            if uids:
+                _, data = imap.uid("FETCH", uids[-1], "(BODY.PEEK[])")
+                whole = data[0]
+                assert isinstance(whole, tuple), data
+                return bytes(whole[1])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no message {subject!r} for {user} on {address} within {timeout} s")
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(Exception):
+            imap.logout()
+
+
+def _imap_expunge_all(address: str, user: str) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL(address, 993, ssl_context=context, timeout=20)
+    try:
+        imap.login(user, PASSWORD)
+        imap.select("INBOX")
+        imap.store("1:*", "+FLAGS", "(\\Deleted)")
+        imap.expunge()
+    finally:
+        with contextlib.suppress(Exception):
+            imap.logout()
+
+
+async def _shared_blobs(cluster: ClusterUnderTest, kind: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(cluster.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM cluster_blobs WHERE kind = $1", kind))
+    finally:
+        await conn.close()
+
+
+async def test_large_body_delivered_on_one_node_is_read_whole_on_another(cluster: ClusterUnderTest) -> None:
+    # 64 KiB and more is past INLINE_BODY_LIMIT: a single node would write it to a file of its own
+    # data directory; a cluster keeps it in cluster_blobs, where every node reads it.
+    subject = f"large {time.time()}"
+    lines = [f"line {number:06d} " + "x" * 90 for number in range(1200)]
+    text = "\r\n".join(lines) + "\r\n"
+    message = (f"From: frank@{DOMAIN}\r\nTo: bella@{DOMAIN}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{secrets.token_hex(8)}@{DOMAIN}>\r\n\r\n{text}").encode()
+    assert len(message) >= 64 * 1024
+
+    def send() -> None:
+        with smtplib.SMTP(cluster.address("n1"), 25, timeout=20) as smtp:
+            smtp.sendmail(f"frank@{DOMAIN}", [f"bella@{DOMAIN}"], message)
+
+    await asyncio.to_thread(send)
+    on_n2 = await asyncio.to_thread(_imap_fetch_whole, cluster.address("n2"), f"bella@{DOMAIN}", subject, 20.0)
+    on_n1 = await asyncio.to_thread(_imap_fetch_whole, cluster.address("n1"), f"bella@{DOMAIN}", subject, 20.0)
+    assert on_n2 == on_n1
+    assert on_n2.endswith(message.split(b"\r\n\r\n", 1)[1]), "the body read on node 2 is not the one sent"
+    assert len(on_n2) > len(message)  # with the trace fields the receiving node added
+    # Nothing of it under any node's own folder.
+    for server in cluster.nodes.values():
+        folder = server.data_dir / "mail" / "blobs"
+        assert not folder.exists() or not any(folder.rglob("*")), f"a message file under {folder}"
+    # Expunged on node 2, its body row goes with it.
+    before = await _shared_blobs(cluster, "mail")
+    assert before >= 1
+    await asyncio.to_thread(_imap_expunge_all, cluster.address("n2"), f"bella@{DOMAIN}")
+    assert await _shared_blobs(cluster, "mail") == before - 1
 
 
 async def test_web_login_on_one_node_is_valid_on_another(cluster: ClusterUnderTest) -> None:

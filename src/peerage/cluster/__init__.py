@@ -12,6 +12,8 @@ and it wires them to the other nodes:
   that node over NATS;
 - ``mail``: the shared queue (bodies in PostgreSQL, rows claimed with SKIP LOCKED), IMAP IDLE and
   JMAP push woken on every node;
+- ``blobs``: what a single node keeps under its data directory and another node must read (large
+  mail bodies, uploads, media, DKIM and account keys), in PostgreSQL instead (``blobs``, ``keys``);
 - ``leases``: the ``cluster_leases`` table; ``cli``: ``peerage cluster status``.
 
 What every node holds is described in docs/scaling.md.
@@ -25,6 +27,7 @@ import gc
 import logging
 from typing import Any
 
+from peerage.cluster.blobs import DatabaseBlobs, SharedKeys
 from peerage.cluster.leases import Leases
 from peerage.cluster.node import ClusterNode
 
@@ -42,6 +45,9 @@ class Cluster:
         self.xmpp: Any = None
         self.mail_bridge: Any = None
         self.sip: Any = None
+        #: Private keys every node signs with alike (DKIM, social accounts).
+        self.keys = SharedKeys(host.store.engine)
+        self._blobs: dict[str, DatabaseBlobs] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -49,11 +55,20 @@ class Cluster:
 
         await self.node.start()
         self.leases.start()
+        # Large mail bodies in PostgreSQL, before any service stores or reads one.
+        store_for(self.host).blobs = self.blobs("mail")
         if self.host.config.imap.enabled or self.host.config.smtp.enabled or self.host.config.web.enabled:
             from peerage.cluster.mail import MailboxBridge
 
             self.mail_bridge = MailboxBridge(self.node, store_for(self.host).notifier)
         self.node.status_info.append(lambda request: {"domains": list(self.host.config.domains)})
+
+    def blobs(self, kind: str) -> DatabaseBlobs:
+        """The shared store of ``kind`` (``mail``, ``upload``, ``media``), in place of a folder."""
+        blobs = self._blobs.get(kind)
+        if blobs is None:
+            blobs = self._blobs[kind] = DatabaseBlobs(self.host.store.engine, kind, asyncio.get_running_loop())
+        return blobs
 
     def attach_xmpp(self, service: Any) -> None:
         """The XMPP service started: route through the cluster."""

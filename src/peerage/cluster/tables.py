@@ -6,6 +6,16 @@ owner; a dead node's leases lapse after ``LEASE_SECONDS`` and another node takes
 
 ``cluster_spool`` holds the bytes of each queued outbound message in cluster mode, so that the queue
 worker of any node can deliver a message another node accepted (a single node keeps them as files).
+
+``cluster_blobs`` holds, in cluster mode, the bytes a single node keeps as files under its data
+directory (``peerage.mail.mailbox.blobs.BlobStore``): mail bodies of ``INLINE_BODY_LIMIT`` and more
+(kind ``mail``), XEP-0363 uploads (``upload``) and the media of local posts (``media``); each row's
+``name`` is what the owner's table refers to, as a file name would be.
+
+``cluster_keys`` holds the private keys every node must sign with alike, as PEM: each hosted
+domain's DKIM keys (kind ``dkim``), the signing keys of social accounts (``social``) and the server
+dialback secret (``dialback``). A key is created by whichever node needs it first
+(``INSERT ... ON CONFLICT DO NOTHING``, then read back), so every node holds the one DNS publishes.
 """
 
 from __future__ import annotations
@@ -30,5 +40,25 @@ cluster_spool = Table(
     Column("name", String(64), primary_key=True),
     Column("data", LargeBinary, nullable=False),
     # Seconds since the epoch (UTC): bodies left without rows are swept by age.
+    Column("created_at", BigInteger, nullable=False),
+)
+
+cluster_blobs = Table(
+    "cluster_blobs",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    # Seconds since the epoch (UTC): bodies written but never referred to are swept by age.
+    Column("created_at", BigInteger, nullable=False),
+)
+
+cluster_keys = Table(
+    "cluster_keys",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    # The domain (dkim), the account and key id (social), or "" (dialback); with the kind's part.
+    Column("name", String(512), primary_key=True),
+    Column("pem", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )

@@ -4,6 +4,9 @@ A blob is written to a temporary name in its final directory, fsynced, renamed i
 directory fsynced, so that once ``write`` returns the bytes survive a crash. The database row that
 points at the blob is committed only afterwards: a crash in between leaves an orphan file that no
 mailbox refers to, never a row without its body. Copies are hard links, so COPY costs no bytes.
+
+``Blobs`` is the interface its users (the mailbox store, XEP-0363 uploads, social media) hold; in
+cluster mode ``peerage.cluster.blobs.DatabaseBlobs`` stands in for the files, in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,10 +15,27 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import Protocol
 
 # Two hex digits of fan-out keep each directory at a few thousand entries for a million messages,
 # as Dovecot's sdbox/mdbox and git's object store do.
 FANOUT_DIGITS = 2
+
+
+class Blobs(Protocol):
+    """Immutable bodies by name; blocking calls, made from worker threads."""
+
+    def write(self, data: bytes, durable: bool = True) -> str: ...
+
+    def write_many(self, items: list[bytes], durable: bool = True) -> list[str]: ...
+
+    def link(self, name: str, durable: bool = True) -> str: ...
+
+    def read(self, name: str) -> bytes: ...
+
+    def remove(self, name: str) -> None: ...
+
+    def remove_many(self, names: list[str]) -> None: ...
 
 
 class BlobStore:
@@ -85,6 +105,10 @@ class BlobStore:
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(name))
+
+    def remove_many(self, names: list[str]) -> None:
+        for name in names:
+            self.remove(name)
 
     @staticmethod
     def _sync_directory(directory: Path) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from peerage.mail.mailbox import flags as flaglib
 from peerage.mail.mailbox import objectid
-from peerage.mail.mailbox.blobs import BlobStore
+from peerage.mail.mailbox.blobs import Blobs, BlobStore
 from peerage.mail.mailbox.notify import MailboxNotifier
 from peerage.mail.mailbox.search import FullTextIndex
 from peerage.mail.smtp.headers import HeaderFields
@@ -279,7 +279,8 @@ class MailboxStore:
         self.summarize = summarize
         self.search = FullTextIndex(engine)
         self.sqlite = engine.dialect.name == "sqlite"
-        self.blobs = BlobStore(Path(data_dir) / "mail" / "blobs")
+        # Files under the data directory; a cluster puts its DatabaseBlobs here at start-up.
+        self.blobs: Blobs = BlobStore(Path(data_dir) / "mail" / "blobs")
         self.notifier = MailboxNotifier()
         self._defaults_done: set[str] = set()
         self._defaults_lock = asyncio.Lock()
@@ -1102,13 +1103,17 @@ class MailboxStore:
         Only files older than ``min_age`` are touched, so a delivery whose file is written but
         whose row is not committed yet is never mistaken for an orphan. Returns the number removed.
         """
+        blobs = self.blobs
+        if not isinstance(blobs, BlobStore):
+            sweep_rows = getattr(blobs, "sweep", None)
+            return 0 if sweep_rows is None else int(await sweep_rows(select(mail_messages.c.blob), min_age))
         async with self.engine.connect() as conn:
             referenced = {row[0] for row in await conn.execute(select(mail_messages.c.blob))}
 
         def sweep() -> int:
             removed = 0
             now = time.time()
-            root = self.blobs.root
+            root = blobs.root
             if not root.is_dir():
                 return 0
             for directory in root.iterdir():
@@ -1242,9 +1247,9 @@ class MailboxStore:
 
     def _remove_blobs(self, names: Iterable[str]) -> None:
         """Remove the files of these bodies; inline ones go with their rows' transaction."""
-        for name in names:
-            if not is_inline(name):
-                self.blobs.remove(name)
+        large = [name for name in names if not is_inline(name)]
+        if large:
+            self.blobs.remove_many(large)
 
 
 async def _mailbox_row(conn: AsyncConnection, mailbox_id: int) -> Any:
