@@ -128,9 +128,14 @@ def _listen_line(addresses: list[str] | None) -> str:
 
 
 def _generate_domain_keys(config: Config, domain: str) -> None:
-    """Keys other protocols need per domain (DKIM, RFC 6376)."""
+    """Keys other protocols need per domain (DKIM, RFC 6376): a cluster's in its database."""
     from peerage.mail.auth import dkim
 
+    if config.cluster.enabled:
+        from peerage.cluster.blobs import with_keys
+
+        with_keys(config.database_url, lambda rows: dkim.shared_keys(rows, domain, create=True), migrate=True)
+        return
     dkim.generate_keys(config.data_dir, domain)
 
 

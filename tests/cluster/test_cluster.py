@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import re
 import secrets
 import smtplib
 import ssl
@@ -392,6 +393,7 @@ class Sink:
 
         self.open = False
         self.received: list[tuple[str, str]] = []  # (Message-ID, client address)
+        self.contents: dict[str, bytes] = {}  # Message-ID -> the message as received
         self.lock = threading.Lock()
         sink = self
 
@@ -409,6 +411,7 @@ class Sink:
                 message = email.message_from_bytes(envelope.content)
                 with sink.lock:
                     sink.received.append((str(message["Message-ID"]), session.peer[0]))
+                    sink.contents[str(message["Message-ID"])] = bytes(envelope.original_content or envelope.content)
                 return "250 OK"
 
         self.controller = Controller(Handler(), hostname=SINK_ADDRESS, port=25)
@@ -464,6 +467,56 @@ async def test_queue_delivers_each_message_once_with_workers_on_all_nodes(cluste
     senders = {peer for _, peer in received}
     print(f"deliveries per node address: { {p: sum(1 for _, q in received if q == p) for p in senders} }")
     assert senders <= {"127.0.16.1", "127.0.16.2", "127.0.16.3"}
+
+
+class _PrintedRecords:
+    """The TXT records ``peerage dns`` printed, as the DKIM verifier asks for them."""
+
+    def __init__(self, printed: str) -> None:
+        self.records: dict[str, bytes] = {}
+        for line in printed.splitlines():
+            if "._domainkey." in line and " TXT " in line:
+                self.records[line.split()[0].rstrip(".")] = "".join(re.findall(r'"([^"]*)"', line)).encode()
+
+    def dkim_txt(self, name: bytes, timeout: float = 5.0) -> bytes | None:
+        return self.records.get(name.decode().rstrip("."))
+
+
+async def test_every_node_signs_with_the_one_dkim_key_dns_publishes(cluster: ClusterUnderTest) -> None:
+    import asyncpg
+
+    from peerage.mail.auth import dkim
+
+    # The three nodes started at once, each wanting the domain's keys: one row per selector.
+    conn = await asyncpg.connect(cluster.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch("SELECT name FROM cluster_keys WHERE kind = 'dkim' ORDER BY name")
+    finally:
+        await conn.close()
+    assert [row["name"] for row in rows] == [f"{DOMAIN}/{dkim.ED25519_SELECTOR}", f"{DOMAIN}/{dkim.RSA_SELECTOR}"]
+    for server in cluster.nodes.values():
+        assert not (server.data_dir / "dkim").exists(), f"DKIM key files under {server.data_dir}"
+    printed = await asyncio.to_thread(cluster.nodes["n3"].cli, "dns", DOMAIN)
+    records = _PrintedRecords(printed.stdout)
+    assert len(records.records) == 2, printed.stdout
+    with Sink() as sink:
+        sink.open = True
+        tag = f"dkim{int(time.time())}"
+        ids = {name: (await asyncio.to_thread(_submit, cluster.address(name), 1, f"{tag}{name}"))[0]
+               for name in ("n1", "n2")}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with sink.lock:
+                if set(ids.values()) <= set(sink.contents):
+                    break
+            await asyncio.sleep(0.1)
+        with sink.lock:
+            contents = dict(sink.contents)
+    for name, message_id in ids.items():
+        assert message_id in contents, f"the message submitted on {name} did not arrive"
+        results = dkim.verify(contents[message_id], records)  # type: ignore[arg-type]
+        assert sorted((r.result, r.algorithm) for r in results) == [
+            ("pass", "ed25519-sha256"), ("pass", "rsa-sha256")], f"signed on {name}: {results}"
 
 
 def _imap_idle(address: str, user: str, ready: threading.Event, result: list[float], timeout: float) -> None:

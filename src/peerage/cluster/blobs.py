@@ -13,16 +13,18 @@ of the single node's files:
   ``[xmpp.upload] max_file_size``, far below bytea's 1 GB, so large objects are not needed.
 - ``SharedKeys``: private keys as PEM in ``cluster_keys``. ``get_or_create`` inserts a new key
   with ``ON CONFLICT DO NOTHING`` and reads back whichever key won, so nodes starting at once all
-  end up with the one key (the DKIM key DNS publishes, an account's actor key).
+  end up with the one key (the DKIM key DNS publishes, an account's actor key). ``with_keys``
+  gives commands (``peerage dns``, ``peerage domain add``) the same rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -32,6 +34,8 @@ from peerage.cluster.tables import cluster_blobs, cluster_keys
 
 #: Seconds a call from a worker thread waits for the database.
 BLOB_TIMEOUT = 60.0
+
+T = TypeVar("T")
 
 
 class DatabaseBlobs:
@@ -159,3 +163,24 @@ class SharedKeys:
         async with self.engine.connect() as conn:
             return sorted(str(row[0]) for row in await conn.execute(select(cluster_keys.c.name).where(
                 cluster_keys.c.kind == kind, cluster_keys.c.name.startswith(prefix, autoescape=True))))
+
+
+def with_keys(database_url: str, action: Callable[[SharedKeys], Awaitable[T]], migrate: bool = False) -> T:
+    """``action`` on the cluster's keys with an engine of its own, for a command's plain code.
+
+    It runs in a thread of its own, so a caller inside an event loop (``peerage check``) can wait
+    for it as well as one outside.
+    """
+    async def run() -> T:
+        from peerage.store import Store
+
+        store = Store(database_url)
+        try:
+            if migrate:
+                await store.migrate()
+            return await action(SharedKeys(store.engine))
+        finally:
+            await store.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(run())).result()

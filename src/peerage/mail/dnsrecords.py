@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from peerage.config import parse_listen
-from peerage.mail.auth.dkim import load_keys
+from peerage.mail.auth.dkim import DomainKeys, load_keys, shared_keys
 
 # RFC 1035 §3.3.14: one character-string in a TXT record holds at most 255 octets.
 MAX_TXT_STRING = 255
@@ -39,6 +39,13 @@ def port_of(listens: list[str], default: int) -> int:
     return _port(listens, default)
 
 
+def _cluster_keys(config: Any, domain: str) -> DomainKeys | None:
+    """A cluster signs with the keys in its database (the first node's), not a node's files."""
+    from peerage.cluster.blobs import with_keys
+
+    return with_keys(config.database_url, lambda rows: shared_keys(rows, domain))
+
+
 def mta_sts_policy(domain: str, config: Any) -> list[str]:
     """The RFC 8461 policy lines; the web service serves them at mta-sts.DOMAIN."""
     mail_host = config.smtp.hostname or config.server.public_hostname or domain
@@ -55,7 +62,7 @@ def records(domain: str, config: Any) -> list[str]:
         f"{domain}. {TTL} IN MX 10 {mail_host}.",
         f"{domain}. {TTL} IN TXT {_txt('v=spf1 mx -all')}",
     ]
-    keys = load_keys(config.data_dir, domain)
+    keys = _cluster_keys(config, domain) if config.cluster.enabled else load_keys(config.data_dir, domain)
     if keys is None:
         lines.append(f"; no DKIM keys for {domain} yet: run `peerage domain add {domain}` to create them")
     else:

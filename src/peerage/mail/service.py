@@ -172,8 +172,19 @@ class MailService:
             self._keys[domain] = dkim.load_keys(self.host.config.data_dir, domain) if self.is_hosted(domain) else None
         return self._keys[domain]
 
+    async def _shared_keys(self, domain: str) -> dkim.DomainKeys | None:
+        """In a cluster: the keys of `domain` every node signs with, from the database (made once)."""
+        domain = domain.lower()
+        if domain not in self._keys:
+            self._keys[domain] = (await dkim.shared_keys(self.host.cluster.keys, domain, create=True)
+                                  if self.is_hosted(domain) else None)
+        return self._keys[domain]
+
     async def sign(self, domain: str, data: bytes) -> bytes:
-        keys = self.keys(domain)
+        if getattr(self.host, "cluster", None) is not None:
+            keys = await self._shared_keys(domain)
+        else:
+            keys = self.keys(domain)
         if keys is None:
             return data
         try:
@@ -459,9 +470,13 @@ class MailService:
         config = self.host.config
         smtp = config.smtp
         # `peerage init` creates each domain's DKIM keys; a domain added to the configuration later
-        # gets them here, so outgoing mail is never left unsigned.
+        # gets them here, so outgoing mail is never left unsigned. A cluster keeps them in its
+        # database, made by the first node that starts (peerage.cluster.blobs.SharedKeys).
         for domain in self.domains:
-            await asyncio.to_thread(dkim.generate_keys, config.data_dir, domain)
+            if getattr(self.host, "cluster", None) is not None:
+                await self._shared_keys(domain)
+            else:
+                await asyncio.to_thread(dkim.generate_keys, config.data_dir, domain)
         self.deliverer = Deliverer(
             dns=self.host.dns,
             hostname=self.hostname,

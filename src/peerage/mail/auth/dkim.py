@@ -2,7 +2,8 @@
 generation, over dkimpy.
 
 This module is in charge of the two signing keys each hosted domain has (created by `peerage init`
-and `peerage domain add`), of signing outgoing mail with both, and of verifying every signature on incoming mail through the
+and `peerage domain add`: files under the data directory, or rows of the cluster's database in
+cluster mode, ``shared_keys``), of signing outgoing mail with both, and of verifying every signature on incoming mail through the
 configured nameservers.
 """
 
@@ -13,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import dkim
 from cryptography.hazmat.primitives import serialization
@@ -43,26 +45,51 @@ def generate_keys(data_dir: Path, domain: str) -> None:
     """Create the RSA-2048 and Ed25519 signing keys of `domain` under `data_dir`, unless present."""
     folder = key_dir(data_dir, domain)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rsa_path = folder / f"{RSA_SELECTOR}.pem"
-    if not rsa_path.exists():
-        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
-        _write_secret(
-            rsa_path,
-            rsa_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            ),
-        )
-    ed_path = folder / f"{ED25519_SELECTOR}.pem"
-    if not ed_path.exists():
-        ed_key = ed25519.Ed25519PrivateKey.generate()
-        _write_secret(
-            ed_path,
-            ed_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        )
+    for selector, make in KEY_MAKERS:
+        path = folder / f"{selector}.pem"
+        if not path.exists():
+            _write_secret(path, make())
+
+
+def new_rsa_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def new_ed25519_pem() -> bytes:
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+#: Each selector with the maker of its private key (PEM), in the order the files and rows are made.
+KEY_MAKERS: tuple[tuple[str, Callable[[], bytes]], ...] = (
+    (RSA_SELECTOR, new_rsa_pem), (ED25519_SELECTOR, new_ed25519_pem))
+
+
+class KeyRows(Protocol):
+    """Where a cluster keeps its keys (``peerage.cluster.blobs.SharedKeys``)."""
+
+    async def get(self, kind: str, name: str) -> bytes | None: ...
+
+    async def get_or_create(self, kind: str, name: str, make: Callable[[], bytes]) -> bytes: ...
+
+
+async def shared_keys(rows: KeyRows, domain: str, create: bool = False) -> DomainKeys | None:
+    """The keys of `domain` in a cluster's database (kind ``dkim``, name ``domain/selector``).
+
+    With `create`, missing ones are made; nodes making them at once all end with the one stored
+    first, so every node signs with the key DNS publishes.
+    """
+    pems: list[bytes] = []
+    for selector, make in KEY_MAKERS:
+        name = f"{domain.lower()}/{selector}"
+        pem = await rows.get_or_create("dkim", name, make) if create else await rows.get("dkim", name)
+        if pem is None:
+            return None
+        pems.append(pem)
+    return keys_from_pems(domain, pems[0], pems[1])
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -100,6 +127,10 @@ def load_keys(data_dir: Path, domain: str) -> DomainKeys | None:
         ed_pem = (folder / f"{ED25519_SELECTOR}.pem").read_bytes()
     except FileNotFoundError:
         return None
+    return keys_from_pems(domain, rsa_pem, ed_pem)
+
+
+def keys_from_pems(domain: str, rsa_pem: bytes, ed_pem: bytes) -> DomainKeys:
     rsa_key = serialization.load_pem_private_key(rsa_pem, password=None)
     ed_key = serialization.load_pem_private_key(ed_pem, password=None)
     assert isinstance(rsa_key, rsa.RSAPrivateKey) and isinstance(ed_key, ed25519.Ed25519PrivateKey)

@@ -1,0 +1,79 @@
+"""The cluster's shared rows on a real PostgreSQL, without nodes: keys made at once by two engines
+(two nodes starting together) end as one, and the body store's write, link, read, remove and sweep."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import func, select
+
+from peerage.cluster.blobs import DatabaseBlobs, SharedKeys
+from peerage.cluster.tables import cluster_blobs, cluster_keys
+from peerage.store import Store
+from tests.harness.postgres import fresh_database
+
+
+async def test_keys_made_at_once_by_two_nodes_end_as_one(postgres_url: str) -> None:
+    async with fresh_database(postgres_url, "shared_keys") as url:
+        first, second = Store(url), Store(url)
+        try:
+            await first.migrate()
+            made: list[bytes] = []
+            started = asyncio.Event()
+
+            def maker(pem: bytes) -> bytes:
+                made.append(pem)
+                return pem
+
+            async def race(store: Store, pem: bytes) -> bytes:
+                await started.wait()
+                return await SharedKeys(store.engine).get_or_create("dkim", "example.org/rsa2048",
+                                                                   lambda: maker(pem))
+
+            tasks = [asyncio.ensure_future(race(first, b"one")), asyncio.ensure_future(race(second, b"two"))]
+            started.set()
+            results = await asyncio.gather(*tasks)
+            assert results[0] == results[1]
+            assert results[0] in made
+            async with first.engine.connect() as conn:
+                assert (await conn.execute(select(func.count()).select_from(cluster_keys))).scalar() == 1
+            # Later nodes read it, never make another.
+            assert await SharedKeys(second.engine).get_or_create("dkim", "example.org/rsa2048",
+                                                                 lambda: b"three") == results[0]
+            assert await SharedKeys(second.engine).names("dkim", "example.org/") == ["example.org/rsa2048"]
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def test_body_store_rows_from_worker_threads(postgres_url: str) -> None:
+    async with fresh_database(postgres_url, "shared_blobs") as url:
+        store = Store(url)
+        try:
+            await store.migrate()
+            blobs = DatabaseBlobs(store.engine, "mail", asyncio.get_running_loop())
+            body = bytes(range(256)) * 400
+            name = await asyncio.to_thread(blobs.write, body)
+            copy = await asyncio.to_thread(blobs.link, name)
+            assert copy != name
+            assert await asyncio.to_thread(blobs.read, copy) == body
+            assert await blobs.read_async(name) == body
+            # Another kind does not see them.
+            assert await DatabaseBlobs(store.engine, "upload", asyncio.get_running_loop()).read_async(name) is None
+            await asyncio.to_thread(blobs.remove, name)
+            assert await blobs.read_async(name) is None
+            assert await asyncio.to_thread(blobs.read, copy) == body
+            # Called on the loop itself it refuses rather than block the loop that would answer.
+            try:
+                blobs.read(copy)
+            except RuntimeError:
+                pass
+            else:
+                raise AssertionError("a blocking read on the event loop was let through")
+            # A body no row refers to is swept once old enough; a referred one stays.
+            assert await blobs.sweep(select(cluster_blobs.c.name).where(cluster_blobs.c.name == copy), 0) == 0
+            assert await blobs.sweep(select(cluster_blobs.c.name).where(cluster_blobs.c.name == "none"), 3600) == 0
+            assert await blobs.sweep(select(cluster_blobs.c.name).where(cluster_blobs.c.name == "none"), -1) == 1
+            assert await blobs.count() == 0
+        finally:
+            await store.close()
