@@ -653,6 +653,57 @@ async def test_large_body_delivered_on_one_node_is_read_whole_on_another(cluster
     assert await _shared_blobs(cluster, "mail") == before - 1
 
 
+async def test_upload_put_on_one_node_is_served_by_another(cluster: ClusterUnderTest) -> None:
+    import urllib.parse
+
+    import aiohttp
+    import asyncpg
+
+    upton = await ClusterClient("upton", "u1").connect(cluster.address("n1"), presence=False)
+    try:
+        data = bytes(range(256)) * 300  # 76,800 bytes
+        # XEP-0363 section 4: a slot from node 1's upload service.
+        await upton.send(f"<iq type='get' id='slot1' to='upload.{DOMAIN}'><request xmlns='urn:xmpp:http:upload:0' "
+                         f"filename='cat.png' size='{len(data)}' content-type='image/png'/></iq>")
+        reply = await upton.wait_for("iq", r"id='slot1'")
+        assert reply.attrs.get("type") == "result", serialize(reply)
+        slot = next(reply.elements())
+        put = next(e for e in slot.elements() if e.name == "put")
+        get_url = next(e for e in slot.elements() if e.name == "get").attrs["url"]
+        auth = next(h.text for h in put.elements() if h.attrs.get("name") == "Authorization")
+    finally:
+        await upton.close()
+    path = urllib.parse.urlsplit(get_url).path
+    assert urllib.parse.urlsplit(put.attrs["url"]).path == path
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+        async with http.put(f"https://{cluster.address('n1')}{path}", data=data,
+                            headers={"Authorization": auth, "Content-Type": "image/png"}) as response:
+            assert response.status == 201, await response.text()
+        async with http.get(f"https://{cluster.address('n2')}{path}") as response:
+            assert response.status == 200, await response.text()
+            assert await response.read() == data
+            assert response.headers["Content-Type"] == "image/png"
+            assert "sandbox" in response.headers["Content-Security-Policy"]
+        async with http.head(f"https://{cluster.address('n2')}{path}") as response:
+            assert response.status == 200 and response.headers["Content-Length"] == str(len(data))
+        for server in cluster.nodes.values():
+            folder = server.data_dir / "upload" / "blobs"
+            assert not folder.exists() or not any(folder.rglob("*")), f"an upload file under {folder}"
+        # Expired, the file is removed by the next sweep (here node 3's first GET) with its row.
+        before = await _shared_blobs(cluster, "upload")
+        conn = await asyncpg.connect(cluster.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute("UPDATE upload_files SET expires = 0 WHERE slot = $1", path.split("/")[2])
+        finally:
+            await conn.close()
+        async with http.get(f"https://{cluster.address('n3')}{path}") as response:
+            assert response.status == 404
+        assert await _shared_blobs(cluster, "upload") == before - 1
+
+
 async def test_web_login_on_one_node_is_valid_on_another(cluster: ClusterUnderTest) -> None:
     import aiohttp
 

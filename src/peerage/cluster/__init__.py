@@ -48,11 +48,13 @@ class Cluster:
         #: Private keys every node signs with alike (DKIM, social accounts).
         self.keys = SharedKeys(host.store.engine)
         self._blobs: dict[str, DatabaseBlobs] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from peerage.mail.mailbox import store_for
 
+        self._loop = asyncio.get_running_loop()
         await self.node.start()
         self.leases.start()
         # Large mail bodies in PostgreSQL, before any service stores or reads one.
@@ -67,7 +69,8 @@ class Cluster:
         """The shared store of ``kind`` (``mail``, ``upload``, ``media``), in place of a folder."""
         blobs = self._blobs.get(kind)
         if blobs is None:
-            blobs = self._blobs[kind] = DatabaseBlobs(self.host.store.engine, kind, asyncio.get_running_loop())
+            loop = self._loop or asyncio.get_running_loop()
+            blobs = self._blobs[kind] = DatabaseBlobs(self.host.store.engine, kind, loop)
         return blobs
 
     def attach_xmpp(self, service: Any) -> None:

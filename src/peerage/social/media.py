@@ -9,7 +9,8 @@ This module is in charge of:
 - checking it: an image type recognised by its first bytes (PNG, JPEG, GIF, WebP: what Mastodon
   takes as images), the declared type ignored; at most ``[social] max_attachment_size`` bytes; at most
   MAX_ATTACHMENTS per post; a description (alt text) of at most MAX_DESCRIPTION characters;
-- storing it durably (``BlobStore`` under ``data_dir/social/media``, one ``social_media`` row), and
+- storing it durably (``BlobStore`` under ``data_dir/social/media``, or in cluster mode rows of
+  ``cluster_blobs`` of kind ``media`` that every node serves; one ``social_media`` row), and
   serving it at ``/media/TOKEN/NAME`` as the upload store serves files: ``nosniff``, a sandboxing CSP,
   CORS and Cross-Origin-Resource-Policy so remote servers and web clients show it inline;
 - the ActivityPub form of it (``Document`` with ``mediaType``, ``url``, ``name``; no blurhash).
@@ -29,7 +30,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import insert, select
 
-from peerage.mail.mailbox.blobs import BlobStore
+from peerage.mail.mailbox.blobs import Blobs, BlobStore
 from peerage.social.tables import social_media
 
 # Images per post: Mastodon's MAX_MEDIA_ATTACHMENTS (4).
@@ -65,7 +66,9 @@ class MediaStore:
         self.social = social
         self.host = social.host
         self.store = social.host.store
-        self.blobs = BlobStore(Path(self.host.config.data_dir) / "social" / "media")
+        cluster = getattr(self.host, "cluster", None)
+        self.blobs: Blobs = (cluster.blobs("media") if cluster is not None
+                             else BlobStore(Path(self.host.config.data_dir) / "social" / "media"))
 
     @property
     def max_size(self) -> int:
@@ -127,8 +130,9 @@ class MediaStore:
             raise MediaError("only your own uploads can be attached")
         if row.size > self.max_size:
             raise MediaError(f"attachments are limited to {self.max_size} bytes")
-        path = BlobStore(Path(self.host.config.data_dir) / "upload" / "blobs").path(row.blob)
-        data = await asyncio.to_thread(path.read_bytes)
+        from peerage.xmpp.features.upload import upload_blobs
+
+        data = await asyncio.to_thread(upload_blobs(self.host).read, row.blob)
         return await self.add(account, data, description)
 
     async def attachments(self, account: str, submitted: Any) -> list[dict[str, Any]]:
@@ -162,7 +166,9 @@ class MediaStore:
             row = (await conn.execute(select(social_media).where(social_media.c.token == token))).first()
         if row is None or row.filename != request.match_info["filename"]:
             raise web.HTTPNotFound(text="no such file\n")
-        return web.FileResponse(self.blobs.path(row.blob), headers={
+        from peerage.xmpp.features.upload import serve_blob
+
+        return await serve_blob(self.blobs, row.blob, {
             "Content-Type": row.media_type,
             "Content-Security-Policy": SERVED_CSP,
             "X-Content-Type-Options": "nosniff",

@@ -14,8 +14,9 @@ This module is in charge of:
   token (section 5: the slot names the ``Authorization`` header), GET and HEAD for anyone holding the
   URL, OPTIONS for CORS preflights (section 5.1 expects browsers' clients to upload cross-origin);
 - storage as the mail bodies are stored (``peerage.mail.mailbox.blobs.BlobStore``: durable files under
-  the data directory, fan-out directories), one ``upload_files`` row per slot, expiry after
-  ``[xmpp.upload] expire_days``.
+  the data directory, fan-out directories; in cluster mode rows of ``cluster_blobs``, kind ``upload``,
+  so that a file PUT on one node is served by every node), one ``upload_files`` row per slot, expiry
+  after ``[xmpp.upload] expire_days``.
 
 Uploaded bytes are served from the domain's own origin, so they are sandboxed: ``Content-Security-Policy:
 sandbox`` makes a served document an opaque origin that cannot read the site's cookies or APIs,
@@ -41,7 +42,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import and_, delete, func, insert, select, update
 
-from peerage.mail.mailbox.blobs import BlobStore
+from peerage.mail.mailbox.blobs import Blobs, BlobStore
 from peerage.xmpp.extables import upload_files
 from peerage.xmpp.features import Feature, IqContext, result
 from peerage.xmpp.features.disco import DISCO_INFO_NS, DISCO_ITEMS_NS, DiscoItem, data_form, disco_of
@@ -122,6 +123,25 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def upload_blobs(host: Any) -> Blobs:
+    """Where uploaded files are: files under the data directory, or the cluster's shared rows."""
+    cluster = getattr(host, "cluster", None)
+    if cluster is not None:
+        return cluster.blobs("upload")
+    return BlobStore(Path(host.config.data_dir) / "upload" / "blobs")
+
+
+async def serve_blob(blobs: Blobs, name: str, headers: dict[str, str]) -> web.StreamResponse:
+    """The response carrying blob ``name``: the file itself (ranges, sendfile), or its row's bytes."""
+    if isinstance(blobs, BlobStore):
+        return web.FileResponse(blobs.path(name), headers=headers)
+    try:
+        data = await asyncio.to_thread(blobs.read, name)
+    except FileNotFoundError:
+        raise web.HTTPNotFound(text="no such file\n") from None
+    return web.Response(body=data, headers=headers)
+
+
 class Upload(Feature):
     def setup(self) -> None:
         self.services: dict[str, HostedService] = {}
@@ -135,7 +155,7 @@ class Upload(Feature):
         if not host.config.web.enabled or not host.config.web.https_listen:
             log.warning("[xmpp.upload] is on but the web service is off: no upload service is offered")
             return
-        self.blobs = BlobStore(Path(host.config.data_dir) / "upload" / "blobs")
+        self.blobs = upload_blobs(host)
         https = host.config.web.https_listen[0]
         port = int(https.rpartition(":")[2])
         self.port_suffix = "" if port == 443 else f":{port}"
@@ -309,8 +329,7 @@ class Upload(Feature):
             log.info("upload: %d expired files removed", len(blobs))
 
     def _remove_blobs(self, names: list[str]) -> None:
-        for name in names:
-            self.blobs.remove(name)
+        self.blobs.remove_many(names)
 
     # --- HTTPS ----------------------------------------------------------------------------------
     def _routes(self, web_ctx: Any) -> None:
@@ -406,8 +425,7 @@ class Upload(Feature):
             "Cross-Origin-Resource-Policy": "cross-origin",
             "Cache-Control": f"public, max-age={max(0, int(row.expires - now))}, immutable",
         }
-        response = web.FileResponse(self.blobs.path(row.blob), headers=headers)
-        return response
+        return await serve_blob(self.blobs, row.blob, headers)
 
     async def usage(self, owner: str) -> int:
         """Bytes ``owner`` has stored or reserved now (for tests and the CLI)."""
