@@ -526,6 +526,12 @@ class MucConfig:
     # Messages per second per occupant and the burst allowed (Prosody mod_muc_limits: 0.5/s, 3).
     message_rate: float = 0.5
     message_burst: float = 3.0
+    # Per account: rooms occupied at once (ejabberd's max_user_conferences, 100; over it:
+    # resource-constraint), rooms owned, and rooms created per hour (over them: not-allowed).
+    # Counted over every node of a cluster (peerage.cluster.muc).
+    max_rooms_joined: int = 100
+    max_rooms_owned: int = 100
+    max_room_creations_per_hour: int = 20
     # New rooms archive their messages (XEP-0313) unless configured not to (Prosody's
     # muc_log_by_default = true).
     archive_by_default: bool = True

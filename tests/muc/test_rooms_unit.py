@@ -170,6 +170,27 @@ async def test_too_many_rooms_created_by_one_user(muc: MucHarness) -> None:
     assert condition(got[0]) == "not-allowed"
 
 
+async def test_rooms_joined_and_owned_per_user_follow_the_settings(muc: MucHarness) -> None:
+    """[muc] max_rooms_joined (resource-constraint) and max_rooms_owned (not-allowed), lowered here;
+    leaving a room and destroying one make room again."""
+    muc.muc.max_rooms_joined, muc.muc.max_rooms_owned = 2, 1
+    await muc.create(ROOM, BOB, "Bob")
+    await muc.create("other@conference.a.test", "dave@a.test/desk", "Dave")
+    await muc.create("alices@conference.a.test", ALICE, "Alice")
+    got = await muc.join("second@conference.a.test", ALICE, "Alice")
+    assert condition(got[0]) == "not-allowed"  # owns one already
+    assert any("110" in codes(s) for s in await muc.join(ROOM, ALICE, "Alice"))
+    got = await muc.join("other@conference.a.test", ALICE, "Alice")
+    assert condition(got[0]) == "resource-constraint"  # in two rooms already
+    await muc.send(f"<presence from='{ALICE}' to='{ROOM}/Alice' type='unavailable'/>")
+    assert any("110" in codes(s) for s in await muc.join("other@conference.a.test", ALICE, "Alice"))
+    await muc.send(f"<presence from='{ALICE}' to='other@conference.a.test/Alice' type='unavailable'/>")
+    await muc.send(f"<iq from='{ALICE}' to='alices@conference.a.test' type='set' id='d'><query "
+                   "xmlns='http://jabber.org/protocol/muc#owner'><destroy/></query></iq>")
+    muc.take(ALICE)
+    assert any("201" in codes(s) for s in await muc.join("second@conference.a.test", ALICE, "Alice"))
+
+
 async def test_private_messages_invitations_and_self_ping(muc: MucHarness) -> None:
     await muc.create(ROOM, ALICE, "Alice")
     await muc.join(ROOM, BOB, "Bob")

@@ -22,6 +22,9 @@ MAX_HISTORY = 100
 #: enter a full room (XEP-0045 section 7.2.10 suggests it; ejabberd does it). Over it:
 #: ``service-unavailable``.
 DEFAULT_MAX_OCCUPANTS = 200
+#: The three per-account room limits below are the defaults of ``[muc] max_rooms_joined``,
+#: ``max_rooms_owned`` and ``max_room_creations_per_hour``; on a cluster they count the rooms of
+#: every node (peerage.cluster.muc).
 #: Rooms one account occupies at once: ejabberd's ``max_user_conferences`` defaults to 100 (it
 #: answers ``resource-constraint``, as we do).
 MAX_ROOMS_JOINED_PER_USER = 100

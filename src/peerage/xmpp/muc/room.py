@@ -288,10 +288,18 @@ class Room:
                 and affiliation not in ("owner", "admin"):
             return refuse("service-unavailable", "the room is full")  # section 7.2.10
         joined = self.service.joined.setdefault(bare, set())
-        if self.jid not in joined and len(joined) >= limits.MAX_ROOMS_JOINED_PER_USER:
-            return refuse("resource-constraint",
-                          f"you are in {limits.MAX_ROOMS_JOINED_PER_USER} rooms already", "wait")
-        joined.add(self.jid)
+        if self.jid not in joined:
+            service = self.service
+            count = len(joined)
+            if service.elsewhere is not None:
+                count += service.elsewhere.joined(bare)  # the rooms of the other nodes (peerage.cluster.muc)
+            if count >= service.max_rooms_joined:
+                if not joined:
+                    del service.joined[bare]
+                return refuse("resource-constraint", f"you are in {service.max_rooms_joined} rooms already", "wait")
+            joined.add(self.jid)
+            if service.elsewhere is not None:
+                service.joined_changed(bare)
         if holder is not None:
             occupant = holder
         else:
@@ -394,10 +402,12 @@ class Room:
         if self.occupants.get(occupant.nick) is occupant:
             del self.occupants[occupant.nick]
         joined = self.service.joined.get(occupant.bare)
-        if joined is not None:
+        if joined is not None and self.jid in joined:
             joined.discard(self.jid)
             if not joined:
                 del self.service.joined[occupant.bare]
+            if self.service.elsewhere is not None:
+                self.service.joined_changed(occupant.bare)
         self._broadcast_presence(occupant, codes=codes, unavailable=True, role="none", gone_sessions=sessions,
                                  item_extra=item_extra, affiliation=affiliation)
         if not self.occupants:
@@ -895,7 +905,7 @@ class Room:
             self.service.max_occupants))
         return iq_result(iq, query)
 
-    def owner_set(self, iq: Element, query: Element, sender: str) -> Element:
+    def owner_set(self, iq: Element, query: Element, sender: str, owned: int | None = None) -> Element:
         if self.affiliation(bare_of(sender)) != "owner":
             return error(iq, "forbidden", "only owners configure or destroy the room")
         destroy = query.find("destroy", MUC_OWNER)
@@ -921,8 +931,8 @@ class Room:
             return error(iq, "jid-malformed", "an owner or admin address is malformed")
         if owners is not None and not new_owners:
             return error(iq, "conflict", "a room keeps at least one owner")
-        if config.persistent and not self.config.persistent and not self.service.may_own(bare_of(sender), self):
-            return error(iq, "not-allowed", f"you own {limits.MAX_ROOMS_OWNED_PER_USER} rooms already")
+        if config.persistent and not self.config.persistent and not self.service.may_own(bare_of(sender), self, owned):
+            return error(iq, "not-allowed", f"you own {self.service.max_rooms_owned} rooms already")
         old = self.config
         self.config = config
         if config.history_length != old.history_length:
@@ -987,8 +997,12 @@ class Room:
                 self.send(self._presence(occupant, full, with_jid=True, unavailable=True, affiliation="none",
                                          role="none", x_extra=[destroy], codes=("110",)))
             joined = self.service.joined.get(occupant.bare)
-            if joined is not None:
+            if joined is not None and self.jid in joined:
                 joined.discard(self.jid)
+                if not joined:
+                    del self.service.joined[occupant.bare]
+                if self.service.elsewhere is not None:
+                    self.service.joined_changed(occupant.bare)
         self.occupants.clear()
         self.service.destroyed(self)
 

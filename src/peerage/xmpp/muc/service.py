@@ -3,12 +3,14 @@
 This module is in charge of registering the service JIDs (``peerage.xmpp.hosted``), hooking their
 events and finding (or creating) the room each stanza is for; of the service's own disco (XEP-0030:
 identity ``conference/text``, the list of public rooms), unique room names (XEP-0045 section 10.1.4);
-of the per-user limits (rooms joined, owned, created per hour) and who may create rooms
+of the per-user limits (rooms joined, owned, created per hour: ``[muc] max_rooms_joined``,
+``max_rooms_owned``, ``max_room_creations_per_hour``) and who may create rooms
 (``[muc] room_creation``); of MAM queries to rooms (``archive``); and of persistent rooms: loaded at
 start, written behind on every change (``store``), so they survive a restart with their
 configuration, affiliations, subject and history. On a cluster (peerage.cluster.xmpp) each room has
 an owner node: it reads the room again when it becomes the owner (``reload_room``), and the
-service's disco#items lists the rooms of every node (``listing``).
+service's disco#items lists the rooms of every node (``listing``), and the per-user limits count
+the rooms of every node (``elsewhere``, peerage.cluster.muc).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class MucService(Feature):
         self.max_occupants = limits.DEFAULT_MAX_OCCUPANTS
         self.message_rate = limits.DEFAULT_MESSAGE_RATE
         self.message_burst = limits.DEFAULT_MESSAGE_BURST
+        self.max_rooms_joined = limits.MAX_ROOMS_JOINED_PER_USER
+        self.max_rooms_owned = limits.MAX_ROOMS_OWNED_PER_USER
+        self.max_room_creations = limits.MAX_ROOM_CREATIONS_PER_HOUR
         self.archive_by_default = True
         self.offline_delivery_default = False
         self.archive_expires_days = 7
@@ -92,6 +97,9 @@ class MucService(Feature):
         #: peerage.cluster: told the JID of a room that left memory for good (destroyed, or emptied
         #: and not persistent), also when no stanza did it (the lock timeout, XEP-0045 section 10.1.1)
         self.on_gone: Callable[[str], None] | None = None
+        #: peerage.cluster: what the other nodes hold of a user's rooms (``RoomCounts``), so the
+        #: per-user limits count the whole cluster; None on a single server (nothing more is done)
+        self.elsewhere: Any = None
         self.ctx.events.hook("xmpp-hosted-domains", self._domains_changed)
         host = self.ctx.host
         self._configure(getattr(host.config, "muc", None) if host is not None else None)
@@ -122,6 +130,9 @@ class MucService(Feature):
         self.max_occupants = max(1, int(config.max_occupants))
         self.message_rate = float(config.message_rate)
         self.message_burst = max(1.0, float(config.message_burst))
+        self.max_rooms_joined = max(1, int(config.max_rooms_joined))
+        self.max_rooms_owned = max(1, int(config.max_rooms_owned))
+        self.max_room_creations = max(1, int(config.max_room_creations_per_hour))
         self.archive_by_default = bool(config.archive_by_default)
         self.offline_delivery_default = bool(config.offline_delivery_default)
         self.archive_expires_days = max(0, int(config.archive_expires_days))
@@ -291,27 +302,54 @@ class MucService(Feature):
     # ============================================================================================
     # Rooms: finding, creating, dropping
     # ============================================================================================
-    def _may_create(self, bare: str, room_jid: str) -> str | None:
-        """Why ``bare`` may not create ``room_jid`` now (XEP-0045 section 10.1.1: not-allowed), or None."""
+    def _creation_refused(self, bare: str, room_jid: str) -> str | None:
+        """Why ``bare`` may never create ``room_jid``, whatever it holds (its domain, the name)."""
         domain = bare.rpartition("@")[2]
         if self.room_creation == "local" and domain not in self.ctx.router.hosted_domains:
             return "rooms here are created by this server's users only"
         if len(room_jid.partition("@")[0].encode()) > limits.MAX_ROOM_NAME_BYTES:
             return f"room names are limited to {limits.MAX_ROOM_NAME_BYTES} bytes"
-        if not self.may_own(bare, None):
-            return f"you own {limits.MAX_ROOMS_OWNED_PER_USER} rooms already"
-        now = time.monotonic()
-        stamps = self._creations.setdefault(bare, collections.deque())
-        while stamps and now - stamps[0] > 3600:
-            stamps.popleft()
-        if len(stamps) >= limits.MAX_ROOM_CREATIONS_PER_HOUR:
-            return f"you may create {limits.MAX_ROOM_CREATIONS_PER_HOUR} rooms an hour; try again later"
-        stamps.append(now)
         return None
 
-    def may_own(self, bare: str, room: Room | None) -> bool:
-        owned = sum(1 for r in self.rooms.values() if r is not room and r.affiliations.get(bare) == "owner")
-        return owned < limits.MAX_ROOMS_OWNED_PER_USER
+    def _may_create(self, bare: str, room_jid: str, owned: int | None = None,
+                    created_elsewhere: int = 0) -> str | None:
+        """Why ``bare`` may not create ``room_jid`` now (XEP-0045 section 10.1.1: not-allowed), or None.
+        On a cluster ``owned`` is what it owns on every node and ``created_elsewhere`` what it
+        created on the others within the hour (``RoomCounts.counts``)."""
+        why = self._creation_refused(bare, room_jid)
+        if why is not None:
+            return why
+        if not self.may_own(bare, None, owned):
+            return f"you own {self.max_rooms_owned} rooms already"
+        if self.created_within_hour(bare) + created_elsewhere >= self.max_room_creations:
+            return f"you may create {self.max_room_creations} rooms an hour; try again later"
+        self._creations.setdefault(bare, collections.deque()).append(time.monotonic())
+        return None
+
+    def created_within_hour(self, bare: str) -> int:
+        """Rooms ``bare`` created here in the last hour (older creations are forgotten)."""
+        stamps = self._creations.get(bare)
+        if stamps is None:
+            return 0
+        now = time.monotonic()
+        while stamps and now - stamps[0] > 3600:
+            stamps.popleft()
+        if not stamps:
+            del self._creations[bare]
+            return 0
+        return len(stamps)
+
+    def may_own(self, bare: str, room: Room | None, owned: int | None = None) -> bool:
+        """Whether ``bare`` may own one room more than those it owns apart from ``room``: counted
+        here, or given (``owned``: counted over the cluster)."""
+        if owned is None:
+            owned = sum(1 for r in self.rooms.values() if r is not room and r.affiliations.get(bare) == "owner")
+        return owned < self.max_rooms_owned
+
+    def joined_changed(self, bare: str) -> None:
+        """A room here gained or lost ``bare`` as an occupant (called only on a cluster)."""
+        if self.elsewhere is not None:
+            self.elsewhere.joined_changed(bare)
 
     def _create(self, room_jid: str, creator: str) -> Room:
         config = RoomConfig(archiving=self.archive_by_default, max_users=min(limits.DEFAULT_MAX_OCCUPANTS,
@@ -442,24 +480,9 @@ class MucService(Feature):
                 creator = bare_of(full)
             except JidError:
                 return HANDLED
-            why = self._may_create(creator, event.bare)
-            if why is not None:
-                self.send(_with_muc(error(stanza, "not-allowed", why)))
-                return HANDLED
-            room = self._create(event.bare, creator)
-            if stanza.find("x", MUC_NS) is None:
-                # A groupchat 1.0 client (XEP-0045 section 7.1.1: presence without the MUC
-                # extension) cannot configure a room, so it gets an instant room with the default
-                # configuration, unlocked, as Prosody's mod_muc does for such joins.
-                room.locked = False
-                if room.lock_timer is not None:
-                    room.lock_timer.cancel()
-                    room.lock_timer = None
-            room.join(stanza, full, event.resource, created=True)
-            if not room.occupants:  # the join was refused after all
-                self.rooms.pop(room.jid, None)
-                if room.lock_timer is not None:
-                    room.lock_timer.cancel()
+            if self.elsewhere is not None:
+                return self._create_counted(event, creator)
+            self._create_and_join(event, creator, self._may_create(creator, event.bare))
             return HANDLED
         if ptype is None and full not in room.by_full and len(event.resource) > limits.MAX_NICK_LENGTH:
             self.send(_with_muc(error(stanza, "not-acceptable",
@@ -471,6 +494,38 @@ class MucService(Feature):
             return HANDLED
         room.presence(stanza, full, event.resource)
         return HANDLED
+
+    def _create_and_join(self, event: StanzaEvent, creator: str, why: str | None) -> None:
+        stanza = event.stanza
+        if why is not None:
+            self.send(_with_muc(error(stanza, "not-allowed", why)))
+            return
+        room = self._create(event.bare, creator)
+        if stanza.find("x", MUC_NS) is None:
+            # A groupchat 1.0 client (XEP-0045 section 7.1.1: presence without the MUC
+            # extension) cannot configure a room, so it gets an instant room with the default
+            # configuration, unlocked, as Prosody's mod_muc does for such joins.
+            room.locked = False
+            if room.lock_timer is not None:
+                room.lock_timer.cancel()
+                room.lock_timer = None
+        room.join(stanza, stanza.attrs.get("from", ""), event.resource, created=True)
+        if not room.occupants:  # the join was refused after all
+            self.rooms.pop(room.jid, None)
+            if room.lock_timer is not None:
+                room.lock_timer.cancel()
+
+    async def _create_counted(self, event: StanzaEvent, creator: str) -> None:
+        """A creation on a cluster: the rooms ``creator`` owns and created on the other nodes are
+        counted first (peerage.cluster.muc); this client's later stanzas wait meanwhile (c2s
+        handles a client's stanzas in order)."""
+        why = self._creation_refused(creator, event.bare)
+        owned, created = (0, 0) if why is not None else await self.elsewhere.counts(creator, event.bare)
+        if event.bare in self.rooms:
+            # Created meanwhile by another stanza: this one joins it.
+            self._presence_full(event)
+            return
+        self._create_and_join(event, creator, why or self._may_create(creator, event.bare, owned, created))
 
     def _presence_bare(self, event: StanzaEvent) -> Any:
         stanza = event.stanza
@@ -579,7 +634,18 @@ class MucService(Feature):
             return error(ctx.iq, "item-not-found", "no such room")
         if ctx.iq.attrs["type"] == "get":
             return room.owner_get(ctx.iq, ctx.sender)
+        if self.elsewhere is not None and not room.config.persistent and _makes_persistent(ctx.payload):
+            return self._owner_set_counted(ctx, room)
         return self._once_written(room.owner_set(ctx.iq, ctx.payload, ctx.sender))
+
+    async def _owner_set_counted(self, ctx: IqContext, room: Room) -> Element:
+        """A room made persistent on a cluster: its owner's rooms are counted on every node first."""
+        try:
+            owned, _ = await self.elsewhere.counts(bare_of(ctx.sender), room.jid)
+        except JidError:
+            return error(ctx.iq, "jid-malformed")
+        reply = self._once_written(room.owner_set(ctx.iq, ctx.payload, ctx.sender, owned))
+        return reply if isinstance(reply, Element) else await reply
 
     def _admin(self, ctx: IqContext) -> Any:
         room = self._room(ctx)
@@ -649,6 +715,17 @@ class MucService(Feature):
             return error(ctx.iq, "service-unavailable", "this room is not archived")
         return self.archive.query(ctx.iq, ctx.payload, room.jid, self.ctx.router.route,
                                   limits.DEFAULT_ARCHIVE_PAGE, limits.MAX_ARCHIVE_PAGE)
+
+
+def _makes_persistent(query: Element) -> bool:
+    """Whether a ``muc#owner`` set submits ``muc#roomconfig_persistentroom`` true (section 10.2)."""
+    form = query.find("x", "jabber:x:data")
+    if form is None:
+        return False
+    for field in form.find_all("field"):
+        if field.attrs.get("var") == "muc#roomconfig_persistentroom":
+            return (field.find_text("value") or "").strip() in ("1", "true")
+    return False
 
 
 def _with_muc(reply: Element) -> Element:
