@@ -38,12 +38,15 @@ REMOTE_XMPP_ADDRESS = "127.0.16.40"
 REMOTE2_DOMAIN = "remote2.test"
 REMOTE_USERS = [f"zoe@{REMOTE_DOMAIN}", f"ned@{REMOTE2_DOMAIN}"]
 HEARTBEAT, NODE_TIMEOUT = 0.5, 4.0
+#: The per-user room limits, lowered so a test reaches them in a few stanzas (each other test's
+#: users stay under them: two rooms joined, two owned, three created).
+ROOM_LIMITS = {"max_rooms_joined": 2, "max_rooms_owned": 2, "max_room_creations_per_hour": 3}
 #: The registry bound the tests hold the cluster to: a dead node's sessions are gone within this.
 REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
 USERS = [f"{name}@{DOMAIN}" for name in
          ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia",
           "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro", "fiona", "gus", "pam",
-          "rowan", "sasha", "tina", "uma", "bella", "upton",
+          "rowan", "sasha", "tina", "uma", "bella", "upton", "lena", "leo",
           *(f"mutual{pair}{side}" for pair in range(1, 7) for side in "ab"))]
 
 
@@ -130,6 +133,7 @@ class ClusterUnderTest:
                 "smtp": {"first_retry_seconds": 1.0, "source_address": address, "hostname": f"{name}.{DOMAIN}"},
                 # SIPp answers MD5 challenges only
                 "sip": {"digest_algorithms": ["MD5"]},
+                "muc": dict(ROOM_LIMITS),
             }
             self.nodes[name] = PeerageServer(workdir / name, [DOMAIN], address, dns=dns,
                                              services=("xmpp", "smtp", "imap", "web", "sip"), config=config,

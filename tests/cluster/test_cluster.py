@@ -216,6 +216,93 @@ async def test_rooms_of_one_service_owned_by_different_nodes(cluster: ClusterUnd
                                 what="the leases of the emptied rooms released")
 
 
+async def _room_answer(client: ClusterClient, room: str, nick: str, after: int) -> tuple[str, str]:
+    """The answer to a join of ``room`` as ``nick`` received after ``after`` stanzas: ("", "") for the
+    self-presence (XEP-0045 status 110), else the error's condition and text."""
+    def answered() -> Any:
+        for element in client.received[after:]:
+            if element.name == "presence" and element.attrs.get("from") == f"{room}/{nick}":
+                if element.attrs.get("type") == "error":
+                    return element
+                x = element.find("x", "http://jabber.org/protocol/muc#user")
+                if x is not None and any(s.attrs.get("code") == "110" for s in x.find_all("status")):
+                    return element
+        return None
+
+    presence = await client.wait(answered, what=f"the answer to joining {room}")
+    error = presence.find("error")
+    if error is None:
+        return "", ""
+    condition = next(c.name for c in error.elements() if c.name != "text")
+    return condition, error.find_text("text") or ""
+
+
+async def test_per_user_room_limits_count_every_node(cluster: ClusterUnderTest) -> None:
+    """[muc] max_rooms_owned, max_room_creations_per_hour and max_rooms_joined (lowered to 2, 3 and
+    2 for the module) count the rooms of every node: a user whose rooms are owned by different
+    nodes is refused at the limit with the single server's conditions (not-allowed,
+    resource-constraint) and allowed again once it left or destroyed rooms."""
+    service = f"conference.{DOMAIN}"
+    muc = "http://jabber.org/protocol/muc"
+    on1 = await ClusterClient("lena", "one").connect(cluster.address("n1"))
+    on2 = await ClusterClient("lena", "two").connect(cluster.address("n2"))
+    leo = await ClusterClient("leo", "three").connect(cluster.address("n3"))
+
+    async def join(client: ClusterClient, room: str) -> tuple[str, str]:
+        after = len(client.received)
+        await client.send(f"<presence to='{room}/{client.user}'><x xmlns='{muc}'/></presence>")
+        return await _room_answer(client, room, client.user, after)
+
+    async def create(client: ClusterClient, room: str) -> tuple[str, str]:
+        answer = await join(client, room)
+        if not answer[0]:  # XEP-0045 section 10.1.2: an instant room, so others may enter
+            await client.send(f"<iq type='set' to='{room}' id='cfg-{room}'><query xmlns='{muc}#owner'>"
+                              "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+            await client.wait_for("iq", rf"id='cfg-{room}'.*type='result'|type='result'.*id='cfg-{room}'")
+        return answer
+
+    def replica_of_lena(node: str, rooms: int) -> Any:
+        return lambda status: sum(table.get(on1.bare, 0) for table in
+                                  status.get(node, {}).get("rooms_joined_elsewhere", {}).values()) == rooms
+
+    try:
+        for client, node in ((on1, "n1"), (on2, "n2"), (leo, "n3")):
+            await cluster.wait_registry(_has_session(node, client.jid), what="session registered")
+        # Owned: one room through node 1, one through node 2; a third through node 1 is refused
+        # although node 1 owns only one of them.
+        assert await create(on1, f"lim-a@{service}") == ("", "")
+        assert await create(on2, f"lim-b@{service}") == ("", "")
+        status = await cluster.status_of(("n1", "n2"))
+        assert f"lim-a@{service}" in status["n1"]["room_leases"] and f"lim-b@{service}" in status["n2"]["room_leases"]
+        condition, text = await join(on1, f"lim-c@{service}")
+        assert (condition, "own 2 rooms" in text) == ("not-allowed", True), (condition, text)
+        # Joined: in lim-a (node 1) and lim-b (node 2), so leo's room on node 3 refuses lena.
+        assert await create(leo, f"lim-leo@{service}") == ("", "")
+        await cluster.wait_registry(replica_of_lena("n3", 2), what="node 3 counting lena's two rooms")
+        condition, text = await join(on1, f"lim-leo@{service}")
+        assert (condition, "in 2 rooms" in text) == ("resource-constraint", True), (condition, text)
+        # lim-b destroyed by its owner: lena is in one room and owns one, and may join leo's room.
+        await on2.send(f"<iq type='set' to='lim-b@{service}' id='destroy-b'><query xmlns='{muc}#owner'>"
+                       "<destroy/></query></iq>")
+        await on2.wait_for("iq", r"id='destroy-b'.*type='result'|type='result'.*id='destroy-b'")
+        await cluster.wait_registry(replica_of_lena("n3", 1), what="node 3 counting lena's one room")
+        assert await join(on1, f"lim-leo@{service}") == ("", "")
+        # Having left leo's room, lena may create a room again (one owned, two created).
+        await on1.send(f"<presence to='lim-leo@{service}/lena' type='unavailable'/>")
+        await cluster.wait_registry(replica_of_lena("n1", 0), what="node 1 hearing that lena left node 3's room")
+        assert await create(on1, f"lim-c@{service}") == ("", "")
+        # Created within the hour: lim-a and lim-c through node 1, lim-b through node 2; node 2
+        # refuses a fourth although it saw one creation only (lim-a left and gone: one owned).
+        after = len(on1.received)
+        await on1.send(f"<presence to='lim-a@{service}/lena' type='unavailable'/>")
+        await _room_answer(on1, f"lim-a@{service}", "lena", after)
+        condition, text = await join(on2, f"lim-d@{service}")
+        assert (condition, "create 3 rooms an hour" in text) == ("not-allowed", True), (condition, text)
+    finally:
+        for client in (on1, on2, leo):
+            await client.close()
+
+
 class PepClient(XmppClient):
     """slixmpp with XEP-0115 caps and XEP-0163 interest in one node (``+notify``)."""
 

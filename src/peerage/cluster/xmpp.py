@@ -47,7 +47,8 @@ are forwarded to the owner, whose room sends to the occupants through the regist
 The service JID itself (disco#info, unique names, the room listing, which asks the other nodes for
 the rooms they serve) is answered by whichever node it reaches. A node that becomes a room's owner
 reads the room from PostgreSQL first; one whose room is gone (destroyed, or emptied and not
-persistent) releases the lease once the room writer is done.
+persistent) releases the lease once the room writer is done. The per-user room limits count the
+rooms of every node (``cluster.muc``).
 """
 
 from __future__ import annotations
@@ -333,6 +334,8 @@ class ClusterXmpp:
         #: this session is in (from the self-presence, XEP-0045 status 110)
         self.occupying: dict[str, dict[str, tuple[str, str, str]]] = {}
         self._pep: Any = None
+        #: the per-user room limits over the cluster (cluster.muc), with a group chat service
+        self.room_counts: Any = None
         self.roster_guard: Any = None
         self._mam: Any = None
 
@@ -405,6 +408,10 @@ class ClusterXmpp:
             self._muc.listing = self._room_listing
             # A room gone without a stanza for it (its lock timed out) gives its lease up too.
             self._muc.on_gone = self.check_room
+            from peerage.cluster.muc import RoomCounts
+
+            self.room_counts = RoomCounts(node, self._muc, self.rooms_served, self.leases.store)
+            self.room_counts.attach()
         # Group chat services: one owner node per room (services registered later, after a reload, too).
         router = self.router
         for jid, service in list(router.services.items()):
@@ -446,6 +453,8 @@ class ClusterXmpp:
             answer["registry"] = {
                 full: {"node": s.node, "available": s.available, "carbons": s.carbons}
                 for table in self.remote.values() for full, s in table.items()}
+            if self.room_counts is not None:
+                answer.update(self.room_counts.status())
         return answer
 
     # =================================================================================================
@@ -604,6 +613,8 @@ class ClusterXmpp:
             self.router.unbind(session)
         self._reroute_held(lambda held: held.node == peer.name)
         await self.leases.release_node(peer.name)
+        if self.room_counts is not None:
+            self.room_counts.node_down(peer.name)  # before the occupants rejoin (status 332)
         self._rooms_lost(peer.name)
         for session in table.values():
             if session.available:
