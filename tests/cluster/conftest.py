@@ -46,7 +46,7 @@ REGISTRY_BOUND = NODE_TIMEOUT + 2 * HEARTBEAT
 USERS = [f"{name}@{DOMAIN}" for name in
          ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "olivia",
           "sipalice", "sipbob", "sipcarol", "sipdave", "sipnina", "rita", "sam", "peppa", "pedro", "fiona", "gus", "pam",
-          "rowan", "sasha", "tina", "uma", "bella", "upton", "lena", "leo",
+          "rowan", "sasha", "tina", "uma", "bella", "upton", "lena", "leo", "keyla",
           *(f"mutual{pair}{side}" for pair in range(1, 7) for side in "ab"))]
 
 

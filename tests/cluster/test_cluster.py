@@ -791,6 +791,57 @@ async def test_upload_put_on_one_node_is_served_by_another(cluster: ClusterUnder
         assert await _shared_blobs(cluster, "upload") == before - 1
 
 
+async def test_actor_key_is_the_same_from_every_node(cluster: ClusterUnderTest) -> None:
+    import aiohttp
+    import asyncpg
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    auth = {"Authorization": aiohttp.encode_basic_auth(f"keyla@{DOMAIN}", PASSWORD), "Host": DOMAIN}
+    activity = {"Accept": "application/activity+json", "Host": DOMAIN}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+        async with http.post(f"https://{cluster.address('n1')}/social/api/settings", json={"discoverable": True},
+                             headers=auth) as response:
+            assert response.status == 200, await response.text()
+
+        async def actor(node: str) -> dict[str, Any]:
+            async with http.get(f"https://{cluster.address(node)}/users/keyla", headers=activity) as response:
+                assert response.status == 200, await response.text()
+                return dict(await response.json(content_type=None))
+
+        # Two nodes asked at once for an actor whose key nobody has made yet.
+        documents = await asyncio.gather(actor("n2"), actor("n3"))
+        documents.append(await actor("n1"))
+    keys = {(d["publicKey"]["id"], d["publicKey"]["publicKeyPem"]) for d in documents}
+    assert len(keys) == 1, keys
+    conn = await asyncpg.connect(cluster.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        names = [r["name"] for r in await conn.fetch(
+            "SELECT name FROM cluster_keys WHERE kind = 'social' AND name LIKE $1", f"keyla@{DOMAIN}/%")]
+    finally:
+        await conn.close()
+    assert names == [f"keyla@{DOMAIN}/main-key"]
+    for server in cluster.nodes.values():
+        assert not (server.data_dir / "social" / "keys").exists(), f"account key files under {server.data_dir}"
+
+
+async def test_nodes_share_the_dialback_secret(cluster: ClusterUnderTest) -> None:
+    import asyncpg
+
+    from peerage.xmpp.dialback import CLUSTER_SECRET_NAME, SECRET_FILE_NAME
+
+    # XEP-0220 section 2.3: a remote server may ask any node to verify a key another node sent.
+    conn = await asyncpg.connect(cluster.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        secret = await conn.fetchval("SELECT value FROM server_secrets WHERE name = $1", CLUSTER_SECRET_NAME)
+    finally:
+        await conn.close()
+    assert secret is not None and len(secret) >= 16
+    for server in cluster.nodes.values():
+        assert not (server.data_dir / SECRET_FILE_NAME).exists(), f"a dialback secret of its own on {server.data_dir}"
+
+
 async def test_web_login_on_one_node_is_valid_on_another(cluster: ClusterUnderTest) -> None:
     import aiohttp
 

@@ -13,8 +13,7 @@ directory (``peerage.mail.mailbox.blobs.BlobStore``): mail bodies of ``INLINE_BO
 ``name`` is what the owner's table refers to, as a file name would be.
 
 ``cluster_keys`` holds the private keys every node must sign with alike, as PEM: each hosted
-domain's DKIM keys (kind ``dkim``), the signing keys of social accounts (``social``) and the server
-dialback secret (``dialback``). A key is created by whichever node needs it first
+domain's DKIM keys (kind ``dkim``) and the signing keys of social accounts (``social``). A key is created by whichever node needs it first
 (``INSERT ... ON CONFLICT DO NOTHING``, then read back), so every node holds the one DNS publishes.
 """
 
@@ -57,7 +56,7 @@ cluster_keys = Table(
     "cluster_keys",
     metadata,
     Column("kind", String(16), primary_key=True),
-    # The domain (dkim), the account and key id (social), or "" (dialback); with the kind's part.
+    # "DOMAIN/SELECTOR" (dkim), "ADDRESS/KEY-ID" (social).
     Column("name", String(512), primary_key=True),
     Column("pem", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),

@@ -45,6 +45,17 @@ def cmd_social(args: argparse.Namespace) -> int:
     return asyncio.run(_social(config, args))
 
 
+async def _new_key(config: Any, store: Any, address: str, name: str | None = None) -> Any:
+    """A new signing key of `address`: a file, or in a cluster a row every node reads."""
+    from peerage.social import keys
+
+    if config.cluster.enabled:
+        from peerage.cluster.blobs import SharedKeys
+
+        return await keys.shared(SharedKeys(store.engine), address, name or keys.new_name())
+    return await asyncio.to_thread(keys.generate, config.data_dir, address, name)
+
+
 async def _social(config: Any, args: argparse.Namespace) -> int:
     from peerage.identity.accounts import AccountService
     from peerage.identity.address import normalize_domain, parse_address
@@ -63,13 +74,16 @@ async def _social(config: Any, args: argparse.Namespace) -> int:
                 return 1
             default = config.social.discoverable_default
             if command == "rotate-key":
-                key = await asyncio.to_thread(keys.generate, config.data_dir, address)
+                key = await _new_key(config, store, address)
                 await state.set_account(store, address, default, key_id=key.name)
                 print(f"{address} now signs with key {key.name} (the server picks it up within seconds)")
             else:
                 await state.set_account(store, address, default, discoverable=command == "publish")
                 row = await state.account_row(store, address)
-                if command == "publish" and not (row.key_id and keys.load(config.data_dir, address, row.key_id)):
+                if command == "publish" and not row.key_id and config.cluster.enabled:
+                    key = await _new_key(config, store, address, "main-key")
+                    await state.set_account(store, address, default, key_id=key.name)
+                elif command == "publish" and not (row.key_id and keys.load(config.data_dir, address, row.key_id)):
                     key = await asyncio.to_thread(keys.generate, config.data_dir, address)
                     await state.set_account(store, address, default, key_id=key.name)
                 print(f"{address} is {'discoverable' if command == 'publish' else 'private'}")

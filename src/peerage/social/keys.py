@@ -5,7 +5,9 @@ activities and signed fetches. A key is a PKCS#8 PEM file under
 ``<data_dir>/social/keys/<domain>/<local>/<key-id>.pem``, created with mode 0600 (O_EXCL, fsynced) in a
 0700 folder, exactly as ``peerage.mail.auth.dkim`` stores DKIM keys: the database never holds a
 private key, so a database dump or a PostgreSQL replica does not leak them, and `peerage backup`
-copies the data folder with its modes.
+copies the data folder with its modes. A cluster is the exception: its nodes must sign with the same
+key, so there the keys are PEM rows of ``cluster_keys`` (kind ``social``, ``shared``), made once by the
+first node that needs one; the database then holds them as it holds the password hashes.
 
 Rotation (``rotate``) writes a new key and makes it current; the actor then shows the new public key
 and an Update of the actor is sent to followers, which is how Mastodon learns a new key (it refetches
@@ -18,8 +20,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -82,3 +86,28 @@ def load(data_dir: Path, address: str, name: str) -> AccountKey | None:
 def names(data_dir: Path, address: str) -> list[str]:
     folder = key_dir(data_dir, address)
     return sorted(p.stem for p in folder.glob("*.pem")) if folder.is_dir() else []
+
+
+def new_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def new_name() -> str:
+    """The id of a rotated key."""
+    return f"key-{secrets.token_hex(4)}"
+
+
+class KeyRows(Protocol):
+    """A cluster's key rows (``peerage.cluster.blobs.SharedKeys``)."""
+
+    async def get_or_create(self, kind: str, name: str, make: Callable[[], bytes]) -> bytes: ...
+
+
+async def shared(rows: KeyRows, address: str, name: str) -> AccountKey:
+    """The key ``name`` of ``address`` in a cluster's database, made once for every node."""
+    pem = await rows.get_or_create("social", f"{address.lower()}/{name}", new_pem)
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return AccountKey(name, key)

@@ -207,6 +207,15 @@ class SocialService:
         row = await state.ensure_account(self.host.store, address, default) if not address.startswith(
             INSTANCE_LOCAL + "@") else None
         name = row.key_id if row is not None else "main-key"
+        cluster = getattr(self.host, "cluster", None)
+        if cluster is not None:
+            # Every node signs with the one key its actor shows, whichever node made it first.
+            shared = await keys.shared(cluster.keys, address, name or "main-key")
+            if row is not None and not name:
+                await state.set_account(self.host.store, address, default, key_id=shared.name)
+            self._keys[address] = shared
+            self._served.setdefault(address, shared.name)
+            return shared
         key = keys.load(data_dir, address, name) if name else None
         if key is None:
             key = await asyncio.to_thread(keys.generate, data_dir, address, name or None)
@@ -217,7 +226,11 @@ class SocialService:
         return key
 
     async def rotate_key(self, address: str) -> keys.AccountKey:
-        key = await asyncio.to_thread(keys.generate, self.host.config.data_dir, address)
+        cluster = getattr(self.host, "cluster", None)
+        if cluster is not None:
+            key = await keys.shared(cluster.keys, address, keys.new_name())
+        else:
+            key = await asyncio.to_thread(keys.generate, self.host.config.data_dir, address)
         await state.set_account(self.host.store, address, self.host.config.social.discoverable_default,
                                 key_id=key.name)
         self._keys[address] = key

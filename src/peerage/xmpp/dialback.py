@@ -30,6 +30,8 @@ STREAM_DIALBACK_DECLARATION = f" xmlns:db='{DIALBACK_NS}'"
 #: 32 bytes matches the HMAC-SHA256 block strength.
 SECRET_BYTES = 32
 SECRET_FILE_NAME = "dialback.secret"
+#: The ``server_secrets`` row the nodes of a cluster share instead of each node's file.
+CLUSTER_SECRET_NAME = "xmpp-dialback"
 #: Domain pairs one stream may have waiting for verification at once. Prosody does not cap it; a
 #: bound stops one peer from making us open unbounded verification connections.
 MAX_PENDING_PAIRS = 32

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -989,7 +990,11 @@ class S2SService:
                    else CertificateKind.CA_ISSUED if own_certificate_trusted(certificates[name][0], self.trust)
                    else CertificateKind.SELF_SIGNED)
             for name in self.hosted_domains}
-        self.secret = DialbackSecret.load_or_create(config.data_dir)
+        # The nodes of a cluster share one secret (server_secrets, read in start), so a key one node
+        # sent is verified by whichever node the remote server asks (XEP-0220 section 2.3).
+        self.clustered = getattr(host, "cluster", None) is not None
+        self.secret = (DialbackSecret(os.urandom(32)) if self.clustered
+                       else DialbackSecret.load_or_create(config.data_dir))
         self.max_stanza = config.xmpp.max_stanza_size
         self.routes: dict[tuple[str, str], OutboundRoute] = {}
         self.inbound: set[InboundStream] = set()
@@ -1013,6 +1018,8 @@ class S2SService:
         from peerage.net.listen import start_listeners
 
         xmpp = self.host.config.xmpp
+        if self.clustered:
+            self.secret = DialbackSecret(await self.host.store.get_secret(dialback.CLUSTER_SECRET_NAME))
         self.servers += await start_listeners(
             "xmpp-server", "[xmpp] s2s_listen", xmpp.s2s_listen,
             protocol_factory=lambda: XmlConnection(
