@@ -26,8 +26,8 @@ Rooms owned and created per hour: asked at the decision. Creations are rare (at 
 ``max_room_creations_per_hour`` per user), so a creation, and a room being made persistent, ask
 every live node (``peerage.node.<name>.muc_user``, all at once, ``COUNT_TIMEOUT`` each) for the
 rooms the user owns among those it serves and the rooms the user created there within the hour,
-and read from PostgreSQL the persistent rooms the user owns (``muc_affiliations``: rooms nobody
-serves since the last restart are only there). The rooms owned are the union of these room JIDs,
+and read from PostgreSQL the persistent rooms the user owns (``muc_affiliations``, indexed by
+account: rooms nobody serves since the last restart are only there). The rooms owned are the union of these room JIDs,
 so a room is counted once whoever holds it. A node that does not answer in time counts as 0, and
 this is logged: the decision fails open. The limits bound what one account costs, they do not
 protect data; refusing instead would let one slow or dying node (a death takes ``[cluster]

@@ -31,7 +31,8 @@ muc_affiliations = Table(
     "muc_affiliations",
     metadata,
     Column("room", String(JID_LENGTH), primary_key=True),
-    Column("jid", String(JID_LENGTH), primary_key=True),
+    # indexed alone too: a cluster node counts the rooms one account owns (peerage.cluster.muc)
+    Column("jid", String(JID_LENGTH), primary_key=True, index=True),
     Column("affiliation", String(8), nullable=False),
     # a member's reserved nickname (XEP-0045 section 7.12)
     Column("nick", String(1024), nullable=False, default=""),
