@@ -733,6 +733,11 @@ async def test_large_body_delivered_on_one_node_is_read_whole_on_another(cluster
     for server in cluster.nodes.values():
         folder = server.data_dir / "mail" / "blobs"
         assert not folder.exists() or not any(folder.rglob("*")), f"a message file under {folder}"
+    # `peerage user export` on node 3 reads it from the database too.
+    exported = cluster.workdir / f"export-{secrets.token_hex(4)}"
+    await asyncio.to_thread(cluster.nodes["n3"].cli, "user", "export", f"bella@{DOMAIN}", str(exported))
+    body = message.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+    assert any(body in path.read_bytes() for path in exported.rglob("*") if path.is_file()), "not in the export"
     # Expunged on node 2, its body row goes with it.
     before = await _shared_blobs(cluster, "mail")
     assert before >= 1

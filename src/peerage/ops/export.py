@@ -10,6 +10,7 @@ archive id is already there. Passwords are never exported (only derived secrets 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mailbox
 import time
@@ -28,13 +29,24 @@ def _folder_file(name: str) -> str:
     return name.replace("/", ".") or "INBOX"
 
 
-async def export_account(store: Any, config: Config, address: str, target: Path, fmt: str) -> dict[str, int]:
+async def _mailbox_store(store: Any, config: Config) -> Any:
+    """The mailboxes, with a cluster's large bodies read from and written to its database."""
     from peerage.mail.mailbox.store import MailboxStore
+
+    mail = MailboxStore(store.engine, config.data_dir)
+    if config.cluster.enabled:
+        from peerage.cluster.blobs import DatabaseBlobs
+
+        mail.blobs = DatabaseBlobs(store.engine, "mail", asyncio.get_running_loop())
+    return mail
+
+
+async def export_account(store: Any, config: Config, address: str, target: Path, fmt: str) -> dict[str, int]:
     from peerage.xmpp.tables import xmpp_archive, xmpp_roster, xmpp_vcard
 
     target.mkdir(parents=True, exist_ok=True)
     counts = {"folders": 0, "messages": 0, "roster": 0, "archive": 0, "vcard": 0}
-    mail = MailboxStore(store.engine, config.data_dir)
+    mail = await _mailbox_store(store, config)
     (target / "mail").mkdir(exist_ok=True)
     for info in await mail.list_mailboxes(address):
         rows = await mail.messages(info.id, None)
@@ -99,7 +111,7 @@ async def _bump_roster_version(conn: Any, address: str) -> int:
 
 
 async def import_account(store: Any, config: Config, address: str, source: Path) -> dict[str, int]:
-    from peerage.mail.mailbox.store import MailboxExists, MailboxStore
+    from peerage.mail.mailbox.store import MailboxExists
     from peerage.xmpp.tables import xmpp_archive, xmpp_roster, xmpp_vcard
 
     try:
@@ -107,7 +119,7 @@ async def import_account(store: Any, config: Config, address: str, source: Path)
     except FileNotFoundError:
         raise ValueError(f"{source} has no export.json: not a peerage user export") from None
     counts = {"folders": 0, "messages": 0, "roster": 0, "archive": 0, "vcard": 0}
-    mail = MailboxStore(store.engine, config.data_dir)
+    mail = await _mailbox_store(store, config)
     await mail.ensure_defaults(address)
     for path in sorted((source / "mail").iterdir()):
         box: Any
