@@ -198,6 +198,12 @@ class AcmeService:
 
     async def start(self, host: Any) -> None:
         self.host = host
+        if getattr(host, "cluster", None) is not None:
+            # The challenge answers live in this node's memory and the certificate lands in this
+            # node's files: a validation the CA sends to another node fails (docs/scaling.md).
+            log.warning("acme: in a cluster each node orders its own certificates and answers only its own "
+                        "challenges; point the names' A/AAAA records at this node while it orders, or "
+                        "provision the certificates of every node yourself")
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def check(self) -> list[str]:
