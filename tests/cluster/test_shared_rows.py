@@ -77,3 +77,32 @@ async def test_body_store_rows_from_worker_threads(postgres_url: str) -> None:
             assert await blobs.count() == 0
         finally:
             await store.close()
+
+
+async def test_upload_and_media_bodies_without_rows_are_swept(postgres_url: str) -> None:
+    from sqlalchemy import insert
+
+    from peerage.cluster.blobs import sweep_files
+    from peerage.xmpp.extables import upload_files
+
+    async with fresh_database(postgres_url, "shared_sweep") as url:
+        store = Store(url)
+        try:
+            await store.migrate()
+            loop = asyncio.get_running_loop()
+            upload, media = DatabaseBlobs(store.engine, "upload", loop), DatabaseBlobs(store.engine, "media", loop)
+            kept = await asyncio.to_thread(upload.write, b"kept")
+            lost = await asyncio.to_thread(upload.write, b"lost")
+            stray = await asyncio.to_thread(media.write, b"stray")
+            slot = {"owner": "a@example.org", "filename": "f", "size": 4, "content_type": "text/plain",
+                    "created": 0.0, "expires": 1e12, "put_token_hash": "x"}
+            async with store.begin() as conn:
+                # One slot stored, one still waiting for its PUT (blob NULL).
+                await conn.execute(insert(upload_files), [{**slot, "slot": "s1", "blob": kept},
+                                                          {**slot, "slot": "s2", "blob": None}])
+            assert await sweep_files(upload, media, 3600) == 0  # all younger than an hour
+            assert await sweep_files(upload, media, -1) == 2
+            assert await upload.read_async(kept) == b"kept"
+            assert await upload.read_async(lost) is None and await media.read_async(stray) is None
+        finally:
+            await store.close()

@@ -100,7 +100,7 @@ class Cluster:
         self._sweeper = asyncio.ensure_future(self._sweep_orphans())
 
     async def _sweep_orphans(self) -> None:
-        from peerage.cluster.mail import ORPHAN_SWEEP, sweep_orphans
+        from peerage.cluster.mail import ORPHAN_AFTER, ORPHAN_SWEEP, sweep_orphans
 
         while True:
             await asyncio.sleep(ORPHAN_SWEEP)
@@ -108,8 +108,16 @@ class Cluster:
                 removed = await sweep_orphans(self.host.store)
                 if removed:
                     log.info("cluster: removed %d queued bodies without rows", removed)
+                removed = await self._sweep_blobs(ORPHAN_AFTER)
+                if removed:
+                    log.info("cluster: removed %d uploaded files and media without rows", removed)
             except Exception:
                 log.exception("cluster: orphan sweep failed")
+
+    async def _sweep_blobs(self, min_age: float) -> int:
+        from peerage.cluster.blobs import sweep_files
+
+        return await sweep_files(self.blobs("upload"), self.blobs("media"), min_age)
 
     async def stop_services(self) -> None:
         """Before the services stop: tell the others this node's sessions are ending."""

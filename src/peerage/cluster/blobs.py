@@ -130,6 +130,17 @@ class DatabaseBlobs:
                 cluster_blobs.c.kind == self.kind))).scalar() or 0)
 
 
+async def sweep_files(upload: DatabaseBlobs, media: DatabaseBlobs, min_age: float) -> int:
+    """Remove upload and media bodies no row refers to (a node died between the body and its row);
+    mail bodies are swept by the mailbox store's ``collect_orphans``."""
+    from peerage.social.tables import social_media
+    from peerage.xmpp.extables import upload_files
+
+    # A slot not yet PUT has no blob: NULL is left out, as NOT IN over a NULL matches nothing.
+    removed = await upload.sweep(select(upload_files.c.blob).where(upload_files.c.blob.is_not(None)), min_age)
+    return removed + await media.sweep(select(social_media.c.blob), min_age)
+
+
 class SharedKeys:
     """Private keys (PEM) every node reads alike, in ``cluster_keys``."""
 
