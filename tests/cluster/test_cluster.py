@@ -1,5 +1,7 @@
 """A three-node cluster on one PostgreSQL and one nats-server: XMPP between nodes, the shared mail
-queue, IMAP IDLE across nodes, NATS restarted under load, and a node killed under load.
+queue, IMAP IDLE across nodes, what a single node keeps under its data directory shared through
+PostgreSQL (large mail bodies, uploads, media, DKIM and account keys, the dialback secret), NATS
+restarted under load, and a node killed under load.
 
 The tests run in file order on one module-scoped cluster; the last one kills a node.
 """
@@ -745,7 +747,7 @@ async def test_large_body_delivered_on_one_node_is_read_whole_on_another(cluster
     assert await _shared_blobs(cluster, "mail") == before - 1
 
 
-async def test_upload_put_on_one_node_is_served_by_another(cluster: ClusterUnderTest) -> None:
+async def test_upload_and_its_media_copy_are_served_by_other_nodes(cluster: ClusterUnderTest) -> None:
     import urllib.parse
 
     import aiohttp
@@ -753,7 +755,8 @@ async def test_upload_put_on_one_node_is_served_by_another(cluster: ClusterUnder
 
     upton = await ClusterClient("upton", "u1").connect(cluster.address("n1"), presence=False)
     try:
-        data = bytes(range(256)) * 300  # 76,800 bytes
+        # A PNG by its first bytes (social media takes images only), 76,808 bytes.
+        data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 300
         # XEP-0363 section 4: a slot from node 1's upload service.
         await upton.send(f"<iq type='get' id='slot1' to='upload.{DOMAIN}'><request xmlns='urn:xmpp:http:upload:0' "
                          f"filename='cat.png' size='{len(data)}' content-type='image/png'/></iq>")
@@ -784,6 +787,25 @@ async def test_upload_put_on_one_node_is_served_by_another(cluster: ClusterUnder
         for server in cluster.nodes.values():
             folder = server.data_dir / "upload" / "blobs"
             assert not folder.exists() or not any(folder.rglob("*")), f"an upload file under {folder}"
+        # Attached to a post through node 2, it is copied into the media store; node 3 serves it.
+        auth = {"Authorization": aiohttp.encode_basic_auth(f"upton@{DOMAIN}", PASSWORD), "Host": DOMAIN}
+        async with http.post(f"https://{cluster.address('n1')}/social/api/settings", json={"discoverable": True},
+                             headers=auth) as response:
+            assert response.status == 200, await response.text()
+        note = {"type": "Note", "content": "the cat", "to": ["https://www.w3.org/ns/activitystreams#Public"],
+                "attachment": [{"type": "Document", "url": get_url}]}
+        async with http.post(f"https://{cluster.address('n2')}/users/upton/outbox", json=note,
+                             headers={**auth, "Content-Type": "application/activity+json"}) as response:
+            assert response.status == 201, await response.text()
+            posted = await response.text()
+        media = re.search(r"https://" + re.escape(DOMAIN) + r"(/media/[^\"]+)", posted)
+        assert media, posted
+        async with http.get(f"https://{cluster.address('n3')}{media.group(1)}") as response:
+            assert response.status == 200, await response.text()
+            assert await response.read() == data
+            assert response.headers["Content-Type"] == "image/png"
+        for server in cluster.nodes.values():
+            assert not (server.data_dir / "social" / "media").exists(), f"media files under {server.data_dir}"
         # Expired, the file is removed by the next sweep (here node 3's first GET) with its row.
         before = await _shared_blobs(cluster, "upload")
         conn = await asyncpg.connect(cluster.database_url.replace("postgresql+asyncpg://", "postgresql://"))
