@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -106,3 +107,28 @@ async def test_upload_and_media_bodies_without_rows_are_swept(postgres_url: str)
             assert await upload.read_async(lost) is None and await media.read_async(stray) is None
         finally:
             await store.close()
+
+
+async def test_domain_add_and_dns_use_the_cluster_rows(postgres_url: str, tmp_path: Path) -> None:
+    from peerage.cli import _generate_domain_keys
+    from peerage.cluster.blobs import with_keys
+    from peerage.config import config_from_dict
+    from peerage.mail import dnsrecords
+    from peerage.mail.auth import dkim
+
+    async with fresh_database(postgres_url, "shared_dns") as url:
+        config = config_from_dict({"server": {"data_dir": str(tmp_path / "data")}, "database": {"url": url},
+                                   "cluster": {"node": "n1", "nats_urls": ["nats://127.0.0.1:1"]}},
+                                  tmp_path / "peerage.toml", check_files=False)
+        # The commands' plain code, as `peerage domain add` and `peerage dns` run it (each opens an
+        # engine of its own in a thread of its own).
+        await asyncio.to_thread(_generate_domain_keys, config, "example.org")
+        assert not (tmp_path / "data" / "dkim").exists()
+        keys = await asyncio.to_thread(with_keys, url, lambda rows: dkim.shared_keys(rows, "example.org"))
+        assert keys is not None
+        # Run again (another node's command), the keys stay.
+        await asyncio.to_thread(_generate_domain_keys, config, "example.org")
+        assert await asyncio.to_thread(with_keys, url, lambda rows: dkim.shared_keys(rows, "example.org")) == keys
+        printed = "".join(await asyncio.to_thread(dnsrecords.records, "example.org", config)).replace('" "', "")
+        for _, value in keys.dns_records():
+            assert value in printed
