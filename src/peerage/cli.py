@@ -134,7 +134,8 @@ def _generate_domain_keys(config: Config, domain: str) -> None:
     if config.cluster.enabled:
         from peerage.cluster.blobs import with_keys
 
-        with_keys(config.database_url, lambda rows: dkim.shared_keys(rows, domain, create=True), migrate=True)
+        with_keys(config.database_url, lambda rows: dkim.shared_keys(rows, domain, create=True,
+                                                                     data_dir=config.data_dir), migrate=True)
         return
     dkim.generate_keys(config.data_dir, domain)
 

@@ -132,3 +132,36 @@ async def test_domain_add_and_dns_use_the_cluster_rows(postgres_url: str, tmp_pa
         printed = "".join(await asyncio.to_thread(dnsrecords.records, "example.org", config)).replace('" "', "")
         for _, value in keys.dns_records():
             assert value in printed
+
+
+async def test_files_from_before_the_cluster_are_still_read_and_their_keys_kept(postgres_url: str,
+                                                                              tmp_path: Path) -> None:
+    from peerage.mail.auth import dkim
+    from peerage.mail.mailbox.blobs import BlobStore
+    from peerage.social import keys as account_keys
+
+    async with fresh_database(postgres_url, "shared_upgrade") as url:
+        store = Store(url)
+        try:
+            await store.migrate()
+            # What a node wrote while it was single, or while clusters shared data_dir.
+            folder = BlobStore(tmp_path / "mail" / "blobs")
+            old = folder.write(b"an old large body")
+            dkim.generate_keys(tmp_path, "example.org")
+            account_keys.generate(tmp_path, "ann@example.org", "main-key")
+            blobs = DatabaseBlobs(store.engine, "mail", asyncio.get_running_loop(), folder)
+            assert await asyncio.to_thread(blobs.read, old) == b"an old large body"
+            assert await blobs.read_async(old) == b"an old large body"
+            copy = await asyncio.to_thread(blobs.link, old)  # COPY of an old message: a row
+            assert await DatabaseBlobs(store.engine, "mail", asyncio.get_running_loop()).read_async(copy) == (
+                b"an old large body")
+            await asyncio.to_thread(blobs.remove, old)  # expunged: the file goes
+            assert not folder.path(old).exists()
+            # The key DNS already publishes is the one stored for every node.
+            rows = SharedKeys(store.engine)
+            shared = await dkim.shared_keys(rows, "example.org", create=True, data_dir=tmp_path)
+            assert shared == dkim.load_keys(tmp_path, "example.org")
+            actor = await account_keys.shared(rows, "ann@example.org", "main-key", tmp_path)
+            assert actor.public_pem == account_keys.load(tmp_path, "ann@example.org", "main-key").public_pem  # type: ignore[union-attr]
+        finally:
+            await store.close()

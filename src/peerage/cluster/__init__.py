@@ -33,6 +33,9 @@ from peerage.cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
+#: Each kind of shared body and the folder under data_dir where a single node keeps it.
+BLOB_FOLDERS = {"mail": "mail/blobs", "upload": "upload/blobs", "media": "social/media"}
+
 
 class Cluster:
     def __init__(self, host: Any) -> None:
@@ -69,8 +72,14 @@ class Cluster:
         """The shared store of ``kind`` (``mail``, ``upload``, ``media``), in place of a folder."""
         blobs = self._blobs.get(kind)
         if blobs is None:
+            from pathlib import Path
+
+            from peerage.mail.mailbox.blobs import BlobStore
+
             loop = self._loop or asyncio.get_running_loop()
-            blobs = self._blobs[kind] = DatabaseBlobs(self.host.store.engine, kind, loop)
+            # The folder a single node uses: bodies from before the cluster are read from there.
+            folder = Path(self.host.config.data_dir) / BLOB_FOLDERS[kind]
+            blobs = self._blobs[kind] = DatabaseBlobs(self.host.store.engine, kind, loop, BlobStore(folder))
         return blobs
 
     def attach_xmpp(self, service: Any) -> None:

@@ -10,7 +10,10 @@ of the single node's files:
   waits for it, so the loop itself never waits on the database for a body. The row commits before
   ``write`` returns, so a body is durable before the row referring to it is committed, as a
   fsynced file is. The bodies are bytea: the largest is bounded by ``[smtp] max_message_size`` or
-  ``[xmpp.upload] max_file_size``, far below bytea's 1 GB, so large objects are not needed.
+  ``[xmpp.upload] max_file_size``, far below bytea's 1 GB, so large objects are not needed. A
+  body written before the node joined a cluster (or while clusters kept ``data_dir`` on shared
+  storage) is still a file: with ``fallback`` (the single node's ``BlobStore``) such a body is read,
+  linked and removed as a file, so upgrading loses none.
 - ``SharedKeys``: private keys as PEM in ``cluster_keys``. ``get_or_create`` inserts a new key
   with ``ON CONFLICT DO NOTHING`` and reads back whichever key won, so nodes starting at once all
   end up with the one key (the DKIM key DNS publishes, an account's actor key). ``with_keys``
@@ -31,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from peerage.cluster.tables import cluster_blobs, cluster_keys
+from peerage.mail.mailbox.blobs import BlobStore
 
 #: Seconds a call from a worker thread waits for the database.
 BLOB_TIMEOUT = 60.0
@@ -41,10 +45,13 @@ T = TypeVar("T")
 class DatabaseBlobs:
     """Bodies of one kind in ``cluster_blobs``; blocking methods for worker threads."""
 
-    def __init__(self, engine: AsyncEngine, kind: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: AsyncEngine, kind: str, loop: asyncio.AbstractEventLoop,
+                 fallback: BlobStore | None = None) -> None:
         self.engine = engine
         self.kind = kind
         self.loop = loop
+        #: Where bodies written before the cluster are: files, read when no row has the name.
+        self.fallback = fallback
 
     def _run(self, coroutine: Any) -> Any:
         try:
@@ -76,7 +83,10 @@ class DatabaseBlobs:
     def link(self, name: str, durable: bool = True) -> str:
         copy = secrets.token_hex(16)
         if not self._run(self._copy(name, copy)):
-            raise FileNotFoundError(name)
+            if self.fallback is None:
+                raise FileNotFoundError(name)
+            # A body from before the cluster: the copy is a row like any other.
+            self._run(self._write([copy], [self.fallback.read(name)]))
         return copy
 
     async def _copy(self, name: str, copy: str) -> int:
@@ -90,24 +100,37 @@ class DatabaseBlobs:
             return int(result.rowcount or 0)
 
     def read(self, name: str) -> bytes:
-        data = self._run(self.read_async(name))
+        data = self._run(self._read_row(name))
         if data is None:
-            raise FileNotFoundError(name)
+            if self.fallback is None:
+                raise FileNotFoundError(name)
+            return self.fallback.read(name)
         return data
 
     async def read_async(self, name: str) -> bytes | None:
         """The bytes of ``name`` (None when there is none), for callers on the event loop."""
+        data = await self._read_row(name)
+        if data is None and self.fallback is not None:
+            try:
+                return await asyncio.to_thread(self.fallback.read, name)
+            except FileNotFoundError:
+                return None
+        return data
+
+    async def _read_row(self, name: str) -> bytes | None:
         async with self.engine.connect() as conn:
             data = (await conn.execute(select(cluster_blobs.c.data).where(
                 cluster_blobs.c.kind == self.kind, cluster_blobs.c.name == name))).scalar()
         return None if data is None else bytes(data)
 
     def remove(self, name: str) -> None:
-        self._run(self._remove([name]))
+        self.remove_many([name])
 
     def remove_many(self, names: list[str]) -> None:
         if names:
             self._run(self._remove(names))
+            if self.fallback is not None:
+                self.fallback.remove_many(names)
 
     async def _remove(self, names: list[str]) -> None:
         async with self.engine.begin() as conn:

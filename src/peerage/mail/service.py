@@ -176,7 +176,8 @@ class MailService:
         """In a cluster: the keys of `domain` every node signs with, from the database (made once)."""
         domain = domain.lower()
         if domain not in self._keys:
-            self._keys[domain] = (await dkim.shared_keys(self.host.cluster.keys, domain, create=True)
+            self._keys[domain] = (await dkim.shared_keys(self.host.cluster.keys, domain, create=True,
+                                                         data_dir=self.host.config.data_dir)
                                   if self.is_hosted(domain) else None)
         return self._keys[domain]
 

@@ -35,9 +35,12 @@ async def _mailbox_store(store: Any, config: Config) -> Any:
 
     mail = MailboxStore(store.engine, config.data_dir)
     if config.cluster.enabled:
+        from peerage.cluster import BLOB_FOLDERS
         from peerage.cluster.blobs import DatabaseBlobs
+        from peerage.mail.mailbox.blobs import BlobStore
 
-        mail.blobs = DatabaseBlobs(store.engine, "mail", asyncio.get_running_loop())
+        mail.blobs = DatabaseBlobs(store.engine, "mail", asyncio.get_running_loop(),
+                                   BlobStore(config.data_dir / BLOB_FOLDERS["mail"]))
     return mail
 
 

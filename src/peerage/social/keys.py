@@ -105,9 +105,18 @@ class KeyRows(Protocol):
     async def get_or_create(self, kind: str, name: str, make: Callable[[], bytes]) -> bytes: ...
 
 
-async def shared(rows: KeyRows, address: str, name: str) -> AccountKey:
-    """The key ``name`` of ``address`` in a cluster's database, made once for every node."""
-    pem = await rows.get_or_create("social", f"{address.lower()}/{name}", new_pem)
+async def shared(rows: KeyRows, address: str, name: str, data_dir: Path | None = None) -> AccountKey:
+    """The key ``name`` of ``address`` in a cluster's database, made once for every node; a key file
+    this node has under ``data_dir`` (from before the cluster) is what is stored then."""
+    def make() -> bytes:
+        if data_dir is not None and _KEY_NAME.match(name):
+            try:
+                return (key_dir(data_dir, address) / f"{name}.pem").read_bytes()
+            except FileNotFoundError:
+                pass
+        return new_pem()
+
+    pem = await rows.get_or_create("social", f"{address.lower()}/{name}", make)
     key = serialization.load_pem_private_key(pem, password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return AccountKey(name, key)

@@ -210,7 +210,7 @@ class SocialService:
         cluster = getattr(self.host, "cluster", None)
         if cluster is not None:
             # Every node signs with the one key its actor shows, whichever node made it first.
-            shared = await keys.shared(cluster.keys, address, name or "main-key")
+            shared = await keys.shared(cluster.keys, address, name or "main-key", data_dir)
             if row is not None and not name:
                 await state.set_account(self.host.store, address, default, key_id=shared.name)
             self._keys[address] = shared

@@ -76,15 +76,19 @@ class KeyRows(Protocol):
     async def get_or_create(self, kind: str, name: str, make: Callable[[], bytes]) -> bytes: ...
 
 
-async def shared_keys(rows: KeyRows, domain: str, create: bool = False) -> DomainKeys | None:
+async def shared_keys(rows: KeyRows, domain: str, create: bool = False,
+                      data_dir: Path | None = None) -> DomainKeys | None:
     """The keys of `domain` in a cluster's database (kind ``dkim``, name ``domain/selector``).
 
     With `create`, missing ones are made; nodes making them at once all end with the one stored
-    first, so every node signs with the key DNS publishes.
+    first, so every node signs with the key DNS publishes. A key file this node has under
+    `data_dir` (from before the cluster) is what is stored then, so the published key stays valid.
     """
     pems: list[bytes] = []
     for selector, make in KEY_MAKERS:
         name = f"{domain.lower()}/{selector}"
+        if data_dir is not None:
+            make = _file_or(key_dir(data_dir, domain) / f"{selector}.pem", make)
         pem = await rows.get_or_create("dkim", name, make) if create else await rows.get("dkim", name)
         if pem is None:
             return None
@@ -118,6 +122,15 @@ class DomainKeys:
                 f"v=DKIM1; k=ed25519; p={self.ed25519_public_b64}",
             ),
         ]
+
+
+def _file_or(path: Path, make: Callable[[], bytes]) -> Callable[[], bytes]:
+    def made() -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return make()
+    return made
 
 
 def load_keys(data_dir: Path, domain: str) -> DomainKeys | None:
