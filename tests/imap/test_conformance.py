@@ -4,8 +4,9 @@ groups and empty Sender/Reply-To in ENVELOPE (RFC 9051 §7.5.2), LIST's unknown 
 LSUB's \\Noselect parent (RFC 3501 §6.3.9), MOVE into the selected mailbox (RFC 6851 §3.3), and
 the UID in every FETCH response under QRESYNC (RFC 7162 §3.2), only known messages in VANISHED
 (RFC 7162 §3.2.10), and the mailbox's keywords in PERMANENTFLAGS (RFC 9051 §7.1); beside them,
-SELECT's first unseen message and keywords in use, which SELECT reads grouped (RFC 3501 §6.3.1).
-The last test pins the forms given after ENABLE IMAP4rev2 and QRESYNC, which imaptest's imap4rev2
+SELECT's first unseen message and keywords in use, which SELECT reads grouped (RFC 3501 §6.3.1);
+quoted-printable decoding for BINARY (RFC 2045 §6.7) and BINARY[] of a multipart message (RFC 3516).
+One test pins the forms given after ENABLE IMAP4rev2 and QRESYNC, which imaptest's imap4rev2
 mode does not expect of any server (the runs against peerage and Dovecot 2.4 are in docs/standards.md)."""
 
 from __future__ import annotations
@@ -495,4 +496,38 @@ async def test_after_enable_imap4rev2_and_qresync_the_rev2_forms_are_answered(im
     untagged, done = await raw.command("MOVE 1 Trash")
     assert b" OK " in done, done
     assert b"* VANISHED 1" in untagged and not any(line.endswith(b"EXPUNGE") for line in untagged), untagged
+    raw.writer.close()
+
+
+QP_MULTIPART = (
+    b'From: user@domain.org\r\nMime-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\nfoo = \t\r\nbar\r\nsum=3D=4g\r\n"
+    b"--b--\r\n"
+)
+
+
+def test_quoted_printable_loses_transport_whitespace_and_soft_line_breaks() -> None:
+    # RFC 2045 §6.7: trailing white space is deleted (rule 3), "=" ending a line, even with white
+    # space after it, joins it to the next (rule 5), "=XX" is an octet, a stray "=" stays.
+    assert mime.decode_quoted_printable(b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\n") == b"hello\r\nbar\r\nfoo\tbar\r\n"
+    assert mime.decode_quoted_printable(b"foo\t \t= \r\n=62\r\nfoo = \t\r\nbar\r\n") == b"foo\t \tb\r\nfoo bar\r\n"
+    assert mime.decode_quoted_printable(b"sum=3D=4g\nend=\n") == b"sum==4g\nend"
+
+
+async def test_fetch_binary_decodes_quoted_printable_and_gives_a_multipart_message_whole(imap: ImapHost) -> None:
+    # RFC 3516 §4.2: BINARY undoes the section's Content-Transfer-Encoding; a multipart message has
+    # none (RFC 2045 §6.4), so BINARY[] and BINARY.SIZE[] are the message as stored, not UNKNOWN-CTE.
+    raw = await login(imap)
+    await append(raw, QP_MULTIPART)
+    await raw.command("SELECT INBOX")
+    untagged, done = await raw.command("FETCH 1 (BINARY.SIZE[] BINARY.PEEK[])")
+    assert b" OK " in done, done
+    assert untagged == [b"* 1 FETCH (BINARY.SIZE[] %d BINARY[] {%d}\r\n" % (len(QP_MULTIPART), len(QP_MULTIPART))
+                        + QP_MULTIPART + b")"], untagged
+    # The CRLF before the closing delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+    decoded = b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nsum==4g"
+    untagged, _ = await raw.command("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1])")
+    assert untagged == [b"* 1 FETCH (BINARY.SIZE[1] %d BINARY[1] {%d}\r\n" % (len(decoded), len(decoded))
+                        + decoded + b")"], untagged
     raw.writer.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -292,19 +291,38 @@ def decode_transfer(part: Part) -> bytes | None:
         except (binascii.Error, ValueError):
             return None
     if encoding == "quoted-printable":
-        return quopri.decodestring(part.body)
+        return decode_quoted_printable(part.body)
     if encoding in ("7bit", "8bit", "binary", ""):
         return part.body
     return None
 
 
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_quoted_printable(body: bytes) -> bytes:
+    """RFC 2045 §6.7: trailing spaces and tabs on a line were added in transport and go (rule 3),
+    a line ending in "=" (after them) is a soft line break (rule 5), "=XX" is an octet; an "="
+    followed by anything else is kept as it is, as the section advises a robust decoder to do."""
+    out = bytearray()
+    for line in re.split(rb"(?<=\n)", body):
+        content = line.rstrip(b"\r\n")
+        ending = line[len(content) :]
+        content = content.rstrip(b" \t")
+        if content.endswith(b"="):
+            content, ending = content[:-1], b""
+        out += _QP_ESCAPE.sub(lambda match: bytes((int(match.group(1), 16),)), content) + ending
+    return bytes(out)
+
+
 def binary_section(raw: bytes, part_numbers: tuple[int, ...]) -> bytes | None:
-    root = parse(raw)
-    part = find_part(root, part_numbers) if part_numbers else root
+    # BINARY[] is the whole message as stored, a multipart one too: a multipart entity has no
+    # Content-Transfer-Encoding to undo (RFC 2045 §6.4 allows it only 7bit, 8bit or binary).
+    if part_numbers == ():
+        return raw
+    part = find_part(parse(raw), part_numbers)
     if part is None or part.is_multipart:
         return None
-    if part is root and part_numbers == ():
-        return raw
     return decode_transfer(part)
 
 
