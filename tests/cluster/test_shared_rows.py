@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from peerage.cluster.blobs import DatabaseBlobs, SharedKeys
-from peerage.cluster.tables import cluster_blobs, cluster_keys
+from peerage.cluster.tables import cluster_keys
 from peerage.store import Store
 from tests.harness.postgres import fresh_database
 
@@ -72,9 +72,10 @@ async def test_body_store_rows_from_worker_threads(postgres_url: str) -> None:
             else:
                 raise AssertionError("a blocking read on the event loop was let through")
             # A body no row refers to is swept once old enough; a referred one stays.
-            assert await blobs.sweep(select(cluster_blobs.c.name).where(cluster_blobs.c.name == copy), 0) == 0
-            assert await blobs.sweep(select(cluster_blobs.c.name).where(cluster_blobs.c.name == "none"), 3600) == 0
-            assert await blobs.sweep(select(cluster_blobs.c.name).where(cluster_blobs.c.name == "none"), -1) == 1
+            from peerage.mail.tables import mail_messages
+
+            assert await blobs.sweep(mail_messages.c.blob, 3600) == 0  # younger than an hour
+            assert await blobs.sweep(mail_messages.c.blob, -1) == 1
             assert await blobs.count() == 0
         finally:
             await store.close()

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import delete, exists, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -138,12 +138,16 @@ class DatabaseBlobs:
                                                            cluster_blobs.c.name.in_(names)))
 
     async def sweep(self, referenced: Any, min_age: float) -> int:
-        """Remove bodies older than ``min_age`` whose names ``referenced`` (a SELECT) does not hold."""
+        """Remove bodies older than ``min_age`` whose name no row has in the column ``referenced``.
+
+        NOT EXISTS, an anti-join: NOT IN over every message's name would be rechecked row by row
+        once the names outgrow work_mem, and would match nothing if one were NULL.
+        """
         cutoff = int(time.time() - min_age)
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(cluster_blobs).where(
                 cluster_blobs.c.kind == self.kind, cluster_blobs.c.created_at < cutoff,
-                cluster_blobs.c.name.not_in(referenced)))
+                ~exists().where(referenced == cluster_blobs.c.name)))
             return int(result.rowcount or 0)
 
     async def count(self) -> int:
@@ -159,9 +163,8 @@ async def sweep_files(upload: DatabaseBlobs, media: DatabaseBlobs, min_age: floa
     from peerage.social.tables import social_media
     from peerage.xmpp.extables import upload_files
 
-    # A slot not yet PUT has no blob: NULL is left out, as NOT IN over a NULL matches nothing.
-    removed = await upload.sweep(select(upload_files.c.blob).where(upload_files.c.blob.is_not(None)), min_age)
-    return removed + await media.sweep(select(social_media.c.blob), min_age)
+    removed = await upload.sweep(upload_files.c.blob, min_age)
+    return removed + await media.sweep(social_media.c.blob, min_age)
 
 
 class SharedKeys:

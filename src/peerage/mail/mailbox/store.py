@@ -1106,8 +1106,7 @@ class MailboxStore:
         blobs = self.blobs
         if not isinstance(blobs, BlobStore):
             sweep_rows = getattr(blobs, "sweep", None)
-            return 0 if sweep_rows is None else int(await sweep_rows(
-                select(mail_messages.c.blob).where(mail_messages.c.blob.is_not(None)), min_age))
+            return 0 if sweep_rows is None else int(await sweep_rows(mail_messages.c.blob, min_age))
         async with self.engine.connect() as conn:
             referenced = {row[0] for row in await conn.execute(select(mail_messages.c.blob))}
 
