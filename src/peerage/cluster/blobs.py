@@ -10,9 +10,9 @@ of the single node's files:
   waits for it, so the loop itself never waits on the database for a body. The row commits before
   ``write`` returns, so a body is durable before the row referring to it is committed, as a
   fsynced file is. The bodies are bytea: the largest is bounded by ``[smtp] max_message_size``,
-  ``[imap] append_limit``, ``[web] max_upload_size`` or ``[xmpp.upload] max_file_size``, far below bytea's 1 GB, so large objects are not needed. A
-  body written before the node joined a cluster (or while clusters kept ``data_dir`` on shared
-  storage) is still a file: with ``fallback`` (the single node's ``BlobStore``) such a body is read,
+  ``[imap] append_limit``, ``[web] max_upload_size`` or ``[xmpp.upload] max_file_size``, far below
+  bytea's 1 GB, so large objects are not needed. A body written before the node joined a cluster
+  (or while clusters kept ``data_dir`` on shared storage) is still a file: with ``fallback`` (the single node's ``BlobStore``) such a body is read,
   linked and removed as a file, so upgrading loses none.
 - ``SharedKeys``: private keys as PEM in ``cluster_keys``. ``get_or_create`` inserts a new key
   with ``ON CONFLICT DO NOTHING`` and reads back whichever key won, so nodes starting at once all
