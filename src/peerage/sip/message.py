@@ -21,6 +21,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 from urllib.parse import unquote
 
 # --- limits -------------------------------------------------------------------------------------
@@ -73,6 +74,8 @@ CANONICAL_NAMES = {
 _KNOWN_KEYS = {name: name for name in CANONICAL_NAMES}
 _KNOWN_KEYS.update({spelling: name for name, spelling in CANONICAL_NAMES.items()})
 _KNOWN_KEYS.update(COMPACT_FORMS)
+# The lower-case long names, which are their own key.
+_LONG_NAMES = frozenset(CANONICAL_NAMES) | frozenset(COMPACT_FORMS.values())
 # Each of those spellings as it arrives -> (lower-case long name, spelling on output): one lookup
 # per header line when parsing.
 _SPELLINGS = {spelling: (key, CANONICAL_NAMES.get(key, spelling)) for spelling, key in _KNOWN_KEYS.items()}
@@ -97,6 +100,12 @@ _HOST_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*)")
 # scheme ":" then visible ASCII only (no spaces or controls) for the Request-URI (§25.1)
 _URI_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# The methods of RFC 3261 and its extensions, tokens all (RFC 3261 §25.1): a Request-Line or CSeq
+# naming one of them needs no token check.
+_KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+})
 _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
@@ -106,6 +115,41 @@ _TOKEN_CHARS = frozenset(
 # are immutable, so the cyclic garbage collector stops tracking them, which matters with tens of
 # thousands of messages alive in transactions.
 Header = tuple[str, str, str]
+
+
+class Recent:
+    """A bounded map of things seen lately (parses and checks a call repeats on its every
+    message): two generations of at most ``size`` entries each, the older dropped whole when the
+    newer fills, so a lookup is one or two dict lookups and nothing is ever scanned."""
+
+    __slots__ = ("newer", "older", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.newer: dict[Any, Any] = {}
+        self.older: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        found = self.newer.get(key)
+        if found is None:
+            found = self.older.get(key)
+        return found
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self.newer) >= self.size:
+            self.older = self.newer
+            self.newer = {}
+        self.newer[key] = value
+
+    def clear(self) -> None:
+        self.newer = {}
+        self.older = {}
+
+
+# Request-URIs and From/To values found well-formed lately: a call's ACK and BYE repeat its INVITE's
+# From, their To and Request-URI are the same, and calls to one user share a Request-URI.
+_WELL_FORMED_URIS = Recent(8192)
+_WELL_FORMED = Recent(8192)
 
 
 class SipParseError(ValueError):
@@ -193,7 +237,10 @@ class SipMessage:
         if index is None:
             # reversed: the first line of a name is the one that stays
             index = self._index = {entry[0]: entry[2] for entry in reversed(self.headers)}
-        return index.get(_KNOWN_KEYS.get(name) or _long_name(name))
+        value = index.get(name)  # most lookups name the lower-case long name
+        if value is None and name not in _LONG_NAMES:
+            value = index.get(_KNOWN_KEYS.get(name) or _long_name(name))
+        return value
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, with comma-joined values split apart for list headers."""
@@ -236,8 +283,9 @@ class SipMessage:
             self._top_via = None
         self.headers.append((key, CANONICAL_NAMES.get(key, name), value))
 
-    def add_first(self, name: str, value: str) -> None:
-        """Insert ``name`` above every other header of that name (new Via, Record-Route)."""
+    def add_first(self, name: str, value: str, top: bool = False) -> None:
+        """Insert ``name`` above every other header of that name (new Via, Record-Route); with
+        ``top``, above every header when it has none (where Kamailio puts its Record-Route)."""
         self.wire = None
         key = _long_name(name)
         if self._index is not None:
@@ -251,14 +299,31 @@ class SipMessage:
             if existing[0] == key:
                 self.headers.insert(index, entry)
                 return
-        self.headers.append(entry)
+        if top:
+            self.headers.insert(0, entry)
+        else:
+            self.headers.append(entry)
 
     def push_via(self, transport: str, host: str, port: int, branch: str) -> None:
         """Add our own topmost Via ``SIP/2.0/<transport> host:port;branch=...;rport`` (RFC 3261
         §16.6 step 8, RFC 3581), known without parsing it back."""
-        sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.add_first("Via", f"SIP/2.0/{transport} {sent_by};branch={branch};rport")
-        self._top_via = Via(transport.upper(), host.lower(), port, {"branch": branch, "rport": None})
+        entry, via = via_line(transport, host, port, branch)
+        self.add_first("Via", entry[2])
+        self._top_via = via
+
+    def prepended(self, entries: list[Header], via: Via | None = None) -> SipMessage:
+        """A copy with ``entries`` (Via, Record-Route or Route lines) above all its header lines,
+        so each is above the lines of its name as with add_first (RFC 3261 §16.6 steps 4 and 8: a
+        proxy's Record-Route and Via); ``via``: the parse of the topmost Via among them.  The
+        header index and CSeq parse are taken over, not redone."""
+        copy = SipMessage(self.method, self.uri, self.status, self.reason, entries + self.headers, self.body)
+        if self._index is not None:
+            index = copy._index = dict(self._index)
+            for entry in reversed(entries):
+                index[entry[0]] = entry[2]
+        copy._cseq = self._cseq
+        copy._top_via = via
+        return copy
 
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line."""
@@ -309,6 +374,39 @@ class SipMessage:
                     self._reindex(key)
                 return raw.strip() if comma < 0 else raw[:comma].strip()
         return None
+
+    def replace_top_via(self, position: int, entry: Header, via: Via) -> None:
+        """Put ``entry`` in place of the first Via line, at ``position``, with ``via`` its parse
+        (the transport's received/rport stamp, RFC 3581 §4)."""
+        self.wire = None
+        self.headers[position] = entry
+        if self._index is not None:
+            self._index["via"] = entry[2]
+        self._top_via = via
+
+    def index(self) -> dict[str, str]:
+        """The first value of each header by lower-case long name (read-only)."""
+        index = self._index
+        if index is None:
+            index = self._index = {entry[0]: entry[2] for entry in reversed(self.headers)}
+        return index
+
+    def top_branch(self) -> str | None:
+        """The branch of the topmost Via, read without parsing the Via when it is written as
+        ";branch=" (as every implementation writes it); else from the parsed Via."""
+        via = self._top_via
+        if via is not None:
+            return via.params.get("branch")
+        value = self.first_value("via")
+        if value is None:
+            raise SipParseError("no Via header")
+        start = value.find(";branch=")
+        if (start < 0 or value.count(" ") != 1 or "\t" in value or '"' in value
+                or value.lower().count("branch") != 1):
+            return self.top_via().branch  # blanks, quotes, another spelling: the parse decides
+        start += 8
+        end = value.find(";", start)
+        return value[start:] if end < 0 else value[start:end]
 
     def headers_changed(self, name: str | None = None) -> None:
         """Call after editing ``headers`` entries in place, so cached parses are redone (``name``:
@@ -502,7 +600,19 @@ def without_top_via(message: SipMessage) -> bytes | None:
     return wire[:start] + wire[end:]
 
 
+# Content-Length values read lately (a few sizes: 0, an SDP's).
+_LENGTHS = Recent(1024)
+
+
 def parse_content_length(text: str, message: SipMessage | None = None) -> int:
+    length: int | None = _LENGTHS.get(text)
+    if length is None:
+        length = _parse_content_length(text, message)
+        _LENGTHS.put(text, length)
+    return length
+
+
+def _parse_content_length(text: str, message: SipMessage | None) -> int:
     text = text.strip()
     if not text.isdigit() or not text.isascii():
         raise SipParseError("bad Content-Length", message)
@@ -606,11 +716,13 @@ def _parse_start_line(line: str) -> SipMessage:
         # between the three elements of the Request-Line (RFC 3261 §7.1).
         raise SipParseError("malformed Request-Line")
     method, uri, version = parts
-    if not _is_token(method):
+    if method not in _KNOWN_METHODS and not _is_token(method):
         raise SipParseError("bad method")
-    if not uri or uri[0] == "<" or not _is_uri_text(uri):
-        # RFC 4475 §3.1.2.6 (ltgtruri): the Request-URI is never inside < >.
-        raise SipParseError("bad Request-URI")
+    if _WELL_FORMED_URIS.get(uri) is None:
+        if not uri or uri[0] == "<" or not _is_uri_text(uri):
+            # RFC 4475 §3.1.2.6 (ltgtruri): the Request-URI is never inside < >.
+            raise SipParseError("bad Request-URI")
+        _WELL_FORMED_URIS.put(uri, True)
     if version != SIP_VERSION:
         if version.upper() == SIP_VERSION:
             version = SIP_VERSION
@@ -627,17 +739,25 @@ def _is_uri_text(uri: str) -> bool:
     return _URI_TEXT_RE.fullmatch(uri) is not None
 
 
-def _present_once(message: SipMessage) -> set[str]:
-    """The header names present, refusing a repeated single-value header (RFC 4475 §3.3.8-9)."""
-    keys = [entry[0] for entry in message.headers]
-    present = set(keys)
-    if len(present) != len(keys):  # something repeats: a list header, or one that must not
-        seen: set[str] = set()
-        for key in keys:
-            if key in seen and key in SINGLE_VALUE_HEADERS:
-                raise SipParseError(f"more than one {CANONICAL_NAMES.get(key, key)} header", message)
-            seen.add(key)
-    return present
+def _present_once(message: SipMessage) -> bool:
+    """Build the message's lookup index (header name -> first value), refusing a repeated
+    single-value header (RFC 4475 §3.3.8-9); True when no name repeats (each name one line)."""
+    headers = message.headers
+    # reversed: the first line of a name is the one that stays
+    index = message._index = {entry[0]: entry[2] for entry in reversed(headers)}
+    extra = len(headers) - len(index)
+    if not extra:
+        return True
+    keys = [entry[0] for entry in headers]
+    vias, routes, record_routes = keys.count("via"), keys.count("route"), keys.count("record-route")
+    if extra == vias + routes + record_routes - (vias > 0) - (routes > 0) - (record_routes > 0):
+        return False  # only those repeat (a response's Vias, a dialog's route set)
+    seen: set[str] = set()  # something repeats: a list header, or one that must not
+    for key, _spelling, _value in headers:
+        if key in seen and key in SINGLE_VALUE_HEADERS:
+            raise SipParseError(f"more than one {CANONICAL_NAMES.get(key, key)} header", message)
+        seen.add(key)
+    return False
 
 
 # An empty list element or parameter (",," ";;" ",;" or a leading or trailing separator, blanks
@@ -665,50 +785,87 @@ _SIMPLE_NAME_ADDR_RE = re.compile(r'<[A-Za-z][A-Za-z0-9+.-]*:[^<>\s"]*>(?:;[^"]*
 
 
 def _check_request(message: SipMessage) -> None:
-    present = _present_once(message)
+    once = _present_once(message)
+    index = message._index
+    assert index is not None
     for name in MANDATORY_REQUEST_HEADERS:
-        if name not in present:
+        if name not in index:
             raise SipParseError(f"missing {name} header", message)
-    _number, method = message._cseq = parse_cseq(message.get("cseq") or "", message)
+    _number, method = message._cseq = parse_cseq(index["cseq"], message)
     # RFC 4475 §3.1.2.15 (mismatch01): CSeq method must match the Request-Line method.
     if method != message.method:
         raise SipParseError("CSeq method does not match the request method", message)
-    max_forwards = message.get("max-forwards")
+    max_forwards = index.get("max-forwards")
     if max_forwards is not None:
         value = max_forwards.strip()
         if not value.isdigit() or len(value) > MAX_SCALAR_DIGITS or int(value) > 255:
             raise SipParseError("bad Max-Forwards", message)
+    well_formed = _WELL_FORMED
     for name in ("from", "to"):
-        value = message.get(name) or ""
-        if _SIMPLE_NAME_ADDR_RE.fullmatch(value) is not None:
-            continue  # "<scheme:...>;params" with nothing parse_name_addr could refuse
-        try:
-            parse_name_addr(value)
-        except SipParseError as error:
-            raise SipParseError(f"bad {name} header: {error.reason}", message) from None
+        value = index[name]
+        if well_formed.get(value) is not None:
+            continue
+        if _SIMPLE_NAME_ADDR_RE.fullmatch(value) is None:
+            # not "<scheme:...>;params", with nothing parse_name_addr could refuse
+            try:
+                parse_name_addr(value)
+            except SipParseError as error:
+                raise SipParseError(f"bad {name} header: {error.reason}", message) from None
+        well_formed.put(value, True)
+    if once:  # one Via line and at most one Contact line: no need to look through them all
+        via = index["via"]
+        # the simple form has no empty element; its parse is kept for the transport's stamp
+        top = parse_simple_via(via) if "," not in via else None
+        if top is None:
+            _check_list_syntax(via, message, "Via")
+        _LAST_SIMPLE_VIA[:] = (via, top)
+        contact = index.get("contact")
+        if contact is not None:
+            _check_contact(contact, message)
+        return
     for key, _spelling, value in message.headers:
         if key == "via":
             _check_list_syntax(value, message, "Via")
         elif key == "contact":
-            # RFC 4475 §3.1.2.13 (regbadct): an addr-spec Contact with '?' must be bracketed
-            _check_list_syntax(value, message, "Contact")
-            try:
-                for item in split_values(value):
-                    if _SIMPLE_NAME_ADDR_RE.fullmatch(item) is None:
-                        parse_name_addr(item)
-            except SipParseError as error:
-                raise SipParseError(f"bad Contact header: {error.reason}", message) from None
+            _check_contact(value, message)
+
+
+def _check_contact(value: str, message: SipMessage) -> None:
+    # RFC 4475 §3.1.2.13 (regbadct): an addr-spec Contact with '?' must be bracketed
+    _check_list_syntax(value, message, "Contact")
+    if "," not in value and _SIMPLE_NAME_ADDR_RE.fullmatch(value) is not None:
+        return  # one "<uri>;params" value
+    try:
+        for item in split_values(value):
+            if _SIMPLE_NAME_ADDR_RE.fullmatch(item) is None:
+                parse_name_addr(item)
+    except SipParseError as error:
+        raise SipParseError(f"bad Contact header: {error.reason}", message) from None
 
 
 def _check_response(message: SipMessage) -> None:
-    present = _present_once(message)
+    _present_once(message)
+    index = message._index
+    assert index is not None
     for name in ("via", "cseq", "call-id", "from", "to"):
-        if name not in present:
+        if name not in index:
             raise SipParseError(f"missing {name} header", message)
-    message._cseq = parse_cseq(message.get("cseq") or "", message)
+    message._cseq = parse_cseq(index["cseq"], message)
+
+
+# CSeq values parsed lately ("1 INVITE", "2 BYE": few, and many calls share them).
+_CSEQS = Recent(1024)
 
 
 def parse_cseq(value: str, message: SipMessage | None = None) -> tuple[int, str]:
+    found: tuple[int, str] | None = _CSEQS.get(value)
+    if found is None:
+        found = _parse_cseq(value, message)
+        _CSEQS.put(value, found)
+    return found
+
+
+def _parse_cseq(value: str, message: SipMessage | None) -> tuple[int, str]:
     parts = value.split()
     if len(parts) != 2:
         raise SipParseError("bad CSeq", message)
@@ -719,7 +876,7 @@ def parse_cseq(value: str, message: SipMessage | None = None) -> tuple[int, str]
     sequence = int(number)
     if sequence >= 2**31:
         raise SipParseError("CSeq number out of range", message)
-    if not _is_token(method):
+    if method not in _KNOWN_METHODS and not _is_token(method):
         raise SipParseError("bad CSeq method", message)
     return sequence, method
 
@@ -990,6 +1147,30 @@ class Via:
 # anything this accepts that the general parser would refuse, such as a port out of range) goes to it.
 _SIMPLE_VIA_RE = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9_][A-Za-z0-9._-]*)(?::([0-9]{1,5}))?((?:;[^;\"=\s,]+(?:=[^;\"\s,]*)?)*)")
+
+
+def via_line(transport: str, host: str, port: int, branch: str) -> tuple[Header, Via]:
+    """Our Via ``SIP/2.0/<transport> host:port;branch=...;rport`` (RFC 3261 §16.6 step 8, RFC 3581
+    asking for rport) as a header line and parsed."""
+    sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (("via", "Via", f"SIP/2.0/{transport} {sent_by};branch={branch};rport"),
+            Via(transport.upper(), host.lower(), port, {"branch": branch, "rport": None}))
+
+
+# The last lone Via line _check_request parsed in the simple form, and its parse: the transport
+# stamps received/rport on it next (see take_simple_via).
+_LAST_SIMPLE_VIA: list[Any] = [None, None]
+
+
+def take_simple_via(value: str) -> Via | None:
+    """parse_simple_via(value), from the request check's parse when ``value`` is the very string
+    it parsed last (it is handed over once: the caller may change it)."""
+    last = _LAST_SIMPLE_VIA
+    if last[0] is value:
+        via: Via | None = last[1]
+        last[0] = last[1] = None
+        return via
+    return parse_simple_via(value)
 
 
 def parse_via(value: str) -> Via:

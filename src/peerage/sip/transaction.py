@@ -463,8 +463,7 @@ class TransactionLayer:
 
     def receive_response(self, response: SipMessage) -> ClientTransaction | None:
         """Match a response to its client transaction (§17.1.3); None means stray."""
-        via = response.top_via()
-        key = (via.branch or "", response.cseq[1])
+        key = (response.top_branch() or "", response.cseq[1])
         transaction = self.client.get(key)
         if transaction is not None:
             transaction.receive(response)

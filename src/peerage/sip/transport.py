@@ -34,8 +34,8 @@ from peerage.sip.message import (
     Via,
     make_response,
     parse_datagram,
-    parse_simple_via,
     split_values,
+    take_simple_via,
 )
 from peerage.sip.transaction import Destination, udp_destination
 
@@ -101,7 +101,7 @@ def stamp_via(message: SipMessage, ip: str, port: int) -> None:
         if entry[0] != "via":
             continue
         raw = entry[2]
-        via = parse_simple_via(raw) if "," not in raw else None
+        via = take_simple_via(raw) if "," not in raw else None
         if via is not None:
             _stamp_simple_via(message, position, entry, via, ip, port)
             return
@@ -139,16 +139,21 @@ def _stamp_simple_via(message: SipMessage, position: int, entry: Header, via: Vi
     if rport or ("received" not in params and via.host != ip):
         text = entry[2]
         if rport and params["rport"] is None:
-            head, _, rest = text.partition(";")
-            text = head + "".join([f";rport={port}" if item.lower() == "rport" else f";{item}"
-                                   for item in rest.split(";")])
+            if text.endswith(";rport"):  # as user agents write it: last, or between others
+                text = f"{text}={port}"
+            elif ";rport;" in text:
+                text = text.replace(";rport;", f";rport={port};", 1)
+            else:
+                head, _, rest = text.partition(";")
+                text = head + "".join([f";rport={port}" if item.lower() == "rport" else f";{item}"
+                                       for item in rest.split(";")])
             params["rport"] = str(port)
         if "received" not in params:
             text += f";received={ip}"
             params["received"] = ip
-        message.headers[position] = (entry[0], entry[1], text)
-        message.headers_changed("via")
-    message._top_via = via
+        message.replace_top_via(position, (entry[0], entry[1], text), via)
+    else:
+        message._top_via = via
 
 
 class StreamConnection(asyncio.Protocol):
