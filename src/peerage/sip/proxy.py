@@ -31,13 +31,17 @@ from peerage.identity.accounts import digest_account, digest_username_in_canonic
 from peerage.sip.digest import DigestAuthenticator, Verdict, parse_credentials
 from peerage.sip.locate import Locator, Target
 from peerage.sip.message import (
+    Header,
+    Recent,
     SipMessage,
     SipParseError,
+    SipUri,
     UnsupportedScheme,
     make_response,
     parse_name_addr,
     parse_uri,
     parse_via,
+    via_line,
     without_top_via,
 )
 from peerage.sip.policy import (
@@ -87,6 +91,22 @@ Flow = tuple[str, str, int]  # (transport, address, port) of a directly connecte
 
 # Flow tokens remembered both ways: every call builds two and every in-dialog request reads them back.
 FLOW_TOKEN_CACHE_SIZE = 4096
+# Record-Route MACs remembered (see ProxyCore._route_mac): some seconds of calls at a few thousand
+# calls a second, so a call's ACK and BYE find the MAC its INVITE's Record-Route was made with.
+MAC_CACHE_SIZE = 8192
+# Route values and their URIs remembered: a dialog's ACK and BYE carry as Route the
+# Record-Route its INVITE got from us moments before.
+ROUTE_CACHE_SIZE = 8192
+_ROUTES = Recent(ROUTE_CACHE_SIZE)
+
+
+def route_uri(value: str) -> SipUri:
+    """The SIP URI of a Route (or Record-Route) value; callers treat it as read-only."""
+    uri: SipUri | None = _ROUTES.get(value)
+    if uri is None:
+        uri = parse_uri(parse_name_addr(value).uri)
+        _ROUTES.put(value, uri)
+    return uri
 
 
 @functools.lru_cache(maxsize=FLOW_TOKEN_CACHE_SIZE)
@@ -148,15 +168,17 @@ class Branch:
 class ProxyContext:
     """One proxied request: its server transaction and the branches it forked into."""
 
-    __slots__ = ("branches", "cancelled", "final_sent", "forwarded", "request", "server")
+    __slots__ = ("branches", "cancelled", "final_sent", "forwarded", "in_dialog", "loop_key", "request", "server")
 
     def __init__(self, server: ServerTransaction, request: SipMessage) -> None:
         self.server = server
         self.request = request
+        self.in_dialog = request.to_tag() is not None  # §12.2: a To tag makes it in-dialog
         self.branches: list[Branch] = []
         self.final_sent = False
         self.cancelled = False
         self.forwarded = False
+        self.loop_key: str | None = None  # §16.6 step 8, made once for all branches
 
 
 class ProxyCore:
@@ -183,6 +205,7 @@ class ProxyCore:
         self.secret = secret or os.urandom(16)
         self._mac_secret: bytes | None = None
         self._mac_base: Any = None
+        self._macs = Recent(MAC_CACHE_SIZE)  # "Call-ID|flows" -> MAC
         # set by the service while the event loop runs late: new INVITEs are shed with 503
         self.overloaded = False
         self.shed = 0  # INVITEs refused so far
@@ -316,7 +339,7 @@ class ProxyCore:
         # Another node of our cluster hands us a request for a user agent whose flow we hold (see
         # _deliver_local); the route it used carries our mark, so it came from a node sharing our
         # secret, and that node authenticated the caller already.
-        in_dialog = request.to_tag() is not None
+        in_dialog = context.in_dialog
         if own_route is True and flows is not None and routes is None and not in_dialog \
                 and getattr(source.connection, "cluster_peer", False) \
                 and self._forward_by_flow(context, flows, source, max_forwards):
@@ -376,17 +399,20 @@ class ProxyCore:
             return uri.port is None or uri.port in self.local_ports
         return self.policy.is_local_domain(host) and uri.port is None
 
-    def _loop_key(self, request: SipMessage) -> str:
-        text = "|".join((request.uri or "", request.from_tag() or "", request.call_id,
-                         str(request.cseq[0]), request.get("proxy-require") or "",
-                         request.get("proxy-authorization") or "", request.get("route") or ""))
+    @staticmethod
+    def _loop_key(request: SipMessage) -> str:
+        """§16.6 step 8's loop hash: of the Request-URI, the From (with its tag), Call-ID and CSeq
+        (with its number) as received, Proxy-Require, Proxy-Authorization and Route."""
+        get = request.index().get
+        text = (f"{request.uri or ''}|{get('from', '')}|{get('call-id', '')}|{get('cseq', '')}|"
+                f"{get('proxy-require', '')}|{get('proxy-authorization', '')}|{get('route', '')}")
         return f"{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
 
     def _looped(self, request: SipMessage) -> bool:
         """§16.3 step 4: our own Via with the same loop hash means the request came back unchanged."""
         markers = self._via_markers
-        if not any(marker in entry[2] for entry in request.headers if entry[0] == "via"
-                   for marker in markers):
+        vias = "\n".join([entry[2] for entry in request.headers if entry[0] == "via"])
+        if not any(marker in vias for marker in markers):
             return False
         key = self._loop_key(request)
         for value in request.get_all("via"):
@@ -406,18 +432,33 @@ class ProxyCore:
         host = f"[{address}]" if ":" in address else address
         suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
         user = f"{flows}@" if flows else ""
-        return f"<sip:{user}{host}:{port};lr;pr={self._route_mac(call_id, flows)}{suffix}>"
+        mac = self._route_mac(call_id, flows)
+        value = f"<sip:{user}{host}:{port};lr;pr={mac}{suffix}>"
+        # its URI as parse_uri gives it, for the Route of the dialog's ACK and BYE
+        params: dict[str, str | None] = {"lr": None, "pr": mac}
+        if suffix:
+            params["transport"] = transport.lower()
+        _ROUTES.put(value, SipUri("sip", flows or None, address.lower(), port, params))
+        return value
 
     def _route_mac(self, call_id: str, flows: str = "") -> str:
-        """A keyed hash of the Call-ID and flows (BLAKE2s in keyed mode is a MAC, RFC 7693 §2.5)."""
-        text = call_id if not flows else f"{call_id}|{flows}"
+        """A keyed hash of the Call-ID and flows (BLAKE2s in keyed mode is a MAC, RFC 7693 §2.5).
+
+        The MACs of recent dialogs are remembered: the one made for an INVITE's Record-Route is
+        checked again on its ACK and BYE moments later."""
         secret = self.secret
         if self._mac_secret is not secret:  # keyed once: each MAC copies the keyed state
             self._mac_secret = secret
             self._mac_base = hashlib.blake2s(key=secret[:32], digest_size=8)
-        mac = self._mac_base.copy()
-        mac.update(text.encode("utf-8", "surrogateescape"))
-        return mac.hexdigest()
+            self._macs.clear()
+        text = call_id if not flows else f"{call_id}|{flows}"
+        found: str | None = self._macs.get(text)
+        if found is None:
+            mac = self._mac_base.copy()
+            mac.update(text.encode("utf-8", "surrogateescape"))
+            found = mac.hexdigest()
+            self._macs.put(text, found)
+        return found
 
     def _pop_own_routes(self, request: SipMessage) -> tuple[bool | str | None, str | None]:
         """Remove our Route values from the top (§16.4).
@@ -435,7 +476,7 @@ class ProxyCore:
             if value is None:
                 return popped, flows
             try:
-                uri = parse_uri(parse_name_addr(value).uri)
+                uri = route_uri(value)
             except SipParseError:
                 return popped, flows
             if not (uri.host in self.local_hosts or self.policy.is_local_domain(uri.host)):
@@ -485,7 +526,7 @@ class ProxyCore:
         forwarded = self._copy_for_forwarding(request, request.uri or "", max_forwards)
         branch = Branch(forwarded, None)
         branch.route_via_connection = destination
-        if request.to_tag() is None:
+        if not context.in_dialog:
             branch.flow = target  # a new dialog (from a cluster peer): Record-Route the flow
         context.branches.append(branch)
         self._start_branch(context, branch)
@@ -713,13 +754,25 @@ class ProxyCore:
         else:
             self._spawn(self._forward_located(context, next_hop, target_uri, max_forwards))
 
-    def _copy_for_forwarding(self, request: SipMessage, target_uri: str, max_forwards: int) -> SipMessage:
-        """§16.6 steps 1-3: copy, new Request-URI, Max-Forwards decremented."""
-        headers = [entry for entry in request.headers if entry[0] != "max-forwards"]
+    @staticmethod
+    def _copy_for_forwarding(request: SipMessage, target_uri: str, max_forwards: int,
+                             via: list[Header] | None = None) -> SipMessage:
+        """§16.6 steps 1-3: copy, new Request-URI, Max-Forwards decremented in its place (added
+        below the top Via line when it was missing); the other lines stay as they are.  ``via``:
+        our Via line, put on top in the same copy (step 8) when the copy is sent at once."""
         value = str(max_forwards - 1)
-        headers.insert(1, ("max-forwards", "Max-Forwards", value))
+        if request.get("max-forwards") is None:
+            headers = list(request.headers)
+            headers.insert(1, ("max-forwards", "Max-Forwards", value))
+        else:
+            headers = [entry if entry[0] != "max-forwards" else ("max-forwards", entry[1], value)
+                       for entry in request.headers]
+        if via is not None:
+            headers[:0] = via
         copy = SipMessage(method=request.method, uri=target_uri, headers=headers, body=request.body)
         copy.inherit_views(request, "max-forwards", value)
+        if via is not None:
+            copy.headers_changed("via")
         return copy
 
     # ------------------------------------------------------------------ branches
@@ -766,24 +819,26 @@ class ProxyCore:
 
     def _send_branch(self, context: ProxyContext, branch: Branch, destination: Destination) -> None:
         request = context.request
-        forwarded = branch.request.copy()
         transport = destination.transport
         address, port = self.local_endpoints.get(transport) or self.local_endpoints["UDP"]
-        branch_id = f"{MAGIC_COOKIE}-pg-{self._loop_key(request)}-{self._branch_prefix}" \
-                    f"{next(self._branch_counter):x}"
-        forwarded.push_via(transport, address, port, branch_id)
-        if request.method in DIALOG_CREATING and request.to_tag() is None:
+        loop_key = context.loop_key
+        if loop_key is None:
+            loop_key = context.loop_key = self._loop_key(request)
+        branch_id = f"{MAGIC_COOKIE}-pg-{loop_key}-{self._branch_prefix}{next(self._branch_counter):x}"
+        via_entry, via = via_line(transport, address, port, branch_id)
+        if request.method in DIALOG_CREATING and not context.in_dialog:
+            # §16.6 step 4: our Record-Route above any others (at the top, as Kamailio puts it)
             flows = self._flows(context, branch)
-            forwarded.add_first("Record-Route", self._record_route(transport, request.call_id, flows))
+            top = [("record-route", "Record-Route", self._record_route(transport, request.call_id, flows))]
             incoming = context.server.source.transport
             if incoming != transport:
-                # RFC 5658 double Record-Route when the transport changes
-                values = forwarded.get_all("record-route")
-                forwarded.remove("record-route")
-                forwarded.add("Record-Route", values[0])
-                forwarded.add("Record-Route", self._record_route(incoming, request.call_id, flows))
-                for value in values[1:]:
-                    forwarded.add("Record-Route", value)
+                # RFC 5658 double Record-Route when the transport changes: the one for the next
+                # hop's transport on top, the one for the previous hop's under it
+                top.append(("record-route", "Record-Route", self._record_route(incoming, request.call_id, flows)))
+            top.append(via_entry)
+        else:
+            top = [via_entry]
+        forwarded = branch.request.prepended(top, via)  # the branch's request stays for failover
         transaction = self.layer.new_client(forwarded, destination)
         transaction.owner = (context, branch)
         transaction.on_response = self._on_branch_response
@@ -969,8 +1024,7 @@ class ProxyCore:
                 max_forwards_text = ack.get("max-forwards")
                 hops = int(max_forwards_text) if max_forwards_text else DEFAULT_MAX_FORWARDS
                 if hops > 0:
-                    forwarded = self._copy_for_forwarding(ack, ack.uri or "", hops)
-                    self._send_stateless_to(forwarded, destination)
+                    self._send_stateless_to(ack, destination, hops)
                 return
         try:
             next_hop = parse_uri(parse_name_addr(route).uri) if route else parse_uri(ack.uri or "")
@@ -1015,15 +1069,21 @@ class ProxyCore:
     def _send_stateless(self, request: SipMessage, target: Target) -> None:
         self._send_stateless_to(request, Destination(target.transport, (target.address, target.port)))
 
-    def _send_stateless_to(self, request: SipMessage, destination: Destination) -> None:
+    def _send_stateless_to(self, request: SipMessage, destination: Destination,
+                           max_forwards: int | None = None) -> None:
+        """Send ``request`` with our Via on top; with ``max_forwards``, ``request`` is the one
+        received, copied for forwarding (§16.6 steps 1-3) with the Via in one go."""
         address, port = self.local_endpoints.get(destination.transport) or self.local_endpoints["UDP"]
-        host = f"[{address}]" if ":" in address else address
         # §16.11: the branch of a stateless forward is derived from the request, so a retransmitted
         # ACK gets the same branch.
         seed = f"{request.call_id}|{request.cseq[0]}|{request.uri}|{request.first_value('via')}"
         branch = f"{MAGIC_COOKIE}-pgs-{zlib.crc32(seed.encode('utf-8', 'surrogateescape')):08x}"
-        request.add_first("Via", f"SIP/2.0/{destination.transport} {host}:{port};branch={branch};rport")
-        self.send(request.serialize(), destination)
+        via_entry, _via = via_line(destination.transport, address, port, branch)
+        if max_forwards is not None:
+            forwarded = self._copy_for_forwarding(request, request.uri or "", max_forwards, [via_entry])
+        else:
+            forwarded = request.prepended([via_entry])
+        self.send(forwarded.serialize(), destination)
 
     # ------------------------------------------------------------------ responses
     def receive_response(self, response: SipMessage) -> None:
