@@ -44,7 +44,7 @@ import json
 import logging
 from typing import Any
 
-from peerage.cluster.node import ClusterNode, Peer, node_subject
+from peerage.cluster.node import ClusterNode, NumberedFeed, Peer, node_subject
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class RoomCounts:
         self.store = store
         #: node -> bare JID -> rooms it occupies on that node (only counts above zero)
         self.tables: dict[str, dict[str, int]] = {}
-        self._seq: dict[str, int] = {}
+        self._feed = NumberedFeed(node)
         self.seq = 0
         self._dirty: set[str] = set()
         self._flush_scheduled = False
@@ -124,18 +124,11 @@ class RoomCounts:
             counts = {str(bare): int(n) for bare, n in dict(data["counts"]).items()}
         except (ValueError, KeyError, TypeError):
             return
-        if origin == self.node.name:
-            return
-        peer = self.node.peers.get(origin)
-        if peer is None or peer.incarnation != inc:
-            return  # not known yet: its coming up brings the whole table
-        last = self._seq.get(origin, 0)
-        if seq <= last:
-            return
-        if seq != last + 1:
+        verdict = self._feed.batch(origin, inc, seq)
+        if verdict == NumberedFeed.FETCH:
             await self._fetch(origin)
-            return
-        self._seq[origin] = seq
+        if verdict != NumberedFeed.APPLY:
+            return  # from an unknown node: its coming up brings the whole table
         self._apply(origin, counts)
 
     def _apply(self, origin: str, counts: dict[str, int]) -> None:
@@ -156,14 +149,12 @@ class RoomCounts:
             counts = {str(bare): int(n) for bare, n in dict(reply["counts"]).items() if int(n) > 0}
         except (ValueError, KeyError, TypeError):
             return
-        peer = self.node.peers.get(origin)
-        if peer is None or peer.incarnation != inc:
+        if not self._feed.table(origin, inc, seq):
             return
-        self._seq[origin] = max(seq, self._seq.get(origin, 0))
         self.tables[origin] = counts
 
     async def _node_up(self, peer: Peer) -> None:
-        self._seq[peer.name] = 0
+        self._feed.restart(peer.name)
         self.tables.pop(peer.name, None)
         await self._fetch(peer.name)
 
@@ -171,7 +162,7 @@ class RoomCounts:
         """``name`` is dead: its rooms and their occupants are gone (called before the occupants
         here are told, so that their rejoins count without it)."""
         self.tables.pop(name, None)
-        self._seq.pop(name, None)
+        self._feed.forget(name)
 
     def _reconnected(self) -> None:
         for name in list(self.node.peers):

@@ -56,6 +56,55 @@ class Peer:
 NodeListener = Callable[[Peer], "Awaitable[None] | None"]
 
 
+class NumberedFeed:
+    """The numbering of one replicated table's changes as heard from every other node.
+
+    Each node numbers the change batches of a table it owns (the session registry, the rooms each
+    user occupies) and publishes them; every other node applies them in order to its replica. A
+    batch from an unknown node or incarnation is ignored (its coming up brings the whole table), an
+    old number is a duplicate, and a gap means a batch was missed: the whole table is fetched
+    again. ``ClusterXmpp`` and ``ClusterMuc`` share this rule through one instance each.
+    """
+
+    #: What to do with a batch: apply it, drop it, or fetch the origin's whole table instead.
+    APPLY, IGNORE, FETCH = "apply", "ignore", "fetch"
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self._last: dict[str, int] = {}
+
+    def _current(self, origin: str, incarnation: str) -> bool:
+        peer = self.node.peers.get(origin)
+        return peer is not None and peer.incarnation == incarnation
+
+    def batch(self, origin: str, incarnation: str, seq: int) -> str:
+        """The verdict on batch ``seq`` from ``origin``; an applied batch's number is recorded."""
+        if origin == self.node.name or not self._current(origin, incarnation):
+            return self.IGNORE
+        last = self._last.get(origin, 0)
+        if seq <= last:
+            return self.IGNORE
+        if seq != last + 1:
+            return self.FETCH
+        self._last[origin] = seq
+        return self.APPLY
+
+    def table(self, origin: str, incarnation: str, seq: int) -> bool:
+        """A whole table from ``origin`` numbered up to ``seq``: whether it is current (then its
+        number is recorded, never moving back past a batch applied meanwhile)."""
+        if not self._current(origin, incarnation):
+            return False
+        self._last[origin] = max(seq, self._last.get(origin, 0))
+        return True
+
+    def restart(self, origin: str) -> None:
+        """``origin`` came up: its numbering starts again."""
+        self._last[origin] = 0
+
+    def forget(self, origin: str) -> None:
+        self._last.pop(origin, None)
+
+
 class ClusterNode:
     """The NATS side of one node: connection, heartbeats, membership, message handlers."""
 

@@ -62,7 +62,7 @@ from collections import OrderedDict
 from typing import Any
 
 from peerage.cluster.leases import Leases
-from peerage.cluster.node import ClusterNode, Peer, node_subject
+from peerage.cluster.node import ClusterNode, NumberedFeed, Peer, node_subject
 from peerage.xmpp.jid import JidError, split_jid
 from peerage.xmpp.stream import Element, XmlStreamParser, serialize
 
@@ -307,7 +307,7 @@ class ClusterXmpp:
         self._dirty: dict[str, Any] = {}  # local sessions to look at at the end of this turn
         #: node -> full JID -> RemoteSession
         self.remote: dict[str, dict[str, RemoteSession]] = {}
-        self._remote_seq: dict[str, int] = {}
+        self._feed = NumberedFeed(node)
         self._outbox: dict[str, list[tuple[int, str, str]]] = {}
         self._flush_scheduled = False
         self.forwarded_batches = 0  # NATS messages those went in (stanzas per message: the scaling model)
@@ -530,18 +530,11 @@ class ClusterXmpp:
             origin, inc, seq, ops = str(data["node"]), str(data["inc"]), int(data["seq"]), list(data["ops"])
         except (ValueError, KeyError, TypeError):
             return
-        if origin == self.node.name:
-            return
-        peer = self.node.peers.get(origin)
-        if peer is None or peer.incarnation != inc:
-            return  # not known yet: its heartbeat brings a sync
-        last = self._remote_seq.get(origin, 0)
-        if seq <= last:
-            return
-        if seq != last + 1:
+        verdict = self._feed.batch(origin, inc, seq)
+        if verdict == NumberedFeed.FETCH:
             await self._sync(origin)
-            return
-        self._remote_seq[origin] = seq
+        if verdict != NumberedFeed.APPLY:
+            return  # from an unknown node: its heartbeat brings a sync
         for op in ops:
             self._apply(origin, op)
 
@@ -589,10 +582,8 @@ class ClusterXmpp:
             inc, seq, entries = str(reply["inc"]), int(reply["seq"]), list(reply["sessions"])
         except (ValueError, KeyError, TypeError):
             return
-        peer = self.node.peers.get(origin)
-        if peer is None or peer.incarnation != inc:
+        if not self._feed.table(origin, inc, seq):
             return
-        self._remote_seq[origin] = max(seq, self._remote_seq.get(origin, 0))
         listed = {entry[0] for entry in entries}
         for full in list(self.remote.get(origin, {})):
             if full not in listed:
@@ -601,13 +592,13 @@ class ClusterXmpp:
             self._apply(origin, ["+", *entry])
 
     async def _node_up(self, peer: Peer) -> None:
-        self._remote_seq[peer.name] = 0
+        self._feed.restart(peer.name)
         await self._sync(peer.name)
 
     async def _node_down(self, peer: Peer) -> None:
         """A node died: its sessions leave the registry, what was held for them is re-routed."""
         table = self.remote.pop(peer.name, {})
-        self._remote_seq.pop(peer.name, None)
+        self._feed.forget(peer.name)
         self._marks = {key: marks for key, marks in self._marks.items() if key[0] != peer.name}
         for session in table.values():
             self.router.unbind(session)
