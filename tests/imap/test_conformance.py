@@ -5,7 +5,7 @@ LSUB's \\Noselect parent (RFC 3501 §6.3.9), MOVE into the selected mailbox (RFC
 the UID in every FETCH response under QRESYNC (RFC 7162 §3.2), only known messages in VANISHED
 (RFC 7162 §3.2.10), and the mailbox's keywords in PERMANENTFLAGS (RFC 9051 §7.1); beside them,
 SELECT's first unseen message and keywords in use, which SELECT reads grouped (RFC 3501 §6.3.1);
-quoted-printable decoding for BINARY (RFC 2045 §6.7) and BINARY[] of a multipart message (RFC 3516).
+quoted-printable decoding for BINARY (RFC 2045 §6.7), BINARY[] of a multipart message and APPEND of a literal8 (RFC 3516).
 One test pins the forms given after ENABLE IMAP4rev2 and QRESYNC, which imaptest's imap4rev2
 mode does not expect of any server (the runs against peerage and Dovecot 2.4 are in docs/standards.md)."""
 
@@ -15,7 +15,7 @@ import asyncio
 import re
 
 from peerage.mail.imap import mime
-from peerage.mail.imap.parser import parse_command
+from peerage.mail.imap.parser import Literal8, parse_command
 from tests.imap.conftest import ImapHost
 from tests.imap.test_extensions import Raw, append, login
 
@@ -531,3 +531,52 @@ async def test_fetch_binary_decodes_quoted_printable_and_gives_a_multipart_messa
     assert untagged == [b"* 1 FETCH (BINARY.SIZE[1] %d BINARY[1] {%d}\r\n" % (len(decoded), len(decoded))
                         + decoded + b")"], untagged
     raw.writer.close()
+
+
+def test_a_literal8_is_marked_as_such() -> None:
+    command = parse_command([b"a APPEND INBOX ~{3}", b"\x00\x01\x02", b""])
+    assert isinstance(command.args[1], Literal8) and command.args[1] == b"\x00\x01\x02"
+    command = parse_command([b"a APPEND INBOX {3}", b"abc", b""])
+    assert not isinstance(command.args[1], Literal8)
+
+
+async def test_append_of_a_literal8_keeps_the_octets_for_binary_and_body_without_nul(imap: ImapHost) -> None:
+    # RFC 3516 §4.2: APPEND takes a literal8; the server may store the content converted. peerage
+    # stores a binary part as base64, so BODY[1] is a valid IMAP string (no NUL, RFC 9051 §9 CHAR8)
+    # and BINARY[1] gives back the very octets sent, bare LF and all (imaptest's append-binary).
+    raw = await login(imap)
+    untagged, _ = await raw.command("CAPABILITY")
+    assert b" BINARY " in untagged[0], untagged
+    content = b"\x00-\xe4\n\r\n\n"
+    data = (b"From: user@domain.org\r\nMime-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: binary\r\n\r\n" + content)
+    line = await append(raw, b"")  # an empty message first, so the literal8 one is message 2
+    assert b" OK " in line, line
+    raw.writer.write(b"a%d APPEND INBOX ~{%d+}\r\n" % (raw.counter, len(data)) + data + b"\r\n")
+    await raw.writer.drain()
+    line = await asyncio.wait_for(raw.reader.readline(), 10)
+    raw.counter += 1
+    assert b"OK [APPENDUID" in line, line
+    await raw.command("SELECT INBOX")
+    untagged, _ = await raw.command("FETCH 2 (BINARY.SIZE[1] BINARY.PEEK[1])")
+    assert untagged == [b"* 2 FETCH (BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n" + content + b")"], untagged
+    untagged, _ = await raw.command("FETCH 2 BODY.PEEK[1]")
+    assert untagged == [b"* 2 FETCH (BODY[1] {14}\r\nAC3kCg0KCg==\r\n)"], untagged
+    untagged, _ = await raw.command("FETCH 2 BODY.PEEK[HEADER.FIELDS (CONTENT-TRANSFER-ENCODING)]")
+    assert b"Content-Transfer-Encoding: base64\r\n" in untagged[0], untagged
+    raw.writer.close()
+
+
+def test_only_binary_parts_are_reencoded_as_base64() -> None:
+    message = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain\r\n\r\n'
+        b"hi\r\n--b\r\nContent-Transfer-Encoding:\r\n binary\r\nContent-Type: application/x\r\n\r\n\x00\x01\n"
+        b"--b--\r\nepilogue\r\n"
+    )
+    stored = mime.binary_parts_to_base64(message)
+    assert stored.startswith(message[: message.index(b"hi\r\n--b\r\n") + 9]) and stored.endswith(b"--b--\r\nepilogue\r\n")
+    assert b"\x00" not in stored and b"Content-Type: application/x\r\nContent-Transfer-Encoding: base64\r\n\r\nAAE=\r\n" in stored
+    # The LF before the close delimiter is the delimiter's (RFC 2046 §5.1.1), not content.
+    assert mime.binary_section(stored, (2,)) == b"\x00\x01" and mime.binary_section(stored, (1,)) == b"hi"
+    # Text that is neither labelled binary nor holds NUL is left alone.
+    assert mime.binary_parts_to_base64(b"Subject: x\r\n\r\nline\n") == b"Subject: x\r\n\r\nline\n"

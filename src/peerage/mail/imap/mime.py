@@ -315,6 +315,49 @@ def decode_quoted_printable(body: bytes) -> bytes:
     return bytes(out)
 
 
+_CTE_FIELD = re.compile(rb"^content-transfer-encoding[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n", re.I | re.M)
+
+
+def binary_parts_to_base64(raw: bytes) -> bytes:
+    """The message with each part whose Content-Transfer-Encoding is binary, or that holds NUL,
+    re-encoded as base64 and labelled so (every other octet kept). APPEND stores a literal8 this
+    way (RFC 3516 §4.2 lets the server convert): BODY[] stays an IMAP string, which cannot hold NUL
+    (RFC 9051 §9 CHAR8), and its line endings are CRLF, while BINARY[] gives back the octets sent."""
+    return _binary_to_base64(raw, 0)
+
+
+def _binary_to_base64(raw: bytes, depth: int) -> bytes:
+    header, body = split_header_body(raw)
+    message = _parse_header(header)
+    maintype, _, subtype = message.get_content_type().partition("/")
+    if depth >= MAX_MIME_DEPTH:
+        return raw
+    if maintype == "multipart":
+        boundary = message.get_param("boundary")
+        if not isinstance(boundary, str) or not boundary:
+            return raw
+        delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*(?:\r?\n|$)")
+        matches = list(delimiter.finditer(body))
+        out = bytearray(header)
+        position = 0
+        for index, match in enumerate(matches):
+            if match.group(1):  # close delimiter: the epilogue after it is kept as it is
+                break
+            end = matches[index + 1].start() if index + 1 < len(matches) else len(body)
+            out += body[position : match.end()] + _binary_to_base64(body[match.end() : end], depth + 1)
+            position = end
+        out += body[position:]
+        return bytes(out)
+    if (maintype, subtype) == ("message", "rfc822"):
+        return header + _binary_to_base64(body, depth + 1)
+    encoding = (message.get("content-transfer-encoding") or "").strip().lower()
+    if encoding != "binary" and (b"\0" not in body or encoding not in ("", "7bit", "8bit")):
+        return raw
+    fields, blank = (b"", header) if header in (b"\r\n", b"\n") else (header[: header.rindex(b"\n", 0, -1) + 1], b"\r\n")
+    fields = _CTE_FIELD.sub(b"", fields) + b"Content-Transfer-Encoding: base64\r\n"
+    return fields + blank + base64.encodebytes(body).replace(b"\n", b"\r\n")
+
+
 def binary_section(raw: bytes, part_numbers: tuple[int, ...]) -> bytes | None:
     # BINARY[] is the whole message as stored, a multipart one too: a multipart entity has no
     # Content-Transfer-Encoding to undo (RFC 2045 §6.4 allows it only 7bit, 8bit or binary).

@@ -198,6 +198,13 @@ class CommandReader:
 _NOTHING = object()
 
 
+class Literal8(bytes):
+    """A string sent as a literal8, ``~{n}`` (RFC 3516 §4.1): its octets may include NUL and need not
+    form lines, so APPEND stores such content base64-encoded rather than as lines of text."""
+
+    __slots__ = ()
+
+
 def _guess_tag(segments: Sequence[bytes]) -> str:
     if not segments:
         return "*"
@@ -267,7 +274,8 @@ class _Tokens:
                     raise ParseError("literal missing")
                 if text_end > 0 and line[text_end - 1 : text_end] not in (b" ", b"("):
                     raise ParseError("literal must follow a space")
-                stack[-1].append(self.segments[index + 1])
+                data = self.segments[index + 1]
+                stack[-1].append(Literal8(data) if literal_match.group(1) else data)
                 index += 2
             else:
                 index += 1

@@ -35,6 +35,7 @@ from peerage.mail.imap.parser import (
     Continue,
     FetchAttribute,
     Line,
+    Literal8,
     LiteralRefused,
     Malformed,
     ParseError,
@@ -571,6 +572,7 @@ class ImapSession:
             "SORT",
             "THREAD=REFERENCES",
             "STATUS=SIZE",
+            "BINARY",
             f"APPENDLIMIT={self.append_limit}",
         ]
         if self.tls and self._deflater is None:
@@ -1132,6 +1134,8 @@ class ImapSession:
         message = args[0]
         if len(message) > self.append_limit:
             raise No("Message too large", "TOOBIG")
+        if isinstance(message, Literal8) or b"\0" in message:
+            message = mime.binary_parts_to_base64(message)
         assert self.user is not None
         box = await self.store.get_mailbox(self.user, name)
         if box is None:
