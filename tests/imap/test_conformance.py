@@ -541,8 +541,8 @@ def test_a_literal8_is_marked_as_such() -> None:
 
 
 async def test_append_of_a_literal8_keeps_the_octets_for_binary_and_body_without_nul(imap: ImapHost) -> None:
-    # RFC 3516 §4.2: APPEND takes a literal8; the server may store the content converted. peerage
-    # stores a binary part as base64, so BODY[1] is a valid IMAP string (no NUL, RFC 9051 §9 CHAR8)
+    # RFC 3516: APPEND takes a literal8, and BINARY[] gives the content back decoded. peerage stores
+    # a binary part as base64, so BODY[1] is a valid IMAP string too (no NUL, RFC 9051 §9 CHAR8)
     # and BINARY[1] gives back the very octets sent, bare LF and all (imaptest's append-binary).
     raw = await login(imap)
     untagged, _ = await raw.command("CAPABILITY")

@@ -320,9 +320,9 @@ _CTE_FIELD = re.compile(rb"^content-transfer-encoding[ \t]*:.*(?:\r?\n[ \t].*)*\
 
 def binary_parts_to_base64(raw: bytes) -> bytes:
     """The message with each part whose Content-Transfer-Encoding is binary, or that holds NUL,
-    re-encoded as base64 and labelled so (every other octet kept). APPEND stores a literal8 this
-    way (RFC 3516 §4.2 lets the server convert): BODY[] stays an IMAP string, which cannot hold NUL
-    (RFC 9051 §9 CHAR8), and its line endings are CRLF, while BINARY[] gives back the octets sent."""
+    re-encoded as base64 and labelled so (every other octet kept). APPEND stores a literal8 (RFC 3516)
+    this way: BODY[] stays an IMAP string, which cannot hold NUL (RFC 9051 §9 CHAR8), and its line
+    endings are CRLF, while BINARY[] undoes the base64 and gives back the octets sent."""
     return _binary_to_base64(raw, 0)
 
 

@@ -199,8 +199,8 @@ _NOTHING = object()
 
 
 class Literal8(bytes):
-    """A string sent as a literal8, ``~{n}`` (RFC 3516 §4.1): its octets may include NUL and need not
-    form lines, so APPEND stores such content base64-encoded rather than as lines of text."""
+    """A string sent as a literal8, ``~{n}`` (RFC 3516): its octets may include NUL and need not form
+    lines, so APPEND stores such content base64-encoded rather than as lines of text."""
 
     __slots__ = ()
 
