@@ -65,19 +65,20 @@ def _wait_port(address: str, port: int, timeout: float) -> None:
 class NatsServer:
     """Debian's nats-server (with JetStream), on loopback, with its store in a temp folder."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: str = NATS_ADDRESS) -> None:
         self.binary = require_binary("nats-server")
         self.workdir = workdir
+        self.address = address
         self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"nats://{NATS_ADDRESS}:{NATS_PORT}"
+        self.url = f"nats://{address}:{NATS_PORT}"
 
     def start(self) -> None:
         log = open(self.workdir / "nats.log", "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
-            [self.binary, "-a", NATS_ADDRESS, "-p", str(NATS_PORT), "-js", "-sd", str(self.workdir / "js"),
+            [self.binary, "-a", self.address, "-p", str(NATS_PORT), "-js", "-sd", str(self.workdir / "js"),
              "-n", "peerage-test"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        _wait_port(NATS_ADDRESS, NATS_PORT, 10)
+        _wait_port(self.address, NATS_PORT, 10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -27,7 +27,7 @@ DNS = "127.0.8.62"
 DOMAINS = ["one.acme.test", "two.acme.test"]
 
 
-def pebble_tls(folder: Path) -> tuple[Path, Path]:
+def pebble_tls(folder: Path, address: str = PEBBLE) -> tuple[Path, Path]:
     """A certificate for Pebble's own HTTPS, with its IP address as the name."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble")])
@@ -35,7 +35,7 @@ def pebble_tls(folder: Path) -> tuple[Path, Path]:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(PEBBLE))]), False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
             .sign(key, hashes.SHA256()))
     cert_path, key_path = folder / "pebble.crt", folder / "pebble.key"

@@ -195,6 +195,14 @@ class SharedKeys:
         assert stored is not None
         return stored
 
+    async def put(self, kind: str, name: str, pem: bytes) -> None:
+        """Store ``pem`` as the key ``kind``/``name``, replacing the one there (a renewed certificate)."""
+        statement = pg_insert(cluster_keys).values(kind=kind, name=name, pem=pem, created_at=int(time.time()))
+        async with self.engine.begin() as conn:
+            await conn.execute(statement.on_conflict_do_update(
+                index_elements=[cluster_keys.c.kind, cluster_keys.c.name],
+                set_={"pem": statement.excluded.pem, "created_at": statement.excluded.created_at}))
+
     async def names(self, kind: str, prefix: str) -> list[str]:
         """The names of ``kind`` that start with ``prefix``, sorted."""
         async with self.engine.connect() as conn:

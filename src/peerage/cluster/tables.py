@@ -15,11 +15,17 @@ directory (``peerage.mail.mailbox.blobs.BlobStore``): mail bodies of ``INLINE_BO
 ``cluster_keys`` holds the private keys every node must sign with alike, as PEM: each hosted
 domain's DKIM keys (kind ``dkim``) and the signing keys of social accounts (``social``). A key is created by whichever node needs it first
 (``INSERT ... ON CONFLICT DO NOTHING``, then read back), so every node holds the one DNS publishes.
+The ACME account key (kind ``acme``, name ``account``) and each domain's ACME-issued key and
+certificate chain (kind ``acme-cert``, name the domain, key PEM then chain PEM) are rows too: the
+node that ordered stores them, every node loads them.
+
+``cluster_challenges`` holds the ACME HTTP-01 key authorisations (RFC 8555 §8.3) of orders in
+progress, so whichever node the CA's validation reaches answers it; each row expires with its order.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, LargeBinary, String, Table
+from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, Text
 
 from peerage.store.schema import metadata
 
@@ -60,4 +66,14 @@ cluster_keys = Table(
     Column("name", String(512), primary_key=True),
     Column("pem", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+)
+
+cluster_challenges = Table(
+    "cluster_challenges",
+    metadata,
+    # The token of an HTTP-01 challenge (base64url, RFC 8555 §8.3: at least 128 bits).
+    Column("token", String(255), primary_key=True),
+    Column("key_authorization", Text, nullable=False),
+    # Seconds since the epoch (UTC) after which the row is not answered and may be deleted.
+    Column("expires_at", BigInteger, nullable=False),
 )

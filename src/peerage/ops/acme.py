@@ -9,6 +9,12 @@ get it. The domain's existing key is reused for the request, so DANE (TLSA 3 1 1
 A certificate is ordered when it is self-signed, does not cover every name, or expires within
 `[acme] renew_days`. The `acme` and `josepy` libraries speak the protocol; their blocking calls run in
 a worker thread.
+
+In cluster mode (`peerage.cluster.acme`) one node orders a domain at a time (a lease), with HTTP-01
+only: the key authorisations are rows every node's port 80 answers, so the CA may validate at any
+node. The account key is one row for the cluster, and the issued key and chain are one row per domain
+that every node writes into its own `[[domain]] cert`/`key` files and reloads: at every check, and at
+once when the ordering node announces it over NATS.
 """
 
 from __future__ import annotations
@@ -42,8 +48,17 @@ def needs_certificate(config: Config, domain: str, now: datetime.datetime | None
     if entry is None or entry.cert is None or entry.key is None:
         return "no certificate configured"
     try:
-        cert = x509.load_pem_x509_certificates(entry.cert.read_bytes())[0]
-    except (OSError, ValueError, IndexError):
+        chain = entry.cert.read_bytes()
+    except OSError:
+        return "the certificate file does not load"
+    return chain_problem(config, domain, chain, now)
+
+
+def chain_problem(config: Config, domain: str, chain: bytes, now: datetime.datetime | None = None) -> str | None:
+    """Why the certificate chain `chain` (PEM) will not do for `domain`, or None when it will."""
+    try:
+        cert = x509.load_pem_x509_certificates(chain)[0]
+    except (ValueError, IndexError):
         return "the certificate file does not load"
     if cert.issuer == cert.subject:
         return "self-signed"
@@ -61,11 +76,20 @@ def needs_certificate(config: Config, domain: str, now: datetime.datetime | None
     return None
 
 
-def _account_key(config: Config) -> Any:
+def new_account_key() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _account_key(config: Config, pem: bytes | None = None) -> Any:
     import josepy
 
     path = config.data_dir / "acme" / "account.pem"
-    if path.exists():
+    if pem is not None:
+        # A cluster's one account (peerage.cluster.acme).
+        key = serialization.load_pem_private_key(pem, password=None)
+    elif path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     else:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -76,11 +100,16 @@ def _account_key(config: Config) -> Any:
     return josepy.JWKRSA(key=key)
 
 
-def order_certificate(config: Config, domain: str, challenges_registry: Any) -> tuple[bytes, bytes]:
-    """Run one ACME order for `domain` (blocking); return (fullchain PEM, key PEM)."""
+def order_certificate(config: Config, domain: str, challenges_registry: Any, account_pem: bytes | None = None,
+                      kind: str | None = None) -> tuple[bytes, bytes]:
+    """Run one ACME order for `domain` (blocking); return (fullchain PEM, key PEM).
+
+    `account_pem` is the account key to use instead of `<data_dir>/acme/account.pem`, and `kind` the
+    challenge type instead of `[acme] challenge` (a cluster's).
+    """
     from acme import challenges, client, crypto_util, messages
 
-    account_key = _account_key(config)
+    account_key = _account_key(config, account_pem)
     verify: bool | str = str(config.acme.ca_file) if config.acme.ca_file else True
     network = client.ClientNetwork(account_key, user_agent="peerage", verify_ssl=verify)  # type: ignore[arg-type]
     directory = client.ClientV2.get_directory(config.acme.directory, network)
@@ -107,7 +136,7 @@ def order_certificate(config: Config, domain: str, challenges_registry: Any) -> 
     order = acme_client.new_order(csr)
     tokens: list[str] = []
     alpn_names: list[str] = []
-    kind = config.acme.challenge
+    kind = kind or config.acme.challenge
     try:
         for authorization in order.authorizations:
             name = authorization.body.identifier.value
@@ -195,44 +224,146 @@ class AcmeService:
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self.host: Any = None
+        self.cluster: Any = None
+        # One writer of a domain's files at a time (a check and a NATS announcement).
+        self._lock = asyncio.Lock()
 
     async def start(self, host: Any) -> None:
         self.host = host
-        if getattr(host, "cluster", None) is not None:
-            # The challenge answers live in this node's memory and the certificate lands in this
-            # node's files: a validation the CA sends to another node fails (docs/scaling.md).
-            log.warning("acme: in a cluster each node orders its own certificates and answers only its own "
-                        "challenges; point the names' A/AAAA records at this node while it orders, or "
-                        "provision the certificates of every node yourself")
+        self.cluster = getattr(host, "cluster", None)
+        if self.cluster is not None:
+            from peerage.cluster.acme import ACME_SUBJECT
+
+            if host.config.acme.challenge != "http-01":
+                # The TLS-ALPN-01 validation certificate lives in one node's TLS layer; the
+                # HTTP-01 answers are rows every node serves (docs/scaling.md).
+                log.warning("acme: a cluster orders with http-01 only; [acme] challenge = %r is not used",
+                            host.config.acme.challenge)
+            self.cluster.node.subscribe(ACME_SUBJECT, self._announced)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def check(self) -> list[str]:
         """Order what is needed now; return the domains that got a new certificate."""
-        from peerage.web import challenges_for
-
         config = self.host.config
         renewed = []
         for domain in list(config.domains):
+            if self.cluster is not None:
+                if await self._load_stored(domain):
+                    renewed.append(domain)
+                    continue
+                reason = needs_certificate(config, domain)
+                if reason is None:
+                    continue
+                if await self._order_once(domain, reason):
+                    renewed.append(domain)
+                continue
             reason = needs_certificate(config, domain)
             if reason is None:
                 continue
-            log.info("acme: ordering a certificate for %s (%s)", domain, reason)
-            try:
-                chain, key = await asyncio.to_thread(order_certificate, config, domain, challenges_for(self.host))
-            except Exception as exc:
-                log.error("acme: no certificate for %s: %s", domain, exc)
-                continue
-            entry = config.domain(domain)
-            if entry is None or entry.cert is None or entry.key is None:
-                log.error("acme: %s has no cert/key paths in [[domain]]; add them to store the certificate", domain)
-                continue
-            _write(entry.key, key, 0o600)
-            _write(entry.cert, chain, 0o644)
-            log.info("acme: new certificate for %s", domain)
-            renewed.append(domain)
+            if await self._order(domain, reason):
+                renewed.append(domain)
         if renewed:
             await self.host.reload()
         return renewed
+
+    async def _order(self, domain: str, reason: str) -> bool:
+        """Order `domain`'s certificate and write its files; False (logged) when that failed."""
+        from peerage.web import challenges_for
+
+        config = self.host.config
+        log.info("acme: ordering a certificate for %s (%s)", domain, reason)
+        registry: Any = challenges_for(self.host)
+        account: bytes | None = None
+        kind: str | None = None
+        if self.cluster is not None:
+            from peerage.cluster.acme import ACCOUNT_KIND, ACCOUNT_NAME, SharedChallenges
+
+            registry = SharedChallenges(registry, self.host.store.engine, asyncio.get_running_loop())
+            account = await self.cluster.keys.get_or_create(ACCOUNT_KIND, ACCOUNT_NAME, self._account_pem)
+            kind = "http-01"
+        try:
+            chain, key = await asyncio.to_thread(order_certificate, config, domain, registry, account, kind)
+        except Exception as exc:
+            log.error("acme: no certificate for %s: %s", domain, exc)
+            return False
+        entry = config.domain(domain)
+        if entry is None or entry.cert is None or entry.key is None:
+            log.error("acme: %s has no cert/key paths in [[domain]]; add them to store the certificate", domain)
+            return False
+        _write(entry.key, key, 0o600)
+        _write(entry.cert, chain, 0o644)
+        log.info("acme: new certificate for %s", domain)
+        if self.cluster is not None:
+            from peerage.cluster.acme import ACME_SUBJECT, CERT_KIND, join_pair
+
+            await self.cluster.keys.put(CERT_KIND, domain, join_pair(key, chain))
+            self.cluster.node.publish(ACME_SUBJECT, domain.encode())
+        return True
+
+    def _account_pem(self) -> bytes:
+        # A node that ordered alone before joining keeps its account: it becomes the cluster's.
+        path = self.host.config.data_dir / "acme" / "account.pem"
+        return path.read_bytes() if path.exists() else new_account_key()
+
+    async def _order_once(self, domain: str, reason: str) -> bool:
+        """Cluster mode: order `domain` unless another node holds its lease (Let's Encrypt limits
+        duplicate certificates to 5 a week); True when this node then has a new certificate."""
+        from peerage.cluster.acme import LEASE_KIND
+
+        owner = await self.cluster.leases.owner(LEASE_KIND, domain)
+        if owner != self.cluster.name:
+            log.info("acme: node %s is ordering the certificate for %s", owner, domain)
+            return False
+        try:
+            # The lease's last holder may have stored it since this check read the row.
+            if await self._load_stored(domain):
+                return True
+            return await self._order(domain, reason)
+        finally:
+            await self.cluster.leases.release(LEASE_KIND, domain)
+
+    async def _load_stored(self, domain: str) -> bool:
+        """Cluster mode: write the stored certificate of `domain` into this node's files when it is
+        good and newer than theirs; True when it did (a reload is then due)."""
+        from peerage.cluster.acme import CERT_KIND, split_pair
+
+        config = self.host.config
+        entry = config.domain(domain)
+        if entry is None or entry.cert is None or entry.key is None:
+            return False
+        async with self._lock:
+            stored = await self.cluster.keys.get(CERT_KIND, domain)
+            if stored is None:
+                return False
+            try:
+                key, chain = split_pair(stored)
+            except ValueError:
+                log.error("acme: the stored certificate of %s has no key; ordering a new one", domain)
+                return False
+            try:
+                current: bytes | None = entry.cert.read_bytes()
+            except OSError:
+                current = None
+            if current == chain or chain_problem(config, domain, chain) is not None:
+                return False
+            if current is not None and needs_certificate(config, domain) is None and \
+                    _not_after(current) >= _not_after(chain):
+                return False
+            _write(entry.key, key, 0o600)
+            _write(entry.cert, chain, 0o644)
+        log.info("acme: certificate for %s loaded from the cluster", domain)
+        return True
+
+    async def _announced(self, msg: Any) -> None:
+        """Another node stored a new certificate: load it and reload now."""
+        domain = bytes(msg.data).decode("utf-8", "replace")
+        if domain not in self.host.config.domains:
+            return
+        try:
+            if await self._load_stored(domain):
+                await self.host.reload()
+        except Exception:
+            log.exception("acme: loading the certificate of %s failed", domain)
 
     async def _run(self) -> None:
         while True:
@@ -245,3 +376,10 @@ class AcmeService:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+def _not_after(chain: bytes) -> datetime.datetime:
+    try:
+        return x509.load_pem_x509_certificates(chain)[0].not_valid_after_utc
+    except (ValueError, IndexError):
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
