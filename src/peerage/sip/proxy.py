@@ -100,6 +100,12 @@ ROUTE_CACHE_SIZE = 8192
 _ROUTES = Recent(ROUTE_CACHE_SIZE)
 
 
+# Where a numeric next hop (RFC 3263 §4.2: an IP address, no DNS) leads, by the Route value or the
+# Request-URI that names it: a registered contact is called again and again.
+_ROUTE_DESTINATIONS = Recent(4096)
+_URI_DESTINATIONS = Recent(4096)
+
+
 def route_uri(value: str) -> SipUri:
     """The SIP URI of a Route (or Record-Route) value; callers treat it as read-only."""
     uri: SipUri | None = _ROUTES.get(value)
@@ -790,22 +796,26 @@ class ProxyCore:
                            else Destination(target.transport, (target.address, target.port), name=name))
         else:
             # numeric contact: resolve now (registrations hold IP contacts in practice)
-            try:
-                uri = parse_uri((branch.request.first_value("route") and
-                                parse_name_addr(branch.request.first_value("route") or "").uri)
-                                or branch.request.uri or "")
-            except SipParseError:
-                branch.finish()
-                branch.response = make_response(context.request, 502, "Bad contact")
-                self._maybe_finish(context)
-                return
-            targets = numeric_target(uri)
-            if targets is None:
-                self._spawn(self._locate_branch(context, branch, uri))
-                return
-            target = targets[0]
-            destination = (udp_destination((target.address, target.port)) if target.transport == "UDP"
-                           else Destination(target.transport, (target.address, target.port)))
+            route = branch.request.first_value("route")
+            known = _ROUTE_DESTINATIONS if route else _URI_DESTINATIONS
+            text = route or branch.request.uri or ""
+            destination = known.get(text)
+            if destination is None:
+                try:
+                    uri = route_uri(text) if route else parse_uri(text)
+                except SipParseError:
+                    branch.finish()
+                    branch.response = make_response(context.request, 502, "Bad contact")
+                    self._maybe_finish(context)
+                    return
+                targets = numeric_target(uri)
+                if targets is None:
+                    self._spawn(self._locate_branch(context, branch, uri))
+                    return
+                target = targets[0]
+                destination = (udp_destination((target.address, target.port)) if target.transport == "UDP"
+                               else Destination(target.transport, (target.address, target.port)))
+                known.put(text, destination)
         self._send_branch(context, branch, destination)
 
     async def _locate_branch(self, context: ProxyContext, branch: Branch, uri: Any) -> None:
