@@ -57,7 +57,8 @@ COMPACT_FORMS = {
     "a": "accept-contact", "j": "reject-contact", "d": "request-disposition", "y": "identity",
 }
 
-# How each well-known header is spelled on output.  Others keep the spelling they arrived with.
+# How each well-known header is spelled when we write it.  Received lines keep the spelling they
+# arrived with.
 CANONICAL_NAMES = {
     name.lower(): name
     for name in (
@@ -77,8 +78,9 @@ _KNOWN_KEYS.update(COMPACT_FORMS)
 # The lower-case long names, which are their own key.
 _LONG_NAMES = frozenset(CANONICAL_NAMES) | frozenset(COMPACT_FORMS.values())
 # Each of those spellings as it arrives -> (lower-case long name, spelling on output): one lookup
-# per header line when parsing.
-_SPELLINGS = {spelling: (key, CANONICAL_NAMES.get(key, spelling)) for spelling, key in _KNOWN_KEYS.items()}
+# per header line when parsing.  A line keeps the name it came with (a compact form stays compact,
+# as Kamailio forwards it), so what a proxy passes on is written as it was received.
+_SPELLINGS = {spelling: (key, spelling) for spelling, key in _KNOWN_KEYS.items()}
 
 # Headers whose value is a comma-separated list (RFC 3261 §7.3.1 and §20).  The authentication
 # headers are not here: their commas separate parameters, not values.
@@ -683,7 +685,7 @@ def _parse_head(head: bytes) -> SipMessage:
         if key not in canonical and key not in compact and not _is_token(key):
             raise SipParseError(f"bad header name {spelling!r}", message)
         key = compact.get(key, key)
-        append((key, canonical.get(key, spelling), value.strip(" \t")))
+        append((key, spelling, value.strip(" \t")))
     if start_error is not None:
         raise SipParseError(start_error.reason, message, start_error.status)
     if too_many:
@@ -1360,7 +1362,7 @@ REASONS = {
 }
 
 # Headers copied from a request into a response generated for it (RFC 3261 §8.2.6.2).
-_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
+_RESPONSE_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
 def make_response(request: SipMessage, status: int, reason: str | None = None,
