@@ -10,7 +10,8 @@ Two domains, three nodes with the same `[acme]`:
 
 Afterwards every node serves both CA-issued certificates on its TLS port (one serial per domain
 across the nodes, the one stored in `cluster_keys`), the cluster has one ACME account, and no
-challenge row or lease is left. Nodes on 127.0.16.61-63, Pebble on .60, nats-server on .64, DNS on
+challenge row or lease is left; a node restarted with self-signed files serves the stored ones
+without ordering. Nodes on 127.0.16.61-63, Pebble on .60, nats-server on .64, DNS on
 .65 (apart from the addresses of the other cluster tests' fixture).
 """
 
@@ -53,6 +54,13 @@ def served(address: str, name: str) -> x509.Certificate:
     with socket.create_connection((address, 5223), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=name) as tls:
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+
+
+def served_if_up(address: str, name: str) -> x509.Certificate | None:
+    try:
+        return served(address, name)
+    except OSError:
+        return None
 
 
 def pebble_listening() -> bool:
@@ -172,6 +180,19 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
             assert rows["challenges"] == [] and rows["leases"] == []
             for server in nodes.values():
                 assert server.running
+            # A node starting with files of its own (self-signed again) loads the stored certificates.
+            from peerage.net.tls import generate_self_signed
+
+            nodes["n3"].stop()
+            for domain in (ONE, TWO):
+                generate_self_signed(domain, tmp_path / "n3" / f"{domain}.crt", tmp_path / "n3" / f"{domain}.key")
+            assert served_if_up(NODES["n3"], ONE) is None
+            offset = len(nodes["n3"].log_text().encode())
+            nodes["n3"].start()
+            wait_for(lambda: all((leaf := served_if_up(NODES["n3"], d)) is not None
+                                 and leaf.serial_number == found[d] for d in (ONE, TWO)), 30,
+                     "n3 serving the stored certificates after its restart")
+            assert "acme: ordering a certificate" not in nodes["n3"].log_text(offset)
         finally:
             for server in nodes.values():
                 with contextlib.suppress(Exception):

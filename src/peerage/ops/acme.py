@@ -13,8 +13,8 @@ a worker thread.
 In cluster mode (`peerage.cluster.acme`) one node orders a domain at a time (a lease), with HTTP-01
 only: the key authorisations are rows every node's port 80 answers, so the CA may validate at any
 node. The account key is one row for the cluster, and the issued key and chain are one row per domain
-that every node writes into its own `[[domain]] cert`/`key` files and reloads: at every check, and at
-once when the ordering node announces it over NATS.
+that every node writes into its own `[[domain]] cert`/`key` files and reloads: at every check, every
+`CLUSTER_LOAD_INTERVAL`, after a NATS reconnection, and at once when the ordering node announces it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ log = logging.getLogger("peerage.ops.acme")
 
 # How long one order may take, from creation to the issued certificate.
 ORDER_TIMEOUT = datetime.timedelta(minutes=3)
+# Seconds between a cluster node's reads of the stored certificates, between checks: the NATS
+# announcement of a new one is lost to a node cut off from NATS at that moment.
+CLUSTER_LOAD_INTERVAL = 300.0
 
 
 def wanted_names(config: Config, domain: str) -> list[str]:
@@ -227,6 +230,7 @@ class AcmeService:
         self.cluster: Any = None
         # One writer of a domain's files at a time (a check and a NATS announcement).
         self._lock = asyncio.Lock()
+        self._loading: set[asyncio.Task[None]] = set()
 
     async def start(self, host: Any) -> None:
         self.host = host
@@ -240,6 +244,8 @@ class AcmeService:
                 log.warning("acme: a cluster orders with http-01 only; [acme] challenge = %r is not used",
                             host.config.acme.challenge)
             self.cluster.node.subscribe(ACME_SUBJECT, self._announced)
+            # Announcements made while this node was cut off from NATS are missed: read the rows.
+            self.cluster.node.on_reconnect(self._reconnected)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def check(self) -> list[str]:
@@ -365,17 +371,40 @@ class AcmeService:
         except Exception:
             log.exception("acme: loading the certificate of %s failed", domain)
 
+    def _reconnected(self) -> None:
+        task = asyncio.ensure_future(self._load_all())
+        self._loading.add(task)
+        task.add_done_callback(self._loading.discard)
+
+    async def _load_all(self) -> None:
+        """Cluster mode: load every stored certificate newer than this node's files, then reload."""
+        try:
+            loaded = [domain for domain in list(self.host.config.domains) if await self._load_stored(domain)]
+            if loaded:
+                await self.host.reload()
+        except Exception:
+            log.exception("acme: loading the stored certificates failed")
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.check()
             except Exception:
                 log.exception("acme: certificate check failed")
-            await asyncio.sleep(self.host.config.acme.check_interval)
+            if self.cluster is None:
+                await asyncio.sleep(self.host.config.acme.check_interval)
+                continue
+            next_check = loop.time() + self.host.config.acme.check_interval
+            while (left := next_check - loop.time()) > 0:
+                await asyncio.sleep(min(left, CLUSTER_LOAD_INTERVAL))
+                await self._load_all()
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        for task in list(self._loading):
+            task.cancel()
 
 
 def _not_after(chain: bytes) -> datetime.datetime:
