@@ -473,6 +473,10 @@ class AcmeConfig:
     # How the CA checks control of each name: "http-01" on port 80 (the web service's http_listen), or
     # "tls-alpn-01" (RFC 8737) on port 443 (the web service's https_listen), for hosts without port 80.
     challenge: Literal["http-01", "tls-alpn-01"] = "http-01"
+    # In a cluster: seconds between a node's reads of the certificates another node stored (besides
+    # the NATS announcement, which a node cut off at that moment misses), and its retry of a domain
+    # whose ordering node stored none (docs/scaling.md).
+    cluster_load_interval: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ Two domains, three nodes with the same `[acme]`:
   domain's A record names n2 only, so the CA's HTTP-01 validation of n1's order reaches n2, which
   answers it from `cluster_challenges`;
 - `two.`: n2 and n3 start at once and race for its lease (n1 starts once they are up); exactly one
-  node orders.
+  node orders;
+- `three.`: its lease is held by a node that never comes (n9, as if it died while ordering) for
+  the nodes' first check; once it lapses, the next load pass (`[acme] cluster_load_interval`) of
+  one node orders it.
 
-Afterwards every node serves both CA-issued certificates on its TLS port (one serial per domain
+Afterwards every node serves the three CA-issued certificates on its TLS port (one serial per domain
 across the nodes, the one stored in `cluster_keys`), the cluster has one ACME account, and no
 challenge row or lease is left; a node restarted with self-signed files serves the stored ones
 without ordering. Nodes on 127.0.16.61-63, Pebble on .60, nats-server on .64, DNS on
@@ -41,7 +44,10 @@ NODES = {"n1": "127.0.16.61", "n2": "127.0.16.62", "n3": "127.0.16.63"}
 PEBBLE = "127.0.16.60"
 NATS = "127.0.16.64"
 DNS = "127.0.16.65"
-ONE, TWO = "one.acme-cluster.test", "two.acme-cluster.test"
+ONE, TWO, THREE = "one.acme-cluster.test", "two.acme-cluster.test", "three.acme-cluster.test"
+DOMAINS = (ONE, TWO, THREE)
+#: Seconds the lease of the node that never comes holds three. after the database is prepared.
+DEAD_LEASE = 15
 #: Pebble's VA fetches http://NAME:HTTP_PORT/.well-known/acme-challenge/TOKEN.
 HTTP_PORT = 5002
 
@@ -72,7 +78,7 @@ def pebble_listening() -> bool:
 
 
 async def _prepare(database_url: str) -> None:
-    """The schema, and n1 holding `one.`'s lease for the next ten minutes."""
+    """The schema, n1 holding `one.`'s lease for the next ten minutes, n9 `three.`'s for DEAD_LEASE s."""
     from sqlalchemy import insert
 
     from peerage.cluster.tables import cluster_leases
@@ -84,6 +90,8 @@ async def _prepare(database_url: str) -> None:
         async with store.begin() as conn:
             await conn.execute(insert(cluster_leases).values(kind="acme", key=ONE, node="n1",
                                                              expires_at=int(time.time()) + 600))
+            await conn.execute(insert(cluster_leases).values(kind="acme", key=THREE, node="n9",
+                                                             expires_at=int(time.time()) + DEAD_LEASE))
     finally:
         await store.close()
 
@@ -125,6 +133,8 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
         dns.add_a(ONE, NODES["n2"])
         dns.add_zone(TWO)
         dns.add_a(TWO, NODES["n3"])
+        dns.add_zone(THREE)
+        dns.add_a(THREE, NODES["n1"])
         env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
         pebble = subprocess.Popen([binary, "-config", str(tmp_path / "pebble.json"), "-dnsserver", f"{DNS}:53"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -133,14 +143,15 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
             nats.start()
             wait_for(pebble_listening, 30, "pebble listening")
             for node, address in NODES.items():
-                nodes[node] = PeerageServer(tmp_path / node, [ONE, TWO], address, services=("xmpp", "web"), config={
+                nodes[node] = PeerageServer(tmp_path / node, list(DOMAINS), address, services=("xmpp", "web"), config={
                     "server": {"log_level": "info"},
                     "database": {"url": database_url},
                     "cluster": {"node": node, "nats_urls": [nats.url], "heartbeat_interval": 0.5,
                                 "node_timeout": 4.0},
                     "web": {"http_listen": [f"{address}:{HTTP_PORT}"]},
                     "acme": {"directory": f"https://{PEBBLE}:14000/dir", "ca_file": str(cert), "names": [],
-                             "email": f"postmaster@{ONE}", "check_interval": 3600.0}})
+                             "email": f"postmaster@{ONE}", "check_interval": 3600.0,
+                             "cluster_load_interval": 2.0}})
             # n2 and n3 at once (they race for two.), then n1, whose validation for one. reaches n2.
             starting = [threading.Thread(target=nodes[node].start, kwargs={"timeout": 90.0}) for node in ("n2", "n3")]
             for thread in starting:
@@ -150,8 +161,8 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
             assert nodes["n2"].running and nodes["n3"].running, "a node did not start"
             nodes["n1"].start()
 
-            def every_node_serves_both() -> dict[str, int] | None:
-                serials: dict[str, set[int]] = {ONE: set(), TWO: set()}
+            def every_node_serves_all() -> dict[str, int] | None:
+                serials: dict[str, set[int]] = {domain: set() for domain in DOMAINS}
                 for address in NODES.values():
                     for domain in serials:
                         leaf = served(address, domain)
@@ -160,8 +171,8 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
                         serials[domain].add(leaf.serial_number)
                 return {domain: found.pop() for domain, found in serials.items() if len(found) == 1} or None
 
-            found = wait_for(lambda: (s := every_node_serves_both()) and len(s) == 2 and s, 150,
-                             "every node serving both Pebble certificates")
+            found = wait_for(lambda: (s := every_node_serves_all()) and len(s) == 3 and s, 150,
+                             "every node serving the three Pebble certificates")
             logs = {node: server.log_text() for node, server in nodes.items()}
             # n1 held one.'s lease: it alone ordered it, and its validation went to n2 (one.'s A record).
             assert [n for n, text in logs.items() if f"acme: ordering a certificate for {ONE}" in text] == ["n1"]
@@ -171,9 +182,12 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
             assert sum(text.count(f"acme: ordering a certificate for {TWO}") for text in logs.values()) == 1, logs
             for node in ("n2", "n3"):
                 assert f"acme: certificate for {ONE} loaded from the cluster" in logs[node]
+            # three. waited for the lease of the node that never came, then was ordered once.
+            assert any(f"acme: node n9 is ordering the certificate for {THREE}" in text for text in logs.values())
+            assert sum(text.count(f"acme: ordering a certificate for {THREE}") for text in logs.values()) == 1, logs
             rows = asyncio.run(_rows(database_url))
             stored = {name: split_pair(pem) for kind, name, pem in rows["keys"] if kind == "acme-cert"}
-            assert set(stored) == {ONE, TWO}
+            assert set(stored) == set(DOMAINS)
             for domain, (_key, chain) in stored.items():
                 assert x509.load_pem_x509_certificates(chain)[0].serial_number == found[domain]
             assert [name for kind, name, _pem in rows["keys"] if kind == "acme"] == ["account"]
@@ -184,13 +198,13 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
             from peerage.net.tls import generate_self_signed
 
             nodes["n3"].stop()
-            for domain in (ONE, TWO):
+            for domain in DOMAINS:
                 generate_self_signed(domain, tmp_path / "n3" / f"{domain}.crt", tmp_path / "n3" / f"{domain}.key")
             assert served_if_up(NODES["n3"], ONE) is None
             offset = len(nodes["n3"].log_text().encode())
             nodes["n3"].start()
             wait_for(lambda: all((leaf := served_if_up(NODES["n3"], d)) is not None
-                                 and leaf.serial_number == found[d] for d in (ONE, TWO)), 30,
+                                 and leaf.serial_number == found[d] for d in DOMAINS), 30,
                      "n3 serving the stored certificates after its restart")
             assert "acme: ordering a certificate" not in nodes["n3"].log_text(offset)
         finally:

@@ -14,7 +14,9 @@ In cluster mode (`peerage.cluster.acme`) one node orders a domain at a time (a l
 only: the key authorisations are rows every node's port 80 answers, so the CA may validate at any
 node. The account key is one row for the cluster, and the issued key and chain are one row per domain
 that every node writes into its own `[[domain]] cert`/`key` files and reloads: at every check, every
-`CLUSTER_LOAD_INTERVAL`, after a NATS reconnection, and at once when the ordering node announces it.
+`[acme] cluster_load_interval`, after a NATS reconnection, and at once when the ordering node announces
+it. A domain another node was ordering and that is still not stored at that pass is ordered then (the
+node may have died; its lease lapsed).
 """
 
 from __future__ import annotations
@@ -36,9 +38,6 @@ log = logging.getLogger("peerage.ops.acme")
 
 # How long one order may take, from creation to the issued certificate.
 ORDER_TIMEOUT = datetime.timedelta(minutes=3)
-# Seconds between a cluster node's reads of the stored certificates, between checks: the NATS
-# announcement of a new one is lost to a node cut off from NATS at that moment.
-CLUSTER_LOAD_INTERVAL = 300.0
 
 
 def wanted_names(config: Config, domain: str) -> list[str]:
@@ -231,6 +230,8 @@ class AcmeService:
         # One writer of a domain's files at a time (a check and a NATS announcement).
         self._lock = asyncio.Lock()
         self._loading: set[asyncio.Task[None]] = set()
+        # Domains another node was ordering at the last check (cluster mode).
+        self._deferred: set[str] = set()
 
     async def start(self, host: Any) -> None:
         self.host = host
@@ -254,14 +255,12 @@ class AcmeService:
         renewed = []
         for domain in list(config.domains):
             if self.cluster is not None:
-                if await self._load_stored(domain):
-                    renewed.append(domain)
-                    continue
-                reason = needs_certificate(config, domain)
-                if reason is None:
-                    continue
-                if await self._order_once(domain, reason):
-                    renewed.append(domain)
+                try:
+                    if await self._load_stored(domain) or await self._order_once(domain):
+                        renewed.append(domain)
+                except Exception:
+                    # The database or its lease: the other domains are checked all the same.
+                    log.exception("acme: checking %s failed", domain)
                 continue
             reason = needs_certificate(config, domain)
             if reason is None:
@@ -311,14 +310,20 @@ class AcmeService:
         path = self.host.config.data_dir / "acme" / "account.pem"
         return path.read_bytes() if path.exists() else new_account_key()
 
-    async def _order_once(self, domain: str, reason: str) -> bool:
-        """Cluster mode: order `domain` unless another node holds its lease (Let's Encrypt limits
-        duplicate certificates to 5 a week); True when this node then has a new certificate."""
+    async def _order_once(self, domain: str) -> bool:
+        """Cluster mode: order `domain` when it needs it, unless another node holds its lease (Let's
+        Encrypt limits duplicate certificates to 5 a week); True when this node then has a new one."""
         from peerage.cluster.acme import LEASE_KIND
 
+        self._deferred.discard(domain)
+        reason = needs_certificate(self.host.config, domain)
+        if reason is None:
+            return False
         owner = await self.cluster.leases.owner(LEASE_KIND, domain)
         if owner != self.cluster.name:
             log.info("acme: node %s is ordering the certificate for %s", owner, domain)
+            # Asked again at the next load pass, should that node die before storing it.
+            self._deferred.add(domain)
             return False
         try:
             # The lease's last holder may have stored it since this check read the row.
@@ -376,10 +381,18 @@ class AcmeService:
         self._loading.add(task)
         task.add_done_callback(self._loading.discard)
 
-    async def _load_all(self) -> None:
-        """Cluster mode: load every stored certificate newer than this node's files, then reload."""
+    async def _load_all(self, deferred: bool = False) -> None:
+        """Cluster mode: load every stored certificate newer than this node's files, then reload.
+
+        With `deferred`, a domain another node was ordering and that is still not stored is ordered
+        here (that node may have died; its lease is free then), once: an order that fails waits for
+        the next check, not for the next pass (Let's Encrypt allows 5 failed validations an hour)."""
         try:
             loaded = [domain for domain in list(self.host.config.domains) if await self._load_stored(domain)]
+            if deferred:
+                for domain in sorted(self._deferred - set(loaded)):
+                    if domain in self.host.config.domains and await self._order_once(domain):
+                        loaded.append(domain)
             if loaded:
                 await self.host.reload()
         except Exception:
@@ -397,8 +410,8 @@ class AcmeService:
                 continue
             next_check = loop.time() + self.host.config.acme.check_interval
             while (left := next_check - loop.time()) > 0:
-                await asyncio.sleep(min(left, CLUSTER_LOAD_INTERVAL))
-                await self._load_all()
+                await asyncio.sleep(min(left, self.host.config.acme.cluster_load_interval))
+                await self._load_all(deferred=True)
 
     async def stop(self) -> None:
         if self._task is not None:
