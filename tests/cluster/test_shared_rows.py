@@ -1,5 +1,6 @@
 """The cluster's shared rows on a real PostgreSQL, without nodes: keys made at once by two engines
-(two nodes starting together) end as one, and the body store's write, link, read, remove and sweep."""
+(two nodes starting together) end as one, the body store's write, link, read, remove and sweep, and
+ACME's challenge rows (expiry, sweep) and one-row key and chain."""
 
 from __future__ import annotations
 
@@ -164,5 +165,58 @@ async def test_files_from_before_the_cluster_are_still_read_and_their_keys_kept(
             assert shared == dkim.load_keys(tmp_path, "example.org")
             actor = await account_keys.shared(rows, "ann@example.org", "main-key", tmp_path)
             assert actor.public_pem == account_keys.load(tmp_path, "ann@example.org", "main-key").public_pem  # type: ignore[union-attr]
+        finally:
+            await store.close()
+
+
+async def test_acme_challenge_rows_and_the_stored_certificate(postgres_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import insert, update
+
+    from peerage.cluster.acme import (
+        CERT_KIND,
+        SharedChallenges,
+        join_pair,
+        put_challenge,
+        split_pair,
+        stored_challenge,
+    )
+    from peerage.cluster.tables import cluster_challenges
+    from peerage.net.tls import generate_self_signed
+    from peerage.web import AcmeChallenges
+
+    async with fresh_database(postgres_url, "shared_acme") as url:
+        store = Store(url)
+        try:
+            await store.migrate()
+            memory = AcmeChallenges()
+            shared = SharedChallenges(memory, store.engine, asyncio.get_running_loop())
+            # Set from the order's worker thread: in this node's memory and in the row another node reads.
+            await asyncio.to_thread(shared.set, "tok-1", "tok-1.thumb")
+            assert memory.get("tok-1") == "tok-1.thumb"
+            assert await stored_challenge(store.engine, "tok-1") == "tok-1.thumb"
+            assert await stored_challenge(store.engine, "tok-2") is None
+            # An expired row is not answered, and the next order's put deletes it.
+            async with store.engine.begin() as conn:
+                await conn.execute(update(cluster_challenges).values(expires_at=1))
+                await conn.execute(insert(cluster_challenges).values(token="left", key_authorization="x",
+                                                                     expires_at=1))
+            assert await stored_challenge(store.engine, "tok-1") is None
+            await put_challenge(store.engine, "tok-3", "tok-3.thumb")
+            async with store.engine.connect() as conn:
+                tokens = sorted(row[0] for row in await conn.execute(select(cluster_challenges.c.token)))
+            assert tokens == ["tok-3"]
+            await asyncio.to_thread(shared.remove, "tok-3")
+            assert await stored_challenge(store.engine, "tok-3") is None
+            # Key and chain in one row, replaced whole by a renewal.
+            keys = SharedKeys(store.engine)
+            for round_ in (1, 2):
+                cert, key = tmp_path / f"{round_}.crt", tmp_path / f"{round_}.key"
+                generate_self_signed("example.org", cert, key)
+                await keys.put(CERT_KIND, "example.org", join_pair(key.read_bytes(), cert.read_bytes()))
+                stored = await keys.get(CERT_KIND, "example.org")
+                assert stored is not None
+                assert split_pair(stored) == (key.read_bytes().strip() + b"\n", cert.read_bytes())
+            async with store.engine.connect() as conn:
+                assert (await conn.execute(select(func.count()).select_from(cluster_keys))).scalar() == 1
         finally:
             await store.close()
