@@ -127,10 +127,10 @@ def test_recent_keeps_two_generations() -> None:
     for key in "abc":
         recent.put(key, key.upper())
     # "a" and "b" filled the first generation; "c" started the second
-    assert [recent.get(key) for key in "abcd"] == ["A", "B", "C", None]
+    assert [recent[key] for key in "abcd"] == ["A", "B", "C", None]
     recent.put("d", "D")
     recent.put("e", "E")  # the second generation full: the first is dropped
-    assert [recent.get(key) for key in "abcde"] == [None, None, "C", "D", "E"]
+    assert [recent[key] for key in "abcde"] == [None, None, "C", "D", "E"]
 
 
 def test_remembered_parses_refuse_what_they_refused() -> None:

@@ -119,32 +119,30 @@ _TOKEN_CHARS = frozenset(
 Header = tuple[str, str, str]
 
 
-class Recent:
+class Recent(dict[Any, Any]):
     """A bounded map of things seen lately (parses and checks a call repeats on its every
-    message): two generations of at most ``size`` entries each, the older dropped whole when the
-    newer fills, so a lookup is one or two dict lookups and nothing is ever scanned."""
+    message), read as ``recent[key]`` (None when unknown): two generations of at most ``size``
+    entries, the older dropped whole when the newer fills, so a lookup in the newer is the dict's
+    own (no Python call) and nothing is ever scanned."""
 
-    __slots__ = ("newer", "older", "size")
+    __slots__ = ("older", "size")
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         self.size = size
-        self.newer: dict[Any, Any] = {}
         self.older: dict[Any, Any] = {}
 
-    def get(self, key: Any) -> Any:
-        found = self.newer.get(key)
-        if found is None:
-            found = self.older.get(key)
-        return found
+    def __missing__(self, key: Any) -> Any:
+        return self.older.get(key)
 
     def put(self, key: Any, value: Any) -> None:
-        if len(self.newer) >= self.size:
-            self.older = self.newer
-            self.newer = {}
-        self.newer[key] = value
+        if len(self) >= self.size:
+            self.older = dict(self)
+            self.clear()
+        self[key] = value
 
-    def clear(self) -> None:
-        self.newer = {}
+    def forget(self) -> None:
+        self.clear()
         self.older = {}
 
 
@@ -264,10 +262,17 @@ class SipMessage:
 
     def first_value(self, name: str) -> str | None:
         """The first value of a list header (the topmost Via, Route, ...)."""
-        raw = self.get(name)
+        index = self._index
+        raw = (index if index is not None else self.index()).get(name)  # the long name, as a rule
         if raw is None:
-            return None
-        comma = _first_comma(raw)
+            if name in _LONG_NAMES:
+                return None
+            raw = self.get(name)
+            if raw is None:
+                return None
+        comma = raw.find(",")
+        if comma >= 0 and ('"' in raw or "<" in raw):
+            comma = _first_comma(raw)
         return raw.strip() if comma < 0 else raw[:comma].strip()
 
     def has(self, name: str) -> bool:
@@ -454,7 +459,9 @@ class SipMessage:
     # -- frequently used parsed views
     @property
     def call_id(self) -> str:
-        return (self.get("call-id") or "").strip()
+        index = self._index
+        value = (index if index is not None else self.index()).get("call-id")
+        return value.strip() if value else ""
 
     @property
     def cseq(self) -> tuple[int, str]:
@@ -477,7 +484,8 @@ class SipMessage:
         return header_param(self.get("from") or "", "tag")
 
     def to_tag(self) -> str | None:
-        return header_param(self.get("to") or "", "tag")
+        index = self._index
+        return header_param((index if index is not None else self.index()).get("to") or "", "tag")
 
     # -- output
     def serialize(self) -> bytes:
@@ -607,7 +615,7 @@ _LENGTHS = Recent(1024)
 
 
 def parse_content_length(text: str, message: SipMessage | None = None) -> int:
-    length: int | None = _LENGTHS.get(text)
+    length: int | None = _LENGTHS[text]
     if length is None:
         length = _parse_content_length(text, message)
         _LENGTHS.put(text, length)
@@ -720,7 +728,7 @@ def _parse_start_line(line: str) -> SipMessage:
     method, uri, version = parts
     if method not in _KNOWN_METHODS and not _is_token(method):
         raise SipParseError("bad method")
-    if _WELL_FORMED_URIS.get(uri) is None:
+    if _WELL_FORMED_URIS[uri] is None:
         if not uri or uri[0] == "<" or not _is_uri_text(uri):
             # RFC 4475 §3.1.2.6 (ltgtruri): the Request-URI is never inside < >.
             raise SipParseError("bad Request-URI")
@@ -805,7 +813,7 @@ def _check_request(message: SipMessage) -> None:
     well_formed = _WELL_FORMED
     for name in ("from", "to"):
         value = index[name]
-        if well_formed.get(value) is not None:
+        if well_formed[value] is not None:
             continue
         if _SIMPLE_NAME_ADDR_RE.fullmatch(value) is None:
             # not "<scheme:...>;params", with nothing parse_name_addr could refuse
@@ -860,7 +868,7 @@ _CSEQS = Recent(1024)
 
 
 def parse_cseq(value: str, message: SipMessage | None = None) -> tuple[int, str]:
-    found: tuple[int, str] | None = _CSEQS.get(value)
+    found: tuple[int, str] | None = _CSEQS[value]
     if found is None:
         found = _parse_cseq(value, message)
         _CSEQS.put(value, found)

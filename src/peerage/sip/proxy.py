@@ -108,7 +108,7 @@ _URI_DESTINATIONS = Recent(4096)
 
 def route_uri(value: str) -> SipUri:
     """The SIP URI of a Route (or Record-Route) value; callers treat it as read-only."""
-    uri: SipUri | None = _ROUTES.get(value)
+    uri: SipUri | None = _ROUTES[value]
     if uri is None:
         uri = parse_uri(parse_name_addr(value).uri)
         _ROUTES.put(value, uri)
@@ -456,9 +456,9 @@ class ProxyCore:
         if self._mac_secret is not secret:  # keyed once: each MAC copies the keyed state
             self._mac_secret = secret
             self._mac_base = hashlib.blake2s(key=secret[:32], digest_size=8)
-            self._macs.clear()
+            self._macs.forget()
         text = call_id if not flows else f"{call_id}|{flows}"
-        found: str | None = self._macs.get(text)
+        found: str | None = self._macs[text]
         if found is None:
             mac = self._mac_base.copy()
             mac.update(text.encode("utf-8", "surrogateescape"))
@@ -799,7 +799,7 @@ class ProxyCore:
             route = branch.request.first_value("route")
             known = _ROUTE_DESTINATIONS if route else _URI_DESTINATIONS
             text = route or branch.request.uri or ""
-            destination = known.get(text)
+            destination = known[text]
             if destination is None:
                 try:
                     uri = route_uri(text) if route else parse_uri(text)
