@@ -4,7 +4,8 @@ Two domains, three nodes with the same `[acme]`:
 
 - `one.`: node n1 holds its `acme` lease when the nodes start (as if it had asked first), and the
   domain's A record names n2 only, so the CA's HTTP-01 validation of n1's order reaches n2, which
-  answers it from `cluster_challenges`;
+  answers it from `cluster_challenges` (n1's `[acme] challenge` says TLS-ALPN-01, which a cluster
+  does not use);
 - `two.`: n2 and n3 start at once and race for its lease (n1 starts once they are up); exactly one
   node orders;
 - `three.`: its lease is held by a node that never comes (n9, as if it died while ordering) for
@@ -151,7 +152,10 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
                     "web": {"http_listen": [f"{address}:{HTTP_PORT}"]},
                     "acme": {"directory": f"https://{PEBBLE}:14000/dir", "ca_file": str(cert), "names": [],
                              "email": f"postmaster@{ONE}", "check_interval": 3600.0,
-                             "cluster_load_interval": 2.0}})
+                             "cluster_load_interval": 2.0,
+                             # Not shareable: n1 orders with HTTP-01 all the same (no node answers
+                             # TLS-ALPN-01 on Pebble's tlsPort).
+                             "challenge": "tls-alpn-01" if node == "n1" else "http-01"}})
             # n2 and n3 at once (they race for two.), then n1, whose validation for one. reaches n2.
             starting = [threading.Thread(target=nodes[node].start, kwargs={"timeout": 90.0}) for node in ("n2", "n3")]
             for thread in starting:
@@ -178,6 +182,7 @@ def test_one_order_per_domain_validated_at_another_node_and_served_by_all(tmp_pa
             assert [n for n, text in logs.items() if f"acme: ordering a certificate for {ONE}" in text] == ["n1"]
             assert logs["n1"].count(f"acme: ordering a certificate for {ONE}") == 1
             assert f"acme: new certificate for {ONE}" in logs["n1"]
+            assert "acme: a cluster orders with http-01 only; [acme] challenge = 'tls-alpn-01' is not used" in logs["n1"]
             # Three nodes raced for two.: one order in all.
             assert sum(text.count(f"acme: ordering a certificate for {TWO}") for text in logs.values()) == 1, logs
             for node in ("n2", "n3"):
