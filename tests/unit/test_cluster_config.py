@@ -55,13 +55,19 @@ def test_a_stanza_parses_back_with_the_kept_parser_after_a_bad_one() -> None:
 def test_delivery_batches_frame_any_jid_and_stanza_and_refuse_bad_lengths() -> None:
     items = [(0, "a@b/res with spaces\nand a newline", "<message><body>1 2\n3 \u00e9</body></message>"),
              (7, "c@d/e", "<presence/>")]
-    data = pack_batch("n1", "abc", items)
+    data = pack_batch("n1", "abc", [(sid, to.encode(), text.encode()) for sid, to, text in items])
     assert unpack_batch(data) == ("n1", "abc", [(sid, to, text.encode()) for sid, to, text in items])
     assert unpack_batch(data[:-1]) is None  # a stanza cut short
     assert unpack_batch(data + b"x") is None  # bytes after the last item
-    assert unpack_batch(data.replace(b" 2\n", b" 3\n", 1)) is None  # one item more than the bytes hold
-    assert unpack_batch(b"B1 n1 abc 1\n0 -5 3\nabc") is None  # a negative length
+    assert unpack_batch(data.replace(b" 2\n", b" 3\n", 1)) is None  # one item more than the lengths say
+    assert unpack_batch(b"B2 n1 abc 1\n0 -5 8\nabc") is None  # a negative length
+    assert unpack_batch(b"B2 n1 abc 1\n0 1\nabc") is None  # a number missing
+    assert unpack_batch(b"B2 n1 abc 0\n\n") == ("n1", "abc", [])
     assert unpack_batch(b"garbage") is None
+    # A batch of a node that still sends the earlier format (a line of lengths per stanza).
+    earlier = b"B1 n2 x 2\n0 5 11\nc@d/e<presence/>4 3 2\na@b\xc3\xa9"
+    assert unpack_batch(earlier) == ("n2", "x", [(0, "c@d/e", b"<presence/>"), (4, "a@b", "\u00e9".encode())])
+    assert unpack_batch(b"B1 n1 abc 1\n0 -5 3\nabc") is None  # a negative length
     # A batch of a node that still sends JSON.
     old = json.dumps({"node": "n2", "inc": "x", "items": [[3, "c@d/e", "<presence/>"]]}).encode()
     assert unpack_batch(old) == ("n2", "x", [(3, "c@d/e", b"<presence/>")])

@@ -17,8 +17,9 @@ Routing. What is sent to the sessions of one node in one turn of the event loop 
 message to ``peerage.node.<name>.deliver`` (a presence broadcast to 300 contacts on two other nodes
 is two messages, not 300). The receiving node writes each stanza to its session as addressed, the
 delivery rules having run on the sending node. A batch is bytes, not JSON (``pack_batch``): a header
-line, then per stanza a line of lengths, the recipient's JID and the stanza as ``serialize`` wrote
-it, which the receiving node writes to the client without escaping, decoding or encoding it again.
+line, a line with every stanza's lengths, then per stanza the recipient's JID and the stanza as
+``serialize`` wrote it, which the receiving node writes to the client without escaping, decoding or
+encoding it again.
 
 What was acknowledged is not lost. A message (chat/normal, as XEP-0198 section 4 re-routes) to a
 session on another node is held by the sending node until that node says the stanza reached the
@@ -108,12 +109,14 @@ class RemoteSession:
     """A session bound on another node, as the router and the feature modules see it."""
 
     __slots__ = ("_presence", "available", "bare_jid", "carbons", "connection", "ended", "full_jid",
-                 "hibernation", "node", "priority", "resource", "roster_requested", "sm", "xmpp")
+                 "hibernation", "jid_bytes", "node", "priority", "resource", "roster_requested", "sm", "xmpp")
 
     def __init__(self, xmpp: ClusterXmpp, node: str, full_jid: str) -> None:
         self.xmpp = xmpp
         self.node = node
         self.full_jid = full_jid
+        #: The full JID as a delivery batch carries it (encoded once, not per stanza).
+        self.jid_bytes = full_jid.encode()
         self.bare_jid, _, self.resource = full_jid.partition("/")
         self.available = False
         self.priority = 0
@@ -245,50 +248,76 @@ def parse_stanza(text: str | bytes) -> Element | None:
 
 
 #: First bytes of a delivery batch in the format of ``pack_batch``. A batch from a node that still
-#: sends JSON starts with "{" and is read as before.
-BATCH_MAGIC = b"B1 "
+#: sends the earlier format (``B1 ``, a line of lengths per stanza) or JSON (starting with "{") is
+#: read as before.
+BATCH_MAGIC = b"B2 "
+_BATCH_MAGIC_1 = b"B1 "
 
 
-def pack_batch(node: str, incarnation: str, items: list[tuple[int, str, str]]) -> bytes:
-    """A delivery batch: ``B1 node incarnation count`` on the first line, then per item ``sid
-    to-length stanza-length``, a newline, the recipient's full JID and the stanza (UTF-8). Lengths
-    frame everything, so a JID or stanza may hold any character; the stanza bytes are written to
-    the client as they arrive."""
-    parts = [b"%s%s %s %d\n" % (BATCH_MAGIC, node.encode(), incarnation.encode(), len(items))]
-    for sid, to, text in items:
-        jid, data = to.encode(), text.encode()
-        parts.append(b"%d %d %d\n%s%s" % (sid, len(jid), len(data), jid, data))
-    return b"".join(parts)
+def pack_batch(node: str, incarnation: str, items: list[tuple[int, bytes, bytes]]) -> bytes:
+    """A delivery batch of (sid, recipient's full JID, stanza), both as UTF-8: ``B2 node incarnation
+    count`` on the first line, every item's ``sid to-length stanza-length`` on the second (one line
+    for the batch: one split and one int() per number to read it, where a line per stanza cost a
+    search and a split each), then the JIDs and stanzas back to back. Lengths frame everything, so a
+    JID or stanza may hold any character; the stanza bytes are written to the client as they arrive."""
+    lengths = b" ".join([b"%d %d %d" % (sid, len(jid), len(data)) for sid, jid, data in items])
+    head = b"%s%s %s %d\n%s\n" % (BATCH_MAGIC, node.encode(), incarnation.encode(), len(items), lengths)
+    return b"".join([head, *[jid + data for _, jid, data in items]])
 
 
 def unpack_batch(data: bytes) -> tuple[str, str, list[tuple[int, str, bytes]]] | None:
     """(origin node, incarnation, [(sid, to, stanza bytes)]) of ``pack_batch``'s bytes, or of a
-    JSON batch of an older node; None if malformed (lengths past the end, a count that differs)."""
+    batch of an older node; None if malformed (lengths past the end, a count that differs)."""
     try:
         if data[:1] == b"{":
             batch = json.loads(data)
             return (str(batch["node"]), str(batch["inc"]),
                     [(int(item[0]), str(item[1]), str(item[2]).encode()) for item in batch["items"]])
+        if data.startswith(_BATCH_MAGIC_1):
+            return _unpack_batch_1(data)
         if not data.startswith(BATCH_MAGIC):
             return None
         end = data.index(b"\n")
         node, incarnation, count = data[len(BATCH_MAGIC):end].decode().split(" ")
+        start = end + 1
+        end = data.index(b"\n", start)
+        numbers = list(map(int, data[start:end].split()))
+        if len(numbers) != 3 * int(count) or (numbers and min(numbers) < 0):
+            return None
         items = []
-        position, size = end + 1, len(data)
-        for _ in range(int(count)):
-            end = data.index(b"\n", position)
-            sid, jid_length, data_length = data[position:end].split(b" ")
-            start = end + 1
-            middle = start + int(jid_length)
-            position = middle + int(data_length)
-            if position > size or middle < start or position < middle:
-                return None
-            items.append((int(sid), data[start:middle].decode(), data[middle:position]))
-        if position != size:
+        position = end + 1
+        fields = iter(numbers)
+        for sid, jid_length, data_length in zip(fields, fields, fields, strict=True):
+            middle = position + jid_length
+            end = middle + data_length
+            items.append((sid, data[position:middle].decode(), data[middle:end]))
+            position = end
+        if position != len(data):
             return None
         return node, incarnation, items
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
         return None
+
+
+def _unpack_batch_1(data: bytes) -> tuple[str, str, list[tuple[int, str, bytes]]] | None:
+    """A batch of the earlier format: per stanza a line ``sid to-length stanza-length``, then the
+    recipient's JID and the stanza."""
+    end = data.index(b"\n")
+    node, incarnation, count = data[len(_BATCH_MAGIC_1):end].decode().split(" ")
+    items = []
+    position, size = end + 1, len(data)
+    for _ in range(int(count)):
+        end = data.index(b"\n", position)
+        sid, jid_length, data_length = data[position:end].split(b" ")
+        start = end + 1
+        middle = start + int(jid_length)
+        position = middle + int(data_length)
+        if position > size or middle < start or position < middle:
+            return None
+        items.append((int(sid), data[start:middle].decode(), data[middle:position]))
+    if position != size:
+        return None
+    return node, incarnation, items
 
 
 class ClusterXmpp:
@@ -308,7 +337,8 @@ class ClusterXmpp:
         #: node -> full JID -> RemoteSession
         self.remote: dict[str, dict[str, RemoteSession]] = {}
         self._feed = NumberedFeed(node)
-        self._outbox: dict[str, list[tuple[int, str, str]]] = {}
+        #: node -> (sid, recipient's full JID, stanza) as ``pack_batch`` frames them, all bytes
+        self._outbox: dict[str, list[tuple[int, bytes, bytes]]] = {}
         self._flush_scheduled = False
         self.forwarded_batches = 0  # NATS messages those went in (stanzas per message: the scaling model)
         self._next_id = 0
@@ -652,7 +682,7 @@ class ClusterXmpp:
                 if len(waiting) >= MAX_GOT_WAITERS:
                     waiting[:] = [w for w in waiting if not w.done()]
                 waiting.append(held.got)
-        self._outbox.setdefault(session.node, []).append((sid, session.full_jid, serialize(stanza)))
+        self._outbox.setdefault(session.node, []).append((sid, session.jid_bytes, serialize(stanza).encode()))
         self._schedule_flush()
 
     def _local_sender(self, full: str) -> Any:
@@ -719,7 +749,12 @@ class ClusterXmpp:
         marks = self._marks.setdefault(key, {})
         got: list[int] = []
         released: list[int] = []
-        router_session = self.router.session
+        sessions = self.router.sessions  # the router's table, read inline: this loop runs per stanza
+
+        def parse(data: bytes) -> Element | None:
+            return self._parse(data, origin)
+
+        delivered = 0
         for sid, to, data in items:
             if sid:
                 got.append(sid)
@@ -730,9 +765,10 @@ class ClusterXmpp:
                 seen[sid] = None
                 if len(seen) > SEEN_IDS:
                     seen.popitem(last=False)
-            self.forwarded_in += 1
+            delivered += 1
             bare, _, resource = to.partition("/")
-            session = router_session(bare, resource)
+            resources = sessions.get(bare)
+            session = resources.get(resource) if resources else None
             if session is None or isinstance(session, RemoteSession) or session.ended:
                 # Gone since the sender looked: by the bare JID's rules from here (XEP-0198 section 4).
                 if sid:
@@ -751,13 +787,14 @@ class ClusterXmpp:
                 session.send(stanza)
                 if stanza.name == "presence":
                     self._track_occupant(session.full_jid, stanza, origin)
-            elif session.send_serialized(data, lambda data=data: self._parse(data, origin)) is None:
+            elif session.send_serialized(data, parse) is None:
                 continue
             if sid:
                 if session.sm is None:
                     released.append(sid)
                 else:
                     marks[sid] = (session, session.sm.sent_count)
+        self.forwarded_in += delivered
         if got or released:
             self._send_acks(origin, got, released)
 
@@ -831,7 +868,7 @@ class ClusterXmpp:
             confirmed = held.got is not None and held.got.done()
             if (force or now - held.sent_at > RESEND_AFTER) and not confirmed and self.node.alive(held.node):
                 held.sent_at = now
-                self._outbox.setdefault(held.node, []).append((sid, held.to, serialize(held.stanza)))
+                self._outbox.setdefault(held.node, []).append((sid, held.to.encode(), serialize(held.stanza).encode()))
         if self._outbox:
             self._schedule_flush()
 

@@ -106,16 +106,16 @@ class ClientSession:
                 self._send_now(early)
         self._send_now(stanza)
 
-    def send_serialized(self, data: bytes, parse: Callable[[], Element | None]) -> Element | bool | None:
+    def send_serialized(self, data: bytes, parse: Callable[[bytes], Element | None]) -> Element | bool | None:
         """Queue a stanza that arrives serialised by ``serialize`` (the bytes ``_send_now`` would
-        write; another cluster node routed it). The bytes go out as they are; ``parse`` is called
-        only when something here needs the element: XEP-0352 decides what may wait, and XEP-0198's
-        queue keeps messages for re-routing. Returns the element if it was parsed, True if it went
+        write; another cluster node routed it). The bytes go out as they are; ``parse(data)`` is
+        called only when something here needs the element: XEP-0352 decides what may wait, and
+        XEP-0198's queue keeps messages for re-routing. Returns the element if it was parsed, True if it went
         out without, None if ``parse`` failed (nothing sent)."""
         if self.csi is None and (self.sm is None or not data.startswith(b"<message")):
             self._send_now(None, data)
             return True
-        stanza = parse()
+        stanza = parse(data)
         if stanza is None:
             return None
         if self.csi is not None:
