@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from peerage.cluster.xmpp import pack_batch, parse_stanza, parse_stanzas, unpack_batch
+from peerage.cluster.xmpp import pack_batch, pack_batch_1, parse_stanza, parse_stanzas, unpack_batch
 from peerage.config import ConfigError, config_from_dict
 from peerage.xmpp.stream import serialize
 
@@ -68,6 +68,10 @@ def test_delivery_batches_frame_any_jid_and_stanza_and_refuse_bad_lengths() -> N
     earlier = b"B1 n2 x 2\n0 5 11\nc@d/e<presence/>4 3 2\na@b\xc3\xa9"
     assert unpack_batch(earlier) == ("n2", "x", [(0, "c@d/e", b"<presence/>"), (4, "a@b", "\u00e9".encode())])
     assert unpack_batch(b"B1 n1 abc 1\n0 -5 3\nabc") is None  # a negative length
+    # What a node sends to one whose heartbeat does not announce B2: the earlier format, byte for byte.
+    assert pack_batch_1("n2", "x", [(0, b"c@d/e", b"<presence/>"), (4, b"a@b", "\u00e9".encode())]) == earlier
+    framed = pack_batch_1("n1", "abc", [(sid, to.encode(), text.encode()) for sid, to, text in items])
+    assert unpack_batch(framed) == ("n1", "abc", [(sid, to, text.encode()) for sid, to, text in items])
     # A batch of a node that still sends JSON.
     old = json.dumps({"node": "n2", "inc": "x", "items": [[3, "c@d/e", "<presence/>"]]}).encode()
     assert unpack_batch(old) == ("n2", "x", [(3, "c@d/e", b"<presence/>")])

@@ -265,6 +265,18 @@ def pack_batch(node: str, incarnation: str, items: list[tuple[int, bytes, bytes]
     return b"".join([head, *[jid + data for _, jid, data in items]])
 
 
+def pack_batch_1(node: str, incarnation: str, items: list[tuple[int, bytes, bytes]]) -> bytes:
+    """The same batch in the earlier format (``B1``: a line of lengths before each stanza), for a
+    node whose heartbeat does not say it reads ``B2`` (a node not yet upgraded in a rolling upgrade)."""
+    head = b"%s%s %s %d\n" % (_BATCH_MAGIC_1, node.encode(), incarnation.encode(), len(items))
+    return b"".join([head, *[b"%d %d %d\n%s%s" % (sid, len(jid), len(data), jid, data) for sid, jid, data in items]])
+
+
+#: The newest batch format this node reads, announced in its heartbeat (``batch``): senders use
+#: ``pack_batch`` for a node announcing 2 and ``pack_batch_1`` for one announcing nothing.
+BATCH_FORMAT = 2
+
+
 def unpack_batch(data: bytes) -> tuple[str, str, list[tuple[int, str, bytes]]] | None:
     """(origin node, incarnation, [(sid, to, stanza bytes)]) of ``pack_batch``'s bytes, or of a
     batch of an older node; None if malformed (lengths past the end, a count that differs)."""
@@ -456,7 +468,8 @@ class ClusterXmpp:
         node.on_node_up(self._node_up)
         node.on_node_down(self._node_down)
         node.on_reconnect(self._reconnected)
-        node.heartbeat_info.append(lambda: {"seq": self.seq, "sessions": len(self._snapshots)})
+        node.heartbeat_info.append(lambda: {"seq": self.seq, "sessions": len(self._snapshots),
+                                            "batch": BATCH_FORMAT})
         node.status_info.append(self.status)
         self._tasks.append(asyncio.ensure_future(self._release_loop()))
 
@@ -705,10 +718,14 @@ class ClusterXmpp:
             self._publish_ops(ops)
         outbox, self._outbox = self._outbox, {}
         name, incarnation = self.node.name, self.node.incarnation
+        peers = self.node.peers
         for target, items in outbox.items():
             self.forwarded_out += len(items)
             self.forwarded_batches += 1
-            self.node.publish(node_subject(target, "deliver"), pack_batch(name, incarnation, items))
+            peer = peers.get(target)
+            reads_b2 = peer is not None and peer.info.get("batch", 1) >= 2
+            pack = pack_batch if reads_b2 else pack_batch_1
+            self.node.publish(node_subject(target, "deliver"), pack(name, incarnation, items))
 
     async def _complete(self, result: Any, session: Any) -> None:
         await result
